@@ -1,0 +1,615 @@
+//! The typed dynamic configuration and its decoder from a [`Node`] tree.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::duration::parse_duration;
+use super::tree::Node;
+use crate::diag::Diagnostic;
+
+/// Everything one provider contributes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DynamicConfig {
+    pub http: HttpConfig,
+    pub tls: TlsConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct HttpConfig {
+    pub routers: BTreeMap<String, RouterConfig>,
+    pub services: BTreeMap<String, ServiceConfig>,
+    pub middlewares: BTreeMap<String, MiddlewareConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouterConfig {
+    pub rule: Option<String>,
+    pub entry_points: Vec<String>,
+    pub priority: Option<i64>,
+    pub service: Option<String>,
+    pub middlewares: Vec<String>,
+    /// `Some` when the router serves TLS connections only.
+    pub tls: Option<RouterTls>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouterTls {
+    pub options: Option<String>,
+    pub cert_resolver: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceConfig {
+    pub load_balancer: LoadBalancerConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Power of two choices over peak-EWMA latency (Berth's default).
+    #[default]
+    P2c,
+    /// Smooth weighted round robin (Traefik's default).
+    Wrr,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerConfig {
+    pub servers: Vec<ServerConfig>,
+    /// Labels only: the port/scheme/weight applied to the container's own address.
+    pub server: Option<ServerTemplate>,
+    pub strategy: Option<Strategy>,
+    pub pass_host_header: Option<bool>,
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ServerConfig {
+    pub url: String,
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ServerTemplate {
+    pub port: Option<u16>,
+    pub scheme: Option<String>,
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheckConfig {
+    pub path: Option<String>,
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub port: Option<u16>,
+    pub scheme: Option<String>,
+    pub hostname: Option<String>,
+    pub mode: Option<String>,
+    pub status: Option<u16>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A named middleware: its Traefik type and its options, decoded by the middleware layer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MiddlewareConfig {
+    /// Canonical Traefik type name (`stripPrefix`, `basicAuth`, ...), or as written when unknown.
+    pub kind: String,
+    pub known: bool,
+    #[serde(skip)]
+    pub options: Node,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsConfig {
+    pub certificates: Vec<CertificateConfig>,
+    pub default_certificate: Option<CertificateConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateConfig {
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+/// Traefik's middleware types, canonical spelling.
+pub const MIDDLEWARE_KINDS: &[&str] = &[
+    "addPrefix",
+    "basicAuth",
+    "buffering",
+    "chain",
+    "circuitBreaker",
+    "compress",
+    "contentType",
+    "digestAuth",
+    "errors",
+    "forwardAuth",
+    "grpcWeb",
+    "headers",
+    "ipAllowList",
+    "ipWhiteList",
+    "inFlightReq",
+    "passTLSClientCert",
+    "plugin",
+    "rateLimit",
+    "redirectRegex",
+    "redirectScheme",
+    "replacePath",
+    "replacePathRegex",
+    "retry",
+    "stripPrefix",
+    "stripPrefixRegex",
+];
+
+/// Where the tree came from: labels use `server` templates and comma-separated lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    File,
+    Labels,
+}
+
+/// Decode a whole dynamic configuration (`http`, `tls`, ...). `prefix` is prepended to
+/// every diagnostic key (`traefik.` for labels).
+pub fn decode(root: &Node, mode: Mode, prefix: &str, diags: &mut Vec<Diagnostic>) -> DynamicConfig {
+    let mut d = Decoder { mode, diags };
+    let mut cfg = DynamicConfig::default();
+    for (key, node) in root.entries() {
+        let path = format!("{prefix}{key}");
+        match key.to_ascii_lowercase().as_str() {
+            "http" => cfg.http = d.http(node, &path),
+            "tls" => cfg.tls = d.tls(node, &path),
+            "tcp" | "udp" => d.diags.push(Diagnostic::warning(
+                path,
+                format!("{key} routers are not supported yet; this section is ignored"),
+            )),
+            _ => d.unknown(&path),
+        }
+    }
+    cfg
+}
+
+struct Decoder<'a> {
+    mode: Mode,
+    diags: &'a mut Vec<Diagnostic>,
+}
+
+impl Decoder<'_> {
+    fn unknown(&mut self, path: &str) {
+        self.diags
+            .push(Diagnostic::error(path, "unknown option; it is ignored"));
+    }
+
+    fn bad(&mut self, path: &str, msg: impl Into<String>) {
+        self.diags.push(Diagnostic::error(path, msg));
+    }
+
+    fn map<'n>(&mut self, node: &'n Node, path: &str) -> &'n [(String, Node)] {
+        match node {
+            Node::Map(m) => m,
+            Node::Leaf(s) if s.is_empty() => &[],
+            _ => {
+                self.bad(path, "expected a map of options");
+                &[]
+            }
+        }
+    }
+
+    fn string(&mut self, node: &Node, path: &str) -> Option<String> {
+        match node {
+            Node::Leaf(s) => Some(s.clone()),
+            _ => {
+                self.bad(path, "expected a single value");
+                None
+            }
+        }
+    }
+
+    fn list(&mut self, node: &Node, path: &str) -> Vec<String> {
+        match node {
+            Node::Leaf(s) => s
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            Node::List(items) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| self.string(n, &format!("{path}[{i}]")))
+                .collect(),
+            Node::Map(_) => {
+                self.bad(path, "expected a list");
+                Vec::new()
+            }
+        }
+    }
+
+    fn parsed<T: std::str::FromStr>(&mut self, node: &Node, path: &str, what: &str) -> Option<T> {
+        let s = self.string(node, path)?;
+        match s.trim().parse() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.bad(path, format!("`{s}` is not {what}"));
+                None
+            }
+        }
+    }
+
+    fn bool(&mut self, node: &Node, path: &str) -> Option<bool> {
+        let s = self.string(node, path)?;
+        match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" => Some(true),
+            "false" | "0" => Some(false),
+            _ => {
+                self.bad(path, format!("`{s}` is not true or false"));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, node: &Node, path: &str) -> Option<Duration> {
+        let s = self.string(node, path)?;
+        parse_duration(&s).map_err(|e| self.bad(path, e)).ok()
+    }
+
+    fn http(&mut self, node: &Node, path: &str) -> HttpConfig {
+        let mut http = HttpConfig::default();
+        for (key, child) in self.map(node, path) {
+            let p = format!("{path}.{key}");
+            match key.to_ascii_lowercase().as_str() {
+                "routers" => {
+                    for (name, r) in self.map(child, &p) {
+                        let router = self.router(r, &format!("{p}.{name}"));
+                        http.routers.insert(name.clone(), router);
+                    }
+                }
+                "services" => {
+                    for (name, s) in self.map(child, &p) {
+                        if let Some(svc) = self.service(s, &format!("{p}.{name}")) {
+                            http.services.insert(name.clone(), svc);
+                        }
+                    }
+                }
+                "middlewares" => {
+                    for (name, m) in self.map(child, &p) {
+                        if let Some(mw) = self.middleware(m, &format!("{p}.{name}")) {
+                            http.middlewares.insert(name.clone(), mw);
+                        }
+                    }
+                }
+                "serverstransports" => self.diags.push(Diagnostic::warning(
+                    p,
+                    "serversTransports are not supported yet; defaults apply",
+                )),
+                _ => self.unknown(&p),
+            }
+        }
+        http
+    }
+
+    fn router(&mut self, node: &Node, path: &str) -> RouterConfig {
+        let mut r = RouterConfig::default();
+        for (key, child) in self.map(node, path) {
+            let p = format!("{path}.{key}");
+            match key.to_ascii_lowercase().as_str() {
+                "rule" => r.rule = self.string(child, &p),
+                "entrypoints" => r.entry_points = self.list(child, &p),
+                "priority" => r.priority = self.parsed(child, &p, "an integer priority"),
+                "service" => r.service = self.string(child, &p),
+                "middlewares" => r.middlewares = self.list(child, &p),
+                "tls" => r.tls = self.router_tls(child, &p),
+                "rulesyntax" => self.diags.push(Diagnostic::warning(
+                    p,
+                    "ruleSyntax is ignored: rules always use the v3 syntax",
+                )),
+                "observability" => self.diags.push(Diagnostic::warning(
+                    p,
+                    "router observability options are not supported yet",
+                )),
+                _ => self.unknown(&p),
+            }
+        }
+        r
+    }
+
+    fn router_tls(&mut self, node: &Node, path: &str) -> Option<RouterTls> {
+        match node {
+            Node::Leaf(s) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "" => Some(RouterTls::default()),
+                "false" => None,
+                other => {
+                    self.bad(path, format!("`{other}` is not true or false"));
+                    None
+                }
+            },
+            Node::Map(m) => {
+                let mut tls = RouterTls::default();
+                for (key, child) in m {
+                    let p = format!("{path}.{key}");
+                    match key.to_ascii_lowercase().as_str() {
+                        "options" => tls.options = self.string(child, &p),
+                        "certresolver" => {
+                            tls.cert_resolver = self.string(child, &p);
+                            self.diags.push(Diagnostic::warning(
+                                p,
+                                "certificate resolvers (ACME) are not supported; the configured certificates are used",
+                            ));
+                        }
+                        "domains" => self.diags.push(Diagnostic::warning(
+                            p,
+                            "tls.domains is only used by certificate resolvers; ignored",
+                        )),
+                        _ => self.unknown(&p),
+                    }
+                }
+                Some(tls)
+            }
+            Node::List(_) => {
+                self.bad(path, "expected true, false or a map of TLS options");
+                None
+            }
+        }
+    }
+
+    fn service(&mut self, node: &Node, path: &str) -> Option<ServiceConfig> {
+        let mut svc = None;
+        for (key, child) in self.map(node, path) {
+            let p = format!("{path}.{key}");
+            match key.to_ascii_lowercase().as_str() {
+                "loadbalancer" => {
+                    svc = Some(ServiceConfig {
+                        load_balancer: self.load_balancer(child, &p),
+                    })
+                }
+                "weighted" | "mirroring" | "failover" => {
+                    self.bad(&p, format!("`{key}` services are not supported yet"))
+                }
+                _ => self.unknown(&p),
+            }
+        }
+        if svc.is_none() {
+            self.bad(path, "the service has no loadBalancer");
+        }
+        svc
+    }
+
+    fn load_balancer(&mut self, node: &Node, path: &str) -> LoadBalancerConfig {
+        let mut lb = LoadBalancerConfig::default();
+        for (key, child) in self.map(node, path) {
+            let p = format!("{path}.{key}");
+            match key.to_ascii_lowercase().as_str() {
+                "servers" => {
+                    let items: Vec<(String, Node)> = match child {
+                        Node::List(items) => items
+                            .iter()
+                            .enumerate()
+                            .map(|(i, n)| (format!("{p}[{i}]"), n.clone()))
+                            .collect(),
+                        // Labels and TOML tables can spell lists as maps keyed by index.
+                        Node::Map(m) => m
+                            .iter()
+                            .map(|(k, n)| (format!("{p}.{k}"), n.clone()))
+                            .collect(),
+                        Node::Leaf(_) => {
+                            self.bad(&p, "expected a list of servers");
+                            Vec::new()
+                        }
+                    };
+                    for (sp, n) in items {
+                        if let Some(s) = self.server(&n, &sp) {
+                            lb.servers.push(s);
+                        }
+                    }
+                }
+                "server" if self.mode == Mode::Labels => {
+                    lb.server = Some(self.server_template(child, &p))
+                }
+                "strategy" => {
+                    lb.strategy = match self
+                        .string(child, &p)
+                        .map(|s| s.to_ascii_lowercase())
+                        .as_deref()
+                    {
+                        Some("p2c") => Some(Strategy::P2c),
+                        Some("wrr") => Some(Strategy::Wrr),
+                        Some(other) => {
+                            self.bad(&p, format!("unknown strategy `{other}` (use p2c or wrr)"));
+                            None
+                        }
+                        None => None,
+                    }
+                }
+                "passhostheader" => lb.pass_host_header = self.bool(child, &p),
+                "healthcheck" => lb.health_check = Some(self.health_check(child, &p)),
+                "sticky" | "responseforwarding" | "serverstransport" => self.diags.push(
+                    Diagnostic::warning(p, format!("`{key}` is not supported yet; it is ignored")),
+                ),
+                _ => self.unknown(&p),
+            }
+        }
+        lb
+    }
+
+    fn server(&mut self, node: &Node, path: &str) -> Option<ServerConfig> {
+        let mut url = None;
+        let mut weight = None;
+        for (key, child) in self.map(node, path) {
+            let p = format!("{path}.{key}");
+            match key.to_ascii_lowercase().as_str() {
+                "url" => url = self.string(child, &p),
+                "weight" => weight = self.parsed(child, &p, "a non-negative integer weight"),
+                "preservepath" => {}
+                _ => self.unknown(&p),
+            }
+        }
+        match url {
+            Some(url) if !url.trim().is_empty() => Some(ServerConfig { url, weight }),
+            _ => {
+                self.bad(path, "server without url");
+                None
+            }
+        }
+    }
+
+    fn server_template(&mut self, node: &Node, path: &str) -> ServerTemplate {
+        let mut t = ServerTemplate::default();
+        for (key, child) in self.map(node, path) {
+            let p = format!("{path}.{key}");
+            match key.to_ascii_lowercase().as_str() {
+                "port" => t.port = self.parsed(child, &p, "a port number"),
+                "scheme" => {
+                    t.scheme = self.string(child, &p).and_then(|s| match s.as_str() {
+                        "http" | "https" | "h2c" => Some(s),
+                        _ => {
+                            self.bad(&p, format!("unknown scheme `{s}` (use http, https or h2c)"));
+                            None
+                        }
+                    })
+                }
+                "weight" => t.weight = self.parsed(child, &p, "a non-negative integer weight"),
+                // Accepted here too: some label sets put the strategy under `server`.
+                _ => self.unknown(&p),
+            }
+        }
+        t
+    }
+
+    fn health_check(&mut self, node: &Node, path: &str) -> HealthCheckConfig {
+        let mut h = HealthCheckConfig::default();
+        for (key, child) in self.map(node, path) {
+            let p = format!("{path}.{key}");
+            match key.to_ascii_lowercase().as_str() {
+                "path" => h.path = self.string(child, &p),
+                "interval" => h.interval = self.duration(child, &p),
+                "timeout" => h.timeout = self.duration(child, &p),
+                "port" => h.port = self.parsed(child, &p, "a port number"),
+                "scheme" => h.scheme = self.string(child, &p),
+                "hostname" => h.hostname = self.string(child, &p),
+                "mode" => h.mode = self.string(child, &p),
+                "status" => h.status = self.parsed(child, &p, "an HTTP status code"),
+                "headers" => {
+                    for (name, v) in self.map(child, &p) {
+                        if let Some(v) = self.string(v, &format!("{p}.{name}")) {
+                            h.headers.insert(name.clone(), v);
+                        }
+                    }
+                }
+                _ => self.unknown(&p),
+            }
+        }
+        h
+    }
+
+    fn middleware(&mut self, node: &Node, path: &str) -> Option<MiddlewareConfig> {
+        let entries = self.map(node, path);
+        let [(kind, options)] = entries else {
+            self.bad(
+                path,
+                "a middleware needs exactly one type (for example stripPrefix)",
+            );
+            return None;
+        };
+        let canonical = MIDDLEWARE_KINDS
+            .iter()
+            .find(|k| k.eq_ignore_ascii_case(kind));
+        if canonical.is_none() {
+            self.bad(
+                &format!("{path}.{kind}"),
+                format!("unknown middleware type `{kind}`"),
+            );
+        }
+        Some(MiddlewareConfig {
+            kind: canonical
+                .map(|k| (*k).to_string())
+                .unwrap_or_else(|| kind.clone()),
+            known: canonical.is_some(),
+            options: options.clone(),
+        })
+    }
+
+    fn tls(&mut self, node: &Node, path: &str) -> TlsConfig {
+        let mut tls = TlsConfig::default();
+        for (key, child) in self.map(node, path) {
+            let p = format!("{path}.{key}");
+            match key.to_ascii_lowercase().as_str() {
+                "certificates" => match child {
+                    Node::List(items) => {
+                        for (i, item) in items.iter().enumerate() {
+                            if let Some(c) = self.certificate(item, &format!("{p}[{i}]")) {
+                                tls.certificates.push(c);
+                            }
+                        }
+                    }
+                    _ => self.bad(&p, "expected a list of certificates"),
+                },
+                "stores" => {
+                    for (store, s) in self.map(child, &p) {
+                        let sp = format!("{p}.{store}");
+                        for (k, v) in self.map(s, &sp) {
+                            let kp = format!("{sp}.{k}");
+                            if k.eq_ignore_ascii_case("defaultCertificate") {
+                                tls.default_certificate = self.certificate(v, &kp);
+                            } else {
+                                self.unknown(&kp);
+                            }
+                        }
+                    }
+                }
+                "options" => self.diags.push(Diagnostic::warning(
+                    p,
+                    "TLS options are not supported yet; TLS 1.2+ with rustls defaults apply",
+                )),
+                _ => self.unknown(&p),
+            }
+        }
+        tls
+    }
+
+    fn certificate(&mut self, node: &Node, path: &str) -> Option<CertificateConfig> {
+        let mut cert = CertificateConfig::default();
+        for (key, child) in self.map(node, path) {
+            let p = format!("{path}.{key}");
+            match key.to_ascii_lowercase().as_str() {
+                "certfile" => cert.cert_file = self.string(child, &p).unwrap_or_default(),
+                "keyfile" => cert.key_file = self.string(child, &p).unwrap_or_default(),
+                "stores" => {}
+                _ => self.unknown(&p),
+            }
+        }
+        if cert.cert_file.is_empty() || cert.key_file.is_empty() {
+            self.bad(path, "a certificate needs certFile and keyFile");
+            return None;
+        }
+        Some(cert)
+    }
+}
+
+/// Parse a file provider's text (YAML, or TOML when `toml` is set) into a config.
+pub fn parse_file(
+    text: &str,
+    toml: bool,
+    diags: &mut Vec<Diagnostic>,
+) -> Result<DynamicConfig, String> {
+    let root = if toml {
+        let v: toml::Value = toml::from_str(text).map_err(|e| format!("invalid TOML: {e}"))?;
+        Node::from_toml(&v)
+    } else if text.trim().is_empty() {
+        Node::empty_map()
+    } else {
+        let v: serde_norway::Value =
+            serde_norway::from_str(text).map_err(|e| format!("invalid YAML: {e}"))?;
+        Node::from_yaml(&v)
+    };
+    if !matches!(root, Node::Map(_)) {
+        return Err("the configuration must be a map at the top level".into());
+    }
+    Ok(decode(&root, Mode::File, "", diags))
+}

@@ -1,0 +1,175 @@
+//! HTTP plumbing shared by every hop: hop-by-hop header removal and the
+//! `X-Forwarded-*` headers.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// The identity header the inbound sidecar sets; nobody else may.
+pub const CLIENT_ID_HEADER: &str = "x-berth-client-id";
+
+/// Headers that belong to one connection, never forwarded (RFC 9110 7.6.1, plus the
+/// legacy ones proxies conventionally drop).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// The protocol the client asked to switch to, if the request is an upgrade
+/// (`Connection: upgrade` and an `Upgrade` header).
+pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let wants = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if wants {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Remove hop-by-hop headers and every header the `Connection` header names. `te` is
+/// kept only as `te: trailers` (gRPC needs it). Upgrade headers are restored by the
+/// caller when it forwards an upgrade.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// What the proxy knows about the client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardInfo<'a> {
+    pub client_ip: IpAddr,
+    /// Whether the client is a trusted proxy whose `X-Forwarded-*` may be kept.
+    pub trusted: bool,
+    pub tls: bool,
+    /// The Host the client asked for (with port, as sent).
+    pub host: Option<&'a str>,
+    pub local_port: u16,
+}
+
+const X_FORWARDED: [&str; 6] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-real-ip",
+];
+
+/// Set `X-Forwarded-For/-Proto/-Host/-Port` and `X-Real-Ip` as Traefik does: values
+/// from untrusted clients are discarded, the client's address is appended.
+pub fn set_forwarded(headers: &mut HeaderMap, info: &ForwardInfo<'_>) {
+    if !info.trusted {
+        for h in X_FORWARDED {
+            headers.remove(h);
+        }
+    }
+    let ip = info.client_ip.to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
+        _ => ip.clone(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    if !headers.contains_key("x-forwarded-proto") {
+        let proto = if info.tls { "https" } else { "http" };
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    }
+    if !headers.contains_key("x-forwarded-host")
+        && let Some(v) = info.host.and_then(|h| HeaderValue::from_str(h).ok())
+    {
+        headers.insert("x-forwarded-host", v);
+    }
+    if !headers.contains_key("x-forwarded-port") {
+        headers.insert("x-forwarded-port", HeaderValue::from(info.local_port));
+    }
+    if !headers.contains_key("x-real-ip")
+        && let Ok(v) = HeaderValue::from_str(&ip)
+    {
+        headers.insert("x-real-ip", v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("te", HeaderValue::from_static("trailers, deflate"));
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        remove_hop_by_hop(&mut h);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get("connection").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get("transfer-encoding").is_none());
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        assert_eq!(h.get("x-keep").unwrap(), "yes");
+    }
+
+    #[test]
+    fn forwarded_untrusted_are_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let info = ForwardInfo {
+            client_ip: "127.0.0.9".parse().unwrap(),
+            trusted: false,
+            tls: false,
+            host: Some("a.test:8080"),
+            local_port: 8080,
+        };
+        set_forwarded(&mut h, &info);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "127.0.0.9");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+        assert_eq!(h.get("x-forwarded-host").unwrap(), "a.test:8080");
+        assert_eq!(h.get("x-forwarded-port").unwrap(), "8080");
+        let mut h2 = HeaderMap::new();
+        h2.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        set_forwarded(
+            &mut h2,
+            &ForwardInfo {
+                trusted: true,
+                ..info
+            },
+        );
+        assert_eq!(h2.get("x-forwarded-for").unwrap(), "6.6.6.6, 127.0.0.9");
+    }
+}

@@ -1,0 +1,321 @@
+//! Docker labels (`berth.*`, and `traefik.*` for compatibility) to configuration.
+//!
+//! Labels become a [`Node`] tree and go through the same decoder as the file provider.
+//! `berth.` keys win over the same `traefik.` keys. Every key that is not understood is
+//! a diagnostic; one bad key never stops the rest of the container from loading.
+
+use std::collections::BTreeMap;
+
+use crate::config::{self, DynamicConfig, Mode, Node, ServerConfig, Strategy};
+use crate::diag::Diagnostic;
+
+pub const PREFIXES: [&str; 2] = ["berth.", "traefik."];
+
+/// What one container's labels say.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerLabels {
+    /// `berth.enable` / `traefik.enable`.
+    pub enable: Option<bool>,
+    pub config: DynamicConfig,
+    pub mesh: MeshLabels,
+}
+
+/// The east-west labels.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MeshLabels {
+    /// `berth.mesh.name`: the east-west name (default: the ECS service name).
+    pub name: Option<String>,
+    /// `berth.mesh.allow`: caller identities or service names allowed to call.
+    pub allow: Option<Vec<String>>,
+}
+
+/// Parse a container's labels. Labels outside the two prefixes are ignored.
+pub fn parse(labels: &BTreeMap<String, String>) -> (ContainerLabels, Vec<Diagnostic>) {
+    let mut diags = Vec::new();
+    // Collect stripped keys, berth. winning over traefik.
+    let mut chosen: BTreeMap<String, (&str, &str)> = BTreeMap::new();
+    for prefix in PREFIXES.iter().rev() {
+        for (key, value) in labels {
+            let Some(rest) = strip_prefix_ci(key, prefix) else {
+                continue;
+            };
+            let norm = rest.to_ascii_lowercase();
+            if let Some((old_prefix, _)) = chosen.get(&norm)
+                && *old_prefix != *prefix
+            {
+                diags.push(Diagnostic::warning(
+                    key.clone(),
+                    format!("overrides the same key under `{old_prefix}`"),
+                ));
+            }
+            chosen.insert(norm, (prefix, value.as_str()));
+        }
+    }
+    // Rebuild with original spelling of the key (router names keep their case).
+    let mut out = ContainerLabels::default();
+    let mut dynamic_pairs: Vec<(String, String, &str)> = Vec::new();
+    for (key, value) in labels {
+        let Some((prefix, rest)) = PREFIXES
+            .iter()
+            .find_map(|p| strip_prefix_ci(key, p).map(|r| (*p, r)))
+        else {
+            continue;
+        };
+        match chosen.get(&rest.to_ascii_lowercase()) {
+            Some((p, _)) if *p == prefix => {}
+            _ => continue,
+        }
+        let lower = rest.to_ascii_lowercase();
+        let top = lower.split('.').next().unwrap_or_default();
+        match top {
+            "enable" if lower == "enable" => match value.trim().to_ascii_lowercase().as_str() {
+                "true" => out.enable = Some(true),
+                "false" => out.enable = Some(false),
+                other => diags.push(Diagnostic::error(
+                    key.clone(),
+                    format!("`{other}` is not true or false"),
+                )),
+            },
+            "mesh" => {
+                match lower.as_str() {
+                    "mesh.name" => {
+                        let name = value.trim();
+                        if valid_mesh_name(name) {
+                            out.mesh.name = Some(name.to_string());
+                        } else {
+                            diags.push(Diagnostic::error(
+                            key.clone(),
+                            format!("`{name}` is not a valid mesh name (letters, digits, `-`, `_`, `.`)"),
+                        ));
+                        }
+                    }
+                    "mesh.allow" => {
+                        out.mesh.allow = Some(
+                            value
+                                .split(',')
+                                .map(str::trim)
+                                .filter(|s| !s.is_empty())
+                                .map(String::from)
+                                .collect(),
+                        )
+                    }
+                    _ => diags.push(Diagnostic::error(
+                        key.clone(),
+                        "unknown mesh option (name, allow)",
+                    )),
+                }
+            }
+            "http" | "tcp" | "udp" | "tls" => {
+                dynamic_pairs.push((prefix.to_string(), rest.to_string(), value))
+            }
+            "docker" | "ecs" | "swarm" => diags.push(Diagnostic::warning(
+                key.clone(),
+                "provider-specific option is not used by Berth; ignored",
+            )),
+            _ => diags.push(Diagnostic::error(
+                key.clone(),
+                "unknown label; it is ignored",
+            )),
+        }
+    }
+    // Decode each prefix's keys so diagnostics name the key as the user wrote it.
+    for prefix in PREFIXES {
+        let pairs: Vec<(&str, &str)> = dynamic_pairs
+            .iter()
+            .filter(|(p, _, _)| p == prefix)
+            .map(|(_, k, v)| (k.as_str(), *v))
+            .collect();
+        if pairs.is_empty() {
+            continue;
+        }
+        let tree = Node::from_dotted(pairs, prefix, &mut diags);
+        let cfg = config::decode(&tree, Mode::Labels, prefix, &mut diags);
+        merge_labels(&mut out.config, cfg);
+    }
+    (out, diags)
+}
+
+fn merge_labels(into: &mut DynamicConfig, from: DynamicConfig) {
+    // Keys are disjoint between prefixes (berth. won already), but the same router may
+    // be spread across both prefixes: merge field by field, the existing (berth.) first.
+    for (name, r) in from.http.routers {
+        let e = into.http.routers.entry(name).or_default();
+        e.rule = e.rule.take().or(r.rule);
+        if e.entry_points.is_empty() {
+            e.entry_points = r.entry_points;
+        }
+        e.priority = e.priority.or(r.priority);
+        e.service = e.service.take().or(r.service);
+        if e.middlewares.is_empty() {
+            e.middlewares = r.middlewares;
+        }
+        e.tls = e.tls.take().or(r.tls);
+    }
+    for (name, s) in from.http.services {
+        into.http.services.entry(name).or_insert(s);
+    }
+    for (name, m) in from.http.middlewares {
+        into.http.middlewares.entry(name).or_insert(m);
+    }
+}
+
+fn strip_prefix_ci<'a>(key: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = key.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &key[prefix.len()..])
+}
+
+/// Mesh names are DNS-label-like (they become `http://NAME/`).
+pub fn valid_mesh_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// Where a container can be reached, for turning its labels into servers.
+#[derive(Debug, Clone)]
+pub struct ContainerTarget {
+    /// Name used for the default router and service (Traefik: the normalized instance name).
+    pub name: String,
+    /// The address to dial (IP or host).
+    pub address: String,
+    /// Container port -> the port to dial (the host port in bridge mode).
+    pub ports: Vec<(u16, u16)>,
+    /// Default rule template: `{{ normalize .Name }}` and `{{ .Name }}` are substituted.
+    pub default_rule: Option<String>,
+    pub default_strategy: Strategy,
+}
+
+/// Traefik's provider defaults: a default service when none is declared, a default
+/// router (with the default rule) when none is declared, a router without `service`
+/// bound to the only service, and one server per service at the container's address.
+pub fn container_config(
+    labels: &ContainerLabels,
+    target: &ContainerTarget,
+) -> (DynamicConfig, Vec<Diagnostic>) {
+    let mut diags = Vec::new();
+    let mut cfg = labels.config.clone();
+    let default_name = normalize_name(&target.name);
+    if cfg.http.services.is_empty() {
+        cfg.http
+            .services
+            .insert(default_name.clone(), Default::default());
+    }
+    let service_names: Vec<String> = cfg.http.services.keys().cloned().collect();
+    for (name, svc) in cfg.http.services.iter_mut() {
+        let lb = &mut svc.load_balancer;
+        if lb.strategy.is_none() {
+            lb.strategy = Some(target.default_strategy);
+        }
+        if !lb.servers.is_empty() {
+            continue;
+        }
+        let tmpl = lb.server.clone().unwrap_or_default();
+        let port = match (tmpl.port, target.ports.as_slice()) {
+            (Some(p), ports) => ports
+                .iter()
+                .find(|(c, _)| *c == p)
+                .map(|(_, h)| *h)
+                .or(Some(p)),
+            (None, [(_, host)]) => Some(*host),
+            (None, []) => {
+                diags.push(Diagnostic::error(
+                    format!("http.services.{name}.loadbalancer.server.port"),
+                    "the container exposes no port; set loadbalancer.server.port",
+                ));
+                None
+            }
+            (None, _) => {
+                diags.push(Diagnostic::error(
+                    format!("http.services.{name}.loadbalancer.server.port"),
+                    "the container exposes several ports; set loadbalancer.server.port to choose one",
+                ));
+                None
+            }
+        };
+        if let Some(port) = port {
+            let scheme = tmpl.scheme.as_deref().unwrap_or("http");
+            let host = if target.address.contains(':') {
+                format!("[{}]", target.address)
+            } else {
+                target.address.clone()
+            };
+            lb.servers.push(ServerConfig {
+                url: format!("{scheme}://{host}:{port}"),
+                weight: tmpl.weight,
+            });
+        }
+    }
+    if cfg.http.routers.is_empty() && target.default_rule.is_some() {
+        cfg.http
+            .routers
+            .insert(default_name.clone(), Default::default());
+    }
+    let mut drop = Vec::new();
+    for (name, r) in cfg.http.routers.iter_mut() {
+        if r.rule.is_none() {
+            match &target.default_rule {
+                Some(tpl) => r.rule = Some(render_default_rule(tpl, &target.name)),
+                None => {
+                    diags.push(Diagnostic::error(
+                        format!("http.routers.{name}.rule"),
+                        "the router has no rule and no default rule is configured",
+                    ));
+                    drop.push(name.clone());
+                    continue;
+                }
+            }
+        }
+        if r.service.is_none() {
+            if service_names.len() == 1 {
+                r.service = service_names.first().cloned();
+            } else {
+                diags.push(Diagnostic::error(
+                    format!("http.routers.{name}.service"),
+                    "the router names no service and the container defines several; set one",
+                ));
+                drop.push(name.clone());
+            }
+        }
+    }
+    for name in drop {
+        cfg.http.routers.remove(&name);
+    }
+    (cfg, diags)
+}
+
+/// Traefik's `normalize`: every character that is not alphanumeric becomes `-`.
+pub fn normalize_name(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    s.trim_matches('-').to_string()
+}
+
+/// Substitute `{{ normalize .Name }}` and `{{ .Name }}` in a default-rule template.
+pub fn render_default_rule(tpl: &str, name: &str) -> String {
+    let mut out = String::with_capacity(tpl.len());
+    let mut rest = tpl;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find("}}") else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let inner: Vec<&str> = rest[start + 2..start + end].split_whitespace().collect();
+        match inner.as_slice() {
+            ["normalize", ".Name"] => out.push_str(&normalize_name(name)),
+            [".Name"] => out.push_str(name),
+            _ => out.push_str(&rest[start..start + end + 2]),
+        }
+        rest = &rest[start + end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests;

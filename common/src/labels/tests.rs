@@ -1,0 +1,203 @@
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::config::Strategy;
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn target() -> ContainerTarget {
+    ContainerTarget {
+        name: "whoami".into(),
+        address: "127.0.100.1".into(),
+        ports: vec![(80, 80)],
+        default_rule: Some("Host(`{{ normalize .Name }}.localhost`)".into()),
+        default_strategy: Strategy::P2c,
+    }
+}
+
+#[test]
+fn traefik_labels_are_read_for_compatibility() {
+    let l = labels(&[
+        ("traefik.enable", "true"),
+        ("traefik.http.routers.web.rule", "Host(`a.test`)"),
+        ("traefik.http.routers.web.entrypoints", "web, websecure"),
+        ("traefik.http.routers.web.priority", "10"),
+        ("traefik.http.services.app.loadbalancer.server.port", "8080"),
+        ("com.amazonaws.ecs.task-arn", "ignored"),
+    ]);
+    let (c, diags) = parse(&l);
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(c.enable, Some(true));
+    let r = &c.config.http.routers["web"];
+    assert_eq!(r.rule.as_deref(), Some("Host(`a.test`)"));
+    assert_eq!(r.entry_points, vec!["web", "websecure"]);
+    assert_eq!(r.priority, Some(10));
+    let t = ContainerTarget {
+        ports: vec![(8080, 32768), (9000, 32769)],
+        ..target()
+    };
+    let (cfg, d) = container_config(&c, &t);
+    assert!(d.is_empty(), "{d:?}");
+    // The only service is bound to the router; the container port maps to the host port.
+    assert_eq!(cfg.http.routers["web"].service.as_deref(), Some("app"));
+    assert_eq!(
+        cfg.http.services["app"].load_balancer.servers[0].url,
+        "http://127.0.100.1:32768"
+    );
+}
+
+#[test]
+fn berth_wins_over_traefik_and_is_reported() {
+    let l = labels(&[
+        ("traefik.http.routers.r.rule", "Host(`old.test`)"),
+        ("berth.http.routers.r.rule", "Host(`new.test`)"),
+        ("traefik.http.routers.r.priority", "5"),
+    ]);
+    let (c, diags) = parse(&l);
+    let r = &c.config.http.routers["r"];
+    assert_eq!(r.rule.as_deref(), Some("Host(`new.test`)"));
+    assert_eq!(
+        r.priority,
+        Some(5),
+        "non-conflicting traefik keys still apply"
+    );
+    assert_eq!(diags.len(), 1);
+    assert_eq!(diags[0].key, "berth.http.routers.r.rule");
+}
+
+#[test]
+fn defaults_follow_traefik() {
+    let (c, _) = parse(&labels(&[("berth.enable", "true")]));
+    let (cfg, d) = container_config(&c, &target());
+    assert!(d.is_empty(), "{d:?}");
+    let r = &cfg.http.routers["whoami"];
+    assert_eq!(r.rule.as_deref(), Some("Host(`whoami.localhost`)"));
+    assert_eq!(r.service.as_deref(), Some("whoami"));
+    assert_eq!(
+        cfg.http.services["whoami"].load_balancer.servers[0].url,
+        "http://127.0.100.1:80"
+    );
+}
+
+#[test]
+fn bad_keys_become_diagnostics_and_the_rest_loads() {
+    let l = labels(&[
+        ("berth.http.routers.r.rule", "Host(`a.test`)"),
+        ("berth.http.routers.r.colour", "blue"),
+        ("berth.http.routers.r.priority", "high"),
+        ("berth.http.services.s.loadbalancer.server.port", "http"),
+        ("berth.http.services.s.loadbalancer.strategy", "wrr"),
+        ("berth.enable", "maybe"),
+        ("berth.frobnicate", "1"),
+        ("berth.mesh.name", "bad name!"),
+        (
+            "berth.mesh.allow",
+            "orders, spiffe://berth.local/ecs/prod/billing",
+        ),
+        ("traefik.tcp.routers.t.rule", "HostSNI(`*`)"),
+    ]);
+    let (c, diags) = parse(&l);
+    let keys: Vec<&str> = diags.iter().map(|d| d.key.as_str()).collect();
+    for k in [
+        "berth.http.routers.r.colour",
+        "berth.http.routers.r.priority",
+        "berth.http.services.s.loadbalancer.server.port",
+        "berth.enable",
+        "berth.frobnicate",
+        "berth.mesh.name",
+        "traefik.tcp",
+    ] {
+        assert!(keys.contains(&k), "missing diagnostic for {k}: {keys:?}");
+    }
+    assert_eq!(
+        c.config.http.routers["r"].rule.as_deref(),
+        Some("Host(`a.test`)")
+    );
+    assert_eq!(
+        c.config.http.services["s"].load_balancer.strategy,
+        Some(Strategy::Wrr)
+    );
+    assert_eq!(
+        c.mesh.allow.as_deref(),
+        Some(
+            &[
+                "orders".to_string(),
+                "spiffe://berth.local/ecs/prod/billing".to_string()
+            ][..]
+        )
+    );
+    assert_eq!(c.mesh.name, None);
+}
+
+#[test]
+fn several_services_need_an_explicit_router_service() {
+    let l = labels(&[
+        ("berth.http.routers.r.rule", "Host(`a.test`)"),
+        ("berth.http.services.a.loadbalancer.server.port", "80"),
+        ("berth.http.services.b.loadbalancer.server.port", "80"),
+    ]);
+    let (c, _) = parse(&l);
+    let (cfg, d) = container_config(&c, &target());
+    assert!(cfg.http.routers.is_empty());
+    assert_eq!(d[0].key, "http.routers.r.service");
+}
+
+#[test]
+fn several_ports_without_label_is_a_diagnostic() {
+    let (c, _) = parse(&labels(&[("berth.enable", "true")]));
+    let t = ContainerTarget {
+        ports: vec![(80, 80), (81, 81)],
+        ..target()
+    };
+    let (cfg, d) = container_config(&c, &t);
+    assert!(cfg.http.services["whoami"].load_balancer.servers.is_empty());
+    assert!(d[0].message.contains("several ports"));
+}
+
+#[test]
+fn middleware_labels() {
+    let l = labels(&[
+        (
+            "traefik.http.middlewares.strip.stripprefix.prefixes",
+            "/api",
+        ),
+        ("traefik.http.routers.r.middlewares", "strip, auth@file"),
+    ]);
+    let (c, diags) = parse(&l);
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(c.config.http.middlewares["strip"].kind, "stripPrefix");
+    assert_eq!(
+        c.config.http.routers["r"].middlewares,
+        vec!["strip", "auth@file"]
+    );
+}
+
+#[test]
+fn conflicting_key_shapes_are_reported() {
+    let l = labels(&[
+        ("berth.http.routers.r.rule", "Host(`a`)"),
+        ("berth.http.routers.r.rule.x", "1"),
+    ]);
+    let (_, diags) = parse(&l);
+    assert!(
+        diags.iter().any(|d| d.key == "berth.http.routers.r.rule.x"),
+        "{diags:?}"
+    );
+}
+
+#[test]
+fn default_rule_templates() {
+    assert_eq!(
+        render_default_rule("Host(`{{ normalize .Name }}`)", "my_app.v2"),
+        "Host(`my-app-v2`)"
+    );
+    assert_eq!(
+        render_default_rule("Host(`{{.Name}}.x`)", "a"),
+        "Host(`a.x`)"
+    );
+}

@@ -1,0 +1,16 @@
+//! What the Berth gateway and sidecar share.
+//!
+//! Each concept lives in exactly one module here: the rule language in [`rules`], docker
+//! labels in [`labels`], the dynamic configuration model in [`config`], the routing
+//! snapshot in [`routing`], TLS loading in [`tls`] and HTTP plumbing in [`http`].
+
+pub mod config;
+pub mod diag;
+pub mod http;
+pub mod labels;
+pub mod routing;
+pub mod rules;
+pub mod tls;
+
+#[cfg(feature = "test-util")]
+pub mod test_util;

@@ -1,0 +1,287 @@
+//! The snapshot builder: a pure function from the providers' views to one [`Snapshot`].
+//!
+//! Names are qualified `name@provider`; a reference without `@` means the referring
+//! router's provider, as in Traefik. Problems never abort the build: they disable the
+//! router or service concerned and are recorded on it and in the diagnostics.
+
+use std::collections::{BTreeSet, HashMap};
+
+use super::snapshot::*;
+use crate::config::{DynamicConfig, Strategy};
+use crate::diag::Diagnostic;
+use crate::rules;
+
+/// One provider's complete, current view.
+#[derive(Debug, Clone, Default)]
+pub struct ProviderView {
+    /// `file`, `ecs`, ...
+    pub provider: String,
+    pub config: DynamicConfig,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// The entrypoints that exist, by name.
+    pub entrypoints: Vec<String>,
+    /// Middleware types the data path implements (routers naming others fail closed).
+    pub implemented_middlewares: Vec<String>,
+    pub version: u64,
+}
+
+fn qualify(name: &str, provider: &str) -> String {
+    if name.contains('@') {
+        name.to_string()
+    } else {
+        format!("{name}@{provider}")
+    }
+}
+
+/// Build the snapshot. Deterministic: the same input always gives the same output.
+pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
+    let mut snap = Snapshot {
+        version: opts.version,
+        ..Snapshot::default()
+    };
+    for view in views {
+        snap.diagnostics.extend(view.diagnostics.iter().cloned());
+    }
+
+    // Services.
+    let mut service_idx: HashMap<String, usize> = HashMap::new();
+    for view in views {
+        for (name, svc) in &view.config.http.services {
+            let qname = qualify(name, &view.provider);
+            let lb = &svc.load_balancer;
+            let mut errors = Vec::new();
+            let mut servers = Vec::new();
+            for s in &lb.servers {
+                match parse_server_url(&s.url) {
+                    Ok(uri) => servers.push(Server {
+                        url: s.url.clone(),
+                        uri,
+                        weight: s.weight.unwrap_or(1),
+                    }),
+                    Err(e) => errors.push(format!("server `{}`: {e}", s.url)),
+                }
+            }
+            let entry = ServiceEntry {
+                name: qname.clone(),
+                provider: view.provider.clone(),
+                servers,
+                strategy: lb.strategy.unwrap_or(Strategy::P2c),
+                pass_host_header: lb.pass_host_header.unwrap_or(true),
+                health_check: lb.health_check.clone(),
+                used_by: Vec::new(),
+                status: if errors.is_empty() {
+                    Status::Enabled
+                } else {
+                    Status::Disabled
+                },
+                errors,
+            };
+            service_idx.insert(qname, snap.services.len());
+            snap.services.push(entry);
+        }
+    }
+
+    // Middlewares.
+    let mut mw_idx: HashMap<String, usize> = HashMap::new();
+    for view in views {
+        for (name, mw) in &view.config.http.middlewares {
+            let qname = qualify(name, &view.provider);
+            let mut errors = Vec::new();
+            if !mw.known {
+                errors.push(format!("unknown middleware type `{}`", mw.kind));
+            } else if !opts.implemented_middlewares.iter().any(|k| k == &mw.kind) {
+                errors.push(format!(
+                    "middleware type `{}` is not implemented by Berth yet",
+                    mw.kind
+                ));
+            }
+            mw_idx.insert(qname.clone(), snap.middlewares.len());
+            snap.middlewares.push(MiddlewareEntry {
+                name: qname,
+                provider: view.provider.clone(),
+                kind: mw.kind.clone(),
+                used_by: Vec::new(),
+                status: if errors.is_empty() {
+                    Status::Enabled
+                } else {
+                    Status::Disabled
+                },
+                errors,
+            });
+        }
+    }
+
+    // Routers.
+    for view in views {
+        for (name, r) in &view.config.http.routers {
+            let qname = qualify(name, &view.provider);
+            let mut errors = Vec::new();
+            let rule_text = r.rule.clone().unwrap_or_default();
+            let rule = if rule_text.is_empty() {
+                errors.push("the router has no rule".to_string());
+                None
+            } else {
+                match rules::compile(&rule_text) {
+                    Ok(rule) => Some(rule),
+                    Err(e) => {
+                        errors.push(format!("invalid rule: {e}"));
+                        None
+                    }
+                }
+            };
+            let service = match &r.service {
+                Some(s) => qualify(s, &view.provider),
+                None => {
+                    errors.push("the router names no service".to_string());
+                    String::new()
+                }
+            };
+            let service_index = service_idx.get(&service).copied();
+            match service_index {
+                Some(i) => {
+                    snap.services[i].used_by.push(qname.clone());
+                    if snap.services[i].status == Status::Disabled {
+                        errors.push(format!("service `{service}` is disabled"));
+                    }
+                }
+                None if !service.is_empty() => {
+                    errors.push(format!("service `{service}` does not exist"))
+                }
+                None => {}
+            }
+            let middlewares: Vec<String> = r
+                .middlewares
+                .iter()
+                .map(|m| qualify(m, &view.provider))
+                .collect();
+            for m in &middlewares {
+                match mw_idx.get(m) {
+                    Some(&i) => {
+                        snap.middlewares[i].used_by.push(qname.clone());
+                        if let Some(e) = snap.middlewares[i].errors.first() {
+                            errors.push(format!(
+                                "middleware `{m}`: {e}; the router is not served (fail closed)"
+                            ));
+                        }
+                    }
+                    None => errors.push(format!(
+                        "middleware `{m}` does not exist; the router is not served (fail closed)"
+                    )),
+                }
+            }
+            for ep in &r.entry_points {
+                if !opts.entrypoints.contains(ep) {
+                    errors.push(format!("entrypoint `{ep}` does not exist"));
+                }
+            }
+            let entry_points = if r.entry_points.is_empty() {
+                opts.entrypoints.clone()
+            } else {
+                r.entry_points
+                    .iter()
+                    .filter(|e| opts.entrypoints.contains(e))
+                    .cloned()
+                    .collect()
+            };
+            // An unknown entrypoint alone does not disable the router (Traefik serves it
+            // on the others); anything else does.
+            let fatal = errors.iter().any(|e| !e.starts_with("entrypoint "));
+            let status = if fatal || entry_points.is_empty() {
+                Status::Disabled
+            } else {
+                Status::Enabled
+            };
+            snap.routers.push(RouterEntry {
+                name: qname,
+                provider: view.provider.clone(),
+                priority: r
+                    .priority
+                    .filter(|p| *p != 0)
+                    .unwrap_or_else(|| rules::default_priority(&rule_text)),
+                rule_text,
+                rule,
+                entry_points,
+                service,
+                service_index,
+                middlewares,
+                tls: r.tls.is_some(),
+                status,
+                errors,
+            });
+        }
+    }
+    for r in &snap.routers {
+        for e in &r.errors {
+            snap.diagnostics.push(
+                Diagnostic::error(format!("router {}", r.name), e.clone())
+                    .with_source(r.provider.clone()),
+            );
+        }
+    }
+
+    // Route tables per (entrypoint, tls).
+    let mut order: Vec<u32> = (0..snap.routers.len() as u32).collect();
+    order.sort_by(|&a, &b| {
+        let (ra, rb) = (&snap.routers[a as usize], &snap.routers[b as usize]);
+        (std::cmp::Reverse(ra.priority), &ra.name).cmp(&(std::cmp::Reverse(rb.priority), &rb.name))
+    });
+    for ep in &opts.entrypoints {
+        for tls in [false, true] {
+            let mut table = RouteTable::default();
+            for &i in &order {
+                let r = &snap.routers[i as usize];
+                if r.status != Status::Enabled || r.tls != tls || !r.entry_points.contains(ep) {
+                    continue;
+                }
+                match r.rule.as_ref().and_then(|rule| rule.required_hosts()) {
+                    Some(hosts) => {
+                        for h in hosts {
+                            table.by_host.entry(h.clone()).or_default().push(i);
+                        }
+                    }
+                    None => table.any_host.push(i),
+                }
+            }
+            snap.tables.insert((ep.clone(), tls), table);
+        }
+    }
+
+    // TLS certificates, deduplicated.
+    let mut seen = BTreeSet::new();
+    for view in views {
+        for c in &view.config.tls.certificates {
+            if seen.insert((c.cert_file.clone(), c.key_file.clone())) {
+                snap.certificates.push(c.clone());
+            }
+        }
+        if snap.default_certificate.is_none() {
+            snap.default_certificate = view.config.tls.default_certificate.clone();
+        }
+    }
+    snap
+}
+
+/// Server URLs: `http`, `https` or `h2c` scheme, a host, an optional port, no path.
+pub fn parse_server_url(url: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = url
+        .trim()
+        .parse()
+        .map_err(|e| format!("invalid URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https" | "h2c") => {}
+        Some(other) => {
+            return Err(format!(
+                "unsupported scheme `{other}` (use http, https or h2c)"
+            ));
+        }
+        None => return Err("missing scheme (http://, https:// or h2c://)".into()),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("missing host".into());
+    }
+    Ok(uri)
+}

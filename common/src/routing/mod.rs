@@ -1,0 +1,11 @@
+//! The routing model: one immutable [`Snapshot`] built by a pure function from every
+//! provider's view, swapped atomically by its owner, read once per request.
+
+pub mod builder;
+pub mod snapshot;
+
+pub use builder::{BuildOptions, ProviderView, build};
+pub use snapshot::*;
+
+#[cfg(test)]
+mod tests;

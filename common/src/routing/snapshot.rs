@@ -1,0 +1,147 @@
+//! The immutable routing table and its lookups.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::config::{CertificateConfig, HealthCheckConfig, Strategy};
+use crate::diag::Diagnostic;
+use crate::rules::{RequestView, Rule};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Enabled,
+    Disabled,
+}
+
+/// A router as served, with its problems; `rule` is `None` when it did not compile.
+#[derive(Debug, Clone)]
+pub struct RouterEntry {
+    /// `name@provider`.
+    pub name: String,
+    pub provider: String,
+    pub rule_text: String,
+    pub rule: Option<Rule>,
+    pub priority: i64,
+    pub entry_points: Vec<String>,
+    /// `name@provider` of the service.
+    pub service: String,
+    pub service_index: Option<usize>,
+    pub middlewares: Vec<String>,
+    pub tls: bool,
+    pub status: Status,
+    pub errors: Vec<String>,
+}
+
+/// One upstream server of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub url: String,
+    pub uri: http::Uri,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceEntry {
+    pub name: String,
+    pub provider: String,
+    pub servers: Vec<Server>,
+    pub strategy: Strategy,
+    pub pass_host_header: bool,
+    pub health_check: Option<HealthCheckConfig>,
+    pub used_by: Vec<String>,
+    pub status: Status,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MiddlewareEntry {
+    pub name: String,
+    pub provider: String,
+    pub kind: String,
+    pub used_by: Vec<String>,
+    pub status: Status,
+    pub errors: Vec<String>,
+}
+
+/// Routers of one entrypoint for one connection kind (plain or TLS), indexed by host.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    /// Routers whose rule pins the host, by canonical host; each list in priority order.
+    pub by_host: HashMap<String, Vec<u32>>,
+    /// Routers that may match any host, in priority order.
+    pub any_host: Vec<u32>,
+}
+
+/// Everything the data path and the admin API need, immutable once built.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub version: u64,
+    pub routers: Vec<RouterEntry>,
+    pub services: Vec<ServiceEntry>,
+    pub middlewares: Vec<MiddlewareEntry>,
+    /// Key: (entrypoint, tls).
+    pub tables: HashMap<(String, bool), RouteTable>,
+    pub certificates: Vec<CertificateConfig>,
+    pub default_certificate: Option<CertificateConfig>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Snapshot {
+    /// The highest-priority enabled router matching the request, on this entrypoint
+    /// for this kind of connection.
+    pub fn route(
+        &self,
+        entrypoint: &str,
+        tls: bool,
+        req: &RequestView<'_>,
+    ) -> Option<&RouterEntry> {
+        // Avoid allocating the key: tables are few, look them up by iteration only if needed.
+        let table = self.table(entrypoint, tls)?;
+        let pinned = table
+            .by_host
+            .get(req.host)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let any = table.any_host.as_slice();
+        // Merge the two priority-ordered lists lazily; first match wins.
+        let (mut i, mut j) = (0, 0);
+        while i < pinned.len() || j < any.len() {
+            let take_pinned = match (pinned.get(i), any.get(j)) {
+                (Some(&a), Some(&b)) => self.before(a, b),
+                (Some(_), None) => true,
+                _ => false,
+            };
+            let idx = if take_pinned {
+                i += 1;
+                pinned[i - 1]
+            } else {
+                j += 1;
+                any[j - 1]
+            };
+            let router = &self.routers[idx as usize];
+            if router.rule.as_ref().is_some_and(|r| r.matches(req)) {
+                return Some(router);
+            }
+        }
+        None
+    }
+
+    fn table(&self, entrypoint: &str, tls: bool) -> Option<&RouteTable> {
+        self.tables
+            .iter()
+            .find(|((ep, t), _)| *t == tls && ep == entrypoint)
+            .map(|(_, table)| table)
+    }
+
+    /// Router order: priority descending, then name.
+    pub fn before(&self, a: u32, b: u32) -> bool {
+        let (ra, rb) = (&self.routers[a as usize], &self.routers[b as usize]);
+        (std::cmp::Reverse(ra.priority), &ra.name) < (std::cmp::Reverse(rb.priority), &rb.name)
+    }
+
+    pub fn service(&self, name: &str) -> Option<&ServiceEntry> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}

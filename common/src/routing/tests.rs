@@ -1,0 +1,154 @@
+use std::net::IpAddr;
+
+use http::{HeaderMap, Method};
+
+use super::*;
+use crate::config::{self, DynamicConfig};
+use crate::rules::RequestView;
+
+fn view(provider: &str, yaml: &str) -> ProviderView {
+    let mut diagnostics = Vec::new();
+    let config: DynamicConfig = config::parse_file(yaml, false, &mut diagnostics).unwrap();
+    ProviderView {
+        provider: provider.into(),
+        config,
+        diagnostics,
+    }
+}
+
+fn opts() -> BuildOptions {
+    BuildOptions {
+        entrypoints: vec!["web".into(), "admin".into()],
+        implemented_middlewares: vec![],
+        version: 1,
+    }
+}
+
+fn route<'a>(s: &'a Snapshot, ep: &str, host: &str, path: &str) -> Option<&'a str> {
+    let headers = HeaderMap::new();
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let req = RequestView {
+        host,
+        path,
+        method: &Method::GET,
+        headers: &headers,
+        query: None,
+        client_ip: ip,
+    };
+    s.route(ep, false, &req).map(|r| r.name.as_str())
+}
+
+const BASE: &str = r#"
+http:
+  routers:
+    catchall: { rule: "PathPrefix(`/`)", service: s }
+    api: { rule: "Host(`a.test`) && PathPrefix(`/api`)", service: s }
+    host: { rule: "Host(`a.test`)", service: s }
+    pinned: { rule: "Path(`/x`)", service: s, priority: 1000, entryPoints: [admin] }
+    low: { rule: "Host(`a.test`) && Path(`/low`)", service: s, priority: 1 }
+  services:
+    s: { loadBalancer: { servers: [ { url: "http://127.0.0.1:1" } ] } }
+"#;
+
+#[test]
+fn priority_by_rule_length_and_explicit() {
+    let s = build(&[view("file", BASE)], &opts());
+    assert_eq!(route(&s, "web", "a.test", "/api/x"), Some("api@file"));
+    // As in Traefik, the length decides: `PathPrefix(`/`)` (15) beats `Host(`a.test`)` (14).
+    assert_eq!(route(&s, "web", "a.test", "/other"), Some("catchall@file"));
+    assert_eq!(route(&s, "web", "b.test", "/other"), Some("catchall@file"));
+    // Explicit priority 1 loses to every default one.
+    assert_eq!(route(&s, "web", "a.test", "/low"), Some("catchall@file"));
+    let s2 = build(
+        &[view(
+            "file",
+            &BASE.replace(
+                "rule: \"Host(`a.test`)\", service: s",
+                "rule: \"Host(`a.test`)\", service: s, priority: 20",
+            ),
+        )],
+        &opts(),
+    );
+    assert_eq!(route(&s2, "web", "a.test", "/other"), Some("host@file"));
+    // Entrypoint scoping: `pinned` only on admin, and wins there by priority.
+    assert_eq!(route(&s, "web", "b.test", "/x"), Some("catchall@file"));
+    assert_eq!(route(&s, "admin", "b.test", "/x"), Some("pinned@file"));
+    assert_eq!(route(&s, "nope", "b.test", "/x"), None);
+}
+
+#[test]
+fn broken_routers_are_disabled_with_reasons() {
+    let yaml = r#"
+http:
+  routers:
+    badrule: { rule: "Host(`a`", service: s }
+    nosvc: { rule: "Host(`b`)", service: missing }
+    mw: { rule: "Host(`c`)", service: s, middlewares: [auth] }
+    mw2: { rule: "Host(`d`)", service: s, middlewares: [nothere] }
+    ep: { rule: "Host(`e`)", service: s, entryPoints: [web, ghost] }
+  services:
+    s: { loadBalancer: { servers: [ { url: "http://127.0.0.1:1" } ] } }
+  middlewares:
+    auth: { basicAuth: { users: ["u:p"] } }
+"#;
+    let s = build(&[view("file", yaml)], &opts());
+    let r = |n: &str| s.routers.iter().find(|r| r.name == n).unwrap();
+    assert_eq!(r("badrule@file").status, Status::Disabled);
+    assert!(
+        r("badrule@file").errors[0].contains("column"),
+        "{:?}",
+        r("badrule@file").errors
+    );
+    assert_eq!(r("nosvc@file").status, Status::Disabled);
+    assert_eq!(
+        r("mw@file").status,
+        Status::Disabled,
+        "unimplemented middleware fails closed"
+    );
+    assert!(r("mw@file").errors[0].contains("fail closed"));
+    assert_eq!(r("mw2@file").status, Status::Disabled);
+    assert_eq!(
+        r("ep@file").status,
+        Status::Enabled,
+        "served on the entrypoints that exist"
+    );
+    assert_eq!(route(&s, "web", "c", "/"), None);
+    assert_eq!(route(&s, "web", "e", "/"), Some("ep@file"));
+    assert!(s.diagnostics.len() >= 5);
+}
+
+#[test]
+fn cross_provider_references() {
+    let file = r#"
+http:
+  services:
+    shared: { loadBalancer: { servers: [ { url: "http://127.0.0.1:1" } ] } }
+"#;
+    let ecs = r#"
+http:
+  routers:
+    r: { rule: "Host(`x`)", service: shared@file }
+"#;
+    let s = build(&[view("file", file), view("ecs", ecs)], &opts());
+    assert_eq!(route(&s, "web", "x", "/"), Some("r@ecs"));
+    assert_eq!(s.service("shared@file").unwrap().used_by, vec!["r@ecs"]);
+}
+
+#[test]
+fn ten_thousand_routers_index_by_host() {
+    let mut yaml = String::from("http:\n  routers:\n");
+    for i in 0..10_000 {
+        yaml.push_str(&format!(
+            "    r{i}: {{ rule: \"Host(`h{i}.test`) && PathPrefix(`/`)\", service: s }}\n"
+        ));
+    }
+    yaml.push_str(
+        "  services:\n    s: { loadBalancer: { servers: [ { url: \"http://127.0.0.1:1\" } ] } }\n",
+    );
+    let s = build(&[view("file", &yaml)], &opts());
+    let table = &s.tables[&("web".to_string(), false)];
+    assert_eq!(table.by_host.len(), 10_000);
+    assert!(table.any_host.is_empty());
+    assert_eq!(route(&s, "web", "h9999.test", "/"), Some("r9999@file"));
+    assert_eq!(route(&s, "web", "h10000.test", "/"), None);
+}

@@ -1,0 +1,219 @@
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderValue, Method};
+
+use super::*;
+
+struct Req {
+    host: String,
+    path: String,
+    method: Method,
+    headers: HeaderMap,
+    query: Option<String>,
+    ip: IpAddr,
+}
+
+impl Req {
+    fn new(host: &str, path_and_query: &str) -> Req {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q.to_string())),
+            None => (path_and_query, None),
+        };
+        Req {
+            host: matcher::canonical_host(host),
+            path: matcher::percent_decode(path),
+            method: Method::GET,
+            headers: HeaderMap::new(),
+            query,
+            ip: "192.0.2.10".parse().unwrap(),
+        }
+    }
+    fn method(mut self, m: Method) -> Self {
+        self.method = m;
+        self
+    }
+    fn header(mut self, k: &'static str, v: &str) -> Self {
+        self.headers.append(k, HeaderValue::from_str(v).unwrap());
+        self
+    }
+    fn ip(mut self, ip: &str) -> Self {
+        self.ip = ip.parse().unwrap();
+        self
+    }
+    fn view(&self) -> RequestView<'_> {
+        RequestView {
+            host: &self.host,
+            path: &self.path,
+            method: &self.method,
+            headers: &self.headers,
+            query: self.query.as_deref(),
+            client_ip: self.ip,
+        }
+    }
+}
+
+fn m(rule: &str, req: &Req) -> bool {
+    compile(rule)
+        .unwrap_or_else(|e| panic!("{rule}: {e}"))
+        .matches(&req.view())
+}
+
+#[test]
+fn host_ignores_case_port_and_trailing_dot() {
+    let r = Req::new("WhoAmI.Example.COM:8080", "/");
+    assert!(m("Host(`whoami.example.com`)", &r));
+    assert!(m("Host(`WHOAMI.example.com.`)", &r));
+    assert!(!m("Host(`example.com`)", &r));
+    assert!(m("Host(`a.test`)", &Req::new("a.test.", "/")));
+}
+
+#[test]
+fn host_regexp_is_unanchored_re2() {
+    let r = Req::new("api.eu.example.com", "/");
+    assert!(m(r"HostRegexp(`^[a-z]+\.eu\.example\.com$`)", &r));
+    assert!(m("HostRegexp(`eu`)", &r));
+    assert!(!m(r"HostRegexp(`^eu\.`)", &r));
+}
+
+#[test]
+fn path_exact_prefix_and_regexp() {
+    let r = Req::new("h", "/api/v1/users");
+    assert!(m("Path(`/api/v1/users`)", &r));
+    assert!(!m("Path(`/api/v1`)", &r));
+    assert!(m("PathPrefix(`/api`)", &r));
+    assert!(
+        m("PathPrefix(`/ap`)", &r),
+        "PathPrefix is a literal prefix, not segment-wise"
+    );
+    assert!(!m("PathPrefix(`/api/v2`)", &r));
+    assert!(m(r"PathRegexp(`^/api/v[0-9]+/`)", &r));
+    assert!(!m(r"PathRegexp(`^/v[0-9]`)", &r));
+    // Regexp metacharacters in PathPrefix are literal.
+    assert!(!m("PathPrefix(`/api/.*`)", &r));
+    // Matching is on the decoded path, as Traefik (Go's URL.Path) does.
+    assert!(m("Path(`/a b`)", &Req::new("h", "/a%20b")));
+}
+
+#[test]
+fn method_header_query_clientip() {
+    let r = Req::new("h", "/?mobile=true&tag=a+b&x=%41")
+        .method(Method::POST)
+        .header("x-env", "staging")
+        .header("x-env", "canary")
+        .ip("10.1.2.3");
+    assert!(m("Method(`POST`)", &r));
+    assert!(m("Method(`post`)", &r));
+    assert!(!m("Method(`GET`)", &r));
+    assert!(m("Header(`X-Env`, `canary`)", &r));
+    assert!(!m("Header(`X-Env`, `prod`)", &r));
+    assert!(m("HeaderRegexp(`x-env`, `^stag`)", &r));
+    assert!(!m("HeaderRegexp(`x-other`, `.*`)", &r));
+    assert!(m("Query(`mobile`, `true`)", &r));
+    assert!(m("Query(`tag`, `a b`)", &r));
+    assert!(m("Query(`x`, `A`)", &r));
+    assert!(m("Query(`mobile`)", &r));
+    assert!(!m("Query(`mobile`, `false`)", &r));
+    assert!(m("QueryRegexp(`tag`, `^a`)", &r));
+    assert!(!m("QueryRegexp(`nope`, `.*`)", &r));
+    assert!(m("ClientIP(`10.0.0.0/8`)", &r));
+    assert!(m("ClientIP(`10.1.2.3`)", &r));
+    assert!(!m("ClientIP(`10.1.2.4`)", &r));
+    assert!(!m("ClientIP(`192.168.0.0/16`)", &r));
+    assert!(m(
+        "ClientIP(`10.0.0.0/8`)",
+        &Req::new("h", "/").ip("::ffff:10.9.9.9")
+    ));
+    assert!(m(
+        "ClientIP(`2001:db8::/32`)",
+        &Req::new("h", "/").ip("2001:db8::1")
+    ));
+}
+
+#[test]
+fn operators_and_precedence() {
+    let r = Req::new("a.test", "/x");
+    assert!(m("Host(`a.test`) && Path(`/x`)", &r));
+    assert!(!m("Host(`a.test`) && Path(`/y`)", &r));
+    assert!(m("Host(`b.test`) || Path(`/x`)", &r));
+    assert!(!m("Host(`b.test`) || Path(`/y`)", &r));
+    assert!(m("!Host(`b.test`)", &r));
+    assert!(!m("!!Host(`b.test`)", &r));
+    // && binds tighter than ||: true || (false && false)
+    assert!(m("Path(`/x`) || Host(`no`) && Host(`nope`)", &r));
+    // parentheses change it: (true || false) && false
+    assert!(!m("(Path(`/x`) || Host(`no`)) && Host(`nope`)", &r));
+    assert!(m("!(Host(`b.test`) || Path(`/y`)) && Method(`GET`)", &r));
+    assert!(
+        m("Host(\"a.test\") && Path(\"/x\")", &r),
+        "double-quoted values"
+    );
+    assert!(m("Header(`q`, \"a\\\"b\") || Host(`a.test`)", &r));
+}
+
+#[test]
+fn parse_errors_name_column_and_expectation() {
+    let e = parse::parse("Host(`a`) && Foo(`b`)").unwrap_err();
+    assert_eq!(e.column, 14);
+    assert!(e.expected.contains("a matcher"), "{e}");
+    assert!(e.found.contains("Foo"));
+
+    let e = parse::parse("Host(`a`").unwrap_err();
+    assert_eq!(e.column, 9);
+    assert_eq!(e.found, "end of rule");
+
+    let e = parse::parse("Host(`a`) & Path(`/`)").unwrap_err();
+    assert_eq!(e.column, 11);
+    assert!(e.expected.contains("&&"));
+
+    let e = parse::parse("Host(`a`, `b`)").unwrap_err();
+    assert!(e.expected.contains("1 argument for Host"), "{e}");
+    let e = parse::parse("Header(`a`)").unwrap_err();
+    assert!(e.expected.contains("2 arguments"), "{e}");
+    let e = parse::parse("Host(`unterminated)").unwrap_err();
+    assert!(e.expected.contains("backtick"), "{e}");
+    assert!(parse::parse("").is_err());
+    assert!(parse::parse("Host(`a`) Path(`/`)").is_err());
+    assert!(parse::parse("(Host(`a`)").is_err());
+    assert!(parse::parse("Host(a)").is_err());
+}
+
+#[test]
+fn compile_errors() {
+    let e = compile("Host(`a`) && PathRegexp(`(`)").unwrap_err();
+    assert!(e.to_string().contains("column 14"), "{e}");
+    assert!(e.to_string().contains("invalid regexp"), "{e}");
+    assert!(compile("ClientIP(`not-an-ip`)").is_err());
+    assert!(compile("Path(`relative`)").is_err());
+    assert!(compile("Header(`bad header`, `x`)").is_err());
+}
+
+#[test]
+fn required_hosts_for_the_index() {
+    let hosts = |r: &str| {
+        compile(r)
+            .unwrap()
+            .required_hosts()
+            .map(|s| s.iter().cloned().collect::<Vec<_>>())
+    };
+    assert_eq!(hosts("Host(`A.test`)"), Some(vec!["a.test".to_string()]));
+    assert_eq!(
+        hosts("Host(`a`) && PathPrefix(`/x`)"),
+        Some(vec!["a".into()])
+    );
+    assert_eq!(
+        hosts("Host(`a`) || Host(`b`)"),
+        Some(vec!["a".into(), "b".into()])
+    );
+    assert_eq!(hosts("Host(`a`) || Path(`/`)"), None);
+    assert_eq!(hosts("!Host(`a`)"), None);
+    assert_eq!(hosts("PathPrefix(`/`)"), None);
+    assert_eq!(
+        hosts("(Host(`a`) || Host(`b`)) && Host(`b`)"),
+        Some(vec!["b".into()])
+    );
+}
+
+#[test]
+fn default_priority_is_rule_length() {
+    assert_eq!(default_priority("Host(`a`)"), 9);
+}

@@ -1,0 +1,222 @@
+//! Test fixtures shared by every crate's tests: real backends on loopback sockets and
+//! real certificates. Behind the `test-util` feature; never in production builds.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A self-signed certificate and key (PEM) for the given DNS names.
+pub fn self_signed(names: &[&str]) -> (String, String) {
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let ck = rcgen::generate_simple_self_signed(names).unwrap();
+    (ck.cert.pem(), ck.signing_key.serialize_pem())
+}
+
+/// A request as a backend saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub version: http::Version,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Http1,
+    H2c,
+}
+
+/// A running fake upstream.
+#[derive(Clone)]
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    task: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl Backend {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+    pub fn request_count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
+    /// Start a backend on `127.0.0.1:0`. It answers:
+    /// - `/status/N` with status N;
+    /// - `/slow?ms=N` after N ms;
+    /// - `/echo` with the request body;
+    /// - `/ws` (an upgrade) by echoing bytes on the upgraded connection;
+    /// - anything else with `backend=<name>` and the request line.
+    pub async fn start(name: &str, proto: Proto) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let (n, c, s) = (name.to_string(), connections.clone(), seen.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+                let (n, s) = (n.clone(), s.clone());
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |req| handle(n.clone(), s.clone(), req));
+                    let io = TokioIo::new(stream);
+                    let _ = match proto {
+                        Proto::Http1 => {
+                            hyper::server::conn::http1::Builder::new()
+                                .serve_connection(io, svc)
+                                .with_upgrades()
+                                .await
+                        }
+                        Proto::H2c => {
+                            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                .serve_connection(io, svc)
+                                .await
+                        }
+                    };
+                });
+            }
+        });
+        Backend {
+            name: name.to_string(),
+            addr,
+            connections,
+            seen,
+            task: Arc::new(task),
+        }
+    }
+}
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+async fn handle(
+    name: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    if path == "/ws" {
+        let upgrade = hyper::upgrade::on(&mut req);
+        record(&seen, &req, Bytes::new());
+        tokio::spawn(async move {
+            if let Ok(up) = upgrade.await {
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let resp = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(full(""))
+            .unwrap();
+        return Ok(resp);
+    }
+    let (parts, body) = req.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            // The client aborted the body: record nothing, answer nothing useful.
+            return Ok(Response::builder()
+                .status(400)
+                .body(full("bad body"))
+                .unwrap());
+        }
+    };
+    let req = Request::from_parts(parts, ());
+    record(&seen, &req, body.clone());
+    if let Some(code) = path.strip_prefix("/status/") {
+        let code: u16 = code.parse().unwrap_or(500);
+        return Ok(Response::builder()
+            .status(code)
+            .body(full(format!("status {code}")))
+            .unwrap());
+    }
+    if path == "/slow" {
+        let ms: u64 = req
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("ms="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if path == "/echo" {
+        return Ok(Response::new(full(body)));
+    }
+    let text = format!(
+        "backend={name}\n{} {} {:?}\n",
+        req.method(),
+        req.uri(),
+        req.version()
+    );
+    Ok(Response::builder()
+        .header("x-backend", name)
+        .header("connection", "x-hop")
+        .header("x-hop", "must-not-reach-client")
+        .body(full(text))
+        .unwrap())
+}
+
+fn record<T>(seen: &Mutex<Vec<Seen>>, req: &Request<T>, body: Bytes) {
+    seen.lock().unwrap().push(Seen {
+        method: req.method().to_string(),
+        uri: req.uri().to_string(),
+        version: req.version(),
+        headers: req.headers().clone(),
+        body,
+    });
+}
+
+/// A TCP port on loopback that refuses connections (bound, then closed).
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    addr
+}
+
+/// Send raw bytes on a fresh connection and read the reply until the peer closes or
+/// `wait` passes.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}

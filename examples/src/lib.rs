@@ -1,0 +1,1 @@
+//! berth-local, the demo apps and the benchmarks (not built yet).
