@@ -97,7 +97,12 @@ impl Snapshot {
         tls: bool,
         req: &RequestView<'_>,
     ) -> Option<&RouterEntry> {
-        // Avoid allocating the key: tables are few, look them up by iteration only if needed.
+        self.route_index(entrypoint, tls, req)
+            .map(|i| &self.routers[i])
+    }
+
+    /// Like [`Snapshot::route`], giving the router's index.
+    pub fn route_index(&self, entrypoint: &str, tls: bool, req: &RequestView<'_>) -> Option<usize> {
         let table = self.table(entrypoint, tls)?;
         let pinned = table
             .by_host
@@ -122,7 +127,7 @@ impl Snapshot {
             };
             let router = &self.routers[idx as usize];
             if router.rule.as_ref().is_some_and(|r| r.matches(req)) {
-                return Some(router);
+                return Some(idx as usize);
             }
         }
         None

@@ -313,7 +313,11 @@ impl Parser {
                     match t {
                         Tok::Str(s) => args.push(s),
                         other => {
-                            return Err(err(tcol, "a quoted or backtick string", other.to_string()));
+                            return Err(err(
+                                tcol,
+                                "a quoted or backtick string",
+                                other.to_string(),
+                            ));
                         }
                     }
                     let (sep, scol) = self.bump();

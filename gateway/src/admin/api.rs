@@ -1,0 +1,323 @@
+//! `GET /api/...`, `/metrics`, `/healthz`, `/readyz` and `/` on `--admin`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use berth_common::routing::{Snapshot, Status};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use super::metrics::Metrics;
+use crate::discovery::StatusCell;
+use crate::lifecycle::Lifecycle;
+use crate::proxy::{Body, Proxy};
+
+pub struct AdminState {
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub proxy: Arc<Proxy>,
+    pub metrics: Arc<Metrics>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub providers: Vec<Arc<StatusCell>>,
+}
+
+/// Serve the admin API until the task is dropped.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, req)) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(body.into())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    respond(
+        status,
+        "application/json",
+        serde_json::to_vec_pretty(v).unwrap_or_default(),
+    )
+}
+
+pub fn handle<B>(state: &AdminState, req: Request<B>) -> Response<Body> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"message": "only GET"}),
+        );
+    }
+    let snap = state.snapshot.load_full();
+    match req.uri().path() {
+        "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n"),
+        "/readyz" => {
+            if state.lifecycle.is_ready() {
+                respond(StatusCode::OK, "text/plain", "ready\n")
+            } else if state.lifecycle.is_shutting_down() {
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "shutting down\n",
+                )
+            } else {
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not configured yet\n",
+                )
+            }
+        }
+        "/metrics" => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            state.metrics.render(),
+        ),
+        "/api/http/routers" => json_response(StatusCode::OK, &Value::Array(routers(&snap))),
+        "/api/http/services" => {
+            json_response(StatusCode::OK, &Value::Array(services(state, &snap)))
+        }
+        "/api/http/middlewares" => json_response(StatusCode::OK, &Value::Array(middlewares(&snap))),
+        "/api/overview" => json_response(StatusCode::OK, &overview(state, &snap)),
+        "/api/diagnostics" => json_response(StatusCode::OK, &json!(snap.diagnostics)),
+        "/api/sidecars" => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"message": "the mesh control plane is not enabled (no --mesh-ca-cert or --mesh-dev-ca)"}),
+        ),
+        "/" => respond(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            dashboard(state, &snap),
+        ),
+        p if p.starts_with("/api/http/routers/") => {
+            named(routers(&snap), &p["/api/http/routers/".len()..])
+        }
+        p if p.starts_with("/api/http/services/") => {
+            named(services(state, &snap), &p["/api/http/services/".len()..])
+        }
+        _ => json_response(StatusCode::NOT_FOUND, &json!({"message": "not found"})),
+    }
+}
+
+fn named(items: Vec<Value>, name: &str) -> Response<Body> {
+    let name = berth_common::rules::matcher::percent_decode(name);
+    match items.into_iter().find(|v| v["name"] == name.as_str()) {
+        Some(v) => json_response(StatusCode::OK, &v),
+        None => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"message": format!("{name} not found")}),
+        ),
+    }
+}
+
+fn status_str(s: Status) -> &'static str {
+    match s {
+        Status::Enabled => "enabled",
+        Status::Disabled => "disabled",
+    }
+}
+
+/// Traefik shows a same-provider reference without its `@provider`.
+fn short_ref(name: &str, provider: &str) -> String {
+    name.strip_suffix(&format!("@{provider}"))
+        .unwrap_or(name)
+        .to_string()
+}
+
+fn routers(snap: &Snapshot) -> Vec<Value> {
+    let mut out: Vec<Value> = snap
+        .routers
+        .iter()
+        .map(|r| {
+            let mut v = json!({
+                "name": r.name,
+                "provider": r.provider,
+                "status": status_str(r.status),
+                "rule": r.rule_text,
+                "priority": r.priority,
+                "service": short_ref(&r.service, &r.provider),
+                "entryPoints": r.entry_points,
+                "using": r.entry_points,
+            });
+            if !r.middlewares.is_empty() {
+                v["middlewares"] = json!(
+                    r.middlewares
+                        .iter()
+                        .map(|m| short_ref(m, &r.provider))
+                        .collect::<Vec<_>>()
+                );
+            }
+            if r.tls {
+                v["tls"] = json!({});
+            }
+            if !r.errors.is_empty() {
+                v["error"] = json!(r.errors);
+            }
+            v
+        })
+        .collect();
+    out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    out
+}
+
+fn services(state: &AdminState, snap: &Snapshot) -> Vec<Value> {
+    let routes = state.proxy.routes();
+    let now = Instant::now();
+    let mut out: Vec<Value> = snap
+        .services
+        .iter()
+        .map(|s| {
+            let runtime = routes.services.iter().find(|r| r.name == s.name);
+            let mut server_status = serde_json::Map::new();
+            if let Some(rt) = runtime {
+                for (ep, st) in rt.endpoints.iter().zip(&rt.states) {
+                    let up = if st.is_healthy(now) { "UP" } else { "DOWN" };
+                    server_status.insert(ep.url.clone(), json!(up));
+                }
+            }
+            let mut v = json!({
+                "name": s.name,
+                "provider": s.provider,
+                "status": status_str(s.status),
+                "type": "loadbalancer",
+                "loadBalancer": {
+                    "servers": s.servers.iter().map(|x| json!({"url": x.url, "weight": x.weight})).collect::<Vec<_>>(),
+                    "passHostHeader": s.pass_host_header,
+                    "strategy": s.strategy,
+                },
+                "serverStatus": server_status,
+                "usedBy": s.used_by,
+            });
+            if !s.errors.is_empty() {
+                v["error"] = json!(s.errors);
+            }
+            v
+        })
+        .collect();
+    out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    out
+}
+
+fn middlewares(snap: &Snapshot) -> Vec<Value> {
+    snap.middlewares
+        .iter()
+        .map(|m| {
+            let mut v = json!({
+                "name": m.name,
+                "provider": m.provider,
+                "type": m.kind.to_ascii_lowercase(),
+                "status": status_str(m.status),
+                "usedBy": m.used_by,
+            });
+            if !m.errors.is_empty() {
+                v["error"] = json!(m.errors);
+            }
+            v
+        })
+        .collect()
+}
+
+fn counts<'a>(items: impl Iterator<Item = (Status, bool)> + 'a) -> Value {
+    let (mut total, mut errors, mut warnings) = (0, 0, 0);
+    for (status, has_errors) in items {
+        total += 1;
+        if status == Status::Disabled {
+            errors += 1;
+        } else if has_errors {
+            warnings += 1;
+        }
+    }
+    json!({"total": total, "warnings": warnings, "errors": errors})
+}
+
+fn overview(state: &AdminState, snap: &Snapshot) -> Value {
+    json!({
+        "http": {
+            "routers": counts(snap.routers.iter().map(|r| (r.status, !r.errors.is_empty()))),
+            "services": counts(snap.services.iter().map(|s| (s.status, !s.errors.is_empty()))),
+            "middlewares": counts(snap.middlewares.iter().map(|m| (m.status, !m.errors.is_empty()))),
+        },
+        "providers": state.providers.iter().map(|p| p.get()).collect::<Vec<_>>(),
+        "snapshotVersion": snap.version,
+        "diagnostics": snap.diagnostics.len(),
+        "ready": state.lifecycle.is_ready(),
+    })
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A plain server-rendered overview; the full dashboard is its own issue.
+fn dashboard(state: &AdminState, snap: &Snapshot) -> String {
+    let mut html = String::from(
+        "<!doctype html><html><head><meta charset=utf-8><title>Berth</title>\
+         <style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}\
+         td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.DOWN,.disabled{color:#b00}.UP,.enabled{color:#070}</style>\
+         </head><body><h1>Berth gateway</h1><h2>Routers</h2><table><tr><th>Name</th><th>Rule</th><th>Service</th><th>Status</th></tr>",
+    );
+    for r in routers(snap) {
+        html.push_str(&format!(
+            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td class={}>{}</td></tr>",
+            esc(r["name"].as_str().unwrap_or_default()),
+            esc(r["rule"].as_str().unwrap_or_default()),
+            esc(r["service"].as_str().unwrap_or_default()),
+            r["status"].as_str().unwrap_or_default(),
+            r["status"].as_str().unwrap_or_default(),
+        ));
+    }
+    html.push_str(
+        "</table><h2>Services</h2><table><tr><th>Name</th><th>Server</th><th>Health</th></tr>",
+    );
+    for s in services(state, snap) {
+        if let Some(map) = s["serverStatus"].as_object() {
+            for (url, st) in map {
+                let st = st.as_str().unwrap_or_default();
+                html.push_str(&format!(
+                    "<tr><td>{}</td><td>{}</td><td class={st}>{st}</td></tr>",
+                    esc(s["name"].as_str().unwrap_or_default()),
+                    esc(url)
+                ));
+            }
+        }
+    }
+    html.push_str("</table><h2>Diagnostics</h2><ul>");
+    for d in &snap.diagnostics {
+        html.push_str(&format!("<li>{}</li>", esc(&d.to_string())));
+    }
+    html.push_str("</ul></body></html>");
+    html
+}

@@ -1,0 +1,332 @@
+//! Prometheus metrics, rendered as text at `GET /metrics`.
+//!
+//! Per-router and per-service handles are resolved once per snapshot swap (like
+//! endpoint health), so the request path touches only atomics and one short lock.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A latency histogram with fixed buckets.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, le) in BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// Requests by status code and method, and their duration.
+#[derive(Debug, Default)]
+pub struct RequestMetrics {
+    by_code: Mutex<HashMap<(u16, http::Method), u64>>,
+    pub duration: Histogram,
+}
+
+impl RequestMetrics {
+    pub fn record(&self, code: u16, method: &http::Method, d: Duration) {
+        *self
+            .by_code
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((code, method.clone()))
+            .or_default() += 1;
+        self.duration.observe(d);
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by_code
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .sum()
+    }
+}
+
+/// All of the gateway's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    routers: Mutex<HashMap<String, Arc<RequestMetrics>>>,
+    services: Mutex<HashMap<String, Arc<RequestMetrics>>>,
+    entrypoints: Mutex<HashMap<String, Arc<EntrypointMetrics>>>,
+    upstream_errors: Mutex<HashMap<(String, &'static str), u64>>,
+    retries: Mutex<HashMap<String, u64>>,
+    pub config_reloads_ok: AtomicU64,
+    pub config_reloads_failed: AtomicU64,
+}
+
+/// Per-entrypoint connection and request counts.
+#[derive(Debug, Default)]
+pub struct EntrypointMetrics {
+    pub open_connections: AtomicI64,
+    pub connections_total: AtomicU64,
+    pub requests: RequestMetrics,
+}
+
+fn handle(map: &Mutex<HashMap<String, Arc<RequestMetrics>>>, name: &str) -> Arc<RequestMetrics> {
+    map.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(name.to_string())
+        .or_default()
+        .clone()
+}
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    pub fn router(&self, name: &str) -> Arc<RequestMetrics> {
+        handle(&self.routers, name)
+    }
+    pub fn service(&self, name: &str) -> Arc<RequestMetrics> {
+        handle(&self.services, name)
+    }
+    pub fn entrypoint(&self, name: &str) -> Arc<EntrypointMetrics> {
+        self.entrypoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+    pub fn upstream_error(&self, service: &str, kind: &'static str) {
+        *self
+            .upstream_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((service.to_string(), kind))
+            .or_default() += 1;
+    }
+    pub fn retry(&self, service: &str) {
+        *self
+            .retries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(service.to_string())
+            .or_default() += 1;
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let families: [(&str, &str, &Mutex<HashMap<String, Arc<RequestMetrics>>>); 2] = [
+            ("router", "router", &self.routers),
+            ("service", "service", &self.services),
+        ];
+        for (family, label, map) in families {
+            let map = map.lock().unwrap_or_else(|e| e.into_inner());
+            let mut names: Vec<&String> = map.keys().collect();
+            names.sort();
+            let _ = writeln!(
+                out,
+                "# HELP berth_{family}_requests_total Requests handled, by {family}, status code and method."
+            );
+            let _ = writeln!(out, "# TYPE berth_{family}_requests_total counter");
+            for name in &names {
+                let codes = map[*name].by_code.lock().unwrap_or_else(|e| e.into_inner());
+                let mut rows: Vec<_> = codes.iter().collect();
+                rows.sort_by(|a, b| (a.0.0, a.0.1.as_str()).cmp(&(b.0.0, b.0.1.as_str())));
+                for ((code, method), n) in rows {
+                    let _ = writeln!(
+                        out,
+                        "berth_{family}_requests_total{{{label}=\"{}\",code=\"{code}\",method=\"{method}\"}} {n}",
+                        esc(name)
+                    );
+                }
+            }
+            let _ = writeln!(
+                out,
+                "# HELP berth_{family}_request_duration_seconds Time to the response head, by {family}."
+            );
+            let _ = writeln!(
+                out,
+                "# TYPE berth_{family}_request_duration_seconds histogram"
+            );
+            for name in &names {
+                map[*name].duration.render(
+                    &mut out,
+                    &format!("berth_{family}_request_duration_seconds"),
+                    &format!("{label}=\"{}\"", esc(name)),
+                );
+            }
+        }
+        {
+            let eps = self.entrypoints.lock().unwrap_or_else(|e| e.into_inner());
+            let mut names: Vec<&String> = eps.keys().collect();
+            names.sort();
+            let _ = writeln!(
+                out,
+                "# HELP berth_entrypoint_open_connections Client connections open now."
+            );
+            let _ = writeln!(out, "# TYPE berth_entrypoint_open_connections gauge");
+            for n in &names {
+                let v = eps[*n].open_connections.load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "berth_entrypoint_open_connections{{entrypoint=\"{}\"}} {v}",
+                    esc(n)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP berth_entrypoint_connections_total Client connections accepted."
+            );
+            let _ = writeln!(out, "# TYPE berth_entrypoint_connections_total counter");
+            for n in &names {
+                let v = eps[*n].connections_total.load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "berth_entrypoint_connections_total{{entrypoint=\"{}\"}} {v}",
+                    esc(n)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP berth_entrypoint_requests_total Requests received, by entrypoint, status code and method."
+            );
+            let _ = writeln!(out, "# TYPE berth_entrypoint_requests_total counter");
+            for n in &names {
+                let codes = eps[*n]
+                    .requests
+                    .by_code
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let mut rows: Vec<_> = codes.iter().collect();
+                rows.sort_by(|a, b| (a.0.0, a.0.1.as_str()).cmp(&(b.0.0, b.0.1.as_str())));
+                for ((code, method), v) in rows {
+                    let _ = writeln!(
+                        out,
+                        "berth_entrypoint_requests_total{{entrypoint=\"{}\",code=\"{code}\",method=\"{method}\"}} {v}",
+                        esc(n)
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP berth_upstream_errors_total Failed upstream attempts, by service and kind."
+        );
+        let _ = writeln!(out, "# TYPE berth_upstream_errors_total counter");
+        let errs = self
+            .upstream_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut rows: Vec<_> = errs.iter().collect();
+        rows.sort();
+        for ((svc, kind), n) in rows {
+            let _ = writeln!(
+                out,
+                "berth_upstream_errors_total{{service=\"{}\",kind=\"{kind}\"}} {n}",
+                esc(svc)
+            );
+        }
+        drop(errs);
+        let _ = writeln!(
+            out,
+            "# HELP berth_upstream_retries_total Requests retried on another endpoint, by service."
+        );
+        let _ = writeln!(out, "# TYPE berth_upstream_retries_total counter");
+        let retries = self.retries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rows: Vec<_> = retries.iter().collect();
+        rows.sort();
+        for (svc, n) in rows {
+            let _ = writeln!(
+                out,
+                "berth_upstream_retries_total{{service=\"{}\"}} {n}",
+                esc(svc)
+            );
+        }
+        drop(retries);
+        let _ = writeln!(
+            out,
+            "# HELP berth_config_reloads_total Configuration reloads, by outcome."
+        );
+        let _ = writeln!(out, "# TYPE berth_config_reloads_total counter");
+        let _ = writeln!(
+            out,
+            "berth_config_reloads_total{{outcome=\"success\"}} {}",
+            self.config_reloads_ok.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "berth_config_reloads_total{{outcome=\"failure\"}} {}",
+            self.config_reloads_failed.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.router("web@file")
+            .record(200, &http::Method::GET, Duration::from_millis(3));
+        m.router("web@file")
+            .record(200, &http::Method::GET, Duration::from_millis(30));
+        m.service("app@file")
+            .record(502, &http::Method::POST, Duration::from_millis(1));
+        m.upstream_error("app@file", "connect");
+        let text = m.render();
+        assert!(
+            text.contains(
+                "berth_router_requests_total{router=\"web@file\",code=\"200\",method=\"GET\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "berth_router_request_duration_seconds_bucket{router=\"web@file\",le=\"0.005\"} 1"
+        ));
+        assert!(text.contains(
+            "berth_router_request_duration_seconds_bucket{router=\"web@file\",le=\"0.05\"} 2"
+        ));
+        assert!(
+            text.contains("berth_router_request_duration_seconds_count{router=\"web@file\"} 2")
+        );
+        assert!(text.contains(
+            "berth_service_requests_total{service=\"app@file\",code=\"502\",method=\"POST\"} 1"
+        ));
+        assert!(
+            text.contains("berth_upstream_errors_total{service=\"app@file\",kind=\"connect\"} 1")
+        );
+    }
+}

@@ -1,0 +1,537 @@
+//! The gateway's static configuration: flags, `BERTH_*` environment variables and an
+//! optional TOML file (`--config`), merged once into typed structs.
+//!
+//! Precedence: flag or environment variable, then the file, then the default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use berth_common::config::parse_duration;
+use berth_common::rules::matcher::parse_ip_range;
+use clap::Parser;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn bad(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// Command-line flags. Every flag also reads `BERTH_<NAME>`.
+#[derive(Debug, Parser, Default)]
+#[command(
+    name = "berth-gateway",
+    version,
+    about = "Berth: the ECS-native ingress gateway and mesh control plane"
+)]
+pub struct Args {
+    /// TOML file with any of these settings (flags and env vars win).
+    #[arg(long, env = "BERTH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Entrypoint `NAME=ADDR` (repeatable), e.g. `web=0.0.0.0:80`.
+    #[arg(long = "entrypoint", env = "BERTH_ENTRYPOINT", value_delimiter = ',')]
+    pub entrypoints: Vec<String>,
+    /// Default TLS certificate (PEM) for TLS connections on every entrypoint.
+    #[arg(long, env = "BERTH_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Key (PEM) of `--tls-cert`.
+    #[arg(long, env = "BERTH_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve `GET /ping` on this entrypoint (503 while shutting down).
+    #[arg(long, env = "BERTH_PING")]
+    pub ping: Option<String>,
+    /// Traefik dynamic configuration file (YAML or TOML), watched for changes.
+    #[arg(long, env = "BERTH_FILE_PROVIDER")]
+    pub file_provider: Option<PathBuf>,
+    /// Admin API, metrics and dashboard address [default: 127.0.0.1:9900].
+    #[arg(long, env = "BERTH_ADMIN")]
+    pub admin: Option<SocketAddr>,
+    /// After SIGTERM, keep accepting this long before draining [default: 10s].
+    #[arg(long, env = "BERTH_SHUTDOWN_DELAY")]
+    pub shutdown_delay: Option<String>,
+    /// Longest wait for in-flight requests once draining [default: 30s].
+    #[arg(long, env = "BERTH_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<String>,
+    /// Largest request head (request line and headers) in bytes; larger gets 431 [default: 32768].
+    #[arg(long, env = "BERTH_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Largest request body in bytes; larger gets 413 [default: unlimited].
+    #[arg(long, env = "BERTH_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<u64>,
+    /// Time allowed to read a request head [default: 10s].
+    #[arg(long, env = "BERTH_HEADER_READ_TIMEOUT")]
+    pub header_read_timeout: Option<String>,
+    /// Close client connections idle this long [default: 180s].
+    #[arg(long, env = "BERTH_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<String>,
+    /// Time allowed to connect to an upstream [default: 5s].
+    #[arg(long, env = "BERTH_UPSTREAM_CONNECT_TIMEOUT")]
+    pub upstream_connect_timeout: Option<String>,
+    /// Time allowed for an upstream's response headers; 0 disables [default: 0].
+    #[arg(long, env = "BERTH_UPSTREAM_RESPONSE_TIMEOUT")]
+    pub upstream_response_timeout: Option<String>,
+    /// Close idle upstream connections after this long [default: 90s].
+    #[arg(long, env = "BERTH_UPSTREAM_IDLE_TIMEOUT")]
+    pub upstream_idle_timeout: Option<String>,
+    /// Extra trust anchors (PEM) for `https://` upstreams.
+    #[arg(long, env = "BERTH_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
+    /// Clients whose `X-Forwarded-*` headers are kept (IPs or CIDRs, repeatable).
+    #[arg(
+        long = "forwarded-trusted-ip",
+        env = "BERTH_FORWARDED_TRUSTED_IP",
+        value_delimiter = ','
+    )]
+    pub forwarded_trusted_ips: Vec<String>,
+    /// Log format: `json`, `text`, or `auto` (text on a terminal) [default: auto].
+    #[arg(long, env = "BERTH_LOG_FORMAT")]
+    pub log_format: Option<String>,
+
+    // --- ECS discovery (issue: ECS discovery) ---
+    /// ECS cluster to discover (repeatable). Discovery runs only when given.
+    #[arg(long = "ecs-cluster", env = "BERTH_ECS_CLUSTER", value_delimiter = ',')]
+    pub ecs_clusters: Vec<String>,
+    /// Discover every cluster (ListClusters).
+    #[arg(long, env = "BERTH_ECS_ALL_CLUSTERS")]
+    pub ecs_all_clusters: bool,
+    #[arg(long, env = "BERTH_ECS_REGION")]
+    pub ecs_region: Option<String>,
+    /// Reconcile period [default: 30s].
+    #[arg(long, env = "BERTH_ECS_REFRESH")]
+    pub ecs_refresh: Option<String>,
+    #[arg(long, env = "BERTH_ECS_HEALTHY_ONLY")]
+    pub ecs_healthy_only: bool,
+    #[arg(long, env = "BERTH_ECS_DEFAULT_RULE")]
+    pub ecs_default_rule: Option<String>,
+    #[arg(long, env = "BERTH_EXPOSED_BY_DEFAULT")]
+    pub exposed_by_default: bool,
+
+    // --- Mesh control plane (issue: mesh identity) ---
+    #[arg(long, env = "BERTH_MESH_CA_CERT")]
+    pub mesh_ca_cert: Option<PathBuf>,
+    #[arg(long, env = "BERTH_MESH_CA_KEY")]
+    pub mesh_ca_key: Option<PathBuf>,
+    #[arg(long, env = "BERTH_MESH_DEV_CA")]
+    pub mesh_dev_ca: Option<PathBuf>,
+    #[arg(long, env = "BERTH_MESH_LISTEN")]
+    pub mesh_listen: Option<SocketAddr>,
+    #[arg(long, env = "BERTH_MESH_TRUST_DOMAIN")]
+    pub mesh_trust_domain: Option<String>,
+    #[arg(long, env = "BERTH_MESH_TOKEN_FILE")]
+    pub mesh_token_file: Option<PathBuf>,
+    #[arg(long, env = "BERTH_MESH_DEFAULT_DENY")]
+    pub mesh_default_deny: bool,
+    #[arg(long, env = "BERTH_MESH_PEERS_SERVICE")]
+    pub mesh_peers_service: Option<String>,
+    #[arg(long, env = "BERTH_MESH_PEERS_DNS")]
+    pub mesh_peers_dns: Option<String>,
+}
+
+/// The same settings in a TOML file (kebab-case keys, as the flags).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    entrypoint: Vec<String>,
+    #[serde(default)]
+    entrypoints: std::collections::BTreeMap<String, FileEntrypoint>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    ping: Option<String>,
+    file_provider: Option<PathBuf>,
+    admin: Option<SocketAddr>,
+    shutdown_delay: Option<String>,
+    drain_timeout: Option<String>,
+    max_header_bytes: Option<usize>,
+    max_body_bytes: Option<u64>,
+    header_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    upstream_connect_timeout: Option<String>,
+    upstream_response_timeout: Option<String>,
+    upstream_idle_timeout: Option<String>,
+    upstream_ca: Option<PathBuf>,
+    #[serde(default)]
+    forwarded_trusted_ip: Vec<String>,
+    log_format: Option<String>,
+    #[serde(default)]
+    ecs_cluster: Vec<String>,
+    #[serde(default)]
+    ecs_all_clusters: bool,
+    mesh_ca_cert: Option<PathBuf>,
+    mesh_dev_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileEntrypoint {
+    address: SocketAddr,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+/// A certificate and key on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct EntrypointConfig {
+    pub name: String,
+    pub addr: SocketAddr,
+    /// The entrypoint's default certificate (else the global one).
+    pub tls: Option<CertPair>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: Option<u64>,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub response_timeout: Option<Duration>,
+    pub upstream_idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
+
+/// Everything the gateway needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub entrypoints: Vec<EntrypointConfig>,
+    pub tls_default: Option<CertPair>,
+    pub ping: Option<String>,
+    pub file_provider: Option<PathBuf>,
+    pub admin: SocketAddr,
+    pub shutdown_delay: Duration,
+    pub drain_timeout: Duration,
+    pub limits: Limits,
+    pub upstream_ca: Option<PathBuf>,
+    pub forwarded_trusted: Vec<IpNet>,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Parse flags/env (already in `args`), read `--config`, merge and validate.
+    pub fn from_args(args: Args) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| bad(format!("--config {}: {e}", path.display())))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| bad(format!("--config {}: {e}", path.display())))?
+            }
+            None => FileConfig::default(),
+        };
+        if !args.ecs_clusters.is_empty()
+            || args.ecs_all_clusters
+            || !file.ecs_cluster.is_empty()
+            || file.ecs_all_clusters
+        {
+            return Err(bad(
+                "ECS discovery (--ecs-cluster, --ecs-all-clusters) is not available in this build yet",
+            ));
+        }
+        if args.mesh_ca_cert.is_some()
+            || args.mesh_dev_ca.is_some()
+            || file.mesh_ca_cert.is_some()
+            || file.mesh_dev_ca.is_some()
+        {
+            return Err(bad(
+                "the mesh control plane (--mesh-*) is not available in this build yet",
+            ));
+        }
+        let duration =
+            |flag: &str, cli: &Option<String>, file: &Option<String>, default: Duration| match cli
+                .as_ref()
+                .or(file.as_ref())
+            {
+                Some(s) => parse_duration(s).map_err(|e| bad(format!("--{flag}: {e}"))),
+                None => Ok(default),
+            };
+        let pair = |flag: &str, cert: Option<PathBuf>, key: Option<PathBuf>| match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some(CertPair { cert, key })),
+            (None, None) => Ok(None),
+            _ => Err(bad(format!("--{flag}-cert and --{flag}-key go together"))),
+        };
+        let tls_default = pair(
+            "tls",
+            args.tls_cert.clone().or(file.tls_cert.clone()),
+            args.tls_key.clone().or(file.tls_key.clone()),
+        )?;
+
+        let mut entrypoints: Vec<EntrypointConfig> = Vec::new();
+        let specs = if args.entrypoints.is_empty() {
+            file.entrypoint.clone()
+        } else {
+            args.entrypoints.clone()
+        };
+        for spec in specs {
+            let (name, addr) = spec.split_once('=').ok_or_else(|| {
+                bad(format!(
+                    "--entrypoint `{spec}`: expected NAME=ADDR, e.g. web=0.0.0.0:80"
+                ))
+            })?;
+            let addr: SocketAddr = addr
+                .trim()
+                .parse()
+                .map_err(|e| bad(format!("--entrypoint `{spec}`: bad address: {e}")))?;
+            push_entrypoint(&mut entrypoints, name.trim(), addr, None)?;
+        }
+        if args.entrypoints.is_empty() {
+            for (name, ep) in file.entrypoints {
+                let tls = pair("entrypoints.tls", ep.tls_cert, ep.tls_key)?;
+                push_entrypoint(&mut entrypoints, &name, ep.address, tls)?;
+            }
+        }
+        if entrypoints.is_empty() {
+            return Err(bad("at least one --entrypoint NAME=ADDR is required"));
+        }
+        let ping = args.ping.clone().or(file.ping.clone());
+        if let Some(p) = &ping
+            && !entrypoints.iter().any(|e| &e.name == p)
+        {
+            return Err(bad(format!("--ping {p}: no such entrypoint")));
+        }
+        let mut forwarded_trusted = Vec::new();
+        let trusted = if args.forwarded_trusted_ips.is_empty() {
+            &file.forwarded_trusted_ip
+        } else {
+            &args.forwarded_trusted_ips
+        };
+        for s in trusted {
+            forwarded_trusted.push(
+                parse_ip_range(s).ok_or_else(|| {
+                    bad(format!("--forwarded-trusted-ip `{s}`: not an IP or CIDR"))
+                })?,
+            );
+        }
+        let log_format = match args
+            .log_format
+            .as_ref()
+            .or(file.log_format.as_ref())
+            .map(String::as_str)
+        {
+            None | Some("auto") => LogFormat::Auto,
+            Some("json") => LogFormat::Json,
+            Some("text") => LogFormat::Text,
+            Some(other) => {
+                return Err(bad(format!(
+                    "--log-format `{other}`: use auto, json or text"
+                )));
+            }
+        };
+        let response_timeout = duration(
+            "upstream-response-timeout",
+            &args.upstream_response_timeout,
+            &file.upstream_response_timeout,
+            Duration::ZERO,
+        )?;
+        let max_header_bytes = args
+            .max_header_bytes
+            .or(file.max_header_bytes)
+            .unwrap_or(32 * 1024);
+        if max_header_bytes < 8192 {
+            return Err(bad("--max-header-bytes must be at least 8192"));
+        }
+        Ok(Config {
+            entrypoints,
+            tls_default,
+            ping,
+            file_provider: args.file_provider.clone().or(file.file_provider),
+            admin: args
+                .admin
+                .or(file.admin)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9900))),
+            shutdown_delay: duration(
+                "shutdown-delay",
+                &args.shutdown_delay,
+                &file.shutdown_delay,
+                Duration::from_secs(10),
+            )?,
+            drain_timeout: duration(
+                "drain-timeout",
+                &args.drain_timeout,
+                &file.drain_timeout,
+                Duration::from_secs(30),
+            )?,
+            limits: Limits {
+                max_header_bytes,
+                max_body_bytes: args
+                    .max_body_bytes
+                    .or(file.max_body_bytes)
+                    .filter(|b| *b > 0),
+                header_read_timeout: duration(
+                    "header-read-timeout",
+                    &args.header_read_timeout,
+                    &file.header_read_timeout,
+                    Duration::from_secs(10),
+                )?,
+                idle_timeout: duration(
+                    "idle-timeout",
+                    &args.idle_timeout,
+                    &file.idle_timeout,
+                    Duration::from_secs(180),
+                )?,
+                connect_timeout: duration(
+                    "upstream-connect-timeout",
+                    &args.upstream_connect_timeout,
+                    &file.upstream_connect_timeout,
+                    Duration::from_secs(5),
+                )?,
+                response_timeout: (!response_timeout.is_zero()).then_some(response_timeout),
+                upstream_idle_timeout: duration(
+                    "upstream-idle-timeout",
+                    &args.upstream_idle_timeout,
+                    &file.upstream_idle_timeout,
+                    Duration::from_secs(90),
+                )?,
+            },
+            upstream_ca: args.upstream_ca.clone().or(file.upstream_ca),
+            forwarded_trusted,
+            log_format,
+        })
+    }
+
+    /// Defaults for tests and embedding: one entrypoint, admin on an ephemeral port.
+    pub fn for_entrypoints(eps: &[(&str, SocketAddr)]) -> Config {
+        let args = Args {
+            entrypoints: eps.iter().map(|(n, a)| format!("{n}={a}")).collect(),
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            shutdown_delay: Some("0s".into()),
+            drain_timeout: Some("5s".into()),
+            ..Args::default()
+        };
+        // The inputs are well-formed by construction.
+        Config::from_args(args).unwrap_or_else(|e| panic!("test config: {e}"))
+    }
+}
+
+fn push_entrypoint(
+    eps: &mut Vec<EntrypointConfig>,
+    name: &str,
+    addr: SocketAddr,
+    tls: Option<CertPair>,
+) -> Result<(), ConfigError> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(bad(format!(
+            "entrypoint name `{name}`: use letters, digits, `-` and `_`"
+        )));
+    }
+    if eps.iter().any(|e| e.name == name) {
+        return Err(bad(format!("entrypoint `{name}` is defined twice")));
+    }
+    eps.push(EntrypointConfig {
+        name: name.to_string(),
+        addr,
+        tls,
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut v = vec!["berth-gateway"];
+        v.extend_from_slice(args);
+        Config::from_args(Args::try_parse_from(v).map_err(|e| bad(e.to_string()))?)
+    }
+
+    #[test]
+    fn flags_parse_and_default() {
+        let c = parse(&[
+            "--entrypoint",
+            "web=127.0.0.1:8080",
+            "--entrypoint",
+            "ws=127.0.0.1:8443",
+        ])
+        .unwrap();
+        assert_eq!(c.entrypoints.len(), 2);
+        assert_eq!(c.admin, "127.0.0.1:9900".parse().unwrap());
+        assert_eq!(c.shutdown_delay, Duration::from_secs(10));
+        assert_eq!(c.limits.response_timeout, None);
+    }
+
+    #[test]
+    fn bad_flags_are_clear_errors() {
+        assert!(parse(&[]).unwrap_err().0.contains("--entrypoint"));
+        assert!(
+            parse(&["--entrypoint", "web"])
+                .unwrap_err()
+                .0
+                .contains("NAME=ADDR")
+        );
+        assert!(
+            parse(&["--entrypoint", "web=nope"])
+                .unwrap_err()
+                .0
+                .contains("bad address")
+        );
+        assert!(
+            parse(&[
+                "--entrypoint",
+                "a=127.0.0.1:1",
+                "--entrypoint",
+                "a=127.0.0.1:2"
+            ])
+            .unwrap_err()
+            .0
+            .contains("twice")
+        );
+        assert!(
+            parse(&["--entrypoint", "a=127.0.0.1:1", "--ping", "b"])
+                .unwrap_err()
+                .0
+                .contains("--ping")
+        );
+        assert!(parse(&["--entrypoint", "a=127.0.0.1:1", "--shutdown-delay", "soon"]).is_err());
+        assert!(
+            parse(&["--entrypoint", "a=127.0.0.1:1", "--tls-cert", "/x"])
+                .unwrap_err()
+                .0
+                .contains("together")
+        );
+    }
+
+    #[test]
+    fn toml_file_merges_under_flags() {
+        let dir = std::env::temp_dir().join(format!("berth-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gw.toml");
+        std::fs::write(
+            &path,
+            "admin = \"127.0.0.1:9911\"\nshutdown-delay = \"3s\"\n[entrypoints.web]\naddress = \"127.0.0.1:8081\"\n",
+        )
+        .unwrap();
+        let c = parse(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(c.entrypoints[0].name, "web");
+        assert_eq!(c.admin, "127.0.0.1:9911".parse().unwrap());
+        assert_eq!(c.shutdown_delay, Duration::from_secs(3));
+        let c = parse(&["--config", path.to_str().unwrap(), "--shutdown-delay", "1s"]).unwrap();
+        assert_eq!(c.shutdown_delay, Duration::from_secs(1));
+        std::fs::write(&path, "bogus = 1\n").unwrap();
+        assert!(
+            parse(&["--config", path.to_str().unwrap()])
+                .unwrap_err()
+                .0
+                .contains("bogus")
+        );
+    }
+}

@@ -1,0 +1,356 @@
+//! Entrypoints: listeners that accept plain HTTP and TLS on the same port (told apart
+//! by the first byte, as Traefik does), serve HTTP/1.1 and HTTP/2 (h2c by prior
+//! knowledge, h2 by ALPN), bound header size and read time, close idle connections,
+//! and drain gracefully.
+
+use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use berth_common::tls::cert_matches_name;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+
+use crate::admin::metrics::EntrypointMetrics;
+use crate::config::Limits;
+use crate::proxy::{ConnInfo, Proxy};
+
+/// Certificates for TLS connections: the file provider's, chosen by SNI, then the
+/// entrypoint's default, then the global default. Swapped when configuration changes.
+#[derive(Debug, Default)]
+pub struct CertStore {
+    pub sni: ArcSwap<Vec<Arc<CertifiedKey>>>,
+    pub default: ArcSwap<Option<Arc<CertifiedKey>>>,
+}
+
+#[derive(Debug)]
+struct Resolver {
+    store: Arc<CertStore>,
+    entrypoint_default: Option<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = hello.server_name() {
+            let certs = self.store.sni.load();
+            if let Some(c) = certs.iter().find(|c| cert_matches_name(c, name)) {
+                return Some(c.clone());
+            }
+        }
+        self.entrypoint_default
+            .clone()
+            .or_else(|| self.store.default.load().as_ref().clone())
+    }
+}
+
+/// The TLS server configuration of one entrypoint.
+pub fn server_config(
+    store: Arc<CertStore>,
+    entrypoint_default: Option<Arc<CertifiedKey>>,
+) -> Arc<rustls::ServerConfig> {
+    let builder = rustls::ServerConfig::builder_with_provider(berth_common::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|_| rustls::ServerConfig::builder());
+    let mut cfg = builder
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Resolver {
+            store,
+            entrypoint_default,
+        }));
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+/// Counts open connections so shutdown can wait for them.
+#[derive(Debug, Default)]
+pub struct ConnTracker {
+    open: AtomicUsize,
+    idle: Notify,
+}
+
+struct ConnGuard(Arc<ConnTracker>, Arc<EntrypointMetrics>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.1.open_connections.fetch_sub(1, Ordering::Relaxed);
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl ConnTracker {
+    fn enter(self: &Arc<Self>, m: &Arc<EntrypointMetrics>) -> ConnGuard {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        m.open_connections.fetch_add(1, Ordering::Relaxed);
+        m.connections_total.fetch_add(1, Ordering::Relaxed);
+        ConnGuard(self.clone(), m.clone())
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Wait until no connection is open.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.open() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Lifecycle phases the accept loops and connections follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Serving,
+    /// Stop accepting; finish in-flight requests and close.
+    Draining,
+}
+
+/// Everything an entrypoint's accept loop needs.
+pub struct Entrypoint {
+    pub name: Arc<str>,
+    pub listener: TcpListener,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub has_certs: Arc<dyn Fn() -> bool + Send + Sync>,
+    pub proxy: Arc<Proxy>,
+    pub limits: Limits,
+    pub metrics: Arc<EntrypointMetrics>,
+    pub tracker: Arc<ConnTracker>,
+}
+
+impl Entrypoint {
+    /// Accept until the phase turns to draining.
+    pub async fn run(self, mut phase: watch::Receiver<Phase>) {
+        let this = Arc::new(self);
+        loop {
+            tokio::select! {
+                accepted = this.listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(x) => x,
+                        Err(e) => {
+                            // EMFILE and friends: back off briefly rather than spin.
+                            tracing::warn!(entrypoint = %this.name, error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let guard = this.tracker.enter(&this.metrics);
+                    let this = this.clone();
+                    let phase = phase.clone();
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        this.serve_connection(stream, peer, phase).await;
+                    });
+                }
+                _ = phase.changed() => {
+                    if *phase.borrow() == Phase::Draining {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn serve_connection(
+        &self,
+        stream: TcpStream,
+        peer: std::net::SocketAddr,
+        phase: watch::Receiver<Phase>,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let local = match stream.local_addr() {
+            Ok(a) => a,
+            Err(_) => return,
+        };
+        // Peek the first byte: 0x16 opens a TLS handshake.
+        let mut first = [0u8; 1];
+        let peeked =
+            tokio::time::timeout(self.limits.header_read_timeout, stream.peek(&mut first)).await;
+        let is_tls = matches!(peeked, Ok(Ok(1))) && first[0] == 0x16;
+        if !matches!(peeked, Ok(Ok(1))) {
+            return;
+        }
+        let info = Arc::new(ConnInfo {
+            entrypoint: self.name.clone(),
+            local,
+            peer,
+            tls: is_tls,
+            metrics: self.metrics.clone(),
+        });
+        if is_tls {
+            if !(self.has_certs)() {
+                tracing::debug!(entrypoint = %self.name, %peer, "TLS handshake but no certificate configured");
+                return;
+            }
+            let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
+            match tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(tls)) => self.serve_http(IdleIo::new(tls), info, phase).await,
+                Ok(Err(e)) => {
+                    tracing::debug!(entrypoint = %self.name, %peer, error = %e, "TLS handshake failed")
+                }
+                Err(_) => {
+                    tracing::debug!(entrypoint = %self.name, %peer, "TLS handshake timed out")
+                }
+            }
+        } else {
+            self.serve_http(IdleIo::new(stream), info, phase).await;
+        }
+    }
+
+    async fn serve_http<S>(
+        &self,
+        io: IdleIo<S>,
+        info: Arc<ConnInfo>,
+        mut phase: watch::Receiver<Phase>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let last_activity = io.last.clone();
+        let born = io.born;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.header_read_timeout)
+            .max_buf_size(self.limits.max_header_bytes)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(250);
+        let proxy = self.proxy.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let proxy = proxy.clone();
+            let info = info.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+        tokio::pin!(conn);
+        let idle = self.limits.idle_timeout;
+        let mut tick = tokio::time::interval(
+            idle.min(Duration::from_secs(1))
+                .max(Duration::from_millis(10)),
+        );
+        let mut closing = *phase.borrow() == Phase::Draining;
+        if closing {
+            conn.as_mut().graceful_shutdown();
+        }
+        loop {
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = phase.changed(), if !closing => {
+                    if *phase.borrow() == Phase::Draining {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+                _ = tick.tick(), if !closing => {
+                    let last = born + Duration::from_millis(last_activity.load(Ordering::Relaxed));
+                    if last.elapsed() >= idle {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Records the time of the last read or write, for the idle timeout.
+    struct IdleIo<S> {
+        #[pin]
+        inner: S,
+        born: Instant,
+        last: Arc<AtomicU64>,
+    }
+}
+
+impl<S> IdleIo<S> {
+    fn new(inner: S) -> Self {
+        IdleIo {
+            inner,
+            born: Instant::now(),
+            last: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+fn touch(born: &Instant, last: &AtomicU64) {
+    last.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
+}
+
+impl<S: AsyncRead> AsyncRead for IdleIo<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let r = this.inner.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            touch(this.born, this.last);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite> AsyncWrite for IdleIo<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let r = this.inner.poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            touch(this.born, this.last);
+        }
+        r
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let r = this.inner.poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            touch(this.born, this.last);
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

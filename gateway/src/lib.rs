@@ -1,0 +1,230 @@
+//! Berth's gateway: the north-south proxy (and, with the mesh issues, the control plane).
+//!
+//! [`Gateway::start`] wires the pieces: providers publish views, the snapshot owner
+//! builds and swaps the routing snapshot, entrypoints accept and proxy, the admin
+//! listener reports. The binary in `main.rs` only parses configuration and waits for
+//! signals.
+
+pub mod admin;
+pub mod config;
+pub mod discovery;
+pub mod entrypoint;
+pub mod lifecycle;
+pub mod logging;
+pub mod proxy;
+pub mod snapshots;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use berth_common::routing::Snapshot;
+use berth_common::tls::load_certified_key;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use admin::metrics::Metrics;
+use config::Config;
+use discovery::StatusCell;
+use discovery::file::FileProvider;
+use entrypoint::{CertStore, ConnTracker, Entrypoint, Phase};
+use lifecycle::Lifecycle;
+use proxy::Proxy;
+use proxy::upstream::{Clients, upstream_roots};
+use snapshots::SnapshotOwner;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {what} {addr}: {source}")]
+    Bind {
+        what: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] berth_common::tls::TlsError),
+}
+
+/// A running gateway.
+pub struct Gateway {
+    entrypoints: HashMap<String, SocketAddr>,
+    admin: SocketAddr,
+    shutdown: Arc<Notify>,
+    done: JoinHandle<()>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Gateway {
+    pub async fn start(cfg: Config) -> Result<Gateway, StartError> {
+        let metrics = Arc::new(Metrics::default());
+        let lifecycle = Arc::new(Lifecycle::default());
+        let roots = upstream_roots(cfg.upstream_ca.as_deref())?;
+        let clients = Clients::new(
+            cfg.limits.connect_timeout,
+            cfg.limits.upstream_idle_timeout,
+            roots,
+        );
+        let proxy = Arc::new(Proxy::new(
+            clients,
+            metrics.clone(),
+            cfg.limits.clone(),
+            cfg.forwarded_trusted.clone(),
+            lifecycle.clone(),
+            cfg.ping.clone(),
+        ));
+
+        // TLS material named on the command line must load, or we refuse to start.
+        let certs = Arc::new(CertStore::default());
+        let global_default = match &cfg.tls_default {
+            Some(p) => Some(load_certified_key(&p.cert, &p.key)?),
+            None => None,
+        };
+        certs.default.store(Arc::new(global_default));
+
+        // Sources.
+        let mut sources = Vec::new();
+        let mut statuses = Vec::new();
+        if let Some(path) = &cfg.file_provider {
+            let status = Arc::new(StatusCell::new("file"));
+            let fp = FileProvider::new(path.clone(), status.clone(), metrics.clone());
+            let (tx, rx) = watch::channel(fp.initial());
+            sources.push(rx);
+            statuses.push(status);
+            tokio::spawn(fp.run(tx));
+        }
+        let current = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+        let mut owner = SnapshotOwner {
+            sources,
+            entrypoints: cfg.entrypoints.iter().map(|e| e.name.clone()).collect(),
+            proxy: proxy.clone(),
+            certs: certs.clone(),
+            current: current.clone(),
+        };
+        owner.publish(1);
+        lifecycle.set_configured();
+        tokio::spawn(owner.run());
+
+        // Listeners.
+        let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
+        let tracker = Arc::new(ConnTracker::default());
+        let mut addrs = HashMap::new();
+        let mut eps = Vec::new();
+        for ep in &cfg.entrypoints {
+            let listener = TcpListener::bind(ep.addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    what: format!("entrypoint {}", ep.name),
+                    addr: ep.addr,
+                    source,
+                })?;
+            let local = listener.local_addr().unwrap_or(ep.addr);
+            addrs.insert(ep.name.clone(), local);
+            let ep_default = match &ep.tls {
+                Some(p) => Some(load_certified_key(&p.cert, &p.key)?),
+                None => None,
+            };
+            let has_own = ep_default.is_some();
+            let store = certs.clone();
+            eps.push(Entrypoint {
+                name: ep.name.as_str().into(),
+                listener,
+                tls: entrypoint::server_config(certs.clone(), ep_default),
+                has_certs: Arc::new(move || {
+                    has_own || store.default.load().is_some() || !store.sni.load().is_empty()
+                }),
+                proxy: proxy.clone(),
+                limits: cfg.limits.clone(),
+                metrics: metrics.entrypoint(&ep.name),
+                tracker: tracker.clone(),
+            });
+        }
+        let admin_listener =
+            TcpListener::bind(cfg.admin)
+                .await
+                .map_err(|source| StartError::Bind {
+                    what: "admin".into(),
+                    addr: cfg.admin,
+                    source,
+                })?;
+        let admin_addr = admin_listener.local_addr().unwrap_or(cfg.admin);
+        for (name, addr) in &addrs {
+            tracing::info!(entrypoint = %name, %addr, "listening");
+        }
+        tracing::info!(%admin_addr, "admin API listening");
+        let mut accept_tasks = Vec::new();
+        for ep in eps {
+            accept_tasks.push(tokio::spawn(ep.run(phase_rx.clone())));
+        }
+        let admin_task = tokio::spawn(admin::api::serve(
+            admin_listener,
+            Arc::new(admin::api::AdminState {
+                snapshot: current,
+                proxy: proxy.clone(),
+                metrics: metrics.clone(),
+                lifecycle: lifecycle.clone(),
+                providers: statuses,
+            }),
+        ));
+
+        // Shutdown: not ready at once, keep accepting for the delay, then drain.
+        let shutdown = Arc::new(Notify::new());
+        let (sd, lc) = (shutdown.clone(), lifecycle.clone());
+        let (delay, drain) = (cfg.shutdown_delay, cfg.drain_timeout);
+        let done = tokio::spawn(async move {
+            sd.notified().await;
+            lc.begin_shutdown();
+            tracing::info!(?delay, "shutting down: readiness off, still accepting");
+            tokio::time::sleep(delay).await;
+            let _ = phase_tx.send(Phase::Draining);
+            for t in accept_tasks {
+                let _ = t.await;
+            }
+            tracing::info!(
+                open = tracker.open(),
+                ?drain,
+                "listeners closed; draining connections"
+            );
+            if tokio::time::timeout(drain, tracker.wait_idle())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    open = tracker.open(),
+                    "drain timeout: closing remaining connections"
+                );
+            }
+            admin_task.abort();
+        });
+        Ok(Gateway {
+            entrypoints: addrs,
+            admin: admin_addr,
+            shutdown,
+            done,
+            lifecycle,
+            metrics,
+        })
+    }
+
+    pub fn entrypoint_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.entrypoints.get(name).copied()
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// Begin the graceful shutdown (as on SIGTERM).
+    pub fn shutdown(&self) {
+        self.shutdown.notify_one();
+    }
+
+    /// Wait until shutdown has finished draining.
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}

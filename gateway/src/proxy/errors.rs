@@ -1,0 +1,95 @@
+//! Every synthetic response the proxy makes, in one place.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use super::Body;
+
+/// Why the proxy answered instead of an upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no router matches the request")]
+    NoRouter,
+    #[error("service {0} has no healthy endpoint")]
+    NoEndpoint(String),
+    #[error("upstream {endpoint} refused or could not be reached: {reason}")]
+    Connect { endpoint: String, reason: String },
+    #[error("upstream {endpoint} did not answer in time")]
+    Timeout { endpoint: String },
+    #[error("upstream {endpoint} failed: {reason}")]
+    Upstream { endpoint: String, reason: String },
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRouter => StatusCode::NOT_FOUND,
+            ProxyError::NoEndpoint(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// A short machine-readable kind, for metrics labels and the `x-berth-error` header.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::NoRouter => "no_router",
+            ProxyError::NoEndpoint(_) => "no_endpoint",
+            ProxyError::Connect { .. } => "connect",
+            ProxyError::Timeout { .. } => "timeout",
+            ProxyError::Upstream { .. } => "upstream",
+            ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::BadRequest(_) => "bad_request",
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let text = match &self {
+            // Traefik's exact body, which some clients and tests look for.
+            ProxyError::NoRouter => "404 page not found\n".to_string(),
+            ProxyError::NoEndpoint(s) => format!("no available server for service {s}\n"),
+            other => format!("{}\n", status.canonical_reason().unwrap_or("error")).replace(
+                '\n',
+                &format!(
+                    ": {}\n",
+                    match other {
+                        ProxyError::BadRequest(r) => r,
+                        _ => other.kind(),
+                    }
+                ),
+            ),
+        };
+        text_response(status, text, Some(self.kind()))
+    }
+}
+
+/// A plain-text response, optionally tagged with `x-berth-error`.
+pub fn text_response(
+    status: StatusCode,
+    text: impl Into<Bytes>,
+    kind: Option<&'static str>,
+) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(text.into())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Some(k) = kind {
+        h.insert("x-berth-error", HeaderValue::from_static(k));
+    }
+    resp
+}

@@ -1,0 +1,419 @@
+//! The north-south proxy: route, balance, forward.
+//!
+//! A request's path reads in order: [`Proxy::handle`] (limits, `/ping`, smuggling
+//! checks) -> the snapshot's router -> the service's balancer -> [`upstream`] pools.
+//! Failures become responses in [`errors`] only.
+
+pub mod balance;
+pub mod errors;
+pub mod router;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use berth_common::http::{
+    CLIENT_ID_HEADER, ForwardInfo, remove_hop_by_hop, set_forwarded, upgrade_protocol,
+};
+use berth_common::routing::Snapshot;
+use berth_common::rules::RequestView;
+use berth_common::rules::matcher::{canonical_host, percent_decode};
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Empty, Limited, combinators::BoxBody};
+use hyper::body::Incoming;
+use ipnet::IpNet;
+
+use crate::admin::metrics::{EntrypointMetrics, Metrics};
+use crate::config::Limits;
+use crate::lifecycle::Lifecycle;
+use balance::{InFlight, Registry};
+use errors::{ProxyError, text_response};
+use router::{Routes, ServiceRuntime};
+use upstream::Clients;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// The client's request body failed (bad chunk, reset): not the upstream's fault.
+#[derive(Debug, thiserror::Error)]
+#[error("client body: {0}")]
+pub struct ClientBodyError(#[source] pub BoxError);
+
+/// At most this many attempts for a retryable request.
+const MAX_ATTEMPTS: usize = 3;
+
+/// What the proxy knows about the client connection a request came on.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub entrypoint: Arc<str>,
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+    pub tls: bool,
+    pub metrics: Arc<EntrypointMetrics>,
+}
+
+pub struct Proxy {
+    routes: ArcSwap<Routes>,
+    registry: Registry,
+    clients: Clients,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    trusted: Vec<IpNet>,
+    lifecycle: Arc<Lifecycle>,
+    ping: Option<String>,
+}
+
+impl Proxy {
+    pub fn new(
+        clients: Clients,
+        metrics: Arc<Metrics>,
+        limits: Limits,
+        trusted: Vec<IpNet>,
+        lifecycle: Arc<Lifecycle>,
+        ping: Option<String>,
+    ) -> Proxy {
+        let registry = Registry::default();
+        let routes = Routes::build(Arc::new(Snapshot::default()), &registry, &metrics);
+        Proxy {
+            routes: ArcSwap::from_pointee(routes),
+            registry,
+            clients,
+            metrics,
+            limits,
+            trusted,
+            lifecycle,
+            ping,
+        }
+    }
+
+    /// Swap in a new snapshot; requests in flight keep the one they started with.
+    pub fn swap(&self, snapshot: Arc<Snapshot>) {
+        let routes = Routes::build(snapshot, &self.registry, &self.metrics);
+        self.routes.store(Arc::new(routes));
+    }
+
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes.load_full()
+    }
+
+    /// Handle one request; never fails (errors become responses).
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let version = req.version();
+        let mut resp = match self.serve(req, conn, start).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(entrypoint = %conn.entrypoint, peer = %conn.peer, error = %e, "request failed");
+                e.into_response()
+            }
+        };
+        conn.metrics
+            .requests
+            .record(resp.status().as_u16(), &method, start.elapsed());
+        // While shutting down, ask HTTP/1 clients to reconnect (elsewhere).
+        if self.lifecycle.is_shutting_down()
+            && version <= Version::HTTP_11
+            && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+        {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+
+    async fn serve(
+        &self,
+        mut req: Request<Incoming>,
+        conn: &ConnInfo,
+        start: Instant,
+    ) -> Result<Response<Body>, ProxyError> {
+        if self.ping.as_deref() == Some(&*conn.entrypoint) && req.uri().path() == "/ping" {
+            return Ok(if self.lifecycle.is_shutting_down() {
+                text_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n", None)
+            } else {
+                text_response(StatusCode::OK, "OK", None)
+            });
+        }
+        // RFC 9112 6.3: a message with both Transfer-Encoding and Content-Length is a
+        // smuggling vector; refuse it (and the connection is closed by the caller).
+        if req.version() <= Version::HTTP_11
+            && req.headers().contains_key(header::TRANSFER_ENCODING)
+            && req.headers().contains_key(header::CONTENT_LENGTH)
+        {
+            return Err(ProxyError::BadRequest(
+                "both Transfer-Encoding and Content-Length",
+            ));
+        }
+        if let Some(limit) = self.limits.max_body_bytes
+            && req.body().size_hint().lower() > limit
+        {
+            return Err(ProxyError::BodyTooLarge { limit });
+        }
+
+        let routes = self.routes.load();
+        let raw_host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()));
+        let host = canonical_host(raw_host.as_deref().unwrap_or_default());
+        let path = percent_decode(req.uri().path());
+        let view = RequestView {
+            host: &host,
+            path: &path,
+            method: req.method(),
+            headers: req.headers(),
+            query: req.uri().query(),
+            client_ip: conn.peer.ip(),
+        };
+        let router_idx = routes
+            .snapshot
+            .route_index(&conn.entrypoint, conn.tls, &view)
+            .ok_or(ProxyError::NoRouter)?;
+        let router = &routes.snapshot.routers[router_idx];
+        let service = router
+            .service_index
+            .and_then(|i| routes.services.get(i))
+            .cloned()
+            .ok_or_else(|| ProxyError::NoEndpoint(router.service.clone()))?;
+        let router_metrics = routes.router_metrics.get(router_idx).cloned();
+        drop(routes);
+
+        let method = req.method().clone();
+        let upgrade = if req.version() == Version::HTTP_11 {
+            upgrade_protocol(req.headers()).map(|p| (p, hyper::upgrade::on(&mut req)))
+        } else {
+            None
+        };
+        let result = self.forward(req, conn, &service, raw_host, upgrade).await;
+        let code = match &result {
+            Ok(r) => r.status().as_u16(),
+            Err(e) => e.status().as_u16(),
+        };
+        let elapsed = start.elapsed();
+        if let Some(m) = router_metrics {
+            m.record(code, &method, elapsed);
+        }
+        service.metrics.record(code, &method, elapsed);
+        result
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+        svc: &ServiceRuntime,
+        raw_host: Option<String>,
+        upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let (parts, body) = req.into_parts();
+        let bodyless = body.is_end_stream();
+        let retryable = bodyless && upgrade.is_none() && is_idempotent(&parts.method);
+
+        let mut headers = parts.headers;
+        remove_hop_by_hop(&mut headers);
+        headers.remove(CLIENT_ID_HEADER);
+        let trusted = self.trusted.iter().any(|n| n.contains(&conn.peer.ip()));
+        set_forwarded(
+            &mut headers,
+            &ForwardInfo {
+                client_ip: conn.peer.ip(),
+                trusted,
+                tls: conn.tls,
+                host: raw_host.as_deref(),
+                local_port: conn.local.port(),
+            },
+        );
+        if let Some((proto, _)) = &upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, proto.clone());
+        }
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+
+        let limit = self.limits.max_body_bytes;
+        let mut body: Option<Body> = Some(match limit {
+            Some(l) => Limited::new(body, usize::try_from(l).unwrap_or(usize::MAX))
+                .map_err(|e| -> BoxError { Box::new(ClientBodyError(e)) })
+                .boxed(),
+            None => body
+                .map_err(|e| -> BoxError { Box::new(ClientBodyError(Box::new(e))) })
+                .boxed(),
+        });
+
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last_err: Option<ProxyError> = None;
+        loop {
+            let Some(i) = svc.balancer.pick(&svc.states, &tried) else {
+                return Err(last_err.unwrap_or_else(|| ProxyError::NoEndpoint(svc.name.clone())));
+            };
+            if !tried.is_empty() {
+                self.metrics.retry(&svc.name);
+            }
+            tried.push(i);
+            let ep = &svc.endpoints[i];
+            let state = &svc.states[i];
+            let uri = format!(
+                "{}://{}{}",
+                if ep.https { "https" } else { "http" },
+                ep.authority,
+                path_and_query
+            );
+            let mut up = Request::builder()
+                .method(parts.method.clone())
+                .uri(uri)
+                .version(if ep.h2c {
+                    Version::HTTP_2
+                } else {
+                    Version::HTTP_11
+                })
+                .body(
+                    body.take()
+                        .unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed()),
+                )
+                .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+            *up.headers_mut() = headers.clone();
+            let host_value = if svc.pass_host_header {
+                raw_host
+                    .as_deref()
+                    .and_then(|h| HeaderValue::from_str(h).ok())
+            } else {
+                HeaderValue::from_str(ep.authority.as_str()).ok()
+            };
+            match host_value {
+                Some(v) => {
+                    up.headers_mut().insert(header::HOST, v);
+                }
+                None => {
+                    up.headers_mut().remove(header::HOST);
+                }
+            }
+
+            let client = if ep.h2c {
+                &self.clients.h2c
+            } else {
+                &self.clients.http1
+            };
+            let _inflight = InFlight::new(state.clone());
+            let t0 = Instant::now();
+            let fut = client.request(up);
+            let res = match self.limits.response_timeout {
+                Some(t) => match tokio::time::timeout(t, fut).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        state.record_failure();
+                        self.metrics.upstream_error(&svc.name, "timeout");
+                        tracing::warn!(service = %svc.name, endpoint = %ep.url, "upstream timed out; endpoint ejected");
+                        return Err(ProxyError::Timeout {
+                            endpoint: ep.url.clone(),
+                        });
+                    }
+                },
+                None => fut.await,
+            };
+            match res {
+                Ok(mut resp) => {
+                    state.record_success(t0.elapsed());
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        if let Some((_, client_upgrade)) = upgrade {
+                            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                            tokio::spawn(splice_upgrade(client_upgrade, upstream_upgrade));
+                        }
+                        return Ok(resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()));
+                    }
+                    remove_hop_by_hop(resp.headers_mut());
+                    return Ok(resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()));
+                }
+                Err(e) => {
+                    if let Some(limit) = limit
+                        && error_chain_has::<http_body_util::LengthLimitError>(&e)
+                    {
+                        return Err(ProxyError::BodyTooLarge { limit });
+                    }
+                    if error_chain_has::<ClientBodyError>(&e) {
+                        return Err(ProxyError::BadRequest("invalid request body"));
+                    }
+                    if e.is_connect() {
+                        let backoff = state.record_failure();
+                        self.metrics.upstream_error(&svc.name, "connect");
+                        tracing::warn!(service = %svc.name, endpoint = %ep.url, error = %error_text(&e),
+                            ejected_for = ?backoff, "upstream connect failed");
+                        last_err = Some(ProxyError::Connect {
+                            endpoint: ep.url.clone(),
+                            reason: error_text(&e),
+                        });
+                        if retryable && tried.len() < MAX_ATTEMPTS.min(svc.endpoints.len()) {
+                            continue;
+                        }
+                        return Err(
+                            last_err.unwrap_or_else(|| ProxyError::NoEndpoint(svc.name.clone()))
+                        );
+                    }
+                    self.metrics.upstream_error(&svc.name, "upstream");
+                    tracing::warn!(service = %svc.name, endpoint = %ep.url, error = %error_text(&e), "upstream request failed");
+                    return Err(ProxyError::Upstream {
+                        endpoint: ep.url.clone(),
+                        reason: error_text(&e),
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn error_chain_has<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<E>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        let next = err.to_string();
+        // io errors repeat themselves through wrappers; say each thing once.
+        if !s.ends_with(&next) {
+            s.push_str(": ");
+            s.push_str(&next);
+        }
+        cur = err.source();
+    }
+    s
+}
+
+/// Join the client's and the upstream's upgraded connections and copy both ways.
+async fn splice_upgrade(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(client, upstream) {
+        Ok((c, u)) => {
+            let mut c = hyper_util::rt::TokioIo::new(c);
+            let mut u = hyper_util::rt::TokioIo::new(u);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                tracing::debug!(error = %e, "upgraded connection ended");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
+}

@@ -1,0 +1,107 @@
+//! The data path's view of one snapshot: routers and services resolved to their
+//! runtime state (endpoint health, balancers, metric handles), built once per swap.
+
+use std::sync::Arc;
+
+use berth_common::routing::Snapshot;
+use http::Uri;
+
+use super::balance::{Balancer, EndpointState, Registry};
+use crate::admin::metrics::{Metrics, RequestMetrics};
+
+/// One upstream endpoint as the proxy dials it.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub url: String,
+    /// `http://host:port` or `https://host:port` (h2c is dialled as `http`).
+    pub base: Uri,
+    pub authority: http::uri::Authority,
+    pub h2c: bool,
+    pub https: bool,
+}
+
+#[derive(Debug)]
+pub struct ServiceRuntime {
+    pub name: String,
+    pub endpoints: Vec<Endpoint>,
+    pub states: Vec<Arc<EndpointState>>,
+    pub balancer: Balancer,
+    pub pass_host_header: bool,
+    pub metrics: Arc<RequestMetrics>,
+}
+
+/// A snapshot plus its runtime state, swapped as one.
+#[derive(Debug)]
+pub struct Routes {
+    pub snapshot: Arc<Snapshot>,
+    /// Parallel to `snapshot.services`.
+    pub services: Vec<Arc<ServiceRuntime>>,
+    /// Parallel to `snapshot.routers`.
+    pub router_metrics: Vec<Arc<RequestMetrics>>,
+}
+
+impl Routes {
+    pub fn build(snapshot: Arc<Snapshot>, registry: &Registry, metrics: &Metrics) -> Routes {
+        let mut endpoints_by_service = Vec::with_capacity(snapshot.services.len());
+        for svc in &snapshot.services {
+            let eps: Vec<Endpoint> = svc.servers.iter().filter_map(endpoint).collect();
+            endpoints_by_service.push(eps);
+        }
+        let states = registry.resolve(
+            endpoints_by_service
+                .iter()
+                .flatten()
+                .map(|e| e.url.as_str()),
+        );
+        let services = snapshot
+            .services
+            .iter()
+            .zip(endpoints_by_service)
+            .map(|(svc, endpoints)| {
+                let weights = svc
+                    .servers
+                    .iter()
+                    .filter(|s| endpoint(s).is_some())
+                    .map(|s| s.weight)
+                    .collect();
+                Arc::new(ServiceRuntime {
+                    name: svc.name.clone(),
+                    states: endpoints.iter().map(|e| states[&e.url].clone()).collect(),
+                    endpoints,
+                    balancer: Balancer::new(svc.strategy, weights),
+                    pass_host_header: svc.pass_host_header,
+                    metrics: metrics.service(&svc.name),
+                })
+            })
+            .collect();
+        let router_metrics = snapshot
+            .routers
+            .iter()
+            .map(|r| metrics.router(&r.name))
+            .collect();
+        Routes {
+            snapshot,
+            services,
+            router_metrics,
+        }
+    }
+}
+
+fn endpoint(s: &berth_common::routing::Server) -> Option<Endpoint> {
+    let authority = s.uri.authority()?.clone();
+    let scheme = s.uri.scheme_str()?;
+    let (h2c, https) = (scheme == "h2c", scheme == "https");
+    let base = Uri::builder()
+        .scheme(if https { "https" } else { "http" })
+        .authority(authority.clone())
+        .path_and_query("/")
+        .build()
+        .ok()?;
+    Some(Endpoint {
+        url: s.url.clone(),
+        base,
+        authority,
+        h2c,
+        https,
+    })
+}

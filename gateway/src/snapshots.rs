@@ -1,0 +1,104 @@
+//! The one owner of the routing snapshot: it watches every provider's view, rebuilds
+//! the snapshot with the pure builder, loads the TLS certificates it names, and swaps
+//! the result into the proxy and the certificate store.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use berth_common::diag::Diagnostic;
+use berth_common::routing::{BuildOptions, ProviderView, Snapshot, build};
+use berth_common::tls::load_certified_key;
+use futures_util::future::select_all;
+use tokio::sync::watch;
+
+use crate::entrypoint::CertStore;
+use crate::proxy::Proxy;
+
+/// Middleware types the proxy implements today (none yet: routers naming any fail closed).
+pub const IMPLEMENTED_MIDDLEWARES: &[&str] = &[];
+
+pub struct SnapshotOwner {
+    pub sources: Vec<watch::Receiver<ProviderView>>,
+    pub entrypoints: Vec<String>,
+    pub proxy: Arc<Proxy>,
+    pub certs: Arc<CertStore>,
+    /// The latest snapshot, for the admin API.
+    pub current: Arc<ArcSwap<Snapshot>>,
+}
+
+impl SnapshotOwner {
+    /// Build and publish once from the current views.
+    pub fn publish(&mut self, version: u64) {
+        let views: Vec<ProviderView> = self
+            .sources
+            .iter_mut()
+            .map(|rx| rx.borrow_and_update().clone())
+            .collect();
+        let opts = BuildOptions {
+            entrypoints: self.entrypoints.clone(),
+            implemented_middlewares: IMPLEMENTED_MIDDLEWARES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            version,
+        };
+        let mut snap = build(&views, &opts);
+        let mut sni = Vec::new();
+        for c in &snap.certificates {
+            match load_certified_key(Path::new(&c.cert_file), Path::new(&c.key_file)) {
+                Ok(k) => sni.push(k),
+                Err(e) => snap
+                    .diagnostics
+                    .push(Diagnostic::error("tls.certificates", e.to_string()).with_source("file")),
+            }
+        }
+        if let Some(c) = &snap.default_certificate {
+            match load_certified_key(Path::new(&c.cert_file), Path::new(&c.key_file)) {
+                Ok(k) => self.certs.default.store(Arc::new(Some(k))),
+                Err(e) => snap.diagnostics.push(
+                    Diagnostic::error("tls.stores.default.defaultCertificate", e.to_string())
+                        .with_source("file"),
+                ),
+            }
+        }
+        self.certs.sni.store(Arc::new(sni));
+        let enabled = snap
+            .routers
+            .iter()
+            .filter(|r| r.status == berth_common::routing::Status::Enabled)
+            .count();
+        tracing::info!(
+            version,
+            routers = snap.routers.len(),
+            enabled,
+            services = snap.services.len(),
+            diagnostics = snap.diagnostics.len(),
+            "routing snapshot published"
+        );
+        let snap = Arc::new(snap);
+        self.proxy.swap(snap.clone());
+        self.current.store(snap);
+    }
+
+    /// Rebuild whenever any source changes; ends when every source is gone.
+    pub async fn run(mut self) {
+        let mut version = 1;
+        loop {
+            if self.sources.is_empty() {
+                return;
+            }
+            let changed = {
+                let futs = self.sources.iter_mut().map(|rx| Box::pin(rx.changed()));
+                let (res, idx, _) = select_all(futs).await;
+                (res, idx)
+            };
+            if changed.0.is_err() {
+                self.sources.remove(changed.1);
+                continue;
+            }
+            version += 1;
+            self.publish(version);
+        }
+    }
+}
