@@ -52,10 +52,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     let te_trailers = headers.get_all(header::TE).iter().any(|v| {
-        v.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
     });
     headers.remove(header::TE);
     if te_trailers {
@@ -126,10 +124,7 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert(
-            "connection",
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
@@ -163,13 +158,7 @@ mod tests {
         assert_eq!(h.get("x-forwarded-port").unwrap(), "8080");
         let mut h2 = HeaderMap::new();
         h2.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
-        set_forwarded(
-            &mut h2,
-            &ForwardInfo {
-                trusted: true,
-                ..info
-            },
-        );
+        set_forwarded(&mut h2, &ForwardInfo { trusted: true, ..info });
         assert_eq!(h2.get("x-forwarded-for").unwrap(), "6.6.6.6, 127.0.0.9");
     }
 }

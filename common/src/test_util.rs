@@ -84,8 +84,7 @@ impl Backend {
                 c.fetch_add(1, Ordering::SeqCst);
                 let (n, s) = (n.clone(), s.clone());
                 tokio::spawn(async move {
-                    let svc =
-                        hyper::service::service_fn(move |req| handle(n.clone(), s.clone(), req));
+                    let svc = hyper::service::service_fn(move |req| handle(n.clone(), s.clone(), req));
                     let io = TokioIo::new(stream);
                     let _ = match proto {
                         Proto::Http1 => {
@@ -152,10 +151,7 @@ async fn handle(
         Ok(b) => b.to_bytes(),
         Err(_) => {
             // The client aborted the body: record nothing, answer nothing useful.
-            return Ok(Response::builder()
-                .status(400)
-                .body(full("bad body"))
-                .unwrap());
+            return Ok(Response::builder().status(400).body(full("bad body")).unwrap());
         }
     };
     let req = Request::from_parts(parts, ());
@@ -179,12 +175,7 @@ async fn handle(
     if path == "/echo" {
         return Ok(Response::new(full(body)));
     }
-    let text = format!(
-        "backend={name}\n{} {} {:?}\n",
-        req.method(),
-        req.uri(),
-        req.version()
-    );
+    let text = format!("backend={name}\n{} {} {:?}\n", req.method(), req.uri(), req.version());
     Ok(Response::builder()
         .header("x-backend", name)
         .header("connection", "x-hop")
@@ -219,4 +210,73 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> Str
     let mut out = Vec::new();
     let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A response read whole, for assertions.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub version: http::Version,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+/// Send one request over a fresh HTTP/1.1 connection to `addr`.
+pub async fn http1(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = send.send_request(req).await.unwrap();
+    read_reply(resp).await
+}
+
+/// Send one request over a fresh HTTP/2 prior-knowledge (h2c) connection to `addr`.
+pub async fn h2c(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = send.send_request(req).await.unwrap();
+    read_reply(resp).await
+}
+
+pub async fn read_reply(resp: Response<Incoming>) -> Reply {
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    Reply {
+        status: parts.status,
+        version: parts.version,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// `GET path` with a Host header.
+pub fn get(host: &str, path: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .uri(path)
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// Poll `f` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

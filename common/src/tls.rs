@@ -68,11 +68,7 @@ pub fn key_from_pem(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>, Tl
 }
 
 /// A certificate chain and its key, checked to belong together.
-pub fn certified_key_from_pem(
-    cert_pem: &[u8],
-    key_pem: &[u8],
-    what: &str,
-) -> Result<Arc<CertifiedKey>, TlsError> {
+pub fn certified_key_from_pem(cert_pem: &[u8], key_pem: &[u8], what: &str) -> Result<Arc<CertifiedKey>, TlsError> {
     let certs = certs_from_pem(cert_pem, what)?;
     let key = key_from_pem(key_pem, what)?;
     let ck = CertifiedKey::from_der(certs, key, &provider()).map_err(|e| TlsError::Invalid {
@@ -83,10 +79,7 @@ pub fn certified_key_from_pem(
 }
 
 /// Load a certificate chain and key from PEM files.
-pub fn load_certified_key(
-    cert_path: &Path,
-    key_path: &Path,
-) -> Result<Arc<CertifiedKey>, TlsError> {
+pub fn load_certified_key(cert_path: &Path, key_path: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
     let what = cert_path.display().to_string();
     certified_key_from_pem(&read(cert_path)?, &read(key_path)?, &what)
 }

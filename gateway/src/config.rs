@@ -227,10 +227,9 @@ impl Config {
     pub fn from_args(args: Args) -> Result<Config, ConfigError> {
         let file = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| bad(format!("--config {}: {e}", path.display())))?;
-                toml::from_str::<FileConfig>(&text)
-                    .map_err(|e| bad(format!("--config {}: {e}", path.display())))?
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| bad(format!("--config {}: {e}", path.display())))?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| bad(format!("--config {}: {e}", path.display())))?
             }
             None => FileConfig::default(),
         };
@@ -252,14 +251,13 @@ impl Config {
                 "the mesh control plane (--mesh-*) is not available in this build yet",
             ));
         }
-        let duration =
-            |flag: &str, cli: &Option<String>, file: &Option<String>, default: Duration| match cli
-                .as_ref()
-                .or(file.as_ref())
-            {
-                Some(s) => parse_duration(s).map_err(|e| bad(format!("--{flag}: {e}"))),
-                None => Ok(default),
-            };
+        let duration = |flag: &str, cli: &Option<String>, file: &Option<String>, default: Duration| match cli
+            .as_ref()
+            .or(file.as_ref())
+        {
+            Some(s) => parse_duration(s).map_err(|e| bad(format!("--{flag}: {e}"))),
+            None => Ok(default),
+        };
         let pair = |flag: &str, cert: Option<PathBuf>, key: Option<PathBuf>| match (cert, key) {
             (Some(cert), Some(key)) => Ok(Some(CertPair { cert, key })),
             (None, None) => Ok(None),
@@ -312,9 +310,7 @@ impl Config {
         };
         for s in trusted {
             forwarded_trusted.push(
-                parse_ip_range(s).ok_or_else(|| {
-                    bad(format!("--forwarded-trusted-ip `{s}`: not an IP or CIDR"))
-                })?,
+                parse_ip_range(s).ok_or_else(|| bad(format!("--forwarded-trusted-ip `{s}`: not an IP or CIDR")))?,
             );
         }
         let log_format = match args
@@ -327,9 +323,7 @@ impl Config {
             Some("json") => LogFormat::Json,
             Some("text") => LogFormat::Text,
             Some(other) => {
-                return Err(bad(format!(
-                    "--log-format `{other}`: use auto, json or text"
-                )));
+                return Err(bad(format!("--log-format `{other}`: use auto, json or text")));
             }
         };
         let response_timeout = duration(
@@ -338,10 +332,7 @@ impl Config {
             &file.upstream_response_timeout,
             Duration::ZERO,
         )?;
-        let max_header_bytes = args
-            .max_header_bytes
-            .or(file.max_header_bytes)
-            .unwrap_or(32 * 1024);
+        let max_header_bytes = args.max_header_bytes.or(file.max_header_bytes).unwrap_or(32 * 1024);
         if max_header_bytes < 8192 {
             return Err(bad("--max-header-bytes must be at least 8192"));
         }
@@ -368,10 +359,7 @@ impl Config {
             )?,
             limits: Limits {
                 max_header_bytes,
-                max_body_bytes: args
-                    .max_body_bytes
-                    .or(file.max_body_bytes)
-                    .filter(|b| *b > 0),
+                max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).filter(|b| *b > 0),
                 header_read_timeout: duration(
                     "header-read-timeout",
                     &args.header_read_timeout,
@@ -472,12 +460,7 @@ mod tests {
     #[test]
     fn bad_flags_are_clear_errors() {
         assert!(parse(&[]).unwrap_err().0.contains("--entrypoint"));
-        assert!(
-            parse(&["--entrypoint", "web"])
-                .unwrap_err()
-                .0
-                .contains("NAME=ADDR")
-        );
+        assert!(parse(&["--entrypoint", "web"]).unwrap_err().0.contains("NAME=ADDR"));
         assert!(
             parse(&["--entrypoint", "web=nope"])
                 .unwrap_err()
@@ -485,15 +468,10 @@ mod tests {
                 .contains("bad address")
         );
         assert!(
-            parse(&[
-                "--entrypoint",
-                "a=127.0.0.1:1",
-                "--entrypoint",
-                "a=127.0.0.1:2"
-            ])
-            .unwrap_err()
-            .0
-            .contains("twice")
+            parse(&["--entrypoint", "a=127.0.0.1:1", "--entrypoint", "a=127.0.0.1:2"])
+                .unwrap_err()
+                .0
+                .contains("twice")
         );
         assert!(
             parse(&["--entrypoint", "a=127.0.0.1:1", "--ping", "b"])

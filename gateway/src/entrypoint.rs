@@ -61,12 +61,10 @@ pub fn server_config(
     let builder = rustls::ServerConfig::builder_with_provider(berth_common::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap_or_else(|_| rustls::ServerConfig::builder());
-    let mut cfg = builder
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(Resolver {
-            store,
-            entrypoint_default,
-        }));
+    let mut cfg = builder.with_no_client_auth().with_cert_resolver(Arc::new(Resolver {
+        store,
+        entrypoint_default,
+    }));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(cfg)
 }
@@ -166,12 +164,7 @@ impl Entrypoint {
         }
     }
 
-    async fn serve_connection(
-        &self,
-        stream: TcpStream,
-        peer: std::net::SocketAddr,
-        phase: watch::Receiver<Phase>,
-    ) {
+    async fn serve_connection(&self, stream: TcpStream, peer: std::net::SocketAddr, phase: watch::Receiver<Phase>) {
         let _ = stream.set_nodelay(true);
         let local = match stream.local_addr() {
             Ok(a) => a,
@@ -179,8 +172,7 @@ impl Entrypoint {
         };
         // Peek the first byte: 0x16 opens a TLS handshake.
         let mut first = [0u8; 1];
-        let peeked =
-            tokio::time::timeout(self.limits.header_read_timeout, stream.peek(&mut first)).await;
+        let peeked = tokio::time::timeout(self.limits.header_read_timeout, stream.peek(&mut first)).await;
         let is_tls = matches!(peeked, Ok(Ok(1))) && first[0] == 0x16;
         if !matches!(peeked, Ok(Ok(1))) {
             return;
@@ -198,9 +190,7 @@ impl Entrypoint {
                 return;
             }
             let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
-            match tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream))
-                .await
-            {
+            match tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => self.serve_http(IdleIo::new(tls), info, phase).await,
                 Ok(Err(e)) => {
                     tracing::debug!(entrypoint = %self.name, %peer, error = %e, "TLS handshake failed")
@@ -214,12 +204,8 @@ impl Entrypoint {
         }
     }
 
-    async fn serve_http<S>(
-        &self,
-        io: IdleIo<S>,
-        info: Arc<ConnInfo>,
-        mut phase: watch::Receiver<Phase>,
-    ) where
+    async fn serve_http<S>(&self, io: IdleIo<S>, info: Arc<ConnInfo>, mut phase: watch::Receiver<Phase>)
+    where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let last_activity = io.last.clone();
@@ -245,10 +231,7 @@ impl Entrypoint {
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
         tokio::pin!(conn);
         let idle = self.limits.idle_timeout;
-        let mut tick = tokio::time::interval(
-            idle.min(Duration::from_secs(1))
-                .max(Duration::from_millis(10)),
-        );
+        let mut tick = tokio::time::interval(idle.min(Duration::from_secs(1)).max(Duration::from_millis(10)));
         let mut closing = *phase.borrow() == Phase::Draining;
         if closing {
             conn.as_mut().graceful_shutdown();
@@ -304,11 +287,7 @@ fn touch(born: &Instant, last: &AtomicU64) {
 }
 
 impl<S: AsyncRead> AsyncRead for IdleIo<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
         let before = buf.filled().len();
         let r = this.inner.poll_read(cx, buf);
@@ -320,11 +299,7 @@ impl<S: AsyncRead> AsyncRead for IdleIo<S> {
 }
 
 impl<S: AsyncWrite> AsyncWrite for IdleIo<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.project();
         let r = this.inner.poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {

@@ -64,11 +64,7 @@ impl Gateway {
         let metrics = Arc::new(Metrics::default());
         let lifecycle = Arc::new(Lifecycle::default());
         let roots = upstream_roots(cfg.upstream_ca.as_deref())?;
-        let clients = Clients::new(
-            cfg.limits.connect_timeout,
-            cfg.limits.upstream_idle_timeout,
-            roots,
-        );
+        let clients = Clients::new(cfg.limits.connect_timeout, cfg.limits.upstream_idle_timeout, roots);
         let proxy = Arc::new(Proxy::new(
             clients,
             metrics.clone(),
@@ -115,13 +111,11 @@ impl Gateway {
         let mut addrs = HashMap::new();
         let mut eps = Vec::new();
         for ep in &cfg.entrypoints {
-            let listener = TcpListener::bind(ep.addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    what: format!("entrypoint {}", ep.name),
-                    addr: ep.addr,
-                    source,
-                })?;
+            let listener = TcpListener::bind(ep.addr).await.map_err(|source| StartError::Bind {
+                what: format!("entrypoint {}", ep.name),
+                addr: ep.addr,
+                source,
+            })?;
             let local = listener.local_addr().unwrap_or(ep.addr);
             addrs.insert(ep.name.clone(), local);
             let ep_default = match &ep.tls {
@@ -134,23 +128,18 @@ impl Gateway {
                 name: ep.name.as_str().into(),
                 listener,
                 tls: entrypoint::server_config(certs.clone(), ep_default),
-                has_certs: Arc::new(move || {
-                    has_own || store.default.load().is_some() || !store.sni.load().is_empty()
-                }),
+                has_certs: Arc::new(move || has_own || store.default.load().is_some() || !store.sni.load().is_empty()),
                 proxy: proxy.clone(),
                 limits: cfg.limits.clone(),
                 metrics: metrics.entrypoint(&ep.name),
                 tracker: tracker.clone(),
             });
         }
-        let admin_listener =
-            TcpListener::bind(cfg.admin)
-                .await
-                .map_err(|source| StartError::Bind {
-                    what: "admin".into(),
-                    addr: cfg.admin,
-                    source,
-                })?;
+        let admin_listener = TcpListener::bind(cfg.admin).await.map_err(|source| StartError::Bind {
+            what: "admin".into(),
+            addr: cfg.admin,
+            source,
+        })?;
         let admin_addr = admin_listener.local_addr().unwrap_or(cfg.admin);
         for (name, addr) in &addrs {
             tracing::info!(entrypoint = %name, %addr, "listening");
@@ -184,19 +173,9 @@ impl Gateway {
             for t in accept_tasks {
                 let _ = t.await;
             }
-            tracing::info!(
-                open = tracker.open(),
-                ?drain,
-                "listeners closed; draining connections"
-            );
-            if tokio::time::timeout(drain, tracker.wait_idle())
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    open = tracker.open(),
-                    "drain timeout: closing remaining connections"
-                );
+            tracing::info!(open = tracker.open(), ?drain, "listeners closed; draining connections");
+            if tokio::time::timeout(drain, tracker.wait_idle()).await.is_err() {
+                tracing::warn!(open = tracker.open(), "drain timeout: closing remaining connections");
             }
             admin_task.abort();
         });

@@ -16,10 +16,7 @@ fn main() {
         }
     };
     berth_gateway::logging::init(cfg.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("berth-gateway: cannot start the runtime: {e}");

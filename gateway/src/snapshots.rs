@@ -37,10 +37,7 @@ impl SnapshotOwner {
             .collect();
         let opts = BuildOptions {
             entrypoints: self.entrypoints.clone(),
-            implemented_middlewares: IMPLEMENTED_MIDDLEWARES
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            implemented_middlewares: IMPLEMENTED_MIDDLEWARES.iter().map(|s| s.to_string()).collect(),
             version,
         };
         let mut snap = build(&views, &opts);
@@ -57,8 +54,7 @@ impl SnapshotOwner {
             match load_certified_key(Path::new(&c.cert_file), Path::new(&c.key_file)) {
                 Ok(k) => self.certs.default.store(Arc::new(Some(k))),
                 Err(e) => snap.diagnostics.push(
-                    Diagnostic::error("tls.stores.default.defaultCertificate", e.to_string())
-                        .with_source("file"),
+                    Diagnostic::error("tls.stores.default.defaultCertificate", e.to_string()).with_source("file"),
                 ),
             }
         }

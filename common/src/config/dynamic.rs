@@ -394,10 +394,7 @@ impl Decoder<'_> {
                             .map(|(i, n)| (format!("{p}[{i}]"), n.clone()))
                             .collect(),
                         // Labels and TOML tables can spell lists as maps keyed by index.
-                        Node::Map(m) => m
-                            .iter()
-                            .map(|(k, n)| (format!("{p}.{k}"), n.clone()))
-                            .collect(),
+                        Node::Map(m) => m.iter().map(|(k, n)| (format!("{p}.{k}"), n.clone())).collect(),
                         Node::Leaf(_) => {
                             self.bad(&p, "expected a list of servers");
                             Vec::new()
@@ -409,15 +406,9 @@ impl Decoder<'_> {
                         }
                     }
                 }
-                "server" if self.mode == Mode::Labels => {
-                    lb.server = Some(self.server_template(child, &p))
-                }
+                "server" if self.mode == Mode::Labels => lb.server = Some(self.server_template(child, &p)),
                 "strategy" => {
-                    lb.strategy = match self
-                        .string(child, &p)
-                        .map(|s| s.to_ascii_lowercase())
-                        .as_deref()
-                    {
+                    lb.strategy = match self.string(child, &p).map(|s| s.to_ascii_lowercase()).as_deref() {
                         Some("p2c") => Some(Strategy::P2c),
                         Some("wrr") => Some(Strategy::Wrr),
                         Some(other) => {
@@ -429,9 +420,10 @@ impl Decoder<'_> {
                 }
                 "passhostheader" => lb.pass_host_header = self.bool(child, &p),
                 "healthcheck" => lb.health_check = Some(self.health_check(child, &p)),
-                "sticky" | "responseforwarding" | "serverstransport" => self.diags.push(
-                    Diagnostic::warning(p, format!("`{key}` is not supported yet; it is ignored")),
-                ),
+                "sticky" | "responseforwarding" | "serverstransport" => self.diags.push(Diagnostic::warning(
+                    p,
+                    format!("`{key}` is not supported yet; it is ignored"),
+                )),
                 _ => self.unknown(&p),
             }
         }
@@ -511,25 +503,15 @@ impl Decoder<'_> {
     fn middleware(&mut self, node: &Node, path: &str) -> Option<MiddlewareConfig> {
         let entries = self.map(node, path);
         let [(kind, options)] = entries else {
-            self.bad(
-                path,
-                "a middleware needs exactly one type (for example stripPrefix)",
-            );
+            self.bad(path, "a middleware needs exactly one type (for example stripPrefix)");
             return None;
         };
-        let canonical = MIDDLEWARE_KINDS
-            .iter()
-            .find(|k| k.eq_ignore_ascii_case(kind));
+        let canonical = MIDDLEWARE_KINDS.iter().find(|k| k.eq_ignore_ascii_case(kind));
         if canonical.is_none() {
-            self.bad(
-                &format!("{path}.{kind}"),
-                format!("unknown middleware type `{kind}`"),
-            );
+            self.bad(&format!("{path}.{kind}"), format!("unknown middleware type `{kind}`"));
         }
         Some(MiddlewareConfig {
-            kind: canonical
-                .map(|k| (*k).to_string())
-                .unwrap_or_else(|| kind.clone()),
+            kind: canonical.map(|k| (*k).to_string()).unwrap_or_else(|| kind.clone()),
             known: canonical.is_some(),
             options: options.clone(),
         })
@@ -593,19 +575,14 @@ impl Decoder<'_> {
 }
 
 /// Parse a file provider's text (YAML, or TOML when `toml` is set) into a config.
-pub fn parse_file(
-    text: &str,
-    toml: bool,
-    diags: &mut Vec<Diagnostic>,
-) -> Result<DynamicConfig, String> {
+pub fn parse_file(text: &str, toml: bool, diags: &mut Vec<Diagnostic>) -> Result<DynamicConfig, String> {
     let root = if toml {
         let v: toml::Value = toml::from_str(text).map_err(|e| format!("invalid TOML: {e}"))?;
         Node::from_toml(&v)
     } else if text.trim().is_empty() {
         Node::empty_map()
     } else {
-        let v: serde_norway::Value =
-            serde_norway::from_str(text).map_err(|e| format!("invalid YAML: {e}"))?;
+        let v: serde_norway::Value = serde_norway::from_str(text).map_err(|e| format!("invalid YAML: {e}"))?;
         Node::from_yaml(&v)
     };
     if !matches!(root, Node::Map(_)) {

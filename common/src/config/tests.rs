@@ -39,10 +39,7 @@ fn yaml_file_decodes_with_traefik_names() {
     let mut diags = Vec::new();
     let cfg = parse_file(YAML, false, &mut diags).unwrap();
     let r = &cfg.http.routers["api"];
-    assert_eq!(
-        r.rule.as_deref(),
-        Some("Host(`api.test`) && PathPrefix(`/v1`)")
-    );
+    assert_eq!(r.rule.as_deref(), Some("Host(`api.test`) && PathPrefix(`/v1`)"));
     assert_eq!(r.entry_points, vec!["web"]);
     assert_eq!(r.priority, Some(42));
     assert_eq!(r.middlewares, vec!["strip"]);
@@ -112,14 +109,8 @@ http:
     let cfg = parse_file(text, false, &mut d).unwrap();
     let keys: Vec<&str> = d.iter().map(|d| d.key.as_str()).collect();
     assert!(keys.contains(&"http.routers.r.priority"), "{keys:?}");
-    assert!(
-        keys.contains(&"http.services.s.loadBalancer.strategy"),
-        "{keys:?}"
-    );
-    assert!(
-        keys.contains(&"http.services.s.loadBalancer.servers[0]"),
-        "{keys:?}"
-    );
+    assert!(keys.contains(&"http.services.s.loadBalancer.strategy"), "{keys:?}");
+    assert!(keys.contains(&"http.services.s.loadBalancer.servers[0]"), "{keys:?}");
     assert!(keys.contains(&"http.middlewares.m.nosuchThing"), "{keys:?}");
     // The router itself still loads.
     assert_eq!(cfg.http.routers["r"].rule.as_deref(), Some("Path(`/`)"));

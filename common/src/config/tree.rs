@@ -63,10 +63,7 @@ impl Node {
                     .map(|(k, v)| {
                         let key = match k {
                             Y::String(s) => s.clone(),
-                            other => serde_norway::to_string(other)
-                                .unwrap_or_default()
-                                .trim()
-                                .to_string(),
+                            other => serde_norway::to_string(other).unwrap_or_default().trim().to_string(),
                         };
                         (key, Node::from_yaml(v))
                     })
@@ -86,11 +83,7 @@ impl Node {
             T::Boolean(b) => Node::Leaf(b.to_string()),
             T::Datetime(d) => Node::Leaf(d.to_string()),
             T::Array(items) => Node::List(items.iter().map(Node::from_toml).collect()),
-            T::Table(t) => Node::Map(
-                t.iter()
-                    .map(|(k, v)| (k.clone(), Node::from_toml(v)))
-                    .collect(),
-            ),
+            T::Table(t) => Node::Map(t.iter().map(|(k, v)| (k.clone(), Node::from_toml(v))).collect()),
         }
     }
 
@@ -146,10 +139,7 @@ fn insert(node: &mut Node, parts: &[&str], value: &str) -> Result<(), String> {
         Some(x) => x,
         None => return Err("empty key".into()),
     };
-    let idx = match entries
-        .iter()
-        .position(|(k, _)| k.eq_ignore_ascii_case(first))
-    {
+    let idx = match entries.iter().position(|(k, _)| k.eq_ignore_ascii_case(first)) {
         Some(i) => i,
         None => {
             let child = if rest.is_empty() {

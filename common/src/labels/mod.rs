@@ -55,10 +55,7 @@ pub fn parse(labels: &BTreeMap<String, String>) -> (ContainerLabels, Vec<Diagnos
     let mut out = ContainerLabels::default();
     let mut dynamic_pairs: Vec<(String, String, &str)> = Vec::new();
     for (key, value) in labels {
-        let Some((prefix, rest)) = PREFIXES
-            .iter()
-            .find_map(|p| strip_prefix_ci(key, p).map(|r| (*p, r)))
-        else {
+        let Some((prefix, rest)) = PREFIXES.iter().find_map(|p| strip_prefix_ci(key, p).map(|r| (*p, r))) else {
             continue;
         };
         match chosen.get(&rest.to_ascii_lowercase()) {
@@ -76,46 +73,36 @@ pub fn parse(labels: &BTreeMap<String, String>) -> (ContainerLabels, Vec<Diagnos
                     format!("`{other}` is not true or false"),
                 )),
             },
-            "mesh" => {
-                match lower.as_str() {
-                    "mesh.name" => {
-                        let name = value.trim();
-                        if valid_mesh_name(name) {
-                            out.mesh.name = Some(name.to_string());
-                        } else {
-                            diags.push(Diagnostic::error(
+            "mesh" => match lower.as_str() {
+                "mesh.name" => {
+                    let name = value.trim();
+                    if valid_mesh_name(name) {
+                        out.mesh.name = Some(name.to_string());
+                    } else {
+                        diags.push(Diagnostic::error(
                             key.clone(),
                             format!("`{name}` is not a valid mesh name (letters, digits, `-`, `_`, `.`)"),
                         ));
-                        }
                     }
-                    "mesh.allow" => {
-                        out.mesh.allow = Some(
-                            value
-                                .split(',')
-                                .map(str::trim)
-                                .filter(|s| !s.is_empty())
-                                .map(String::from)
-                                .collect(),
-                        )
-                    }
-                    _ => diags.push(Diagnostic::error(
-                        key.clone(),
-                        "unknown mesh option (name, allow)",
-                    )),
                 }
-            }
-            "http" | "tcp" | "udp" | "tls" => {
-                dynamic_pairs.push((prefix.to_string(), rest.to_string(), value))
-            }
+                "mesh.allow" => {
+                    out.mesh.allow = Some(
+                        value
+                            .split(',')
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(String::from)
+                            .collect(),
+                    )
+                }
+                _ => diags.push(Diagnostic::error(key.clone(), "unknown mesh option (name, allow)")),
+            },
+            "http" | "tcp" | "udp" | "tls" => dynamic_pairs.push((prefix.to_string(), rest.to_string(), value)),
             "docker" | "ecs" | "swarm" => diags.push(Diagnostic::warning(
                 key.clone(),
                 "provider-specific option is not used by Berth; ignored",
             )),
-            _ => diags.push(Diagnostic::error(
-                key.clone(),
-                "unknown label; it is ignored",
-            )),
+            _ => diags.push(Diagnostic::error(key.clone(), "unknown label; it is ignored")),
         }
     }
     // Decode each prefix's keys so diagnostics name the key as the user wrote it.
@@ -161,8 +148,7 @@ fn merge_labels(into: &mut DynamicConfig, from: DynamicConfig) {
 
 fn strip_prefix_ci<'a>(key: &'a str, prefix: &str) -> Option<&'a str> {
     let head = key.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &key[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix).then(|| &key[prefix.len()..])
 }
 
 /// Mesh names are DNS-label-like (they become `http://NAME/`).
@@ -191,17 +177,12 @@ pub struct ContainerTarget {
 /// Traefik's provider defaults: a default service when none is declared, a default
 /// router (with the default rule) when none is declared, a router without `service`
 /// bound to the only service, and one server per service at the container's address.
-pub fn container_config(
-    labels: &ContainerLabels,
-    target: &ContainerTarget,
-) -> (DynamicConfig, Vec<Diagnostic>) {
+pub fn container_config(labels: &ContainerLabels, target: &ContainerTarget) -> (DynamicConfig, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let mut cfg = labels.config.clone();
     let default_name = normalize_name(&target.name);
     if cfg.http.services.is_empty() {
-        cfg.http
-            .services
-            .insert(default_name.clone(), Default::default());
+        cfg.http.services.insert(default_name.clone(), Default::default());
     }
     let service_names: Vec<String> = cfg.http.services.keys().cloned().collect();
     for (name, svc) in cfg.http.services.iter_mut() {
@@ -214,11 +195,7 @@ pub fn container_config(
         }
         let tmpl = lb.server.clone().unwrap_or_default();
         let port = match (tmpl.port, target.ports.as_slice()) {
-            (Some(p), ports) => ports
-                .iter()
-                .find(|(c, _)| *c == p)
-                .map(|(_, h)| *h)
-                .or(Some(p)),
+            (Some(p), ports) => ports.iter().find(|(c, _)| *c == p).map(|(_, h)| *h).or(Some(p)),
             (None, [(_, host)]) => Some(*host),
             (None, []) => {
                 diags.push(Diagnostic::error(
@@ -249,9 +226,7 @@ pub fn container_config(
         }
     }
     if cfg.http.routers.is_empty() && target.default_rule.is_some() {
-        cfg.http
-            .routers
-            .insert(default_name.clone(), Default::default());
+        cfg.http.routers.insert(default_name.clone(), Default::default());
     }
     let mut drop = Vec::new();
     for (name, r) in cfg.http.routers.iter_mut() {

@@ -4,10 +4,7 @@ use super::*;
 use crate::config::Strategy;
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 fn target() -> ContainerTarget {
@@ -61,11 +58,7 @@ fn berth_wins_over_traefik_and_is_reported() {
     let (c, diags) = parse(&l);
     let r = &c.config.http.routers["r"];
     assert_eq!(r.rule.as_deref(), Some("Host(`new.test`)"));
-    assert_eq!(
-        r.priority,
-        Some(5),
-        "non-conflicting traefik keys still apply"
-    );
+    assert_eq!(r.priority, Some(5), "non-conflicting traefik keys still apply");
     assert_eq!(diags.len(), 1);
     assert_eq!(diags[0].key, "berth.http.routers.r.rule");
 }
@@ -95,10 +88,7 @@ fn bad_keys_become_diagnostics_and_the_rest_loads() {
         ("berth.enable", "maybe"),
         ("berth.frobnicate", "1"),
         ("berth.mesh.name", "bad name!"),
-        (
-            "berth.mesh.allow",
-            "orders, spiffe://berth.local/ecs/prod/billing",
-        ),
+        ("berth.mesh.allow", "orders, spiffe://berth.local/ecs/prod/billing"),
         ("traefik.tcp.routers.t.rule", "HostSNI(`*`)"),
     ]);
     let (c, diags) = parse(&l);
@@ -114,14 +104,8 @@ fn bad_keys_become_diagnostics_and_the_rest_loads() {
     ] {
         assert!(keys.contains(&k), "missing diagnostic for {k}: {keys:?}");
     }
-    assert_eq!(
-        c.config.http.routers["r"].rule.as_deref(),
-        Some("Host(`a.test`)")
-    );
-    assert_eq!(
-        c.config.http.services["s"].load_balancer.strategy,
-        Some(Strategy::Wrr)
-    );
+    assert_eq!(c.config.http.routers["r"].rule.as_deref(), Some("Host(`a.test`)"));
+    assert_eq!(c.config.http.services["s"].load_balancer.strategy, Some(Strategy::Wrr));
     assert_eq!(
         c.mesh.allow.as_deref(),
         Some(
@@ -162,19 +146,13 @@ fn several_ports_without_label_is_a_diagnostic() {
 #[test]
 fn middleware_labels() {
     let l = labels(&[
-        (
-            "traefik.http.middlewares.strip.stripprefix.prefixes",
-            "/api",
-        ),
+        ("traefik.http.middlewares.strip.stripprefix.prefixes", "/api"),
         ("traefik.http.routers.r.middlewares", "strip, auth@file"),
     ]);
     let (c, diags) = parse(&l);
     assert!(diags.is_empty(), "{diags:?}");
     assert_eq!(c.config.http.middlewares["strip"].kind, "stripPrefix");
-    assert_eq!(
-        c.config.http.routers["r"].middlewares,
-        vec!["strip", "auth@file"]
-    );
+    assert_eq!(c.config.http.routers["r"].middlewares, vec!["strip", "auth@file"]);
 }
 
 #[test]
@@ -196,8 +174,5 @@ fn default_rule_templates() {
         render_default_rule("Host(`{{ normalize .Name }}`)", "my_app.v2"),
         "Host(`my-app-v2`)"
     );
-    assert_eq!(
-        render_default_rule("Host(`{{.Name}}.x`)", "a"),
-        "Host(`a.x`)"
-    );
+    assert_eq!(render_default_rule("Host(`{{.Name}}.x`)", "a"), "Host(`a.x`)");
 }

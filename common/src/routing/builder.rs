@@ -94,10 +94,7 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
             if !mw.known {
                 errors.push(format!("unknown middleware type `{}`", mw.kind));
             } else if !opts.implemented_middlewares.iter().any(|k| k == &mw.kind) {
-                errors.push(format!(
-                    "middleware type `{}` is not implemented by Berth yet",
-                    mw.kind
-                ));
+                errors.push(format!("middleware type `{}` is not implemented by Berth yet", mw.kind));
             }
             mw_idx.insert(qname.clone(), snap.middlewares.len());
             snap.middlewares.push(MiddlewareEntry {
@@ -148,24 +145,16 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                         errors.push(format!("service `{service}` is disabled"));
                     }
                 }
-                None if !service.is_empty() => {
-                    errors.push(format!("service `{service}` does not exist"))
-                }
+                None if !service.is_empty() => errors.push(format!("service `{service}` does not exist")),
                 None => {}
             }
-            let middlewares: Vec<String> = r
-                .middlewares
-                .iter()
-                .map(|m| qualify(m, &view.provider))
-                .collect();
+            let middlewares: Vec<String> = r.middlewares.iter().map(|m| qualify(m, &view.provider)).collect();
             for m in &middlewares {
                 match mw_idx.get(m) {
                     Some(&i) => {
                         snap.middlewares[i].used_by.push(qname.clone());
                         if let Some(e) = snap.middlewares[i].errors.first() {
-                            errors.push(format!(
-                                "middleware `{m}`: {e}; the router is not served (fail closed)"
-                            ));
+                            errors.push(format!("middleware `{m}`: {e}; the router is not served (fail closed)"));
                         }
                     }
                     None => errors.push(format!(
@@ -216,10 +205,8 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
     }
     for r in &snap.routers {
         for e in &r.errors {
-            snap.diagnostics.push(
-                Diagnostic::error(format!("router {}", r.name), e.clone())
-                    .with_source(r.provider.clone()),
-            );
+            snap.diagnostics
+                .push(Diagnostic::error(format!("router {}", r.name), e.clone()).with_source(r.provider.clone()));
         }
     }
 
@@ -267,16 +254,11 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
 
 /// Server URLs: `http`, `https` or `h2c` scheme, a host, an optional port, no path.
 pub fn parse_server_url(url: &str) -> Result<http::Uri, String> {
-    let uri: http::Uri = url
-        .trim()
-        .parse()
-        .map_err(|e| format!("invalid URL: {e}"))?;
+    let uri: http::Uri = url.trim().parse().map_err(|e| format!("invalid URL: {e}"))?;
     match uri.scheme_str() {
         Some("http" | "https" | "h2c") => {}
         Some(other) => {
-            return Err(format!(
-                "unsupported scheme `{other}` (use http, https or h2c)"
-            ));
+            return Err(format!("unsupported scheme `{other}` (use http, https or h2c)"));
         }
         None => return Err("missing scheme (http://, https:// or h2c://)".into()),
     }

@@ -91,24 +91,14 @@ pub struct Snapshot {
 impl Snapshot {
     /// The highest-priority enabled router matching the request, on this entrypoint
     /// for this kind of connection.
-    pub fn route(
-        &self,
-        entrypoint: &str,
-        tls: bool,
-        req: &RequestView<'_>,
-    ) -> Option<&RouterEntry> {
-        self.route_index(entrypoint, tls, req)
-            .map(|i| &self.routers[i])
+    pub fn route(&self, entrypoint: &str, tls: bool, req: &RequestView<'_>) -> Option<&RouterEntry> {
+        self.route_index(entrypoint, tls, req).map(|i| &self.routers[i])
     }
 
     /// Like [`Snapshot::route`], giving the router's index.
     pub fn route_index(&self, entrypoint: &str, tls: bool, req: &RequestView<'_>) -> Option<usize> {
         let table = self.table(entrypoint, tls)?;
-        let pinned = table
-            .by_host
-            .get(req.host)
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
+        let pinned = table.by_host.get(req.host).map(Vec::as_slice).unwrap_or(&[]);
         let any = table.any_host.as_slice();
         // Merge the two priority-ordered lists lazily; first match wins.
         let (mut i, mut j) = (0, 0);

@@ -142,9 +142,7 @@ fn ten_thousand_routers_index_by_host() {
             "    r{i}: {{ rule: \"Host(`h{i}.test`) && PathPrefix(`/`)\", service: s }}\n"
         ));
     }
-    yaml.push_str(
-        "  services:\n    s: { loadBalancer: { servers: [ { url: \"http://127.0.0.1:1\" } ] } }\n",
-    );
+    yaml.push_str("  services:\n    s: { loadBalancer: { servers: [ { url: \"http://127.0.0.1:1\" } ] } }\n");
     let s = build(&[view("file", &yaml)], &opts());
     let table = &s.tables[&("web".to_string(), false)];
     assert_eq!(table.by_host.len(), 10_000);

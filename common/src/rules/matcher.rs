@@ -103,9 +103,7 @@ fn compile_node(expr: &Expr) -> Result<Node, CompileError> {
             let col = call.column;
             let kind = call.kind;
             let arg = |i: usize| call.args.get(i).map(String::as_str).unwrap_or_default();
-            let regex = |s: &str| {
-                Regex::new(s).map_err(|e| compile_error(col, kind, format!("invalid regexp: {e}")))
-            };
+            let regex = |s: &str| Regex::new(s).map_err(|e| compile_error(col, kind, format!("invalid regexp: {e}")));
             let header = |s: &str| {
                 HeaderName::from_bytes(s.as_bytes())
                     .map_err(|_| compile_error(col, kind, format!("invalid header name `{s}`")))
@@ -122,11 +120,7 @@ fn compile_node(expr: &Expr) -> Result<Node, CompileError> {
                 MatcherKind::Path | MatcherKind::PathPrefix => {
                     let p = arg(0);
                     if !p.starts_with('/') {
-                        return Err(compile_error(
-                            col,
-                            kind,
-                            format!("path `{p}` must start with `/`"),
-                        ));
+                        return Err(compile_error(col, kind, format!("path `{p}` must start with `/`")));
                     }
                     if kind == MatcherKind::Path {
                         Node::Path(p.to_string())
@@ -136,9 +130,8 @@ fn compile_node(expr: &Expr) -> Result<Node, CompileError> {
                 }
                 MatcherKind::PathRegexp => Node::PathRegexp(regex(arg(0))?),
                 MatcherKind::Method => {
-                    let m = Method::from_bytes(arg(0).to_ascii_uppercase().as_bytes()).map_err(
-                        |_| compile_error(col, kind, format!("invalid method `{}`", arg(0))),
-                    )?;
+                    let m = Method::from_bytes(arg(0).to_ascii_uppercase().as_bytes())
+                        .map_err(|_| compile_error(col, kind, format!("invalid method `{}`", arg(0))))?;
                     Node::Method(m)
                 }
                 MatcherKind::Header => Node::Header(header(arg(0))?, arg(1).to_string()),
@@ -150,15 +143,9 @@ fn compile_node(expr: &Expr) -> Result<Node, CompileError> {
                     Node::Query(arg(0).to_string(), call.args.get(1).cloned())
                 }
                 MatcherKind::QueryRegexp => Node::QueryRegexp(arg(0).to_string(), regex(arg(1))?),
-                MatcherKind::ClientIp => {
-                    Node::ClientIp(parse_ip_range(arg(0)).ok_or_else(|| {
-                        compile_error(
-                            col,
-                            kind,
-                            format!("`{}` is neither an IP nor a CIDR range", arg(0)),
-                        )
-                    })?)
-                }
+                MatcherKind::ClientIp => Node::ClientIp(parse_ip_range(arg(0)).ok_or_else(|| {
+                    compile_error(col, kind, format!("`{}` is neither an IP nor a CIDR range", arg(0)))
+                })?),
             }
         }
     })
@@ -175,10 +162,9 @@ pub fn parse_ip_range(s: &str) -> Option<IpNet> {
 
 fn required_hosts(expr: &Expr) -> Option<BTreeSet<String>> {
     match expr {
-        Expr::Matcher(call) if call.kind == MatcherKind::Host => call
-            .args
-            .first()
-            .map(|h| BTreeSet::from([canonical_host(h)])),
+        Expr::Matcher(call) if call.kind == MatcherKind::Host => {
+            call.args.first().map(|h| BTreeSet::from([canonical_host(h)]))
+        }
         Expr::Matcher(_) | Expr::Not(_) => None,
         Expr::And(a, b) => match (required_hosts(a), required_hosts(b)) {
             (Some(x), Some(y)) => Some(x.intersection(&y).cloned().collect()),
@@ -213,11 +199,10 @@ fn eval(node: &Node, req: &RequestView<'_>) -> bool {
             .get_all(name)
             .iter()
             .any(|v| v.to_str().is_ok_and(|v| re.is_match(v))),
-        Node::Query(key, value) => query_pairs(req.query)
-            .any(|(k, v)| k == *key && value.as_ref().is_none_or(|want| v == *want)),
-        Node::QueryRegexp(key, re) => {
-            query_pairs(req.query).any(|(k, v)| k == *key && re.is_match(&v))
+        Node::Query(key, value) => {
+            query_pairs(req.query).any(|(k, v)| k == *key && value.as_ref().is_none_or(|want| v == *want))
         }
+        Node::QueryRegexp(key, re) => query_pairs(req.query).any(|(k, v)| k == *key && re.is_match(&v)),
         Node::ClientIp(net) => net.contains(&canonical_ip(req.client_ip)),
         Node::Not(n) => !eval(n, req),
         Node::And(a, b) => eval(a, req) && eval(b, req),

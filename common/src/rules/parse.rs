@@ -184,11 +184,7 @@ fn lex(input: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
                 out.push((Tok::Ident(chars[start..i].iter().collect()), col));
             }
             other => {
-                return Err(err(
-                    col,
-                    "a matcher, `(`, `!` or a string",
-                    format!("`{other}`"),
-                ));
+                return Err(err(col, "a matcher, `(`, `!` or a string", format!("`{other}`")));
             }
         }
     }
@@ -207,9 +203,7 @@ fn lex_quoted(chars: &[char], open: usize) -> Result<(String, usize), ParseError
         match c {
             '"' => return Ok((s, i + 1)),
             '\\' => {
-                let esc = chars
-                    .get(i + 1)
-                    .ok_or_else(|| err(i + 1, "an escape", "end of rule"))?;
+                let esc = chars.get(i + 1).ok_or_else(|| err(i + 1, "an escape", "end of rule"))?;
                 let v = match esc {
                     'n' => '\n',
                     't' => '\t',
@@ -297,11 +291,7 @@ impl Parser {
             Tok::Ident(name) => {
                 let kind = MatcherKind::from_name(&name).ok_or_else(|| {
                     let known: Vec<_> = MatcherKind::ALL.iter().map(|k| k.name()).collect();
-                    err(
-                        col,
-                        format!("a matcher ({})", known.join(", ")),
-                        format!("`{name}`"),
-                    )
+                    err(col, format!("a matcher ({})", known.join(", ")), format!("`{name}`"))
                 })?;
                 let (open, ocol) = self.bump();
                 if open != Tok::LParen {
@@ -313,11 +303,7 @@ impl Parser {
                     match t {
                         Tok::Str(s) => args.push(s),
                         other => {
-                            return Err(err(
-                                tcol,
-                                "a quoted or backtick string",
-                                other.to_string(),
-                            ));
+                            return Err(err(tcol, "a quoted or backtick string", other.to_string()));
                         }
                     }
                     let (sep, scol) = self.bump();
@@ -334,11 +320,7 @@ impl Parser {
                     } else {
                         format!("{min} to {max} arguments")
                     };
-                    return Err(err(
-                        col,
-                        format!("{want} for {name}"),
-                        format!("{}", args.len()),
-                    ));
+                    return Err(err(col, format!("{want} for {name}"), format!("{}", args.len())));
                 }
                 Ok(Expr::Matcher(MatcherCall {
                     kind,

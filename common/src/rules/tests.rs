@@ -119,14 +119,8 @@ fn method_header_query_clientip() {
     assert!(m("ClientIP(`10.1.2.3`)", &r));
     assert!(!m("ClientIP(`10.1.2.4`)", &r));
     assert!(!m("ClientIP(`192.168.0.0/16`)", &r));
-    assert!(m(
-        "ClientIP(`10.0.0.0/8`)",
-        &Req::new("h", "/").ip("::ffff:10.9.9.9")
-    ));
-    assert!(m(
-        "ClientIP(`2001:db8::/32`)",
-        &Req::new("h", "/").ip("2001:db8::1")
-    ));
+    assert!(m("ClientIP(`10.0.0.0/8`)", &Req::new("h", "/").ip("::ffff:10.9.9.9")));
+    assert!(m("ClientIP(`2001:db8::/32`)", &Req::new("h", "/").ip("2001:db8::1")));
 }
 
 #[test]
@@ -143,10 +137,7 @@ fn operators_and_precedence() {
     // parentheses change it: (true || false) && false
     assert!(!m("(Path(`/x`) || Host(`no`)) && Host(`nope`)", &r));
     assert!(m("!(Host(`b.test`) || Path(`/y`)) && Method(`GET`)", &r));
-    assert!(
-        m("Host(\"a.test\") && Path(\"/x\")", &r),
-        "double-quoted values"
-    );
+    assert!(m("Host(\"a.test\") && Path(\"/x\")", &r), "double-quoted values");
     assert!(m("Header(`q`, \"a\\\"b\") || Host(`a.test`)", &r));
 }
 
@@ -196,21 +187,12 @@ fn required_hosts_for_the_index() {
             .map(|s| s.iter().cloned().collect::<Vec<_>>())
     };
     assert_eq!(hosts("Host(`A.test`)"), Some(vec!["a.test".to_string()]));
-    assert_eq!(
-        hosts("Host(`a`) && PathPrefix(`/x`)"),
-        Some(vec!["a".into()])
-    );
-    assert_eq!(
-        hosts("Host(`a`) || Host(`b`)"),
-        Some(vec!["a".into(), "b".into()])
-    );
+    assert_eq!(hosts("Host(`a`) && PathPrefix(`/x`)"), Some(vec!["a".into()]));
+    assert_eq!(hosts("Host(`a`) || Host(`b`)"), Some(vec!["a".into(), "b".into()]));
     assert_eq!(hosts("Host(`a`) || Path(`/`)"), None);
     assert_eq!(hosts("!Host(`a`)"), None);
     assert_eq!(hosts("PathPrefix(`/`)"), None);
-    assert_eq!(
-        hosts("(Host(`a`) || Host(`b`)) && Host(`b`)"),
-        Some(vec!["b".into()])
-    );
+    assert_eq!(hosts("(Host(`a`) || Host(`b`)) && Host(`b`)"), Some(vec!["b".into()]));
 }
 
 #[test]

@@ -45,21 +45,11 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     }
 }
 
-fn respond(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<Body> {
-    let mut r = Response::new(
-        Full::new(body.into())
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static(content_type),
-    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
     r
 }
 
@@ -73,10 +63,7 @@ fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
 
 pub fn handle<B>(state: &AdminState, req: Request<B>) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return json_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &json!({"message": "only GET"}),
-        );
+        return json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"message": "only GET"}));
     }
     let snap = state.snapshot.load_full();
     match req.uri().path() {
@@ -85,28 +72,14 @@ pub fn handle<B>(state: &AdminState, req: Request<B>) -> Response<Body> {
             if state.lifecycle.is_ready() {
                 respond(StatusCode::OK, "text/plain", "ready\n")
             } else if state.lifecycle.is_shutting_down() {
-                respond(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "shutting down\n",
-                )
+                respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "shutting down\n")
             } else {
-                respond(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "not configured yet\n",
-                )
+                respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not configured yet\n")
             }
         }
-        "/metrics" => respond(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            state.metrics.render(),
-        ),
+        "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4", state.metrics.render()),
         "/api/http/routers" => json_response(StatusCode::OK, &Value::Array(routers(&snap))),
-        "/api/http/services" => {
-            json_response(StatusCode::OK, &Value::Array(services(state, &snap)))
-        }
+        "/api/http/services" => json_response(StatusCode::OK, &Value::Array(services(state, &snap))),
         "/api/http/middlewares" => json_response(StatusCode::OK, &Value::Array(middlewares(&snap))),
         "/api/overview" => json_response(StatusCode::OK, &overview(state, &snap)),
         "/api/diagnostics" => json_response(StatusCode::OK, &json!(snap.diagnostics)),
@@ -114,17 +87,9 @@ pub fn handle<B>(state: &AdminState, req: Request<B>) -> Response<Body> {
             StatusCode::NOT_FOUND,
             &json!({"message": "the mesh control plane is not enabled (no --mesh-ca-cert or --mesh-dev-ca)"}),
         ),
-        "/" => respond(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            dashboard(state, &snap),
-        ),
-        p if p.starts_with("/api/http/routers/") => {
-            named(routers(&snap), &p["/api/http/routers/".len()..])
-        }
-        p if p.starts_with("/api/http/services/") => {
-            named(services(state, &snap), &p["/api/http/services/".len()..])
-        }
+        "/" => respond(StatusCode::OK, "text/html; charset=utf-8", dashboard(state, &snap)),
+        p if p.starts_with("/api/http/routers/") => named(routers(&snap), &p["/api/http/routers/".len()..]),
+        p if p.starts_with("/api/http/services/") => named(services(state, &snap), &p["/api/http/services/".len()..]),
         _ => json_response(StatusCode::NOT_FOUND, &json!({"message": "not found"})),
     }
 }
@@ -133,10 +98,7 @@ fn named(items: Vec<Value>, name: &str) -> Response<Body> {
     let name = berth_common::rules::matcher::percent_decode(name);
     match items.into_iter().find(|v| v["name"] == name.as_str()) {
         Some(v) => json_response(StatusCode::OK, &v),
-        None => json_response(
-            StatusCode::NOT_FOUND,
-            &json!({"message": format!("{name} not found")}),
-        ),
+        None => json_response(StatusCode::NOT_FOUND, &json!({"message": format!("{name} not found")})),
     }
 }
 
@@ -149,9 +111,7 @@ fn status_str(s: Status) -> &'static str {
 
 /// Traefik shows a same-provider reference without its `@provider`.
 fn short_ref(name: &str, provider: &str) -> String {
-    name.strip_suffix(&format!("@{provider}"))
-        .unwrap_or(name)
-        .to_string()
+    name.strip_suffix(&format!("@{provider}")).unwrap_or(name).to_string()
 }
 
 fn routers(snap: &Snapshot) -> Vec<Value> {
@@ -299,9 +259,7 @@ fn dashboard(state: &AdminState, snap: &Snapshot) -> String {
             r["status"].as_str().unwrap_or_default(),
         ));
     }
-    html.push_str(
-        "</table><h2>Services</h2><table><tr><th>Name</th><th>Server</th><th>Health</th></tr>",
-    );
+    html.push_str("</table><h2>Services</h2><table><tr><th>Name</th><th>Server</th><th>Health</th></tr>");
     for s in services(state, snap) {
         if let Some(map) = s["serverStatus"].as_object() {
             for (url, st) in map {

@@ -9,9 +9,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const BUCKETS: [f64; 12] = [
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const BUCKETS: [f64; 12] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// A latency histogram with fixed buckets.
 #[derive(Debug, Default)]
@@ -31,8 +29,7 @@ impl Histogram {
             }
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
@@ -68,19 +65,15 @@ impl RequestMetrics {
     }
 
     pub fn total(&self) -> u64 {
-        self.by_code
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .sum()
+        self.by_code.lock().unwrap_or_else(|e| e.into_inner()).values().sum()
     }
 }
 
 /// All of the gateway's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    routers: Mutex<HashMap<String, Arc<RequestMetrics>>>,
-    services: Mutex<HashMap<String, Arc<RequestMetrics>>>,
+    routers: Handles,
+    services: Handles,
     entrypoints: Mutex<HashMap<String, Arc<EntrypointMetrics>>>,
     upstream_errors: Mutex<HashMap<(String, &'static str), u64>>,
     retries: Mutex<HashMap<String, u64>>,
@@ -96,7 +89,10 @@ pub struct EntrypointMetrics {
     pub requests: RequestMetrics,
 }
 
-fn handle(map: &Mutex<HashMap<String, Arc<RequestMetrics>>>, name: &str) -> Arc<RequestMetrics> {
+/// Metric handles by router or service name.
+type Handles = Mutex<HashMap<String, Arc<RequestMetrics>>>;
+
+fn handle(map: &Handles, name: &str) -> Arc<RequestMetrics> {
     map.lock()
         .unwrap_or_else(|e| e.into_inner())
         .entry(name.to_string())
@@ -105,9 +101,7 @@ fn handle(map: &Mutex<HashMap<String, Arc<RequestMetrics>>>, name: &str) -> Arc<
 }
 
 fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 impl Metrics {
@@ -145,7 +139,7 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let families: [(&str, &str, &Mutex<HashMap<String, Arc<RequestMetrics>>>); 2] = [
+        let families: [(&str, &str, &Handles); 2] = [
             ("router", "router", &self.routers),
             ("service", "service", &self.services),
         ];
@@ -174,10 +168,7 @@ impl Metrics {
                 out,
                 "# HELP berth_{family}_request_duration_seconds Time to the response head, by {family}."
             );
-            let _ = writeln!(
-                out,
-                "# TYPE berth_{family}_request_duration_seconds histogram"
-            );
+            let _ = writeln!(out, "# TYPE berth_{family}_request_duration_seconds histogram");
             for name in &names {
                 map[*name].duration.render(
                     &mut out,
@@ -222,11 +213,7 @@ impl Metrics {
             );
             let _ = writeln!(out, "# TYPE berth_entrypoint_requests_total counter");
             for n in &names {
-                let codes = eps[*n]
-                    .requests
-                    .by_code
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let codes = eps[*n].requests.by_code.lock().unwrap_or_else(|e| e.into_inner());
                 let mut rows: Vec<_> = codes.iter().collect();
                 rows.sort_by(|a, b| (a.0.0, a.0.1.as_str()).cmp(&(b.0.0, b.0.1.as_str())));
                 for ((code, method), v) in rows {
@@ -243,10 +230,7 @@ impl Metrics {
             "# HELP berth_upstream_errors_total Failed upstream attempts, by service and kind."
         );
         let _ = writeln!(out, "# TYPE berth_upstream_errors_total counter");
-        let errs = self
-            .upstream_errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let errs = self.upstream_errors.lock().unwrap_or_else(|e| e.into_inner());
         let mut rows: Vec<_> = errs.iter().collect();
         rows.sort();
         for ((svc, kind), n) in rows {
@@ -266,11 +250,7 @@ impl Metrics {
         let mut rows: Vec<_> = retries.iter().collect();
         rows.sort();
         for (svc, n) in rows {
-            let _ = writeln!(
-                out,
-                "berth_upstream_retries_total{{service=\"{}\"}} {n}",
-                esc(svc)
-            );
+            let _ = writeln!(out, "berth_upstream_retries_total{{service=\"{}\"}} {n}", esc(svc));
         }
         drop(retries);
         let _ = writeln!(
@@ -308,25 +288,13 @@ mod tests {
         m.upstream_error("app@file", "connect");
         let text = m.render();
         assert!(
-            text.contains(
-                "berth_router_requests_total{router=\"web@file\",code=\"200\",method=\"GET\"} 2"
-            ),
+            text.contains("berth_router_requests_total{router=\"web@file\",code=\"200\",method=\"GET\"} 2"),
             "{text}"
         );
-        assert!(text.contains(
-            "berth_router_request_duration_seconds_bucket{router=\"web@file\",le=\"0.005\"} 1"
-        ));
-        assert!(text.contains(
-            "berth_router_request_duration_seconds_bucket{router=\"web@file\",le=\"0.05\"} 2"
-        ));
-        assert!(
-            text.contains("berth_router_request_duration_seconds_count{router=\"web@file\"} 2")
-        );
-        assert!(text.contains(
-            "berth_service_requests_total{service=\"app@file\",code=\"502\",method=\"POST\"} 1"
-        ));
-        assert!(
-            text.contains("berth_upstream_errors_total{service=\"app@file\",kind=\"connect\"} 1")
-        );
+        assert!(text.contains("berth_router_request_duration_seconds_bucket{router=\"web@file\",le=\"0.005\"} 1"));
+        assert!(text.contains("berth_router_request_duration_seconds_bucket{router=\"web@file\",le=\"0.05\"} 2"));
+        assert!(text.contains("berth_router_request_duration_seconds_count{router=\"web@file\"} 2"));
+        assert!(text.contains("berth_service_requests_total{service=\"app@file\",code=\"502\",method=\"POST\"} 1"));
+        assert!(text.contains("berth_upstream_errors_total{service=\"app@file\",kind=\"connect\"} 1"));
     }
 }

@@ -20,22 +20,15 @@ pub const PROVIDER: &str = "file";
 
 /// Read and decode the file into a provider view.
 pub fn load(path: &Path) -> Result<ProviderView, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let is_toml = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("toml"));
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let is_toml = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml"));
     let mut diagnostics = Vec::new();
-    let config = parse_file(&text, is_toml, &mut diagnostics)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let config = parse_file(&text, is_toml, &mut diagnostics).map_err(|e| format!("{}: {e}", path.display()))?;
     let source = format!("file:{}", path.display());
     Ok(ProviderView {
         provider: PROVIDER.into(),
         config,
-        diagnostics: diagnostics
-            .into_iter()
-            .map(|d| d.with_source(source.clone()))
-            .collect(),
+        diagnostics: diagnostics.into_iter().map(|d| d.with_source(source.clone())).collect(),
     })
 }
 

@@ -49,10 +49,7 @@ impl StatusCell {
 mod unix_secs {
     use std::time::{SystemTime, UNIX_EPOCH};
 
-    pub fn serialize<S: serde::Serializer>(
-        t: &Option<SystemTime>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
         match t.and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
             Some(d) => s.serialize_some(&d.as_secs_f64()),
             None => s.serialize_none(),

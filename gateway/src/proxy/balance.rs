@@ -96,13 +96,9 @@ impl EndpointState {
     /// The endpoint refused or timed out: eject it with exponential back-off.
     pub fn record_failure(&self) -> Duration {
         self.failures.fetch_add(1, Ordering::Relaxed);
-        let n = self
-            .consecutive_failures
-            .fetch_add(1, Ordering::Relaxed)
-            .min(16);
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed).min(16);
         let backoff = EJECT_BASE.saturating_mul(1u32 << n.min(5)).min(EJECT_MAX);
-        *self.ejected_until.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Instant::now() + backoff);
+        *self.ejected_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + backoff);
         backoff
     }
 
@@ -137,10 +133,7 @@ pub struct Registry {
 
 impl Registry {
     /// Resolve the states of `urls`, keeping existing ones and forgetting the rest.
-    pub fn resolve<'a>(
-        &self,
-        urls: impl IntoIterator<Item = &'a str>,
-    ) -> HashMap<String, Arc<EndpointState>> {
+    pub fn resolve<'a>(&self, urls: impl IntoIterator<Item = &'a str>) -> HashMap<String, Arc<EndpointState>> {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         let fresh: HashMap<String, Arc<EndpointState>> = urls
             .into_iter()
@@ -172,8 +165,7 @@ impl Balancer {
     /// Pick an endpoint index among healthy ones not in `exclude`; `None` when none is left.
     pub fn pick(&self, states: &[Arc<EndpointState>], exclude: &[usize]) -> Option<usize> {
         let now = Instant::now();
-        let eligible =
-            |i: usize| !exclude.contains(&i) && self.weights[i] > 0 && states[i].is_healthy(now);
+        let eligible = |i: usize| !exclude.contains(&i) && self.weights[i] > 0 && states[i].is_healthy(now);
         match self.strategy {
             Strategy::P2c => {
                 let candidates: Vec<usize> = (0..states.len()).filter(|&i| eligible(i)).collect();

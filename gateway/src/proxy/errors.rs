@@ -72,16 +72,8 @@ impl ProxyError {
 }
 
 /// A plain-text response, optionally tagged with `x-berth-error`.
-pub fn text_response(
-    status: StatusCode,
-    text: impl Into<Bytes>,
-    kind: Option<&'static str>,
-) -> Response<Body> {
-    let mut resp = Response::new(
-        Full::new(text.into())
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+pub fn text_response(status: StatusCode, text: impl Into<Bytes>, kind: Option<&'static str>) -> Response<Body> {
+    let mut resp = Response::new(Full::new(text.into()).map_err(|never| match never {}).boxed());
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(

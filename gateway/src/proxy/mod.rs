@@ -14,9 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use berth_common::http::{
-    CLIENT_ID_HEADER, ForwardInfo, remove_hop_by_hop, set_forwarded, upgrade_protocol,
-};
+use berth_common::http::{CLIENT_ID_HEADER, ForwardInfo, remove_hop_by_hop, set_forwarded, upgrade_protocol};
 use berth_common::routing::Snapshot;
 use berth_common::rules::RequestView;
 use berth_common::rules::matcher::{canonical_host, percent_decode};
@@ -106,10 +104,13 @@ impl Proxy {
         let start = Instant::now();
         let method = req.method().clone();
         let version = req.version();
+        let mut close = self.lifecycle.is_shutting_down();
         let mut resp = match self.serve(req, conn, start).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(entrypoint = %conn.entrypoint, peer = %conn.peer, error = %e, "request failed");
+                // After a malformed request the connection's framing cannot be trusted.
+                close |= matches!(e, ProxyError::BadRequest(_) | ProxyError::BodyTooLarge { .. });
                 e.into_response()
             }
         };
@@ -117,10 +118,7 @@ impl Proxy {
             .requests
             .record(resp.status().as_u16(), &method, start.elapsed());
         // While shutting down, ask HTTP/1 clients to reconnect (elsewhere).
-        if self.lifecycle.is_shutting_down()
-            && version <= Version::HTTP_11
-            && resp.status() != StatusCode::SWITCHING_PROTOCOLS
-        {
+        if close && version <= Version::HTTP_11 && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -146,9 +144,12 @@ impl Proxy {
             && req.headers().contains_key(header::TRANSFER_ENCODING)
             && req.headers().contains_key(header::CONTENT_LENGTH)
         {
-            return Err(ProxyError::BadRequest(
-                "both Transfer-Encoding and Content-Length",
-            ));
+            return Err(ProxyError::BadRequest("both Transfer-Encoding and Content-Length"));
+        }
+        // RFC 9112 6.3: a request whose final transfer coding is not chunked has no
+        // knowable length; refuse it rather than guess.
+        if req.version() <= Version::HTTP_11 && !transfer_encoding_is_chunked(req.headers()) {
+            return Err(ProxyError::BadRequest("Transfer-Encoding must end with chunked"));
         }
         if let Some(limit) = self.limits.max_body_bytes
             && req.body().size_hint().lower() > limit
@@ -272,11 +273,7 @@ impl Proxy {
             let mut up = Request::builder()
                 .method(parts.method.clone())
                 .uri(uri)
-                .version(if ep.h2c {
-                    Version::HTTP_2
-                } else {
-                    Version::HTTP_11
-                })
+                .version(if ep.h2c { Version::HTTP_2 } else { Version::HTTP_11 })
                 .body(
                     body.take()
                         .unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed()),
@@ -284,9 +281,7 @@ impl Proxy {
                 .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
             *up.headers_mut() = headers.clone();
             let host_value = if svc.pass_host_header {
-                raw_host
-                    .as_deref()
-                    .and_then(|h| HeaderValue::from_str(h).ok())
+                raw_host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
             } else {
                 HeaderValue::from_str(ep.authority.as_str()).ok()
             };
@@ -299,11 +294,7 @@ impl Proxy {
                 }
             }
 
-            let client = if ep.h2c {
-                &self.clients.h2c
-            } else {
-                &self.clients.http1
-            };
+            let client = if ep.h2c { &self.clients.h2c } else { &self.clients.http1 };
             let _inflight = InFlight::new(state.clone());
             let t0 = Instant::now();
             let fut = client.request(up);
@@ -355,9 +346,7 @@ impl Proxy {
                         if retryable && tried.len() < MAX_ATTEMPTS.min(svc.endpoints.len()) {
                             continue;
                         }
-                        return Err(
-                            last_err.unwrap_or_else(|| ProxyError::NoEndpoint(svc.name.clone()))
-                        );
+                        return Err(last_err.unwrap_or_else(|| ProxyError::NoEndpoint(svc.name.clone())));
                     }
                     self.metrics.upstream_error(&svc.name, "upstream");
                     tracing::warn!(service = %svc.name, endpoint = %ep.url, error = %error_text(&e), "upstream request failed");
@@ -369,6 +358,20 @@ impl Proxy {
             }
         }
     }
+}
+
+/// True when there is no Transfer-Encoding or its final coding is `chunked`.
+fn transfer_encoding_is_chunked(headers: &http::HeaderMap) -> bool {
+    let mut last = None;
+    for v in headers.get_all(header::TRANSFER_ENCODING) {
+        let Ok(v) = v.to_str() else {
+            return false;
+        };
+        if let Some(t) = v.split(',').map(str::trim).rfind(|t| !t.is_empty()) {
+            last = Some(t.to_ascii_lowercase());
+        }
+    }
+    headers.get(header::TRANSFER_ENCODING).is_none() || last.as_deref() == Some("chunked")
 }
 
 fn is_idempotent(m: &Method) -> bool {

@@ -47,12 +47,7 @@ impl Routes {
             let eps: Vec<Endpoint> = svc.servers.iter().filter_map(endpoint).collect();
             endpoints_by_service.push(eps);
         }
-        let states = registry.resolve(
-            endpoints_by_service
-                .iter()
-                .flatten()
-                .map(|e| e.url.as_str()),
-        );
+        let states = registry.resolve(endpoints_by_service.iter().flatten().map(|e| e.url.as_str()));
         let services = snapshot
             .services
             .iter()
@@ -74,11 +69,7 @@ impl Routes {
                 })
             })
             .collect();
-        let router_metrics = snapshot
-            .routers
-            .iter()
-            .map(|r| metrics.router(&r.name))
-            .collect();
+        let router_metrics = snapshot.routers.iter().map(|r| metrics.router(&r.name)).collect();
         Routes {
             snapshot,
             services,

@@ -42,11 +42,7 @@ impl Connection for UpstreamStream {
 }
 
 impl AsyncRead for UpstreamStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -55,11 +51,7 @@ impl AsyncRead for UpstreamStream {
 }
 
 impl AsyncWrite for UpstreamStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -117,18 +109,14 @@ impl tower_service::Service<Uri> for Connector {
                 .to_string();
             let tls = uri.scheme_str() == Some("https");
             let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-            let tcp = tokio::time::timeout(
-                this.connect_timeout,
-                TcpStream::connect((host.as_str(), port)),
-            )
-            .await
-            .map_err(|_| ConnectError::Timeout(this.connect_timeout))??;
+            let tcp = tokio::time::timeout(this.connect_timeout, TcpStream::connect((host.as_str(), port)))
+                .await
+                .map_err(|_| ConnectError::Timeout(this.connect_timeout))??;
             let _ = tcp.set_nodelay(true);
             if !tls {
                 return Ok(TokioIo::new(UpstreamStream::Plain(tcp)));
             }
-            let name = ServerName::try_from(host.clone())
-                .map_err(|_| ConnectError::Address(host.clone()))?;
+            let name = ServerName::try_from(host.clone()).map_err(|_| ConnectError::Address(host.clone()))?;
             let stream = tokio::time::timeout(this.connect_timeout, this.tls.connect(name, tcp))
                 .await
                 .map_err(|_| ConnectError::Timeout(this.connect_timeout))??;
@@ -178,14 +166,9 @@ impl Clients {
 }
 
 /// Trust anchors for `https://` upstreams: the system bundle if present, plus `extra`.
-pub fn upstream_roots(
-    extra: Option<&std::path::Path>,
-) -> Result<RootCertStore, berth_common::tls::TlsError> {
+pub fn upstream_roots(extra: Option<&std::path::Path>) -> Result<RootCertStore, berth_common::tls::TlsError> {
     let mut roots = RootCertStore::empty();
-    for path in [
-        "/etc/ssl/certs/ca-certificates.crt",
-        "/etc/pki/tls/certs/ca-bundle.crt",
-    ] {
+    for path in ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"] {
         if let Ok(pem) = std::fs::read(path)
             && let Ok(certs) = berth_common::tls::certs_from_pem(&pem, path)
         {
@@ -198,10 +181,7 @@ pub fn upstream_roots(
             path: path.display().to_string(),
             source,
         })?;
-        roots.add_parsable_certificates(berth_common::tls::certs_from_pem(
-            &pem,
-            &path.display().to_string(),
-        )?);
+        roots.add_parsable_certificates(berth_common::tls::certs_from_pem(&pem, &path.display().to_string())?);
     }
     Ok(roots)
 }

@@ -1,0 +1,73 @@
+//! Starting an in-process gateway on loopback with a file-provider configuration.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use berth_gateway::Gateway;
+use berth_gateway::config::{Args, Config};
+use clap::Parser;
+
+pub struct TestGateway {
+    pub gw: Gateway,
+    pub dir: PathBuf,
+    pub dynamic: PathBuf,
+}
+
+impl TestGateway {
+    pub fn web(&self) -> std::net::SocketAddr {
+        self.gw.entrypoint_addr("web").unwrap()
+    }
+    pub fn admin(&self) -> std::net::SocketAddr {
+        self.gw.admin_addr()
+    }
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        let r = berth_common::test_util::http1(self.admin(), berth_common::test_util::get("admin", path)).await;
+        serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{path}: {e}: {}", r.body))
+    }
+}
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "berth-test-{}-{tag}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Start a gateway with entrypoint `web` (and any `extra` flags) and `yaml` as its
+/// dynamic configuration.
+pub async fn start(yaml: &str, extra: &[&str]) -> TestGateway {
+    berth_common::tls::install_crypto_provider();
+    let dir = temp_dir("gw");
+    let dynamic = dir.join("dynamic.yml");
+    std::fs::write(&dynamic, yaml).unwrap();
+    let mut argv = vec![
+        "berth-gateway".to_string(),
+        "--entrypoint".into(),
+        "web=127.0.0.1:0".into(),
+        "--admin".into(),
+        "127.0.0.1:0".into(),
+        "--file-provider".into(),
+        dynamic.display().to_string(),
+    ];
+    if !extra.contains(&"--shutdown-delay") {
+        argv.extend(["--shutdown-delay".to_string(), "0s".to_string()]);
+    }
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    let cfg = Config::from_args(Args::try_parse_from(argv).unwrap()).unwrap();
+    let gw = Gateway::start(cfg).await.unwrap();
+    TestGateway { gw, dir, dynamic }
+}
+
+/// A YAML service block with these server URLs.
+pub fn service(name: &str, urls: &[String], extra: &str) -> String {
+    let mut s = format!("    {name}:\n      loadBalancer:\n{extra}        servers:\n");
+    for u in urls {
+        s.push_str(&format!("          - url: \"{u}\"\n"));
+    }
+    s
+}
