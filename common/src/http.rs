@@ -41,15 +41,23 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 /// kept only as `te: trailers` (gRPC needs it). Upgrade headers are restored by the
 /// caller when it forwards an upgrade.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in &named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
         headers.remove(name);
+    }
+    if !headers.contains_key(header::TE) {
+        return;
     }
     let te_trailers = headers.get_all(header::TE).iter().any(|v| {
         v.to_str()
@@ -73,47 +81,45 @@ pub struct ForwardInfo<'a> {
     pub local_port: u16,
 }
 
-const X_FORWARDED: [&str; 6] = [
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-server",
-    "x-real-ip",
-];
+const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+const XF_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const XF_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const XF_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const XF_SERVER: HeaderName = HeaderName::from_static("x-forwarded-server");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Set `X-Forwarded-For/-Proto/-Host/-Port` and `X-Real-Ip` as Traefik does: values
 /// from untrusted clients are discarded, the client's address is appended.
 pub fn set_forwarded(headers: &mut HeaderMap, info: &ForwardInfo<'_>) {
     if !info.trusted {
-        for h in X_FORWARDED {
+        for h in [&XFF, &XF_PROTO, &XF_HOST, &XF_PORT, &XF_SERVER, &X_REAL_IP] {
             headers.remove(h);
         }
     }
     let ip = info.client_ip.to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
         Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
         _ => ip.clone(),
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+        headers.insert(XFF, v);
     }
-    if !headers.contains_key("x-forwarded-proto") {
+    if !headers.contains_key(&XF_PROTO) {
         let proto = if info.tls { "https" } else { "http" };
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+        headers.insert(XF_PROTO, HeaderValue::from_static(proto));
     }
-    if !headers.contains_key("x-forwarded-host")
+    if !headers.contains_key(&XF_HOST)
         && let Some(v) = info.host.and_then(|h| HeaderValue::from_str(h).ok())
     {
-        headers.insert("x-forwarded-host", v);
+        headers.insert(XF_HOST, v);
     }
-    if !headers.contains_key("x-forwarded-port") {
-        headers.insert("x-forwarded-port", HeaderValue::from(info.local_port));
+    if !headers.contains_key(&XF_PORT) {
+        headers.insert(XF_PORT, HeaderValue::from(info.local_port));
     }
-    if !headers.contains_key("x-real-ip")
+    if !headers.contains_key(&X_REAL_IP)
         && let Ok(v) = HeaderValue::from_str(&ip)
     {
-        headers.insert("x-real-ip", v);
+        headers.insert(X_REAL_IP, v);
     }
 }
 

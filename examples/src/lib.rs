@@ -1,1 +1,1 @@
-//! berth-local, the demo apps and the benchmarks (not built yet).
+//! berth-local (a local ECS), the demo apps and the benchmarks. The binaries live in `src/bin/`.

@@ -391,19 +391,6 @@ impl Config {
             log_format,
         })
     }
-
-    /// Defaults for tests and embedding: one entrypoint, admin on an ephemeral port.
-    pub fn for_entrypoints(eps: &[(&str, SocketAddr)]) -> Config {
-        let args = Args {
-            entrypoints: eps.iter().map(|(n, a)| format!("{n}={a}")).collect(),
-            admin: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-            shutdown_delay: Some("0s".into()),
-            drain_timeout: Some("5s".into()),
-            ..Args::default()
-        };
-        // The inputs are well-formed by construction.
-        Config::from_args(args).unwrap_or_else(|e| panic!("test config: {e}"))
-    }
 }
 
 fn push_entrypoint(

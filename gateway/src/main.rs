@@ -5,6 +5,11 @@ use berth_gateway::Gateway;
 use berth_gateway::config::{Args, Config};
 use clap::Parser;
 
+/// glibc's malloc showed up as ~15% of the proxy's CPU time under load; mimalloc's
+/// per-thread free lists suit many small short-lived allocations.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     berth_common::tls::install_crypto_provider();
     let args = Args::parse();

@@ -521,3 +521,41 @@ async fn shutdown_turns_readiness_off_then_drains() {
     );
     assert!(tokio::net::TcpStream::connect(web).await.is_err(), "listener closed");
 }
+
+#[tokio::test]
+async fn slow_headers_and_idle_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Backend::start("b", Proto::Http1).await;
+    let gw = start(
+        &one_route("PathPrefix(`/`)", &[b.url()]),
+        &["--header-read-timeout", "300ms", "--idle-timeout", "400ms"],
+    )
+    .await;
+    // Slowloris: a head that never ends is cut off after the header read timeout.
+    let mut s = tokio::net::TcpStream::connect(gw.web()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "connection closed by the gateway");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert_eq!(b.request_count(), 0);
+
+    // Idle keep-alive connection: closed after the idle timeout.
+    let mut s = tokio::net::TcpStream::connect(gw.web()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut first = vec![0u8; 4096];
+    let n = s.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(r.is_ok(), "idle connection closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -247,13 +247,13 @@ fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (String, String)> + 
 }
 
 fn form_decode(s: &str) -> String {
-    percent_decode(&s.replace('+', " "))
+    percent_decode(&s.replace('+', " ")).into_owned()
 }
 
 /// Percent-decode; invalid escapes stay as written (as Go's lenient path handling does).
-pub fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
     if !s.contains('%') {
-        return s.to_string();
+        return std::borrow::Cow::Borrowed(s);
     }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -270,5 +270,5 @@ pub fn percent_decode(s: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }

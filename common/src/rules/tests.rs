@@ -21,7 +21,7 @@ impl Req {
         };
         Req {
             host: matcher::canonical_host(host),
-            path: matcher::percent_decode(path),
+            path: matcher::percent_decode(path).into_owned(),
             method: Method::GET,
             headers: HeaderMap::new(),
             query,

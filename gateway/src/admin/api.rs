@@ -96,7 +96,7 @@ pub fn handle<B>(state: &AdminState, req: Request<B>) -> Response<Body> {
 
 fn named(items: Vec<Value>, name: &str) -> Response<Body> {
     let name = berth_common::rules::matcher::percent_decode(name);
-    match items.into_iter().find(|v| v["name"] == name.as_str()) {
+    match items.into_iter().find(|v| v["name"] == *name) {
         Some(v) => json_response(StatusCode::OK, &v),
         None => json_response(StatusCode::NOT_FOUND, &json!({"message": format!("{name} not found")})),
     }

@@ -239,8 +239,8 @@ impl Proxy {
         let path_and_query = parts
             .uri
             .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
 
         let limit = self.limits.max_body_bytes;
         let mut body: Option<Body> = Some(match limit {
@@ -264,22 +264,27 @@ impl Proxy {
             tried.push(i);
             let ep = &svc.endpoints[i];
             let state = &svc.states[i];
-            let uri = format!(
-                "{}://{}{}",
-                if ep.https { "https" } else { "http" },
-                ep.authority,
-                path_and_query
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(if ep.https {
+                http::uri::Scheme::HTTPS
+            } else {
+                http::uri::Scheme::HTTP
+            });
+            uri.authority = Some(ep.authority.clone());
+            uri.path_and_query = Some(path_and_query.clone());
+            let mut up = Request::new(
+                body.take()
+                    .unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed()),
             );
-            let mut up = Request::builder()
-                .method(parts.method.clone())
-                .uri(uri)
-                .version(if ep.h2c { Version::HTTP_2 } else { Version::HTTP_11 })
-                .body(
-                    body.take()
-                        .unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed()),
-                )
-                .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
-            *up.headers_mut() = headers.clone();
+            *up.method_mut() = parts.method.clone();
+            *up.uri_mut() = http::Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+            *up.version_mut() = if ep.h2c { Version::HTTP_2 } else { Version::HTTP_11 };
+            // Only a request that may be retried needs its headers kept for another attempt.
+            *up.headers_mut() = if retryable {
+                headers.clone()
+            } else {
+                std::mem::take(&mut headers)
+            };
             let host_value = if svc.pass_host_header {
                 raw_host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
             } else {

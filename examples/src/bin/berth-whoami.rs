@@ -1,0 +1,159 @@
+//! `berth-whoami`: the demo app. Answers with `Hostname: <name>`, its addresses, the
+//! request line and the request headers, like Traefik's whoami; plus `/health`,
+//! `/slow?ms=N`, `/status/N`, `/bench` (a fixed small body) and `/ws` (echo after an
+//! HTTP/1.1 upgrade).
+//!
+//! Flags: `--listen ADDR` (default `0.0.0.0:80`, or `WHOAMI_LISTEN`), `--name NAME`
+//! (default: `WHOAMI_NAME`, then `HOSTNAME`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct App {
+    name: String,
+    listen: SocketAddr,
+}
+
+fn main() {
+    let mut listen = std::env::var("WHOAMI_LISTEN").unwrap_or_else(|_| "0.0.0.0:80".into());
+    let mut name = std::env::var("WHOAMI_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "whoami".into());
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match (a.as_str(), args.next()) {
+            ("--listen", Some(v)) => listen = v,
+            ("--name", Some(v)) => name = v,
+            _ => {
+                eprintln!("usage: berth-whoami [--listen ADDR] [--name NAME]");
+                std::process::exit(64);
+            }
+        }
+    }
+    let listen: SocketAddr = match listen.parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("berth-whoami: --listen {listen}: {e}");
+            std::process::exit(64);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth-whoami: {e}");
+            std::process::exit(70);
+        }
+    };
+    if let Err(e) = rt.block_on(serve(Arc::new(App { name, listen }))) {
+        eprintln!("berth-whoami: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn serve(app: Arc<App>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(app.listen).await?;
+    eprintln!("berth-whoami {} listening on {}", app.name, listener.local_addr()?);
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let app = app.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(app.clone(), peer, req));
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+async fn handle(
+    app: Arc<App>,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or_default().to_string();
+    match path.as_str() {
+        "/health" => return Ok(text(StatusCode::OK, "ok\n")),
+        "/bench" => return Ok(text(StatusCode::OK, "1\n")),
+        "/ws" => {
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(up) = on.await {
+                    let mut io = TokioIo::new(up);
+                    let mut buf = vec![0u8; 4096];
+                    while let Ok(n) = io.read(&mut buf).await {
+                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            let mut r = text(StatusCode::SWITCHING_PROTOCOLS, "");
+            r.headers_mut()
+                .insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+            r.headers_mut()
+                .insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
+            return Ok(r);
+        }
+        "/slow" => {
+            let ms = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("ms="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000u64);
+            tokio::time::sleep(Duration::from_millis(ms.min(600_000))).await;
+        }
+        p if p.starts_with("/status/") => {
+            let code = p["/status/".len()..]
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::BAD_REQUEST);
+            return Ok(text(code, format!("{code}\n")));
+        }
+        _ => {}
+    }
+    let mut out = format!("Hostname: {}\nIP: {}\nRemoteAddr: {peer}\n", app.name, app.listen.ip());
+    out.push_str(&format!("{} {} {:?}\n", req.method(), req.uri(), req.version()));
+    for (k, v) in req.headers() {
+        out.push_str(&format!(
+            "{}: {}\n",
+            canonical(k.as_str()),
+            String::from_utf8_lossy(v.as_bytes())
+        ));
+    }
+    Ok(text(StatusCode::OK, out))
+}
+
+/// `x-forwarded-for` -> `X-Forwarded-For`, as whoami prints them.
+fn canonical(name: &str) -> String {
+    name.split('-')
+        .map(|part| {
+            let mut c = part.chars();
+            match c.next() {
+                Some(f) => f.to_ascii_uppercase().to_string() + c.as_str(),
+                None => String::new(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
