@@ -96,7 +96,7 @@ wait_port() {
 start backend "${pin_load[@]}" nginx -c "$work/backend/nginx.conf"
 start nginx "${pin_proxy[@]}" nginx -c "$work/proxy/nginx.conf"
 start berth env RUST_LOG=warn "${pin_proxy[@]}" "$gateway" --entrypoint "web=$BERTH" --admin "$BERTH_ADMIN" \
-  --file-provider "$work/dynamic.yml" --log-format json
+  --file-provider "$work/dynamic.yml" --log-format json --shutdown-delay 0s
 wait_port $BACKEND backend; wait_port $NGINX nginx; wait_port $BERTH berth
 
 declare -A rps p50 p99

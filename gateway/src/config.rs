@@ -109,6 +109,15 @@ pub struct Args {
     pub ecs_default_rule: Option<String>,
     #[arg(long, env = "BERTH_EXPOSED_BY_DEFAULT")]
     pub exposed_by_default: bool,
+    /// Client-side limit on ECS API calls per second [default: 20].
+    #[arg(long, env = "BERTH_ECS_API_RATE")]
+    pub ecs_api_rate: Option<f64>,
+    /// Burst allowed above `--ecs-api-rate` [default: 40].
+    #[arg(long, env = "BERTH_ECS_API_BURST")]
+    pub ecs_api_burst: Option<f64>,
+    /// Clusters reconciled at the same time [default: 4].
+    #[arg(long, env = "BERTH_ECS_CONCURRENCY")]
+    pub ecs_concurrency: Option<usize>,
 
     // --- Mesh control plane (issue: mesh identity) ---
     #[arg(long, env = "BERTH_MESH_CA_CERT")]
@@ -161,6 +170,16 @@ struct FileConfig {
     ecs_cluster: Vec<String>,
     #[serde(default)]
     ecs_all_clusters: bool,
+    ecs_region: Option<String>,
+    ecs_refresh: Option<String>,
+    #[serde(default)]
+    ecs_healthy_only: bool,
+    ecs_default_rule: Option<String>,
+    #[serde(default)]
+    exposed_by_default: bool,
+    ecs_api_rate: Option<f64>,
+    ecs_api_burst: Option<f64>,
+    ecs_concurrency: Option<usize>,
     mesh_ca_cert: Option<PathBuf>,
     mesh_dev_ca: Option<PathBuf>,
 }
@@ -220,6 +239,8 @@ pub struct Config {
     pub upstream_ca: Option<PathBuf>,
     pub forwarded_trusted: Vec<IpNet>,
     pub log_format: LogFormat,
+    /// ECS discovery, only when a cluster (or all clusters) is named.
+    pub ecs: Option<crate::discovery::ecs::EcsSettings>,
 }
 
 impl Config {
@@ -233,15 +254,6 @@ impl Config {
             }
             None => FileConfig::default(),
         };
-        if !args.ecs_clusters.is_empty()
-            || args.ecs_all_clusters
-            || !file.ecs_cluster.is_empty()
-            || file.ecs_all_clusters
-        {
-            return Err(bad(
-                "ECS discovery (--ecs-cluster, --ecs-all-clusters) is not available in this build yet",
-            ));
-        }
         if args.mesh_ca_cert.is_some()
             || args.mesh_dev_ca.is_some()
             || file.mesh_ca_cert.is_some()
@@ -336,7 +348,51 @@ impl Config {
         if max_header_bytes < 8192 {
             return Err(bad("--max-header-bytes must be at least 8192"));
         }
+        let ecs_clusters = if args.ecs_clusters.is_empty() {
+            file.ecs_cluster.clone()
+        } else {
+            args.ecs_clusters.clone()
+        };
+        let all_clusters = args.ecs_all_clusters || file.ecs_all_clusters;
+        let ecs = if ecs_clusters.is_empty() && !all_clusters {
+            None
+        } else {
+            if all_clusters && !ecs_clusters.is_empty() {
+                return Err(bad("--ecs-cluster and --ecs-all-clusters exclude each other"));
+            }
+            let default_rule = args
+                .ecs_default_rule
+                .clone()
+                .or(file.ecs_default_rule.clone())
+                .unwrap_or_else(|| crate::discovery::ecs::DEFAULT_RULE.to_string());
+            if let Err(e) = berth_common::rules::compile(&berth_common::labels::render_default_rule(&default_rule, "x"))
+            {
+                return Err(bad(format!("--ecs-default-rule: {e}")));
+            }
+            let rate = args.ecs_api_rate.or(file.ecs_api_rate).unwrap_or(20.0);
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(bad("--ecs-api-rate must be a positive number"));
+            }
+            Some(crate::discovery::ecs::EcsSettings {
+                clusters: ecs_clusters,
+                all_clusters,
+                region: args.ecs_region.clone().or(file.ecs_region.clone()),
+                refresh: duration(
+                    "ecs-refresh",
+                    &args.ecs_refresh,
+                    &file.ecs_refresh,
+                    Duration::from_secs(30),
+                )?,
+                healthy_only: args.ecs_healthy_only || file.ecs_healthy_only,
+                default_rule,
+                exposed_by_default: args.exposed_by_default || file.exposed_by_default,
+                api_rate: rate,
+                api_burst: args.ecs_api_burst.or(file.ecs_api_burst).unwrap_or(40.0).max(1.0),
+                concurrency: args.ecs_concurrency.or(file.ecs_concurrency).unwrap_or(4).max(1),
+            })
+        };
         Ok(Config {
+            ecs,
             entrypoints,
             tls_default,
             ping,

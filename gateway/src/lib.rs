@@ -47,6 +47,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Tls(#[from] berth_common::tls::TlsError),
+    #[error(transparent)]
+    Ecs(#[from] discovery::ecs::EcsStartError),
 }
 
 /// A running gateway.
@@ -93,6 +95,17 @@ impl Gateway {
             statuses.push(status);
             tokio::spawn(fp.run(tx));
         }
+        let mut ecs_status = None;
+        let mut first_ecs_view = None;
+        if let Some(settings) = cfg.ecs.clone() {
+            let provider = discovery::ecs::start(settings, metrics.clone()).await?;
+            let mut rx = provider.view.clone();
+            first_ecs_view = Some(async move {
+                let _ = rx.changed().await;
+            });
+            sources.push(provider.view);
+            ecs_status = Some(provider.status);
+        }
         let current = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
         let mut owner = SnapshotOwner {
             sources,
@@ -102,7 +115,17 @@ impl Gateway {
             current: current.clone(),
         };
         owner.publish(1);
-        lifecycle.set_configured();
+        match first_ecs_view {
+            // Ready once ECS discovery has completed its first round.
+            Some(first) => {
+                let lc = lifecycle.clone();
+                tokio::spawn(async move {
+                    first.await;
+                    lc.set_configured();
+                });
+            }
+            None => lifecycle.set_configured(),
+        }
         tokio::spawn(owner.run());
 
         // Listeners.
@@ -157,6 +180,7 @@ impl Gateway {
                 metrics: metrics.clone(),
                 lifecycle: lifecycle.clone(),
                 providers: statuses,
+                ecs: ecs_status,
             }),
         ));
 

@@ -21,13 +21,32 @@ fn bad_configuration_exits_64_with_a_clear_message() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--entrypoint"));
 
+    // ECS discovery without a region is refused with the fix named (and never asks
+    // the instance metadata service for one).
+    let out = gateway()
+        .args([
+            "--entrypoint",
+            "web=127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--ecs-cluster",
+            "prod",
+        ])
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--ecs-region or AWS_REGION"),
+        "{out:?}"
+    );
     // Features that are not built yet are refused, not silently ignored.
     let out = gateway()
-        .args(["--entrypoint", "web=127.0.0.1:0", "--ecs-cluster", "prod"])
+        .args(["--entrypoint", "web=127.0.0.1:0", "--mesh-dev-ca", "/tmp/x"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("ECS discovery"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mesh"));
 
     // Env vars are read as BERTH_<NAME>.
     let out = gateway()

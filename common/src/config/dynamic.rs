@@ -590,3 +590,68 @@ pub fn parse_file(text: &str, toml: bool, diags: &mut Vec<Diagnostic>) -> Result
     }
     Ok(decode(&root, Mode::File, "", diags))
 }
+
+impl DynamicConfig {
+    /// Merge another fragment of the same provider (one container's labels among a
+    /// service's many tasks), as Traefik does: identical routers and middlewares are kept
+    /// once; a name defined differently is dropped and reported; a service defined by
+    /// several tasks collects all their servers.
+    pub fn merge(&mut self, other: DynamicConfig, conflicts: &mut std::collections::BTreeSet<String>) {
+        for (name, r) in other.http.routers {
+            if conflicts.contains(&format!("router {name}")) {
+                continue;
+            }
+            match self.http.routers.get(&name) {
+                Some(existing) if *existing != r => {
+                    self.http.routers.remove(&name);
+                    conflicts.insert(format!("router {name}"));
+                }
+                Some(_) => {}
+                None => {
+                    self.http.routers.insert(name, r);
+                }
+            }
+        }
+        for (name, s) in other.http.services {
+            if conflicts.contains(&format!("service {name}")) {
+                continue;
+            }
+            match self.http.services.get_mut(&name) {
+                Some(existing) => {
+                    let mut a = existing.load_balancer.clone();
+                    let mut b = s.load_balancer.clone();
+                    a.servers.clear();
+                    b.servers.clear();
+                    if a != b {
+                        self.http.services.remove(&name);
+                        conflicts.insert(format!("service {name}"));
+                    } else {
+                        for server in s.load_balancer.servers {
+                            if !existing.load_balancer.servers.contains(&server) {
+                                existing.load_balancer.servers.push(server);
+                            }
+                        }
+                    }
+                }
+                None => {
+                    self.http.services.insert(name, s);
+                }
+            }
+        }
+        for (name, m) in other.http.middlewares {
+            if conflicts.contains(&format!("middleware {name}")) {
+                continue;
+            }
+            match self.http.middlewares.get(&name) {
+                Some(existing) if *existing != m => {
+                    self.http.middlewares.remove(&name);
+                    conflicts.insert(format!("middleware {name}"));
+                }
+                Some(_) => {}
+                None => {
+                    self.http.middlewares.insert(name, m);
+                }
+            }
+        }
+    }
+}

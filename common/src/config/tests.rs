@@ -116,3 +116,33 @@ http:
     assert_eq!(cfg.http.routers["r"].rule.as_deref(), Some("Path(`/`)"));
     assert!(!cfg.http.middlewares["m"].known);
 }
+
+#[test]
+fn merging_task_fragments_like_traefik() {
+    let frag = |url: &str, rule: &str| {
+        let text = format!(
+            "http:\n  routers:\n    r: {{ rule: \"{rule}\", service: s }}\n  services:\n    s: {{ loadBalancer: {{ servers: [ {{ url: \"{url}\" }} ] }} }}\n"
+        );
+        parse_file(&text, false, &mut Vec::new()).unwrap()
+    };
+    let mut all = DynamicConfig::default();
+    let mut conflicts = std::collections::BTreeSet::new();
+    all.merge(frag("http://10.0.0.1:80", "Host(`a`)"), &mut conflicts);
+    all.merge(frag("http://10.0.0.2:80", "Host(`a`)"), &mut conflicts);
+    all.merge(frag("http://10.0.0.2:80", "Host(`a`)"), &mut conflicts);
+    assert!(conflicts.is_empty());
+    assert_eq!(all.http.routers.len(), 1);
+    let servers: Vec<&str> = all.http.services["s"]
+        .load_balancer
+        .servers
+        .iter()
+        .map(|s| s.url.as_str())
+        .collect();
+    assert_eq!(servers, vec!["http://10.0.0.1:80", "http://10.0.0.2:80"]);
+    // A router defined differently by another task is a conflict: dropped and reported.
+    all.merge(frag("http://10.0.0.3:80", "Host(`b`)"), &mut conflicts);
+    assert!(!all.http.routers.contains_key("r"));
+    assert!(conflicts.contains("router r"));
+    all.merge(frag("http://10.0.0.4:80", "Host(`a`)"), &mut conflicts);
+    assert!(!all.http.routers.contains_key("r"), "a conflicted name stays out");
+}

@@ -24,6 +24,7 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub lifecycle: Arc<Lifecycle>,
     pub providers: Vec<Arc<StatusCell>>,
+    pub ecs: Option<Arc<crate::discovery::ecs::EcsStatus>>,
 }
 
 /// Serve the admin API until the task is dropped.
@@ -83,6 +84,13 @@ pub fn handle<B>(state: &AdminState, req: Request<B>) -> Response<Body> {
         "/api/http/middlewares" => json_response(StatusCode::OK, &Value::Array(middlewares(&snap))),
         "/api/overview" => json_response(StatusCode::OK, &overview(state, &snap)),
         "/api/diagnostics" => json_response(StatusCode::OK, &json!(snap.diagnostics)),
+        "/api/ecs" => match &state.ecs {
+            Some(ecs) => json_response(StatusCode::OK, &json!({ "clusters": ecs.clusters() })),
+            None => json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"message": "ECS discovery is not enabled (no --ecs-cluster or --ecs-all-clusters)"}),
+            ),
+        },
         "/api/sidecars" => json_response(
             StatusCode::NOT_FOUND,
             &json!({"message": "the mesh control plane is not enabled (no --mesh-ca-cert or --mesh-dev-ca)"}),
@@ -228,6 +236,7 @@ fn overview(state: &AdminState, snap: &Snapshot) -> Value {
             "middlewares": counts(snap.middlewares.iter().map(|m| (m.status, !m.errors.is_empty()))),
         },
         "providers": state.providers.iter().map(|p| p.get()).collect::<Vec<_>>(),
+        "ecs": state.ecs.as_ref().map(|e| json!({ "clusters": e.clusters() })),
         "snapshotVersion": snap.version,
         "diagnostics": snap.diagnostics.len(),
         "ready": state.lifecycle.is_ready(),

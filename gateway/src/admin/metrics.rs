@@ -79,6 +79,45 @@ pub struct Metrics {
     retries: Mutex<HashMap<String, u64>>,
     pub config_reloads_ok: AtomicU64,
     pub config_reloads_failed: AtomicU64,
+    /// ECS API calls by operation and outcome (`ok`, `throttled`, `error`); each attempt counts.
+    pub ecs_api_calls: ApiCalls,
+}
+
+/// Calls to an external API by operation and outcome.
+#[derive(Debug, Default)]
+pub struct ApiCalls(Mutex<HashMap<(&'static str, &'static str), u64>>);
+
+impl ApiCalls {
+    pub fn add(&self, op: &'static str, outcome: &'static str) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((op, outcome))
+            .or_default() += 1;
+    }
+
+    /// Sorted (operation, outcome) counts.
+    pub fn snapshot(&self) -> Vec<((&'static str, &'static str), u64)> {
+        let mut v: Vec<_> = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Attempts of one operation, any outcome.
+    pub fn total(&self, op: &str) -> u64 {
+        self.snapshot()
+            .iter()
+            .filter(|((o, _), _)| *o == op)
+            .map(|(_, n)| n)
+            .sum()
+    }
 }
 
 /// Per-entrypoint connection and request counts.

@@ -1,6 +1,7 @@
 //! Configuration sources. Each owns its state and publishes its complete current
 //! view on a `watch` channel; none edits another's.
 
+pub mod ecs;
 pub mod file;
 
 use std::sync::Mutex;

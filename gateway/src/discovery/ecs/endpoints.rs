@@ -1,0 +1,266 @@
+//! From a described task and its task definition to the containers Berth can route to,
+//! in every network mode:
+//!
+//! - `awsvpc` (Fargate, or EC2 with ENIs): the ENI's `privateIPv4Address` from the task's
+//!   `attachments`, else `containers[].networkInterfaces`, else the IPv6 address; the
+//!   container port is the port dialled.
+//! - `bridge`: the container instance's private IP and the `networkBindings` host port
+//!   for each container port.
+//! - `host`: the instance's private IP and the container port.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ecs::types::{HealthStatus, NetworkMode, Task, TaskDefinition};
+
+/// A routable container (or one excluded, with the reason).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerEndpoint {
+    /// Traefik's ECS instance name: `<group with ':' as '-'>-<container>`, e.g.
+    /// `service-whoami-whoami`.
+    pub instance_name: String,
+    pub container: String,
+    pub labels: BTreeMap<String, String>,
+    pub address: Option<String>,
+    /// Container port -> port to dial.
+    pub ports: Vec<(u16, u16)>,
+    /// `None` when the container may get traffic, else why not.
+    pub excluded: Option<String>,
+}
+
+/// Whether a task as a whole may receive traffic: ECS says RUNNING and wants it RUNNING.
+pub fn task_is_running(task: &Task) -> bool {
+    task.last_status() == Some("RUNNING") && task.desired_status() == Some("RUNNING")
+}
+
+/// The task's network mode, with ECS's defaults (Fargate: awsvpc; EC2: bridge).
+pub fn network_mode(task: &Task, def: &TaskDefinition) -> NetworkMode {
+    match def.network_mode() {
+        Some(m) => m.clone(),
+        None if task.launch_type().map(|l| l.as_str()) == Some("FARGATE") => NetworkMode::Awsvpc,
+        None if !task.attachments().is_empty() => NetworkMode::Awsvpc,
+        None => NetworkMode::Bridge,
+    }
+}
+
+/// The ENI address of an awsvpc task.
+pub fn awsvpc_address(task: &Task) -> Option<String> {
+    let from_attachment = |key: &str| {
+        task.attachments()
+            .iter()
+            .filter(|a| a.r#type() == Some("ElasticNetworkInterface") || a.r#type() == Some("eni"))
+            .flat_map(|a| a.details())
+            .find(|d| d.name() == Some(key))
+            .and_then(|d| d.value())
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    from_attachment("privateIPv4Address")
+        .or_else(|| {
+            task.containers()
+                .iter()
+                .flat_map(|c| c.network_interfaces())
+                .find_map(|n| n.private_ipv4_address().filter(|a| !a.is_empty()).map(str::to_string))
+        })
+        .or_else(|| from_attachment("ipv6Address"))
+        .or_else(|| {
+            task.containers()
+                .iter()
+                .flat_map(|c| c.network_interfaces())
+                .find_map(|n| n.ipv6_address().filter(|a| !a.is_empty()).map(str::to_string))
+        })
+}
+
+fn port(p: Option<i32>) -> Option<u16> {
+    p.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0)
+}
+
+/// Every container of the task with its address, ports and eligibility.
+/// `host_ip` is the container instance's private IP (bridge and host modes).
+pub fn containers(
+    task: &Task,
+    def: &TaskDefinition,
+    host_ip: Option<&str>,
+    healthy_only: bool,
+) -> Vec<ContainerEndpoint> {
+    let mode = network_mode(task, def);
+    let group = task.group().unwrap_or_default().replacen(':', "-", 1);
+    let running = task_is_running(task);
+    let mut out = Vec::new();
+    for c in task.containers() {
+        let name = c.name().unwrap_or_default().to_string();
+        let Some(cdef) = def
+            .container_definitions()
+            .iter()
+            .find(|d| d.name() == Some(name.as_str()))
+        else {
+            continue;
+        };
+        let labels: BTreeMap<String, String> = cdef
+            .docker_labels()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        let (address, ports) = match mode {
+            NetworkMode::Bridge => (
+                host_ip.map(str::to_string),
+                c.network_bindings()
+                    .iter()
+                    .filter_map(|b| Some((port(b.container_port())?, port(b.host_port())?)))
+                    .collect(),
+            ),
+            NetworkMode::Host => (
+                host_ip.map(str::to_string),
+                cdef.port_mappings()
+                    .iter()
+                    .filter_map(|m| {
+                        let p = port(m.container_port())?;
+                        Some((p, port(m.host_port()).unwrap_or(p)))
+                    })
+                    .collect(),
+            ),
+            _ => (
+                awsvpc_address(task),
+                cdef.port_mappings()
+                    .iter()
+                    .filter_map(|m| port(m.container_port()).map(|p| (p, p)))
+                    .collect(),
+            ),
+        };
+        let mut excluded = None;
+        if !running {
+            excluded = Some(format!(
+                "task is {} (desired {})",
+                task.last_status().unwrap_or("?"),
+                task.desired_status().unwrap_or("?")
+            ));
+        } else if c.health_status() == Some(&HealthStatus::Unhealthy) {
+            excluded = Some("container health check reports UNHEALTHY".into());
+        } else if healthy_only && cdef.health_check().is_some() && c.health_status() != Some(&HealthStatus::Healthy) {
+            excluded = Some("container is not HEALTHY yet (--ecs-healthy-only)".into());
+        } else if address.is_none() {
+            excluded = Some(match mode {
+                NetworkMode::Bridge | NetworkMode::Host => "the container instance's address is not known".into(),
+                _ => "the task has no ENI address yet".into(),
+            });
+        }
+        out.push(ContainerEndpoint {
+            instance_name: format!("{group}-{name}"),
+            container: name,
+            labels,
+            address,
+            ports,
+            excluded,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_ecs::types::{
+        Attachment, Container, ContainerDefinition, KeyValuePair, NetworkBinding, NetworkInterface, PortMapping,
+    };
+
+    use super::*;
+
+    fn def(mode: Option<NetworkMode>, health: bool) -> TaskDefinition {
+        let mut c = ContainerDefinition::builder()
+            .name("app")
+            .docker_labels("traefik.enable", "true")
+            .port_mappings(PortMapping::builder().container_port(8080).build());
+        if health {
+            c = c.health_check(
+                aws_sdk_ecs::types::HealthCheck::builder()
+                    .command("CMD-SHELL")
+                    .build()
+                    .unwrap(),
+            );
+        }
+        TaskDefinition::builder()
+            .set_network_mode(mode)
+            .container_definitions(c.build())
+            .build()
+    }
+
+    fn task(container: Container) -> aws_sdk_ecs::types::builders::TaskBuilder {
+        Task::builder()
+            .group("service:web")
+            .last_status("RUNNING")
+            .desired_status("RUNNING")
+            .containers(container)
+    }
+
+    #[test]
+    fn awsvpc_uses_the_eni_attachment_then_the_container_interface() {
+        let t = task(Container::builder().name("app").build())
+            .attachments(
+                Attachment::builder()
+                    .r#type("ElasticNetworkInterface")
+                    .details(
+                        KeyValuePair::builder()
+                            .name("privateIPv4Address")
+                            .value("10.1.2.3")
+                            .build(),
+                    )
+                    .build(),
+            )
+            .build();
+        let eps = containers(&t, &def(Some(NetworkMode::Awsvpc), false), None, false);
+        assert_eq!(eps[0].address.as_deref(), Some("10.1.2.3"));
+        assert_eq!(eps[0].ports, vec![(8080, 8080)]);
+        assert_eq!(eps[0].instance_name, "service-web-app");
+        assert_eq!(eps[0].excluded, None);
+
+        let t = task(
+            Container::builder()
+                .name("app")
+                .network_interfaces(NetworkInterface::builder().private_ipv4_address("10.9.9.9").build())
+                .build(),
+        )
+        .launch_type(aws_sdk_ecs::types::LaunchType::Fargate)
+        .build();
+        let eps = containers(&t, &def(None, false), None, false);
+        assert_eq!(eps[0].address.as_deref(), Some("10.9.9.9"));
+    }
+
+    #[test]
+    fn bridge_maps_container_ports_to_host_ports_on_the_instance() {
+        let t = task(
+            Container::builder()
+                .name("app")
+                .network_bindings(NetworkBinding::builder().container_port(8080).host_port(32768).build())
+                .build(),
+        )
+        .build();
+        let eps = containers(&t, &def(Some(NetworkMode::Bridge), false), Some("10.0.0.5"), false);
+        assert_eq!(eps[0].address.as_deref(), Some("10.0.0.5"));
+        assert_eq!(eps[0].ports, vec![(8080, 32768)]);
+        let eps = containers(&t, &def(Some(NetworkMode::Bridge), false), None, false);
+        assert!(eps[0].excluded.as_deref().unwrap().contains("instance"));
+    }
+
+    #[test]
+    fn status_and_health_decide_eligibility() {
+        let d = def(Some(NetworkMode::Host), true);
+        let t = task(
+            Container::builder()
+                .name("app")
+                .health_status(HealthStatus::Unhealthy)
+                .build(),
+        )
+        .build();
+        assert!(containers(&t, &d, Some("10.0.0.5"), false)[0].excluded.is_some());
+        let t = task(
+            Container::builder()
+                .name("app")
+                .health_status(HealthStatus::from("UNKNOWN"))
+                .build(),
+        )
+        .build();
+        assert!(containers(&t, &d, Some("10.0.0.5"), false)[0].excluded.is_none());
+        assert!(containers(&t, &d, Some("10.0.0.5"), true)[0].excluded.is_some());
+        let t = task(Container::builder().name("app").build())
+            .desired_status("STOPPED")
+            .build();
+        assert!(containers(&t, &d, Some("10.0.0.5"), false)[0].excluded.is_some());
+    }
+}

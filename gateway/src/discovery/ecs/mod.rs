@@ -1,0 +1,341 @@
+//! ECS discovery: the gateway finds tasks through the ECS API.
+//!
+//! One reconciler per cluster ([`reconcile`]), clusters in parallel under a bounded
+//! number of concurrent rounds, every call through one rate limiter ([`client`]).
+//! Each cluster's last *successful* round is its view; a failed round keeps the last
+//! good one and records the error, so a throttled page never publishes a partial
+//! configuration. The views are turned into Traefik-style configuration with the
+//! container labels ([`endpoints`], `berth_common::labels`) and published as the
+//! `ecs` provider.
+
+pub mod client;
+pub mod endpoints;
+pub mod reconcile;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use aws_config::BehaviorVersion;
+use aws_config::environment::region::EnvironmentVariableRegionProvider;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::profile::ProfileFileRegionProvider;
+use aws_config::retry::RetryConfig;
+use berth_common::config::{DynamicConfig, Strategy};
+use berth_common::diag::Diagnostic;
+use berth_common::labels::{self, ContainerTarget};
+use berth_common::routing::ProviderView;
+use serde::Serialize;
+use tokio::sync::{Notify, Semaphore, watch};
+
+use crate::admin::metrics::Metrics;
+use client::{EcsApi, RateLimiter};
+use reconcile::{ClusterReconciler, ClusterView, TaskDefCache};
+
+pub const PROVIDER: &str = "ecs";
+/// Traefik's default rule for the ECS provider.
+pub const DEFAULT_RULE: &str = "Host(`{{ normalize .Name }}`)";
+
+/// Settings from `--ecs-*`.
+#[derive(Debug, Clone)]
+pub struct EcsSettings {
+    pub clusters: Vec<String>,
+    pub all_clusters: bool,
+    pub region: Option<String>,
+    pub refresh: Duration,
+    pub healthy_only: bool,
+    pub default_rule: String,
+    pub exposed_by_default: bool,
+    pub api_rate: f64,
+    pub api_burst: f64,
+    pub concurrency: usize,
+}
+
+/// One cluster's discovery state, for the admin API.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    pub name: String,
+    #[serde(skip)]
+    pub last_success: Option<SystemTime>,
+    pub last_success_unix: Option<f64>,
+    pub last_error: Option<String>,
+    pub last_error_unix: Option<f64>,
+    pub rounds: u64,
+    pub failed_rounds: u64,
+    pub tasks: usize,
+    pub routable_containers: usize,
+    pub stale_seconds: Option<f64>,
+}
+
+fn unix(t: SystemTime) -> Option<f64> {
+    t.duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs_f64())
+}
+
+/// Shared between the provider and the admin API.
+#[derive(Debug, Default)]
+pub struct EcsStatus {
+    clusters: Mutex<BTreeMap<String, ClusterStatus>>,
+}
+
+impl EcsStatus {
+    pub fn clusters(&self) -> Vec<ClusterStatus> {
+        let now = SystemTime::now();
+        self.clusters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .map(|mut c| {
+                c.stale_seconds = c
+                    .last_success
+                    .and_then(|t| now.duration_since(t).ok())
+                    .map(|d| d.as_secs_f64());
+                c
+            })
+            .collect()
+    }
+
+    fn update(&self, name: &str, f: impl FnOnce(&mut ClusterStatus)) {
+        let mut map = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        let st = map.entry(name.to_string()).or_insert_with(|| ClusterStatus {
+            name: name.to_string(),
+            ..Default::default()
+        });
+        f(st);
+    }
+}
+
+/// Why discovery could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("ECS discovery: {0}")]
+pub struct EcsStartError(String);
+
+/// The running provider's handles.
+pub struct EcsProvider {
+    pub view: watch::Receiver<ProviderView>,
+    pub status: Arc<EcsStatus>,
+}
+
+/// Build the AWS clients from the standard chain and start reconciling.
+pub async fn start(settings: EcsSettings, metrics: Arc<Metrics>) -> Result<EcsProvider, EcsStartError> {
+    // The region comes from the flag, the environment or the profile, never from the
+    // instance metadata service (ECS sets AWS_REGION in every container).
+    let region = RegionProviderChain::first_try(settings.region.clone().map(aws_config::Region::new))
+        .or_else(EnvironmentVariableRegionProvider::new())
+        .or_else(ProfileFileRegionProvider::new());
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::disabled())
+        .region(region)
+        .load()
+        .await;
+    if sdk.region().is_none() {
+        return Err(EcsStartError("no AWS region: set --ecs-region or AWS_REGION".into()));
+    }
+    let client = aws_sdk_ecs::Client::new(&sdk);
+    let api = EcsApi::new(
+        client,
+        Arc::new(RateLimiter::new(settings.api_rate, settings.api_burst)),
+        metrics,
+    );
+    Ok(spawn(settings, api))
+}
+
+/// Start reconciling with an already-built API client.
+pub fn spawn(settings: EcsSettings, api: EcsApi) -> EcsProvider {
+    let (tx, rx) = watch::channel(ProviderView {
+        provider: PROVIDER.into(),
+        ..Default::default()
+    });
+    let status = Arc::new(EcsStatus::default());
+    let shared = Arc::new(Shared {
+        settings,
+        api,
+        status: status.clone(),
+        views: Mutex::new(BTreeMap::new()),
+        changed: Notify::new(),
+        taskdefs: TaskDefCache::default(),
+        rounds: Semaphore::new(0),
+    });
+    shared.rounds.add_permits(shared.settings.concurrency.max(1));
+    tokio::spawn(clusters_loop(shared.clone()));
+    tokio::spawn(publish_loop(shared, tx));
+    EcsProvider { view: rx, status }
+}
+
+struct Shared {
+    settings: EcsSettings,
+    api: EcsApi,
+    status: Arc<EcsStatus>,
+    views: Mutex<BTreeMap<String, ClusterView>>,
+    changed: Notify,
+    taskdefs: TaskDefCache,
+    rounds: Semaphore,
+}
+
+fn cluster_name(arn_or_name: &str) -> String {
+    arn_or_name.rsplit('/').next().unwrap_or(arn_or_name).to_string()
+}
+
+/// Keep one reconciler task per cluster; with `--ecs-all-clusters`, follow ListClusters.
+async fn clusters_loop(shared: Arc<Shared>) {
+    let mut running: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    loop {
+        let wanted: Vec<String> = if shared.settings.all_clusters {
+            match shared.api.list_clusters().await {
+                Ok(arns) => arns,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ListClusters failed; keeping the known clusters");
+                    shared.status.update("*", |s| {
+                        s.last_error = Some(e.to_string());
+                        s.last_error_unix = unix(SystemTime::now());
+                    });
+                    running.keys().cloned().collect()
+                }
+            }
+        } else {
+            shared.settings.clusters.clone()
+        };
+        let wanted_names: BTreeSet<String> = wanted.iter().map(|c| cluster_name(c)).collect();
+        running.retain(|name, task| {
+            let keep = wanted_names.contains(name);
+            if !keep {
+                task.abort();
+                shared.views.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+                shared.changed.notify_one();
+            }
+            keep
+        });
+        for c in wanted {
+            let name = cluster_name(&c);
+            if running.contains_key(&name) {
+                continue;
+            }
+            let sh = shared.clone();
+            running.insert(name.clone(), tokio::spawn(cluster_loop(sh, c, name)));
+        }
+        if !shared.settings.all_clusters {
+            // The set is fixed: the cluster tasks run forever.
+            futures_util::future::pending::<()>().await;
+        }
+        tokio::time::sleep(shared.settings.refresh).await;
+    }
+}
+
+async fn cluster_loop(shared: Arc<Shared>, cluster: String, name: String) {
+    let mut rec = ClusterReconciler::new(
+        cluster,
+        shared.api.clone(),
+        shared.taskdefs.clone(),
+        None,
+        shared.settings.healthy_only,
+    );
+    loop {
+        let result = {
+            let _permit = shared.rounds.acquire().await;
+            rec.round().await
+        };
+        match result {
+            Ok(view) => {
+                let routable = view.endpoints.iter().filter(|(_, e)| e.excluded.is_none()).count();
+                shared.status.update(&name, |s| {
+                    s.rounds += 1;
+                    s.last_success = Some(SystemTime::now());
+                    s.last_success_unix = unix(SystemTime::now());
+                    s.tasks = view.tasks;
+                    s.routable_containers = routable;
+                    s.last_error = None;
+                });
+                shared
+                    .views
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name.clone(), view);
+                shared.changed.notify_one();
+            }
+            Err(e) => {
+                tracing::warn!(cluster = %name, error = %e, "reconcile round failed; keeping the last good view");
+                shared.status.update(&name, |s| {
+                    s.rounds += 1;
+                    s.failed_rounds += 1;
+                    s.last_error = Some(e.to_string());
+                    s.last_error_unix = unix(SystemTime::now());
+                });
+            }
+        }
+        tokio::time::sleep(shared.settings.refresh).await;
+    }
+}
+
+async fn publish_loop(shared: Arc<Shared>, tx: watch::Sender<ProviderView>) {
+    let mut last: Option<(DynamicConfig, Vec<Diagnostic>)> = None;
+    loop {
+        shared.changed.notified().await;
+        let views = shared.views.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (config, diagnostics) = build_config(&views, &shared.settings);
+        if last.as_ref().is_some_and(|(c, d)| *c == config && *d == diagnostics) {
+            continue;
+        }
+        last = Some((config.clone(), diagnostics.clone()));
+        if tx
+            .send(ProviderView {
+                provider: PROVIDER.into(),
+                config,
+                diagnostics,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Turn every cluster's view into one configuration, Traefik's way.
+pub fn build_config(views: &BTreeMap<String, ClusterView>, settings: &EcsSettings) -> (DynamicConfig, Vec<Diagnostic>) {
+    let mut cfg = DynamicConfig::default();
+    let mut conflicts = BTreeSet::new();
+    let mut diags = Vec::new();
+    let mut reported: HashSet<(String, String, String)> = HashSet::new();
+    for (cluster, view) in views {
+        for (task_id, ep) in &view.endpoints {
+            let (parsed, label_diags) = labels::parse(&ep.labels);
+            let source = format!("ecs:{cluster}/{task_id}/{}", ep.container);
+            let mut report = |d: Diagnostic| {
+                // One report per container definition and problem, not per task.
+                if reported.insert((ep.instance_name.clone(), d.key.clone(), d.message.clone())) {
+                    diags.push(d.with_source(source.clone()));
+                }
+            };
+            if !parsed.enable.unwrap_or(settings.exposed_by_default) {
+                continue;
+            }
+            for d in label_diags {
+                report(d);
+            }
+            if ep.excluded.is_some() {
+                continue;
+            }
+            let Some(address) = ep.address.clone() else {
+                continue;
+            };
+            let target = ContainerTarget {
+                name: ep.instance_name.clone(),
+                address,
+                ports: ep.ports.clone(),
+                default_rule: Some(settings.default_rule.clone()),
+                default_strategy: Strategy::P2c,
+            };
+            let (frag, frag_diags) = labels::container_config(&parsed, &target);
+            for d in frag_diags {
+                report(d);
+            }
+            cfg.merge(frag, &mut conflicts);
+        }
+    }
+    for c in conflicts {
+        diags.push(
+            Diagnostic::error(c.clone(), "defined differently by several containers; not served").with_source(PROVIDER),
+        );
+    }
+    (cfg, diags)
+}

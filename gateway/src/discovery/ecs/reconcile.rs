@@ -1,0 +1,238 @@
+//! One cluster's reconcile round, with the caches that make a quiet round cost only
+//! its ListTasks pages:
+//!
+//! - tasks by ARN: described once when first listed, and again each round only while
+//!   not yet RUNNING or when a container has a health check (their state changes
+//!   without a new ARN);
+//! - task definitions by ARN (immutable), shared by every cluster;
+//! - container instances by ARN (bridge and host modes), with their address.
+//!
+//! A round that fails part-way publishes nothing: the caller keeps the last good view.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use aws_sdk_ecs::types::{NetworkMode, Task, TaskDefinition};
+
+use super::client::{ApiError, EcsApi};
+use super::endpoints::{ContainerEndpoint, containers, network_mode, task_is_running};
+
+/// ECS takes at most 100 ARNs per Describe* call.
+pub const BATCH: usize = 100;
+
+/// Task definitions by ARN, shared across clusters.
+pub type TaskDefCache = Arc<Mutex<HashMap<String, Arc<TaskDefinition>>>>;
+
+/// EC2 instance id -> private IP, as a boxed future.
+pub type AddressesFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<HashMap<String, String>, ApiError>> + Send + 'a>>;
+
+/// Resolves an EC2 instance id to its private IP (bridge and host modes).
+pub trait InstanceAddresses: Send + Sync {
+    fn lookup<'a>(&'a self, ids: &'a [String]) -> AddressesFuture<'a>;
+}
+
+/// A task as last described, with what it needs to be routed.
+#[derive(Debug, Clone)]
+pub struct TaskRecord {
+    pub task: Arc<Task>,
+    pub def: Option<Arc<TaskDefinition>>,
+}
+
+/// The result of a successful round.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    pub cluster: String,
+    pub endpoints: Vec<(String, ContainerEndpoint)>,
+    pub tasks: usize,
+}
+
+pub struct ClusterReconciler {
+    pub cluster: String,
+    api: EcsApi,
+    taskdefs: TaskDefCache,
+    tasks: HashMap<String, TaskRecord>,
+    /// Container instance ARN -> EC2 instance id and its address once known.
+    instances: HashMap<String, (Option<String>, Option<String>)>,
+    ec2: Option<Arc<dyn InstanceAddresses>>,
+    healthy_only: bool,
+}
+
+fn short_name(arn: &str) -> &str {
+    arn.rsplit('/').next().unwrap_or(arn)
+}
+
+impl ClusterReconciler {
+    pub fn new(
+        cluster: String,
+        api: EcsApi,
+        taskdefs: TaskDefCache,
+        ec2: Option<Arc<dyn InstanceAddresses>>,
+        healthy_only: bool,
+    ) -> Self {
+        ClusterReconciler {
+            cluster,
+            api,
+            taskdefs,
+            tasks: HashMap::new(),
+            instances: HashMap::new(),
+            ec2,
+            healthy_only,
+        }
+    }
+
+    fn needs_describe(&self, rec: &TaskRecord) -> bool {
+        if !task_is_running(&rec.task) {
+            return true;
+        }
+        match &rec.def {
+            Some(def) => def.container_definitions().iter().any(|c| c.health_check().is_some()),
+            None => true,
+        }
+    }
+
+    /// One round: list, describe what is new or changing, resolve definitions and
+    /// instances, and return the cluster's complete view.
+    pub async fn round(&mut self) -> Result<ClusterView, ApiError> {
+        let listed = self.api.list_running_tasks(&self.cluster).await?;
+        let listed_set: HashSet<&String> = listed.iter().collect();
+        self.tasks.retain(|arn, _| listed_set.contains(arn));
+        let to_describe: Vec<String> = listed
+            .iter()
+            .filter(|arn| self.tasks.get(*arn).is_none_or(|rec| self.needs_describe(rec)))
+            .cloned()
+            .collect();
+        self.describe(&to_describe).await?;
+        self.resolve_definitions().await?;
+        self.resolve_instances().await?;
+        Ok(self.view())
+    }
+
+    /// Describe these tasks now (batched by 100); tasks ECS reports MISSING are forgotten.
+    pub async fn describe(&mut self, arns: &[String]) -> Result<(), ApiError> {
+        for chunk in arns.chunks(BATCH) {
+            let (tasks, failures) = self.api.describe_tasks(&self.cluster, chunk).await?;
+            for f in failures {
+                if let Some(arn) = f.arn() {
+                    self.tasks.remove(arn);
+                }
+                tracing::debug!(cluster = %self.cluster, arn = ?f.arn(), reason = ?f.reason(), "DescribeTasks failure");
+            }
+            let defs = self.taskdefs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            for t in tasks {
+                let Some(arn) = t.task_arn().map(str::to_string) else {
+                    continue;
+                };
+                let def = t.task_definition_arn().and_then(|d| defs.get(d).cloned());
+                self.tasks.insert(arn, TaskRecord { task: Arc::new(t), def });
+            }
+        }
+        Ok(())
+    }
+
+    async fn resolve_definitions(&mut self) -> Result<(), ApiError> {
+        let missing: HashSet<String> = self
+            .tasks
+            .values()
+            .filter(|r| r.def.is_none())
+            .filter_map(|r| r.task.task_definition_arn().map(str::to_string))
+            .collect();
+        for arn in missing {
+            let cached = self
+                .taskdefs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&arn)
+                .cloned();
+            let def = match cached {
+                Some(d) => d,
+                None => {
+                    let Some(d) = self.api.describe_task_definition(&arn).await? else {
+                        continue;
+                    };
+                    let d = Arc::new(d);
+                    self.taskdefs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(arn.clone(), d.clone());
+                    d
+                }
+            };
+            for rec in self.tasks.values_mut() {
+                if rec.def.is_none() && rec.task.task_definition_arn() == Some(arn.as_str()) {
+                    rec.def = Some(def.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn resolve_instances(&mut self) -> Result<(), ApiError> {
+        let wanted: HashSet<String> = self
+            .tasks
+            .values()
+            .filter(|r| {
+                r.def
+                    .as_ref()
+                    .is_some_and(|d| matches!(network_mode(&r.task, d), NetworkMode::Bridge | NetworkMode::Host))
+            })
+            .filter_map(|r| r.task.container_instance_arn().map(str::to_string))
+            .collect();
+        self.instances.retain(|arn, _| wanted.contains(arn));
+        let unknown: Vec<String> = wanted
+            .iter()
+            .filter(|arn| !self.instances.contains_key(*arn))
+            .cloned()
+            .collect();
+        for chunk in unknown.chunks(BATCH) {
+            for ci in self.api.describe_container_instances(&self.cluster, chunk).await? {
+                if let Some(arn) = ci.container_instance_arn() {
+                    self.instances
+                        .insert(arn.to_string(), (ci.ec2_instance_id().map(str::to_string), None));
+                }
+            }
+        }
+        let need_ip: Vec<String> = self
+            .instances
+            .values()
+            .filter(|(id, ip)| ip.is_none() && id.as_deref().is_some_and(|i| !i.starts_with("mi-")))
+            .filter_map(|(id, _)| id.clone())
+            .collect();
+        if let (false, Some(ec2)) = (need_ip.is_empty(), &self.ec2) {
+            for chunk in need_ip.chunks(BATCH) {
+                let found = ec2.lookup(chunk).await?;
+                for (id, ip) in self.instances.values_mut() {
+                    if let Some(addr) = id.as_ref().and_then(|i| found.get(i)) {
+                        *ip = Some(addr.clone());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn view(&self) -> ClusterView {
+        let mut endpoints = Vec::new();
+        let mut arns: Vec<&String> = self.tasks.keys().collect();
+        arns.sort();
+        for arn in arns {
+            let rec = &self.tasks[arn];
+            let Some(def) = &rec.def else {
+                continue;
+            };
+            let host_ip = rec
+                .task
+                .container_instance_arn()
+                .and_then(|ci| self.instances.get(ci))
+                .and_then(|(_, ip)| ip.as_deref());
+            for c in containers(&rec.task, def, host_ip, self.healthy_only) {
+                endpoints.push((short_name(arn).to_string(), c));
+            }
+        }
+        ClusterView {
+            cluster: self.cluster.clone(),
+            endpoints,
+            tasks: self.tasks.len(),
+        }
+    }
+}
