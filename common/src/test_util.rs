@@ -71,7 +71,12 @@ impl Backend {
     /// - `/ws` (an upgrade) by echoing bytes on the upgraded connection;
     /// - anything else with `backend=<name>` and the request line.
     pub async fn start(name: &str, proto: Proto) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at(name, proto, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Like [`Backend::start`], on a given address (a task's loopback address).
+    pub async fn start_at(name: &str, proto: Proto, addr: SocketAddr) -> Backend {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();

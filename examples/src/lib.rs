@@ -1,1 +1,4 @@
-//! berth-local (a local ECS), the demo apps and the benchmarks. The binaries live in `src/bin/`.
+//! berth-local (a local ECS), the demo apps and the benchmarks. The binaries live in
+//! `src/bin/`; [`local`] is the local ECS they share with the tests.
+
+pub mod local;

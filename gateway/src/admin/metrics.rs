@@ -294,6 +294,17 @@ impl Metrics {
         drop(retries);
         let _ = writeln!(
             out,
+            "# HELP berth_ecs_api_calls_total ECS API attempts, by operation and outcome."
+        );
+        let _ = writeln!(out, "# TYPE berth_ecs_api_calls_total counter");
+        for ((op, outcome), n) in self.ecs_api_calls.snapshot() {
+            let _ = writeln!(
+                out,
+                "berth_ecs_api_calls_total{{operation=\"{op}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
             "# HELP berth_config_reloads_total Configuration reloads, by outcome."
         );
         let _ = writeln!(out, "# TYPE berth_config_reloads_total counter");

@@ -71,3 +71,86 @@ pub fn service(name: &str, urls: &[String], extra: &str) -> String {
     }
     s
 }
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `berth-gateway` binary running as a child process, killed on drop.
+pub struct GatewayProcess {
+    pub child: std::process::Child,
+    pub web: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+    pub log: PathBuf,
+}
+
+impl GatewayProcess {
+    /// Start with entrypoint `web` and the admin API on free ports, dummy AWS
+    /// credentials, a region, and instance metadata disabled.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> GatewayProcess {
+        let web: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = temp_dir("gwlog").join("gateway.log");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_berth-gateway"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("RUST_LOG", "info,berth_gateway=debug")
+            .args(["--entrypoint", &format!("web={web}"), "--admin", &admin.to_string()])
+            .args(["--shutdown-delay", "0s", "--log-format", "json"])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        GatewayProcess { child, web, admin, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        let r = berth_common::test_util::http1(self.admin, berth_common::test_util::get("admin", path)).await;
+        serde_json::from_str(&r.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Wait until the admin API answers.
+    pub async fn wait_admin(&self) {
+        let up = berth_common::test_util::eventually(std::time::Duration::from_secs(20), || async {
+            tokio::net::TcpStream::connect(self.admin).await.is_ok()
+        })
+        .await;
+        assert!(up, "gateway did not start; log:\n{}", self.log());
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An ECS client for seeding a test peer: explicit region, dummy credentials, endpoint.
+pub fn ecs_client(endpoint: &str) -> aws_sdk_ecs::Client {
+    let conf = aws_sdk_ecs::Config::builder()
+        .behavior_version(aws_sdk_ecs::config::BehaviorVersion::latest())
+        .region(aws_sdk_ecs::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_ecs::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .endpoint_url(endpoint)
+        .build();
+    aws_sdk_ecs::Client::from_conf(conf)
+}

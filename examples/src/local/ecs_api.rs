@@ -1,0 +1,236 @@
+//! The ECS API over its real wire protocol: awsJson1.1, `POST /` with
+//! `X-Amz-Target: AmazonEC2ContainerServiceV20141113.<Operation>`. SigV4 headers are
+//! accepted without checking the signature. Errors come in the AWS shape
+//! (`{"__type": ..., "message": ...}`, HTTP 400, or 500 for server faults).
+//!
+//! Faults can be injected at any time: a throttling rate (ThrottlingException), an
+//! error rate (ServerException, 500), added latency, and a full outage.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use super::state::{ApiError, Ecs};
+
+const TARGET_PREFIX: &str = "AmazonEC2ContainerServiceV20141113.";
+
+/// Faults applied to every API call.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Fraction of calls answered with ThrottlingException.
+    pub throttle_rate: f64,
+    /// Fraction of calls answered with a 500 ServerException.
+    pub error_rate: f64,
+    pub latency: Duration,
+    /// Every call fails with 503 while set.
+    pub outage: bool,
+}
+
+/// A running ECS API server.
+#[derive(Clone)]
+pub struct EcsServer {
+    pub addr: SocketAddr,
+    pub ecs: Arc<Mutex<Ecs>>,
+    pub faults: Arc<Mutex<Faults>>,
+    calls: Arc<Mutex<BTreeMap<String, u64>>>,
+    task: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl EcsServer {
+    pub async fn start(addr: SocketAddr, ecs: Ecs) -> std::io::Result<EcsServer> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let ecs = Arc::new(Mutex::new(ecs));
+        let faults: Arc<Mutex<Faults>> = Arc::default();
+        let calls: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+        let (e, f, c) = (ecs.clone(), faults.clone(), calls.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (e, f, c) = (e.clone(), f.clone(), c.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let (e, f, c) = (e.clone(), f.clone(), c.clone());
+                        async move { Ok::<_, Infallible>(handle(&e, &f, &c, req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(EcsServer {
+            addr,
+            ecs,
+            faults,
+            calls,
+            task: Arc::new(task),
+        })
+    }
+
+    pub fn endpoint_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Calls received per operation (every call, including those answered with a fault).
+    pub fn calls(&self) -> BTreeMap<String, u64> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn reset_calls(&self) {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    pub fn set_faults(&self, f: Faults) {
+        *self.faults.lock().unwrap_or_else(|e| e.into_inner()) = f;
+    }
+
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+fn reply(status: u16, body: &Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-amz-json-1.1"),
+    );
+    r
+}
+
+fn error(e: &ApiError) -> Response<Full<Bytes>> {
+    reply(e.status, &json!({"__type": e.kind, "message": e.message}))
+}
+
+async fn handle(
+    ecs: &Mutex<Ecs>,
+    faults: &Mutex<Faults>,
+    calls: &Mutex<BTreeMap<String, u64>>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let target = req
+        .headers()
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let Some(op) = target.strip_prefix(TARGET_PREFIX).map(str::to_string) else {
+        return error(&ApiError::client(
+            "UnknownOperationException",
+            format!("unknown X-Amz-Target `{target}`"),
+        ));
+    };
+    *calls
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(op.clone())
+        .or_default() += 1;
+    let f = faults.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if !f.latency.is_zero() {
+        tokio::time::sleep(f.latency).await;
+    }
+    if f.outage {
+        return reply(
+            503,
+            &json!({"__type": "ServiceUnavailableException", "message": "Service unavailable (injected outage)"}),
+        );
+    }
+    if f.throttle_rate > 0.0 && fastrand::f64() < f.throttle_rate {
+        return error(&ApiError::client("ThrottlingException", "Rate exceeded"));
+    }
+    if f.error_rate > 0.0 && fastrand::f64() < f.error_rate {
+        return reply(
+            500,
+            &json!({"__type": "ServerException", "message": "Internal error (injected)"}),
+        );
+    }
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return error(&ApiError::client("SerializationException", "unreadable body")),
+    };
+    let input: Value = if body.is_empty() {
+        json!({})
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return error(&ApiError::client(
+                    "SerializationException",
+                    format!("invalid JSON: {e}"),
+                ));
+            }
+        }
+    };
+    let mut ecs = ecs.lock().unwrap_or_else(|e| e.into_inner());
+    let result = dispatch(&mut ecs, &op, &input);
+    match result {
+        Ok(v) => reply(200, &v),
+        Err(e) => error(&e),
+    }
+}
+
+fn dispatch(ecs: &mut Ecs, op: &str, input: &Value) -> Result<Value, ApiError> {
+    let s = |k: &str| input[k].as_str();
+    match op {
+        "CreateCluster" => {
+            let name = s("clusterName").unwrap_or("default");
+            Ok(json!({"cluster": ecs.create_cluster(name)}))
+        }
+        "ListClusters" => {
+            let arns: Vec<String> = ecs.clusters.values().map(|c| c.arn.clone()).collect();
+            Ok(json!({"clusterArns": arns}))
+        }
+        "DescribeClusters" => {
+            let mut clusters = Vec::new();
+            let mut failures = Vec::new();
+            let wanted: Vec<String> = match input["clusters"].as_array() {
+                Some(a) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+                None => vec!["default".into()],
+            };
+            for w in wanted {
+                let name = w.rsplit('/').next().unwrap_or(&w).to_string();
+                match ecs.cluster_json(&name) {
+                    Some(c) => clusters.push(c),
+                    None => failures.push(json!({"arn": w, "reason": "MISSING"})),
+                }
+            }
+            Ok(json!({"clusters": clusters, "failures": failures}))
+        }
+        "RegisterTaskDefinition" => Ok(json!({"taskDefinition": ecs.register_task_definition(input)?})),
+        "DescribeTaskDefinition" => {
+            let td = s("taskDefinition").ok_or_else(|| ApiError::invalid("taskDefinition is required"))?;
+            Ok(json!({"taskDefinition": ecs.task_definition(td)?}))
+        }
+        "RunTask" => {
+            let td = s("taskDefinition").ok_or_else(|| ApiError::invalid("taskDefinition is required"))?;
+            let count = input["count"].as_u64().unwrap_or(1) as usize;
+            let tasks = ecs.run_task(s("cluster"), td, count, s("group"), s("startedBy"), s("launchType"))?;
+            Ok(json!({"tasks": tasks, "failures": []}))
+        }
+        "StopTask" => {
+            let task = s("task").ok_or_else(|| ApiError::invalid("task is required"))?;
+            Ok(json!({"task": ecs.stop_task(s("cluster"), task, s("reason"))?}))
+        }
+        "ListTasks" => ecs.list_tasks(input),
+        "DescribeTasks" => ecs.describe_tasks(input),
+        "DescribeContainerInstances" => ecs.describe_container_instances(input),
+        other => Err(ApiError::client(
+            "UnknownOperationException",
+            format!("operation {other} is not supported by berth-local"),
+        )),
+    }
+}

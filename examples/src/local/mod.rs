@@ -1,0 +1,9 @@
+//! berth-local: a faithful local ECS. [`state`] is the in-memory model of clusters,
+//! task definitions, tasks and container instances; [`ecs_api`] serves it over the real
+//! ECS wire protocol (awsJson1.1), with fault injection.
+
+pub mod ecs_api;
+pub mod state;
+
+pub use ecs_api::{EcsServer, Faults};
+pub use state::{Ecs, TaskState};

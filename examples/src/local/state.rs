@@ -1,0 +1,500 @@
+//! The in-memory ECS model: what `berth-local` knows and its API reports.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+pub const ACCOUNT: &str = "000000000000";
+
+/// An API error in the AWS shape (`__type`, message, HTTP status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub kind: &'static str,
+    pub message: String,
+    pub status: u16,
+}
+
+impl ApiError {
+    pub fn client(kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            kind,
+            message: message.into(),
+            status: 400,
+        }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::client("InvalidParameterException", message)
+    }
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Clone)]
+pub struct ContainerState {
+    pub name: String,
+    pub health: String,
+    /// (container port, host port) in bridge mode.
+    pub bindings: Vec<(u16, u16)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskState {
+    pub arn: String,
+    pub id: String,
+    pub cluster: String,
+    pub taskdef_arn: String,
+    pub group: String,
+    pub started_by: Option<String>,
+    pub last_status: String,
+    pub desired_status: String,
+    pub launch_type: String,
+    pub containers: Vec<ContainerState>,
+    pub address: Option<Ipv4Addr>,
+    pub container_instance_arn: Option<String>,
+    pub created_at: f64,
+    pub stopped_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ClusterState {
+    pub arn: String,
+    pub name: String,
+    pub tasks: BTreeMap<String, TaskState>,
+    /// Container instance ARN -> EC2 instance id.
+    pub container_instances: BTreeMap<String, String>,
+}
+
+/// The whole local ECS.
+#[derive(Debug)]
+pub struct Ecs {
+    pub region: String,
+    pub clusters: BTreeMap<String, ClusterState>,
+    /// family -> revisions (index = revision - 1), each the task definition JSON.
+    pub taskdefs: BTreeMap<String, Vec<Value>>,
+    next_address: u32,
+    next_id: u64,
+    next_host_port: u16,
+}
+
+impl Ecs {
+    /// A new ECS whose task addresses start at `first_address` (e.g. 127.0.100.1).
+    pub fn new(region: &str, first_address: Ipv4Addr) -> Ecs {
+        Ecs {
+            region: region.into(),
+            clusters: BTreeMap::new(),
+            taskdefs: BTreeMap::new(),
+            next_address: u32::from(first_address),
+            next_id: 1,
+            next_host_port: 32768,
+        }
+    }
+
+    fn arn(&self, resource: &str) -> String {
+        format!("arn:aws:ecs:{}:{ACCOUNT}:{resource}", self.region)
+    }
+
+    fn new_id(&mut self) -> String {
+        self.next_id += 1;
+        format!("{:032x}", self.next_id.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
+
+    /// Allocate the next task address, skipping .0 and .255 of every /24.
+    fn allocate_address(&mut self) -> Ipv4Addr {
+        loop {
+            let a = Ipv4Addr::from(self.next_address);
+            self.next_address += 1;
+            let last = a.octets()[3];
+            if last != 0 && last != 255 {
+                return a;
+            }
+        }
+    }
+
+    /// Resolve a cluster name or ARN (default: `default`).
+    pub fn cluster_name(&self, given: Option<&str>) -> Result<String, ApiError> {
+        let name = given
+            .map(|c| c.rsplit('/').next().unwrap_or(c).to_string())
+            .unwrap_or_else(|| "default".into());
+        if self.clusters.contains_key(&name) {
+            Ok(name)
+        } else {
+            Err(ApiError::client("ClusterNotFoundException", "Cluster not found."))
+        }
+    }
+
+    pub fn create_cluster(&mut self, name: &str) -> Value {
+        let arn = self.arn(&format!("cluster/{name}"));
+        let c = self.clusters.entry(name.to_string()).or_insert_with(|| ClusterState {
+            arn,
+            name: name.to_string(),
+            ..Default::default()
+        });
+        json!({"clusterArn": c.arn, "clusterName": c.name, "status": "ACTIVE"})
+    }
+
+    pub fn cluster_json(&self, name: &str) -> Option<Value> {
+        let c = self.clusters.get(name)?;
+        let running = c.tasks.values().filter(|t| t.last_status == "RUNNING").count();
+        let pending = c.tasks.values().filter(|t| t.last_status == "PENDING").count();
+        Some(json!({
+            "clusterArn": c.arn, "clusterName": c.name, "status": "ACTIVE",
+            "runningTasksCount": running, "pendingTasksCount": pending,
+            "registeredContainerInstancesCount": c.container_instances.len(),
+            "activeServicesCount": 0,
+        }))
+    }
+
+    /// RegisterTaskDefinition: store a new revision of the family.
+    pub fn register_task_definition(&mut self, input: &Value) -> Result<Value, ApiError> {
+        let family = input["family"]
+            .as_str()
+            .filter(|f| !f.is_empty())
+            .ok_or_else(|| ApiError::invalid("family is required"))?
+            .to_string();
+        let containers = input["containerDefinitions"]
+            .as_array()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| ApiError::invalid("containerDefinitions is required"))?;
+        for c in containers {
+            if c["name"].as_str().is_none_or(str::is_empty) {
+                return Err(ApiError::invalid("every container definition needs a name"));
+            }
+        }
+        let revisions = self.taskdefs.entry(family.clone()).or_default();
+        let revision = revisions.len() + 1;
+        let mut def = input.clone();
+        def["taskDefinitionArn"] = json!(format!(
+            "arn:aws:ecs:{}:{ACCOUNT}:task-definition/{family}:{revision}",
+            self.region
+        ));
+        def["revision"] = json!(revision);
+        def["status"] = json!("ACTIVE");
+        if def["networkMode"].is_null() {
+            def["networkMode"] = json!("awsvpc");
+        }
+        def["registeredAt"] = json!(now());
+        revisions.push(def.clone());
+        Ok(def)
+    }
+
+    /// Resolve `family`, `family:revision` or a full ARN (latest ACTIVE revision for a family).
+    pub fn task_definition(&self, given: &str) -> Result<&Value, ApiError> {
+        let short = given.rsplit('/').next().unwrap_or(given);
+        let (family, rev) = match short.split_once(':') {
+            Some((f, r)) => (f, r.parse::<usize>().ok()),
+            None => (short, None),
+        };
+        let revisions = self
+            .taskdefs
+            .get(family)
+            .ok_or_else(|| ApiError::client("ClientException", "Unable to describe task definition."))?;
+        let idx = match rev {
+            Some(r) if r >= 1 && r <= revisions.len() => r - 1,
+            Some(_) => {
+                return Err(ApiError::client(
+                    "ClientException",
+                    "Unable to describe task definition.",
+                ));
+            }
+            None => revisions.len() - 1,
+        };
+        Ok(&revisions[idx])
+    }
+
+    /// RunTask: `count` tasks of a task definition, RUNNING at once (the process runner
+    /// and the full lifecycle come with berth-local's runner).
+    pub fn run_task(
+        &mut self,
+        cluster: Option<&str>,
+        taskdef: &str,
+        count: usize,
+        group: Option<&str>,
+        started_by: Option<&str>,
+        launch_type: Option<&str>,
+    ) -> Result<Vec<Value>, ApiError> {
+        let cluster = self.cluster_name(cluster)?;
+        if count == 0 || count > 10 {
+            return Err(ApiError::invalid("count must be between 1 and 10"));
+        }
+        let def = self.task_definition(taskdef)?.clone();
+        let family = def["family"].as_str().unwrap_or_default().to_string();
+        let bridge = def["networkMode"] == "bridge";
+        let mut out = Vec::new();
+        for _ in 0..count {
+            let id = self.new_id();
+            let arn = self.arn(&format!("task/{cluster}/{id}"));
+            let address = if bridge { None } else { Some(self.allocate_address()) };
+            let mut containers = Vec::new();
+            for c in def["containerDefinitions"].as_array().into_iter().flatten() {
+                let mut bindings = Vec::new();
+                if bridge {
+                    for m in c["portMappings"].as_array().into_iter().flatten() {
+                        let cp = m["containerPort"].as_u64().unwrap_or(0) as u16;
+                        let hp = match m["hostPort"].as_u64() {
+                            Some(h) if h > 0 => h as u16,
+                            _ => {
+                                self.next_host_port = self.next_host_port.wrapping_add(1).max(32768);
+                                self.next_host_port
+                            }
+                        };
+                        bindings.push((cp, hp));
+                    }
+                }
+                containers.push(ContainerState {
+                    name: c["name"].as_str().unwrap_or_default().to_string(),
+                    health: "UNKNOWN".to_string(),
+                    bindings,
+                });
+            }
+            let ci = if bridge {
+                self.clusters
+                    .get(&cluster)
+                    .and_then(|c| c.container_instances.keys().next().cloned())
+            } else {
+                None
+            };
+            let task = TaskState {
+                arn: arn.clone(),
+                id: id.clone(),
+                cluster: cluster.clone(),
+                taskdef_arn: def["taskDefinitionArn"].as_str().unwrap_or_default().to_string(),
+                group: group.map(str::to_string).unwrap_or_else(|| format!("family:{family}")),
+                started_by: started_by.map(str::to_string),
+                last_status: "RUNNING".into(),
+                desired_status: "RUNNING".into(),
+                launch_type: launch_type
+                    .unwrap_or(if bridge { "EC2" } else { "FARGATE" })
+                    .to_string(),
+                containers,
+                address,
+                container_instance_arn: ci,
+                created_at: now(),
+                stopped_reason: None,
+            };
+            out.push(self.task_json(&task));
+            if let Some(c) = self.clusters.get_mut(&cluster) {
+                c.tasks.insert(id, task);
+            }
+        }
+        Ok(out)
+    }
+
+    fn find_task_mut(&mut self, cluster: &str, task: &str) -> Option<&mut TaskState> {
+        let id = task.rsplit('/').next().unwrap_or(task);
+        self.clusters.get_mut(cluster)?.tasks.get_mut(id)
+    }
+
+    /// StopTask: desired STOPPED at once; the task is STOPPED (this model has no
+    /// processes yet, so nothing to wait for).
+    pub fn stop_task(&mut self, cluster: Option<&str>, task: &str, reason: Option<&str>) -> Result<Value, ApiError> {
+        let cluster = self.cluster_name(cluster)?;
+        let t = self
+            .find_task_mut(&cluster, task)
+            .ok_or_else(|| ApiError::invalid("The referenced task was not found."))?;
+        t.desired_status = "STOPPED".into();
+        t.last_status = "STOPPED".into();
+        t.stopped_reason = Some(reason.unwrap_or("Task stopped by user").to_string());
+        let t = t.clone();
+        Ok(self.task_json(&t))
+    }
+
+    /// Set a container's health status (`HEALTHY`, `UNHEALTHY`, `UNKNOWN`).
+    pub fn set_health(&mut self, cluster: &str, task: &str, container: &str, health: &str) -> bool {
+        match self.find_task_mut(cluster, task) {
+            Some(t) => match t.containers.iter_mut().find(|c| c.name == container) {
+                Some(c) => {
+                    c.health = health.to_string();
+                    true
+                }
+                None => false,
+            },
+            None => false,
+        }
+    }
+
+    pub fn register_container_instance(&mut self, cluster: &str, ec2_instance_id: &str) -> Option<String> {
+        let id = self.new_id();
+        let arn = self.arn(&format!("container-instance/{cluster}/{id}"));
+        self.clusters
+            .get_mut(cluster)?
+            .container_instances
+            .insert(arn.clone(), ec2_instance_id.to_string());
+        Some(arn)
+    }
+
+    /// ListTasks with ECS's filters and pagination; `desiredStatus` defaults to RUNNING.
+    pub fn list_tasks(&self, input: &Value) -> Result<Value, ApiError> {
+        let cluster = self.cluster_name(input["cluster"].as_str())?;
+        let max = match input["maxResults"].as_u64() {
+            Some(m) if (1..=100).contains(&m) => m as usize,
+            Some(_) => return Err(ApiError::invalid("maxResults must be between 1 and 100")),
+            None => 100,
+        };
+        let start = match input["nextToken"].as_str() {
+            Some(tok) => tok
+                .strip_prefix("bl-")
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(|| ApiError::invalid("Invalid nextToken"))?,
+            None => 0,
+        };
+        let desired = input["desiredStatus"].as_str().unwrap_or("RUNNING");
+        let family = input["family"].as_str();
+        let service = input["serviceName"]
+            .as_str()
+            .map(|s| format!("service:{}", s.rsplit('/').next().unwrap_or(s)));
+        let started_by = input["startedBy"].as_str();
+        let launch_type = input["launchType"].as_str();
+        let c = &self.clusters[&cluster];
+        let matching: Vec<&TaskState> = c
+            .tasks
+            .values()
+            .filter(|t| t.desired_status == desired)
+            .filter(|t| family.is_none_or(|f| self.family_of(t) == f))
+            .filter(|t| service.as_ref().is_none_or(|s| &t.group == s))
+            .filter(|t| started_by.is_none_or(|s| t.started_by.as_deref() == Some(s)))
+            .filter(|t| launch_type.is_none_or(|l| t.launch_type == l))
+            .collect();
+        let page: Vec<&str> = matching.iter().skip(start).take(max).map(|t| t.arn.as_str()).collect();
+        let mut out = json!({ "taskArns": page });
+        if start + max < matching.len() {
+            out["nextToken"] = json!(format!("bl-{}", start + max));
+        }
+        Ok(out)
+    }
+
+    fn family_of(&self, t: &TaskState) -> String {
+        let short = t.taskdef_arn.rsplit('/').next().unwrap_or_default();
+        short.split(':').next().unwrap_or_default().to_string()
+    }
+
+    /// DescribeTasks: at most 100 tasks, unknown ones as `failures` with reason MISSING.
+    pub fn describe_tasks(&self, input: &Value) -> Result<Value, ApiError> {
+        let cluster = self.cluster_name(input["cluster"].as_str())?;
+        let wanted = input["tasks"]
+            .as_array()
+            .ok_or_else(|| ApiError::invalid("tasks is required"))?;
+        if wanted.len() > 100 {
+            return Err(ApiError::invalid("Tasks cannot have more than 100 elements"));
+        }
+        let c = &self.clusters[&cluster];
+        let mut tasks = Vec::new();
+        let mut failures = Vec::new();
+        for w in wanted {
+            let given = w.as_str().unwrap_or_default();
+            let id = given.rsplit('/').next().unwrap_or(given);
+            match c.tasks.get(id) {
+                Some(t) => tasks.push(self.task_json(t)),
+                None => failures.push(json!({"arn": given, "reason": "MISSING"})),
+            }
+        }
+        Ok(json!({"tasks": tasks, "failures": failures}))
+    }
+
+    pub fn describe_container_instances(&self, input: &Value) -> Result<Value, ApiError> {
+        let cluster = self.cluster_name(input["cluster"].as_str())?;
+        let wanted = input["containerInstances"]
+            .as_array()
+            .ok_or_else(|| ApiError::invalid("containerInstances is required"))?;
+        if wanted.len() > 100 {
+            return Err(ApiError::invalid(
+                "containerInstances cannot have more than 100 elements",
+            ));
+        }
+        let c = &self.clusters[&cluster];
+        let mut found = Vec::new();
+        let mut failures = Vec::new();
+        for w in wanted {
+            let given = w.as_str().unwrap_or_default();
+            let id = given.rsplit('/').next().unwrap_or(given);
+            match c
+                .container_instances
+                .iter()
+                .find(|(arn, _)| arn.ends_with(&format!("/{id}")))
+            {
+                Some((arn, ec2)) => found.push(json!({
+                    "containerInstanceArn": arn, "ec2InstanceId": ec2, "status": "ACTIVE", "agentConnected": true,
+                })),
+                None => failures.push(json!({"arn": given, "reason": "MISSING"})),
+            }
+        }
+        Ok(json!({"containerInstances": found, "failures": failures}))
+    }
+
+    /// A task in the DescribeTasks shape.
+    pub fn task_json(&self, t: &TaskState) -> Value {
+        let def = self.task_definition(&t.taskdef_arn).ok();
+        let containers: Vec<Value> = t
+            .containers
+            .iter()
+            .map(|c| {
+                let mut v = json!({
+                    "containerArn": format!("arn:aws:ecs:{}:{ACCOUNT}:container/{}/{}/{}", self.region, t.cluster, t.id, c.name),
+                    "taskArn": t.arn, "name": c.name, "lastStatus": t.last_status,
+                    "healthStatus": c.health,
+                });
+                if !c.bindings.is_empty() {
+                    v["networkBindings"] = json!(c.bindings.iter().map(|(cp, hp)| json!({
+                        "bindIP": "0.0.0.0", "containerPort": cp, "hostPort": hp, "protocol": "tcp"
+                    })).collect::<Vec<_>>());
+                }
+                if let Some(a) = t.address {
+                    v["networkInterfaces"] = json!([{ "attachmentId": format!("eni-{}", &t.id[..8]), "privateIpv4Address": a.to_string() }]);
+                }
+                v
+            })
+            .collect();
+        let health = if t.containers.iter().any(|c| c.health == "UNHEALTHY") {
+            "UNHEALTHY"
+        } else if !t.containers.is_empty() && t.containers.iter().all(|c| c.health == "HEALTHY") {
+            "HEALTHY"
+        } else {
+            "UNKNOWN"
+        };
+        let mut v = json!({
+            "taskArn": t.arn,
+            "clusterArn": self.clusters.get(&t.cluster).map(|c| c.arn.clone()).unwrap_or_default(),
+            "taskDefinitionArn": t.taskdef_arn,
+            "group": t.group,
+            "lastStatus": t.last_status,
+            "desiredStatus": t.desired_status,
+            "launchType": t.launch_type,
+            "healthStatus": health,
+            "containers": containers,
+            "createdAt": t.created_at,
+            "version": 1,
+        });
+        if let Some(s) = &t.started_by {
+            v["startedBy"] = json!(s);
+        }
+        if let Some(r) = &t.stopped_reason {
+            v["stoppedReason"] = json!(r);
+            v["stopCode"] = json!("UserInitiated");
+        }
+        if let Some(ci) = &t.container_instance_arn {
+            v["containerInstanceArn"] = json!(ci);
+        }
+        if let Some(a) = t.address {
+            v["attachments"] = json!([{
+                "id": format!("{}-eni", &t.id[..8]), "type": "ElasticNetworkInterface", "status": "ATTACHED",
+                "details": [
+                    {"name": "subnetId", "value": "subnet-local"},
+                    {"name": "networkInterfaceId", "value": format!("eni-{}", &t.id[..8])},
+                    {"name": "privateIPv4Address", "value": a.to_string()},
+                ]
+            }]);
+        }
+        if let Some(d) = def
+            && let Some(cpu) = d["cpu"].as_str()
+        {
+            v["cpu"] = json!(cpu);
+        }
+        v
+    }
+}
