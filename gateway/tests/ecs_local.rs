@@ -447,3 +447,78 @@ async fn a_missing_cluster_is_reported_by_name() {
         StatusCode::SERVICE_UNAVAILABLE
     );
 }
+
+#[tokio::test]
+async fn bridge_mode_uses_the_instance_address_and_host_ports() {
+    let server = local_ecs(Ipv4Addr::new(127, 0, 114, 1)).await;
+    let host_ip = Ipv4Addr::new(127, 0, 114, 200);
+    server
+        .ecs
+        .lock()
+        .unwrap()
+        .register_container_instance("prod", "i-0123456789abcdef0", host_ip)
+        .unwrap();
+    let ecs = ecs_client(&server.endpoint_url());
+    // Two tasks on one instance: the same container port, distinct host ports.
+    let (p1, p2) = (free_port(), free_port());
+    for p in [p1, p2] {
+        let c = ContainerDefinition::builder()
+            .name("app")
+            .image("x")
+            .docker_labels("berth.enable", "true")
+            .docker_labels("berth.http.routers.b.rule", "Host(`bridge.test`)")
+            .port_mappings(PortMapping::builder().container_port(80).host_port(p as i32).build())
+            .build();
+        ecs.register_task_definition()
+            .family(format!("b{p}"))
+            .network_mode(NetworkMode::Bridge)
+            .container_definitions(c)
+            .send()
+            .await
+            .unwrap();
+        ecs.run_task()
+            .cluster("prod")
+            .task_definition(format!("b{p}"))
+            .group("service:b")
+            .send()
+            .await
+            .unwrap();
+    }
+    let b1 = Backend::start_at("b1", Proto::Http1, SocketAddr::from((host_ip, p1))).await;
+    let b2 = Backend::start_at("b2", Proto::Http1, SocketAddr::from((host_ip, p2))).await;
+    let gw = GatewayProcess::spawn(
+        &["--ecs-cluster", "prod", "--ecs-refresh", "300ms"],
+        &[("AWS_ENDPOINT_URL", &server.endpoint_url())],
+    );
+    gw.wait_admin().await;
+    let routed = eventually(Duration::from_secs(15), || async {
+        http1(gw.web, get("bridge.test", "/")).await.status == StatusCode::OK
+    })
+    .await;
+    assert!(routed, "{}\n{}", gw.admin_json("/api/ecs").await, gw.log());
+    for _ in 0..20 {
+        assert_eq!(http1(gw.web, get("bridge.test", "/")).await.status, StatusCode::OK);
+    }
+    assert!(b1.request_count() > 0 && b2.request_count() > 0);
+    let mut urls: Vec<String> = gw.admin_json("/api/http/services").await[0]["loadBalancer"]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["url"].as_str().unwrap().to_string())
+        .collect();
+    urls.sort();
+    let mut want = vec![format!("http://{host_ip}:{p1}"), format!("http://{host_ip}:{p2}")];
+    want.sort();
+    assert_eq!(urls, want);
+    let calls = server.calls();
+    assert_eq!(
+        calls.get("DescribeContainerInstances"),
+        Some(&1),
+        "cached per instance: {calls:?}"
+    );
+    assert_eq!(
+        calls.get("ec2:DescribeInstances"),
+        Some(&1),
+        "cached per instance: {calls:?}"
+    );
+}

@@ -122,6 +122,60 @@ async fn handle(
     calls: &Mutex<BTreeMap<String, u64>>,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
+    // The SigV4 credential scope tells EC2 calls (query protocol) from ECS ones.
+    let scope_service = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|a| a.split("Credential=").nth(1))
+        .and_then(|c| c.split('/').nth(3))
+        .unwrap_or_default()
+        .to_string();
+    if scope_service == "ec2" {
+        *calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry("ec2:DescribeInstances".into())
+            .or_default() += 1;
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let form = String::from_utf8_lossy(&body).into_owned();
+        let mut action = "";
+        let mut ids = Vec::new();
+        for pair in form.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if k == "Action" {
+                action = if v == "DescribeInstances" {
+                    "DescribeInstances"
+                } else {
+                    "other"
+                };
+            } else if k.starts_with("InstanceId.") {
+                ids.push(v.to_string());
+            }
+        }
+        if action != "DescribeInstances" {
+            let mut r = Response::new(Full::new(Bytes::from_static(
+                b"<Response><Errors><Error><Code>InvalidAction</Code><Message>only DescribeInstances</Message></Error></Errors></Response>",
+            )));
+            *r.status_mut() = StatusCode::BAD_REQUEST;
+            return r;
+        }
+        let xml = ecs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .describe_instances_xml(&ids);
+        let mut r = Response::new(Full::new(Bytes::from(xml)));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/xml;charset=UTF-8"),
+        );
+        return r;
+    }
     let target = req
         .headers()
         .get("x-amz-target")

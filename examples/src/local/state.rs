@@ -78,6 +78,8 @@ pub struct Ecs {
     pub clusters: BTreeMap<String, ClusterState>,
     /// family -> revisions (index = revision - 1), each the task definition JSON.
     pub taskdefs: BTreeMap<String, Vec<Value>>,
+    /// EC2 instance id -> private IP (bridge and host modes).
+    pub ec2_instances: BTreeMap<String, Ipv4Addr>,
     next_address: u32,
     next_id: u64,
     next_host_port: u16,
@@ -90,6 +92,7 @@ impl Ecs {
             region: region.into(),
             clusters: BTreeMap::new(),
             taskdefs: BTreeMap::new(),
+            ec2_instances: BTreeMap::new(),
             next_address: u32::from(first_address),
             next_id: 1,
             next_host_port: 32768,
@@ -319,7 +322,14 @@ impl Ecs {
         }
     }
 
-    pub fn register_container_instance(&mut self, cluster: &str, ec2_instance_id: &str) -> Option<String> {
+    /// Register an EC2 container instance (bridge and host modes) with its private IP.
+    pub fn register_container_instance(
+        &mut self,
+        cluster: &str,
+        ec2_instance_id: &str,
+        ip: Ipv4Addr,
+    ) -> Option<String> {
+        self.ec2_instances.insert(ec2_instance_id.to_string(), ip);
         let id = self.new_id();
         let arn = self.arn(&format!("container-instance/{cluster}/{id}"));
         self.clusters
@@ -425,6 +435,24 @@ impl Ecs {
             }
         }
         Ok(json!({"containerInstances": found, "failures": failures}))
+    }
+
+    /// EC2 DescribeInstances (query protocol) for the given ids, as XML.
+    pub fn describe_instances_xml(&self, ids: &[String]) -> String {
+        let mut items = String::new();
+        for id in ids {
+            if let Some(ip) = self.ec2_instances.get(id) {
+                items.push_str(&format!(
+                    "<item><instanceId>{id}</instanceId><instanceState><code>16</code><name>running</name></instanceState>\
+                     <privateIpAddress>{ip}</privateIpAddress></item>"
+                ));
+            }
+        }
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DescribeInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+             <requestId>berth-local</requestId><reservationSet><item><reservationId>r-local</reservationId>\
+             <instancesSet>{items}</instancesSet></item></reservationSet></DescribeInstancesResponse>"
+        )
     }
 
     /// A task in the DescribeTasks shape.

@@ -9,6 +9,7 @@
 //! `ecs` provider.
 
 pub mod client;
+pub mod ec2;
 pub mod endpoints;
 pub mod reconcile;
 
@@ -30,7 +31,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::admin::metrics::Metrics;
 use client::{EcsApi, RateLimiter};
-use reconcile::{ClusterReconciler, ClusterView, TaskDefCache};
+use reconcile::{ClusterReconciler, ClusterView, InstanceAddresses, TaskDefCache};
 
 pub const PROVIDER: &str = "ecs";
 /// Traefik's default rule for the ECS provider.
@@ -133,16 +134,32 @@ pub async fn start(settings: EcsSettings, metrics: Arc<Metrics>) -> Result<EcsPr
         return Err(EcsStartError("no AWS region: set --ecs-region or AWS_REGION".into()));
     }
     let client = aws_sdk_ecs::Client::new(&sdk);
-    let api = EcsApi::new(
-        client,
-        Arc::new(RateLimiter::new(settings.api_rate, settings.api_burst)),
-        metrics,
-    );
-    Ok(spawn(settings, api))
+    let limiter = Arc::new(RateLimiter::new(settings.api_rate, settings.api_burst));
+    let api = EcsApi::new(client, limiter.clone(), metrics.clone());
+    let ec2: Option<Arc<dyn InstanceAddresses>> = match (sdk.credentials_provider(), sdk.region()) {
+        (Some(credentials), Some(region)) => {
+            let endpoint = std::env::var("AWS_ENDPOINT_URL_EC2")
+                .ok()
+                .or_else(|| sdk.endpoint_url().map(str::to_string))
+                .unwrap_or_else(|| format!("https://ec2.{region}.amazonaws.com"));
+            let roots = crate::proxy::upstream::upstream_roots(None).map_err(|e| EcsStartError(e.to_string()))?;
+            let clients = crate::proxy::upstream::Clients::new(Duration::from_secs(5), Duration::from_secs(90), roots);
+            Some(Arc::new(ec2::Ec2Lookup {
+                endpoint,
+                region: region.to_string(),
+                credentials,
+                client: clients.http1,
+                limiter,
+                metrics,
+            }))
+        }
+        _ => None,
+    };
+    Ok(spawn(settings, api, ec2))
 }
 
 /// Start reconciling with an already-built API client.
-pub fn spawn(settings: EcsSettings, api: EcsApi) -> EcsProvider {
+pub fn spawn(settings: EcsSettings, api: EcsApi, ec2: Option<Arc<dyn InstanceAddresses>>) -> EcsProvider {
     let (tx, rx) = watch::channel(ProviderView {
         provider: PROVIDER.into(),
         ..Default::default()
@@ -156,6 +173,7 @@ pub fn spawn(settings: EcsSettings, api: EcsApi) -> EcsProvider {
         changed: Notify::new(),
         taskdefs: TaskDefCache::default(),
         rounds: Semaphore::new(0),
+        ec2,
     });
     shared.rounds.add_permits(shared.settings.concurrency.max(1));
     tokio::spawn(clusters_loop(shared.clone()));
@@ -171,6 +189,7 @@ struct Shared {
     changed: Notify,
     taskdefs: TaskDefCache,
     rounds: Semaphore,
+    ec2: Option<Arc<dyn InstanceAddresses>>,
 }
 
 fn cluster_name(arn_or_name: &str) -> String {
@@ -227,7 +246,7 @@ async fn cluster_loop(shared: Arc<Shared>, cluster: String, name: String) {
         cluster,
         shared.api.clone(),
         shared.taskdefs.clone(),
-        None,
+        shared.ec2.clone(),
         shared.settings.healthy_only,
     );
     loop {

@@ -1,0 +1,176 @@
+//! The one EC2 call discovery needs, `ec2:DescribeInstances` (bridge and host modes: a
+//! container instance's private IP), signed with SigV4 by hand instead of pulling in
+//! `aws-sdk-ec2`, which takes minutes and gigabytes to compile for this single query.
+//!
+//! The endpoint is `AWS_ENDPOINT_URL_EC2`, else the SDK configuration's endpoint URL
+//! (`AWS_ENDPOINT_URL`), else `https://ec2.<region>.amazonaws.com`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::sign::v4;
+use aws_smithy_runtime_api::client::identity::Identity;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+
+use super::client::{ApiError, RateLimiter};
+use super::reconcile::{AddressesFuture, InstanceAddresses};
+use crate::admin::metrics::Metrics;
+use crate::proxy::{Body, BoxError};
+
+const OP: &str = "DescribeInstances";
+
+pub struct Ec2Lookup {
+    pub endpoint: String,
+    pub region: String,
+    pub credentials: SharedCredentialsProvider,
+    pub client: hyper_util::client::legacy::Client<crate::proxy::upstream::Connector, Body>,
+    pub limiter: Arc<RateLimiter>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Ec2Lookup {
+    async fn describe(&self, ids: &[String]) -> Result<HashMap<String, String>, ApiError> {
+        let other = |message: String| ApiError::Other { operation: OP, message };
+        let mut body = String::from("Action=DescribeInstances&Version=2016-11-15");
+        for (i, id) in ids.iter().enumerate() {
+            body.push_str(&format!("&InstanceId.{}={}", i + 1, id));
+        }
+        let creds = self
+            .credentials
+            .provide_credentials()
+            .await
+            .map_err(|e| other(format!("no AWS credentials: {e}")))?;
+        let identity: Identity = creds.into();
+        let uri: http::Uri = self
+            .endpoint
+            .parse()
+            .map_err(|e| other(format!("bad EC2 endpoint: {e}")))?;
+        let host = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+        let content_type = "application/x-www-form-urlencoded; charset=utf-8";
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&self.region)
+            .name("ec2")
+            .time(SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| other(format!("signing: {e}")))?
+            .into();
+        let headers = [("host", host.as_str()), ("content-type", content_type)];
+        let signable = SignableRequest::new(
+            "POST",
+            self.endpoint.as_str(),
+            headers.iter().copied(),
+            SignableBody::Bytes(body.as_bytes()),
+        )
+        .map_err(|e| other(format!("signing: {e}")))?;
+        let (instructions, _) = sign(signable, &params)
+            .map_err(|e| other(format!("signing: {e}")))?
+            .into_parts();
+        let mut req = http::Request::builder()
+            .method("POST")
+            .uri(uri)
+            .header("host", host.as_str())
+            .header("content-type", content_type);
+        for (name, value) in instructions.headers() {
+            req = req.header(name, value);
+        }
+        let req = req
+            .body(
+                Full::new(Bytes::from(body))
+                    .map_err(|e| -> BoxError { match e {} })
+                    .boxed(),
+            )
+            .map_err(|e| other(e.to_string()))?;
+        self.limiter.acquire().await;
+        let resp = match self.client.request(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.ecs_api_calls.add(OP, "error");
+                return Err(other(e.to_string()));
+            }
+        };
+        let status = resp.status();
+        let text = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+        if !status.is_success() {
+            let code = tag(&text, "Code").unwrap_or_default();
+            let message = tag(&text, "Message").unwrap_or_else(|| status.to_string());
+            return Err(match code.as_str() {
+                "UnauthorizedOperation" | "AuthFailure" => {
+                    self.metrics.ecs_api_calls.add(OP, "error");
+                    ApiError::AccessDenied { operation: OP, message }
+                }
+                "RequestLimitExceeded" => {
+                    self.metrics.ecs_api_calls.add(OP, "throttled");
+                    ApiError::Throttled {
+                        operation: OP,
+                        attempts: 1,
+                    }
+                }
+                _ => {
+                    self.metrics.ecs_api_calls.add(OP, "error");
+                    other(format!("{code}: {message}"))
+                }
+            });
+        }
+        self.metrics.ecs_api_calls.add(OP, "ok");
+        Ok(parse_instances(&text))
+    }
+}
+
+impl InstanceAddresses for Ec2Lookup {
+    fn lookup<'a>(&'a self, ids: &'a [String]) -> AddressesFuture<'a> {
+        Box::pin(self.describe(ids))
+    }
+}
+
+fn tag(xml: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{name}>"))? + start;
+    Some(xml[start..end].to_string())
+}
+
+/// Instance id -> private IP from a DescribeInstances response. Each instance's own
+/// `privateIpAddress` is the first one after its `instanceId` (network interfaces,
+/// which repeat the tag, come later in the item).
+pub fn parse_instances(xml: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for chunk in xml.split("<instanceId>").skip(1) {
+        let Some(id_end) = chunk.find("</instanceId>") else {
+            continue;
+        };
+        let id = &chunk[..id_end];
+        if let Some(ip) = tag(chunk, "privateIpAddress") {
+            out.insert(id.to_string(), ip);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_instance_addresses() {
+        let xml = r#"<DescribeInstancesResponse><reservationSet><item><instancesSet>
+            <item><instanceId>i-1</instanceId><privateIpAddress>10.0.0.5</privateIpAddress>
+              <networkInterfaceSet><item><privateIpAddress>10.0.0.5</privateIpAddress></item></networkInterfaceSet></item>
+            <item><instanceId>i-2</instanceId><privateIpAddress>10.0.0.6</privateIpAddress></item>
+            </instancesSet></item></reservationSet></DescribeInstancesResponse>"#;
+        let m = parse_instances(xml);
+        assert_eq!(m["i-1"], "10.0.0.5");
+        assert_eq!(m["i-2"], "10.0.0.6");
+        assert_eq!(m.len(), 2);
+    }
+}
