@@ -370,7 +370,8 @@ async fn throttling_and_outages_keep_the_last_good_view() {
     // Throttling on half of the calls from the start: retries with back-off still
     // complete rounds.
     server.set_faults(Faults {
-        throttle_rate: 0.5,
+        throttle_rate: 0.4,
+        error_rate: 0.2,
         ..Faults::default()
     });
     let gw = GatewayProcess::spawn(
@@ -520,5 +521,73 @@ async fn bridge_mode_uses_the_instance_address_and_host_ports() {
         calls.get("ec2:DescribeInstances"),
         Some(&1),
         "cached per instance: {calls:?}"
+    );
+}
+
+#[tokio::test]
+async fn several_containers_per_task_each_follow_their_labels() {
+    let server = local_ecs(Ipv4Addr::new(127, 0, 115, 1)).await;
+    let ecs = ecs_client(&server.endpoint_url());
+    let (p_api, p_admin) = (free_port(), free_port());
+    let api = ContainerDefinition::builder()
+        .name("api")
+        .image("x")
+        .docker_labels("traefik.enable", "true")
+        .docker_labels("traefik.http.routers.api.rule", "Host(`api.test`)")
+        .port_mappings(PortMapping::builder().container_port(p_api as i32).build())
+        .build();
+    let admin = ContainerDefinition::builder()
+        .name("admin")
+        .image("x")
+        .docker_labels("traefik.enable", "true")
+        .docker_labels("traefik.http.routers.admin.rule", "Host(`admin.test`)")
+        .port_mappings(PortMapping::builder().container_port(p_admin as i32).build())
+        .build();
+    let logger = ContainerDefinition::builder()
+        .name("log-router")
+        .image("fluentbit")
+        .build();
+    ecs.register_task_definition()
+        .family("multi")
+        .container_definitions(api)
+        .container_definitions(admin)
+        .container_definitions(logger)
+        .send()
+        .await
+        .unwrap();
+    ecs.run_task()
+        .cluster("prod")
+        .task_definition("multi")
+        .group("service:multi")
+        .send()
+        .await
+        .unwrap();
+    let ip = task_addresses(&server, "multi")[0].1;
+    let b_api = Backend::start_at("api", Proto::Http1, SocketAddr::from((ip, p_api))).await;
+    let b_admin = Backend::start_at("admin", Proto::Http1, SocketAddr::from((ip, p_admin))).await;
+    let gw = GatewayProcess::spawn(
+        &["--ecs-cluster", "prod", "--ecs-refresh", "300ms"],
+        &[("AWS_ENDPOINT_URL", &server.endpoint_url())],
+    );
+    gw.wait_admin().await;
+    let both = eventually(Duration::from_secs(15), || async {
+        http1(gw.web, get("api.test", "/")).await.status == StatusCode::OK
+            && http1(gw.web, get("admin.test", "/")).await.status == StatusCode::OK
+    })
+    .await;
+    assert!(both, "{}", gw.log());
+    assert!(b_api.request_count() >= 1 && b_admin.request_count() >= 1);
+    assert!(b_api.requests().iter().all(|r| r.headers["host"] == "api.test"));
+    let services = gw.admin_json("/api/http/services").await;
+    let names: Vec<&str> = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["service-multi-admin@ecs", "service-multi-api@ecs"],
+        "one service per container; the unlabelled one is not exposed"
     );
 }
