@@ -3,8 +3,8 @@
 //! `/slow?ms=N`, `/status/N`, `/bench` (a fixed small body) and `/ws` (echo after an
 //! HTTP/1.1 upgrade).
 //!
-//! Flags: `--listen ADDR` (default `0.0.0.0:80`, or `WHOAMI_LISTEN`), `--name NAME`
-//! (default: `WHOAMI_NAME`, then `HOSTNAME`).
+//! Flags: `--listen ADDR` (default `WHOAMI_LISTEN`, else `$BERTH_LOCAL_ADDRESS:$WHOAMI_PORT`,
+//! else `0.0.0.0:80`), `--name NAME` (default: `WHOAMI_NAME`, then `HOSTNAME`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,7 +24,12 @@ struct App {
 }
 
 fn main() {
-    let mut listen = std::env::var("WHOAMI_LISTEN").unwrap_or_else(|_| "0.0.0.0:80".into());
+    // In berth-local every task has its own loopback address (BERTH_LOCAL_ADDRESS).
+    let mut listen = std::env::var("WHOAMI_LISTEN").unwrap_or_else(|_| {
+        let host = std::env::var("BERTH_LOCAL_ADDRESS").unwrap_or_else(|_| "0.0.0.0".into());
+        let port = std::env::var("WHOAMI_PORT").unwrap_or_else(|_| "80".into());
+        format!("{host}:{port}")
+    });
     let mut name = std::env::var("WHOAMI_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| "whoami".into());

@@ -279,6 +279,11 @@ fn dispatch(ecs: &mut Ecs, op: &str, input: &Value) -> Result<Value, ApiError> {
             let task = s("task").ok_or_else(|| ApiError::invalid("task is required"))?;
             Ok(json!({"task": ecs.stop_task(s("cluster"), task, s("reason"))?}))
         }
+        "CreateService" => Ok(json!({"service": ecs.create_service(input)?})),
+        "UpdateService" => Ok(json!({"service": ecs.update_service(input)?})),
+        "DeleteService" => Ok(json!({"service": ecs.delete_service(input)?})),
+        "ListServices" => ecs.list_services(input),
+        "DescribeServices" => ecs.describe_services(input),
         "ListTasks" => ecs.list_tasks(input),
         "DescribeTasks" => ecs.describe_tasks(input),
         "DescribeContainerInstances" => ecs.describe_container_instances(input),

@@ -1,9 +1,12 @@
 //! berth-local: a faithful local ECS. [`state`] is the in-memory model of clusters,
 //! task definitions, tasks and container instances; [`ecs_api`] serves it over the real
-//! ECS wire protocol (awsJson1.1), with fault injection.
+//! ECS wire protocol (awsJson1.1), with fault injection; [`runner`] drives the task
+//! lifecycle and runs containers as processes; [`tmds`] is the task metadata endpoint.
 
 pub mod ecs_api;
+pub mod runner;
 pub mod state;
+pub mod tmds;
 
 pub use ecs_api::{EcsServer, Faults};
 pub use state::{Ecs, TaskState};

@@ -42,6 +42,10 @@ pub struct ContainerState {
     pub health: String,
     /// (container port, host port) in bridge mode.
     pub bindings: Vec<(u16, u16)>,
+    /// `PENDING`, `RUNNING` or `STOPPED`.
+    pub last_status: String,
+    pub exit_code: Option<i32>,
+    pub docker_id: String,
 }
 
 #[derive(Debug, Clone)]
@@ -59,7 +63,37 @@ pub struct TaskState {
     pub address: Option<Ipv4Addr>,
     pub container_instance_arn: Option<String>,
     pub created_at: f64,
+    pub started_at: Option<f64>,
+    pub stopping_at: Option<f64>,
+    pub stopped_at: Option<f64>,
     pub stopped_reason: Option<String>,
+    pub stop_code: Option<String>,
+}
+
+/// One deployment of a service (ECS's `deployments[]`).
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub id: String,
+    /// `PRIMARY` (the newest) or `ACTIVE` (older, being replaced).
+    pub status: String,
+    pub taskdef_arn: String,
+    pub rollout_state: String,
+    pub created_at: f64,
+    pub updated_at: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceState {
+    pub arn: String,
+    pub name: String,
+    pub cluster: String,
+    pub desired_count: usize,
+    pub launch_type: String,
+    pub minimum_healthy_percent: u32,
+    pub maximum_percent: u32,
+    pub deployments: Vec<Deployment>,
+    pub status: String,
+    pub created_at: f64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -69,6 +103,7 @@ pub struct ClusterState {
     pub tasks: BTreeMap<String, TaskState>,
     /// Container instance ARN -> EC2 instance id.
     pub container_instances: BTreeMap<String, String>,
+    pub services: BTreeMap<String, ServiceState>,
 }
 
 /// The whole local ECS.
@@ -83,6 +118,11 @@ pub struct Ecs {
     next_address: u32,
     next_id: u64,
     next_host_port: u16,
+    /// When a runner drives the task lifecycle, RunTask starts at PROVISIONING and
+    /// StopTask only sets the desired status; otherwise both take effect at once.
+    pub managed: bool,
+    /// Stopped tasks are forgotten after this many seconds (ECS keeps them about an hour).
+    pub stopped_retention: f64,
 }
 
 impl Ecs {
@@ -96,6 +136,8 @@ impl Ecs {
             next_address: u32::from(first_address),
             next_id: 1,
             next_host_port: 32768,
+            managed: false,
+            stopped_retention: 3600.0,
         }
     }
 
@@ -105,7 +147,8 @@ impl Ecs {
 
     fn new_id(&mut self) -> String {
         self.next_id += 1;
-        format!("{:032x}", self.next_id.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        // Unique and ECS-looking (32 hex digits); the counter keeps ids distinct.
+        format!("{:016x}{:016x}", fastrand::u64(..), self.next_id)
     }
 
     /// Allocate the next task address, skipping .0 and .255 of every /24.
@@ -250,10 +293,14 @@ impl Ecs {
                         bindings.push((cp, hp));
                     }
                 }
+                let docker_id = self.new_id();
                 containers.push(ContainerState {
                     name: c["name"].as_str().unwrap_or_default().to_string(),
                     health: "UNKNOWN".to_string(),
                     bindings,
+                    last_status: if self.managed { "PENDING" } else { "RUNNING" }.into(),
+                    exit_code: None,
+                    docker_id,
                 });
             }
             let ci = if bridge {
@@ -270,7 +317,7 @@ impl Ecs {
                 taskdef_arn: def["taskDefinitionArn"].as_str().unwrap_or_default().to_string(),
                 group: group.map(str::to_string).unwrap_or_else(|| format!("family:{family}")),
                 started_by: started_by.map(str::to_string),
-                last_status: "RUNNING".into(),
+                last_status: if self.managed { "PROVISIONING" } else { "RUNNING" }.into(),
                 desired_status: "RUNNING".into(),
                 launch_type: launch_type
                     .unwrap_or(if bridge { "EC2" } else { "FARGATE" })
@@ -279,7 +326,11 @@ impl Ecs {
                 address,
                 container_instance_arn: ci,
                 created_at: now(),
+                started_at: if self.managed { None } else { Some(now()) },
+                stopping_at: None,
+                stopped_at: None,
                 stopped_reason: None,
+                stop_code: None,
             };
             out.push(self.task_json(&task));
             if let Some(c) = self.clusters.get_mut(&cluster) {
@@ -289,7 +340,7 @@ impl Ecs {
         Ok(out)
     }
 
-    fn find_task_mut(&mut self, cluster: &str, task: &str) -> Option<&mut TaskState> {
+    pub fn find_task_mut(&mut self, cluster: &str, task: &str) -> Option<&mut TaskState> {
         let id = task.rsplit('/').next().unwrap_or(task);
         self.clusters.get_mut(cluster)?.tasks.get_mut(id)
     }
@@ -298,12 +349,19 @@ impl Ecs {
     /// processes yet, so nothing to wait for).
     pub fn stop_task(&mut self, cluster: Option<&str>, task: &str, reason: Option<&str>) -> Result<Value, ApiError> {
         let cluster = self.cluster_name(cluster)?;
+        let managed = self.managed;
         let t = self
             .find_task_mut(&cluster, task)
             .ok_or_else(|| ApiError::invalid("The referenced task was not found."))?;
         t.desired_status = "STOPPED".into();
-        t.last_status = "STOPPED".into();
-        t.stopped_reason = Some(reason.unwrap_or("Task stopped by user").to_string());
+        if t.stopped_reason.is_none() {
+            t.stopped_reason = Some(reason.unwrap_or("Task stopped by user").to_string());
+            t.stop_code = Some("UserInitiated".into());
+        }
+        if !managed {
+            t.last_status = "STOPPED".into();
+            t.stopped_at = Some(now());
+        }
         let t = t.clone();
         Ok(self.task_json(&t))
     }
@@ -464,9 +522,12 @@ impl Ecs {
             .map(|c| {
                 let mut v = json!({
                     "containerArn": format!("arn:aws:ecs:{}:{ACCOUNT}:container/{}/{}/{}", self.region, t.cluster, t.id, c.name),
-                    "taskArn": t.arn, "name": c.name, "lastStatus": t.last_status,
-                    "healthStatus": c.health,
+                    "taskArn": t.arn, "name": c.name, "lastStatus": c.last_status,
+                    "healthStatus": c.health, "runtimeId": c.docker_id,
                 });
+                if let Some(code) = c.exit_code {
+                    v["exitCode"] = json!(code);
+                }
                 if !c.bindings.is_empty() {
                     v["networkBindings"] = json!(c.bindings.iter().map(|(cp, hp)| json!({
                         "bindIP": "0.0.0.0", "containerPort": cp, "hostPort": hp, "protocol": "tcp"
@@ -503,7 +564,18 @@ impl Ecs {
         }
         if let Some(r) = &t.stopped_reason {
             v["stoppedReason"] = json!(r);
-            v["stopCode"] = json!("UserInitiated");
+        }
+        if let Some(c) = &t.stop_code {
+            v["stopCode"] = json!(c);
+        }
+        for (key, value) in [
+            ("startedAt", t.started_at),
+            ("stoppingAt", t.stopping_at),
+            ("stoppedAt", t.stopped_at),
+        ] {
+            if let Some(ts) = value {
+                v[key] = json!(ts);
+            }
         }
         if let Some(ci) = &t.container_instance_arn {
             v["containerInstanceArn"] = json!(ci);
@@ -524,5 +596,339 @@ impl Ecs {
             v["cpu"] = json!(cpu);
         }
         v
+    }
+}
+
+// === impl Ecs: services ===
+
+impl Ecs {
+    fn service_mut(&mut self, cluster: &str, given: &str) -> Result<&mut ServiceState, ApiError> {
+        let name = given.rsplit('/').next().unwrap_or(given);
+        self.clusters
+            .get_mut(cluster)
+            .and_then(|c| c.services.get_mut(name))
+            .filter(|s| s.status == "ACTIVE")
+            .ok_or_else(|| ApiError::client("ServiceNotFoundException", "Service not found."))
+    }
+
+    /// CreateService: a service keeps `desiredCount` tasks of its task definition running.
+    pub fn create_service(&mut self, input: &Value) -> Result<Value, ApiError> {
+        let cluster = self.cluster_name(input["cluster"].as_str())?;
+        let name = input["serviceName"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| ApiError::invalid("serviceName is required"))?
+            .to_string();
+        if self.clusters[&cluster]
+            .services
+            .get(&name)
+            .is_some_and(|s| s.status == "ACTIVE")
+        {
+            return Err(ApiError::invalid("Creation of service was not idempotent."));
+        }
+        let td = input["taskDefinition"]
+            .as_str()
+            .ok_or_else(|| ApiError::invalid("taskDefinition is required"))?;
+        let taskdef_arn = self.task_definition(td)?["taskDefinitionArn"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let dc = &input["deploymentConfiguration"];
+        let deployment = self.new_deployment(&taskdef_arn);
+        let svc = ServiceState {
+            arn: self.arn(&format!("service/{cluster}/{name}")),
+            name: name.clone(),
+            cluster: cluster.clone(),
+            desired_count: input["desiredCount"].as_u64().unwrap_or(0) as usize,
+            launch_type: input["launchType"].as_str().unwrap_or("FARGATE").to_string(),
+            minimum_healthy_percent: dc["minimumHealthyPercent"].as_u64().unwrap_or(100) as u32,
+            maximum_percent: dc["maximumPercent"].as_u64().unwrap_or(200) as u32,
+            deployments: vec![deployment],
+            status: "ACTIVE".into(),
+            created_at: now(),
+        };
+        let v = self.service_json(&svc);
+        if let Some(c) = self.clusters.get_mut(&cluster) {
+            c.services.insert(name, svc);
+        }
+        Ok(v)
+    }
+
+    fn new_deployment(&mut self, taskdef_arn: &str) -> Deployment {
+        let id = format!("ecs-svc/{}", &self.new_id()[..19]);
+        Deployment {
+            id,
+            status: "PRIMARY".into(),
+            taskdef_arn: taskdef_arn.to_string(),
+            rollout_state: "IN_PROGRESS".into(),
+            created_at: now(),
+            updated_at: now(),
+        }
+    }
+
+    /// UpdateService: `desiredCount`, `taskDefinition` (a new deployment), `forceNewDeployment`.
+    pub fn update_service(&mut self, input: &Value) -> Result<Value, ApiError> {
+        let cluster = self.cluster_name(input["cluster"].as_str())?;
+        let given = input["service"]
+            .as_str()
+            .ok_or_else(|| ApiError::invalid("service is required"))?;
+        let new_td = match input["taskDefinition"].as_str() {
+            Some(td) => Some(
+                self.task_definition(td)?["taskDefinitionArn"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let force = input["forceNewDeployment"].as_bool().unwrap_or(false);
+        let current_td = self.service_mut(&cluster, given)?.deployments[0].taskdef_arn.clone();
+        let redeploy = force || new_td.as_ref().is_some_and(|td| *td != current_td);
+        let deployment = redeploy.then(|| self.new_deployment(new_td.as_deref().unwrap_or(&current_td)));
+        let svc = self.service_mut(&cluster, given)?;
+        if let Some(n) = input["desiredCount"].as_u64() {
+            svc.desired_count = n as usize;
+        }
+        let dc = &input["deploymentConfiguration"];
+        if let Some(m) = dc["minimumHealthyPercent"].as_u64() {
+            svc.minimum_healthy_percent = m as u32;
+        }
+        if let Some(m) = dc["maximumPercent"].as_u64() {
+            svc.maximum_percent = m as u32;
+        }
+        if let Some(d) = deployment {
+            for old in &mut svc.deployments {
+                old.status = "ACTIVE".into();
+            }
+            svc.deployments.insert(0, d);
+        }
+        let svc = svc.clone();
+        Ok(self.service_json(&svc))
+    }
+
+    /// DeleteService: only with `desiredCount` 0 unless `force`; its tasks are stopped.
+    pub fn delete_service(&mut self, input: &Value) -> Result<Value, ApiError> {
+        let cluster = self.cluster_name(input["cluster"].as_str())?;
+        let given = input["service"]
+            .as_str()
+            .ok_or_else(|| ApiError::invalid("service is required"))?;
+        let force = input["force"].as_bool().unwrap_or(false);
+        let svc = self.service_mut(&cluster, given)?;
+        if svc.desired_count > 0 && !force {
+            return Err(ApiError::invalid(
+                "The service cannot be stopped while it is scaled above 0.",
+            ));
+        }
+        svc.status = "INACTIVE".into();
+        svc.desired_count = 0;
+        let svc = svc.clone();
+        let group = format!("service:{}", svc.name);
+        let ids: Vec<String> = self.clusters[&cluster]
+            .tasks
+            .values()
+            .filter(|t| t.group == group && t.desired_status == "RUNNING")
+            .map(|t| t.id.clone())
+            .collect();
+        for id in ids {
+            let _ = self.stop_task(Some(&cluster), &id, Some("Service deleted"));
+        }
+        Ok(self.service_json(&svc))
+    }
+
+    pub fn list_services(&self, input: &Value) -> Result<Value, ApiError> {
+        let cluster = self.cluster_name(input["cluster"].as_str())?;
+        let arns: Vec<&str> = self.clusters[&cluster]
+            .services
+            .values()
+            .filter(|s| s.status == "ACTIVE")
+            .map(|s| s.arn.as_str())
+            .collect();
+        Ok(json!({"serviceArns": arns}))
+    }
+
+    pub fn describe_services(&self, input: &Value) -> Result<Value, ApiError> {
+        let cluster = self.cluster_name(input["cluster"].as_str())?;
+        let mut services = Vec::new();
+        let mut failures = Vec::new();
+        for w in input["services"].as_array().into_iter().flatten() {
+            let given = w.as_str().unwrap_or_default();
+            let name = given.rsplit('/').next().unwrap_or(given);
+            match self.clusters[&cluster].services.get(name) {
+                Some(s) => services.push(self.service_json(s)),
+                None => failures.push(json!({"arn": given, "reason": "MISSING"})),
+            }
+        }
+        Ok(json!({"services": services, "failures": failures}))
+    }
+
+    fn service_tasks<'a>(&'a self, svc: &ServiceState) -> impl Iterator<Item = &'a TaskState> + 'a {
+        let group = format!("service:{}", svc.name);
+        self.clusters
+            .get(&svc.cluster)
+            .into_iter()
+            .flat_map(|c| c.tasks.values())
+            .filter(move |t| t.group == group)
+    }
+
+    pub fn service_json(&self, svc: &ServiceState) -> Value {
+        let tasks: Vec<&TaskState> = self
+            .service_tasks(svc)
+            .filter(|t| t.desired_status == "RUNNING")
+            .collect();
+        let deployments: Vec<Value> = svc
+            .deployments
+            .iter()
+            .map(|d| {
+                let mine = tasks.iter().filter(|t| t.started_by.as_deref() == Some(d.id.as_str()));
+                let (running, pending) = mine.fold((0, 0), |(r, p), t| {
+                    if t.last_status == "RUNNING" {
+                        (r + 1, p)
+                    } else {
+                        (r, p + 1)
+                    }
+                });
+                json!({
+                    "id": d.id, "status": d.status, "taskDefinition": d.taskdef_arn,
+                    "desiredCount": if d.status == "PRIMARY" { svc.desired_count } else { 0 },
+                    "runningCount": running, "pendingCount": pending,
+                    "rolloutState": d.rollout_state, "launchType": svc.launch_type,
+                    "createdAt": d.created_at, "updatedAt": d.updated_at,
+                })
+            })
+            .collect();
+        let running = tasks.iter().filter(|t| t.last_status == "RUNNING").count();
+        json!({
+            "serviceArn": svc.arn, "serviceName": svc.name,
+            "clusterArn": self.clusters.get(&svc.cluster).map(|c| c.arn.clone()).unwrap_or_default(),
+            "status": svc.status, "desiredCount": svc.desired_count,
+            "runningCount": running, "pendingCount": tasks.len() - running,
+            "launchType": svc.launch_type,
+            "taskDefinition": svc.deployments.first().map(|d| d.taskdef_arn.clone()).unwrap_or_default(),
+            "deploymentConfiguration": {
+                "minimumHealthyPercent": svc.minimum_healthy_percent, "maximumPercent": svc.maximum_percent
+            },
+            "deployments": deployments,
+            "createdAt": svc.created_at,
+            "schedulingStrategy": "REPLICA",
+        })
+    }
+
+    /// Whether a task counts as healthy for deployments: RUNNING, and HEALTHY for every
+    /// container that has a health check.
+    fn task_healthy(&self, t: &TaskState) -> bool {
+        if t.last_status != "RUNNING" {
+            return false;
+        }
+        let Ok(def) = self.task_definition(&t.taskdef_arn) else {
+            return false;
+        };
+        def["containerDefinitions"].as_array().into_iter().flatten().all(|cd| {
+            !cd["healthCheck"].is_object()
+                || t.containers
+                    .iter()
+                    .any(|c| Some(c.name.as_str()) == cd["name"].as_str() && c.health == "HEALTHY")
+        })
+    }
+
+    /// The service scheduler: start and stop tasks so each service converges on its
+    /// desired count and primary deployment, within minimumHealthyPercent and
+    /// maximumPercent, as ECS's rolling update does.
+    pub fn reconcile_services(&mut self) {
+        let services: Vec<ServiceState> = self
+            .clusters
+            .values()
+            .flat_map(|c| c.services.values())
+            .filter(|s| s.status == "ACTIVE")
+            .cloned()
+            .collect();
+        for svc in services {
+            let primary = svc.deployments[0].clone();
+            let live: Vec<TaskState> = self
+                .service_tasks(&svc)
+                .filter(|t| t.desired_status == "RUNNING")
+                .cloned()
+                .collect();
+            let is_primary = |t: &TaskState| t.started_by.as_deref() == Some(primary.id.as_str());
+            let desired = svc.desired_count;
+            let max_total = desired * svc.maximum_percent as usize / 100;
+            let min_healthy = (desired * svc.minimum_healthy_percent as usize).div_ceil(100);
+            let primary_count = live.iter().filter(|t| is_primary(t)).count();
+            let healthy = live.iter().filter(|t| self.task_healthy(t)).count();
+            let mut to_stop: Vec<(String, &str)> = Vec::new();
+            // Old deployments' tasks that are not healthy yet can go at any time; healthy
+            // ones only while enough healthy tasks remain.
+            let mut spare = healthy.saturating_sub(min_healthy);
+            let mut old: Vec<&TaskState> = live.iter().filter(|t| !is_primary(t)).collect();
+            old.sort_by_key(|t| self.task_healthy(t));
+            for t in old {
+                if !self.task_healthy(t) {
+                    to_stop.push((t.id.clone(), "Deployment replaced the task"));
+                } else if spare > 0 && primary_count > 0 {
+                    spare -= 1;
+                    to_stop.push((t.id.clone(), "Deployment replaced the task"));
+                }
+            }
+            // Scale down: extra primary tasks, not-yet-running ones first.
+            if primary_count > desired {
+                let mut extra: Vec<&TaskState> = live.iter().filter(|t| is_primary(t)).collect();
+                extra.sort_by_key(|t| (t.last_status == "RUNNING", t.created_at as i64));
+                for t in extra.into_iter().take(primary_count - desired) {
+                    to_stop.push((t.id.clone(), "Scaling activity initiated by deployment"));
+                }
+            }
+            let stopping = to_stop.len();
+            for (id, reason) in to_stop {
+                if let Some(t) = self.find_task_mut(&svc.cluster, &id) {
+                    t.stop_code = Some("ServiceSchedulerInitiated".into());
+                }
+                let _ = self.stop_task(Some(&svc.cluster), &id, Some(reason));
+            }
+            // Scale up the primary within maximumPercent.
+            let total_after = live.len() - stopping;
+            let room = max_total.max(desired).saturating_sub(total_after);
+            let want = desired.saturating_sub(primary_count.min(desired));
+            let mut start = want.min(room);
+            while start > 0 {
+                let n = start.min(10);
+                let _ = self.run_task(
+                    Some(&svc.cluster),
+                    &primary.taskdef_arn,
+                    n,
+                    Some(&format!("service:{}", svc.name)),
+                    Some(&primary.id),
+                    Some(&svc.launch_type),
+                );
+                start -= n;
+            }
+            // Rollout state.
+            let done = primary_count >= desired
+                && live
+                    .iter()
+                    .filter(|t| is_primary(t))
+                    .filter(|t| self.task_healthy(t))
+                    .count()
+                    >= desired
+                && live.iter().all(is_primary);
+            if done
+                && let Some(s) = self
+                    .clusters
+                    .get_mut(&svc.cluster)
+                    .and_then(|c| c.services.get_mut(&svc.name))
+            {
+                s.deployments.truncate(1);
+                if s.deployments[0].rollout_state != "COMPLETED" {
+                    s.deployments[0].rollout_state = "COMPLETED".into();
+                    s.deployments[0].updated_at = now();
+                }
+            }
+        }
+    }
+
+    /// Forget tasks stopped longer ago than the retention.
+    pub fn forget_stopped(&mut self) {
+        let cutoff = now() - self.stopped_retention;
+        for c in self.clusters.values_mut() {
+            c.tasks.retain(|_, t| t.stopped_at.is_none_or(|s| s > cutoff));
+        }
     }
 }

@@ -1,0 +1,545 @@
+//! `berth-local`: a local ECS on one machine, and the one-command demo.
+//!
+//! `berth-local up` serves the ECS API (awsJson1.1) and the task metadata endpoint,
+//! runs the task definitions and services under `--dir` (default: the demo compiled in)
+//! as local processes, starts `berth-gateway` discovering through that API, prints
+//! `ready` once every service runs its desired count and every task is routable, and
+//! stops everything on Ctrl-C or SIGTERM. Every process it starts lives in the process
+//! group of a reaper that kills the group when berth-local dies, however it dies.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_examples::local::runner::{Programs, Runner, RunnerConfig, signal};
+use berth_examples::local::{Ecs, EcsServer, Faults, tmds};
+use serde_json::Value;
+
+const DEMO_TASKDEFS: &[(&str, &str)] = &[("whoami", include_str!("../../local/taskdefs/whoami.json"))];
+const DEMO_SERVICES: &[(&str, &str)] = &[("whoami", include_str!("../../local/services/whoami.json"))];
+const NEEDED: [&str; 2] = ["berth-gateway", "berth-whoami"];
+
+struct Opts {
+    api: SocketAddr,
+    tmds: SocketAddr,
+    web: SocketAddr,
+    admin: SocketAddr,
+    dir: Option<PathBuf>,
+    gateway: bool,
+    first_address: std::net::Ipv4Addr,
+    faults: Faults,
+    refresh: String,
+    build: bool,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: berth-local [up] [--api ADDR] [--tmds ADDR] [--web ADDR] [--admin ADDR] [--dir DIR]\n\
+         \x20                 [--no-gateway] [--no-build] [--first-address IP] [--ecs-refresh DUR]\n\
+         \x20                 [--throttle-rate F] [--error-rate F] [--latency-ms N]"
+    );
+    std::process::exit(64);
+}
+
+fn parse_args() -> (String, Opts) {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let cmd = match args.first().map(String::as_str) {
+        Some("up") | None => {
+            if !args.is_empty() {
+                args.remove(0);
+            }
+            "up".to_string()
+        }
+        Some("__reaper") => return ("__reaper".into(), default_opts()),
+        Some(a) if a.starts_with("--") => "up".to_string(),
+        Some(_) => usage(),
+    };
+    let mut o = default_opts();
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().unwrap_or_else(|| usage());
+        let addr = |v: String| v.parse::<SocketAddr>().unwrap_or_else(|_| usage());
+        match a.as_str() {
+            "--api" => o.api = addr(val()),
+            "--tmds" => o.tmds = addr(val()),
+            "--web" => o.web = addr(val()),
+            "--admin" => o.admin = addr(val()),
+            "--dir" => o.dir = Some(PathBuf::from(val())),
+            "--no-gateway" => o.gateway = false,
+            "--no-build" => o.build = false,
+            "--first-address" => o.first_address = val().parse().unwrap_or_else(|_| usage()),
+            "--ecs-refresh" => o.refresh = val(),
+            "--throttle-rate" => o.faults.throttle_rate = val().parse().unwrap_or_else(|_| usage()),
+            "--error-rate" => o.faults.error_rate = val().parse().unwrap_or_else(|_| usage()),
+            "--latency-ms" => o.faults.latency = Duration::from_millis(val().parse().unwrap_or_else(|_| usage())),
+            _ => usage(),
+        }
+    }
+    (cmd, o)
+}
+
+fn default_opts() -> Opts {
+    Opts {
+        api: SocketAddr::from(([127, 0, 0, 1], 8855)),
+        tmds: SocketAddr::from(([127, 0, 0, 1], 51679)),
+        web: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        admin: SocketAddr::from(([127, 0, 0, 1], 9900)),
+        dir: None,
+        gateway: true,
+        first_address: std::net::Ipv4Addr::new(127, 0, 100, 1),
+        faults: Faults::default(),
+        refresh: "1s".into(),
+        build: true,
+    }
+}
+
+/// The reaper: the process-group leader for everything berth-local starts. When its
+/// stdin closes (berth-local exited, or was killed), it terminates the whole group.
+fn reaper() {
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+    let pgid = std::process::id();
+    // TERM the group (but not ourselves first: we are its leader and must finish the job).
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    if let Ok(rt) = rt {
+        rt.block_on(async {
+            let _guard = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", "--", &format!("-{pgid}")])
+                .status();
+            for _ in 0..60 {
+                if group_members(pgid) == 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .status();
+}
+
+/// Processes other than this one in process group `pgid` (from /proc).
+fn group_members(pgid: u32) -> usize {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .is_some_and(|stat| {
+                    // Fields after the parenthesised command: state ppid pgrp ...
+                    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+                    let mut f = rest.split_whitespace();
+                    let state = f.next().unwrap_or_default();
+                    let pgrp = f.nth(1).and_then(|p| p.parse::<u32>().ok());
+                    pgrp == Some(pgid) && state != "Z"
+                })
+        })
+        .count()
+}
+
+fn main() {
+    let (cmd, opts) = parse_args();
+    if cmd == "__reaper" {
+        reaper();
+        return;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth-local: {e}");
+            std::process::exit(70);
+        }
+    };
+    let code = rt.block_on(up(opts));
+    std::process::exit(code);
+}
+
+fn exe_dir() -> Option<PathBuf> {
+    std::env::current_exe().ok()?.parent().map(Path::to_path_buf)
+}
+
+/// Find the binaries next to berth-local or on PATH; build them when missing.
+fn ensure_binaries(programs: &Programs, build: bool) -> Result<(), String> {
+    let missing: Vec<&str> = NEEDED
+        .iter()
+        .copied()
+        .filter(|p| programs.resolve(p).is_none())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !build {
+        return Err(format!(
+            "{} not found next to berth-local or on PATH (--no-build)",
+            missing.join(", ")
+        ));
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    println!(
+        "[build] {} not found next to berth-local or on PATH; building (cargo build --release --bins)...",
+        missing.join(", ")
+    );
+    let status = std::process::Command::new("cargo")
+        .current_dir(&root)
+        .args(["build", "--release", "--bins", "-j2"])
+        .status()
+        .map_err(|e| format!("cargo: {e}"))?;
+    if !status.success() {
+        return Err("cargo build failed".into());
+    }
+    let still: Vec<&str> = NEEDED
+        .iter()
+        .copied()
+        .filter(|p| programs.resolve(p).is_none())
+        .collect();
+    if still.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("still missing after the build: {}", still.join(", ")))
+    }
+}
+
+/// Named JSON documents (task definitions or services).
+type Docs = Vec<(String, Value)>;
+
+fn load_definitions(dir: Option<&Path>) -> Result<(Docs, Docs), String> {
+    let parse = |name: &str, text: &str| -> Result<Value, String> {
+        serde_json::from_str(text).map_err(|e| format!("{name}: {e}"))
+    };
+    let Some(dir) = dir else {
+        let t = DEMO_TASKDEFS
+            .iter()
+            .map(|(n, t)| Ok((n.to_string(), parse(n, t)?)))
+            .collect::<Result<_, String>>()?;
+        let s = DEMO_SERVICES
+            .iter()
+            .map(|(n, t)| Ok((n.to_string(), parse(n, t)?)))
+            .collect::<Result<_, String>>()?;
+        return Ok((t, s));
+    };
+    let read_dir = |sub: &str| -> Result<Docs, String> {
+        let d = dir.join(sub);
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            return Ok(out);
+        };
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for p in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "json")) {
+            let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            out.push((p.display().to_string(), parse(&p.display().to_string(), &text)?));
+        }
+        Ok(out)
+    };
+    Ok((read_dir("taskdefs")?, read_dir("services")?))
+}
+
+async fn wait_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn up(opts: Opts) -> i32 {
+    let programs = Programs {
+        dirs: exe_dir().into_iter().collect(),
+    };
+    if let Err(e) = ensure_binaries(&programs, opts.build) {
+        eprintln!("berth-local: {e}");
+        return 1;
+    }
+    // The reaper leads the process group every child joins.
+    let me = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("berth-local: {e}");
+            return 1;
+        }
+    };
+    let mut reaper = match std::process::Command::new(&me)
+        .arg("__reaper")
+        .stdin(Stdio::piped())
+        .process_group(0)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("berth-local: cannot start the reaper: {e}");
+            return 1;
+        }
+    };
+    let pgid = reaper.id();
+    let code = run(opts, programs, pgid).await;
+    drop(reaper.stdin.take());
+    let _ = reaper.wait();
+    code
+}
+
+async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
+    let (taskdefs, services) = match load_definitions(opts.dir.as_deref()) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("berth-local: {e}");
+            return 64;
+        }
+    };
+    let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into());
+    let mut ecs = Ecs::new(&region, opts.first_address);
+    ecs.create_cluster("default");
+    for (name, td) in &taskdefs {
+        if let Err(e) = ecs.register_task_definition(td) {
+            eprintln!("berth-local: task definition {name}: {}", e.message);
+            return 64;
+        }
+    }
+    let server = match EcsServer::start(opts.api, ecs).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("berth-local: cannot serve the ECS API on {}: {e}", opts.api);
+            return 1;
+        }
+    };
+    server.set_faults(opts.faults.clone());
+    let tmds_addr = match tmds::serve(opts.tmds, server.ecs.clone()).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("berth-local: cannot serve task metadata on {}: {e}", opts.tmds);
+            return 1;
+        }
+    };
+    println!(
+        "[1/4] local ECS API on http://{}   (export AWS_ENDPOINT_URL=http://{})",
+        server.addr, server.addr
+    );
+    println!("      task metadata endpoint on http://{tmds_addr}");
+    let logs = std::env::temp_dir().join(format!("berth-local-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&logs);
+    let passthrough: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| (k.starts_with("OTEL_") && k != "OTEL_SERVICE_NAME") || k == "RUST_LOG")
+        .collect();
+    let runner_cfg = RunnerConfig {
+        programs: programs.clone(),
+        tmds_base: format!("http://{tmds_addr}"),
+        process_group: Some(pgid),
+        passthrough: passthrough.clone(),
+        logs: logs.clone(),
+        default_stop_timeout: Duration::from_secs(30),
+    };
+    let runner = Arc::new(tokio::sync::Mutex::new(Runner::new(server.ecs.clone(), runner_cfg)));
+    {
+        let mut ecs = server.ecs.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, s) in &services {
+            if let Err(e) = ecs.create_service(s) {
+                eprintln!("berth-local: service {name}: {}", e.message);
+                return 64;
+            }
+        }
+    }
+    let r = runner.clone();
+    let driver = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            r.lock().await.step().await;
+        }
+    });
+
+    let mut gateway = None;
+    if opts.gateway {
+        let Some(path) = programs.resolve("berth-gateway") else {
+            eprintln!("berth-local: berth-gateway not found");
+            return 1;
+        };
+        let mut cmd = std::process::Command::new(path);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("AWS_ENDPOINT_URL", format!("http://{}", server.addr))
+            .env("AWS_REGION", &region)
+            .env("AWS_ACCESS_KEY_ID", "berth-local")
+            .env("AWS_SECRET_ACCESS_KEY", "berth-local")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .args([
+                "--entrypoint",
+                &format!("web={}", opts.web),
+                "--admin",
+                &opts.admin.to_string(),
+            ])
+            .args([
+                "--ecs-cluster",
+                "default",
+                "--ecs-refresh",
+                &opts.refresh,
+                "--shutdown-delay",
+                "0s",
+            ])
+            .stdin(Stdio::null())
+            .process_group(pgid as i32);
+        for (k, v) in &passthrough {
+            cmd.env(k, v);
+        }
+        let log = logs.join("gateway.log");
+        match std::fs::File::create(&log) {
+            Ok(f) => {
+                let f2 = f.try_clone().ok();
+                cmd.stdout(f);
+                if let Some(f2) = f2 {
+                    cmd.stderr(f2);
+                }
+            }
+            Err(_) => {
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+        }
+        match cmd.spawn() {
+            Ok(c) => gateway = Some(c),
+            Err(e) => {
+                eprintln!("berth-local: cannot start berth-gateway: {e}");
+                return 1;
+            }
+        }
+        println!(
+            "[2/4] berth-gateway: web http://{}, admin http://{} (log {})",
+            opts.web,
+            opts.admin,
+            log.display()
+        );
+    } else {
+        println!("[2/4] no gateway (--no-gateway)");
+    }
+
+    // Wait for every service to converge and every exposed task to be routable.
+    let mut last_line = String::new();
+    let ready = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let (running, desired, addrs) = progress(&server);
+            let routable = if opts.gateway {
+                routable(opts.admin, &addrs).await
+            } else {
+                addrs.len()
+            };
+            let line = format!(
+                "[3/4] tasks running {running}/{desired}; routable {routable}/{}",
+                addrs.len()
+            );
+            if line != last_line {
+                println!("{line}");
+                last_line = line;
+            }
+            if running == desired && routable == addrs.len() && (desired > 0 || services.is_empty()) {
+                return;
+            }
+        }
+    })
+    .await;
+    let mut code = 0;
+    if ready.is_err() {
+        eprintln!(
+            "berth-local: not ready after 120 s; container logs are in {}",
+            logs.display()
+        );
+        code = 1;
+    } else {
+        println!("[4/4] ready");
+        println!("ready");
+        println!(
+            "  curl -H 'Host: whoami.localhost' http://{}/     # repeat: answers come from different tasks",
+            opts.web
+        );
+        println!(
+            "  open http://{}/                                 # the gateway's dashboard",
+            opts.admin
+        );
+        println!(
+            "  AWS_ENDPOINT_URL=http://{} aws ecs list-tasks   # the local ECS API (any region, dummy credentials)",
+            server.addr
+        );
+        println!("Ctrl-C stops everything.");
+        wait_signal().await;
+    }
+    println!("stopping...");
+    driver.abort();
+    runner.lock().await.shutdown(Duration::from_secs(30)).await;
+    if let Some(mut g) = gateway {
+        signal(g.id(), "TERM");
+        for _ in 0..100 {
+            if matches!(g.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = g.kill();
+        let _ = g.wait();
+    }
+    code
+}
+
+/// (running tasks, desired tasks, addresses of running tasks with routed containers).
+fn progress(server: &EcsServer) -> (usize, usize, BTreeSet<String>) {
+    let ecs = server.ecs.lock().unwrap_or_else(|e| e.into_inner());
+    let mut desired = 0;
+    let mut running = 0;
+    let mut addrs = BTreeSet::new();
+    for c in ecs.clusters.values() {
+        for s in c.services.values().filter(|s| s.status == "ACTIVE") {
+            desired += s.desired_count;
+        }
+        for t in c
+            .tasks
+            .values()
+            .filter(|t| t.desired_status == "RUNNING" && t.group.starts_with("service:"))
+        {
+            if t.last_status == "RUNNING" {
+                running += 1;
+                let exposed = ecs.task_definition(&t.taskdef_arn).ok().is_some_and(|d| {
+                    d["containerDefinitions"].as_array().into_iter().flatten().any(|c| {
+                        ["berth.enable", "traefik.enable"]
+                            .iter()
+                            .any(|k| c["dockerLabels"][*k] == "true")
+                    })
+                });
+                if exposed && let Some(a) = t.address {
+                    addrs.insert(a.to_string());
+                }
+            }
+        }
+    }
+    (running, desired, addrs)
+}
+
+/// How many of these task addresses appear among the gateway's servers.
+async fn routable(admin: SocketAddr, addrs: &BTreeSet<String>) -> usize {
+    let Ok(mut s) = tokio::net::TcpStream::connect(admin).await else {
+        return 0;
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!("GET /api/http/services HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return 0;
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body).await;
+    addrs.iter().filter(|a| body.contains(&format!("://{a}:"))).count()
+}

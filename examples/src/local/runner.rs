@@ -1,0 +1,567 @@
+//! The process runner: it drives the task lifecycle of real ECS and runs each
+//! container of a task as a local process.
+//!
+//! PROVISIONING -> PENDING (containers start in `dependsOn` order: START, HEALTHY,
+//! COMPLETE, SUCCESS) -> ACTIVATING -> RUNNING; when the desired status turns STOPPED:
+//! DEACTIVATING -> STOPPING (SIGTERM to each container, dependents first, SIGKILL after
+//! its `stopTimeout`) -> DEPROVISIONING -> STOPPED. An essential container that exits
+//! stops its task. Health checks from the task definition run as processes.
+//!
+//! Every process joins the process group of berth-local's reaper, so that nothing
+//! survives berth-local, even when it is killed.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use super::state::{Ecs, TaskState};
+
+/// The command that runs no process: the container just "runs" (scale tests).
+pub const IDLE: &str = "berth-local:idle";
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+/// Where programs are looked up: next to berth-local first, then `PATH`.
+#[derive(Debug, Clone, Default)]
+pub struct Programs {
+    pub dirs: Vec<PathBuf>,
+}
+
+impl Programs {
+    pub fn resolve(&self, program: &str) -> Option<PathBuf> {
+        if program.contains('/') {
+            return Some(PathBuf::from(program));
+        }
+        let path_dirs = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .unwrap_or_default();
+        self.dirs
+            .iter()
+            .chain(path_dirs.iter())
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+    }
+}
+
+struct HealthState {
+    next_check: Instant,
+    failures: u32,
+    running: Option<tokio::task::JoinHandle<bool>>,
+}
+
+struct Proc {
+    child: Option<tokio::process::Child>,
+    term_sent: Option<Instant>,
+    stop_timeout: Duration,
+    health: Option<HealthState>,
+    started: Instant,
+}
+
+/// Settings shared by every container the runner starts.
+#[derive(Debug, Clone, Default)]
+pub struct RunnerConfig {
+    pub programs: Programs,
+    /// `http://127.0.0.1:PORT`: the TMDS base; each container gets `<base>/v4/<docker id>`.
+    pub tmds_base: String,
+    /// Process group to put every child in (the reaper's), if any.
+    pub process_group: Option<u32>,
+    /// Variables passed to every container (OTEL_*, RUST_LOG, ...).
+    pub passthrough: Vec<(String, String)>,
+    /// Container output goes to `<logs>/<task id>-<container>.log`.
+    pub logs: PathBuf,
+    /// Default stopTimeout (ECS: 30 s).
+    pub default_stop_timeout: Duration,
+}
+
+pub struct Runner {
+    ecs: Arc<Mutex<Ecs>>,
+    cfg: RunnerConfig,
+    procs: HashMap<String, Proc>,
+}
+
+fn container_def<'a>(def: &'a Value, name: &str) -> Option<&'a Value> {
+    def["containerDefinitions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"].as_str() == Some(name))
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+/// Send a signal to a process by pid (through `kill(1)`: no unsafe code here).
+pub fn signal(pid: u32, sig: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+impl Runner {
+    pub fn new(ecs: Arc<Mutex<Ecs>>, cfg: RunnerConfig) -> Runner {
+        ecs.lock().unwrap_or_else(|e| e.into_inner()).managed = true;
+        Runner {
+            ecs,
+            cfg,
+            procs: HashMap::new(),
+        }
+    }
+
+    /// Drive everything forward every 100 ms until the future is dropped.
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            self.step().await;
+        }
+    }
+
+    /// Stop every task (as on Ctrl-C) and wait for them, at most `limit`.
+    pub async fn shutdown(&mut self, limit: Duration) {
+        {
+            let mut ecs = self.ecs.lock().unwrap_or_else(|e| e.into_inner());
+            for c in ecs.clusters.values_mut() {
+                for s in c.services.values_mut() {
+                    s.desired_count = 0;
+                }
+            }
+            let ids: Vec<(String, String)> = ecs
+                .clusters
+                .values()
+                .flat_map(|c| c.tasks.values())
+                .filter(|t| t.desired_status == "RUNNING")
+                .map(|t| (t.cluster.clone(), t.id.clone()))
+                .collect();
+            for (cluster, id) in ids {
+                let _ = ecs.stop_task(Some(&cluster), &id, Some("berth-local is shutting down"));
+            }
+        }
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            self.step().await;
+            let busy = self.procs.values().any(|p| p.child.is_some());
+            if !busy {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for p in self.procs.values_mut() {
+            if let Some(c) = &mut p.child {
+                let _ = c.start_kill();
+            }
+        }
+    }
+
+    /// One pass over every task.
+    pub async fn step(&mut self) {
+        let tasks: Vec<(TaskState, Value)> = {
+            let mut ecs = self.ecs.lock().unwrap_or_else(|e| e.into_inner());
+            ecs.reconcile_services();
+            ecs.forget_stopped();
+            ecs.clusters
+                .values()
+                .flat_map(|c| c.tasks.values())
+                .filter(|t| t.last_status != "STOPPED")
+                .map(|t| {
+                    (
+                        t.clone(),
+                        ecs.task_definition(&t.taskdef_arn).cloned().unwrap_or(Value::Null),
+                    )
+                })
+                .collect()
+        };
+        for (task, def) in tasks {
+            self.reap_exits(&task, &def);
+            self.check_health(&task, &def);
+            if task.desired_status == "STOPPED" {
+                self.advance_stop(&task, &def);
+            } else {
+                self.advance_start(&task, &def);
+            }
+        }
+    }
+
+    fn update<F: FnOnce(&mut TaskState)>(&self, task: &TaskState, f: F) {
+        let mut ecs = self.ecs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = ecs.find_task_mut(&task.cluster, &task.id) {
+            f(t);
+        }
+    }
+
+    fn container_status(&self, task: &TaskState, name: &str) -> (String, String, Option<i32>) {
+        let ecs = self.ecs.lock().unwrap_or_else(|e| e.into_inner());
+        ecs.clusters
+            .get(&task.cluster)
+            .and_then(|c| c.tasks.get(&task.id))
+            .and_then(|t| t.containers.iter().find(|c| c.name == name))
+            .map(|c| (c.last_status.clone(), c.health.clone(), c.exit_code))
+            .unwrap_or_default()
+    }
+
+    fn advance_start(&mut self, task: &TaskState, def: &Value) {
+        if task.last_status == "PROVISIONING" {
+            self.update(task, |t| t.last_status = "PENDING".into());
+            return;
+        }
+        if task.last_status == "ACTIVATING" {
+            self.update(task, |t| {
+                t.last_status = "RUNNING".into();
+                t.started_at = Some(now());
+            });
+            return;
+        }
+        if task.last_status != "PENDING" {
+            return;
+        }
+        let mut all_started = true;
+        for c in &task.containers {
+            if c.last_status != "PENDING" {
+                continue;
+            }
+            let cdef = container_def(def, &c.name).cloned().unwrap_or(Value::Null);
+            let ready = cdef["dependsOn"].as_array().into_iter().flatten().all(|d| {
+                let dep = d["containerName"].as_str().unwrap_or_default();
+                let (status, health, exit) = self.container_status(task, dep);
+                match d["condition"].as_str().unwrap_or("START") {
+                    "HEALTHY" => health == "HEALTHY",
+                    "COMPLETE" => status == "STOPPED",
+                    "SUCCESS" => status == "STOPPED" && exit == Some(0),
+                    _ => status == "RUNNING" || status == "STOPPED",
+                }
+            });
+            if !ready {
+                all_started = false;
+                continue;
+            }
+            if let Err(e) = self.start_container(task, &cdef, &c.name, &c.docker_id) {
+                eprintln!("berth-local: task {} container {}: {e}", task.id, c.name);
+                let reason = format!("CannotStartContainerError: {e}");
+                self.update(task, |t| {
+                    t.desired_status = "STOPPED".into();
+                    t.stop_code = Some("TaskFailedToStart".into());
+                    t.stopped_reason = Some(reason);
+                    if let Some(cs) = t.containers.iter_mut().find(|x| x.name == c.name) {
+                        cs.last_status = "STOPPED".into();
+                    }
+                });
+                return;
+            }
+        }
+        if all_started {
+            self.update(task, |t| t.last_status = "ACTIVATING".into());
+        }
+    }
+
+    fn start_container(&mut self, task: &TaskState, cdef: &Value, name: &str, docker_id: &str) -> Result<(), String> {
+        let mut argv = strings(&cdef["entryPoint"]);
+        argv.extend(strings(&cdef["command"]));
+        let stop_timeout = cdef["stopTimeout"]
+            .as_u64()
+            .map(Duration::from_secs)
+            .unwrap_or(self.cfg.default_stop_timeout);
+        let health = cdef["healthCheck"].is_object().then(|| HealthState {
+            next_check: Instant::now() + Duration::from_millis(200),
+            failures: 0,
+            running: None,
+        });
+        let child = if argv.first().map(String::as_str) == Some(IDLE) || argv.is_empty() && cdef["image"] == IDLE {
+            None
+        } else {
+            let program = argv.first().ok_or("the container has no command or entryPoint")?;
+            let path = self
+                .cfg
+                .programs
+                .resolve(program)
+                .ok_or_else(|| format!("program `{program}` not found next to berth-local or on PATH"))?;
+            let mut cmd = tokio::process::Command::new(path);
+            cmd.args(&argv[1..]).env_clear();
+            cmd.env("PATH", std::env::var("PATH").unwrap_or_default());
+            for (k, v) in &self.cfg.passthrough {
+                cmd.env(k, v);
+            }
+            cmd.env(
+                "ECS_CONTAINER_METADATA_URI_V4",
+                format!("{}/v4/{docker_id}", self.cfg.tmds_base),
+            )
+            .env(
+                "ECS_CONTAINER_METADATA_URI",
+                format!("{}/v3/{docker_id}", self.cfg.tmds_base),
+            )
+            .env(
+                "AWS_REGION",
+                self.ecs.lock().unwrap_or_else(|e| e.into_inner()).region.clone(),
+            )
+            .env("AWS_EXECUTION_ENV", "AWS_ECS_FARGATE")
+            .env("HOSTNAME", &task.id);
+            if let Some(a) = task.address {
+                cmd.env("BERTH_LOCAL_ADDRESS", a.to_string());
+                if name == "berth-sidecar" {
+                    cmd.env("BERTH_INBOUND", format!("{a}:15443"))
+                        .env("BERTH_OUTBOUND", format!("{a}:15001"))
+                        .env("BERTH_ADMIN", format!("{a}:15000"));
+                }
+            }
+            for e in cdef["environment"].as_array().into_iter().flatten() {
+                if let (Some(k), Some(v)) = (e["name"].as_str(), e["value"].as_str()) {
+                    cmd.env(k, v);
+                }
+            }
+            let log_path = self.cfg.logs.join(format!("{}-{name}.log", task.id));
+            let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+            let log2 = log.try_clone().map_err(|e| e.to_string())?;
+            cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
+            if let Some(pg) = self.cfg.process_group {
+                cmd.process_group(pg as i32);
+            }
+            cmd.kill_on_drop(true);
+            Some(cmd.spawn().map_err(|e| format!("{program}: {e}"))?)
+        };
+        self.procs.insert(
+            docker_id.to_string(),
+            Proc {
+                child,
+                term_sent: None,
+                stop_timeout,
+                health,
+                started: Instant::now(),
+            },
+        );
+        let name = name.to_string();
+        self.update(task, |t| {
+            if let Some(c) = t.containers.iter_mut().find(|c| c.name == name) {
+                c.last_status = "RUNNING".into();
+            }
+        });
+        Ok(())
+    }
+
+    /// Record exited containers; an essential one stops its task.
+    fn reap_exits(&mut self, task: &TaskState, def: &Value) {
+        for c in &task.containers {
+            let Some(p) = self.procs.get_mut(&c.docker_id) else {
+                continue;
+            };
+            let Some(child) = &mut p.child else {
+                continue;
+            };
+            let Ok(Some(status)) = child.try_wait() else {
+                continue;
+            };
+            p.child = None;
+            let code = status.code().unwrap_or(137);
+            let essential = container_def(def, &c.name).is_none_or(|d| d["essential"].as_bool() != Some(false));
+            let stopping = task.desired_status == "STOPPED";
+            let name = c.name.clone();
+            self.update(task, |t| {
+                if let Some(cs) = t.containers.iter_mut().find(|x| x.name == name) {
+                    cs.last_status = "STOPPED".into();
+                    cs.exit_code = Some(code);
+                }
+                if essential && !stopping {
+                    t.desired_status = "STOPPED".into();
+                    t.stop_code = Some("EssentialContainerExited".into());
+                    t.stopped_reason = Some(format!("Essential container in task exited ({name}: exit {code})"));
+                }
+            });
+        }
+    }
+
+    fn advance_stop(&mut self, task: &TaskState, def: &Value) {
+        match task.last_status.as_str() {
+            "PROVISIONING" | "PENDING" | "ACTIVATING" | "RUNNING" => {
+                self.update(task, |t| {
+                    t.last_status = "DEACTIVATING".into();
+                    t.stopping_at = Some(now());
+                });
+            }
+            "DEACTIVATING" => self.update(task, |t| t.last_status = "STOPPING".into()),
+            "STOPPING" => {
+                // Stop containers no running container depends on (dependents first).
+                let running: Vec<&str> = task
+                    .containers
+                    .iter()
+                    .filter(|c| {
+                        self.procs
+                            .get(&c.docker_id)
+                            .is_some_and(|p| p.child.is_some() || p.term_sent.is_none())
+                            && c.last_status == "RUNNING"
+                    })
+                    .map(|c| c.name.as_str())
+                    .collect();
+                let mut any_left = false;
+                for c in &task.containers {
+                    if c.last_status != "RUNNING" {
+                        continue;
+                    }
+                    any_left = true;
+                    let needed_by_running = running.iter().any(|other| {
+                        *other != c.name
+                            && container_def(def, other)
+                                .and_then(|d| d["dependsOn"].as_array())
+                                .is_some_and(|deps| {
+                                    deps.iter()
+                                        .any(|d| d["containerName"].as_str() == Some(c.name.as_str()))
+                                })
+                    });
+                    if needed_by_running {
+                        continue;
+                    }
+                    let Some(p) = self.procs.get_mut(&c.docker_id) else {
+                        let name = c.name.clone();
+                        self.update(task, |t| {
+                            if let Some(cs) = t.containers.iter_mut().find(|x| x.name == name) {
+                                cs.last_status = "STOPPED".into();
+                            }
+                        });
+                        continue;
+                    };
+                    match (&mut p.child, p.term_sent) {
+                        (None, _) => {
+                            let name = c.name.clone();
+                            self.update(task, |t| {
+                                if let Some(cs) = t.containers.iter_mut().find(|x| x.name == name) {
+                                    cs.last_status = "STOPPED".into();
+                                    cs.exit_code.get_or_insert(0);
+                                }
+                            });
+                        }
+                        (Some(child), None) => {
+                            if let Some(pid) = child.id() {
+                                signal(pid, "TERM");
+                            }
+                            p.term_sent = Some(Instant::now());
+                        }
+                        (Some(child), Some(at)) if at.elapsed() >= p.stop_timeout => {
+                            let _ = child.start_kill();
+                        }
+                        _ => {}
+                    }
+                }
+                if !any_left {
+                    self.update(task, |t| t.last_status = "DEPROVISIONING".into());
+                }
+            }
+            "DEPROVISIONING" => {
+                for c in &task.containers {
+                    self.procs.remove(&c.docker_id);
+                }
+                self.update(task, |t| {
+                    t.last_status = "STOPPED".into();
+                    t.stopped_at = Some(now());
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn check_health(&mut self, task: &TaskState, def: &Value) {
+        for c in &task.containers {
+            let Some(p) = self.procs.get_mut(&c.docker_id) else {
+                continue;
+            };
+            let Some(h) = &mut p.health else {
+                continue;
+            };
+            let hc = container_def(def, &c.name)
+                .map(|d| d["healthCheck"].clone())
+                .unwrap_or(Value::Null);
+            let interval = Duration::from_secs_f64(hc["interval"].as_f64().unwrap_or(30.0).max(0.2));
+            let timeout = Duration::from_secs_f64(hc["timeout"].as_f64().unwrap_or(5.0).max(0.1));
+            let retries = hc["retries"].as_u64().unwrap_or(3) as u32;
+            let start_period = Duration::from_secs_f64(hc["startPeriod"].as_f64().unwrap_or(0.0));
+            if let Some(handle) = &h.running {
+                if !handle.is_finished() {
+                    continue;
+                }
+                let handle = h.running.take();
+                let ok = handle.and_then(|j| j.now_or_never_result()).unwrap_or(false);
+                let new_health = if ok {
+                    h.failures = 0;
+                    Some("HEALTHY")
+                } else {
+                    h.failures += 1;
+                    (h.failures >= retries.max(1) && p.started.elapsed() >= start_period).then_some("UNHEALTHY")
+                };
+                if let Some(status) = new_health {
+                    let name = c.name.clone();
+                    self.update(task, |t| {
+                        if let Some(cs) = t.containers.iter_mut().find(|x| x.name == name) {
+                            cs.health = status.into();
+                        }
+                    });
+                }
+                continue;
+            }
+            if Instant::now() < h.next_check || c.last_status != "RUNNING" {
+                continue;
+            }
+            h.next_check = Instant::now() + interval;
+            let mut argv = strings(&hc["command"]);
+            let shell = argv.first().map(String::as_str) == Some("CMD-SHELL");
+            if !argv.is_empty() {
+                argv.remove(0);
+            }
+            let mut cmd = if shell {
+                let mut c = tokio::process::Command::new("sh");
+                c.arg("-c").arg(argv.join(" "));
+                c
+            } else {
+                let Some(prog) = argv.first().and_then(|p| self.cfg.programs.resolve(p)) else {
+                    h.running = Some(tokio::spawn(async { false }));
+                    continue;
+                };
+                let mut c = tokio::process::Command::new(prog);
+                c.args(&argv[1..]);
+                c
+            };
+            if let Some(a) = task.address {
+                cmd.env("BERTH_LOCAL_ADDRESS", a.to_string());
+            }
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true);
+            if let Some(pg) = self.cfg.process_group {
+                cmd.process_group(pg as i32);
+            }
+            h.running = Some(tokio::spawn(async move {
+                match cmd.spawn() {
+                    Ok(mut child) => {
+                        matches!(tokio::time::timeout(timeout, child.wait()).await, Ok(Ok(s)) if s.success())
+                    }
+                    Err(_) => false,
+                }
+            }));
+        }
+    }
+}
+
+trait NowOrNever {
+    fn now_or_never_result(self) -> Option<bool>;
+}
+
+impl NowOrNever for tokio::task::JoinHandle<bool> {
+    /// The result of a finished task (callers check `is_finished` first).
+    fn now_or_never_result(self) -> Option<bool> {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+        let mut fut = std::pin::pin!(self);
+        match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(v)) => Some(v),
+            _ => None,
+        }
+    }
+}
