@@ -356,6 +356,24 @@ async fn every_operation_against_berth_local() {
         .unwrap_err();
     assert_eq!(err.code(), Some("ServiceNotFoundException"));
 
+    // Faults on demand through the admin call: throttling, then an outage, then none.
+    let post = |body: &'static str| {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/berth-local/faults")
+            .header("host", "local")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes())))
+            .unwrap();
+        berth_common::test_util::http1(server.addr, req)
+    };
+    assert_eq!(post(r#"{"throttleRate": 1.0}"#).await.status, 200);
+    let err = ecs.list_clusters().send().await.unwrap_err();
+    assert_eq!(err.code(), Some("ThrottlingException"));
+    post(r#"{"outage": true}"#).await;
+    assert!(ecs.list_clusters().send().await.is_err());
+    post("{}").await;
+    assert!(ecs.list_clusters().send().await.is_ok());
+
     // Container instances (bridge mode), ARN or id.
     let ci = server
         .ecs

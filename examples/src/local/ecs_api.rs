@@ -122,6 +122,42 @@ async fn handle(
     calls: &Mutex<BTreeMap<String, u64>>,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
+    // Fault injection on demand: `POST /berth-local/faults` with
+    // `{"throttleRate": 0.2, "errorRate": 0.1, "latencyMs": 50, "outage": false}`;
+    // `GET` shows the current faults.
+    if req.uri().path() == "/berth-local/faults" {
+        if req.method() == http::Method::POST {
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let v: Value = match serde_json::from_slice(&body) {
+                Ok(v) => v,
+                Err(e) => {
+                    return error(&ApiError::client(
+                        "SerializationException",
+                        format!("invalid JSON: {e}"),
+                    ));
+                }
+            };
+            let rate = |k: &str| v[k].as_f64().filter(|r| (0.0..=1.0).contains(r));
+            let mut f = faults.lock().unwrap_or_else(|e| e.into_inner());
+            *f = Faults {
+                throttle_rate: rate("throttleRate").unwrap_or(0.0),
+                error_rate: rate("errorRate").unwrap_or(0.0),
+                latency: Duration::from_millis(v["latencyMs"].as_u64().unwrap_or(0)),
+                outage: v["outage"].as_bool().unwrap_or(false),
+            };
+        }
+        let f = faults.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        return reply(
+            200,
+            &json!({"throttleRate": f.throttle_rate, "errorRate": f.error_rate,
+                    "latencyMs": f.latency.as_millis() as u64, "outage": f.outage}),
+        );
+    }
     // The SigV4 credential scope tells EC2 calls (query protocol) from ECS ones.
     let scope_service = req
         .headers()
