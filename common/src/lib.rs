@@ -7,7 +7,9 @@
 pub mod config;
 pub mod diag;
 pub mod http;
+pub mod identity;
 pub mod labels;
+pub mod mtls;
 pub mod routing;
 pub mod rules;
 pub mod tls;

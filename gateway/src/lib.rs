@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod entrypoint;
 pub mod lifecycle;
 pub mod logging;
+pub mod mesh;
 pub mod proxy;
 pub mod snapshots;
 

@@ -1,0 +1,4 @@
+//! The mesh control plane: the CA that issues SPIFFE identities (more to come: the
+//! control API, registrations, the snapshot stream).
+
+pub mod ca;
