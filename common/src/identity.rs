@@ -71,7 +71,18 @@ impl SpiffeId {
     }
 
     fn from_parts(trust_domain: &str, segments: &[&str]) -> Result<SpiffeId, IdentityError> {
-        SpiffeId::parse(&format!("spiffe://{trust_domain}/{}", segments.join("/")))
+        let joined = format!("spiffe://{trust_domain}/{}", segments.join("/"));
+        if let Some(bad) = segments.iter().find(|s| !valid_segment(s)) {
+            return Err(IdentityError::Invalid(
+                joined,
+                if bad.contains('/') {
+                    "a cluster or service name cannot contain `/`"
+                } else {
+                    "path segments must be non-empty letters, digits, `.`, `-`, `_`"
+                },
+            ));
+        }
+        SpiffeId::parse(&joined)
     }
 
     /// The identity of the tasks of ECS service `service` in cluster `cluster` (names,

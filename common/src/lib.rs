@@ -5,6 +5,7 @@
 //! snapshot in [`routing`], TLS loading in [`tls`] and HTTP plumbing in [`http`].
 
 pub mod config;
+pub mod control;
 pub mod diag;
 pub mod http;
 pub mod identity;

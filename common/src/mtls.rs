@@ -167,11 +167,16 @@ pub struct SpiffeClientVerifier {
     anchors: TrustAnchors,
     policy: PeerPolicy,
     provider: Arc<CryptoProvider>,
+    mandatory: bool,
 }
 
 impl ClientCertVerifier for SpiffeClientVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &self.anchors.subjects
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
     }
 
     fn verify_client_cert(
@@ -257,11 +262,31 @@ pub fn server_config(
     anchors: TrustAnchors,
     policy: PeerPolicy,
 ) -> Result<rustls::ServerConfig, Error> {
+    server_config_with(slot, anchors, policy, true)
+}
+
+/// Like [`server_config`], but a client may also come without a certificate (the
+/// control API's first certificate request); one it presents is still verified.
+pub fn server_config_optional_client(
+    slot: Arc<CertSlot>,
+    anchors: TrustAnchors,
+    policy: PeerPolicy,
+) -> Result<rustls::ServerConfig, Error> {
+    server_config_with(slot, anchors, policy, false)
+}
+
+fn server_config_with(
+    slot: Arc<CertSlot>,
+    anchors: TrustAnchors,
+    policy: PeerPolicy,
+    mandatory: bool,
+) -> Result<rustls::ServerConfig, Error> {
     let provider = provider();
     let verifier = Arc::new(SpiffeClientVerifier {
         anchors,
         policy,
         provider: provider.clone(),
+        mandatory,
     });
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?

@@ -138,6 +138,9 @@ pub struct Args {
     pub mesh_peers_service: Option<String>,
     #[arg(long, env = "BERTH_MESH_PEERS_DNS")]
     pub mesh_peers_dns: Option<String>,
+    /// Lifetime of issued certificates [default: 24h]; renewal happens at 70 %.
+    #[arg(long, env = "BERTH_MESH_CERT_LIFETIME")]
+    pub mesh_cert_lifetime: Option<String>,
 }
 
 /// The same settings in a TOML file (kebab-case keys, as the flags).
@@ -181,7 +184,14 @@ struct FileConfig {
     ecs_api_burst: Option<f64>,
     ecs_concurrency: Option<usize>,
     mesh_ca_cert: Option<PathBuf>,
+    mesh_ca_key: Option<PathBuf>,
     mesh_dev_ca: Option<PathBuf>,
+    mesh_listen: Option<SocketAddr>,
+    mesh_trust_domain: Option<String>,
+    mesh_token_file: Option<PathBuf>,
+    #[serde(default)]
+    mesh_default_deny: bool,
+    mesh_cert_lifetime: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -241,6 +251,26 @@ pub struct Config {
     pub log_format: LogFormat,
     /// ECS discovery, only when a cluster (or all clusters) is named.
     pub ecs: Option<crate::discovery::ecs::EcsSettings>,
+    /// The mesh control plane, only when a CA is configured.
+    pub mesh: Option<MeshSettings>,
+}
+
+/// Where the mesh CA comes from.
+#[derive(Debug, Clone)]
+pub enum CaSource {
+    Files { cert: PathBuf, key: PathBuf },
+    Dev(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct MeshSettings {
+    pub ca: CaSource,
+    pub listen: SocketAddr,
+    pub trust_domain: String,
+    /// The bootstrap token, read from `--mesh-token-file` (trimmed).
+    pub token: Option<String>,
+    pub default_deny: bool,
+    pub cert_lifetime: Duration,
 }
 
 impl Config {
@@ -254,15 +284,6 @@ impl Config {
             }
             None => FileConfig::default(),
         };
-        if args.mesh_ca_cert.is_some()
-            || args.mesh_dev_ca.is_some()
-            || file.mesh_ca_cert.is_some()
-            || file.mesh_dev_ca.is_some()
-        {
-            return Err(bad(
-                "the mesh control plane (--mesh-*) is not available in this build yet",
-            ));
-        }
         let duration = |flag: &str, cli: &Option<String>, file: &Option<String>, default: Duration| match cli
             .as_ref()
             .or(file.as_ref())
@@ -391,7 +412,59 @@ impl Config {
                 concurrency: args.ecs_concurrency.or(file.ecs_concurrency).unwrap_or(4).max(1),
             })
         };
+        let ca = match (
+            args.mesh_ca_cert.clone().or(file.mesh_ca_cert.clone()),
+            args.mesh_ca_key.clone().or(file.mesh_ca_key.clone()),
+            args.mesh_dev_ca.clone().or(file.mesh_dev_ca.clone()),
+        ) {
+            (Some(cert), Some(key), None) => Some(CaSource::Files { cert, key }),
+            (None, None, Some(dir)) => Some(CaSource::Dev(dir)),
+            (None, None, None) => None,
+            (_, _, Some(_)) => return Err(bad("--mesh-dev-ca excludes --mesh-ca-cert/--mesh-ca-key")),
+            _ => return Err(bad("--mesh-ca-cert and --mesh-ca-key go together")),
+        };
+        let mesh = match ca {
+            None => None,
+            Some(ca) => {
+                let trust_domain = args
+                    .mesh_trust_domain
+                    .clone()
+                    .or(file.mesh_trust_domain.clone())
+                    .unwrap_or_else(|| "berth.local".into());
+                berth_common::identity::SpiffeId::gateway(&trust_domain)
+                    .map_err(|e| bad(format!("--mesh-trust-domain: {e}")))?;
+                let token = match args.mesh_token_file.clone().or(file.mesh_token_file.clone()) {
+                    Some(p) => {
+                        let t = std::fs::read_to_string(&p)
+                            .map_err(|e| bad(format!("--mesh-token-file {}: {e}", p.display())))?;
+                        let t = t.trim().to_string();
+                        if t.len() < 16 {
+                            return Err(bad("--mesh-token-file: the token must be at least 16 characters"));
+                        }
+                        Some(t)
+                    }
+                    None => None,
+                };
+                Some(MeshSettings {
+                    ca,
+                    listen: args
+                        .mesh_listen
+                        .or(file.mesh_listen)
+                        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9443))),
+                    trust_domain,
+                    token,
+                    default_deny: args.mesh_default_deny || file.mesh_default_deny,
+                    cert_lifetime: duration(
+                        "mesh-cert-lifetime",
+                        &args.mesh_cert_lifetime,
+                        &file.mesh_cert_lifetime,
+                        crate::mesh::ca::DEFAULT_LIFETIME,
+                    )?,
+                })
+            }
+        };
         Ok(Config {
+            mesh,
             ecs,
             entrypoints,
             tls_default,

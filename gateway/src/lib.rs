@@ -50,10 +50,15 @@ pub enum StartError {
     Tls(#[from] berth_common::tls::TlsError),
     #[error(transparent)]
     Ecs(#[from] discovery::ecs::EcsStartError),
+    #[error("mesh CA: {0}")]
+    Ca(#[from] mesh::ca::CaError),
+    #[error("mesh TLS: {0}")]
+    MeshTls(#[from] rustls::Error),
 }
 
 /// A running gateway.
 pub struct Gateway {
+    mesh: Option<SocketAddr>,
     entrypoints: HashMap<String, SocketAddr>,
     admin: SocketAddr,
     shutdown: Arc<Notify>,
@@ -97,6 +102,7 @@ impl Gateway {
             tokio::spawn(fp.run(tx));
         }
         let mut ecs_status = None;
+        let mut ecs_lookup = None;
         let mut first_ecs_view = None;
         if let Some(settings) = cfg.ecs.clone() {
             let provider = discovery::ecs::start(settings, metrics.clone()).await?;
@@ -106,6 +112,7 @@ impl Gateway {
             });
             sources.push(provider.view);
             ecs_status = Some(provider.status);
+            ecs_lookup = Some(provider.lookup);
         }
         let current = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
         let mut owner = SnapshotOwner {
@@ -159,6 +166,45 @@ impl Gateway {
                 tracker: tracker.clone(),
             });
         }
+        let mut mesh_addr = None;
+        if let Some(m) = &cfg.mesh {
+            let ca = Arc::new(match &m.ca {
+                config::CaSource::Files { cert, key } => mesh::ca::MeshCa::load(cert, key, &m.trust_domain)?,
+                config::CaSource::Dev(dir) => mesh::ca::MeshCa::dev(dir, &m.trust_domain)?,
+            });
+            let listener = TcpListener::bind(m.listen).await.map_err(|source| StartError::Bind {
+                what: "mesh control API".into(),
+                addr: m.listen,
+                source,
+            })?;
+            mesh_addr = Some(listener.local_addr().unwrap_or(m.listen));
+            let slot = Arc::new(berth_common::mtls::CertSlot::default());
+            let (issued, key) = ca.issue_local(
+                &berth_common::identity::SpiffeId::gateway(&m.trust_domain)
+                    .map_err(|e| mesh::ca::CaError::Sign(e.to_string()))?,
+                m.cert_lifetime,
+            )?;
+            slot.set(mesh::ca::MeshCa::certified_key(&issued, &key)?);
+            tokio::spawn(mesh::control_api::rotate_own(ca.clone(), slot.clone(), m.cert_lifetime));
+            let api = Arc::new(mesh::control_api::ControlApi {
+                ca,
+                token: m.token.clone(),
+                lookup: ecs_lookup.clone(),
+                lifetime: m.cert_lifetime,
+                limiter: discovery::ecs::client::RateLimiter::new(50.0, 200.0),
+            });
+            // Fail at start, not at the first handshake, if the anchor is unusable.
+            berth_common::mtls::TrustAnchors::from_certs(std::slice::from_ref(api.ca.anchor()))?;
+            tokio::spawn(async move {
+                if let Err(e) = api.serve(listener, slot).await {
+                    tracing::error!(error = %e, "mesh control API stopped");
+                }
+            });
+            if m.token.is_none() {
+                tracing::warn!("no --mesh-token-file: any task the reconciler knows may request its certificate");
+            }
+            tracing::info!(addr = ?mesh_addr, trust_domain = %m.trust_domain, "mesh control API listening");
+        }
         let admin_listener = TcpListener::bind(cfg.admin).await.map_err(|source| StartError::Bind {
             what: "admin".into(),
             addr: cfg.admin,
@@ -205,6 +251,7 @@ impl Gateway {
             admin_task.abort();
         });
         Ok(Gateway {
+            mesh: mesh_addr,
             entrypoints: addrs,
             admin: admin_addr,
             shutdown,
@@ -220,6 +267,11 @@ impl Gateway {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
+    }
+
+    /// The mesh control API's address, when the mesh is enabled.
+    pub fn mesh_addr(&self) -> Option<SocketAddr> {
+        self.mesh
     }
 
     /// Begin the graceful shutdown (as on SIGTERM).

@@ -40,13 +40,13 @@ fn bad_configuration_exits_64_with_a_clear_message() {
         String::from_utf8_lossy(&out.stderr).contains("--ecs-region or AWS_REGION"),
         "{out:?}"
     );
-    // Features that are not built yet are refused, not silently ignored.
+    // A half-configured mesh CA is refused, naming the flags.
     let out = gateway()
-        .args(["--entrypoint", "web=127.0.0.1:0", "--mesh-dev-ca", "/tmp/x"])
+        .args(["--entrypoint", "web=127.0.0.1:0", "--mesh-ca-cert", "/tmp/ca.crt"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("mesh"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--mesh-ca-cert and --mesh-ca-key go together"));
 
     // Env vars are read as BERTH_<NAME>.
     let out = gateway()

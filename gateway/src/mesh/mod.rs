@@ -2,3 +2,4 @@
 //! control API, registrations, the snapshot stream).
 
 pub mod ca;
+pub mod control_api;

@@ -116,6 +116,119 @@ pub struct EcsStartError(String);
 pub struct EcsProvider {
     pub view: watch::Receiver<ProviderView>,
     pub status: Arc<EcsStatus>,
+    pub lookup: TaskLookup,
+}
+
+/// What the identity checks need to know about a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskFacts {
+    pub task_arn: String,
+    pub cluster: String,
+    pub last_status: String,
+    pub desired_status: String,
+    /// The ECS service (`group` `service:NAME`), else the task-definition family.
+    pub service: String,
+    /// The address its connections come from, when known.
+    pub address: Option<String>,
+}
+
+/// Finds a task for the control plane: from the reconciler's last view, or at once by
+/// DescribeTasks (coalesced into batches of up to 100 over a few milliseconds, through
+/// the rate limiter), so a new task never waits for the next round.
+#[derive(Clone)]
+pub struct TaskLookup {
+    shared: Arc<Shared>,
+}
+
+type Waiters = Vec<(
+    String,
+    tokio::sync::oneshot::Sender<Result<Option<TaskFacts>, client::ApiError>>,
+)>;
+
+impl TaskLookup {
+    pub async fn find(&self, task_arn: &str) -> Result<Option<TaskFacts>, client::ApiError> {
+        // arn:aws:ecs:region:account:task/<cluster>/<id>
+        let Some(cluster) = task_arn.split('/').rev().nth(1).map(str::to_string) else {
+            return Ok(None);
+        };
+        let known = self
+            .shared
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&cluster)
+            .cloned();
+        if let Some(facts) = known.and_then(|k| k.get(task_arn).cloned()) {
+            return Ok(Some(facts));
+        }
+        if !self.shared.clusters_known(&cluster) {
+            return Ok(None);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(cluster)
+            .or_default()
+            .push((task_arn.to_string(), tx));
+        self.shared.pending_changed.notify_one();
+        rx.await.unwrap_or(Ok(None))
+    }
+}
+
+fn facts(cluster: &str, task: &aws_sdk_ecs::types::Task, address: Option<String>) -> Option<TaskFacts> {
+    let service = match task.group().and_then(|g| g.strip_prefix("service:")) {
+        Some(s) => s.to_string(),
+        None => {
+            let td = task.task_definition_arn()?;
+            td.rsplit('/').next()?.split(':').next()?.to_string()
+        }
+    };
+    Some(TaskFacts {
+        task_arn: task.task_arn()?.to_string(),
+        cluster: cluster.to_string(),
+        last_status: task.last_status().unwrap_or_default().to_string(),
+        desired_status: task.desired_status().unwrap_or_default().to_string(),
+        service,
+        address,
+    })
+}
+
+/// Serve lookups of unknown tasks in batches.
+async fn lookup_loop(shared: Arc<Shared>) {
+    loop {
+        shared.pending_changed.notified().await;
+        // Let concurrent requests gather into one call.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let batches: Vec<(String, Waiters)> = {
+            let mut p = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut *p).into_iter().collect()
+        };
+        for (cluster, mut all) in batches {
+            while !all.is_empty() {
+                let waiters: Waiters = all.drain(..all.len().min(reconcile::BATCH)).collect();
+                let arns: Vec<String> = waiters.iter().map(|(a, _)| a.clone()).collect();
+                let result = shared.api.describe_tasks(&cluster, &arns).await;
+                match result {
+                    Ok((tasks, _failures)) => {
+                        for (arn, tx) in waiters {
+                            let found = tasks
+                                .iter()
+                                .find(|t| t.task_arn() == Some(arn.as_str()))
+                                .and_then(|t| facts(&cluster, t, endpoints::awsvpc_address(t)));
+                            let _ = tx.send(Ok(found));
+                        }
+                    }
+                    Err(e) => {
+                        for (_, tx) in waiters {
+                            let _ = tx.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Build the AWS clients from the standard chain and start reconciling.
@@ -174,11 +287,20 @@ pub fn spawn(settings: EcsSettings, api: EcsApi, ec2: Option<Arc<dyn InstanceAdd
         taskdefs: TaskDefCache::default(),
         rounds: Semaphore::new(0),
         ec2,
+        known: Mutex::default(),
+        pending: Mutex::default(),
+        pending_changed: Notify::new(),
     });
     shared.rounds.add_permits(shared.settings.concurrency.max(1));
     tokio::spawn(clusters_loop(shared.clone()));
+    tokio::spawn(lookup_loop(shared.clone()));
+    let lookup = TaskLookup { shared: shared.clone() };
     tokio::spawn(publish_loop(shared, tx));
-    EcsProvider { view: rx, status }
+    EcsProvider {
+        view: rx,
+        status,
+        lookup,
+    }
 }
 
 struct Shared {
@@ -190,6 +312,16 @@ struct Shared {
     taskdefs: TaskDefCache,
     rounds: Semaphore,
     ec2: Option<Arc<dyn InstanceAddresses>>,
+    /// Each cluster's tasks as of its last good round, for the identity checks.
+    known: Mutex<BTreeMap<String, Arc<std::collections::HashMap<String, TaskFacts>>>>,
+    pending: Mutex<BTreeMap<String, Waiters>>,
+    pending_changed: Notify,
+}
+
+impl Shared {
+    fn clusters_known(&self, cluster: &str) -> bool {
+        self.settings.all_clusters || self.settings.clusters.iter().any(|c| cluster_name(c) == cluster)
+    }
 }
 
 fn cluster_name(arn_or_name: &str) -> String {
@@ -256,6 +388,16 @@ async fn cluster_loop(shared: Arc<Shared>, cluster: String, name: String) {
         };
         match result {
             Ok(view) => {
+                let known: std::collections::HashMap<String, TaskFacts> = rec
+                    .known_tasks()
+                    .into_iter()
+                    .filter_map(|(arn, t)| facts(&name, &t, rec.task_address(&t)).map(|f| (arn, f)))
+                    .collect();
+                shared
+                    .known
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name.clone(), Arc::new(known));
                 let routable = view.endpoints.iter().filter(|(_, e)| e.excluded.is_none()).count();
                 shared.status.update(&name, |s| {
                     s.rounds += 1;

@@ -211,6 +211,28 @@ impl ClusterReconciler {
         Ok(())
     }
 
+    /// Every task known now, by ARN, for the identity checks.
+    pub fn known_tasks(&self) -> HashMap<String, Arc<Task>> {
+        self.tasks
+            .iter()
+            .map(|(arn, r)| (arn.clone(), r.task.clone()))
+            .collect()
+    }
+
+    /// The address a task's sidecar connects from: the ENI (awsvpc) or the instance (bridge, host).
+    pub fn task_address(&self, task: &Task) -> Option<String> {
+        let def = task
+            .task_definition_arn()
+            .and_then(|d| self.taskdefs.lock().unwrap_or_else(|e| e.into_inner()).get(d).cloned());
+        match def.as_ref().map(|d| network_mode(task, d)) {
+            Some(NetworkMode::Bridge | NetworkMode::Host) => task
+                .container_instance_arn()
+                .and_then(|ci| self.instances.get(ci))
+                .and_then(|(_, ip)| ip.clone()),
+            _ => super::endpoints::awsvpc_address(task),
+        }
+    }
+
     fn view(&self) -> ClusterView {
         let mut endpoints = Vec::new();
         let mut arns: Vec<&String> = self.tasks.keys().collect();
