@@ -4,6 +4,7 @@
 //! labels in [`labels`], the dynamic configuration model in [`config`], the routing
 //! snapshot in [`routing`], TLS loading in [`tls`] and HTTP plumbing in [`http`].
 
+pub mod authz;
 pub mod config;
 pub mod control;
 pub mod diag;
