@@ -101,13 +101,16 @@ async fn discovers_routes_and_follows_stops_and_health() {
     })
     .await;
     assert!(routed, "not routed; log:\n{}", gw.log());
-    let mut seen = BTreeSet::new();
-    for _ in 0..30 {
+    let seen = std::sync::Mutex::new(BTreeSet::new());
+    let all = eventually(Duration::from_secs(10), || async {
         let r = http1(web, get("web.test", "/")).await;
         assert_eq!(r.status, StatusCode::OK);
+        let mut seen = seen.lock().unwrap();
         seen.insert(r.headers["x-backend"].to_str().unwrap().to_string());
-    }
-    assert_eq!(seen.len(), 3, "all three tasks get traffic: {seen:?}");
+        seen.len() == 3
+    })
+    .await;
+    assert!(all, "all three tasks get traffic: {:?}", seen.lock().unwrap());
 
     let routers = gw.admin_json("/api/http/routers").await;
     let names: Vec<&str> = routers

@@ -266,10 +266,17 @@ async fn post_is_not_retried_even_with_a_healthy_peer() {
             .unwrap();
         codes.push(http1(gw.web(), req).await.status);
     }
-    // At most one POST met the dead endpoint before ejection, and it got a 502, not a retry.
+    // A POST that met the dead endpoint got a 502, never a retry on the healthy one;
+    // ejection keeps such POSTs rare (one per back-off period).
     let failed = codes.iter().filter(|c| **c == StatusCode::BAD_GATEWAY).count();
-    assert!(failed <= 1, "{codes:?}");
-    assert_eq!(good.request_count(), 20 - failed);
+    assert!(
+        codes
+            .iter()
+            .all(|c| *c == StatusCode::OK || *c == StatusCode::BAD_GATEWAY),
+        "{codes:?}"
+    );
+    assert!(failed <= 3, "{codes:?}");
+    assert_eq!(good.request_count(), 20 - failed, "no failed POST was resent");
 }
 
 #[tokio::test]

@@ -35,6 +35,7 @@ pub struct EndpointState {
 struct Ewma {
     value_ns: f64,
     stamp: Instant,
+    sampled: bool,
 }
 
 impl Default for EndpointState {
@@ -44,6 +45,7 @@ impl Default for EndpointState {
             ewma: Mutex::new(Ewma {
                 value_ns: DEFAULT_RTT.as_nanos() as f64,
                 stamp: Instant::now(),
+                sampled: false,
             }),
             ejected_until: Mutex::new(None),
             consecutive_failures: AtomicU32::new(0),
@@ -61,20 +63,34 @@ impl EndpointState {
         }
     }
 
-    /// Peak-EWMA cost: latency estimate times (in-flight + 1).
-    fn cost(&self, now: Instant) -> f64 {
+    /// The decayed latency estimate, `None` before the first sample.
+    fn latency(&self, now: Instant) -> Option<f64> {
         let ewma = self.ewma.lock().unwrap_or_else(|e| e.into_inner());
+        if !ewma.sampled {
+            return None;
+        }
         let elapsed = now.saturating_duration_since(ewma.stamp).as_secs_f64();
-        let decayed = ewma.value_ns * (-elapsed / TAU.as_secs_f64()).exp();
+        Some((ewma.value_ns * (-elapsed / TAU.as_secs_f64()).exp()).max(1.0))
+    }
+
+    /// Peak-EWMA cost: latency estimate times (in-flight + 1). An endpoint without a
+    /// sample yet is priced at `peer` (the other candidate's estimate) when there is one:
+    /// it gets its share of traffic at once, and its in-flight count keeps it from being
+    /// flooded; otherwise at the conservative default.
+    fn cost(&self, now: Instant, peer: Option<f64>) -> f64 {
+        let latency = self.latency(now).or(peer).unwrap_or(DEFAULT_RTT.as_nanos() as f64);
         let pending = f64::from(self.pending.load(Ordering::Relaxed));
-        decayed.max(1.0) * (pending + 1.0)
+        latency * (pending + 1.0)
     }
 
     fn observe(&self, rtt: Duration) {
         let now = Instant::now();
         let sample = rtt.as_nanos() as f64;
         let mut ewma = self.ewma.lock().unwrap_or_else(|e| e.into_inner());
-        if sample > ewma.value_ns {
+        if !ewma.sampled {
+            ewma.sampled = true;
+            ewma.value_ns = sample;
+        } else if sample > ewma.value_ns {
             // Peak: jump to a worse latency at once.
             ewma.value_ns = sample;
         } else {
@@ -180,8 +196,9 @@ impl Balancer {
                         }
                         let (a, b) = (candidates[a], candidates[b]);
                         // Weight scales the cost down: a weight-2 endpoint looks half as busy.
-                        let ca = states[a].cost(now) / f64::from(self.weights[a]);
-                        let cb = states[b].cost(now) / f64::from(self.weights[b]);
+                        let (la, lb) = (states[a].latency(now), states[b].latency(now));
+                        let ca = states[a].cost(now, lb) / f64::from(self.weights[a]);
+                        let cb = states[b].cost(now, la) / f64::from(self.weights[b]);
                         Some(if ca <= cb { a } else { b })
                     }
                 }
@@ -237,6 +254,17 @@ mod tests {
         s[1].record_success(Duration::from_millis(2));
         let fast = (0..100).filter(|_| b.pick(&s, &[]) == Some(1)).count();
         assert_eq!(fast, 100, "with two endpoints both are compared every time");
+    }
+
+    #[test]
+    fn p2c_gives_new_endpoints_traffic_at_once() {
+        let b = Balancer::new(Strategy::P2c, vec![1, 1, 1]);
+        let s = states(3);
+        s[0].record_success(Duration::from_millis(1));
+        s[1].record_success(Duration::from_millis(1));
+        // s[2] has no sample: it is priced like its peer and wins ties, so it is tried.
+        let picked_new = (0..100).filter(|_| b.pick(&s, &[]) == Some(2)).count();
+        assert!(picked_new > 0);
     }
 
     #[test]
