@@ -2,3 +2,6 @@
 //! `src/bin/`; [`local`] is the local ECS they share with the tests.
 
 pub mod local;
+
+#[cfg(feature = "test-util")]
+pub mod testing;

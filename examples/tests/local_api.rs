@@ -2,26 +2,13 @@
 //! operations moto also models run against moto too, to keep both peers honest.
 #![allow(clippy::unwrap_used)]
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::net::Ipv4Addr;
 
 use aws_sdk_ecs::error::ProvideErrorMetadata;
 use aws_sdk_ecs::types::{ContainerDefinition, DeploymentConfiguration, DesiredStatus, PortMapping};
-use berth_common::test_util::eventually;
 use berth_examples::local::{Ecs, EcsServer};
 
-fn client(endpoint: &str) -> aws_sdk_ecs::Client {
-    let conf = aws_sdk_ecs::Config::builder()
-        .behavior_version(aws_sdk_ecs::config::BehaviorVersion::latest())
-        .region(aws_sdk_ecs::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_ecs::config::Credentials::new(
-            "test", "test", None, None, "test",
-        ))
-        .endpoint_url(endpoint)
-        .build();
-    aws_sdk_ecs::Client::from_conf(conf)
-}
+use berth_examples::testing::{Moto, ecs_client as client};
 
 fn container() -> ContainerDefinition {
     ContainerDefinition::builder()
@@ -391,42 +378,8 @@ async fn every_operation_against_berth_local() {
     assert_eq!(d.container_instances()[0].ec2_instance_id(), Some("i-0abc"));
 }
 
-struct Moto(Child);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn the_same_scenario_against_moto() {
-    let (endpoint, _guard) = match std::env::var("MOTO_ENDPOINT") {
-        Ok(e) => (e, None),
-        Err(_) => {
-            let tool = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/moto-loopback");
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let child = Command::new("python3")
-                .arg(&tool)
-                .args(["--port", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("python3 with moto[server] (scripts/test.sh installs it)");
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            let up = eventually(Duration::from_secs(30), || async {
-                tokio::net::TcpStream::connect(addr).await.is_ok()
-            })
-            .await;
-            assert!(up, "moto did not start");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            (format!("http://{addr}"), Some(Moto(child)))
-        }
-    };
-    common_scenario(&client(&endpoint), "parity").await;
+    let moto = Moto::start().await;
+    common_scenario(&client(&moto.endpoint), "parity").await;
 }

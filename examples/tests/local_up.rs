@@ -81,17 +81,7 @@ fn start(first_address: &str) -> Local {
     }
 }
 
-fn client(endpoint: &str) -> aws_sdk_ecs::Client {
-    let conf = aws_sdk_ecs::Config::builder()
-        .behavior_version(aws_sdk_ecs::config::BehaviorVersion::latest())
-        .region(aws_sdk_ecs::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_ecs::config::Credentials::new(
-            "test", "test", None, None, "test",
-        ))
-        .endpoint_url(endpoint)
-        .build();
-    aws_sdk_ecs::Client::from_conf(conf)
-}
+use berth_examples::testing::ecs_client as client;
 
 async fn hostnames(web: SocketAddr, n: usize) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();

@@ -7,7 +7,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use aws_sdk_ecs::types::{
@@ -15,56 +14,12 @@ use aws_sdk_ecs::types::{
     NetworkMode, PortMapping,
 };
 use berth_common::test_util::{Backend, Proto, eventually, get, http1};
+use berth_examples::testing::Moto;
 use http::StatusCode;
 use support::{GatewayProcess, ecs_client, free_port};
 
-struct Moto {
-    endpoint: String,
-    child: Option<Child>,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// The moto server from `MOTO_ENDPOINT`, or one started here with moto-loopback.
 async fn moto() -> Moto {
-    if let Ok(endpoint) = std::env::var("MOTO_ENDPOINT") {
-        return Moto { endpoint, child: None };
-    }
-    let tool = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/moto-loopback");
-    assert!(
-        tool.exists(),
-        "moto-loopback not found at {} (set MOTO_ENDPOINT)",
-        tool.display()
-    );
-    let port = free_port();
-    let child = Command::new("python3")
-        .arg(&tool)
-        .args(["--port", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 with moto[server] (pip install 'moto[server]'; scripts/test.sh does it)");
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let m = Moto {
-        endpoint: endpoint.clone(),
-        child: Some(child),
-    };
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let up = eventually(Duration::from_secs(30), || async {
-        tokio::net::TcpStream::connect(addr).await.is_ok()
-    })
-    .await;
-    assert!(up, "moto did not start (pip install 'moto[server]')");
-    // moto-loopback freezes the task state machine right after start.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    m
+    Moto::start().await
 }
 
 /// A minimal EC2 query-protocol call to moto (it routes by the SigV4 credential scope

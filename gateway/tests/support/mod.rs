@@ -142,15 +142,5 @@ impl Drop for GatewayProcess {
     }
 }
 
-/// An ECS client for seeding a test peer: explicit region, dummy credentials, endpoint.
-pub fn ecs_client(endpoint: &str) -> aws_sdk_ecs::Client {
-    let conf = aws_sdk_ecs::Config::builder()
-        .behavior_version(aws_sdk_ecs::config::BehaviorVersion::latest())
-        .region(aws_sdk_ecs::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_ecs::config::Credentials::new(
-            "test", "test", None, None, "test",
-        ))
-        .endpoint_url(endpoint)
-        .build();
-    aws_sdk_ecs::Client::from_conf(conf)
-}
+#[allow(unused_imports)]
+pub use berth_examples::testing::ecs_client;
