@@ -1,0 +1,264 @@
+//! The ECS task metadata endpoint v4 (`ECS_CONTAINER_METADATA_URI_V4`): the task's ARN,
+//! cluster, service, family, revision, labels, addresses, ports and container health,
+//! and the registration they add up to.
+//!
+//! The client ignores `HTTP_PROXY`-style variables (those are the app's way to reach
+//! the sidecar) and never guesses an address.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::{Deserialize, Serialize};
+
+pub const ENV: &str = "ECS_CONTAINER_METADATA_URI_V4";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error("{ENV} is not set: berth-sidecar must run as a container of an ECS task")]
+    Missing,
+    #[error("{ENV}={0} is not a valid http URL")]
+    BadUri(String),
+    #[error("the task metadata endpoint {0} is unreachable: {1}")]
+    Unreachable(String, String),
+    #[error("the task metadata endpoint {0} did not answer within {1:?}")]
+    Timeout(String, Duration),
+    #[error("the task metadata from {0} was invalid: {1}")]
+    Invalid(String, String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TaskMetadata {
+    pub cluster: String,
+    #[serde(rename = "TaskARN")]
+    pub task_arn: String,
+    pub family: String,
+    pub revision: String,
+    pub desired_status: String,
+    pub known_status: String,
+    #[serde(default)]
+    pub launch_type: Option<String>,
+    #[serde(default)]
+    pub service_name: Option<String>,
+    #[serde(default)]
+    pub availability_zone: Option<String>,
+    #[serde(default)]
+    pub containers: Vec<ContainerMetadata>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerMetadata {
+    pub name: String,
+    #[serde(default)]
+    pub docker_id: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub known_status: String,
+    #[serde(default)]
+    pub health: Option<Health>,
+    #[serde(default)]
+    pub ports: Vec<PortMetadata>,
+    #[serde(default)]
+    pub networks: Vec<NetworkMetadata>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Health {
+    #[serde(default)]
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PortMetadata {
+    #[serde(default)]
+    pub container_port: Option<u16>,
+    #[serde(default)]
+    pub host_port: Option<u16>,
+    #[serde(default)]
+    pub host_ip: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkMetadata {
+    #[serde(default)]
+    pub network_mode: String,
+    #[serde(default, rename = "IPv4Addresses")]
+    pub ipv4_addresses: Vec<String>,
+}
+
+/// One attempt to read `<uri>/task`, bounded by `timeout`.
+pub async fn fetch(uri: &str, timeout: Duration) -> Result<TaskMetadata, MetadataError> {
+    let url: http::Uri = format!("{}/task", uri.trim_end_matches('/'))
+        .parse()
+        .map_err(|_| MetadataError::BadUri(uri.to_string()))?;
+    if url.scheme_str() != Some("http") || url.host().is_none() {
+        return Err(MetadataError::BadUri(uri.to_string()));
+    }
+    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let body = tokio::time::timeout(timeout, async {
+        let resp = client
+            .get(url.clone())
+            .await
+            .map_err(|e| MetadataError::Unreachable(uri.to_string(), error_chain(&e)))?;
+        if !resp.status().is_success() {
+            return Err(MetadataError::Invalid(
+                uri.to_string(),
+                format!("HTTP {}", resp.status()),
+            ));
+        }
+        resp.into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .map_err(|e| MetadataError::Unreachable(uri.to_string(), e.to_string()))
+    })
+    .await
+    .map_err(|_| MetadataError::Timeout(uri.to_string(), timeout))??;
+    parse(uri, &body)
+}
+
+/// Parse a `/task` document.
+pub fn parse(uri: &str, body: &[u8]) -> Result<TaskMetadata, MetadataError> {
+    let md: TaskMetadata =
+        serde_json::from_slice(body).map_err(|e| MetadataError::Invalid(uri.to_string(), e.to_string()))?;
+    if md.task_arn.is_empty() || md.cluster.is_empty() {
+        return Err(MetadataError::Invalid(
+            uri.to_string(),
+            "TaskARN or Cluster is empty".into(),
+        ));
+    }
+    Ok(md)
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let t = inner.to_string();
+        if !s.ends_with(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = inner.source();
+    }
+    s
+}
+
+/// What the sidecar registers with the gateway (and `inspect` prints).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Registration {
+    pub task_arn: String,
+    /// The cluster's name (the last segment of its ARN).
+    pub cluster: String,
+    pub service: String,
+    pub family: String,
+    pub revision: String,
+    pub launch_type: Option<String>,
+    pub network_mode: Option<String>,
+    /// The IP the gateway should dial, or null when unknown (bridge mode without
+    /// instance metadata: the gateway fills it in from the ECS API).
+    pub address: Option<String>,
+    /// The app port as the gateway dials it (the host port in bridge mode).
+    pub port: Option<u16>,
+    pub labels: BTreeMap<String, String>,
+    pub containers: Vec<ContainerStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContainerStatus {
+    pub name: String,
+    pub known_status: String,
+    pub health: Option<String>,
+}
+
+/// The sidecar's own container name in the task definition.
+pub const SIDECAR_CONTAINER: &str = "berth-sidecar";
+
+impl TaskMetadata {
+    /// The app container: the one carrying `berth.`/`traefik.` labels, else the first
+    /// that is not the sidecar.
+    pub fn app(&self) -> Option<&ContainerMetadata> {
+        let others = || self.containers.iter().filter(|c| c.name != SIDECAR_CONTAINER);
+        others()
+            .find(|c| {
+                c.labels
+                    .keys()
+                    .any(|k| k.starts_with("berth.") || k.starts_with("traefik."))
+            })
+            .or_else(|| others().next())
+    }
+
+    pub fn registration(&self, app_port: Option<u16>) -> Registration {
+        let app = self.app();
+        let network = self.containers.iter().flat_map(|c| c.networks.first()).next();
+        let network_mode = network.map(|n| n.network_mode.clone()).filter(|m| !m.is_empty());
+        let bridge = matches!(network_mode.as_deref(), Some("bridge") | Some("host"));
+        let address = if bridge {
+            None
+        } else {
+            network.and_then(|n| n.ipv4_addresses.first().cloned())
+        };
+        let port = app_port
+            .map(|p| {
+                // A container port maps to its host port in bridge mode.
+                app.and_then(|a| a.ports.iter().find(|m| m.container_port == Some(p)))
+                    .and_then(|m| if bridge { m.host_port } else { m.container_port })
+                    .unwrap_or(p)
+            })
+            .or_else(|| {
+                let ports = app.map(|a| a.ports.as_slice()).unwrap_or_default();
+                match ports {
+                    [one] => {
+                        if bridge {
+                            one.host_port
+                        } else {
+                            one.container_port
+                        }
+                    }
+                    _ => None,
+                }
+            });
+        Registration {
+            task_arn: self.task_arn.clone(),
+            cluster: self.cluster.rsplit('/').next().unwrap_or(&self.cluster).to_string(),
+            service: self
+                .service_name
+                .clone()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| self.family.clone()),
+            family: self.family.clone(),
+            revision: self.revision.clone(),
+            launch_type: self.launch_type.clone(),
+            network_mode,
+            address,
+            port,
+            labels: app
+                .map(|a| {
+                    a.labels
+                        .iter()
+                        .filter(|(k, _)| !k.starts_with("com.amazonaws.ecs."))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            containers: self
+                .containers
+                .iter()
+                .map(|c| ContainerStatus {
+                    name: c.name.clone(),
+                    known_status: c.known_status.clone(),
+                    health: c.health.as_ref().map(|h| h.status.clone()),
+                })
+                .collect(),
+        }
+    }
+}
