@@ -29,6 +29,9 @@ pub struct CertificateResponse {
     pub serial: String,
     /// Unix seconds.
     pub not_after: u64,
+    /// The mesh denies callers of services without `berth.mesh.allow` (`--mesh-default-deny`).
+    #[serde(default)]
+    pub default_deny: bool,
 }
 
 /// Every refusal, with a stable code and a sentence for humans.

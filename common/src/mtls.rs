@@ -26,6 +26,9 @@ pub enum PeerPolicy {
     Exact(SpiffeId),
     /// Any identity in the trust domain (authorization happens after the handshake).
     TrustDomain(String),
+    /// A gateway (`spiffe://<any trust domain>/gateway`): a sidecar dialling the control
+    /// API before it knows the trust domain's name.
+    AnyGateway,
 }
 
 impl PeerPolicy {
@@ -35,6 +38,8 @@ impl PeerPolicy {
             PeerPolicy::Exact(want) => Err(format!("peer identity {id} is not the expected {want}")),
             PeerPolicy::TrustDomain(td) if id.trust_domain() == td => Ok(()),
             PeerPolicy::TrustDomain(td) => Err(format!("peer identity {id} is outside trust domain {td}")),
+            PeerPolicy::AnyGateway if id.is_gateway() => Ok(()),
+            PeerPolicy::AnyGateway => Err(format!("peer identity {id} is not a gateway")),
         }
     }
 }

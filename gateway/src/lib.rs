@@ -192,6 +192,7 @@ impl Gateway {
                 lookup: ecs_lookup.clone(),
                 lifetime: m.cert_lifetime,
                 limiter: discovery::ecs::client::RateLimiter::new(50.0, 200.0),
+                default_deny: m.default_deny,
             });
             // Fail at start, not at the first handshake, if the anchor is unusable.
             berth_common::mtls::TrustAnchors::from_certs(std::slice::from_ref(api.ca.anchor()))?;

@@ -32,6 +32,7 @@ pub struct ControlApi {
     pub lookup: Option<TaskLookup>,
     pub lifetime: Duration,
     pub limiter: RateLimiter,
+    pub default_deny: bool,
 }
 
 /// Constant-time equality (the length is not secret).
@@ -230,6 +231,7 @@ impl ControlApi {
                     .duration_since(UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0),
+                default_deny: self.default_deny,
             },
         )
     }

@@ -1,0 +1,205 @@
+//! The sidecar's inbound listener end to end, with real processes: berth-sidecar gets
+//! its certificate from a berth-gateway process (which checks the task in berth-local's
+//! ECS API), then accepts only mTLS callers of the mesh that `berth.mesh.allow` names,
+//! and passes the verified identity to the app in `x-berth-client-id`.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_common::identity::SpiffeId;
+use berth_common::mtls::{CertSlot, PeerPolicy, TrustAnchors, client_config};
+use berth_common::test_util::{Backend, Proto, eventually, get, read_reply};
+use berth_examples::local::{Ecs, EcsServer, tmds};
+use berth_gateway::mesh::ca::{MeshCa, new_root};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use serde_json::json;
+use support::{GatewayProcess, free_port, temp_dir};
+
+const TOKEN: &str = "sidecar-test-bootstrap-token";
+
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn slot(ca: &MeshCa, id: &SpiffeId) -> Arc<CertSlot> {
+    let (issued, key) = ca.issue_local(id, Duration::from_secs(600)).unwrap();
+    let s = Arc::new(CertSlot::default());
+    s.set(MeshCa::certified_key(&issued, &key).unwrap());
+    s
+}
+
+async fn call(
+    inbound: SocketAddr,
+    anchors: &TrustAnchors,
+    me: Option<Arc<CertSlot>>,
+    expect: &SpiffeId,
+) -> Result<berth_common::test_util::Reply, String> {
+    let cfg = client_config(me, anchors.clone(), PeerPolicy::Exact(expect.clone())).unwrap();
+    let tcp = tokio::net::TcpStream::connect(inbound)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("orders.berth").unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut req = get("orders", "/hello");
+    req.headers_mut().insert(
+        "x-berth-client-id",
+        "spiffe://berth.local/ecs/prod/forged".parse().unwrap(),
+    );
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    Ok(read_reply(resp).await)
+}
+
+#[tokio::test]
+async fn inbound_mtls_authorization_and_identity_header() {
+    berth_common::tls::install_crypto_provider();
+    let sidecar_bin = std::path::Path::new(env!("CARGO_BIN_EXE_berth-gateway")).with_file_name("berth-sidecar");
+    assert!(
+        sidecar_bin.exists(),
+        "build the workspace first (scripts/test.sh runs cargo test --workspace)"
+    );
+
+    let server = EcsServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Ecs::new("us-east-1", Ipv4Addr::new(127, 0, 180, 1)),
+    )
+    .await
+    .unwrap();
+    let app_port = free_port();
+    let (arn, task_ip, docker) = {
+        let mut ecs = server.ecs.lock().unwrap();
+        ecs.create_cluster("prod");
+        ecs.register_task_definition(&json!({
+            "family": "orders",
+            "containerDefinitions": [
+                {"name": "berth-sidecar", "image": "berth-sidecar"},
+                {"name": "app", "image": "app", "portMappings": [{"containerPort": app_port}],
+                 "dockerLabels": {"berth.mesh.allow": "billing, gateway"}}
+            ]
+        }))
+        .unwrap();
+        let t = ecs
+            .run_task(Some("prod"), "orders", 1, Some("service:orders"), None, None)
+            .unwrap()
+            .remove(0);
+        let arn = t["taskArn"].as_str().unwrap().to_string();
+        let id = arn.rsplit('/').next().unwrap().to_string();
+        let task = &ecs.clusters["prod"].tasks[&id];
+        (arn, task.address.unwrap(), task.containers[0].docker_id.clone())
+    };
+    let tmds_addr = tmds::serve("127.0.0.1:0".parse().unwrap(), server.ecs.clone())
+        .await
+        .unwrap();
+    let app = Backend::start_at("app", Proto::Http1, SocketAddr::from((task_ip, app_port))).await;
+
+    let dir = temp_dir("sidecar");
+    std::fs::write(dir.join("token"), TOKEN).unwrap();
+    let control: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gw = GatewayProcess::spawn(
+        &[
+            "--ecs-cluster",
+            "prod",
+            "--ecs-refresh",
+            "500ms",
+            "--mesh-dev-ca",
+            dir.join("ca").to_str().unwrap(),
+            "--mesh-listen",
+            &control.to_string(),
+            "--mesh-token-file",
+            dir.join("token").to_str().unwrap(),
+        ],
+        &[("AWS_ENDPOINT_URL", &server.endpoint_url())],
+    );
+    gw.wait_admin().await;
+    let inbound = SocketAddr::from((task_ip, free_port()));
+    let admin = SocketAddr::from((task_ip, free_port()));
+    let log = dir.join("sidecar.log");
+    let _sidecar = Child(
+        std::process::Command::new(&sidecar_bin)
+            .env_clear()
+            .env(
+                "ECS_CONTAINER_METADATA_URI_V4",
+                format!("http://{tmds_addr}/v4/{docker}"),
+            )
+            .env("BERTH_GATEWAY", format!("https://{control}"))
+            .env("BERTH_CA_CERT", dir.join("ca/ca.crt"))
+            .env("BERTH_TOKEN", TOKEN)
+            .env("BERTH_INBOUND", inbound.to_string())
+            .env("BERTH_OUTBOUND", SocketAddr::from((task_ip, free_port())).to_string())
+            .env("BERTH_ADMIN", admin.to_string())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let ready = eventually(Duration::from_secs(20), || async {
+        tokio::net::TcpStream::connect(admin).await.is_ok()
+    })
+    .await;
+    assert!(
+        ready,
+        "sidecar not ready:\n{}\ngateway:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default(),
+        gw.log()
+    );
+    assert!(gw.log().contains(&arn), "the gateway logged the issuance for the task");
+
+    let ca = MeshCa::dev(&dir.join("ca"), "berth.local").unwrap();
+    let anchors = TrustAnchors::from_certs(std::slice::from_ref(ca.anchor())).unwrap();
+    let orders = SpiffeId::for_service("berth.local", "prod", "orders").unwrap();
+    let billing = SpiffeId::for_service("berth.local", "prod", "billing").unwrap();
+
+    // An allowed caller reaches the app, which sees the verified identity, not the forged one.
+    let r = call(inbound, &anchors, Some(slot(&ca, &billing)), &orders)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = app.requests();
+    assert_eq!(seen.last().unwrap().headers["x-berth-client-id"], billing.to_string());
+    assert_eq!(
+        seen.last().unwrap().headers.get_all("x-berth-client-id").iter().count(),
+        1
+    );
+
+    // Another service of the mesh is denied with the reason.
+    let web = SpiffeId::for_service("berth.local", "prod", "web").unwrap();
+    let before = app.request_count();
+    let r = call(inbound, &anchors, Some(slot(&ca, &web)), &orders).await.unwrap();
+    assert_eq!(r.status, 403);
+    assert!(
+        r.body.contains("spiffe://berth.local/ecs/prod/web") && r.body.contains("berth.mesh.allow"),
+        "{}",
+        r.body
+    );
+    assert_eq!(app.request_count(), before, "a denied call never reaches the app");
+
+    // No client certificate, a certificate from another CA, and plaintext: refused.
+    assert!(call(inbound, &anchors, None, &orders).await.is_err());
+    let other = {
+        let (c, k) = new_root("elsewhere").unwrap();
+        MeshCa::from_pem(&c, &k, "berth.local").unwrap()
+    };
+    assert!(
+        call(inbound, &anchors, Some(slot(&other, &billing)), &orders)
+            .await
+            .is_err()
+    );
+    let plain =
+        berth_common::test_util::raw_exchange(inbound, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", Duration::from_secs(2))
+            .await;
+    assert!(!plain.contains("HTTP/1.1 200"), "{plain}");
+    assert_eq!(app.request_count(), before);
+}

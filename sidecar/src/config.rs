@@ -1,0 +1,80 @@
+//! The sidecar's configuration, from its container environment, parsed once.
+
+use std::net::SocketAddr;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub metadata_uri: String,
+    /// The control API, `https://host:port`.
+    pub gateway: SocketAddr,
+    /// The mesh trust anchor, PEM.
+    pub ca_pem: String,
+    pub token: Option<String>,
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub app_port: Option<u16>,
+    pub health_path: Option<String>,
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn addr(name: &str, default: &str) -> Result<SocketAddr, ConfigError> {
+    let v = var(name).unwrap_or_else(|| default.to_string());
+    v.parse()
+        .map_err(|_| ConfigError(format!("{name}={v} is not an address like 0.0.0.0:15443")))
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Settings, ConfigError> {
+        let metadata_uri = var(crate::metadata::ENV)
+            .ok_or_else(|| ConfigError(crate::metadata::MetadataError::Missing.to_string()))?;
+        let gw = var("BERTH_GATEWAY")
+            .ok_or_else(|| ConfigError("BERTH_GATEWAY is not set (e.g. https://10.0.0.5:9443)".into()))?;
+        let hostport = gw.strip_prefix("https://").unwrap_or(&gw).trim_end_matches('/');
+        let gateway: SocketAddr = hostport
+            .parse()
+            .map_err(|_| ConfigError(format!("BERTH_GATEWAY={gw} must be https://IP:PORT")))?;
+        let ca = var("BERTH_CA_CERT")
+            .ok_or_else(|| ConfigError("BERTH_CA_CERT is not set (PEM, inline or a path)".into()))?;
+        let ca_pem = if ca.contains("-----BEGIN") {
+            ca
+        } else {
+            std::fs::read_to_string(&ca).map_err(|e| ConfigError(format!("BERTH_CA_CERT={ca}: {e}")))?
+        };
+        let token = match (var("BERTH_TOKEN"), var("BERTH_TOKEN_FILE")) {
+            (Some(t), _) => Some(t),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| ConfigError(format!("BERTH_TOKEN_FILE={path}: {e}")))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        let app_port = match var("BERTH_APP_PORT") {
+            Some(p) => Some(
+                p.parse()
+                    .map_err(|_| ConfigError(format!("BERTH_APP_PORT={p} is not a port")))?,
+            ),
+            None => None,
+        };
+        Ok(Settings {
+            metadata_uri,
+            gateway,
+            ca_pem,
+            token,
+            inbound: addr("BERTH_INBOUND", "0.0.0.0:15443")?,
+            outbound: addr("BERTH_OUTBOUND", "127.0.0.1:15001")?,
+            admin: addr("BERTH_ADMIN", "127.0.0.1:15000")?,
+            app_port,
+            health_path: var("BERTH_HEALTH_PATH"),
+        })
+    }
+}

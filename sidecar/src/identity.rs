@@ -1,0 +1,168 @@
+//! The sidecar's identity: a key made here, a CSR sent to the gateway's control API
+//! (with the bootstrap token the first time, over mTLS with the current certificate
+//! after), renewal at 70 % of the lifetime with jitter, retries with back-off.
+//!
+//! Outgoing control connections bind to the inbound address when it is a specific IP,
+//! so the gateway sees the task's address as the source.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use berth_common::control::{CERTIFICATES_PATH, CertificateRequest, CertificateResponse, ErrorResponse};
+use berth_common::identity::SpiffeId;
+use berth_common::mtls::{CertSlot, PeerPolicy, TrustAnchors, client_config};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot reach the gateway's control API at {0}: {1}")]
+    Connect(SocketAddr, String),
+    #[error("the gateway refused the certificate request ({code}): {error}")]
+    Refused { code: String, error: String },
+    #[error("bad answer from the gateway: {0}")]
+    Protocol(String),
+    #[error("key or CSR: {0}")]
+    Key(String),
+}
+
+/// What the gateway granted.
+#[derive(Debug, Clone)]
+pub struct Granted {
+    pub identity: SpiffeId,
+    pub not_after: SystemTime,
+    pub default_deny: bool,
+}
+
+pub struct Certifier {
+    pub gateway: SocketAddr,
+    pub anchors: TrustAnchors,
+    pub token: Option<String>,
+    pub task_arn: String,
+    pub bind: Option<std::net::IpAddr>,
+    pub slot: Arc<CertSlot>,
+    pub trust_domain_hint: Option<String>,
+}
+
+impl Certifier {
+    /// Request (or renew) a certificate and install it in the slot.
+    pub async fn certify(&self) -> Result<Granted, IdentityError> {
+        let key = rcgen::KeyPair::generate().map_err(|e| IdentityError::Key(e.to_string()))?;
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .and_then(|c| c.pem())
+            .map_err(|e| IdentityError::Key(e.to_string()))?;
+        let renewing = self.slot.get().is_some();
+        let body = serde_json::to_vec(&CertificateRequest {
+            task_arn: self.task_arn.clone(),
+            csr_pem: csr,
+            token: if renewing { None } else { self.token.clone() },
+        })
+        .map_err(|e| IdentityError::Protocol(e.to_string()))?;
+        // The gateway's identity is checked, whatever the trust domain's name is.
+        let policy = match &self.trust_domain_hint {
+            Some(td) => PeerPolicy::Exact(SpiffeId::gateway(td).map_err(|e| IdentityError::Protocol(e.to_string()))?),
+            None => PeerPolicy::AnyGateway,
+        };
+        let cfg = client_config(renewing.then(|| self.slot.clone()), self.anchors.clone(), policy)
+            .map_err(|e| IdentityError::Protocol(e.to_string()))?;
+        let socket = if self.gateway.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(|e| IdentityError::Connect(self.gateway, e.to_string()))?;
+        if let Some(ip) = self.bind {
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(|e| IdentityError::Connect(self.gateway, format!("binding {ip}: {e}")))?;
+        }
+        let tcp = tokio::time::timeout(Duration::from_secs(5), socket.connect(self.gateway))
+            .await
+            .map_err(|_| IdentityError::Connect(self.gateway, "timed out".into()))?
+            .map_err(|e| IdentityError::Connect(self.gateway, e.to_string()))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(
+                ServerName::try_from("gateway.berth").map_err(|e| IdentityError::Protocol(e.to_string()))?,
+                tcp,
+            )
+            .await
+            .map_err(|e| IdentityError::Connect(self.gateway, format!("TLS: {e}")))?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| IdentityError::Protocol(e.to_string()))?;
+        tokio::spawn(conn);
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(CERTIFICATES_PATH)
+            .header("host", "gateway.berth")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| IdentityError::Protocol(e.to_string()))?;
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(|e| IdentityError::Protocol(e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .map_err(|e| IdentityError::Protocol(e.to_string()))?;
+        if !status.is_success() {
+            let e: ErrorResponse = serde_json::from_slice(&bytes).unwrap_or(ErrorResponse {
+                code: status.as_u16().to_string(),
+                error: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+            return Err(IdentityError::Refused {
+                code: e.code,
+                error: e.error,
+            });
+        }
+        let granted: CertificateResponse =
+            serde_json::from_slice(&bytes).map_err(|e| IdentityError::Protocol(e.to_string()))?;
+        let ck = berth_common::tls::certified_key_from_pem(
+            granted.certificate_chain_pem.as_bytes(),
+            key.serialize_pem().as_bytes(),
+            "issued certificate",
+        )
+        .map_err(|e| IdentityError::Protocol(e.to_string()))?;
+        self.slot.set(ck);
+        Ok(Granted {
+            identity: SpiffeId::parse(&granted.identity).map_err(|e| IdentityError::Protocol(e.to_string()))?,
+            not_after: UNIX_EPOCH + Duration::from_secs(granted.not_after),
+            default_deny: granted.default_deny,
+        })
+    }
+
+    /// Keep the certificate fresh: renew at ~70 % of its remaining life, retry with back-off.
+    pub async fn keep_renewed(self: Arc<Self>, mut granted: Granted) {
+        loop {
+            let left = granted.not_after.duration_since(SystemTime::now()).unwrap_or_default();
+            tokio::time::sleep(
+                left.mul_f64(0.7 - 0.05 * fastrand::f64())
+                    .max(Duration::from_millis(200)),
+            )
+            .await;
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                match self.certify().await {
+                    Ok(g) => {
+                        tracing::info!(identity = %g.identity, "certificate renewed");
+                        granted = g;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, ?backoff, "renewal failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        }
+    }
+}
