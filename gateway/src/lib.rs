@@ -72,7 +72,35 @@ impl Gateway {
         let metrics = Arc::new(Metrics::default());
         let lifecycle = Arc::new(Lifecycle::default());
         let roots = upstream_roots(cfg.upstream_ca.as_deref())?;
-        let clients = Clients::new(cfg.limits.connect_timeout, cfg.limits.upstream_idle_timeout, roots);
+        // The mesh CA and the gateway's own identity come first: the proxy dials
+        // sidecars with it.
+        let mesh_ca = match &cfg.mesh {
+            Some(m) => {
+                let ca = Arc::new(match &m.ca {
+                    config::CaSource::Files { cert, key } => mesh::ca::MeshCa::load(cert, key, &m.trust_domain)?,
+                    config::CaSource::Dev(dir) => mesh::ca::MeshCa::dev(dir, &m.trust_domain)?,
+                });
+                let me = berth_common::identity::SpiffeId::gateway(&m.trust_domain)
+                    .map_err(|e| mesh::ca::CaError::Sign(e.to_string()))?;
+                let slot = Arc::new(berth_common::mtls::CertSlot::default());
+                let (issued, key) = ca.issue_local(&me, m.cert_lifetime)?;
+                slot.set(mesh::ca::MeshCa::certified_key(&issued, &key)?);
+                // Fail at start, not at the first handshake, if the anchor is unusable.
+                let anchors = berth_common::mtls::TrustAnchors::from_certs(std::slice::from_ref(ca.anchor()))?;
+                Some((m.clone(), ca, slot, anchors))
+            }
+            None => None,
+        };
+        let mut clients = Clients::new(cfg.limits.connect_timeout, cfg.limits.upstream_idle_timeout, roots);
+        if let Some((m, _, slot, anchors)) = &mesh_ca {
+            clients.mesh = Some(proxy::upstream::MeshClient::new(
+                cfg.limits.connect_timeout,
+                cfg.limits.upstream_idle_timeout,
+                slot.clone(),
+                anchors.clone(),
+                &m.trust_domain,
+            )?);
+        }
         let proxy = Arc::new(Proxy::new(
             clients,
             metrics.clone(),
@@ -167,24 +195,13 @@ impl Gateway {
             });
         }
         let mut mesh_addr = None;
-        if let Some(m) = &cfg.mesh {
-            let ca = Arc::new(match &m.ca {
-                config::CaSource::Files { cert, key } => mesh::ca::MeshCa::load(cert, key, &m.trust_domain)?,
-                config::CaSource::Dev(dir) => mesh::ca::MeshCa::dev(dir, &m.trust_domain)?,
-            });
+        if let Some((m, ca, slot, _)) = mesh_ca {
             let listener = TcpListener::bind(m.listen).await.map_err(|source| StartError::Bind {
                 what: "mesh control API".into(),
                 addr: m.listen,
                 source,
             })?;
             mesh_addr = Some(listener.local_addr().unwrap_or(m.listen));
-            let slot = Arc::new(berth_common::mtls::CertSlot::default());
-            let (issued, key) = ca.issue_local(
-                &berth_common::identity::SpiffeId::gateway(&m.trust_domain)
-                    .map_err(|e| mesh::ca::CaError::Sign(e.to_string()))?,
-                m.cert_lifetime,
-            )?;
-            slot.set(mesh::ca::MeshCa::certified_key(&issued, &key)?);
             tokio::spawn(mesh::control_api::rotate_own(ca.clone(), slot.clone(), m.cert_lifetime));
             let api = Arc::new(mesh::control_api::ControlApi {
                 ca,
@@ -194,8 +211,6 @@ impl Gateway {
                 limiter: discovery::ecs::client::RateLimiter::new(50.0, 200.0),
                 default_deny: m.default_deny,
             });
-            // Fail at start, not at the first handshake, if the anchor is unusable.
-            berth_common::mtls::TrustAnchors::from_certs(std::slice::from_ref(api.ca.anchor()))?;
             tokio::spawn(async move {
                 if let Err(e) = api.serve(listener, slot).await {
                     tracing::error!(error = %e, "mesh control API stopped");

@@ -64,8 +64,19 @@ async fn call(
     Ok(read_reply(resp).await)
 }
 
-#[tokio::test]
-async fn inbound_mtls_authorization_and_identity_header() {
+struct Fixture {
+    _server: EcsServer,
+    gw: GatewayProcess,
+    _sidecar: Child,
+    app: Backend,
+    inbound: SocketAddr,
+    dir: std::path::PathBuf,
+    arn: String,
+}
+
+/// A gateway (ECS discovery + mesh), one `orders` task with a running sidecar, and the
+/// app behind it.
+async fn fixture(first: Ipv4Addr, labels: serde_json::Value) -> Fixture {
     berth_common::tls::install_crypto_provider();
     let sidecar_bin = std::path::Path::new(env!("CARGO_BIN_EXE_berth-gateway")).with_file_name("berth-sidecar");
     assert!(
@@ -73,12 +84,9 @@ async fn inbound_mtls_authorization_and_identity_header() {
         "build the workspace first (scripts/test.sh runs cargo test --workspace)"
     );
 
-    let server = EcsServer::start(
-        "127.0.0.1:0".parse().unwrap(),
-        Ecs::new("us-east-1", Ipv4Addr::new(127, 0, 180, 1)),
-    )
-    .await
-    .unwrap();
+    let server = EcsServer::start("127.0.0.1:0".parse().unwrap(), Ecs::new("us-east-1", first))
+        .await
+        .unwrap();
     let app_port = free_port();
     let (arn, task_ip, docker) = {
         let mut ecs = server.ecs.lock().unwrap();
@@ -88,7 +96,7 @@ async fn inbound_mtls_authorization_and_identity_header() {
             "containerDefinitions": [
                 {"name": "berth-sidecar", "image": "berth-sidecar"},
                 {"name": "app", "image": "app", "portMappings": [{"containerPort": app_port}],
-                 "dockerLabels": {"berth.mesh.allow": "billing, gateway"}}
+                 "dockerLabels": labels}
             ]
         }))
         .unwrap();
@@ -125,7 +133,7 @@ async fn inbound_mtls_authorization_and_identity_header() {
         &[("AWS_ENDPOINT_URL", &server.endpoint_url())],
     );
     gw.wait_admin().await;
-    let inbound = SocketAddr::from((task_ip, free_port()));
+    let inbound = SocketAddr::from((task_ip, 15443));
     let admin = SocketAddr::from((task_ip, free_port()));
     let log = dir.join("sidecar.log");
     let _sidecar = Child(
@@ -155,8 +163,30 @@ async fn inbound_mtls_authorization_and_identity_header() {
         std::fs::read_to_string(&log).unwrap_or_default(),
         gw.log()
     );
-    assert!(gw.log().contains(&arn), "the gateway logged the issuance for the task");
 
+    Fixture {
+        _server: server,
+        gw,
+        _sidecar,
+        app,
+        inbound,
+        dir,
+        arn,
+    }
+}
+
+#[tokio::test]
+async fn inbound_mtls_authorization_and_identity_header() {
+    let f = fixture(
+        Ipv4Addr::new(127, 0, 180, 1),
+        json!({"berth.mesh.allow": "billing, gateway"}),
+    )
+    .await;
+    let (dir, inbound, app) = (&f.dir, f.inbound, &f.app);
+    assert!(
+        f.gw.log().contains(&f.arn),
+        "the gateway logged the issuance for the task"
+    );
     let ca = MeshCa::dev(&dir.join("ca"), "berth.local").unwrap();
     let anchors = TrustAnchors::from_certs(std::slice::from_ref(ca.anchor())).unwrap();
     let orders = SpiffeId::for_service("berth.local", "prod", "orders").unwrap();
@@ -202,4 +232,43 @@ async fn inbound_mtls_authorization_and_identity_header() {
             .await;
     assert!(!plain.contains("HTTP/1.1 200"), "{plain}");
     assert_eq!(app.request_count(), before);
+}
+
+#[tokio::test]
+async fn north_south_goes_through_the_sidecar_over_mtls() {
+    let f = fixture(
+        Ipv4Addr::new(127, 0, 181, 1),
+        json!({"berth.enable": "true", "berth.http.routers.orders.rule": "Host(`orders.test`)"}),
+    )
+    .await;
+    let web = f.gw.web;
+    let routed = eventually(Duration::from_secs(15), || async {
+        berth_common::test_util::http1(web, get("orders.test", "/via-gateway"))
+            .await
+            .status
+            == 200
+    })
+    .await;
+    assert!(
+        routed,
+        "{}\n{}",
+        f.gw.admin_json("/api/http/services").await,
+        f.gw.log()
+    );
+    let services = f.gw.admin_json("/api/http/services").await;
+    let url = services[0]["loadBalancer"]["servers"][0]["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        url.starts_with("mesh://127.0.181.1:") && url.ends_with("/ecs/prod/orders"),
+        "{url}"
+    );
+    let seen = f.app.requests();
+    let last = seen.last().unwrap();
+    assert_eq!(last.uri, "/via-gateway");
+    assert_eq!(
+        last.headers["x-berth-client-id"], "spiffe://berth.local/gateway",
+        "the app sees the gateway's verified identity"
+    );
 }

@@ -257,6 +257,12 @@ pub fn parse_server_url(url: &str) -> Result<http::Uri, String> {
     let uri: http::Uri = url.trim().parse().map_err(|e| format!("invalid URL: {e}"))?;
     match uri.scheme_str() {
         Some("http" | "https" | "h2c") => {}
+        // A task behind its sidecar: mTLS to `host:port`, expecting the identity whose
+        // SPIFFE path is the URL's path (ECS discovery writes these).
+        Some("mesh") if uri.path().len() > 1 => {}
+        Some("mesh") => {
+            return Err("a mesh:// server needs the identity path (mesh://IP:PORT/ecs/CLUSTER/SERVICE)".into());
+        }
         Some(other) => {
             return Err(format!("unsupported scheme `{other}` (use http, https or h2c)"));
         }

@@ -92,6 +92,20 @@ impl Proxy {
     /// Swap in a new snapshot; requests in flight keep the one they started with.
     pub fn swap(&self, snapshot: Arc<Snapshot>) {
         let routes = Routes::build(snapshot, &self.registry, &self.metrics);
+        if let Some(mesh) = &self.clients.mesh {
+            let peers = routes
+                .services
+                .iter()
+                .flat_map(|s| s.endpoints.iter())
+                .filter_map(|e| {
+                    let path = e.mesh.as_ref()?;
+                    let id = berth_common::identity::SpiffeId::parse(&format!("spiffe://{}{path}", mesh.trust_domain))
+                        .ok()?;
+                    Some((e.authority.to_string(), id))
+                })
+                .collect();
+            *mesh.peers.write().unwrap_or_else(|e| e.into_inner()) = peers;
+        }
         self.routes.store(Arc::new(routes));
     }
 
@@ -299,10 +313,25 @@ impl Proxy {
                 }
             }
 
-            let client = if ep.h2c { &self.clients.h2c } else { &self.clients.http1 };
+            type Pending = std::pin::Pin<
+                Box<
+                    dyn std::future::Future<Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>>
+                        + Send,
+                >,
+            >;
             let _inflight = InFlight::new(state.clone());
             let t0 = Instant::now();
-            let fut = client.request(up);
+            let fut: Pending = match (&ep.mesh, &self.clients.mesh) {
+                (Some(_), Some(mesh)) => Box::pin(mesh.client.request(up)),
+                (Some(_), None) => {
+                    return Err(ProxyError::Connect {
+                        endpoint: ep.url.clone(),
+                        reason: "a task behind its sidecar, but the gateway's mesh is not enabled (--mesh-*)".into(),
+                    });
+                }
+                (None, _) if ep.h2c => Box::pin(self.clients.h2c.request(up)),
+                (None, _) => Box::pin(self.clients.http1.request(up)),
+            };
             let res = match self.limits.response_timeout {
                 Some(t) => match tokio::time::timeout(t, fut).await {
                     Ok(r) => r,

@@ -18,6 +18,8 @@ pub struct Endpoint {
     pub authority: http::uri::Authority,
     pub h2c: bool,
     pub https: bool,
+    /// For a task behind its sidecar: the SPIFFE path the sidecar must present.
+    pub mesh: Option<String>,
 }
 
 #[derive(Debug)]
@@ -81,7 +83,8 @@ impl Routes {
 fn endpoint(s: &berth_common::routing::Server) -> Option<Endpoint> {
     let authority = s.uri.authority()?.clone();
     let scheme = s.uri.scheme_str()?;
-    let (h2c, https) = (scheme == "h2c", scheme == "https");
+    let mesh = (scheme == "mesh").then(|| s.uri.path().to_string());
+    let (h2c, https) = (scheme == "h2c", scheme == "https" || mesh.is_some());
     let base = Uri::builder()
         .scheme(if https { "https" } else { "http" })
         .authority(authority.clone())
@@ -94,5 +97,6 @@ fn endpoint(s: &berth_common::routing::Server) -> Option<Endpoint> {
         authority,
         h2c,
         https,
+        mesh,
     })
 }

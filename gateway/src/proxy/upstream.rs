@@ -130,6 +130,8 @@ impl tower_service::Service<Uri> for Connector {
 pub struct Clients {
     pub http1: Client<Connector, Body>,
     pub h2c: Client<Connector, Body>,
+    /// mTLS to sidecars, only when the mesh is enabled.
+    pub mesh: Option<MeshClient>,
 }
 
 impl Clients {
@@ -161,7 +163,7 @@ impl Clients {
             .http2_only(true)
             .set_host(false);
         let h2c = b2.build(connector);
-        Clients { http1, h2c }
+        Clients { http1, h2c, mesh: None }
     }
 }
 
@@ -184,4 +186,102 @@ pub fn upstream_roots(extra: Option<&std::path::Path>) -> Result<RootCertStore, 
         roots.add_parsable_certificates(berth_common::tls::certs_from_pem(&pem, &path.display().to_string())?);
     }
     Ok(roots)
+}
+
+/// The identity each sidecar must present, by `host:port`, refreshed at every
+/// snapshot swap.
+pub type MeshPeers = Arc<std::sync::RwLock<std::collections::HashMap<String, berth_common::identity::SpiffeId>>>;
+
+/// Dials a task's sidecar with mTLS: the gateway's own certificate, the mesh's trust
+/// anchor, and the task's identity checked after the handshake.
+#[derive(Clone)]
+pub struct MeshConnector {
+    connect_timeout: Duration,
+    tls: TlsConnector,
+    peers: MeshPeers,
+}
+
+impl tower_service::Service<Uri> for MeshConnector {
+    type Response = TokioIo<UpstreamStream>;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let authority = uri
+                .authority()
+                .map(|a| a.to_string())
+                .ok_or_else(|| ConnectError::Address(uri.to_string()))?;
+            let expected = this
+                .peers
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&authority)
+                .cloned()
+                .ok_or_else(|| ConnectError::Address(format!("{authority}: no expected mesh identity")))?;
+            let tcp = tokio::time::timeout(this.connect_timeout, TcpStream::connect(authority.as_str()))
+                .await
+                .map_err(|_| ConnectError::Timeout(this.connect_timeout))??;
+            let _ = tcp.set_nodelay(true);
+            let name = ServerName::try_from("sidecar.berth").map_err(|_| ConnectError::Address(authority.clone()))?;
+            let stream = tokio::time::timeout(this.connect_timeout, this.tls.connect(name, tcp))
+                .await
+                .map_err(|_| ConnectError::Timeout(this.connect_timeout))??;
+            let presented = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| berth_common::identity::spiffe_id_of(c).ok());
+            if presented.as_ref() != Some(&expected) {
+                return Err(ConnectError::Io(io::Error::other(format!(
+                    "sidecar at {authority} presented {}, expected {expected}",
+                    presented.map(|p| p.to_string()).unwrap_or_else(|| "no identity".into())
+                ))));
+            }
+            Ok(TokioIo::new(UpstreamStream::Tls(Box::new(stream))))
+        })
+    }
+}
+
+/// The pool to sidecars, when the gateway runs the mesh.
+#[derive(Clone)]
+pub struct MeshClient {
+    pub client: Client<MeshConnector, Body>,
+    pub peers: MeshPeers,
+    pub trust_domain: String,
+}
+
+impl MeshClient {
+    pub fn new(
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        slot: Arc<berth_common::mtls::CertSlot>,
+        anchors: berth_common::mtls::TrustAnchors,
+        trust_domain: &str,
+    ) -> Result<MeshClient, rustls::Error> {
+        use berth_common::mtls::{PeerPolicy, client_config};
+        let cfg = client_config(Some(slot), anchors, PeerPolicy::TrustDomain(trust_domain.into()))?;
+        let peers = MeshPeers::default();
+        let connector = MeshConnector {
+            connect_timeout,
+            tls: TlsConnector::from(Arc::new(cfg)),
+            peers: peers.clone(),
+        };
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_idle_timeout(idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .set_host(false);
+        Ok(MeshClient {
+            client: b.build(connector),
+            peers,
+            trust_domain: trust_domain.to_string(),
+        })
+    }
 }

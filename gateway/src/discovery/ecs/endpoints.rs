@@ -25,7 +25,17 @@ pub struct ContainerEndpoint {
     pub ports: Vec<(u16, u16)>,
     /// `None` when the container may get traffic, else why not.
     pub excluded: Option<String>,
+    /// The ECS service (`group` `service:NAME`), else the task-definition family.
+    pub service: String,
+    /// When the task has a sidecar (a container named `berth-sidecar`): the port its
+    /// inbound mTLS listener is dialled at. Traffic then goes through the sidecar.
+    pub sidecar_port: Option<u16>,
 }
+
+/// The container that marks a task as part of the mesh.
+pub const SIDECAR: &str = "berth-sidecar";
+/// The sidecar's inbound port (container port).
+pub const SIDECAR_PORT: u16 = 15443;
 
 /// Whether a task as a whole may receive traffic: ECS says RUNNING and wants it RUNNING.
 pub fn task_is_running(task: &Task) -> bool {
@@ -85,6 +95,26 @@ pub fn containers(
     let mode = network_mode(task, def);
     let group = task.group().unwrap_or_default().replacen(':', "-", 1);
     let running = task_is_running(task);
+    let service = task
+        .group()
+        .and_then(|g| g.strip_prefix("service:"))
+        .map(str::to_string)
+        .or_else(|| def.family().map(str::to_string))
+        .unwrap_or_default();
+    let has_sidecar = def.container_definitions().iter().any(|c| c.name() == Some(SIDECAR));
+    let sidecar_port = has_sidecar.then(|| match mode {
+        NetworkMode::Bridge => task
+            .containers()
+            .iter()
+            .find(|c| c.name() == Some(SIDECAR))
+            .and_then(|c| {
+                c.network_bindings()
+                    .iter()
+                    .find(|b| port(b.container_port()) == Some(SIDECAR_PORT))
+                    .and_then(|b| port(b.host_port()))
+            }),
+        _ => Some(SIDECAR_PORT),
+    });
     let mut out = Vec::new();
     for c in task.containers() {
         let name = c.name().unwrap_or_default().to_string();
@@ -126,7 +156,11 @@ pub fn containers(
             ),
         };
         let mut excluded = None;
-        if !running {
+        if name == SIDECAR {
+            excluded = Some("the sidecar itself is not routed".into());
+        } else if has_sidecar && sidecar_port.flatten().is_none() {
+            excluded = Some("the sidecar's port 15443 is not mapped".into());
+        } else if !running {
             excluded = Some(format!(
                 "task is {} (desired {})",
                 task.last_status().unwrap_or("?"),
@@ -149,6 +183,8 @@ pub fn containers(
             address,
             ports,
             excluded,
+            service: service.clone(),
+            sidecar_port: sidecar_port.flatten(),
         });
     }
     out

@@ -486,9 +486,22 @@ pub fn build_config(views: &BTreeMap<String, ClusterView>, settings: &EcsSetting
                 default_rule: Some(settings.default_rule.clone()),
                 default_strategy: Strategy::P2c,
             };
-            let (frag, frag_diags) = labels::container_config(&parsed, &target);
+            let (mut frag, frag_diags) = labels::container_config(&parsed, &target);
             for d in frag_diags {
                 report(d);
+            }
+            // A task with a sidecar is reached through it, over mTLS, with its identity.
+            if let Some(port) = ep.sidecar_port {
+                let host = if target.address.contains(':') {
+                    format!("[{}]", target.address)
+                } else {
+                    target.address.clone()
+                };
+                for svc in frag.http.services.values_mut() {
+                    for server in &mut svc.load_balancer.servers {
+                        server.url = format!("mesh://{host}:{port}/ecs/{cluster}/{}", ep.service);
+                    }
+                }
             }
             cfg.merge(frag, &mut conflicts);
         }
