@@ -37,7 +37,7 @@ impl Drop for Local {
 }
 
 fn start(first_address: &str) -> Local {
-    let (api, tmds, web, admin) = (free_port(), free_port(), free_port(), free_port());
+    let (api, tmds, web, admin, mesh) = (free_port(), free_port(), free_port(), free_port(), free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_berth-local"))
         .args([
             "up",
@@ -59,6 +59,7 @@ fn start(first_address: &str) -> Local {
             "--admin",
             &format!("127.0.0.1:{admin}"),
         ])
+        .args(["--mesh-listen", &format!("127.0.0.1:{mesh}")])
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -125,10 +126,20 @@ async fn up_scale_stop_rolling_update_and_clean_exit() {
     let web = local.web;
     let ecs = client(&format!("http://{}", local.api));
 
-    // Three tasks, all reached through the gateway; each task answers with its id.
-    let seen = hostnames(web, 30).await;
-    assert_eq!(seen, running_ids(&ecs).await, "every running task is reached");
-    assert_eq!(seen.len(), 3);
+    // Three tasks, all reached through the gateway and their sidecars (mTLS); each task
+    // answers with its id, and sees the gateway's verified identity.
+    let all = eventually(Duration::from_secs(10), || async {
+        hostnames(web, 30).await == running_ids(&ecs).await
+    })
+    .await;
+    assert!(all, "every running task is reached");
+    assert_eq!(running_ids(&ecs).await.len(), 3);
+    let r = http1(web, get("whoami.localhost", "/")).await;
+    assert!(
+        r.body.contains("X-Berth-Client-Id: spiffe://berth.local/gateway"),
+        "{}",
+        r.body
+    );
 
     // Scale 3 -> 5: the gateway converges.
     ecs.update_service()

@@ -31,7 +31,8 @@ fn main() {
     };
     match args.next().as_deref() {
         Some("inspect") => std::process::exit(rt.block_on(inspect())),
-        Some("--help") | Some("-h") => println!("usage: berth-sidecar [inspect]"),
+        Some("health") => std::process::exit(rt.block_on(health())),
+        Some("--help") | Some("-h") => println!("usage: berth-sidecar [inspect | health]"),
         None => std::process::exit(rt.block_on(run())),
         Some(other) => {
             eprintln!("berth-sidecar: unknown command `{other}` (usage: berth-sidecar [inspect])");
@@ -70,6 +71,28 @@ async fn inspect() -> i32 {
             eprintln!("berth-sidecar: {e}");
             1
         }
+    }
+}
+
+/// The container health check: `GET http://$BERTH_ADMIN/readyz` answers 200.
+async fn health() -> i32 {
+    let admin = std::env::var("BERTH_ADMIN").unwrap_or_else(|_| "127.0.0.1:15000".into());
+    let check = async {
+        let stream = tokio::net::TcpStream::connect(&admin).await.ok()?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .ok()?;
+        tokio::spawn(conn);
+        let req = http::Request::builder()
+            .uri("/readyz")
+            .header("host", admin.as_str())
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .ok()?;
+        Some(send.send_request(req).await.ok()?.status().is_success())
+    };
+    match tokio::time::timeout(Duration::from_secs(2), check).await {
+        Ok(Some(true)) => 0,
+        _ => 1,
     }
 }
 

@@ -22,7 +22,7 @@ use serde_json::Value;
 
 const DEMO_TASKDEFS: &[(&str, &str)] = &[("whoami", include_str!("../../local/taskdefs/whoami.json"))];
 const DEMO_SERVICES: &[(&str, &str)] = &[("whoami", include_str!("../../local/services/whoami.json"))];
-const NEEDED: [&str; 2] = ["berth-gateway", "berth-whoami"];
+const NEEDED: [&str; 3] = ["berth-gateway", "berth-sidecar", "berth-whoami"];
 
 struct Opts {
     api: SocketAddr,
@@ -35,11 +35,12 @@ struct Opts {
     faults: Faults,
     refresh: String,
     build: bool,
+    mesh: SocketAddr,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: berth-local [up] [--api ADDR] [--tmds ADDR] [--web ADDR] [--admin ADDR] [--dir DIR]\n\
+        "usage: berth-local [up] [--api ADDR] [--tmds ADDR] [--web ADDR] [--admin ADDR] [--mesh-listen ADDR] [--dir DIR]\n\
          \x20                 [--no-gateway] [--no-build] [--first-address IP] [--ecs-refresh DUR]\n\
          \x20                 [--throttle-rate F] [--error-rate F] [--latency-ms N]"
     );
@@ -69,6 +70,7 @@ fn parse_args() -> (String, Opts) {
             "--tmds" => o.tmds = addr(val()),
             "--web" => o.web = addr(val()),
             "--admin" => o.admin = addr(val()),
+            "--mesh-listen" => o.mesh = addr(val()),
             "--dir" => o.dir = Some(PathBuf::from(val())),
             "--no-gateway" => o.gateway = false,
             "--no-build" => o.build = false,
@@ -95,6 +97,7 @@ fn default_opts() -> Opts {
         faults: Faults::default(),
         refresh: "1s".into(),
         build: true,
+        mesh: SocketAddr::from(([127, 0, 0, 1], 9443)),
     }
 }
 
@@ -339,33 +342,17 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
     let passthrough: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| (k.starts_with("OTEL_") && k != "OTEL_SERVICE_NAME") || k == "RUST_LOG")
         .collect();
-    let runner_cfg = RunnerConfig {
-        programs: programs.clone(),
-        tmds_base: format!("http://{tmds_addr}"),
-        process_group: Some(pgid),
-        passthrough: passthrough.clone(),
-        logs: logs.clone(),
-        default_stop_timeout: Duration::from_secs(30),
-    };
-    let runner = Arc::new(tokio::sync::Mutex::new(Runner::new(server.ecs.clone(), runner_cfg)));
-    {
-        let mut ecs = server.ecs.lock().unwrap_or_else(|e| e.into_inner());
-        for (name, s) in &services {
-            if let Err(e) = ecs.create_service(s) {
-                eprintln!("berth-local: service {name}: {}", e.message);
-                return 64;
-            }
-        }
+    // The gateway runs the mesh with a dev CA; sidecars get its address, the trust
+    // anchor and a bootstrap token made for this run.
+    let ca_dir = logs.join("mesh-ca");
+    let token: String = (0..32)
+        .map(|_| char::from_digit(fastrand::u32(..16), 16).unwrap_or('0'))
+        .collect();
+    let token_file = logs.join("mesh-token");
+    if let Err(e) = std::fs::write(&token_file, &token) {
+        eprintln!("berth-local: {}: {e}", token_file.display());
+        return 1;
     }
-    let r = runner.clone();
-    let driver = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tick.tick().await;
-            r.lock().await.step().await;
-        }
-    });
-
     let mut gateway = None;
     if opts.gateway {
         let Some(path) = programs.resolve("berth-gateway") else {
@@ -394,6 +381,13 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
                 "--shutdown-delay",
                 "0s",
             ])
+            .args([
+                "--mesh-dev-ca",
+                &ca_dir.display().to_string(),
+                "--mesh-listen",
+                &opts.mesh.to_string(),
+            ])
+            .args(["--mesh-token-file", &token_file.display().to_string()])
             .stdin(Stdio::null())
             .process_group(pgid as i32);
         for (k, v) in &passthrough {
@@ -428,6 +422,56 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
     } else {
         println!("[2/4] no gateway (--no-gateway)");
     }
+
+    let mut sidecar_env = Vec::new();
+    if opts.gateway {
+        // The gateway creates the dev CA at start; sidecars need its certificate.
+        let ca_cert = ca_dir.join("ca.crt");
+        let mut waited = 0;
+        while !ca_cert.exists() && waited < 200 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            waited += 1;
+        }
+        if !ca_cert.exists() {
+            eprintln!(
+                "berth-local: the gateway did not create its dev CA; see {}",
+                logs.join("gateway.log").display()
+            );
+            return 1;
+        }
+        sidecar_env = vec![
+            ("BERTH_GATEWAY".to_string(), format!("https://{}", opts.mesh)),
+            ("BERTH_CA_CERT".to_string(), ca_cert.display().to_string()),
+            ("BERTH_TOKEN".to_string(), token.clone()),
+        ];
+    }
+    let runner_cfg = RunnerConfig {
+        programs: programs.clone(),
+        tmds_base: format!("http://{tmds_addr}"),
+        process_group: Some(pgid),
+        passthrough: passthrough.clone(),
+        logs: logs.clone(),
+        default_stop_timeout: Duration::from_secs(30),
+        sidecar_env,
+    };
+    let runner = Arc::new(tokio::sync::Mutex::new(Runner::new(server.ecs.clone(), runner_cfg)));
+    {
+        let mut ecs = server.ecs.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, s) in &services {
+            if let Err(e) = ecs.create_service(s) {
+                eprintln!("berth-local: service {name}: {}", e.message);
+                return 64;
+            }
+        }
+    }
+    let r = runner.clone();
+    let driver = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            r.lock().await.step().await;
+        }
+    });
 
     // Wait for every service to converge and every exposed task to be routable.
     let mut last_line = String::new();

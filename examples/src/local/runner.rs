@@ -60,6 +60,8 @@ struct HealthState {
 
 struct Proc {
     child: Option<tokio::process::Child>,
+    /// The container's environment (health checks run with it too).
+    env: Vec<(String, String)>,
     term_sent: Option<Instant>,
     stop_timeout: Duration,
     health: Option<HealthState>,
@@ -80,6 +82,9 @@ pub struct RunnerConfig {
     pub logs: PathBuf,
     /// Default stopTimeout (ECS: 30 s).
     pub default_stop_timeout: Duration,
+    /// Extra variables for `berth-sidecar` containers (the gateway's control API, the
+    /// trust anchor, the bootstrap token), unless the task definition sets them.
+    pub sidecar_env: Vec<(String, String)>,
 }
 
 pub struct Runner {
@@ -277,6 +282,7 @@ impl Runner {
             failures: 0,
             running: None,
         });
+        let env = self.container_env(task, cdef, name, docker_id);
         let child = if argv.first().map(String::as_str) == Some(IDLE) || argv.is_empty() && cdef["image"] == IDLE {
             None
         } else {
@@ -287,38 +293,7 @@ impl Runner {
                 .resolve(program)
                 .ok_or_else(|| format!("program `{program}` not found next to berth-local or on PATH"))?;
             let mut cmd = tokio::process::Command::new(path);
-            cmd.args(&argv[1..]).env_clear();
-            cmd.env("PATH", std::env::var("PATH").unwrap_or_default());
-            for (k, v) in &self.cfg.passthrough {
-                cmd.env(k, v);
-            }
-            cmd.env(
-                "ECS_CONTAINER_METADATA_URI_V4",
-                format!("{}/v4/{docker_id}", self.cfg.tmds_base),
-            )
-            .env(
-                "ECS_CONTAINER_METADATA_URI",
-                format!("{}/v3/{docker_id}", self.cfg.tmds_base),
-            )
-            .env(
-                "AWS_REGION",
-                self.ecs.lock().unwrap_or_else(|e| e.into_inner()).region.clone(),
-            )
-            .env("AWS_EXECUTION_ENV", "AWS_ECS_FARGATE")
-            .env("HOSTNAME", &task.id);
-            if let Some(a) = task.address {
-                cmd.env("BERTH_LOCAL_ADDRESS", a.to_string());
-                if name == "berth-sidecar" {
-                    cmd.env("BERTH_INBOUND", format!("{a}:15443"))
-                        .env("BERTH_OUTBOUND", format!("{a}:15001"))
-                        .env("BERTH_ADMIN", format!("{a}:15000"));
-                }
-            }
-            for e in cdef["environment"].as_array().into_iter().flatten() {
-                if let (Some(k), Some(v)) = (e["name"].as_str(), e["value"].as_str()) {
-                    cmd.env(k, v);
-                }
-            }
+            cmd.args(&argv[1..]).env_clear().envs(env.iter().map(|(k, v)| (k, v)));
             let log_path = self.cfg.logs.join(format!("{}-{name}.log", task.id));
             let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
             let log2 = log.try_clone().map_err(|e| e.to_string())?;
@@ -333,6 +308,7 @@ impl Runner {
             docker_id.to_string(),
             Proc {
                 child,
+                env,
                 term_sent: None,
                 stop_timeout,
                 health,
@@ -346,6 +322,45 @@ impl Runner {
             }
         });
         Ok(())
+    }
+
+    /// The environment ECS (and berth-local) gives a container.
+    fn container_env(&self, task: &TaskState, cdef: &Value, name: &str, docker_id: &str) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())];
+        env.extend(self.cfg.passthrough.iter().cloned());
+        let region = self.ecs.lock().unwrap_or_else(|e| e.into_inner()).region.clone();
+        env.extend([
+            (
+                "ECS_CONTAINER_METADATA_URI_V4".into(),
+                format!("{}/v4/{docker_id}", self.cfg.tmds_base),
+            ),
+            (
+                "ECS_CONTAINER_METADATA_URI".into(),
+                format!("{}/v3/{docker_id}", self.cfg.tmds_base),
+            ),
+            ("AWS_REGION".into(), region),
+            ("AWS_EXECUTION_ENV".into(), "AWS_ECS_FARGATE".into()),
+            ("HOSTNAME".into(), task.id.clone()),
+        ]);
+        if let Some(a) = task.address {
+            env.push(("BERTH_LOCAL_ADDRESS".into(), a.to_string()));
+            if name == "berth-sidecar" {
+                env.extend([
+                    ("BERTH_INBOUND".into(), format!("{a}:15443")),
+                    ("BERTH_OUTBOUND".into(), format!("{a}:15001")),
+                    ("BERTH_ADMIN".into(), format!("{a}:15000")),
+                ]);
+            }
+        }
+        if name == "berth-sidecar" {
+            env.extend(self.cfg.sidecar_env.iter().cloned());
+        }
+        for e in cdef["environment"].as_array().into_iter().flatten() {
+            if let (Some(k), Some(v)) = (e["name"].as_str(), e["value"].as_str()) {
+                env.push((k.to_string(), v.to_string()));
+            }
+        }
+        env
     }
 
     /// Record exited containers; an essential one stops its task.
@@ -527,9 +542,7 @@ impl Runner {
                 c.args(&argv[1..]);
                 c
             };
-            if let Some(a) = task.address {
-                cmd.env("BERTH_LOCAL_ADDRESS", a.to_string());
-            }
+            cmd.env_clear().envs(p.env.iter().map(|(k, v)| (k, v)));
             cmd.stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
