@@ -107,7 +107,8 @@ pub struct Args {
     pub ecs_healthy_only: bool,
     #[arg(long, env = "BERTH_ECS_DEFAULT_RULE")]
     pub ecs_default_rule: Option<String>,
-    #[arg(long, env = "BERTH_EXPOSED_BY_DEFAULT")]
+    /// `--exposed-by-default`: route containers without `berth.enable=true` too.
+    #[arg(long = "exposed-by-default", env = "BERTH_EXPOSED_BY_DEFAULT")]
     pub exposed_by_default: bool,
     /// Client-side limit on ECS API calls per second [default: 20].
     #[arg(long, env = "BERTH_ECS_API_RATE")]

@@ -89,6 +89,27 @@ pub enum ConnectError {
     Address(String),
 }
 
+/// TCP to `addr` within `limit`, with Nagle off.
+async fn connect_tcp<A: tokio::net::ToSocketAddrs>(addr: A, limit: Duration) -> Result<TcpStream, ConnectError> {
+    let tcp = tokio::time::timeout(limit, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ConnectError::Timeout(limit))??;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// The TLS handshake on `tcp` within `limit`.
+async fn connect_tls(
+    tls: &TlsConnector,
+    name: ServerName<'static>,
+    tcp: TcpStream,
+    limit: Duration,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
+    Ok(tokio::time::timeout(limit, tls.connect(name, tcp))
+        .await
+        .map_err(|_| ConnectError::Timeout(limit))??)
+}
+
 impl tower_service::Service<Uri> for Connector {
     type Response = TokioIo<UpstreamStream>;
     type Error = ConnectError;
@@ -109,17 +130,12 @@ impl tower_service::Service<Uri> for Connector {
                 .to_string();
             let tls = uri.scheme_str() == Some("https");
             let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-            let tcp = tokio::time::timeout(this.connect_timeout, TcpStream::connect((host.as_str(), port)))
-                .await
-                .map_err(|_| ConnectError::Timeout(this.connect_timeout))??;
-            let _ = tcp.set_nodelay(true);
+            let tcp = connect_tcp((host.as_str(), port), this.connect_timeout).await?;
             if !tls {
                 return Ok(TokioIo::new(UpstreamStream::Plain(tcp)));
             }
             let name = ServerName::try_from(host.clone()).map_err(|_| ConnectError::Address(host.clone()))?;
-            let stream = tokio::time::timeout(this.connect_timeout, this.tls.connect(name, tcp))
-                .await
-                .map_err(|_| ConnectError::Timeout(this.connect_timeout))??;
+            let stream = connect_tls(&this.tls, name, tcp, this.connect_timeout).await?;
             Ok(TokioIo::new(UpstreamStream::Tls(Box::new(stream))))
         })
     }
@@ -224,14 +240,11 @@ impl tower_service::Service<Uri> for MeshConnector {
                 .get(&authority)
                 .cloned()
                 .ok_or_else(|| ConnectError::Address(format!("{authority}: no expected mesh identity")))?;
-            let tcp = tokio::time::timeout(this.connect_timeout, TcpStream::connect(authority.as_str()))
-                .await
-                .map_err(|_| ConnectError::Timeout(this.connect_timeout))??;
-            let _ = tcp.set_nodelay(true);
+            let tcp = connect_tcp(authority.as_str(), this.connect_timeout).await?;
+            // Sidecars are dialled by IP and chosen by nothing but their address: the
+            // name only satisfies the API; the identity is checked below.
             let name = ServerName::try_from("sidecar.berth").map_err(|_| ConnectError::Address(authority.clone()))?;
-            let stream = tokio::time::timeout(this.connect_timeout, this.tls.connect(name, tcp))
-                .await
-                .map_err(|_| ConnectError::Timeout(this.connect_timeout))??;
+            let stream = connect_tls(&this.tls, name, tcp, this.connect_timeout).await?;
             let presented = stream
                 .get_ref()
                 .1
