@@ -594,3 +594,58 @@ async fn several_containers_per_task_each_follow_their_labels() {
         "one service per container; the unlabelled one is not exposed"
     );
 }
+
+#[tokio::test]
+async fn exposed_by_default_routes_unlabelled_containers_but_not_disabled_ones() {
+    let server = local_ecs(Ipv4Addr::new(127, 0, 116, 1)).await;
+    let ecs = ecs_client(&server.endpoint_url());
+    let port = free_port();
+    ecs.register_task_definition()
+        .family("plain")
+        .container_definitions(web_container(port, &[]))
+        .send()
+        .await
+        .unwrap();
+    ecs.register_task_definition()
+        .family("optout")
+        .container_definitions(web_container(port, &[("traefik.enable", "false")]))
+        .send()
+        .await
+        .unwrap();
+    for family in ["plain", "optout"] {
+        ecs.run_task()
+            .cluster("prod")
+            .task_definition(family)
+            .send()
+            .await
+            .unwrap();
+    }
+    let gw = GatewayProcess::spawn(
+        &[
+            "--ecs-cluster",
+            "prod",
+            "--ecs-refresh",
+            "300ms",
+            "--exposed-by-default",
+        ],
+        &[("AWS_ENDPOINT_URL", &server.endpoint_url())],
+    );
+    gw.wait_admin().await;
+    let names = || async {
+        let routers = gw.admin_json("/api/http/routers").await;
+        routers
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|r| r["name"].as_str().unwrap_or_default().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let routed = eventually(Duration::from_secs(15), || async { !names().await.is_empty() }).await;
+    assert!(routed, "{}", gw.log());
+    // Traefik's default rule and naming for a task outside a service: `family:plain` + container.
+    assert_eq!(names().await, vec!["family-plain-app@ecs"]);
+    let routers = gw.admin_json("/api/http/routers").await;
+    assert_eq!(routers[0]["rule"], "Host(`family-plain-app`)");
+}
