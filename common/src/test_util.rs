@@ -47,6 +47,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub connections: Arc<AtomicUsize>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// What `/health` answers: 200 while true, 503 otherwise.
+    pub healthy: Arc<std::sync::atomic::AtomicBool>,
     task: Arc<tokio::task::JoinHandle<()>>,
 }
 
@@ -80,16 +82,18 @@ impl Backend {
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let (n, c, s) = (name.to_string(), connections.clone(), seen.clone());
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (n, c, s, h) = (name.to_string(), connections.clone(), seen.clone(), healthy.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 c.fetch_add(1, Ordering::SeqCst);
-                let (n, s) = (n.clone(), s.clone());
+                let (n, s, h) = (n.clone(), s.clone(), h.clone());
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| handle(n.clone(), s.clone(), req));
+                    let h = h.clone();
+                    let svc = hyper::service::service_fn(move |req| handle(n.clone(), s.clone(), h.clone(), req));
                     let io = TokioIo::new(stream);
                     let _ = match proto {
                         Proto::Http1 => {
@@ -112,6 +116,7 @@ impl Backend {
             addr,
             connections,
             seen,
+            healthy,
             task: Arc::new(task),
         }
     }
@@ -126,9 +131,20 @@ fn full(b: impl Into<Bytes>) -> Body {
 async fn handle(
     name: String,
     seen: Arc<Mutex<Vec<Seen>>>,
+    healthy: Arc<std::sync::atomic::AtomicBool>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
+    if path == "/health" {
+        record(&seen, &req, Bytes::new());
+        let ok = healthy.load(Ordering::SeqCst);
+        let status = if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        return Ok(Response::builder().status(status).body(full("health")).unwrap());
+    }
     if path == "/ws" {
         let upgrade = hyper::upgrade::on(&mut req);
         record(&seen, &req, Bytes::new());

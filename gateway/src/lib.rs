@@ -110,6 +110,8 @@ impl Gateway {
             cfg.ping.clone(),
         ));
 
+        tokio::spawn(proxy::health::run(proxy.clone()));
+
         // TLS material named on the command line must load, or we refuse to start.
         let certs = Arc::new(CertStore::default());
         let global_default = match &cfg.tls_default {

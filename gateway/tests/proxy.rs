@@ -566,3 +566,45 @@ async fn slow_headers_and_idle_connections_are_closed() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn active_health_checks_take_endpoints_out_and_back() {
+    let a = Backend::start("a", Proto::Http1).await;
+    let b = Backend::start("b", Proto::Http1).await;
+    let yaml = format!(
+        "http:\n  routers:\n    r: {{ rule: \"PathPrefix(`/`)\", service: s }}\n  services:\n    s:\n      loadBalancer:\n        healthCheck: {{ path: /health, interval: 100ms, timeout: 1s }}\n        servers:\n          - url: \"{}\"\n          - url: \"{}\"\n",
+        a.url(),
+        b.url()
+    );
+    let gw = start(&yaml, &[]).await;
+    let status = |gw: &support::TestGateway, url: String| {
+        let admin = gw.admin();
+        async move {
+            let r = http1(admin, get("a", "/api/http/services")).await;
+            let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            v[0]["serverStatus"][url].as_str().unwrap_or_default().to_string()
+        }
+    };
+    // a's /health turns 503: it goes DOWN and gets no traffic; b serves everything.
+    a.healthy.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            status(&gw, a.url()).await == "DOWN"
+        })
+        .await
+    );
+    let before = a.requests().iter().filter(|r| r.uri != "/health").count();
+    for _ in 0..20 {
+        let r = http1(gw.web(), get("x", "/")).await;
+        assert_eq!(r.headers["x-backend"], "b");
+    }
+    assert_eq!(a.requests().iter().filter(|r| r.uri != "/health").count(), before);
+    // It recovers when the check passes again.
+    a.healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(eventually(Duration::from_secs(5), || async { status(&gw, a.url()).await == "UP" }).await);
+    assert_eq!(status(&gw, b.url()).await, "UP");
+    assert!(
+        a.requests().iter().any(|r| r.uri == "/health"),
+        "the check requested the configured path"
+    );
+}

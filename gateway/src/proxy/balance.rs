@@ -27,6 +27,8 @@ pub struct EndpointState {
     ewma: Mutex<Ewma>,
     ejected_until: Mutex<Option<Instant>>,
     consecutive_failures: AtomicU32,
+    /// Set by the active health check (`loadBalancer.healthCheck`) when it fails.
+    active_down: std::sync::atomic::AtomicBool,
     pub successes: AtomicU64,
     pub failures: AtomicU64,
 }
@@ -49,6 +51,7 @@ impl Default for EndpointState {
             }),
             ejected_until: Mutex::new(None),
             consecutive_failures: AtomicU32::new(0),
+            active_down: std::sync::atomic::AtomicBool::new(false),
             successes: AtomicU64::new(0),
             failures: AtomicU64::new(0),
         }
@@ -56,7 +59,15 @@ impl Default for EndpointState {
 }
 
 impl EndpointState {
+    /// Record the active health check's verdict; returns whether it changed.
+    pub fn set_active_healthy(&self, healthy: bool) -> bool {
+        self.active_down.swap(!healthy, Ordering::Relaxed) == healthy
+    }
+
     pub fn is_healthy(&self, now: Instant) -> bool {
+        if self.active_down.load(Ordering::Relaxed) {
+            return false;
+        }
         match *self.ejected_until.lock().unwrap_or_else(|e| e.into_inner()) {
             Some(until) => now >= until,
             None => true,

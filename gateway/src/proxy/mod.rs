@@ -6,6 +6,7 @@
 
 pub mod balance;
 pub mod errors;
+pub mod health;
 pub mod router;
 pub mod upstream;
 
@@ -313,25 +314,9 @@ impl Proxy {
                 }
             }
 
-            type Pending = std::pin::Pin<
-                Box<
-                    dyn std::future::Future<Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>>
-                        + Send,
-                >,
-            >;
             let _inflight = InFlight::new(state.clone());
             let t0 = Instant::now();
-            let fut: Pending = match (&ep.mesh, &self.clients.mesh) {
-                (Some(_), Some(mesh)) => Box::pin(mesh.client.request(up)),
-                (Some(_), None) => {
-                    return Err(ProxyError::Connect {
-                        endpoint: ep.url.clone(),
-                        reason: "a task behind its sidecar, but the gateway's mesh is not enabled (--mesh-*)".into(),
-                    });
-                }
-                (None, _) if ep.h2c => Box::pin(self.clients.h2c.request(up)),
-                (None, _) => Box::pin(self.clients.http1.request(up)),
-            };
+            let fut = self.dispatch(ep, up)?;
             let res = match self.limits.response_timeout {
                 Some(t) => match tokio::time::timeout(t, fut).await {
                     Ok(r) => r,
@@ -391,6 +376,29 @@ impl Proxy {
                 }
             }
         }
+    }
+}
+
+/// A request on its way to an upstream.
+pub type Pending = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>> + Send>,
+>;
+
+impl Proxy {
+    /// Send `up` to `ep` through the right pool: mTLS to a sidecar, h2c, or HTTP/1.1
+    /// (h2 by ALPN over TLS).
+    pub fn dispatch(&self, ep: &router::Endpoint, up: Request<Body>) -> Result<Pending, ProxyError> {
+        Ok(match (&ep.mesh, &self.clients.mesh) {
+            (Some(_), Some(mesh)) => Box::pin(mesh.client.request(up)),
+            (Some(_), None) => {
+                return Err(ProxyError::Connect {
+                    endpoint: ep.url.clone(),
+                    reason: "a task behind its sidecar, but the gateway's mesh is not enabled (--mesh-*)".into(),
+                });
+            }
+            (None, _) if ep.h2c => Box::pin(self.clients.h2c.request(up)),
+            (None, _) => Box::pin(self.clients.http1.request(up)),
+        })
     }
 }
 

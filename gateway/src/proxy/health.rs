@@ -1,0 +1,113 @@
+//! Active health checks (`loadBalancer.healthCheck`, as in Traefik): every `interval`
+//! (default 30 s) each endpoint of a service with a check gets `GET <path>` (on
+//! `port`, with `hostname` as Host and the configured headers); a status other than
+//! the expected one (any 2xx/3xx by default), a timeout (default 5 s) or a connection
+//! failure marks it DOWN until a check passes again. The balancer skips DOWN endpoints.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request};
+use http_body_util::{BodyExt, Empty};
+use tokio::time::Instant;
+
+use super::Proxy;
+use super::balance::EndpointState;
+use super::router::Endpoint;
+use berth_common::config::HealthCheckConfig;
+
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Run the checks for as long as the gateway runs.
+pub async fn run(proxy: Arc<Proxy>) {
+    let mut next: HashMap<String, Instant> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let routes = proxy.routes();
+        let now = Instant::now();
+        let mut live = Vec::new();
+        for (entry, runtime) in routes.snapshot.services.iter().zip(&routes.services) {
+            let Some(hc) = entry.health_check.as_ref().filter(|h| h.path.is_some()) else {
+                continue;
+            };
+            for (ep, state) in runtime.endpoints.iter().zip(&runtime.states) {
+                let key = format!("{}|{}", entry.name, ep.url);
+                live.push(key.clone());
+                if next.get(&key).is_some_and(|t| *t > now) {
+                    continue;
+                }
+                next.insert(key, now + hc.interval.unwrap_or(DEFAULT_INTERVAL));
+                tokio::spawn(probe(
+                    proxy.clone(),
+                    entry.name.clone(),
+                    ep.clone(),
+                    state.clone(),
+                    hc.clone(),
+                ));
+            }
+        }
+        next.retain(|k, _| live.contains(k));
+    }
+}
+
+async fn probe(proxy: Arc<Proxy>, service: String, ep: Endpoint, state: Arc<EndpointState>, hc: HealthCheckConfig) {
+    let path = hc.path.clone().unwrap_or_else(|| "/".into());
+    let authority = match hc.port {
+        Some(p) => format!("{}:{p}", ep.authority.host()),
+        None => ep.authority.to_string(),
+    };
+    let scheme = if ep.https { "https" } else { "http" };
+    let Ok(mut req) = Request::builder()
+        .method("GET")
+        .uri(format!("{scheme}://{authority}{path}"))
+        .version(if ep.h2c {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        })
+        .body(
+            Empty::<Bytes>::new()
+                .map_err(|never| -> super::BoxError { match never {} })
+                .boxed(),
+        )
+    else {
+        return;
+    };
+    let host = hc.hostname.clone().unwrap_or_else(|| authority.clone());
+    if let Ok(v) = HeaderValue::from_str(&host) {
+        req.headers_mut().insert(http::header::HOST, v);
+    }
+    for (k, v) in &hc.headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+            req.headers_mut().insert(k, v);
+        }
+    }
+    let verdict = match proxy.dispatch(&ep, req) {
+        Ok(fut) => match tokio::time::timeout(hc.timeout.unwrap_or(DEFAULT_TIMEOUT), fut).await {
+            Ok(Ok(resp)) => {
+                let status = resp.status();
+                match hc.status {
+                    Some(want) => (status.as_u16() == want)
+                        .then_some(())
+                        .ok_or(format!("status {status}, want {want}")),
+                    None if status.is_success() || status.is_redirection() => Ok(()),
+                    None => Err(format!("status {status}")),
+                }
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".into()),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    let healthy = verdict.is_ok();
+    if state.set_active_healthy(healthy) {
+        match verdict {
+            Ok(()) => tracing::info!(service = %service, endpoint = %ep.url, "health check passes: UP"),
+            Err(why) => tracing::warn!(service = %service, endpoint = %ep.url, %why, "health check fails: DOWN"),
+        }
+    }
+}
