@@ -8,6 +8,7 @@ pub mod authz;
 pub mod config;
 pub mod control;
 pub mod diag;
+pub mod error;
 pub mod http;
 pub mod identity;
 pub mod labels;

@@ -215,6 +215,15 @@ fn record<T>(seen: &Mutex<Vec<Seen>>, req: &Request<T>, body: Bytes) {
     });
 }
 
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A TCP port on loopback that refuses connections (bound, then closed).
 pub async fn closed_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -108,7 +108,7 @@ pub async fn fetch(uri: &str, timeout: Duration) -> Result<TaskMetadata, Metadat
         let resp = client
             .get(url.clone())
             .await
-            .map_err(|e| MetadataError::Unreachable(uri.to_string(), error_chain(&e)))?;
+            .map_err(|e| MetadataError::Unreachable(uri.to_string(), berth_common::error::chain_text(&e)))?;
         if !resp.status().is_success() {
             return Err(MetadataError::Invalid(
                 uri.to_string(),
@@ -137,20 +137,6 @@ pub fn parse(uri: &str, body: &[u8]) -> Result<TaskMetadata, MetadataError> {
         ));
     }
     Ok(md)
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        let t = inner.to_string();
-        if !s.ends_with(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = inner.source();
-    }
-    s
 }
 
 /// What the sidecar registers with the gateway (and `inspect` prints).

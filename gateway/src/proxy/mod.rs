@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use berth_common::error::chain_text;
 use berth_common::http::{CLIENT_ID_HEADER, ForwardInfo, remove_hop_by_hop, set_forwarded, upgrade_protocol};
 use berth_common::routing::Snapshot;
 use berth_common::rules::RequestView;
@@ -356,11 +357,11 @@ impl Proxy {
                     if e.is_connect() {
                         let backoff = state.record_failure();
                         self.metrics.upstream_error(&svc.name, "connect");
-                        tracing::warn!(service = %svc.name, endpoint = %ep.url, error = %error_text(&e),
+                        tracing::warn!(service = %svc.name, endpoint = %ep.url, error = %chain_text(&e),
                             ejected_for = ?backoff, "upstream connect failed");
                         last_err = Some(ProxyError::Connect {
                             endpoint: ep.url.clone(),
-                            reason: error_text(&e),
+                            reason: chain_text(&e),
                         });
                         if retryable && tried.len() < MAX_ATTEMPTS.min(svc.endpoints.len()) {
                             continue;
@@ -368,10 +369,10 @@ impl Proxy {
                         return Err(last_err.unwrap_or_else(|| ProxyError::NoEndpoint(svc.name.clone())));
                     }
                     self.metrics.upstream_error(&svc.name, "upstream");
-                    tracing::warn!(service = %svc.name, endpoint = %ep.url, error = %error_text(&e), "upstream request failed");
+                    tracing::warn!(service = %svc.name, endpoint = %ep.url, error = %chain_text(&e), "upstream request failed");
                     return Err(ProxyError::Upstream {
                         endpoint: ep.url.clone(),
-                        reason: error_text(&e),
+                        reason: chain_text(&e),
                     });
                 }
             }
@@ -432,21 +433,6 @@ fn error_chain_has<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 
         cur = err.source();
     }
     false
-}
-
-fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(err) = cur {
-        let next = err.to_string();
-        // io errors repeat themselves through wrappers; say each thing once.
-        if !s.ends_with(&next) {
-            s.push_str(": ");
-            s.push_str(&next);
-        }
-        cur = err.source();
-    }
-    s
 }
 
 /// Join the client's and the upstream's upgraded connections and copy both ways.

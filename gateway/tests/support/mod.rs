@@ -72,14 +72,7 @@ pub fn service(name: &str, urls: &[String], extra: &str) -> String {
     s
 }
 
-/// A free TCP port on loopback (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use berth_common::test_util::free_port;
 
 /// The `berth-gateway` binary running as a child process, killed on drop.
 pub struct GatewayProcess {
