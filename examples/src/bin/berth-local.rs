@@ -269,11 +269,8 @@ async fn up(opts: Opts) -> i32 {
     let programs = Programs {
         dirs: exe_dir().into_iter().collect(),
     };
-    if let Err(e) = ensure_binaries(&programs, opts.build) {
-        eprintln!("berth-local: {e}");
-        return 1;
-    }
-    // The reaper leads the process group every child joins.
+    // Our own path, taken before a build may replace the file (afterwards Linux reports
+    // it as "… (deleted)"); the reaper runs from it.
     let me = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => {
@@ -281,6 +278,11 @@ async fn up(opts: Opts) -> i32 {
             return 1;
         }
     };
+    if let Err(e) = ensure_binaries(&programs, opts.build) {
+        eprintln!("berth-local: {e}");
+        return 1;
+    }
+    // The reaper leads the process group every child joins.
     let mut reaper = match std::process::Command::new(&me)
         .arg("__reaper")
         .stdin(Stdio::piped())
