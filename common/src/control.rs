@@ -1,5 +1,6 @@
 //! The control-API messages between sidecars and the gateway. One module owns them so
-//! both sides agree on every field.
+//! both sides agree on every field: certificates, registration under a lease,
+//! deregistration, and the mesh view each sidecar follows for the services it calls.
 
 use serde::{Deserialize, Serialize};
 
@@ -39,4 +40,114 @@ pub struct CertificateResponse {
 pub struct ErrorResponse {
     pub code: String,
     pub error: String,
+}
+
+/// Registration, heartbeat and health push (`POST`, the same message: an idempotent
+/// upsert under a lease). Needs the task's mesh certificate.
+pub const REGISTRATIONS_PATH: &str = "/v1/registrations";
+/// Deregistration (`POST` a [`Deregistration`]): the task is stopping; no new requests.
+pub const DEREGISTER_PATH: &str = "/v1/deregister";
+/// The mesh view (`GET ?services=a,b&version=V`): answers at once when the view of those
+/// services differs from version `V`, else waits for a change (long poll) and answers
+/// 204 when none came within the wait.
+pub const MESH_PATH: &str = "/v1/mesh";
+
+/// What a sidecar reports about its task (and `berth-sidecar inspect` prints).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub task_arn: String,
+    /// The cluster's name (the last segment of its ARN).
+    pub cluster: String,
+    pub service: String,
+    pub family: String,
+    pub revision: String,
+    pub launch_type: Option<String>,
+    pub network_mode: Option<String>,
+    /// The IP the gateway should dial, or null when unknown (bridge mode without
+    /// instance metadata: the gateway fills it in from the ECS API).
+    pub address: Option<String>,
+    /// The app port as the gateway dials it (the host port in bridge mode).
+    pub port: Option<u16>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub containers: Vec<ContainerStatus>,
+    /// Whether the app may get traffic: its container RUNNING and not failing its
+    /// health check, and the sidecar's own probe (`BERTH_HEALTH_PATH`) passing.
+    #[serde(default)]
+    pub healthy: bool,
+    /// The sidecar's inbound mTLS port as dialled (the host port in bridge mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_port: Option<u16>,
+    /// The sidecar's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar_version: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    pub name: String,
+    pub known_status: String,
+    pub health: Option<String>,
+}
+
+/// The gateway's answer to a registration or heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationAck {
+    pub identity: String,
+    /// Without a heartbeat for this long, the registration is lost and the task leaves
+    /// the rotation.
+    pub lease_ms: u64,
+    /// How often to heartbeat.
+    pub heartbeat_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deregistration {
+    pub task_arn: String,
+}
+
+/// The part of the mesh a sidecar asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshView {
+    /// Changes whenever anything in this answer changes; sent back as `version`.
+    pub version: u64,
+    pub services: Vec<MeshService>,
+    /// Names asked for that the mesh does not know.
+    pub unknown: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MeshService {
+    /// The east-west name (`berth.mesh.name`, else the ECS service).
+    pub name: String,
+    /// The identity every endpoint must present.
+    pub identity: String,
+    /// `IP:PORT` of each routable endpoint's inbound listener.
+    pub endpoints: Vec<String>,
+}
+
+impl MeshView {
+    /// The version of a set of services: a hash of their content, so that equal views
+    /// have equal versions on every gateway replica.
+    pub fn version_of(services: &[MeshService], unknown: &[String]) -> u64 {
+        // FNV-1a: stable across processes and builds (std's hasher is not).
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed = |s: &str| {
+            for b in s.bytes().chain([0xff]) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        for s in services {
+            feed(&s.name);
+            feed(&s.identity);
+            for e in &s.endpoints {
+                feed(e);
+            }
+        }
+        for u in unknown {
+            feed("?");
+            feed(u);
+        }
+        h
+    }
 }

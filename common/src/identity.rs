@@ -153,6 +153,14 @@ pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Result<SpiffeId, IdentityError
     }
 }
 
+/// When a certificate expires.
+pub fn not_after_of(cert: &CertificateDer<'_>) -> Result<std::time::SystemTime, IdentityError> {
+    use x509_parser::prelude::*;
+    let (_, parsed) = X509Certificate::from_der(cert).map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+    let secs = u64::try_from(parsed.validity().not_after.timestamp()).unwrap_or(0);
+    Ok(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@
 //! snapshot in [`routing`], TLS loading in [`tls`] and HTTP plumbing in [`http`].
 
 pub mod authz;
+pub mod balance;
 pub mod config;
 pub mod control;
 pub mod diag;
@@ -16,6 +17,8 @@ pub mod mtls;
 pub mod routing;
 pub mod rules;
 pub mod tls;
+#[cfg(feature = "net")]
+pub mod upstream;
 
 #[cfg(feature = "test-util")]
 pub mod test_util;

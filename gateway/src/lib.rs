@@ -133,9 +133,16 @@ impl Gateway {
         }
         let mut ecs_status = None;
         let mut ecs_lookup = None;
+        let mut ecs_mesh = None;
         let mut first_ecs_view = None;
+        // Sidecars report here; ECS discovery reads their health.
+        let registry = Arc::new(discovery::registry::Registry::default());
+        if mesh_ca.is_some() {
+            tokio::spawn(registry.clone().run_sweeper());
+        }
         if let Some(settings) = cfg.ecs.clone() {
-            let provider = discovery::ecs::start(settings, metrics.clone()).await?;
+            let provider = discovery::ecs::start(settings, metrics.clone(), registry.subscribe()).await?;
+            ecs_mesh = Some(provider.mesh.clone());
             let mut rx = provider.view.clone();
             first_ecs_view = Some(async move {
                 let _ = rx.changed().await;
@@ -197,6 +204,7 @@ impl Gateway {
             });
         }
         let mut mesh_addr = None;
+        let sidecars = mesh_ca.is_some().then(|| registry.clone());
         if let Some((m, ca, slot, _)) = mesh_ca {
             let listener = TcpListener::bind(m.listen).await.map_err(|source| StartError::Bind {
                 what: "mesh control API".into(),
@@ -212,6 +220,8 @@ impl Gateway {
                 lifetime: m.cert_lifetime,
                 limiter: discovery::ecs::client::RateLimiter::new(50.0, 200.0),
                 default_deny: m.default_deny,
+                registry: registry.clone(),
+                mesh: ecs_mesh,
             });
             tokio::spawn(async move {
                 if let Err(e) = api.serve(listener, slot).await {
@@ -246,6 +256,7 @@ impl Gateway {
                 lifecycle: lifecycle.clone(),
                 providers: statuses,
                 ecs: ecs_status,
+                sidecars,
             }),
         ));
 

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 pub const ENV: &str = "ECS_CONTAINER_METADATA_URI_V4";
 
@@ -139,32 +139,7 @@ pub fn parse(uri: &str, body: &[u8]) -> Result<TaskMetadata, MetadataError> {
     Ok(md)
 }
 
-/// What the sidecar registers with the gateway (and `inspect` prints).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Registration {
-    pub task_arn: String,
-    /// The cluster's name (the last segment of its ARN).
-    pub cluster: String,
-    pub service: String,
-    pub family: String,
-    pub revision: String,
-    pub launch_type: Option<String>,
-    pub network_mode: Option<String>,
-    /// The IP the gateway should dial, or null when unknown (bridge mode without
-    /// instance metadata: the gateway fills it in from the ECS API).
-    pub address: Option<String>,
-    /// The app port as the gateway dials it (the host port in bridge mode).
-    pub port: Option<u16>,
-    pub labels: BTreeMap<String, String>,
-    pub containers: Vec<ContainerStatus>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ContainerStatus {
-    pub name: String,
-    pub known_status: String,
-    pub health: Option<String>,
-}
+pub use berth_common::control::{ContainerStatus, Registration};
 
 /// The sidecar's own container name in the task definition.
 pub const SIDECAR_CONTAINER: &str = "berth-sidecar";
@@ -245,6 +220,15 @@ impl TaskMetadata {
                     health: c.health.as_ref().map(|h| h.status.clone()),
                 })
                 .collect(),
+            healthy: self.app_healthy(),
+            inbound_port: None,
+            sidecar_version: Some(env!("CARGO_PKG_VERSION").to_string()),
         }
+    }
+
+    /// The app container is RUNNING and, when it has a health check, HEALTHY.
+    pub fn app_healthy(&self) -> bool {
+        self.app()
+            .is_some_and(|a| a.known_status == "RUNNING" && a.health.as_ref().is_none_or(|h| h.status == "HEALTHY"))
     }
 }

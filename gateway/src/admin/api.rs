@@ -25,6 +25,8 @@ pub struct AdminState {
     pub lifecycle: Arc<Lifecycle>,
     pub providers: Vec<Arc<StatusCell>>,
     pub ecs: Option<Arc<crate::discovery::ecs::EcsStatus>>,
+    /// The sidecar registry, when the mesh control plane runs.
+    pub sidecars: Option<Arc<crate::discovery::registry::Registry>>,
 }
 
 /// Serve the admin API until the task is dropped.
@@ -78,7 +80,15 @@ pub fn handle<B>(state: &AdminState, req: Request<B>) -> Response<Body> {
                 respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not configured yet\n")
             }
         }
-        "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4", state.metrics.render()),
+        "/metrics" => {
+            let mut text = state.metrics.render();
+            if let Some(reg) = &state.sidecars {
+                text.push_str("# HELP berth_sidecars_connected Sidecars with a live registration.\n");
+                text.push_str("# TYPE berth_sidecars_connected gauge\n");
+                text.push_str(&format!("berth_sidecars_connected {}\n", reg.connected()));
+            }
+            respond(StatusCode::OK, "text/plain; version=0.0.4", text)
+        }
         "/api/http/routers" => json_response(StatusCode::OK, &Value::Array(routers(&snap))),
         "/api/http/services" => json_response(StatusCode::OK, &Value::Array(services(state, &snap))),
         "/api/http/middlewares" => json_response(StatusCode::OK, &Value::Array(middlewares(&snap))),
@@ -91,10 +101,13 @@ pub fn handle<B>(state: &AdminState, req: Request<B>) -> Response<Body> {
                 &json!({"message": "ECS discovery is not enabled (no --ecs-cluster or --ecs-all-clusters)"}),
             ),
         },
-        "/api/sidecars" => json_response(
-            StatusCode::NOT_FOUND,
-            &json!({"message": "the mesh control plane is not enabled (no --mesh-ca-cert or --mesh-dev-ca)"}),
-        ),
+        "/api/sidecars" => match &state.sidecars {
+            Some(reg) => json_response(StatusCode::OK, &json!(reg.list())),
+            None => json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"message": "the mesh control plane is not enabled (no --mesh-ca-cert or --mesh-dev-ca)"}),
+            ),
+        },
         "/" => respond(StatusCode::OK, "text/html; charset=utf-8", dashboard(state, &snap)),
         p if p.starts_with("/api/http/routers/") => named(routers(&snap), &p["/api/http/routers/".len()..]),
         p if p.starts_with("/api/http/services/") => named(services(state, &snap), &p["/api/http/services/".len()..]),

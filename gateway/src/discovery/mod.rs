@@ -3,6 +3,7 @@
 
 pub mod ecs;
 pub mod file;
+pub mod registry;
 
 use std::sync::Mutex;
 use std::time::SystemTime;

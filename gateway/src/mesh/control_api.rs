@@ -1,5 +1,11 @@
 //! The control API (`--mesh-listen`, TLS 1.3, HTTP/1.1 or HTTP/2 by ALPN): certificate
-//! issuance and renewal for sidecars.
+//! issuance and renewal, registration under a lease (heartbeats and health pushes are
+//! the same upsert), deregistration, and the mesh view each sidecar long-polls for the
+//! services it calls.
+//!
+//! Registration and deregistration need the task's mesh certificate, and are accepted
+//! only for a task the reconciler knows, from the task's own address, whose identity is
+//! the certificate's.
 //!
 //! A first certificate needs the bootstrap token (compared in constant time), a task the
 //! ECS reconciler knows (described at once if it has not seen it yet) that is PENDING or
@@ -13,7 +19,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use berth_common::control::{CERTIFICATES_PATH, CertificateRequest, CertificateResponse, ErrorResponse};
+use berth_common::control::{
+    CERTIFICATES_PATH, CertificateRequest, CertificateResponse, DEREGISTER_PATH, Deregistration, ErrorResponse,
+    MESH_PATH, MeshService, MeshView, REGISTRATIONS_PATH, Registration, RegistrationAck,
+};
 use berth_common::identity::{SpiffeId, spiffe_id_of};
 use berth_common::mtls::{CertSlot, PeerPolicy, TrustAnchors, server_config_optional_client};
 use bytes::Bytes;
@@ -23,8 +32,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use super::ca::MeshCa;
-use crate::discovery::ecs::TaskLookup;
 use crate::discovery::ecs::client::RateLimiter;
+use crate::discovery::ecs::{MeshTable, TaskFacts, TaskLookup};
+use crate::discovery::registry::{HEARTBEAT, LEASE, Registry};
 
 pub struct ControlApi {
     pub ca: Arc<MeshCa>,
@@ -33,7 +43,24 @@ pub struct ControlApi {
     pub lifetime: Duration,
     pub limiter: RateLimiter,
     pub default_deny: bool,
+    pub registry: Arc<Registry>,
+    /// The east-west services, from ECS discovery.
+    pub mesh: Option<tokio::sync::watch::Receiver<MeshTable>>,
 }
+
+/// The peer's verified certificate, when it presented one.
+#[derive(Clone)]
+pub struct Caller {
+    pub id: SpiffeId,
+    pub not_after: Option<std::time::SystemTime>,
+}
+
+/// The longest a mesh long poll waits, and the most names it may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+const DEFAULT_WAIT: Duration = Duration::from_secs(25);
+const MAX_NAMES: usize = 256;
+
+type Reply = Response<Full<Bytes>>;
 
 /// Constant-time equality (the length is not secret).
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
@@ -81,12 +108,13 @@ impl ControlApi {
                     }
                     Err(_) => return,
                 };
-                let client_id = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|c| spiffe_id_of(c).ok());
+                let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+                let client_id = leaf.and_then(|c| {
+                    Some(Caller {
+                        id: spiffe_id_of(c).ok()?,
+                        not_after: berth_common::identity::not_after_of(c).ok(),
+                    })
+                });
                 let svc = hyper::service::service_fn(move |req| {
                     let (api, client_id) = (api.clone(), client_id.clone());
                     async move { Ok::<_, Infallible>(api.handle(req, peer, client_id).await) }
@@ -98,50 +126,229 @@ impl ControlApi {
         }
     }
 
-    pub async fn handle(
+    pub async fn handle(&self, req: Request<hyper::body::Incoming>, peer: SocketAddr, caller: Option<Caller>) -> Reply {
+        let path = req.uri().path().to_string();
+        match (req.method().clone(), path.as_str()) {
+            (Method::POST, CERTIFICATES_PATH) => match read_json(req).await {
+                Ok(r) => self.certificate(r, peer, caller.map(|c| c.id)).await,
+                Err(e) => e,
+            },
+            (Method::POST, REGISTRATIONS_PATH) => match read_json(req).await {
+                Ok(r) => self.register(r, peer, caller).await,
+                Err(e) => e,
+            },
+            (Method::POST, DEREGISTER_PATH) => match read_json(req).await {
+                Ok(r) => self.deregister(r, peer, caller).await,
+                Err(e) => e,
+            },
+            (Method::GET, MESH_PATH) => self.mesh_view(req.uri().query().unwrap_or_default(), caller).await,
+            (_, CERTIFICATES_PATH | REGISTRATIONS_PATH | DEREGISTER_PATH) => {
+                refuse(StatusCode::METHOD_NOT_ALLOWED, "method", "use POST".into())
+            }
+            (_, MESH_PATH) => refuse(StatusCode::METHOD_NOT_ALLOWED, "method", "use GET".into()),
+            _ => refuse(StatusCode::NOT_FOUND, "not_found", format!("no such path {path}")),
+        }
+    }
+
+    /// Find the task, and check the request comes from its address; gives its identity.
+    async fn task(&self, task_arn: &str, peer: SocketAddr) -> Result<(TaskFacts, SpiffeId), Reply> {
+        let Some(lookup) = &self.lookup else {
+            return Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_discovery",
+                "the mesh checks tasks through ECS discovery: start the gateway with --ecs-cluster".into(),
+            ));
+        };
+        let task = match lookup.find(task_arn).await {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                return Err(refuse(
+                    StatusCode::FORBIDDEN,
+                    "unknown_task",
+                    format!("task {task_arn} does not exist in a discovered cluster"),
+                ));
+            }
+            Err(e) => {
+                return Err(refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "discovery_error",
+                    format!("cannot check the task: {e}"),
+                ));
+            }
+        };
+        let source = peer.ip().to_canonical().to_string();
+        if task.address.as_deref() != Some(source.as_str()) {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                "wrong_source",
+                format!(
+                    "request from {source}, but task {} is at {}",
+                    task.task_arn,
+                    task.address.as_deref().unwrap_or("an unknown address")
+                ),
+            ));
+        }
+        match SpiffeId::for_service(self.ca.trust_domain(), &task.cluster, &task.service) {
+            Ok(id) => Ok((task, id)),
+            Err(e) => Err(refuse(StatusCode::FORBIDDEN, "bad_identity", e.to_string())),
+        }
+    }
+
+    /// The caller must hold the certificate of the task it speaks for.
+    async fn certified_task(
         &self,
-        req: Request<hyper::body::Incoming>,
+        task_arn: &str,
         peer: SocketAddr,
-        client_id: Option<SpiffeId>,
-    ) -> Response<Full<Bytes>> {
-        if req.uri().path() != CERTIFICATES_PATH {
+        caller: &Option<Caller>,
+    ) -> Result<(TaskFacts, SpiffeId), Reply> {
+        let Some(caller) = caller else {
+            return Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                "no_certificate",
+                "this needs the task's mesh certificate (get one from /v1/certificates first)".into(),
+            ));
+        };
+        let (task, identity) = self.task(task_arn, peer).await?;
+        if caller.id != identity {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                "identity_mismatch",
+                format!("{} cannot speak for task {} of {identity}", caller.id, task.task_arn),
+            ));
+        }
+        Ok((task, identity))
+    }
+
+    async fn register(&self, reg: Registration, peer: SocketAddr, caller: Option<Caller>) -> Reply {
+        let (task, identity) = match self.certified_task(&reg.task_arn, peer, &caller).await {
+            Ok(t) => t,
+            Err(r) => return r,
+        };
+        if task.desired_status != "RUNNING" {
             return refuse(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no such path {}", req.uri().path()),
+                StatusCode::FORBIDDEN,
+                "task_not_running",
+                format!("task {} is stopping (desired {})", task.task_arn, task.desired_status),
             );
         }
-        if req.method() != Method::POST {
-            return refuse(StatusCode::METHOD_NOT_ALLOWED, "method", "use POST".into());
+        let mut reg = reg;
+        // What the gateway verified wins over what the sidecar says.
+        reg.cluster = task.cluster.clone();
+        reg.service = task.service.clone();
+        self.registry
+            .upsert(reg, identity.clone(), peer, caller.and_then(|c| c.not_after));
+        reply(
+            StatusCode::OK,
+            &RegistrationAck {
+                identity: identity.to_string(),
+                lease_ms: LEASE.as_millis() as u64,
+                heartbeat_ms: HEARTBEAT.as_millis() as u64,
+            },
+        )
+    }
+
+    async fn deregister(&self, d: Deregistration, peer: SocketAddr, caller: Option<Caller>) -> Reply {
+        if let Err(r) = self.certified_task(&d.task_arn, peer, &caller).await {
+            return r;
         }
-        let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
-                return refuse(
-                    StatusCode::BAD_REQUEST,
-                    "bad_body",
-                    format!("unreadable or too large body: {e}"),
-                );
+        if self.registry.deregister(&d.task_arn) {
+            reply(StatusCode::OK, &serde_json::json!({"draining": d.task_arn}))
+        } else {
+            refuse(
+                StatusCode::NOT_FOUND,
+                "not_registered",
+                format!("task {} is not registered", d.task_arn),
+            )
+        }
+    }
+
+    /// The requested services as the mesh sees them now.
+    fn view_of(&self, table: &MeshTable, names: &[String]) -> MeshView {
+        let mut services = Vec::new();
+        let mut unknown = Vec::new();
+        for n in names {
+            match table.get(n) {
+                Some(s) => services.push(MeshService {
+                    name: s.name.clone(),
+                    identity: format!("spiffe://{}/{}", self.ca.trust_domain(), s.identity),
+                    endpoints: s.endpoints.clone(),
+                }),
+                None => unknown.push(n.clone()),
             }
-        };
-        let request: CertificateRequest = match serde_json::from_slice(&body) {
-            Ok(r) => r,
-            Err(e) => {
-                return refuse(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("not a certificate request: {e}"),
-                );
-            }
-        };
-        self.limiter.acquire().await;
-        let Some(lookup) = &self.lookup else {
+        }
+        MeshView {
+            version: MeshView::version_of(&services, &unknown),
+            services,
+            unknown,
+        }
+    }
+
+    async fn mesh_view(&self, query: &str, caller: Option<Caller>) -> Reply {
+        if caller.is_none() {
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                "no_certificate",
+                "the mesh view needs a mesh certificate".into(),
+            );
+        }
+        let Some(mut rx) = self.mesh.clone() else {
             return refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_discovery",
-                "issuance checks tasks through ECS discovery: start the gateway with --ecs-cluster".into(),
+                "the mesh is discovered through ECS: start the gateway with --ecs-cluster".into(),
             );
         };
+        let mut names: Vec<String> = Vec::new();
+        let mut since = None;
+        let mut wait = DEFAULT_WAIT;
+        for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=')) {
+            match k {
+                "services" => {
+                    for n in v.split(',').filter(|n| !n.is_empty()) {
+                        if !berth_common::labels::valid_mesh_name(n) {
+                            return refuse(StatusCode::BAD_REQUEST, "bad_name", format!("`{n}` is not a mesh name"));
+                        }
+                        names.push(n.to_string());
+                    }
+                }
+                "version" => match v.parse::<u64>() {
+                    Ok(n) => since = Some(n),
+                    Err(_) => return refuse(StatusCode::BAD_REQUEST, "bad_version", format!("version={v}")),
+                },
+                "wait_ms" => match v.parse::<u64>() {
+                    Ok(ms) => wait = Duration::from_millis(ms).min(MAX_WAIT),
+                    Err(_) => return refuse(StatusCode::BAD_REQUEST, "bad_wait", format!("wait_ms={v}")),
+                },
+                _ => {}
+            }
+        }
+        names.sort();
+        names.dedup();
+        if names.len() > MAX_NAMES {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "too_many_names",
+                format!("{} names; at most {MAX_NAMES} per request", names.len()),
+            );
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let view = self.view_of(&rx.borrow_and_update(), &names);
+            if since != Some(view.version) {
+                return reply(StatusCode::OK, &view);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => {
+                    let mut r = Response::new(Full::new(Bytes::new()));
+                    *r.status_mut() = StatusCode::NO_CONTENT;
+                    return r;
+                }
+            }
+        }
+    }
+
+    async fn certificate(&self, request: CertificateRequest, peer: SocketAddr, client_id: Option<SpiffeId>) -> Reply {
         // The first certificate needs the token; renewal needs the current certificate.
         if client_id.is_none() {
             let ok = match (&self.token, &request.token) {
@@ -157,22 +364,11 @@ impl ControlApi {
                 );
             }
         }
-        let task = match lookup.find(&request.task_arn).await {
-            Ok(Some(t)) => t,
-            Ok(None) => {
-                return refuse(
-                    StatusCode::FORBIDDEN,
-                    "unknown_task",
-                    format!("task {} does not exist in a discovered cluster", request.task_arn),
-                );
-            }
-            Err(e) => {
-                return refuse(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "discovery_error",
-                    format!("cannot check the task: {e}"),
-                );
-            }
+        // Issuance signs and may describe tasks: bounded per second.
+        self.limiter.acquire().await;
+        let (task, identity) = match self.task(&request.task_arn, peer).await {
+            Ok(t) => t,
+            Err(r) => return r,
         };
         let alive = matches!(
             task.last_status.as_str(),
@@ -188,22 +384,6 @@ impl ControlApi {
                 ),
             );
         }
-        let source = peer.ip().to_canonical().to_string();
-        if task.address.as_deref() != Some(source.as_str()) {
-            return refuse(
-                StatusCode::FORBIDDEN,
-                "wrong_source",
-                format!(
-                    "request from {source}, but task {} is at {}",
-                    task.task_arn,
-                    task.address.as_deref().unwrap_or("an unknown address")
-                ),
-            );
-        }
-        let identity = match SpiffeId::for_service(self.ca.trust_domain(), &task.cluster, &task.service) {
-            Ok(i) => i,
-            Err(e) => return refuse(StatusCode::FORBIDDEN, "bad_identity", e.to_string()),
-        };
         if let Some(current) = &client_id
             && *current != identity
         {
@@ -235,6 +415,30 @@ impl ControlApi {
             },
         )
     }
+}
+
+/// A JSON body of at most 64 KiB, or the 400 that says what was wrong with it.
+async fn read_json<T: serde::de::DeserializeOwned>(req: Request<hyper::body::Incoming>) -> Result<T, Reply> {
+    let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("unreadable or too large body: {e}"),
+            ));
+        }
+    };
+    serde_json::from_slice(&body).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "not a {}: {e}",
+                std::any::type_name::<T>().rsplit("::").next().unwrap_or("message")
+            ),
+        )
+    })
 }
 
 /// Keep the gateway's own certificate fresh: reissue at 70 % of its lifetime, with jitter.

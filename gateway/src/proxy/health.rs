@@ -14,8 +14,8 @@ use http_body_util::{BodyExt, Empty};
 use tokio::time::Instant;
 
 use super::Proxy;
-use super::balance::EndpointState;
 use super::router::Endpoint;
+use berth_common::balance::EndpointState;
 use berth_common::config::HealthCheckConfig;
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);

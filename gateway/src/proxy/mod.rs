@@ -4,7 +4,6 @@
 //! checks) -> the snapshot's router -> the service's balancer -> [`upstream`] pools.
 //! Failures become responses in [`errors`] only.
 
-pub mod balance;
 pub mod errors;
 pub mod health;
 pub mod router;
@@ -31,7 +30,7 @@ use ipnet::IpNet;
 use crate::admin::metrics::{EntrypointMetrics, Metrics};
 use crate::config::Limits;
 use crate::lifecycle::Lifecycle;
-use balance::{InFlight, Registry};
+use berth_common::balance::{InFlight, Registry};
 use errors::{ProxyError, text_response};
 use router::{Routes, ServiceRuntime};
 use upstream::Clients;

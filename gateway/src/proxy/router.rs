@@ -6,8 +6,8 @@ use std::sync::Arc;
 use berth_common::routing::Snapshot;
 use http::Uri;
 
-use super::balance::{Balancer, EndpointState, Registry};
 use crate::admin::metrics::{Metrics, RequestMetrics};
+use berth_common::balance::{Balancer, EndpointState, Registry};
 
 /// One upstream endpoint as the proxy dials it.
 #[derive(Debug, Clone)]

@@ -25,6 +25,9 @@ pub struct ContainerEndpoint {
     pub ports: Vec<(u16, u16)>,
     /// `None` when the container may get traffic, else why not.
     pub excluded: Option<String>,
+    /// The exclusion comes only from ECS's view of the task's progress or container
+    /// health, which a live sidecar registration reports faster and overrides.
+    pub state_excluded: bool,
     /// The ECS service (`group` `service:NAME`), else the task-definition family.
     pub service: String,
     /// When the task has a sidecar (a container named `berth-sidecar`): the port its
@@ -156,19 +159,23 @@ pub fn containers(
             ),
         };
         let mut excluded = None;
+        let mut state_excluded = false;
         if name == SIDECAR {
             excluded = Some("the sidecar itself is not routed".into());
         } else if has_sidecar && sidecar_port.flatten().is_none() {
             excluded = Some("the sidecar's port 15443 is not mapped".into());
         } else if !running {
+            state_excluded = task.desired_status() == Some("RUNNING") && address.is_some();
             excluded = Some(format!(
                 "task is {} (desired {})",
                 task.last_status().unwrap_or("?"),
                 task.desired_status().unwrap_or("?")
             ));
         } else if c.health_status() == Some(&HealthStatus::Unhealthy) {
+            state_excluded = address.is_some();
             excluded = Some("container health check reports UNHEALTHY".into());
         } else if healthy_only && cdef.health_check().is_some() && c.health_status() != Some(&HealthStatus::Healthy) {
+            state_excluded = address.is_some();
             excluded = Some("container is not HEALTHY yet (--ecs-healthy-only)".into());
         } else if address.is_none() {
             excluded = Some(match mode {
@@ -183,6 +190,7 @@ pub fn containers(
             address,
             ports,
             excluded,
+            state_excluded,
             service: service.clone(),
             sidecar_port: sidecar_port.flatten(),
         });

@@ -30,6 +30,8 @@ use serde::Serialize;
 use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::admin::metrics::Metrics;
+use crate::discovery::registry::{HealthView, SidecarHealth};
+use berth_common::control::MeshService;
 use client::{EcsApi, RateLimiter};
 use reconcile::{ClusterReconciler, ClusterView, InstanceAddresses, TaskDefCache};
 
@@ -115,6 +117,8 @@ pub struct EcsStartError(String);
 /// The running provider's handles.
 pub struct EcsProvider {
     pub view: watch::Receiver<ProviderView>,
+    /// The east-west services (identities as SPIFFE paths, `ecs/<cluster>/<service>`).
+    pub mesh: watch::Receiver<MeshTable>,
     pub status: Arc<EcsStatus>,
     pub lookup: TaskLookup,
 }
@@ -212,6 +216,11 @@ async fn lookup_loop(shared: Arc<Shared>) {
                 let result = shared.api.describe_tasks(&cluster, &arns).await;
                 match result {
                     Ok((tasks, _failures)) => {
+                        if let Some(adopter) = shared.adopters.lock().unwrap_or_else(|e| e.into_inner()).get(&cluster)
+                            && !tasks.is_empty()
+                        {
+                            let _ = adopter.send(tasks.clone());
+                        }
                         for (arn, tx) in waiters {
                             let found = tasks
                                 .iter()
@@ -232,7 +241,11 @@ async fn lookup_loop(shared: Arc<Shared>) {
 }
 
 /// Build the AWS clients from the standard chain and start reconciling.
-pub async fn start(settings: EcsSettings, metrics: Arc<Metrics>) -> Result<EcsProvider, EcsStartError> {
+pub async fn start(
+    settings: EcsSettings,
+    metrics: Arc<Metrics>,
+    sidecars: watch::Receiver<HealthView>,
+) -> Result<EcsProvider, EcsStartError> {
     // The region comes from the flag, the environment or the profile, never from the
     // instance metadata service (ECS sets AWS_REGION in every container).
     let region = RegionProviderChain::first_try(settings.region.clone().map(aws_config::Region::new))
@@ -268,11 +281,16 @@ pub async fn start(settings: EcsSettings, metrics: Arc<Metrics>) -> Result<EcsPr
         }
         _ => None,
     };
-    Ok(spawn(settings, api, ec2))
+    Ok(spawn(settings, api, ec2, sidecars))
 }
 
 /// Start reconciling with an already-built API client.
-pub fn spawn(settings: EcsSettings, api: EcsApi, ec2: Option<Arc<dyn InstanceAddresses>>) -> EcsProvider {
+pub fn spawn(
+    settings: EcsSettings,
+    api: EcsApi,
+    ec2: Option<Arc<dyn InstanceAddresses>>,
+    sidecars: watch::Receiver<HealthView>,
+) -> EcsProvider {
     let (tx, rx) = watch::channel(ProviderView {
         provider: PROVIDER.into(),
         ..Default::default()
@@ -290,14 +308,17 @@ pub fn spawn(settings: EcsSettings, api: EcsApi, ec2: Option<Arc<dyn InstanceAdd
         known: Mutex::default(),
         pending: Mutex::default(),
         pending_changed: Notify::new(),
+        adopters: Mutex::default(),
     });
     shared.rounds.add_permits(shared.settings.concurrency.max(1));
     tokio::spawn(clusters_loop(shared.clone()));
     tokio::spawn(lookup_loop(shared.clone()));
     let lookup = TaskLookup { shared: shared.clone() };
-    tokio::spawn(publish_loop(shared, tx));
+    let (mesh_tx, mesh) = watch::channel(MeshTable::default());
+    tokio::spawn(publish_loop(shared, tx, mesh_tx, sidecars));
     EcsProvider {
         view: rx,
+        mesh,
         status,
         lookup,
     }
@@ -316,6 +337,9 @@ struct Shared {
     known: Mutex<BTreeMap<String, Arc<std::collections::HashMap<String, TaskFacts>>>>,
     pending: Mutex<BTreeMap<String, Waiters>>,
     pending_changed: Notify,
+    /// Each cluster reconciler's inbox for tasks described on demand, so a task that
+    /// asked for its certificate joins the view without waiting for the next round.
+    adopters: Mutex<BTreeMap<String, tokio::sync::mpsc::UnboundedSender<Vec<aws_sdk_ecs::types::Task>>>>,
 }
 
 impl Shared {
@@ -381,6 +405,12 @@ async fn cluster_loop(shared: Arc<Shared>, cluster: String, name: String) {
         shared.ec2.clone(),
         shared.settings.healthy_only,
     );
+    let (adopt_tx, mut adopt_rx) = tokio::sync::mpsc::unbounded_channel();
+    shared
+        .adopters
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(name.clone(), adopt_tx);
     loop {
         let result = {
             let _permit = shared.rounds.acquire().await;
@@ -388,31 +418,13 @@ async fn cluster_loop(shared: Arc<Shared>, cluster: String, name: String) {
         };
         match result {
             Ok(view) => {
-                let known: std::collections::HashMap<String, TaskFacts> = rec
-                    .known_tasks()
-                    .into_iter()
-                    .filter_map(|(arn, t)| facts(&name, &t, rec.task_address(&t)).map(|f| (arn, f)))
-                    .collect();
-                shared
-                    .known
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(name.clone(), Arc::new(known));
-                let routable = view.endpoints.iter().filter(|(_, e)| e.excluded.is_none()).count();
                 shared.status.update(&name, |s| {
                     s.rounds += 1;
                     s.last_success = Some(SystemTime::now());
                     s.last_success_unix = unix(SystemTime::now());
-                    s.tasks = view.tasks;
-                    s.routable_containers = routable;
                     s.last_error = None;
                 });
-                shared
-                    .views
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(name.clone(), view);
-                shared.changed.notify_one();
+                install(&shared, &name, &rec, view);
             }
             Err(e) => {
                 tracing::warn!(cluster = %name, error = %e, "reconcile round failed; keeping the last good view");
@@ -424,16 +436,83 @@ async fn cluster_loop(shared: Arc<Shared>, cluster: String, name: String) {
                 });
             }
         }
-        tokio::time::sleep(shared.settings.refresh).await;
+        // Until the next round, take in tasks described on demand.
+        let next = tokio::time::Instant::now() + shared.settings.refresh;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => break,
+                Some(mut tasks) = adopt_rx.recv() => {
+                    while let Ok(more) = adopt_rx.try_recv() {
+                        tasks.extend(more);
+                    }
+                    match rec.adopt(tasks).await {
+                        Ok(view) => install(&shared, &name, &rec, view),
+                        Err(e) => tracing::warn!(cluster = %name, error = %e, "cannot add tasks described on demand; the next round will"),
+                    }
+                }
+            }
+        }
     }
 }
 
-async fn publish_loop(shared: Arc<Shared>, tx: watch::Sender<ProviderView>) {
+/// Publish a cluster's new view and the task facts the identity checks use.
+fn install(shared: &Shared, name: &str, rec: &ClusterReconciler, view: ClusterView) {
+    let known: std::collections::HashMap<String, TaskFacts> = rec
+        .known_tasks()
+        .into_iter()
+        .filter_map(|(arn, t)| facts(name, &t, rec.task_address(&t)).map(|f| (arn, f)))
+        .collect();
+    shared
+        .known
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(name.to_string(), Arc::new(known));
+    let routable = view.endpoints.iter().filter(|(_, e)| e.excluded.is_none()).count();
+    shared.status.update(name, |s| {
+        s.tasks = view.tasks;
+        s.routable_containers = routable;
+    });
+    shared
+        .views
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(name.to_string(), view);
+    shared.changed.notify_one();
+}
+
+async fn publish_loop(
+    shared: Arc<Shared>,
+    tx: watch::Sender<ProviderView>,
+    mesh_tx: watch::Sender<MeshTable>,
+    mut health: watch::Receiver<HealthView>,
+) {
     let mut last: Option<(DynamicConfig, Vec<Diagnostic>)> = None;
+    let mut health_open = true;
     loop {
-        shared.changed.notified().await;
+        tokio::select! {
+            _ = shared.changed.notified() => {}
+            r = health.changed(), if health_open => {
+                if r.is_err() {
+                    health_open = false;
+                    continue;
+                }
+            }
+        }
         let views = shared.views.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let (config, diagnostics) = build_config(&views, &shared.settings);
+        if last.is_none() && views.is_empty() {
+            // Nothing discovered yet: a sidecar's report alone publishes nothing.
+            continue;
+        }
+        let sidecars = health.borrow_and_update().clone();
+        let built = build_config(&views, &shared.settings, &sidecars);
+        mesh_tx.send_if_modified(|cur| {
+            if **cur == built.mesh {
+                return false;
+            }
+            *cur = Arc::new(built.mesh);
+            true
+        });
+        let (config, diagnostics) = (built.config, built.diagnostics);
         if last.as_ref().is_some_and(|(c, d)| *c == config && *d == diagnostics) {
             continue;
         }
@@ -451,15 +530,82 @@ async fn publish_loop(shared: Arc<Shared>, tx: watch::Sender<ProviderView>) {
     }
 }
 
+/// The east-west services: every task with a sidecar, by mesh name.
+pub type MeshTable = Arc<BTreeMap<String, MeshService>>;
+
+/// What one build produces: the north-south configuration, its problems, and the mesh.
+pub struct Built {
+    pub config: DynamicConfig,
+    pub diagnostics: Vec<Diagnostic>,
+    pub mesh: BTreeMap<String, MeshService>,
+}
+
 /// Turn every cluster's view into one configuration, Traefik's way.
-pub fn build_config(views: &BTreeMap<String, ClusterView>, settings: &EcsSettings) -> (DynamicConfig, Vec<Diagnostic>) {
+///
+/// For a task with a sidecar, a live registration decides whether it gets traffic (its
+/// health is fresher than ECS's), and a draining or lost one excludes it; tasks whose
+/// sidecar never registered with this gateway follow ECS's state. Every task with a
+/// sidecar also joins the mesh under its mesh name, routable or not.
+pub fn build_config(
+    views: &BTreeMap<String, ClusterView>,
+    settings: &EcsSettings,
+    sidecars: &BTreeMap<(String, String), SidecarHealth>,
+) -> Built {
     let mut cfg = DynamicConfig::default();
     let mut conflicts = BTreeSet::new();
     let mut diags = Vec::new();
     let mut reported: HashSet<(String, String, String)> = HashSet::new();
+    let mut mesh: BTreeMap<String, MeshService> = BTreeMap::new();
+    let mut mesh_tasks: HashSet<(&str, &str)> = HashSet::new();
     for (cluster, view) in views {
         for (task_id, ep) in &view.endpoints {
+            let mut ep = std::borrow::Cow::Borrowed(ep);
+            if ep.sidecar_port.is_some()
+                && ep.container != endpoints::SIDECAR
+                && let Some(h) = sidecars.get(&(cluster.clone(), task_id.clone()))
+            {
+                match h.excluded() {
+                    Some(why) if ep.excluded.is_none() || ep.state_excluded => {
+                        ep.to_mut().excluded = Some(why.into());
+                    }
+                    None if ep.state_excluded => ep.to_mut().excluded = None,
+                    _ => {}
+                }
+            }
             let (parsed, label_diags) = labels::parse(&ep.labels);
+            if let (Some(port), Some(address), true) =
+                (ep.sidecar_port, &ep.address, ep.container != endpoints::SIDECAR)
+                && mesh_tasks.insert((cluster.as_str(), task_id.as_str()))
+            {
+                let name = parsed.mesh.name.clone().unwrap_or_else(|| ep.service.clone());
+                let identity = format!("ecs/{cluster}/{}", ep.service);
+                let entry = mesh.entry(name.clone()).or_insert_with(|| MeshService {
+                    name: name.clone(),
+                    identity: identity.clone(),
+                    endpoints: Vec::new(),
+                });
+                if entry.identity != identity {
+                    let d = Diagnostic::error(
+                        "berth.mesh.name",
+                        format!(
+                            "mesh name {name} is claimed by {} and {identity}; only the first is served",
+                            entry.identity
+                        ),
+                    )
+                    .with_source(PROVIDER);
+                    if !diags.contains(&d) {
+                        diags.push(d);
+                    }
+                } else if ep.excluded.is_none() {
+                    let host = if address.contains(':') {
+                        format!("[{address}]")
+                    } else {
+                        address.clone()
+                    };
+                    entry.endpoints.push(format!("{host}:{port}"));
+                }
+            }
+            let ep = ep.as_ref();
             let source = format!("ecs:{cluster}/{task_id}/{}", ep.container);
             let mut report = |d: Diagnostic| {
                 // One report per container definition and problem, not per task.
@@ -511,5 +657,12 @@ pub fn build_config(views: &BTreeMap<String, ClusterView>, settings: &EcsSetting
             Diagnostic::error(c.clone(), "defined differently by several containers; not served").with_source(PROVIDER),
         );
     }
-    (cfg, diags)
+    for svc in mesh.values_mut() {
+        svc.endpoints.sort();
+    }
+    Built {
+        config: cfg,
+        diagnostics: diags,
+        mesh,
+    }
 }

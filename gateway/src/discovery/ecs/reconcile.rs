@@ -108,6 +108,22 @@ impl ClusterReconciler {
         Ok(self.view())
     }
 
+    /// Take in tasks described outside a round (on demand, for the control plane) and
+    /// return the view with them; a later round keeps or drops them like any other.
+    pub async fn adopt(&mut self, tasks: Vec<Task>) -> Result<ClusterView, ApiError> {
+        let defs = self.taskdefs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for t in tasks {
+            let Some(arn) = t.task_arn().map(str::to_string) else {
+                continue;
+            };
+            let def = t.task_definition_arn().and_then(|d| defs.get(d).cloned());
+            self.tasks.insert(arn, TaskRecord { task: Arc::new(t), def });
+        }
+        self.resolve_definitions().await?;
+        self.resolve_instances().await?;
+        Ok(self.view())
+    }
+
     /// Describe these tasks now (batched by 100); tasks ECS reports MISSING are forgotten.
     pub async fn describe(&mut self, arns: &[String]) -> Result<(), ApiError> {
         for chunk in arns.chunks(BATCH) {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_common::config::Strategy;
+use crate::config::Strategy;
 
 /// The EWMA decay time constant.
 const TAU: Duration = Duration::from_secs(10);

@@ -1,0 +1,172 @@
+//! Dialling upstreams, shared by the gateway and the sidecar: TCP with a connect timeout
+//! and Nagle off, TLS with a timeout, one stream type for both, and the mesh connector
+//! that dials a sidecar with mTLS and checks the identity it presents against the one
+//! the routing snapshot expects at that address.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// A TCP or TLS connection to an upstream.
+pub enum UpstreamStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Connection for UpstreamStream {
+    fn connected(&self) -> Connected {
+        match self {
+            UpstreamStream::Plain(_) => Connected::new(),
+            UpstreamStream::Tls(s) => {
+                if s.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    Connected::new().negotiated_h2()
+                } else {
+                    Connected::new()
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Connection failures, told apart so the balancer can eject and the proxy can retry.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("bad upstream address: {0}")]
+    Address(String),
+}
+
+/// TCP to `addr` within `limit`, with Nagle off.
+pub async fn connect_tcp<A: tokio::net::ToSocketAddrs>(addr: A, limit: Duration) -> Result<TcpStream, ConnectError> {
+    let tcp = tokio::time::timeout(limit, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ConnectError::Timeout(limit))??;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// The TLS handshake on `tcp` within `limit`.
+pub async fn connect_tls(
+    tls: &TlsConnector,
+    name: ServerName<'static>,
+    tcp: TcpStream,
+    limit: Duration,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
+    Ok(tokio::time::timeout(limit, tls.connect(name, tcp))
+        .await
+        .map_err(|_| ConnectError::Timeout(limit))??)
+}
+
+/// The identity each sidecar must present, by `host:port`, refreshed at every
+/// snapshot swap.
+pub type MeshPeers = Arc<std::sync::RwLock<std::collections::HashMap<String, crate::identity::SpiffeId>>>;
+
+/// Dials a task's sidecar with mTLS: the gateway's own certificate, the mesh's trust
+/// anchor, and the task's identity checked after the handshake.
+#[derive(Clone)]
+pub struct MeshConnector {
+    connect_timeout: Duration,
+    tls: TlsConnector,
+    peers: MeshPeers,
+}
+
+impl MeshConnector {
+    /// `cfg` carries our own certificate and the mesh's trust anchor (see
+    /// [`crate::mtls::client_config`]); `peers` says whom to expect where.
+    pub fn new(connect_timeout: Duration, cfg: rustls::ClientConfig, peers: MeshPeers) -> MeshConnector {
+        MeshConnector {
+            connect_timeout,
+            tls: TlsConnector::from(Arc::new(cfg)),
+            peers,
+        }
+    }
+}
+
+impl tower_service::Service<Uri> for MeshConnector {
+    type Response = TokioIo<UpstreamStream>;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let authority = uri
+                .authority()
+                .map(|a| a.to_string())
+                .ok_or_else(|| ConnectError::Address(uri.to_string()))?;
+            let expected = this
+                .peers
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&authority)
+                .cloned()
+                .ok_or_else(|| ConnectError::Address(format!("{authority}: no expected mesh identity")))?;
+            let tcp = connect_tcp(authority.as_str(), this.connect_timeout).await?;
+            // Sidecars are dialled by IP and chosen by nothing but their address: the
+            // name only satisfies the API; the identity is checked below.
+            let name = ServerName::try_from("sidecar.berth").map_err(|_| ConnectError::Address(authority.clone()))?;
+            let stream = connect_tls(&this.tls, name, tcp, this.connect_timeout).await?;
+            let presented = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| crate::identity::spiffe_id_of(c).ok());
+            if presented.as_ref() != Some(&expected) {
+                return Err(ConnectError::Io(io::Error::other(format!(
+                    "sidecar at {authority} presented {}, expected {expected}",
+                    presented.map(|p| p.to_string()).unwrap_or_else(|| "no identity".into())
+                ))));
+            }
+            Ok(TokioIo::new(UpstreamStream::Tls(Box::new(stream))))
+        })
+    }
+}
