@@ -8,6 +8,25 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 /// The identity header the inbound sidecar sets; nobody else may.
 pub const CLIENT_ID_HEADER: &str = "x-berth-client-id";
 
+/// Set by an inbound sidecar on the 503 it answers when its app refused the connection:
+/// the request never reached the app, so the caller may send it elsewhere.
+pub const UNREACHABLE_HEADER: &str = "x-berth-unreachable";
+
+/// Whether a response is an inbound sidecar saying its app is not listening (a
+/// stopping or crashed app): as safe to retry as a refused connection.
+pub fn is_app_unreachable(status: http::StatusCode, headers: &HeaderMap) -> bool {
+    status == http::StatusCode::SERVICE_UNAVAILABLE && headers.contains_key(UNREACHABLE_HEADER)
+}
+
+/// Methods whose requests may be sent twice (RFC 9110 9.2.2).
+pub fn is_idempotent(m: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
 /// Headers that belong to one connection, never forwarded (RFC 9110 7.6.1, plus the
 /// legacy ones proxies conventionally drop).
 const HOP_BY_HOP: [HeaderName; 8] = [

@@ -251,6 +251,16 @@ pub struct Reply {
     pub body: String,
 }
 
+/// Like [`http1`], `None` when the connection or the exchange fails (a peer that is
+/// down or restarting).
+pub async fn try_http1(addr: SocketAddr, req: Request<Full<Bytes>>) -> Option<Reply> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+    tokio::spawn(conn);
+    let resp = send.send_request(req).await.ok()?;
+    Some(read_reply(resp).await)
+}
+
 /// Send one request over a fresh HTTP/1.1 connection to `addr`.
 pub async fn http1(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -1,21 +1,17 @@
 //! The sidecar's identity: a key made here, a CSR sent to the gateway's control API
 //! (with the bootstrap token the first time, over mTLS with the current certificate
 //! after), renewal at 70 % of the lifetime with jitter, retries with back-off.
-//!
-//! Outgoing control connections bind to the inbound address when it is a specific IP,
-//! so the gateway sees the task's address as the source.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use berth_common::control::{CERTIFICATES_PATH, CertificateRequest, CertificateResponse, ErrorResponse};
+use berth_common::control::{CERTIFICATES_PATH, CertificateRequest, CertificateResponse};
 use berth_common::identity::SpiffeId;
 use berth_common::mtls::{CertSlot, PeerPolicy, TrustAnchors, client_config};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::ServerName;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -69,28 +65,9 @@ impl Certifier {
         };
         let cfg = client_config(renewing.then(|| self.slot.clone()), self.anchors.clone(), policy)
             .map_err(|e| IdentityError::Protocol(e.to_string()))?;
-        let socket = if self.gateway.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()
-        } else {
-            tokio::net::TcpSocket::new_v6()
-        }
-        .map_err(|e| IdentityError::Connect(self.gateway, e.to_string()))?;
-        if let Some(ip) = self.bind {
-            socket
-                .bind(SocketAddr::new(ip, 0))
-                .map_err(|e| IdentityError::Connect(self.gateway, format!("binding {ip}: {e}")))?;
-        }
-        let tcp = tokio::time::timeout(Duration::from_secs(5), socket.connect(self.gateway))
+        let tls = crate::control::dial(self.gateway, self.bind, Arc::new(cfg))
             .await
-            .map_err(|_| IdentityError::Connect(self.gateway, "timed out".into()))?
             .map_err(|e| IdentityError::Connect(self.gateway, e.to_string()))?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(
-                ServerName::try_from("gateway.berth").map_err(|e| IdentityError::Protocol(e.to_string()))?,
-                tcp,
-            )
-            .await
-            .map_err(|e| IdentityError::Connect(self.gateway, format!("TLS: {e}")))?;
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| IdentityError::Protocol(e.to_string()))?;
@@ -114,13 +91,9 @@ impl Certifier {
             .map(|b| b.to_bytes())
             .map_err(|e| IdentityError::Protocol(e.to_string()))?;
         if !status.is_success() {
-            let e: ErrorResponse = serde_json::from_slice(&bytes).unwrap_or(ErrorResponse {
-                code: status.as_u16().to_string(),
-                error: String::from_utf8_lossy(&bytes).into_owned(),
-            });
-            return Err(IdentityError::Refused {
-                code: e.code,
-                error: e.error,
+            return Err(match crate::control::refusal(status, &bytes) {
+                crate::control::ControlError::Refused { code, error, .. } => IdentityError::Refused { code, error },
+                other => IdentityError::Protocol(other.to_string()),
             });
         }
         let granted: CertificateResponse =

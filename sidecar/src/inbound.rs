@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use berth_common::authz::{Decision, authorize};
-use berth_common::http::{CLIENT_ID_HEADER, remove_hop_by_hop};
+use berth_common::http::{CLIENT_ID_HEADER, UNREACHABLE_HEADER, remove_hop_by_hop};
 use berth_common::identity::{SpiffeId, spiffe_id_of};
 use berth_common::mtls::{CertSlot, PeerPolicy, TrustAnchors, server_config};
 use bytes::Bytes;
@@ -130,6 +130,16 @@ impl Inbound {
                 let (mut parts, body) = resp.into_parts();
                 remove_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, body.map_err(|e| -> BoxError { Box::new(e) }).boxed())
+            }
+            Err(e) if e.is_connect() => {
+                tracing::warn!(app = %self.app, error = %e, "the app is not listening");
+                let mut r = text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the app at {} is not listening\n", self.app),
+                );
+                r.headers_mut()
+                    .insert(UNREACHABLE_HEADER, HeaderValue::from_static("app"));
+                r
             }
             Err(e) => {
                 tracing::warn!(app = %self.app, error = %e, "the app did not answer");

@@ -1,9 +1,13 @@
 //! Berth's per-task sidecar: reads the task metadata endpoint ([`metadata`]), gets its
-//! identity from the gateway ([`identity`]), and terminates inbound mTLS in front of the
-//! app with authorization ([`inbound`]). Registration, health pushes and the outbound
-//! listener come with the rest of the sidecar issue.
+//! identity from the gateway ([`identity`]), registers and pushes the app's health
+//! ([`register`]) over the control connection ([`control`]), terminates inbound mTLS in
+//! front of the app with authorization ([`inbound`]), and carries the app's east-west
+//! calls to peer sidecars ([`outbound`]).
 
 pub mod config;
+pub mod control;
 pub mod identity;
 pub mod inbound;
 pub mod metadata;
+pub mod outbound;
+pub mod register;

@@ -1,7 +1,9 @@
 //! `berth-sidecar`: the per-task sidecar. `berth-sidecar inspect` prints the
-//! registration it would send; without arguments it runs: reads task metadata (retrying
-//! with back-off), gets its certificate, and serves the inbound mTLS listener and its
-//! admin endpoint until SIGTERM. Bad configuration exits 64.
+//! registration it would send; `berth-sidecar health` is the container health check.
+//! Without arguments it runs: reads task metadata (retrying with back-off), gets its
+//! certificate, serves the inbound mTLS listener, the outbound listener and its admin
+//! endpoint, registers and heartbeats; when the task stops it deregisters and carries
+//! traffic until the app has exited. Bad configuration exits 64.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -9,11 +11,15 @@ use std::time::Duration;
 
 use berth_common::mtls::{CertSlot, TrustAnchors};
 use berth_sidecar::config::Settings;
+use berth_sidecar::control::ControlClient;
 use berth_sidecar::identity::Certifier;
 use berth_sidecar::inbound::{Inbound, Policy};
 use berth_sidecar::metadata;
+use berth_sidecar::outbound::{MeshCache, Outbound};
+use berth_sidecar::register::{self, Probe, TaskState};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use tokio::sync::{Notify, watch};
 
 fn main() {
     berth_common::tls::install_crypto_provider();
@@ -169,13 +175,51 @@ async fn run() -> i32 {
         allow: labels.mesh.allow,
         default_deny: granted.default_deny,
     };
+    let trust_domain = granted.identity.trust_domain().to_string();
     tokio::spawn(certifier.clone().keep_renewed(granted));
     let Some(app_port) = reg.port else {
         eprintln!("berth-sidecar: the app port is unknown: set BERTH_APP_PORT");
         return 64;
     };
     let app_ip = bind.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    let inbound = Arc::new(Inbound::new(SocketAddr::new(app_ip, app_port), policy));
+    let app = SocketAddr::new(app_ip, app_port);
+
+    // The task as TMDS shows it, followed every second.
+    let inbound_port = md
+        .containers
+        .iter()
+        .find(|c| c.name == metadata::SIDECAR_CONTAINER)
+        .and_then(|c| {
+            c.ports
+                .iter()
+                .find(|p| p.container_port == Some(settings.inbound.port()))
+        })
+        .and_then(|p| p.host_port)
+        .unwrap_or(settings.inbound.port());
+    let mut first = reg.clone();
+    first.inbound_port = Some(inbound_port);
+    let (state_tx, mut state) = watch::channel(TaskState {
+        stopping: md.desired_status == "STOPPED",
+        app_exited: false,
+        registration: first,
+    });
+    let probe = settings.health_path.clone().map(|p| Probe::new(app, p));
+    tokio::spawn(register::poll(
+        settings.metadata_uri.clone(),
+        settings.app_port,
+        inbound_port,
+        probe,
+        state_tx,
+    ));
+
+    let control = match ControlClient::new(settings.gateway, bind, slot.clone(), anchors.clone()) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("berth-sidecar: control TLS: {e}");
+            return 1;
+        }
+    };
+    let inbound = Arc::new(Inbound::new(app, policy));
     let listener = match tokio::net::TcpListener::bind(settings.inbound).await {
         Ok(l) => l,
         Err(e) => {
@@ -183,27 +227,86 @@ async fn run() -> i32 {
             return 1;
         }
     };
+    let (inbound_slot, inbound_anchors) = (slot.clone(), anchors.clone());
     tokio::spawn(async move {
-        if let Err(e) = inbound.serve(listener, slot, anchors).await {
+        if let Err(e) = inbound.serve(listener, inbound_slot, inbound_anchors).await {
             tracing::error!(error = %e, "inbound listener stopped");
         }
     });
+    let mesh = MeshCache::new(control.clone());
+    tokio::spawn(mesh.clone().follow());
+    let outbound = match Outbound::new(mesh, slot, anchors, &trust_domain) {
+        Ok(o) => Arc::new(o),
+        Err(e) => {
+            eprintln!("berth-sidecar: outbound TLS: {e}");
+            return 1;
+        }
+    };
+    let out_listener = match tokio::net::TcpListener::bind(settings.outbound).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("berth-sidecar: BERTH_OUTBOUND {}: {e}", settings.outbound);
+            return 1;
+        }
+    };
+    tokio::spawn(outbound.serve(out_listener));
     if let Err(e) = serve_admin(settings.admin).await {
         eprintln!("berth-sidecar: BERTH_ADMIN {}: {e}", settings.admin);
         return 1;
     }
-    tracing::info!(inbound = %settings.inbound, "ready");
+    let stop = Arc::new(Notify::new());
+    let registrar = tokio::spawn(register::run(control.clone(), state.clone(), stop.clone()));
+    tracing::info!(inbound = %settings.inbound, outbound = %settings.outbound, "ready");
+
+    // Stopping: deregister the moment TMDS shows the task stopping (or on SIGTERM), keep
+    // carrying traffic until the app has exited, then leave.
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => return 0,
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let mut signalled = false;
+    loop {
+        if state.borrow_and_update().stopping {
+            tracing::info!("the task is stopping (TMDS DesiredStatus STOPPED)");
+            break;
+        }
+        tokio::select! {
+            _ = term.recv() => { signalled = true; break; }
+            _ = tokio::signal::ctrl_c() => { signalled = true; break; }
+            r = state.changed() => if r.is_err() { break; },
+        }
     }
-    tracing::info!("stopping");
+    stop.notify_one();
+    let _ = tokio::time::timeout(Duration::from_secs(3), registrar).await;
+    // With the app depending on the sidecar, ECS stops the app first: wait for it, for
+    // at most the drain limit once we were told to stop ourselves.
+    let app_gone = async {
+        loop {
+            if state.borrow_and_update().app_exited {
+                return;
+            }
+            if state.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::pin!(app_gone);
+    if signalled {
+        let _ = tokio::time::timeout(DRAIN_AFTER_SIGTERM, &mut app_gone).await;
+    } else {
+        tokio::select! {
+            _ = &mut app_gone => {}
+            _ = term.recv() => {
+                let _ = tokio::time::timeout(DRAIN_AFTER_SIGTERM, &mut app_gone).await;
+            }
+        }
+    }
+    tracing::info!("stopped");
     0
 }
+
+/// After our own SIGTERM, how long to keep carrying traffic while the app still runs.
+const DRAIN_AFTER_SIGTERM: Duration = Duration::from_secs(20);
 
 /// `/readyz` and `/healthz` (ready once the certificate is in place, which is when
 /// this starts).

@@ -20,8 +20,14 @@ use berth_examples::local::runner::{Programs, Runner, RunnerConfig, signal};
 use berth_examples::local::{Ecs, EcsServer, Faults, tmds};
 use serde_json::Value;
 
-const DEMO_TASKDEFS: &[(&str, &str)] = &[("whoami", include_str!("../../local/taskdefs/whoami.json"))];
-const DEMO_SERVICES: &[(&str, &str)] = &[("whoami", include_str!("../../local/services/whoami.json"))];
+const DEMO_TASKDEFS: &[(&str, &str)] = &[
+    ("whoami", include_str!("../../local/taskdefs/whoami.json")),
+    ("caller", include_str!("../../local/taskdefs/caller.json")),
+];
+const DEMO_SERVICES: &[(&str, &str)] = &[
+    ("whoami", include_str!("../../local/services/whoami.json")),
+    ("caller", include_str!("../../local/services/caller.json")),
+];
 const NEEDED: [&str; 3] = ["berth-gateway", "berth-sidecar", "berth-whoami"];
 
 struct Opts {
@@ -512,6 +518,10 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
         println!("ready");
         println!(
             "  curl -H 'Host: whoami.localhost' http://{}/     # repeat: answers come from different tasks",
+            opts.web
+        );
+        println!(
+            "  curl -H 'Host: caller.localhost' 'http://{}/call?url=http://whoami/'   # east-west: caller -> sidecars (mTLS) -> whoami",
             opts.web
         );
         println!(

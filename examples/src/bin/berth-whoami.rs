@@ -1,7 +1,9 @@
 //! `berth-whoami`: the demo app. Answers with `Hostname: <name>`, its addresses, the
-//! request line and the request headers, like Traefik's whoami; plus `/health`,
-//! `/slow?ms=N`, `/status/N`, `/bench` (a fixed small body) and `/ws` (echo after an
-//! HTTP/1.1 upgrade).
+//! request line and the request headers, like Traefik's whoami; plus `/health` (503
+//! after `/health/set?healthy=false`), `/slow?ms=N`, `/status/N`, `/bench` (a fixed small
+//! body), `/ws` (echo after an HTTP/1.1 upgrade) and `/call?url=http://S/path`, which
+//! calls another service east-west through the task's sidecar (`HTTP_PROXY`, else
+//! `$BERTH_LOCAL_ADDRESS:15001`) and answers with what came back.
 //!
 //! Flags: `--listen ADDR` (default `WHOAMI_LISTEN`, else `$BERTH_LOCAL_ADDRESS:$WHOAMI_PORT`,
 //! else `0.0.0.0:80`), `--name NAME` (default: `WHOAMI_NAME`, then `HOSTNAME`).
@@ -21,6 +23,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 struct App {
     name: String,
     listen: SocketAddr,
+    healthy: std::sync::atomic::AtomicBool,
+    /// The sidecar's outbound listener, `host:port`.
+    proxy: Option<String>,
 }
 
 fn main() {
@@ -58,7 +63,18 @@ fn main() {
             std::process::exit(70);
         }
     };
-    if let Err(e) = rt.block_on(serve(Arc::new(App { name, listen }))) {
+    let proxy = std::env::var("HTTP_PROXY")
+        .or_else(|_| std::env::var("http_proxy"))
+        .ok()
+        .map(|p| p.trim_start_matches("http://").trim_end_matches('/').to_string())
+        .or_else(|| std::env::var("BERTH_LOCAL_ADDRESS").ok().map(|a| format!("{a}:15001")));
+    let app = App {
+        name,
+        listen,
+        healthy: std::sync::atomic::AtomicBool::new(true),
+        proxy,
+    };
+    if let Err(e) = rt.block_on(serve(Arc::new(app))) {
         eprintln!("berth-whoami: {e}");
         std::process::exit(1);
     }
@@ -97,7 +113,19 @@ async fn handle(
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or_default().to_string();
     match path.as_str() {
-        "/health" => return Ok(text(StatusCode::OK, "ok\n")),
+        "/health" => {
+            return Ok(if app.healthy.load(std::sync::atomic::Ordering::Relaxed) {
+                text(StatusCode::OK, "ok\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n")
+            });
+        }
+        "/health/set" => {
+            let healthy = !query.contains("healthy=false");
+            app.healthy.store(healthy, std::sync::atomic::Ordering::Relaxed);
+            return Ok(text(StatusCode::OK, format!("healthy={healthy}\n")));
+        }
+        "/call" => return Ok(call(&app, &query).await),
         "/bench" => return Ok(text(StatusCode::OK, "1\n")),
         "/ws" => {
             let on = hyper::upgrade::on(&mut req);
@@ -147,6 +175,54 @@ async fn handle(
         ));
     }
     Ok(text(StatusCode::OK, out))
+}
+
+/// `GET url` through the sidecar's outbound listener, as an HTTP proxy would be used.
+async fn call(app: &App, query: &str) -> Response<Full<Bytes>> {
+    let Some(url) = query.split('&').find_map(|kv| kv.strip_prefix("url=")) else {
+        return text(StatusCode::BAD_REQUEST, "use /call?url=http://SERVICE/path\n");
+    };
+    let Some(proxy) = &app.proxy else {
+        return text(StatusCode::BAD_GATEWAY, "no HTTP_PROXY and no BERTH_LOCAL_ADDRESS\n");
+    };
+    let result = async {
+        let stream = tokio::net::TcpStream::connect(proxy.as_str())
+            .await
+            .map_err(|e| format!("{proxy}: {e}"))?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+        let host = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+        let req = Request::builder()
+            .uri(uri)
+            .header(http::header::HOST, host)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok::<_, String>((status, body))
+    };
+    match tokio::time::timeout(Duration::from_secs(30), result).await {
+        Ok(Ok((status, body))) => {
+            let mut out = format!("{} called {url}: {status}\n", app.name).into_bytes();
+            out.extend_from_slice(&body);
+            text(status, out)
+        }
+        Ok(Err(e)) => text(
+            StatusCode::BAD_GATEWAY,
+            format!("{} could not call {url}: {e}\n", app.name),
+        ),
+        Err(_) => text(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("{} timed out calling {url}\n", app.name),
+        ),
+    }
 }
 
 /// `x-forwarded-for` -> `X-Forwarded-For`, as whoami prints them.

@@ -76,6 +76,8 @@ pub struct SidecarInfo {
     pub healthy: bool,
     pub containers: Vec<berth_common::control::ContainerStatus>,
     pub registered_unix: f64,
+    /// Since when the registration has said the app is healthy (null when it is not).
+    pub healthy_since_unix: Option<f64>,
     pub last_heartbeat_unix: f64,
     pub last_heartbeat_age_seconds: f64,
     pub certificate_not_after_unix: Option<f64>,
@@ -87,6 +89,7 @@ struct Record {
     identity: SpiffeId,
     state: State,
     registered: SystemTime,
+    healthy_since: Option<SystemTime>,
     last_seen: Instant,
     last_seen_wall: SystemTime,
     changed: Instant,
@@ -143,6 +146,7 @@ impl Registry {
             Some(r) => {
                 if r.state != State::Live || r.reg.healthy != reg.healthy {
                     r.changed = now;
+                    r.healthy_since = reg.healthy.then(SystemTime::now);
                     tracing::info!(task = %reg.task_arn, healthy = reg.healthy, "sidecar health changed");
                 }
                 r.state = State::Live;
@@ -155,6 +159,7 @@ impl Registry {
             }
             None => {
                 tracing::info!(task = %reg.task_arn, %identity, healthy = reg.healthy, "sidecar registered");
+                let healthy_since = reg.healthy.then(SystemTime::now);
                 records.insert(
                     reg.task_arn.clone(),
                     Record {
@@ -162,6 +167,7 @@ impl Registry {
                         identity,
                         state: State::Live,
                         registered: SystemTime::now(),
+                        healthy_since,
                         last_seen: now,
                         last_seen_wall: SystemTime::now(),
                         changed: now,
@@ -261,6 +267,7 @@ impl Registry {
                 healthy: r.reg.healthy,
                 containers: r.reg.containers.clone(),
                 registered_unix: unix(r.registered),
+                healthy_since_unix: r.healthy_since.map(unix),
                 last_heartbeat_unix: unix(r.last_seen_wall),
                 last_heartbeat_age_seconds: now.duration_since(r.last_seen).as_secs_f64(),
                 certificate_not_after_unix: r.cert_not_after.map(unix),

@@ -15,13 +15,16 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use berth_common::error::chain_text;
-use berth_common::http::{CLIENT_ID_HEADER, ForwardInfo, remove_hop_by_hop, set_forwarded, upgrade_protocol};
+use berth_common::http::{
+    CLIENT_ID_HEADER, ForwardInfo, is_app_unreachable, is_idempotent, remove_hop_by_hop, set_forwarded,
+    upgrade_protocol,
+};
 use berth_common::routing::Snapshot;
 use berth_common::rules::RequestView;
 use berth_common::rules::matcher::{canonical_host, percent_decode};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Empty, Limited, combinators::BoxBody};
 use hyper::body::Incoming;
@@ -333,6 +336,19 @@ impl Proxy {
             };
             match res {
                 Ok(mut resp) => {
+                    if ep.mesh.is_some() && is_app_unreachable(resp.status(), resp.headers()) {
+                        // The sidecar answered but its app is gone (a stopping task):
+                        // the request never reached an app, so it may go elsewhere.
+                        let backoff = state.record_failure();
+                        self.metrics.upstream_error(&svc.name, "app_unreachable");
+                        tracing::info!(service = %svc.name, endpoint = %ep.url, ejected_for = ?backoff,
+                            "the sidecar's app is not listening");
+                        if retryable && tried.len() < MAX_ATTEMPTS.min(svc.endpoints.len()) {
+                            continue;
+                        }
+                        remove_hop_by_hop(resp.headers_mut());
+                        return Ok(resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()));
+                    }
                     state.record_success(t0.elapsed());
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                         if let Some((_, client_upgrade)) = upgrade {
@@ -414,13 +430,6 @@ fn transfer_encoding_is_chunked(headers: &http::HeaderMap) -> bool {
         }
     }
     headers.get(header::TRANSFER_ENCODING).is_none() || last.as_deref() == Some("chunked")
-}
-
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
 }
 
 fn error_chain_has<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {

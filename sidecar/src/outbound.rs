@@ -1,0 +1,483 @@
+//! The outbound listener (`BERTH_OUTBOUND`, plain HTTP inside the task): the app calls
+//! service `S` as `http://S/...` (or `S.berth`), as an HTTP proxy (absolute form) or with
+//! that `Host`. `S` is resolved only from the mesh view: the sidecar subscribes to it on
+//! first use and follows its changes by long poll; an unknown name gets 503
+//! `no mesh service S`, never a DNS lookup. Each request goes to one of S's endpoints by
+//! power of two choices over peak-EWMA, over mTLS to the peer sidecar, whose certificate
+//! must carry S's identity. Idempotent bodyless requests are retried elsewhere when a
+//! connection fails or the peer's app is not listening.
+//!
+//! The last mesh view is kept when the gateway is unreachable.
+
+use std::collections::{BTreeSet, HashMap};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use berth_common::balance::{Balancer, EndpointState, InFlight, Registry};
+use berth_common::config::Strategy;
+use berth_common::control::{MESH_PATH, MeshView};
+use berth_common::http::{CLIENT_ID_HEADER, is_app_unreachable, is_idempotent, remove_hop_by_hop};
+use berth_common::identity::SpiffeId;
+use berth_common::mtls::{CertSlot, PeerPolicy, TrustAnchors, client_config};
+use berth_common::upstream::{MeshConnector, MeshPeers};
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use hyper::body::Body as _;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::control::ControlClient;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = BoxBody<Bytes, BoxError>;
+
+/// At most this many services per sidecar (the gateway's limit per request).
+const MAX_SERVICES: usize = 256;
+const MAX_ATTEMPTS: usize = 3;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the mesh long poll waits at the gateway.
+const LONG_POLL: Duration = Duration::from_secs(25);
+
+/// Every way an outbound request fails, and the response it becomes (one place).
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    #[error("no mesh service {0}")]
+    NoService(String),
+    #[error("no mesh service {name}: the control plane is unreachable ({reason})")]
+    Unresolved { name: String, reason: String },
+    #[error("mesh service {0} has no healthy endpoint")]
+    NoEndpoint(String),
+    #[error("no mesh service named in the request: send it to http://SERVICE/ (Host or absolute form)")]
+    NoName,
+    #[error("`{0}` is not a mesh service name")]
+    BadName(String),
+    #[error("CONNECT is not supported: send plain HTTP, the sidecar adds mTLS")]
+    Connect,
+    #[error("mesh service {name}: the subscription limit ({MAX_SERVICES}) is reached")]
+    TooMany { name: String },
+    #[error("{endpoint} of {name}: {reason}")]
+    Upstream {
+        name: String,
+        endpoint: String,
+        reason: String,
+    },
+    #[error("{endpoint} of {name} did not answer within {RESPONSE_TIMEOUT:?}")]
+    Timeout { name: String, endpoint: String },
+}
+
+impl OutboundError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            OutboundError::NoService(_)
+            | OutboundError::Unresolved { .. }
+            | OutboundError::NoEndpoint(_)
+            | OutboundError::TooMany { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            OutboundError::NoName | OutboundError::BadName(_) => StatusCode::BAD_REQUEST,
+            OutboundError::Connect => StatusCode::METHOD_NOT_ALLOWED,
+            OutboundError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            OutboundError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn response(&self) -> Response<Body> {
+        let mut r = Response::new(
+            Full::new(Bytes::from(format!("{self}\n")))
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        *r.status_mut() = self.status();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
+    }
+}
+
+/// One mesh service as this sidecar routes to it.
+struct Target {
+    identity: SpiffeId,
+    endpoints: Vec<String>,
+    states: Vec<Arc<EndpointState>>,
+    balancer: Balancer,
+}
+
+enum Entry {
+    Known(Arc<Target>),
+    Unknown,
+}
+
+/// The services this sidecar has subscribed to, as the gateway last described them.
+pub struct MeshCache {
+    control: Arc<ControlClient>,
+    entries: RwLock<HashMap<String, Entry>>,
+    subscribed: Mutex<BTreeSet<String>>,
+    wake: Notify,
+    first_fetch: tokio::sync::Mutex<()>,
+    peers: MeshPeers,
+    states: Registry,
+}
+
+impl MeshCache {
+    pub fn new(control: Arc<ControlClient>) -> Arc<MeshCache> {
+        Arc::new(MeshCache {
+            control,
+            entries: RwLock::default(),
+            subscribed: Mutex::default(),
+            wake: Notify::new(),
+            first_fetch: tokio::sync::Mutex::new(()),
+            peers: MeshPeers::default(),
+            states: Registry::default(),
+        })
+    }
+
+    fn lookup(&self, name: &str) -> Option<Result<Arc<Target>, OutboundError>> {
+        match self.entries.read().unwrap_or_else(|e| e.into_inner()).get(name)? {
+            Entry::Known(t) => Some(Ok(t.clone())),
+            Entry::Unknown => Some(Err(OutboundError::NoService(name.to_string()))),
+        }
+    }
+
+    /// The service, subscribing to it (and fetching it at once) on first use.
+    async fn resolve(&self, name: &str) -> Result<Arc<Target>, OutboundError> {
+        if let Some(r) = self.lookup(name) {
+            return r;
+        }
+        let _one = self.first_fetch.lock().await;
+        if let Some(r) = self.lookup(name) {
+            return r;
+        }
+        {
+            let mut subs = self.subscribed.lock().unwrap_or_else(|e| e.into_inner());
+            if !subs.contains(name) && subs.len() >= MAX_SERVICES {
+                return Err(OutboundError::TooMany { name: name.into() });
+            }
+            subs.insert(name.to_string());
+        }
+        let path = format!("{MESH_PATH}?services={name}");
+        let fetched = self
+            .control
+            .call(Method::GET, &path, None, Duration::from_secs(3))
+            .await;
+        let result = match fetched {
+            Ok((StatusCode::OK, body)) => match serde_json::from_slice::<MeshView>(&body) {
+                Ok(view) => {
+                    self.apply(&view);
+                    self.lookup(name)
+                        .unwrap_or_else(|| Err(OutboundError::NoService(name.to_string())))
+                }
+                Err(e) => Err(OutboundError::Unresolved {
+                    name: name.into(),
+                    reason: e.to_string(),
+                }),
+            },
+            Ok((status, body)) => Err(OutboundError::Unresolved {
+                name: name.into(),
+                reason: crate::control::refusal(status, &body).to_string(),
+            }),
+            Err(e) => Err(OutboundError::Unresolved {
+                name: name.into(),
+                reason: e.to_string(),
+            }),
+        };
+        // The follower restarts its long poll with the new set.
+        self.wake.notify_one();
+        result
+    }
+
+    /// Take in what the gateway said about these services.
+    fn apply(&self, view: &MeshView) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        for name in &view.unknown {
+            entries.insert(name.clone(), Entry::Unknown);
+        }
+        for svc in &view.services {
+            let Ok(identity) = SpiffeId::parse(&svc.identity) else {
+                tracing::warn!(service = %svc.name, identity = %svc.identity, "bad identity in the mesh view");
+                continue;
+            };
+            let unchanged = matches!(entries.get(&svc.name), Some(Entry::Known(t))
+                if t.identity == identity && t.endpoints == svc.endpoints);
+            if unchanged {
+                continue;
+            }
+            tracing::info!(service = %svc.name, endpoints = svc.endpoints.len(), "mesh service updated");
+            entries.insert(
+                svc.name.clone(),
+                Entry::Known(Arc::new(Target {
+                    identity,
+                    endpoints: svc.endpoints.clone(),
+                    states: Vec::new(),
+                    balancer: Balancer::new(Strategy::P2c, vec![1; svc.endpoints.len()]),
+                })),
+            );
+        }
+        // Endpoint health survives updates; whom to expect where follows them.
+        let all: Vec<String> = entries
+            .values()
+            .filter_map(|e| match e {
+                Entry::Known(t) => Some(t.endpoints.iter().cloned()),
+                Entry::Unknown => None,
+            })
+            .flatten()
+            .collect();
+        let states = self.states.resolve(all.iter().map(String::as_str));
+        let mut peers = HashMap::new();
+        for e in entries.values_mut() {
+            if let Entry::Known(t) = e {
+                let fresh = Target {
+                    identity: t.identity.clone(),
+                    endpoints: t.endpoints.clone(),
+                    states: t.endpoints.iter().map(|u| states[u].clone()).collect(),
+                    balancer: Balancer::new(Strategy::P2c, vec![1; t.endpoints.len()]),
+                };
+                for ep in &fresh.endpoints {
+                    peers.insert(ep.clone(), fresh.identity.clone());
+                }
+                *e = Entry::Known(Arc::new(fresh));
+            }
+        }
+        *self.peers.write().unwrap_or_else(|e| e.into_inner()) = peers;
+    }
+
+    /// Follow the subscribed services for ever: long poll, keep the last view on errors.
+    pub async fn follow(self: Arc<Self>) {
+        let mut version: Option<u64> = None;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let names: Vec<String> = self
+                .subscribed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            if names.is_empty() {
+                self.wake.notified().await;
+                continue;
+            }
+            let mut path = format!(
+                "{MESH_PATH}?services={}&wait_ms={}",
+                names.join(","),
+                LONG_POLL.as_millis()
+            );
+            if let Some(v) = version {
+                path.push_str(&format!("&version={v}"));
+            }
+            let poll = self
+                .control
+                .call(Method::GET, &path, None, LONG_POLL + Duration::from_secs(10));
+            tokio::select! {
+                r = poll => match r {
+                    Ok((StatusCode::OK, body)) => match serde_json::from_slice::<MeshView>(&body) {
+                        Ok(view) => {
+                            self.apply(&view);
+                            version = Some(view.version);
+                            backoff = Duration::from_millis(200);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "bad mesh view; keeping the last one");
+                            tokio::time::sleep(backoff).await;
+                        }
+                    },
+                    Ok((StatusCode::NO_CONTENT, _)) => {}
+                    Ok((status, body)) => {
+                        tracing::warn!(error = %crate::control::refusal(status, &body), "mesh view refused; keeping the last one");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, ?backoff, "mesh view unavailable; keeping the last one");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                },
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+}
+
+/// The outbound proxy.
+pub struct Outbound {
+    mesh: Arc<MeshCache>,
+    client: Client<MeshConnector, Body>,
+}
+
+/// The mesh name a request is for: the absolute-form authority, else `Host`; without
+/// the port and a trailing `.berth`.
+pub fn target_name(req: &Request<Incoming>) -> Result<String, OutboundError> {
+    let raw = req
+        .uri()
+        .host()
+        .map(str::to_string)
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| match h.rsplit_once(':') {
+                    Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host.to_string(),
+                    _ => h.to_string(),
+                })
+        })
+        .ok_or(OutboundError::NoName)?;
+    let lower = raw.trim_end_matches('.').to_ascii_lowercase();
+    let name = lower.strip_suffix(".berth").unwrap_or(&lower).to_string();
+    if !berth_common::labels::valid_mesh_name(&name) {
+        return Err(OutboundError::BadName(raw));
+    }
+    Ok(name)
+}
+
+impl Outbound {
+    /// Peers are verified against the mesh's trust anchor, then (by the connector)
+    /// against the identity the mesh view gives for their address.
+    pub fn new(
+        mesh: Arc<MeshCache>,
+        slot: Arc<CertSlot>,
+        anchors: TrustAnchors,
+        trust_domain: &str,
+    ) -> Result<Outbound, rustls::Error> {
+        let cfg = client_config(Some(slot), anchors, PeerPolicy::TrustDomain(trust_domain.into()))?;
+        let connector = MeshConnector::new(CONNECT_TIMEOUT, cfg, mesh.peers.clone());
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .set_host(false);
+        Ok(Outbound {
+            mesh,
+            client: b.build(connector),
+        })
+    }
+
+    /// Accept the app's plain-HTTP connections until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let me = self.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let me = me.clone();
+                    async move { Ok::<_, Infallible>(me.handle(req).await.unwrap_or_else(|e| e.response())) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Result<Response<Body>, OutboundError> {
+        if req.method() == Method::CONNECT {
+            return Err(OutboundError::Connect);
+        }
+        let name = target_name(&req)?;
+        let target = self.mesh.resolve(&name).await?;
+        let (parts, body) = req.into_parts();
+        let retryable = body.is_end_stream() && is_idempotent(&parts.method);
+        let mut headers = parts.headers;
+        remove_hop_by_hop(&mut headers);
+        // Only the peer's inbound sidecar says who the caller is.
+        headers.remove(CLIENT_ID_HEADER);
+        if !headers.contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(&name)
+        {
+            headers.insert(header::HOST, v);
+        }
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let mut body: Option<Body> = Some(body.map_err(|e| -> BoxError { Box::new(e) }).boxed());
+        let mut tried = Vec::new();
+        let mut last: Option<OutboundError> = None;
+        loop {
+            let Some(i) = target.balancer.pick(&target.states, &tried) else {
+                return Err(last.unwrap_or_else(|| OutboundError::NoEndpoint(name.clone())));
+            };
+            tried.push(i);
+            let endpoint = &target.endpoints[i];
+            let state = &target.states[i];
+            let uri: http::Uri = format!("https://{endpoint}{pq}")
+                .parse()
+                .map_err(|_| OutboundError::BadName(name.clone()))?;
+            let mut up = Request::new(
+                body.take()
+                    .unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed()),
+            );
+            *up.method_mut() = parts.method.clone();
+            *up.uri_mut() = uri;
+            *up.headers_mut() = if retryable {
+                headers.clone()
+            } else {
+                std::mem::take(&mut headers)
+            };
+            let _inflight = InFlight::new(state.clone());
+            let t0 = Instant::now();
+            let res = match tokio::time::timeout(RESPONSE_TIMEOUT, self.client.request(up)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    state.record_failure();
+                    return Err(OutboundError::Timeout {
+                        name,
+                        endpoint: endpoint.clone(),
+                    });
+                }
+            };
+            let more = retryable && tried.len() < MAX_ATTEMPTS.min(target.endpoints.len());
+            match res {
+                Ok(resp) if is_app_unreachable(resp.status(), resp.headers()) => {
+                    state.record_failure();
+                    tracing::info!(service = %name, %endpoint, "the peer's app is not listening");
+                    if more {
+                        last = Some(OutboundError::NoEndpoint(name.clone()));
+                        continue;
+                    }
+                    return Ok(resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()));
+                }
+                Ok(resp) => {
+                    state.record_success(t0.elapsed());
+                    let (mut rparts, rbody) = resp.into_parts();
+                    remove_hop_by_hop(&mut rparts.headers);
+                    return Ok(Response::from_parts(
+                        rparts,
+                        rbody.map_err(|e| -> BoxError { Box::new(e) }).boxed(),
+                    ));
+                }
+                Err(e) => {
+                    let reason = berth_common::error::chain_text(&e);
+                    if e.is_connect() {
+                        let backoff = state.record_failure();
+                        tracing::warn!(service = %name, %endpoint, error = %reason, ejected_for = ?backoff,
+                            "peer connect failed");
+                        last = Some(OutboundError::Upstream {
+                            name: name.clone(),
+                            endpoint: endpoint.clone(),
+                            reason,
+                        });
+                        if more {
+                            continue;
+                        }
+                        return Err(last.unwrap_or_else(|| OutboundError::NoEndpoint(name.clone())));
+                    }
+                    return Err(OutboundError::Upstream {
+                        name,
+                        endpoint: endpoint.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Registration: the task as TMDS shows it, pushed to the gateway.
+//!
+//! A poller reads TMDS every second, every 100 ms while the app is not healthy yet
+//! (and probes the app on `BERTH_HEALTH_PATH` when set) and publishes the registration on a `watch`; the registrar sends it at once when
+//! it changes (a health push) and otherwise heartbeats at the interval the gateway asks
+//! for. The poller also notices the task's `DesiredStatus` turning `STOPPED`, the signal
+//! to deregister before the app is stopped.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_common::control::{DEREGISTER_PATH, Deregistration, REGISTRATIONS_PATH, Registration, RegistrationAck};
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::{Notify, watch};
+
+use crate::control::{ControlClient, ControlError};
+use crate::metadata;
+
+/// How often TMDS is read (it allows about 40 requests a second per task).
+pub const POLL: Duration = Duration::from_secs(1);
+/// While the app is not healthy yet (starting), read faster, so that the task joins the
+/// rotation as soon as the app is up: in a rolling deploy the old tasks start draining
+/// as soon as ECS sees the new ones running.
+pub const POLL_STARTING: Duration = Duration::from_millis(100);
+
+/// What the poller learns each round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskState {
+    pub registration: Registration,
+    /// TMDS says the task is stopping.
+    pub stopping: bool,
+    /// The app container has exited (KnownStatus STOPPED).
+    pub app_exited: bool,
+}
+
+/// Probes the app itself: `GET http://app{path}` answering 2xx or 3xx within a second.
+pub struct Probe {
+    pub app: SocketAddr,
+    pub path: String,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl Probe {
+    pub fn new(app: SocketAddr, path: String) -> Probe {
+        Probe {
+            app,
+            path,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub async fn check(&self) -> bool {
+        let Ok(uri) = format!("http://{}{}", self.app, self.path).parse::<http::Uri>() else {
+            return false;
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), self.client.get(uri)).await,
+            Ok(Ok(r)) if r.status().is_success() || r.status().is_redirection()
+        )
+    }
+}
+
+/// Poll TMDS (and the probe) for ever, publishing each change; a failed read keeps the
+/// last state.
+pub async fn poll(
+    uri: String,
+    app_port: Option<u16>,
+    inbound_port: u16,
+    probe: Option<Probe>,
+    tx: watch::Sender<TaskState>,
+) {
+    let mut healthy = false;
+    loop {
+        tokio::time::sleep(if healthy { POLL } else { POLL_STARTING }).await;
+        let md = match metadata::fetch(&uri, Duration::from_secs(2)).await {
+            Ok(md) => md,
+            Err(e) => {
+                tracing::warn!(error = %e, "task metadata read failed; keeping the last state");
+                continue;
+            }
+        };
+        let mut reg = md.registration(app_port);
+        reg.inbound_port = Some(inbound_port);
+        if let Some(p) = &probe
+            && reg.healthy
+        {
+            reg.healthy = p.check().await;
+        }
+        healthy = reg.healthy;
+        let state = TaskState {
+            stopping: md.desired_status == "STOPPED",
+            app_exited: md.app().is_some_and(|a| a.known_status == "STOPPED"),
+            registration: reg,
+        };
+        tx.send_if_modified(|cur| {
+            if *cur == state {
+                return false;
+            }
+            if cur.registration.healthy != state.registration.healthy {
+                tracing::info!(healthy = state.registration.healthy, "app health changed");
+            }
+            *cur = state;
+            true
+        });
+    }
+}
+
+/// Register, heartbeat, push changes; stop when `stop` fires, then deregister.
+pub async fn run(control: Arc<ControlClient>, mut state: watch::Receiver<TaskState>, stop: Arc<Notify>) {
+    let mut interval = Duration::from_secs(1);
+    let mut backoff = Duration::from_millis(100);
+    let mut registered = false;
+    let task_arn = state.borrow().registration.task_arn.clone();
+    let stopped = stop.notified();
+    tokio::pin!(stopped);
+    loop {
+        let reg = state.borrow_and_update().registration.clone();
+        let wait = match control.post::<_, RegistrationAck>(REGISTRATIONS_PATH, &reg).await {
+            Ok(ack) => {
+                if !registered {
+                    tracing::info!(identity = %ack.identity, healthy = reg.healthy, "registered with the gateway");
+                }
+                registered = true;
+                backoff = Duration::from_millis(100);
+                interval = Duration::from_millis(ack.heartbeat_ms.clamp(100, 60_000));
+                interval
+            }
+            Err(e) => {
+                if registered {
+                    tracing::warn!(error = %e, "heartbeat failed; retrying");
+                } else {
+                    tracing::warn!(error = %e, ?backoff, "registration failed; retrying");
+                }
+                registered = false;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff.min(interval)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            r = state.changed() => if r.is_err() { return; },
+            _ = &mut stopped => break,
+        }
+    }
+    deregister(&control, &task_arn).await;
+}
+
+/// Tell the gateway the task is stopping (a few quick attempts).
+pub async fn deregister(control: &ControlClient, task_arn: &str) {
+    let msg = Deregistration {
+        task_arn: task_arn.to_string(),
+    };
+    for _ in 0..3 {
+        match control.post::<_, serde_json::Value>(DEREGISTER_PATH, &msg).await {
+            Ok(_) => {
+                tracing::info!("deregistered: no new requests will come");
+                return;
+            }
+            Err(ControlError::Refused { code, error, .. }) => {
+                tracing::warn!(%code, %error, "deregistration refused");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "deregistration failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
