@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_ecs::types::{ContainerDefinition, PortMapping};
-use berth_common::control::{CERTIFICATES_PATH, CertificateRequest, CertificateResponse, ErrorResponse};
+use berth_common::control::{
+    CERTIFICATES_PATH, CertificateRequest, CertificateResponse, DEREGISTER_PATH, Deregistration, ErrorResponse,
+    MESH_PATH, MeshView, REGISTRATIONS_PATH, Registration, RegistrationAck,
+};
 use berth_common::identity::{SpiffeId, spiffe_id_of};
 use berth_common::mtls::{CertSlot, PeerPolicy, TrustAnchors, client_config};
 use berth_common::test_util::eventually;
@@ -114,6 +117,18 @@ fn csr(asking: Option<&str>) -> (String, KeyPair) {
 
 /// POST a certificate request from `source`, optionally presenting a client certificate.
 async fn request(m: &Mesh, source: Ipv4Addr, body: Vec<u8>, client: Option<Arc<CertSlot>>) -> (u16, Vec<u8>) {
+    call(m, source, "POST", CERTIFICATES_PATH, body, client).await
+}
+
+/// Any control-API request from `source`.
+async fn call(
+    m: &Mesh,
+    source: Ipv4Addr,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+    client: Option<Arc<CertSlot>>,
+) -> (u16, Vec<u8>) {
     let gateway = SpiffeId::gateway("berth.local").unwrap();
     let cfg = client_config(client, m.anchors.clone(), PeerPolicy::Exact(gateway)).unwrap();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -126,8 +141,8 @@ async fn request(m: &Mesh, source: Ipv4Addr, body: Vec<u8>, client: Option<Arc<C
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
     tokio::spawn(conn);
     let req = http::Request::builder()
-        .method("POST")
-        .uri(CERTIFICATES_PATH)
+        .method(method)
+        .uri(path)
         .header("host", "gateway.berth")
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
@@ -247,4 +262,177 @@ async fn unknown_tasks_are_described_at_once_not_at_the_next_round() {
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     assert!(m.server.calls().get("DescribeTasks").is_some_and(|n| *n >= 1));
+}
+
+/// A certificate for the task, as the sidecar would hold it.
+async fn certified(m: &Mesh, arn: &str, ip: Ipv4Addr) -> Arc<CertSlot> {
+    let (csr_pem, key) = csr(None);
+    let (status, bytes) = request(m, ip, body(arn, &csr_pem, Some(TOKEN)), None).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+    let issued: CertificateResponse = serde_json::from_slice(&bytes).unwrap();
+    let slot = Arc::new(CertSlot::default());
+    slot.set(
+        berth_common::tls::certified_key_from_pem(
+            issued.certificate_chain_pem.as_bytes(),
+            key.serialize_pem().as_bytes(),
+            "test",
+        )
+        .unwrap(),
+    );
+    slot
+}
+
+fn registration(arn: &str, ip: Ipv4Addr, healthy: bool) -> Vec<u8> {
+    serde_json::to_vec(&Registration {
+        task_arn: arn.into(),
+        cluster: "prod".into(),
+        service: "claims-to-be-admin".into(),
+        family: "orders".into(),
+        revision: "1".into(),
+        launch_type: None,
+        network_mode: Some("awsvpc".into()),
+        address: Some(ip.to_string()),
+        port: Some(8080),
+        labels: Default::default(),
+        containers: vec![],
+        healthy,
+        inbound_port: Some(15443),
+        sidecar_version: Some("test".into()),
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn registration_needs_the_tasks_certificate_and_the_mesh_view_long_polls() {
+    let m = setup(Ipv4Addr::new(127, 0, 162, 1), "300ms").await;
+    let (arn, ip) = run_task(&m).await;
+    let slot = certified(&m, &arn, ip).await;
+
+    // Without a certificate: refused, whatever the body says.
+    let (status, bytes) = call(&m, ip, "POST", REGISTRATIONS_PATH, registration(&arn, ip, true), None).await;
+    assert_eq!((status, refusal(&bytes).code.as_str()), (401, "no_certificate"));
+    // With it: accepted under a lease; the identity is the task's, not the claimed service.
+    let (status, bytes) = call(
+        &m,
+        ip,
+        "POST",
+        REGISTRATIONS_PATH,
+        registration(&arn, ip, true),
+        Some(slot.clone()),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+    let ack: RegistrationAck = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(ack.identity, "spiffe://berth.local/ecs/prod/orders");
+    assert!(ack.heartbeat_ms < ack.lease_ms, "{ack:?}");
+    let listed = m.gw.admin_json("/api/sidecars").await;
+    assert_eq!(listed[0]["taskArn"], arn.as_str(), "{listed}");
+    assert_eq!(listed[0]["service"], "orders", "the verified service wins: {listed}");
+    assert_eq!(listed[0]["state"], "live");
+    assert!(listed[0]["certificateNotAfterUnix"].as_f64().unwrap() > 0.0);
+
+    // This certificate cannot speak for a task of another service.
+    let other = m
+        .ecs
+        .run_task()
+        .cluster("prod")
+        .task_definition("orders")
+        .group("service:billing")
+        .send()
+        .await
+        .unwrap();
+    let other_arn = other.tasks()[0].task_arn().unwrap().to_string();
+    let other_id = other_arn.rsplit('/').next().unwrap().to_string();
+    let other_ip = m.server.ecs.lock().unwrap().clusters["prod"].tasks[&other_id]
+        .address
+        .unwrap();
+    let (status, bytes) = call(
+        &m,
+        other_ip,
+        "POST",
+        REGISTRATIONS_PATH,
+        registration(&other_arn, other_ip, true),
+        Some(slot.clone()),
+    )
+    .await;
+    let r = refusal(&bytes);
+    assert_eq!((status, r.code.as_str()), (403, "identity_mismatch"), "{}", r.error);
+    // From another address than the task's.
+    let (status, bytes) = call(
+        &m,
+        other_ip,
+        "POST",
+        REGISTRATIONS_PATH,
+        registration(&arn, ip, true),
+        Some(slot.clone()),
+    )
+    .await;
+    assert_eq!((status, refusal(&bytes).code.as_str()), (403, "wrong_source"));
+    // Garbage, and the wrong method.
+    let (status, bytes) = call(
+        &m,
+        ip,
+        "POST",
+        REGISTRATIONS_PATH,
+        b"\x00garbage".to_vec(),
+        Some(slot.clone()),
+    )
+    .await;
+    assert_eq!((status, refusal(&bytes).code.as_str()), (400, "bad_request"));
+    let (status, _) = call(&m, ip, "GET", REGISTRATIONS_PATH, vec![], Some(slot.clone())).await;
+    assert_eq!(status, 405);
+
+    // The mesh view: needs a certificate, validates names, answers at once for a new
+    // version and 204 when nothing changed within the wait.
+    let (status, bytes) = call(&m, ip, "GET", &format!("{MESH_PATH}?services=orders"), vec![], None).await;
+    assert_eq!((status, refusal(&bytes).code.as_str()), (401, "no_certificate"));
+    let (status, bytes) = call(
+        &m,
+        ip,
+        "GET",
+        &format!("{MESH_PATH}?services=bad/name"),
+        vec![],
+        Some(slot.clone()),
+    )
+    .await;
+    assert_eq!((status, refusal(&bytes).code.as_str()), (400, "bad_name"));
+    let (status, bytes) = call(
+        &m,
+        ip,
+        "GET",
+        &format!("{MESH_PATH}?services=nosuch"),
+        vec![],
+        Some(slot.clone()),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let view: MeshView = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(view.unknown, vec!["nosuch".to_string()]);
+    let started = Instant::now();
+    let (status, _) = call(
+        &m,
+        ip,
+        "GET",
+        &format!("{MESH_PATH}?services=nosuch&version={}&wait_ms=400", view.version),
+        vec![],
+        Some(slot.clone()),
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert!(started.elapsed() >= Duration::from_millis(350), "it waited");
+
+    // Deregistration: draining at once, and a late heartbeat does not revive it.
+    let dereg = serde_json::to_vec(&Deregistration { task_arn: arn.clone() }).unwrap();
+    let (status, _) = call(&m, ip, "POST", DEREGISTER_PATH, dereg, Some(slot.clone())).await;
+    assert_eq!(status, 200);
+    let _ = call(
+        &m,
+        ip,
+        "POST",
+        REGISTRATIONS_PATH,
+        registration(&arn, ip, true),
+        Some(slot.clone()),
+    )
+    .await;
+    assert_eq!(m.gw.admin_json("/api/sidecars").await[0]["state"], "draining");
 }

@@ -149,6 +149,7 @@ async fn fixture(first: Ipv4Addr, labels: serde_json::Value) -> Fixture {
             .env("BERTH_INBOUND", inbound.to_string())
             .env("BERTH_OUTBOUND", SocketAddr::from((task_ip, free_port())).to_string())
             .env("BERTH_ADMIN", admin.to_string())
+            .env("BERTH_HEALTH_PATH", "/health")
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
@@ -271,4 +272,35 @@ async fn north_south_goes_through_the_sidecar_over_mtls() {
         last.headers["x-berth-client-id"], "spiffe://berth.local/gateway",
         "the app sees the gateway's verified identity"
     );
+
+    // The sidecar registered, and its health probe (BERTH_HEALTH_PATH) decides: an app
+    // that turns unhealthy leaves the rotation, and comes back when it recovers.
+    let listed = f.gw.admin_json("/api/sidecars").await;
+    assert_eq!(listed[0]["taskArn"], f.arn.as_str(), "{listed}");
+    assert_eq!(
+        (listed[0]["state"].as_str(), listed[0]["healthy"].as_bool()),
+        (Some("live"), Some(true))
+    );
+    // In the steady state (the sidecar reads TMDS and probes every second).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    f.app.healthy.store(false, std::sync::atomic::Ordering::SeqCst);
+    let turned = std::time::Instant::now();
+    let out = eventually(Duration::from_secs(5), || async {
+        let r = berth_common::test_util::http1(web, get("orders.test", "/")).await;
+        r.status != 200
+    })
+    .await;
+    let took = turned.elapsed();
+    assert!(out, "the unhealthy app left the rotation");
+    println!("unhealthy app out of the rotation after {took:?}");
+    assert_eq!(f.gw.admin_json("/api/sidecars").await[0]["healthy"], false);
+    f.app.healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    let back = eventually(Duration::from_secs(5), || async {
+        berth_common::test_util::http1(web, get("orders.test", "/"))
+            .await
+            .status
+            == 200
+    })
+    .await;
+    assert!(back, "the recovered app is routed again");
 }

@@ -312,13 +312,12 @@ pub struct Outbound {
 
 /// The mesh name a request is for: the absolute-form authority, else `Host`; without
 /// the port and a trailing `.berth`.
-pub fn target_name(req: &Request<Incoming>) -> Result<String, OutboundError> {
-    let raw = req
-        .uri()
+pub fn target_name(uri: &http::Uri, headers: &http::HeaderMap) -> Result<String, OutboundError> {
+    let raw = uri
         .host()
         .map(str::to_string)
         .or_else(|| {
-            req.headers()
+            headers
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
                 .map(|h| match h.rsplit_once(':') {
@@ -381,7 +380,7 @@ impl Outbound {
         if req.method() == Method::CONNECT {
             return Err(OutboundError::Connect);
         }
-        let name = target_name(&req)?;
+        let name = target_name(req.uri(), req.headers())?;
         let target = self.mesh.resolve(&name).await?;
         let (parts, body) = req.into_parts();
         let retryable = body.is_end_stream() && is_idempotent(&parts.method);
@@ -479,5 +478,33 @@ impl Outbound {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(uri: &str, host: Option<&str>) -> Result<String, OutboundError> {
+        let mut headers = http::HeaderMap::new();
+        if let Some(h) = host {
+            headers.insert(header::HOST, HeaderValue::from_str(h).unwrap());
+        }
+        target_name(&uri.parse().unwrap(), &headers)
+    }
+
+    #[test]
+    fn the_service_comes_from_the_absolute_form_or_the_host() {
+        assert_eq!(name("http://whoami/x", None).unwrap(), "whoami");
+        assert_eq!(name("http://Whoami.berth:8080/x", Some("other")).unwrap(), "whoami");
+        assert_eq!(name("/x", Some("orders.berth:80")).unwrap(), "orders");
+        assert_eq!(name("/x", Some("orders.")).unwrap(), "orders");
+        assert!(matches!(name("/x", None), Err(OutboundError::NoName)));
+        assert!(matches!(name("/x", Some("a b")), Err(OutboundError::BadName(_))));
+        assert_eq!(
+            OutboundError::NoService("s".into()).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(OutboundError::NoService("s".into()).to_string(), "no mesh service s");
     }
 }
