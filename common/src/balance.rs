@@ -17,6 +17,8 @@ const TAU: Duration = Duration::from_secs(10);
 /// The estimate for an endpoint with no sample yet: high enough that a new endpoint is
 /// not flooded before it has proven itself, low enough that it gets traffic.
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// After this long without a sample an estimate no longer counts.
+const STALE: Duration = Duration::from_secs(1);
 const EJECT_BASE: Duration = Duration::from_secs(1);
 const EJECT_MAX: Duration = Duration::from_secs(30);
 
@@ -74,10 +76,13 @@ impl EndpointState {
         }
     }
 
-    /// The decayed latency estimate, `None` before the first sample.
+    /// The decayed latency estimate, `None` before the first sample and when the last
+    /// one is older than [`STALE`]: an endpoint that lost every comparison for a while is
+    /// priced like a new one, so it gets a request and a fresh sample instead of starving
+    /// behind faster peers at low concurrency.
     fn latency(&self, now: Instant) -> Option<f64> {
         let ewma = self.ewma.lock().unwrap_or_else(|e| e.into_inner());
-        if !ewma.sampled {
+        if !ewma.sampled || now.saturating_duration_since(ewma.stamp) > STALE {
             return None;
         }
         let elapsed = now.saturating_duration_since(ewma.stamp).as_secs_f64();
@@ -276,6 +281,18 @@ mod tests {
         // s[2] has no sample: it is priced like its peer and wins ties, so it is tried.
         let picked_new = (0..100).filter(|_| b.pick(&s, &[]) == Some(2)).count();
         assert!(picked_new > 0);
+    }
+
+    #[test]
+    fn p2c_probes_an_endpoint_whose_estimate_went_stale() {
+        let b = Balancer::new(Strategy::P2c, vec![1, 1]);
+        let s = states(2);
+        s[0].record_success(Duration::from_millis(200));
+        s[1].record_success(Duration::from_millis(2));
+        assert!((0..50).all(|_| b.pick(&s, &[]) == Some(1)));
+        // Unsampled for longer than STALE: priced like its peer, so it is tried again.
+        s[0].ewma.lock().unwrap().stamp = Instant::now() - STALE - Duration::from_millis(10);
+        assert!((0..100).any(|_| b.pick(&s, &[]) == Some(0)));
     }
 
     #[test]

@@ -89,12 +89,16 @@ async fn setup(first: Ipv4Addr, refresh: &str) -> Mesh {
 }
 
 async fn run_task(m: &Mesh) -> (String, Ipv4Addr) {
+    run_task_in(m, "service:orders").await
+}
+
+async fn run_task_in(m: &Mesh, group: &str) -> (String, Ipv4Addr) {
     let out = m
         .ecs
         .run_task()
         .cluster("prod")
         .task_definition("orders")
-        .group("service:orders")
+        .group(group)
         .send()
         .await
         .unwrap();
@@ -332,20 +336,7 @@ async fn registration_needs_the_tasks_certificate_and_the_mesh_view_long_polls()
     assert!(listed[0]["certificateNotAfterUnix"].as_f64().unwrap() > 0.0);
 
     // This certificate cannot speak for a task of another service.
-    let other = m
-        .ecs
-        .run_task()
-        .cluster("prod")
-        .task_definition("orders")
-        .group("service:billing")
-        .send()
-        .await
-        .unwrap();
-    let other_arn = other.tasks()[0].task_arn().unwrap().to_string();
-    let other_id = other_arn.rsplit('/').next().unwrap().to_string();
-    let other_ip = m.server.ecs.lock().unwrap().clusters["prod"].tasks[&other_id]
-        .address
-        .unwrap();
+    let (other_arn, other_ip) = run_task_in(&m, "service:billing").await;
     let (status, bytes) = call(
         &m,
         other_ip,

@@ -181,8 +181,27 @@ async fn run() -> i32 {
         eprintln!("berth-sidecar: the app port is unknown: set BERTH_APP_PORT");
         return 64;
     };
-    let app_ip = bind.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    // awsvpc: the app shares the task's address; bridge: it has its own on the bridge.
+    let bridge_ip = (reg.network_mode.as_deref() == Some("bridge"))
+        .then(|| {
+            md.app()
+                .and_then(|a| a.networks.first())
+                .and_then(|n| n.ipv4_addresses.first())
+        })
+        .flatten()
+        .and_then(|ip| ip.parse::<IpAddr>().ok());
+    let app_ip = bridge_ip.or(bind).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let app = SocketAddr::new(app_ip, app_port);
+    // The probe: BERTH_HEALTH_PATH, else the health-check path the app's labels give its
+    // service (as Traefik's active health check would use).
+    let health_path = settings.health_path.clone().or_else(|| {
+        labels
+            .config
+            .http
+            .services
+            .values()
+            .find_map(|s| s.load_balancer.health_check.as_ref().and_then(|h| h.path.clone()))
+    });
 
     // The task as TMDS shows it, followed every second.
     let inbound_port = md
@@ -203,7 +222,7 @@ async fn run() -> i32 {
         app_exited: false,
         registration: first,
     });
-    let probe = settings.health_path.clone().map(|p| Probe::new(app, p));
+    let probe = health_path.map(|p| Probe::new(app, p));
     tokio::spawn(register::poll(
         settings.metadata_uri.clone(),
         settings.app_port,

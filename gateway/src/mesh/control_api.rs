@@ -235,6 +235,7 @@ impl ControlApi {
         // What the gateway verified wins over what the sidecar says.
         reg.cluster = task.cluster.clone();
         reg.service = task.service.clone();
+        reg.address = task.address.clone().or(reg.address);
         self.registry
             .upsert(reg, identity.clone(), peer, caller.and_then(|c| c.not_after));
         reply(

@@ -111,6 +111,14 @@ impl ClusterReconciler {
     /// Take in tasks described outside a round (on demand, for the control plane) and
     /// return the view with them; a later round keeps or drops them like any other.
     pub async fn adopt(&mut self, tasks: Vec<Task>) -> Result<ClusterView, ApiError> {
+        self.record(tasks);
+        self.resolve_definitions().await?;
+        self.resolve_instances().await?;
+        Ok(self.view())
+    }
+
+    /// Keep described tasks, with their definitions when already cached.
+    fn record(&mut self, tasks: Vec<Task>) {
         let defs = self.taskdefs.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for t in tasks {
             let Some(arn) = t.task_arn().map(str::to_string) else {
@@ -119,9 +127,6 @@ impl ClusterReconciler {
             let def = t.task_definition_arn().and_then(|d| defs.get(d).cloned());
             self.tasks.insert(arn, TaskRecord { task: Arc::new(t), def });
         }
-        self.resolve_definitions().await?;
-        self.resolve_instances().await?;
-        Ok(self.view())
     }
 
     /// Describe these tasks now (batched by 100); tasks ECS reports MISSING are forgotten.
@@ -134,14 +139,7 @@ impl ClusterReconciler {
                 }
                 tracing::debug!(cluster = %self.cluster, arn = ?f.arn(), reason = ?f.reason(), "DescribeTasks failure");
             }
-            let defs = self.taskdefs.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            for t in tasks {
-                let Some(arn) = t.task_arn().map(str::to_string) else {
-                    continue;
-                };
-                let def = t.task_definition_arn().and_then(|d| defs.get(d).cloned());
-                self.tasks.insert(arn, TaskRecord { task: Arc::new(t), def });
-            }
+            self.record(tasks);
         }
         Ok(())
     }
