@@ -113,6 +113,10 @@ pub struct MeshView {
     pub services: Vec<MeshService>,
     /// Names asked for that the mesh does not know.
     pub unknown: Vec<String>,
+    /// Every gateway replica's control API (`IP:PORT`): a sidecar keeps a connection to
+    /// each, so any of them can go without the mesh noticing.
+    #[serde(default)]
+    pub gateways: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -128,7 +132,7 @@ pub struct MeshService {
 impl MeshView {
     /// The version of a set of services: a hash of their content, so that equal views
     /// have equal versions on every gateway replica.
-    pub fn version_of(services: &[MeshService], unknown: &[String]) -> u64 {
+    pub fn version_of(services: &[MeshService], unknown: &[String], gateways: &[String]) -> u64 {
         // FNV-1a: stable across processes and builds (std's hasher is not).
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         let mut feed = |s: &str| {
@@ -147,6 +151,10 @@ impl MeshView {
         for u in unknown {
             feed("?");
             feed(u);
+        }
+        for g in gateways {
+            feed("@");
+            feed(g);
         }
         h
     }

@@ -100,6 +100,11 @@ impl Drop for LocalUp {
 impl LocalUp {
     /// `bin` is the berth-local executable (`env!("CARGO_BIN_EXE_berth-local")`).
     pub fn start(bin: &str, first_address: &str) -> LocalUp {
+        Self::start_with(bin, first_address, &[])
+    }
+
+    /// Like [`LocalUp::start`], with more flags (`--gateways 3`, ...).
+    pub fn start_with(bin: &str, first_address: &str, extra: &[&str]) -> LocalUp {
         let port = || berth_common::test_util::free_port();
         let (api, tmds, web, admin, mesh) = (port(), port(), port(), port(), port());
         let mut child = Command::new(bin)
@@ -124,6 +129,7 @@ impl LocalUp {
                 &format!("127.0.0.1:{admin}"),
             ])
             .args(["--mesh-listen", &format!("127.0.0.1:{mesh}")])
+            .args(extra)
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -193,6 +193,8 @@ struct FileConfig {
     #[serde(default)]
     mesh_default_deny: bool,
     mesh_cert_lifetime: Option<String>,
+    mesh_peers_service: Option<String>,
+    mesh_peers_dns: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -272,6 +274,20 @@ pub struct MeshSettings {
     pub token: Option<String>,
     pub default_deny: bool,
     pub cert_lifetime: Duration,
+    /// How replicas find each other (the list goes to every sidecar).
+    pub peers: Peers,
+}
+
+/// Where the other gateway replicas are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peers {
+    /// `--mesh-peers-service NAME`: the tasks of this ECS service (default: the service
+    /// the gateway runs in, from its own task metadata).
+    Service(String),
+    /// `--mesh-peers-dns NAME`: every address the name resolves to.
+    Dns(String),
+    /// Neither given, and not running in an ECS service: this replica alone.
+    Alone,
 }
 
 impl Config {
@@ -461,6 +477,17 @@ impl Config {
                         &file.mesh_cert_lifetime,
                         crate::mesh::ca::DEFAULT_LIFETIME,
                     )?,
+                    peers: match (
+                        args.mesh_peers_service.clone().or(file.mesh_peers_service.clone()),
+                        args.mesh_peers_dns.clone().or(file.mesh_peers_dns.clone()),
+                    ) {
+                        (Some(_), Some(_)) => {
+                            return Err(bad("--mesh-peers-service and --mesh-peers-dns: give one, not both"));
+                        }
+                        (Some(s), None) if !s.trim().is_empty() => Peers::Service(s.trim().to_string()),
+                        (None, Some(d)) if !d.trim().is_empty() => Peers::Dns(d.trim().to_string()),
+                        _ => Peers::Alone,
+                    },
                 })
             }
         };

@@ -213,6 +213,15 @@ impl Gateway {
             })?;
             mesh_addr = Some(listener.local_addr().unwrap_or(m.listen));
             tokio::spawn(mesh::control_api::rotate_own(ca.clone(), slot.clone(), m.cert_lifetime));
+            let peer_source = match &m.peers {
+                config::Peers::Alone => match mesh::peers::own_service().await {
+                    Some(service) => config::Peers::Service(service),
+                    None => config::Peers::Alone,
+                },
+                other => other.clone(),
+            };
+            let local_mesh = mesh_addr.unwrap_or(m.listen);
+            let peers = mesh::peers::spawn(peer_source, local_mesh, ecs_lookup.clone());
             let api = Arc::new(mesh::control_api::ControlApi {
                 ca,
                 token: m.token.clone(),
@@ -222,6 +231,7 @@ impl Gateway {
                 default_deny: m.default_deny,
                 registry: registry.clone(),
                 mesh: ecs_mesh,
+                peers,
             });
             tokio::spawn(async move {
                 if let Err(e) = api.serve(listener, slot).await {

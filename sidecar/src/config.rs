@@ -9,8 +9,9 @@ pub struct ConfigError(pub String);
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub metadata_uri: String,
-    /// The control API, `https://host:port`.
-    pub gateway: SocketAddr,
+    /// The control API of one or more gateway replicas (`BERTH_GATEWAY`, comma-separated
+    /// `https://IP:PORT`); the mesh view then says where every replica is.
+    pub gateways: Vec<SocketAddr>,
     /// The mesh trust anchor, PEM.
     pub ca_pem: String,
     pub token: Option<String>,
@@ -37,10 +38,25 @@ impl Settings {
             .ok_or_else(|| ConfigError(crate::metadata::MetadataError::Missing.to_string()))?;
         let gw = var("BERTH_GATEWAY")
             .ok_or_else(|| ConfigError("BERTH_GATEWAY is not set (e.g. https://10.0.0.5:9443)".into()))?;
-        let hostport = gw.strip_prefix("https://").unwrap_or(&gw).trim_end_matches('/');
-        let gateway: SocketAddr = hostport
-            .parse()
-            .map_err(|_| ConfigError(format!("BERTH_GATEWAY={gw} must be https://IP:PORT")))?;
+        let gateways = gw
+            .split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(|g| {
+                g.strip_prefix("https://")
+                    .unwrap_or(g)
+                    .trim_end_matches('/')
+                    .parse::<SocketAddr>()
+                    .map_err(|_| {
+                        ConfigError(format!(
+                            "BERTH_GATEWAY={gw}: `{g}` is not https://IP:PORT (several are separated by commas)"
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if gateways.is_empty() {
+            return Err(ConfigError("BERTH_GATEWAY is empty".into()));
+        }
         let ca = var("BERTH_CA_CERT")
             .ok_or_else(|| ConfigError("BERTH_CA_CERT is not set (PEM, inline or a path)".into()))?;
         let ca_pem = if ca.contains("-----BEGIN") {
@@ -67,7 +83,7 @@ impl Settings {
         };
         Ok(Settings {
             metadata_uri,
-            gateway,
+            gateways,
             ca_pem,
             token,
             inbound: addr("BERTH_INBOUND", "0.0.0.0:15443")?,

@@ -1,6 +1,7 @@
-//! The sidecar's side of the control API: one HTTP/2 connection over mTLS to the
-//! gateway (registration, heartbeats, health pushes and the mesh long poll share it),
-//! re-dialled with the current certificate when it breaks.
+//! The sidecar's side of the control API: one HTTP/2 connection over mTLS to each gateway
+//! replica (registration, heartbeats, health pushes and the mesh long poll share it),
+//! re-dialled with the current certificate when it breaks. [`ControlPool`] knows the
+//! replicas (from `BERTH_GATEWAY`, then from the mesh view) and fails over between them.
 //!
 //! Outgoing control connections bind to the inbound address when it is a specific IP,
 //! so the gateway sees the task's address as the source.
@@ -180,5 +181,116 @@ impl ControlClient {
             return Err(refusal(status, &bytes));
         }
         serde_json::from_slice(&bytes).map_err(|e| ControlError::Protocol(e.to_string()))
+    }
+}
+
+/// The gateway replicas and a control connection to each.
+pub struct ControlPool {
+    bind: Option<IpAddr>,
+    slot: Arc<CertSlot>,
+    anchors: TrustAnchors,
+    bootstrap: Vec<SocketAddr>,
+    clients: std::sync::Mutex<std::collections::BTreeMap<SocketAddr, Arc<ControlClient>>>,
+    replicas: tokio::sync::watch::Sender<Vec<SocketAddr>>,
+    preferred: std::sync::atomic::AtomicUsize,
+}
+
+impl ControlPool {
+    pub fn new(bootstrap: Vec<SocketAddr>, bind: Option<IpAddr>, slot: Arc<CertSlot>, anchors: TrustAnchors) -> Self {
+        ControlPool {
+            bind,
+            slot,
+            anchors,
+            replicas: tokio::sync::watch::Sender::new(bootstrap.clone()),
+            bootstrap,
+            clients: Default::default(),
+            preferred: Default::default(),
+        }
+    }
+
+    /// The replicas as last known.
+    pub fn replicas(&self) -> Vec<SocketAddr> {
+        self.replicas.borrow().clone()
+    }
+
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<Vec<SocketAddr>> {
+        self.replicas.subscribe()
+    }
+
+    /// The replicas a mesh view lists (`IP:PORT`); an empty or unreadable list keeps the
+    /// bootstrap ones.
+    pub fn set_replicas(&self, listed: &[String]) {
+        let mut parsed: Vec<SocketAddr> = listed.iter().filter_map(|g| g.parse().ok()).collect();
+        if parsed.is_empty() {
+            parsed = self.bootstrap.clone();
+        }
+        parsed.sort();
+        parsed.dedup();
+        self.replicas.send_if_modified(|cur| {
+            if *cur == parsed {
+                return false;
+            }
+            tracing::info!(replicas = ?parsed, "gateway replicas");
+            *cur = parsed;
+            true
+        });
+    }
+
+    /// The connection to one replica (made on first use).
+    pub fn client(&self, addr: SocketAddr) -> Result<Arc<ControlClient>, ControlError> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(&addr) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(
+            ControlClient::new(addr, self.bind, self.slot.clone(), self.anchors.clone())
+                .map_err(|e| ControlError::Protocol(e.to_string()))?,
+        );
+        clients.insert(addr, c.clone());
+        Ok(c)
+    }
+
+    /// The replicas, starting with the one that answered last.
+    pub fn in_order(&self) -> Vec<SocketAddr> {
+        let mut list = self.replicas();
+        if !list.is_empty() {
+            let start = self.preferred.load(std::sync::atomic::Ordering::Relaxed) % list.len();
+            list.rotate_left(start);
+        }
+        list
+    }
+
+    fn prefer(&self, addr: SocketAddr) {
+        if let Some(i) = self.replicas().iter().position(|a| *a == addr) {
+            self.preferred.store(i, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// One request to whichever replica answers, trying the others when one cannot be
+    /// reached. A refusal is an answer: it is returned, not retried elsewhere.
+    pub async fn call_any(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        limit: Duration,
+    ) -> Result<(StatusCode, Bytes), ControlError> {
+        let mut last = ControlError::Protocol("no gateway replica is known".into());
+        for addr in self.in_order() {
+            match self
+                .client(addr)?
+                .call(method.clone(), path_and_query, None, limit)
+                .await
+            {
+                Ok(r) => {
+                    self.prefer(addr);
+                    return Ok(r);
+                }
+                Err(e) => {
+                    tracing::debug!(replica = %addr, error = %e, "replica unavailable; trying the next");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
     }
 }

@@ -34,7 +34,8 @@ pub struct Granted {
 }
 
 pub struct Certifier {
-    pub gateway: SocketAddr,
+    /// The gateway replicas: any of them issues and renews (they share the CA).
+    pub replicas: Arc<crate::control::ControlPool>,
     pub anchors: TrustAnchors,
     pub token: Option<String>,
     pub task_arn: String,
@@ -44,8 +45,23 @@ pub struct Certifier {
 }
 
 impl Certifier {
-    /// Request (or renew) a certificate and install it in the slot.
+    /// Request (or renew) a certificate from the first replica that can be reached, and
+    /// install it in the slot.
     pub async fn certify(&self) -> Result<Granted, IdentityError> {
+        let mut last = IdentityError::Protocol("no gateway replica is known".into());
+        for gateway in self.replicas.in_order() {
+            match self.certify_at(gateway).await {
+                Err(e @ IdentityError::Connect(..)) => {
+                    tracing::debug!(replica = %gateway, error = %e, "replica unavailable; trying the next");
+                    last = e;
+                }
+                other => return other,
+            }
+        }
+        Err(last)
+    }
+
+    async fn certify_at(&self, gateway: SocketAddr) -> Result<Granted, IdentityError> {
         let key = rcgen::KeyPair::generate().map_err(|e| IdentityError::Key(e.to_string()))?;
         let csr = rcgen::CertificateParams::default()
             .serialize_request(&key)
@@ -65,9 +81,9 @@ impl Certifier {
         };
         let cfg = client_config(renewing.then(|| self.slot.clone()), self.anchors.clone(), policy)
             .map_err(|e| IdentityError::Protocol(e.to_string()))?;
-        let tls = crate::control::dial(self.gateway, self.bind, Arc::new(cfg))
+        let tls = crate::control::dial(gateway, self.bind, Arc::new(cfg))
             .await
-            .map_err(|e| IdentityError::Connect(self.gateway, e.to_string()))?;
+            .map_err(|e| IdentityError::Connect(gateway, e.to_string()))?;
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| IdentityError::Protocol(e.to_string()))?;

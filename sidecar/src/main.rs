@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use berth_common::mtls::{CertSlot, TrustAnchors};
 use berth_sidecar::config::Settings;
-use berth_sidecar::control::ControlClient;
+use berth_sidecar::control::ControlPool;
 use berth_sidecar::identity::Certifier;
 use berth_sidecar::inbound::{Inbound, Policy};
 use berth_sidecar::metadata;
@@ -19,7 +19,7 @@ use berth_sidecar::outbound::{MeshCache, Outbound};
 use berth_sidecar::register::{self, Probe, TaskState};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 fn main() {
     berth_common::tls::install_crypto_provider();
@@ -145,8 +145,15 @@ async fn run() -> i32 {
     let reg = md.registration(settings.app_port);
     let bind = Some(settings.inbound.ip()).filter(|ip| !ip.is_unspecified());
     let slot = Arc::new(CertSlot::default());
+    // The gateway replicas: those in BERTH_GATEWAY, then those the mesh view lists.
+    let pool = Arc::new(ControlPool::new(
+        settings.gateways.clone(),
+        bind,
+        slot.clone(),
+        anchors.clone(),
+    ));
     let certifier = Arc::new(Certifier {
-        gateway: settings.gateway,
+        replicas: pool.clone(),
         anchors: anchors.clone(),
         token: settings.token.clone(),
         task_arn: reg.task_arn.clone(),
@@ -231,13 +238,6 @@ async fn run() -> i32 {
         state_tx,
     ));
 
-    let control = match ControlClient::new(settings.gateway, bind, slot.clone(), anchors.clone()) {
-        Ok(c) => Arc::new(c),
-        Err(e) => {
-            eprintln!("berth-sidecar: control TLS: {e}");
-            return 1;
-        }
-    };
     let inbound = Arc::new(Inbound::new(app, policy));
     let listener = match tokio::net::TcpListener::bind(settings.inbound).await {
         Ok(l) => l,
@@ -252,7 +252,7 @@ async fn run() -> i32 {
             tracing::error!(error = %e, "inbound listener stopped");
         }
     });
-    let mesh = MeshCache::new(control.clone());
+    let mesh = MeshCache::new(pool.clone());
     tokio::spawn(mesh.clone().follow());
     let outbound = match Outbound::new(mesh, slot, anchors, &trust_domain) {
         Ok(o) => Arc::new(o),
@@ -273,8 +273,8 @@ async fn run() -> i32 {
         eprintln!("berth-sidecar: BERTH_ADMIN {}: {e}", settings.admin);
         return 1;
     }
-    let stop = Arc::new(Notify::new());
-    let registrar = tokio::spawn(register::run(control.clone(), state.clone(), stop.clone()));
+    let (stop, stopping) = watch::channel(false);
+    let registrar = tokio::spawn(register::run(pool.clone(), state.clone(), stopping));
     tracing::info!(inbound = %settings.inbound, outbound = %settings.outbound, "ready");
 
     // Stopping: deregister the moment TMDS shows the task stopping (or on SIGTERM), keep
@@ -295,7 +295,7 @@ async fn run() -> i32 {
             r = state.changed() => if r.is_err() { break; },
         }
     }
-    stop.notify_one();
+    let _ = stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(3), registrar).await;
     // With the app depending on the sidecar, ECS stops the app first: wait for it, for
     // at most the drain limit once we were told to stop ourselves.

@@ -31,7 +31,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use crate::control::ControlClient;
+use crate::control::ControlPool;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = BoxBody<Bytes, BoxError>;
@@ -115,7 +115,7 @@ enum Entry {
 
 /// The services this sidecar has subscribed to, as the gateway last described them.
 pub struct MeshCache {
-    control: Arc<ControlClient>,
+    control: Arc<ControlPool>,
     entries: RwLock<HashMap<String, Entry>>,
     subscribed: Mutex<BTreeSet<String>>,
     wake: Notify,
@@ -125,7 +125,7 @@ pub struct MeshCache {
 }
 
 impl MeshCache {
-    pub fn new(control: Arc<ControlClient>) -> Arc<MeshCache> {
+    pub fn new(control: Arc<ControlPool>) -> Arc<MeshCache> {
         Arc::new(MeshCache {
             control,
             entries: RwLock::default(),
@@ -161,10 +161,7 @@ impl MeshCache {
             subs.insert(name.to_string());
         }
         let path = format!("{MESH_PATH}?services={name}");
-        let fetched = self
-            .control
-            .call(Method::GET, &path, None, Duration::from_secs(3))
-            .await;
+        let fetched = self.control.call_any(Method::GET, &path, Duration::from_secs(3)).await;
         let result = match fetched {
             Ok((StatusCode::OK, body)) => match serde_json::from_slice::<MeshView>(&body) {
                 Ok(view) => {
@@ -246,7 +243,8 @@ impl MeshCache {
         *self.peers.write().unwrap_or_else(|e| e.into_inner()) = peers;
     }
 
-    /// Follow the subscribed services for ever: long poll, keep the last view on errors.
+    /// Follow the subscribed services and the gateway replicas for ever: long poll, keep
+    /// the last view on errors.
     pub async fn follow(self: Arc<Self>) {
         let mut version: Option<u64> = None;
         let mut backoff = Duration::from_millis(200);
@@ -258,10 +256,7 @@ impl MeshCache {
                 .iter()
                 .cloned()
                 .collect();
-            if names.is_empty() {
-                self.wake.notified().await;
-                continue;
-            }
+            // Even without subscriptions the view says where the gateway replicas are.
             let mut path = format!(
                 "{MESH_PATH}?services={}&wait_ms={}",
                 names.join(","),
@@ -272,12 +267,13 @@ impl MeshCache {
             }
             let poll = self
                 .control
-                .call(Method::GET, &path, None, LONG_POLL + Duration::from_secs(10));
+                .call_any(Method::GET, &path, LONG_POLL + Duration::from_secs(10));
             tokio::select! {
                 r = poll => match r {
                     Ok((StatusCode::OK, body)) => match serde_json::from_slice::<MeshView>(&body) {
                         Ok(view) => {
                             self.apply(&view);
+                            self.control.set_replicas(&view.gateways);
                             version = Some(view.version);
                             backoff = Duration::from_millis(200);
                         }

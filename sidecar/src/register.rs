@@ -1,11 +1,13 @@
 //! Registration: the task as TMDS shows it, pushed to the gateway.
 //!
-//! A poller reads TMDS every second, every 100 ms while the app is not healthy yet
-//! (and probes the app on `BERTH_HEALTH_PATH` when set) and publishes the registration on a `watch`; the registrar sends it at once when
-//! it changes (a health push) and otherwise heartbeats at the interval the gateway asks
-//! for. The poller also notices the task's `DesiredStatus` turning `STOPPED`, the signal
-//! to deregister before the app is stopped.
+//! A poller reads TMDS every second, every 100 ms while the app is not healthy yet (and
+//! probes the app on `BERTH_HEALTH_PATH` when set), and publishes the registration on a
+//! `watch`. One registrar per gateway replica sends it at once when it changes (a health
+//! push) and otherwise heartbeats at the interval the gateway asks for. The poller also
+//! notices the task's `DesiredStatus` turning `STOPPED`, the signal to deregister before
+//! the app is stopped.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,9 +18,9 @@ use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
-use crate::control::{ControlClient, ControlError};
+use crate::control::{ControlClient, ControlError, ControlPool};
 use crate::metadata;
 
 /// How often TMDS is read (it allows about 40 requests a second per task).
@@ -110,20 +112,67 @@ pub async fn poll(
     }
 }
 
-/// Register, heartbeat, push changes; stop when `stop` fires, then deregister.
-pub async fn run(control: Arc<ControlClient>, mut state: watch::Receiver<TaskState>, stop: Arc<Notify>) {
+/// Keep one registrar per gateway replica (the list follows the mesh view), so every
+/// replica learns a health change at once and losing one changes nothing for the others.
+/// When `stop` turns true every registrar deregisters; this returns once they have.
+pub async fn run(pool: Arc<ControlPool>, state: watch::Receiver<TaskState>, mut stop: watch::Receiver<bool>) {
+    let mut replicas = pool.watch();
+    let mut running: BTreeMap<SocketAddr, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    loop {
+        let want = replicas.borrow_and_update().clone();
+        running.retain(|addr, task| {
+            let keep = want.contains(addr);
+            if !keep {
+                tracing::info!(replica = %addr, "gateway replica gone; no longer registering there");
+                task.abort();
+            }
+            keep
+        });
+        for addr in want {
+            if running.contains_key(&addr) {
+                continue;
+            }
+            match pool.client(addr) {
+                Ok(client) => {
+                    let task = tokio::spawn(register_with(client, addr, state.clone(), stop.clone()));
+                    running.insert(addr, task);
+                }
+                Err(e) => tracing::warn!(replica = %addr, error = %e, "cannot talk to a gateway replica"),
+            }
+        }
+        if *stop.borrow() {
+            break;
+        }
+        tokio::select! {
+            r = replicas.changed() => if r.is_err() { break; },
+            _ = stop.changed() => {}
+        }
+    }
+    for task in running.into_values() {
+        let _ = task.await;
+    }
+}
+
+/// Register with one replica, heartbeat, push changes; deregister there when stopping.
+async fn register_with(
+    control: Arc<ControlClient>,
+    replica: SocketAddr,
+    mut state: watch::Receiver<TaskState>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut interval = Duration::from_secs(1);
     let mut backoff = Duration::from_millis(100);
     let mut registered = false;
     let task_arn = state.borrow().registration.task_arn.clone();
-    let stopped = stop.notified();
-    tokio::pin!(stopped);
     loop {
+        if *stop.borrow_and_update() {
+            break;
+        }
         let reg = state.borrow_and_update().registration.clone();
         let wait = match control.post::<_, RegistrationAck>(REGISTRATIONS_PATH, &reg).await {
             Ok(ack) => {
                 if !registered {
-                    tracing::info!(identity = %ack.identity, healthy = reg.healthy, "registered with the gateway");
+                    tracing::info!(%replica, identity = %ack.identity, healthy = reg.healthy, "registered with the gateway");
                 }
                 registered = true;
                 backoff = Duration::from_millis(100);
@@ -132,9 +181,9 @@ pub async fn run(control: Arc<ControlClient>, mut state: watch::Receiver<TaskSta
             }
             Err(e) => {
                 if registered {
-                    tracing::warn!(error = %e, "heartbeat failed; retrying");
+                    tracing::warn!(%replica, error = %e, "heartbeat failed; retrying");
                 } else {
-                    tracing::warn!(error = %e, ?backoff, "registration failed; retrying");
+                    tracing::debug!(%replica, error = %e, ?backoff, "registration failed; retrying");
                 }
                 registered = false;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -144,10 +193,12 @@ pub async fn run(control: Arc<ControlClient>, mut state: watch::Receiver<TaskSta
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             r = state.changed() => if r.is_err() { return; },
-            _ = &mut stopped => break,
+            r = stop.changed() => if r.is_err() { return; },
         }
     }
-    deregister(&control, &task_arn).await;
+    if registered {
+        deregister(&control, &task_arn).await;
+    }
 }
 
 /// Tell the gateway the task is stopping (a few quick attempts).

@@ -42,6 +42,10 @@ struct Opts {
     refresh: String,
     build: bool,
     mesh: SocketAddr,
+    /// Gateway replicas: 1 runs one gateway process on the --web/--admin/--mesh-listen
+    /// addresses; more run the gateway as the ECS service `berth-gateway`, each replica on
+    /// its own task address with the same ports.
+    gateways: u32,
 }
 
 fn usage() -> ! {
@@ -79,6 +83,7 @@ fn parse_args() -> (String, Opts) {
             "--mesh-listen" => o.mesh = addr(val()),
             "--dir" => o.dir = Some(PathBuf::from(val())),
             "--no-gateway" => o.gateway = false,
+            "--gateways" => o.gateways = val().parse().ok().filter(|n| *n >= 1).unwrap_or_else(|| usage()),
             "--no-build" => o.build = false,
             "--first-address" => o.first_address = val().parse().unwrap_or_else(|_| usage()),
             "--ecs-refresh" => o.refresh = val(),
@@ -104,6 +109,7 @@ fn default_opts() -> Opts {
         refresh: "1s".into(),
         build: true,
         mesh: SocketAddr::from(([127, 0, 0, 1], 9443)),
+        gateways: 1,
     }
 }
 
@@ -362,7 +368,37 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
         return 1;
     }
     let mut gateway = None;
-    if opts.gateway {
+    let replicated = opts.gateway && opts.gateways > 1;
+    if replicated {
+        let td = gateway_task_definition(
+            &opts,
+            &region,
+            &server.endpoint_url(),
+            &ca_dir,
+            &token_file,
+            &passthrough,
+        );
+        let mut ecs = server.ecs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = ecs.register_task_definition(&td) {
+            eprintln!("berth-local: the gateway's task definition: {}", e.message);
+            return 1;
+        }
+        if let Err(e) = ecs.create_service(&serde_json::json!({
+            "serviceName": GATEWAY_SERVICE, "taskDefinition": GATEWAY_SERVICE, "desiredCount": 1,
+            "launchType": "FARGATE",
+            "deploymentConfiguration": { "minimumHealthyPercent": 100, "maximumPercent": 200 }
+        })) {
+            eprintln!("berth-local: the gateway's service: {}", e.message);
+            return 1;
+        }
+        println!(
+            "[2/4] berth-gateway: {} replicas as the ECS service `{GATEWAY_SERVICE}`, each on its task's address (ports {}, {}, {})",
+            opts.gateways,
+            opts.web.port(),
+            opts.admin.port(),
+            opts.mesh.port()
+        );
+    } else if opts.gateway {
         let Some(path) = programs.resolve("berth-gateway") else {
             eprintln!("berth-local: berth-gateway not found");
             return 1;
@@ -432,7 +468,7 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
     }
 
     let mut sidecar_env = Vec::new();
-    if opts.gateway {
+    if opts.gateway && !replicated {
         // The gateway creates the dev CA at start; sidecars need its certificate.
         let ca_cert = ca_dir.join("ca.crt");
         let mut waited = 0;
@@ -461,8 +497,71 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
         logs: logs.clone(),
         default_stop_timeout: Duration::from_secs(30),
         sidecar_env,
+        gateway_service: replicated.then(|| (GATEWAY_SERVICE.to_string(), opts.mesh.port())),
     };
     let runner = Arc::new(tokio::sync::Mutex::new(Runner::new(server.ecs.clone(), runner_cfg)));
+    let r = runner.clone();
+    let driver = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            r.lock().await.step().await;
+        }
+    });
+    let mut check_admin = opts.admin;
+    if replicated {
+        // The first replica makes the dev CA; the others (and the sidecars) share it.
+        let ca_cert = ca_dir.join("ca.crt");
+        let ready = tokio::time::timeout(Duration::from_secs(60), async {
+            while !ca_cert.exists() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        if ready.is_err() {
+            eprintln!(
+                "berth-local: the first gateway replica did not create the dev CA; logs in {}",
+                logs.display()
+            );
+            return 1;
+        }
+        let mut sidecar_cfg = runner.lock().await;
+        sidecar_cfg.add_sidecar_env(&[
+            ("BERTH_CA_CERT".to_string(), ca_cert.display().to_string()),
+            ("BERTH_TOKEN".to_string(), token.clone()),
+        ]);
+        drop(sidecar_cfg);
+        {
+            let mut ecs = server.ecs.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = ecs.update_service(&serde_json::json!({"service": GATEWAY_SERVICE, "desiredCount": opts.gateways}));
+        }
+        let running = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                let addrs = gateway_addresses(&server);
+                if addrs.len() == opts.gateways as usize {
+                    return addrs;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        let Ok(addrs) = running else {
+            eprintln!(
+                "berth-local: the gateway replicas did not start; logs in {}",
+                logs.display()
+            );
+            return 1;
+        };
+        for a in &addrs {
+            println!(
+                "      replica {a}: web http://{a}:{}, admin http://{a}:{}, control https://{a}:{}",
+                opts.web.port(),
+                opts.admin.port(),
+                opts.mesh.port()
+            );
+        }
+        check_admin = SocketAddr::new(std::net::IpAddr::V4(addrs[0]), opts.admin.port());
+    }
     {
         let mut ecs = server.ecs.lock().unwrap_or_else(|e| e.into_inner());
         for (name, s) in &services {
@@ -472,14 +571,6 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
             }
         }
     }
-    let r = runner.clone();
-    let driver = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tick.tick().await;
-            r.lock().await.step().await;
-        }
-    });
 
     // Wait for every service to converge and every exposed task to be routable.
     let mut last_line = String::new();
@@ -488,7 +579,7 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
             tokio::time::sleep(Duration::from_millis(250)).await;
             let (running, desired, addrs) = progress(&server);
             let routable = if opts.gateway {
-                routable(opts.admin, &addrs).await
+                routable(check_admin, &addrs).await
             } else {
                 addrs.len()
             };
@@ -516,18 +607,13 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
     } else {
         println!("[4/4] ready");
         println!("ready");
+        // With replicas, any one of them (a load balancer would spread clients over all).
+        let web = SocketAddr::new(check_admin.ip(), opts.web.port());
+        println!("  curl -H 'Host: whoami.localhost' http://{web}/     # repeat: answers come from different tasks");
         println!(
-            "  curl -H 'Host: whoami.localhost' http://{}/     # repeat: answers come from different tasks",
-            opts.web
+            "  curl -H 'Host: caller.localhost' 'http://{web}/call?url=http://whoami/'   # east-west: caller -> sidecars (mTLS) -> whoami"
         );
-        println!(
-            "  curl -H 'Host: caller.localhost' 'http://{}/call?url=http://whoami/'   # east-west: caller -> sidecars (mTLS) -> whoami",
-            opts.web
-        );
-        println!(
-            "  open http://{}/                                 # the gateway's dashboard",
-            opts.admin
-        );
+        println!("  open http://{check_admin}/                                 # the gateway's dashboard");
         println!(
             "  AWS_ENDPOINT_URL=http://{} aws ecs list-tasks   # the local ECS API (any region, dummy credentials)",
             server.addr
@@ -550,6 +636,76 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
         let _ = g.wait();
     }
     code
+}
+
+/// The service the gateway replicas run as (`--gateways N`).
+const GATEWAY_SERVICE: &str = "berth-gateway";
+
+/// The gateway as a task definition: one container, its listeners on the task's address.
+fn gateway_task_definition(
+    opts: &Opts,
+    region: &str,
+    endpoint: &str,
+    ca_dir: &std::path::Path,
+    token_file: &std::path::Path,
+    passthrough: &[(String, String)],
+) -> serde_json::Value {
+    let at = |port: u16| format!("${{BERTH_LOCAL_ADDRESS}}:{port}");
+    let mut env = vec![
+        serde_json::json!({"name": "AWS_ENDPOINT_URL", "value": endpoint}),
+        serde_json::json!({"name": "AWS_REGION", "value": region}),
+        serde_json::json!({"name": "AWS_ACCESS_KEY_ID", "value": "berth-local"}),
+        serde_json::json!({"name": "AWS_SECRET_ACCESS_KEY", "value": "berth-local"}),
+        serde_json::json!({"name": "AWS_EC2_METADATA_DISABLED", "value": "true"}),
+    ];
+    for (k, v) in passthrough {
+        env.push(serde_json::json!({"name": k, "value": v}));
+    }
+    serde_json::json!({
+        "family": GATEWAY_SERVICE,
+        "networkMode": "awsvpc",
+        "requiresCompatibilities": ["FARGATE"],
+        "cpu": "512",
+        "memory": "1024",
+        "containerDefinitions": [{
+            "name": "berth-gateway",
+            "image": "berth-gateway",
+            "essential": true,
+            "command": [
+                "berth-gateway",
+                "--entrypoint", format!("web={}", at(opts.web.port())),
+                "--admin", at(opts.admin.port()),
+                "--ecs-cluster", "default",
+                "--ecs-refresh", opts.refresh,
+                // Long enough for a load balancer to stop sending before the listener closes.
+                "--shutdown-delay", "2s",
+                "--mesh-dev-ca", ca_dir.display().to_string(),
+                "--mesh-listen", at(opts.mesh.port()),
+                "--mesh-token-file", token_file.display().to_string(),
+                "--mesh-peers-service", GATEWAY_SERVICE
+            ],
+            "environment": env,
+            "stopTimeout": 10
+        }]
+    })
+}
+
+/// Addresses of the running gateway replicas.
+fn gateway_addresses(server: &EcsServer) -> Vec<std::net::Ipv4Addr> {
+    let ecs = server.ecs.lock().unwrap_or_else(|e| e.into_inner());
+    let mut out: Vec<std::net::Ipv4Addr> = ecs
+        .clusters
+        .values()
+        .flat_map(|c| c.tasks.values())
+        .filter(|t| {
+            t.group == format!("service:{GATEWAY_SERVICE}")
+                && t.last_status == "RUNNING"
+                && t.desired_status == "RUNNING"
+        })
+        .filter_map(|t| t.address)
+        .collect();
+    out.sort();
+    out
 }
 
 /// (running tasks, desired tasks, addresses of running tasks with routed containers).

@@ -85,6 +85,37 @@ pub struct RunnerConfig {
     /// Extra variables for `berth-sidecar` containers (the gateway's control API, the
     /// trust anchor, the bootstrap token), unless the task definition sets them.
     pub sidecar_env: Vec<(String, String)>,
+    /// When the gateway runs as an ECS service (`--gateways N`): its service name and
+    /// control-API port. Each sidecar then gets `BERTH_GATEWAY` listing the replicas
+    /// running when it starts.
+    pub gateway_service: Option<(String, u16)>,
+}
+
+/// `${NAME}` in a container's command, from its environment (as a shell would); unknown
+/// names stay as written.
+fn expand(arg: &str, env: &[(String, String)]) -> String {
+    let mut out = String::new();
+    let mut rest = arg;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find('}') {
+            Some(end) => {
+                let name = &after[..end];
+                match env.iter().rev().find(|(k, _)| k == name) {
+                    Some((_, v)) => out.push_str(v),
+                    None => out.push_str(&rest[start..start + 3 + end]),
+                }
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 pub struct Runner {
@@ -293,7 +324,9 @@ impl Runner {
                 .resolve(program)
                 .ok_or_else(|| format!("program `{program}` not found next to berth-local or on PATH"))?;
             let mut cmd = tokio::process::Command::new(path);
-            cmd.args(&argv[1..]).env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+            cmd.args(argv[1..].iter().map(|a| expand(a, &env)))
+                .env_clear()
+                .envs(env.iter().map(|(k, v)| (k, v)));
             let log_path = self.cfg.logs.join(format!("{}-{name}.log", task.id));
             let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
             let log2 = log.try_clone().map_err(|e| e.to_string())?;
@@ -354,6 +387,21 @@ impl Runner {
         }
         if name == "berth-sidecar" {
             env.extend(self.cfg.sidecar_env.iter().cloned());
+            if let Some((service, port)) = &self.cfg.gateway_service {
+                let ecs = self.ecs.lock().unwrap_or_else(|e| e.into_inner());
+                let replicas: Vec<String> = ecs
+                    .clusters
+                    .values()
+                    .flat_map(|c| c.tasks.values())
+                    .filter(|t| {
+                        t.group == format!("service:{service}")
+                            && t.last_status == "RUNNING"
+                            && t.desired_status == "RUNNING"
+                    })
+                    .filter_map(|t| t.address.map(|a| format!("https://{a}:{port}")))
+                    .collect();
+                env.push(("BERTH_GATEWAY".into(), replicas.join(",")));
+            }
         }
         for e in cdef["environment"].as_array().into_iter().flatten() {
             if let (Some(k), Some(v)) = (e["name"].as_str(), e["value"].as_str()) {
@@ -361,6 +409,11 @@ impl Runner {
             }
         }
         env
+    }
+
+    /// More variables for sidecars from now on (the dev CA once a gateway replica made it).
+    pub fn add_sidecar_env(&mut self, vars: &[(String, String)]) {
+        self.cfg.sidecar_env.extend(vars.iter().cloned());
     }
 
     /// Record exited containers; an essential one stops its task.
@@ -576,5 +629,18 @@ impl NowOrNever for tokio::task::JoinHandle<bool> {
             Poll::Ready(Ok(v)) => Some(v),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod expand_tests {
+    use super::expand;
+
+    #[test]
+    fn commands_see_the_container_environment() {
+        let env = vec![("BERTH_LOCAL_ADDRESS".to_string(), "127.0.100.7".to_string())];
+        assert_eq!(expand("web=${BERTH_LOCAL_ADDRESS}:8080", &env), "web=127.0.100.7:8080");
+        assert_eq!(expand("${NOPE}/x", &env), "${NOPE}/x");
+        assert_eq!(expand("plain ${unterminated", &env), "plain ${unterminated");
     }
 }

@@ -46,6 +46,8 @@ pub struct ControlApi {
     pub registry: Arc<Registry>,
     /// The east-west services, from ECS discovery.
     pub mesh: Option<tokio::sync::watch::Receiver<MeshTable>>,
+    /// Every gateway replica's control API.
+    pub peers: tokio::sync::watch::Receiver<super::peers::PeerList>,
 }
 
 /// The peer's verified certificate, when it presented one.
@@ -264,7 +266,7 @@ impl ControlApi {
     }
 
     /// The requested services as the mesh sees them now.
-    fn view_of(&self, table: &MeshTable, names: &[String]) -> MeshView {
+    fn view_of(&self, table: &MeshTable, gateways: &[String], names: &[String]) -> MeshView {
         let mut services = Vec::new();
         let mut unknown = Vec::new();
         for n in names {
@@ -278,9 +280,10 @@ impl ControlApi {
             }
         }
         MeshView {
-            version: MeshView::version_of(&services, &unknown),
+            version: MeshView::version_of(&services, &unknown, gateways),
             services,
             unknown,
+            gateways: gateways.to_vec(),
         }
     }
 
@@ -333,12 +336,20 @@ impl ControlApi {
             );
         }
         let deadline = tokio::time::Instant::now() + wait;
+        let mut peers = self.peers.clone();
         loop {
-            let view = self.view_of(&rx.borrow_and_update(), &names);
+            let gateways = peers.borrow_and_update().clone();
+            let view = self.view_of(&rx.borrow_and_update(), &gateways, &names);
             if since != Some(view.version) {
                 return reply(StatusCode::OK, &view);
             }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
+            let changed = async {
+                tokio::select! {
+                    r = rx.changed() => r,
+                    r = peers.changed() => r,
+                }
+            };
+            match tokio::time::timeout_at(deadline, changed).await {
                 Ok(Ok(())) => continue,
                 Ok(Err(_)) | Err(_) => {
                     let mut r = Response::new(Full::new(Bytes::new()));

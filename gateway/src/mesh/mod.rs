@@ -1,5 +1,7 @@
-//! The mesh control plane: the CA that issues SPIFFE identities (more to come: the
-//! control API, registrations, the snapshot stream).
+//! The mesh control plane: the CA that issues SPIFFE identities ([`ca`]), the control API
+//! sidecars talk to ([`control_api`]), and how gateway replicas find each other
+//! ([`peers`]).
 
 pub mod ca;
 pub mod control_api;
+pub mod peers;

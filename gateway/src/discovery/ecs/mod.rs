@@ -181,6 +181,21 @@ impl TaskLookup {
     }
 }
 
+impl TaskLookup {
+    /// The running tasks of an ECS service in the discovered clusters, from the last views.
+    pub fn running_tasks_of(&self, service: &str) -> Vec<TaskFacts> {
+        let known = self.shared.known.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut out: Vec<TaskFacts> = known
+            .values()
+            .flat_map(|tasks| tasks.values())
+            .filter(|t| t.service == service && t.last_status == "RUNNING" && t.desired_status == "RUNNING")
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.task_arn.cmp(&b.task_arn));
+        out
+    }
+}
+
 fn facts(cluster: &str, task: &aws_sdk_ecs::types::Task, address: Option<String>) -> Option<TaskFacts> {
     let service = match task.group().and_then(|g| g.strip_prefix("service:")) {
         Some(s) => s.to_string(),

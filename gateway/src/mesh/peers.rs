@@ -1,0 +1,115 @@
+//! Gateway replicas find each other without a protocol of their own: ECS is the source of
+//! truth. With `--mesh-peers-service NAME` the replicas are the running tasks of that
+//! service (default: the service this gateway runs in, from its own task metadata); with
+//! `--mesh-peers-dns NAME`, every address the name resolves to. The list (each replica's
+//! control API, `IP:PORT`) goes to every sidecar in its mesh view, so sidecars keep a
+//! connection to each replica.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::Peers;
+use crate::discovery::ecs::TaskLookup;
+
+/// Each replica's control API, sorted.
+pub type PeerList = Arc<Vec<String>>;
+
+const SERVICE_EVERY: Duration = Duration::from_secs(1);
+const DNS_EVERY: Duration = Duration::from_secs(5);
+
+fn host_port(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+/// Follow the replicas; `listen` is this replica's control API address.
+pub fn spawn(peers: Peers, listen: SocketAddr, lookup: Option<TaskLookup>) -> watch::Receiver<PeerList> {
+    let me: Vec<String> = if listen.ip().is_unspecified() {
+        Vec::new()
+    } else {
+        vec![listen.to_string()]
+    };
+    let (tx, rx) = watch::channel(Arc::new(me.clone()));
+    let port = listen.port();
+    let publish = move |mut list: Vec<String>| {
+        list.extend(me.iter().cloned());
+        list.sort();
+        list.dedup();
+        tx.send_if_modified(|cur| {
+            if **cur == list {
+                return false;
+            }
+            tracing::info!(replicas = ?list, "gateway replicas");
+            *cur = Arc::new(list);
+            true
+        });
+    };
+    match peers {
+        Peers::Alone => {}
+        Peers::Service(name) => {
+            let Some(lookup) = lookup else {
+                tracing::warn!(service = %name, "--mesh-peers-service needs ECS discovery (--ecs-cluster); replicas unknown");
+                return rx;
+            };
+            tokio::spawn(async move {
+                loop {
+                    let found: Vec<String> = lookup
+                        .running_tasks_of(&name)
+                        .iter()
+                        .filter_map(|t| t.address.as_deref().map(|a| host_port(a, port)))
+                        .collect();
+                    // Before the first round nothing is known: keep what we have.
+                    if !found.is_empty() {
+                        publish(found);
+                    }
+                    tokio::time::sleep(SERVICE_EVERY).await;
+                }
+            });
+        }
+        Peers::Dns(name) => {
+            tokio::spawn(async move {
+                loop {
+                    match tokio::net::lookup_host((name.as_str(), port)).await {
+                        Ok(addrs) => publish(addrs.map(|a| a.to_string()).collect()),
+                        Err(e) => {
+                            tracing::warn!(name = %name, error = %e, "--mesh-peers-dns: lookup failed; keeping the last list")
+                        }
+                    }
+                    tokio::time::sleep(DNS_EVERY).await;
+                }
+            });
+        }
+    }
+    rx
+}
+
+/// The ECS service this gateway runs in, from its task metadata (`ServiceName`), when it
+/// runs in ECS (`ECS_CONTAINER_METADATA_URI_V4` set); one bounded attempt.
+pub async fn own_service() -> Option<String> {
+    let uri = std::env::var("ECS_CONTAINER_METADATA_URI_V4")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let uri: http::Uri = format!("{}/task", uri.trim_end_matches('/')).parse().ok()?;
+    let resp = tokio::time::timeout(Duration::from_secs(2), client.get(uri))
+        .await
+        .ok()?
+        .ok()?;
+    let body = tokio::time::timeout(
+        Duration::from_secs(2),
+        http_body_util::BodyExt::collect(resp.into_body()),
+    )
+    .await
+    .ok()?
+    .ok()?
+    .to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    v["ServiceName"].as_str().filter(|s| !s.is_empty()).map(str::to_string)
+}
