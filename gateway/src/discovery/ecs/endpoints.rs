@@ -40,6 +40,18 @@ pub const SIDECAR: &str = "berth-sidecar";
 /// The sidecar's inbound port (container port).
 pub const SIDECAR_PORT: u16 = 15443;
 
+/// Whether a task is in the mesh (reached through its sidecar, over mTLS): its task
+/// definition has a container named `berth-sidecar`, or a container carrying a
+/// `berth.mesh.*` label (a sidecar under another name). Decided by the definition alone, so
+/// every gateway replica decides the same, connected to the sidecar or not.
+pub fn has_sidecar(def: &TaskDefinition) -> bool {
+    def.container_definitions().iter().any(|c| {
+        c.name() == Some(SIDECAR)
+            || c.docker_labels()
+                .is_some_and(|l| l.keys().any(|k| k.to_ascii_lowercase().starts_with("berth.mesh.")))
+    })
+}
+
 /// Whether a task as a whole may receive traffic: ECS says RUNNING and wants it RUNNING.
 pub fn task_is_running(task: &Task) -> bool {
     task.last_status() == Some("RUNNING") && task.desired_status() == Some("RUNNING")
@@ -104,18 +116,15 @@ pub fn containers(
         .map(str::to_string)
         .or_else(|| def.family().map(str::to_string))
         .unwrap_or_default();
-    let has_sidecar = def.container_definitions().iter().any(|c| c.name() == Some(SIDECAR));
+    let has_sidecar = has_sidecar(def);
     let sidecar_port = has_sidecar.then(|| match mode {
+        // The host port mapped to the sidecar's 15443, whatever the container's name.
         NetworkMode::Bridge => task
             .containers()
             .iter()
-            .find(|c| c.name() == Some(SIDECAR))
-            .and_then(|c| {
-                c.network_bindings()
-                    .iter()
-                    .find(|b| port(b.container_port()) == Some(SIDECAR_PORT))
-                    .and_then(|b| port(b.host_port()))
-            }),
+            .flat_map(|c| c.network_bindings())
+            .find(|b| port(b.container_port()) == Some(SIDECAR_PORT))
+            .and_then(|b| port(b.host_port())),
         _ => Some(SIDECAR_PORT),
     });
     let mut out = Vec::new();
@@ -280,6 +289,24 @@ mod tests {
         assert_eq!(eps[0].ports, vec![(8080, 32768)]);
         let eps = containers(&t, &def(Some(NetworkMode::Bridge), false), None, false);
         assert!(eps[0].excluded.as_deref().unwrap().contains("instance"));
+    }
+
+    #[test]
+    fn the_mesh_is_decided_by_the_task_definition() {
+        assert!(!has_sidecar(&def(Some(NetworkMode::Awsvpc), false)));
+        let named = TaskDefinition::builder()
+            .container_definitions(ContainerDefinition::builder().name(SIDECAR).build())
+            .build();
+        assert!(has_sidecar(&named));
+        let labelled = TaskDefinition::builder()
+            .container_definitions(
+                ContainerDefinition::builder()
+                    .name("app")
+                    .docker_labels("berth.mesh.name", "orders")
+                    .build(),
+            )
+            .build();
+        assert!(has_sidecar(&labelled));
     }
 
     #[test]
