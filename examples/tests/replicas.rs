@@ -79,11 +79,16 @@ impl Balancer {
                     let ok = try_http1(admin, get("lb", "/readyz"))
                         .await
                         .is_some_and(|r| r.status == 200);
-                    if ok && !g.read().unwrap().contains(&ip) {
+                    if ok {
                         ready.push(ip);
                     }
                 }
-                *t.write().unwrap() = ready;
+                // Under the `gone` lock, so a target dropped meanwhile is not put back.
+                {
+                    let gone = g.read().unwrap();
+                    ready.retain(|ip| !gone.contains(ip));
+                    *t.write().unwrap() = ready;
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
@@ -91,7 +96,8 @@ impl Balancer {
     }
 
     fn drop_now(&self, ip: IpAddr) {
-        self.gone.write().unwrap().push(ip);
+        let mut gone = self.gone.write().unwrap();
+        gone.push(ip);
         self.targets.write().unwrap().retain(|t| *t != ip);
     }
 }

@@ -400,7 +400,7 @@ async fn registration_needs_the_tasks_certificate_and_the_mesh_view_long_polls()
     let view: MeshView = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(view.unknown, vec!["nosuch".to_string()]);
     let started = Instant::now();
-    let (status, _) = call(
+    let (status, body) = call(
         &m,
         ip,
         "GET",
@@ -409,7 +409,7 @@ async fn registration_needs_the_tasks_certificate_and_the_mesh_view_long_polls()
         Some(slot.clone()),
     )
     .await;
-    assert_eq!(status, 204);
+    assert_eq!(status, 204, "{view:?} then {}", String::from_utf8_lossy(&body));
     assert!(started.elapsed() >= Duration::from_millis(350), "it waited");
 
     // Deregistration: draining at once, and a late heartbeat does not revive it.

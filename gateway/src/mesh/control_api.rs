@@ -337,25 +337,23 @@ impl ControlApi {
         }
         let deadline = tokio::time::Instant::now() + wait;
         let mut peers = self.peers.clone();
+        // A replica alone has no peer source: its list never changes.
+        let mut peers_open = true;
+        let no_content = || {
+            let mut r = Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            r
+        };
         loop {
             let gateways = peers.borrow_and_update().clone();
             let view = self.view_of(&rx.borrow_and_update(), &gateways, &names);
             if since != Some(view.version) {
                 return reply(StatusCode::OK, &view);
             }
-            let changed = async {
-                tokio::select! {
-                    r = rx.changed() => r,
-                    r = peers.changed() => r,
-                }
-            };
-            match tokio::time::timeout_at(deadline, changed).await {
-                Ok(Ok(())) => continue,
-                Ok(Err(_)) | Err(_) => {
-                    let mut r = Response::new(Full::new(Bytes::new()));
-                    *r.status_mut() = StatusCode::NO_CONTENT;
-                    return r;
-                }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return no_content(); },
+                r = peers.changed(), if peers_open => peers_open = r.is_ok(),
+                _ = tokio::time::sleep_until(deadline) => return no_content(),
             }
         }
     }
