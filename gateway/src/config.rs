@@ -121,10 +121,15 @@ pub struct Args {
     pub ecs_concurrency: Option<usize>,
 
     // --- Mesh control plane (issue: mesh identity) ---
+    /// The mesh CA certificate: a PEM file, or the PEM itself (an ECS secret).
     #[arg(long, env = "BERTH_MESH_CA_CERT")]
     pub mesh_ca_cert: Option<PathBuf>,
+    /// The mesh CA key: a PEM file, or the PEM itself (an ECS secret).
     #[arg(long, env = "BERTH_MESH_CA_KEY")]
     pub mesh_ca_key: Option<PathBuf>,
+    /// The bootstrap token itself (an ECS secret), instead of --mesh-token-file.
+    #[arg(long, env = "BERTH_MESH_TOKEN", hide_env_values = true)]
+    pub mesh_token: Option<String>,
     #[arg(long, env = "BERTH_MESH_DEV_CA")]
     pub mesh_dev_ca: Option<PathBuf>,
     #[arg(long, env = "BERTH_MESH_LISTEN")]
@@ -450,16 +455,24 @@ impl Config {
                     .unwrap_or_else(|| "berth.local".into());
                 berth_common::identity::SpiffeId::gateway(&trust_domain)
                     .map_err(|e| bad(format!("--mesh-trust-domain: {e}")))?;
-                let token = match args.mesh_token_file.clone().or(file.mesh_token_file.clone()) {
-                    Some(p) => {
+                let token = match (
+                    &args.mesh_token,
+                    args.mesh_token_file.clone().or(file.mesh_token_file.clone()),
+                ) {
+                    (Some(_), Some(_)) => return Err(bad("--mesh-token and --mesh-token-file: give one, not both")),
+                    (Some(t), None) => Some(("--mesh-token", t.trim().to_string())),
+                    (None, Some(p)) => {
                         let t = std::fs::read_to_string(&p)
                             .map_err(|e| bad(format!("--mesh-token-file {}: {e}", p.display())))?;
-                        let t = t.trim().to_string();
-                        if t.len() < 16 {
-                            return Err(bad("--mesh-token-file: the token must be at least 16 characters"));
-                        }
-                        Some(t)
+                        Some(("--mesh-token-file", t.trim().to_string()))
                     }
+                    (None, None) => None,
+                };
+                let token = match token {
+                    Some((flag, t)) if t.len() < 16 => {
+                        return Err(bad(format!("{flag}: the token must be at least 16 characters")));
+                    }
+                    Some((_, t)) => Some(t),
                     None => None,
                 };
                 Some(MeshSettings {

@@ -10,8 +10,9 @@ pub struct ConfigError(pub String);
 pub struct Settings {
     pub metadata_uri: String,
     /// The control API of one or more gateway replicas (`BERTH_GATEWAY`, comma-separated
-    /// `https://IP:PORT`); the mesh view then says where every replica is.
-    pub gateways: Vec<SocketAddr>,
+    /// `https://HOST:PORT`, HOST an IP or a name such as a load balancer's); the mesh
+    /// view then says where every replica is.
+    pub gateways: Vec<String>,
     /// The mesh trust anchor, PEM.
     pub ca_pem: String,
     pub token: Option<String>,
@@ -43,15 +44,13 @@ impl Settings {
             .map(str::trim)
             .filter(|g| !g.is_empty())
             .map(|g| {
-                g.strip_prefix("https://")
-                    .unwrap_or(g)
-                    .trim_end_matches('/')
-                    .parse::<SocketAddr>()
-                    .map_err(|_| {
-                        ConfigError(format!(
-                            "BERTH_GATEWAY={gw}: `{g}` is not https://IP:PORT (several are separated by commas)"
-                        ))
-                    })
+                let hostport = g.strip_prefix("https://").unwrap_or(g).trim_end_matches('/');
+                match hostport.rsplit_once(':') {
+                    Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(hostport.to_string()),
+                    _ => Err(ConfigError(format!(
+                        "BERTH_GATEWAY={gw}: `{g}` is not https://HOST:PORT (several are separated by commas)"
+                    ))),
+                }
             })
             .collect::<Result<Vec<_>, _>>()?;
         if gateways.is_empty() {
@@ -93,4 +92,23 @@ impl Settings {
             health_path: var("BERTH_HEALTH_PATH"),
         })
     }
+}
+
+/// The gateway addresses: IPs as given, names resolved (all their addresses). Names that
+/// do not resolve are left out, with a warning.
+pub async fn resolve_gateways(gateways: &[String]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for g in gateways {
+        if let Ok(a) = g.parse::<SocketAddr>() {
+            out.push(a);
+            continue;
+        }
+        match tokio::net::lookup_host(g.as_str()).await {
+            Ok(addrs) => out.extend(addrs),
+            Err(e) => tracing::warn!(gateway = %g, error = %e, "BERTH_GATEWAY: cannot resolve"),
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }

@@ -145,13 +145,19 @@ async fn run() -> i32 {
     let reg = md.registration(settings.app_port);
     let bind = Some(settings.inbound.ip()).filter(|ip| !ip.is_unspecified());
     let slot = Arc::new(CertSlot::default());
-    // The gateway replicas: those in BERTH_GATEWAY, then those the mesh view lists.
-    let pool = Arc::new(ControlPool::new(
-        settings.gateways.clone(),
-        bind,
-        slot.clone(),
-        anchors.clone(),
-    ));
+    // The gateway replicas: those in BERTH_GATEWAY (names resolved), then those the mesh
+    // view lists.
+    let mut backoff = Duration::from_millis(200);
+    let gateways = loop {
+        let found = berth_sidecar::config::resolve_gateways(&settings.gateways).await;
+        if !found.is_empty() {
+            break found;
+        }
+        tracing::warn!(gateways = ?settings.gateways, ?backoff, "no gateway address yet");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    };
+    let pool = Arc::new(ControlPool::new(gateways, bind, slot.clone(), anchors.clone()));
     let certifier = Arc::new(Certifier {
         replicas: pool.clone(),
         anchors: anchors.clone(),

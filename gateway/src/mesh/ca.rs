@@ -67,7 +67,12 @@ impl std::fmt::Debug for MeshCa {
     }
 }
 
+/// A PEM file, or the PEM itself (as ECS injects a Secrets Manager secret into an
+/// environment variable such as `BERTH_MESH_CA_CERT`).
 fn read(path: &Path) -> Result<String, CaError> {
+    if let Some(inline) = path.to_str().filter(|p| p.trim_start().starts_with("-----BEGIN")) {
+        return Ok(inline.to_string());
+    }
     std::fs::read_to_string(path).map_err(|source| CaError::Read {
         path: path.display().to_string(),
         source,
