@@ -217,6 +217,15 @@ pub fn find_process(name: &str, key: &str, value: &str) -> Vec<ProcessInfo> {
     out
 }
 
+/// The sidecar serving `inbound` (`IP:15443`), not its health checks (`berth-sidecar health`
+/// runs with the same environment).
+pub fn sidecar_process(inbound: &str) -> Vec<ProcessInfo> {
+    find_process("berth-sidecar", "BERTH_INBOUND", inbound)
+        .into_iter()
+        .filter(|p| p.args.len() == 1)
+        .collect()
+}
+
 /// Send a signal by pid through `kill(1)`.
 pub fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill")

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use berth_common::test_util::{eventually, get, http1, try_http1};
-use berth_examples::testing::{LocalUp, find_process, signal};
+use berth_examples::testing::{LocalUp, find_process, sidecar_process, signal};
 use serde_json::Value;
 
 async fn admin_json(admin: SocketAddr, path: &str) -> Value {
@@ -131,7 +131,7 @@ async fn east_west_sidecar_kill_and_gateway_restart() {
     let ew = Load::start(caller_app, "caller", "/call?url=http://whoami/");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let victim = whoami[0]["address"].as_str().unwrap().to_string();
-    let procs = find_process("berth-sidecar", "BERTH_INBOUND", &format!("{victim}:15443"));
+    let procs = sidecar_process(&format!("{victim}:15443"));
     assert_eq!(procs.len(), 1, "the victim's sidecar: {procs:?}");
     let killed = Instant::now();
     signal(procs[0].pid, "KILL");

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use berth_common::test_util::{eventually, get, try_http1};
-use berth_examples::testing::{LocalUp, ecs_client, find_process, signal};
+use berth_examples::testing::{LocalUp, ecs_client, find_process, sidecar_process, signal};
 
 const GATEWAY_SERVICE: &str = "berth-gateway";
 
@@ -315,7 +315,7 @@ async fn three_replicas_killed_scaled_health_and_a_new_sidecar() {
     let (addr, healthy_since) = newcomer.clone().unwrap();
     let lags: Vec<f64> = routed_at.values().map(|t| (t - healthy_since).max(0.0)).collect();
     println!("new task {addr} (a replica down): healthy registration to routable on each living replica: {lags:.3?} s");
-    let certified = find_process("berth-sidecar", "BERTH_INBOUND", &format!("{addr}:15443"));
+    let certified = sidecar_process(&format!("{addr}:15443"));
     assert_eq!(certified.len(), 1, "the new sidecar runs");
 
     tokio::time::sleep(Duration::from_secs(1)).await;
