@@ -13,6 +13,7 @@ pub mod error;
 pub mod http;
 pub mod identity;
 pub mod labels;
+pub mod middleware;
 pub mod mtls;
 pub mod routing;
 pub mod rules;

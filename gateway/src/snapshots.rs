@@ -15,8 +15,8 @@ use tokio::sync::watch;
 use crate::entrypoint::CertStore;
 use crate::proxy::Proxy;
 
-/// Middleware types the proxy implements today (none yet: routers naming any fail closed).
-pub const IMPLEMENTED_MIDDLEWARES: &[&str] = &[];
+/// Middleware types the proxy implements; routers naming any other fail closed.
+pub const IMPLEMENTED_MIDDLEWARES: &[&str] = berth_common::middleware::IMPLEMENTED;
 
 pub struct SnapshotOwner {
     pub sources: Vec<watch::Receiver<ProviderView>>,

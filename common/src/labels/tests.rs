@@ -176,3 +176,41 @@ fn default_rule_templates() {
     );
     assert_eq!(render_default_rule("Host(`{{.Name}}.x`)", "a"), "Host(`a.x`)");
 }
+
+#[test]
+fn middleware_labels_parse_into_working_middlewares() {
+    let l = labels(&[
+        ("traefik.http.middlewares.strip.stripprefix.prefixes", "/api,/v1"),
+        (
+            "traefik.http.middlewares.hdr.headers.customrequestheaders.X-Team",
+            "blue",
+        ),
+        ("traefik.http.middlewares.hdr.headers.framedeny", "true"),
+        (
+            "traefik.http.middlewares.auth.basicauth.users",
+            "test:$apr1$H6uskkkW$IgXLP6ewTrSuBkTrqE8wj/,test2:$apr1$d9hr9HBB$4HxwgUir3HP4EsggP/QNo0",
+        ),
+        (
+            "traefik.http.middlewares.allow.ipallowlist.sourcerange",
+            "10.0.0.0/8, 192.168.0.1",
+        ),
+        ("traefik.http.middlewares.allow.ipallowlist.ipstrategy.depth", "1"),
+    ]);
+    let (c, diags) = parse(&l);
+    assert!(diags.is_empty(), "{diags:?}");
+    for (name, kind) in [
+        ("strip", "stripPrefix"),
+        ("hdr", "headers"),
+        ("auth", "basicAuth"),
+        ("allow", "ipAllowList"),
+    ] {
+        let m = &c.config.http.middlewares[name];
+        assert_eq!(m.kind, kind);
+        crate::middleware::parse(&m.kind, &m.options).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let bad = labels(&[("traefik.http.middlewares.x.stripprefix.prefixs", "/a")]);
+    let (c, _) = parse(&bad);
+    let m = &c.config.http.middlewares["x"];
+    let err = crate::middleware::parse(&m.kind, &m.options).unwrap_err();
+    assert!(err.contains("unknown option `prefixs`"), "{err}");
+}

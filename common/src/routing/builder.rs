@@ -91,16 +91,23 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
         for (name, mw) in &view.config.http.middlewares {
             let qname = qualify(name, &view.provider);
             let mut errors = Vec::new();
+            let mut spec = None;
             if !mw.known {
                 errors.push(format!("unknown middleware type `{}`", mw.kind));
             } else if !opts.implemented_middlewares.iter().any(|k| k == &mw.kind) {
                 errors.push(format!("middleware type `{}` is not implemented by Berth yet", mw.kind));
+            } else {
+                match crate::middleware::parse(&mw.kind, &mw.options) {
+                    Ok(s) => spec = Some(std::sync::Arc::new(s)),
+                    Err(e) => errors.push(e),
+                }
             }
             mw_idx.insert(qname.clone(), snap.middlewares.len());
             snap.middlewares.push(MiddlewareEntry {
                 name: qname,
                 provider: view.provider.clone(),
                 kind: mw.kind.clone(),
+                spec,
                 used_by: Vec::new(),
                 status: if errors.is_empty() {
                     Status::Enabled
@@ -149,17 +156,17 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                 None => {}
             }
             let middlewares: Vec<String> = r.middlewares.iter().map(|m| qualify(m, &view.provider)).collect();
+            let mut middleware_specs = Vec::new();
             for m in &middlewares {
-                match mw_idx.get(m) {
-                    Some(&i) => {
-                        snap.middlewares[i].used_by.push(qname.clone());
-                        if let Some(e) = snap.middlewares[i].errors.first() {
-                            errors.push(format!("middleware `{m}`: {e}; the router is not served (fail closed)"));
-                        }
-                    }
-                    None => errors.push(format!(
-                        "middleware `{m}` does not exist; the router is not served (fail closed)"
-                    )),
+                if let Err(e) = expand(
+                    m,
+                    &mw_idx,
+                    &mut snap.middlewares,
+                    &qname,
+                    &mut Vec::new(),
+                    &mut middleware_specs,
+                ) {
+                    errors.push(format!("{e}; the router is not served (fail closed)"));
                 }
             }
             for ep in &r.entry_points {
@@ -197,6 +204,7 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                 service,
                 service_index,
                 middlewares,
+                middleware_specs,
                 tls: r.tls.is_some(),
                 status,
                 errors,
@@ -272,4 +280,46 @@ pub fn parse_server_url(url: &str) -> Result<http::Uri, String> {
         return Err("missing host".into());
     }
     Ok(uri)
+}
+
+/// A router's middleware `name`, in order, with chains expanded (their members qualified by
+/// the chain's provider); records the router as a user of each. Missing, broken or
+/// circular middlewares are errors.
+fn expand(
+    name: &str,
+    index: &HashMap<String, usize>,
+    entries: &mut [MiddlewareEntry],
+    router: &str,
+    stack: &mut Vec<String>,
+    out: &mut Vec<std::sync::Arc<crate::middleware::Spec>>,
+) -> Result<(), String> {
+    if stack.iter().any(|s| s == name) {
+        return Err(format!(
+            "middleware `{name}` includes itself ({} -> {name})",
+            stack.join(" -> ")
+        ));
+    }
+    let Some(&i) = index.get(name) else {
+        return Err(format!("middleware `{name}` does not exist"));
+    };
+    if !entries[i].used_by.iter().any(|r| r == router) {
+        entries[i].used_by.push(router.to_string());
+    }
+    if let Some(e) = entries[i].errors.first() {
+        return Err(format!("middleware `{name}`: {e}"));
+    }
+    let Some(spec) = entries[i].spec.clone() else {
+        return Err(format!("middleware `{name}` is not usable"));
+    };
+    if let crate::middleware::Spec::Chain(members) = spec.as_ref() {
+        let provider = entries[i].provider.clone();
+        stack.push(name.to_string());
+        for m in members {
+            expand(&qualify(m, &provider), index, entries, router, stack, out)?;
+        }
+        stack.pop();
+        return Ok(());
+    }
+    out.push(spec);
+    Ok(())
 }

@@ -29,6 +29,8 @@ pub struct RouterEntry {
     pub service: String,
     pub service_index: Option<usize>,
     pub middlewares: Vec<String>,
+    /// The middlewares to run, in order, chains expanded.
+    pub middleware_specs: Vec<std::sync::Arc<crate::middleware::Spec>>,
     pub tls: bool,
     pub status: Status,
     pub errors: Vec<String>,
@@ -60,6 +62,8 @@ pub struct MiddlewareEntry {
     pub name: String,
     pub provider: String,
     pub kind: String,
+    /// The parsed options, when valid.
+    pub spec: Option<std::sync::Arc<crate::middleware::Spec>>,
     pub used_by: Vec<String>,
     pub status: Status,
     pub errors: Vec<String>,

@@ -34,6 +34,7 @@ use crate::admin::metrics::{EntrypointMetrics, Metrics};
 use crate::config::Limits;
 use crate::lifecycle::Lifecycle;
 use berth_common::balance::{InFlight, Registry};
+use berth_common::middleware;
 use errors::{ProxyError, text_response};
 use router::{Routes, ServiceRuntime};
 use upstream::Clients;
@@ -203,15 +204,62 @@ impl Proxy {
             .cloned()
             .ok_or_else(|| ProxyError::NoEndpoint(router.service.clone()))?;
         let router_metrics = routes.router_metrics.get(router_idx).cloned();
+        let specs = router.middleware_specs.clone();
         drop(routes);
 
         let method = req.method().clone();
-        let upgrade = if req.version() == Version::HTTP_11 {
-            upgrade_protocol(req.headers()).map(|p| (p, hyper::upgrade::on(&mut req)))
-        } else {
-            None
+        // Middlewares, request phase: they may rewrite the request or answer it.
+        let mut ran = specs.len();
+        let mut answered = None;
+        let origin = req.headers().get(header::ORIGIN).cloned();
+        if !specs.is_empty() {
+            let (mut parts, body) = req.into_parts();
+            let host = raw_host.clone().unwrap_or_default();
+            let mut mreq = middleware::Req {
+                method: &parts.method,
+                tls: conn.tls,
+                host: &host,
+                path: parts.uri.path().to_string(),
+                query: parts.uri.query().map(str::to_string),
+                headers: &mut parts.headers,
+                peer: conn.peer.ip(),
+            };
+            for (i, spec) in specs.iter().enumerate() {
+                if let middleware::Step::Reply(reply) = spec.request(&mut mreq) {
+                    ran = i;
+                    answered = Some(reply);
+                    break;
+                }
+            }
+            let pq = match &mreq.query {
+                Some(q) => format!("{}?{q}", mreq.path),
+                None => mreq.path.clone(),
+            };
+            let mut uri = parts.uri.clone().into_parts();
+            uri.path_and_query = Some(
+                http::uri::PathAndQuery::try_from(pq.as_str())
+                    .map_err(|_| ProxyError::BadRequest("a middleware made an invalid path"))?,
+            );
+            parts.uri = http::Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+            req = Request::from_parts(parts, body);
+        }
+        let mut result = match answered {
+            Some(reply) => Ok(reply_response(reply)),
+            None => {
+                let upgrade = if req.version() == Version::HTTP_11 {
+                    upgrade_protocol(req.headers()).map(|p| (p, hyper::upgrade::on(&mut req)))
+                } else {
+                    None
+                };
+                self.forward(req, conn, &service, raw_host, upgrade).await
+            }
         };
-        let result = self.forward(req, conn, &service, raw_host, upgrade).await;
+        // Response phase, innermost first, for the middlewares that ran.
+        if let Ok(resp) = &mut result {
+            for spec in specs[..ran].iter().rev() {
+                spec.response(origin.as_ref(), conn.tls, resp.headers_mut());
+            }
+        }
         let code = match &result {
             Ok(r) => r.status().as_u16(),
             Err(e) => e.status().as_u16(),
@@ -393,6 +441,18 @@ impl Proxy {
             }
         }
     }
+}
+
+/// A middleware's own answer (a redirect, 401, 403, a CORS preflight).
+fn reply_response(reply: middleware::Reply) -> Response<Body> {
+    let mut resp = errors::text_response(reply.status, reply.body, None);
+    if resp.body().size_hint().exact() == Some(0) {
+        resp.headers_mut().remove(header::CONTENT_TYPE);
+    }
+    for (name, value) in reply.headers {
+        resp.headers_mut().append(name, value);
+    }
+    resp
 }
 
 /// A request on its way to an upstream.

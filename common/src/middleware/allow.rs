@@ -1,0 +1,162 @@
+//! `ipAllowList` (and its old name `ipWhiteList`): the client address must be in
+//! `sourceRange`. By default the address is the TCP peer; with `ipStrategy.depth` it is the
+//! depth-th address from the right of `X-Forwarded-For` (the proxies in front are
+//! trusted), and with `ipStrategy.excludedIPs` the first address from the right that is
+//! not excluded. Refused with `rejectStatusCode` (403 by default).
+
+use std::net::IpAddr;
+
+use http::StatusCode;
+use ipnet::IpNet;
+
+use super::options::Options;
+use super::{Reply, Req, Step};
+use crate::config::Node;
+
+#[derive(Debug)]
+pub struct IpAllowList {
+    ranges: Vec<IpNet>,
+    depth: usize,
+    excluded: Vec<IpNet>,
+    reject: StatusCode,
+}
+
+fn net(kind: &str, key: &str, s: &str) -> Result<IpNet, String> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{kind}.{key}: `{s}` is not an IP or CIDR"))
+}
+
+impl IpAllowList {
+    pub fn parse(kind: &str, node: &Node) -> Result<Self, String> {
+        let o = Options::new(kind, node, &["sourceRange", "ipStrategy", "rejectStatusCode"])?;
+        let ranges = o
+            .list("sourceRange")?
+            .iter()
+            .map(|s| net(kind, "sourceRange", s))
+            .collect::<Result<Vec<_>, _>>()?;
+        if ranges.is_empty() {
+            return Err(format!("{kind}.sourceRange is required"));
+        }
+        let (mut depth, mut excluded) = (0, Vec::new());
+        if let Some(s) = o.nested("ipStrategy", &["depth", "excludedIPs", "ipv6Subnet"])? {
+            depth = usize::try_from(s.number("depth")?.unwrap_or(0)).unwrap_or(usize::MAX);
+            excluded = s
+                .list("excludedIPs")?
+                .iter()
+                .map(|x| net(kind, "ipStrategy.excludedIPs", x))
+                .collect::<Result<Vec<_>, _>>()?;
+        }
+        let reject = match o.number("rejectStatusCode")? {
+            None => StatusCode::FORBIDDEN,
+            Some(code) => u16::try_from(code)
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .filter(|c| c.as_u16() >= 400)
+                .ok_or_else(|| format!("{kind}.rejectStatusCode: `{code}` is not an error status"))?,
+        };
+        Ok(IpAllowList {
+            ranges,
+            depth,
+            excluded,
+            reject,
+        })
+    }
+
+    /// The address the decision is about.
+    fn client(&self, req: &Req<'_>) -> Option<IpAddr> {
+        if self.depth == 0 && self.excluded.is_empty() {
+            return Some(req.peer);
+        }
+        let xff: Vec<IpAddr> = req
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|s| s.trim().parse().ok())
+            .collect();
+        if self.depth > 0 {
+            return xff.len().checked_sub(self.depth).map(|i| xff[i]);
+        }
+        xff.iter()
+            .rev()
+            .find(|ip| !self.excluded.iter().any(|n| n.contains(*ip)))
+            .copied()
+    }
+
+    pub(super) fn request(&self, req: &mut Req<'_>) -> Step {
+        match self.client(req) {
+            Some(ip) if self.ranges.iter().any(|n| n.contains(&ip.to_canonical())) => Step::Next,
+            _ => Step::Reply(Reply::new(self.reject, format!("{}\n", self.reject))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderMap, HeaderValue, Method};
+
+    use super::*;
+    use crate::middleware::parse;
+
+    fn decide(pairs: &[(&str, &str)], peer: &str, xff: Option<&str>) -> Step {
+        let mut diags = Vec::new();
+        let spec = parse("ipAllowList", &Node::from_dotted(pairs.iter().copied(), "", &mut diags)).unwrap();
+        let mut h = HeaderMap::new();
+        if let Some(x) = xff {
+            h.insert("x-forwarded-for", HeaderValue::from_str(x).unwrap());
+        }
+        let mut req = Req {
+            method: &Method::GET,
+            tls: false,
+            host: "h",
+            path: "/".into(),
+            query: None,
+            headers: &mut h,
+            peer: peer.parse().unwrap(),
+        };
+        spec.request(&mut req)
+    }
+
+    #[test]
+    fn the_peer_by_default_and_forwarded_addresses_only_when_told() {
+        let ranges = [("sourceRange", "127.0.0.1/32, 10.0.0.0/8")];
+        assert_eq!(decide(&ranges, "10.1.2.3", None), Step::Next);
+        let Step::Reply(r) = decide(&ranges, "192.168.1.1", Some("10.0.0.1")) else {
+            panic!("a forged X-Forwarded-For is not trusted by default");
+        };
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        let depth = [("sourceRange", "10.0.0.0/8"), ("ipStrategy.depth", "2")];
+        assert_eq!(
+            decide(&depth, "192.168.1.1", Some("1.1.1.1, 10.9.9.9, 172.16.0.1")),
+            Step::Next
+        );
+        assert_ne!(
+            decide(&depth, "192.168.1.1", Some("10.9.9.9")),
+            Step::Next,
+            "too few hops"
+        );
+        let excluded = [
+            ("sourceRange", "1.1.1.1"),
+            ("ipStrategy.excludedIPs", "172.16.0.0/12,10.0.0.0/8"),
+        ];
+        assert_eq!(
+            decide(&excluded, "10.0.0.5", Some("1.1.1.1, 10.9.9.9, 172.16.0.1")),
+            Step::Next
+        );
+        let custom = [("sourceRange", "10.0.0.0/8"), ("rejectStatusCode", "404")];
+        let Step::Reply(r) = decide(&custom, "8.8.8.8", None) else {
+            panic!()
+        };
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        let mut diags = Vec::new();
+        assert!(
+            parse(
+                "ipAllowList",
+                &Node::from_dotted([("sourceRange", "nope")], "", &mut diags)
+            )
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,115 @@
+//! Reading a middleware's options from the configuration tree: keys ignore case, lists
+//! come as YAML/TOML lists or as comma-separated label values, and every key a middleware
+//! does not know is an error (never silently dropped).
+
+use std::collections::BTreeMap;
+
+use crate::config::Node;
+
+/// One middleware's options, with the keys it has read.
+pub struct Options<'a> {
+    node: &'a Node,
+    kind: &'a str,
+    known: &'static [&'static str],
+}
+
+impl<'a> Options<'a> {
+    /// `known` lists every option key of the middleware (lowercase).
+    pub fn new(kind: &'a str, node: &'a Node, known: &'static [&'static str]) -> Result<Options<'a>, String> {
+        if !matches!(node, Node::Map(_)) && node != &Node::Leaf(String::new()) {
+            return Err(format!("{kind}: options must be a map"));
+        }
+        for (key, _) in node.entries() {
+            if !known.iter().any(|k| k.eq_ignore_ascii_case(key)) {
+                return Err(format!("{kind}: unknown option `{key}` (known: {})", known.join(", ")));
+            }
+        }
+        Ok(Options { node, kind, known })
+    }
+
+    pub fn get(&self, key: &str) -> Option<&'a Node> {
+        debug_assert!(self.known.contains(&key));
+        self.node
+            .entries()
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    }
+
+    pub fn string(&self, key: &str) -> Result<Option<String>, String> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Node::Leaf(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(format!("{}.{key}: expected a value", self.kind)),
+        }
+    }
+
+    pub fn required(&self, key: &str) -> Result<String, String> {
+        self.string(key)?
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| format!("{}.{key} is required", self.kind))
+    }
+
+    pub fn bool(&self, key: &str) -> Result<bool, String> {
+        match self.string(key)?.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("") | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(other) => Err(format!("{}.{key}: `{other}` is not true or false", self.kind)),
+        }
+    }
+
+    pub fn number(&self, key: &str) -> Result<Option<u64>, String> {
+        match self.string(key)? {
+            None => Ok(None),
+            Some(s) => s
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("{}.{key}: `{s}` is not a non-negative integer", self.kind)),
+        }
+    }
+
+    /// A list: a YAML/TOML list, or a comma-separated value (labels).
+    pub fn list(&self, key: &str) -> Result<Vec<String>, String> {
+        match self.get(key) {
+            None => Ok(Vec::new()),
+            Some(Node::Leaf(s)) => Ok(s
+                .split(',')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .map(String::from)
+                .collect()),
+            Some(Node::List(items)) => items
+                .iter()
+                .map(|n| match n {
+                    Node::Leaf(s) => Ok(s.trim().to_string()),
+                    _ => Err(format!("{}.{key}: expected a list of values", self.kind)),
+                })
+                .collect(),
+            Some(Node::Map(_)) => Err(format!("{}.{key}: expected a list", self.kind)),
+        }
+    }
+
+    /// A map of names to values (custom headers), keys as written.
+    pub fn map(&self, key: &str) -> Result<BTreeMap<String, String>, String> {
+        match self.get(key) {
+            None => Ok(BTreeMap::new()),
+            Some(Node::Map(entries)) => entries
+                .iter()
+                .map(|(k, v)| match v {
+                    Node::Leaf(s) => Ok((k.clone(), s.clone())),
+                    _ => Err(format!("{}.{key}.{k}: expected a value", self.kind)),
+                })
+                .collect(),
+            Some(_) => Err(format!("{}.{key}: expected a map", self.kind)),
+        }
+    }
+
+    /// A nested map's options (`ipStrategy`).
+    pub fn nested(&self, key: &str, known: &'static [&'static str]) -> Result<Option<Options<'a>>, String> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(n) => Options::new(self.kind, n, known).map(Some),
+        }
+    }
+}
