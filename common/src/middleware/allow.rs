@@ -99,24 +99,15 @@ mod tests {
 
     use super::*;
     use crate::middleware::parse;
+    use crate::middleware::testing::{self, node};
 
     fn decide(pairs: &[(&str, &str)], peer: &str, xff: Option<&str>) -> Step {
-        let mut diags = Vec::new();
-        let spec = parse("ipAllowList", &Node::from_dotted(pairs.iter().copied(), "", &mut diags)).unwrap();
+        let spec = parse("ipAllowList", &node(pairs)).unwrap();
         let mut h = HeaderMap::new();
         if let Some(x) = xff {
             h.insert("x-forwarded-for", HeaderValue::from_str(x).unwrap());
         }
-        let mut req = Req {
-            method: &Method::GET,
-            tls: false,
-            host: "h",
-            path: "/".into(),
-            query: None,
-            headers: &mut h,
-            peer: peer.parse().unwrap(),
-        };
-        spec.request(&mut req)
+        testing::run(&spec, &Method::GET, false, "h", "/", &mut h, peer).0
     }
 
     #[test]

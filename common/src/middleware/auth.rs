@@ -228,13 +228,13 @@ mod tests {
     use http::{HeaderMap, Method};
 
     use super::*;
+    use crate::middleware::testing::{self, node};
     use crate::middleware::{Spec, parse};
 
     fn spec(users: &str, extra: &[(&str, &str)]) -> Spec {
         let mut pairs = vec![("users", users)];
         pairs.extend_from_slice(extra);
-        let mut diags = Vec::new();
-        parse("basicAuth", &Node::from_dotted(pairs, "", &mut diags)).unwrap()
+        parse("basicAuth", &node(&pairs)).unwrap()
     }
 
     fn call(s: &Spec, auth: Option<&str>) -> (Step, HeaderMap) {
@@ -243,16 +243,7 @@ mod tests {
             let v = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(a));
             h.insert(header::AUTHORIZATION, HeaderValue::from_str(&v).unwrap());
         }
-        let mut req = Req {
-            method: &Method::GET,
-            tls: false,
-            host: "h",
-            path: "/".into(),
-            query: None,
-            headers: &mut h,
-            peer: "127.0.0.1".parse().unwrap(),
-        };
-        let step = s.request(&mut req);
+        let (step, _) = testing::run(s, &Method::GET, false, "h", "/", &mut h, "127.0.0.1");
         (step, h)
     }
 
@@ -291,10 +282,11 @@ mod tests {
             assert_eq!(r.status, StatusCode::UNAUTHORIZED);
             assert_eq!(r.headers[0].1, "Basic realm=\"berth\"");
         }
-        let mut diags = Vec::new();
-        let bad = Node::from_dotted([("users", "u:plaintext")], "", &mut diags);
-        assert!(parse("basicAuth", &bad).unwrap_err().contains("unsupported hash"));
-        let none = Node::from_dotted([("realm", "x")], "", &mut diags);
-        assert!(parse("basicAuth", &none).is_err());
+        assert!(
+            parse("basicAuth", &node(&[("users", "u:plaintext")]))
+                .unwrap_err()
+                .contains("unsupported hash")
+        );
+        assert!(parse("basicAuth", &node(&[("realm", "x")])).is_err());
     }
 }

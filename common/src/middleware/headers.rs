@@ -248,28 +248,15 @@ impl Cors {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::middleware::testing::{self, node};
     use crate::middleware::{Spec, parse};
-
-    fn node(pairs: &[(&str, &str)]) -> Node {
-        let mut diags = Vec::new();
-        Node::from_dotted(pairs.iter().copied(), "", &mut diags)
-    }
 
     fn spec(pairs: &[(&str, &str)]) -> Spec {
         parse("headers", &node(pairs)).unwrap()
     }
 
     fn request(spec: &Spec, method: &Method, headers: &mut HeaderMap) -> Step {
-        let mut req = Req {
-            method,
-            tls: false,
-            host: "h",
-            path: "/".into(),
-            query: None,
-            headers,
-            peer: "127.0.0.1".parse().unwrap(),
-        };
-        spec.request(&mut req)
+        testing::run(spec, method, false, "h", "/", headers, "127.0.0.1").0
     }
 
     #[test]

@@ -148,3 +148,45 @@ impl Spec {
 pub(crate) fn regex(kind: &str, key: &str, text: &str) -> Result<regex::Regex, String> {
     regex::Regex::new(text).map_err(|e| format!("{kind}.{key}: bad regex `{text}`: {e}"))
 }
+
+/// Helpers for the middlewares' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use http::{HeaderMap, Method};
+
+    use super::{Req, Spec, Step};
+    use crate::config::Node;
+
+    /// Options as labels would give them (`key.sub=value`).
+    pub fn node(pairs: &[(&str, &str)]) -> Node {
+        let mut diags = Vec::new();
+        Node::from_dotted(pairs.iter().copied(), "", &mut diags)
+    }
+
+    /// Run the request phase on `path` (with its query); gives the step and the new path.
+    pub fn run(
+        spec: &Spec,
+        method: &Method,
+        tls: bool,
+        host: &str,
+        path: &str,
+        headers: &mut HeaderMap,
+        peer: &str,
+    ) -> (Step, String) {
+        let (p, q) = match path.split_once('?') {
+            Some((p, q)) => (p.to_string(), Some(q.to_string())),
+            None => (path.to_string(), None),
+        };
+        let mut req = Req {
+            method,
+            tls,
+            host,
+            path: p,
+            query: q,
+            headers,
+            peer: peer.parse().expect("an IP"),
+        };
+        let step = spec.request(&mut req);
+        (step, req.path)
+    }
+}

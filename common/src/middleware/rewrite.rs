@@ -260,36 +260,15 @@ impl ReplacePathRegex {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use http::HeaderMap;
 
     use super::*;
+    use crate::middleware::testing::{self, node};
     use crate::middleware::{Spec, parse};
-
-    fn node(pairs: &[(&str, &str)]) -> Node {
-        let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut diags = Vec::new();
-        Node::from_dotted(map.iter().map(|(k, v)| (k.as_str(), v.as_str())), "", &mut diags)
-    }
 
     fn run(spec: &Spec, method: &Method, tls: bool, host: &str, path: &str) -> (Step, String, HeaderMap) {
         let mut headers = HeaderMap::new();
-        let (p, q) = match path.split_once('?') {
-            Some((p, q)) => (p.to_string(), Some(q.to_string())),
-            None => (path.to_string(), None),
-        };
-        let mut req = Req {
-            method,
-            tls,
-            host,
-            path: p,
-            query: q,
-            headers: &mut headers,
-            peer: "127.0.0.1".parse().unwrap(),
-        };
-        let step = spec.request(&mut req);
-        let path = req.path.clone();
+        let (step, path) = testing::run(spec, method, tls, host, path, &mut headers, "127.0.0.1");
         (step, path, headers)
     }
 
