@@ -39,6 +39,7 @@ impl SnapshotOwner {
             entrypoints: self.entrypoints.clone(),
             implemented_middlewares: IMPLEMENTED_MIDDLEWARES.iter().map(|s| s.to_string()).collect(),
             version,
+            previous: self.current.load().middlewares.clone(),
         };
         let mut snap = build(&views, &opts);
         let mut sni = Vec::new();

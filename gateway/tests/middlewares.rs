@@ -71,7 +71,7 @@ fn config(backend: &str) -> String {
         accessControlAllowOriginList: ["https://app.example"]
         accessControlAllowMethods: [GET, PUT]
     bad-regex: {{ replacePathRegex: {{ regex: "(", replacement: "/x" }} }}
-    limit: {{ rateLimit: {{ average: 10 }} }}
+    limit: {{ forwardAuth: {{ address: "http://127.0.0.1:1/auth" }} }}
     loop-a: {{ chain: {{ middlewares: [loop-b] }} }}
     loop-b: {{ chain: {{ middlewares: [loop-a] }} }}
   services:
@@ -194,4 +194,80 @@ async fn middlewares_rewrite_redirect_refuse_and_fail_closed() {
         .unwrap();
     assert_eq!(auth["status"], "enabled");
     assert_eq!(auth["usedBy"][0], "private@file", "used through the chain");
+}
+
+#[tokio::test]
+async fn rate_limit_in_flight_and_retry() {
+    let b = Backend::start("app", Proto::Http1).await;
+    let late = berth_common::test_util::closed_port().await;
+    let yaml = |extra_router: &str| {
+        format!(
+            r#"http:
+  routers:
+    limited: {{ rule: "Host(`rl.test`)", service: app, middlewares: [per-client] }}
+    single: {{ rule: "Host(`if.test`)", service: app, middlewares: [one-at-a-time] }}
+    patient: {{ rule: "Host(`rt.test`)", service: late, middlewares: [again] }}
+    impatient: {{ rule: "Host(`nr.test`)", service: late }}
+{extra_router}  middlewares:
+    per-client: {{ rateLimit: {{ average: 2, period: 1m, burst: 2 }} }}
+    one-at-a-time: {{ inFlightReq: {{ amount: 1 }} }}
+    again: {{ retry: {{ attempts: 6, initialInterval: 100ms }} }}
+  services:
+{}{}"#,
+            service("app", &[b.url()], ""),
+            service("late", &[format!("http://{late}")], "")
+        )
+    };
+    let gw = start(&yaml(""), &[]).await;
+
+    // rateLimit: the burst passes, then 429 with Retry-After; the buckets survive a
+    // configuration reload that leaves this middleware unchanged.
+    for _ in 0..2 {
+        assert_eq!(http1(gw.web(), get("rl.test", "/")).await.status, StatusCode::OK);
+    }
+    std::fs::write(
+        &gw.dynamic,
+        yaml("    extra: { rule: \"Host(`x.test`)\", service: app }\n"),
+    )
+    .unwrap();
+    let reloaded = berth_common::test_util::eventually(std::time::Duration::from_secs(5), || async {
+        http1(gw.web(), get("x.test", "/")).await.status == StatusCode::OK
+    })
+    .await;
+    assert!(reloaded);
+    let r = http1(gw.web(), get("rl.test", "/")).await;
+    assert_eq!(
+        r.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the bucket was kept across the reload"
+    );
+    assert!(r.headers.contains_key("retry-after"));
+
+    // inFlightReq: one slow request in flight, a second one is refused; once the first
+    // has been answered, another may start.
+    let web = gw.web();
+    let slow = tokio::spawn(async move { http1(web, get("if.test", "/slow?ms=600")).await.status });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        http1(gw.web(), get("if.test", "/")).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+    assert_eq!(http1(gw.web(), get("if.test", "/")).await.status, StatusCode::OK);
+
+    // retry: the only server comes up after 400 ms. Without the middleware the request
+    // fails at once; with it (6 attempts, 100 ms doubling) it succeeds.
+    assert_eq!(
+        http1(gw.web(), get("nr.test", "/")).await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    let started = std::time::Instant::now();
+    let up = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        Backend::start_at("late", Proto::Http1, late).await
+    });
+    let r = http1(gw.web(), get("rt.test", "/")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(400));
+    drop(up);
 }

@@ -16,9 +16,56 @@ use crate::config::Node;
 #[derive(Debug)]
 pub struct IpAllowList {
     ranges: Vec<IpNet>,
+    strategy: IpStrategy,
+    reject: StatusCode,
+}
+
+/// Traefik's `ipStrategy`: which address a request counts as coming from.
+#[derive(Debug, Clone, Default)]
+pub struct IpStrategy {
     depth: usize,
     excluded: Vec<IpNet>,
-    reject: StatusCode,
+}
+
+impl IpStrategy {
+    /// From the options holding an `ipStrategy` (none: the TCP peer).
+    pub fn parse(kind: &str, o: &Options<'_>) -> Result<IpStrategy, String> {
+        let Some(s) = o.nested("ipStrategy", &["depth", "excludedIPs", "ipv6Subnet"])? else {
+            return Ok(IpStrategy::default());
+        };
+        Ok(IpStrategy {
+            depth: usize::try_from(s.number("depth")?.unwrap_or(0)).unwrap_or(usize::MAX),
+            excluded: s
+                .list("excludedIPs")?
+                .iter()
+                .map(|x| net(kind, "ipStrategy.excludedIPs", x))
+                .collect::<Result<Vec<_>, _>>()?,
+        })
+    }
+}
+
+/// The address a request counts as coming from: the TCP peer by default; with a depth,
+/// that hop of `X-Forwarded-For` from the right; with excluded addresses, the first from
+/// the right not excluded.
+pub fn client_ip(strategy: &IpStrategy, req: &Req<'_>) -> Option<IpAddr> {
+    if strategy.depth == 0 && strategy.excluded.is_empty() {
+        return Some(req.peer);
+    }
+    let xff: Vec<IpAddr> = req
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    if strategy.depth > 0 {
+        return xff.len().checked_sub(strategy.depth).map(|i| xff[i]);
+    }
+    xff.iter()
+        .rev()
+        .find(|ip| !strategy.excluded.iter().any(|n| n.contains(*ip)))
+        .copied()
 }
 
 fn net(kind: &str, key: &str, s: &str) -> Result<IpNet, String> {
@@ -38,15 +85,7 @@ impl IpAllowList {
         if ranges.is_empty() {
             return Err(format!("{kind}.sourceRange is required"));
         }
-        let (mut depth, mut excluded) = (0, Vec::new());
-        if let Some(s) = o.nested("ipStrategy", &["depth", "excludedIPs", "ipv6Subnet"])? {
-            depth = usize::try_from(s.number("depth")?.unwrap_or(0)).unwrap_or(usize::MAX);
-            excluded = s
-                .list("excludedIPs")?
-                .iter()
-                .map(|x| net(kind, "ipStrategy.excludedIPs", x))
-                .collect::<Result<Vec<_>, _>>()?;
-        }
+        let strategy = IpStrategy::parse(kind, &o)?;
         let reject = match o.number("rejectStatusCode")? {
             None => StatusCode::FORBIDDEN,
             Some(code) => u16::try_from(code)
@@ -57,36 +96,13 @@ impl IpAllowList {
         };
         Ok(IpAllowList {
             ranges,
-            depth,
-            excluded,
+            strategy,
             reject,
         })
     }
 
-    /// The address the decision is about.
-    fn client(&self, req: &Req<'_>) -> Option<IpAddr> {
-        if self.depth == 0 && self.excluded.is_empty() {
-            return Some(req.peer);
-        }
-        let xff: Vec<IpAddr> = req
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|s| s.trim().parse().ok())
-            .collect();
-        if self.depth > 0 {
-            return xff.len().checked_sub(self.depth).map(|i| xff[i]);
-        }
-        xff.iter()
-            .rev()
-            .find(|ip| !self.excluded.iter().any(|n| n.contains(*ip)))
-            .copied()
-    }
-
     pub(super) fn request(&self, req: &mut Req<'_>) -> Step {
-        match self.client(req) {
+        match client_ip(&self.strategy, req) {
             Some(ip) if self.ranges.iter().any(|n| n.contains(&ip.to_canonical())) => Step::Next,
             _ => Step::Reply(Reply::new(self.reject, format!("{}\n", self.reject))),
         }

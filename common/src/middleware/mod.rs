@@ -9,6 +9,7 @@
 pub mod allow;
 pub mod auth;
 pub mod headers;
+pub mod limit;
 pub mod options;
 pub mod rewrite;
 
@@ -25,12 +26,15 @@ pub const IMPLEMENTED: &[&str] = &[
     "basicAuth",
     "chain",
     "headers",
+    "inFlightReq",
     "ipAllowList",
     "ipWhiteList",
+    "rateLimit",
     "redirectRegex",
     "redirectScheme",
     "replacePath",
     "replacePathRegex",
+    "retry",
     "stripPrefix",
     "stripPrefixRegex",
 ];
@@ -48,6 +52,10 @@ pub enum Spec {
     Headers(Box<headers::Headers>),
     BasicAuth(auth::BasicAuth),
     IpAllowList(allow::IpAllowList),
+    RateLimit(limit::RateLimit),
+    InFlightReq(limit::InFlightReq),
+    /// Read by the proxy when it forwards; nothing to do per request.
+    Retry(limit::Retry),
     /// Other middlewares by name, expanded when routers are built.
     Chain(Vec<String>),
 }
@@ -65,6 +73,9 @@ pub fn parse(kind: &str, node: &Node) -> Result<Spec, String> {
         "headers" => Spec::Headers(Box::new(headers::Headers::parse(node)?)),
         "basicAuth" => Spec::BasicAuth(auth::BasicAuth::parse(node)?),
         "ipAllowList" | "ipWhiteList" => Spec::IpAllowList(allow::IpAllowList::parse(kind, node)?),
+        "rateLimit" => Spec::RateLimit(limit::RateLimit::parse(node)?),
+        "inFlightReq" => Spec::InFlightReq(limit::InFlightReq::parse(node)?),
+        "retry" => Spec::Retry(limit::Retry::parse(node)?),
         "chain" => {
             let o = Options::new("chain", node, &["middlewares"])?;
             let names = o.list("middlewares")?;
@@ -91,6 +102,8 @@ pub struct Req<'a> {
     pub headers: &'a mut HeaderMap,
     /// The TCP peer.
     pub peer: IpAddr,
+    /// Counted requests (`inFlightReq`), to release once the response is sent.
+    pub holds: Vec<limit::Hold>,
 }
 
 /// An answer made by a middleware instead of the upstream's.
@@ -131,7 +144,9 @@ impl Spec {
             Spec::Headers(m) => m.request(req),
             Spec::BasicAuth(m) => m.request(req),
             Spec::IpAllowList(m) => m.request(req),
-            Spec::Chain(_) => Step::Next,
+            Spec::RateLimit(m) => m.request(req),
+            Spec::InFlightReq(m) => m.request(req),
+            Spec::Retry(_) | Spec::Chain(_) => Step::Next,
         }
     }
 
@@ -185,6 +200,7 @@ pub(crate) mod testing {
             query: q,
             headers,
             peer: peer.parse().expect("an IP"),
+            holds: Vec::new(),
         };
         let step = spec.request(&mut req);
         (step, req.path)

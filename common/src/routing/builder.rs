@@ -27,6 +27,9 @@ pub struct BuildOptions {
     /// Middleware types the data path implements (routers naming others fail closed).
     pub implemented_middlewares: Vec<String>,
     pub version: u64,
+    /// The middlewares of the snapshot being replaced: one whose options did not change
+    /// is kept as it is, with its state (rate-limit buckets, in-flight counts).
+    pub previous: Vec<MiddlewareEntry>,
 }
 
 fn qualify(name: &str, provider: &str) -> String {
@@ -96,6 +99,13 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                 errors.push(format!("unknown middleware type `{}`", mw.kind));
             } else if !opts.implemented_middlewares.iter().any(|k| k == &mw.kind) {
                 errors.push(format!("middleware type `{}` is not implemented by Berth yet", mw.kind));
+            } else if let Some(kept) = opts
+                .previous
+                .iter()
+                .find(|p| p.name == qname && p.kind == mw.kind && p.options == mw.options)
+                .and_then(|p| p.spec.clone())
+            {
+                spec = Some(kept);
             } else {
                 match crate::middleware::parse(&mw.kind, &mw.options) {
                     Ok(s) => spec = Some(std::sync::Arc::new(s)),
@@ -107,6 +117,7 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                 name: qname,
                 provider: view.provider.clone(),
                 kind: mw.kind.clone(),
+                options: mw.options.clone(),
                 spec,
                 used_by: Vec::new(),
                 status: if errors.is_empty() {

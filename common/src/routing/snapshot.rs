@@ -62,7 +62,8 @@ pub struct MiddlewareEntry {
     pub name: String,
     pub provider: String,
     pub kind: String,
-    /// The parsed options, when valid.
+    /// The options as configured, and parsed when valid.
+    pub options: crate::config::Node,
     pub spec: Option<std::sync::Arc<crate::middleware::Spec>>,
     pub used_by: Vec<String>,
     pub status: Status,

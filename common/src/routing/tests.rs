@@ -21,6 +21,7 @@ fn opts() -> BuildOptions {
         entrypoints: vec!["web".into(), "admin".into()],
         implemented_middlewares: vec![],
         version: 1,
+        previous: vec![],
     }
 }
 

@@ -211,6 +211,7 @@ impl Proxy {
         // Middlewares, request phase: they may rewrite the request or answer it.
         let mut ran = specs.len();
         let mut answered = None;
+        let mut holds = Vec::new();
         let origin = req.headers().get(header::ORIGIN).cloned();
         if !specs.is_empty() {
             let (mut parts, body) = req.into_parts();
@@ -223,6 +224,7 @@ impl Proxy {
                 query: parts.uri.query().map(str::to_string),
                 headers: &mut parts.headers,
                 peer: conn.peer.ip(),
+                holds: Vec::new(),
             };
             for (i, spec) in specs.iter().enumerate() {
                 if let middleware::Step::Reply(reply) = spec.request(&mut mreq) {
@@ -231,6 +233,7 @@ impl Proxy {
                     break;
                 }
             }
+            holds = std::mem::take(&mut mreq.holds);
             let pq = match &mreq.query {
                 Some(q) => format!("{}?{q}", mreq.path),
                 None => mreq.path.clone(),
@@ -251,7 +254,11 @@ impl Proxy {
                 } else {
                     None
                 };
-                self.forward(req, conn, &service, raw_host, upgrade).await
+                let retry = specs.iter().rev().find_map(|s| match s.as_ref() {
+                    middleware::Spec::Retry(r) => Some(*r),
+                    _ => None,
+                });
+                self.forward(req, conn, &service, raw_host, upgrade, retry).await
             }
         };
         // Response phase, innermost first, for the middlewares that ran.
@@ -259,6 +266,18 @@ impl Proxy {
             for spec in specs[..ran].iter().rev() {
                 spec.response(origin.as_ref(), conn.tls, resp.headers_mut());
             }
+        }
+        // Counted requests (inFlightReq) end when their response body has been sent.
+        if !holds.is_empty() {
+            result = result.map(|resp| {
+                resp.map(|body| {
+                    Held {
+                        inner: body,
+                        _holds: holds,
+                    }
+                    .boxed()
+                })
+            });
         }
         let code = match &result {
             Ok(r) => r.status().as_u16(),
@@ -279,6 +298,7 @@ impl Proxy {
         svc: &ServiceRuntime,
         raw_host: Option<String>,
         upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+        retry: Option<middleware::limit::Retry>,
     ) -> Result<Response<Body>, ProxyError> {
         let (parts, body) = req.into_parts();
         let bodyless = body.is_end_stream();
@@ -320,13 +340,35 @@ impl Proxy {
 
         let mut tried: Vec<usize> = Vec::new();
         let mut last_err: Option<ProxyError> = None;
+        // Without a retry middleware: each endpoint at most once, three attempts at most.
+        // With one: its attempts, waiting its interval (doubling) before each new attempt.
+        let max_attempts = retry
+            .map(|r| r.attempts as usize)
+            .unwrap_or(MAX_ATTEMPTS.min(svc.endpoints.len()));
+        let mut attempts = 0usize;
         loop {
-            let Some(i) = svc.balancer.pick(&svc.states, &tried) else {
+            if let (Some(r), true) = (retry, attempts > 0) {
+                let factor = 1u32 << (attempts - 1).min(10);
+                tokio::time::sleep(r.initial_interval.saturating_mul(factor)).await;
+            }
+            let mut pick = svc.balancer.pick(&svc.states, &tried);
+            if pick.is_none() && retry.is_some() && !tried.is_empty() {
+                // Every endpoint tried: a retry middleware may go round again.
+                tried.clear();
+                pick = svc.balancer.pick(&svc.states, &tried);
+            }
+            let Some(i) = pick else {
+                if retry.is_some() && retryable && attempts < max_attempts {
+                    // Every endpoint is ejected for now: wait and look again.
+                    attempts += 1;
+                    continue;
+                }
                 return Err(last_err.unwrap_or_else(|| ProxyError::NoEndpoint(svc.name.clone())));
             };
-            if !tried.is_empty() {
+            if attempts > 0 {
                 self.metrics.retry(&svc.name);
             }
+            attempts += 1;
             tried.push(i);
             let ep = &svc.endpoints[i];
             let state = &svc.states[i];
@@ -391,7 +433,7 @@ impl Proxy {
                         self.metrics.upstream_error(&svc.name, "app_unreachable");
                         tracing::info!(service = %svc.name, endpoint = %ep.url, ejected_for = ?backoff,
                             "the sidecar's app is not listening");
-                        if retryable && tried.len() < MAX_ATTEMPTS.min(svc.endpoints.len()) {
+                        if retryable && attempts < max_attempts {
                             continue;
                         }
                         remove_hop_by_hop(resp.headers_mut());
@@ -426,7 +468,7 @@ impl Proxy {
                             endpoint: ep.url.clone(),
                             reason: chain_text(&e),
                         });
-                        if retryable && tried.len() < MAX_ATTEMPTS.min(svc.endpoints.len()) {
+                        if retryable && attempts < max_attempts {
                             continue;
                         }
                         return Err(last_err.unwrap_or_else(|| ProxyError::NoEndpoint(svc.name.clone())));
@@ -440,6 +482,35 @@ impl Proxy {
                 }
             }
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps requests counted (`inFlightReq`) until it is done.
+    struct Held {
+        #[pin]
+        inner: Body,
+        _holds: Vec<middleware::limit::Hold>,
+    }
+}
+
+impl hyper::body::Body for Held {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

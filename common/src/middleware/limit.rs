@@ -1,0 +1,289 @@
+//! `rateLimit` (a token bucket per source: `average` requests per `period`, `burst`) and
+//! `inFlightReq` (at most `amount` requests at once per source), by Traefik's
+//! `sourceCriterion`: the client address (the TCP peer, or an `X-Forwarded-For` hop with
+//! `ipStrategy`), a request header, or the host. Over the limit: 429.
+//!
+//! Their state lives in the middleware and is kept across configuration reloads as long
+//! as the middleware's options do not change.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use http::header::{self, HeaderValue};
+
+use super::allow::{IpStrategy, client_ip};
+use super::options::Options;
+use super::{Reply, Req, Step};
+use crate::config::Node;
+
+/// Above this many tracked sources, idle ones are forgotten.
+const MAX_SOURCES: usize = 65_536;
+
+/// What a request is counted by.
+#[derive(Debug, Clone)]
+pub enum Criterion {
+    Ip(IpStrategy),
+    Header(http::HeaderName),
+    Host,
+}
+
+impl Criterion {
+    fn parse(kind: &str, o: &Options<'_>) -> Result<Criterion, String> {
+        let Some(c) = o.nested("sourceCriterion", &["ipStrategy", "requestHeaderName", "requestHost"])? else {
+            return Ok(Criterion::Ip(IpStrategy::default()));
+        };
+        if let Some(h) = c.string("requestHeaderName")?.filter(|h| !h.is_empty()) {
+            let name = http::HeaderName::from_bytes(h.as_bytes())
+                .map_err(|_| format!("{kind}.sourceCriterion.requestHeaderName: `{h}`"))?;
+            return Ok(Criterion::Header(name));
+        }
+        if c.bool("requestHost")? {
+            return Ok(Criterion::Host);
+        }
+        Ok(Criterion::Ip(IpStrategy::parse(kind, &c)?))
+    }
+
+    fn key(&self, req: &Req<'_>) -> Option<String> {
+        match self {
+            Criterion::Ip(s) => client_ip(s, req).map(|ip| ip.to_string()),
+            Criterion::Header(h) => req.headers.get(h).and_then(|v| v.to_str().ok()).map(str::to_string),
+            Criterion::Host => Some(req.host.to_ascii_lowercase()),
+        }
+    }
+}
+
+fn too_many(retry_after: Option<Duration>) -> Step {
+    let mut r = Reply::new(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n");
+    if let Some(d) = retry_after {
+        let secs = d.as_secs_f64().ceil().max(1.0) as u64;
+        r.headers.push((header::RETRY_AFTER, HeaderValue::from(secs)));
+    }
+    Step::Reply(r)
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    stamp: Instant,
+}
+
+#[derive(Debug)]
+pub struct RateLimit {
+    /// Tokens per second; 0 = no limit.
+    rate: f64,
+    burst: f64,
+    criterion: Criterion,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl RateLimit {
+    pub fn parse(node: &Node) -> Result<Self, String> {
+        let o = Options::new("rateLimit", node, &["average", "period", "burst", "sourceCriterion"])?;
+        let average = o.number("average")?.unwrap_or(0);
+        let period = match o.string("period")? {
+            Some(p) if !p.is_empty() => {
+                crate::config::parse_duration(&p).map_err(|e| format!("rateLimit.period: {e}"))?
+            }
+            _ => Duration::from_secs(1),
+        };
+        if period.is_zero() {
+            return Err("rateLimit.period must be positive".into());
+        }
+        let burst = o.number("burst")?.unwrap_or(1).max(1);
+        Ok(RateLimit {
+            rate: average as f64 / period.as_secs_f64(),
+            burst: burst as f64,
+            criterion: Criterion::parse("rateLimit", &o)?,
+            buckets: Mutex::default(),
+        })
+    }
+
+    pub(super) fn request(&self, req: &mut Req<'_>) -> Step {
+        if self.rate <= 0.0 {
+            return Step::Next;
+        }
+        let key = self.criterion.key(req).unwrap_or_default();
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() >= MAX_SOURCES {
+            let idle = Duration::from_secs_f64(self.burst / self.rate);
+            buckets.retain(|_, b| now.duration_since(b.stamp) < idle);
+        }
+        let b = buckets.entry(key).or_insert(Bucket {
+            tokens: self.burst,
+            stamp: now,
+        });
+        b.tokens = (b.tokens + now.duration_since(b.stamp).as_secs_f64() * self.rate).min(self.burst);
+        b.stamp = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Step::Next
+        } else {
+            too_many(Some(Duration::from_secs_f64((1.0 - b.tokens) / self.rate)))
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct InFlightReq {
+    amount: u64,
+    criterion: Criterion,
+    counts: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+/// One request counted by an `inFlightReq`; released when dropped (when the response has
+/// been sent).
+#[derive(Debug)]
+pub struct Hold {
+    counts: Arc<Mutex<HashMap<String, u64>>>,
+    key: String,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl InFlightReq {
+    pub fn parse(node: &Node) -> Result<Self, String> {
+        let o = Options::new("inFlightReq", node, &["amount", "sourceCriterion"])?;
+        let amount = o
+            .number("amount")?
+            .filter(|a| *a > 0)
+            .ok_or("inFlightReq.amount must be positive")?;
+        Ok(InFlightReq {
+            amount,
+            criterion: Criterion::parse("inFlightReq", &o)?,
+            counts: Arc::default(),
+        })
+    }
+
+    pub(super) fn request(&self, req: &mut Req<'_>) -> Step {
+        let key = self.criterion.key(req).unwrap_or_default();
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(key.clone()).or_insert(0);
+        if *n >= self.amount {
+            return too_many(None);
+        }
+        *n += 1;
+        drop(counts);
+        req.holds.push(Hold {
+            counts: self.counts.clone(),
+            key,
+        });
+        Step::Next
+    }
+}
+
+/// `retry`: how many attempts in all and the first wait between them (doubling after).
+/// Only requests that can be sent again are retried: idempotent and without a body, when
+/// the connection failed or the app behind a sidecar was not listening.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    pub attempts: u32,
+    pub initial_interval: Duration,
+}
+
+impl Retry {
+    pub fn parse(node: &Node) -> Result<Self, String> {
+        let o = Options::new("retry", node, &["attempts", "initialInterval"])?;
+        let attempts = o
+            .number("attempts")?
+            .filter(|a| *a > 0 && *a <= 100)
+            .ok_or("retry.attempts must be 1 to 100")?;
+        let initial_interval = match o.string("initialInterval")? {
+            Some(i) if !i.is_empty() => {
+                crate::config::parse_duration(&i).map_err(|e| format!("retry.initialInterval: {e}"))?
+            }
+            _ => Duration::from_millis(100),
+        };
+        Ok(Retry {
+            attempts: u32::try_from(attempts).unwrap_or(1),
+            initial_interval,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderMap, Method};
+
+    use super::*;
+    use crate::middleware::testing::node;
+    use crate::middleware::{Spec, parse};
+
+    fn hit(spec: &Spec, peer: &str, holds: &mut Vec<Hold>) -> Step {
+        let mut h = HeaderMap::new();
+        let mut req = Req {
+            method: &Method::GET,
+            tls: false,
+            host: "h",
+            path: "/".into(),
+            query: None,
+            headers: &mut h,
+            peer: peer.parse().unwrap(),
+            holds: Vec::new(),
+        };
+        let step = spec.request(&mut req);
+        holds.append(&mut req.holds);
+        step
+    }
+
+    #[test]
+    fn rate_limit_allows_the_burst_then_refuses_per_source() {
+        let s = parse(
+            "rateLimit",
+            &node(&[("average", "1"), ("period", "1m"), ("burst", "3")]),
+        )
+        .unwrap();
+        let mut holds = Vec::new();
+        for _ in 0..3 {
+            assert_eq!(hit(&s, "10.0.0.1", &mut holds), Step::Next);
+        }
+        let Step::Reply(r) = hit(&s, "10.0.0.1", &mut holds) else {
+            panic!("the 4th is refused")
+        };
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers[0].0, header::RETRY_AFTER);
+        assert_eq!(
+            hit(&s, "10.0.0.2", &mut holds),
+            Step::Next,
+            "another source has its own bucket"
+        );
+        assert!(parse("rateLimit", &node(&[("average", "1"), ("period", "0s")])).is_err());
+    }
+
+    #[test]
+    fn in_flight_requests_are_released_when_their_response_is_done() {
+        let s = parse("inFlightReq", &node(&[("amount", "2")])).unwrap();
+        let mut holds = Vec::new();
+        assert_eq!(hit(&s, "10.0.0.1", &mut holds), Step::Next);
+        assert_eq!(hit(&s, "10.0.0.1", &mut holds), Step::Next);
+        assert_ne!(hit(&s, "10.0.0.1", &mut holds), Step::Next);
+        holds.pop();
+        assert_eq!(
+            hit(&s, "10.0.0.1", &mut holds),
+            Step::Next,
+            "one finished, one more may start"
+        );
+        assert!(parse("inFlightReq", &node(&[("amount", "0")])).is_err());
+    }
+
+    #[test]
+    fn retry_options() {
+        let Spec::Retry(r) = parse("retry", &node(&[("attempts", "4"), ("initialInterval", "50ms")])).unwrap() else {
+            panic!()
+        };
+        assert_eq!((r.attempts, r.initial_interval), (4, Duration::from_millis(50)));
+        assert!(parse("retry", &node(&[("attempts", "0")])).is_err());
+    }
+}
