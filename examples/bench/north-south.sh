@@ -6,7 +6,9 @@
 #   SMOKE=1 examples/bench/north-south.sh    # CI smoke: 1 round x 2 s, fails only on errors
 #
 # Proxies are pinned to CPU 0, wrk and the backend to CPU 1 (when there are 2+ CPUs).
-# Prints req/s, p50 and p99 per proxy (medians over rounds) and Berth/nginx ratios.
+# Prints req/s, p50 and p99 per proxy (medians over rounds) and Berth/nginx ratios, and the
+# cost of a chain of five middlewares (Berth's same route behind headers x2, ipAllowList,
+# rateLimit, stripPrefix).
 # Needs: nginx, wrk (Debian: apt-get install nginx-light wrk), cargo.
 set -euo pipefail
 
@@ -74,6 +76,14 @@ cat > "$work/dynamic.yml" <<YML
 http:
   routers:
     bench: { rule: "PathPrefix(\`/\`)", service: backend }
+    # The same route behind a chain of five middlewares: their cost on throughput.
+    chain: { rule: "Host(\`chain.test\`)", service: backend, middlewares: [tag, secure, local, limit, strip] }
+  middlewares:
+    tag: { headers: { customRequestHeaders: { X-Bench: "1" } } }
+    secure: { headers: { frameDeny: true, contentTypeNosniff: true } }
+    local: { ipAllowList: { sourceRange: ["127.0.0.0/8"] } }
+    limit: { rateLimit: { average: 100000000, burst: 100000000 } }
+    strip: { stripPrefix: { prefixes: ["/unused"] } }
   services:
     backend:
       loadBalancer:
@@ -105,9 +115,9 @@ to_ms() { # wrk latency like 1.23ms / 850.00us / 1.02s -> ms
   awk -v v="$1" 'BEGIN { n=v; sub(/[a-z]+$/, "", n); u=v; sub(/^[0-9.]+/, "", u);
     if (u=="us") n/=1000; else if (u=="s") n*=1000; printf "%.3f", n }'
 }
-run() { # name addr round
+run() { # name addr round [host]
   local out
-  out=$("${pin_load[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H 'Host: bench.test' "http://$2/" 2>&1)
+  out=$("${pin_load[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: ${4:-bench.test}" "http://$2/" 2>&1)
   local r; r=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   local l50; l50=$(awk '$1=="50%" {print $2}' <<<"$out")
   local l99; l99=$(awk '$1=="99%" {print $2}' <<<"$out")
@@ -115,7 +125,7 @@ run() { # name addr round
   if [[ -z "$r" ]]; then echo "bench: wrk failed against $1:" >&2; echo "$out" >&2; errors=$((errors+1)); return; fi
   if [[ "${bad:-0}" != 0 ]]; then echo "bench: $1 round $3: $bad errors" >&2; echo "$out" >&2; errors=$((errors+bad)); fi
   rps[$1]+="$r "; p50[$1]+="$(to_ms "$l50") "; p99[$1]+="$(to_ms "$l99") "
-  printf 'round %d  %-6s %10.0f req/s  p50 %7s ms  p99 %7s ms\n' "$3" "$1" "$r" "$(to_ms "$l50")" "$(to_ms "$l99")" >&2
+  printf 'round %d  %-7s %10.0f req/s  p50 %7s ms  p99 %7s ms\n' "$3" "$1" "$r" "$(to_ms "$l50")" "$(to_ms "$l99")" >&2
 }
 median() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
@@ -123,8 +133,8 @@ median() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | awk '{a[NR]=$1} END {if
 "${pin_load[@]}" wrk -t1 -c"$CONNS" -d1s -H 'Host: bench.test' "http://$NGINX/" >/dev/null 2>&1 || true
 "${pin_load[@]}" wrk -t1 -c"$CONNS" -d1s -H 'Host: bench.test' "http://$BERTH/" >/dev/null 2>&1 || true
 for round in $(seq 1 "$ROUNDS"); do
-  if (( round % 2 )); then run nginx $NGINX "$round"; run berth $BERTH "$round"
-  else run berth $BERTH "$round"; run nginx $NGINX "$round"; fi
+  if (( round % 2 )); then run nginx $NGINX "$round"; run berth $BERTH "$round"; run berth5mw $BERTH "$round" chain.test
+  else run berth5mw $BERTH "$round" chain.test; run berth $BERTH "$round"; run nginx $NGINX "$round"; fi
 done
 
 berth_rss=$(awk '/VmRSS/ {print $2}' /proc/"${pids[2]}"/status 2>/dev/null || echo "?")
@@ -132,11 +142,13 @@ echo
 echo "north-south, HTTP/1.1 keep-alive, $CONNS connections, ${DURATION}s x $ROUNDS rounds (medians)"
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $ncpu cores; proxies on CPU 0, wrk+backend on CPU 1"
 printf '%-14s %12s %10s %10s\n' proxy req/s p50_ms p99_ms
-for n in nginx berth; do
+for n in nginx berth berth5mw; do
   printf '%-14s %12.0f %10s %10s\n' "$n" "$(median "${rps[$n]:-0}")" "$(median "${p50[$n]:-0}")" "$(median "${p99[$n]:-0}")"
 done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b>0) printf "%.2f", a/b; else print "n/a" }'; }
 echo "berth/nginx: throughput $(ratio "$(median "${rps[berth]:-0}")" "$(median "${rps[nginx]:-0}")")x," \
   "p99 $(ratio "$(median "${p99[berth]:-0}")" "$(median "${p99[nginx]:-0}")")x (lower is better)"
+echo "berth with 5 middlewares / berth: throughput $(ratio "$(median "${rps[berth5mw]:-0}")" "$(median "${rps[berth]:-0}")")x," \
+  "p99 $(ratio "$(median "${p99[berth5mw]:-0}")" "$(median "${p99[berth]:-0}")")x"
 echo "berth-gateway RSS after the run: ${berth_rss} kB"
 if (( errors > 0 )); then echo "bench: FAILED with $errors errors" >&2; exit 1; fi

@@ -271,3 +271,138 @@ async fn rate_limit_in_flight_and_retry() {
     assert!(started.elapsed() >= std::time::Duration::from_millis(400));
     drop(up);
 }
+
+#[tokio::test]
+async fn compress_circuit_breaker_trusted_hops_hashes_and_retry() {
+    use tokio::io::AsyncReadExt;
+
+    let b = Backend::start("app", Proto::Http1).await;
+    let dead = berth_common::test_util::closed_port().await;
+    let bcrypt_hash = bcrypt::hash("hunter2", 4).unwrap();
+    let yaml = format!(
+        r#"http:
+  routers:
+    zipped: {{ rule: "Host(`z.test`)", service: app, middlewares: [zip] }}
+    fragile: {{ rule: "Host(`cb.test`)", service: app, middlewares: [breaker] }}
+    behind-lb: {{ rule: "Host(`lb.test`)", service: app, middlewares: [via-lb] }}
+    hashes: {{ rule: "Host(`h.test`)", service: app, middlewares: [users] }}
+    port: {{ rule: "Host(`port.test`)", service: app, middlewares: [https-8443] }}
+    healing: {{ rule: "Host(`heal.test`)", service: mixed, middlewares: [again] }}
+  middlewares:
+    zip: {{ compress: {{ minResponseBodyBytes: 1024 }} }}
+    breaker:
+      circuitBreaker:
+        expression: "ResponseCodeRatio(500, 600, 0, 600) > 0.5"
+        checkPeriod: 10ms
+        fallbackDuration: 400ms
+        recoveryDuration: 100ms
+    via-lb: {{ ipAllowList: {{ sourceRange: ["10.0.0.0/8"], ipStrategy: {{ depth: 1 }} }} }}
+    users:
+      basicAuth:
+        users: ["sha:{{SHA}}5en6G6MezRroT3XKqkdPOmY/BfQ=", "bc:{bcrypt_hash}"]
+    https-8443: {{ redirectScheme: {{ scheme: https, port: "8443" }} }}
+    again: {{ retry: {{ attempts: 3, initialInterval: 10ms }} }}
+  services:
+{}{}"#,
+        service("app", &[b.url()], ""),
+        service("mixed", &[format!("http://{dead}"), b.url()], "")
+    );
+    let gw = start(&yaml, &[]).await;
+
+    // compress: a 5 KB body is gzip-encoded when asked, and decodes to the original; a
+    // small one is left alone.
+    let payload = "berth ".repeat(1000);
+    let req = Request::builder()
+        .method("POST")
+        .uri("/echo")
+        .header("host", "z.test")
+        .header("accept-encoding", "gzip")
+        .body(Full::new(Bytes::from(payload.clone())))
+        .unwrap();
+    let r = http1(gw.web(), req).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["content-encoding"], "gzip");
+    assert!(r.headers.get("content-length").is_none_or(|l| l != "6000"));
+    let raw = reqwest_like_bytes(gw.web(), &payload).await;
+    let mut decoded = String::new();
+    async_compression::tokio::bufread::GzipDecoder::new(&raw[..])
+        .read_to_string(&mut decoded)
+        .await
+        .unwrap();
+    assert_eq!(decoded, payload);
+    let small = http1(gw.web(), with_header("z.test", "/", "accept-encoding", "gzip")).await;
+    assert!(
+        small.headers.get("content-encoding").is_none(),
+        "below minResponseBodyBytes"
+    );
+
+    // circuitBreaker: errors trip it (the backend is no longer called), then it recovers.
+    for _ in 0..5 {
+        assert_eq!(
+            http1(gw.web(), get("cb.test", "/status/500")).await.status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let before = b.request_count();
+    let r = http1(gw.web(), get("cb.test", "/")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "tripped: {}", r.body);
+    assert_eq!(b.request_count(), before, "the fallback answers, not the backend");
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(
+        http1(gw.web(), get("cb.test", "/")).await.status,
+        StatusCode::OK,
+        "recovered"
+    );
+
+    // ipAllowList through one trusted proxy: the last X-Forwarded-For hop decides.
+    let through = |xff: &'static str| with_header("lb.test", "/", "x-forwarded-for", xff);
+    assert_eq!(
+        http1(gw.web(), through("1.2.3.4, 10.1.1.1")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        http1(gw.web(), through("10.1.1.1, 1.2.3.4")).await.status,
+        StatusCode::FORBIDDEN
+    );
+
+    // basicAuth with the SHA1 and bcrypt hash kinds (apr1 above), and a wrong password.
+    let basic = |c: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(c));
+    for (cred, want) in [
+        ("sha:secret", StatusCode::OK),
+        ("bc:hunter2", StatusCode::OK),
+        ("bc:hunter3", StatusCode::UNAUTHORIZED),
+    ] {
+        let r = http1(gw.web(), with_header("h.test", "/", "authorization", &basic(cred))).await;
+        assert_eq!(r.status, want, "{cred}");
+    }
+
+    // redirectScheme to another port.
+    let r = http1(gw.web(), get("port.test", "/a?b")).await;
+    assert_eq!(r.status, StatusCode::FOUND);
+    assert_eq!(r.headers["location"], "https://port.test:8443/a?b");
+
+    // retry: one server refuses connections; every request lands on the healthy one.
+    for _ in 0..6 {
+        assert_eq!(http1(gw.web(), get("heal.test", "/")).await.status, StatusCode::OK);
+    }
+}
+
+/// The raw (still encoded) body of the compressed echo.
+async fn reqwest_like_bytes(web: std::net::SocketAddr, payload: &str) -> Vec<u8> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(web).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method("POST")
+        .uri("/echo")
+        .header("host", "z.test")
+        .header("accept-encoding", "gzip")
+        .body(Full::new(Bytes::from(payload.to_string())))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    resp.into_body().collect().await.unwrap().to_bytes().to_vec()
+}

@@ -8,6 +8,8 @@
 
 pub mod allow;
 pub mod auth;
+pub mod breaker;
+pub mod compress;
 pub mod headers;
 pub mod limit;
 pub mod options;
@@ -25,6 +27,8 @@ pub const IMPLEMENTED: &[&str] = &[
     "addPrefix",
     "basicAuth",
     "chain",
+    "circuitBreaker",
+    "compress",
     "headers",
     "inFlightReq",
     "ipAllowList",
@@ -56,6 +60,10 @@ pub enum Spec {
     InFlightReq(limit::InFlightReq),
     /// Read by the proxy when it forwards; nothing to do per request.
     Retry(limit::Retry),
+    /// Applied by the proxy to the response body.
+    Compress(compress::Compress),
+    /// Told every outcome by the proxy.
+    CircuitBreaker(breaker::CircuitBreaker),
     /// Other middlewares by name, expanded when routers are built.
     Chain(Vec<String>),
 }
@@ -76,6 +84,8 @@ pub fn parse(kind: &str, node: &Node) -> Result<Spec, String> {
         "rateLimit" => Spec::RateLimit(limit::RateLimit::parse(node)?),
         "inFlightReq" => Spec::InFlightReq(limit::InFlightReq::parse(node)?),
         "retry" => Spec::Retry(limit::Retry::parse(node)?),
+        "compress" => Spec::Compress(compress::Compress::parse(node)?),
+        "circuitBreaker" => Spec::CircuitBreaker(breaker::CircuitBreaker::parse(node)?),
         "chain" => {
             let o = Options::new("chain", node, &["middlewares"])?;
             let names = o.list("middlewares")?;
@@ -146,7 +156,8 @@ impl Spec {
             Spec::IpAllowList(m) => m.request(req),
             Spec::RateLimit(m) => m.request(req),
             Spec::InFlightReq(m) => m.request(req),
-            Spec::Retry(_) | Spec::Chain(_) => Step::Next,
+            Spec::CircuitBreaker(m) => m.request(),
+            Spec::Retry(_) | Spec::Compress(_) | Spec::Chain(_) => Step::Next,
         }
     }
 

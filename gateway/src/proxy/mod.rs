@@ -4,6 +4,7 @@
 //! checks) -> the snapshot's router -> the service's balancer -> [`upstream`] pools.
 //! Failures become responses in [`errors`] only.
 
+pub mod compress;
 pub mod errors;
 pub mod health;
 pub mod router;
@@ -213,6 +214,17 @@ impl Proxy {
         let mut answered = None;
         let mut holds = Vec::new();
         let origin = req.headers().get(header::ORIGIN).cloned();
+        let accept_encoding = if specs
+            .iter()
+            .any(|s| matches!(s.as_ref(), middleware::Spec::Compress(_)))
+        {
+            req.headers()
+                .get(header::ACCEPT_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        } else {
+            None
+        };
         if !specs.is_empty() {
             let (mut parts, body) = req.into_parts();
             let host = raw_host.clone().unwrap_or_default();
@@ -234,18 +246,22 @@ impl Proxy {
                 }
             }
             holds = std::mem::take(&mut mreq.holds);
-            let pq = match &mreq.query {
-                Some(q) => format!("{}?{q}", mreq.path),
-                None => mreq.path.clone(),
-            };
-            let mut uri = parts.uri.clone().into_parts();
-            uri.path_and_query = Some(
-                http::uri::PathAndQuery::try_from(pq.as_str())
-                    .map_err(|_| ProxyError::BadRequest("a middleware made an invalid path"))?,
-            );
-            parts.uri = http::Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+            // Rebuild the target only when a middleware rewrote it.
+            if mreq.path != parts.uri.path() || mreq.query.as_deref() != parts.uri.query() {
+                let pq = match &mreq.query {
+                    Some(q) => format!("{}?{q}", mreq.path),
+                    None => mreq.path.clone(),
+                };
+                let mut uri = parts.uri.clone().into_parts();
+                uri.path_and_query = Some(
+                    http::uri::PathAndQuery::try_from(pq.as_str())
+                        .map_err(|_| ProxyError::BadRequest("a middleware made an invalid path"))?,
+                );
+                parts.uri = http::Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+            }
             req = Request::from_parts(parts, body);
         }
+        let went_upstream = answered.is_none();
         let mut result = match answered {
             Some(reply) => Ok(reply_response(reply)),
             None => {
@@ -261,10 +277,51 @@ impl Proxy {
                 self.forward(req, conn, &service, raw_host, upgrade, retry).await
             }
         };
+        // Circuit breakers learn every upstream outcome.
+        if went_upstream
+            && specs
+                .iter()
+                .any(|s| matches!(s.as_ref(), middleware::Spec::CircuitBreaker(_)))
+        {
+            let (status, network_error) = match &result {
+                Ok(r) => (r.status().as_u16(), false),
+                Err(e) => (
+                    e.status().as_u16(),
+                    matches!(
+                        e,
+                        ProxyError::Connect { .. }
+                            | ProxyError::Upstream { .. }
+                            | ProxyError::Timeout { .. }
+                            | ProxyError::NoEndpoint(_)
+                    ),
+                ),
+            };
+            for spec in &specs {
+                if let middleware::Spec::CircuitBreaker(b) = spec.as_ref() {
+                    b.observe(status, network_error, start.elapsed());
+                }
+            }
+        }
         // Response phase, innermost first, for the middlewares that ran.
         if let Ok(resp) = &mut result {
             for spec in specs[..ran].iter().rev() {
                 spec.response(origin.as_ref(), conn.tls, resp.headers_mut());
+            }
+        }
+        // compress, innermost first: the first one that applies encodes.
+        if let Ok(resp) = result.as_mut() {
+            let chosen = specs[..ran].iter().rev().find_map(|s| match s.as_ref() {
+                middleware::Spec::Compress(c) => {
+                    c.choose(&method, accept_encoding.as_deref(), resp.status(), resp.headers())
+                }
+                _ => None,
+            });
+            if let Some(encoding) = chosen {
+                let taken = std::mem::replace(
+                    resp,
+                    Response::new(Empty::new().map_err(|never| match never {}).boxed()),
+                );
+                *resp = compress::apply(encoding, taken);
             }
         }
         // Counted requests (inFlightReq) end when their response body has been sent.
