@@ -406,3 +406,20 @@ async fn reqwest_like_bytes(web: std::net::SocketAddr, payload: &str) -> Vec<u8>
     let resp = send.send_request(req).await.unwrap();
     resp.into_body().collect().await.unwrap().to_bytes().to_vec()
 }
+
+#[tokio::test]
+async fn a_router_naming_a_missing_middleware_is_not_served_and_reported() {
+    let b = Backend::start("app", Proto::Http1).await;
+    let yaml = format!(
+        "http:\n  routers:\n    r: {{ rule: \"Host(`m.test`)\", service: app, middlewares: [nowhere] }}\n  services:\n{}",
+        service("app", &[b.url()], "")
+    );
+    let gw = start(&yaml, &[]).await;
+    assert_eq!(http1(gw.web(), get("m.test", "/")).await.status, StatusCode::NOT_FOUND);
+    let diags = gw.admin_json("/api/diagnostics").await;
+    assert!(
+        diags.to_string().contains("middleware `nowhere@file` does not exist"),
+        "{diags}"
+    );
+    assert_eq!(b.request_count(), 0);
+}

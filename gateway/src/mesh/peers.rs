@@ -113,3 +113,25 @@ pub async fn own_service() -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
     v["ServiceName"].as_str().filter(|s| !s.is_empty()).map(str::to_string)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn replicas_by_dns_name_and_alone() {
+        // `localhost` resolves from /etc/hosts, never through the network.
+        let rx = spawn(Peers::Dns("localhost".into()), "0.0.0.0:9443".parse().unwrap(), None);
+        let mut found = false;
+        for _ in 0..50 {
+            if rx.borrow().iter().any(|p| p == "127.0.0.1:9443") {
+                found = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(found, "{:?}", rx.borrow());
+        let alone = spawn(Peers::Alone, "10.0.0.7:9443".parse().unwrap(), None);
+        assert_eq!(**alone.borrow(), vec!["10.0.0.7:9443".to_string()]);
+    }
+}
