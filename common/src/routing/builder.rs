@@ -222,6 +222,12 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
             });
         }
     }
+    for m in &snap.middlewares {
+        for e in &m.errors {
+            snap.diagnostics
+                .push(Diagnostic::error(format!("middleware {}", m.name), e.clone()).with_source(m.provider.clone()));
+        }
+    }
     for r in &snap.routers {
         for e in &r.errors {
             snap.diagnostics
