@@ -177,8 +177,12 @@ async fn fixture(first: Ipv4Addr, labels: serde_json::Value) -> Fixture {
 }
 
 /// Requests the app got, besides the sidecar's health probes.
+fn app_requests(app: &Backend) -> Vec<berth_common::test_util::Seen> {
+    app.requests().into_iter().filter(|r| r.uri != "/health").collect()
+}
+
 fn calls(app: &Backend) -> usize {
-    app.requests().iter().filter(|r| r.uri != "/health").count()
+    app_requests(app).len()
 }
 
 #[tokio::test]
@@ -203,7 +207,7 @@ async fn inbound_mtls_authorization_and_identity_header() {
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
-    let seen: Vec<_> = app.requests().into_iter().filter(|r| r.uri != "/health").collect();
+    let seen = app_requests(app);
     assert_eq!(seen.last().unwrap().headers["x-berth-client-id"], billing.to_string());
     assert_eq!(
         seen.last().unwrap().headers.get_all("x-berth-client-id").iter().count(),
@@ -270,7 +274,7 @@ async fn north_south_goes_through_the_sidecar_over_mtls() {
         url.starts_with("mesh://127.0.181.1:") && url.ends_with("/ecs/prod/orders"),
         "{url}"
     );
-    let seen = f.app.requests();
+    let seen = app_requests(&f.app);
     let last = seen.last().unwrap();
     assert_eq!(last.uri, "/via-gateway");
     assert_eq!(
