@@ -268,6 +268,16 @@ async fn unknown_tasks_are_described_at_once_not_at_the_next_round() {
     assert!(m.server.calls().get("DescribeTasks").is_some_and(|n| *n >= 1));
 }
 
+/// `GET /v1/mesh?...` with the task's certificate.
+async fn mesh_view(m: &Mesh, ip: Ipv4Addr, path_and_query: &str, slot: &Arc<CertSlot>) -> (u16, Vec<u8>) {
+    call(m, ip, "GET", path_and_query, vec![], Some(slot.clone())).await
+}
+
+/// `POST /v1/registrations` with the task's certificate.
+async fn register(m: &Mesh, ip: Ipv4Addr, body: Vec<u8>, slot: &Arc<CertSlot>) -> (u16, Vec<u8>) {
+    call(m, ip, "POST", REGISTRATIONS_PATH, body, Some(slot.clone())).await
+}
+
 /// A certificate for the task, as the sidecar would hold it.
 async fn certified(m: &Mesh, arn: &str, ip: Ipv4Addr) -> Arc<CertSlot> {
     let (csr_pem, key) = csr(None);
@@ -316,15 +326,7 @@ async fn registration_needs_the_tasks_certificate_and_the_mesh_view_long_polls()
     let (status, bytes) = call(&m, ip, "POST", REGISTRATIONS_PATH, registration(&arn, ip, true), None).await;
     assert_eq!((status, refusal(&bytes).code.as_str()), (401, "no_certificate"));
     // With it: accepted under a lease; the identity is the task's, not the claimed service.
-    let (status, bytes) = call(
-        &m,
-        ip,
-        "POST",
-        REGISTRATIONS_PATH,
-        registration(&arn, ip, true),
-        Some(slot.clone()),
-    )
-    .await;
+    let (status, bytes) = register(&m, ip, registration(&arn, ip, true), &slot).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
     let ack: RegistrationAck = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(ack.identity, "spiffe://berth.local/ecs/prod/orders");
@@ -337,27 +339,11 @@ async fn registration_needs_the_tasks_certificate_and_the_mesh_view_long_polls()
 
     // This certificate cannot speak for a task of another service.
     let (other_arn, other_ip) = run_task_in(&m, "service:billing").await;
-    let (status, bytes) = call(
-        &m,
-        other_ip,
-        "POST",
-        REGISTRATIONS_PATH,
-        registration(&other_arn, other_ip, true),
-        Some(slot.clone()),
-    )
-    .await;
+    let (status, bytes) = register(&m, other_ip, registration(&other_arn, other_ip, true), &slot).await;
     let r = refusal(&bytes);
     assert_eq!((status, r.code.as_str()), (403, "identity_mismatch"), "{}", r.error);
     // From another address than the task's.
-    let (status, bytes) = call(
-        &m,
-        other_ip,
-        "POST",
-        REGISTRATIONS_PATH,
-        registration(&arn, ip, true),
-        Some(slot.clone()),
-    )
-    .await;
+    let (status, bytes) = register(&m, other_ip, registration(&arn, ip, true), &slot).await;
     assert_eq!((status, refusal(&bytes).code.as_str()), (403, "wrong_source"));
     // Garbage, and the wrong method.
     let (status, bytes) = call(
@@ -377,36 +363,18 @@ async fn registration_needs_the_tasks_certificate_and_the_mesh_view_long_polls()
     // version and 204 when nothing changed within the wait.
     let (status, bytes) = call(&m, ip, "GET", &format!("{MESH_PATH}?services=orders"), vec![], None).await;
     assert_eq!((status, refusal(&bytes).code.as_str()), (401, "no_certificate"));
-    let (status, bytes) = call(
-        &m,
-        ip,
-        "GET",
-        &format!("{MESH_PATH}?services=bad/name"),
-        vec![],
-        Some(slot.clone()),
-    )
-    .await;
+    let (status, bytes) = mesh_view(&m, ip, &format!("{MESH_PATH}?services=bad/name"), &slot).await;
     assert_eq!((status, refusal(&bytes).code.as_str()), (400, "bad_name"));
-    let (status, bytes) = call(
-        &m,
-        ip,
-        "GET",
-        &format!("{MESH_PATH}?services=nosuch"),
-        vec![],
-        Some(slot.clone()),
-    )
-    .await;
+    let (status, bytes) = mesh_view(&m, ip, &format!("{MESH_PATH}?services=nosuch"), &slot).await;
     assert_eq!(status, 200);
     let view: MeshView = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(view.unknown, vec!["nosuch".to_string()]);
     let started = Instant::now();
-    let (status, body) = call(
+    let (status, body) = mesh_view(
         &m,
         ip,
-        "GET",
         &format!("{MESH_PATH}?services=nosuch&version={}&wait_ms=400", view.version),
-        vec![],
-        Some(slot.clone()),
+        &slot,
     )
     .await;
     assert_eq!(status, 204, "{view:?} then {}", String::from_utf8_lossy(&body));
@@ -416,14 +384,6 @@ async fn registration_needs_the_tasks_certificate_and_the_mesh_view_long_polls()
     let dereg = serde_json::to_vec(&Deregistration { task_arn: arn.clone() }).unwrap();
     let (status, _) = call(&m, ip, "POST", DEREGISTER_PATH, dereg, Some(slot.clone())).await;
     assert_eq!(status, 200);
-    let _ = call(
-        &m,
-        ip,
-        "POST",
-        REGISTRATIONS_PATH,
-        registration(&arn, ip, true),
-        Some(slot.clone()),
-    )
-    .await;
+    let _ = register(&m, ip, registration(&arn, ip, true), &slot).await;
     assert_eq!(m.gw.admin_json("/api/sidecars").await[0]["state"], "draining");
 }
