@@ -124,6 +124,19 @@ async fn east_west_sidecar_kill_and_gateway_restart() {
     let caller_app: SocketAddr = format!("{}:8080", caller[0]["address"].as_str().unwrap())
         .parse()
         .unwrap();
+    // The caller's sidecar counts its east-west calls and its registration.
+    let sidecar_admin = SocketAddr::new(caller_app.ip(), 15000);
+    let m = http1(sidecar_admin, get("sidecar", "/metrics")).await.body;
+    assert!(
+        m.contains("berth_sidecar_outbound_requests_total{service=\"whoami\",code=\"200\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("berth_sidecar_outbound_requests_total{service=\"nosuch\",code=\"503\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("berth_sidecar_registered{replica="), "{m}");
+    assert!(m.contains("berth_sidecar_app_healthy 1"), "{m}");
 
     // kill -9 of a whoami sidecar under load, north-south and east-west: its endpoint
     // leaves the rotation and GETs succeed elsewhere.

@@ -70,6 +70,8 @@ struct Fixture {
     _sidecar: Child,
     app: Backend,
     inbound: SocketAddr,
+    /// The sidecar's BERTH_ADMIN.
+    admin: SocketAddr,
     dir: std::path::PathBuf,
     arn: String,
 }
@@ -171,6 +173,7 @@ async fn fixture(first: Ipv4Addr, labels: serde_json::Value) -> Fixture {
         _sidecar,
         app,
         inbound,
+        admin,
         dir,
         arn,
     }
@@ -242,6 +245,26 @@ async fn inbound_mtls_authorization_and_identity_header() {
             .await;
     assert!(!plain.contains("HTTP/1.1 200"), "{plain}");
     assert_eq!(calls(app), before);
+
+    // The sidecar's own metrics say what happened.
+    let metrics = berth_common::test_util::http1(f.admin, get("sidecar", "/metrics"))
+        .await
+        .body;
+    assert!(
+        metrics.contains("berth_sidecar_inbound_requests_total{code=\"200\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("berth_sidecar_inbound_requests_total{code=\"403\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("berth_sidecar_inbound_denied_total 1"), "{metrics}");
+    let expiry = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("berth_sidecar_certificate_expiry_timestamp_seconds "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap();
+    assert!(expiry > 1_700_000_000, "{metrics}");
 }
 
 #[tokio::test]

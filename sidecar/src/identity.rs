@@ -42,6 +42,7 @@ pub struct Certifier {
     pub bind: Option<std::net::IpAddr>,
     pub slot: Arc<CertSlot>,
     pub trust_domain_hint: Option<String>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Certifier {
@@ -55,7 +56,12 @@ impl Certifier {
                     tracing::debug!(replica = %gateway, error = %e, "replica unavailable; trying the next");
                     last = e;
                 }
-                other => return other,
+                other => {
+                    if let Ok(g) = &other {
+                        self.metrics.certificate(g.not_after);
+                    }
+                    return other;
+                }
             }
         }
         Err(last)

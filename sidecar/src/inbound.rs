@@ -34,6 +34,7 @@ pub struct Policy {
 pub struct Inbound {
     pub app: SocketAddr,
     pub policy: Policy,
+    pub metrics: Arc<crate::metrics::Metrics>,
     client: Client<HttpConnector, Body>,
 }
 
@@ -48,10 +49,11 @@ fn text(status: StatusCode, msg: String) -> Response<Body> {
 }
 
 impl Inbound {
-    pub fn new(app: SocketAddr, policy: Policy) -> Inbound {
+    pub fn new(app: SocketAddr, policy: Policy, metrics: Arc<crate::metrics::Metrics>) -> Inbound {
         Inbound {
             app,
             policy,
+            metrics,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
@@ -93,7 +95,11 @@ impl Inbound {
                 };
                 let svc = hyper::service::service_fn(move |req| {
                     let (me, caller) = (me.clone(), caller.clone());
-                    async move { Ok::<_, Infallible>(me.handle(req, &caller).await) }
+                    async move {
+                        let resp = me.handle(req, &caller).await;
+                        me.metrics.inbound(resp.status().as_u16());
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(tls), svc)
@@ -110,6 +116,7 @@ impl Inbound {
             self.policy.default_deny,
         ) {
             tracing::warn!(caller = %caller, target = %self.policy.me, reason = %why, "call denied");
+            self.metrics.denied();
             return text(StatusCode::FORBIDDEN, format!("forbidden: {why}\n"));
         }
         let (mut parts, body) = req.into_parts();

@@ -9,5 +9,6 @@ pub mod control;
 pub mod identity;
 pub mod inbound;
 pub mod metadata;
+pub mod metrics;
 pub mod outbound;
 pub mod register;

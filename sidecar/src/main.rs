@@ -15,6 +15,7 @@ use berth_sidecar::control::ControlPool;
 use berth_sidecar::identity::Certifier;
 use berth_sidecar::inbound::{Inbound, Policy};
 use berth_sidecar::metadata;
+use berth_sidecar::metrics::Metrics;
 use berth_sidecar::outbound::{MeshCache, Outbound};
 use berth_sidecar::register::{self, Probe, TaskState};
 use rustls_pki_types::CertificateDer;
@@ -145,6 +146,7 @@ async fn run() -> i32 {
     let reg = md.registration(settings.app_port);
     let bind = Some(settings.inbound.ip()).filter(|ip| !ip.is_unspecified());
     let slot = Arc::new(CertSlot::default());
+    let metrics = Arc::new(Metrics::default());
     // The gateway replicas: those in BERTH_GATEWAY (names resolved), then those the mesh
     // view lists.
     let mut backoff = Duration::from_millis(200);
@@ -166,6 +168,7 @@ async fn run() -> i32 {
         bind,
         slot: slot.clone(),
         trust_domain_hint: None,
+        metrics: metrics.clone(),
     });
     let mut backoff = Duration::from_millis(200);
     let granted = loop {
@@ -242,9 +245,10 @@ async fn run() -> i32 {
         inbound_port,
         probe,
         state_tx,
+        metrics.clone(),
     ));
 
-    let inbound = Arc::new(Inbound::new(app, policy));
+    let inbound = Arc::new(Inbound::new(app, policy, metrics.clone()));
     let listener = match tokio::net::TcpListener::bind(settings.inbound).await {
         Ok(l) => l,
         Err(e) => {
@@ -260,7 +264,7 @@ async fn run() -> i32 {
     });
     let mesh = MeshCache::new(pool.clone());
     tokio::spawn(mesh.clone().follow());
-    let outbound = match Outbound::new(mesh, slot, anchors, &trust_domain) {
+    let outbound = match Outbound::new(mesh, slot, anchors, &trust_domain, metrics.clone()) {
         Ok(o) => Arc::new(o),
         Err(e) => {
             eprintln!("berth-sidecar: outbound TLS: {e}");
@@ -275,12 +279,12 @@ async fn run() -> i32 {
         }
     };
     tokio::spawn(outbound.serve(out_listener));
-    if let Err(e) = serve_admin(settings.admin).await {
+    if let Err(e) = serve_admin(settings.admin, metrics.clone()).await {
         eprintln!("berth-sidecar: BERTH_ADMIN {}: {e}", settings.admin);
         return 1;
     }
     let (stop, stopping) = watch::channel(false);
-    let registrar = tokio::spawn(register::run(pool.clone(), state.clone(), stopping));
+    let registrar = tokio::spawn(register::run(pool.clone(), state.clone(), stopping, metrics.clone()));
     tracing::info!(inbound = %settings.inbound, outbound = %settings.outbound, "ready");
 
     // Stopping: deregister the moment TMDS shows the task stopping (or on SIGTERM), keep
@@ -334,24 +338,28 @@ async fn run() -> i32 {
 const DRAIN_AFTER_SIGTERM: Duration = Duration::from_secs(20);
 
 /// `/readyz` and `/healthz` (ready once the certificate is in place, which is when
-/// this starts).
-async fn serve_admin(addr: SocketAddr) -> std::io::Result<()> {
+/// this starts), and `/metrics` (Prometheus text).
+async fn serve_admin(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            let metrics = metrics.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                    let (status, body) = match req.uri().path() {
-                        "/readyz" | "/healthz" => (http::StatusCode::OK, "ok\n"),
-                        _ => (http::StatusCode::NOT_FOUND, "not found\n"),
-                    };
-                    let mut r =
-                        http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes())));
-                    *r.status_mut() = status;
-                    Ok::<_, std::convert::Infallible>(r)
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let metrics = metrics.clone();
+                    async move {
+                        let (status, body) = match req.uri().path() {
+                            "/readyz" | "/healthz" => (http::StatusCode::OK, bytes::Bytes::from_static(b"ok\n")),
+                            "/metrics" => (http::StatusCode::OK, bytes::Bytes::from(metrics.render())),
+                            _ => (http::StatusCode::NOT_FOUND, bytes::Bytes::from_static(b"not found\n")),
+                        };
+                        let mut r = http::Response::new(http_body_util::Full::new(body));
+                        *r.status_mut() = status;
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)

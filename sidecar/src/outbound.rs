@@ -304,6 +304,7 @@ impl MeshCache {
 pub struct Outbound {
     mesh: Arc<MeshCache>,
     client: Client<MeshConnector, Body>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The mesh name a request is for: the absolute-form authority, else `Host`; without
@@ -338,6 +339,7 @@ impl Outbound {
         slot: Arc<CertSlot>,
         anchors: TrustAnchors,
         trust_domain: &str,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Outbound, rustls::Error> {
         let cfg = client_config(Some(slot), anchors, PeerPolicy::TrustDomain(trust_domain.into()))?;
         let connector = MeshConnector::new(CONNECT_TIMEOUT, cfg, mesh.peers.clone());
@@ -349,6 +351,7 @@ impl Outbound {
         Ok(Outbound {
             mesh,
             client: b.build(connector),
+            metrics,
         })
     }
 
@@ -377,6 +380,17 @@ impl Outbound {
             return Err(OutboundError::Connect);
         }
         let name = target_name(req.uri(), req.headers())?;
+        let result = self.forward(&name, req).await;
+        let status = match &result {
+            Ok(r) => r.status(),
+            Err(e) => e.status(),
+        };
+        self.metrics.outbound(&name, status.as_u16());
+        result
+    }
+
+    async fn forward(&self, name: &str, req: Request<Incoming>) -> Result<Response<Body>, OutboundError> {
+        let name = name.to_string();
         let target = self.mesh.resolve(&name).await?;
         let (parts, body) = req.into_parts();
         let retryable = body.is_end_stream() && is_idempotent(&parts.method);
@@ -401,6 +415,9 @@ impl Outbound {
             let Some(i) = target.balancer.pick(&target.states, &tried) else {
                 return Err(last.unwrap_or_else(|| OutboundError::NoEndpoint(name.clone())));
             };
+            if !tried.is_empty() {
+                self.metrics.retry(&name);
+            }
             tried.push(i);
             let endpoint = &target.endpoints[i];
             let state = &target.states[i];

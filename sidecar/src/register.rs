@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::control::{ControlClient, ControlError, ControlPool};
 use crate::metadata;
+use crate::metrics::Metrics;
 
 /// How often TMDS is read (it allows about 40 requests a second per task).
 pub const POLL: Duration = Duration::from_secs(1);
@@ -75,6 +76,7 @@ pub async fn poll(
     inbound_port: u16,
     probe: Option<Probe>,
     tx: watch::Sender<TaskState>,
+    metrics: Arc<Metrics>,
 ) {
     let mut healthy = false;
     loop {
@@ -94,6 +96,7 @@ pub async fn poll(
             reg.healthy = p.check().await;
         }
         healthy = reg.healthy;
+        metrics.app_healthy(healthy);
         let state = TaskState {
             stopping: md.desired_status == "STOPPED",
             app_exited: md.app().is_some_and(|a| a.known_status == "STOPPED"),
@@ -115,7 +118,12 @@ pub async fn poll(
 /// Keep one registrar per gateway replica (the list follows the mesh view), so every
 /// replica learns a health change at once and losing one changes nothing for the others.
 /// When `stop` turns true every registrar deregisters; this returns once they have.
-pub async fn run(pool: Arc<ControlPool>, state: watch::Receiver<TaskState>, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    pool: Arc<ControlPool>,
+    state: watch::Receiver<TaskState>,
+    mut stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+) {
     let mut replicas = pool.watch();
     let mut running: BTreeMap<SocketAddr, tokio::task::JoinHandle<()>> = BTreeMap::new();
     loop {
@@ -134,7 +142,13 @@ pub async fn run(pool: Arc<ControlPool>, state: watch::Receiver<TaskState>, mut 
             }
             match pool.client(addr) {
                 Ok(client) => {
-                    let task = tokio::spawn(register_with(client, addr, state.clone(), stop.clone()));
+                    let task = tokio::spawn(register_with(
+                        client,
+                        addr,
+                        state.clone(),
+                        stop.clone(),
+                        metrics.clone(),
+                    ));
                     running.insert(addr, task);
                 }
                 Err(e) => tracing::warn!(replica = %addr, error = %e, "cannot talk to a gateway replica"),
@@ -159,7 +173,9 @@ async fn register_with(
     replica: SocketAddr,
     mut state: watch::Receiver<TaskState>,
     mut stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 ) {
+    let replica_name = replica.to_string();
     let mut interval = Duration::from_secs(1);
     let mut backoff = Duration::from_millis(100);
     let mut registered = false;
@@ -175,6 +191,7 @@ async fn register_with(
                     tracing::info!(%replica, identity = %ack.identity, healthy = reg.healthy, "registered with the gateway");
                 }
                 registered = true;
+                metrics.registered(&replica_name, true);
                 backoff = Duration::from_millis(100);
                 interval = Duration::from_millis(ack.heartbeat_ms.clamp(100, 60_000));
                 interval
@@ -186,6 +203,7 @@ async fn register_with(
                     tracing::debug!(%replica, error = %e, ?backoff, "registration failed; retrying");
                 }
                 registered = false;
+                metrics.registered(&replica_name, false);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 backoff.min(interval)
             }
@@ -198,6 +216,7 @@ async fn register_with(
     }
     if registered {
         deregister(&control, &task_arn).await;
+        metrics.registered(&replica_name, false);
     }
 }
 

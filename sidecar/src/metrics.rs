@@ -1,0 +1,180 @@
+//! The sidecar's Prometheus metrics on `BERTH_ADMIN` (`GET /metrics`): inbound requests
+//! by status and refusals, outbound requests by mesh service and status, retries, whether
+//! each gateway replica has the registration, the app's health, the certificate's expiry.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::SystemTime;
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    inbound: Mutex<BTreeMap<u16, u64>>,
+    denied: AtomicU64,
+    outbound: Mutex<BTreeMap<(String, u16), u64>>,
+    retries: Mutex<BTreeMap<String, u64>>,
+    registered: Mutex<BTreeMap<String, bool>>,
+    app_healthy: AtomicBool,
+    cert_not_after: AtomicU64,
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl Metrics {
+    pub fn inbound(&self, status: u16) {
+        *self
+            .inbound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(status)
+            .or_default() += 1;
+    }
+
+    pub fn denied(&self) {
+        self.denied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn outbound(&self, service: &str, status: u16) {
+        *self
+            .outbound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((service.to_string(), status))
+            .or_default() += 1;
+    }
+
+    pub fn retry(&self, service: &str) {
+        *self
+            .retries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(service.to_string())
+            .or_default() += 1;
+    }
+
+    pub fn registered(&self, replica: &str, yes: bool) {
+        self.registered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(replica.to_string(), yes);
+    }
+
+    pub fn app_healthy(&self, yes: bool) {
+        self.app_healthy.store(yes, Ordering::Relaxed);
+    }
+
+    pub fn certificate(&self, not_after: SystemTime) {
+        let secs = not_after
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.cert_not_after.store(secs, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP berth_sidecar_inbound_requests_total Requests through the inbound listener, by status."
+        );
+        let _ = writeln!(out, "# TYPE berth_sidecar_inbound_requests_total counter");
+        for (code, n) in self.inbound.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(out, "berth_sidecar_inbound_requests_total{{code=\"{code}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP berth_sidecar_inbound_denied_total Callers refused by berth.mesh.allow."
+        );
+        let _ = writeln!(out, "# TYPE berth_sidecar_inbound_denied_total counter");
+        let _ = writeln!(
+            out,
+            "berth_sidecar_inbound_denied_total {}",
+            self.denied.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP berth_sidecar_outbound_requests_total East-west requests, by mesh service and status."
+        );
+        let _ = writeln!(out, "# TYPE berth_sidecar_outbound_requests_total counter");
+        for ((svc, code), n) in self.outbound.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(
+                out,
+                "berth_sidecar_outbound_requests_total{{service=\"{}\",code=\"{code}\"}} {n}",
+                esc(svc)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP berth_sidecar_outbound_retries_total East-west retries, by mesh service."
+        );
+        let _ = writeln!(out, "# TYPE berth_sidecar_outbound_retries_total counter");
+        for (svc, n) in self.retries.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(
+                out,
+                "berth_sidecar_outbound_retries_total{{service=\"{}\"}} {n}",
+                esc(svc)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP berth_sidecar_registered Whether the gateway replica holds this task's registration."
+        );
+        let _ = writeln!(out, "# TYPE berth_sidecar_registered gauge");
+        for (replica, yes) in self.registered.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(
+                out,
+                "berth_sidecar_registered{{replica=\"{}\"}} {}",
+                esc(replica),
+                u8::from(*yes)
+            );
+        }
+        let _ = writeln!(out, "# HELP berth_sidecar_app_healthy Whether the app may get traffic.");
+        let _ = writeln!(out, "# TYPE berth_sidecar_app_healthy gauge");
+        let _ = writeln!(
+            out,
+            "berth_sidecar_app_healthy {}",
+            u8::from(self.app_healthy.load(Ordering::Relaxed))
+        );
+        let _ = writeln!(
+            out,
+            "# HELP berth_sidecar_certificate_expiry_timestamp_seconds When the task's certificate expires."
+        );
+        let _ = writeln!(out, "# TYPE berth_sidecar_certificate_expiry_timestamp_seconds gauge");
+        let _ = writeln!(
+            out,
+            "berth_sidecar_certificate_expiry_timestamp_seconds {}",
+            self.cert_not_after.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.inbound(200);
+        m.inbound(200);
+        m.denied();
+        m.outbound("whoami", 503);
+        m.retry("whoami");
+        m.registered("10.0.0.1:9443", true);
+        m.app_healthy(true);
+        let text = m.render();
+        assert!(
+            text.contains("berth_sidecar_inbound_requests_total{code=\"200\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("berth_sidecar_inbound_denied_total 1"));
+        assert!(text.contains("berth_sidecar_outbound_requests_total{service=\"whoami\",code=\"503\"} 1"));
+        assert!(text.contains("berth_sidecar_registered{replica=\"10.0.0.1:9443\"} 1"));
+        assert!(text.contains("berth_sidecar_app_healthy 1"));
+    }
+}
