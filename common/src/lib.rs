@@ -15,6 +15,7 @@ pub mod identity;
 pub mod labels;
 pub mod middleware;
 pub mod mtls;
+pub mod prom;
 pub mod routing;
 pub mod rules;
 pub mod tls;

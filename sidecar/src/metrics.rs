@@ -3,10 +3,11 @@
 //! each gateway replica has the registration, the app's health, the certificate's expiry.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
+
+use berth_common::prom::{family, sample};
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -17,10 +18,6 @@ pub struct Metrics {
     registered: Mutex<BTreeMap<String, bool>>,
     app_healthy: AtomicBool,
     cert_not_after: AtomicU64,
-}
-
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 impl Metrics {
@@ -77,78 +74,50 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP berth_sidecar_inbound_requests_total Requests through the inbound listener, by status."
+        let name = "berth_sidecar_inbound_requests_total";
+        family(
+            &mut out,
+            name,
+            "counter",
+            "Requests through the inbound listener, by status.",
         );
-        let _ = writeln!(out, "# TYPE berth_sidecar_inbound_requests_total counter");
         for (code, n) in self.inbound.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(out, "berth_sidecar_inbound_requests_total{{code=\"{code}\"}} {n}");
+            sample(&mut out, name, &[("code", &code.to_string())], n);
         }
-        let _ = writeln!(
-            out,
-            "# HELP berth_sidecar_inbound_denied_total Callers refused by berth.mesh.allow."
+        let name = "berth_sidecar_inbound_denied_total";
+        family(&mut out, name, "counter", "Callers refused by berth.mesh.allow.");
+        sample(&mut out, name, &[], self.denied.load(Ordering::Relaxed));
+        let name = "berth_sidecar_outbound_requests_total";
+        family(
+            &mut out,
+            name,
+            "counter",
+            "East-west requests, by mesh service and status.",
         );
-        let _ = writeln!(out, "# TYPE berth_sidecar_inbound_denied_total counter");
-        let _ = writeln!(
-            out,
-            "berth_sidecar_inbound_denied_total {}",
-            self.denied.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP berth_sidecar_outbound_requests_total East-west requests, by mesh service and status."
-        );
-        let _ = writeln!(out, "# TYPE berth_sidecar_outbound_requests_total counter");
         for ((svc, code), n) in self.outbound.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(
-                out,
-                "berth_sidecar_outbound_requests_total{{service=\"{}\",code=\"{code}\"}} {n}",
-                esc(svc)
-            );
+            sample(&mut out, name, &[("service", svc), ("code", &code.to_string())], n);
         }
-        let _ = writeln!(
-            out,
-            "# HELP berth_sidecar_outbound_retries_total East-west retries, by mesh service."
-        );
-        let _ = writeln!(out, "# TYPE berth_sidecar_outbound_retries_total counter");
+        let name = "berth_sidecar_outbound_retries_total";
+        family(&mut out, name, "counter", "East-west retries, by mesh service.");
         for (svc, n) in self.retries.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(
-                out,
-                "berth_sidecar_outbound_retries_total{{service=\"{}\"}} {n}",
-                esc(svc)
-            );
+            sample(&mut out, name, &[("service", svc)], n);
         }
-        let _ = writeln!(
-            out,
-            "# HELP berth_sidecar_registered Whether the gateway replica holds this task's registration."
+        let name = "berth_sidecar_registered";
+        family(
+            &mut out,
+            name,
+            "gauge",
+            "Whether the gateway replica holds this task's registration.",
         );
-        let _ = writeln!(out, "# TYPE berth_sidecar_registered gauge");
         for (replica, yes) in self.registered.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(
-                out,
-                "berth_sidecar_registered{{replica=\"{}\"}} {}",
-                esc(replica),
-                u8::from(*yes)
-            );
+            sample(&mut out, name, &[("replica", replica)], u8::from(*yes));
         }
-        let _ = writeln!(out, "# HELP berth_sidecar_app_healthy Whether the app may get traffic.");
-        let _ = writeln!(out, "# TYPE berth_sidecar_app_healthy gauge");
-        let _ = writeln!(
-            out,
-            "berth_sidecar_app_healthy {}",
-            u8::from(self.app_healthy.load(Ordering::Relaxed))
-        );
-        let _ = writeln!(
-            out,
-            "# HELP berth_sidecar_certificate_expiry_timestamp_seconds When the task's certificate expires."
-        );
-        let _ = writeln!(out, "# TYPE berth_sidecar_certificate_expiry_timestamp_seconds gauge");
-        let _ = writeln!(
-            out,
-            "berth_sidecar_certificate_expiry_timestamp_seconds {}",
-            self.cert_not_after.load(Ordering::Relaxed)
-        );
+        let name = "berth_sidecar_app_healthy";
+        family(&mut out, name, "gauge", "Whether the app may get traffic.");
+        sample(&mut out, name, &[], u8::from(self.app_healthy.load(Ordering::Relaxed)));
+        let name = "berth_sidecar_certificate_expiry_timestamp_seconds";
+        family(&mut out, name, "gauge", "When the task's certificate expires.");
+        sample(&mut out, name, &[], self.cert_not_after.load(Ordering::Relaxed));
         out
     }
 }

@@ -3,6 +3,7 @@
 //! Per-router and per-service handles are resolved once per snapshot swap (like
 //! endpoint health), so the request path touches only atomics and one short lock.
 
+use berth_common::prom::escape as esc;
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -137,10 +138,6 @@ fn handle(map: &Handles, name: &str) -> Arc<RequestMetrics> {
         .entry(name.to_string())
         .or_default()
         .clone()
-}
-
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 impl Metrics {
