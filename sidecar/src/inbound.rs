@@ -8,13 +8,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use berth_common::authz::{Decision, authorize};
-use berth_common::http::{CLIENT_ID_HEADER, UNREACHABLE_HEADER, remove_hop_by_hop};
+use berth_common::http::{CLIENT_ID_HEADER, UNREACHABLE_HEADER, is_idempotent, remove_hop_by_hop};
 use berth_common::identity::{SpiffeId, spiffe_id_of};
 use berth_common::mtls::{CertSlot, PeerPolicy, TrustAnchors, server_config};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use hyper::body::{Body as _, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -131,8 +131,21 @@ impl Inbound {
         };
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
+        // An idempotent request without a body may go again once on a fresh connection
+        // when a kept-alive one to the app broke (an app closing its connections while it
+        // stops); if the app then refuses, the caller is told to go elsewhere.
+        let again = body.is_end_stream() && is_idempotent(&parts.method);
+        let spare = again.then(|| parts.clone());
         let up = Request::from_parts(parts, body.map_err(|e| -> BoxError { Box::new(e) }).boxed());
-        match self.client.request(up).await {
+        let mut result = self.client.request(up).await;
+        if let (Some(parts), Err(e)) = (spare, &result)
+            && !e.is_connect()
+        {
+            tracing::info!(app = %self.app, error = %e, "the app's connection broke; trying once more");
+            let retry = Request::from_parts(parts, Empty::new().map_err(|never| match never {}).boxed());
+            result = self.client.request(retry).await;
+        }
+        match result {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 remove_hop_by_hop(&mut parts.headers);
