@@ -1,6 +1,34 @@
 //! Writing the Prometheus text exposition, for the gateway's and the sidecar's `/metrics`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::Mutex;
+
+/// A family of counters by label values, kept sorted for rendering.
+#[derive(Debug)]
+pub struct Counters<K>(Mutex<BTreeMap<K, u64>>);
+
+impl<K> Default for Counters<K> {
+    fn default() -> Self {
+        Counters(Mutex::new(BTreeMap::new()))
+    }
+}
+
+impl<K: Ord + Clone> Counters<K> {
+    pub fn inc(&self, key: K) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default() += 1;
+    }
+
+    /// Every (labels, count), sorted by labels.
+    pub fn snapshot(&self) -> Vec<(K, u64)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, n)| (k.clone(), *n))
+            .collect()
+    }
+}
 
 /// A label value, escaped as the format requires.
 pub fn escape(v: &str) -> String {
@@ -32,6 +60,15 @@ pub fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_count_and_sort() {
+        let c = Counters::default();
+        c.inc("b");
+        c.inc("a");
+        c.inc("b");
+        assert_eq!(c.snapshot(), vec![("a", 1), ("b", 2)]);
+    }
 
     #[test]
     fn families_and_samples() {

@@ -7,14 +7,14 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use berth_common::prom::{family, sample};
+use berth_common::prom::{Counters, family, sample};
 
 #[derive(Debug, Default)]
 pub struct Metrics {
-    inbound: Mutex<BTreeMap<u16, u64>>,
+    inbound: Counters<u16>,
     denied: AtomicU64,
-    outbound: Mutex<BTreeMap<(String, u16), u64>>,
-    retries: Mutex<BTreeMap<String, u64>>,
+    outbound: Counters<(String, u16)>,
+    retries: Counters<String>,
     registered: Mutex<BTreeMap<String, bool>>,
     app_healthy: AtomicBool,
     cert_not_after: AtomicU64,
@@ -22,12 +22,7 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn inbound(&self, status: u16) {
-        *self
-            .inbound
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(status)
-            .or_default() += 1;
+        self.inbound.inc(status);
     }
 
     pub fn denied(&self) {
@@ -35,21 +30,11 @@ impl Metrics {
     }
 
     pub fn outbound(&self, service: &str, status: u16) {
-        *self
-            .outbound
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((service.to_string(), status))
-            .or_default() += 1;
+        self.outbound.inc((service.to_string(), status));
     }
 
     pub fn retry(&self, service: &str) {
-        *self
-            .retries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(service.to_string())
-            .or_default() += 1;
+        self.retries.inc(service.to_string());
     }
 
     pub fn registered(&self, replica: &str, yes: bool) {
@@ -81,7 +66,7 @@ impl Metrics {
             "counter",
             "Requests through the inbound listener, by status.",
         );
-        for (code, n) in self.inbound.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for (code, n) in self.inbound.snapshot() {
             sample(&mut out, name, &[("code", &code.to_string())], n);
         }
         let name = "berth_sidecar_inbound_denied_total";
@@ -94,13 +79,13 @@ impl Metrics {
             "counter",
             "East-west requests, by mesh service and status.",
         );
-        for ((svc, code), n) in self.outbound.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            sample(&mut out, name, &[("service", svc), ("code", &code.to_string())], n);
+        for ((svc, code), n) in self.outbound.snapshot() {
+            sample(&mut out, name, &[("service", &svc), ("code", &code.to_string())], n);
         }
         let name = "berth_sidecar_outbound_retries_total";
         family(&mut out, name, "counter", "East-west retries, by mesh service.");
-        for (svc, n) in self.retries.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            sample(&mut out, name, &[("service", svc)], n);
+        for (svc, n) in self.retries.snapshot() {
+            sample(&mut out, name, &[("service", &svc)], n);
         }
         let name = "berth_sidecar_registered";
         family(

@@ -3,7 +3,7 @@
 //! Per-router and per-service handles are resolved once per snapshot swap (like
 //! endpoint health), so the request path touches only atomics and one short lock.
 
-use berth_common::prom::escape as esc;
+use berth_common::prom::{Counters, escape as esc};
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -76,8 +76,8 @@ pub struct Metrics {
     routers: Handles,
     services: Handles,
     entrypoints: Mutex<HashMap<String, Arc<EntrypointMetrics>>>,
-    upstream_errors: Mutex<HashMap<(String, &'static str), u64>>,
-    retries: Mutex<HashMap<String, u64>>,
+    upstream_errors: Counters<(String, &'static str)>,
+    retries: Counters<String>,
     pub config_reloads_ok: AtomicU64,
     pub config_reloads_failed: AtomicU64,
     /// ECS API calls by operation and outcome (`ok`, `throttled`, `error`); each attempt counts.
@@ -86,29 +86,16 @@ pub struct Metrics {
 
 /// Calls to an external API by operation and outcome.
 #[derive(Debug, Default)]
-pub struct ApiCalls(Mutex<HashMap<(&'static str, &'static str), u64>>);
+pub struct ApiCalls(Counters<(&'static str, &'static str)>);
 
 impl ApiCalls {
     pub fn add(&self, op: &'static str, outcome: &'static str) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((op, outcome))
-            .or_default() += 1;
+        self.0.inc((op, outcome));
     }
 
     /// Sorted (operation, outcome) counts.
     pub fn snapshot(&self) -> Vec<((&'static str, &'static str), u64)> {
-        let mut v: Vec<_> = self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, v)| (*k, *v))
-            .collect();
-        v.sort();
-        v
+        self.0.snapshot()
     }
 
     /// Attempts of one operation, any outcome.
@@ -156,20 +143,10 @@ impl Metrics {
             .clone()
     }
     pub fn upstream_error(&self, service: &str, kind: &'static str) {
-        *self
-            .upstream_errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((service.to_string(), kind))
-            .or_default() += 1;
+        self.upstream_errors.inc((service.to_string(), kind));
     }
     pub fn retry(&self, service: &str) {
-        *self
-            .retries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(service.to_string())
-            .or_default() += 1;
+        self.retries.inc(service.to_string());
     }
 
     /// The Prometheus text exposition.
@@ -266,29 +243,21 @@ impl Metrics {
             "# HELP berth_upstream_errors_total Failed upstream attempts, by service and kind."
         );
         let _ = writeln!(out, "# TYPE berth_upstream_errors_total counter");
-        let errs = self.upstream_errors.lock().unwrap_or_else(|e| e.into_inner());
-        let mut rows: Vec<_> = errs.iter().collect();
-        rows.sort();
-        for ((svc, kind), n) in rows {
+        for ((svc, kind), n) in self.upstream_errors.snapshot() {
             let _ = writeln!(
                 out,
                 "berth_upstream_errors_total{{service=\"{}\",kind=\"{kind}\"}} {n}",
-                esc(svc)
+                esc(&svc)
             );
         }
-        drop(errs);
         let _ = writeln!(
             out,
             "# HELP berth_upstream_retries_total Requests retried on another endpoint, by service."
         );
         let _ = writeln!(out, "# TYPE berth_upstream_retries_total counter");
-        let retries = self.retries.lock().unwrap_or_else(|e| e.into_inner());
-        let mut rows: Vec<_> = retries.iter().collect();
-        rows.sort();
-        for (svc, n) in rows {
-            let _ = writeln!(out, "berth_upstream_retries_total{{service=\"{}\"}} {n}", esc(svc));
+        for (svc, n) in self.retries.snapshot() {
+            let _ = writeln!(out, "berth_upstream_retries_total{{service=\"{}\"}} {n}", esc(&svc));
         }
-        drop(retries);
         let _ = writeln!(
             out,
             "# HELP berth_ecs_api_calls_total ECS API attempts, by operation and outcome."
