@@ -18,6 +18,8 @@ pub mod mtls;
 pub mod prom;
 pub mod routing;
 pub mod rules;
+#[cfg(feature = "net")]
+pub mod telemetry;
 pub mod tls;
 #[cfg(feature = "net")]
 pub mod upstream;

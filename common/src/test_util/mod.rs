@@ -2,6 +2,8 @@
 //! real certificates. Behind the `test-util` feature; never in production builds.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod otlp;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;

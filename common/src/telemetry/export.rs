@@ -1,0 +1,200 @@
+//! The OTLP exporter: one Tokio task that batches finished spans and posts them over
+//! OTLP/HTTP protobuf or OTLP/gRPC, one request at a time, each bounded by the
+//! configured timeout. A failed export drops its batch (counted) and never retries
+//! into a growing backlog: spans queue in front of it only up to `OTEL_BSP_MAX_QUEUE_SIZE`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderValue, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::{mpsc, oneshot};
+
+use super::ExportStats;
+use super::otlp::{SpanData, Value, encode_request};
+use super::settings::{Protocol, TraceSettings};
+
+const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("cannot reach the collector: {0}")]
+    Connect(String),
+    #[error("the collector did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the collector answered HTTP {0}")]
+    Status(StatusCode),
+    #[error("the collector answered grpc-status {0}: {1}")]
+    Grpc(String, String),
+}
+
+struct Exporter {
+    client: Client<HttpConnector, Full<Bytes>>,
+    protocol: Protocol,
+    url: Uri,
+    headers: Vec<(http::HeaderName, HeaderValue)>,
+    timeout: Duration,
+    resource: Vec<(String, Value)>,
+}
+
+pub(super) fn spawn(
+    settings: &TraceSettings,
+    resource: Vec<(String, Value)>,
+    mut rx: mpsc::Receiver<SpanData>,
+    mut flush_rx: mpsc::Receiver<oneshot::Sender<()>>,
+    stats: Arc<ExportStats>,
+) {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(settings.timeout.min(Duration::from_secs(2))));
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.pool_idle_timeout(Duration::from_secs(30));
+    if settings.protocol == Protocol::Grpc {
+        builder.http2_only(true);
+    }
+    let url = match settings.protocol {
+        Protocol::HttpProtobuf => settings.endpoint.clone(),
+        Protocol::Grpc => {
+            let mut parts = settings.endpoint.clone().into_parts();
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static(GRPC_PATH));
+            Uri::from_parts(parts).unwrap_or_else(|_| settings.endpoint.clone())
+        }
+    };
+    let exporter = Exporter {
+        client: builder.build(connector),
+        protocol: settings.protocol,
+        url,
+        headers: settings.headers.clone(),
+        timeout: settings.timeout,
+        resource,
+    };
+    let max_batch = settings.max_batch;
+    let delay = settings.schedule_delay;
+    tokio::spawn(async move {
+        let mut batch: Vec<SpanData> = Vec::with_capacity(max_batch);
+        let mut waiting_flush: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut closed = false;
+        while !closed {
+            // Wait for the first span (or a flush), then up to `delay` for a full batch.
+            tokio::select! {
+                n = rx.recv_many(&mut batch, max_batch) => closed = n == 0,
+                Some(done) = flush_rx.recv() => waiting_flush.push(done),
+            }
+            if waiting_flush.is_empty() && !closed {
+                let deadline = tokio::time::Instant::now() + delay;
+                while batch.len() < max_batch {
+                    let room = max_batch - batch.len();
+                    tokio::select! {
+                        r = tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)) => match r {
+                            Ok(0) => { closed = true; break }
+                            Ok(_) => {}
+                            Err(_) => break,
+                        },
+                        Some(done) = flush_rx.recv() => { waiting_flush.push(done); break }
+                    }
+                }
+            }
+            if !waiting_flush.is_empty() {
+                // Take everything queued now.
+                while let Ok(s) = rx.try_recv() {
+                    batch.push(s);
+                }
+            }
+            for chunk in batch.chunks(max_batch) {
+                let n = chunk.len() as u64;
+                match exporter.export(chunk).await {
+                    Ok(()) => {
+                        stats.exported.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        let first = stats.export_errors.fetch_add(1, Ordering::Relaxed) == 0;
+                        stats.dropped_export_failed.fetch_add(n, Ordering::Relaxed);
+                        let text = e.to_string();
+                        let mut last = stats.last_error.lock().unwrap_or_else(|p| p.into_inner());
+                        // Log the first failure and each change of cause, not every batch.
+                        if first || last.as_deref() != Some(text.as_str()) {
+                            tracing::warn!(url = %exporter.url, error = %text, "trace export failed; spans dropped");
+                        }
+                        *last = Some(text);
+                    }
+                }
+            }
+            batch.clear();
+            for done in waiting_flush.drain(..) {
+                let _ = done.send(());
+            }
+        }
+    });
+}
+
+impl Exporter {
+    async fn export(&self, spans: &[SpanData]) -> Result<(), ExportError> {
+        let payload = encode_request(&self.resource, ("berth", env!("CARGO_PKG_VERSION")), spans);
+        let (content_type, body) = match self.protocol {
+            Protocol::HttpProtobuf => ("application/x-protobuf", Bytes::from(payload)),
+            Protocol::Grpc => {
+                // The gRPC message frame: uncompressed flag, big-endian length, message.
+                let mut framed = BytesMut::with_capacity(payload.len() + 5);
+                framed.put_u8(0);
+                framed.put_u32(payload.len() as u32);
+                framed.put_slice(&payload);
+                ("application/grpc", framed.freeze())
+            }
+        };
+        let mut req = Request::post(self.url.clone())
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Full::new(body))
+            .map_err(|e| ExportError::Connect(e.to_string()))?;
+        if self.protocol == Protocol::Grpc {
+            *req.version_mut() = http::Version::HTTP_2;
+            req.headers_mut().insert("te", HeaderValue::from_static("trailers"));
+        }
+        for (k, v) in &self.headers {
+            req.headers_mut().insert(k.clone(), v.clone());
+        }
+        let work = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| ExportError::Connect(crate::error::chain_text(&e)))?;
+            let status = resp.status();
+            let head_grpc = grpc_status(resp.headers());
+            let collected = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ExportError::Connect(e.to_string()))?;
+            if !status.is_success() {
+                return Err(ExportError::Status(status));
+            }
+            if self.protocol == Protocol::Grpc {
+                let trailers = collected.trailers().and_then(grpc_status);
+                match trailers.or(head_grpc) {
+                    Some((code, _)) if code == "0" => {}
+                    Some((code, message)) => return Err(ExportError::Grpc(code, message)),
+                    None => return Err(ExportError::Grpc("missing".into(), "no grpc-status".into())),
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| ExportError::Timeout(self.timeout))?
+    }
+}
+
+fn grpc_status(h: &http::HeaderMap) -> Option<(String, String)> {
+    let code = h.get("grpc-status")?.to_str().ok()?.to_string();
+    let message = h
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .map(|m| crate::rules::matcher::percent_decode(m).into_owned())
+        .unwrap_or_default();
+    Some((code, message))
+}
