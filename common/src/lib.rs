@@ -4,6 +4,7 @@
 //! labels in [`labels`], the dynamic configuration model in [`config`], the routing
 //! snapshot in [`routing`], TLS loading in [`tls`] and HTTP plumbing in [`http`].
 
+pub mod accesslog;
 pub mod authz;
 pub mod balance;
 pub mod config;
@@ -13,6 +14,8 @@ pub mod error;
 pub mod http;
 pub mod identity;
 pub mod labels;
+#[cfg(feature = "net")]
+pub mod logging;
 pub mod middleware;
 pub mod mtls;
 pub mod prom;

@@ -105,6 +105,12 @@ impl LocalUp {
 
     /// Like [`LocalUp::start`], with more flags (`--gateways 3`, ...).
     pub fn start_with(bin: &str, first_address: &str, extra: &[&str]) -> LocalUp {
+        Self::start_env(bin, first_address, extra, &[])
+    }
+
+    /// Like [`LocalUp::start_with`], with environment variables for berth-local (which
+    /// passes `OTEL_*` and `RUST_LOG` on to what it starts).
+    pub fn start_env(bin: &str, first_address: &str, extra: &[&str], env: &[(&str, &str)]) -> LocalUp {
         let port = || berth_common::test_util::free_port();
         let (api, tmds, web, admin, mesh) = (port(), port(), port(), port(), port());
         let mut child = Command::new(bin)
@@ -130,6 +136,7 @@ impl LocalUp {
             ])
             .args(["--mesh-listen", &format!("127.0.0.1:{mesh}")])
             .args(extra)
+            .envs(env.iter().copied())
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

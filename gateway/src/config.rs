@@ -90,6 +90,15 @@ pub struct Args {
     /// Log format: `json`, `text`, or `auto` (text on a terminal) [default: auto].
     #[arg(long, env = "BERTH_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Write an access log line per request (Traefik's fields).
+    #[arg(long, env = "BERTH_ACCESS_LOG")]
+    pub access_log: bool,
+    /// Access log format: `json` or `common` [default: json].
+    #[arg(long, env = "BERTH_ACCESS_LOG_FORMAT")]
+    pub access_log_format: Option<String>,
+    /// Access log file (appended) [default: stdout].
+    #[arg(long, env = "BERTH_ACCESS_LOG_FILE")]
+    pub access_log_file: Option<PathBuf>,
 
     // --- ECS discovery (issue: ECS discovery) ---
     /// ECS cluster to discover (repeatable). Discovery runs only when given.
@@ -176,6 +185,10 @@ struct FileConfig {
     forwarded_trusted_ip: Vec<String>,
     log_format: Option<String>,
     #[serde(default)]
+    access_log: bool,
+    access_log_format: Option<String>,
+    access_log_file: Option<PathBuf>,
+    #[serde(default)]
     ecs_cluster: Vec<String>,
     #[serde(default)]
     ecs_all_clusters: bool,
@@ -236,12 +249,7 @@ pub struct Limits {
     pub upstream_idle_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Auto,
-    Json,
-    Text,
-}
+pub use berth_common::logging::LogFormat;
 
 /// Everything the gateway needs, validated.
 #[derive(Debug, Clone)]
@@ -257,6 +265,10 @@ pub struct Config {
     pub upstream_ca: Option<PathBuf>,
     pub forwarded_trusted: Vec<IpNet>,
     pub log_format: LogFormat,
+    /// The access log, when on: where and how.
+    pub access_log: Option<(Option<PathBuf>, berth_common::accesslog::Format)>,
+    /// Tracing, from the `OTEL_*` environment; `None` when off.
+    pub tracing: Option<berth_common::telemetry::TraceSettings>,
     /// ECS discovery, only when a cluster (or all clusters) is named.
     pub ecs: Option<crate::discovery::ecs::EcsSettings>,
     /// The mesh control plane, only when a CA is configured.
@@ -381,6 +393,16 @@ impl Config {
                 return Err(bad(format!("--log-format `{other}`: use auto, json or text")));
             }
         };
+        let access_log = if args.access_log || file.access_log {
+            let format = match args.access_log_format.as_ref().or(file.access_log_format.as_ref()) {
+                None => berth_common::accesslog::Format::Json,
+                Some(f) => f.parse().map_err(|e| bad(format!("--access-log-format {e}")))?,
+            };
+            Some((args.access_log_file.clone().or(file.access_log_file.clone()), format))
+        } else {
+            None
+        };
+        let tracing = berth_common::telemetry::TraceSettings::from_env().map_err(|e| bad(e.to_string()))?;
         let response_timeout = duration(
             "upstream-response-timeout",
             &args.upstream_response_timeout,
@@ -559,6 +581,8 @@ impl Config {
             upstream_ca: args.upstream_ca.clone().or(file.upstream_ca),
             forwarded_trusted,
             log_format,
+            access_log,
+            tracing,
         })
     }
 }

@@ -10,7 +10,6 @@ pub mod config;
 pub mod discovery;
 pub mod entrypoint;
 pub mod lifecycle;
-pub mod logging;
 pub mod mesh;
 pub mod proxy;
 pub mod snapshots;
@@ -54,6 +53,8 @@ pub enum StartError {
     Ca(#[from] mesh::ca::CaError),
     #[error("mesh TLS: {0}")]
     MeshTls(#[from] rustls::Error),
+    #[error("access log: {0}")]
+    AccessLog(std::io::Error),
 }
 
 /// A running gateway.
@@ -65,6 +66,7 @@ pub struct Gateway {
     done: JoinHandle<()>,
     pub lifecycle: Arc<Lifecycle>,
     pub metrics: Arc<Metrics>,
+    tracer: berth_common::telemetry::Tracer,
 }
 
 impl Gateway {
@@ -101,6 +103,21 @@ impl Gateway {
                 &m.trust_domain,
             )?);
         }
+        let tracer = match &cfg.tracing {
+            Some(s) => {
+                let detected = berth_common::telemetry::resource::detect_ecs().await;
+                let resource = berth_common::telemetry::resource::build(s, "berth-gateway", detected);
+                tracing::info!(endpoint = %s.endpoint, protocol = ?s.protocol, "tracing on");
+                berth_common::telemetry::start(s, resource)
+            }
+            None => berth_common::telemetry::Tracer::disabled(),
+        };
+        let access_log = match &cfg.access_log {
+            Some((path, format)) => {
+                Some(berth_common::accesslog::AccessLog::open(path.clone(), *format).map_err(StartError::AccessLog)?)
+            }
+            None => None,
+        };
         let proxy = Arc::new(Proxy::new(
             clients,
             metrics.clone(),
@@ -108,6 +125,7 @@ impl Gateway {
             cfg.forwarded_trusted.clone(),
             lifecycle.clone(),
             cfg.ping.clone(),
+            berth_common::telemetry::Observe { tracer, access_log },
         ));
 
         tokio::spawn(proxy::health::run(proxy.clone()));
@@ -290,6 +308,7 @@ impl Gateway {
             admin_task.abort();
         });
         Ok(Gateway {
+            tracer: proxy.observe().tracer.clone(),
             mesh: mesh_addr,
             entrypoints: addrs,
             admin: admin_addr,
@@ -321,5 +340,7 @@ impl Gateway {
     /// Wait until shutdown has finished draining.
     pub async fn wait(self) {
         let _ = self.done.await;
+        // The last requests' spans go out before the process exits.
+        self.tracer.flush(std::time::Duration::from_secs(2)).await;
     }
 }

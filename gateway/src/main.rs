@@ -20,7 +20,7 @@ fn main() {
             std::process::exit(64);
         }
     };
-    berth_gateway::logging::init(cfg.log_format);
+    berth_common::logging::init(cfg.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -21,6 +21,12 @@ pub struct Settings {
     pub admin: SocketAddr,
     pub app_port: Option<u16>,
     pub health_path: Option<String>,
+    /// `BERTH_LOG_FORMAT`: auto (text on a terminal), json or text.
+    pub log_format: berth_common::logging::LogFormat,
+    /// `BERTH_ACCESS_LOG`: `json` (or `true`) or `common`, to stdout; off when unset.
+    pub access_log: Option<berth_common::accesslog::Format>,
+    /// Tracing from the `OTEL_*` environment; `None` when off.
+    pub tracing: Option<berth_common::telemetry::TraceSettings>,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -90,6 +96,23 @@ impl Settings {
             admin: addr("BERTH_ADMIN", "127.0.0.1:15000")?,
             app_port,
             health_path: var("BERTH_HEALTH_PATH"),
+            log_format: match var("BERTH_LOG_FORMAT") {
+                Some(f) => f
+                    .parse()
+                    .map_err(|e| ConfigError(format!("BERTH_LOG_FORMAT={f}: {e}")))?,
+                None => berth_common::logging::LogFormat::Auto,
+            },
+            access_log: match var("BERTH_ACCESS_LOG").as_deref() {
+                None | Some("false") => None,
+                Some("true") | Some("json") => Some(berth_common::accesslog::Format::Json),
+                Some("common") => Some(berth_common::accesslog::Format::Common),
+                Some(other) => {
+                    return Err(ConfigError(format!(
+                        "BERTH_ACCESS_LOG={other}: use json, common, true or false"
+                    )));
+                }
+            },
+            tracing: berth_common::telemetry::TraceSettings::from_env().map_err(|e| ConfigError(e.to_string()))?,
         })
     }
 }

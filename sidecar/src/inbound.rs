@@ -11,6 +11,8 @@ use berth_common::authz::{Decision, authorize};
 use berth_common::http::{CLIENT_ID_HEADER, UNREACHABLE_HEADER, is_idempotent, remove_hop_by_hop};
 use berth_common::identity::{SpiffeId, spiffe_id_of};
 use berth_common::mtls::{CertSlot, PeerPolicy, TrustAnchors, server_config};
+use berth_common::telemetry::body::{Finish, Observed};
+use berth_common::telemetry::{self, Observe, Span, SpanKind, attr};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
@@ -35,6 +37,7 @@ pub struct Inbound {
     pub app: SocketAddr,
     pub policy: Policy,
     pub metrics: Arc<crate::metrics::Metrics>,
+    observe: Observe,
     client: Client<HttpConnector, Body>,
 }
 
@@ -49,11 +52,12 @@ fn text(status: StatusCode, msg: String) -> Response<Body> {
 }
 
 impl Inbound {
-    pub fn new(app: SocketAddr, policy: Policy, metrics: Arc<crate::metrics::Metrics>) -> Inbound {
+    pub fn new(app: SocketAddr, policy: Policy, metrics: Arc<crate::metrics::Metrics>, observe: Observe) -> Inbound {
         Inbound {
             app,
             policy,
             metrics,
+            observe,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
@@ -96,7 +100,7 @@ impl Inbound {
                 let svc = hyper::service::service_fn(move |req| {
                     let (me, caller) = (me.clone(), caller.clone());
                     async move {
-                        let resp = me.handle(req, &caller).await;
+                        let resp = me.observed(req, &caller, peer).await;
                         me.metrics.inbound(resp.status().as_u16());
                         Ok::<_, Infallible>(resp)
                     }
@@ -108,7 +112,45 @@ impl Inbound {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>, caller: &SpiffeId) -> Response<Body> {
+    /// [`Inbound::handle`] inside a server span, with an access-log line.
+    async fn observed(&self, req: Request<Incoming>, caller: &SpiffeId, peer: SocketAddr) -> Response<Body> {
+        let start = std::time::Instant::now();
+        let mut span = self
+            .observe
+            .tracer
+            .server(|| format!("{} inbound", req.method()), req.headers());
+        telemetry::server_request_attrs(&mut span, &req, peer, true);
+        span.set_with(attr::BERTH_DIRECTION, || "inbound");
+        span.set_with(attr::BERTH_PEER_IDENTITY, || caller.to_string());
+        let entry = self.observe.access_log.as_ref().map(|_| {
+            let mut e = berth_common::accesslog::Entry::for_request(&req, peer, true, "inbound");
+            e.client_identity = Some(caller.to_string());
+            e.service_url = Some(format!("http://{}", self.app));
+            e
+        });
+        let resp = self.handle(req, caller, &span).await;
+        self.metrics.inbound_duration(start.elapsed());
+        telemetry::response_status(&mut span, resp.status().as_u16());
+        let log = match (&self.observe.access_log, entry) {
+            (Some(log), Some(mut e)) => {
+                e.status = resp.status().as_u16();
+                if let Some((t, s)) = span.ids() {
+                    e.trace_id = Some(t);
+                    e.span_id = Some(s);
+                }
+                Some((log.clone(), e))
+            }
+            _ => None,
+        };
+        let finish = Finish { span, log, start };
+        if finish.is_needed() {
+            resp.map(|b| Observed::new(b, finish).boxed())
+        } else {
+            resp
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>, caller: &SpiffeId, span: &Span) -> Response<Body> {
         if let Decision::Deny(why) = authorize(
             caller,
             &self.policy.me,
@@ -135,21 +177,43 @@ impl Inbound {
         // when a kept-alive one to the app broke (an app closing its connections while it
         // stops); if the app then refuses, the caller is told to go elsewhere.
         let again = body.is_end_stream() && is_idempotent(&parts.method);
+        let mut cspan = self.app_span(span, &mut parts, 0);
         let spare = again.then(|| parts.clone());
         let up = Request::from_parts(parts, body.map_err(|e| -> BoxError { Box::new(e) }).boxed());
         let mut result = self.client.request(up).await;
-        if let (Some(parts), Err(e)) = (spare, &result)
+        if let (Some(mut parts), Err(e)) = (spare, &result)
             && !e.is_connect()
         {
             tracing::info!(app = %self.app, error = %e, "the app's connection broke; trying once more");
+            cspan.set(attr::ERROR_TYPE, "connection_broken");
+            cspan.error(|| e.to_string());
+            cspan = self.app_span(span, &mut parts, 1);
             let retry = Request::from_parts(parts, Empty::new().map_err(|never| match never {}).boxed());
             result = self.client.request(retry).await;
+        }
+        match &result {
+            Ok(resp) => telemetry::response_status(&mut cspan, resp.status().as_u16()),
+            Err(e) => {
+                cspan.set(attr::ERROR_TYPE, if e.is_connect() { "connect" } else { "upstream" });
+                cspan.error(|| e.to_string());
+            }
         }
         match result {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 remove_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, body.map_err(|e| -> BoxError { Box::new(e) }).boxed())
+                let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed();
+                let body = if cspan.is_recording() {
+                    let finish = Finish {
+                        span: cspan,
+                        log: None,
+                        start: std::time::Instant::now(),
+                    };
+                    Observed::new(body, finish).boxed()
+                } else {
+                    body
+                };
+                Response::from_parts(parts, body)
             }
             Err(e) if e.is_connect() => {
                 tracing::warn!(app = %self.app, error = %e, "the app is not listening");
@@ -169,5 +233,16 @@ impl Inbound {
                 )
             }
         }
+    }
+
+    /// A client span for one attempt to the app, its context written into `parts`.
+    fn app_span(&self, parent: &Span, parts: &mut http::request::Parts, resend: usize) -> Span {
+        let mut cspan = self
+            .observe
+            .tracer
+            .child(parent, || parts.method.to_string(), SpanKind::Client);
+        telemetry::client_request_attrs(&mut cspan, &parts.method, &parts.uri, resend);
+        self.observe.tracer.inject(&cspan, &mut parts.headers);
+        cspan
     }
 }

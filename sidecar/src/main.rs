@@ -111,15 +111,7 @@ async fn run() -> i32 {
             return 64;
         }
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .json()
-        .flatten_event(true)
-        .with_writer(std::io::stderr)
-        .try_init();
+    berth_common::logging::init(settings.log_format);
     let anchors = match CertificateDer::pem_slice_iter(settings.ca_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())
@@ -248,7 +240,33 @@ async fn run() -> i32 {
         metrics.clone(),
     ));
 
-    let inbound = Arc::new(Inbound::new(app, policy, metrics.clone()));
+    // Spans are named for the task's mesh name (`berth.mesh.name`, else its service).
+    let tracer = match &settings.tracing {
+        Some(t) => {
+            let name = labels.mesh.name.clone().unwrap_or_else(|| reg.service.clone());
+            let detected = berth_common::telemetry::resource::detect_ecs().await;
+            let resource = berth_common::telemetry::resource::build(t, &name, detected);
+            tracing::info!(endpoint = %t.endpoint, protocol = ?t.protocol, service = %name, "tracing on");
+            berth_common::telemetry::start(t, resource)
+        }
+        None => berth_common::telemetry::Tracer::disabled(),
+    };
+    let access_log = match settings.access_log {
+        Some(format) => match berth_common::accesslog::AccessLog::open(None, format) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("berth-sidecar: access log: {e}");
+                return 1;
+            }
+        },
+        None => None,
+    };
+    let observe = berth_common::telemetry::Observe {
+        tracer: tracer.clone(),
+        access_log,
+    };
+    metrics.set_observe(observe.clone());
+    let inbound = Arc::new(Inbound::new(app, policy, metrics.clone(), observe.clone()));
     let listener = match tokio::net::TcpListener::bind(settings.inbound).await {
         Ok(l) => l,
         Err(e) => {
@@ -264,7 +282,7 @@ async fn run() -> i32 {
     });
     let mesh = MeshCache::new(pool.clone());
     tokio::spawn(mesh.clone().follow());
-    let outbound = match Outbound::new(mesh, slot, anchors, &trust_domain, metrics.clone()) {
+    let outbound = match Outbound::new(mesh, slot, anchors, &trust_domain, metrics.clone(), observe) {
         Ok(o) => Arc::new(o),
         Err(e) => {
             eprintln!("berth-sidecar: outbound TLS: {e}");
@@ -330,6 +348,7 @@ async fn run() -> i32 {
             }
         }
     }
+    tracer.flush(Duration::from_secs(2)).await;
     tracing::info!("stopped");
     0
 }

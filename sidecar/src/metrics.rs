@@ -1,13 +1,14 @@
 //! The sidecar's Prometheus metrics on `BERTH_ADMIN` (`GET /metrics`): inbound requests
 //! by status and refusals, outbound requests by mesh service and status, retries, whether
-//! each gateway replica has the registration, the app's health, the certificate's expiry.
+//! each gateway replica has the registration, the app's health, the certificate's expiry,
+//! request durations, and what became of trace spans and access-log lines.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
-use berth_common::prom::{Counters, family, sample};
+use berth_common::prom::{Counters, Histogram, family, sample};
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -18,11 +19,35 @@ pub struct Metrics {
     registered: Mutex<BTreeMap<String, bool>>,
     app_healthy: AtomicBool,
     cert_not_after: AtomicU64,
+    inbound_duration: Histogram,
+    outbound_duration: Mutex<BTreeMap<String, Arc<Histogram>>>,
+    observe: std::sync::OnceLock<berth_common::telemetry::Observe>,
 }
 
 impl Metrics {
     pub fn inbound(&self, status: u16) {
         self.inbound.inc(status);
+    }
+
+    /// How long an inbound request took to its response head.
+    pub fn inbound_duration(&self, d: Duration) {
+        self.inbound_duration.observe(d);
+    }
+
+    pub fn outbound_duration(&self, service: &str, d: Duration) {
+        let h = {
+            let mut map = self.outbound_duration.lock().unwrap_or_else(|e| e.into_inner());
+            match map.get(service) {
+                Some(h) => h.clone(),
+                None => map.entry(service.to_string()).or_default().clone(),
+            }
+        };
+        h.observe(d);
+    }
+
+    /// Where span and access-log counts come from, once they are set up.
+    pub fn set_observe(&self, observe: berth_common::telemetry::Observe) {
+        let _ = self.observe.set(observe);
     }
 
     pub fn denied(&self) {
@@ -100,6 +125,43 @@ impl Metrics {
         let name = "berth_sidecar_app_healthy";
         family(&mut out, name, "gauge", "Whether the app may get traffic.");
         sample(&mut out, name, &[], u8::from(self.app_healthy.load(Ordering::Relaxed)));
+        let name = "berth_sidecar_inbound_request_duration_seconds";
+        family(
+            &mut out,
+            name,
+            "histogram",
+            "Inbound requests: time to the response head.",
+        );
+        self.inbound_duration.render(&mut out, name, "");
+        let name = "berth_sidecar_outbound_request_duration_seconds";
+        family(
+            &mut out,
+            name,
+            "histogram",
+            "East-west requests by mesh service: time to the response head.",
+        );
+        for (svc, h) in self.outbound_duration.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            h.render(
+                &mut out,
+                name,
+                &format!("service=\"{}\"", berth_common::prom::escape(svc)),
+            );
+        }
+        if let Some(o) = self.observe.get() {
+            if let Some(stats) = o.tracer.stats() {
+                stats.render(&mut out, "berth_sidecar");
+            }
+            if let Some(log) = &o.access_log {
+                let name = "berth_sidecar_access_log_dropped_total";
+                family(
+                    &mut out,
+                    name,
+                    "counter",
+                    "Access-log lines dropped because the writer fell behind.",
+                );
+                sample(&mut out, name, &[], log.dropped.load(Ordering::Relaxed));
+            }
+        }
         let name = "berth_sidecar_certificate_expiry_timestamp_seconds";
         family(&mut out, name, "gauge", "When the task's certificate expires.");
         sample(&mut out, name, &[], self.cert_not_after.load(Ordering::Relaxed));

@@ -20,6 +20,8 @@ use berth_common::control::{MESH_PATH, MeshView};
 use berth_common::http::{CLIENT_ID_HEADER, is_app_unreachable, is_idempotent, remove_hop_by_hop};
 use berth_common::identity::SpiffeId;
 use berth_common::mtls::{CertSlot, PeerPolicy, TrustAnchors, client_config};
+use berth_common::telemetry::body::{Finish, Observed};
+use berth_common::telemetry::{self, Observe, Span, SpanKind, attr};
 use berth_common::upstream::{MeshConnector, MeshPeers};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -72,6 +74,21 @@ pub enum OutboundError {
 }
 
 impl OutboundError {
+    /// A short, stable name for the failure (`error.type` on spans).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            OutboundError::NoService(_) => "no_service",
+            OutboundError::Unresolved { .. } => "unresolved",
+            OutboundError::NoEndpoint(_) => "no_endpoint",
+            OutboundError::NoName => "no_name",
+            OutboundError::BadName(_) => "bad_name",
+            OutboundError::Connect => "connect_method",
+            OutboundError::TooMany { .. } => "too_many_services",
+            OutboundError::Upstream { .. } => "upstream",
+            OutboundError::Timeout { .. } => "timeout",
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             OutboundError::NoService(_)
@@ -302,6 +319,7 @@ impl MeshCache {
 
 /// The outbound proxy.
 pub struct Outbound {
+    observe: Observe,
     mesh: Arc<MeshCache>,
     client: Client<MeshConnector, Body>,
     metrics: Arc<crate::metrics::Metrics>,
@@ -340,6 +358,7 @@ impl Outbound {
         anchors: TrustAnchors,
         trust_domain: &str,
         metrics: Arc<crate::metrics::Metrics>,
+        observe: Observe,
     ) -> Result<Outbound, rustls::Error> {
         let cfg = client_config(Some(slot), anchors, PeerPolicy::TrustDomain(trust_domain.into()))?;
         let connector = MeshConnector::new(CONNECT_TIMEOUT, cfg, mesh.peers.clone());
@@ -349,6 +368,7 @@ impl Outbound {
             .timer(TokioTimer::new())
             .set_host(false);
         Ok(Outbound {
+            observe,
             mesh,
             client: b.build(connector),
             metrics,
@@ -358,7 +378,7 @@ impl Outbound {
     /// Accept the app's plain-HTTP connections until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else {
+            let Ok((tcp, peer)) = listener.accept().await else {
                 continue;
             };
             let _ = tcp.set_nodelay(true);
@@ -366,7 +386,7 @@ impl Outbound {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     let me = me.clone();
-                    async move { Ok::<_, Infallible>(me.handle(req).await.unwrap_or_else(|e| e.response())) }
+                    async move { Ok::<_, Infallible>(me.observed(req, peer).await) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tcp), svc)
@@ -375,12 +395,64 @@ impl Outbound {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Result<Response<Body>, OutboundError> {
+    /// [`Outbound::handle`] inside a server span, with an access-log line.
+    async fn observed(&self, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
+        let start = Instant::now();
+        let mut span = self
+            .observe
+            .tracer
+            .server(|| format!("{} outbound", req.method()), req.headers());
+        telemetry::server_request_attrs(&mut span, &req, peer, false);
+        span.set_with(attr::BERTH_DIRECTION, || "outbound");
+        let mut entry = self
+            .observe
+            .access_log
+            .as_ref()
+            .map(|_| berth_common::accesslog::Entry::for_request(&req, peer, false, "outbound"));
+        let resp = self
+            .handle(req, &mut span, entry.as_deref_mut())
+            .await
+            .unwrap_or_else(|e| {
+                span.set(attr::ERROR_TYPE, e.kind());
+                e.response()
+            });
+        telemetry::response_status(&mut span, resp.status().as_u16());
+        let log = match (&self.observe.access_log, entry) {
+            (Some(log), Some(mut e)) => {
+                e.status = resp.status().as_u16();
+                if let Some((t, s)) = span.ids() {
+                    e.trace_id = Some(t);
+                    e.span_id = Some(s);
+                }
+                Some((log.clone(), e))
+            }
+            _ => None,
+        };
+        let finish = Finish { span, log, start };
+        if finish.is_needed() {
+            resp.map(|b| Observed::new(b, finish).boxed())
+        } else {
+            resp
+        }
+    }
+
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        span: &mut Span,
+        entry: Option<&mut berth_common::accesslog::Entry>,
+    ) -> Result<Response<Body>, OutboundError> {
         if req.method() == Method::CONNECT {
             return Err(OutboundError::Connect);
         }
         let name = target_name(req.uri(), req.headers())?;
-        let result = self.forward(&name, req).await;
+        if span.is_recording() {
+            span.set_name(|| format!("{} {name}", req.method()));
+            span.set(attr::PEER_SERVICE, name.as_str());
+        }
+        let start = Instant::now();
+        let result = self.forward(&name, req, span, entry).await;
+        self.metrics.outbound_duration(&name, start.elapsed());
         let status = match &result {
             Ok(r) => r.status(),
             Err(e) => e.status(),
@@ -389,7 +461,16 @@ impl Outbound {
         result
     }
 
-    async fn forward(&self, name: &str, req: Request<Incoming>) -> Result<Response<Body>, OutboundError> {
+    async fn forward(
+        &self,
+        name: &str,
+        req: Request<Incoming>,
+        span: &Span,
+        mut entry: Option<&mut berth_common::accesslog::Entry>,
+    ) -> Result<Response<Body>, OutboundError> {
+        if let Some(e) = entry.as_deref_mut() {
+            e.service = Some(name.to_string());
+        }
         let name = name.to_string();
         let target = self.mesh.resolve(&name).await?;
         let (parts, body) = req.into_parts();
@@ -417,6 +498,9 @@ impl Outbound {
             };
             if !tried.is_empty() {
                 self.metrics.retry(&name);
+                if let Some(e) = entry.as_deref_mut() {
+                    e.retries += 1;
+                }
             }
             tried.push(i);
             let endpoint = &target.endpoints[i];
@@ -435,11 +519,26 @@ impl Outbound {
             } else {
                 std::mem::take(&mut headers)
             };
+            let mut cspan = self
+                .observe
+                .tracer
+                .child(span, || parts.method.to_string(), SpanKind::Client);
+            telemetry::client_request_attrs(&mut cspan, &parts.method, up.uri(), tried.len() - 1);
+            if cspan.is_recording() {
+                cspan.set(attr::PEER_SERVICE, name.as_str());
+                cspan.set(attr::BERTH_PEER_IDENTITY, target.identity.to_string());
+            }
+            self.observe.tracer.inject(&cspan, up.headers_mut());
+            if let Some(e) = entry.as_deref_mut() {
+                e.service_url = Some(format!("https://{endpoint}"));
+            }
             let _inflight = InFlight::new(state.clone());
             let t0 = Instant::now();
             let res = match tokio::time::timeout(RESPONSE_TIMEOUT, self.client.request(up)).await {
                 Ok(r) => r,
                 Err(_) => {
+                    cspan.set(attr::ERROR_TYPE, "timeout");
+                    cspan.error(|| "the peer did not answer in time".into());
                     state.record_failure();
                     return Err(OutboundError::Timeout {
                         name,
@@ -448,8 +547,22 @@ impl Outbound {
                 }
             };
             let more = retryable && tried.len() < MAX_ATTEMPTS.min(target.endpoints.len());
+            match &res {
+                Ok(resp) => {
+                    telemetry::response_status(&mut cspan, resp.status().as_u16());
+                    if let Some(e) = entry.as_deref_mut() {
+                        e.origin_status = Some(resp.status().as_u16());
+                        e.origin_duration = Some(t0.elapsed());
+                    }
+                }
+                Err(e) => {
+                    cspan.set(attr::ERROR_TYPE, if e.is_connect() { "connect" } else { "upstream" });
+                    cspan.error(|| berth_common::error::chain_text(e));
+                }
+            }
             match res {
                 Ok(resp) if is_app_unreachable(resp.status(), resp.headers()) => {
+                    cspan.set(attr::ERROR_TYPE, "app_unreachable");
                     state.record_failure();
                     tracing::info!(service = %name, %endpoint, "the peer's app is not listening");
                     if more {
@@ -462,10 +575,18 @@ impl Outbound {
                     state.record_success(t0.elapsed());
                     let (mut rparts, rbody) = resp.into_parts();
                     remove_hop_by_hop(&mut rparts.headers);
-                    return Ok(Response::from_parts(
-                        rparts,
-                        rbody.map_err(|e| -> BoxError { Box::new(e) }).boxed(),
-                    ));
+                    let rbody = rbody.map_err(|e| -> BoxError { Box::new(e) }).boxed();
+                    let rbody = if cspan.is_recording() {
+                        let finish = Finish {
+                            span: cspan,
+                            log: None,
+                            start: t0,
+                        };
+                        Observed::new(rbody, finish).boxed()
+                    } else {
+                        rbody
+                    };
+                    return Ok(Response::from_parts(rparts, rbody));
                 }
                 Err(e) => {
                     let reason = berth_common::error::chain_text(&e);

@@ -11,6 +11,7 @@
 //! an OTLP endpoint is set (or `OTEL_TRACES_EXPORTER=otlp`). When it is off, no
 //! header is touched and a span costs nothing.
 
+pub mod body;
 pub mod export;
 pub mod otlp;
 pub mod propagation;
@@ -26,6 +27,13 @@ use http::HeaderMap;
 pub use otlp::{SpanData, SpanKind, Status, Value};
 pub use propagation::{Propagators, SpanContext, SpanId, TraceId};
 pub use settings::{Sampler, TraceSettings};
+
+/// What a proxy records about requests beyond metrics: spans and the access log.
+#[derive(Clone, Debug, Default)]
+pub struct Observe {
+    pub tracer: Tracer,
+    pub access_log: Option<crate::accesslog::AccessLog>,
+}
 
 /// Hands out spans; cheap to clone. [`Tracer::disabled`] makes inert spans.
 #[derive(Clone, Default)]

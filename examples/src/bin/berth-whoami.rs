@@ -125,7 +125,7 @@ async fn handle(
             app.healthy.store(healthy, std::sync::atomic::Ordering::Relaxed);
             return Ok(text(StatusCode::OK, format!("healthy={healthy}\n")));
         }
-        "/call" => return Ok(call(&app, &query).await),
+        "/call" => return Ok(call(&app, &query, req.headers()).await),
         "/bench" => return Ok(text(StatusCode::OK, "1\n")),
         "/ws" => {
             let on = hyper::upgrade::on(&mut req);
@@ -177,8 +177,20 @@ async fn handle(
     Ok(text(StatusCode::OK, out))
 }
 
+/// The trace-context headers an instrumented app passes from the request it serves to
+/// the calls it makes, so the east-west hop joins the caller's trace.
+const TRACE_HEADERS: [&str; 7] = [
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-sampled",
+    "baggage",
+];
+
 /// `GET url` through the sidecar's outbound listener, as an HTTP proxy would be used.
-async fn call(app: &App, query: &str) -> Response<Full<Bytes>> {
+async fn call(app: &App, query: &str, incoming: &http::HeaderMap) -> Response<Full<Bytes>> {
     let Some(url) = query.split('&').find_map(|kv| kv.strip_prefix("url=")) else {
         return text(StatusCode::BAD_REQUEST, "use /call?url=http://SERVICE/path\n");
     };
@@ -195,11 +207,16 @@ async fn call(app: &App, query: &str) -> Response<Full<Bytes>> {
         tokio::spawn(conn);
         let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
         let host = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-        let req = Request::builder()
+        let mut req = Request::builder()
             .uri(uri)
             .header(http::header::HOST, host)
             .body(http_body_util::Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;
+        for name in TRACE_HEADERS {
+            if let Some(v) = incoming.get(name) {
+                req.headers_mut().insert(name, v.clone());
+            }
+        }
         let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
         let body = http_body_util::BodyExt::collect(resp.into_body())

@@ -82,6 +82,24 @@ pub fn handle<B>(state: &AdminState, req: Request<B>) -> Response<Body> {
         }
         "/metrics" => {
             let mut text = state.metrics.render();
+            let observe = state.proxy.observe();
+            if let Some(stats) = observe.tracer.stats() {
+                stats.render(&mut text, "berth");
+            }
+            if let Some(log) = &observe.access_log {
+                berth_common::prom::family(
+                    &mut text,
+                    "berth_access_log_dropped_total",
+                    "counter",
+                    "Access-log lines dropped because the writer fell behind.",
+                );
+                berth_common::prom::sample(
+                    &mut text,
+                    "berth_access_log_dropped_total",
+                    &[],
+                    log.dropped.load(std::sync::atomic::Ordering::Relaxed),
+                );
+            }
             if let Some(reg) = &state.sidecars {
                 text.push_str("# HELP berth_sidecars_connected Sidecars with a live registration.\n");
                 text.push_str("# TYPE berth_sidecars_connected gauge\n");

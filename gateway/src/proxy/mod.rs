@@ -34,8 +34,11 @@ use ipnet::IpNet;
 use crate::admin::metrics::{EntrypointMetrics, Metrics};
 use crate::config::Limits;
 use crate::lifecycle::Lifecycle;
+use berth_common::accesslog::Entry;
 use berth_common::balance::{InFlight, Registry};
 use berth_common::middleware;
+use berth_common::telemetry::body::{Finish, Observed};
+use berth_common::telemetry::{self, Observe, Span, SpanKind, attr};
 use errors::{ProxyError, text_response};
 use router::{Routes, ServiceRuntime};
 use upstream::Clients;
@@ -61,8 +64,30 @@ pub struct ConnInfo {
     pub metrics: Arc<EntrypointMetrics>,
 }
 
+/// How a routed request is to be forwarded.
+struct How {
+    /// The `Host` the client sent (kept when the service passes it on).
+    raw_host: Option<String>,
+    /// A requested protocol upgrade (WebSocket) and the client side of it.
+    upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+    /// The router's retry middleware, if any.
+    retry: Option<middleware::limit::Retry>,
+}
+
+/// Filled in as a request goes through, for its span and access-log line.
+#[derive(Default)]
+struct Outcome {
+    router: Option<String>,
+    service: Option<String>,
+    service_url: Option<String>,
+    origin_status: Option<u16>,
+    origin_duration: Option<std::time::Duration>,
+    retries: u32,
+}
+
 pub struct Proxy {
     routes: ArcSwap<Routes>,
+    observe: Observe,
     registry: Registry,
     clients: Clients,
     metrics: Arc<Metrics>,
@@ -80,6 +105,7 @@ impl Proxy {
         trusted: Vec<IpNet>,
         lifecycle: Arc<Lifecycle>,
         ping: Option<String>,
+        observe: Observe,
     ) -> Proxy {
         let registry = Registry::default();
         let routes = Routes::build(Arc::new(Snapshot::default()), &registry, &metrics);
@@ -92,7 +118,12 @@ impl Proxy {
             trusted,
             lifecycle,
             ping,
+            observe,
         }
+    }
+
+    pub fn observe(&self) -> &Observe {
+        &self.observe
     }
 
     /// Swap in a new snapshot; requests in flight keep the one they started with.
@@ -125,7 +156,16 @@ impl Proxy {
         let method = req.method().clone();
         let version = req.version();
         let mut close = self.lifecycle.is_shutting_down();
-        let mut resp = match self.serve(req, conn, start).await {
+        let mut span = self.observe.tracer.server(|| method.to_string(), req.headers());
+        telemetry::server_request_attrs(&mut span, &req, conn.peer, conn.tls);
+        span.set_with(attr::BERTH_ENTRYPOINT, || &*conn.entrypoint);
+        let entry = self
+            .observe
+            .access_log
+            .as_ref()
+            .map(|_| Entry::for_request(&req, conn.peer, conn.tls, &conn.entrypoint));
+        let mut outcome = Outcome::default();
+        let mut resp = match self.serve(req, conn, start, &mut span, &mut outcome).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(entrypoint = %conn.entrypoint, peer = %conn.peer, error = %e, "request failed");
@@ -137,6 +177,28 @@ impl Proxy {
         conn.metrics
             .requests
             .record(resp.status().as_u16(), &method, start.elapsed());
+        telemetry::response_status(&mut span, resp.status().as_u16());
+        let log = match (&self.observe.access_log, entry) {
+            (Some(log), Some(mut e)) => {
+                e.status = resp.status().as_u16();
+                e.router = outcome.router;
+                e.service = outcome.service;
+                e.service_url = outcome.service_url;
+                e.origin_status = outcome.origin_status;
+                e.origin_duration = outcome.origin_duration;
+                e.retries = outcome.retries;
+                if let Some((t, s)) = span.ids() {
+                    e.trace_id = Some(t);
+                    e.span_id = Some(s);
+                }
+                Some((log.clone(), e))
+            }
+            _ => None,
+        };
+        let finish = Finish { span, log, start };
+        if finish.is_needed() {
+            resp = resp.map(|b| Observed::new(b, finish).boxed());
+        }
         // While shutting down, ask HTTP/1 clients to reconnect (elsewhere).
         if close && version <= Version::HTTP_11 && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             resp.headers_mut()
@@ -150,6 +212,8 @@ impl Proxy {
         mut req: Request<Incoming>,
         conn: &ConnInfo,
         start: Instant,
+        span: &mut Span,
+        outcome: &mut Outcome,
     ) -> Result<Response<Body>, ProxyError> {
         if self.ping.as_deref() == Some(&*conn.entrypoint) && req.uri().path() == "/ping" {
             return Ok(if self.lifecycle.is_shutting_down() {
@@ -205,6 +269,15 @@ impl Proxy {
             .cloned()
             .ok_or_else(|| ProxyError::NoEndpoint(router.service.clone()))?;
         let router_metrics = routes.router_metrics.get(router_idx).cloned();
+        if span.is_recording() {
+            span.set_name(|| format!("{} {}", req.method(), router.name));
+            span.set(attr::BERTH_ROUTER, router.name.as_str());
+            span.set(attr::BERTH_SERVICE, service.name.as_str());
+        }
+        if self.observe.access_log.is_some() {
+            outcome.router = Some(router.name.clone());
+            outcome.service = Some(service.name.clone());
+        }
         let specs = router.middleware_specs.clone();
         drop(routes);
 
@@ -279,7 +352,12 @@ impl Proxy {
                     middleware::Spec::Retry(r) => Some(*r),
                     _ => None,
                 });
-                self.forward(req, conn, &service, raw_host, upgrade, retry).await
+                let how = How {
+                    raw_host,
+                    upgrade,
+                    retry,
+                };
+                self.forward(req, conn, &service, how, span, outcome).await
             }
         };
         // Circuit breakers learn every upstream outcome.
@@ -358,10 +436,15 @@ impl Proxy {
         req: Request<Incoming>,
         conn: &ConnInfo,
         svc: &ServiceRuntime,
-        raw_host: Option<String>,
-        upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
-        retry: Option<middleware::limit::Retry>,
+        how: How,
+        span: &Span,
+        outcome: &mut Outcome,
     ) -> Result<Response<Body>, ProxyError> {
+        let How {
+            raw_host,
+            upgrade,
+            retry,
+        } = how;
         let (parts, body) = req.into_parts();
         let bodyless = body.is_end_stream();
         let retryable = bodyless && upgrade.is_none() && is_idempotent(&parts.method);
@@ -429,6 +512,7 @@ impl Proxy {
             };
             if attempts > 0 {
                 self.metrics.retry(&svc.name);
+                outcome.retries += 1;
             }
             attempts += 1;
             tried.push(i);
@@ -469,6 +553,21 @@ impl Proxy {
                 }
             }
 
+            // A client span per attempt; its context replaces the caller's downstream.
+            let mut cspan = self
+                .observe
+                .tracer
+                .child(span, || parts.method.to_string(), SpanKind::Client);
+            telemetry::client_request_attrs(&mut cspan, &parts.method, up.uri(), outcome.retries as usize);
+            if cspan.is_recording()
+                && let Some(id) = &ep.mesh
+            {
+                cspan.set(attr::BERTH_PEER_IDENTITY, id.as_str());
+            }
+            self.observe.tracer.inject(&cspan, up.headers_mut());
+            if self.observe.access_log.is_some() {
+                outcome.service_url = Some(ep.url.to_string());
+            }
             let _inflight = InFlight::new(state.clone());
             let t0 = Instant::now();
             let fut = self.dispatch(ep, up)?;
@@ -478,6 +577,8 @@ impl Proxy {
                     Err(_) => {
                         state.record_failure();
                         self.metrics.upstream_error(&svc.name, "timeout");
+                        cspan.set(attr::ERROR_TYPE, "timeout");
+                        cspan.error(|| "upstream timed out".into());
                         tracing::warn!(service = %svc.name, endpoint = %ep.url, "upstream timed out; endpoint ejected");
                         return Err(ProxyError::Timeout {
                             endpoint: ep.url.clone(),
@@ -488,11 +589,15 @@ impl Proxy {
             };
             match res {
                 Ok(mut resp) => {
+                    telemetry::response_status(&mut cspan, resp.status().as_u16());
+                    outcome.origin_status = Some(resp.status().as_u16());
+                    outcome.origin_duration = Some(t0.elapsed());
                     if ep.mesh.is_some() && is_app_unreachable(resp.status(), resp.headers()) {
                         // The sidecar answered but its app is gone (a stopping task):
                         // the request never reached an app, so it may go elsewhere.
                         let backoff = state.record_failure();
                         self.metrics.upstream_error(&svc.name, "app_unreachable");
+                        cspan.set(attr::ERROR_TYPE, "app_unreachable");
                         tracing::info!(service = %svc.name, endpoint = %ep.url, ejected_for = ?backoff,
                             "the sidecar's app is not listening");
                         if retryable && attempts < max_attempts {
@@ -510,9 +615,26 @@ impl Proxy {
                         return Ok(resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()));
                     }
                     remove_hop_by_hop(resp.headers_mut());
-                    return Ok(resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()));
+                    return Ok(resp.map(|b| {
+                        let b = b.map_err(|e| -> BoxError { Box::new(e) }).boxed();
+                        if cspan.is_recording() {
+                            // The attempt's span ends with the upstream's body.
+                            Observed::new(
+                                b,
+                                Finish {
+                                    span: cspan,
+                                    log: None,
+                                    start: t0,
+                                },
+                            )
+                            .boxed()
+                        } else {
+                            b
+                        }
+                    }));
                 }
                 Err(e) => {
+                    cspan.error(|| chain_text(&e));
                     if let Some(limit) = limit
                         && error_chain_has::<http_body_util::LengthLimitError>(&e)
                     {
@@ -522,6 +644,7 @@ impl Proxy {
                         return Err(ProxyError::BadRequest("invalid request body"));
                     }
                     if e.is_connect() {
+                        cspan.set(attr::ERROR_TYPE, "connect");
                         let backoff = state.record_failure();
                         self.metrics.upstream_error(&svc.name, "connect");
                         tracing::warn!(service = %svc.name, endpoint = %ep.url, error = %chain_text(&e),
@@ -536,6 +659,7 @@ impl Proxy {
                         return Err(last_err.unwrap_or_else(|| ProxyError::NoEndpoint(svc.name.clone())));
                     }
                     self.metrics.upstream_error(&svc.name, "upstream");
+                    cspan.set(attr::ERROR_TYPE, "upstream");
                     tracing::warn!(service = %svc.name, endpoint = %ep.url, error = %chain_text(&e), "upstream request failed");
                     return Err(ProxyError::Upstream {
                         endpoint: ep.url.clone(),
