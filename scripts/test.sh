@@ -12,6 +12,15 @@ if ! python3 -c 'import moto.server, flask' 2>/dev/null; then
   echo "test: installing moto[server] (the ECS API peer for the discovery tests)..." >&2
   python3 -m pip install --quiet --disable-pip-version-check 'moto[server]'
 fi
+if ! command -v chromium >/dev/null; then
+  # The dashboard test drives real headless Chromium.
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    echo "test: installing chromium (the dashboard test runs it headless)..." >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    echo "test: chromium is missing; install it (apt-get install chromium) for the dashboard test" >&2
+  fi
+fi
 if [[ ! -x ../shared/tools/moto-loopback && -z "${MOTO_ENDPOINT:-}" ]]; then
   echo "test: ../shared/tools/moto-loopback is missing; set MOTO_ENDPOINT to a running moto server" >&2
   exit 2

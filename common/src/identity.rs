@@ -161,6 +161,50 @@ pub fn not_after_of(cert: &CertificateDer<'_>) -> Result<std::time::SystemTime, 
     Ok(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
+/// What an operator wants to see about a certificate.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertSummary {
+    pub subject: String,
+    /// DNS names, IP addresses and URIs (SPIFFE IDs) from the SAN extension.
+    pub names: Vec<String>,
+    pub not_before_unix: i64,
+    pub not_after_unix: i64,
+    pub is_ca: bool,
+}
+
+/// Subject, names and validity of a certificate.
+pub fn summarize(cert: &CertificateDer<'_>) -> Result<CertSummary, IdentityError> {
+    use x509_parser::prelude::*;
+    let (_, parsed) = X509Certificate::from_der(cert).map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::DNSName(d) => names.push(d.to_string()),
+                GeneralName::URI(u) => names.push(u.to_string()),
+                GeneralName::IPAddress(b) => match b.len() {
+                    4 => names.push(std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()),
+                    16 => {
+                        let mut a = [0u8; 16];
+                        a.copy_from_slice(b);
+                        names.push(std::net::Ipv6Addr::from(a).to_string());
+                    }
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    Ok(CertSummary {
+        subject: parsed.subject().to_string(),
+        names,
+        not_before_unix: parsed.validity().not_before.timestamp(),
+        not_after_unix: parsed.validity().not_after.timestamp(),
+        is_ca: parsed.is_ca(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -223,6 +223,9 @@ impl Gateway {
         }
         let mut mesh_addr = None;
         let sidecars = mesh_ca.is_some().then(|| registry.clone());
+        let mesh_certs = mesh_ca
+            .as_ref()
+            .map(|(_, ca, slot, _)| (ca.anchor().clone().into_owned(), slot.clone()));
         if let Some((m, ca, slot, _)) = mesh_ca {
             let listener = TcpListener::bind(m.listen).await.map_err(|source| StartError::Bind {
                 what: "mesh control API".into(),
@@ -285,6 +288,8 @@ impl Gateway {
                 providers: statuses,
                 ecs: ecs_status,
                 sidecars,
+                certs: certs.clone(),
+                mesh_certs,
             }),
         ));
 

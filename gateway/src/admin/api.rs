@@ -27,6 +27,13 @@ pub struct AdminState {
     pub ecs: Option<Arc<crate::discovery::ecs::EcsStatus>>,
     /// The sidecar registry, when the mesh control plane runs.
     pub sidecars: Option<Arc<crate::discovery::registry::Registry>>,
+    /// Entrypoint TLS certificates (default and SNI).
+    pub certs: Arc<crate::entrypoint::CertStore>,
+    /// The mesh CA's anchor and the gateway's own mesh certificate.
+    pub mesh_certs: Option<(
+        rustls_pki_types::CertificateDer<'static>,
+        Arc<berth_common::mtls::CertSlot>,
+    )>,
 }
 
 /// Serve the admin API until the task is dropped.
@@ -100,6 +107,23 @@ pub fn handle<B>(state: &AdminState, req: Request<B>) -> Response<Body> {
                     log.dropped.load(std::sync::atomic::Ordering::Relaxed),
                 );
             }
+            let certs = certificates(state);
+            if !certs.is_empty() {
+                let name = "berth_certificate_expiry_timestamp_seconds";
+                berth_common::prom::family(
+                    &mut text,
+                    name,
+                    "gauge",
+                    "When each certificate the gateway holds expires.",
+                );
+                for c in &certs {
+                    let subject = c["names"][0]
+                        .as_str()
+                        .unwrap_or(c["subject"].as_str().unwrap_or_default());
+                    let labels = [("use", c["use"].as_str().unwrap_or_default()), ("name", subject)];
+                    berth_common::prom::sample(&mut text, name, &labels, c["notAfterUnix"].as_i64().unwrap_or(0));
+                }
+            }
             if let Some(reg) = &state.sidecars {
                 text.push_str("# HELP berth_sidecars_connected Sidecars with a live registration.\n");
                 text.push_str("# TYPE berth_sidecars_connected gauge\n");
@@ -112,6 +136,7 @@ pub fn handle<B>(state: &AdminState, req: Request<B>) -> Response<Body> {
         "/api/http/middlewares" => json_response(StatusCode::OK, &Value::Array(middlewares(&snap))),
         "/api/overview" => json_response(StatusCode::OK, &overview(state, &snap)),
         "/api/diagnostics" => json_response(StatusCode::OK, &json!(snap.diagnostics)),
+        "/api/certificates" => json_response(StatusCode::OK, &Value::Array(certificates(state))),
         "/api/ecs" => match &state.ecs {
             Some(ecs) => json_response(StatusCode::OK, &json!({ "clusters": ecs.clusters() })),
             None => json_response(
@@ -274,48 +299,64 @@ fn overview(state: &AdminState, snap: &Snapshot) -> Value {
     })
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// A plain server-rendered overview; the full dashboard is its own issue.
-fn dashboard(state: &AdminState, snap: &Snapshot) -> String {
-    let mut html = String::from(
-        "<!doctype html><html><head><meta charset=utf-8><title>Berth</title>\
-         <style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}\
-         td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.DOWN,.disabled{color:#b00}.UP,.enabled{color:#070}</style>\
-         </head><body><h1>Berth gateway</h1><h2>Routers</h2><table><tr><th>Name</th><th>Rule</th><th>Service</th><th>Status</th></tr>",
-    );
-    for r in routers(snap) {
-        html.push_str(&format!(
-            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td class={}>{}</td></tr>",
-            esc(r["name"].as_str().unwrap_or_default()),
-            esc(r["rule"].as_str().unwrap_or_default()),
-            esc(r["service"].as_str().unwrap_or_default()),
-            r["status"].as_str().unwrap_or_default(),
-            r["status"].as_str().unwrap_or_default(),
-        ));
-    }
-    html.push_str("</table><h2>Services</h2><table><tr><th>Name</th><th>Server</th><th>Health</th></tr>");
-    for s in services(state, snap) {
-        if let Some(map) = s["serverStatus"].as_object() {
-            for (url, st) in map {
-                let st = st.as_str().unwrap_or_default();
-                html.push_str(&format!(
-                    "<tr><td>{}</td><td>{}</td><td class={st}>{st}</td></tr>",
-                    esc(s["name"].as_str().unwrap_or_default()),
-                    esc(url)
-                ));
-            }
+/// Every certificate the gateway holds: the mesh CA, its own mesh identity, and the
+/// entrypoints' TLS certificates.
+fn certificates(state: &AdminState) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut add = |usage: &str, der: &rustls_pki_types::CertificateDer<'_>| {
+        if let Ok(sum) = berth_common::identity::summarize(der) {
+            let mut v = json!(sum);
+            v["use"] = json!(usage);
+            out.push(v);
+        }
+    };
+    if let Some((anchor, slot)) = &state.mesh_certs {
+        add("mesh CA", anchor);
+        if let Some(ck) = slot.get()
+            && let Some(c) = ck.cert.first()
+        {
+            add("gateway mesh identity", c);
         }
     }
-    html.push_str("</table><h2>Diagnostics</h2><ul>");
-    for d in &snap.diagnostics {
-        html.push_str(&format!("<li>{}</li>", esc(&d.to_string())));
+    if let Some(ck) = state.certs.default.load().as_ref()
+        && let Some(c) = ck.cert.first()
+    {
+        add("TLS default", c);
     }
-    html.push_str("</ul></body></html>");
-    html
+    for ck in state.certs.sni.load().iter() {
+        if let Some(c) = ck.cert.first() {
+            add("TLS", c);
+        }
+    }
+    out
+}
+
+fn dashboard(state: &AdminState, snap: &Snapshot) -> String {
+    let routers = routers(snap);
+    let services = services(state, snap);
+    let providers: Vec<Value> = state.providers.iter().map(|p| json!(p.get())).collect();
+    let clusters: Option<Vec<Value>> = state
+        .ecs
+        .as_ref()
+        .map(|e| e.clusters().iter().map(|c| json!(c)).collect());
+    let sidecars: Option<Vec<Value>> = state
+        .sidecars
+        .as_ref()
+        .map(|r| r.list().iter().map(|x| json!(x)).collect());
+    let diagnostics: Vec<Value> = snap.diagnostics.iter().map(|d| json!(d)).collect();
+    let certificates = certificates(state);
+    let metrics = state.metrics.clone();
+    super::dashboard::render(&super::dashboard::View {
+        version: env!("CARGO_PKG_VERSION"),
+        ready: state.lifecycle.is_ready(),
+        snapshot_version: snap.version,
+        routers: &routers,
+        services: &services,
+        providers: &providers,
+        clusters: clusters.as_deref(),
+        sidecars: sidecars.as_deref(),
+        certificates: &certificates,
+        diagnostics: &diagnostics,
+        router_requests: &move |name| metrics.router(name).total(),
+    })
 }

@@ -38,6 +38,8 @@ impl RequestMetrics {
 pub struct Metrics {
     routers: Handles,
     services: Handles,
+    /// Keyed by `service \0 endpoint URL`; pruned to the current snapshot's endpoints.
+    endpoints: Handles,
     entrypoints: Mutex<HashMap<String, Arc<EntrypointMetrics>>>,
     upstream_errors: Counters<(String, &'static str)>,
     retries: Counters<String>,
@@ -79,6 +81,9 @@ pub struct EntrypointMetrics {
     pub requests: RequestMetrics,
 }
 
+/// Renders the label set of a handle's key.
+type LabelsOf = dyn Fn(&str) -> String;
+
 /// Metric handles by router or service name.
 type Handles = Mutex<HashMap<String, Arc<RequestMetrics>>>;
 
@@ -96,6 +101,17 @@ impl Metrics {
     }
     pub fn service(&self, name: &str) -> Arc<RequestMetrics> {
         handle(&self.services, name)
+    }
+    pub fn endpoint(&self, service: &str, url: &str) -> Arc<RequestMetrics> {
+        handle(&self.endpoints, &format!("{service}\0{url}"))
+    }
+    /// Forget endpoints no longer in any service (ECS task addresses come and go; their
+    /// series go with them, as with any Prometheus target that disappears).
+    pub fn retain_endpoints(&self, keep: &std::collections::HashSet<String>) {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| keep.contains(k));
     }
     pub fn entrypoint(&self, name: &str) -> Arc<EntrypointMetrics> {
         self.entrypoints
@@ -115,9 +131,15 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let families: [(&str, &str, &Handles); 2] = [
-            ("router", "router", &self.routers),
-            ("service", "service", &self.services),
+        let one = |label: &'static str| move |name: &str| format!("{label}=\"{}\"", esc(name));
+        let endpoint_labels = |key: &str| {
+            let (svc, url) = key.split_once('\0').unwrap_or((key, ""));
+            format!("service=\"{}\",endpoint=\"{}\"", esc(svc), esc(url))
+        };
+        let families: [(&str, &LabelsOf, &Handles); 3] = [
+            ("router", &one("router"), &self.routers),
+            ("service", &one("service"), &self.services),
+            ("endpoint", &endpoint_labels, &self.endpoints),
         ];
         for (family, label, map) in families {
             let map = map.lock().unwrap_or_else(|e| e.into_inner());
@@ -135,8 +157,8 @@ impl Metrics {
                 for ((code, method), n) in rows {
                     let _ = writeln!(
                         out,
-                        "berth_{family}_requests_total{{{label}=\"{}\",code=\"{code}\",method=\"{method}\"}} {n}",
-                        esc(name)
+                        "berth_{family}_requests_total{{{},code=\"{code}\",method=\"{method}\"}} {n}",
+                        label(name)
                     );
                 }
             }
@@ -149,7 +171,7 @@ impl Metrics {
                 map[*name].duration.render(
                     &mut out,
                     &format!("berth_{family}_request_duration_seconds"),
-                    &format!("{label}=\"{}\"", esc(name)),
+                    &label(name),
                 );
             }
         }
@@ -265,6 +287,8 @@ mod tests {
         m.service("app@file")
             .record(502, &http::Method::POST, Duration::from_millis(1));
         m.upstream_error("app@file", "connect");
+        m.endpoint("app@file", "http://10.0.0.1:80")
+            .record(200, &http::Method::GET, Duration::from_millis(2));
         let text = m.render();
         assert!(
             text.contains("berth_router_requests_total{router=\"web@file\",code=\"200\",method=\"GET\"} 2"),
@@ -275,5 +299,13 @@ mod tests {
         assert!(text.contains("berth_router_request_duration_seconds_count{router=\"web@file\"} 2"));
         assert!(text.contains("berth_service_requests_total{service=\"app@file\",code=\"502\",method=\"POST\"} 1"));
         assert!(text.contains("berth_upstream_errors_total{service=\"app@file\",kind=\"connect\"} 1"));
+        assert!(text.contains(
+            "berth_endpoint_requests_total{service=\"app@file\",endpoint=\"http://10.0.0.1:80\",code=\"200\",method=\"GET\"} 1"
+        ));
+        assert!(text.contains(
+            "berth_endpoint_request_duration_seconds_count{service=\"app@file\",endpoint=\"http://10.0.0.1:80\"} 1"
+        ));
+        m.retain_endpoints(&Default::default());
+        assert!(!m.render().contains("berth_endpoint_requests_total{"));
     }
 }

@@ -2,4 +2,5 @@
 //! Prometheus metrics and the dashboard.
 
 pub mod api;
+pub mod dashboard;
 pub mod metrics;

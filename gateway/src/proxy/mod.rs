@@ -578,6 +578,9 @@ impl Proxy {
                         state.record_failure();
                         self.metrics.upstream_error(&svc.name, "timeout");
                         cspan.set(attr::ERROR_TYPE, "timeout");
+                        if let Some(m) = svc.endpoint_metrics.get(i) {
+                            m.record(StatusCode::GATEWAY_TIMEOUT.as_u16(), &parts.method, t0.elapsed());
+                        }
                         cspan.error(|| "upstream timed out".into());
                         tracing::warn!(service = %svc.name, endpoint = %ep.url, "upstream timed out; endpoint ejected");
                         return Err(ProxyError::Timeout {
@@ -590,6 +593,9 @@ impl Proxy {
             match res {
                 Ok(mut resp) => {
                     telemetry::response_status(&mut cspan, resp.status().as_u16());
+                    if let Some(m) = svc.endpoint_metrics.get(i) {
+                        m.record(resp.status().as_u16(), &parts.method, t0.elapsed());
+                    }
                     outcome.origin_status = Some(resp.status().as_u16());
                     outcome.origin_duration = Some(t0.elapsed());
                     if ep.mesh.is_some() && is_app_unreachable(resp.status(), resp.headers()) {
@@ -635,6 +641,9 @@ impl Proxy {
                 }
                 Err(e) => {
                     cspan.error(|| chain_text(&e));
+                    if let Some(m) = svc.endpoint_metrics.get(i) {
+                        m.record(StatusCode::BAD_GATEWAY.as_u16(), &parts.method, t0.elapsed());
+                    }
                     if let Some(limit) = limit
                         && error_chain_has::<http_body_util::LengthLimitError>(&e)
                     {

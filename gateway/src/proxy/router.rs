@@ -30,6 +30,8 @@ pub struct ServiceRuntime {
     pub balancer: Balancer,
     pub pass_host_header: bool,
     pub metrics: Arc<RequestMetrics>,
+    /// Parallel to `endpoints`.
+    pub endpoint_metrics: Vec<Arc<RequestMetrics>>,
 }
 
 /// A snapshot plus its runtime state, swapped as one.
@@ -62,6 +64,7 @@ impl Routes {
                     .map(|s| s.weight)
                     .collect();
                 Arc::new(ServiceRuntime {
+                    endpoint_metrics: endpoints.iter().map(|e| metrics.endpoint(&svc.name, &e.url)).collect(),
                     name: svc.name.clone(),
                     states: endpoints.iter().map(|e| states[&e.url].clone()).collect(),
                     endpoints,
@@ -72,6 +75,12 @@ impl Routes {
             })
             .collect();
         let router_metrics = snapshot.routers.iter().map(|r| metrics.router(&r.name)).collect();
+        let keep = snapshot
+            .services
+            .iter()
+            .flat_map(|s| s.servers.iter().map(move |e| format!("{}\0{}", s.name, e.url)))
+            .collect();
+        metrics.retain_endpoints(&keep);
         Routes {
             snapshot,
             services,

@@ -239,3 +239,5 @@ pub fn signal(pid: u32, sig: &str) {
         .args([&format!("-{sig}"), &pid.to_string()])
         .status();
 }
+
+pub mod browser;
