@@ -40,7 +40,9 @@ type Body = BoxBody<Bytes, BoxError>;
 
 /// At most this many services per sidecar (the gateway's limit per request).
 const MAX_SERVICES: usize = 256;
-const MAX_ATTEMPTS: usize = 3;
+/// An idempotent bodyless call that never reached an app goes to at most this many
+/// endpoints, each once (as the gateway does).
+const MAX_ATTEMPTS: usize = 5;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the mesh long poll waits at the gateway.

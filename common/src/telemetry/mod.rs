@@ -389,14 +389,14 @@ pub fn client_request_attrs(span: &mut Span, method: &http::Method, uri: &http::
     }
 }
 
-/// Record a response status; 5xx marks a span failed (4xx only on a client span's
-/// caller side, per the HTTP conventions: for a server span 4xx is the client's fault).
+/// Record a response status. Per the HTTP conventions a 5xx marks any span failed, a
+/// 4xx only a client span (for a server span, 4xx is its caller's mistake).
 pub fn response_status(span: &mut Span, status: u16) {
-    if !span.is_recording() {
+    let Some(kind) = span.rec.as_ref().map(|r| r.data.kind) else {
         return;
-    }
+    };
     span.set(attr::HTTP_STATUS, status);
-    if status >= 500 {
+    if status >= 500 || (status >= 400 && kind == SpanKind::Client) {
         span.set(attr::ERROR_TYPE, status.to_string());
         span.error(String::new);
     }
@@ -499,6 +499,19 @@ mod tests {
         let mut h = HeaderMap::new();
         t.inject(&s, &mut h);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn four_hundreds_fail_client_spans_only() {
+        let (t, mut rx) = tracer(Sampler::default());
+        let mut server = t.server(|| "GET".into(), &HeaderMap::new());
+        let mut client = t.child(&server, || "GET".into(), SpanKind::Client);
+        response_status(&mut client, 404);
+        response_status(&mut server, 404);
+        drop(client);
+        drop(server);
+        assert!(matches!(rx.try_recv().expect("client").status, Status::Error(_)));
+        assert_eq!(rx.try_recv().expect("server").status, Status::Unset);
     }
 
     #[test]

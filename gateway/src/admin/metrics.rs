@@ -222,6 +222,12 @@ impl Metrics {
                     );
                 }
             }
+            let name = "berth_entrypoint_request_duration_seconds";
+            berth_common::prom::family(&mut out, name, "histogram", "Time to the response head, by entrypoint.");
+            for n in &names {
+                let labels = format!("entrypoint=\"{}\"", esc(n));
+                eps[*n].requests.duration.render(&mut out, name, &labels);
+            }
         }
         let _ = writeln!(
             out,
@@ -305,6 +311,13 @@ mod tests {
         assert!(text.contains(
             "berth_endpoint_request_duration_seconds_count{service=\"app@file\",endpoint=\"http://10.0.0.1:80\"} 1"
         ));
+        m.entrypoint("web")
+            .requests
+            .record(200, &http::Method::GET, Duration::from_millis(2));
+        assert!(
+            m.render()
+                .contains("berth_entrypoint_request_duration_seconds_count{entrypoint=\"web\"} 1")
+        );
         m.retain_endpoints(&Default::default());
         assert!(!m.render().contains("berth_endpoint_requests_total{"));
     }

@@ -51,8 +51,11 @@ pub type Body = BoxBody<Bytes, BoxError>;
 #[error("client body: {0}")]
 pub struct ClientBodyError(#[source] pub BoxError);
 
-/// At most this many attempts for a retryable request.
-const MAX_ATTEMPTS: usize = 3;
+/// Without a retry middleware, an idempotent bodyless request that never reached an app
+/// (the connection was refused, or the task's sidecar says its app is gone) goes to at
+/// most this many endpoints, each once. In a rolling deploy several stopping tasks can be
+/// picked in a row before their sidecars deregister; three was seen to fall short.
+const MAX_ATTEMPTS: usize = 5;
 
 /// What the proxy knows about the client connection a request came on.
 #[derive(Debug)]
@@ -485,7 +488,7 @@ impl Proxy {
 
         let mut tried: Vec<usize> = Vec::new();
         let mut last_err: Option<ProxyError> = None;
-        // Without a retry middleware: each endpoint at most once, three attempts at most.
+        // Without a retry middleware: each endpoint at most once, MAX_ATTEMPTS at most.
         // With one: its attempts, waiting its interval (doubling) before each new attempt.
         let max_attempts = retry
             .map(|r| r.attempts as usize)
