@@ -19,7 +19,7 @@ async fn one_trace_across_gateway_two_sidecars_and_the_apps() {
     let endpoint = rx.grpc_endpoint();
     let local = LocalUp::start_env(
         env!("CARGO_BIN_EXE_berth-local"),
-        "127.0.180.1",
+        "127.0.200.1",
         &[],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),

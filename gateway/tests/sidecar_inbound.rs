@@ -152,6 +152,8 @@ async fn fixture(first: Ipv4Addr, labels: serde_json::Value) -> Fixture {
             .env("BERTH_OUTBOUND", SocketAddr::from((task_ip, free_port())).to_string())
             .env("BERTH_ADMIN", admin.to_string())
             .env("BERTH_HEALTH_PATH", "/health")
+            .env("BERTH_ACCESS_LOG", "json")
+            .stdout(std::fs::File::create(dir.join("access.log")).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
@@ -258,6 +260,33 @@ async fn inbound_mtls_authorization_and_identity_header() {
         metrics.contains("berth_sidecar_inbound_requests_total{code=\"403\"} 1"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("berth_sidecar_inbound_request_duration_seconds_count"),
+        "{metrics}"
+    );
+    // The access log: one JSON line per request, with the verified caller.
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let logged = eventually(Duration::from_secs(5), || async {
+        lines().iter().any(|l| l["DownstreamStatus"] == 403)
+    })
+    .await;
+    assert!(logged, "{:?}", lines());
+    let all = lines();
+    let ok = all
+        .iter()
+        .find(|l| l["DownstreamStatus"] == 200 && l["RequestPath"] != "/health")
+        .unwrap();
+    assert_eq!(ok["ClientIdentity"], billing.to_string());
+    assert_eq!(ok["entryPointName"], "inbound");
+    assert_eq!(ok["OriginStatus"], serde_json::Value::Null);
+    let denied = all.iter().find(|l| l["DownstreamStatus"] == 403).unwrap();
+    assert_eq!(denied["ClientIdentity"], web.to_string());
     assert!(metrics.contains("berth_sidecar_inbound_denied_total 1"), "{metrics}");
     let expiry = metrics
         .lines()
