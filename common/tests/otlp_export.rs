@@ -94,7 +94,10 @@ async fn a_dead_collector_costs_counted_drops_and_no_waiting() {
         let st = tracer.stats().unwrap();
         let dropped_full = st.dropped_queue_full.load(Ordering::Relaxed);
         let failed = st.dropped_export_failed.load(Ordering::Relaxed);
-        assert!(dropped_full > 10_000, "{protocol}: {dropped_full} dropped at the queue");
+        assert!(
+            dropped_full > 0 && failed > 0,
+            "{protocol}: {dropped_full} dropped at the queue, {failed} failed"
+        );
         assert_eq!(dropped_full + failed, 20_000, "{protocol}: every span accounted for");
         assert!(st.export_errors.load(Ordering::Relaxed) >= 1);
         assert!(

@@ -8,7 +8,8 @@
 # Proxies are pinned to CPU 0, wrk and the backend to CPU 1 (when there are 2+ CPUs).
 # Prints req/s, p50 and p99 per proxy (medians over rounds) and Berth/nginx ratios, and the
 # cost of a chain of five middlewares (Berth's same route behind headers x2, ipAllowList,
-# rateLimit, stripPrefix).
+# rateLimit, stripPrefix), and the cost of tracing every request (a second berth-gateway
+# with OTLP/HTTP export on, to an nginx that accepts and discards the exports).
 # Needs: nginx, wrk (Debian: apt-get install nginx-light wrk), cargo.
 set -euo pipefail
 
@@ -48,6 +49,9 @@ BACKEND=127.0.0.1:18190
 NGINX=127.0.0.1:18191
 BERTH=127.0.0.1:18192
 BERTH_ADMIN=127.0.0.1:18193
+TRACED=127.0.0.1:18194
+TRACED_ADMIN=127.0.0.1:18195
+SINK=127.0.0.1:18196
 
 nginx_conf() { # $1 name, $2 server block
   mkdir -p "$work/$1"
@@ -69,6 +73,7 @@ CONF
 }
 
 nginx_conf backend "server { listen $BACKEND; location / { default_type text/plain; return 200 'hello from the backend\n'; } }"
+nginx_conf sink "server { listen $SINK; client_max_body_size 64m; location / { return 200; } }"
 nginx_conf proxy "upstream be { server $BACKEND; keepalive 64; }
   server { listen $NGINX; location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\";
     proxy_set_header Host \$host; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } }"
@@ -107,7 +112,13 @@ start backend "${pin_load[@]}" nginx -c "$work/backend/nginx.conf"
 start nginx "${pin_proxy[@]}" nginx -c "$work/proxy/nginx.conf"
 start berth env RUST_LOG=warn "${pin_proxy[@]}" "$gateway" --entrypoint "web=$BERTH" --admin "$BERTH_ADMIN" \
   --file-provider "$work/dynamic.yml" --log-format json --shutdown-delay 0s
+# Every request traced (sampler always on), exported as OTLP/HTTP protobuf.
+start sink "${pin_load[@]}" nginx -c "$work/sink/nginx.conf"
+start traced env RUST_LOG=warn OTEL_EXPORTER_OTLP_ENDPOINT="http://$SINK" OTEL_TRACES_SAMPLER=always_on \
+  OTEL_BSP_SCHEDULE_DELAY=1000 "${pin_proxy[@]}" "$gateway" --entrypoint "web=$TRACED" --admin "$TRACED_ADMIN" \
+  --file-provider "$work/dynamic.yml" --log-format json --shutdown-delay 0s
 wait_port $BACKEND backend; wait_port $NGINX nginx; wait_port $BERTH berth
+wait_port $SINK sink; wait_port $TRACED traced
 
 declare -A rps p50 p99
 errors=0
@@ -134,7 +145,9 @@ median() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | awk '{a[NR]=$1} END {if
 "${pin_load[@]}" wrk -t1 -c"$CONNS" -d1s -H 'Host: bench.test' "http://$BERTH/" >/dev/null 2>&1 || true
 for round in $(seq 1 "$ROUNDS"); do
   if (( round % 2 )); then run nginx $NGINX "$round"; run berth $BERTH "$round"; run berth5mw $BERTH "$round" chain.test
-  else run berth5mw $BERTH "$round" chain.test; run berth $BERTH "$round"; run nginx $NGINX "$round"; fi
+    run traced $TRACED "$round"
+  else run traced $TRACED "$round"; run berth5mw $BERTH "$round" chain.test; run berth $BERTH "$round"
+    run nginx $NGINX "$round"; fi
 done
 
 berth_rss=$(awk '/VmRSS/ {print $2}' /proc/"${pids[2]}"/status 2>/dev/null || echo "?")
@@ -142,7 +155,7 @@ echo
 echo "north-south, HTTP/1.1 keep-alive, $CONNS connections, ${DURATION}s x $ROUNDS rounds (medians)"
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $ncpu cores; proxies on CPU 0, wrk+backend on CPU 1"
 printf '%-14s %12s %10s %10s\n' proxy req/s p50_ms p99_ms
-for n in nginx berth berth5mw; do
+for n in nginx berth berth5mw traced; do
   printf '%-14s %12.0f %10s %10s\n' "$n" "$(median "${rps[$n]:-0}")" "$(median "${p50[$n]:-0}")" "$(median "${p99[$n]:-0}")"
 done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b>0) printf "%.2f", a/b; else print "n/a" }'; }
@@ -150,5 +163,9 @@ echo "berth/nginx: throughput $(ratio "$(median "${rps[berth]:-0}")" "$(median "
   "p99 $(ratio "$(median "${p99[berth]:-0}")" "$(median "${p99[nginx]:-0}")")x (lower is better)"
 echo "berth with 5 middlewares / berth: throughput $(ratio "$(median "${rps[berth5mw]:-0}")" "$(median "${rps[berth]:-0}")")x," \
   "p99 $(ratio "$(median "${p99[berth5mw]:-0}")" "$(median "${p99[berth]:-0}")")x"
+echo "berth traced (every request, OTLP/HTTP) / berth: throughput $(ratio "$(median "${rps[traced]:-0}")" "$(median "${rps[berth]:-0}")")x," \
+  "p99 $(ratio "$(median "${p99[traced]:-0}")" "$(median "${p99[berth]:-0}")")x"
+spans=$(curl -s "http://$TRACED_ADMIN/metrics" | awk -F'[{}" ]+' '/^berth_trace_spans_total/ {printf "%s %s  ", $3, $NF}')
+echo "traced gateway's spans: ${spans:-unknown}"
 echo "berth-gateway RSS after the run: ${berth_rss} kB"
 if (( errors > 0 )); then echo "bench: FAILED with $errors errors" >&2; exit 1; fi

@@ -450,7 +450,7 @@ impl Outbound {
         let name = target_name(req.uri(), req.headers())?;
         if span.is_recording() {
             span.set_name(|| format!("{} {name}", req.method()));
-            span.set(attr::PEER_SERVICE, name.as_str());
+            span.set(attr::PEER_SERVICE, &name);
         }
         let start = Instant::now();
         let result = self.forward(&name, req, span, entry).await;
@@ -527,7 +527,7 @@ impl Outbound {
                 .child(span, || parts.method.to_string(), SpanKind::Client);
             telemetry::client_request_attrs(&mut cspan, &parts.method, up.uri(), tried.len() - 1);
             if cspan.is_recording() {
-                cspan.set(attr::PEER_SERVICE, name.as_str());
+                cspan.set_str(attr::PEER_SERVICE, &name);
                 cspan.set(attr::BERTH_PEER_IDENTITY, target.identity.to_string());
             }
             self.observe.tracer.inject(&cspan, up.headers_mut());

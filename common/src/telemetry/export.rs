@@ -1,6 +1,7 @@
-//! The OTLP exporter: one Tokio task that batches finished spans and posts them over
-//! OTLP/HTTP protobuf or OTLP/gRPC, one request at a time, each bounded by the
-//! configured timeout. A failed export drops its batch (counted) and never retries
+//! The OTLP exporter: one thread of its own (with a single-threaded Tokio runtime) that
+//! batches finished spans and posts them over OTLP/HTTP protobuf or OTLP/gRPC, one request
+//! at a time, each bounded by the configured timeout. Its own thread keeps encoding a
+//! batch off the proxy's worker threads, so it never holds up a request's task. A failed export drops its batch (counted) and never retries
 //! into a growing backlog: spans queue in front of it only up to `OTEL_BSP_MAX_QUEUE_SIZE`.
 
 use std::sync::Arc;
@@ -15,9 +16,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{mpsc, oneshot};
 
-use super::ExportStats;
 use super::otlp::{SpanData, Value, encode_request};
 use super::settings::{Protocol, TraceSettings};
+use super::{ExportStats, QueueSignal};
 
 const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
@@ -48,6 +49,7 @@ pub(super) fn spawn(
     mut rx: mpsc::Receiver<SpanData>,
     mut flush_rx: mpsc::Receiver<oneshot::Sender<()>>,
     stats: Arc<ExportStats>,
+    queue: Arc<QueueSignal>,
 ) {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -75,39 +77,39 @@ pub(super) fn spawn(
     };
     let max_batch = settings.max_batch;
     let delay = settings.schedule_delay;
-    tokio::spawn(async move {
+    let work = async move {
         let mut batch: Vec<SpanData> = Vec::with_capacity(max_batch);
         let mut waiting_flush: Vec<oneshot::Sender<()>> = Vec::new();
-        let mut closed = false;
-        while !closed {
-            // Wait for the first span (or a flush), then up to `delay` for a full batch.
-            tokio::select! {
-                n = rx.recv_many(&mut batch, max_batch) => closed = n == 0,
-                Some(done) = flush_rx.recv() => waiting_flush.push(done),
+        loop {
+            // Sleep until a full batch is queued (producers signal the crossing once, not
+            // per span: waking this thread per span cost more than the spans), the
+            // schedule delay passes, or someone asks for a flush.
+            if queue.queued.load(Ordering::Relaxed) < max_batch {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = queue.ready.notified() => {}
+                    Some(done) = flush_rx.recv() => waiting_flush.push(done),
+                }
             }
-            if waiting_flush.is_empty() && !closed {
-                let deadline = tokio::time::Instant::now() + delay;
+            let mut closed = false;
+            loop {
+                batch.clear();
                 while batch.len() < max_batch {
-                    let room = max_batch - batch.len();
-                    tokio::select! {
-                        r = tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)) => match r {
-                            Ok(0) => { closed = true; break }
-                            Ok(_) => {}
-                            Err(_) => break,
-                        },
-                        Some(done) = flush_rx.recv() => { waiting_flush.push(done); break }
+                    match rx.try_recv() {
+                        Ok(s) => batch.push(s),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            closed = true;
+                            break;
+                        }
                     }
                 }
-            }
-            if !waiting_flush.is_empty() {
-                // Take everything queued now.
-                while let Ok(s) = rx.try_recv() {
-                    batch.push(s);
+                queue.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+                if batch.is_empty() {
+                    break;
                 }
-            }
-            for chunk in batch.chunks(max_batch) {
-                let n = chunk.len() as u64;
-                match exporter.export(chunk).await {
+                let n = batch.len() as u64;
+                match exporter.export(&batch).await {
                     Ok(()) => {
                         stats.exported.fetch_add(n, Ordering::Relaxed);
                     }
@@ -123,13 +125,28 @@ pub(super) fn spawn(
                         *last = Some(text);
                     }
                 }
+                // Keep going while full batches wait, or everything when flushing.
+                if waiting_flush.is_empty() && queue.queued.load(Ordering::Relaxed) < max_batch {
+                    break;
+                }
             }
-            batch.clear();
             for done in waiting_flush.drain(..) {
                 let _ = done.send(());
             }
+            if closed {
+                return;
+            }
+        }
+    };
+    let started = std::thread::Builder::new().name("otlp-export".into()).spawn(move || {
+        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(work),
+            Err(e) => tracing::error!(error = %e, "trace exporter runtime failed; spans will be dropped"),
         }
     });
+    if let Err(e) = started {
+        tracing::error!(error = %e, "cannot start the trace exporter thread; spans will be dropped");
+    }
 }
 
 impl Exporter {

@@ -49,8 +49,17 @@ struct Inner {
     sampler: Sampler,
     propagators: Propagators,
     queue: tokio::sync::mpsc::Sender<SpanData>,
+    signal: Arc<QueueSignal>,
     stats: Arc<ExportStats>,
     flush: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// How many spans wait in the queue, and the exporter's wake-up when a batch is full.
+#[derive(Debug)]
+pub(crate) struct QueueSignal {
+    pub(crate) queued: std::sync::atomic::AtomicUsize,
+    pub(crate) ready: tokio::sync::Notify,
+    pub(crate) batch: usize,
 }
 
 /// What became of finished spans; rendered into `/metrics`.
@@ -228,6 +237,13 @@ impl Span {
         }
     }
 
+    /// Set a string attribute (copied only when the span records).
+    pub fn set_str(&mut self, key: &'static str, value: &str) {
+        if self.rec.is_some() {
+            self.set(key, Value::Str(value.to_string()));
+        }
+    }
+
     /// Set an attribute computed only when the span records.
     pub fn set_with<V: Into<Value>>(&mut self, key: &'static str, value: impl FnOnce() -> V) {
         if self.rec.is_some() {
@@ -266,6 +282,8 @@ impl Drop for Span {
             data.end_unix_nanos = data.start_unix_nanos.saturating_add(elapsed);
             if inner.queue.try_send(data).is_err() {
                 inner.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+            } else if inner.signal.queued.fetch_add(1, Ordering::Relaxed) + 1 == inner.signal.batch {
+                inner.signal.ready.notify_one();
             }
         }
     }
@@ -283,10 +301,16 @@ pub fn start(settings: &TraceSettings, resource: Vec<(String, Value)>) -> Tracer
     let (queue, rx) = tokio::sync::mpsc::channel(settings.max_queue);
     let (flush, flush_rx) = tokio::sync::mpsc::channel(4);
     let stats = Arc::new(ExportStats::default());
-    export::spawn(settings, resource, rx, flush_rx, stats.clone());
+    let signal = Arc::new(QueueSignal {
+        queued: Default::default(),
+        ready: tokio::sync::Notify::new(),
+        batch: settings.max_batch,
+    });
+    export::spawn(settings, resource, rx, flush_rx, stats.clone(), signal.clone());
     Tracer(Some(Arc::new(Inner {
         sampler: settings.sampler,
         propagators: settings.propagators,
+        signal,
         queue,
         stats,
         flush,
@@ -319,6 +343,17 @@ pub mod attr {
     pub const BERTH_DIRECTION: &str = "berth.direction";
 }
 
+/// An HTTP method as an attribute value: the standard ones without an allocation.
+pub fn method_value(m: &http::Method) -> Value {
+    const STANDARD: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    match STANDARD.iter().find(|s| **s == m.as_str()) {
+        Some(s) => Value::Static(s),
+        None => Value::Str(m.as_str().to_string()),
+    }
+}
+
 /// `network.protocol.version` for an HTTP version.
 pub fn protocol_version(v: http::Version) -> &'static str {
     match v {
@@ -336,10 +371,10 @@ pub fn server_request_attrs<B>(span: &mut Span, req: &http::Request<B>, peer: st
     if !span.is_recording() {
         return;
     }
-    span.set(attr::HTTP_METHOD, req.method().as_str());
-    span.set(attr::URL_PATH, req.uri().path());
+    span.set(attr::HTTP_METHOD, method_value(req.method()));
+    span.set_str(attr::URL_PATH, req.uri().path());
     if let Some(q) = req.uri().query() {
-        span.set(attr::URL_QUERY, q);
+        span.set_str(attr::URL_QUERY, q);
     }
     span.set(attr::URL_SCHEME, if tls { "https" } else { "http" });
     span.set(attr::NETWORK_PROTOCOL_VERSION, protocol_version(req.version()));
@@ -353,7 +388,7 @@ pub fn server_request_attrs<B>(span: &mut Span, req: &http::Request<B>, peer: st
         .or_else(|| req.uri().host());
     if let Some(h) = host {
         let (name, port) = split_host_port(h);
-        span.set(attr::SERVER_ADDRESS, name);
+        span.set_str(attr::SERVER_ADDRESS, name);
         if let Some(p) = port {
             span.set(attr::SERVER_PORT, p);
         }
@@ -363,7 +398,7 @@ pub fn server_request_attrs<B>(span: &mut Span, req: &http::Request<B>, peer: st
         .get(http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
     {
-        span.set(attr::USER_AGENT, ua);
+        span.set_str(attr::USER_AGENT, ua);
     }
 }
 
@@ -372,10 +407,10 @@ pub fn client_request_attrs(span: &mut Span, method: &http::Method, uri: &http::
     if !span.is_recording() {
         return;
     }
-    span.set(attr::HTTP_METHOD, method.as_str());
+    span.set(attr::HTTP_METHOD, method_value(method));
     span.set(attr::URL_FULL, uri.to_string());
     if let Some(h) = uri.host() {
-        span.set(attr::SERVER_ADDRESS, h);
+        span.set_str(attr::SERVER_ADDRESS, h);
     }
     if let Some(p) = uri.port_u16().or(match uri.scheme_str() {
         Some("https") => Some(443),
@@ -425,6 +460,11 @@ mod tests {
         let t = Tracer(Some(Arc::new(Inner {
             sampler,
             propagators: Propagators::default(),
+            signal: Arc::new(QueueSignal {
+                queued: Default::default(),
+                ready: tokio::sync::Notify::new(),
+                batch: 512,
+            }),
             queue,
             stats: Arc::new(ExportStats::default()),
             flush,

@@ -8,17 +8,46 @@
 use super::propagation::{SpanId, TraceId};
 
 /// An attribute value (the `AnyValue` kinds Berth emits).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Value {
     Str(String),
+    /// A string known at compile time: no allocation per span.
+    Static(&'static str),
     Int(i64),
     Bool(bool),
     Double(f64),
 }
 
-impl From<&str> for Value {
-    fn from(s: &str) -> Value {
-        Value::Str(s.to_string())
+impl Value {
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            Value::Static(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// Equal by content: an owned and a static string with the same text are equal.
+impl PartialEq for Value {
+    fn eq(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Int(a), Value::Int(b)) => a == b,
+            (Value::Bool(a), Value::Bool(b)) => a == b,
+            (Value::Double(a), Value::Double(b)) => a == b,
+            _ => self.as_str().is_some() && self.as_str() == other.as_str(),
+        }
+    }
+}
+
+impl From<&'static str> for Value {
+    fn from(s: &'static str) -> Value {
+        Value::Static(s)
+    }
+}
+impl From<&String> for Value {
+    fn from(s: &String) -> Value {
+        Value::Str(s.clone())
     }
 }
 impl From<String> for Value {
@@ -77,19 +106,23 @@ pub fn encode_request(resource: &[(String, Value)], scope: (&str, &str), spans: 
     // ResourceSpans.resource = 1
     let mut res = Vec::with_capacity(256);
     for (k, v) in resource {
-        message(&mut res, 1, |b| key_value(b, k, v));
+        key_value(&mut res, 1, k, v);
     }
     bytes_field(&mut rs, 1, &res);
-    // ResourceSpans.scope_spans = 2
-    message(&mut rs, 2, |ss| {
-        message(ss, 1, |sc| {
-            string(sc, 1, scope.0);
-            string(sc, 2, scope.1);
-        });
-        for span in spans {
-            message(ss, 2, |b| encode_span(b, span));
-        }
+    // ResourceSpans.scope_spans = 2: the scope, then each span (encoded in one reused
+    // scratch buffer, then copied behind its length).
+    let mut ss = Vec::with_capacity(spans.len() * 512 + 64);
+    message(&mut ss, 1, |sc| {
+        string(sc, 1, scope.0);
+        string(sc, 2, scope.1);
     });
+    let mut scratch = Vec::with_capacity(1024);
+    for span in spans {
+        scratch.clear();
+        encode_span(&mut scratch, span);
+        bytes_field(&mut ss, 2, &scratch);
+    }
+    bytes_field(&mut rs, 2, &ss);
     let mut out = Vec::with_capacity(rs.len() + 8);
     bytes_field(&mut out, 1, &rs);
     out
@@ -109,27 +142,57 @@ fn encode_span(b: &mut Vec<u8>, s: &SpanData) {
     fixed64(b, 7, s.start_unix_nanos);
     fixed64(b, 8, s.end_unix_nanos);
     for (k, v) in &s.attributes {
-        message(b, 9, |kv| key_value(kv, k, v));
+        key_value(b, 9, k, v);
     }
     if let Status::Error(msg) = &s.status {
-        message(b, 15, |st| {
-            string(st, 2, msg);
-            varint_field(st, 3, 2);
-        });
+        // Status { message = 2, code = 3 (ERROR) }
+        tag(b, 15, 2);
+        varint(b, (str_field_len(2, msg.len()) + 2) as u64);
+        string(b, 2, msg);
+        varint_field(b, 3, 2);
     }
     // flags = 16 (fixed32): the W3C flags (sampled) and "has remote-parent info" unset.
     tag(b, 16, 5);
     b.extend_from_slice(&1u32.to_le_bytes());
 }
 
-fn key_value(b: &mut Vec<u8>, k: &str, v: &Value) {
+/// A `KeyValue` as field `field`, its lengths computed up front (no scratch buffer: this
+/// runs once per attribute per span).
+fn key_value(b: &mut Vec<u8>, field: u32, k: &str, v: &Value) {
+    let any_len = match v {
+        Value::Str(s) => str_field_len(1, s.len()),
+        Value::Static(s) => str_field_len(1, s.len()),
+        Value::Bool(_) => 2,
+        Value::Int(i) => 1 + varint_len(*i as u64),
+        Value::Double(_) => 9,
+    };
+    let kv_len = str_field_len(1, k.len()) + str_field_len(2, any_len);
+    tag(b, field, 2);
+    varint(b, kv_len as u64);
     string(b, 1, k);
-    message(b, 2, |av| match v {
-        Value::Str(s) => string(av, 1, s),
-        Value::Bool(x) => varint_field(av, 2, u64::from(*x)),
-        Value::Int(i) => varint_field(av, 3, *i as u64),
-        Value::Double(d) => fixed64(av, 4, d.to_bits()),
-    });
+    tag(b, 2, 2);
+    varint(b, any_len as u64);
+    match v {
+        Value::Str(s) => string(b, 1, s),
+        Value::Static(s) => string(b, 1, s),
+        Value::Bool(x) => varint_field(b, 2, u64::from(*x)),
+        Value::Int(i) => varint_field(b, 3, *i as u64),
+        Value::Double(d) => fixed64(b, 4, d.to_bits()),
+    }
+}
+
+fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+/// The encoded size of a length-delimited field with a one-byte tag (fields 1-15).
+fn str_field_len(_field: u32, len: usize) -> usize {
+    1 + varint_len(len as u64) + len
 }
 
 fn tag(b: &mut Vec<u8>, field: u32, wire: u8) {
@@ -183,5 +246,36 @@ mod tests {
         let mut b = Vec::new();
         varint_field(&mut b, 3, (-1i64) as u64);
         assert_eq!(b.len(), 11, "negative int64 is ten bytes plus the tag");
+        assert_eq!(varint_len((-1i64) as u64), 10);
+        assert_eq!(varint_len(127), 1);
+        assert_eq!(varint_len(128), 2);
+    }
+
+    #[test]
+    fn computed_lengths_match_what_is_written() {
+        for v in [
+            Value::Str("x".repeat(200)),
+            Value::Static("GET"),
+            Value::Int(-5),
+            Value::Int(70_000),
+            Value::Bool(true),
+            Value::Double(1.5),
+        ] {
+            let mut b = Vec::new();
+            key_value(&mut b, 9, "http.request.method", &v);
+            // tag, length, then exactly that many bytes.
+            let mut len = 0usize;
+            let mut shift = 0;
+            let mut i = 1;
+            loop {
+                len |= ((b[i] & 0x7f) as usize) << shift;
+                i += 1;
+                if b[i - 1] < 0x80 {
+                    break;
+                }
+                shift += 7;
+            }
+            assert_eq!(b.len() - i, len, "{v:?}");
+        }
     }
 }

@@ -14,7 +14,7 @@ use super::settings::TraceSettings;
 /// entries override detected ones.
 pub fn build(settings: &TraceSettings, default_name: &str, detected: Vec<(String, Value)>) -> Vec<(String, Value)> {
     let mut out: Vec<(String, Value)> = vec![
-        ("service.name".into(), default_name.into()),
+        ("service.name".into(), default_name.to_string().into()),
         ("service.version".into(), env!("CARGO_PKG_VERSION").into()),
         ("telemetry.sdk.name".into(), "berth".into()),
         ("telemetry.sdk.language".into(), "rust".into()),
@@ -59,7 +59,7 @@ pub fn ecs(task: &Json, container: Option<&Json>) -> Vec<(String, Value)> {
     if let Some(arn) = &task_arn {
         out.push(("aws.ecs.task.arn".into(), arn.clone().into()));
         if let Some(id) = arn.rsplit('/').next() {
-            out.push(("aws.ecs.task.id".into(), id.into()));
+            out.push(("aws.ecs.task.id".into(), id.to_string().into()));
         }
     }
     if let Some(cluster) = s(task, "Cluster") {

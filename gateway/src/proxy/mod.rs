@@ -161,7 +161,7 @@ impl Proxy {
         let mut close = self.lifecycle.is_shutting_down();
         let mut span = self.observe.tracer.server(|| method.to_string(), req.headers());
         telemetry::server_request_attrs(&mut span, &req, conn.peer, conn.tls);
-        span.set_with(attr::BERTH_ENTRYPOINT, || &*conn.entrypoint);
+        span.set_with(attr::BERTH_ENTRYPOINT, || conn.entrypoint.to_string());
         let entry = self
             .observe
             .access_log
@@ -274,8 +274,8 @@ impl Proxy {
         let router_metrics = routes.router_metrics.get(router_idx).cloned();
         if span.is_recording() {
             span.set_name(|| format!("{} {}", req.method(), router.name));
-            span.set(attr::BERTH_ROUTER, router.name.as_str());
-            span.set(attr::BERTH_SERVICE, service.name.as_str());
+            span.set(attr::BERTH_ROUTER, &router.name);
+            span.set(attr::BERTH_SERVICE, &service.name);
         }
         if self.observe.access_log.is_some() {
             outcome.router = Some(router.name.clone());
@@ -565,7 +565,7 @@ impl Proxy {
             if cspan.is_recording()
                 && let Some(id) = &ep.mesh
             {
-                cspan.set(attr::BERTH_PEER_IDENTITY, id.as_str());
+                cspan.set(attr::BERTH_PEER_IDENTITY, id);
             }
             self.observe.tracer.inject(&cspan, up.headers_mut());
             if self.observe.access_log.is_some() {
