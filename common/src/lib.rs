@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod diag;
 pub mod error;
+pub mod grpc;
 pub mod http;
 pub mod identity;
 pub mod labels;

@@ -48,12 +48,12 @@ trap cleanup EXIT INT TERM
 if [[ -n "${BERTH_BIN_DIR:-}" ]]; then
   bin=$BERTH_BIN_DIR   # prebuilt binaries (e.g. another profile)
 else
-  echo "bench: building berth-local, berth-gateway, berth-whoami (release) and berth-sidecar (release-small)..." >&2
+  echo "bench: building berth-local, berth-gateway, berth-whoami, berth-greeter (release) and berth-sidecar (release-small)..." >&2
   (cd "$root" && cargo build --release -j2 -q --bins -p berth-examples -p berth-gateway \
      && cargo build --profile release-small -j2 -q -p berth-sidecar)
   bin="$work/bin"; mkdir -p "$bin"
   # berth-local runs the binaries next to its own: gather them in one place.
-  cp "$target_dir/release/"{berth-local,berth-gateway,berth-whoami} "$target_dir/release-small/berth-sidecar" "$bin/"
+  cp "$target_dir/release/"{berth-local,berth-gateway,berth-whoami,berth-greeter} "$target_dir/release-small/berth-sidecar" "$bin/"
 fi
 
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }   # KiB

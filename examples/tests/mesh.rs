@@ -120,7 +120,7 @@ async fn east_west_sidecar_kill_and_gateway_restart() {
         assert_eq!(s["healthy"], true);
     }
     let metrics = http1(admin, get("admin", "/metrics")).await.body;
-    assert!(metrics.contains("berth_sidecars_connected 4"), "{metrics}");
+    assert!(metrics.contains("berth_sidecars_connected 6"), "{metrics}");
     let caller_app: SocketAddr = format!("{}:8080", caller[0]["address"].as_str().unwrap())
         .parse()
         .unwrap();

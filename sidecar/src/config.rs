@@ -21,6 +21,9 @@ pub struct Settings {
     pub admin: SocketAddr,
     pub app_port: Option<u16>,
     pub health_path: Option<String>,
+    /// `BERTH_APP_PROTOCOL`: `h2c` (HTTP/2 without TLS for every request) or `http1`;
+    /// unset: from the app's labels (`scheme=h2c`), gRPC requests always go as h2c.
+    pub app_protocol: Option<bool>,
     /// `BERTH_LOG_FORMAT`: auto (text on a terminal), json or text.
     pub log_format: berth_common::logging::LogFormat,
     /// `BERTH_ACCESS_LOG`: `json` (or `true`) or `common`, to stdout; off when unset.
@@ -96,6 +99,14 @@ impl Settings {
             admin: addr("BERTH_ADMIN", "127.0.0.1:15000")?,
             app_port,
             health_path: var("BERTH_HEALTH_PATH"),
+            app_protocol: match var("BERTH_APP_PROTOCOL").as_deref() {
+                None => None,
+                Some("h2c") => Some(true),
+                Some("http1") | Some("http") => Some(false),
+                Some(other) => {
+                    return Err(ConfigError(format!("BERTH_APP_PROTOCOL={other}: use h2c or http1")));
+                }
+            },
             log_format: match var("BERTH_LOG_FORMAT") {
                 Some(f) => f
                     .parse()

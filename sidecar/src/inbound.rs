@@ -39,6 +39,10 @@ pub struct Inbound {
     pub metrics: Arc<crate::metrics::Metrics>,
     observe: Observe,
     client: Client<HttpConnector, Body>,
+    /// HTTP/2 without TLS to the app: for gRPC requests, and for every request when the
+    /// app speaks only h2c (`BERTH_APP_PROTOCOL=h2c`, or `scheme=h2c` in its labels).
+    h2c: Client<HttpConnector, Body>,
+    app_h2c: bool,
 }
 
 fn text(status: StatusCode, msg: String) -> Response<Body> {
@@ -59,7 +63,15 @@ impl Inbound {
             metrics,
             observe,
             client: Client::builder(TokioExecutor::new()).build_http(),
+            h2c: Client::builder(TokioExecutor::new()).http2_only(true).build_http(),
+            app_h2c: false,
         }
+    }
+
+    /// Speak HTTP/2 without TLS (h2c) to the app for every request, not only gRPC.
+    pub fn app_h2c(mut self, yes: bool) -> Inbound {
+        self.app_h2c = yes;
+        self
     }
 
     /// Accept mTLS connections until the task is dropped.
@@ -172,7 +184,13 @@ impl Inbound {
             return text(StatusCode::BAD_REQUEST, "bad request target\n".into());
         };
         parts.uri = uri;
-        parts.version = http::Version::HTTP_11;
+        let h2 = self.app_h2c || berth_common::grpc::is_grpc(&parts.headers);
+        parts.version = if h2 {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
+        let client = if h2 { &self.h2c } else { &self.client };
         // An idempotent request without a body may go again once on a fresh connection
         // when a kept-alive one to the app broke (an app closing its connections while it
         // stops); if the app then refuses, the caller is told to go elsewhere.
@@ -180,7 +198,7 @@ impl Inbound {
         let mut cspan = self.app_span(span, &mut parts, 0);
         let spare = again.then(|| parts.clone());
         let up = Request::from_parts(parts, body.map_err(|e| -> BoxError { Box::new(e) }).boxed());
-        let mut result = self.client.request(up).await;
+        let mut result = client.request(up).await;
         if let (Some(mut parts), Err(e)) = (spare, &result)
             && !e.is_connect()
         {
@@ -189,7 +207,7 @@ impl Inbound {
             cspan.error(|| e.to_string());
             cspan = self.app_span(span, &mut parts, 1);
             let retry = Request::from_parts(parts, Empty::new().map_err(|never| match never {}).boxed());
-            result = self.client.request(retry).await;
+            result = client.request(retry).await;
         }
         match &result {
             Ok(resp) => telemetry::response_status(&mut cspan, resp.status().as_u16()),

@@ -266,7 +266,16 @@ async fn run() -> i32 {
         access_log,
     };
     metrics.set_observe(observe.clone());
-    let inbound = Arc::new(Inbound::new(app, policy, metrics.clone(), observe.clone()));
+    // h2c to the app when told, or when its labels say its services speak h2c.
+    let app_h2c = settings.app_protocol.unwrap_or_else(|| {
+        labels
+            .config
+            .http
+            .services
+            .values()
+            .any(|s| s.load_balancer.server.as_ref().and_then(|t| t.scheme.as_deref()) == Some("h2c"))
+    });
+    let inbound = Arc::new(Inbound::new(app, policy, metrics.clone(), observe.clone()).app_h2c(app_h2c));
     let listener = match tokio::net::TcpListener::bind(settings.inbound).await {
         Ok(l) => l,
         Err(e) => {

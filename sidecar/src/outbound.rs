@@ -477,6 +477,9 @@ impl Outbound {
         let target = self.mesh.resolve(&name).await?;
         let (parts, body) = req.into_parts();
         let retryable = body.is_end_stream() && is_idempotent(&parts.method);
+        let grpc_deadline = berth_common::grpc::is_grpc(&parts.headers)
+            .then(|| berth_common::grpc::timeout(&parts.headers))
+            .flatten();
         let mut headers = parts.headers;
         remove_hop_by_hop(&mut headers);
         // Only the peer's inbound sidecar says who the caller is.
@@ -536,8 +539,21 @@ impl Outbound {
             }
             let _inflight = InFlight::new(state.clone());
             let t0 = Instant::now();
-            let res = match tokio::time::timeout(RESPONSE_TIMEOUT, self.client.request(up)).await {
+            // A gRPC deadline (`grpc-timeout`) shorter than ours ends the call with
+            // DEADLINE_EXCEEDED; the peer is not to blame.
+            let wait = grpc_deadline.map_or(RESPONSE_TIMEOUT, |d| d.min(RESPONSE_TIMEOUT));
+            let res = match tokio::time::timeout(wait, self.client.request(up)).await {
                 Ok(r) => r,
+                Err(_) if wait < RESPONSE_TIMEOUT => {
+                    cspan.set(attr::ERROR_TYPE, "deadline_exceeded");
+                    cspan.error(|| "the gRPC deadline passed".into());
+                    let mut r = Response::new(Empty::new().map_err(|never| match never {}).boxed());
+                    *r.headers_mut() = berth_common::grpc::status_headers(
+                        berth_common::grpc::code::DEADLINE_EXCEEDED,
+                        "deadline exceeded (grpc-timeout) waiting for the peer",
+                    );
+                    return Ok(r);
+                }
                 Err(_) => {
                     cspan.set(attr::ERROR_TYPE, "timeout");
                     cspan.error(|| "the peer did not answer in time".into());

@@ -187,15 +187,26 @@ impl InFlightReq {
 /// `retry`: how many attempts in all and the first wait between them (doubling after).
 /// Only requests that can be sent again are retried: idempotent and without a body, when
 /// the connection failed or the app behind a sidecar was not listening.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Berth's gRPC extension: `grpcMethods` lists the methods that are safe to send again
+/// (`/pkg.Service/Method`, or `/pkg.Service/*`); their requests (up to 64 KiB) are kept so
+/// that an answer with one of `grpcCodes` (default `unavailable`) before any message goes
+/// to another endpoint, as do connection failures.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retry {
     pub attempts: u32,
     pub initial_interval: Duration,
+    pub grpc_codes: Vec<u32>,
+    pub grpc_methods: Vec<String>,
 }
 
 impl Retry {
     pub fn parse(node: &Node) -> Result<Self, String> {
-        let o = Options::new("retry", node, &["attempts", "initialInterval"])?;
+        let o = Options::new(
+            "retry",
+            node,
+            &["attempts", "initialInterval", "grpcCodes", "grpcMethods"],
+        )?;
         let attempts = o
             .number("attempts")?
             .filter(|a| *a > 0 && *a <= 100)
@@ -206,9 +217,41 @@ impl Retry {
             }
             _ => Duration::from_millis(100),
         };
+        let mut grpc_codes = Vec::new();
+        for c in o.list("grpcCodes")? {
+            grpc_codes.push(
+                crate::grpc::code_from_name(&c)
+                    .ok_or_else(|| format!("retry.grpcCodes: `{c}` is not a gRPC status code"))?,
+            );
+        }
+        if grpc_codes.is_empty() {
+            grpc_codes.push(crate::grpc::code::UNAVAILABLE);
+        }
+        let grpc_methods = o.list("grpcMethods")?;
+        for m in &grpc_methods {
+            let ok = m.starts_with('/')
+                && m[1..]
+                    .split_once('/')
+                    .is_some_and(|(svc, method)| !svc.is_empty() && !method.is_empty());
+            if !ok {
+                return Err(format!(
+                    "retry.grpcMethods: `{m}` is not /package.Service/Method (or /package.Service/*)"
+                ));
+            }
+        }
         Ok(Retry {
             attempts: u32::try_from(attempts).unwrap_or(1),
             initial_interval,
+            grpc_codes,
+            grpc_methods,
+        })
+    }
+
+    /// May a gRPC call to `path` be sent again?
+    pub fn grpc_method_listed(&self, path: &str) -> bool {
+        self.grpc_methods.iter().any(|m| match m.strip_suffix('*') {
+            Some(prefix) => path.starts_with(prefix),
+            None => m == path,
         })
     }
 }

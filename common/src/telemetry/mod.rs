@@ -336,6 +336,8 @@ pub mod attr {
     pub const USER_AGENT: &str = "user_agent.original";
     pub const ERROR_TYPE: &str = "error.type";
     pub const PEER_SERVICE: &str = "peer.service";
+    pub const RPC_SYSTEM: &str = "rpc.system";
+    pub const RPC_GRPC_STATUS: &str = "rpc.grpc.status_code";
     pub const BERTH_ROUTER: &str = "berth.router";
     pub const BERTH_SERVICE: &str = "berth.service";
     pub const BERTH_ENTRYPOINT: &str = "berth.entrypoint";

@@ -23,12 +23,14 @@ use serde_json::Value;
 const DEMO_TASKDEFS: &[(&str, &str)] = &[
     ("whoami", include_str!("../../local/taskdefs/whoami.json")),
     ("caller", include_str!("../../local/taskdefs/caller.json")),
+    ("greeter", include_str!("../../local/taskdefs/greeter.json")),
 ];
 const DEMO_SERVICES: &[(&str, &str)] = &[
     ("whoami", include_str!("../../local/services/whoami.json")),
     ("caller", include_str!("../../local/services/caller.json")),
+    ("greeter", include_str!("../../local/services/greeter.json")),
 ];
-const NEEDED: [&str; 3] = ["berth-gateway", "berth-sidecar", "berth-whoami"];
+const NEEDED: [&str; 4] = ["berth-gateway", "berth-sidecar", "berth-whoami", "berth-greeter"];
 
 struct Opts {
     api: SocketAddr,

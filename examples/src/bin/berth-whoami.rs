@@ -3,7 +3,8 @@
 //! after `/health/set?healthy=false`), `/slow?ms=N`, `/status/N`, `/bench` (a fixed small
 //! body), `/ws` (echo after an HTTP/1.1 upgrade) and `/call?url=http://S/path`, which
 //! calls another service east-west through the task's sidecar (`HTTP_PROXY`, else
-//! `$BERTH_LOCAL_ADDRESS:15001`) and answers with what came back.
+//! `$BERTH_LOCAL_ADDRESS:15001`) and answers with what came back, and `/grpc?to=S&name=N`,
+//! which calls `helloworld.Greeter/SayHello` on S the same way over gRPC.
 //!
 //! Flags: `--listen ADDR` (default `WHOAMI_LISTEN`, else `$BERTH_LOCAL_ADDRESS:$WHOAMI_PORT`,
 //! else `0.0.0.0:80`), `--name NAME` (default: `WHOAMI_NAME`, then `HOSTNAME`).
@@ -126,6 +127,7 @@ async fn handle(
             return Ok(text(StatusCode::OK, format!("healthy={healthy}\n")));
         }
         "/call" => return Ok(call(&app, &query, req.headers()).await),
+        "/grpc" => return Ok(grpc_call(&app, &query).await),
         "/bench" => return Ok(text(StatusCode::OK, "1\n")),
         "/ws" => {
             let on = hyper::upgrade::on(&mut req);
@@ -238,6 +240,58 @@ async fn call(app: &App, query: &str, incoming: &http::HeaderMap) -> Response<Fu
         Err(_) => text(
             StatusCode::GATEWAY_TIMEOUT,
             format!("{} timed out calling {url}\n", app.name),
+        ),
+    }
+}
+
+/// `/grpc?to=SERVICE&name=N`: `helloworld.Greeter/SayHello` on SERVICE east-west, over
+/// HTTP/2 to the sidecar's outbound listener with `:authority` SERVICE.
+async fn grpc_call(app: &App, query: &str) -> Response<Full<Bytes>> {
+    let param = |k: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+            .map(str::to_string)
+    };
+    let to = param("to").unwrap_or_else(|| "greeter".into());
+    let name = param("name").unwrap_or_else(|| "world".into());
+    let Some(proxy) = app.proxy.as_ref().and_then(|p| p.parse::<SocketAddr>().ok()) else {
+        return text(StatusCode::BAD_GATEWAY, "no sidecar outbound address\n");
+    };
+    let call = async {
+        let mut client = berth_examples::greeter::Client::connect(proxy, &to)
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        client
+            .say_hello(tonic::Request::new(berth_examples::greeter::HelloRequest {
+                name: name.clone(),
+                ..Default::default()
+            }))
+            .await
+    };
+    match tokio::time::timeout(Duration::from_secs(30), call).await {
+        Ok(Ok(r)) => {
+            let r = r.into_inner();
+            text(
+                StatusCode::OK,
+                format!(
+                    "{} called {to} over gRPC: {} (served by {})\n",
+                    app.name, r.message, r.served_by
+                ),
+            )
+        }
+        Ok(Err(status)) => text(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "{} called {to} over gRPC: {:?} {}\n",
+                app.name,
+                status.code(),
+                status.message()
+            ),
+        ),
+        Err(_) => text(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("{} timed out calling {to}\n", app.name),
         ),
     }
 }

@@ -3,6 +3,8 @@
 //! `port`, with `hostname` as Host and the configured headers); a status other than
 //! the expected one (any 2xx/3xx by default), a timeout (default 5 s) or a connection
 //! failure marks it DOWN until a check passes again. The balancer skips DOWN endpoints.
+//! With `mode: grpc` the check is the gRPC health-checking protocol instead
+//! (`grpc.health.v1.Health/Check` over HTTP/2): anything but `SERVING` is DOWN.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use tokio::time::Instant;
 
 use super::Proxy;
@@ -31,7 +33,7 @@ pub async fn run(proxy: Arc<Proxy>) {
         let now = Instant::now();
         let mut live = Vec::new();
         for (entry, runtime) in routes.snapshot.services.iter().zip(&routes.services) {
-            let Some(hc) = entry.health_check.as_ref().filter(|h| h.path.is_some()) else {
+            let Some(hc) = entry.health_check.as_ref().filter(|h| h.path.is_some() || is_grpc(h)) else {
                 continue;
             };
             for (ep, state) in runtime.endpoints.iter().zip(&runtime.states) {
@@ -54,29 +56,49 @@ pub async fn run(proxy: Arc<Proxy>) {
     }
 }
 
+fn is_grpc(hc: &HealthCheckConfig) -> bool {
+    hc.mode.as_deref().is_some_and(|m| m.eq_ignore_ascii_case("grpc"))
+}
+
 async fn probe(proxy: Arc<Proxy>, service: String, ep: Endpoint, state: Arc<EndpointState>, hc: HealthCheckConfig) {
-    let path = hc.path.clone().unwrap_or_else(|| "/".into());
+    let grpc = is_grpc(&hc);
+    let path = if grpc {
+        berth_common::grpc::HEALTH_CHECK_PATH.to_string()
+    } else {
+        hc.path.clone().unwrap_or_else(|| "/".into())
+    };
     let authority = match hc.port {
         Some(p) => format!("{}:{p}", ep.authority.host()),
         None => ep.authority.to_string(),
     };
     let scheme = if ep.https { "https" } else { "http" };
+    let body = if grpc {
+        Full::new(berth_common::grpc::health_request(""))
+            .map_err(|never| -> super::BoxError { match never {} })
+            .boxed()
+    } else {
+        Empty::<Bytes>::new()
+            .map_err(|never| -> super::BoxError { match never {} })
+            .boxed()
+    };
     let Ok(mut req) = Request::builder()
-        .method("GET")
+        .method(if grpc { "POST" } else { "GET" })
         .uri(format!("{scheme}://{authority}{path}"))
-        .version(if ep.h2c {
+        .version(if ep.h2c || grpc {
             http::Version::HTTP_2
         } else {
             http::Version::HTTP_11
         })
-        .body(
-            Empty::<Bytes>::new()
-                .map_err(|never| -> super::BoxError { match never {} })
-                .boxed(),
-        )
+        .body(body)
     else {
         return;
     };
+    if grpc {
+        req.headers_mut()
+            .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        req.headers_mut()
+            .insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
     let host = hc.hostname.clone().unwrap_or_else(|| authority.clone());
     if let Ok(v) = HeaderValue::from_str(&host) {
         req.headers_mut().insert(http::header::HOST, v);
@@ -88,6 +110,7 @@ async fn probe(proxy: Arc<Proxy>, service: String, ep: Endpoint, state: Arc<Endp
     }
     let verdict = match proxy.dispatch(&ep, req) {
         Ok(fut) => match tokio::time::timeout(hc.timeout.unwrap_or(DEFAULT_TIMEOUT), fut).await {
+            Ok(Ok(resp)) if grpc => grpc_verdict(resp).await,
             Ok(Ok(resp)) => {
                 let status = resp.status();
                 match hc.status {
@@ -109,5 +132,29 @@ async fn probe(proxy: Arc<Proxy>, service: String, ep: Endpoint, state: Arc<Endp
             Ok(()) => tracing::info!(service = %service, endpoint = %ep.url, "health check passes: UP"),
             Err(why) => tracing::warn!(service = %service, endpoint = %ep.url, %why, "health check fails: DOWN"),
         }
+    }
+}
+
+/// A `Health/Check` answer: HTTP 200, `grpc-status` 0 and `SERVING`, or why not.
+async fn grpc_verdict(resp: http::Response<hyper::body::Incoming>) -> Result<(), String> {
+    use berth_common::grpc;
+    let status = resp.status();
+    if status != http::StatusCode::OK {
+        return Err(format!("HTTP status {status}"));
+    }
+    let head = grpc::status(resp.headers());
+    let collected = resp.into_body().collect().await.map_err(|e| e.to_string())?;
+    let code = collected.trailers().and_then(grpc::status).or(head);
+    if code != Some(grpc::code::OK) {
+        return Err(format!(
+            "grpc-status {}",
+            code.map_or("missing".into(), |c| c.to_string())
+        ));
+    }
+    match grpc::health_status(&collected.to_bytes()) {
+        Some(1) => Ok(()),
+        Some(2) => Err("NOT_SERVING".into()),
+        Some(other) => Err(format!("serving status {other}")),
+        None => Err("unreadable health response".into()),
     }
 }

@@ -7,6 +7,7 @@
 pub mod compress;
 pub mod errors;
 pub mod health;
+pub mod replay;
 pub mod router;
 pub mod upstream;
 
@@ -27,7 +28,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Empty, Limited, combinators::BoxBody};
+use http_body_util::{BodyExt, Empty, Full, Limited, combinators::BoxBody};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 
@@ -65,6 +66,16 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
     pub metrics: Arc<EntrypointMetrics>,
+}
+
+/// The largest gRPC request kept to be sent again (unary calls are small).
+const REPLAY_LIMIT: usize = 64 * 1024;
+
+/// A trailers-only gRPC answer (HTTP 200) with `code`.
+fn grpc_status_response(code: u32, message: &str) -> Response<Body> {
+    let mut r = Response::new(Empty::new().map_err(|never| match never {}).boxed());
+    *r.headers_mut() = berth_common::grpc::status_headers(code, message);
+    r
 }
 
 /// How a routed request is to be forwarded.
@@ -352,7 +363,7 @@ impl Proxy {
                     None
                 };
                 let retry = specs.iter().rev().find_map(|s| match s.as_ref() {
-                    middleware::Spec::Retry(r) => Some(*r),
+                    middleware::Spec::Retry(r) => Some(r.clone()),
                     _ => None,
                 });
                 let how = How {
@@ -450,7 +461,14 @@ impl Proxy {
         } = how;
         let (parts, body) = req.into_parts();
         let bodyless = body.is_end_stream();
-        let retryable = bodyless && upgrade.is_none() && is_idempotent(&parts.method);
+        // gRPC: the call's deadline (`grpc-timeout`), and whether the retry middleware
+        // lists the method as safe to send again.
+        let grpc = berth_common::grpc::is_grpc(&parts.headers);
+        let deadline = grpc
+            .then(|| berth_common::grpc::timeout(&parts.headers))
+            .flatten()
+            .map(|t| tokio::time::Instant::now() + t);
+        let grpc_retry = grpc && retry.as_ref().is_some_and(|r| r.grpc_method_listed(parts.uri.path()));
 
         let mut headers = parts.headers;
         remove_hop_by_hop(&mut headers);
@@ -477,25 +495,44 @@ impl Proxy {
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
 
         let limit = self.limits.max_body_bytes;
-        let mut body: Option<Body> = Some(match limit {
+        let body: Body = match limit {
             Some(l) => Limited::new(body, usize::try_from(l).unwrap_or(usize::MAX))
                 .map_err(|e| -> BoxError { Box::new(ClientBodyError(e)) })
                 .boxed(),
             None => body
                 .map_err(|e| -> BoxError { Box::new(ClientBodyError(Box::new(e))) })
                 .boxed(),
-        });
+        };
+        // A gRPC call that may go again is kept (up to REPLAY_LIMIT) to be sent again.
+        let (replay, mut body) = if grpc_retry {
+            match replay::buffer(body, REPLAY_LIMIT).await {
+                replay::Buffered::Whole(bytes) => (Some(bytes), None),
+                replay::Buffered::Partial(rest) => (None, Some(rest)),
+                replay::Buffered::Failed(e) => {
+                    if let Some(limit) = limit
+                        && error_chain_has::<http_body_util::LengthLimitError>(&*e)
+                    {
+                        return Err(ProxyError::BodyTooLarge { limit });
+                    }
+                    return Err(ProxyError::BadRequest("invalid request body"));
+                }
+            }
+        } else {
+            (None, Some(body))
+        };
+        let retryable = (bodyless && upgrade.is_none() && is_idempotent(&parts.method)) || replay.is_some();
 
         let mut tried: Vec<usize> = Vec::new();
         let mut last_err: Option<ProxyError> = None;
         // Without a retry middleware: each endpoint at most once, MAX_ATTEMPTS at most.
         // With one: its attempts, waiting its interval (doubling) before each new attempt.
         let max_attempts = retry
+            .as_ref()
             .map(|r| r.attempts as usize)
             .unwrap_or(MAX_ATTEMPTS.min(svc.endpoints.len()));
         let mut attempts = 0usize;
         loop {
-            if let (Some(r), true) = (retry, attempts > 0) {
+            if let (Some(r), true) = (&retry, attempts > 0) {
                 let factor = 1u32 << (attempts - 1).min(10);
                 tokio::time::sleep(r.initial_interval.saturating_mul(factor)).await;
             }
@@ -529,10 +566,12 @@ impl Proxy {
             });
             uri.authority = Some(ep.authority.clone());
             uri.path_and_query = Some(path_and_query.clone());
-            let mut up = Request::new(
-                body.take()
+            let mut up = Request::new(match &replay {
+                Some(bytes) => Full::new(bytes.clone()).map_err(|never| match never {}).boxed(),
+                None => body
+                    .take()
                     .unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed()),
-            );
+            });
             *up.method_mut() = parts.method.clone();
             *up.uri_mut() = http::Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
             *up.version_mut() = if ep.h2c { Version::HTTP_2 } else { Version::HTTP_11 };
@@ -574,9 +613,26 @@ impl Proxy {
             let _inflight = InFlight::new(state.clone());
             let t0 = Instant::now();
             let fut = self.dispatch(ep, up)?;
-            let res = match self.limits.response_timeout {
-                Some(t) => match tokio::time::timeout(t, fut).await {
+            // A gRPC deadline that comes first ends the call with DEADLINE_EXCEEDED (the
+            // client's budget ran out: the endpoint is not to blame).
+            let response_deadline = self.limits.response_timeout.map(|t| tokio::time::Instant::now() + t);
+            let grpc_first = match (deadline, response_deadline) {
+                (Some(d), Some(r)) => d <= r,
+                (Some(_), None) => true,
+                _ => false,
+            };
+            let res = match deadline.filter(|_| grpc_first).or(response_deadline) {
+                Some(when) => match tokio::time::timeout_at(when, fut).await {
                     Ok(r) => r,
+                    Err(_) if grpc_first => {
+                        cspan.set(attr::ERROR_TYPE, "deadline_exceeded");
+                        cspan.error(|| "the gRPC deadline passed".into());
+                        outcome.origin_status = None;
+                        return Ok(grpc_status_response(
+                            berth_common::grpc::code::DEADLINE_EXCEEDED,
+                            "deadline exceeded (grpc-timeout) waiting for the upstream",
+                        ));
+                    }
                     Err(_) => {
                         state.record_failure();
                         self.metrics.upstream_error(&svc.name, "timeout");
@@ -610,6 +666,24 @@ impl Proxy {
                         tracing::info!(service = %svc.name, endpoint = %ep.url, ejected_for = ?backoff,
                             "the sidecar's app is not listening");
                         if retryable && attempts < max_attempts {
+                            continue;
+                        }
+                        remove_hop_by_hop(resp.headers_mut());
+                        return Ok(resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()));
+                    }
+                    // A gRPC call that may go again, answered with a retryable status before
+                    // any message (trailers-only), goes to another endpoint.
+                    if replay.is_some()
+                        && resp.status() == StatusCode::OK
+                        && let Some(code) = berth_common::grpc::status(resp.headers())
+                        && retry.as_ref().is_some_and(|r| r.grpc_codes.contains(&code))
+                    {
+                        cspan.set(attr::ERROR_TYPE, "grpc_status");
+                        cspan.set(attr::RPC_GRPC_STATUS, i64::from(code));
+                        state.record_failure();
+                        self.metrics.upstream_error(&svc.name, "grpc_status");
+                        tracing::info!(service = %svc.name, endpoint = %ep.url, code, "gRPC call to retry elsewhere");
+                        if attempts < max_attempts {
                             continue;
                         }
                         remove_hop_by_hop(resp.headers_mut());
