@@ -111,6 +111,21 @@ async fn grpc_through_the_gateway_and_two_sidecars() {
         r.body
     );
 
+    // Calls are counted by their final grpc-status, read from trailers or a trailers-only
+    // head: at the gateway, and at the caller's sidecar.
+    let m = http1(admin, get("admin", "/metrics")).await.body;
+    for code in ["0", "4", "5"] {
+        let line = format!("berth_grpc_responses_total{{service=\"greeter@ecs\",grpc_status=\"{code}\"}}");
+        assert!(m.contains(&line), "{line} missing:\n{m}");
+    }
+    let sm = http1(format!("{caller}:15000").parse().unwrap(), get("sidecar", "/metrics"))
+        .await
+        .body;
+    for code in ["0", "4", "5"] {
+        let line = format!("berth_sidecar_grpc_responses_total{{direction=\"outbound\",grpc_status=\"{code}\"}}");
+        assert!(sm.contains(&line), "{line} missing:\n{sm}");
+    }
+
     // Retry on UNAVAILABLE: one greeter answers UNAVAILABLE to these calls; the router's
     // retry middleware lists SayHello as safe to send again, so every call lands on the
     // other one.

@@ -118,7 +118,8 @@ async fn three_replicas_killed_scaled_health_and_a_new_sidecar() {
             for ip in &first {
                 let s = json(SocketAddr::new(*ip, admin_port), "/api/sidecars").await;
                 let live = s.as_array().map(|a| a.iter().filter(|x| x["state"] == "live").count());
-                if live != Some(4) {
+                // whoami x3, caller, greeter x2.
+                if live != Some(6) {
                     return false;
                 }
             }
@@ -126,7 +127,7 @@ async fn three_replicas_killed_scaled_health_and_a_new_sidecar() {
         }
     })
     .await;
-    assert!(all_registered, "every replica sees the 4 sidecars");
+    assert!(all_registered, "every replica sees the 6 sidecars");
 
     // Steady load, round robin over the balancer's targets, failures recorded by target.
     let stop = Arc::new(AtomicBool::new(false));

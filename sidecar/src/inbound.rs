@@ -11,7 +11,7 @@ use berth_common::authz::{Decision, authorize};
 use berth_common::http::{CLIENT_ID_HEADER, UNREACHABLE_HEADER, is_idempotent, remove_hop_by_hop};
 use berth_common::identity::{SpiffeId, spiffe_id_of};
 use berth_common::mtls::{CertSlot, PeerPolicy, TrustAnchors, server_config};
-use berth_common::telemetry::body::{Finish, Observed};
+use berth_common::telemetry::body::{Finish, GrpcTap, Observed};
 use berth_common::telemetry::{self, Observe, Span, SpanKind, attr};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -140,6 +140,7 @@ impl Inbound {
             e.service_url = Some(format!("http://{}", self.app));
             e
         });
+        let grpc = berth_common::grpc::is_grpc(req.headers());
         let resp = self.handle(req, caller, &span).await;
         self.metrics.inbound_duration(start.elapsed());
         telemetry::response_status(&mut span, resp.status().as_u16());
@@ -154,7 +155,14 @@ impl Inbound {
             }
             _ => None,
         };
-        let finish = Finish { span, log, start };
+        let grpc = grpc.then(|| {
+            let metrics = self.metrics.clone();
+            GrpcTap {
+                head_status: berth_common::grpc::status(resp.headers()),
+                record: Box::new(move |code| metrics.grpc("inbound", code)),
+            }
+        });
+        let finish = Finish { span, log, start, grpc };
         if finish.is_needed() {
             resp.map(|b| Observed::new(b, finish).boxed())
         } else {
@@ -222,11 +230,7 @@ impl Inbound {
                 remove_hop_by_hop(&mut parts.headers);
                 let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed();
                 let body = if cspan.is_recording() {
-                    let finish = Finish {
-                        span: cspan,
-                        log: None,
-                        start: std::time::Instant::now(),
-                    };
+                    let finish = Finish::span(cspan, std::time::Instant::now());
                     Observed::new(body, finish).boxed()
                 } else {
                     body

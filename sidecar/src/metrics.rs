@@ -20,6 +20,7 @@ pub struct Metrics {
     app_healthy: AtomicBool,
     cert_not_after: AtomicU64,
     inbound_duration: Histogram,
+    grpc: Counters<(&'static str, String)>,
     outbound_duration: Mutex<BTreeMap<String, Arc<Histogram>>>,
     observe: std::sync::OnceLock<berth_common::telemetry::Observe>,
 }
@@ -27,6 +28,12 @@ pub struct Metrics {
 impl Metrics {
     pub fn inbound(&self, status: u16) {
         self.inbound.inc(status);
+    }
+
+    /// A gRPC call's final status, by direction (`inbound`, `outbound`).
+    pub fn grpc(&self, direction: &'static str, code: Option<u32>) {
+        let code = code.map_or_else(|| "unknown".to_string(), |c| c.to_string());
+        self.grpc.inc((direction, code));
     }
 
     /// How long an inbound request took to its response head.
@@ -125,6 +132,16 @@ impl Metrics {
         let name = "berth_sidecar_app_healthy";
         family(&mut out, name, "gauge", "Whether the app may get traffic.");
         sample(&mut out, name, &[], u8::from(self.app_healthy.load(Ordering::Relaxed)));
+        let name = "berth_sidecar_grpc_responses_total";
+        family(
+            &mut out,
+            name,
+            "counter",
+            "gRPC calls by direction and final grpc-status.",
+        );
+        for ((direction, code), n) in self.grpc.snapshot() {
+            sample(&mut out, name, &[("direction", direction), ("grpc_status", &code)], n);
+        }
         let name = "berth_sidecar_inbound_request_duration_seconds";
         family(
             &mut out,

@@ -20,7 +20,7 @@ use berth_common::control::{MESH_PATH, MeshView};
 use berth_common::http::{CLIENT_ID_HEADER, is_app_unreachable, is_idempotent, remove_hop_by_hop};
 use berth_common::identity::SpiffeId;
 use berth_common::mtls::{CertSlot, PeerPolicy, TrustAnchors, client_config};
-use berth_common::telemetry::body::{Finish, Observed};
+use berth_common::telemetry::body::{Finish, GrpcTap, Observed};
 use berth_common::telemetry::{self, Observe, Span, SpanKind, attr};
 use berth_common::upstream::{MeshConnector, MeshPeers};
 use bytes::Bytes;
@@ -406,6 +406,7 @@ impl Outbound {
             .server(|| format!("{} outbound", req.method()), req.headers());
         telemetry::server_request_attrs(&mut span, &req, peer, false);
         span.set_with(attr::BERTH_DIRECTION, || "outbound");
+        let grpc = berth_common::grpc::is_grpc(req.headers());
         let mut entry = self
             .observe
             .access_log
@@ -430,7 +431,14 @@ impl Outbound {
             }
             _ => None,
         };
-        let finish = Finish { span, log, start };
+        let grpc = grpc.then(|| {
+            let metrics = self.metrics.clone();
+            GrpcTap {
+                head_status: berth_common::grpc::status(resp.headers()),
+                record: Box::new(move |code| metrics.grpc("outbound", code)),
+            }
+        });
+        let finish = Finish { span, log, start, grpc };
         if finish.is_needed() {
             resp.map(|b| Observed::new(b, finish).boxed())
         } else {
@@ -595,11 +603,7 @@ impl Outbound {
                     remove_hop_by_hop(&mut rparts.headers);
                     let rbody = rbody.map_err(|e| -> BoxError { Box::new(e) }).boxed();
                     let rbody = if cspan.is_recording() {
-                        let finish = Finish {
-                            span: cspan,
-                            log: None,
-                            start: t0,
-                        };
+                        let finish = Finish::span(cspan, t0);
                         Observed::new(rbody, finish).boxed()
                     } else {
                         rbody

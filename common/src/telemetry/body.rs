@@ -17,12 +17,39 @@ pub struct Finish {
     pub span: Span,
     pub log: Option<(AccessLog, Box<Entry>)>,
     pub start: Instant,
+    /// A gRPC response: its status is read from the trailers (or the head).
+    pub grpc: Option<GrpcTap>,
+}
+
+/// Where a gRPC call's final status goes once known: the span, and a counter.
+pub struct GrpcTap {
+    /// `grpc-status` from the response head (a trailers-only answer), if any.
+    pub head_status: Option<u32>,
+    pub record: Box<dyn FnOnce(Option<u32>) + Send + Sync>,
+}
+
+impl std::fmt::Debug for GrpcTap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcTap")
+            .field("head_status", &self.head_status)
+            .finish()
+    }
 }
 
 impl Finish {
-    /// Anything to do at all (a recording span or an access log)?
+    /// A span, no log line, no gRPC tap.
+    pub fn span(span: Span, start: Instant) -> Finish {
+        Finish {
+            span,
+            log: None,
+            start,
+            grpc: None,
+        }
+    }
+
+    /// Anything to do at all (a recording span, an access log, a gRPC status)?
     pub fn is_needed(&self) -> bool {
-        self.span.is_recording() || self.log.is_some()
+        self.span.is_recording() || self.log.is_some() || self.grpc.is_some()
     }
 }
 
@@ -31,6 +58,7 @@ pub struct Observed<B> {
     inner: B,
     bytes: u64,
     finish: Option<Finish>,
+    trailer_status: Option<u32>,
 }
 
 impl<B> Observed<B> {
@@ -39,6 +67,7 @@ impl<B> Observed<B> {
             inner,
             bytes: 0,
             finish: Some(finish),
+            trailer_status: None,
         }
     }
 
@@ -47,6 +76,18 @@ impl<B> Observed<B> {
             if let Some(e) = error {
                 f.span.set(super::attr::ERROR_TYPE, "response_body");
                 f.span.error(|| e);
+            }
+            if let Some(tap) = f.grpc {
+                let code = self.trailer_status.or(tap.head_status);
+                f.span.set(super::attr::RPC_SYSTEM, "grpc");
+                if let Some(c) = code {
+                    f.span.set(super::attr::RPC_GRPC_STATUS, i64::from(c));
+                    // Server errors, as the gRPC conventions count them.
+                    if matches!(c, 2 | 4 | 12 | 13 | 14 | 15) {
+                        f.span.error(|| format!("grpc-status {c}"));
+                    }
+                }
+                (tap.record)(code);
             }
             if let Some((log, mut entry)) = f.log {
                 entry.duration = f.start.elapsed();
@@ -80,6 +121,8 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     self.bytes += hyper::body::Buf::remaining(d) as u64;
+                } else if let Some(t) = frame.trailers_ref() {
+                    self.trailer_status = crate::grpc::status(t);
                 }
             }
             Poll::Ready(Some(Err(e))) => {

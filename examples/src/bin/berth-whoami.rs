@@ -30,40 +30,7 @@ struct App {
 }
 
 fn main() {
-    // In berth-local every task has its own loopback address (BERTH_LOCAL_ADDRESS).
-    let mut listen = std::env::var("WHOAMI_LISTEN").unwrap_or_else(|_| {
-        let host = std::env::var("BERTH_LOCAL_ADDRESS").unwrap_or_else(|_| "0.0.0.0".into());
-        let port = std::env::var("WHOAMI_PORT").unwrap_or_else(|_| "80".into());
-        format!("{host}:{port}")
-    });
-    let mut name = std::env::var("WHOAMI_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "whoami".into());
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match (a.as_str(), args.next()) {
-            ("--listen", Some(v)) => listen = v,
-            ("--name", Some(v)) => name = v,
-            _ => {
-                eprintln!("usage: berth-whoami [--listen ADDR] [--name NAME]");
-                std::process::exit(64);
-            }
-        }
-    }
-    let listen: SocketAddr = match listen.parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("berth-whoami: --listen {listen}: {e}");
-            std::process::exit(64);
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("berth-whoami: {e}");
-            std::process::exit(70);
-        }
-    };
+    let (listen, name, rt) = berth_examples::demo_app_setup("berth-whoami", "WHOAMI", 80);
     let proxy = std::env::var("HTTP_PROXY")
         .or_else(|_| std::env::var("http_proxy"))
         .ok()

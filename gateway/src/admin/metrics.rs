@@ -43,6 +43,7 @@ pub struct Metrics {
     entrypoints: Mutex<HashMap<String, Arc<EntrypointMetrics>>>,
     upstream_errors: Counters<(String, &'static str)>,
     retries: Counters<String>,
+    grpc: Counters<(String, String)>,
     pub config_reloads_ok: AtomicU64,
     pub config_reloads_failed: AtomicU64,
     /// ECS API calls by operation and outcome (`ok`, `throttled`, `error`); each attempt counts.
@@ -124,6 +125,12 @@ impl Metrics {
     pub fn upstream_error(&self, service: &str, kind: &'static str) {
         self.upstream_errors.inc((service.to_string(), kind));
     }
+    /// A gRPC call's final status (from trailers, or a trailers-only head).
+    pub fn grpc(&self, service: &str, code: Option<u32>) {
+        let code = code.map_or_else(|| "unknown".to_string(), |c| c.to_string());
+        self.grpc.inc((service.to_string(), code));
+    }
+
     pub fn retry(&self, service: &str) {
         self.retries.inc(service.to_string());
     }
@@ -240,6 +247,16 @@ impl Metrics {
                 "berth_upstream_errors_total{{service=\"{}\",kind=\"{kind}\"}} {n}",
                 esc(&svc)
             );
+        }
+        let name = "berth_grpc_responses_total";
+        berth_common::prom::family(
+            &mut out,
+            name,
+            "counter",
+            "gRPC calls by service and final grpc-status.",
+        );
+        for ((svc, code), n) in self.grpc.snapshot() {
+            berth_common::prom::sample(&mut out, name, &[("service", &svc), ("grpc_status", &code)], n);
         }
         let _ = writeln!(
             out,

@@ -38,7 +38,7 @@ use crate::lifecycle::Lifecycle;
 use berth_common::accesslog::Entry;
 use berth_common::balance::{InFlight, Registry};
 use berth_common::middleware;
-use berth_common::telemetry::body::{Finish, Observed};
+use berth_common::telemetry::body::{Finish, GrpcTap, Observed};
 use berth_common::telemetry::{self, Observe, Span, SpanKind, attr};
 use errors::{ProxyError, text_response};
 use router::{Routes, ServiceRuntime};
@@ -173,6 +173,7 @@ impl Proxy {
         let mut span = self.observe.tracer.server(|| method.to_string(), req.headers());
         telemetry::server_request_attrs(&mut span, &req, conn.peer, conn.tls);
         span.set_with(attr::BERTH_ENTRYPOINT, || conn.entrypoint.to_string());
+        let grpc = berth_common::grpc::is_grpc(req.headers());
         let entry = self
             .observe
             .access_log
@@ -192,6 +193,7 @@ impl Proxy {
             .requests
             .record(resp.status().as_u16(), &method, start.elapsed());
         telemetry::response_status(&mut span, resp.status().as_u16());
+        let service = outcome.service.clone();
         let log = match (&self.observe.access_log, entry) {
             (Some(log), Some(mut e)) => {
                 e.status = resp.status().as_u16();
@@ -209,7 +211,15 @@ impl Proxy {
             }
             _ => None,
         };
-        let finish = Finish { span, log, start };
+        let grpc = grpc.then(|| {
+            let metrics = self.metrics.clone();
+            let service = service.unwrap_or_default();
+            GrpcTap {
+                head_status: berth_common::grpc::status(resp.headers()),
+                record: Box::new(move |code| metrics.grpc(&service, code)),
+            }
+        });
+        let finish = Finish { span, log, start, grpc };
         if finish.is_needed() {
             resp = resp.map(|b| Observed::new(b, finish).boxed());
         }
@@ -290,6 +300,8 @@ impl Proxy {
         }
         if self.observe.access_log.is_some() {
             outcome.router = Some(router.name.clone());
+        }
+        if self.observe.access_log.is_some() || berth_common::grpc::is_grpc(req.headers()) {
             outcome.service = Some(service.name.clone());
         }
         let specs = router.middleware_specs.clone();
@@ -702,15 +714,7 @@ impl Proxy {
                         let b = b.map_err(|e| -> BoxError { Box::new(e) }).boxed();
                         if cspan.is_recording() {
                             // The attempt's span ends with the upstream's body.
-                            Observed::new(
-                                b,
-                                Finish {
-                                    span: cspan,
-                                    log: None,
-                                    start: t0,
-                                },
-                            )
-                            .boxed()
+                            Observed::new(b, Finish::span(cspan, t0)).boxed()
                         } else {
                             b
                         }
