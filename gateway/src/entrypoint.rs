@@ -69,6 +69,17 @@ pub fn server_config(
     Arc::new(cfg)
 }
 
+/// [`server_config`] without ALPN: a TCP router terminating TLS carries whatever
+/// protocol the client speaks, so it must not promise HTTP/2.
+pub fn tcp_server_config(
+    store: Arc<CertStore>,
+    entrypoint_default: Option<Arc<CertifiedKey>>,
+) -> Arc<rustls::ServerConfig> {
+    let mut cfg = (*server_config(store, entrypoint_default)).clone();
+    cfg.alpn_protocols.clear();
+    Arc::new(cfg)
+}
+
 /// Counts open connections so shutdown can wait for them.
 #[derive(Debug, Default)]
 pub struct ConnTracker {
@@ -124,6 +135,8 @@ pub struct Entrypoint {
     pub name: Arc<str>,
     pub listener: TcpListener,
     pub tls: Arc<rustls::ServerConfig>,
+    /// The same certificates without ALPN: for TCP routers that terminate TLS.
+    pub tcp_tls: Arc<rustls::ServerConfig>,
     pub has_certs: Arc<dyn Fn() -> bool + Send + Sync>,
     pub proxy: Arc<Proxy>,
     pub limits: Limits,
@@ -170,12 +183,54 @@ impl Entrypoint {
             Ok(a) => a,
             Err(_) => return,
         };
+        let snap = self.proxy.routes().snapshot.clone();
+        let has_tcp = snap.tcp_routers_on(&self.name).next().is_some();
+        // A server-first protocol (the client waits for a greeting) can only be told by
+        // its port: with no HTTP router here, a plain TCP router takes it at once.
+        if has_tcp
+            && !snap.routers.iter().any(|r| {
+                r.status == berth_common::routing::Status::Enabled && r.entry_points.iter().any(|e| **e == *self.name)
+            })
+            && let Some(router) = crate::tcp::find(&snap, &self.name, false, &crate::tcp::view(None, peer))
+        {
+            let metrics = self.proxy.metrics().clone();
+            let (ct, idle) = (self.limits.connect_timeout, self.limits.idle_timeout);
+            crate::tcp::serve(stream, snap.clone(), router, peer, ct, idle, &metrics).await;
+            return;
+        }
         // Peek the first byte: 0x16 opens a TLS handshake.
         let mut first = [0u8; 1];
         let peeked = tokio::time::timeout(self.limits.header_read_timeout, stream.peek(&mut first)).await;
         let is_tls = matches!(peeked, Ok(Ok(1))) && first[0] == 0x16;
         if !matches!(peeked, Ok(Ok(1))) {
             return;
+        }
+        if has_tcp {
+            let hello = if is_tls {
+                crate::tcp::peek_hello(&stream, self.limits.header_read_timeout).await
+            } else {
+                None
+            };
+            if is_tls && hello.is_none() {
+                tracing::debug!(entrypoint = %self.name, %peer, "no readable ClientHello");
+                return;
+            }
+            let view = crate::tcp::view(hello.as_ref(), peer);
+            if let Some(router) = crate::tcp::find(&snap, &self.name, is_tls, &view) {
+                let metrics = self.proxy.metrics().clone();
+                let (ct, idle) = (self.limits.connect_timeout, self.limits.idle_timeout);
+                if router.tls_passthrough == Some(false) {
+                    // Terminate TLS here, then forward the plaintext.
+                    let acceptor = tokio_rustls::TlsAcceptor::from(self.tcp_tls.clone());
+                    match tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => crate::tcp::serve(tls, snap.clone(), router, peer, ct, idle, &metrics).await,
+                        _ => metrics.tcp(&router.name, "tls_failed"),
+                    }
+                } else {
+                    crate::tcp::serve(stream, snap.clone(), router, peer, ct, idle, &metrics).await;
+                }
+                return;
+            }
         }
         let info = Arc::new(ConnInfo {
             entrypoint: self.name.clone(),
@@ -264,16 +319,16 @@ impl Entrypoint {
 
 pin_project_lite::pin_project! {
     /// Records the time of the last read or write, for the idle timeout.
-    struct IdleIo<S> {
+    pub(crate) struct IdleIo<S> {
         #[pin]
         inner: S,
-        born: Instant,
-        last: Arc<AtomicU64>,
+        pub(crate) born: Instant,
+        pub(crate) last: Arc<AtomicU64>,
     }
 }
 
 impl<S> IdleIo<S> {
-    fn new(inner: S) -> Self {
+    pub(crate) fn new(inner: S) -> Self {
         IdleIo {
             inner,
             born: Instant::now(),

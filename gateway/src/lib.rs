@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod mesh;
 pub mod proxy;
 pub mod snapshots;
+pub mod tcp;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -213,7 +214,8 @@ impl Gateway {
             eps.push(Entrypoint {
                 name: ep.name.as_str().into(),
                 listener,
-                tls: entrypoint::server_config(certs.clone(), ep_default),
+                tls: entrypoint::server_config(certs.clone(), ep_default.clone()),
+                tcp_tls: entrypoint::tcp_server_config(certs.clone(), ep_default),
                 has_certs: Arc::new(move || has_own || store.default.load().is_some() || !store.sni.load().is_empty()),
                 proxy: proxy.clone(),
                 limits: cfg.limits.clone(),

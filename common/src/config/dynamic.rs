@@ -13,7 +13,40 @@ use crate::diag::Diagnostic;
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct DynamicConfig {
     pub http: HttpConfig,
+    pub tcp: TcpConfig,
     pub tls: TlsConfig,
+}
+
+/// `tcp`: routers matching connections (by TLS server name or client address) and
+/// services of `address` servers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TcpConfig {
+    pub routers: BTreeMap<String, TcpRouterConfig>,
+    pub services: BTreeMap<String, TcpServiceConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpRouterConfig {
+    pub rule: Option<String>,
+    pub entry_points: Vec<String>,
+    pub service: Option<String>,
+    pub priority: Option<i64>,
+    /// `tls`: the gateway terminates TLS (or, with `passthrough`, forwards it untouched).
+    pub tls: Option<TcpTls>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TcpTls {
+    pub passthrough: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TcpServiceConfig {
+    /// `loadBalancer.servers[].address` (`host:port`).
+    pub servers: Vec<String>,
+    /// Labels only: `loadBalancer.server.port`, applied to the container's own address.
+    pub server_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -166,7 +199,8 @@ pub fn decode(root: &Node, mode: Mode, prefix: &str, diags: &mut Vec<Diagnostic>
         match key.to_ascii_lowercase().as_str() {
             "http" => cfg.http = d.http(node, &path),
             "tls" => cfg.tls = d.tls(node, &path),
-            "tcp" | "udp" => d.diags.push(Diagnostic::warning(
+            "tcp" => cfg.tcp = d.tcp(node, &path),
+            "udp" => d.diags.push(Diagnostic::warning(
                 path,
                 format!("{key} routers are not supported yet; this section is ignored"),
             )),
@@ -293,6 +327,137 @@ impl Decoder<'_> {
             }
         }
         http
+    }
+
+    fn tcp(&mut self, node: &Node, path: &str) -> TcpConfig {
+        let mut tcp = TcpConfig::default();
+        for (key, child) in self.map(node, path) {
+            let p = format!("{path}.{key}");
+            match key.to_ascii_lowercase().as_str() {
+                "routers" => {
+                    for (name, r) in self.map(child, &p) {
+                        let router = self.tcp_router(r, &format!("{p}.{name}"));
+                        tcp.routers.insert(name.clone(), router);
+                    }
+                }
+                "services" => {
+                    for (name, s) in self.map(child, &p) {
+                        let svc = self.tcp_service(s, &format!("{p}.{name}"));
+                        tcp.services.insert(name.clone(), svc);
+                    }
+                }
+                "middlewares" | "serverstransports" => self.diags.push(Diagnostic::warning(
+                    p,
+                    format!("tcp {key} are not supported yet; ignored"),
+                )),
+                _ => self.unknown(&p),
+            }
+        }
+        tcp
+    }
+
+    fn tcp_router(&mut self, node: &Node, path: &str) -> TcpRouterConfig {
+        let mut r = TcpRouterConfig::default();
+        for (key, child) in self.map(node, path) {
+            let p = format!("{path}.{key}");
+            match key.to_ascii_lowercase().as_str() {
+                "rule" => r.rule = self.string(child, &p),
+                "entrypoints" => r.entry_points = self.list(child, &p),
+                "priority" => r.priority = self.parsed(child, &p, "an integer priority"),
+                "service" => r.service = self.string(child, &p),
+                "rulesyntax" => {}
+                "middlewares" => self
+                    .diags
+                    .push(Diagnostic::warning(p, "tcp middlewares are not supported yet; ignored")),
+                "tls" => match child {
+                    Node::Leaf(v) => match v.trim().to_ascii_lowercase().as_str() {
+                        "true" | "" => r.tls = Some(TcpTls::default()),
+                        "false" => r.tls = None,
+                        other => self.bad(&p, format!("`{other}` is not true or false")),
+                    },
+                    Node::Map(m) => {
+                        let mut tls = TcpTls::default();
+                        for (k, c) in m {
+                            let pp = format!("{p}.{k}");
+                            match k.to_ascii_lowercase().as_str() {
+                                "passthrough" => tls.passthrough = self.bool(c, &pp).unwrap_or(false),
+                                "options" | "certresolver" | "domains" => self
+                                    .diags
+                                    .push(Diagnostic::warning(pp, "ignored: the configured certificates are used")),
+                                _ => self.unknown(&pp),
+                            }
+                        }
+                        r.tls = Some(tls);
+                    }
+                    Node::List(_) => self.bad(&p, "expected true, false or a map of TLS options"),
+                },
+                _ => self.unknown(&p),
+            }
+        }
+        r
+    }
+
+    fn tcp_service(&mut self, node: &Node, path: &str) -> TcpServiceConfig {
+        let mut svc = TcpServiceConfig::default();
+        for (key, child) in self.map(node, path) {
+            let p = format!("{path}.{key}");
+            if !key.eq_ignore_ascii_case("loadbalancer") {
+                self.bad(&p, "only loadBalancer services are supported for tcp");
+                continue;
+            }
+            for (k, c) in self.map(child, &p) {
+                let pp = format!("{p}.{k}");
+                match k.to_ascii_lowercase().as_str() {
+                    "servers" => {
+                        let items: &[Node] = match c {
+                            Node::List(items) => items,
+                            _ => {
+                                self.bad(&pp, "expected a list of servers");
+                                &[]
+                            }
+                        };
+                        for (i, item) in items.iter().enumerate() {
+                            let ip = format!("{pp}[{i}]");
+                            for (sk, sc) in self.map(item, &ip) {
+                                let sp = format!("{ip}.{sk}");
+                                match sk.to_ascii_lowercase().as_str() {
+                                    "address" => {
+                                        if let Some(a) = self.string(sc, &sp) {
+                                            if a.rsplit_once(':')
+                                                .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok())
+                                            {
+                                                svc.servers.push(a);
+                                            } else {
+                                                self.bad(&sp, format!("`{a}` is not host:port"));
+                                            }
+                                        }
+                                    }
+                                    "tls" | "weight" => {
+                                        self.diags.push(Diagnostic::warning(sp, "ignored for tcp servers"))
+                                    }
+                                    _ => self.unknown(&sp),
+                                }
+                            }
+                        }
+                    }
+                    "server" if self.mode == Mode::Labels => {
+                        for (sk, sc) in self.map(c, &pp) {
+                            let sp = format!("{pp}.{sk}");
+                            match sk.to_ascii_lowercase().as_str() {
+                                "port" => svc.server_port = self.parsed(sc, &sp, "a port number"),
+                                "weight" | "tls" => self.diags.push(Diagnostic::warning(sp, "ignored for tcp servers")),
+                                _ => self.unknown(&sp),
+                            }
+                        }
+                    }
+                    "terminationdelay" | "proxyprotocol" | "serverstransport" => self
+                        .diags
+                        .push(Diagnostic::warning(pp, "not supported for tcp yet; ignored")),
+                    _ => self.unknown(&pp),
+                }
+            }
+        }
+        svc
     }
 
     fn router(&mut self, node: &Node, path: &str) -> RouterConfig {
@@ -597,6 +762,29 @@ impl DynamicConfig {
     /// once; a name defined differently is dropped and reported; a service defined by
     /// several tasks collects all their servers.
     pub fn merge(&mut self, other: DynamicConfig, conflicts: &mut std::collections::BTreeSet<String>) {
+        for (name, r) in other.tcp.routers {
+            if conflicts.contains(&format!("tcp router {name}")) {
+                continue;
+            }
+            match self.tcp.routers.get(&name) {
+                Some(existing) if *existing != r => {
+                    self.tcp.routers.remove(&name);
+                    conflicts.insert(format!("tcp router {name}"));
+                }
+                Some(_) => {}
+                None => {
+                    self.tcp.routers.insert(name, r);
+                }
+            }
+        }
+        for (name, s) in other.tcp.services {
+            let existing = self.tcp.services.entry(name).or_default();
+            for server in s.servers {
+                if !existing.servers.contains(&server) {
+                    existing.servers.push(server);
+                }
+            }
+        }
         for (name, r) in other.http.routers {
             if conflicts.contains(&format!("router {name}")) {
                 continue;

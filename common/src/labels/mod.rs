@@ -141,6 +141,12 @@ fn merge_labels(into: &mut DynamicConfig, from: DynamicConfig) {
     for (name, s) in from.http.services {
         into.http.services.entry(name).or_insert(s);
     }
+    for (name, r) in from.tcp.routers {
+        into.tcp.routers.entry(name).or_insert(r);
+    }
+    for (name, s) in from.tcp.services {
+        into.tcp.services.entry(name).or_insert(s);
+    }
     for (name, m) in from.http.middlewares {
         into.http.middlewares.entry(name).or_insert(m);
     }
@@ -174,6 +180,55 @@ pub struct ContainerTarget {
     pub default_strategy: Strategy,
 }
 
+/// TCP routing from labels: a default service when routers are declared without one,
+/// each service's server at the container's address and (mapped) port, and a router
+/// without `service` bound to the only service.
+fn tcp_defaults(cfg: &mut DynamicConfig, target: &ContainerTarget, default_name: &str, diags: &mut Vec<Diagnostic>) {
+    if cfg.tcp.routers.is_empty() && cfg.tcp.services.is_empty() {
+        return;
+    }
+    if cfg.tcp.services.is_empty() {
+        cfg.tcp.services.insert(default_name.to_string(), Default::default());
+    }
+    for (name, svc) in cfg.tcp.services.iter_mut() {
+        if !svc.servers.is_empty() {
+            continue;
+        }
+        let port = match (svc.server_port, target.ports.as_slice()) {
+            (Some(p), ports) => ports.iter().find(|(c, _)| *c == p).map(|(_, h)| *h).or(Some(p)),
+            (None, [(_, host)]) => Some(*host),
+            (None, _) => {
+                diags.push(Diagnostic::error(
+                    format!("tcp.services.{name}.loadbalancer.server.port"),
+                    "set loadbalancer.server.port: the container exposes no single port",
+                ));
+                None
+            }
+        };
+        if let Some(port) = port {
+            let host = if target.address.contains(':') {
+                format!("[{}]", target.address)
+            } else {
+                target.address.clone()
+            };
+            svc.servers.push(format!("{host}:{port}"));
+        }
+    }
+    let names: Vec<String> = cfg.tcp.services.keys().cloned().collect();
+    for (name, r) in cfg.tcp.routers.iter_mut() {
+        if r.service.is_none() {
+            if names.len() == 1 {
+                r.service = names.first().cloned();
+            } else {
+                diags.push(Diagnostic::error(
+                    format!("tcp.routers.{name}.service"),
+                    "the router names no service and the container defines several; set one",
+                ));
+            }
+        }
+    }
+}
+
 /// Traefik's provider defaults: a default service when none is declared, a default
 /// router (with the default rule) when none is declared, a router without `service`
 /// bound to the only service, and one server per service at the container's address.
@@ -181,6 +236,12 @@ pub fn container_config(labels: &ContainerLabels, target: &ContainerTarget) -> (
     let mut diags = Vec::new();
     let mut cfg = labels.config.clone();
     let default_name = normalize_name(&target.name);
+    tcp_defaults(&mut cfg, target, &default_name, &mut diags);
+    // A container that only declares TCP routing gets no default HTTP router (Traefik).
+    let tcp_only = cfg.http.routers.is_empty() && cfg.http.services.is_empty() && !cfg.tcp.routers.is_empty();
+    if tcp_only {
+        return (cfg, diags);
+    }
     if cfg.http.services.is_empty() {
         cfg.http.services.insert(default_name.clone(), Default::default());
     }

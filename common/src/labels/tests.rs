@@ -89,7 +89,7 @@ fn bad_keys_become_diagnostics_and_the_rest_loads() {
         ("berth.frobnicate", "1"),
         ("berth.mesh.name", "bad name!"),
         ("berth.mesh.allow", "orders, spiffe://berth.local/ecs/prod/billing"),
-        ("traefik.tcp.routers.t.rule", "HostSNI(`*`)"),
+        ("traefik.udp.routers.u.entrypoints", "dns"),
     ]);
     let (c, diags) = parse(&l);
     let keys: Vec<&str> = diags.iter().map(|d| d.key.as_str()).collect();
@@ -100,7 +100,7 @@ fn bad_keys_become_diagnostics_and_the_rest_loads() {
         "berth.enable",
         "berth.frobnicate",
         "berth.mesh.name",
-        "traefik.tcp",
+        "traefik.udp",
     ] {
         assert!(keys.contains(&k), "missing diagnostic for {k}: {keys:?}");
     }
@@ -213,4 +213,30 @@ fn middleware_labels_parse_into_working_middlewares() {
     let m = &c.config.http.middlewares["x"];
     let err = crate::middleware::parse(&m.kind, &m.options).unwrap_err();
     assert!(err.contains("unknown option `prefixs`"), "{err}");
+}
+
+#[test]
+fn tcp_labels_route_connections_to_the_container() {
+    let l = labels(&[
+        ("traefik.enable", "true"),
+        ("traefik.tcp.routers.pg.rule", "HostSNI(`db.example.com`)"),
+        ("traefik.tcp.routers.pg.tls.passthrough", "true"),
+        ("traefik.tcp.services.pg.loadbalancer.server.port", "5432"),
+    ]);
+    let (c, diags) = parse(&l);
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(
+        c.config.tcp.routers["pg"].tls,
+        Some(config::TcpTls { passthrough: true })
+    );
+    let t = ContainerTarget {
+        ports: vec![(5432, 32770), (9000, 32771)],
+        ..target()
+    };
+    let (cfg, d) = container_config(&c, &t);
+    assert!(d.is_empty(), "{d:?}");
+    assert_eq!(cfg.tcp.routers["pg"].service.as_deref(), Some("pg"));
+    assert_eq!(cfg.tcp.services["pg"].servers, vec!["127.0.100.1:32770"]);
+    // TCP only: no default HTTP router appears.
+    assert!(cfg.http.routers.is_empty() && cfg.http.services.is_empty());
 }

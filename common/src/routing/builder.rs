@@ -222,6 +222,7 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
             });
         }
     }
+    build_tcp(views, opts, &mut snap);
     for m in &snap.middlewares {
         for e in &m.errors {
             snap.diagnostics
@@ -339,4 +340,124 @@ fn expand(
     }
     out.push(spec);
     Ok(())
+}
+
+/// TCP services and routers: names qualified by provider, rules compiled, services
+/// checked; a router with any problem is disabled and reported.
+fn build_tcp(views: &[ProviderView], opts: &BuildOptions, snap: &mut Snapshot) {
+    use super::snapshot::{TcpRouterEntry, TcpServiceEntry};
+    let mut service_idx: HashMap<String, usize> = HashMap::new();
+    for view in views {
+        for (name, svc) in &view.config.tcp.services {
+            let qname = qualify(name, &view.provider);
+            let mut errors = Vec::new();
+            if svc.servers.is_empty() {
+                errors.push("the service has no servers".to_string());
+            }
+            service_idx.insert(qname.clone(), snap.tcp_services.len());
+            snap.tcp_services.push(TcpServiceEntry {
+                name: qname,
+                provider: view.provider.clone(),
+                servers: svc.servers.clone(),
+                used_by: Vec::new(),
+                status: if errors.is_empty() {
+                    Status::Enabled
+                } else {
+                    Status::Disabled
+                },
+                errors,
+            });
+        }
+    }
+    for view in views {
+        for (name, r) in &view.config.tcp.routers {
+            let qname = qualify(name, &view.provider);
+            let mut errors = Vec::new();
+            let rule_text = r.rule.clone().unwrap_or_default();
+            let rule = if rule_text.is_empty() {
+                errors.push("the router has no rule".to_string());
+                None
+            } else {
+                match rules::tcp::TcpRule::compile(&rule_text) {
+                    Ok(rule) => Some(rule),
+                    Err(e) => {
+                        errors.push(format!("invalid rule: {e}"));
+                        None
+                    }
+                }
+            };
+            if let Some(rule) = &rule
+                && rule.needs_tls()
+                && r.tls.is_none()
+            {
+                errors.push("a rule on the TLS server name needs `tls` (or `tls.passthrough`)".to_string());
+            }
+            let service = match &r.service {
+                Some(s) => qualify(s, &view.provider),
+                None => {
+                    errors.push("the router names no service".to_string());
+                    String::new()
+                }
+            };
+            let service_index = service_idx.get(&service).copied();
+            match service_index {
+                Some(i) => {
+                    snap.tcp_services[i].used_by.push(qname.clone());
+                    if snap.tcp_services[i].status == Status::Disabled {
+                        errors.push(format!("service `{service}` is disabled"));
+                    }
+                }
+                None if !service.is_empty() => errors.push(format!("tcp service `{service}` does not exist")),
+                None => {}
+            }
+            for ep in &r.entry_points {
+                if !opts.entrypoints.contains(ep) {
+                    errors.push(format!("entrypoint `{ep}` does not exist"));
+                }
+            }
+            let entry_points: Vec<String> = if r.entry_points.is_empty() {
+                opts.entrypoints.clone()
+            } else {
+                r.entry_points
+                    .iter()
+                    .filter(|e| opts.entrypoints.contains(e))
+                    .cloned()
+                    .collect()
+            };
+            let fatal = errors.iter().any(|e| !e.starts_with("entrypoint "));
+            for e in &errors {
+                snap.diagnostics.push(
+                    Diagnostic::error(format!("tcp router {qname}"), e.clone()).with_source(view.provider.clone()),
+                );
+            }
+            snap.tcp_routers.push(TcpRouterEntry {
+                name: qname,
+                provider: view.provider.clone(),
+                priority: r
+                    .priority
+                    .filter(|p| *p != 0)
+                    .unwrap_or_else(|| rules::default_priority(&rule_text)),
+                rule_text,
+                rule,
+                entry_points: entry_points.clone(),
+                service,
+                service_index,
+                tls_passthrough: r.tls.map(|t| t.passthrough),
+                status: if fatal || entry_points.is_empty() {
+                    Status::Disabled
+                } else {
+                    Status::Enabled
+                },
+                errors,
+            });
+        }
+    }
+    for s in &snap.tcp_services {
+        for e in &s.errors {
+            snap.diagnostics
+                .push(Diagnostic::error(format!("tcp service {}", s.name), e.clone()).with_source(s.provider.clone()));
+        }
+    }
+    snap.tcp_routers
+        .sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.name.cmp(&b.name)));
 }

@@ -84,6 +84,9 @@ pub struct RouteTable {
 pub struct Snapshot {
     pub version: u64,
     pub routers: Vec<RouterEntry>,
+    /// TCP routers, highest priority first.
+    pub tcp_routers: Vec<TcpRouterEntry>,
+    pub tcp_services: Vec<TcpServiceEntry>,
     pub services: Vec<ServiceEntry>,
     pub middlewares: Vec<MiddlewareEntry>,
     /// Key: (entrypoint, tls).
@@ -93,7 +96,42 @@ pub struct Snapshot {
     pub diagnostics: Vec<Diagnostic>,
 }
 
+/// A TCP router as built: its compiled rule and what it does with a match.
+#[derive(Debug, Clone)]
+pub struct TcpRouterEntry {
+    pub name: String,
+    pub provider: String,
+    pub rule_text: String,
+    pub rule: Option<crate::rules::tcp::TcpRule>,
+    pub priority: i64,
+    pub entry_points: Vec<String>,
+    pub service: String,
+    pub service_index: Option<usize>,
+    /// `None`: plain TCP; `Some(false)`: the gateway terminates TLS; `Some(true)`: passthrough.
+    pub tls_passthrough: Option<bool>,
+    pub status: Status,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TcpServiceEntry {
+    pub name: String,
+    pub provider: String,
+    /// `host:port`.
+    pub servers: Vec<String>,
+    pub used_by: Vec<String>,
+    pub status: Status,
+    pub errors: Vec<String>,
+}
+
 impl Snapshot {
+    /// The TCP routers enabled on `entrypoint`, highest priority first.
+    pub fn tcp_routers_on<'a>(&'a self, entrypoint: &'a str) -> impl Iterator<Item = &'a TcpRouterEntry> + 'a {
+        self.tcp_routers
+            .iter()
+            .filter(move |r| r.status == Status::Enabled && r.entry_points.iter().any(|e| e == entrypoint))
+    }
+
     /// The highest-priority enabled router matching the request, on this entrypoint
     /// for this kind of connection.
     pub fn route(&self, entrypoint: &str, tls: bool, req: &RequestView<'_>) -> Option<&RouterEntry> {

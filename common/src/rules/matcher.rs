@@ -146,6 +146,9 @@ fn compile_node(expr: &Expr) -> Result<Node, CompileError> {
                 MatcherKind::ClientIp => Node::ClientIp(parse_ip_range(arg(0)).ok_or_else(|| {
                     compile_error(col, kind, format!("`{}` is neither an IP nor a CIDR range", arg(0)))
                 })?),
+                MatcherKind::HostSni | MatcherKind::HostSniRegexp | MatcherKind::Alpn => {
+                    return Err(compile_error(col, kind, "is a TCP matcher: use it in a tcp router"));
+                }
             }
         }
     })

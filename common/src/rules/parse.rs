@@ -6,7 +6,8 @@
 
 use std::fmt;
 
-/// The matchers Traefik v3 knows for HTTP routers.
+/// The matchers Traefik v3 knows: HTTP routers', and TCP routers' (`HostSNI`,
+/// `HostSNIRegexp`, `ALPN`; `ClientIP` serves both).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MatcherKind {
     Host,
@@ -20,10 +21,13 @@ pub enum MatcherKind {
     Query,
     QueryRegexp,
     ClientIp,
+    HostSni,
+    HostSniRegexp,
+    Alpn,
 }
 
 impl MatcherKind {
-    pub const ALL: [MatcherKind; 11] = [
+    pub const ALL: [MatcherKind; 14] = [
         MatcherKind::Host,
         MatcherKind::HostRegexp,
         MatcherKind::Path,
@@ -35,6 +39,9 @@ impl MatcherKind {
         MatcherKind::Query,
         MatcherKind::QueryRegexp,
         MatcherKind::ClientIp,
+        MatcherKind::HostSni,
+        MatcherKind::HostSniRegexp,
+        MatcherKind::Alpn,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +57,9 @@ impl MatcherKind {
             MatcherKind::Query => "Query",
             MatcherKind::QueryRegexp => "QueryRegexp",
             MatcherKind::ClientIp => "ClientIP",
+            MatcherKind::HostSni => "HostSNI",
+            MatcherKind::HostSniRegexp => "HostSNIRegexp",
+            MatcherKind::Alpn => "ALPN",
         }
     }
 

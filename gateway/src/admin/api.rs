@@ -134,6 +134,8 @@ pub fn handle<B>(state: &AdminState, req: Request<B>) -> Response<Body> {
         "/api/http/routers" => json_response(StatusCode::OK, &Value::Array(routers(&snap))),
         "/api/http/services" => json_response(StatusCode::OK, &Value::Array(services(state, &snap))),
         "/api/http/middlewares" => json_response(StatusCode::OK, &Value::Array(middlewares(&snap))),
+        "/api/tcp/routers" => json_response(StatusCode::OK, &Value::Array(tcp_routers(&snap))),
+        "/api/tcp/services" => json_response(StatusCode::OK, &Value::Array(tcp_services(&snap))),
         "/api/overview" => json_response(StatusCode::OK, &overview(state, &snap)),
         "/api/diagnostics" => json_response(StatusCode::OK, &json!(snap.diagnostics)),
         "/api/certificates" => json_response(StatusCode::OK, &Value::Array(certificates(state))),
@@ -250,6 +252,52 @@ fn services(state: &AdminState, snap: &Snapshot) -> Vec<Value> {
         .collect();
     out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     out
+}
+
+fn tcp_routers(snap: &Snapshot) -> Vec<Value> {
+    let mut out: Vec<Value> = snap
+        .tcp_routers
+        .iter()
+        .map(|r| {
+            let mut v = json!({
+                "name": r.name,
+                "provider": r.provider,
+                "status": status_str(r.status),
+                "rule": r.rule_text,
+                "priority": r.priority,
+                "service": short_ref(&r.service, &r.provider),
+                "entryPoints": r.entry_points,
+            });
+            if let Some(passthrough) = r.tls_passthrough {
+                v["tls"] = json!({ "passthrough": passthrough });
+            }
+            if !r.errors.is_empty() {
+                v["error"] = json!(r.errors);
+            }
+            v
+        })
+        .collect();
+    out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    out
+}
+
+fn tcp_services(snap: &Snapshot) -> Vec<Value> {
+    snap.tcp_services
+        .iter()
+        .map(|s| {
+            let mut v = json!({
+                "name": s.name,
+                "provider": s.provider,
+                "status": status_str(s.status),
+                "loadBalancer": { "servers": s.servers.iter().map(|a| json!({ "address": a })).collect::<Vec<_>>() },
+                "usedBy": s.used_by,
+            });
+            if !s.errors.is_empty() {
+                v["error"] = json!(s.errors);
+            }
+            v
+        })
+        .collect()
 }
 
 fn middlewares(snap: &Snapshot) -> Vec<Value> {

@@ -44,6 +44,7 @@ pub struct Metrics {
     upstream_errors: Counters<(String, &'static str)>,
     retries: Counters<String>,
     grpc: Counters<(String, String)>,
+    tcp: Counters<(String, &'static str)>,
     pub config_reloads_ok: AtomicU64,
     pub config_reloads_failed: AtomicU64,
     /// ECS API calls by operation and outcome (`ok`, `throttled`, `error`); each attempt counts.
@@ -125,6 +126,11 @@ impl Metrics {
     pub fn upstream_error(&self, service: &str, kind: &'static str) {
         self.upstream_errors.inc((service.to_string(), kind));
     }
+    /// A connection a TCP router took: `forwarded`, `no_server`, `tls_failed`.
+    pub fn tcp(&self, router: &str, outcome: &'static str) {
+        self.tcp.inc((router.to_string(), outcome));
+    }
+
     /// A gRPC call's final status (from trailers, or a trailers-only head).
     pub fn grpc(&self, service: &str, code: Option<u32>) {
         let code = code.map_or_else(|| "unknown".to_string(), |c| c.to_string());
@@ -247,6 +253,16 @@ impl Metrics {
                 "berth_upstream_errors_total{{service=\"{}\",kind=\"{kind}\"}} {n}",
                 esc(&svc)
             );
+        }
+        let name = "berth_tcp_connections_total";
+        berth_common::prom::family(
+            &mut out,
+            name,
+            "counter",
+            "Connections taken by TCP routers, by outcome.",
+        );
+        for ((router, outcome), n) in self.tcp.snapshot() {
+            berth_common::prom::sample(&mut out, name, &[("router", &router), ("outcome", outcome)], n);
         }
         let name = "berth_grpc_responses_total";
         berth_common::prom::family(

@@ -136,6 +136,10 @@ impl Proxy {
         }
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     pub fn observe(&self) -> &Observe {
         &self.observe
     }

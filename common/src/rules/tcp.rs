@@ -1,0 +1,183 @@
+//! TCP router rules (Traefik v3): `HostSNI`, `HostSNIRegexp`, `ALPN` and `ClientIP`,
+//! combined with `!`, `&&`, `||`, evaluated once per connection on what is known before
+//! any byte is forwarded: the TLS ClientHello's server name and ALPN list, and the peer.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use regex::Regex;
+
+use super::matcher::parse_ip_range;
+use super::parse::{Expr, MatcherKind, parse};
+use super::{CompileError, RuleError};
+
+/// What a TCP router can see of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnView<'a> {
+    /// The ClientHello's server name, lowercased; `None` without TLS or without SNI.
+    pub sni: Option<&'a str>,
+    /// The ClientHello's ALPN protocols.
+    pub alpn: &'a [Vec<u8>],
+    pub client_ip: IpAddr,
+}
+
+#[derive(Debug, Clone)]
+enum Node {
+    /// `HostSNI(`*`)`: any connection, TLS or not.
+    AnySni,
+    Sni(String),
+    SniRegexp(Regex),
+    Alpn(String),
+    ClientIp(IpNet),
+    Not(Box<Node>),
+    And(Box<Node>, Box<Node>),
+    Or(Box<Node>, Box<Node>),
+}
+
+/// A compiled TCP rule.
+#[derive(Debug, Clone)]
+pub struct TcpRule {
+    text: String,
+    root: Node,
+}
+
+fn err(column: usize, kind: MatcherKind, reason: impl Into<String>) -> RuleError {
+    RuleError::Compile(CompileError {
+        column,
+        matcher: kind.name(),
+        reason: reason.into(),
+    })
+}
+
+impl TcpRule {
+    pub fn compile(text: &str) -> Result<TcpRule, RuleError> {
+        let expr = parse(text)?;
+        Ok(TcpRule {
+            text: text.to_string(),
+            root: compile(&expr)?,
+        })
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub fn matches(&self, c: &ConnView<'_>) -> bool {
+        eval(&self.root, c)
+    }
+
+    /// The rule needs to see a TLS ClientHello (it names a server name or ALPN other
+    /// than `*`); `HostSNI(`*`)` and `ClientIP` rules also take plain TCP.
+    pub fn needs_tls(&self) -> bool {
+        needs_tls(&self.root)
+    }
+}
+
+fn compile(expr: &Expr) -> Result<Node, RuleError> {
+    Ok(match expr {
+        Expr::Not(e) => Node::Not(Box::new(compile(e)?)),
+        Expr::And(a, b) => Node::And(Box::new(compile(a)?), Box::new(compile(b)?)),
+        Expr::Or(a, b) => Node::Or(Box::new(compile(a)?), Box::new(compile(b)?)),
+        Expr::Matcher(call) => {
+            let (col, kind) = (call.column, call.kind);
+            let arg = call.args.first().map(String::as_str).unwrap_or_default();
+            match kind {
+                MatcherKind::HostSni if arg == "*" => Node::AnySni,
+                MatcherKind::HostSni => {
+                    let name = arg.trim_end_matches('.').to_ascii_lowercase();
+                    if name.is_empty() || name.contains(['/', ':', ' ']) {
+                        return Err(err(col, kind, format!("`{arg}` is not a server name")));
+                    }
+                    Node::Sni(name)
+                }
+                MatcherKind::HostSniRegexp => {
+                    Node::SniRegexp(Regex::new(arg).map_err(|e| err(col, kind, format!("invalid regexp: {e}")))?)
+                }
+                MatcherKind::Alpn => {
+                    if arg.is_empty() {
+                        return Err(err(col, kind, "empty protocol"));
+                    }
+                    Node::Alpn(arg.to_string())
+                }
+                MatcherKind::ClientIp => Node::ClientIp(
+                    parse_ip_range(arg)
+                        .ok_or_else(|| err(col, kind, format!("`{arg}` is neither an IP nor a CIDR range")))?,
+                ),
+                other => {
+                    return Err(err(
+                        col,
+                        other,
+                        "is an HTTP matcher: TCP routers take HostSNI, HostSNIRegexp, ALPN and ClientIP",
+                    ));
+                }
+            }
+        }
+    })
+}
+
+fn eval(node: &Node, c: &ConnView<'_>) -> bool {
+    match node {
+        Node::AnySni => true,
+        Node::Sni(name) => c.sni == Some(name.as_str()),
+        Node::SniRegexp(re) => c.sni.is_some_and(|s| re.is_match(s)),
+        Node::Alpn(p) => c.alpn.iter().any(|a| a == p.as_bytes()),
+        Node::ClientIp(net) => {
+            let ip = match c.client_ip {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(c.client_ip),
+                v4 => v4,
+            };
+            net.contains(&ip)
+        }
+        Node::Not(n) => !eval(n, c),
+        Node::And(a, b) => eval(a, c) && eval(b, c),
+        Node::Or(a, b) => eval(a, c) || eval(b, c),
+    }
+}
+
+fn needs_tls(node: &Node) -> bool {
+    match node {
+        Node::Sni(_) | Node::SniRegexp(_) | Node::Alpn(_) => true,
+        Node::AnySni | Node::ClientIp(_) => false,
+        Node::Not(n) => needs_tls(n),
+        Node::And(a, b) => needs_tls(a) || needs_tls(b),
+        Node::Or(a, b) => needs_tls(a) && needs_tls(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view<'a>(sni: Option<&'a str>, alpn: &'a [Vec<u8>]) -> ConnView<'a> {
+        ConnView {
+            sni,
+            alpn,
+            client_ip: "10.1.2.3".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
+        }
+    }
+
+    #[test]
+    fn sni_rules_match_as_traefik_does() {
+        let r = TcpRule::compile("HostSNI(`db.example.com`) || HostSNIRegexp(`^.+\\.internal$`)").expect("valid");
+        assert!(r.matches(&view(Some("db.example.com"), &[])));
+        assert!(r.matches(&view(Some("x.internal"), &[])));
+        assert!(!r.matches(&view(Some("other.com"), &[])));
+        assert!(!r.matches(&view(None, &[])), "no SNI never matches a name");
+        assert!(r.needs_tls());
+        let any = TcpRule::compile("HostSNI(`*`)").expect("valid");
+        assert!(any.matches(&view(None, &[])) && !any.needs_tls());
+        let ip = TcpRule::compile("HostSNI(`*`) && ClientIP(`10.0.0.0/8`)").expect("valid");
+        assert!(ip.matches(&view(None, &[])));
+        let h2 = TcpRule::compile("ALPN(`h2`)").expect("valid");
+        assert!(h2.matches(&view(Some("a"), &[b"h2".to_vec()])));
+    }
+
+    #[test]
+    fn http_matchers_are_refused_with_the_reason() {
+        let e = TcpRule::compile("Host(`a`)").expect_err("HTTP matcher");
+        assert!(e.to_string().contains("HTTP matcher"), "{e}");
+        let e = super::super::compile("HostSNI(`a`)").expect_err("TCP matcher in an HTTP rule");
+        assert!(e.to_string().contains("TCP matcher"), "{e}");
+        assert!(TcpRule::compile("HostSNI(`a/b`)").is_err());
+    }
+}

@@ -1,0 +1,153 @@
+//! TCP routers on an entrypoint, as Traefik's `tcp` section: before any HTTP, a
+//! connection is matched against the entrypoint's TCP routers on what can be seen
+//! without consuming a byte (the TLS ClientHello's server name and ALPN, read with
+//! `peek`, and the peer address), then spliced to a server of the router's service:
+//! untouched (`tls.passthrough`: the backend's certificate reaches the client), after
+//! terminating TLS here (`tls`), or as plain TCP (`HostSNI(`*`)`). No match leaves the
+//! connection to the HTTP routers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_common::routing::snapshot::TcpRouterEntry;
+use berth_common::routing::{Snapshot, Status};
+use berth_common::rules::tcp::ConnView;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+/// What a ClientHello said, read without consuming it.
+#[derive(Debug, Default)]
+pub struct Hello {
+    pub sni: Option<String>,
+    pub alpn: Vec<Vec<u8>>,
+}
+
+/// Peek at the stream until a whole ClientHello can be read (or `limit` passes, or it
+/// is not one).
+pub async fn peek_hello(stream: &TcpStream, limit: Duration) -> Option<Hello> {
+    let deadline = Instant::now() + limit;
+    let mut buf = vec![0u8; 16 * 1024 + 512];
+    let mut seen = 0;
+    loop {
+        let n = tokio::time::timeout_at(deadline.into(), stream.peek(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        if n > seen {
+            seen = n;
+            let mut acceptor = rustls::server::Acceptor::default();
+            let mut rd: &[u8] = &buf[..n];
+            if acceptor.read_tls(&mut rd).is_err() {
+                return None;
+            }
+            match acceptor.accept() {
+                Ok(Some(accepted)) => {
+                    let ch = accepted.client_hello();
+                    return Some(Hello {
+                        sni: ch.server_name().map(|s| s.trim_end_matches('.').to_ascii_lowercase()),
+                        alpn: ch.alpn().map(|a| a.map(<[u8]>::to_vec).collect()).unwrap_or_default(),
+                    });
+                }
+                Ok(None) => {}
+                Err(_) => return None,
+            }
+            if n == buf.len() {
+                return None;
+            }
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The first enabled TCP router on `entrypoint` that matches. `tls`: whether the
+/// connection opened with a ClientHello (then only `tls` routers apply; else only plain).
+pub fn find<'a>(snap: &'a Snapshot, entrypoint: &str, tls: bool, view: &ConnView<'_>) -> Option<&'a TcpRouterEntry> {
+    snap.tcp_routers
+        .iter()
+        .filter(|r| r.status == Status::Enabled && r.entry_points.iter().any(|e| e == entrypoint))
+        .filter(|r| r.tls_passthrough.is_some() == tls)
+        .find(|r| r.rule.as_ref().is_some_and(|rule| rule.matches(view)))
+}
+
+/// Open a connection to one of the router's servers: a random start, then each in turn.
+pub async fn connect(snap: &Snapshot, router: &TcpRouterEntry, timeout: Duration) -> Option<(TcpStream, String)> {
+    let svc = snap.tcp_services.get(router.service_index?)?;
+    if svc.status != Status::Enabled || svc.servers.is_empty() {
+        return None;
+    }
+    let start = fastrand::usize(..svc.servers.len());
+    for i in 0..svc.servers.len() {
+        let server = &svc.servers[(start + i) % svc.servers.len()];
+        match tokio::time::timeout(timeout, TcpStream::connect(server.as_str())).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                return Some((s, server.clone()));
+            }
+            Ok(Err(e)) => tracing::warn!(router = %router.name, %server, error = %e, "tcp server refused"),
+            Err(_) => tracing::warn!(router = %router.name, %server, "tcp server connect timed out"),
+        }
+    }
+    None
+}
+
+/// Copy both ways until either side closes, or nothing moved for `idle`.
+pub async fn splice<C>(client: C, mut server: TcpStream, idle: Duration) -> (u64, u64)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let client = crate::entrypoint::IdleIo::new(client);
+    let (born, last) = (client.born, client.last.clone());
+    let mut client = client;
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
+    tokio::pin!(copy);
+    let mut tick = tokio::time::interval(idle.min(Duration::from_secs(1)).max(Duration::from_millis(10)));
+    loop {
+        tokio::select! {
+            r = &mut copy => return r.unwrap_or((0, 0)),
+            _ = tick.tick() => {
+                let since = born + Duration::from_millis(last.load(std::sync::atomic::Ordering::Relaxed));
+                if since.elapsed() >= idle {
+                    return (0, 0);
+                }
+            }
+        }
+    }
+}
+
+/// The view of a connection for TCP rules.
+pub fn view<'a>(hello: Option<&'a Hello>, peer: SocketAddr) -> ConnView<'a> {
+    ConnView {
+        sni: hello.and_then(|h| h.sni.as_deref()),
+        alpn: hello.map(|h| h.alpn.as_slice()).unwrap_or(&[]),
+        client_ip: peer.ip(),
+    }
+}
+
+/// Serve a connection a TCP router took: terminate TLS first when asked, then splice.
+pub async fn serve<S>(
+    client: S,
+    snap: Arc<Snapshot>,
+    router: &TcpRouterEntry,
+    peer: SocketAddr,
+    connect_timeout: Duration,
+    idle: Duration,
+    metrics: &crate::admin::metrics::Metrics,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some((server, addr)) = connect(&snap, router, connect_timeout).await else {
+        metrics.tcp(&router.name, "no_server");
+        tracing::warn!(router = %router.name, %peer, "no tcp server reachable; connection closed");
+        return;
+    };
+    metrics.tcp(&router.name, "forwarded");
+    let (up, down) = splice(client, server, idle).await;
+    tracing::debug!(router = %router.name, %peer, server = %addr, up, down, "tcp connection done");
+}
