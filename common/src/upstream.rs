@@ -18,6 +18,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+/// The ALPN prefix by which the gateway asks a sidecar's inbound for raw TCP to an app
+/// port (`berth-tcp/5432`) instead of HTTP.
+pub const TCP_ALPN_PREFIX: &str = "berth-tcp/";
+
 /// A TCP or TLS connection to an upstream.
 pub enum UpstreamStream {
     Plain(TcpStream),

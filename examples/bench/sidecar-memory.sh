@@ -84,7 +84,7 @@ for name in ("whoami", "caller"):
 PY
 api=127.0.0.1:18855; admin=127.0.0.1:18900
 setsid "$bin/berth-local" up --no-build --dir "$defs" --first-address 127.0.120.1 \
-  --api "$api" --tmds 127.0.0.1:18679 --web 127.0.0.1:18080 --admin "$admin" --mesh-listen 127.0.0.1:18443 \
+  --api "$api" --tmds 127.0.0.1:18679 --web 127.0.0.1:18080 --tcp 127.0.0.1:18081 --admin "$admin" --mesh-listen 127.0.0.1:18443 \
   > "$work/local.log" 2>&1 < /dev/null &
 pids+=($!)
 for _ in $(seq 1 600); do grep -qx ready "$work/local.log" && break; sleep 0.1; done

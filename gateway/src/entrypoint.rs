@@ -193,9 +193,7 @@ impl Entrypoint {
             })
             && let Some(router) = crate::tcp::find(&snap, &self.name, false, &crate::tcp::view(None, peer))
         {
-            let metrics = self.proxy.metrics().clone();
-            let (ct, idle) = (self.limits.connect_timeout, self.limits.idle_timeout);
-            crate::tcp::serve(stream, snap.clone(), router, peer, ct, idle, &metrics).await;
+            crate::tcp::serve(stream, &snap, router, peer, &self.tcp_ctx()).await;
             return;
         }
         // Peek the first byte: 0x16 opens a TLS handshake.
@@ -217,17 +215,16 @@ impl Entrypoint {
             }
             let view = crate::tcp::view(hello.as_ref(), peer);
             if let Some(router) = crate::tcp::find(&snap, &self.name, is_tls, &view) {
-                let metrics = self.proxy.metrics().clone();
-                let (ct, idle) = (self.limits.connect_timeout, self.limits.idle_timeout);
+                let ctx = self.tcp_ctx();
                 if router.tls_passthrough == Some(false) {
                     // Terminate TLS here, then forward the plaintext.
                     let acceptor = tokio_rustls::TlsAcceptor::from(self.tcp_tls.clone());
                     match tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => crate::tcp::serve(tls, snap.clone(), router, peer, ct, idle, &metrics).await,
-                        _ => metrics.tcp(&router.name, "tls_failed"),
+                        Ok(Ok(tls)) => crate::tcp::serve(tls, &snap, router, peer, &ctx).await,
+                        _ => ctx.metrics.tcp(&router.name, "tls_failed"),
                     }
                 } else {
-                    crate::tcp::serve(stream, snap.clone(), router, peer, ct, idle, &metrics).await;
+                    crate::tcp::serve(stream, &snap, router, peer, &ctx).await;
                 }
                 return;
             }
@@ -256,6 +253,15 @@ impl Entrypoint {
             }
         } else {
             self.serve_http(IdleIo::new(stream), info, phase).await;
+        }
+    }
+
+    fn tcp_ctx(&self) -> crate::tcp::Ctx<'_> {
+        crate::tcp::Ctx {
+            connect_timeout: self.limits.connect_timeout,
+            idle: self.limits.idle_timeout,
+            metrics: self.proxy.metrics(),
+            mesh: self.proxy.mesh_client(),
         }
     }
 

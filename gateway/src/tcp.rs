@@ -10,11 +10,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use berth_common::identity::{SpiffeId, spiffe_id_of};
 use berth_common::routing::snapshot::TcpRouterEntry;
 use berth_common::routing::{Snapshot, Status};
 use berth_common::rules::tcp::ConnView;
+use berth_common::upstream::{TCP_ALPN_PREFIX, UpstreamStream};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+
+use crate::proxy::upstream::MeshClient;
 
 /// What a ClientHello said, read without consuming it.
 #[derive(Debug, Default)]
@@ -76,8 +81,60 @@ pub fn find<'a>(snap: &'a Snapshot, entrypoint: &str, tls: bool, view: &ConnView
         .find(|r| r.rule.as_ref().is_some_and(|rule| rule.matches(view)))
 }
 
+/// Dial `server`: `host:port` as plain TCP, or `mesh://IP:PORT/<identity path>#<app port>`
+/// over mTLS to the task's sidecar, which must present that identity and accept raw TCP
+/// to that app port (ALPN `berth-tcp/<port>`).
+async fn dial(server: &str, mesh: Option<&MeshClient>, timeout: Duration) -> Result<UpstreamStream, String> {
+    let Some(rest) = server.strip_prefix("mesh://") else {
+        let s = tokio::time::timeout(timeout, TcpStream::connect(server))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        let _ = s.set_nodelay(true);
+        return Ok(UpstreamStream::Plain(s));
+    };
+    let mesh = mesh.ok_or("a mesh server, but the mesh is not enabled")?;
+    let (target, app_port) = rest.rsplit_once('#').ok_or("no #port")?;
+    let (authority, path) = target.split_once('/').ok_or("no identity path")?;
+    let want = SpiffeId::parse(&format!("spiffe://{}/{path}", mesh.trust_domain)).map_err(|e| e.to_string())?;
+    let port: u16 = app_port.parse().map_err(|_| "bad app port".to_string())?;
+    let mut cfg = (*mesh.tcp_tls).clone();
+    let alpn = format!("{TCP_ALPN_PREFIX}{port}").into_bytes();
+    cfg.alpn_protocols = vec![alpn.clone()];
+    let host = authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority);
+    let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string()).map_err(|e| e.to_string())?;
+    let work = async {
+        let tcp = TcpStream::connect(authority).await.map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let tls = tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| "mTLS connect timed out".to_string())??;
+    let conn = tls.get_ref().1;
+    let got = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| spiffe_id_of(c).ok());
+    if got.as_ref() != Some(&want) {
+        return Err(format!("the sidecar is not {want}"));
+    }
+    if conn.alpn_protocol() != Some(alpn.as_slice()) {
+        return Err(format!("the sidecar does not offer TCP to port {port}"));
+    }
+    Ok(UpstreamStream::Tls(Box::new(tls)))
+}
+
 /// Open a connection to one of the router's servers: a random start, then each in turn.
-pub async fn connect(snap: &Snapshot, router: &TcpRouterEntry, timeout: Duration) -> Option<(TcpStream, String)> {
+pub async fn connect(
+    snap: &Snapshot,
+    router: &TcpRouterEntry,
+    mesh: Option<&MeshClient>,
+    timeout: Duration,
+) -> Option<(UpstreamStream, String)> {
     let svc = snap.tcp_services.get(router.service_index?)?;
     if svc.status != Status::Enabled || svc.servers.is_empty() {
         return None;
@@ -85,22 +142,19 @@ pub async fn connect(snap: &Snapshot, router: &TcpRouterEntry, timeout: Duration
     let start = fastrand::usize(..svc.servers.len());
     for i in 0..svc.servers.len() {
         let server = &svc.servers[(start + i) % svc.servers.len()];
-        match tokio::time::timeout(timeout, TcpStream::connect(server.as_str())).await {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                return Some((s, server.clone()));
-            }
-            Ok(Err(e)) => tracing::warn!(router = %router.name, %server, error = %e, "tcp server refused"),
-            Err(_) => tracing::warn!(router = %router.name, %server, "tcp server connect timed out"),
+        match dial(server, mesh, timeout).await {
+            Ok(s) => return Some((s, server.clone())),
+            Err(e) => tracing::warn!(router = %router.name, %server, error = %e, "tcp server unreachable"),
         }
     }
     None
 }
 
 /// Copy both ways until either side closes, or nothing moved for `idle`.
-pub async fn splice<C>(client: C, mut server: TcpStream, idle: Duration) -> (u64, u64)
+pub async fn splice<C, S>(client: C, mut server: S, idle: Duration) -> (u64, u64)
 where
     C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let client = crate::entrypoint::IdleIo::new(client);
     let (born, last) = (client.born, client.last.clone());
@@ -130,24 +184,26 @@ pub fn view<'a>(hello: Option<&'a Hello>, peer: SocketAddr) -> ConnView<'a> {
     }
 }
 
-/// Serve a connection a TCP router took: terminate TLS first when asked, then splice.
-pub async fn serve<S>(
-    client: S,
-    snap: Arc<Snapshot>,
-    router: &TcpRouterEntry,
-    peer: SocketAddr,
-    connect_timeout: Duration,
-    idle: Duration,
-    metrics: &crate::admin::metrics::Metrics,
-) where
+/// What serving a TCP connection needs from its entrypoint.
+pub struct Ctx<'a> {
+    pub connect_timeout: Duration,
+    pub idle: Duration,
+    pub metrics: &'a crate::admin::metrics::Metrics,
+    pub mesh: Option<&'a MeshClient>,
+}
+
+/// Serve a connection a TCP router took (TLS already terminated when asked): splice it
+/// to a server.
+pub async fn serve<S>(client: S, snap: &Snapshot, router: &TcpRouterEntry, peer: SocketAddr, ctx: &Ctx<'_>)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Some((server, addr)) = connect(&snap, router, connect_timeout).await else {
-        metrics.tcp(&router.name, "no_server");
+    let Some((server, addr)) = connect(snap, router, ctx.mesh, ctx.connect_timeout).await else {
+        ctx.metrics.tcp(&router.name, "no_server");
         tracing::warn!(router = %router.name, %peer, "no tcp server reachable; connection closed");
         return;
     };
-    metrics.tcp(&router.name, "forwarded");
-    let (up, down) = splice(client, server, idle).await;
+    ctx.metrics.tcp(&router.name, "forwarded");
+    let (up, down) = splice(client, server, ctx.idle).await;
     tracing::debug!(router = %router.name, %peer, server = %addr, up, down, "tcp connection done");
 }

@@ -43,6 +43,14 @@ pub struct Inbound {
     /// app speaks only h2c (`BERTH_APP_PROTOCOL=h2c`, or `scheme=h2c` in its labels).
     h2c: Client<HttpConnector, Body>,
     app_h2c: bool,
+    /// The app's container ports reachable as raw TCP over the mesh: a caller asks for
+    /// one by ALPN `berth-tcp/<port>`.
+    tcp_ports: Vec<u16>,
+}
+
+/// The ALPN protocol that asks the inbound for a raw TCP stream to the app's `port`.
+pub fn tcp_alpn(port: u16) -> Vec<u8> {
+    format!("{}{port}", berth_common::upstream::TCP_ALPN_PREFIX).into_bytes()
 }
 
 fn text(status: StatusCode, msg: String) -> Response<Body> {
@@ -65,7 +73,14 @@ impl Inbound {
             client: Client::builder(TokioExecutor::new()).build_http(),
             h2c: Client::builder(TokioExecutor::new()).http2_only(true).build_http(),
             app_h2c: false,
+            tcp_ports: Vec::new(),
         }
+    }
+
+    /// Accept raw TCP to these app ports over the mesh (the gateway's TCP routers).
+    pub fn tcp_ports(mut self, ports: Vec<u16>) -> Inbound {
+        self.tcp_ports = ports;
+        self
     }
 
     /// Speak HTTP/2 without TLS (h2c) to the app for every request, not only gRPC.
@@ -81,11 +96,12 @@ impl Inbound {
         slot: Arc<CertSlot>,
         anchors: TrustAnchors,
     ) -> Result<(), rustls::Error> {
-        let cfg = server_config(
+        let mut cfg = server_config(
             slot,
             anchors,
             PeerPolicy::TrustDomain(self.policy.me.trust_domain().into()),
         )?;
+        cfg.alpn_protocols.extend(self.tcp_ports.iter().map(|p| tcp_alpn(*p)));
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
         loop {
             let Ok((tcp, peer)) = listener.accept().await else {
@@ -109,6 +125,16 @@ impl Inbound {
                 else {
                     return;
                 };
+                let tcp_port = tls
+                    .get_ref()
+                    .1
+                    .alpn_protocol()
+                    .and_then(|p| p.strip_prefix(berth_common::upstream::TCP_ALPN_PREFIX.as_bytes()))
+                    .and_then(|p| std::str::from_utf8(p).ok()?.parse::<u16>().ok());
+                if let Some(port) = tcp_port {
+                    me.tcp(tls, &caller, port).await;
+                    return;
+                }
                 let svc = hyper::service::service_fn(move |req| {
                     let (me, caller) = (me.clone(), caller.clone());
                     async move {
@@ -121,6 +147,35 @@ impl Inbound {
                     .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                     .await;
             });
+        }
+    }
+
+    /// A raw TCP stream to the app's `port`, for an authorized caller.
+    async fn tcp<S>(&self, mut tls: S, caller: &SpiffeId, port: u16)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        if let Decision::Deny(why) = authorize(
+            caller,
+            &self.policy.me,
+            self.policy.allow.as_deref(),
+            self.policy.default_deny,
+        ) {
+            tracing::warn!(caller = %caller, reason = %why, port, "tcp call denied");
+            self.metrics.denied();
+            return;
+        }
+        let target = SocketAddr::new(self.app.ip(), port);
+        match tokio::net::TcpStream::connect(target).await {
+            Ok(mut app) => {
+                let _ = app.set_nodelay(true);
+                self.metrics.inbound_tcp("forwarded");
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut app).await;
+            }
+            Err(e) => {
+                self.metrics.inbound_tcp("app_unreachable");
+                tracing::warn!(app = %target, error = %e, "tcp: the app is not listening");
+            }
         }
     }
 

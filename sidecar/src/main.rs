@@ -275,7 +275,16 @@ async fn run() -> i32 {
             .values()
             .any(|s| s.load_balancer.server.as_ref().and_then(|t| t.scheme.as_deref()) == Some("h2c"))
     });
-    let inbound = Arc::new(Inbound::new(app, policy, metrics.clone(), observe.clone()).app_h2c(app_h2c));
+    // The app's container ports, for the gateway's TCP routers over the mesh.
+    let tcp_ports: Vec<u16> = md
+        .app()
+        .map(|a| a.ports.iter().filter_map(|p| p.container_port).collect())
+        .unwrap_or_default();
+    let inbound = Arc::new(
+        Inbound::new(app, policy, metrics.clone(), observe.clone())
+            .app_h2c(app_h2c)
+            .tcp_ports(tcp_ports),
+    );
     let listener = match tokio::net::TcpListener::bind(settings.inbound).await {
         Ok(l) => l,
         Err(e) => {

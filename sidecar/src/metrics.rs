@@ -21,6 +21,7 @@ pub struct Metrics {
     cert_not_after: AtomicU64,
     inbound_duration: Histogram,
     grpc: Counters<(&'static str, String)>,
+    inbound_tcp: Counters<&'static str>,
     outbound_duration: Mutex<BTreeMap<String, Arc<Histogram>>>,
     observe: std::sync::OnceLock<berth_common::telemetry::Observe>,
 }
@@ -28,6 +29,11 @@ pub struct Metrics {
 impl Metrics {
     pub fn inbound(&self, status: u16) {
         self.inbound.inc(status);
+    }
+
+    /// A raw TCP connection over the mesh: `forwarded` or `app_unreachable`.
+    pub fn inbound_tcp(&self, outcome: &'static str) {
+        self.inbound_tcp.inc(outcome);
     }
 
     /// A gRPC call's final status, by direction (`inbound`, `outbound`).
@@ -132,6 +138,16 @@ impl Metrics {
         let name = "berth_sidecar_app_healthy";
         family(&mut out, name, "gauge", "Whether the app may get traffic.");
         sample(&mut out, name, &[], u8::from(self.app_healthy.load(Ordering::Relaxed)));
+        let name = "berth_sidecar_inbound_tcp_connections_total";
+        family(
+            &mut out,
+            name,
+            "counter",
+            "Raw TCP connections over the mesh to the app, by outcome.",
+        );
+        for (outcome, n) in self.inbound_tcp.snapshot() {
+            sample(&mut out, name, &[("outcome", outcome)], n);
+        }
         let name = "berth_sidecar_grpc_responses_total";
         family(
             &mut out,

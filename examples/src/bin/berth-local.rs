@@ -36,6 +36,8 @@ struct Opts {
     api: SocketAddr,
     tmds: SocketAddr,
     web: SocketAddr,
+    /// The gateway's TCP entrypoint (for `tcp` routers).
+    tcp: SocketAddr,
     admin: SocketAddr,
     dir: Option<PathBuf>,
     gateway: bool,
@@ -52,7 +54,7 @@ struct Opts {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: berth-local [up] [--api ADDR] [--tmds ADDR] [--web ADDR] [--admin ADDR] [--mesh-listen ADDR] [--dir DIR]\n\
+        "usage: berth-local [up] [--api ADDR] [--tmds ADDR] [--web ADDR] [--tcp ADDR] [--admin ADDR] [--mesh-listen ADDR] [--dir DIR]\n\
          \x20                 [--no-gateway] [--no-build] [--first-address IP] [--ecs-refresh DUR]\n\
          \x20                 [--throttle-rate F] [--error-rate F] [--latency-ms N]"
     );
@@ -81,6 +83,7 @@ fn parse_args() -> (String, Opts) {
             "--api" => o.api = addr(val()),
             "--tmds" => o.tmds = addr(val()),
             "--web" => o.web = addr(val()),
+            "--tcp" => o.tcp = addr(val()),
             "--admin" => o.admin = addr(val()),
             "--mesh-listen" => o.mesh = addr(val()),
             "--dir" => o.dir = Some(PathBuf::from(val())),
@@ -103,6 +106,7 @@ fn default_opts() -> Opts {
         api: SocketAddr::from(([127, 0, 0, 1], 8855)),
         tmds: SocketAddr::from(([127, 0, 0, 1], 51679)),
         web: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        tcp: SocketAddr::from(([127, 0, 0, 1], 8081)),
         admin: SocketAddr::from(([127, 0, 0, 1], 9900)),
         dir: None,
         gateway: true,
@@ -416,6 +420,8 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
             .args([
                 "--entrypoint",
                 &format!("web={}", opts.web),
+                "--entrypoint",
+                &format!("tcp={}", opts.tcp),
                 "--admin",
                 &opts.admin.to_string(),
             ])
@@ -676,6 +682,7 @@ fn gateway_task_definition(
             "command": [
                 "berth-gateway",
                 "--entrypoint", format!("web={}", at(opts.web.port())),
+                "--entrypoint", format!("tcp={}", at(opts.tcp.port())),
                 "--admin", at(opts.admin.port()),
                 "--ecs-cluster", "default",
                 "--ecs-refresh", opts.refresh,

@@ -6,6 +6,9 @@
 //! `$BERTH_LOCAL_ADDRESS:15001`) and answers with what came back, and `/grpc?to=S&name=N`,
 //! which calls `helloworld.Greeter/SayHello` on S the same way over gRPC.
 //!
+//! With `WHOAMI_TCP_PORT`, it also echoes raw TCP on that port, each chunk prefixed by its
+//! name (for TCP routers).
+//!
 //! Flags: `--listen ADDR` (default `WHOAMI_LISTEN`, else `$BERTH_LOCAL_ADDRESS:$WHOAMI_PORT`,
 //! else `0.0.0.0:80`), `--name NAME` (default: `WHOAMI_NAME`, then `HOSTNAME`).
 
@@ -49,6 +52,31 @@ fn main() {
 }
 
 async fn serve(app: Arc<App>) -> std::io::Result<()> {
+    // `WHOAMI_TCP_PORT`: also a raw TCP echo (`<name>: <line>`), for TCP routers.
+    if let Some(port) = std::env::var("WHOAMI_TCP_PORT")
+        .ok()
+        .and_then(|p| p.parse::<u16>().ok())
+    {
+        let l = tokio::net::TcpListener::bind((app.listen.ip(), port)).await?;
+        let name = app.name.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let name = name.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0
+                            || s.write_all(&[name.as_bytes(), b": ", &buf[..n]].concat())
+                                .await
+                                .is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::bind(app.listen).await?;
     eprintln!("berth-whoami {} listening on {}", app.name, listener.local_addr()?);
     loop {

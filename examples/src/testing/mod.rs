@@ -86,6 +86,8 @@ pub struct LocalUp {
     pub lines: Arc<Mutex<Vec<String>>>,
     pub api: SocketAddr,
     pub web: SocketAddr,
+    /// The gateway's TCP entrypoint.
+    pub tcp: SocketAddr,
     pub admin: SocketAddr,
     pub mesh: SocketAddr,
 }
@@ -112,7 +114,7 @@ impl LocalUp {
     /// passes `OTEL_*` and `RUST_LOG` on to what it starts).
     pub fn start_env(bin: &str, first_address: &str, extra: &[&str], env: &[(&str, &str)]) -> LocalUp {
         let port = || berth_common::test_util::free_port();
-        let (api, tmds, web, admin, mesh) = (port(), port(), port(), port(), port());
+        let (api, tmds, web, admin, mesh, tcp) = (port(), port(), port(), port(), port(), port());
         let mut child = Command::new(bin)
             .args([
                 "up",
@@ -135,6 +137,7 @@ impl LocalUp {
                 &format!("127.0.0.1:{admin}"),
             ])
             .args(["--mesh-listen", &format!("127.0.0.1:{mesh}")])
+            .args(["--tcp", &format!("127.0.0.1:{tcp}")])
             .args(extra)
             .envs(env.iter().copied())
             .env("AWS_EC2_METADATA_DISABLED", "true")
@@ -156,6 +159,7 @@ impl LocalUp {
             lines,
             api: addr(api),
             web: addr(web),
+            tcp: addr(tcp),
             admin: addr(admin),
             mesh: addr(mesh),
         }

@@ -136,6 +136,11 @@ impl Proxy {
         }
     }
 
+    /// The mesh client (dialling sidecars), when the gateway runs the mesh.
+    pub fn mesh_client(&self) -> Option<&upstream::MeshClient> {
+        self.clients.mesh.as_ref()
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }

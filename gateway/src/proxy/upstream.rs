@@ -126,6 +126,8 @@ pub struct MeshClient {
     pub client: Client<MeshConnector, Body>,
     pub peers: MeshPeers,
     pub trust_domain: String,
+    /// For TCP routers to tasks behind a sidecar (ALPN set per connection).
+    pub tcp_tls: Arc<rustls::ClientConfig>,
 }
 
 impl MeshClient {
@@ -138,6 +140,8 @@ impl MeshClient {
     ) -> Result<MeshClient, rustls::Error> {
         use berth_common::mtls::{PeerPolicy, client_config};
         let cfg = client_config(Some(slot), anchors, PeerPolicy::TrustDomain(trust_domain.into()))?;
+        let mut tcp_tls = cfg.clone();
+        tcp_tls.alpn_protocols.clear();
         let peers = MeshPeers::default();
         let connector = MeshConnector::new(connect_timeout, cfg, peers.clone());
         let mut b = Client::builder(TokioExecutor::new());
@@ -149,6 +153,7 @@ impl MeshClient {
             client: b.build(connector),
             peers,
             trust_domain: trust_domain.to_string(),
+            tcp_tls: Arc::new(tcp_tls),
         })
     }
 }

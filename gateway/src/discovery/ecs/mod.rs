@@ -663,6 +663,17 @@ pub fn build_config(
                         server.url = format!("mesh://{host}:{port}/ecs/{cluster}/{}", ep.service);
                     }
                 }
+                // TCP rides the same mTLS: the sidecar opens the app's container port
+                // named after `#` (by ALPN `berth-tcp/<port>`).
+                let single = match ep.ports.as_slice() {
+                    [(container, _)] => Some(*container),
+                    _ => None,
+                };
+                for svc in frag.tcp.services.values_mut() {
+                    if let Some(app_port) = svc.server_port.or(single) {
+                        svc.servers = vec![format!("mesh://{host}:{port}/ecs/{cluster}/{}#{app_port}", ep.service)];
+                    }
+                }
             }
             cfg.merge(frag, &mut conflicts);
         }
