@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# gRPC unary benchmark, north-south: berth-gateway and Envoy as HTTP/2 proxies in front of
-# the same gRPC server (berth-greeter, h2c), side by side, in alternating rounds.
+# gRPC unary benchmark, side by side with Envoy, in alternating rounds:
+#  1. north-south: berth-gateway and Envoy as HTTP/2 proxies in front of the same gRPC
+#     server (berth-greeter, h2c);
+#  2. the mesh path: caller's sidecar -> mTLS -> callee's sidecar -> greeter, i.e.
+#     berth-local with one caller and one greeter task, against two Envoys set up as the
+#     same pair (outbound h2c listener, mTLS between them with SPIFFE SANs).
 #
 #   examples/bench/grpc.sh            # full run: 5 rounds x 10 s per proxy
 #   SMOKE=1 examples/bench/grpc.sh    # CI smoke: 1 round x 2 s, fails only on errors
@@ -21,6 +25,8 @@ if [[ "${SMOKE:-0}" == 1 ]]; then ROUNDS=1; DURATION=2; fi
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
+# shellcheck source=examples/bench/lib.sh
+source "$here/lib.sh"
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 command -v h2load >/dev/null || { echo "bench: h2load not found (apt-get install nghttp2-client)" >&2; exit 2; }
 if ! command -v envoy >/dev/null; then
@@ -29,8 +35,9 @@ if ! command -v envoy >/dev/null; then
 fi
 envoy_bin=$(command -v envoy)
 
-echo "bench: building berth-gateway and berth-greeter (release)..." >&2
-(cd "$root" && cargo build --release -j2 -q -p berth-gateway -p berth-examples --bin berth-greeter)
+echo "bench: building berth-local, berth-gateway, berth-greeter (release) and berth-sidecar (release-small)..." >&2
+(cd "$root" && cargo build --release -j2 -q --bins -p berth-examples -p berth-gateway \
+   && cargo build --profile release-small -j2 -q -p berth-sidecar)
 gateway="$target_dir/release/berth-gateway"
 greeter="$target_dir/release/berth-greeter"
 
@@ -110,10 +117,11 @@ wait_port $GREETER greeter; wait_port $BERTH berth; wait_port $ENVOY envoy
 
 declare -A rps p50 p99
 errors=0
-run() { # name addr round
+run() { # name addr round [authority]
   local log="$work/$1.$3.tsv" out
+  local auth=(); [[ -n "${4:-}" ]] && auth=(-H ":authority: $4")
   out=$("${pin_load[@]}" h2load -D "$DURATION" -c "$CONNS" -m "$STREAMS" -t 1 -d "$work/body.bin" \
-    -H 'content-type: application/grpc' -H 'te: trailers' --log-file="$log" \
+    -H 'content-type: application/grpc' -H 'te: trailers' "${auth[@]}" --log-file="$log" \
     "http://$2/helloworld.Greeter/SayHello" 2>&1) || true
   local r; r=$(awk '/^finished in/ {gsub(",", ""); print $4}' <<<"$out")
   local bad; bad=$(awk '/^requests:/ {gsub(",", ""); print $10 + $12 + $14}' <<<"$out")
@@ -153,10 +161,113 @@ for n in envoy berth; do
 done
 echo "berth/envoy: throughput $(ratio "$(median "${rps[berth]:-0}")" "$(median "${rps[envoy]:-0}")")x," \
   "p99 $(ratio "$(median "${p99[berth]:-0}")" "$(median "${p99[envoy]:-0}")")x (lower is better)"
+: mesh scenario below
 grpc_ok=$(curl -s "http://$BERTH_ADMIN/metrics" | awk '/^berth_grpc_responses_total.*grpc_status="0"/ {s+=$NF} END {print s+0}')
 # "unknown": streams h2load reset when its time was up, before their trailers.
 grpc_cut=$(curl -s "http://$BERTH_ADMIN/metrics" | awk '/^berth_grpc_responses_total.*grpc_status="unknown"/ {s+=$NF} END {print s+0}')
 grpc_bad=$(curl -s "http://$BERTH_ADMIN/metrics" | awk '/^berth_grpc_responses_total/ && !/grpc_status="(0|unknown)"/ {s+=$NF} END {print s+0}')
 echo "berth's gRPC calls by status: ok $grpc_ok, cut off at the end of a round $grpc_cut, other $grpc_bad"
 if (( grpc_bad > 0 )); then echo "bench: $grpc_bad gRPC calls through berth did not end OK" >&2; errors=$((errors+1)); fi
+
+# --- 2. The mesh path --------------------------------------------------------------------
+bin="$work/bin"; mkdir -p "$bin"
+cp "$target_dir/release/"{berth-local,berth-gateway,berth-whoami,berth-greeter} "$target_dir/release-small/berth-sidecar" "$bin/"
+defs="$work/defs"; mkdir -p "$defs/taskdefs" "$defs/services"
+python3 - "$root/examples/local" "$defs" <<'PY'
+import json, sys
+src, dst = sys.argv[1], sys.argv[2]
+for name in ("greeter", "caller"):
+    json.dump(json.load(open(f"{src}/taskdefs/{name}.json")), open(f"{dst}/taskdefs/{name}.json", "w"))
+    svc = json.load(open(f"{src}/services/{name}.json"))
+    svc["desiredCount"] = 1
+    json.dump(svc, open(f"{dst}/services/{name}.json", "w"))
+PY
+admin=127.0.0.1:19290
+start local "${pin_proxy[@]}" "$bin/berth-local" up --no-build --dir "$defs" --first-address 127.0.130.1 \
+  --api 127.0.0.1:19291 --tmds 127.0.0.1:19292 --web 127.0.0.1:19293 --tcp 127.0.0.1:19294 --admin "$admin" \
+  --mesh-listen 127.0.0.1:19295
+for _ in $(seq 1 600); do grep -qx ready "$work/local.out" && break; sleep 0.1; done
+grep -qx ready "$work/local.out" || { echo "bench: berth-local not ready" >&2; cat "$work/local.out" >&2; exit 1; }
+caller=$(python3 - "$admin" <<'PY'
+import json, sys, urllib.request
+for s in json.load(urllib.request.urlopen(f"http://{sys.argv[1]}/api/sidecars")):
+    if s["service"] == "caller" and s["state"] == "live":
+        print(s["address"]); break
+PY
+)
+[[ -n "$caller" ]] || { echo "bench: no caller task" >&2; exit 1; }
+
+# Envoy as the same pair: outbound (h2c listener) -> mTLS (h2) -> inbound -> greeter (h2c).
+cd "$work"
+make_mesh_certs caller greeter
+start egreeter "${pin_proxy[@]}" "$greeter" --listen 127.0.0.1:19261 --name envoy-greeter
+python3 - "$work" <<'PY'
+import json, sys
+work = sys.argv[1]
+def addr(port):
+    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+def hcm(prefix, cluster):
+    return {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": prefix, "codec_type": "AUTO",
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"],
+                                            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}]}]},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}
+def tls(who, matcher, alpn):
+    return {"alpn_protocols": alpn,
+            "tls_params": {"tls_minimum_protocol_version": "TLSv1_3", "tls_maximum_protocol_version": "TLSv1_3"},
+            "tls_certificates": [{"certificate_chain": {"filename": f"{work}/{who}.crt"},
+                                  "private_key": {"filename": f"{work}/{who}.key"}}],
+            "validation_context": {"trusted_ca": {"filename": f"{work}/ca.crt"},
+                                   "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": matcher}]}}
+h2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "explicit_http_config": {"http2_protocol_options": {}}}}
+def cluster(name, port, transport=None):
+    c = {"name": name, "type": "STATIC", "typed_extension_protocol_options": h2,
+         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": addr(port)}}]}]}}
+    if transport:
+        c["transport_socket"] = transport
+    return c
+out = {"admin": {"address": addr(19271)}, "static_resources": {
+    "listeners": [{"name": "outbound", "address": addr(19262), "filter_chains": [{"filters": [hcm("out", "peer")]}]}],
+    "clusters": [cluster("peer", 19263, {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": tls("caller", {"exact": "spiffe://berth.local/ecs/default/greeter"}, ["h2"])}})]}}
+inb = {"admin": {"address": addr(19272)}, "static_resources": {
+    "listeners": [{"name": "inbound", "address": addr(19263), "filter_chains": [{
+        "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": True,
+            "common_tls_context": tls("greeter", {"prefix": "spiffe://berth.local/"}, ["h2"])}},
+        "filters": [hcm("in", "app")]}]}],
+    "clusters": [cluster("app", 19261)]}}
+json.dump(out, open(f"{work}/out.json", "w"))
+json.dump(inb, open(f"{work}/in.json", "w"))
+PY
+start ein "${pin_proxy[@]}" "$envoy_bin" -c "$work/in.json" --concurrency 1 --base-id 83 -l warning
+start eout "${pin_proxy[@]}" "$envoy_bin" -c "$work/out.json" --concurrency 1 --base-id 84 -l warning
+wait_port 127.0.0.1:19261 egreeter; wait_port 127.0.0.1:19263 ein; wait_port 127.0.0.1:19262 eout
+cd "$root"
+
+for a in "$caller:15001" 127.0.0.1:19262; do
+  "${pin_load[@]}" h2load -n 2000 -c "$CONNS" -m "$STREAMS" -d "$work/body.bin" -H 'content-type: application/grpc' \
+    -H ':authority: greeter' "http://$a/helloworld.Greeter/SayHello" >/dev/null 2>&1 || true
+done
+for round in $(seq 1 "$ROUNDS"); do
+  if (( round % 2 )); then run envoy-mesh 127.0.0.1:19262 "$round" greeter; run berth-mesh "$caller:15001" "$round" greeter
+  else run berth-mesh "$caller:15001" "$round" greeter; run envoy-mesh 127.0.0.1:19262 "$round" greeter; fi
+done
+echo
+echo "gRPC unary over the mesh (app -> sidecar -> mTLS -> sidecar -> greeter), same load (medians)"
+printf '%-11s %12s %10s %10s\n' pair req/s p50_ms p99_ms
+for n in envoy-mesh berth-mesh; do
+  printf '%-11s %12.0f %10s %10s\n' "$n" "$(median "${rps[$n]:-0}")" "$(median "${p50[$n]:-0}")" "$(median "${p99[$n]:-0}")"
+done
+echo "berth/envoy over the mesh: throughput $(ratio "$(median "${rps[berth-mesh]:-0}")" "$(median "${rps[envoy-mesh]:-0}")")x," \
+  "p99 $(ratio "$(median "${p99[berth-mesh]:-0}")" "$(median "${p99[envoy-mesh]:-0}")")x (lower is better)"
+mesh_bad=$(curl -s "http://$caller:15000/metrics" | awk '/^berth_sidecar_grpc_responses_total.*direction="outbound"/ && !/grpc_status="(0|unknown)"/ {s+=$NF} END {print s+0}')
+echo "caller sidecar's gRPC calls not OK: $mesh_bad"
+if (( mesh_bad > 0 )); then errors=$((errors+1)); fi
 if (( errors > 0 )); then echo "bench: FAILED with $errors errors" >&2; exit 1; fi

@@ -24,6 +24,8 @@ export AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench 
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
+# shellcheck source=examples/bench/lib.sh
+source "$here/lib.sh"
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 for tool in wrk openssl python3 curl; do
   command -v "$tool" >/dev/null || { echo "bench: $tool not found" >&2; exit 2; }
@@ -112,13 +114,7 @@ curl -sf -H "Host: whoami" "http://$caller:15001/bench" >/dev/null
 
 # --- Envoy: the same pair by hand --------------------------------------------------------
 cd "$work"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=bench CA" \
-  -keyout ca.key -out ca.crt 2>/dev/null
-for who in caller whoami; do
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$who" -keyout "$who.key" -out "$who.csr" 2>/dev/null
-  printf 'subjectAltName=URI:spiffe://berth.local/ecs/default/%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$who" > "$who.ext"
-  openssl x509 -req -in "$who.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile "$who.ext" -out "$who.crt" 2>/dev/null
-done
+make_mesh_certs caller whoami
 python3 - "$work" <<'PY'
 import json, sys
 work = sys.argv[1]

@@ -48,6 +48,14 @@ pub struct Inbound {
     tcp_ports: Vec<u16>,
 }
 
+/// Connections to the app, Nagle off (an h2c stream of small frames would otherwise stall
+/// on delayed ACKs).
+fn app_connector() -> HttpConnector {
+    let mut c = HttpConnector::new();
+    c.set_nodelay(true);
+    c
+}
+
 /// The ALPN protocol that asks the inbound for a raw TCP stream to the app's `port`.
 pub fn tcp_alpn(port: u16) -> Vec<u8> {
     format!("{}{port}", berth_common::upstream::TCP_ALPN_PREFIX).into_bytes()
@@ -70,8 +78,10 @@ impl Inbound {
             policy,
             metrics,
             observe,
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            h2c: Client::builder(TokioExecutor::new()).http2_only(true).build_http(),
+            client: Client::builder(TokioExecutor::new()).build(app_connector()),
+            h2c: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build(app_connector()),
             app_h2c: false,
             tcp_ports: Vec::new(),
         }
@@ -107,6 +117,8 @@ impl Inbound {
             let Ok((tcp, peer)) = listener.accept().await else {
                 continue;
             };
+            // Small HTTP/2 frames (gRPC) must not wait for Nagle's delayed ACK.
+            let _ = tcp.set_nodelay(true);
             let (me, acceptor) = (self.clone(), acceptor.clone());
             tokio::spawn(async move {
                 let tls = match acceptor.accept(tcp).await {
