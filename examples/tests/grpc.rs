@@ -111,6 +111,12 @@ async fn grpc_through_the_gateway_and_two_sidecars() {
         r.body
     );
 
+    // The gateway's own errors reach gRPC clients as gRPC statuses: no router is
+    // UNIMPLEMENTED (not an HTTP 404 the client cannot read).
+    let mut nowhere = Client::connect(web, "nosuch.localhost").await.unwrap();
+    let err = nowhere.say_hello(Request::new(hello("x"))).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+
     // Calls are counted by their final grpc-status, read from trailers or a trailers-only
     // head: at the gateway, and at the caller's sidecar.
     let m = http1(admin, get("admin", "/metrics")).await.body;
@@ -162,6 +168,19 @@ async fn grpc_through_the_gateway_and_two_sidecars() {
     // The gRPC health check (healthcheck.mode=grpc): a greeter saying NOT_SERVING is
     // ejected (DOWN) within a few intervals, and back once it serves again.
     let victim = tasks[0].clone();
+    // Both greeters back in rotation first (the retry above ejected one for a moment).
+    let all_up = eventually(Duration::from_secs(10), || async {
+        let v = admin_json(admin, "/api/http/services").await;
+        v.as_array().is_some_and(|a| {
+            a.iter().filter(|s| s["usedBy"][0] == "greeter@ecs").all(|s| {
+                s["serverStatus"]
+                    .as_object()
+                    .is_some_and(|m| m.len() == 2 && m.values().all(|st| st == "UP"))
+            })
+        })
+    })
+    .await;
+    assert!(all_up, "{:#}", admin_json(admin, "/api/http/services").await);
     let mut direct = Client::connect(format!("{victim}:50051").parse().unwrap(), "greeter")
         .await
         .unwrap();

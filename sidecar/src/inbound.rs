@@ -211,17 +211,6 @@ impl Inbound {
         let resp = self.handle(req, caller, &span).await;
         self.metrics.inbound_duration(start.elapsed());
         telemetry::response_status(&mut span, resp.status().as_u16());
-        let log = match (&self.observe.access_log, entry) {
-            (Some(log), Some(mut e)) => {
-                e.status = resp.status().as_u16();
-                if let Some((t, s)) = span.ids() {
-                    e.trace_id = Some(t);
-                    e.span_id = Some(s);
-                }
-                Some((log.clone(), e))
-            }
-            _ => None,
-        };
         let grpc = grpc.then(|| {
             let metrics = self.metrics.clone();
             GrpcTap {
@@ -229,12 +218,7 @@ impl Inbound {
                 record: Box::new(move |code| metrics.grpc("inbound", code)),
             }
         });
-        let finish = Finish { span, log, start, grpc };
-        if finish.is_needed() {
-            resp.map(|b| Observed::new(b, finish).boxed())
-        } else {
-            resp
-        }
+        self.observe.finish(resp, span, entry, start, grpc)
     }
 
     async fn handle(&self, req: Request<Incoming>, caller: &SpiffeId, span: &Span) -> Response<Body> {

@@ -6,6 +6,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::Span;
@@ -50,6 +52,41 @@ impl Finish {
     /// Anything to do at all (a recording span, an access log, a gRPC status)?
     pub fn is_needed(&self) -> bool {
         self.span.is_recording() || self.log.is_some() || self.grpc.is_some()
+    }
+}
+
+impl super::Observe {
+    /// Wrap a response so that, once its body is done, `span` ends, `entry` is logged
+    /// (with the final status and the trace ids) and `grpc` records the call's status.
+    /// Without anything to observe, the response is returned as it is.
+    pub fn finish<E>(
+        &self,
+        resp: http::Response<BoxBody<Bytes, E>>,
+        span: Span,
+        entry: Option<Box<Entry>>,
+        start: Instant,
+        grpc: Option<GrpcTap>,
+    ) -> http::Response<BoxBody<Bytes, E>>
+    where
+        E: std::fmt::Display + 'static,
+    {
+        let log = match (&self.access_log, entry) {
+            (Some(log), Some(mut e)) => {
+                e.status = resp.status().as_u16();
+                if let Some((t, s)) = span.ids() {
+                    e.trace_id = Some(t);
+                    e.span_id = Some(s);
+                }
+                Some((log.clone(), e))
+            }
+            _ => None,
+        };
+        let finish = Finish { span, log, start, grpc };
+        if finish.is_needed() {
+            resp.map(|b| BoxBody::new(Observed::new(b, finish)))
+        } else {
+            resp
+        }
     }
 }
 

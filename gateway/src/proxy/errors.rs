@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 
 use super::Body;
 
@@ -48,6 +48,24 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BadRequest(_) => "bad_request",
         }
+    }
+
+    /// For a gRPC request: a trailers-only answer whose `grpc-status` is what gRPC's HTTP
+    /// mapping gives for our HTTP status (404 UNIMPLEMENTED, 502/503/504 UNAVAILABLE, 400
+    /// INTERNAL, ...), so gRPC clients see a status, not a protocol error.
+    pub fn into_grpc_response(self) -> Response<Body> {
+        let code = match self.status().as_u16() {
+            400 => 13,
+            404 => 12,
+            413 => 8,
+            502..=504 => 14,
+            _ => 2,
+        };
+        let mut r = Response::new(Empty::new().map_err(|never| match never {}).boxed());
+        *r.headers_mut() = berth_common::grpc::status_headers(code, &self.to_string());
+        r.headers_mut()
+            .insert("x-berth-error", HeaderValue::from_static(self.kind()));
+        r
     }
 
     pub fn into_response(self) -> Response<Body> {

@@ -195,7 +195,11 @@ impl Proxy {
                 tracing::debug!(entrypoint = %conn.entrypoint, peer = %conn.peer, error = %e, "request failed");
                 // After a malformed request the connection's framing cannot be trusted.
                 close |= matches!(e, ProxyError::BadRequest(_) | ProxyError::BodyTooLarge { .. });
-                e.into_response()
+                if grpc {
+                    e.into_grpc_response()
+                } else {
+                    e.into_response()
+                }
             }
         };
         conn.metrics
@@ -203,23 +207,15 @@ impl Proxy {
             .record(resp.status().as_u16(), &method, start.elapsed());
         telemetry::response_status(&mut span, resp.status().as_u16());
         let service = outcome.service.clone();
-        let log = match (&self.observe.access_log, entry) {
-            (Some(log), Some(mut e)) => {
-                e.status = resp.status().as_u16();
-                e.router = outcome.router;
-                e.service = outcome.service;
-                e.service_url = outcome.service_url;
-                e.origin_status = outcome.origin_status;
-                e.origin_duration = outcome.origin_duration;
-                e.retries = outcome.retries;
-                if let Some((t, s)) = span.ids() {
-                    e.trace_id = Some(t);
-                    e.span_id = Some(s);
-                }
-                Some((log.clone(), e))
-            }
-            _ => None,
-        };
+        let entry = entry.map(|mut e| {
+            e.router = outcome.router;
+            e.service = outcome.service;
+            e.service_url = outcome.service_url;
+            e.origin_status = outcome.origin_status;
+            e.origin_duration = outcome.origin_duration;
+            e.retries = outcome.retries;
+            e
+        });
         let grpc = grpc.then(|| {
             let metrics = self.metrics.clone();
             let service = service.unwrap_or_default();
@@ -228,10 +224,7 @@ impl Proxy {
                 record: Box::new(move |code| metrics.grpc(&service, code)),
             }
         });
-        let finish = Finish { span, log, start, grpc };
-        if finish.is_needed() {
-            resp = resp.map(|b| Observed::new(b, finish).boxed());
-        }
+        resp = self.observe.finish(resp, span, entry, start, grpc);
         // While shutting down, ask HTTP/1 clients to reconnect (elsewhere).
         if close && version <= Version::HTTP_11 && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             resp.headers_mut()
