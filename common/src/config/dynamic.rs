@@ -756,27 +756,39 @@ pub fn parse_file(text: &str, toml: bool, diags: &mut Vec<Diagnostic>) -> Result
     Ok(decode(&root, Mode::File, "", diags))
 }
 
+/// Keep a definition that every fragment gives identically; drop one given differently
+/// (and any later copy of it) and record `<what> <name>` as a conflict.
+fn merge_identical<T: PartialEq>(
+    into: &mut BTreeMap<String, T>,
+    from: BTreeMap<String, T>,
+    what: &str,
+    conflicts: &mut std::collections::BTreeSet<String>,
+) {
+    for (name, item) in from {
+        let key = format!("{what} {name}");
+        if conflicts.contains(&key) {
+            continue;
+        }
+        match into.get(&name) {
+            Some(existing) if *existing != item => {
+                into.remove(&name);
+                conflicts.insert(key);
+            }
+            Some(_) => {}
+            None => {
+                into.insert(name, item);
+            }
+        }
+    }
+}
+
 impl DynamicConfig {
     /// Merge another fragment of the same provider (one container's labels among a
     /// service's many tasks), as Traefik does: identical routers and middlewares are kept
     /// once; a name defined differently is dropped and reported; a service defined by
     /// several tasks collects all their servers.
     pub fn merge(&mut self, other: DynamicConfig, conflicts: &mut std::collections::BTreeSet<String>) {
-        for (name, r) in other.tcp.routers {
-            if conflicts.contains(&format!("tcp router {name}")) {
-                continue;
-            }
-            match self.tcp.routers.get(&name) {
-                Some(existing) if *existing != r => {
-                    self.tcp.routers.remove(&name);
-                    conflicts.insert(format!("tcp router {name}"));
-                }
-                Some(_) => {}
-                None => {
-                    self.tcp.routers.insert(name, r);
-                }
-            }
-        }
+        merge_identical(&mut self.tcp.routers, other.tcp.routers, "tcp router", conflicts);
         for (name, s) in other.tcp.services {
             let existing = self.tcp.services.entry(name).or_default();
             for server in s.servers {
@@ -785,21 +797,7 @@ impl DynamicConfig {
                 }
             }
         }
-        for (name, r) in other.http.routers {
-            if conflicts.contains(&format!("router {name}")) {
-                continue;
-            }
-            match self.http.routers.get(&name) {
-                Some(existing) if *existing != r => {
-                    self.http.routers.remove(&name);
-                    conflicts.insert(format!("router {name}"));
-                }
-                Some(_) => {}
-                None => {
-                    self.http.routers.insert(name, r);
-                }
-            }
-        }
+        merge_identical(&mut self.http.routers, other.http.routers, "router", conflicts);
         for (name, s) in other.http.services {
             if conflicts.contains(&format!("service {name}")) {
                 continue;
@@ -826,20 +824,11 @@ impl DynamicConfig {
                 }
             }
         }
-        for (name, m) in other.http.middlewares {
-            if conflicts.contains(&format!("middleware {name}")) {
-                continue;
-            }
-            match self.http.middlewares.get(&name) {
-                Some(existing) if *existing != m => {
-                    self.http.middlewares.remove(&name);
-                    conflicts.insert(format!("middleware {name}"));
-                }
-                Some(_) => {}
-                None => {
-                    self.http.middlewares.insert(name, m);
-                }
-            }
-        }
+        merge_identical(
+            &mut self.http.middlewares,
+            other.http.middlewares,
+            "middleware",
+            conflicts,
+        );
     }
 }
