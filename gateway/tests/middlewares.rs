@@ -423,3 +423,52 @@ async fn a_router_naming_a_missing_middleware_is_not_served_and_reported() {
     );
     assert_eq!(b.request_count(), 0);
 }
+
+#[tokio::test]
+async fn a_hung_server_times_out_and_a_retry_middleware_sends_the_request_elsewhere() {
+    let good = Backend::start("good", Proto::Http1).await;
+    let (hung, _task) = berth_common::test_util::black_hole().await;
+    // Another one: an endpoint's ejection is shared by every service that lists it.
+    let (hung2, _task2) = berth_common::test_util::black_hole().await;
+    // Round robin puts the first request of each router on the hung server.
+    let yaml = format!(
+        r#"http:
+  routers:
+    patient: {{ rule: "Host(`retry.test`)", service: both, middlewares: [again] }}
+    plain: {{ rule: "Host(`plain.test`)", service: hungonly }}
+  middlewares:
+    again: {{ retry: {{ attempts: 3, initialInterval: 10ms }} }}
+  services:
+{}{}"#,
+        service(
+            "both",
+            &[format!("http://{hung}"), good.url()],
+            "        strategy: wrr\n"
+        ),
+        service("hungonly", &[format!("http://{hung2}")], "")
+    );
+    let gw = start(&yaml, &["--upstream-response-timeout", "300ms"]).await;
+    for i in 0..4 {
+        let t = std::time::Instant::now();
+        let r = http1(gw.web(), get("retry.test", &format!("/{i}"))).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.body);
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(2),
+            "request {i} took {:?}",
+            t.elapsed()
+        );
+    }
+    assert_eq!(good.request_count(), 4, "every request was answered by the good server");
+    let m = berth_common::test_util::http1(gw.admin(), get("admin", "/metrics"))
+        .await
+        .body;
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("berth_upstream_errors_total{") && l.contains("kind=\"timeout\"")),
+        "{m}"
+    );
+    // Without a retry middleware the timeout is the answer: the request may have reached
+    // the app, so it is not sent twice.
+    let r = http1(gw.web(), get("plain.test", "/")).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.body);
+}

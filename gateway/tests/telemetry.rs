@@ -289,19 +289,6 @@ async fn spans_for_every_attempt_over_otlp_http_with_the_ecs_resource_and_an_acc
     assert!(m.contains("berth_access_log_dropped_total 0"), "{m}");
 }
 
-/// Accepts connections and never answers: the worst collector.
-async fn black_hole() -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = l.accept().await {
-            held.push(s);
-        }
-    });
-    (addr, task)
-}
-
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -312,7 +299,7 @@ async fn a_dead_or_hanging_collector_never_slows_requests() {
     let app = Backend::start("app", Proto::Http1).await;
     let late = closed_port().await;
     let config = routes(&app.url(), late);
-    let (hole, _hole_task) = black_hole().await;
+    let (hole, _hole_task) = berth_common::test_util::black_hole().await;
     let dead = closed_port().await;
     let plain = start("plain", &config, &[], &[]).await;
     let hanging = start(

@@ -30,6 +30,10 @@ pub struct Settings {
     pub access_log: Option<berth_common::accesslog::Format>,
     /// Tracing from the `OTEL_*` environment; `None` when off.
     pub tracing: Option<berth_common::telemetry::TraceSettings>,
+    /// `BERTH_OUTBOUND_RESPONSE_TIMEOUT`: how long the outbound listener waits for a
+    /// peer's response headers (default 60s). An idempotent request without a body that
+    /// times out goes to another endpoint.
+    pub outbound_response_timeout: std::time::Duration,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -124,6 +128,17 @@ impl Settings {
                 }
             },
             tracing: berth_common::telemetry::TraceSettings::from_env().map_err(|e| ConfigError(e.to_string()))?,
+            outbound_response_timeout: match var("BERTH_OUTBOUND_RESPONSE_TIMEOUT") {
+                None => std::time::Duration::from_secs(60),
+                Some(t) => berth_common::config::parse_duration(&t)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        ConfigError(format!(
+                            "BERTH_OUTBOUND_RESPONSE_TIMEOUT={t}: not a positive duration (500ms, 2s, 1m)"
+                        ))
+                    })?,
+            },
         })
     }
 }

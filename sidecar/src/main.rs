@@ -300,7 +300,15 @@ async fn run() -> i32 {
     });
     let mesh = MeshCache::new(pool.clone());
     tokio::spawn(mesh.clone().follow());
-    let outbound = match Outbound::new(mesh, slot, anchors, &trust_domain, metrics.clone(), observe) {
+    let outbound = match Outbound::new(
+        mesh,
+        slot,
+        anchors,
+        &trust_domain,
+        metrics.clone(),
+        observe,
+        settings.outbound_response_timeout,
+    ) {
         Ok(o) => Arc::new(o),
         Err(e) => {
             eprintln!("berth-sidecar: outbound TLS: {e}");

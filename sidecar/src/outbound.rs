@@ -44,7 +44,6 @@ const MAX_SERVICES: usize = 256;
 /// endpoints, each once (as the gateway does).
 const MAX_ATTEMPTS: usize = 5;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the mesh long poll waits at the gateway.
 const LONG_POLL: Duration = Duration::from_secs(25);
 
@@ -71,8 +70,12 @@ pub enum OutboundError {
         endpoint: String,
         reason: String,
     },
-    #[error("{endpoint} of {name} did not answer within {RESPONSE_TIMEOUT:?}")]
-    Timeout { name: String, endpoint: String },
+    #[error("{endpoint} of {name} did not answer within {after:?}")]
+    Timeout {
+        name: String,
+        endpoint: String,
+        after: Duration,
+    },
 }
 
 impl OutboundError {
@@ -325,6 +328,8 @@ pub struct Outbound {
     mesh: Arc<MeshCache>,
     client: Client<MeshConnector, Body>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// `BERTH_OUTBOUND_RESPONSE_TIMEOUT`.
+    response_timeout: Duration,
 }
 
 /// The mesh name a request is for: the absolute-form authority, else `Host`; without
@@ -361,6 +366,7 @@ impl Outbound {
         trust_domain: &str,
         metrics: Arc<crate::metrics::Metrics>,
         observe: Observe,
+        response_timeout: Duration,
     ) -> Result<Outbound, rustls::Error> {
         let cfg = client_config(Some(slot), anchors, PeerPolicy::TrustDomain(trust_domain.into()))?;
         let connector = MeshConnector::new(CONNECT_TIMEOUT, cfg, mesh.peers.clone());
@@ -374,6 +380,7 @@ impl Outbound {
             mesh,
             client: b.build(connector),
             metrics,
+            response_timeout,
         })
     }
 
@@ -533,10 +540,14 @@ impl Outbound {
             let t0 = Instant::now();
             // A gRPC deadline (`grpc-timeout`) shorter than ours ends the call with
             // DEADLINE_EXCEEDED; the peer is not to blame.
-            let wait = grpc_deadline.map_or(RESPONSE_TIMEOUT, |d| d.min(RESPONSE_TIMEOUT));
+            let limit = self.response_timeout;
+            let wait = grpc_deadline.map_or(limit, |d| d.min(limit));
+            // An idempotent request without a body may go to another endpoint when this one
+            // fails before answering (as nginx's `proxy_next_upstream error timeout`).
+            let more = retryable && tried.len() < MAX_ATTEMPTS.min(target.endpoints.len());
             let res = match tokio::time::timeout(wait, self.client.request(up)).await {
                 Ok(r) => r,
-                Err(_) if wait < RESPONSE_TIMEOUT => {
+                Err(_) if wait < limit => {
                     cspan.set(attr::ERROR_TYPE, "deadline_exceeded");
                     cspan.error(|| "the gRPC deadline passed".into());
                     let mut r = Response::new(Empty::new().map_err(|never| match never {}).boxed());
@@ -549,14 +560,20 @@ impl Outbound {
                 Err(_) => {
                     cspan.set(attr::ERROR_TYPE, "timeout");
                     cspan.error(|| "the peer did not answer in time".into());
-                    state.record_failure();
-                    return Err(OutboundError::Timeout {
-                        name,
+                    let backoff = state.record_failure();
+                    tracing::warn!(service = %name, %endpoint, after = ?limit, ejected_for = ?backoff,
+                        "peer did not answer in time");
+                    last = Some(OutboundError::Timeout {
+                        name: name.clone(),
                         endpoint: endpoint.clone(),
+                        after: limit,
                     });
+                    if more {
+                        continue;
+                    }
+                    return Err(last.unwrap_or_else(|| OutboundError::NoEndpoint(name.clone())));
                 }
             };
-            let more = retryable && tried.len() < MAX_ATTEMPTS.min(target.endpoints.len());
             match &res {
                 Ok(resp) => {
                     telemetry::response_status(&mut cspan, resp.status().as_u16());
@@ -609,6 +626,18 @@ impl Outbound {
                             continue;
                         }
                         return Err(last.unwrap_or_else(|| OutboundError::NoEndpoint(name.clone())));
+                    }
+                    // The connection broke before a response (the peer died mid-request).
+                    let backoff = state.record_failure();
+                    tracing::warn!(service = %name, %endpoint, error = %reason, ejected_for = ?backoff,
+                        "peer failed before answering");
+                    if more {
+                        last = Some(OutboundError::Upstream {
+                            name: name.clone(),
+                            endpoint: endpoint.clone(),
+                            reason,
+                        });
+                        continue;
                     }
                     return Err(OutboundError::Upstream {
                         name,

@@ -226,6 +226,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A server that accepts connections and never answers (a hung app, the worst
+/// collector); it holds what it accepted until the task is dropped or aborted.
+pub async fn black_hole() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    (addr, task)
+}
+
 /// A TCP port on loopback that refuses connections (bound, then closed).
 pub async fn closed_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -656,6 +656,14 @@ impl Proxy {
                         }
                         cspan.error(|| "upstream timed out".into());
                         tracing::warn!(service = %svc.name, endpoint = %ep.url, "upstream timed out; endpoint ejected");
+                        // The request may have reached the app: only a retry middleware
+                        // (the operator's word that it may go twice) sends it elsewhere.
+                        if retry.is_some() && retryable && attempts < max_attempts {
+                            last_err = Some(ProxyError::Timeout {
+                                endpoint: ep.url.clone(),
+                            });
+                            continue;
+                        }
                         return Err(ProxyError::Timeout {
                             endpoint: ep.url.clone(),
                         });
@@ -752,7 +760,19 @@ impl Proxy {
                     }
                     self.metrics.upstream_error(&svc.name, "upstream");
                     cspan.set(attr::ERROR_TYPE, "upstream");
-                    tracing::warn!(service = %svc.name, endpoint = %ep.url, error = %chain_text(&e), "upstream request failed");
+                    // The connection broke before a response (the server died mid-request):
+                    // an idempotent request without a body may go elsewhere (RFC 9110 9.2.2;
+                    // nginx's default `proxy_next_upstream error`).
+                    let backoff = state.record_failure();
+                    tracing::warn!(service = %svc.name, endpoint = %ep.url, error = %chain_text(&e),
+                        ejected_for = ?backoff, "upstream request failed");
+                    if retryable && attempts < max_attempts {
+                        last_err = Some(ProxyError::Upstream {
+                            endpoint: ep.url.clone(),
+                            reason: chain_text(&e),
+                        });
+                        continue;
+                    }
                     return Err(ProxyError::Upstream {
                         endpoint: ep.url.clone(),
                         reason: chain_text(&e),
