@@ -123,18 +123,12 @@ run() { # name addr round [authority]
   out=$("${pin_load[@]}" h2load -D "$DURATION" -c "$CONNS" -m "$STREAMS" -t 1 -d "$work/body.bin" \
     -H 'content-type: application/grpc' -H 'te: trailers' "${auth[@]}" --log-file="$log" \
     "http://$2/helloworld.Greeter/SayHello" 2>&1) || true
-  local r; r=$(awk '/^finished in/ {gsub(",", ""); print $4}' <<<"$out")
-  local bad; bad=$(awk '/^requests:/ {gsub(",", ""); print $10 + $12 + $14}' <<<"$out")
-  local non2xx; non2xx=$(awk '/^status codes:/ {gsub(",", ""); print $5 + $7 + $9}' <<<"$out")
-  if [[ -z "$r" ]]; then echo "bench: h2load failed against $1:" >&2; echo "$out" >&2; errors=$((errors+1)); return; fi
-  if [[ "${bad:-0}" != 0 || "${non2xx:-0}" != 0 ]]; then
-    echo "bench: $1 round $3: ${bad:-?} failed, ${non2xx:-?} non-2xx" >&2; echo "$out" >&2; errors=$((errors+1))
+  local r l50 l99 bad non2xx proto
+  read -r r l50 l99 bad non2xx proto < <(h2load_stats "$out" "$log")
+  if [[ "$r" == - || "$r" == 0 ]]; then echo "bench: h2load failed against $1:" >&2; echo "$out" >&2; errors=$((errors+1)); return; fi
+  if [[ "$bad" != 0 || "$non2xx" != 0 ]]; then
+    echo "bench: $1 round $3: $bad failed, $non2xx non-2xx" >&2; echo "$out" >&2; errors=$((errors+1))
   fi
-  local l50 l99
-  read -r l50 l99 < <(awk -F'\t' '{print $3}' "$log" | sort -n | awk '{a[NR]=$1} END {
-    if (NR == 0) { print "0 0"; exit }
-    i50 = int(NR*0.50); if (i50 < 1) i50 = 1; i99 = int(NR*0.99); if (i99 < 1) i99 = 1
-    printf "%.3f %.3f\n", a[i50]/1000, a[i99]/1000 }')
   rps[$1]+="$r "; p50[$1]+="$l50 "; p99[$1]+="$l99 "
   printf 'round %d  %-6s %10.0f req/s  p50 %7s ms  p99 %7s ms\n' "$3" "$1" "$r" "$l50" "$l99" >&2
 }

