@@ -782,50 +782,75 @@ fn merge_identical<T: PartialEq>(
     }
 }
 
-impl DynamicConfig {
-    /// Merge another fragment of the same provider (one container's labels among a
-    /// service's many tasks), as Traefik does: identical routers and middlewares are kept
-    /// once; a name defined differently is dropped and reported; a service defined by
-    /// several tasks collects all their servers.
-    pub fn merge(&mut self, other: DynamicConfig, conflicts: &mut std::collections::BTreeSet<String>) {
-        merge_identical(&mut self.tcp.routers, other.tcp.routers, "tcp router", conflicts);
+/// Merges the fragments of one provider (one per container), as Traefik does: identical
+/// routers and middlewares are kept once; a name defined differently is dropped and
+/// reported; a service defined by several tasks collects all their servers. Linear in the
+/// number of fragments: a service of 10,000 tasks is 10,000 fragments.
+#[derive(Debug, Default)]
+pub struct Merger {
+    pub config: DynamicConfig,
+    /// `router NAME`, `service NAME`, ...: names defined differently by several fragments.
+    pub conflicts: std::collections::BTreeSet<String>,
+    http_servers: std::collections::HashMap<String, std::collections::HashSet<(String, Option<u32>)>>,
+    tcp_servers: std::collections::HashMap<String, std::collections::HashSet<String>>,
+}
+
+/// The settings of two load balancers, servers aside.
+fn same_settings(a: &LoadBalancerConfig, b: &LoadBalancerConfig) -> bool {
+    let LoadBalancerConfig {
+        servers: _,
+        server,
+        strategy,
+        pass_host_header,
+        health_check,
+    } = a;
+    *server == b.server
+        && *strategy == b.strategy
+        && *pass_host_header == b.pass_host_header
+        && *health_check == b.health_check
+}
+
+impl Merger {
+    pub fn add(&mut self, other: DynamicConfig) {
+        let (cfg, conflicts) = (&mut self.config, &mut self.conflicts);
+        merge_identical(&mut cfg.tcp.routers, other.tcp.routers, "tcp router", conflicts);
         for (name, s) in other.tcp.services {
-            let existing = self.tcp.services.entry(name).or_default();
+            let seen = self.tcp_servers.entry(name.clone()).or_default();
+            let existing = cfg.tcp.services.entry(name).or_default();
             for server in s.servers {
-                if !existing.servers.contains(&server) {
+                if seen.insert(server.clone()) {
                     existing.servers.push(server);
                 }
             }
         }
-        merge_identical(&mut self.http.routers, other.http.routers, "router", conflicts);
-        for (name, s) in other.http.services {
+        merge_identical(&mut cfg.http.routers, other.http.routers, "router", conflicts);
+        for (name, mut s) in other.http.services {
             if conflicts.contains(&format!("service {name}")) {
                 continue;
             }
-            match self.http.services.get_mut(&name) {
+            let seen = self.http_servers.entry(name.clone()).or_default();
+            match cfg.http.services.get_mut(&name) {
+                Some(existing) if !same_settings(&existing.load_balancer, &s.load_balancer) => {
+                    cfg.http.services.remove(&name);
+                    conflicts.insert(format!("service {name}"));
+                }
                 Some(existing) => {
-                    let mut a = existing.load_balancer.clone();
-                    let mut b = s.load_balancer.clone();
-                    a.servers.clear();
-                    b.servers.clear();
-                    if a != b {
-                        self.http.services.remove(&name);
-                        conflicts.insert(format!("service {name}"));
-                    } else {
-                        for server in s.load_balancer.servers {
-                            if !existing.load_balancer.servers.contains(&server) {
-                                existing.load_balancer.servers.push(server);
-                            }
+                    for server in s.load_balancer.servers {
+                        if seen.insert((server.url.clone(), server.weight)) {
+                            existing.load_balancer.servers.push(server);
                         }
                     }
                 }
                 None => {
-                    self.http.services.insert(name, s);
+                    s.load_balancer
+                        .servers
+                        .retain(|server| seen.insert((server.url.clone(), server.weight)));
+                    cfg.http.services.insert(name, s);
                 }
             }
         }
         merge_identical(
-            &mut self.http.middlewares,
+            &mut cfg.http.middlewares,
             other.http.middlewares,
             "middleware",
             conflicts,

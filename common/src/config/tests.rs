@@ -125,14 +125,13 @@ fn merging_task_fragments_like_traefik() {
         );
         parse_file(&text, false, &mut Vec::new()).unwrap()
     };
-    let mut all = DynamicConfig::default();
-    let mut conflicts = std::collections::BTreeSet::new();
-    all.merge(frag("http://10.0.0.1:80", "Host(`a`)"), &mut conflicts);
-    all.merge(frag("http://10.0.0.2:80", "Host(`a`)"), &mut conflicts);
-    all.merge(frag("http://10.0.0.2:80", "Host(`a`)"), &mut conflicts);
-    assert!(conflicts.is_empty());
-    assert_eq!(all.http.routers.len(), 1);
-    let servers: Vec<&str> = all.http.services["s"]
+    let mut m = Merger::default();
+    m.add(frag("http://10.0.0.1:80", "Host(`a`)"));
+    m.add(frag("http://10.0.0.2:80", "Host(`a`)"));
+    m.add(frag("http://10.0.0.2:80", "Host(`a`)"));
+    assert!(m.conflicts.is_empty());
+    assert_eq!(m.config.http.routers.len(), 1);
+    let servers: Vec<&str> = m.config.http.services["s"]
         .load_balancer
         .servers
         .iter()
@@ -140,9 +139,9 @@ fn merging_task_fragments_like_traefik() {
         .collect();
     assert_eq!(servers, vec!["http://10.0.0.1:80", "http://10.0.0.2:80"]);
     // A router defined differently by another task is a conflict: dropped and reported.
-    all.merge(frag("http://10.0.0.3:80", "Host(`b`)"), &mut conflicts);
-    assert!(!all.http.routers.contains_key("r"));
-    assert!(conflicts.contains("router r"));
-    all.merge(frag("http://10.0.0.4:80", "Host(`a`)"), &mut conflicts);
-    assert!(!all.http.routers.contains_key("r"), "a conflicted name stays out");
+    m.add(frag("http://10.0.0.3:80", "Host(`b`)"));
+    assert!(!m.config.http.routers.contains_key("r"));
+    assert!(m.conflicts.contains("router r"));
+    m.add(frag("http://10.0.0.4:80", "Host(`a`)"));
+    assert!(!m.config.http.routers.contains_key("r"), "a conflicted name stays out");
 }

@@ -22,7 +22,7 @@ use aws_config::environment::region::EnvironmentVariableRegionProvider;
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::profile::ProfileFileRegionProvider;
 use aws_config::retry::RetryConfig;
-use berth_common::config::{DynamicConfig, Strategy};
+use berth_common::config::{DynamicConfig, Merger, Strategy};
 use berth_common::diag::Diagnostic;
 use berth_common::labels::{self, ContainerTarget};
 use berth_common::routing::ProviderView;
@@ -566,8 +566,7 @@ pub fn build_config(
     settings: &EcsSettings,
     sidecars: &BTreeMap<(String, String), SidecarHealth>,
 ) -> Built {
-    let mut cfg = DynamicConfig::default();
-    let mut conflicts = BTreeSet::new();
+    let mut merger = Merger::default();
     let mut diags = Vec::new();
     let mut reported: HashSet<(String, String, String)> = HashSet::new();
     let mut mesh: BTreeMap<String, MeshService> = BTreeMap::new();
@@ -675,9 +674,12 @@ pub fn build_config(
                     }
                 }
             }
-            cfg.merge(frag, &mut conflicts);
+            merger.add(frag);
         }
     }
+    let Merger {
+        config: cfg, conflicts, ..
+    } = merger;
     for c in conflicts {
         diags.push(
             Diagnostic::error(c.clone(), "defined differently by several containers; not served").with_source(PROVIDER),
