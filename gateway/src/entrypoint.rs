@@ -277,6 +277,9 @@ impl Entrypoint {
             .timer(TokioTimer::new())
             .header_read_timeout(self.limits.header_read_timeout)
             .max_buf_size(self.limits.max_header_bytes)
+            // A client that shuts down its side after the request (`nc -N`, HTTP/1.0
+            // tools) still gets its answer, as from nginx.
+            .half_close(true)
             .keep_alive(true);
         builder
             .http2()

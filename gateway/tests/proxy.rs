@@ -608,3 +608,36 @@ async fn active_health_checks_take_endpoints_out_and_back() {
         "the check requested the configured path"
     );
 }
+
+/// Found by the `http_front` fuzz target: a client that sends its request and shuts down
+/// its side of the connection (HTTP/1.0 tools, `nc -N`) got no answer at all.
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Backend::start("b", Proto::Http1).await;
+    let gw = start(&one_route("PathPrefix(`/`)", &[b.url()]), &[]).await;
+    for req in [
+        &b"GET /half HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"GET /half HTTP/1.0\r\nHost: x\r\n\r\n",
+    ] {
+        let mut s = tokio::net::TcpStream::connect(gw.web()).await.unwrap();
+        s.write_all(req).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+            .await
+            .expect("the gateway closes after answering")
+            .unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200"),
+            "{text:.300}"
+        );
+    }
+    assert_eq!(b.request_count(), 2);
+    // An empty connection, closed at once, gets nothing and costs nothing.
+    let s = tokio::net::TcpStream::connect(gw.web()).await.unwrap();
+    drop(s);
+    let r = http1(gw.web(), get("x", "/after")).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
