@@ -61,18 +61,6 @@ BERTH=127.0.0.1:19252
 BERTH_ADMIN=127.0.0.1:19253
 ENVOY=127.0.0.1:19254
 
-start() { # name, command...
-  local name=$1; shift
-  setsid "$@" >"$work/$name.out" 2>&1 </dev/null &
-  pids+=($!)
-}
-wait_port() {
-  for _ in $(seq 1 100); do
-    if (exec 3<>/dev/tcp/${1%:*}/${1#*:}) 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "bench: $2 did not start; its output:" >&2; cat "$work/$2.out" >&2; exit 1
-}
 
 cat > "$work/dynamic.yml" <<YML
 http:

@@ -29,3 +29,19 @@ h2load_stats() {
     printf "%.3f %.3f\n", a[i50]/1000, a[i99]/1000 }')
   echo "${r:--} $l50 $l99 ${bad:-0} ${non2xx:-0} ${proto:-none}"
 }
+
+# start NAME COMMAND...: run COMMAND in its own session, output to $work/NAME.out, its
+# PID added to the caller's `pids` (stopped by the caller's cleanup).
+# wait_port HOST:PORT NAME: wait up to 10 s for a listener, else print NAME's output and exit.
+start() { # name, command...
+  local name=$1; shift
+  setsid "$@" >"$work/$name.out" 2>&1 </dev/null &
+  pids+=($!)
+}
+wait_port() {
+  for _ in $(seq 1 100); do
+    if (exec 3<>/dev/tcp/${1%:*}/${1#*:}) 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "bench: $2 did not start; its output:" >&2; cat "$work/$2.out" >&2; exit 1
+}

@@ -169,18 +169,6 @@ http:
         servers: [ { url: "http://$BACKEND" } ]
 YML
 
-start() { # name, command...
-  local name=$1; shift
-  setsid "$@" >"$work/$name.out" 2>&1 </dev/null &
-  pids+=($!)
-}
-wait_port() {
-  for _ in $(seq 1 100); do
-    if (exec 3<>/dev/tcp/${1%:*}/${1#*:}) 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "bench: $2 did not start; its output:" >&2; cat "$work/$2.out" >&2; exit 1
-}
 
 start backend "${pin_load[@]}" nginx -c "$work/backend/nginx.conf"
 start nginx "${pin_proxy[@]}" nginx -c "$work/proxy/nginx.conf"
