@@ -4,6 +4,11 @@ use std::collections::BTreeMap;
 
 use crate::diag::Diagnostic;
 
+/// The longest dotted key accepted (Traefik's longest keys are under 100 bytes).
+pub const MAX_KEY_BYTES: usize = 512;
+/// The most dot-separated segments a key may have.
+pub const MAX_KEY_SEGMENTS: usize = 16;
+
 /// Scalars are kept as text; maps keep the keys as written (lookups ignore case).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Node {
@@ -26,7 +31,9 @@ impl Node {
     }
 
     /// Build a tree from dotted keys (`http.routers.r.rule = ...`). A key that is both
-    /// a value and a parent (`a.b=1` and `a.b.c=2`) is reported and the later one dropped.
+    /// a value and a parent (`a.b=1` and `a.b.c=2`) is reported and the later one dropped,
+    /// and so is a key longer than [`MAX_KEY_BYTES`] or deeper than [`MAX_KEY_SEGMENTS`]
+    /// (labels are written by anyone who can register a task definition).
     pub fn from_dotted<'a>(
         pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
         key_prefix: &str,
@@ -34,6 +41,14 @@ impl Node {
     ) -> Node {
         let mut root = Node::empty_map();
         for (key, value) in pairs {
+            if key.len() > MAX_KEY_BYTES || key.split('.').nth(MAX_KEY_SEGMENTS).is_some() {
+                let shown: String = key.chars().take(64).collect();
+                diags.push(Diagnostic::error(
+                    format!("{key_prefix}{shown}…"),
+                    format!("a key has at most {MAX_KEY_BYTES} bytes and {MAX_KEY_SEGMENTS} segments"),
+                ));
+                continue;
+            }
             let parts: Vec<&str> = key.split('.').collect();
             if parts.iter().any(|p| p.is_empty()) {
                 diags.push(Diagnostic::error(

@@ -11,6 +11,12 @@ use crate::diag::Diagnostic;
 
 pub const PREFIXES: [&str; 2] = ["berth.", "traefik."];
 
+/// The most `berth.`/`traefik.` labels one container may carry; past it the container's
+/// labels are refused as a whole (a real one has a few dozen).
+pub const MAX_LABELS: usize = 1024;
+/// The longest label value accepted (the longest rule the rule parser takes).
+pub const MAX_VALUE_BYTES: usize = crate::rules::parse::MAX_RULE_BYTES;
+
 /// What one container's labels say.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ContainerLabels {
@@ -32,6 +38,17 @@ pub struct MeshLabels {
 /// Parse a container's labels. Labels outside the two prefixes are ignored.
 pub fn parse(labels: &BTreeMap<String, String>) -> (ContainerLabels, Vec<Diagnostic>) {
     let mut diags = Vec::new();
+    let ours = labels
+        .keys()
+        .filter(|k| PREFIXES.iter().any(|p| strip_prefix_ci(k, p).is_some()))
+        .count();
+    if ours > MAX_LABELS {
+        diags.push(Diagnostic::error(
+            "labels",
+            format!("{ours} berth./traefik. labels, more than {MAX_LABELS}: the container's labels are ignored"),
+        ));
+        return (ContainerLabels::default(), diags);
+    }
     // Collect stripped keys, berth. winning over traefik.
     let mut chosen: BTreeMap<String, (&str, &str)> = BTreeMap::new();
     for prefix in PREFIXES.iter().rev() {
@@ -58,6 +75,13 @@ pub fn parse(labels: &BTreeMap<String, String>) -> (ContainerLabels, Vec<Diagnos
         let Some((prefix, rest)) = PREFIXES.iter().find_map(|p| strip_prefix_ci(key, p).map(|r| (*p, r))) else {
             continue;
         };
+        if value.len() > MAX_VALUE_BYTES {
+            diags.push(Diagnostic::error(
+                key.clone(),
+                format!("a value of {} bytes, more than {MAX_VALUE_BYTES}: ignored", value.len()),
+            ));
+            continue;
+        }
         match chosen.get(&rest.to_ascii_lowercase()) {
             Some((p, _)) if *p == prefix => {}
             _ => continue,

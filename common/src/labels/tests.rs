@@ -240,3 +240,35 @@ fn tcp_labels_route_connections_to_the_container() {
     // TCP only: no default HTTP router appears.
     assert!(cfg.http.routers.is_empty() && cfg.http.services.is_empty());
 }
+
+#[test]
+fn hostile_label_keys_and_values_disable_only_themselves() {
+    let deep = format!("traefik.http.routers.r.{}", vec!["a"; 40_000].join("."));
+    let long = format!("traefik.http.routers.{}.rule", "x".repeat(10_000));
+    let huge = "H".repeat(MAX_VALUE_BYTES + 1);
+    let l = labels(&[
+        (deep.as_str(), "1"),
+        (long.as_str(), "Host(`a`)"),
+        ("traefik.http.routers.big.rule", huge.as_str()),
+        ("traefik.http.routers.ok.rule", "Host(`ok.test`)"),
+        ("traefik.http.routers.bad\u{a0}name.rule", "Host(`x`)"),
+        ("traefik.http.routers..rule", "Host(`x`)"),
+    ]);
+    let (c, diags) = parse(&l);
+    assert_eq!(c.config.http.routers["ok"].rule.as_deref(), Some("Host(`ok.test`)"));
+    assert!(!c.config.http.routers.contains_key("big"));
+    assert!(diags.iter().any(|d| d.message.contains("segments")), "{diags:?}");
+    assert!(
+        diags.iter().any(|d| d.message.contains("bytes, more than")),
+        "{diags:?}"
+    );
+    // A diagnostic never echoes a whole hostile key.
+    assert!(diags.iter().all(|d| d.key.len() < 200), "{diags:?}");
+
+    let many: BTreeMap<String, String> = (0..=MAX_LABELS)
+        .map(|i| (format!("traefik.http.routers.r{i}.rule"), "Host(`a`)".to_string()))
+        .collect();
+    let (c, diags) = parse(&many);
+    assert!(c.config.http.routers.is_empty());
+    assert!(diags.iter().any(|d| d.message.contains("more than")), "{diags:?}");
+}

@@ -35,24 +35,31 @@ enum Cmp {
     Ne,
 }
 
+/// `&&` and `||` hold their operands as flat lists, so only parentheses nest.
 #[derive(Debug, Clone, PartialEq)]
 enum Expr {
     Cmp(Metric, Cmp, f64),
-    And(Box<Expr>, Box<Expr>),
-    Or(Box<Expr>, Box<Expr>),
+    And(Vec<Expr>),
+    Or(Vec<Expr>),
 }
 
-/// A small recursive-descent parser for the expression language.
+/// The longest expression accepted, in bytes.
+const MAX_EXPRESSION_BYTES: usize = 4096;
+/// The deepest nesting of parentheses accepted.
+const MAX_DEPTH: usize = 16;
+
+/// A small recursive-descent parser for the expression language. `pos` is a byte offset
+/// that only ever moves over whole characters.
 struct Parser<'a> {
     s: &'a str,
     pos: usize,
+    depth: usize,
 }
 
 impl<'a> Parser<'a> {
     fn ws(&mut self) {
-        while self.s[self.pos..].starts_with(char::is_whitespace) {
-            self.pos += 1;
-        }
+        let rest = &self.s[self.pos..];
+        self.pos += rest.len() - rest.trim_start().len();
     }
 
     fn eat(&mut self, t: &str) -> bool {
@@ -70,24 +77,37 @@ impl<'a> Parser<'a> {
     }
 
     fn or(&mut self) -> Result<Expr, String> {
-        let mut left = self.and()?;
+        let mut terms = vec![self.and()?];
         while self.eat("||") {
-            left = Expr::Or(Box::new(left), Box::new(self.and()?));
+            terms.push(self.and()?);
         }
-        Ok(left)
+        Ok(if terms.len() == 1 {
+            terms.remove(0)
+        } else {
+            Expr::Or(terms)
+        })
     }
 
     fn and(&mut self) -> Result<Expr, String> {
-        let mut left = self.unary()?;
+        let mut terms = vec![self.unary()?];
         while self.eat("&&") {
-            left = Expr::And(Box::new(left), Box::new(self.unary()?));
+            terms.push(self.unary()?);
         }
-        Ok(left)
+        Ok(if terms.len() == 1 {
+            terms.remove(0)
+        } else {
+            Expr::And(terms)
+        })
     }
 
     fn unary(&mut self) -> Result<Expr, String> {
         if self.eat("(") {
+            if self.depth >= MAX_DEPTH {
+                return self.err(&format!("more than {MAX_DEPTH} levels of parentheses"));
+            }
+            self.depth += 1;
             let e = self.or()?;
+            self.depth -= 1;
             if !self.eat(")") {
                 return self.err("expected `)`");
             }
@@ -177,7 +197,12 @@ impl<'a> Parser<'a> {
 }
 
 fn parse_expression(s: &str) -> Result<Expr, String> {
-    let mut p = Parser { s, pos: 0 };
+    if s.len() > MAX_EXPRESSION_BYTES {
+        return Err(format!(
+            "circuitBreaker.expression: longer than {MAX_EXPRESSION_BYTES} bytes"
+        ));
+    }
+    let mut p = Parser { s, pos: 0, depth: 0 };
     let e = p.or()?;
     p.ws();
     if p.pos != s.len() {
@@ -304,8 +329,8 @@ impl CircuitBreaker {
 
     fn holds(expr: &Expr, buckets: &[Bucket], now: Instant) -> bool {
         match expr {
-            Expr::And(a, b) => Self::holds(a, buckets, now) && Self::holds(b, buckets, now),
-            Expr::Or(a, b) => Self::holds(a, buckets, now) || Self::holds(b, buckets, now),
+            Expr::And(terms) => terms.iter().all(|t| Self::holds(t, buckets, now)),
+            Expr::Or(terms) => terms.iter().any(|t| Self::holds(t, buckets, now)),
             Expr::Cmp(m, cmp, n) => {
                 let v = Self::value(m, buckets, now);
                 match cmp {
@@ -438,6 +463,29 @@ mod tests {
         ] {
             assert!(parse_expression(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn hostile_expressions_are_refused_not_fatal() {
+        // A non-ASCII space once panicked on a char boundary: it is whitespace, as in Go.
+        assert!(parse_expression("NetworkErrorRatio()\u{a0}>\u{a0}0.5").is_ok());
+        for bad in [
+            "NetworkErrorRatio() > 0.5 \u{a0}é",
+            "é",
+            "NetworkErrorRatio(\u{2003}1) > 1",
+            "NetworkErrorRatio() >\u{10ffff}",
+        ] {
+            assert!(parse_expression(bad).is_err(), "{bad}");
+        }
+        let deep = format!("{}NetworkErrorRatio() > 1{}", "(".repeat(100_000), ")".repeat(100_000));
+        let e = parse_expression(&deep).expect_err("too long");
+        assert!(e.contains("longer than"), "{e}");
+        let nested = format!("{}NetworkErrorRatio() > 1{}", "(".repeat(17), ")".repeat(17));
+        assert!(parse_expression(&nested).expect_err("too deep").contains("levels"));
+        let ok = format!("{}NetworkErrorRatio() > 1{}", "(".repeat(16), ")".repeat(16));
+        assert!(parse_expression(&ok).is_ok());
+        let wide = vec!["NetworkErrorRatio() > 1"; 150].join(" && ");
+        assert!(matches!(parse_expression(&wide), Ok(Expr::And(t)) if t.len() == 150));
     }
 
     #[test]

@@ -172,7 +172,7 @@ impl Spec {
 /// Regex from Go syntax as Traefik users write it (RE2 and Rust's engine agree on the
 /// common subset).
 pub(crate) fn regex(kind: &str, key: &str, text: &str) -> Result<regex::Regex, String> {
-    regex::Regex::new(text).map_err(|e| format!("{kind}.{key}: bad regex `{text}`: {e}"))
+    crate::rules::matcher::compile_regex(text).map_err(|e| format!("{kind}.{key}: bad regex `{text}`: {e}"))
 }
 
 /// Helpers for the middlewares' unit tests.

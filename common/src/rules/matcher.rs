@@ -50,8 +50,8 @@ enum Node {
     QueryRegexp(String, Regex),
     ClientIp(IpNet),
     Not(Box<Node>),
-    And(Box<Node>, Box<Node>),
-    Or(Box<Node>, Box<Node>),
+    And(Vec<Node>),
+    Or(Vec<Node>),
 }
 
 /// A compiled rule: cheap to evaluate, with the hosts it requires for indexing.
@@ -97,13 +97,13 @@ fn compile_error(column: usize, kind: MatcherKind, reason: impl Into<String>) ->
 fn compile_node(expr: &Expr) -> Result<Node, CompileError> {
     Ok(match expr {
         Expr::Not(e) => Node::Not(Box::new(compile_node(e)?)),
-        Expr::And(a, b) => Node::And(Box::new(compile_node(a)?), Box::new(compile_node(b)?)),
-        Expr::Or(a, b) => Node::Or(Box::new(compile_node(a)?), Box::new(compile_node(b)?)),
+        Expr::And(terms) => Node::And(terms.iter().map(compile_node).collect::<Result<_, _>>()?),
+        Expr::Or(terms) => Node::Or(terms.iter().map(compile_node).collect::<Result<_, _>>()?),
         Expr::Matcher(call) => {
             let col = call.column;
             let kind = call.kind;
             let arg = |i: usize| call.args.get(i).map(String::as_str).unwrap_or_default();
-            let regex = |s: &str| Regex::new(s).map_err(|e| compile_error(col, kind, format!("invalid regexp: {e}")));
+            let regex = |s: &str| compile_regex(s).map_err(|e| compile_error(col, kind, e));
             let header = |s: &str| {
                 HeaderName::from_bytes(s.as_bytes())
                     .map_err(|_| compile_error(col, kind, format!("invalid header name `{s}`")))
@@ -154,6 +154,19 @@ fn compile_node(expr: &Expr) -> Result<Node, CompileError> {
     })
 }
 
+/// The most memory one compiled rule regexp may take (the regex crate's default is 10 MiB,
+/// and a label author can write a thousand of them).
+const REGEX_SIZE_LIMIT: usize = 256 * 1024;
+
+/// Compile a rule's regexp within [`REGEX_SIZE_LIMIT`]; the error says why it is refused.
+pub fn compile_regex(s: &str) -> Result<Regex, String> {
+    regex::RegexBuilder::new(s)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| format!("invalid regexp: {e}"))
+}
+
 /// An IP address (as a single-address range) or a CIDR range.
 pub fn parse_ip_range(s: &str) -> Option<IpNet> {
     let s = s.trim();
@@ -169,18 +182,16 @@ fn required_hosts(expr: &Expr) -> Option<BTreeSet<String>> {
             call.args.first().map(|h| BTreeSet::from([canonical_host(h)]))
         }
         Expr::Matcher(_) | Expr::Not(_) => None,
-        Expr::And(a, b) => match (required_hosts(a), required_hosts(b)) {
-            (Some(x), Some(y)) => Some(x.intersection(&y).cloned().collect()),
-            (Some(x), None) | (None, Some(x)) => Some(x),
-            (None, None) => None,
-        },
-        Expr::Or(a, b) => match (required_hosts(a), required_hosts(b)) {
-            (Some(mut x), Some(y)) => {
-                x.extend(y);
-                Some(x)
-            }
-            _ => None,
-        },
+        // Every operand must hold: the hosts all the pinning operands allow.
+        Expr::And(terms) => terms
+            .iter()
+            .filter_map(required_hosts)
+            .reduce(|x, y| x.intersection(&y).cloned().collect()),
+        // Any operand may hold: pinned only when every operand pins.
+        Expr::Or(terms) => terms.iter().try_fold(BTreeSet::new(), |mut all, t| {
+            all.extend(required_hosts(t)?);
+            Some(all)
+        }),
     }
 }
 
@@ -208,8 +219,8 @@ fn eval(node: &Node, req: &RequestView<'_>) -> bool {
         Node::QueryRegexp(key, re) => query_pairs(req.query).any(|(k, v)| k == *key && re.is_match(&v)),
         Node::ClientIp(net) => net.contains(&canonical_ip(req.client_ip)),
         Node::Not(n) => !eval(n, req),
-        Node::And(a, b) => eval(a, req) && eval(b, req),
-        Node::Or(a, b) => eval(a, req) || eval(b, req),
+        Node::And(terms) => terms.iter().all(|t| eval(t, req)),
+        Node::Or(terms) => terms.iter().any(|t| eval(t, req)),
     }
 }
 

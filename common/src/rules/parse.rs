@@ -3,6 +3,12 @@
 //! Precedence follows Traefik (vulcand/predicate): `!` binds tightest, then `&&`, then
 //! `||`; parentheses group. Values are backtick strings (raw) or double-quoted strings
 //! (Go escapes). Every error carries the 1-based column where it was found.
+//!
+//! Rules come from docker labels, which anyone who can register a task definition writes,
+//! so the parser is bounded and total: at most [`MAX_RULE_BYTES`] of text, [`MAX_MATCHERS`]
+//! matchers and [`MAX_DEPTH`] levels of `(` and `!`. Chains of `&&` and `||` are flat lists,
+//! not nested pairs, so every walk over a tree (compile, evaluate, drop) recurses at most
+//! [`MAX_DEPTH`] deep whatever the input.
 
 use std::fmt;
 
@@ -72,8 +78,17 @@ impl MatcherKind {
         }
     }
 
+    /// Traefik registers each matcher under four spellings (`PathPrefix`, `pathprefix`,
+    /// `PATHPREFIX`, `Pathprefix`: pkg/rules/parser.go); other mixes are unknown there too.
     fn from_name(name: &str) -> Option<Self> {
-        MatcherKind::ALL.into_iter().find(|k| k.name() == name)
+        MatcherKind::ALL.into_iter().find(|k| {
+            let canonical = k.name();
+            let lower = canonical.to_ascii_lowercase();
+            let title = format!("{}{}", lower[..1].to_ascii_uppercase(), &lower[1..]);
+            [canonical.to_string(), canonical.to_ascii_uppercase(), lower, title]
+                .iter()
+                .any(|spelling| spelling == name)
+        })
     }
 }
 
@@ -85,13 +100,20 @@ pub struct MatcherCall {
     pub column: usize,
 }
 
-/// The rule's syntax tree.
+/// The longest rule accepted, in bytes (a rule listing a few hundred hosts fits).
+pub const MAX_RULE_BYTES: usize = 64 * 1024;
+/// The most matchers one rule may hold.
+pub const MAX_MATCHERS: usize = 1024;
+/// The deepest nesting of parentheses and `!` accepted.
+pub const MAX_DEPTH: usize = 32;
+
+/// The rule's syntax tree. `And` and `Or` hold two or more operands, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expr {
     Matcher(MatcherCall),
     Not(Box<Expr>),
-    And(Box<Expr>, Box<Expr>),
-    Or(Box<Expr>, Box<Expr>),
+    And(Vec<Expr>),
+    Or(Vec<Expr>),
 }
 
 /// A syntax error: where, what was expected, and what was there instead.
@@ -141,6 +163,13 @@ fn err(column: usize, expected: impl Into<String>, found: impl Into<String>) -> 
 }
 
 fn lex(input: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
+    if input.len() > MAX_RULE_BYTES {
+        return Err(err(
+            MAX_RULE_BYTES,
+            format!("a rule of at most {MAX_RULE_BYTES} bytes"),
+            format!("{} bytes", input.len()),
+        ));
+    }
     let chars: Vec<char> = input.chars().collect();
     let mut out = Vec::new();
     let mut i = 0;
@@ -243,6 +272,9 @@ fn lex_quoted(chars: &[char], open: usize) -> Result<(String, usize), ParseError
 struct Parser {
     toks: Vec<(Tok, usize)>,
     pos: usize,
+    /// Open `(` and `!` around the current position.
+    depth: usize,
+    matchers: usize,
 }
 
 impl Parser {
@@ -260,29 +292,52 @@ impl Parser {
     }
 
     fn or(&mut self) -> Result<Expr, ParseError> {
-        let mut left = self.and()?;
+        let first = self.and()?;
+        if self.peek().0 != Tok::Or {
+            return Ok(first);
+        }
+        let mut terms = vec![first];
         while self.peek().0 == Tok::Or {
             self.bump();
-            let right = self.and()?;
-            left = Expr::Or(Box::new(left), Box::new(right));
+            terms.push(self.and()?);
         }
-        Ok(left)
+        Ok(Expr::Or(terms))
     }
 
     fn and(&mut self) -> Result<Expr, ParseError> {
-        let mut left = self.unary()?;
+        let first = self.unary()?;
+        if self.peek().0 != Tok::And {
+            return Ok(first);
+        }
+        let mut terms = vec![first];
         while self.peek().0 == Tok::And {
             self.bump();
-            let right = self.unary()?;
-            left = Expr::And(Box::new(left), Box::new(right));
+            terms.push(self.unary()?);
         }
-        Ok(left)
+        Ok(Expr::And(terms))
+    }
+
+    /// Enter one level of `(` or `!`, refusing to go deeper than [`MAX_DEPTH`].
+    fn descend(&mut self, col: usize) -> Result<(), ParseError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(err(
+                col,
+                format!("at most {MAX_DEPTH} levels of `(` and `!`"),
+                "deeper nesting",
+            ));
+        }
+        self.depth += 1;
+        Ok(())
     }
 
     fn unary(&mut self) -> Result<Expr, ParseError> {
-        if self.peek().0 == Tok::Not {
+        let (tok, col) = self.peek().clone();
+        if tok == Tok::Not {
             self.bump();
-            return Ok(Expr::Not(Box::new(self.unary()?)));
+            self.descend(col)?;
+            let inner = self.unary()?;
+            self.depth -= 1;
+            return Ok(Expr::Not(Box::new(inner)));
         }
         self.primary()
     }
@@ -291,7 +346,9 @@ impl Parser {
         let (tok, col) = self.bump();
         match tok {
             Tok::LParen => {
+                self.descend(col)?;
                 let inner = self.or()?;
+                self.depth -= 1;
                 let (close, ccol) = self.bump();
                 if close != Tok::RParen {
                     return Err(err(ccol, "`)`", close.to_string()));
@@ -323,6 +380,10 @@ impl Parser {
                         other => return Err(err(scol, "`,` or `)`", other.to_string())),
                     }
                 }
+                self.matchers += 1;
+                if self.matchers > MAX_MATCHERS {
+                    return Err(err(col, format!("at most {MAX_MATCHERS} matchers"), "more"));
+                }
                 let (min, max) = kind.arity();
                 if args.len() < min || args.len() > max {
                     let want = if min == max {
@@ -346,7 +407,12 @@ impl Parser {
 /// Parse a rule into its syntax tree.
 pub fn parse(input: &str) -> Result<Expr, ParseError> {
     let toks = lex(input)?;
-    let mut p = Parser { toks, pos: 0 };
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        depth: 0,
+        matchers: 0,
+    };
     let expr = p.or()?;
     let (t, col) = p.bump();
     if t != Tok::End {

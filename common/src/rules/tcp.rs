@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use regex::Regex;
 
-use super::matcher::parse_ip_range;
+use super::matcher::{compile_regex, parse_ip_range};
 use super::parse::{Expr, MatcherKind, parse};
 use super::{CompileError, RuleError};
 
@@ -30,8 +30,8 @@ enum Node {
     Alpn(String),
     ClientIp(IpNet),
     Not(Box<Node>),
-    And(Box<Node>, Box<Node>),
-    Or(Box<Node>, Box<Node>),
+    And(Vec<Node>),
+    Or(Vec<Node>),
 }
 
 /// A compiled TCP rule.
@@ -76,8 +76,8 @@ impl TcpRule {
 fn compile(expr: &Expr) -> Result<Node, RuleError> {
     Ok(match expr {
         Expr::Not(e) => Node::Not(Box::new(compile(e)?)),
-        Expr::And(a, b) => Node::And(Box::new(compile(a)?), Box::new(compile(b)?)),
-        Expr::Or(a, b) => Node::Or(Box::new(compile(a)?), Box::new(compile(b)?)),
+        Expr::And(terms) => Node::And(terms.iter().map(compile).collect::<Result<_, _>>()?),
+        Expr::Or(terms) => Node::Or(terms.iter().map(compile).collect::<Result<_, _>>()?),
         Expr::Matcher(call) => {
             let (col, kind) = (call.column, call.kind);
             let arg = call.args.first().map(String::as_str).unwrap_or_default();
@@ -90,9 +90,7 @@ fn compile(expr: &Expr) -> Result<Node, RuleError> {
                     }
                     Node::Sni(name)
                 }
-                MatcherKind::HostSniRegexp => {
-                    Node::SniRegexp(Regex::new(arg).map_err(|e| err(col, kind, format!("invalid regexp: {e}")))?)
-                }
+                MatcherKind::HostSniRegexp => Node::SniRegexp(compile_regex(arg).map_err(|e| err(col, kind, e))?),
                 MatcherKind::Alpn => {
                     if arg.is_empty() {
                         return Err(err(col, kind, "empty protocol"));
@@ -129,8 +127,8 @@ fn eval(node: &Node, c: &ConnView<'_>) -> bool {
             net.contains(&ip)
         }
         Node::Not(n) => !eval(n, c),
-        Node::And(a, b) => eval(a, c) && eval(b, c),
-        Node::Or(a, b) => eval(a, c) || eval(b, c),
+        Node::And(terms) => terms.iter().all(|t| eval(t, c)),
+        Node::Or(terms) => terms.iter().any(|t| eval(t, c)),
     }
 }
 
@@ -139,8 +137,8 @@ fn needs_tls(node: &Node) -> bool {
         Node::Sni(_) | Node::SniRegexp(_) | Node::Alpn(_) => true,
         Node::AnySni | Node::ClientIp(_) => false,
         Node::Not(n) => needs_tls(n),
-        Node::And(a, b) => needs_tls(a) || needs_tls(b),
-        Node::Or(a, b) => needs_tls(a) && needs_tls(b),
+        Node::And(terms) => terms.iter().any(needs_tls),
+        Node::Or(terms) => terms.iter().all(needs_tls),
     }
 }
 

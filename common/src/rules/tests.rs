@@ -199,3 +199,73 @@ fn required_hosts_for_the_index() {
 fn default_priority_is_rule_length() {
     assert_eq!(default_priority("Host(`a`)"), 9);
 }
+
+#[test]
+fn hostile_rules_are_refused_with_a_reason_never_fatal() {
+    // Thousands of `!` or parentheses once overflowed the stack and aborted the process.
+    for rule in [
+        format!("{}Host(`a`)", "!".repeat(100_000)),
+        format!("{}Host(`a`){}", "(".repeat(50_000), ")".repeat(50_000)),
+        format!("{}Host(`a`)", "!(".repeat(5_000)),
+    ] {
+        let e = compile(&rule).expect_err("too deep or too long");
+        assert!(
+            e.to_string().contains("levels") || e.to_string().contains("bytes"),
+            "{e}"
+        );
+    }
+    let deep = format!(
+        "{}Host(`a`){}",
+        "(".repeat(parse::MAX_DEPTH + 1),
+        ")".repeat(parse::MAX_DEPTH + 1)
+    );
+    assert!(compile(&deep).unwrap_err().to_string().contains("levels"));
+    let ok = format!(
+        "{}Host(`a`){}",
+        "(".repeat(parse::MAX_DEPTH),
+        ")".repeat(parse::MAX_DEPTH)
+    );
+    assert!(m(&ok, &Req::new("a", "/")));
+    // A long flat chain is no deeper than one level, and still matches.
+    let hosts: Vec<String> = (0..1000).map(|i| format!("Host(`h{i}.test`)")).collect();
+    let chain = hosts.join(" || ");
+    assert!(m(&chain, &Req::new("h999.test", "/")));
+    assert!(!m(&chain, &Req::new("h1000.test", "/")));
+    assert_eq!(compile(&chain).unwrap().required_hosts().map(|h| h.len()), Some(1000));
+    let and_chain = vec!["PathPrefix(`/`)"; 1000].join(" && ");
+    assert!(m(&and_chain, &Req::new("x", "/y")));
+    let too_many = vec!["Path(`/`)"; parse::MAX_MATCHERS + 1].join("||");
+    assert!(compile(&too_many).unwrap_err().to_string().contains("matchers"));
+    // Non-ASCII anywhere is an error or a value, never a panic.
+    for rule in [
+        "Host(`ä`)\u{a0}&&\u{a0}Path(`/ü`)",
+        "Hóst(`a`)",
+        "Host(`a`) \u{2028}",
+        "Host(`a`)é",
+        "\u{feff}Host(`a`)",
+    ] {
+        let _ = compile(rule);
+    }
+    // A regexp that would compile to a huge automaton is refused, not built.
+    let e = compile(r"HostRegexp(`\w{1000}\w{1000}\w{1000}`)").unwrap_err();
+    assert!(e.to_string().contains("regexp"), "{e}");
+}
+
+#[test]
+fn matcher_names_take_traefiks_four_spellings() {
+    let r = Req::new("a.test", "/api/x");
+    for rule in [
+        "PathPrefix(`/api`)",
+        "pathprefix(`/api`)",
+        "PATHPREFIX(`/api`)",
+        "Pathprefix(`/api`)",
+    ] {
+        assert!(m(rule, &r), "{rule}");
+    }
+    assert!(m("host(`a.test`) && HOST(`A.test`)", &r));
+    assert!(m("clientip(`192.0.2.0/24`)", &r));
+    assert!(
+        parse::parse("pAthPrefix(`/api`)").is_err(),
+        "other mixes are unknown, as in Traefik"
+    );
+}
