@@ -18,6 +18,22 @@ pub fn is_app_unreachable(status: http::StatusCode, headers: &HeaderMap) -> bool
     status == http::StatusCode::SERVICE_UNAVAILABLE && headers.contains_key(UNREACHABLE_HEADER)
 }
 
+/// The methods of RFC 9110 and RFC 5789 (PATCH): the only ones a metric label or a span
+/// attribute names, as the OpenTelemetry HTTP conventions say.
+const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// The method as a label value: a registered method, or `_OTHER` for anything a client
+/// made up (methods are client input; a label per made-up method grows without bound).
+pub fn method_label(m: &http::Method) -> &'static str {
+    KNOWN_METHODS
+        .iter()
+        .find(|k| **k == m.as_str())
+        .copied()
+        .unwrap_or("_OTHER")
+}
+
 /// Methods whose requests may be sent twice (RFC 9110 9.2.2).
 pub fn is_idempotent(m: &http::Method) -> bool {
     use http::Method;
@@ -145,6 +161,13 @@ pub fn set_forwarded(headers: &mut HeaderMap, info: &ForwardInfo<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn made_up_methods_fold_into_other() {
+        assert_eq!(method_label(&http::Method::PATCH), "PATCH");
+        assert_eq!(method_label(&http::Method::from_bytes(b"FOO").unwrap()), "_OTHER");
+        assert_eq!(method_label(&http::Method::from_bytes(b"get").unwrap()), "_OTHER");
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {

@@ -7,6 +7,7 @@
 pub mod accesslog;
 pub mod authz;
 pub mod balance;
+pub mod blocking;
 pub mod config;
 pub mod control;
 pub mod diag;

@@ -32,6 +32,17 @@ impl<K: Ord + Clone> Counters<K> {
     }
 }
 
+/// A gRPC status as a label value: `0` to `16` (the codes gRPC defines), else `unknown`
+/// (the status comes from the upstream; a series per invented code would grow unbounded).
+pub fn grpc_code_label(code: Option<u32>) -> &'static str {
+    const CODES: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+    code.and_then(|c| CODES.get(usize::try_from(c).ok()?))
+        .copied()
+        .unwrap_or("unknown")
+}
+
 /// A label value, escaped as the format requires.
 pub fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")

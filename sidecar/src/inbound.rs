@@ -194,10 +194,10 @@ impl Inbound {
     /// [`Inbound::handle`] inside a server span, with an access-log line.
     async fn observed(&self, req: Request<Incoming>, caller: &SpiffeId, peer: SocketAddr) -> Response<Body> {
         let start = std::time::Instant::now();
-        let mut span = self
-            .observe
-            .tracer
-            .server(|| format!("{} inbound", req.method()), req.headers());
+        let mut span = self.observe.tracer.server(
+            || format!("{} inbound", telemetry::method_name(req.method())),
+            req.headers(),
+        );
         telemetry::server_request_attrs(&mut span, &req, peer, true);
         span.set_with(attr::BERTH_DIRECTION, || "inbound");
         span.set_with(attr::BERTH_PEER_IDENTITY, || caller.to_string());
@@ -310,10 +310,11 @@ impl Inbound {
 
     /// A client span for one attempt to the app, its context written into `parts`.
     fn app_span(&self, parent: &Span, parts: &mut http::request::Parts, resend: usize) -> Span {
-        let mut cspan = self
-            .observe
-            .tracer
-            .child(parent, || parts.method.to_string(), SpanKind::Client);
+        let mut cspan = self.observe.tracer.child(
+            parent,
+            || telemetry::method_name(&parts.method).to_string(),
+            SpanKind::Client,
+        );
         telemetry::client_request_attrs(&mut cspan, &parts.method, &parts.uri, resend);
         self.observe.tracer.inject(&cspan, &mut parts.headers);
         cspan

@@ -20,7 +20,7 @@ pub struct Metrics {
     app_healthy: AtomicBool,
     cert_not_after: AtomicU64,
     inbound_duration: Histogram,
-    grpc: Counters<(&'static str, String)>,
+    grpc: Counters<(&'static str, &'static str)>,
     inbound_tcp: Counters<&'static str>,
     outbound_duration: Mutex<BTreeMap<String, Arc<Histogram>>>,
     observe: std::sync::OnceLock<berth_common::telemetry::Observe>,
@@ -38,8 +38,7 @@ impl Metrics {
 
     /// A gRPC call's final status, by direction (`inbound`, `outbound`).
     pub fn grpc(&self, direction: &'static str, code: Option<u32>) {
-        let code = code.map_or_else(|| "unknown".to_string(), |c| c.to_string());
-        self.grpc.inc((direction, code));
+        self.grpc.inc((direction, berth_common::prom::grpc_code_label(code)));
     }
 
     /// How long an inbound request took to its response head.

@@ -47,6 +47,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the mesh long poll waits at the gateway.
 const LONG_POLL: Duration = Duration::from_secs(25);
 
+/// The metrics label of calls to a name the mesh does not know.
+const UNKNOWN_SERVICE: &str = "_unknown";
+
 /// Every way an outbound request fails, and the response it becomes (one place).
 #[derive(Debug, thiserror::Error)]
 pub enum OutboundError {
@@ -407,10 +410,10 @@ impl Outbound {
     /// [`Outbound::handle`] inside a server span, with an access-log line.
     async fn observed(&self, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
         let start = Instant::now();
-        let mut span = self
-            .observe
-            .tracer
-            .server(|| format!("{} outbound", req.method()), req.headers());
+        let mut span = self.observe.tracer.server(
+            || format!("{} outbound", telemetry::method_name(req.method())),
+            req.headers(),
+        );
         telemetry::server_request_attrs(&mut span, &req, peer, false);
         span.set_with(attr::BERTH_DIRECTION, || "outbound");
         let grpc = berth_common::grpc::is_grpc(req.headers());
@@ -448,17 +451,25 @@ impl Outbound {
         }
         let name = target_name(req.uri(), req.headers())?;
         if span.is_recording() {
-            span.set_name(|| format!("{} {name}", req.method()));
+            span.set_name(|| format!("{} {name}", telemetry::method_name(req.method())));
             span.set(attr::PEER_SERVICE, &name);
         }
         let start = Instant::now();
         let result = self.forward(&name, req, span, entry).await;
-        self.metrics.outbound_duration(&name, start.elapsed());
+        // Series are per mesh service; a name the mesh does not know is the app's (or its
+        // user's) input, and counts under one label.
+        let label = match &result {
+            Err(OutboundError::NoService(_) | OutboundError::Unresolved { .. } | OutboundError::TooMany { .. }) => {
+                UNKNOWN_SERVICE
+            }
+            _ => name.as_str(),
+        };
+        self.metrics.outbound_duration(label, start.elapsed());
         let status = match &result {
             Ok(r) => r.status(),
             Err(e) => e.status(),
         };
-        self.metrics.outbound(&name, status.as_u16());
+        self.metrics.outbound(label, status.as_u16());
         result
     }
 
@@ -523,10 +534,11 @@ impl Outbound {
             } else {
                 std::mem::take(&mut headers)
             };
-            let mut cspan = self
-                .observe
-                .tracer
-                .child(span, || parts.method.to_string(), SpanKind::Client);
+            let mut cspan = self.observe.tracer.child(
+                span,
+                || telemetry::method_name(&parts.method).to_string(),
+                SpanKind::Client,
+            );
             telemetry::client_request_attrs(&mut cspan, &parts.method, up.uri(), tried.len() - 1);
             if cspan.is_recording() {
                 cspan.set_str(attr::PEER_SERVICE, &name);

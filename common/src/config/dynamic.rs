@@ -135,6 +135,10 @@ pub struct MiddlewareConfig {
     /// Canonical Traefik type name (`stripPrefix`, `basicAuth`, ...), or as written when unknown.
     pub kind: String,
     pub known: bool,
+    /// Why this provider may not configure the middleware as written (a label naming a
+    /// file on the gateway): the middleware is broken, and its routers are not served.
+    #[serde(skip)]
+    pub refused: Option<String>,
     #[serde(skip)]
     pub options: Node,
 }
@@ -675,9 +679,25 @@ impl Decoder<'_> {
         if canonical.is_none() {
             self.bad(&format!("{path}.{kind}"), format!("unknown middleware type `{kind}`"));
         }
+        let kind = canonical.map(|k| (*k).to_string()).unwrap_or_else(|| kind.clone());
+        // Labels are written by whoever can register a task definition: they may not make
+        // the gateway read its own files (and echo what it finds into diagnostics).
+        let refused = (self.mode == Mode::Labels)
+            .then(|| {
+                options
+                    .entries()
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("usersFile"))
+                    .map(|_| format!("{kind}.usersFile names a file on the gateway; labels may not (use users)"))
+            })
+            .flatten();
+        if let Some(why) = &refused {
+            self.bad(&format!("{path}.{kind}.usersFile"), why.clone());
+        }
         Some(MiddlewareConfig {
-            kind: canonical.map(|k| (*k).to_string()).unwrap_or_else(|| kind.clone()),
+            kind,
             known: canonical.is_some(),
+            refused,
             options: options.clone(),
         })
     }

@@ -272,3 +272,19 @@ fn hostile_label_keys_and_values_disable_only_themselves() {
     assert!(c.config.http.routers.is_empty());
     assert!(diags.iter().any(|d| d.message.contains("more than")), "{diags:?}");
 }
+
+#[test]
+fn a_label_may_not_make_the_gateway_read_a_file() {
+    let l = labels(&[
+        ("traefik.http.middlewares.auth.basicauth.usersfile", "/etc/shadow"),
+        ("traefik.http.routers.r.rule", "Host(`a`)"),
+        ("traefik.http.routers.r.middlewares", "auth"),
+    ]);
+    let (c, diags) = parse(&l);
+    let m = &c.config.http.middlewares["auth"];
+    assert!(
+        m.refused.as_deref().is_some_and(|w| w.contains("labels may not")),
+        "{m:?}"
+    );
+    assert!(diags.iter().any(|d| d.key.contains("usersFile")), "{diags:?}");
+}

@@ -1,7 +1,10 @@
 //! `basicAuth`: users in htpasswd form (bcrypt `$2y$`/`$2a$`/`$2b$`, SHA1 `{SHA}`, Apache
 //! MD5 `$apr1$`), from `users` and `usersFile`; `realm`, `removeHeader`, `headerField`.
 //! Hashes are compared in constant time; an unknown user costs the same work as a known
-//! one with a wrong password.
+//! one with a wrong password. bcrypt runs on [`crate::blocking`]'s threads, never on the
+//! async workers (a guessing client would otherwise stall every route), and a cost above
+//! [`MAX_BCRYPT_COST`] is refused. Neither a hash nor a line of `usersFile` is ever put
+//! into a message.
 
 use base64::Engine;
 use http::StatusCode;
@@ -27,11 +30,19 @@ enum Hash {
     Apr1 { salt: String, full: String },
 }
 
+/// The dearest bcrypt cost accepted: 2^14 rounds, about a second on one core. A label
+/// with cost 31 would take days per request.
+pub const MAX_BCRYPT_COST: u32 = 14;
+
 impl Hash {
     fn parse(h: &str) -> Result<Hash, String> {
         if h.starts_with("$2y$") || h.starts_with("$2a$") || h.starts_with("$2b$") {
-            h.parse::<bcrypt::HashParts>()
-                .map_err(|e| format!("bad bcrypt hash: {e}"))?;
+            let parts = h
+                .parse::<bcrypt::HashParts>()
+                .map_err(|_| "bad bcrypt hash".to_string())?;
+            if parts.get_cost() > MAX_BCRYPT_COST {
+                return Err(format!("bcrypt cost {} is above {MAX_BCRYPT_COST}", parts.get_cost()));
+            }
             return Ok(Hash::Bcrypt(h.to_string()));
         }
         if let Some(b64) = h.strip_prefix("{SHA}") {
@@ -53,9 +64,20 @@ impl Hash {
         Err("unsupported hash (use bcrypt, {SHA} or $apr1$, as htpasswd makes them)".into())
     }
 
-    fn verify(&self, password: &str) -> bool {
+    /// Check `password`; bcrypt on the pool for heavy work (`Err` when it is saturated).
+    async fn verify(&self, password: String) -> Result<bool, crate::blocking::Busy> {
         match self {
-            Hash::Bcrypt(h) => bcrypt::verify(password, h).unwrap_or(false),
+            Hash::Bcrypt(h) => {
+                let h = h.clone();
+                Ok(crate::blocking::run(move || bcrypt::verify(password, &h).unwrap_or(false))?.await)
+            }
+            other => Ok(other.verify_cheap(&password)),
+        }
+    }
+
+    fn verify_cheap(&self, password: &str) -> bool {
+        match self {
+            Hash::Bcrypt(_) => false,
             Hash::Sha1(d) => {
                 use sha1::Digest;
                 let got = sha1::Sha1::digest(password.as_bytes());
@@ -144,14 +166,21 @@ impl BasicAuth {
             node,
             &["users", "usersFile", "realm", "removeHeader", "headerField"],
         )?;
-        let mut lines = o.list("users")?;
+        // (where it came from, the line), so that a message can say where without quoting.
+        let mut lines: Vec<(String, String)> = o
+            .list("users")?
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| (format!("users[{i}]"), l))
+            .collect();
         if let Some(path) = o.string("usersFile")?.filter(|p| !p.is_empty()) {
             let text = std::fs::read_to_string(&path).map_err(|e| format!("basicAuth.usersFile {path}: {e}"))?;
             lines.extend(
                 text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(String::from),
+                    .enumerate()
+                    .map(|(i, l)| (i, l.trim()))
+                    .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+                    .map(|(i, l)| (format!("usersFile {path} line {}", i + 1), l.to_string())),
             );
         }
         if lines.is_empty() {
@@ -159,13 +188,13 @@ impl BasicAuth {
         }
         let users = lines
             .iter()
-            .map(|l| {
+            .map(|(at, l)| {
                 let (user, hash) = l
                     .split_once(':')
-                    .ok_or_else(|| format!("basicAuth: `{l}` is not user:hash"))?;
+                    .ok_or_else(|| format!("basicAuth: {at} is not user:hash"))?;
                 Hash::parse(hash)
                     .map(|h| (user.to_string(), h))
-                    .map_err(|e| format!("basicAuth: user {user}: {e}"))
+                    .map_err(|e| format!("basicAuth: {at}: {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let header_field = match o.string("headerField")?.filter(|h| !h.is_empty()) {
@@ -195,13 +224,23 @@ impl BasicAuth {
         Some((u.to_string(), p.to_string()))
     }
 
-    pub(super) fn request(&self, req: &mut Req<'_>) -> Step {
-        let ok = Self::credentials(req).and_then(|(user, password)| {
+    pub(super) async fn request(&self, req: &mut Req<'_>) -> Step {
+        let mut ok = None;
+        if let Some((user, password)) = Self::credentials(req) {
             let hit = self.users.iter().find(|(u, _)| *u == user);
             // Same work for an unknown user: verify against the first user's hash.
-            let hash = hit.map(|(_, h)| h).or_else(|| self.users.first().map(|(_, h)| h))?;
-            (hash.verify(&password) && hit.is_some()).then_some(user)
-        });
+            if let Some(hash) = hit.map(|(_, h)| h).or_else(|| self.users.first().map(|(_, h)| h)) {
+                match hash.verify(password).await {
+                    Ok(true) if hit.is_some() => ok = Some(user),
+                    Ok(_) => {}
+                    Err(crate::blocking::Busy) => {
+                        let mut r = Reply::new(StatusCode::SERVICE_UNAVAILABLE, "503 authentication is busy\n");
+                        r.headers.push((header::RETRY_AFTER, HeaderValue::from_static("1")));
+                        return Step::Reply(r);
+                    }
+                }
+            }
+        }
         match ok {
             Some(user) => {
                 if self.remove_header {
@@ -288,5 +327,22 @@ mod tests {
                 .contains("unsupported hash")
         );
         assert!(parse("basicAuth", &node(&[("realm", "x")])).is_err());
+    }
+
+    #[test]
+    fn dear_hashes_are_refused_and_no_secret_reaches_a_message() {
+        // Cost 31 as a label would write it: refused when parsed, never run.
+        let dear = "u:$2y$31$GVDzsHB4b3hVONbmkdYAHe4oNNCf3zrMUUz/kNl4bvcdKAzs2k6Oi";
+        let e = parse("basicAuth", &node(&[("users", dear)])).unwrap_err();
+        assert!(e.contains("above 14"), "{e}");
+        let dir = std::env::temp_dir().join(format!("berth-htpasswd-{}", std::process::id()));
+        std::fs::write(&dir, "# users\nroot:SECRET-LINE-NOT-A-HASH\n").unwrap();
+        let path = dir.to_string_lossy().into_owned();
+        let e = parse("basicAuth", &node(&[("usersFile", &path)])).unwrap_err();
+        let _ = std::fs::remove_file(&dir);
+        assert!(e.contains("line 2"), "{e}");
+        assert!(!e.contains("SECRET"), "a line of the file is never quoted: {e}");
+        let e = parse("basicAuth", &node(&[("users", "u:{SHA}notbase64!")])).unwrap_err();
+        assert!(!e.contains("notbase64"), "{e}");
     }
 }

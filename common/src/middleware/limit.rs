@@ -7,6 +7,7 @@
 //! as the middleware's options do not change.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,9 @@ use super::options::Options;
 use super::{Reply, Req, Step};
 use crate::config::Node;
 
-/// Above this many tracked sources, idle ones are forgotten.
+/// The most sources a `rateLimit` tracks (Traefik's `maxSources`). Past it, idle buckets
+/// go first, then the least recently used eighth, so memory stays bounded whatever keys
+/// clients send.
 const MAX_SOURCES: usize = 65_536;
 
 /// What a request is counted by.
@@ -27,6 +30,35 @@ pub enum Criterion {
     Ip(IpStrategy),
     Header(http::HeaderName),
     Host,
+}
+
+/// A source as a keyed hash of its criterion's value: a client-chosen header of kilobytes
+/// costs eight bytes, and nobody outside can aim collisions at a seed they do not know.
+type SourceKey = u64;
+
+/// A criterion with the seed its keys are hashed with.
+#[derive(Debug, Clone)]
+struct Sources {
+    criterion: Criterion,
+    seed: RandomState,
+}
+
+impl Sources {
+    fn parse(kind: &str, o: &Options<'_>) -> Result<Sources, String> {
+        Ok(Sources {
+            criterion: Criterion::parse(kind, o)?,
+            seed: RandomState::new(),
+        })
+    }
+
+    /// The request's source; requests without one (no header, no address) share a key.
+    fn key(&self, req: &Req<'_>) -> SourceKey {
+        match &self.criterion {
+            Criterion::Ip(s) => self.seed.hash_one(client_ip(s, req)),
+            Criterion::Header(h) => self.seed.hash_one(req.headers.get(h).map(|v| v.as_bytes())),
+            Criterion::Host => self.seed.hash_one(req.host.to_ascii_lowercase()),
+        }
+    }
 }
 
 impl Criterion {
@@ -43,14 +75,6 @@ impl Criterion {
             return Ok(Criterion::Host);
         }
         Ok(Criterion::Ip(IpStrategy::parse(kind, &c)?))
-    }
-
-    fn key(&self, req: &Req<'_>) -> Option<String> {
-        match self {
-            Criterion::Ip(s) => client_ip(s, req).map(|ip| ip.to_string()),
-            Criterion::Header(h) => req.headers.get(h).and_then(|v| v.to_str().ok()).map(str::to_string),
-            Criterion::Host => Some(req.host.to_ascii_lowercase()),
-        }
     }
 }
 
@@ -74,8 +98,8 @@ pub struct RateLimit {
     /// Tokens per second; 0 = no limit.
     rate: f64,
     burst: f64,
-    criterion: Criterion,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    sources: Sources,
+    buckets: Mutex<HashMap<SourceKey, Bucket>>,
 }
 
 impl RateLimit {
@@ -95,7 +119,7 @@ impl RateLimit {
         Ok(RateLimit {
             rate: average as f64 / period.as_secs_f64(),
             burst: burst as f64,
-            criterion: Criterion::parse("rateLimit", &o)?,
+            sources: Sources::parse("rateLimit", &o)?,
             buckets: Mutex::default(),
         })
     }
@@ -104,12 +128,11 @@ impl RateLimit {
         if self.rate <= 0.0 {
             return Step::Next;
         }
-        let key = self.criterion.key(req).unwrap_or_default();
+        let key = self.sources.key(req);
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() >= MAX_SOURCES {
-            let idle = Duration::from_secs_f64(self.burst / self.rate);
-            buckets.retain(|_, b| now.duration_since(b.stamp) < idle);
+        if buckets.len() >= MAX_SOURCES && !buckets.contains_key(&key) {
+            make_room(&mut buckets, now, Duration::from_secs_f64(self.burst / self.rate));
         }
         let b = buckets.entry(key).or_insert(Bucket {
             tokens: self.burst,
@@ -126,19 +149,33 @@ impl RateLimit {
     }
 }
 
+/// Forget the buckets idle long enough to be full again (forgetting them changes nothing),
+/// and if that is not enough, the least recently used eighth. Runs once per
+/// `MAX_SOURCES / 8` new sources at most, so its cost per request stays constant.
+fn make_room(buckets: &mut HashMap<SourceKey, Bucket>, now: Instant, refill: Duration) {
+    buckets.retain(|_, b| now.duration_since(b.stamp) < refill);
+    if buckets.len() < MAX_SOURCES {
+        return;
+    }
+    let mut stamps: Vec<Instant> = buckets.values().map(|b| b.stamp).collect();
+    let (_, cut, _) = stamps.select_nth_unstable(MAX_SOURCES / 8);
+    let cut = *cut;
+    buckets.retain(|_, b| b.stamp > cut);
+}
+
 #[derive(Debug)]
 pub struct InFlightReq {
     amount: u64,
-    criterion: Criterion,
-    counts: Arc<Mutex<HashMap<String, u64>>>,
+    sources: Sources,
+    counts: Arc<Mutex<HashMap<SourceKey, u64>>>,
 }
 
 /// One request counted by an `inFlightReq`; released when dropped (when the response has
 /// been sent).
 #[derive(Debug)]
 pub struct Hold {
-    counts: Arc<Mutex<HashMap<String, u64>>>,
-    key: String,
+    counts: Arc<Mutex<HashMap<SourceKey, u64>>>,
+    key: SourceKey,
 }
 
 impl Drop for Hold {
@@ -162,15 +199,15 @@ impl InFlightReq {
             .ok_or("inFlightReq.amount must be positive")?;
         Ok(InFlightReq {
             amount,
-            criterion: Criterion::parse("inFlightReq", &o)?,
+            sources: Sources::parse("inFlightReq", &o)?,
             counts: Arc::default(),
         })
     }
 
     pub(super) fn request(&self, req: &mut Req<'_>) -> Step {
-        let key = self.criterion.key(req).unwrap_or_default();
+        let key = self.sources.key(req);
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let n = counts.entry(key.clone()).or_insert(0);
+        let n = counts.entry(key).or_insert(0);
         if *n >= self.amount {
             return too_many(None);
         }
@@ -276,7 +313,7 @@ mod tests {
             peer: peer.parse().unwrap(),
             holds: Vec::new(),
         };
-        let step = spec.request(&mut req);
+        let step = crate::blocking::block_on(spec.request(&mut req));
         holds.append(&mut req.holds);
         step
     }
@@ -303,6 +340,39 @@ mod tests {
             "another source has its own bucket"
         );
         assert!(parse("rateLimit", &node(&[("average", "1"), ("period", "0s")])).is_err());
+    }
+
+    #[test]
+    fn rate_limit_sources_stay_bounded_whatever_clients_send() {
+        let Spec::RateLimit(s) = parse(
+            "rateLimit",
+            &node(&[
+                ("average", "1"),
+                ("period", "1h"),
+                ("sourceCriterion.requestHeaderName", "x-key"),
+            ]),
+        )
+        .unwrap() else {
+            panic!()
+        };
+        let big = "k".repeat(4000);
+        for i in 0..(MAX_SOURCES * 2) {
+            let mut h = HeaderMap::new();
+            h.insert("x-key", format!("{big}{i}").parse().unwrap());
+            let mut req = Req {
+                method: &Method::GET,
+                tls: false,
+                host: "h",
+                path: "/".into(),
+                query: None,
+                headers: &mut h,
+                peer: "10.0.0.1".parse().unwrap(),
+                holds: Vec::new(),
+            };
+            let _ = s.request(&mut req);
+        }
+        let n = s.buckets.lock().unwrap().len();
+        assert!(n <= MAX_SOURCES, "{n} buckets");
     }
 
     #[test]

@@ -141,8 +141,9 @@ pub enum Step {
 }
 
 impl Spec {
-    /// The request phase.
-    pub fn request(&self, req: &mut Req<'_>) -> Step {
+    /// The request phase. Asynchronous because some middlewares wait: `basicAuth` for its
+    /// hash on the pool for heavy work.
+    pub async fn request(&self, req: &mut Req<'_>) -> Step {
         match self {
             Spec::RedirectScheme(m) => m.request(req),
             Spec::RedirectRegex(m) => m.request(req),
@@ -152,7 +153,7 @@ impl Spec {
             Spec::ReplacePath(m) => m.request(req),
             Spec::ReplacePathRegex(m) => m.request(req),
             Spec::Headers(m) => m.request(req),
-            Spec::BasicAuth(m) => m.request(req),
+            Spec::BasicAuth(m) => m.request(req).await,
             Spec::IpAllowList(m) => m.request(req),
             Spec::RateLimit(m) => m.request(req),
             Spec::InFlightReq(m) => m.request(req),
@@ -213,7 +214,7 @@ pub(crate) mod testing {
             peer: peer.parse().expect("an IP"),
             holds: Vec::new(),
         };
-        let step = spec.request(&mut req);
+        let step = crate::blocking::block_on(spec.request(&mut req));
         (step, req.path)
     }
 }

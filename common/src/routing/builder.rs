@@ -97,6 +97,8 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
             let mut spec = None;
             if !mw.known {
                 errors.push(format!("unknown middleware type `{}`", mw.kind));
+            } else if let Some(why) = &mw.refused {
+                errors.push(why.clone());
             } else if !opts.implemented_middlewares.iter().any(|k| k == &mw.kind) {
                 errors.push(format!("middleware type `{}` is not implemented by Berth yet", mw.kind));
             } else if let Some(kept) = opts

@@ -320,6 +320,7 @@ pub fn start(settings: &TraceSettings, resource: Vec<(String, Value)>) -> Tracer
 /// Semantic-convention attribute names used by Berth's spans.
 pub mod attr {
     pub const HTTP_METHOD: &str = "http.request.method";
+    pub const HTTP_METHOD_ORIGINAL: &str = "http.request.method_original";
     pub const HTTP_STATUS: &str = "http.response.status_code";
     pub const HTTP_RESEND: &str = "http.request.resend_count";
     pub const HTTP_ROUTE: &str = "http.route";
@@ -345,14 +346,22 @@ pub mod attr {
     pub const BERTH_DIRECTION: &str = "berth.direction";
 }
 
-/// An HTTP method as an attribute value: the standard ones without an allocation.
-pub fn method_value(m: &http::Method) -> Value {
-    const STANDARD: [&str; 9] = [
-        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
-    ];
-    match STANDARD.iter().find(|s| **s == m.as_str()) {
-        Some(s) => Value::Static(s),
-        None => Value::Str(m.as_str().to_string()),
+/// Set `http.request.method` as the OpenTelemetry conventions say: a registered method,
+/// or `_OTHER` with the method as sent in `http.request.method_original`.
+fn set_method(span: &mut Span, m: &http::Method) {
+    let label = crate::http::method_label(m);
+    span.set(attr::HTTP_METHOD, label);
+    if label == "_OTHER" {
+        span.set_str(attr::HTTP_METHOD_ORIGINAL, m.as_str());
+    }
+}
+
+/// A span name's method part: `HTTP` for a method that is not registered (the conventions
+/// keep span names low in cardinality).
+pub fn method_name(m: &http::Method) -> &'static str {
+    match crate::http::method_label(m) {
+        "_OTHER" => "HTTP",
+        known => known,
     }
 }
 
@@ -373,7 +382,7 @@ pub fn server_request_attrs<B>(span: &mut Span, req: &http::Request<B>, peer: st
     if !span.is_recording() {
         return;
     }
-    span.set(attr::HTTP_METHOD, method_value(req.method()));
+    set_method(span, req.method());
     span.set_str(attr::URL_PATH, req.uri().path());
     if let Some(q) = req.uri().query() {
         span.set_str(attr::URL_QUERY, q);
@@ -409,7 +418,7 @@ pub fn client_request_attrs(span: &mut Span, method: &http::Method, uri: &http::
     if !span.is_recording() {
         return;
     }
-    span.set(attr::HTTP_METHOD, method_value(method));
+    set_method(span, method);
     span.set(attr::URL_FULL, uri.to_string());
     if let Some(h) = uri.host() {
         span.set_str(attr::SERVER_ADDRESS, h);

@@ -3,17 +3,20 @@
 //! Per-router and per-service handles are resolved once per snapshot swap (like
 //! endpoint health), so the request path touches only atomics and one short lock.
 
-use berth_common::prom::{Counters, Histogram, escape as esc};
+use berth_common::http::method_label;
+use berth_common::prom::{Counters, Histogram, escape as esc, grpc_code_label};
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Requests by status code and method, and their duration.
+/// Requests by status code and method, and their duration. The method is a registered
+/// one or `_OTHER` ([`method_label`]): clients choose methods, and a series per made-up
+/// method would grow without bound.
 #[derive(Debug, Default)]
 pub struct RequestMetrics {
-    by_code: Mutex<HashMap<(u16, http::Method), u64>>,
+    by_code: Mutex<HashMap<(u16, &'static str), u64>>,
     pub duration: Histogram,
 }
 
@@ -23,7 +26,7 @@ impl RequestMetrics {
             .by_code
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry((code, method.clone()))
+            .entry((code, method_label(method)))
             .or_default() += 1;
         self.duration.observe(d);
     }
@@ -43,7 +46,7 @@ pub struct Metrics {
     entrypoints: Mutex<HashMap<String, Arc<EntrypointMetrics>>>,
     upstream_errors: Counters<(String, &'static str)>,
     retries: Counters<String>,
-    grpc: Counters<(String, String)>,
+    grpc: Counters<(String, &'static str)>,
     tcp: Counters<(String, &'static str)>,
     pub config_reloads_ok: AtomicU64,
     pub config_reloads_failed: AtomicU64,
@@ -133,8 +136,7 @@ impl Metrics {
 
     /// A gRPC call's final status (from trailers, or a trailers-only head).
     pub fn grpc(&self, service: &str, code: Option<u32>) {
-        let code = code.map_or_else(|| "unknown".to_string(), |c| c.to_string());
-        self.grpc.inc((service.to_string(), code));
+        self.grpc.inc((service.to_string(), grpc_code_label(code)));
     }
 
     pub fn retry(&self, service: &str) {
@@ -166,7 +168,7 @@ impl Metrics {
             for name in &names {
                 let codes = map[*name].by_code.lock().unwrap_or_else(|e| e.into_inner());
                 let mut rows: Vec<_> = codes.iter().collect();
-                rows.sort_by(|a, b| (a.0.0, a.0.1.as_str()).cmp(&(b.0.0, b.0.1.as_str())));
+                rows.sort_unstable();
                 for ((code, method), n) in rows {
                     let _ = writeln!(
                         out,
@@ -226,7 +228,7 @@ impl Metrics {
             for n in &names {
                 let codes = eps[*n].requests.by_code.lock().unwrap_or_else(|e| e.into_inner());
                 let mut rows: Vec<_> = codes.iter().collect();
-                rows.sort_by(|a, b| (a.0.0, a.0.1.as_str()).cmp(&(b.0.0, b.0.1.as_str())));
+                rows.sort_unstable();
                 for ((code, method), v) in rows {
                     let _ = writeln!(
                         out,
@@ -272,7 +274,7 @@ impl Metrics {
             "gRPC calls by service and final grpc-status.",
         );
         for ((svc, code), n) in self.grpc.snapshot() {
-            berth_common::prom::sample(&mut out, name, &[("service", &svc), ("grpc_status", &code)], n);
+            berth_common::prom::sample(&mut out, name, &[("service", &svc), ("grpc_status", code)], n);
         }
         let _ = writeln!(
             out,
@@ -351,6 +353,18 @@ mod tests {
             m.render()
                 .contains("berth_entrypoint_request_duration_seconds_count{entrypoint=\"web\"} 1")
         );
+        for i in 0..3000 {
+            let method = http::Method::from_bytes(format!("M{i}").as_bytes()).unwrap();
+            m.router("web@file").record(200, &method, Duration::from_millis(1));
+        }
+        let text = m.render();
+        assert!(text.contains("berth_router_requests_total{router=\"web@file\",code=\"200\",method=\"_OTHER\"} 3000"));
+        assert!(!text.contains("method=\"M1\""));
+        m.grpc("app@file", Some(4_000_000));
+        m.grpc("app@file", Some(14));
+        let text = m.render();
+        assert!(text.contains("grpc_status=\"unknown\""), "{text}");
+        assert!(text.contains("grpc_status=\"14\""), "{text}");
         m.retain_endpoints(&Default::default());
         assert!(!m.render().contains("berth_endpoint_requests_total{"));
     }

@@ -179,7 +179,10 @@ impl Proxy {
         let method = req.method().clone();
         let version = req.version();
         let mut close = self.lifecycle.is_shutting_down();
-        let mut span = self.observe.tracer.server(|| method.to_string(), req.headers());
+        let mut span = self
+            .observe
+            .tracer
+            .server(|| telemetry::method_name(&method).to_string(), req.headers());
         telemetry::server_request_attrs(&mut span, &req, conn.peer, conn.tls);
         span.set_with(attr::BERTH_ENTRYPOINT, || conn.entrypoint.to_string());
         let grpc = berth_common::grpc::is_grpc(req.headers());
@@ -296,7 +299,7 @@ impl Proxy {
             .ok_or_else(|| ProxyError::NoEndpoint(router.service.clone()))?;
         let router_metrics = routes.router_metrics.get(router_idx).cloned();
         if span.is_recording() {
-            span.set_name(|| format!("{} {}", req.method(), router.name));
+            span.set_name(|| format!("{} {}", telemetry::method_name(req.method()), router.name));
             span.set(attr::BERTH_ROUTER, &router.name);
             span.set(attr::BERTH_SERVICE, &service.name);
         }
@@ -345,7 +348,7 @@ impl Proxy {
                 holds: Vec::new(),
             };
             for (i, spec) in specs.iter().enumerate() {
-                if let middleware::Step::Reply(reply) = spec.request(&mut mreq) {
+                if let middleware::Step::Reply(reply) = spec.request(&mut mreq).await {
                     ran = i;
                     answered = Some(reply);
                     break;
@@ -610,10 +613,11 @@ impl Proxy {
             }
 
             // A client span per attempt; its context replaces the caller's downstream.
-            let mut cspan = self
-                .observe
-                .tracer
-                .child(span, || parts.method.to_string(), SpanKind::Client);
+            let mut cspan = self.observe.tracer.child(
+                span,
+                || telemetry::method_name(&parts.method).to_string(),
+                SpanKind::Client,
+            );
             telemetry::client_request_attrs(&mut cspan, &parts.method, up.uri(), outcome.retries as usize);
             if cspan.is_recording()
                 && let Some(id) = &ep.mesh
