@@ -5,6 +5,11 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+/// The largest JSON document Berth reads from a peer it asked (task metadata, the control
+/// API, AWS): a real one is a few kilobytes; a peer streaming without end must not grow
+/// memory without end.
+pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+
 /// The identity header the inbound sidecar sets; nobody else may.
 pub const CLIENT_ID_HEADER: &str = "x-berth-client-id";
 

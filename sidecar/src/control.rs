@@ -154,8 +154,7 @@ impl ControlClient {
                 .await
                 .map_err(|e| ControlError::Connect(self.gateway, e.to_string()))?;
             let status = resp.status();
-            let bytes = resp
-                .into_body()
+            let bytes = http_body_util::Limited::new(resp.into_body(), berth_common::http::MAX_DOCUMENT_BYTES)
                 .collect()
                 .await
                 .map_err(|e| ControlError::Protocol(e.to_string()))?

@@ -1,6 +1,11 @@
 //! The sidecar's identity: a key made here, a CSR sent to the gateway's control API
 //! (with the bootstrap token the first time, over mTLS with the current certificate
 //! after), renewal at 70 % of the lifetime with jitter, retries with back-off.
+//!
+//! A certificate that has expired (or is about to: the gateway was unreachable for its
+//! whole life, the host was suspended, the clock jumped) cannot open the mTLS renewal
+//! path, so the sidecar asks again as it did the first time, with the token; the gateway
+//! checks the task exactly as for a first certificate.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,7 +48,17 @@ pub struct Certifier {
     pub slot: Arc<CertSlot>,
     pub trust_domain_hint: Option<String>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// When the certificate in the slot expires (none yet: `None`).
+    pub current: std::sync::Mutex<Option<SystemTime>>,
 }
+
+/// A certificate with less life left than this is not used to renew: the renewal could
+/// not finish before it expires.
+const RENEW_MARGIN: Duration = Duration::from_secs(30);
+/// One certificate request, connection to answer, at most.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// The largest answer read from the control API.
+const MAX_ANSWER: usize = 256 * 1024;
 
 impl Certifier {
     /// Request (or renew) a certificate from the first replica that can be reached, and
@@ -68,12 +83,24 @@ impl Certifier {
     }
 
     async fn certify_at(&self, gateway: SocketAddr) -> Result<Granted, IdentityError> {
+        tokio::time::timeout(REQUEST_TIMEOUT, self.request_at(gateway))
+            .await
+            .map_err(|_| IdentityError::Protocol(format!("no answer from {gateway} within {REQUEST_TIMEOUT:?}")))?
+    }
+
+    /// Whether the slot's certificate can still open the mTLS renewal path.
+    fn can_renew(&self) -> bool {
+        let current = *self.current.lock().unwrap_or_else(|e| e.into_inner());
+        current.is_some_and(|not_after| not_after > SystemTime::now() + RENEW_MARGIN)
+    }
+
+    async fn request_at(&self, gateway: SocketAddr) -> Result<Granted, IdentityError> {
         let key = rcgen::KeyPair::generate().map_err(|e| IdentityError::Key(e.to_string()))?;
         let csr = rcgen::CertificateParams::default()
             .serialize_request(&key)
             .and_then(|c| c.pem())
             .map_err(|e| IdentityError::Key(e.to_string()))?;
-        let renewing = self.slot.get().is_some();
+        let renewing = self.slot.get().is_some() && self.can_renew();
         let body = serde_json::to_vec(&CertificateRequest {
             task_arn: self.task_arn.clone(),
             csr_pem: csr,
@@ -106,8 +133,7 @@ impl Certifier {
             .await
             .map_err(|e| IdentityError::Protocol(e.to_string()))?;
         let status = resp.status();
-        let bytes = resp
-            .into_body()
+        let bytes = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
             .collect()
             .await
             .map(|b| b.to_bytes())
@@ -126,10 +152,15 @@ impl Certifier {
             "issued certificate",
         )
         .map_err(|e| IdentityError::Protocol(e.to_string()))?;
+        let not_after = UNIX_EPOCH
+            .checked_add(Duration::from_secs(granted.not_after))
+            .ok_or_else(|| IdentityError::Protocol(format!("not_after {} is out of range", granted.not_after)))?;
+        let identity = SpiffeId::parse(&granted.identity).map_err(|e| IdentityError::Protocol(e.to_string()))?;
         self.slot.set(ck);
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(not_after);
         Ok(Granted {
-            identity: SpiffeId::parse(&granted.identity).map_err(|e| IdentityError::Protocol(e.to_string()))?,
-            not_after: UNIX_EPOCH + Duration::from_secs(granted.not_after),
+            identity,
+            not_after,
             default_deny: granted.default_deny,
         })
     }

@@ -161,6 +161,7 @@ async fn run() -> i32 {
         slot: slot.clone(),
         trust_domain_hint: None,
         metrics: metrics.clone(),
+        current: Default::default(),
     });
     let mut backoff = Duration::from_millis(200);
     let granted = loop {

@@ -115,7 +115,7 @@ pub async fn fetch(uri: &str, timeout: Duration) -> Result<TaskMetadata, Metadat
                 format!("HTTP {}", resp.status()),
             ));
         }
-        resp.into_body()
+        http_body_util::Limited::new(resp.into_body(), berth_common::http::MAX_DOCUMENT_BYTES)
             .collect()
             .await
             .map(|b| b.to_bytes())

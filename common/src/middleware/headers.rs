@@ -8,7 +8,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 
 use super::options::Options;
-use super::{Reply, Req, Step, regex};
+use super::{Reply, Req, Step};
 use crate::config::Node;
 
 const KNOWN: &[&str] = &[
@@ -120,11 +120,7 @@ impl Headers {
             }
         }
         let origins = o.list("accessControlAllowOriginList")?;
-        let origin_regexes = o
-            .list("accessControlAllowOriginListRegex")?
-            .iter()
-            .map(|r| regex("headers", "accessControlAllowOriginListRegex", r))
-            .collect::<Result<Vec<_>, _>>()?;
+        let origin_regexes = o.regex_list("accessControlAllowOriginListRegex")?;
         if !origins.is_empty() || !origin_regexes.is_empty() {
             let joined = |key: &str| -> Result<Option<HeaderValue>, String> {
                 let l = o.list(key)?;

@@ -132,7 +132,7 @@ impl RateLimit {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() >= MAX_SOURCES && !buckets.contains_key(&key) {
-            make_room(&mut buckets, now, Duration::from_secs_f64(self.burst / self.rate));
+            make_room(&mut buckets, now, seconds(self.burst / self.rate));
         }
         let b = buckets.entry(key).or_insert(Bucket {
             tokens: self.burst,
@@ -144,9 +144,14 @@ impl RateLimit {
             b.tokens -= 1.0;
             Step::Next
         } else {
-            too_many(Some(Duration::from_secs_f64((1.0 - b.tokens) / self.rate)))
+            too_many(Some(seconds((1.0 - b.tokens) / self.rate)))
         }
     }
+}
+
+/// Seconds as a duration, saturating: a huge `burst` over a tiny rate must not panic.
+fn seconds(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX)
 }
 
 /// Forget the buckets idle long enough to be full again (forgetting them changes nothing),
@@ -340,6 +345,18 @@ mod tests {
             "another source has its own bucket"
         );
         assert!(parse("rateLimit", &node(&[("average", "1"), ("period", "0s")])).is_err());
+        // A burst of 10^18 at one request every 10^12 s: nothing overflows.
+        let huge = parse(
+            "rateLimit",
+            &node(&[
+                ("average", "1"),
+                ("period", "277777777h"),
+                ("burst", "1000000000000000000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(hit(&huge, "10.0.0.1", &mut holds), Step::Next);
+        assert!(seconds(1e300) == Duration::MAX && seconds(f64::NAN) == Duration::MAX);
     }
 
     #[test]

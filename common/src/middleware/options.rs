@@ -13,6 +13,9 @@ pub struct Options<'a> {
     known: &'static [&'static str],
 }
 
+/// The most values one list option may hold.
+const MAX_LIST: usize = 1024;
+
 impl<'a> Options<'a> {
     /// `known` lists every option key of the middleware (lowercase).
     pub fn new(kind: &'a str, node: &'a Node, known: &'static [&'static str]) -> Result<Options<'a>, String> {
@@ -71,6 +74,25 @@ impl<'a> Options<'a> {
 
     /// A list: a YAML/TOML list, or a comma-separated value (labels).
     pub fn list(&self, key: &str) -> Result<Vec<String>, String> {
+        let items = self.list_unbounded(key)?;
+        if items.len() > MAX_LIST {
+            return Err(format!("{}.{key}: more than {MAX_LIST} values", self.kind));
+        }
+        Ok(items)
+    }
+
+    /// A list of regexps, each compiled within the rule language's bounds, at most
+    /// [`crate::rules::matcher::MAX_REGEXPS`] of them.
+    pub fn regex_list(&self, key: &str) -> Result<Vec<regex::Regex>, String> {
+        let items = self.list(key)?;
+        let max = crate::rules::matcher::MAX_REGEXPS;
+        if items.len() > max {
+            return Err(format!("{}.{key}: more than {max} regexps", self.kind));
+        }
+        items.iter().map(|r| super::regex(self.kind, key, r)).collect()
+    }
+
+    fn list_unbounded(&self, key: &str) -> Result<Vec<String>, String> {
         match self.get(key) {
             None => Ok(Vec::new()),
             Some(Node::Leaf(s)) => Ok(s

@@ -165,11 +165,7 @@ pub struct StripPrefixRegex {
 impl StripPrefixRegex {
     pub fn parse(node: &Node) -> Result<Self, String> {
         let o = Options::new("stripPrefixRegex", node, &["regex"])?;
-        let regexes = o
-            .list("regex")?
-            .iter()
-            .map(|r| regex("stripPrefixRegex", "regex", r))
-            .collect::<Result<Vec<_>, _>>()?;
+        let regexes = o.regex_list("regex")?;
         if regexes.is_empty() {
             return Err("stripPrefixRegex.regex is required".into());
         }

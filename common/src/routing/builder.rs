@@ -169,19 +169,14 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                 None => {}
             }
             let middlewares: Vec<String> = r.middlewares.iter().map(|m| qualify(m, &view.provider)).collect();
-            let mut middleware_specs = Vec::new();
+            let mut expansion = Expansion::default();
             for m in &middlewares {
-                if let Err(e) = expand(
-                    m,
-                    &mw_idx,
-                    &mut snap.middlewares,
-                    &qname,
-                    &mut Vec::new(),
-                    &mut middleware_specs,
-                ) {
+                if let Err(e) = expand(m, &mw_idx, &mut snap.middlewares, &qname, &mut expansion) {
                     errors.push(format!("{e}; the router is not served (fail closed)"));
+                    break;
                 }
             }
+            let middleware_specs = expansion.out;
             for ep in &r.entry_points {
                 if !opts.entrypoints.contains(ep) {
                     errors.push(format!("entrypoint `{ep}` does not exist"));
@@ -302,21 +297,44 @@ pub fn parse_server_url(url: &str) -> Result<http::Uri, String> {
     Ok(uri)
 }
 
+/// The deepest nesting of `chain` middlewares accepted.
+const MAX_CHAIN_DEPTH: usize = 8;
+/// The most middlewares one router may run once chains are expanded (chains of chains
+/// from labels would otherwise fan out exponentially while the snapshot is built).
+pub const MAX_ROUTER_MIDDLEWARES: usize = 64;
+/// The most middleware references one router's expansion may visit, chains included.
+const MAX_EXPANSION_VISITS: usize = 256;
+
+/// One router's middlewares being expanded: the chains being walked, what came out, and
+/// how many references were visited.
+#[derive(Default)]
+struct Expansion {
+    stack: Vec<String>,
+    out: Vec<std::sync::Arc<crate::middleware::Spec>>,
+    visits: usize,
+}
+
 /// A router's middleware `name`, in order, with chains expanded (their members qualified by
 /// the chain's provider); records the router as a user of each. Missing, broken or
-/// circular middlewares are errors.
+/// circular middlewares are errors, and so are chains nested deeper than
+/// [`MAX_CHAIN_DEPTH`] or expanding to more than [`MAX_ROUTER_MIDDLEWARES`].
 fn expand(
     name: &str,
     index: &HashMap<String, usize>,
     entries: &mut [MiddlewareEntry],
     router: &str,
-    stack: &mut Vec<String>,
-    out: &mut Vec<std::sync::Arc<crate::middleware::Spec>>,
+    x: &mut Expansion,
 ) -> Result<(), String> {
-    if stack.iter().any(|s| s == name) {
+    if x.stack.iter().any(|s| s == name) {
         return Err(format!(
             "middleware `{name}` includes itself ({} -> {name})",
-            stack.join(" -> ")
+            x.stack.join(" -> ")
+        ));
+    }
+    x.visits += 1;
+    if x.visits > MAX_EXPANSION_VISITS {
+        return Err(format!(
+            "more than {MAX_EXPANSION_VISITS} middleware references once chains are expanded"
         ));
     }
     let Some(&i) = index.get(name) else {
@@ -332,15 +350,25 @@ fn expand(
         return Err(format!("middleware `{name}` is not usable"));
     };
     if let crate::middleware::Spec::Chain(members) = spec.as_ref() {
-        let provider = entries[i].provider.clone();
-        stack.push(name.to_string());
-        for m in members {
-            expand(&qualify(m, &provider), index, entries, router, stack, out)?;
+        if x.stack.len() >= MAX_CHAIN_DEPTH {
+            return Err(format!(
+                "middleware `{name}`: chains nested more than {MAX_CHAIN_DEPTH} deep"
+            ));
         }
-        stack.pop();
+        let provider = entries[i].provider.clone();
+        x.stack.push(name.to_string());
+        for m in members {
+            expand(&qualify(m, &provider), index, entries, router, x)?;
+        }
+        x.stack.pop();
         return Ok(());
     }
-    out.push(spec);
+    if x.out.len() >= MAX_ROUTER_MIDDLEWARES {
+        return Err(format!(
+            "more than {MAX_ROUTER_MIDDLEWARES} middlewares once chains are expanded"
+        ));
+    }
+    x.out.push(spec);
     Ok(())
 }
 

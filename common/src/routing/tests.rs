@@ -151,3 +151,44 @@ fn ten_thousand_routers_index_by_host() {
     assert_eq!(route(&s, "web", "h9999.test", "/"), Some("r9999@file"));
     assert_eq!(route(&s, "web", "h10000.test", "/"), None);
 }
+
+#[test]
+fn chains_that_fan_out_or_nest_deep_are_refused_quickly() {
+    // a -> 200 x b, b -> 200 x c, c -> 200 x headers: 8 million middlewares if expanded.
+    let list = |m: &str| vec![m; 200].join(", ");
+    let yaml = format!(
+        r#"
+http:
+  routers:
+    fan: {{ rule: "Host(`fan`)", service: s, middlewares: [a] }}
+    deep: {{ rule: "Host(`deep`)", service: s, middlewares: [d0] }}
+    ok: {{ rule: "Host(`ok`)", service: s, middlewares: [c] }}
+  services:
+    s: {{ loadBalancer: {{ servers: [ {{ url: "http://127.0.0.1:1" }} ] }} }}
+  middlewares:
+    a: {{ chain: {{ middlewares: [{b}] }} }}
+    b: {{ chain: {{ middlewares: [{c}] }} }}
+    c: {{ chain: {{ middlewares: [h] }} }}
+    h: {{ headers: {{ customRequestHeaders: {{ X-A: "1" }} }} }}
+{deep}
+"#,
+        b = list("b"),
+        c = list("c"),
+        deep = (0..12)
+            .map(|i| format!("    d{i}: {{ chain: {{ middlewares: [d{}] }} }}\n", i + 1))
+            .collect::<String>()
+            + "    d12: { headers: { customRequestHeaders: { X-B: \"1\" } } }"
+    );
+    let t = std::time::Instant::now();
+    let opts = BuildOptions {
+        implemented_middlewares: crate::middleware::IMPLEMENTED.iter().map(|s| s.to_string()).collect(),
+        ..opts()
+    };
+    let s = build(&[view("file", &yaml)], &opts);
+    assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
+    let r = |n: &str| s.routers.iter().find(|r| r.name == n).unwrap();
+    assert_eq!(r("fan@file").status, Status::Disabled, "{:?}", r("fan@file").errors);
+    assert_eq!(r("deep@file").status, Status::Disabled);
+    assert!(r("deep@file").errors[0].contains("deep"), "{:?}", r("deep@file").errors);
+    assert_eq!(r("ok@file").status, Status::Enabled, "{:?}", r("ok@file").errors);
+}

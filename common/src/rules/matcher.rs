@@ -62,8 +62,34 @@ pub struct Rule {
     hosts: Option<BTreeSet<String>>,
 }
 
+/// The most regexps one rule may compile (each is bounded by [`REGEX_SIZE_LIMIT`]).
+pub const MAX_REGEXPS: usize = 16;
+
+/// How many matchers of `expr` take a regexp.
+pub(super) fn regexps(expr: &Expr) -> usize {
+    match expr {
+        Expr::Matcher(call) => usize::from(matches!(
+            call.kind,
+            MatcherKind::HostRegexp
+                | MatcherKind::PathRegexp
+                | MatcherKind::HeaderRegexp
+                | MatcherKind::QueryRegexp
+                | MatcherKind::HostSniRegexp
+        )),
+        Expr::Not(e) => regexps(e),
+        Expr::And(terms) | Expr::Or(terms) => terms.iter().map(regexps).sum(),
+    }
+}
+
 impl Rule {
     pub fn compile(text: &str, expr: &Expr) -> Result<Rule, CompileError> {
+        if regexps(expr) > MAX_REGEXPS {
+            return Err(CompileError {
+                column: 1,
+                matcher: "rule",
+                reason: format!("more than {MAX_REGEXPS} regexps"),
+            });
+        }
         Ok(Rule {
             text: text.to_string(),
             root: compile_node(expr)?,

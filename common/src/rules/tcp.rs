@@ -52,6 +52,13 @@ fn err(column: usize, kind: MatcherKind, reason: impl Into<String>) -> RuleError
 impl TcpRule {
     pub fn compile(text: &str) -> Result<TcpRule, RuleError> {
         let expr = parse(text)?;
+        if super::matcher::regexps(&expr) > super::matcher::MAX_REGEXPS {
+            return Err(RuleError::Compile(CompileError {
+                column: 1,
+                matcher: "rule",
+                reason: format!("more than {} regexps", super::matcher::MAX_REGEXPS),
+            }));
+        }
         Ok(TcpRule {
             text: text.to_string(),
             root: compile(&expr)?,

@@ -246,6 +246,8 @@ fn hostile_rules_are_refused_with_a_reason_never_fatal() {
     ] {
         let _ = compile(rule);
     }
+    let many = vec!["PathRegexp(`^/x`)"; matcher::MAX_REGEXPS + 1].join(" || ");
+    assert!(compile(&many).unwrap_err().to_string().contains("regexps"));
     // A regexp that would compile to a huge automaton is refused, not built.
     let e = compile(r"HostRegexp(`\w{1000}\w{1000}\w{1000}`)").unwrap_err();
     assert!(e.to_string().contains("regexp"), "{e}");

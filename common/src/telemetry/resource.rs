@@ -135,10 +135,13 @@ pub async fn get_json(url: &str) -> Option<Json> {
         if !resp.status().is_success() {
             return None;
         }
-        let body = http_body_util::BodyExt::collect(resp.into_body())
-            .await
-            .ok()?
-            .to_bytes();
+        let body = http_body_util::BodyExt::collect(http_body_util::Limited::new(
+            resp.into_body(),
+            crate::http::MAX_DOCUMENT_BYTES,
+        ))
+        .await
+        .ok()?
+        .to_bytes();
         serde_json::from_slice(&body).ok()
     };
     tokio::time::timeout(Duration::from_secs(2), work).await.ok().flatten()

@@ -95,22 +95,7 @@ pub async fn own_service() -> Option<String> {
     let uri = std::env::var("ECS_CONTAINER_METADATA_URI_V4")
         .ok()
         .filter(|u| !u.is_empty())?;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let uri: http::Uri = format!("{}/task", uri.trim_end_matches('/')).parse().ok()?;
-    let resp = tokio::time::timeout(Duration::from_secs(2), client.get(uri))
-        .await
-        .ok()?
-        .ok()?;
-    let body = tokio::time::timeout(
-        Duration::from_secs(2),
-        http_body_util::BodyExt::collect(resp.into_body()),
-    )
-    .await
-    .ok()?
-    .ok()?
-    .to_bytes();
-    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    let v = berth_common::telemetry::resource::get_json(&format!("{}/task", uri.trim_end_matches('/'))).await?;
     v["ServiceName"].as_str().filter(|s| !s.is_empty()).map(str::to_string)
 }
 

@@ -22,27 +22,40 @@ use berth_common::config::HealthCheckConfig;
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Checks run at most this often per endpoint, whatever `interval` says (`0s` in a label
+/// would otherwise probe every endpoint ten times a second).
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// The largest gRPC health answer read.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// The check's period and its time limit: at least [`MIN_INTERVAL`] apart, and a probe
+/// never outlives its period, so at most one is under way per endpoint.
+fn schedule(hc: &HealthCheckConfig) -> (Duration, Duration) {
+    let interval = hc.interval.unwrap_or(DEFAULT_INTERVAL).max(MIN_INTERVAL);
+    (interval, hc.timeout.unwrap_or(DEFAULT_TIMEOUT).min(interval))
+}
 
 /// Run the checks for as long as the gateway runs.
 pub async fn run(proxy: Arc<Proxy>) {
     let mut next: HashMap<String, Instant> = HashMap::new();
+    let mut live = std::collections::HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tick.tick().await;
         let routes = proxy.routes();
         let now = Instant::now();
-        let mut live = Vec::new();
+        live.clear();
         for (entry, runtime) in routes.snapshot.services.iter().zip(&routes.services) {
             let Some(hc) = entry.health_check.as_ref().filter(|h| h.path.is_some() || is_grpc(h)) else {
                 continue;
             };
             for (ep, state) in runtime.endpoints.iter().zip(&runtime.states) {
                 let key = format!("{}|{}", entry.name, ep.url);
-                live.push(key.clone());
+                live.insert(key.clone());
                 if next.get(&key).is_some_and(|t| *t > now) {
                     continue;
                 }
-                next.insert(key, now + hc.interval.unwrap_or(DEFAULT_INTERVAL));
+                next.insert(key, now + schedule(hc).0);
                 tokio::spawn(probe(
                     proxy.clone(),
                     entry.name.clone(),
@@ -108,22 +121,26 @@ async fn probe(proxy: Arc<Proxy>, service: String, ep: Endpoint, state: Arc<Endp
             req.headers_mut().insert(k, v);
         }
     }
+    // The time limit covers the whole answer, a gRPC one's body and trailers included.
     let verdict = match proxy.dispatch(&ep, req) {
-        Ok(fut) => match tokio::time::timeout(hc.timeout.unwrap_or(DEFAULT_TIMEOUT), fut).await {
-            Ok(Ok(resp)) if grpc => grpc_verdict(resp).await,
-            Ok(Ok(resp)) => {
-                let status = resp.status();
-                match hc.status {
-                    Some(want) => (status.as_u16() == want)
-                        .then_some(())
-                        .ok_or(format!("status {status}, want {want}")),
-                    None if status.is_success() || status.is_redirection() => Ok(()),
-                    None => Err(format!("status {status}")),
+        Ok(fut) => tokio::time::timeout(schedule(&hc).1, async {
+            match fut.await {
+                Ok(resp) if grpc => grpc_verdict(resp).await,
+                Ok(resp) => {
+                    let status = resp.status();
+                    match hc.status {
+                        Some(want) => (status.as_u16() == want)
+                            .then_some(())
+                            .ok_or(format!("status {status}, want {want}")),
+                        None if status.is_success() || status.is_redirection() => Ok(()),
+                        None => Err(format!("status {status}")),
+                    }
                 }
+                Err(e) => Err(e.to_string()),
             }
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("timed out".into()),
-        },
+        })
+        .await
+        .unwrap_or_else(|_| Err("timed out".into())),
         Err(e) => Err(e.to_string()),
     };
     let healthy = verdict.is_ok();
@@ -143,7 +160,10 @@ async fn grpc_verdict(resp: http::Response<hyper::body::Incoming>) -> Result<(),
         return Err(format!("HTTP status {status}"));
     }
     let head = grpc::status(resp.headers());
-    let collected = resp.into_body().collect().await.map_err(|e| e.to_string())?;
+    let collected = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
     let code = collected.trailers().and_then(grpc::status).or(head);
     if code != Some(grpc::code::OK) {
         return Err(format!(

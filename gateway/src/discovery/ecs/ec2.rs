@@ -95,8 +95,8 @@ impl Ec2Lookup {
             }
         };
         let status = resp.status();
-        let text = resp
-            .into_body()
+        // A page describes up to 100 instances of several kilobytes each.
+        let text = http_body_util::Limited::new(resp.into_body(), 16 * berth_common::http::MAX_DOCUMENT_BYTES)
             .collect()
             .await
             .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
