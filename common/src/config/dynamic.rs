@@ -193,6 +193,11 @@ pub enum Mode {
     Labels,
 }
 
+/// Why labels may not list servers: a label is written by whoever registers a task
+/// definition, and a server URL could send the gateway anywhere it can reach (its own
+/// admin port, the instance's credentials, another team's tasks over the mesh).
+const LABEL_SERVERS: &str = "labels choose only the port and scheme of the task's own address (loadbalancer.server.port, .scheme); server lists and URLs are refused";
+
 /// Decode a whole dynamic configuration (`http`, `tls`, ...). `prefix` is prepended to
 /// every diagnostic key (`traefik.` for labels).
 pub fn decode(root: &Node, mode: Mode, prefix: &str, diags: &mut Vec<Diagnostic>) -> DynamicConfig {
@@ -202,6 +207,11 @@ pub fn decode(root: &Node, mode: Mode, prefix: &str, diags: &mut Vec<Diagnostic>
         let path = format!("{prefix}{key}");
         match key.to_ascii_lowercase().as_str() {
             "http" => cfg.http = d.http(node, &path),
+            // As in Traefik, certificates and TLS options come from files, never labels.
+            "tls" if mode == Mode::Labels => d.diags.push(Diagnostic::error(
+                path,
+                "tls certificates and options are read from the file provider only; ignored",
+            )),
             "tls" => cfg.tls = d.tls(node, &path),
             "tcp" => cfg.tcp = d.tcp(node, &path),
             "udp" => d.diags.push(Diagnostic::warning(
@@ -412,6 +422,7 @@ impl Decoder<'_> {
             for (k, c) in self.map(child, &p) {
                 let pp = format!("{p}.{k}");
                 match k.to_ascii_lowercase().as_str() {
+                    "servers" if self.mode == Mode::Labels => self.bad(&pp, LABEL_SERVERS),
                     "servers" => {
                         let items: &[Node] = match c {
                             Node::List(items) => items,
@@ -555,6 +566,7 @@ impl Decoder<'_> {
         for (key, child) in self.map(node, path) {
             let p = format!("{path}.{key}");
             match key.to_ascii_lowercase().as_str() {
+                "servers" if self.mode == Mode::Labels => self.bad(&p, LABEL_SERVERS),
                 "servers" => {
                     let items: Vec<(String, Node)> = match child {
                         Node::List(items) => items
@@ -636,7 +648,7 @@ impl Decoder<'_> {
                     })
                 }
                 "weight" => t.weight = self.parsed(child, &p, "a non-negative integer weight"),
-                // Accepted here too: some label sets put the strategy under `server`.
+                "url" => self.bad(&p, LABEL_SERVERS),
                 _ => self.unknown(&p),
             }
         }

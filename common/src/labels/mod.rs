@@ -16,6 +16,9 @@ pub const PREFIXES: [&str; 2] = ["berth.", "traefik."];
 pub const MAX_LABELS: usize = 1024;
 /// The longest label value accepted (the longest rule the rule parser takes).
 pub const MAX_VALUE_BYTES: usize = crate::rules::parse::MAX_RULE_BYTES;
+/// The most bytes of `berth.`/`traefik.` labels one container may carry in all (ECS
+/// allows a whole task definition 64 KiB).
+pub const MAX_TOTAL_BYTES: usize = 256 * 1024;
 
 /// What one container's labels say.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -38,14 +41,17 @@ pub struct MeshLabels {
 /// Parse a container's labels. Labels outside the two prefixes are ignored.
 pub fn parse(labels: &BTreeMap<String, String>) -> (ContainerLabels, Vec<Diagnostic>) {
     let mut diags = Vec::new();
-    let ours = labels
-        .keys()
-        .filter(|k| PREFIXES.iter().any(|p| strip_prefix_ci(k, p).is_some()))
-        .count();
-    if ours > MAX_LABELS {
+    let (ours, bytes) = labels
+        .iter()
+        .filter(|(k, _)| PREFIXES.iter().any(|p| strip_prefix_ci(k, p).is_some()))
+        .fold((0, 0), |(n, b), (k, v)| (n + 1, b + k.len() + v.len()));
+    if ours > MAX_LABELS || bytes > MAX_TOTAL_BYTES {
         diags.push(Diagnostic::error(
             "labels",
-            format!("{ours} berth./traefik. labels, more than {MAX_LABELS}: the container's labels are ignored"),
+            format!(
+                "{ours} berth./traefik. labels of {bytes} bytes, more than {MAX_LABELS} or {MAX_TOTAL_BYTES}: \
+                 the container's labels are ignored"
+            ),
         ));
         return (ContainerLabels::default(), diags);
     }
@@ -204,6 +210,24 @@ pub struct ContainerTarget {
     pub default_strategy: Strategy,
 }
 
+/// The port to dial for container port `p`: its mapping (the host port in bridge mode).
+/// A container that maps ports may only be reached on those: any other port of a shared
+/// EC2 instance's address belongs to someone else. Without mappings (awsvpc) the task's
+/// own address is dialled on `p`.
+fn mapped_port(p: u16, ports: &[(u16, u16)], key: &str, diags: &mut Vec<Diagnostic>) -> Option<u16> {
+    if ports.is_empty() {
+        return Some(p);
+    }
+    let found = ports.iter().find(|(c, _)| *c == p).map(|(_, h)| *h);
+    if found.is_none() {
+        diags.push(Diagnostic::error(
+            key,
+            format!("the container maps no port {p}; a label may only name one of its mapped ports"),
+        ));
+    }
+    found
+}
+
 /// TCP routing from labels: a default service when routers are declared without one,
 /// each service's server at the container's address and (mapped) port, and a router
 /// without `service` bound to the only service.
@@ -219,7 +243,12 @@ fn tcp_defaults(cfg: &mut DynamicConfig, target: &ContainerTarget, default_name:
             continue;
         }
         let port = match (svc.server_port, target.ports.as_slice()) {
-            (Some(p), ports) => ports.iter().find(|(c, _)| *c == p).map(|(_, h)| *h).or(Some(p)),
+            (Some(p), ports) => mapped_port(
+                p,
+                ports,
+                &format!("tcp.services.{name}.loadbalancer.server.port"),
+                diags,
+            ),
             (None, [(_, host)]) => Some(*host),
             (None, _) => {
                 diags.push(Diagnostic::error(
@@ -280,7 +309,12 @@ pub fn container_config(labels: &ContainerLabels, target: &ContainerTarget) -> (
         }
         let tmpl = lb.server.clone().unwrap_or_default();
         let port = match (tmpl.port, target.ports.as_slice()) {
-            (Some(p), ports) => ports.iter().find(|(c, _)| *c == p).map(|(_, h)| *h).or(Some(p)),
+            (Some(p), ports) => mapped_port(
+                p,
+                ports,
+                &format!("http.services.{name}.loadbalancer.server.port"),
+                &mut diags,
+            ),
             (None, [(_, host)]) => Some(*host),
             (None, []) => {
                 diags.push(Diagnostic::error(
@@ -317,6 +351,16 @@ pub fn container_config(labels: &ContainerLabels, target: &ContainerTarget) -> (
     for (name, r) in cfg.http.routers.iter_mut() {
         if r.rule.is_none() {
             match &target.default_rule {
+                // The name comes from the task's group, which whoever runs a task sets:
+                // it may not carry rule syntax into the rule.
+                Some(_) if !safe_in_rule(&target.name) => {
+                    diags.push(Diagnostic::error(
+                        format!("http.routers.{name}.rule"),
+                        "the task's name has characters a default rule cannot hold (letters, digits, `-`, `_`, `.`, `:`); set a rule",
+                    ));
+                    drop.push(name.clone());
+                    continue;
+                }
                 Some(tpl) => r.rule = Some(render_default_rule(tpl, &target.name)),
                 None => {
                     diags.push(Diagnostic::error(
@@ -344,6 +388,14 @@ pub fn container_config(labels: &ContainerLabels, target: &ContainerTarget) -> (
         cfg.http.routers.remove(&name);
     }
     (cfg, diags)
+}
+
+/// Whether `name` can be put into a rule's string without changing the rule.
+fn safe_in_rule(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 /// Traefik's `normalize`: every character that is not alphanumeric becomes `-`.

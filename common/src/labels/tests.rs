@@ -288,3 +288,63 @@ fn a_label_may_not_make_the_gateway_read_a_file() {
     );
     assert!(diags.iter().any(|d| d.key.contains("usersFile")), "{diags:?}");
 }
+
+#[test]
+fn labels_point_only_at_the_tasks_own_ports() {
+    let l = labels(&[
+        (
+            "traefik.http.services.a.loadbalancer.server.url",
+            "http://127.0.0.1:9900",
+        ),
+        (
+            "traefik.http.services.b.loadbalancer.servers.0.url",
+            "mesh://10.0.0.9:15443/ecs/prod/payments",
+        ),
+        (
+            "traefik.tcp.services.t.loadbalancer.servers.0.address",
+            "169.254.169.254:80",
+        ),
+        ("traefik.http.services.c.loadbalancer.server.port", "22"),
+        ("traefik.http.routers.r.rule", "Host(`a`)"),
+        ("traefik.http.routers.r.service", "c"),
+    ]);
+    let (c, diags) = parse(&l);
+    assert!(
+        c.config
+            .http
+            .services
+            .values()
+            .all(|s| s.load_balancer.servers.is_empty())
+    );
+    assert!(c.config.tcp.services.values().all(|s| s.servers.is_empty()));
+    assert_eq!(
+        diags.iter().filter(|d| d.message.contains("refused")).count(),
+        3,
+        "{diags:?}"
+    );
+    // Port 22 is not one the container maps: no server, and a reason.
+    let t = ContainerTarget {
+        ports: vec![(80, 32768)],
+        ..target()
+    };
+    let (cfg, diags) = container_config(&c, &t);
+    assert!(cfg.http.services["c"].load_balancer.servers.is_empty());
+    assert!(diags.iter().any(|d| d.message.contains("maps no port 22")), "{diags:?}");
+}
+
+#[test]
+fn a_task_name_cannot_inject_into_the_default_rule() {
+    let t = ContainerTarget {
+        name: "x`) || Host(`victim.example".into(),
+        ..target()
+    };
+    let (c, _) = parse(&labels(&[("traefik.enable", "true")]));
+    let (cfg, diags) = container_config(&c, &t);
+    assert!(
+        cfg.http
+            .routers
+            .values()
+            .all(|r| !r.rule.as_deref().unwrap_or_default().contains("victim"))
+    );
+    assert!(diags.iter().any(|d| d.message.contains("cannot hold")), "{diags:?}");
+}

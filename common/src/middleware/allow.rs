@@ -25,6 +25,10 @@ pub struct IpAllowList {
 pub struct IpStrategy {
     depth: usize,
     excluded: Vec<IpNet>,
+    /// `ipv6Subnet`: an IPv6 address counts as its /N network (one client holds a whole
+    /// /64, and would otherwise be 2^64 sources). Not applied with `excludedIPs`, as in
+    /// Traefik.
+    ipv6_subnet: Option<u8>,
 }
 
 impl IpStrategy {
@@ -33,6 +37,15 @@ impl IpStrategy {
         let Some(s) = o.nested("ipStrategy", &["depth", "excludedIPs", "ipv6Subnet"])? else {
             return Ok(IpStrategy::default());
         };
+        let ipv6_subnet = match s.number("ipv6Subnet")? {
+            None => None,
+            Some(n) => Some(
+                u8::try_from(n)
+                    .ok()
+                    .filter(|n| (1..=128).contains(n))
+                    .ok_or_else(|| format!("{kind}.ipStrategy.ipv6Subnet: `{n}` is not 1 to 128"))?,
+            ),
+        };
         Ok(IpStrategy {
             depth: usize::try_from(s.number("depth")?.unwrap_or(0)).unwrap_or(usize::MAX),
             excluded: s
@@ -40,6 +53,7 @@ impl IpStrategy {
                 .iter()
                 .map(|x| net(kind, "ipStrategy.excludedIPs", x))
                 .collect::<Result<Vec<_>, _>>()?,
+            ipv6_subnet,
         })
     }
 }
@@ -48,8 +62,14 @@ impl IpStrategy {
 /// that hop of `X-Forwarded-For` from the right; with excluded addresses, the first from
 /// the right not excluded.
 pub fn client_ip(strategy: &IpStrategy, req: &Req<'_>) -> Option<IpAddr> {
+    let subnet = |ip: IpAddr| match (ip.to_canonical(), strategy.ipv6_subnet) {
+        (IpAddr::V6(v6), Some(bits)) => ipnet::Ipv6Net::new(v6, bits)
+            .map(|n| IpAddr::V6(n.network()))
+            .unwrap_or(ip),
+        (other, _) => other,
+    };
     if strategy.depth == 0 && strategy.excluded.is_empty() {
-        return Some(req.peer);
+        return Some(subnet(req.peer));
     }
     let xff: Vec<IpAddr> = req
         .headers
@@ -60,7 +80,7 @@ pub fn client_ip(strategy: &IpStrategy, req: &Req<'_>) -> Option<IpAddr> {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     if strategy.depth > 0 {
-        return xff.len().checked_sub(strategy.depth).map(|i| xff[i]);
+        return xff.len().checked_sub(strategy.depth).map(|i| subnet(xff[i]));
     }
     xff.iter()
         .rev()
@@ -124,6 +144,23 @@ mod tests {
             h.insert("x-forwarded-for", HeaderValue::from_str(x).unwrap());
         }
         testing::run(&spec, &Method::GET, false, "h", "/", &mut h, peer).0
+    }
+
+    #[test]
+    fn ipv6_subnet_counts_a_network_as_one_client() {
+        let subnet = [("sourceRange", "2001:db8:1:2::/64"), ("ipStrategy.ipv6Subnet", "64")];
+        assert_eq!(decide(&subnet, "2001:db8:1:2::77", None), Step::Next);
+        let Some(e) = parse(
+            "ipAllowList",
+            &node(&[("sourceRange", "::/0"), ("ipStrategy.ipv6Subnet", "129")]),
+        )
+        .err() else {
+            panic!("129 is refused")
+        };
+        assert!(e.contains("ipv6Subnet"), "{e}");
+        // IPv4 addresses are not masked.
+        let v4 = [("sourceRange", "10.0.0.1/32"), ("ipStrategy.ipv6Subnet", "64")];
+        assert_eq!(decide(&v4, "10.0.0.1", None), Step::Next);
     }
 
     #[test]
