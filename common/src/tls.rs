@@ -40,9 +40,25 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.display().to_string(),
+        path: shown_path(path),
         source,
     })
+}
+
+/// A setting that should name a file, as an error message may show it: the path, or only
+/// its size when it looks like a secret pasted in its place (a key wrapped in JSON by
+/// Secrets Manager, base64, a PEM with a stray quote): never the secret itself.
+pub fn shown_path(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    let pathlike = text.len() <= 1024 && !text.contains(['\n', '\r', '{', '"']) && !text.contains("-----");
+    if pathlike {
+        text.into_owned()
+    } else {
+        format!(
+            "(a value of {} bytes that is neither PEM nor a readable file)",
+            text.len()
+        )
+    }
 }
 
 /// Parse every certificate in a PEM bundle.

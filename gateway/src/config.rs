@@ -36,10 +36,10 @@ pub struct Args {
     #[arg(long = "entrypoint", env = "BERTH_ENTRYPOINT", value_delimiter = ',')]
     pub entrypoints: Vec<String>,
     /// Default TLS certificate (PEM) for TLS connections on every entrypoint.
-    #[arg(long, env = "BERTH_TLS_CERT")]
+    #[arg(long, env = "BERTH_TLS_CERT", hide_env_values = true)]
     pub tls_cert: Option<PathBuf>,
     /// Key (PEM) of `--tls-cert`.
-    #[arg(long, env = "BERTH_TLS_KEY")]
+    #[arg(long, env = "BERTH_TLS_KEY", hide_env_values = true)]
     pub tls_key: Option<PathBuf>,
     /// Serve `GET /ping` on this entrypoint (503 while shutting down).
     #[arg(long, env = "BERTH_PING")]
@@ -131,10 +131,10 @@ pub struct Args {
 
     // --- Mesh control plane (issue: mesh identity) ---
     /// The mesh CA certificate: a PEM file, or the PEM itself (an ECS secret).
-    #[arg(long, env = "BERTH_MESH_CA_CERT")]
+    #[arg(long, env = "BERTH_MESH_CA_CERT", hide_env_values = true)]
     pub mesh_ca_cert: Option<PathBuf>,
     /// The mesh CA key: a PEM file, or the PEM itself (an ECS secret).
-    #[arg(long, env = "BERTH_MESH_CA_KEY")]
+    #[arg(long, env = "BERTH_MESH_CA_KEY", hide_env_values = true)]
     pub mesh_ca_key: Option<PathBuf>,
     /// The bootstrap token itself (an ECS secret), instead of --mesh-token-file.
     #[arg(long, env = "BERTH_MESH_TOKEN", hide_env_values = true)]

@@ -34,11 +34,17 @@ pub struct TcpRouterConfig {
     pub priority: Option<i64>,
     /// `tls`: the gateway terminates TLS (or, with `passthrough`, forwards it untouched).
     pub tls: Option<TcpTls>,
+    /// The middlewares the router names: none is implemented for TCP yet, so a router
+    /// naming any is not served (an `ipAllowList` in front of a database must never be
+    /// skipped).
+    pub middlewares: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TcpTls {
     pub passthrough: bool,
+    /// `tls.options`: a router naming options is not served until TCP routers apply them.
+    pub options: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -380,9 +386,7 @@ impl Decoder<'_> {
                 "priority" => r.priority = self.parsed(child, &p, "an integer priority"),
                 "service" => r.service = self.string(child, &p),
                 "rulesyntax" => {}
-                "middlewares" => self
-                    .diags
-                    .push(Diagnostic::warning(p, "tcp middlewares are not supported yet; ignored")),
+                "middlewares" => r.middlewares = self.list(child, &p),
                 "tls" => match child {
                     Node::Leaf(v) => match v.trim().to_ascii_lowercase().as_str() {
                         "true" | "" => r.tls = Some(TcpTls::default()),
@@ -395,7 +399,8 @@ impl Decoder<'_> {
                             let pp = format!("{p}.{k}");
                             match k.to_ascii_lowercase().as_str() {
                                 "passthrough" => tls.passthrough = self.bool(c, &pp).unwrap_or(false),
-                                "options" | "certresolver" | "domains" => self
+                                "options" => tls.options = self.string(c, &pp),
+                                "certresolver" | "domains" => self
                                     .diags
                                     .push(Diagnostic::warning(pp, "ignored: the configured certificates are used")),
                                 _ => self.unknown(&pp),

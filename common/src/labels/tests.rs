@@ -227,7 +227,10 @@ fn tcp_labels_route_connections_to_the_container() {
     assert!(diags.is_empty(), "{diags:?}");
     assert_eq!(
         c.config.tcp.routers["pg"].tls,
-        Some(config::TcpTls { passthrough: true })
+        Some(config::TcpTls {
+            passthrough: true,
+            options: None
+        })
     );
     let t = ContainerTarget {
         ports: vec![(5432, 32770), (9000, 32771)],

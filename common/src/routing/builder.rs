@@ -168,6 +168,16 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                 None if !service.is_empty() => errors.push(format!("service `{service}` does not exist")),
                 None => {}
             }
+            if let Some(o) = r
+                .tls
+                .as_ref()
+                .and_then(|t| t.options.as_deref())
+                .filter(|o| !is_default_tls_options(o))
+            {
+                errors.push(format!(
+                    "tls.options `{o}` are not implemented by Berth yet; the router is not served (fail closed)"
+                ));
+            }
             let middlewares: Vec<String> = r.middlewares.iter().map(|m| qualify(m, &view.provider)).collect();
             let mut expansion = Expansion::default();
             for m in &middlewares {
@@ -297,6 +307,11 @@ pub fn parse_server_url(url: &str) -> Result<http::Uri, String> {
     Ok(uri)
 }
 
+/// `default` (or `default@<provider>`) names Traefik's default TLS options.
+fn is_default_tls_options(name: &str) -> bool {
+    name.is_empty() || name == "default" || name.starts_with("default@")
+}
+
 /// The deepest nesting of `chain` middlewares accepted.
 const MAX_CHAIN_DEPTH: usize = 8;
 /// The most middlewares one router may run once chains are expanded (chains of chains
@@ -422,6 +437,23 @@ fn build_tcp(views: &[ProviderView], opts: &BuildOptions, snap: &mut Snapshot) {
             {
                 errors.push("a rule on the TLS server name needs `tls` (or `tls.passthrough`)".to_string());
             }
+            // Fail closed: what a TCP router asks for and Berth cannot apply keeps it unserved.
+            if !r.middlewares.is_empty() {
+                errors.push(format!(
+                    "tcp middlewares ({}) are not implemented by Berth yet; the router is not served (fail closed)",
+                    r.middlewares.join(", ")
+                ));
+            }
+            if let Some(o) = r
+                .tls
+                .as_ref()
+                .and_then(|t| t.options.as_deref())
+                .filter(|o| !is_default_tls_options(o))
+            {
+                errors.push(format!(
+                    "tls.options `{o}` are not applied to tcp routers yet; the router is not served (fail closed)"
+                ));
+            }
             let service = match &r.service {
                 Some(s) => qualify(s, &view.provider),
                 None => {
@@ -472,7 +504,7 @@ fn build_tcp(views: &[ProviderView], opts: &BuildOptions, snap: &mut Snapshot) {
                 entry_points: entry_points.clone(),
                 service,
                 service_index,
-                tls_passthrough: r.tls.map(|t| t.passthrough),
+                tls_passthrough: r.tls.as_ref().map(|t| t.passthrough),
                 status: if fatal || entry_points.is_empty() {
                     Status::Disabled
                 } else {

@@ -192,3 +192,36 @@ http:
     assert!(r("deep@file").errors[0].contains("deep"), "{:?}", r("deep@file").errors);
     assert_eq!(r("ok@file").status, Status::Enabled, "{:?}", r("ok@file").errors);
 }
+
+#[test]
+fn what_cannot_be_applied_keeps_the_router_unserved() {
+    let yaml = r#"
+http:
+  routers:
+    opts: { rule: "Host(`o`)", service: s, tls: { options: strict } }
+    plain: { rule: "Host(`p`)", service: s, tls: { options: default } }
+  services:
+    s: { loadBalancer: { servers: [ { url: "http://127.0.0.1:1" } ] } }
+tcp:
+  routers:
+    db: { rule: "HostSNI(`*`)", service: t, middlewares: [allow] }
+    db2: { rule: "HostSNI(`db`)", service: t, tls: { options: mtls } }
+    db3: { rule: "HostSNI(`*`)", service: t }
+  services:
+    t: { loadBalancer: { servers: [ { address: "127.0.0.1:5432" } ] } }
+  middlewares:
+    allow: { ipAllowList: { sourceRange: ["10.0.0.0/8"] } }
+"#;
+    let s = build(&[view("file", yaml)], &opts());
+    let http = |n: &str| s.routers.iter().find(|r| r.name == n).unwrap();
+    let tcp = |n: &str| s.tcp_routers.iter().find(|r| r.name == n).unwrap();
+    assert_eq!(http("opts@file").status, Status::Disabled);
+    assert_eq!(http("plain@file").status, Status::Enabled);
+    assert_eq!(
+        tcp("db@file").status,
+        Status::Disabled,
+        "an ipAllowList must never be skipped"
+    );
+    assert_eq!(tcp("db2@file").status, Status::Disabled);
+    assert_eq!(tcp("db3@file").status, Status::Enabled);
+}

@@ -74,7 +74,7 @@ fn read(path: &Path) -> Result<String, CaError> {
         return Ok(inline.to_string());
     }
     std::fs::read_to_string(path).map_err(|source| CaError::Read {
-        path: path.display().to_string(),
+        path: berth_common::tls::shown_path(path),
         source,
     })
 }
