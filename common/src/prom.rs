@@ -21,6 +21,11 @@ impl<K: Ord + Clone> Counters<K> {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default() += 1;
     }
 
+    /// Forget the series whose labels `keep` refuses (their router or service is gone).
+    pub fn retain(&self, mut keep: impl FnMut(&K) -> bool) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| keep(k));
+    }
+
     /// Every (labels, count), sorted by labels.
     pub fn snapshot(&self) -> Vec<(K, u64)> {
         self.0

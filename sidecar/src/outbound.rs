@@ -181,7 +181,20 @@ impl MeshCache {
         {
             let mut subs = self.subscribed.lock().unwrap_or_else(|e| e.into_inner());
             if !subs.contains(name) && subs.len() >= MAX_SERVICES {
-                return Err(OutboundError::TooMany { name: name.into() });
+                // Names the mesh does not know are the app's (or its users') input: they
+                // give way to a new name, so typos never lock out real services.
+                let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+                let unknown = subs
+                    .iter()
+                    .find(|n| matches!(entries.get(n.as_str()), Some(Entry::Unknown)))
+                    .cloned();
+                match unknown {
+                    Some(old) => {
+                        subs.remove(&old);
+                        entries.remove(&old);
+                    }
+                    None => return Err(OutboundError::TooMany { name: name.into() }),
+                }
             }
             subs.insert(name.to_string());
         }

@@ -5,7 +5,7 @@
 
 use berth_common::http::method_label;
 use berth_common::prom::{Counters, Histogram, escape as esc, grpc_code_label};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -118,6 +118,25 @@ impl Metrics {
             .unwrap_or_else(|e| e.into_inner())
             .retain(|k, _| keep.contains(k));
     }
+    /// Forget the series of routers and services no longer configured, as Traefik does on
+    /// a reload: names come from labels, and tasks that come and go with new names would
+    /// otherwise grow `/metrics` for ever.
+    pub fn retain_names(&self, routers: &HashSet<&str>, services: &HashSet<&str>) {
+        for (map, names) in [(&self.routers, routers), (&self.services, services)] {
+            map.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|k, _| names.contains(k.as_str()));
+        }
+        self.upstream_errors.retain(|(s, _)| services.contains(s.as_str()));
+        self.retries.retain(|s| services.contains(s.as_str()));
+        self.grpc.retain(|(s, _)| s.is_empty() || services.contains(s.as_str()));
+    }
+
+    /// Forget TCP routers no longer configured.
+    pub fn retain_tcp(&self, routers: &HashSet<&str>) {
+        self.tcp.retain(|(r, _)| routers.contains(r.as_str()));
+    }
+
     pub fn entrypoint(&self, name: &str) -> Arc<EntrypointMetrics> {
         self.entrypoints
             .lock()

@@ -81,6 +81,11 @@ impl Routes {
             .flat_map(|s| s.servers.iter().map(move |e| format!("{}\0{}", s.name, e.url)))
             .collect();
         metrics.retain_endpoints(&keep);
+        metrics.retain_names(
+            &snapshot.routers.iter().map(|r| r.name.as_str()).collect(),
+            &snapshot.services.iter().map(|s| s.name.as_str()).collect(),
+        );
+        metrics.retain_tcp(&snapshot.tcp_routers.iter().map(|r| r.name.as_str()).collect());
         Routes {
             snapshot,
             services,
