@@ -113,8 +113,6 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 #[derive(Debug, Clone, Copy)]
 pub struct ForwardInfo<'a> {
     pub client_ip: IpAddr,
-    /// Whether the client is a trusted proxy whose `X-Forwarded-*` may be kept.
-    pub trusted: bool,
     pub tls: bool,
     /// The Host the client asked for (with port, as sent).
     pub host: Option<&'a str>,
@@ -125,17 +123,50 @@ const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 const XF_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const XF_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const XF_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-const XF_SERVER: HeaderName = HeaderName::from_static("x-forwarded-server");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// Set `X-Forwarded-For/-Proto/-Host/-Port` and `X-Real-Ip` as Traefik does: values
-/// from untrusted clients are discarded, the client's address is appended.
-pub fn set_forwarded(headers: &mut HeaderMap, info: &ForwardInfo<'_>) {
-    if !info.trusted {
-        for h in [&XFF, &XF_PROTO, &XF_HOST, &XF_PORT, &XF_SERVER, &X_REAL_IP] {
-            headers.remove(h);
+/// The headers by which a proxy in front tells who the client was and what it asked:
+/// from a peer that is not a trusted proxy they are the client's own words, so they are
+/// removed before anything reads them (rules, `ipStrategy`, the app). Traefik's list
+/// (`forwardedheaders`), and beside it RFC 7239's `Forwarded` and the other names apps
+/// are known to believe.
+const FORWARDING: [&str; 18] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-forwarded-uri",
+    "x-forwarded-method",
+    "x-forwarded-prefix",
+    "x-forwarded-tls-client-cert",
+    "x-forwarded-tls-client-cert-info",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-scheme",
+    "x-real-ip",
+    "forwarded",
+    "x-original-forwarded-for",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// Remove every forwarding header (and its `_` spelling, which some servers read as the
+/// same header) a client sent: the request did not come through a trusted proxy.
+pub fn strip_untrusted_forwarding(headers: &mut HeaderMap) {
+    for name in FORWARDING {
+        headers.remove(name);
+        if name.contains('-') {
+            let underscored = name.replace('-', "_");
+            headers.remove(underscored.as_str());
         }
     }
+}
+
+/// Set `X-Forwarded-For/-Proto/-Host/-Port` and `X-Real-Ip` as Traefik does: the client's
+/// address is appended, the others set when no trusted proxy set them. Headers from an
+/// untrusted client must be gone already ([`strip_untrusted_forwarding`]).
+pub fn set_forwarded(headers: &mut HeaderMap, info: &ForwardInfo<'_>) {
     let ip = info.client_ip.to_string();
     let xff = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
         Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
@@ -197,13 +228,25 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("x_forwarded_for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
+        h.insert("x-forwarded-prefix", HeaderValue::from_static("/evil"));
+        h.insert("x-forwarded-tls-client-cert", HeaderValue::from_static("forged"));
         let info = ForwardInfo {
             client_ip: "127.0.0.9".parse().unwrap(),
-            trusted: false,
             tls: false,
             host: Some("a.test:8080"),
             local_port: 8080,
         };
+        strip_untrusted_forwarding(&mut h);
+        for gone in [
+            "x_forwarded_for",
+            "forwarded",
+            "x-forwarded-prefix",
+            "x-forwarded-tls-client-cert",
+        ] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
         set_forwarded(&mut h, &info);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "127.0.0.9");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
@@ -211,7 +254,7 @@ mod tests {
         assert_eq!(h.get("x-forwarded-port").unwrap(), "8080");
         let mut h2 = HeaderMap::new();
         h2.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
-        set_forwarded(&mut h2, &ForwardInfo { trusted: true, ..info });
+        set_forwarded(&mut h2, &info);
         assert_eq!(h2.get("x-forwarded-for").unwrap(), "6.6.6.6, 127.0.0.9");
     }
 }

@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 use berth_common::error::chain_text;
 use berth_common::http::{
     CLIENT_ID_HEADER, ForwardInfo, is_app_unreachable, is_idempotent, remove_hop_by_hop, set_forwarded,
-    upgrade_protocol,
+    strip_untrusted_forwarding, upgrade_protocol,
 };
 use berth_common::routing::Snapshot;
 use berth_common::rules::RequestView;
@@ -269,6 +269,13 @@ impl Proxy {
         {
             return Err(ProxyError::BodyTooLarge { limit });
         }
+        // Before anything reads a header (rules, middlewares' ipStrategy, the app): what a
+        // client that is not a trusted proxy says about forwarding is its own word, and only
+        // the inbound sidecar may say who the caller is.
+        if !self.trusted.iter().any(|n| n.contains(&conn.peer.ip().to_canonical())) {
+            strip_untrusted_forwarding(req.headers_mut());
+        }
+        req.headers_mut().remove(CLIENT_ID_HEADER);
 
         let routes = self.routes.load();
         let raw_host = req
@@ -489,13 +496,10 @@ impl Proxy {
 
         let mut headers = parts.headers;
         remove_hop_by_hop(&mut headers);
-        headers.remove(CLIENT_ID_HEADER);
-        let trusted = self.trusted.iter().any(|n| n.contains(&conn.peer.ip()));
         set_forwarded(
             &mut headers,
             &ForwardInfo {
                 client_ip: conn.peer.ip(),
-                trusted,
                 tls: conn.tls,
                 host: raw_host.as_deref(),
                 local_port: conn.local.port(),
