@@ -20,6 +20,7 @@ pub mod labels;
 pub mod logging;
 pub mod middleware;
 pub mod mtls;
+pub mod path;
 pub mod prom;
 pub mod routing;
 pub mod rules;

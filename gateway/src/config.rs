@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use berth_common::config::parse_duration;
+use berth_common::path::{EncodedCharacters, PathPolicy};
 use berth_common::rules::matcher::parse_ip_range;
 use clap::Parser;
 use ipnet::IpNet;
@@ -221,6 +222,42 @@ struct FileEntrypoint {
     address: SocketAddr,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    /// Traefik's `http.sanitizePath` (default true).
+    sanitize_path: Option<bool>,
+    /// Traefik's `http.encodedCharacters`: each `allow-encoded-*` defaults to true.
+    #[serde(default)]
+    encoded_characters: FileEncodedCharacters,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileEncodedCharacters {
+    allow_encoded_slash: Option<bool>,
+    allow_encoded_back_slash: Option<bool>,
+    allow_encoded_null_character: Option<bool>,
+    allow_encoded_semicolon: Option<bool>,
+    allow_encoded_percent: Option<bool>,
+    allow_encoded_question_mark: Option<bool>,
+    allow_encoded_hash: Option<bool>,
+}
+
+impl FileEntrypoint {
+    fn path_policy(&self) -> PathPolicy {
+        let e = &self.encoded_characters;
+        let d = EncodedCharacters::default();
+        PathPolicy {
+            sanitize: self.sanitize_path.unwrap_or(true),
+            encoded: EncodedCharacters {
+                allow_encoded_slash: e.allow_encoded_slash.unwrap_or(d.allow_encoded_slash),
+                allow_encoded_back_slash: e.allow_encoded_back_slash.unwrap_or(d.allow_encoded_back_slash),
+                allow_encoded_null_character: e.allow_encoded_null_character.unwrap_or(d.allow_encoded_null_character),
+                allow_encoded_semicolon: e.allow_encoded_semicolon.unwrap_or(d.allow_encoded_semicolon),
+                allow_encoded_percent: e.allow_encoded_percent.unwrap_or(d.allow_encoded_percent),
+                allow_encoded_question_mark: e.allow_encoded_question_mark.unwrap_or(d.allow_encoded_question_mark),
+                allow_encoded_hash: e.allow_encoded_hash.unwrap_or(d.allow_encoded_hash),
+            },
+        }
+    }
 }
 
 /// A certificate and key on disk.
@@ -236,6 +273,8 @@ pub struct EntrypointConfig {
     pub addr: SocketAddr,
     /// The entrypoint's default certificate (else the global one).
     pub tls: Option<CertPair>,
+    /// How request paths are cleaned and which encoded characters are refused.
+    pub path: PathPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -352,12 +391,13 @@ impl Config {
                 .trim()
                 .parse()
                 .map_err(|e| bad(format!("--entrypoint `{spec}`: bad address: {e}")))?;
-            push_entrypoint(&mut entrypoints, name.trim(), addr, None)?;
+            push_entrypoint(&mut entrypoints, name.trim(), addr, None, PathPolicy::default())?;
         }
         if args.entrypoints.is_empty() {
             for (name, ep) in file.entrypoints {
+                let path = ep.path_policy();
                 let tls = pair("entrypoints.tls", ep.tls_cert, ep.tls_key)?;
-                push_entrypoint(&mut entrypoints, &name, ep.address, tls)?;
+                push_entrypoint(&mut entrypoints, &name, ep.address, tls, path)?;
             }
         }
         if entrypoints.is_empty() {
@@ -592,6 +632,7 @@ fn push_entrypoint(
     name: &str,
     addr: SocketAddr,
     tls: Option<CertPair>,
+    path: PathPolicy,
 ) -> Result<(), ConfigError> {
     if name.is_empty()
         || !name
@@ -609,6 +650,7 @@ fn push_entrypoint(
         name: name.to_string(),
         addr,
         tls,
+        path,
     });
     Ok(())
 }

@@ -142,6 +142,7 @@ pub struct Entrypoint {
     pub limits: Limits,
     pub metrics: Arc<EntrypointMetrics>,
     pub tracker: Arc<ConnTracker>,
+    pub path: berth_common::path::PathPolicy,
 }
 
 impl Entrypoint {
@@ -235,6 +236,7 @@ impl Entrypoint {
             peer,
             tls: is_tls,
             metrics: self.metrics.clone(),
+            path: self.path,
         });
         if is_tls {
             if !(self.has_certs)() {

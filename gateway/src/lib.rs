@@ -221,6 +221,7 @@ impl Gateway {
                 limits: cfg.limits.clone(),
                 metrics: metrics.entrypoint(&ep.name),
                 tracker: tracker.clone(),
+                path: ep.path,
             });
         }
         let mut mesh_addr = None;

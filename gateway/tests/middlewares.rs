@@ -307,7 +307,8 @@ async fn compress_circuit_breaker_trusted_hops_hashes_and_retry() {
         service("app", &[b.url()], ""),
         service("mixed", &[format!("http://{dead}"), b.url()], "")
     );
-    let gw = start(&yaml, &[]).await;
+    // The test client stands for a load balancer the gateway trusts.
+    let gw = start(&yaml, &["--forwarded-trusted-ip", "127.0.0.1"]).await;
 
     // compress: a 5 KB body is gzip-encoded when asked, and decodes to the original; a
     // small one is left alone.
@@ -363,6 +364,13 @@ async fn compress_circuit_breaker_trusted_hops_hashes_and_retry() {
     );
     assert_eq!(
         http1(gw.web(), through("10.1.1.1, 1.2.3.4")).await.status,
+        StatusCode::FORBIDDEN
+    );
+    // From a peer that is not a trusted proxy, X-Forwarded-For is the client's own word:
+    // gone before the allow-list looks, so depth 1 finds no address and refuses.
+    let untrusted = start(&yaml, &[]).await;
+    assert_eq!(
+        http1(untrusted.web(), through("1.2.3.4, 10.1.1.1")).await.status,
         StatusCode::FORBIDDEN
     );
 

@@ -23,6 +23,9 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The path cannot be routed safely (`common::path`).
+    #[error("bad request path: {0}")]
+    BadPath(#[from] berth_common::path::PathError),
 }
 
 impl ProxyError {
@@ -33,7 +36,7 @@ impl ProxyError {
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -47,6 +50,7 @@ impl ProxyError {
             ProxyError::Upstream { .. } => "upstream",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::BadPath(_) => "bad_path",
         }
     }
 

@@ -23,7 +23,7 @@ use berth_common::http::{
 };
 use berth_common::routing::Snapshot;
 use berth_common::rules::RequestView;
-use berth_common::rules::matcher::{canonical_host, percent_decode};
+use berth_common::rules::matcher::canonical_host;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
@@ -66,6 +66,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
     pub metrics: Arc<EntrypointMetrics>,
+    /// The entrypoint's path settings (`sanitizePath`, `encodedCharacters`).
+    pub path: berth_common::path::PathPolicy,
 }
 
 /// The largest gRPC request kept to be sent again (unary calls are small).
@@ -276,6 +278,20 @@ impl Proxy {
             strip_untrusted_forwarding(req.headers_mut());
         }
         req.headers_mut().remove(CLIENT_ID_HEADER);
+        // One path for the router, the middlewares and the app: normalized, cleaned of dot
+        // segments, refused where the entrypoint says or where it stays ambiguous.
+        if let std::borrow::Cow::Owned(cleaned) = berth_common::path::clean(req.uri().path(), &conn.path)? {
+            let pq = match req.uri().query() {
+                Some(q) => format!("{cleaned}?{q}"),
+                None => cleaned,
+            };
+            let mut parts = req.uri().clone().into_parts();
+            parts.path_and_query = Some(
+                http::uri::PathAndQuery::try_from(pq).map_err(|_| ProxyError::BadRequest("invalid request target"))?,
+            );
+            *req.uri_mut() =
+                http::Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+        }
 
         let routes = self.routes.load();
         let raw_host = req
@@ -285,7 +301,7 @@ impl Proxy {
             .map(str::to_string)
             .or_else(|| req.uri().authority().map(|a| a.to_string()));
         let host = canonical_host(raw_host.as_deref().unwrap_or_default());
-        let path = percent_decode(req.uri().path());
+        let path = berth_common::path::routing_path(req.uri().path());
         let view = RequestView {
             host: &host,
             path: &path,
