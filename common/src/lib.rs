@@ -25,6 +25,8 @@ pub mod prom;
 pub mod routing;
 pub mod rules;
 #[cfg(feature = "net")]
+pub mod serve;
+#[cfg(feature = "net")]
 pub mod telemetry;
 pub mod tls;
 #[cfg(feature = "net")]

@@ -66,6 +66,10 @@ pub struct Args {
     /// Time allowed to read a request head [default: 10s].
     #[arg(long, env = "BERTH_HEADER_READ_TIMEOUT")]
     pub header_read_timeout: Option<String>,
+    /// Time allowed to read a whole request, body included, as Traefik's `readTimeout`;
+    /// 0 disables [default: 60s].
+    #[arg(long, env = "BERTH_REQUEST_READ_TIMEOUT")]
+    pub request_read_timeout: Option<String>,
     /// Close client connections idle this long [default: 180s].
     #[arg(long, env = "BERTH_IDLE_TIMEOUT")]
     pub idle_timeout: Option<String>,
@@ -177,6 +181,7 @@ struct FileConfig {
     max_header_bytes: Option<usize>,
     max_body_bytes: Option<u64>,
     header_read_timeout: Option<String>,
+    request_read_timeout: Option<String>,
     idle_timeout: Option<String>,
     upstream_connect_timeout: Option<String>,
     upstream_response_timeout: Option<String>,
@@ -282,6 +287,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_body_bytes: Option<u64>,
     pub header_read_timeout: Duration,
+    /// The whole request must have arrived within this; `None`: no limit.
+    pub request_read_timeout: Option<Duration>,
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
     pub response_timeout: Option<Duration>,
@@ -598,6 +605,13 @@ impl Config {
                     &file.header_read_timeout,
                     Duration::from_secs(10),
                 )?,
+                request_read_timeout: Some(duration(
+                    "request-read-timeout",
+                    &args.request_read_timeout,
+                    &file.request_read_timeout,
+                    Duration::from_secs(60),
+                )?)
+                .filter(|d| !d.is_zero()),
                 idle_timeout: duration(
                     "idle-timeout",
                     &args.idle_timeout,

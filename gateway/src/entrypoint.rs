@@ -4,20 +4,18 @@
 //! and drain gracefully.
 
 use std::convert::Infallible;
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use berth_common::serve::IdleIo;
 use berth_common::tls::cert_matches_name;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
@@ -271,8 +269,7 @@ impl Entrypoint {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let last_activity = io.last.clone();
-        let born = io.born;
+        let activity = io.activity();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -317,81 +314,12 @@ impl Entrypoint {
                     }
                 }
                 _ = tick.tick(), if !closing => {
-                    let last = born + Duration::from_millis(last_activity.load(Ordering::Relaxed));
-                    if last.elapsed() >= idle {
+                    if activity.idle_for() >= idle {
                         closing = true;
                         conn.as_mut().graceful_shutdown();
                     }
                 }
             }
         }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// Records the time of the last read or write, for the idle timeout.
-    pub(crate) struct IdleIo<S> {
-        #[pin]
-        inner: S,
-        pub(crate) born: Instant,
-        pub(crate) last: Arc<AtomicU64>,
-    }
-}
-
-impl<S> IdleIo<S> {
-    pub(crate) fn new(inner: S) -> Self {
-        IdleIo {
-            inner,
-            born: Instant::now(),
-            last: Arc::new(AtomicU64::new(0)),
-        }
-    }
-}
-
-fn touch(born: &Instant, last: &AtomicU64) {
-    last.store(born.elapsed().as_millis() as u64, Ordering::Relaxed);
-}
-
-impl<S: AsyncRead> AsyncRead for IdleIo<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let r = this.inner.poll_read(cx, buf);
-        if buf.filled().len() > before {
-            touch(this.born, this.last);
-        }
-        r
-    }
-}
-
-impl<S: AsyncWrite> AsyncWrite for IdleIo<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let r = this.inner.poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            touch(this.born, this.last);
-        }
-        r
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let r = this.inner.poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            touch(this.born, this.last);
-        }
-        r
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }

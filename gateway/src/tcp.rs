@@ -150,31 +150,6 @@ pub async fn connect(
     None
 }
 
-/// Copy both ways until either side closes, or nothing moved for `idle`.
-pub async fn splice<C, S>(client: C, mut server: S, idle: Duration) -> (u64, u64)
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let client = crate::entrypoint::IdleIo::new(client);
-    let (born, last) = (client.born, client.last.clone());
-    let mut client = client;
-    let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
-    tokio::pin!(copy);
-    let mut tick = tokio::time::interval(idle.min(Duration::from_secs(1)).max(Duration::from_millis(10)));
-    loop {
-        tokio::select! {
-            r = &mut copy => return r.unwrap_or((0, 0)),
-            _ = tick.tick() => {
-                let since = born + Duration::from_millis(last.load(std::sync::atomic::Ordering::Relaxed));
-                if since.elapsed() >= idle {
-                    return (0, 0);
-                }
-            }
-        }
-    }
-}
-
 /// The view of a connection for TCP rules.
 pub fn view<'a>(hello: Option<&'a Hello>, peer: SocketAddr) -> ConnView<'a> {
     ConnView {
@@ -204,6 +179,6 @@ where
         return;
     };
     ctx.metrics.tcp(&router.name, "forwarded");
-    let (up, down) = splice(client, server, ctx.idle).await;
+    let (up, down) = berth_common::serve::splice(client, server, ctx.idle).await;
     tracing::debug!(router = %router.name, %peer, server = %addr, up, down, "tcp connection done");
 }

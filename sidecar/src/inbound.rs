@@ -6,11 +6,13 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use berth_common::authz::{Decision, authorize};
 use berth_common::http::{CLIENT_ID_HEADER, UNREACHABLE_HEADER, is_idempotent, remove_hop_by_hop};
 use berth_common::identity::{SpiffeId, spiffe_id_of};
 use berth_common::mtls::{CertSlot, PeerPolicy, TrustAnchors, server_config};
+use berth_common::serve::{Listener, ServeLimits, serve_http, within};
 use berth_common::telemetry::body::{Finish, GrpcTap, Observed};
 use berth_common::telemetry::{self, Observe, Span, SpanKind, attr};
 use bytes::Bytes;
@@ -19,7 +21,7 @@ use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use hyper::body::{Body as _, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -113,18 +115,23 @@ impl Inbound {
         )?;
         cfg.alpn_protocols.extend(self.tcp_ports.iter().map(|p| tcp_alpn(*p)));
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let limits = ServeLimits::MESH;
+        let listener = Listener::new(listener, "inbound", &limits);
         loop {
-            let Ok((tcp, peer)) = listener.accept().await else {
-                continue;
-            };
+            let (tcp, peer, admission) = listener.accept().await;
             // Small HTTP/2 frames (gRPC) must not wait for Nagle's delayed ACK.
             let _ = tcp.set_nodelay(true);
             let (me, acceptor) = (self.clone(), acceptor.clone());
             tokio::spawn(async move {
-                let tls = match acceptor.accept(tcp).await {
-                    Ok(t) => t,
-                    Err(e) => {
+                let _admission = admission;
+                let tls = match within(limits.handshake_timeout, acceptor.accept(tcp)).await {
+                    Some(Ok(t)) => t,
+                    Some(Err(e)) => {
                         tracing::info!(%peer, error = %e, "inbound: handshake refused");
+                        return;
+                    }
+                    None => {
+                        tracing::info!(%peer, "inbound: handshake timed out");
                         return;
                     }
                 };
@@ -144,7 +151,7 @@ impl Inbound {
                     .and_then(|p| p.strip_prefix(berth_common::upstream::TCP_ALPN_PREFIX.as_bytes()))
                     .and_then(|p| std::str::from_utf8(p).ok()?.parse::<u16>().ok());
                 if let Some(port) = tcp_port {
-                    me.tcp(tls, &caller, port).await;
+                    me.tcp(tls, &caller, port, limits.idle_timeout).await;
                     return;
                 }
                 let svc = hyper::service::service_fn(move |req| {
@@ -155,15 +162,13 @@ impl Inbound {
                         Ok::<_, Infallible>(resp)
                     }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(tls), svc)
-                    .await;
+                serve_http(tls, svc, &limits).await;
             });
         }
     }
 
     /// A raw TCP stream to the app's `port`, for an authorized caller.
-    async fn tcp<S>(&self, mut tls: S, caller: &SpiffeId, port: u16)
+    async fn tcp<S>(&self, tls: S, caller: &SpiffeId, port: u16, idle: Duration)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
@@ -179,10 +184,10 @@ impl Inbound {
         }
         let target = SocketAddr::new(self.app.ip(), port);
         match tokio::net::TcpStream::connect(target).await {
-            Ok(mut app) => {
+            Ok(app) => {
                 let _ = app.set_nodelay(true);
                 self.metrics.inbound_tcp("forwarded");
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut app).await;
+                berth_common::serve::splice(tls, app, idle).await;
             }
             Err(e) => {
                 self.metrics.inbound_tcp("app_unreachable");

@@ -386,14 +386,14 @@ const DRAIN_AFTER_SIGTERM: Duration = Duration::from_secs(20);
 /// `/readyz` and `/healthz` (ready once the certificate is in place, which is when
 /// this starts), and `/metrics` (Prometheus text).
 async fn serve_admin(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let limits = berth_common::serve::ServeLimits::LOCAL;
+    let listener = berth_common::serve::Listener::new(tokio::net::TcpListener::bind(addr).await?, "admin", &limits);
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
+            let (stream, _, admission) = listener.accept().await;
             let metrics = metrics.clone();
             tokio::spawn(async move {
+                let _admission = admission;
                 let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let metrics = metrics.clone();
                     async move {
@@ -407,9 +407,7 @@ async fn serve_admin(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result
                         Ok::<_, std::convert::Infallible>(r)
                     }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
+                berth_common::serve::serve_http(stream, svc, &limits).await;
             });
         }
     });

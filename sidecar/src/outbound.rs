@@ -20,6 +20,7 @@ use berth_common::control::{MESH_PATH, MeshView};
 use berth_common::http::{CLIENT_ID_HEADER, is_app_unreachable, is_idempotent, remove_hop_by_hop};
 use berth_common::identity::SpiffeId;
 use berth_common::mtls::{CertSlot, PeerPolicy, TrustAnchors, client_config};
+use berth_common::serve::{Listener, ServeLimits, serve_http};
 use berth_common::telemetry::body::{Finish, GrpcTap, Observed};
 use berth_common::telemetry::{self, Observe, Span, SpanKind, attr};
 use berth_common::upstream::{MeshConnector, MeshPeers};
@@ -29,7 +30,7 @@ use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -402,20 +403,19 @@ impl Outbound {
 
     /// Accept the app's plain-HTTP connections until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let limits = ServeLimits::LOCAL;
+        let listener = Listener::new(listener, "outbound", &limits);
         loop {
-            let Ok((tcp, peer)) = listener.accept().await else {
-                continue;
-            };
+            let (tcp, peer, admission) = listener.accept().await;
             let _ = tcp.set_nodelay(true);
             let me = self.clone();
             tokio::spawn(async move {
+                let _admission = admission;
                 let svc = hyper::service::service_fn(move |req| {
                     let me = me.clone();
                     async move { Ok::<_, Infallible>(me.observed(req, peer).await) }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
+                serve_http(tcp, svc, &limits).await;
             });
         }
     }

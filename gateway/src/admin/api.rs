@@ -9,7 +9,6 @@ use berth_common::routing::{Snapshot, Status};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -38,19 +37,18 @@ pub struct AdminState {
 
 /// Serve the admin API until the task is dropped.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    let limits = berth_common::serve::ServeLimits::LOCAL;
+    let listener = berth_common::serve::Listener::new(listener, "admin API", &limits);
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+        let (stream, _, admission) = listener.accept().await;
         let state = state.clone();
         tokio::spawn(async move {
+            let _admission = admission;
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(handle(&state, req)) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            berth_common::serve::serve_http(stream, svc, &limits).await;
         });
     }
 }

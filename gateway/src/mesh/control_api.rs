@@ -25,10 +25,10 @@ use berth_common::control::{
 };
 use berth_common::identity::{SpiffeId, spiffe_id_of};
 use berth_common::mtls::{CertSlot, PeerPolicy, TrustAnchors, server_config_optional_client};
+use berth_common::serve::{Listener, ServeLimits, serve_http, within};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use super::ca::MeshCa;
@@ -96,19 +96,20 @@ impl ControlApi {
         let anchors = TrustAnchors::from_certs(std::slice::from_ref(self.ca.anchor()))?;
         let cfg = server_config_optional_client(slot, anchors, PeerPolicy::TrustDomain(self.ca.trust_domain().into()))?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let limits = ServeLimits::INTERNAL;
+        let listener = Listener::new(listener, "control API", &limits);
         loop {
-            let Ok((tcp, peer)) = listener.accept().await else {
-                continue;
-            };
+            let (tcp, peer, admission) = listener.accept().await;
             let (api, acceptor) = (self.clone(), acceptor.clone());
             tokio::spawn(async move {
-                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(t)) => t,
-                    Ok(Err(e)) => {
+                let _admission = admission;
+                let tls = match within(limits.handshake_timeout, acceptor.accept(tcp)).await {
+                    Some(Ok(t)) => t,
+                    Some(Err(e)) => {
                         tracing::info!(%peer, error = %e, "control API: TLS handshake refused");
                         return;
                     }
-                    Err(_) => return,
+                    None => return,
                 };
                 let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
                 let client_id = leaf.and_then(|c| {
@@ -121,9 +122,7 @@ impl ControlApi {
                     let (api, client_id) = (api.clone(), client_id.clone());
                     async move { Ok::<_, Infallible>(api.handle(req, peer, client_id).await) }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
+                serve_http(tls, svc, &limits).await;
             });
         }
     }
@@ -427,15 +426,27 @@ impl ControlApi {
     }
 }
 
-/// A JSON body of at most 64 KiB, or the 400 that says what was wrong with it.
+/// A request body must arrive whole within this (a message is a few kilobytes).
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A JSON body of at most 64 KiB, read within [`BODY_TIMEOUT`], or the 400 that says what
+/// was wrong with it.
 async fn read_json<T: serde::de::DeserializeOwned>(req: Request<hyper::body::Incoming>) -> Result<T, Reply> {
-    let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
+    let read = tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), 64 * 1024).collect()).await;
+    let body = match read {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => {
             return Err(refuse(
                 StatusCode::BAD_REQUEST,
                 "bad_body",
                 format!("unreadable or too large body: {e}"),
+            ));
+        }
+        Err(_) => {
+            return Err(refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                "slow_body",
+                format!("the body did not arrive within {BODY_TIMEOUT:?}"),
             ));
         }
     };

@@ -23,6 +23,8 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("the request did not arrive within the read timeout")]
+    RequestTimeout,
     /// The path cannot be routed safely (`common::path`).
     #[error("bad request path: {0}")]
     BadPath(#[from] berth_common::path::PathError),
@@ -37,6 +39,7 @@ impl ProxyError {
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
+            ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -51,6 +54,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::BadPath(_) => "bad_path",
+            ProxyError::RequestTimeout => "request_timeout",
         }
     }
 

@@ -88,6 +88,8 @@ struct How {
     upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
     /// The router's retry middleware, if any.
     retry: Option<middleware::limit::Retry>,
+    /// When the request body must have arrived whole.
+    read_deadline: Option<tokio::time::Instant>,
 }
 
 /// Filled in as a request goes through, for its span and access-log line.
@@ -199,7 +201,10 @@ impl Proxy {
             Err(e) => {
                 tracing::debug!(entrypoint = %conn.entrypoint, peer = %conn.peer, error = %e, "request failed");
                 // After a malformed request the connection's framing cannot be trusted.
-                close |= matches!(e, ProxyError::BadRequest(_) | ProxyError::BodyTooLarge { .. });
+                close |= matches!(
+                    e,
+                    ProxyError::BadRequest(_) | ProxyError::BodyTooLarge { .. } | ProxyError::RequestTimeout
+                );
                 if grpc {
                     e.into_grpc_response()
                 } else {
@@ -410,6 +415,10 @@ impl Proxy {
                     raw_host,
                     upgrade,
                     retry,
+                    read_deadline: self
+                        .limits
+                        .request_read_timeout
+                        .map(|t| tokio::time::Instant::from_std(start) + t),
                 };
                 self.forward(req, conn, &service, how, span, outcome).await
             }
@@ -498,6 +507,7 @@ impl Proxy {
             raw_host,
             upgrade,
             retry,
+            read_deadline,
         } = how;
         let (parts, body) = req.into_parts();
         let bodyless = body.is_end_stream();
@@ -532,13 +542,16 @@ impl Proxy {
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
 
         let limit = self.limits.max_body_bytes;
+        // The whole request must have arrived by its read deadline (Traefik's readTimeout).
+        let body: Body = match read_deadline {
+            Some(d) => berth_common::serve::Deadline::new(body, d).boxed(),
+            None => body.map_err(|e| -> BoxError { Box::new(e) }).boxed(),
+        };
         let body: Body = match limit {
             Some(l) => Limited::new(body, usize::try_from(l).unwrap_or(usize::MAX))
                 .map_err(|e| -> BoxError { Box::new(ClientBodyError(e)) })
                 .boxed(),
-            None => body
-                .map_err(|e| -> BoxError { Box::new(ClientBodyError(Box::new(e))) })
-                .boxed(),
+            None => body.map_err(|e| -> BoxError { Box::new(ClientBodyError(e)) }).boxed(),
         };
         // A gRPC call that may go again is kept (up to REPLAY_LIMIT) to be sent again.
         let (replay, mut body) = if grpc_retry {
@@ -546,6 +559,9 @@ impl Proxy {
                 replay::Buffered::Whole(bytes) => (Some(bytes), None),
                 replay::Buffered::Partial(rest) => (None, Some(rest)),
                 replay::Buffered::Failed(e) => {
+                    if error_chain_has::<berth_common::serve::BodyTimeout>(&*e) {
+                        return Err(ProxyError::RequestTimeout);
+                    }
                     if let Some(limit) = limit
                         && error_chain_has::<http_body_util::LengthLimitError>(&*e)
                     {
@@ -763,6 +779,9 @@ impl Proxy {
                         && error_chain_has::<http_body_util::LengthLimitError>(&e)
                     {
                         return Err(ProxyError::BodyTooLarge { limit });
+                    }
+                    if error_chain_has::<berth_common::serve::BodyTimeout>(&e) {
+                        return Err(ProxyError::RequestTimeout);
                     }
                     if error_chain_has::<ClientBodyError>(&e) {
                         return Err(ProxyError::BadRequest("invalid request body"));
