@@ -132,7 +132,7 @@ async fn east_west_sidecar_kill_and_gateway_restart() {
         "{m}"
     );
     assert!(
-        m.contains("berth_sidecar_outbound_requests_total{service=\"nosuch\",code=\"503\"} 1"),
+        m.contains("berth_sidecar_outbound_requests_total{service=\"_unknown\",code=\"503\"} 1"),
         "{m}"
     );
     assert!(m.contains("berth_sidecar_registered{replica="), "{m}");

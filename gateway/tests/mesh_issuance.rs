@@ -48,6 +48,13 @@ async fn setup(first: Ipv4Addr, refresh: &str) -> Mesh {
         .family("orders")
         .container_definitions(
             ContainerDefinition::builder()
+                .name("berth-sidecar")
+                .image("berth-sidecar")
+                .port_mappings(PortMapping::builder().container_port(15443).build())
+                .build(),
+        )
+        .container_definitions(
+            ContainerDefinition::builder()
                 .name("app")
                 .image("x")
                 .port_mappings(PortMapping::builder().container_port(8080).build())
@@ -89,20 +96,19 @@ async fn setup(first: Ipv4Addr, refresh: &str) -> Mesh {
 }
 
 async fn run_task(m: &Mesh) -> (String, Ipv4Addr) {
-    run_task_in(m, "service:orders").await
+    run_task_in(m, "orders").await
 }
 
-async fn run_task_in(m: &Mesh, group: &str) -> (String, Ipv4Addr) {
-    let out = m
+/// A task of `service`, as its scheduler starts it.
+async fn run_task_in(m: &Mesh, service: &str) -> (String, Ipv4Addr) {
+    let t = m
+        .server
         .ecs
-        .run_task()
-        .cluster("prod")
-        .task_definition("orders")
-        .group(group)
-        .send()
-        .await
+        .lock()
+        .unwrap()
+        .run_service_task("prod", "orders", service)
         .unwrap();
-    let arn = out.tasks()[0].task_arn().unwrap().to_string();
+    let arn = t["taskArn"].as_str().unwrap().to_string();
     let id = arn.rsplit('/').next().unwrap().to_string();
     let ip = m.server.ecs.lock().unwrap().clusters["prod"].tasks[&id]
         .address
@@ -338,7 +344,7 @@ async fn registration_needs_the_tasks_certificate_and_the_mesh_view_long_polls()
     assert!(listed[0]["certificateNotAfterUnix"].as_f64().unwrap() > 0.0);
 
     // This certificate cannot speak for a task of another service.
-    let (other_arn, other_ip) = run_task_in(&m, "service:billing").await;
+    let (other_arn, other_ip) = run_task_in(&m, "billing").await;
     let (status, bytes) = register(&m, other_ip, registration(&other_arn, other_ip, true), &slot).await;
     let r = refusal(&bytes);
     assert_eq!((status, r.code.as_str()), (403, "identity_mismatch"), "{}", r.error);
@@ -386,4 +392,64 @@ async fn registration_needs_the_tasks_certificate_and_the_mesh_view_long_polls()
     assert_eq!(status, 200);
     let _ = register(&m, ip, registration(&arn, ip, true), &slot).await;
     assert_eq!(m.gw.admin_json("/api/sidecars").await[0]["state"], "draining");
+}
+
+#[tokio::test]
+async fn a_task_gets_no_identity_it_is_not_entitled_to() {
+    let m = setup(Ipv4Addr::new(127, 0, 164, 1), "300ms").await;
+    // The real service, with one task.
+    let (real, _) = run_task(&m).await;
+    // RunTask lets its caller write any group: `service:orders` does not make it a task
+    // of service orders (ECS does not list it there).
+    let forged = m
+        .ecs
+        .run_task()
+        .cluster("prod")
+        .task_definition("orders")
+        .group("service:orders")
+        .send()
+        .await
+        .unwrap();
+    let forged_arn = forged.tasks()[0].task_arn().unwrap().to_string();
+    let forged_ip = task_ip(&m, &forged_arn);
+    let (csr_pem, _) = csr(None);
+    let (status, bytes) = request(&m, forged_ip, body(&forged_arn, &csr_pem, Some(TOKEN)), None).await;
+    let r = refusal(&bytes);
+    assert_eq!((status, r.code.as_str()), (403, "no_identity"), "{}", r.error);
+    assert!(r.error.contains("does not list it"), "{}", r.error);
+
+    // A standalone task whose family is the name of a service of the cluster would share
+    // that service's identity: refused while the service exists.
+    {
+        let mut ecs = m.server.ecs.lock().unwrap();
+        ecs.create_service(&serde_json::json!({
+            "cluster": "prod", "serviceName": "orders", "taskDefinition": "orders", "desiredCount": 0
+        }))
+        .unwrap();
+    }
+    let standalone = m
+        .ecs
+        .run_task()
+        .cluster("prod")
+        .task_definition("orders")
+        .send()
+        .await
+        .unwrap();
+    let standalone_arn = standalone.tasks()[0].task_arn().unwrap().to_string();
+    let standalone_ip = task_ip(&m, &standalone_arn);
+    let (status, bytes) = request(&m, standalone_ip, body(&standalone_arn, &csr_pem, Some(TOKEN)), None).await;
+    let r = refusal(&bytes);
+    assert_eq!((status, r.code.as_str()), (403, "no_identity"), "{}", r.error);
+    assert!(r.error.contains("service orders"), "{}", r.error);
+    // The real task is unaffected.
+    let real_ip = task_ip(&m, &real);
+    let (status, bytes) = request(&m, real_ip, body(&real, &csr_pem, Some(TOKEN)), None).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+}
+
+fn task_ip(m: &Mesh, arn: &str) -> Ipv4Addr {
+    let id = arn.rsplit('/').next().unwrap().to_string();
+    m.server.ecs.lock().unwrap().clusters["prod"].tasks[&id]
+        .address
+        .unwrap()
 }

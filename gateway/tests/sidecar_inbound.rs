@@ -102,10 +102,7 @@ async fn fixture(first: Ipv4Addr, labels: serde_json::Value) -> Fixture {
             ]
         }))
         .unwrap();
-        let t = ecs
-            .run_task(Some("prod"), "orders", 1, Some("service:orders"), None, None)
-            .unwrap()
-            .remove(0);
+        let t = ecs.run_service_task("prod", "orders", "orders").unwrap();
         let arn = t["taskArn"].as_str().unwrap().to_string();
         let id = arn.rsplit('/').next().unwrap().to_string();
         let task = &ecs.clusters["prod"].tasks[&id];

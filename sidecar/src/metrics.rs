@@ -155,7 +155,7 @@ impl Metrics {
             "gRPC calls by direction and final grpc-status.",
         );
         for ((direction, code), n) in self.grpc.snapshot() {
-            sample(&mut out, name, &[("direction", direction), ("grpc_status", &code)], n);
+            sample(&mut out, name, &[("direction", direction), ("grpc_status", code)], n);
         }
         let name = "berth_sidecar_inbound_request_duration_seconds";
         family(

@@ -725,9 +725,7 @@ fn gateway_addresses(server: &EcsServer) -> Vec<std::net::Ipv4Addr> {
         .values()
         .flat_map(|c| c.tasks.values())
         .filter(|t| {
-            t.group == format!("service:{GATEWAY_SERVICE}")
-                && t.last_status == "RUNNING"
-                && t.desired_status == "RUNNING"
+            t.service.as_deref() == Some(GATEWAY_SERVICE) && t.last_status == "RUNNING" && t.desired_status == "RUNNING"
         })
         .filter_map(|t| t.address)
         .collect();

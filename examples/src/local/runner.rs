@@ -394,7 +394,7 @@ impl Runner {
                     .values()
                     .flat_map(|c| c.tasks.values())
                     .filter(|t| {
-                        t.group == format!("service:{service}")
+                        t.service.as_deref() == Some(service.as_str())
                             && t.last_status == "RUNNING"
                             && t.desired_status == "RUNNING"
                     })

@@ -55,6 +55,9 @@ pub struct TaskState {
     pub cluster: String,
     pub taskdef_arn: String,
     pub group: String,
+    /// The service whose scheduler started it. ECS keeps this itself: a RunTask caller
+    /// may write `service:NAME` as the group, but that does not put the task in NAME.
+    pub service: Option<String>,
     pub started_by: Option<String>,
     pub last_status: String,
     pub desired_status: String,
@@ -265,6 +268,29 @@ impl Ecs {
         started_by: Option<&str>,
         launch_type: Option<&str>,
     ) -> Result<Vec<Value>, ApiError> {
+        self.launch(cluster, taskdef, count, group, started_by, launch_type, None)
+    }
+
+    /// Tasks as the scheduler of `service` starts them (group `service:NAME`, and in the
+    /// service as ECS counts it), without a service to schedule them: for tests.
+    pub fn run_service_task(&mut self, cluster: &str, taskdef: &str, service: &str) -> Result<Value, ApiError> {
+        let group = format!("service:{service}");
+        let mut out = self.launch(Some(cluster), taskdef, 1, Some(&group), None, None, Some(service))?;
+        Ok(out.remove(0))
+    }
+
+    /// RunTask, or a service's scheduler starting its tasks (`service`).
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        &mut self,
+        cluster: Option<&str>,
+        taskdef: &str,
+        count: usize,
+        group: Option<&str>,
+        started_by: Option<&str>,
+        launch_type: Option<&str>,
+        service: Option<&str>,
+    ) -> Result<Vec<Value>, ApiError> {
         let cluster = self.cluster_name(cluster)?;
         if count == 0 || count > 10 {
             return Err(ApiError::invalid("count must be between 1 and 10"));
@@ -316,6 +342,7 @@ impl Ecs {
                 cluster: cluster.clone(),
                 taskdef_arn: def["taskDefinitionArn"].as_str().unwrap_or_default().to_string(),
                 group: group.map(str::to_string).unwrap_or_else(|| format!("family:{family}")),
+                service: service.map(str::to_string),
                 started_by: started_by.map(str::to_string),
                 last_status: if self.managed { "PROVISIONING" } else { "RUNNING" }.into(),
                 desired_status: "RUNNING".into(),
@@ -416,7 +443,7 @@ impl Ecs {
         let family = input["family"].as_str();
         let service = input["serviceName"]
             .as_str()
-            .map(|s| format!("service:{}", s.rsplit('/').next().unwrap_or(s)));
+            .map(|s| s.rsplit('/').next().unwrap_or(s).to_string());
         let started_by = input["startedBy"].as_str();
         let launch_type = input["launchType"].as_str();
         let c = &self.clusters[&cluster];
@@ -425,7 +452,7 @@ impl Ecs {
             .values()
             .filter(|t| t.desired_status == desired)
             .filter(|t| family.is_none_or(|f| self.family_of(t) == f))
-            .filter(|t| service.as_ref().is_none_or(|s| &t.group == s))
+            .filter(|t| service.as_ref().is_none_or(|s| t.service.as_ref() == Some(s)))
             .filter(|t| started_by.is_none_or(|s| t.started_by.as_deref() == Some(s)))
             .filter(|t| launch_type.is_none_or(|l| t.launch_type == l))
             .collect();
@@ -722,11 +749,10 @@ impl Ecs {
         svc.status = "INACTIVE".into();
         svc.desired_count = 0;
         let svc = svc.clone();
-        let group = format!("service:{}", svc.name);
         let ids: Vec<String> = self.clusters[&cluster]
             .tasks
             .values()
-            .filter(|t| t.group == group && t.desired_status == "RUNNING")
+            .filter(|t| t.service.as_ref() == Some(&svc.name) && t.desired_status == "RUNNING")
             .map(|t| t.id.clone())
             .collect();
         for id in ids {
@@ -762,12 +788,12 @@ impl Ecs {
     }
 
     fn service_tasks<'a>(&'a self, svc: &ServiceState) -> impl Iterator<Item = &'a TaskState> + 'a {
-        let group = format!("service:{}", svc.name);
+        let name = svc.name.clone();
         self.clusters
             .get(&svc.cluster)
             .into_iter()
             .flat_map(|c| c.tasks.values())
-            .filter(move |t| t.group == group)
+            .filter(move |t| t.service.as_ref() == Some(&name))
     }
 
     pub fn service_json(&self, svc: &ServiceState) -> Value {
@@ -890,13 +916,14 @@ impl Ecs {
             let mut start = want.min(room);
             while start > 0 {
                 let n = start.min(10);
-                let _ = self.run_task(
+                let _ = self.launch(
                     Some(&svc.cluster),
                     &primary.taskdef_arn,
                     n,
                     Some(&format!("service:{}", svc.name)),
                     Some(&primary.id),
                     Some(&svc.launch_type),
+                    Some(&svc.name),
                 );
                 start -= n;
             }

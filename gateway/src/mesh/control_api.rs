@@ -177,6 +177,13 @@ impl ControlApi {
                 ));
             }
         };
+        if let Some(why) = &task.refused {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                "no_identity",
+                format!("task {} gets no mesh identity: {why}", task.task_arn),
+            ));
+        }
         let source = peer.ip().to_canonical().to_string();
         if task.address.as_deref() != Some(source.as_str()) {
             return Err(refuse(

@@ -42,6 +42,16 @@ data "aws_iam_policy_document" "discovery" {
       ]
     ])
   }
+  # Service membership for mesh identities: a task is in a service when ECS lists it
+  # there, and a standalone task may not take a service's name (docs/security.md).
+  statement {
+    sid     = "DescribeServicesInDiscoveredClusters"
+    actions = ["ecs:DescribeServices"]
+    resources = [
+      for c in var.discovered_clusters :
+      "arn:${data.aws_partition.current.partition}:ecs:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:service/${c}/*"
+    ]
+  }
   statement {
     sid       = "UnscopableReads"
     actions   = ["ecs:DescribeTaskDefinition", "ecs:ListClusters", "ec2:DescribeInstances"]

@@ -194,6 +194,45 @@ impl EcsApi {
         }
     }
 
+    /// The tasks ECS counts in `service` (ListTasks with `serviceName`, every page): the
+    /// authority on membership, unlike a task's `group`, which whoever runs it sets.
+    pub async fn list_service_tasks(&self, cluster: &str, service: &str) -> Result<Vec<String>, ApiError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let t = token.clone();
+            let page = self
+                .call("ListTasks", cluster, |c| {
+                    c.list_tasks()
+                        .cluster(cluster)
+                        .service_name(service)
+                        .desired_status(DesiredStatus::Running)
+                        .max_results(100)
+                        .set_next_token(t.clone())
+                        .send()
+                })
+                .await?;
+            out.extend(page.task_arns().iter().cloned());
+            match page.next_token() {
+                Some(n) if !n.is_empty() => token = Some(n.to_string()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Whether the cluster has a service of this name that is not gone (DescribeServices).
+    pub async fn service_exists(&self, cluster: &str, service: &str) -> Result<bool, ApiError> {
+        let out = self
+            .call("DescribeServices", cluster, |c| {
+                c.describe_services().cluster(cluster).services(service).send()
+            })
+            .await?;
+        Ok(out
+            .services()
+            .iter()
+            .any(|s| s.service_name() == Some(service) && s.status() != Some("INACTIVE")))
+    }
+
     /// DescribeTasks for at most 100 ARNs.
     pub async fn describe_tasks(&self, cluster: &str, arns: &[String]) -> Result<(Vec<Task>, Vec<Failure>), ApiError> {
         let out = self

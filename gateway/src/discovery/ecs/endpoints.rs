@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 
 use aws_sdk_ecs::types::{HealthStatus, NetworkMode, Task, TaskDefinition};
 
+use super::membership::Membership;
+
 /// A routable container (or one excluded, with the reason).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContainerEndpoint {
@@ -28,8 +30,15 @@ pub struct ContainerEndpoint {
     /// The exclusion comes only from ECS's view of the task's progress or container
     /// health, which a live sidecar registration reports faster and overrides.
     pub state_excluded: bool,
-    /// The ECS service (`group` `service:NAME`), else the task-definition family.
+    /// The name in the task's identity: for a task with a sidecar the ECS service ECS
+    /// lists it in, else its family ([`super::membership`]); for other tasks the `group`
+    /// `service:NAME`, else the family (they have no identity).
     pub service: String,
+    /// A task with a sidecar that may not have an identity, and why: it joins neither the
+    /// mesh nor any router.
+    pub identity_refused: Option<String>,
+    /// Why the task's `berth.mesh.name` is refused (it names another service).
+    pub alias_refused: Option<String>,
     /// When the task has a sidecar (a container named `berth-sidecar`): the port its
     /// inbound mTLS listener is dialled at. Traffic then goes through the sidecar.
     pub sidecar_port: Option<u16>,
@@ -100,23 +109,37 @@ fn port(p: Option<i32>) -> Option<u16> {
 }
 
 /// Every container of the task with its address, ports and eligibility.
-/// `host_ip` is the container instance's private IP (bridge and host modes).
+/// `host_ip` is the container instance's private IP (bridge and host modes);
+/// `membership` what ECS says of a task with a sidecar (none yet: it is not routed).
 pub fn containers(
     task: &Task,
     def: &TaskDefinition,
     host_ip: Option<&str>,
     healthy_only: bool,
+    membership: Option<&Membership>,
 ) -> Vec<ContainerEndpoint> {
     let mode = network_mode(task, def);
     let group = task.group().unwrap_or_default().replacen(':', "-", 1);
     let running = task_is_running(task);
-    let service = task
-        .group()
-        .and_then(|g| g.strip_prefix("service:"))
-        .map(str::to_string)
-        .or_else(|| def.family().map(str::to_string))
-        .unwrap_or_default();
     let has_sidecar = has_sidecar(def);
+    let (service, identity_refused) = if has_sidecar {
+        match membership {
+            Some(Membership::Service(n) | Membership::Standalone(n)) => (n.clone(), None),
+            Some(Membership::Refused(why)) => (String::new(), Some(why.clone())),
+            None => (
+                String::new(),
+                Some("its service membership is not checked yet".to_string()),
+            ),
+        }
+    } else {
+        let service = task
+            .group()
+            .and_then(|g| g.strip_prefix("service:"))
+            .map(str::to_string)
+            .or_else(|| def.family().map(str::to_string))
+            .unwrap_or_default();
+        (service, None)
+    };
     let sidecar_port = has_sidecar.then(|| match mode {
         // The host port mapped to the sidecar's 15443, whatever the container's name.
         NetworkMode::Bridge => task
@@ -171,6 +194,8 @@ pub fn containers(
         let mut state_excluded = false;
         if name == SIDECAR {
             excluded = Some("the sidecar itself is not routed".into());
+        } else if let Some(why) = &identity_refused {
+            excluded = Some(format!("no mesh identity: {why}"));
         } else if has_sidecar && sidecar_port.flatten().is_none() {
             excluded = Some("the sidecar's port 15443 is not mapped".into());
         } else if !running {
@@ -201,6 +226,8 @@ pub fn containers(
             excluded,
             state_excluded,
             service: service.clone(),
+            identity_refused: identity_refused.clone(),
+            alias_refused: None,
             sidecar_port: sidecar_port.flatten(),
         });
     }
@@ -257,7 +284,7 @@ mod tests {
                     .build(),
             )
             .build();
-        let eps = containers(&t, &def(Some(NetworkMode::Awsvpc), false), None, false);
+        let eps = containers(&t, &def(Some(NetworkMode::Awsvpc), false), None, false, None);
         assert_eq!(eps[0].address.as_deref(), Some("10.1.2.3"));
         assert_eq!(eps[0].ports, vec![(8080, 8080)]);
         assert_eq!(eps[0].instance_name, "service-web-app");
@@ -271,7 +298,7 @@ mod tests {
         )
         .launch_type(aws_sdk_ecs::types::LaunchType::Fargate)
         .build();
-        let eps = containers(&t, &def(None, false), None, false);
+        let eps = containers(&t, &def(None, false), None, false, None);
         assert_eq!(eps[0].address.as_deref(), Some("10.9.9.9"));
     }
 
@@ -284,10 +311,16 @@ mod tests {
                 .build(),
         )
         .build();
-        let eps = containers(&t, &def(Some(NetworkMode::Bridge), false), Some("10.0.0.5"), false);
+        let eps = containers(
+            &t,
+            &def(Some(NetworkMode::Bridge), false),
+            Some("10.0.0.5"),
+            false,
+            None,
+        );
         assert_eq!(eps[0].address.as_deref(), Some("10.0.0.5"));
         assert_eq!(eps[0].ports, vec![(8080, 32768)]);
-        let eps = containers(&t, &def(Some(NetworkMode::Bridge), false), None, false);
+        let eps = containers(&t, &def(Some(NetworkMode::Bridge), false), None, false, None);
         assert!(eps[0].excluded.as_deref().unwrap().contains("instance"));
     }
 
@@ -319,7 +352,7 @@ mod tests {
                 .build(),
         )
         .build();
-        assert!(containers(&t, &d, Some("10.0.0.5"), false)[0].excluded.is_some());
+        assert!(containers(&t, &d, Some("10.0.0.5"), false, None)[0].excluded.is_some());
         let t = task(
             Container::builder()
                 .name("app")
@@ -327,11 +360,11 @@ mod tests {
                 .build(),
         )
         .build();
-        assert!(containers(&t, &d, Some("10.0.0.5"), false)[0].excluded.is_none());
-        assert!(containers(&t, &d, Some("10.0.0.5"), true)[0].excluded.is_some());
+        assert!(containers(&t, &d, Some("10.0.0.5"), false, None)[0].excluded.is_none());
+        assert!(containers(&t, &d, Some("10.0.0.5"), true, None)[0].excluded.is_some());
         let t = task(Container::builder().name("app").build())
             .desired_status("STOPPED")
             .build();
-        assert!(containers(&t, &d, Some("10.0.0.5"), false)[0].excluded.is_some());
+        assert!(containers(&t, &d, Some("10.0.0.5"), false, None)[0].excluded.is_some());
     }
 }

@@ -11,6 +11,7 @@
 pub mod client;
 pub mod ec2;
 pub mod endpoints;
+pub mod membership;
 pub mod reconcile;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -130,10 +131,17 @@ pub struct TaskFacts {
     pub cluster: String,
     pub last_status: String,
     pub desired_status: String,
-    /// The ECS service (`group` `service:NAME`), else the task-definition family.
+    /// The ECS service ECS lists the task in, else its task-definition family
+    /// ([`membership`]); empty when it may have no identity.
     pub service: String,
+    /// Why the task may have no identity (claims a service it is not in, or takes a
+    /// service's name while outside it).
+    pub refused: Option<String>,
     /// The address its connections come from, when known.
     pub address: Option<String>,
+    /// The task's `group` as whoever started it set it (`service:NAME`, `family:NAME`):
+    /// good for finding the gateway's own replicas, never for an identity.
+    pub group: String,
 }
 
 /// Finds a task for the control plane: from the reconciler's last view, or at once by
@@ -188,7 +196,11 @@ impl TaskLookup {
         let mut out: Vec<TaskFacts> = known
             .values()
             .flat_map(|tasks| tasks.values())
-            .filter(|t| t.service == service && t.last_status == "RUNNING" && t.desired_status == "RUNNING")
+            .filter(|t| {
+                t.group.strip_prefix("service:") == Some(service)
+                    && t.last_status == "RUNNING"
+                    && t.desired_status == "RUNNING"
+            })
             .cloned()
             .collect();
         out.sort_by(|a, b| a.task_arn.cmp(&b.task_arn));
@@ -196,13 +208,20 @@ impl TaskLookup {
     }
 }
 
-fn facts(cluster: &str, task: &aws_sdk_ecs::types::Task, address: Option<String>) -> Option<TaskFacts> {
-    let service = match task.group().and_then(|g| g.strip_prefix("service:")) {
-        Some(s) => s.to_string(),
-        None => {
-            let td = task.task_definition_arn()?;
-            td.rsplit('/').next()?.split(':').next()?.to_string()
-        }
+fn facts(
+    cluster: &str,
+    task: &aws_sdk_ecs::types::Task,
+    address: Option<String>,
+    membership: Option<&membership::Membership>,
+) -> Option<TaskFacts> {
+    use membership::Membership;
+    let (service, refused) = match membership {
+        Some(Membership::Service(n) | Membership::Standalone(n)) => (n.clone(), None),
+        Some(Membership::Refused(why)) => (String::new(), Some(why.clone())),
+        None => (
+            String::new(),
+            Some("the task's definition has no berth-sidecar, or its service is not checked yet".to_string()),
+        ),
     };
     Some(TaskFacts {
         task_arn: task.task_arn()?.to_string(),
@@ -210,7 +229,9 @@ fn facts(cluster: &str, task: &aws_sdk_ecs::types::Task, address: Option<String>
         last_status: task.last_status().unwrap_or_default().to_string(),
         desired_status: task.desired_status().unwrap_or_default().to_string(),
         service,
+        refused,
         address,
+        group: task.group().unwrap_or_default().to_string(),
     })
 }
 
@@ -228,9 +249,17 @@ async fn lookup_loop(shared: Arc<Shared>) {
             while !all.is_empty() {
                 let waiters: Waiters = all.drain(..all.len().min(reconcile::BATCH)).collect();
                 let arns: Vec<String> = waiters.iter().map(|(a, _)| a.clone()).collect();
-                let result = shared.api.describe_tasks(&cluster, &arns).await;
+                let described = shared.api.describe_tasks(&cluster, &arns).await;
+                // A task asking for its identity: which service it is in, as ECS lists it.
+                let result = match described {
+                    Ok((tasks, failures)) => match shared.memberships.resolve(&shared.api, &cluster, &tasks).await {
+                        Ok(m) => Ok((tasks, failures, m)),
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(e),
+                };
                 match result {
-                    Ok((tasks, _failures)) => {
+                    Ok((tasks, _failures, memberships)) => {
                         if let Some(adopter) = shared.adopters.lock().unwrap_or_else(|e| e.into_inner()).get(&cluster)
                             && !tasks.is_empty()
                         {
@@ -240,7 +269,7 @@ async fn lookup_loop(shared: Arc<Shared>) {
                             let found = tasks
                                 .iter()
                                 .find(|t| t.task_arn() == Some(arn.as_str()))
-                                .and_then(|t| facts(&cluster, t, endpoints::awsvpc_address(t)));
+                                .and_then(|t| facts(&cluster, t, endpoints::awsvpc_address(t), memberships.get(&arn)));
                             let _ = tx.send(Ok(found));
                         }
                     }
@@ -324,6 +353,7 @@ pub fn spawn(
         pending: Mutex::default(),
         pending_changed: Notify::new(),
         adopters: Mutex::default(),
+        memberships: Arc::default(),
     });
     shared.rounds.add_permits(shared.settings.concurrency.max(1));
     tokio::spawn(clusters_loop(shared.clone()));
@@ -355,6 +385,8 @@ struct Shared {
     /// Each cluster reconciler's inbox for tasks described on demand, so a task that
     /// asked for its certificate joins the view without waiting for the next round.
     adopters: Mutex<BTreeMap<String, tokio::sync::mpsc::UnboundedSender<Vec<aws_sdk_ecs::types::Task>>>>,
+    /// Which service each task with a sidecar is in, as ECS lists it.
+    memberships: Arc<membership::Memberships>,
 }
 
 impl Shared {
@@ -419,6 +451,7 @@ async fn cluster_loop(shared: Arc<Shared>, cluster: String, name: String) {
         shared.taskdefs.clone(),
         shared.ec2.clone(),
         shared.settings.healthy_only,
+        shared.memberships.clone(),
     );
     let (adopt_tx, mut adopt_rx) = tokio::sync::mpsc::unbounded_channel();
     shared
@@ -475,7 +508,7 @@ fn install(shared: &Shared, name: &str, rec: &ClusterReconciler, view: ClusterVi
     let known: std::collections::HashMap<String, TaskFacts> = rec
         .known_tasks()
         .into_iter()
-        .filter_map(|(arn, t)| facts(name, &t, rec.task_address(&t)).map(|f| (arn, f)))
+        .filter_map(|(arn, t)| facts(name, &t, rec.task_address(&t), rec.membership(&arn)).map(|f| (arn, f)))
         .collect();
     shared
         .known
@@ -545,6 +578,88 @@ async fn publish_loop(
     }
 }
 
+/// One task's claim on a mesh name.
+struct MeshClaim {
+    name: String,
+    /// `ecs/<cluster>/<service>`.
+    identity: String,
+    /// The name is the task's own service (or standalone family) name.
+    owner: bool,
+    /// Where to reach it, when it may get traffic.
+    endpoint: Option<String>,
+}
+
+/// Who is served under each mesh name. A name belongs to the service of that name (the
+/// default: `berth.mesh.name` unset); another service may take it by its label only when
+/// no service owns it. A name that two services own (the same service name in two
+/// clusters) or that several others claim with none owning it is served to nobody, with
+/// a diagnostic: one team's labels must never receive another team's calls, and sort
+/// order is not a reason.
+fn resolve_mesh_names(claims: Vec<MeshClaim>, diags: &mut Vec<Diagnostic>) -> BTreeMap<String, MeshService> {
+    let mut by_name: BTreeMap<String, Vec<MeshClaim>> = BTreeMap::new();
+    for c in claims {
+        by_name.entry(c.name.clone()).or_default().push(c);
+    }
+    let mut mesh = BTreeMap::new();
+    let mut report = |d: Diagnostic| {
+        if !diags.contains(&d) {
+            diags.push(d);
+        }
+    };
+    for (name, claims) in by_name {
+        let owners: BTreeSet<&str> = claims.iter().filter(|c| c.owner).map(|c| c.identity.as_str()).collect();
+        let candidates: BTreeSet<&str> = if owners.is_empty() {
+            claims.iter().map(|c| c.identity.as_str()).collect()
+        } else {
+            owners
+        };
+        let chosen = match candidates.iter().collect::<Vec<_>>().as_slice() {
+            [one] => (**one).to_string(),
+            several => {
+                let list: Vec<&str> = several.iter().map(|s| **s).collect();
+                report(
+                    Diagnostic::error(
+                        "berth.mesh.name",
+                        format!(
+                            "mesh name {name} is claimed by {}; it is served to none of them: give each a distinct berth.mesh.name",
+                            list.join(" and ")
+                        ),
+                    )
+                    .with_source(PROVIDER),
+                );
+                continue;
+            }
+        };
+        for other in claims.iter().filter(|c| c.identity != chosen) {
+            report(
+                Diagnostic::error(
+                    "berth.mesh.name",
+                    format!(
+                        "{} claims mesh name {name}, which belongs to {chosen}; refused",
+                        other.identity
+                    ),
+                )
+                .with_source(PROVIDER),
+            );
+        }
+        let mut endpoints: Vec<String> = claims
+            .iter()
+            .filter(|c| c.identity == chosen)
+            .filter_map(|c| c.endpoint.clone())
+            .collect();
+        endpoints.sort();
+        mesh.insert(
+            name.clone(),
+            MeshService {
+                name,
+                identity: chosen,
+                endpoints,
+            },
+        );
+    }
+    mesh
+}
+
 /// The east-west services: every task with a sidecar, by mesh name.
 pub type MeshTable = Arc<BTreeMap<String, MeshService>>;
 
@@ -569,7 +684,7 @@ pub fn build_config(
     let mut merger = Merger::default();
     let mut diags = Vec::new();
     let mut reported: HashSet<(String, String, String)> = HashSet::new();
-    let mut mesh: BTreeMap<String, MeshService> = BTreeMap::new();
+    let mut claims: Vec<MeshClaim> = Vec::new();
     let mut mesh_tasks: HashSet<(&str, &str)> = HashSet::new();
     for (cluster, view) in views {
         for (task_id, ep) in &view.endpoints {
@@ -587,37 +702,34 @@ pub fn build_config(
                 }
             }
             let (parsed, label_diags) = labels::parse(&ep.labels);
-            if let (Some(port), Some(address), true) =
-                (ep.sidecar_port, &ep.address, ep.container != endpoints::SIDECAR)
-                && mesh_tasks.insert((cluster.as_str(), task_id.as_str()))
+            if let (Some(port), Some(address), true, None) = (
+                ep.sidecar_port,
+                &ep.address,
+                ep.container != endpoints::SIDECAR,
+                &ep.identity_refused,
+            ) && mesh_tasks.insert((cluster.as_str(), task_id.as_str()))
             {
-                let name = parsed.mesh.name.clone().unwrap_or_else(|| ep.service.clone());
-                let identity = format!("ecs/{cluster}/{}", ep.service);
-                let entry = mesh.entry(name.clone()).or_insert_with(|| MeshService {
-                    name: name.clone(),
-                    identity: identity.clone(),
-                    endpoints: Vec::new(),
-                });
-                if entry.identity != identity {
-                    let d = Diagnostic::error(
-                        "berth.mesh.name",
-                        format!(
-                            "mesh name {name} is claimed by {} and {identity}; only the first is served",
-                            entry.identity
-                        ),
-                    )
-                    .with_source(PROVIDER);
+                if let Some(why) = &ep.alias_refused {
+                    let d = Diagnostic::error("berth.mesh.name", why.clone()).with_source(PROVIDER);
                     if !diags.contains(&d) {
                         diags.push(d);
                     }
-                } else if ep.excluded.is_none() {
-                    let host = if address.contains(':') {
-                        format!("[{address}]")
-                    } else {
-                        address.clone()
-                    };
-                    entry.endpoints.push(format!("{host}:{port}"));
                 }
+                let name = match &ep.alias_refused {
+                    Some(_) => ep.service.clone(),
+                    None => parsed.mesh.name.clone().unwrap_or_else(|| ep.service.clone()),
+                };
+                let host = if address.contains(':') {
+                    format!("[{address}]")
+                } else {
+                    address.clone()
+                };
+                claims.push(MeshClaim {
+                    owner: name == ep.service,
+                    name,
+                    identity: format!("ecs/{cluster}/{}", ep.service),
+                    endpoint: ep.excluded.is_none().then(|| format!("{host}:{port}")),
+                });
             }
             let ep = ep.as_ref();
             let source = format!("ecs:{cluster}/{task_id}/{}", ep.container);
@@ -685,12 +797,53 @@ pub fn build_config(
             Diagnostic::error(c.clone(), "defined differently by several containers; not served").with_source(PROVIDER),
         );
     }
-    for svc in mesh.values_mut() {
-        svc.endpoints.sort();
-    }
+    let mesh = resolve_mesh_names(claims, &mut diags);
     Built {
         config: cfg,
         diagnostics: diags,
         mesh,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(name: &str, identity: &str, owner: bool, endpoint: &str) -> MeshClaim {
+        MeshClaim {
+            name: name.into(),
+            identity: identity.into(),
+            owner,
+            endpoint: Some(endpoint.into()),
+        }
+    }
+
+    #[test]
+    fn a_mesh_name_belongs_to_its_service_never_to_sort_order() {
+        let mut diags = Vec::new();
+        let mesh = resolve_mesh_names(
+            vec![
+                // Sorts first, claims payments by label.
+                claim("payments", "ecs/aaa/evil", false, "10.0.0.9:15443"),
+                claim("payments", "ecs/prod/payments", true, "10.0.0.1:15443"),
+                // An alias nobody owns: its claimant gets it.
+                claim("orders", "ecs/prod/orders-v2", false, "10.0.0.2:15443"),
+                // The same service name in two clusters: nobody.
+                claim("cart", "ecs/prod/cart", true, "10.0.0.3:15443"),
+                claim("cart", "ecs/staging/cart", true, "10.0.0.4:15443"),
+            ],
+            &mut diags,
+        );
+        assert_eq!(mesh["payments"].identity, "ecs/prod/payments");
+        assert_eq!(mesh["payments"].endpoints, vec!["10.0.0.1:15443"]);
+        assert_eq!(mesh["orders"].identity, "ecs/prod/orders-v2");
+        assert!(!mesh.contains_key("cart"));
+        assert!(
+            diags
+                .iter()
+                .any(|d| d.message.contains("ecs/aaa/evil claims mesh name payments")),
+            "{diags:?}"
+        );
+        assert!(diags.iter().any(|d| d.message.contains("served to none")), "{diags:?}");
     }
 }

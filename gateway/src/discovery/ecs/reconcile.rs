@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use aws_sdk_ecs::types::{NetworkMode, Task, TaskDefinition};
 
 use super::client::{ApiError, EcsApi};
-use super::endpoints::{ContainerEndpoint, containers, network_mode, task_is_running};
+use super::endpoints::{ContainerEndpoint, containers, has_sidecar, network_mode, task_is_running};
+use super::membership::{Membership, Memberships};
 
 /// ECS takes at most 100 ARNs per Describe* call.
 pub const BATCH: usize = 100;
@@ -37,6 +38,10 @@ pub trait InstanceAddresses: Send + Sync {
 pub struct TaskRecord {
     pub task: Arc<Task>,
     pub def: Option<Arc<TaskDefinition>>,
+    /// For a task with a sidecar: the service its identity names, as ECS says.
+    pub membership: Option<Membership>,
+    /// Why the task's `berth.mesh.name` is refused: it names another service of the cluster.
+    pub alias_refused: Option<String>,
 }
 
 /// The result of a successful round.
@@ -56,6 +61,16 @@ pub struct ClusterReconciler {
     instances: HashMap<String, (Option<String>, Option<String>)>,
     ec2: Option<Arc<dyn InstanceAddresses>>,
     healthy_only: bool,
+    memberships: Arc<Memberships>,
+}
+
+/// The `berth.mesh.name` a task definition's containers give, if any.
+fn mesh_alias(def: &TaskDefinition) -> Option<String> {
+    def.container_definitions().iter().find_map(|c| {
+        let labels: std::collections::BTreeMap<String, String> =
+            c.docker_labels()?.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        berth_common::labels::parse(&labels).0.mesh.name
+    })
 }
 
 fn short_name(arn: &str) -> &str {
@@ -69,6 +84,7 @@ impl ClusterReconciler {
         taskdefs: TaskDefCache,
         ec2: Option<Arc<dyn InstanceAddresses>>,
         healthy_only: bool,
+        memberships: Arc<Memberships>,
     ) -> Self {
         ClusterReconciler {
             cluster,
@@ -78,6 +94,7 @@ impl ClusterReconciler {
             instances: HashMap::new(),
             ec2,
             healthy_only,
+            memberships,
         }
     }
 
@@ -104,6 +121,7 @@ impl ClusterReconciler {
             .collect();
         self.describe(&to_describe).await?;
         self.resolve_definitions().await?;
+        self.resolve_memberships().await?;
         self.resolve_instances().await?;
         Ok(self.view())
     }
@@ -113,8 +131,50 @@ impl ClusterReconciler {
     pub async fn adopt(&mut self, tasks: Vec<Task>) -> Result<ClusterView, ApiError> {
         self.record(tasks);
         self.resolve_definitions().await?;
+        self.resolve_memberships().await?;
         self.resolve_instances().await?;
         Ok(self.view())
+    }
+
+    /// The service each task with a sidecar belongs to, as ECS lists it.
+    async fn resolve_memberships(&mut self) -> Result<(), ApiError> {
+        let meshed: Vec<&Task> = self
+            .tasks
+            .values()
+            .filter(|r| r.def.as_ref().is_some_and(|d| has_sidecar(d)))
+            .map(|r| r.task.as_ref())
+            .collect();
+        if meshed.is_empty() {
+            return Ok(());
+        }
+        let decided = self.memberships.resolve(&self.api, &self.cluster, meshed).await?;
+        for (arn, m) in decided {
+            // A `berth.mesh.name` other than its own service's may not be the name of
+            // another service of the cluster, even one with no task running.
+            let alias = self
+                .tasks
+                .get(&arn)
+                .and_then(|r| r.def.as_ref())
+                .and_then(|d| mesh_alias(d))
+                .filter(|a| m.name().is_some_and(|own| own != a));
+            let alias_refused = match alias {
+                Some(a) if self.memberships.service_named(&self.api, &self.cluster, &a).await? => Some(format!(
+                    "berth.mesh.name {a} is the name of ECS service {a} in cluster {}; another service may not take it",
+                    self.cluster
+                )),
+                _ => None,
+            };
+            if let Some(rec) = self.tasks.get_mut(&arn) {
+                rec.membership = Some(m);
+                rec.alias_refused = alias_refused;
+            }
+        }
+        Ok(())
+    }
+
+    /// A known task's membership, when it has a sidecar and it was decided.
+    pub fn membership(&self, arn: &str) -> Option<&Membership> {
+        self.tasks.get(arn)?.membership.as_ref()
     }
 
     /// Keep described tasks, with their definitions when already cached.
@@ -125,7 +185,18 @@ impl ClusterReconciler {
                 continue;
             };
             let def = t.task_definition_arn().and_then(|d| defs.get(d).cloned());
-            self.tasks.insert(arn, TaskRecord { task: Arc::new(t), def });
+            // Membership never changes: a re-described task keeps what was decided.
+            let membership = self.tasks.get(&arn).and_then(|r| r.membership.clone());
+            let alias_refused = self.tasks.get(&arn).and_then(|r| r.alias_refused.clone());
+            self.tasks.insert(
+                arn,
+                TaskRecord {
+                    task: Arc::new(t),
+                    def,
+                    membership,
+                    alias_refused,
+                },
+            );
         }
     }
 
@@ -261,7 +332,8 @@ impl ClusterReconciler {
                 .container_instance_arn()
                 .and_then(|ci| self.instances.get(ci))
                 .and_then(|(_, ip)| ip.as_deref());
-            for c in containers(&rec.task, def, host_ip, self.healthy_only) {
+            for mut c in containers(&rec.task, def, host_ip, self.healthy_only, rec.membership.as_ref()) {
+                c.alias_refused = rec.alias_refused.clone();
                 endpoints.push((short_name(arn).to_string(), c));
             }
         }
