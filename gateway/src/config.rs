@@ -152,6 +152,11 @@ pub struct Args {
     pub mesh_trust_domain: Option<String>,
     #[arg(long, env = "BERTH_MESH_TOKEN_FILE")]
     pub mesh_token_file: Option<PathBuf>,
+    /// Issue first certificates without a bootstrap token (any task the reconciler knows,
+    /// asking from its own address, gets its identity). Refused without this flag when
+    /// the CA is a real one (`--mesh-ca-cert`); `--mesh-dev-ca` allows it with a warning.
+    #[arg(long, env = "BERTH_MESH_INSECURE_NO_TOKEN")]
+    pub mesh_insecure_no_token: bool,
     #[arg(long, env = "BERTH_MESH_DEFAULT_DENY")]
     pub mesh_default_deny: bool,
     #[arg(long, env = "BERTH_MESH_PEERS_SERVICE")]
@@ -214,6 +219,8 @@ struct FileConfig {
     mesh_listen: Option<SocketAddr>,
     mesh_trust_domain: Option<String>,
     mesh_token_file: Option<PathBuf>,
+    #[serde(default)]
+    mesh_insecure_no_token: bool,
     #[serde(default)]
     mesh_default_deny: bool,
     mesh_cert_lifetime: Option<String>,
@@ -544,6 +551,13 @@ impl Config {
                     Some((_, t)) => Some(t),
                     None => None,
                 };
+                let insecure = args.mesh_insecure_no_token || file.mesh_insecure_no_token;
+                if token.is_none() && !insecure && matches!(ca, CaSource::Files { .. }) {
+                    return Err(bad(
+                        "the mesh CA needs a bootstrap token (--mesh-token-file or --mesh-token); \
+                         --mesh-insecure-no-token issues without one",
+                    ));
+                }
                 Some(MeshSettings {
                     ca,
                     listen: args
@@ -723,6 +737,28 @@ mod tests {
                 .0
                 .contains("together")
         );
+    }
+
+    #[test]
+    fn a_real_ca_without_a_token_needs_the_explicit_flag() {
+        let base = [
+            "--entrypoint",
+            "a=127.0.0.1:1",
+            "--mesh-ca-cert",
+            "/ca.crt",
+            "--mesh-ca-key",
+            "/ca.key",
+        ];
+        let e = parse(&base).unwrap_err().0;
+        assert!(
+            e.contains("bootstrap token") && e.contains("--mesh-insecure-no-token"),
+            "{e}"
+        );
+        let mut insecure = base.to_vec();
+        insecure.push("--mesh-insecure-no-token");
+        assert!(parse(&insecure).is_ok());
+        // The dev CA (local use) may go without.
+        assert!(parse(&["--entrypoint", "a=127.0.0.1:1", "--mesh-dev-ca", "/tmp/dev-ca"]).is_ok());
     }
 
     #[test]

@@ -256,6 +256,7 @@ impl Gateway {
                 registry: registry.clone(),
                 mesh: ecs_mesh,
                 peers,
+                budgets: Default::default(),
             });
             tokio::spawn(async move {
                 if let Err(e) = api.serve(listener, slot).await {
@@ -263,7 +264,9 @@ impl Gateway {
                 }
             });
             if m.token.is_none() {
-                tracing::warn!("no --mesh-token-file: any task the reconciler knows may request its certificate");
+                tracing::warn!(
+                    "no bootstrap token: any task the reconciler knows, asking from its own address, gets its certificate"
+                );
             }
             tracing::info!(addr = ?mesh_addr, trust_domain = %m.trust_domain, "mesh control API listening");
         }

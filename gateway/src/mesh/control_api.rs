@@ -48,6 +48,79 @@ pub struct ControlApi {
     pub mesh: Option<tokio::sync::watch::Receiver<MeshTable>>,
     /// Every gateway replica's control API.
     pub peers: tokio::sync::watch::Receiver<super::peers::PeerList>,
+    /// Per source address: certificates signed, and tasks looked up that discovery did
+    /// not know (each may cost an ECS call), so one host cannot spend everyone's budget.
+    pub budgets: SourceBudgets,
+}
+
+/// Per-source token buckets for the control API's costly work.
+#[derive(Debug)]
+pub struct SourceBudgets {
+    issue: SourceBudget,
+    lookup: SourceBudget,
+}
+
+impl Default for SourceBudgets {
+    fn default() -> Self {
+        SourceBudgets {
+            // A bridge-mode host may start dozens of tasks at once.
+            issue: SourceBudget::new(10.0, 50.0),
+            lookup: SourceBudget::new(10.0, 20.0),
+        }
+    }
+}
+
+/// A token bucket per source address, for at most [`MAX_SOURCES`] sources (the oldest
+/// half is forgotten past that).
+#[derive(Debug)]
+struct SourceBudget {
+    rate: f64,
+    burst: f64,
+    buckets: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (f64, std::time::Instant)>>,
+}
+
+const MAX_SOURCES: usize = 4096;
+
+impl SourceBudget {
+    fn new(rate: f64, burst: f64) -> Self {
+        SourceBudget {
+            rate,
+            burst,
+            buckets: Default::default(),
+        }
+    }
+
+    /// Take one token for `ip`; `false` when its bucket is empty.
+    fn take(&self, ip: std::net::IpAddr) -> bool {
+        let now = std::time::Instant::now();
+        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if b.len() >= MAX_SOURCES && !b.contains_key(&ip) {
+            let mut stamps: Vec<std::time::Instant> = b.values().map(|(_, t)| *t).collect();
+            stamps.sort_unstable();
+            let cut = stamps[stamps.len() / 2];
+            b.retain(|_, (_, t)| *t > cut);
+        }
+        let (tokens, stamp) = b.entry(ip).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*stamp).as_secs_f64() * self.rate).min(self.burst);
+        *stamp = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn too_busy(what: &str) -> Reply {
+    let mut r = refuse(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_requests",
+        format!("too many {what} from this address; retry shortly"),
+    );
+    r.headers_mut()
+        .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    r
 }
 
 /// The peer's verified certificate, when it presented one.
@@ -160,6 +233,10 @@ impl ControlApi {
                 "the mesh checks tasks through ECS discovery: start the gateway with --ecs-cluster".into(),
             ));
         };
+        // A task discovery does not know yet costs an ECS call: bounded per source.
+        if !lookup.is_known(task_arn) && !self.budgets.lookup.take(peer.ip().to_canonical()) {
+            return Err(too_busy("lookups of unknown tasks"));
+        }
         let task = match lookup.find(task_arn).await {
             Ok(Some(t)) => t,
             Ok(None) => {
@@ -380,7 +457,10 @@ impl ControlApi {
                 );
             }
         }
-        // Issuance signs and may describe tasks: bounded per second.
+        // Issuance signs and may describe tasks: bounded per source, then per second.
+        if !self.budgets.issue.take(peer.ip().to_canonical()) {
+            return too_busy("certificate requests");
+        }
         self.limiter.acquire().await;
         let (task, identity) = match self.task(&request.task_arn, peer).await {
             Ok(t) => t,
@@ -414,7 +494,8 @@ impl ControlApi {
             Err(e) => return refuse(StatusCode::BAD_REQUEST, "bad_csr", e.to_string()),
         };
         tracing::info!(identity = %identity, task = %task.task_arn, serial = %issued.serial,
-            renewal = client_id.is_some(), "certificate issued");
+            renewal = client_id.is_some(), token = if self.token.is_some() { "checked" } else { "absent" },
+            "certificate issued");
         reply(
             StatusCode::OK,
             &CertificateResponse {

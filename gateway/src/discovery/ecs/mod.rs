@@ -157,8 +157,41 @@ type Waiters = Vec<(
     tokio::sync::oneshot::Sender<Result<Option<TaskFacts>, client::ApiError>>,
 )>;
 
+/// How long "ECS does not know this task" is believed: a task that does not exist is
+/// not described again for each of its requests.
+const UNKNOWN_TTL: Duration = Duration::from_secs(2);
+/// The most unknown task ARNs remembered.
+const MAX_UNKNOWN: usize = 4096;
+
 impl TaskLookup {
+    /// Whether the last views already hold this task (no ECS call needed).
+    pub fn is_known(&self, task_arn: &str) -> bool {
+        let Some(cluster) = task_arn.split('/').rev().nth(1) else {
+            return false;
+        };
+        self.shared
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(cluster)
+            .is_some_and(|k| k.contains_key(task_arn))
+    }
+
     pub async fn find(&self, task_arn: &str) -> Result<Option<TaskFacts>, client::ApiError> {
+        let found = self.find_uncached(task_arn).await;
+        if let Ok(None) = found {
+            let mut unknown = self.shared.unknown.lock().unwrap_or_else(|e| e.into_inner());
+            if unknown.len() >= MAX_UNKNOWN {
+                unknown.retain(|_, at| at.elapsed() < UNKNOWN_TTL);
+            }
+            if unknown.len() < MAX_UNKNOWN {
+                unknown.insert(task_arn.to_string(), tokio::time::Instant::now());
+            }
+        }
+        found
+    }
+
+    async fn find_uncached(&self, task_arn: &str) -> Result<Option<TaskFacts>, client::ApiError> {
         // arn:aws:ecs:region:account:task/<cluster>/<id>
         let Some(cluster) = task_arn.split('/').rev().nth(1).map(str::to_string) else {
             return Ok(None);
@@ -174,6 +207,16 @@ impl TaskLookup {
             return Ok(Some(facts));
         }
         if !self.shared.clusters_known(&cluster) {
+            return Ok(None);
+        }
+        let recently_unknown = self
+            .shared
+            .unknown
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(task_arn)
+            .is_some_and(|at| at.elapsed() < UNKNOWN_TTL);
+        if recently_unknown {
             return Ok(None);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -354,6 +397,7 @@ pub fn spawn(
         pending_changed: Notify::new(),
         adopters: Mutex::default(),
         memberships: Arc::default(),
+        unknown: Mutex::default(),
     });
     shared.rounds.add_permits(shared.settings.concurrency.max(1));
     tokio::spawn(clusters_loop(shared.clone()));
@@ -387,6 +431,8 @@ struct Shared {
     adopters: Mutex<BTreeMap<String, tokio::sync::mpsc::UnboundedSender<Vec<aws_sdk_ecs::types::Task>>>>,
     /// Which service each task with a sidecar is in, as ECS lists it.
     memberships: Arc<membership::Memberships>,
+    /// Task ARNs ECS said it does not know, and when.
+    unknown: Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
 }
 
 impl Shared {
