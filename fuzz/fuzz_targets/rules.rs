@@ -1,6 +1,9 @@
 #![no_main]
-//! The rule parser and compiler never panic, and a compiled rule evaluates without panicking.
+//! The HTTP and TCP rule parsers and compilers never panic or overflow the stack on any
+//! text (deep nesting, long chains, non-ASCII), and a compiled rule evaluates without
+//! panicking.
 
+use berth_common::rules::tcp::{ConnView, TcpRule};
 use berth_common::rules::{self, RequestView};
 use libfuzzer_sys::fuzz_target;
 
@@ -18,5 +21,15 @@ fuzz_target!(|data: &[u8]| {
         };
         let _ = rule.matches(&view);
         let _ = rule.required_hosts();
+    }
+    if let Ok(rule) = TcpRule::compile(text) {
+        let alpn = [b"h2".to_vec()];
+        let view = ConnView {
+            sni: Some("db.test"),
+            alpn: &alpn,
+            client_ip: std::net::IpAddr::from([10, 0, 0, 1]),
+        };
+        let _ = rule.matches(&view);
+        let _ = rule.needs_tls();
     }
 });

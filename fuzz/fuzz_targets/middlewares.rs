@@ -1,0 +1,46 @@
+#![no_main]
+//! Every middleware's options (as labels write them: `kind.option=value` lines) parse or
+//! are refused without panicking, whatever the values: circuit-breaker expressions,
+//! durations, regexps, hashes, lists, numbers; a middleware that parses then runs its
+//! request phase on a request. Durations are also fed alone.
+
+use berth_common::config::Node;
+use berth_common::middleware::{self, Req};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let _ = berth_common::config::parse_duration(text);
+    let mut lines = text.lines();
+    let Some(kind) = lines.next() else { return };
+    // Files on this machine are not the fuzzer's to read.
+    let pairs: Vec<(&str, &str)> = lines
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| !k.to_ascii_lowercase().contains("usersfile"))
+        .collect();
+    let mut diags = Vec::new();
+    let node = Node::from_dotted(pairs, "", &mut diags);
+    let Some(canonical) = berth_common::config::MIDDLEWARE_KINDS
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(kind.trim()))
+    else {
+        return;
+    };
+    let Ok(spec) = middleware::parse(canonical, &node) else { return };
+    let mut headers = http::HeaderMap::new();
+    headers.insert("authorization", http::HeaderValue::from_static("Basic dTpw"));
+    headers.insert("x-forwarded-for", http::HeaderValue::from_static("10.0.0.1, ::1"));
+    let mut req = Req {
+        method: &http::Method::GET,
+        tls: false,
+        host: "a.test:8080",
+        path: "/a/b".into(),
+        query: Some("q=1".into()),
+        headers: &mut headers,
+        peer: std::net::IpAddr::from([127, 0, 0, 1]),
+        holds: Vec::new(),
+    };
+    let _ = berth_common::blocking::block_on(spec.request(&mut req));
+    let mut resp = http::HeaderMap::new();
+    spec.response(None, false, &mut resp);
+});
