@@ -11,28 +11,9 @@ use std::time::Duration;
 
 use aws_sdk_ecs::types::{ContainerDefinition, NetworkMode, PortMapping};
 use berth_common::test_util::{Backend, Proto, eventually, get, http1};
-use berth_examples::local::{Ecs, EcsServer, Faults};
+use berth_examples::local::{EcsServer, Faults};
 use http::StatusCode;
-use support::{GatewayProcess, ecs_client, free_port};
-
-async fn local_ecs(first: Ipv4Addr) -> EcsServer {
-    let server = EcsServer::start("127.0.0.1:0".parse().unwrap(), Ecs::new("us-east-1", first))
-        .await
-        .unwrap();
-    server.ecs.lock().unwrap().create_cluster("prod");
-    server
-}
-
-fn web_container(port: u16, labels: &[(&str, &str)]) -> ContainerDefinition {
-    let mut c = ContainerDefinition::builder()
-        .name("app")
-        .image("berth-whoami")
-        .port_mappings(PortMapping::builder().container_port(port as i32).build());
-    for (k, v) in labels {
-        c = c.docker_labels(*k, *v);
-    }
-    c.build()
-}
+use support::{GatewayProcess, ecs_client, free_port, local_ecs, web_container};
 
 fn task_addresses(server: &EcsServer, family: &str) -> Vec<(String, Ipv4Addr)> {
     let ecs = server.ecs.lock().unwrap();

@@ -137,3 +137,29 @@ impl Drop for GatewayProcess {
 
 #[allow(unused_imports)]
 pub use berth_examples::testing::ecs_client;
+
+/// berth-local's ECS API on a free port, with cluster `prod`; tasks get addresses from `first`.
+pub async fn local_ecs(first: std::net::Ipv4Addr) -> berth_examples::local::EcsServer {
+    use berth_examples::local::{Ecs, EcsServer};
+    let server = EcsServer::start("127.0.0.1:0".parse().unwrap(), Ecs::new("us-east-1", first))
+        .await
+        .unwrap();
+    server.ecs.lock().unwrap().create_cluster("prod");
+    server
+}
+
+/// A container `app` listening on `port`, with these docker labels.
+pub fn web_container(port: u16, labels: &[(&str, &str)]) -> aws_sdk_ecs::types::ContainerDefinition {
+    let mut c = aws_sdk_ecs::types::ContainerDefinition::builder()
+        .name("app")
+        .image("berth-whoami")
+        .port_mappings(
+            aws_sdk_ecs::types::PortMapping::builder()
+                .container_port(port as i32)
+                .build(),
+        );
+    for (k, v) in labels {
+        c = c.docker_labels(*k, *v);
+    }
+    c.build()
+}
