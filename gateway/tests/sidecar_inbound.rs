@@ -79,6 +79,11 @@ struct Fixture {
 /// A gateway (ECS discovery + mesh), one `orders` task with a running sidecar, and the
 /// app behind it.
 async fn fixture(first: Ipv4Addr, labels: serde_json::Value) -> Fixture {
+    fixture_with(first, labels, &[]).await
+}
+
+/// [`fixture`], with more flags for the gateway.
+async fn fixture_with(first: Ipv4Addr, labels: serde_json::Value, gateway_extra: &[&str]) -> Fixture {
     berth_common::tls::install_crypto_provider();
     let sidecar_bin = std::path::Path::new(env!("CARGO_BIN_EXE_berth-gateway")).with_file_name("berth-sidecar");
     assert!(
@@ -116,21 +121,25 @@ async fn fixture(first: Ipv4Addr, labels: serde_json::Value) -> Fixture {
     let dir = temp_dir("sidecar");
     std::fs::write(dir.join("token"), TOKEN).unwrap();
     let control: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let gw = GatewayProcess::spawn(
-        &[
-            "--ecs-cluster",
-            "prod",
-            "--ecs-refresh",
-            "500ms",
-            "--mesh-dev-ca",
-            dir.join("ca").to_str().unwrap(),
-            "--mesh-listen",
-            &control.to_string(),
-            "--mesh-token-file",
-            dir.join("token").to_str().unwrap(),
-        ],
-        &[("AWS_ENDPOINT_URL", &server.endpoint_url())],
+    let (ca_dir, control_addr, token_file) = (
+        dir.join("ca").display().to_string(),
+        control.to_string(),
+        dir.join("token").display().to_string(),
     );
+    let mut gw_args: Vec<&str> = vec![
+        "--ecs-cluster",
+        "prod",
+        "--ecs-refresh",
+        "500ms",
+        "--mesh-dev-ca",
+        &ca_dir,
+        "--mesh-listen",
+        &control_addr,
+        "--mesh-token-file",
+        &token_file,
+    ];
+    gw_args.extend_from_slice(gateway_extra);
+    let gw = GatewayProcess::spawn(&gw_args, &[("AWS_ENDPOINT_URL", &server.endpoint_url())]);
     gw.wait_admin().await;
     let inbound = SocketAddr::from((task_ip, 15443));
     let admin = SocketAddr::from((task_ip, free_port()));
@@ -361,4 +370,49 @@ async fn north_south_goes_through_the_sidecar_over_mtls() {
     })
     .await;
     assert!(back, "the recovered app is routed again");
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_replaced_by_asking_again_with_the_token() {
+    let f = fixture_with(
+        Ipv4Addr::new(127, 0, 182, 1),
+        json!({}),
+        &["--mesh-cert-lifetime", "4s"],
+    )
+    .await;
+    let first_issues = |log: &str| log.matches("certificate issued").count();
+    let fresh = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("certificate issued") && l.contains("\"renewal\":false"))
+            .count()
+    };
+    assert_eq!(fresh(&f.gw.log()), 1, "{}", f.gw.log());
+    // Freeze the gateway past the certificate's life: renewals fail, and the certificate
+    // expires (as when the gateway is unreachable for longer than a certificate lives).
+    let pid = f.gw.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // The expired certificate cannot open the mTLS renewal path: the sidecar asks again
+    // as the first time, with its token, and gets a new one.
+    let renewed = eventually(Duration::from_secs(40), || async { fresh(&f.gw.log()) >= 2 }).await;
+    assert!(
+        renewed,
+        "issued {} times; sidecar:\n{}\ngateway:\n{}",
+        first_issues(&f.gw.log()),
+        std::fs::read_to_string(f.dir.join("sidecar.log")).unwrap_or_default(),
+        f.gw.log()
+    );
 }

@@ -624,7 +624,14 @@ impl Decoder<'_> {
             match key.to_ascii_lowercase().as_str() {
                 "url" => url = self.string(child, &p),
                 "weight" => weight = self.parsed(child, &p, "a non-negative integer weight"),
-                "preservepath" => {}
+                // Traefik's `preservePath: true` keeps the server URL's path in front of the
+                // request's; Berth does not, so it refuses the server rather than drop it.
+                "preservepath" => {
+                    if self.bool(child, &p) == Some(true) {
+                        self.bad(&p, "preservePath: true is not supported yet; the server is not used");
+                        return None;
+                    }
+                }
                 _ => self.unknown(&p),
             }
         }
