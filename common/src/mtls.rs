@@ -68,7 +68,10 @@ impl TrustAnchors {
             let a = webpki::anchor_from_trusted_cert(c)
                 .map_err(|e| Error::General(format!("bad trust anchor: {e}")))?
                 .to_owned();
-            subjects.push(DistinguishedName::from(a.subject.as_ref().to_vec()));
+            // webpki keeps the subject Name's contents without its SEQUENCE header; the
+            // CertificateRequest must carry whole DER Names (RFC 8446 4.2.4), or OpenSSL,
+            // curl and Python refuse the handshake (`parse_ca_names: ASN1 lib`).
+            subjects.push(DistinguishedName::in_sequence(a.subject.as_ref()));
             anchors.push(a);
         }
         if anchors.is_empty() {
@@ -324,4 +327,28 @@ pub fn client_config(
     };
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
+}
+
+#[cfg(all(test, feature = "test-util"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_requests_name_their_authorities_in_whole_der() {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Berth mesh CA");
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, "berth");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = params.self_signed(&key).unwrap();
+        let anchors = TrustAnchors::from_certs(&[ca.der().clone()]).unwrap();
+        let dn = &anchors.subjects[0];
+        // What OpenSSL's parse_ca_names does: d2i_X509_NAME over each entry.
+        use x509_parser::prelude::FromDer;
+        let (rest, name) = x509_parser::x509::X509Name::from_der(dn.as_ref()).expect("a DER Name");
+        assert!(rest.is_empty());
+        assert_eq!(name.to_string(), "CN=Berth mesh CA, O=berth");
+    }
 }

@@ -416,3 +416,124 @@ async fn an_expired_certificate_is_replaced_by_asking_again_with_the_token() {
         f.gw.log()
     );
 }
+
+/// Run a command with `input` on its stdin; its stdout and stderr together.
+fn run_with_input(cmd: &mut std::process::Command, input: &[u8]) -> (bool, String) {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssl_curl_and_python_complete_mtls_handshakes_with_the_inbound() {
+    let f = fixture(Ipv4Addr::new(127, 0, 184, 1), json!({"berth.mesh.allow": "billing"})).await;
+    let ca = MeshCa::dev(&f.dir.join("ca"), "berth.local").unwrap();
+    let billing = SpiffeId::for_service("berth.local", "prod", "billing").unwrap();
+    let (issued, key) = ca.issue_local(&billing, Duration::from_secs(600)).unwrap();
+    let (crt, key_file, ca_file) = (
+        f.dir.join("billing.crt"),
+        f.dir.join("billing.key"),
+        f.dir.join("ca/ca.crt"),
+    );
+    std::fs::write(&crt, &issued.chain_pem).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    let inbound = f.inbound.to_string();
+    let request = b"GET /hello HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n";
+
+    // OpenSSL 3: the CertificateRequest's CA names must be DER Names (RFC 8446 4.2.4),
+    // else `parse_ca_names: ASN1 lib` and no handshake at all.
+    let (_, out) = tokio::task::spawn_blocking({
+        let (crt, key_file, ca_file, inbound) = (crt.clone(), key_file.clone(), ca_file.clone(), inbound.clone());
+        move || {
+            run_with_input(
+                std::process::Command::new("openssl").args([
+                    "s_client",
+                    "-connect",
+                    &inbound,
+                    "-cert",
+                    crt.to_str().unwrap(),
+                    "-key",
+                    key_file.to_str().unwrap(),
+                    "-CAfile",
+                    ca_file.to_str().unwrap(),
+                    "-ign_eof",
+                ]),
+                request,
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!out.contains("parse_ca_names"), "{out}");
+    assert!(out.contains("Acceptable client certificate CA names"), "{out}");
+    assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+    assert!(out.contains("HTTP/1.1 200"), "{out}");
+
+    // curl (OpenSSL underneath). The sidecar's certificate names a SPIFFE identity, not a
+    // host, so curl cannot check a name; -k skips only that, not the client certificate.
+    let (ok, out) = tokio::task::spawn_blocking({
+        let (crt, key_file, inbound) = (crt.clone(), key_file.clone(), inbound.clone());
+        move || {
+            run_with_input(
+                std::process::Command::new("curl").args([
+                    "-sS",
+                    "-k",
+                    "--http1.1",
+                    "--cert",
+                    crt.to_str().unwrap(),
+                    "--key",
+                    key_file.to_str().unwrap(),
+                    "-H",
+                    "Host: orders",
+                    &format!("https://{inbound}/hello"),
+                ]),
+                b"",
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}");
+    assert!(out.contains("backend=app"), "{out}");
+
+    // Python's ssl module (OpenSSL too), verifying the chain to the mesh CA.
+    let script = format!(
+        r#"
+import socket, ssl
+ctx = ssl.create_default_context(cafile={ca:?})
+ctx.check_hostname = False
+ctx.load_cert_chain({crt:?}, {key:?})
+host, port = {inbound:?}.rsplit(":", 1)
+with socket.create_connection((host, int(port))) as raw:
+    with ctx.wrap_socket(raw) as s:
+        assert s.version() == "TLSv1.3", s.version()
+        s.sendall(b"GET /hello HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+print(data.decode().splitlines()[0])
+"#,
+        ca = ca_file.display().to_string(),
+        crt = crt.display().to_string(),
+        key = key_file.display().to_string(),
+    );
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        run_with_input(std::process::Command::new("python3").args(["-c", &script]), b"")
+    })
+    .await
+    .unwrap();
+    assert!(ok && out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(calls(&f.app), 3, "all three reached the app");
+}
