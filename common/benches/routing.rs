@@ -51,6 +51,7 @@ fn ecs_view(n: usize) -> ProviderView {
         provider: "ecs".into(),
         config: merger.config,
         diagnostics: Vec::new(),
+        pending: None,
     }
 }
 

@@ -66,6 +66,10 @@ pub struct Args {
     /// Time allowed to read a request head [default: 10s].
     #[arg(long, env = "BERTH_HEADER_READ_TIMEOUT")]
     pub header_read_timeout: Option<String>,
+    /// How long `/readyz` waits for every source's first complete view (each ECS cluster
+    /// one round) before it says ready anyway; 0 waits for ever [default: 60s].
+    #[arg(long, env = "BERTH_READY_TIMEOUT")]
+    pub ready_timeout: Option<String>,
     /// Time allowed to read a whole request, body included, as Traefik's `readTimeout`;
     /// 0 disables [default: 60s].
     #[arg(long, env = "BERTH_REQUEST_READ_TIMEOUT")]
@@ -187,6 +191,7 @@ struct FileConfig {
     max_body_bytes: Option<u64>,
     header_read_timeout: Option<String>,
     request_read_timeout: Option<String>,
+    ready_timeout: Option<String>,
     idle_timeout: Option<String>,
     upstream_connect_timeout: Option<String>,
     upstream_response_timeout: Option<String>,
@@ -314,6 +319,8 @@ pub struct Config {
     pub admin: SocketAddr,
     pub shutdown_delay: Duration,
     pub drain_timeout: Duration,
+    /// How long readiness waits for the sources' first views; `None`: for ever.
+    pub ready_timeout: Option<Duration>,
     pub limits: Limits,
     pub upstream_ca: Option<PathBuf>,
     pub forwarded_trusted: Vec<IpNet>,
@@ -610,6 +617,13 @@ impl Config {
                 &file.drain_timeout,
                 Duration::from_secs(30),
             )?,
+            ready_timeout: Some(duration(
+                "ready-timeout",
+                &args.ready_timeout,
+                &file.ready_timeout,
+                Duration::from_secs(60),
+            )?)
+            .filter(|d| !d.is_zero()),
             limits: Limits {
                 max_header_bytes,
                 max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).filter(|b| *b > 0),

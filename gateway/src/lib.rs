@@ -73,7 +73,7 @@ pub struct Gateway {
 impl Gateway {
     pub async fn start(cfg: Config) -> Result<Gateway, StartError> {
         let metrics = Arc::new(Metrics::default());
-        let lifecycle = Arc::new(Lifecycle::default());
+        let lifecycle = Arc::new(Lifecycle::new(cfg.ready_timeout));
         let roots = upstream_roots(cfg.upstream_ca.as_deref())?;
         // The mesh CA and the gateway's own identity come first: the proxy dials
         // sidecars with it.
@@ -153,7 +153,6 @@ impl Gateway {
         let mut ecs_status = None;
         let mut ecs_lookup = None;
         let mut ecs_mesh = None;
-        let mut first_ecs_view = None;
         // Sidecars report here; ECS discovery reads their health.
         let registry = Arc::new(discovery::registry::Registry::default());
         if mesh_ca.is_some() {
@@ -162,10 +161,6 @@ impl Gateway {
         if let Some(settings) = cfg.ecs.clone() {
             let provider = discovery::ecs::start(settings, metrics.clone(), registry.subscribe()).await?;
             ecs_mesh = Some(provider.mesh.clone());
-            let mut rx = provider.view.clone();
-            first_ecs_view = Some(async move {
-                let _ = rx.changed().await;
-            });
             sources.push(provider.view);
             ecs_status = Some(provider.status);
             ecs_lookup = Some(provider.lookup);
@@ -177,19 +172,9 @@ impl Gateway {
             proxy: proxy.clone(),
             certs: certs.clone(),
             current: current.clone(),
+            lifecycle: lifecycle.clone(),
         };
         owner.publish(1);
-        match first_ecs_view {
-            // Ready once ECS discovery has completed its first round.
-            Some(first) => {
-                let lc = lifecycle.clone();
-                tokio::spawn(async move {
-                    first.await;
-                    lc.set_configured();
-                });
-            }
-            None => lifecycle.set_configured(),
-        }
         tokio::spawn(owner.run());
 
         // Listeners.
@@ -269,6 +254,19 @@ impl Gateway {
                 );
             }
             tracing::info!(addr = ?mesh_addr, trust_domain = %m.trust_domain, "mesh control API listening");
+            // Sidecars register with every replica within a heartbeat or two of learning of
+            // it: a new replica waits a lease for them before it says ready.
+            if ecs_lookup.is_some() {
+                let lc = lifecycle.clone();
+                lc.wait_for(
+                    "mesh",
+                    "sidecars are registering (one lease after the control API started)",
+                );
+                tokio::spawn(async move {
+                    tokio::time::sleep(discovery::registry::LEASE).await;
+                    lc.clear("mesh");
+                });
+            }
         }
         let admin_listener = TcpListener::bind(cfg.admin).await.map_err(|source| StartError::Bind {
             what: "admin".into(),

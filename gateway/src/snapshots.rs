@@ -25,7 +25,12 @@ pub struct SnapshotOwner {
     pub certs: Arc<CertStore>,
     /// The latest snapshot, for the admin API.
     pub current: Arc<ArcSwap<Snapshot>>,
+    /// Told when every source's first complete view is live in the proxy.
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
 }
+
+/// The readiness gate the sources' first complete views hold.
+pub const SOURCES_GATE: &str = "sources";
 
 impl SnapshotOwner {
     /// Build and publish once from the current views.
@@ -76,6 +81,13 @@ impl SnapshotOwner {
         let snap = Arc::new(snap);
         self.proxy.swap(snap.clone());
         self.current.store(snap);
+        // Only now, with the snapshot in the proxy, may the replica say it routes them.
+        let pending: Vec<&str> = views.iter().filter_map(|v| v.pending.as_deref()).collect();
+        if pending.is_empty() {
+            self.lifecycle.clear(SOURCES_GATE);
+        } else {
+            self.lifecycle.wait_for(SOURCES_GATE, pending.join("; "));
+        }
     }
 
     /// Rebuild whenever any source changes; ends when every source is gone.

@@ -630,3 +630,108 @@ async fn exposed_by_default_routes_unlabelled_containers_but_not_disabled_ones()
     let routers = gw.admin_json("/api/http/routers").await;
     assert_eq!(routers[0]["rule"], "Host(`family-plain-app`)");
 }
+
+#[tokio::test]
+async fn ready_only_once_every_cluster_is_routed_and_with_a_bounded_wait() {
+    let server = local_ecs(Ipv4Addr::new(127, 0, 118, 1)).await;
+    server.ecs.lock().unwrap().create_cluster("staging");
+    let ecs = ecs_client(&server.endpoint_url());
+    let port = free_port();
+    for cluster in ["prod", "staging"] {
+        let family = format!("web-{cluster}");
+        ecs.register_task_definition()
+            .family(&family)
+            .network_mode(NetworkMode::Awsvpc)
+            .container_definitions(web_container(
+                port,
+                &[
+                    ("traefik.enable", "true"),
+                    (
+                        &format!("traefik.http.routers.web-{cluster}.rule"),
+                        &format!("Host(`{cluster}.test`)"),
+                    ),
+                ],
+            ))
+            .send()
+            .await
+            .unwrap();
+        server
+            .ecs
+            .lock()
+            .unwrap()
+            .run_service_task(cluster, &family, &family)
+            .unwrap();
+    }
+    let mut backends = Vec::new();
+    for c in ["prod", "staging"] {
+        for (_, ip) in task_addresses_in(&server, c, &format!("web-{c}")) {
+            backends.push(Backend::start_at("web", Proto::Http1, SocketAddr::from((ip, port))).await);
+        }
+    }
+    // Both clusters: the replica is ready only when both are routed.
+    let gw = GatewayProcess::spawn(
+        &[
+            "--ecs-cluster",
+            "prod",
+            "--ecs-cluster",
+            "staging",
+            "--ecs-refresh",
+            "300ms",
+        ],
+        &[("AWS_ENDPOINT_URL", &server.endpoint_url())],
+    );
+    gw.wait_admin().await;
+    let ready = eventually(Duration::from_secs(20), || async {
+        http1(gw.admin, get("admin", "/readyz")).await.status == StatusCode::OK
+    })
+    .await;
+    assert!(ready, "{}", gw.log());
+    for host in ["prod.test", "staging.test"] {
+        assert_eq!(
+            http1(gw.web, get(host, "/")).await.status,
+            StatusCode::OK,
+            "{host} at readiness"
+        );
+    }
+    // A cluster that never finishes a round keeps the replica unready, saying why, until
+    // --ready-timeout; then it is ready with what it has.
+    let started = std::time::Instant::now();
+    let gw = GatewayProcess::spawn(
+        &[
+            "--ecs-cluster",
+            "prod",
+            "--ecs-cluster",
+            "nowhere",
+            "--ecs-refresh",
+            "300ms",
+            "--ready-timeout",
+            "3s",
+        ],
+        &[("AWS_ENDPOINT_URL", &server.endpoint_url())],
+    );
+    gw.wait_admin().await;
+    let routed = eventually(Duration::from_secs(10), || async {
+        http1(gw.web, get("prod.test", "/")).await.status == StatusCode::OK
+    })
+    .await;
+    assert!(routed);
+    let r = http1(gw.admin, get("admin", "/readyz")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert!(r.body.contains("nowhere"), "the reason names the cluster: {}", r.body);
+    let ready = eventually(Duration::from_secs(10), || async {
+        http1(gw.admin, get("admin", "/readyz")).await.status == StatusCode::OK
+    })
+    .await;
+    assert!(ready && started.elapsed() >= Duration::from_secs(3));
+    drop(backends);
+}
+
+fn task_addresses_in(server: &EcsServer, cluster: &str, family: &str) -> Vec<(String, Ipv4Addr)> {
+    let ecs = server.ecs.lock().unwrap();
+    ecs.clusters[cluster]
+        .tasks
+        .values()
+        .filter(|t| t.taskdef_arn.contains(&format!("/{family}:")) && t.desired_status == "RUNNING")
+        .map(|t| (t.id.clone(), t.address.unwrap()))
+        .collect()
+}

@@ -18,6 +18,9 @@ pub struct ProviderView {
     pub provider: String,
     pub config: DynamicConfig,
     pub diagnostics: Vec<Diagnostic>,
+    /// Why this is not yet the provider's first complete view (ECS clusters that have not
+    /// finished a round); `None` when it is complete.
+    pub pending: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -13,6 +13,7 @@ fn view(provider: &str, yaml: &str) -> ProviderView {
         provider: provider.into(),
         config,
         diagnostics,
+        pending: None,
     }
 }
 

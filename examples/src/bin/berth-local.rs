@@ -522,6 +522,8 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
         }
     });
     let mut check_admin = opts.admin;
+    // Every replica must route every task, and say it is ready, before `ready`.
+    let mut replica_admins = vec![opts.admin];
     if replicated {
         // The first replica makes the dev CA; the others (and the sidecars) share it.
         let ca_cert = ca_dir.join("ca.crt");
@@ -574,6 +576,10 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
             );
         }
         check_admin = SocketAddr::new(std::net::IpAddr::V4(addrs[0]), opts.admin.port());
+        replica_admins = addrs
+            .iter()
+            .map(|a| SocketAddr::new(std::net::IpAddr::V4(*a), opts.admin.port()))
+            .collect();
     }
     {
         let mut ecs = server.ecs.lock().unwrap_or_else(|e| e.into_inner());
@@ -592,7 +598,16 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
             tokio::time::sleep(Duration::from_millis(250)).await;
             let (running, desired, addrs) = progress(&server);
             let routable = if opts.gateway {
-                routable(check_admin, &addrs).await
+                let mut least = addrs.len();
+                for admin in &replica_admins {
+                    let n = if readyz(*admin).await {
+                        routable(*admin, &addrs).await
+                    } else {
+                        0
+                    };
+                    least = least.min(n);
+                }
+                least
             } else {
                 addrs.len()
             };
@@ -767,6 +782,20 @@ fn progress(server: &EcsServer) -> (usize, usize, BTreeSet<String>) {
 }
 
 /// How many of these task addresses appear among the gateway's servers.
+/// Whether a gateway's `/readyz` answers 200.
+async fn readyz(admin: SocketAddr) -> bool {
+    let Ok(mut s) = tokio::net::TcpStream::connect(admin).await else {
+        return false;
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!("GET /readyz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await.is_ok() && head.ends_with(b"200")
+}
+
 async fn routable(admin: SocketAddr, addrs: &BTreeSet<String>) -> usize {
     let Ok(mut s) = tokio::net::TcpStream::connect(admin).await else {
         return 0;

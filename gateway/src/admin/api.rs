@@ -76,15 +76,14 @@ pub fn handle<B>(state: &AdminState, req: Request<B>) -> Response<Body> {
     let snap = state.snapshot.load_full();
     match req.uri().path() {
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n"),
-        "/readyz" => {
-            if state.lifecycle.is_ready() {
-                respond(StatusCode::OK, "text/plain", "ready\n")
-            } else if state.lifecycle.is_shutting_down() {
-                respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "shutting down\n")
-            } else {
-                respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not configured yet\n")
-            }
-        }
+        "/readyz" => match state.lifecycle.not_ready() {
+            None => respond(StatusCode::OK, "text/plain", "ready\n"),
+            Some(why) => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
+        },
         "/metrics" => {
             let mut text = state.metrics.render();
             let observe = state.proxy.observe();

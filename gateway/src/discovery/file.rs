@@ -29,6 +29,7 @@ pub fn load(path: &Path) -> Result<ProviderView, String> {
         provider: PROVIDER.into(),
         config,
         diagnostics: diagnostics.into_iter().map(|d| d.with_source(source.clone())).collect(),
+        pending: None,
     })
 }
 

@@ -380,6 +380,7 @@ pub fn spawn(
 ) -> EcsProvider {
     let (tx, rx) = watch::channel(ProviderView {
         provider: PROVIDER.into(),
+        pending: Some("ECS discovery has not finished a round yet".into()),
         ..Default::default()
     });
     let status = Arc::new(EcsStatus::default());
@@ -398,6 +399,7 @@ pub fn spawn(
         adopters: Mutex::default(),
         memberships: Arc::default(),
         unknown: Mutex::default(),
+        listed: Mutex::default(),
     });
     shared.rounds.add_permits(shared.settings.concurrency.max(1));
     tokio::spawn(clusters_loop(shared.clone()));
@@ -433,9 +435,26 @@ struct Shared {
     memberships: Arc<membership::Memberships>,
     /// Task ARNs ECS said it does not know, and when.
     unknown: Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
+    /// The clusters to discover, once known (ListClusters answered, with
+    /// `--ecs-all-clusters`).
+    listed: Mutex<Option<BTreeSet<String>>>,
 }
 
 impl Shared {
+    /// Why the view is not yet the first complete one: clusters without a finished round.
+    fn pending(&self, views: &BTreeMap<String, ClusterView>) -> Option<String> {
+        let listed = self.listed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(listed) = listed else {
+            return Some("ECS ListClusters has not answered yet".into());
+        };
+        let missing: Vec<&str> = listed
+            .iter()
+            .filter(|c| !views.contains_key(*c))
+            .map(String::as_str)
+            .collect();
+        (!missing.is_empty()).then(|| format!("ECS cluster(s) {} not discovered yet (first round)", missing.join(", ")))
+    }
+
     fn clusters_known(&self, cluster: &str) -> bool {
         self.settings.all_clusters || self.settings.clusters.iter().any(|c| cluster_name(c) == cluster)
     }
@@ -449,10 +468,12 @@ fn cluster_name(arn_or_name: &str) -> String {
 async fn clusters_loop(shared: Arc<Shared>) {
     let mut running: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
     loop {
+        let mut listing = true;
         let wanted: Vec<String> = if shared.settings.all_clusters {
             match shared.api.list_clusters().await {
                 Ok(arns) => arns,
                 Err(e) => {
+                    listing = false;
                     tracing::warn!(error = %e, "ListClusters failed; keeping the known clusters");
                     shared.status.update("*", |s| {
                         s.last_error = Some(e.to_string());
@@ -465,6 +486,18 @@ async fn clusters_loop(shared: Arc<Shared>) {
             shared.settings.clusters.clone()
         };
         let wanted_names: BTreeSet<String> = wanted.iter().map(|c| cluster_name(c)).collect();
+        // What readiness waits for: the listed clusters (a failed listing says nothing).
+        if listing {
+            let first_listing = shared
+                .listed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .replace(wanted_names.clone())
+                .is_none();
+            if first_listing {
+                shared.changed.notify_one();
+            }
+        }
         running.retain(|name, task| {
             let keep = wanted_names.contains(name);
             if !keep {
@@ -580,7 +613,7 @@ async fn publish_loop(
     mesh_tx: watch::Sender<MeshTable>,
     mut health: watch::Receiver<HealthView>,
 ) {
-    let mut last: Option<(DynamicConfig, Vec<Diagnostic>)> = None;
+    let mut last: Option<(DynamicConfig, Vec<Diagnostic>, Option<String>)> = None;
     let mut health_open = true;
     loop {
         tokio::select! {
@@ -593,7 +626,7 @@ async fn publish_loop(
             }
         }
         let views = shared.views.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if last.is_none() && views.is_empty() {
+        if last.is_none() && views.is_empty() && shared.pending(&views).is_some() {
             // Nothing discovered yet: a sidecar's report alone publishes nothing.
             continue;
         }
@@ -607,15 +640,20 @@ async fn publish_loop(
             true
         });
         let (config, diagnostics) = (built.config, built.diagnostics);
-        if last.as_ref().is_some_and(|(c, d)| *c == config && *d == diagnostics) {
+        let pending = shared.pending(&views);
+        if last
+            .as_ref()
+            .is_some_and(|(c, d, p)| *c == config && *d == diagnostics && *p == pending)
+        {
             continue;
         }
-        last = Some((config.clone(), diagnostics.clone()));
+        last = Some((config.clone(), diagnostics.clone(), pending.clone()));
         if tx
             .send(ProviderView {
                 provider: PROVIDER.into(),
                 config,
                 diagnostics,
+                pending,
             })
             .is_err()
         {
