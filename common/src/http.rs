@@ -39,6 +39,17 @@ pub fn method_label(m: &http::Method) -> &'static str {
         .unwrap_or("_OTHER")
 }
 
+/// Answer in our own HTTP version, never the upstream's (RFC 9110 6.2: an intermediary
+/// sends its own version in forwarded messages): HTTP/1.1 to HTTP/1.x clients (hyper
+/// frames the body itself), HTTP/2 on HTTP/2 connections.
+pub fn use_own_version<B>(resp: &mut http::Response<B>, request: http::Version) {
+    *resp.version_mut() = if request == http::Version::HTTP_2 {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    };
+}
+
 /// Methods whose requests may be sent twice (RFC 9110 9.2.2).
 pub fn is_idempotent(m: &http::Method) -> bool {
     use http::Method;

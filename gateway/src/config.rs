@@ -438,7 +438,8 @@ impl Config {
         };
         for s in trusted {
             forwarded_trusted.push(
-                parse_ip_range(s).ok_or_else(|| bad(format!("--forwarded-trusted-ip `{s}`: not an IP or CIDR")))?,
+                parse_ip_range(s.trim())
+                    .ok_or_else(|| bad(format!("--forwarded-trusted-ip `{s}`: not an IP or CIDR")))?,
             );
         }
         let log_format = match args

@@ -153,6 +153,7 @@ pub async fn connect(
 /// The view of a connection for TCP rules.
 pub fn view<'a>(hello: Option<&'a Hello>, peer: SocketAddr) -> ConnView<'a> {
     ConnView {
+        tls: hello.is_some(),
         sni: hello.and_then(|h| h.sni.as_deref()),
         alpn: hello.map(|h| h.alpn.as_slice()).unwrap_or(&[]),
         client_ip: peer.ip(),

@@ -213,7 +213,9 @@ impl Inbound {
             e
         });
         let grpc = berth_common::grpc::is_grpc(req.headers());
-        let resp = self.handle(req, caller, &span).await;
+        let version = req.version();
+        let mut resp = self.handle(req, caller, &span).await;
+        berth_common::http::use_own_version(&mut resp, version);
         self.metrics.inbound_duration(start.elapsed());
         telemetry::response_status(&mut span, resp.status().as_u16());
         let grpc = grpc.then(|| {

@@ -435,13 +435,15 @@ impl Outbound {
             .access_log
             .as_ref()
             .map(|_| berth_common::accesslog::Entry::for_request(&req, peer, false, "outbound"));
-        let resp = self
+        let version = req.version();
+        let mut resp = self
             .handle(req, &mut span, entry.as_deref_mut())
             .await
             .unwrap_or_else(|e| {
                 span.set(attr::ERROR_TYPE, e.kind());
                 e.response()
             });
+        berth_common::http::use_own_version(&mut resp, version);
         telemetry::response_status(&mut span, resp.status().as_u16());
         let grpc = grpc.then(|| {
             let metrics = self.metrics.clone();

@@ -498,10 +498,14 @@ fn build_tcp(views: &[ProviderView], opts: &BuildOptions, snap: &mut Snapshot) {
             snap.tcp_routers.push(TcpRouterEntry {
                 name: qname,
                 provider: view.provider.clone(),
-                priority: r
-                    .priority
-                    .filter(|p| *p != 0)
-                    .unwrap_or_else(|| rules::default_priority(&rule_text)),
+                // Traefik: `HostSNI(`*`)` alone defaults to -1, below every other router.
+                priority: r.priority.filter(|p| *p != 0).unwrap_or_else(|| {
+                    if rule.as_ref().is_some_and(|r| r.is_catch_all()) {
+                        -1
+                    } else {
+                        rules::default_priority(&rule_text)
+                    }
+                }),
                 rule_text,
                 rule,
                 entry_points: entry_points.clone(),

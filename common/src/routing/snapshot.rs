@@ -141,7 +141,11 @@ impl Snapshot {
     /// Like [`Snapshot::route`], giving the router's index.
     pub fn route_index(&self, entrypoint: &str, tls: bool, req: &RequestView<'_>) -> Option<usize> {
         let table = self.table(entrypoint, tls)?;
-        let pinned = table.by_host.get(req.host).map(Vec::as_slice).unwrap_or(&[]);
+        let pinned = table
+            .by_host
+            .get(crate::rules::matcher::index_host(req.host))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         let any = table.any_host.as_slice();
         // Merge the two priority-ordered lists lazily; first match wins.
         let (mut i, mut j) = (0, 0);

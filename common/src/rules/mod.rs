@@ -6,6 +6,7 @@
 
 pub mod matcher;
 pub mod parse;
+pub mod regex;
 pub mod tcp;
 
 pub use matcher::{CompileError, RequestView, Rule};

@@ -72,8 +72,8 @@ impl MatcherKind {
     /// Accepted argument counts (inclusive range).
     pub fn arity(self) -> (usize, usize) {
         match self {
-            MatcherKind::Header | MatcherKind::HeaderRegexp | MatcherKind::QueryRegexp => (2, 2),
-            MatcherKind::Query => (1, 2),
+            MatcherKind::Header | MatcherKind::HeaderRegexp => (2, 2),
+            MatcherKind::Query | MatcherKind::QueryRegexp => (1, 2),
             _ => (1, 1),
         }
     }
@@ -207,7 +207,9 @@ fn lex(input: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
                     .iter()
                     .position(|&ch| ch == '`')
                     .ok_or_else(|| err(col, "a closing backtick", "end of rule"))?;
-                out.push((Tok::Str(chars[start..start + end].iter().collect()), col));
+                // Go's raw strings drop carriage returns.
+                let raw: String = chars[start..start + end].iter().filter(|&&ch| ch != '\r').collect();
+                out.push((Tok::Str(raw), col));
                 i = start + end + 1;
             }
             '"' => {
@@ -231,37 +233,84 @@ fn lex(input: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
     Ok(out)
 }
 
-/// A Go-style double-quoted string starting at `chars[open]`; returns it and the index after it.
+/// A Go double-quoted string starting at `chars[open]` (Go's `strconv.Unquote`: `\a \b
+/// \f \n \r \t \v \\ \"`, `\xHH`, three octal digits, `\uHHHH`, `\UHHHHHHHH`; no
+/// raw newline); returns it and the index after it.
 fn lex_quoted(chars: &[char], open: usize) -> Result<(String, usize), ParseError> {
     let mut s = String::new();
     let mut i = open + 1;
+    // `\xHH` and octal escapes are bytes: gathered, then read as UTF-8.
+    let mut bytes: Vec<u8> = Vec::new();
+    let flush = |bytes: &mut Vec<u8>, s: &mut String| {
+        if !bytes.is_empty() {
+            s.push_str(&String::from_utf8_lossy(bytes));
+            bytes.clear();
+        }
+    };
     loop {
         let Some(&c) = chars.get(i) else {
             return Err(err(open + 1, "a closing `\"`", "end of rule"));
         };
         match c {
-            '"' => return Ok((s, i + 1)),
+            '"' => {
+                flush(&mut bytes, &mut s);
+                return Ok((s, i + 1));
+            }
+            '\n' => return Err(err(i + 1, "a closing `\"` on the same line", "a newline")),
             '\\' => {
-                let esc = chars.get(i + 1).ok_or_else(|| err(i + 1, "an escape", "end of rule"))?;
-                let v = match esc {
-                    'n' => '\n',
-                    't' => '\t',
-                    'r' => '\r',
-                    '\\' => '\\',
-                    '"' => '"',
-                    '\'' => '\'',
-                    other => {
-                        return Err(err(
-                            i + 1,
-                            "one of the escapes \\n \\t \\r \\\\ \\\"",
-                            format!("`\\{other}`"),
-                        ));
-                    }
+                let esc = *chars.get(i + 1).ok_or_else(|| err(i + 1, "an escape", "end of rule"))?;
+                let digits = |from: usize, n: usize, radix: u32| -> Option<u32> {
+                    let text: String = chars.get(from..from + n)?.iter().collect();
+                    (text.chars().all(|c| c.is_digit(radix))).then(|| u32::from_str_radix(&text, radix).ok())?
                 };
-                s.push(v);
-                i += 2;
+                let bad = || {
+                    err(
+                        i + 1,
+                        "a Go escape (\\n \\t \\r \\\\ \\\" \\a \\b \\f \\v \\xHH \\uHHHH \\UHHHHHHHH or octal)",
+                        format!("`\\{esc}`"),
+                    )
+                };
+                let simple = match esc {
+                    'a' => Some('\u{7}'),
+                    'b' => Some('\u{8}'),
+                    'f' => Some('\u{c}'),
+                    'n' => Some('\n'),
+                    'r' => Some('\r'),
+                    't' => Some('\t'),
+                    'v' => Some('\u{b}'),
+                    '\\' => Some('\\'),
+                    '"' => Some('"'),
+                    _ => None,
+                };
+                if let Some(v) = simple {
+                    flush(&mut bytes, &mut s);
+                    s.push(v);
+                    i += 2;
+                    continue;
+                }
+                match esc {
+                    'x' => {
+                        let v = digits(i + 2, 2, 16).ok_or_else(bad)?;
+                        bytes.push(u8::try_from(v).map_err(|_| bad())?);
+                        i += 4;
+                    }
+                    '0'..='7' => {
+                        let v = digits(i + 1, 3, 8).filter(|v| *v <= 255).ok_or_else(bad)?;
+                        bytes.push(u8::try_from(v).map_err(|_| bad())?);
+                        i += 4;
+                    }
+                    'u' | 'U' => {
+                        let n = if esc == 'u' { 4 } else { 8 };
+                        let ch = digits(i + 2, n, 16).and_then(char::from_u32).ok_or_else(bad)?;
+                        flush(&mut bytes, &mut s);
+                        s.push(ch);
+                        i += 2 + n;
+                    }
+                    _ => return Err(bad()),
+                }
             }
             c => {
+                flush(&mut bytes, &mut s);
                 s.push(c);
                 i += 1;
             }
@@ -375,6 +424,11 @@ impl Parser {
                     }
                     let (sep, scol) = self.bump();
                     match sep {
+                        // Go allows a trailing comma in a call: `Host(`a`,)`.
+                        Tok::Comma if self.peek().0 == Tok::RParen => {
+                            self.bump();
+                            break;
+                        }
                         Tok::Comma => continue,
                         Tok::RParen => break,
                         other => return Err(err(scol, "`,` or `)`", other.to_string())),

@@ -14,6 +14,8 @@ use super::{CompileError, RuleError};
 /// What a TCP router can see of a connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnView<'a> {
+    /// Whether the connection opened with a TLS ClientHello.
+    pub tls: bool,
     /// The ClientHello's server name, lowercased; `None` without TLS or without SNI.
     pub sni: Option<&'a str>,
     /// The ClientHello's ALPN protocols.
@@ -26,6 +28,8 @@ enum Node {
     /// `HostSNI(`*`)`: any connection, TLS or not.
     AnySni,
     Sni(String),
+    /// `HostSNI(`*.example.com`)`: `.example.com` after exactly one label.
+    SniWildcard(String),
     SniRegexp(Regex),
     Alpn(String),
     ClientIp(IpNet),
@@ -78,6 +82,12 @@ impl TcpRule {
     pub fn needs_tls(&self) -> bool {
         needs_tls(&self.root)
     }
+
+    /// The rule is `HostSNI(`*`)` alone: Traefik gives it priority -1 by default, so any
+    /// more specific router on the entrypoint goes first.
+    pub fn is_catch_all(&self) -> bool {
+        matches!(self.root, Node::AnySni)
+    }
 }
 
 fn compile(expr: &Expr) -> Result<Node, RuleError> {
@@ -88,19 +98,41 @@ fn compile(expr: &Expr) -> Result<Node, RuleError> {
         Expr::Matcher(call) => {
             let (col, kind) = (call.column, call.kind);
             let arg = call.args.first().map(String::as_str).unwrap_or_default();
+            if arg.is_empty() {
+                return Err(err(col, kind, "an empty value"));
+            }
             match kind {
                 MatcherKind::HostSni if arg == "*" => Node::AnySni,
                 MatcherKind::HostSni => {
-                    let name = arg.trim_end_matches('.').to_ascii_lowercase();
-                    if name.is_empty() || name.contains(['/', ':', ' ']) {
+                    // Traefik's check: `^(\*\.)?[[:word:].:-]+$`, ASCII only.
+                    let (wild, name) = match arg.strip_prefix("*.") {
+                        Some(rest) => (true, rest),
+                        None => (false, arg),
+                    };
+                    let valid = !name.is_empty()
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b':'));
+                    if !valid {
                         return Err(err(col, kind, format!("`{arg}` is not a server name")));
                     }
-                    Node::Sni(name)
+                    let name = name.trim_end_matches('.').to_ascii_lowercase();
+                    if wild {
+                        Node::SniWildcard(format!(".{name}"))
+                    } else {
+                        Node::Sni(name)
+                    }
                 }
-                MatcherKind::HostSniRegexp => Node::SniRegexp(compile_regex(arg).map_err(|e| err(col, kind, e))?),
+                MatcherKind::HostSniRegexp => {
+                    if !arg.is_ascii() {
+                        return Err(err(col, kind, "not ASCII (write the punycode form)"));
+                    }
+                    Node::SniRegexp(compile_regex(arg).map_err(|e| err(col, kind, e))?)
+                }
                 MatcherKind::Alpn => {
-                    if arg.is_empty() {
-                        return Err(err(col, kind, "empty protocol"));
+                    // The ACME TLS challenge's protocol is the gateway's own business.
+                    if arg == "acme-tls/1" {
+                        return Err(err(col, kind, "`acme-tls/1` is reserved for ACME challenges"));
                     }
                     Node::Alpn(arg.to_string())
                 }
@@ -123,8 +155,13 @@ fn compile(expr: &Expr) -> Result<Node, RuleError> {
 fn eval(node: &Node, c: &ConnView<'_>) -> bool {
     match node {
         Node::AnySni => true,
-        Node::Sni(name) => c.sni == Some(name.as_str()),
-        Node::SniRegexp(re) => c.sni.is_some_and(|s| re.is_match(s)),
+        Node::Sni(name) => c.sni.map(|s| s.trim_end_matches('.')) == Some(name.as_str()),
+        Node::SniWildcard(suffix) => c
+            .sni
+            .map(|s| s.trim_end_matches('.'))
+            .is_some_and(|s| s.find('.').is_some_and(|dot| dot > 0 && s[dot..] == **suffix)),
+        // A ClientHello without a server name is matched as the empty name, as Traefik does.
+        Node::SniRegexp(re) => c.tls && re.is_match(c.sni.unwrap_or_default()),
         Node::Alpn(p) => c.alpn.iter().any(|a| a == p.as_bytes()),
         Node::ClientIp(net) => {
             let ip = match c.client_ip {
@@ -141,7 +178,7 @@ fn eval(node: &Node, c: &ConnView<'_>) -> bool {
 
 fn needs_tls(node: &Node) -> bool {
     match node {
-        Node::Sni(_) | Node::SniRegexp(_) | Node::Alpn(_) => true,
+        Node::Sni(_) | Node::SniWildcard(_) | Node::SniRegexp(_) | Node::Alpn(_) => true,
         Node::AnySni | Node::ClientIp(_) => false,
         Node::Not(n) => needs_tls(n),
         Node::And(terms) => terms.iter().any(needs_tls),
@@ -155,6 +192,7 @@ mod tests {
 
     fn view<'a>(sni: Option<&'a str>, alpn: &'a [Vec<u8>]) -> ConnView<'a> {
         ConnView {
+            tls: sni.is_some() || !alpn.is_empty(),
             sni,
             alpn,
             client_ip: "10.1.2.3".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])),
@@ -184,5 +222,33 @@ mod tests {
         let e = super::super::compile("HostSNI(`a`)").expect_err("TCP matcher in an HTTP rule");
         assert!(e.to_string().contains("TCP matcher"), "{e}");
         assert!(TcpRule::compile("HostSNI(`a/b`)").is_err());
+    }
+
+    #[test]
+    fn traefiks_tcp_tables() {
+        let wild = TcpRule::compile("HostSNI(`*.example.com`)").unwrap();
+        assert!(wild.matches(&view(Some("foo.example.com"), &[])));
+        assert!(!wild.matches(&view(Some("example.com"), &[])));
+        assert!(!wild.matches(&view(Some("a.b.example.com"), &[])));
+        assert!(TcpRule::compile("HostSNI(`*.*.example.com`)").is_err());
+        assert!(TcpRule::compile("HostSNI(`\u{1f9ad}.com`)").is_err());
+        let v6 = TcpRule::compile("HostSNI(`10::10`)").unwrap();
+        assert!(v6.matches(&view(Some("10::10"), &[])));
+        assert!(TcpRule::compile("ALPN(`acme-tls/1`)").is_err());
+        assert!(TcpRule::compile("HostSNIRegexp(``)").is_err());
+        let any = TcpRule::compile("HostSNIRegexp(`.*`)").unwrap();
+        let no_sni = ConnView {
+            tls: true,
+            sni: None,
+            alpn: &[],
+            client_ip: "10.1.2.3".parse().unwrap(),
+        };
+        assert!(any.matches(&no_sni), "a ClientHello without SNI is the empty name");
+        assert!(TcpRule::compile("HostSNI(`*`)").unwrap().is_catch_all());
+        assert!(
+            !TcpRule::compile("HostSNI(`*`) && ClientIP(`10.0.0.0/8`)")
+                .unwrap()
+                .is_catch_all()
+        );
     }
 }

@@ -21,7 +21,7 @@ impl Req {
         };
         Req {
             host: matcher::canonical_host(host),
-            path: matcher::percent_decode(path).into_owned(),
+            path: crate::path::routing_path(path).into_owned(),
             method: Method::GET,
             headers: HeaderMap::new(),
             query,
@@ -111,7 +111,10 @@ fn method_header_query_clientip() {
     assert!(m("Query(`mobile`, `true`)", &r));
     assert!(m("Query(`tag`, `a b`)", &r));
     assert!(m("Query(`x`, `A`)", &r));
-    assert!(m("Query(`mobile`)", &r));
+    // One argument: only an empty value (`?mobile` or `?mobile=`), as in Traefik.
+    assert!(!m("Query(`mobile`)", &r));
+    assert!(m("Query(`mobile`)", &Req::new("h", "/?mobile")));
+    assert!(m("Query(`mobile`)", &Req::new("h", "/?mobile=")));
     assert!(!m("Query(`mobile`, `false`)", &r));
     assert!(m("QueryRegexp(`tag`, `^a`)", &r));
     assert!(!m("QueryRegexp(`nope`, `.*`)", &r));
@@ -269,5 +272,110 @@ fn matcher_names_take_traefiks_four_spellings() {
     assert!(
         parse::parse("pAthPrefix(`/api`)").is_err(),
         "other mixes are unknown, as in Traefik"
+    );
+}
+
+/// Rows of Traefik v3's `pkg/muxer/http` test tables where Berth once answered otherwise.
+#[test]
+fn traefiks_matcher_tables() {
+    // Empty values are refused everywhere: an empty regexp would match every request.
+    for rule in [
+        "HostRegexp(``)",
+        "PathRegexp(``)",
+        "Header(`X-A`, ``)",
+        "HeaderRegexp(`X-A`, ``)",
+        "Query(`q`, ``)",
+        "QueryRegexp(`q`, ``)",
+        "Host(``)",
+        "Method(``)",
+    ] {
+        assert!(compile(rule).is_err(), "{rule}");
+    }
+    // QueryRegexp with one argument is Query(key).
+    assert!(m("QueryRegexp(`mobile`)", &Req::new("h", "/?mobile")));
+    assert!(!m("QueryRegexp(`mobile`)", &Req::new("h", "/?mobile=1")));
+    // Wildcard hosts: exactly one label.
+    let wild = "Host(`*.example.com`)";
+    assert!(m(wild, &Req::new("test.example.com", "/")));
+    assert!(m(wild, &Req::new("Other.Example.com:8080", "/")));
+    assert!(!m(wild, &Req::new("example.com", "/")));
+    assert!(!m(wild, &Req::new("a.b.example.com", "/")));
+    assert!(!m(wild, &Req::new("test.otherexample.com", "/")));
+    assert!(m("Host(`*`)", &Req::new("anything.test", "/")));
+    assert!(m("Host(`*`)", &Req::new("", "/")), "`*` even matches no host");
+    assert!(!m("Host(`a.test`)", &Req::new("", "/")));
+    assert!(compile("Host(`*foo.example.com`)").is_err());
+    assert_eq!(
+        compile(wild).unwrap().required_hosts(),
+        None,
+        "not indexed by exact host"
+    );
+    // IPv6 literals: brackets and port off the request, the rule bare.
+    assert!(m("Host(`10::10`)", &Req::new("[10::10]:80", "/")));
+    assert!(m("Host(`10::10`)", &Req::new("[10::10]", "/")));
+    assert!(m("Host(`::1`)", &Req::new("[::1]:8443", "/")));
+    assert!(m("HostRegexp(`^10::10$`)", &Req::new("[10::10]", "/")));
+    // A port or non-ASCII in a Host value never matched in Traefik: refused, with why.
+    assert!(
+        compile("Host(`example.com:8080`)")
+            .unwrap_err()
+            .to_string()
+            .contains("port")
+    );
+    assert!(compile("Host(`\u{1f9ad}.com`)").is_err());
+    assert!(compile("HostRegexp(`\u{1f9ad}.com`)").is_err());
+    // HostRegexp sees the trailing dot; Host tolerates one either side.
+    assert!(!m(r"HostRegexp(`^example\.com$`)", &Req::new("example.com.", "/")));
+    assert!(m(r"HostRegexp(`\.$`)", &Req::new("example.com.", "/")));
+    assert!(m("Host(`example.com`)", &Req::new("example.com.", "/")));
+    assert!(m("Host(`example.com.`)", &Req::new("example.com", "/")));
+    // Encoded reserved characters stay encoded in the routing path.
+    assert!(!m("PathPrefix(`/foo/bar`)", &Req::new("h", "/foo%2Fbar")));
+    assert!(m("Path(`/foo%2Fbar`)", &Req::new("h", "/foo%2fbar")));
+    assert!(m("Path(`/a%25b`)", &Req::new("h", "/a%25b")));
+    assert!(m("PathPrefix(`/foo bar`)", &Req::new("h", "/foo%20bar")));
+    // Query: `;` separates, a bad escape drops its pair.
+    assert!(m("Query(`q`, `traefik`)", &Req::new("h", "/?a=1;q=traefik")));
+    assert!(!m("QueryRegexp(`q`, `%zz`)", &Req::new("h", "/?q=%zz")));
+    // Go's regexp dialect.
+    assert!(m("PathRegexp(`/{path:(css|js)}`)", &Req::new("h", "/{path:css}")));
+    assert!(compile("HostRegexp(`{domain:[a-zA-Z-]+\\.com}`)").is_ok());
+    // Go keeps Host and Transfer-Encoding out of the header map.
+    let r = Req::new("example.com", "/")
+        .header("host", "example.com")
+        .header("transfer-encoding", "chunked")
+        .header("x-name", "café");
+    assert!(!m("Header(`Host`, `example.com`)", &r));
+    assert!(!m("HeaderRegexp(`host`, `.*`)", &r));
+    assert!(!m("Header(`Transfer-Encoding`, `chunked`)", &r));
+    assert!(m("HeaderRegexp(`X-Name`, `caf`)", &r));
+    // IPv4-mapped rule values compare as IPv4; no spaces around a value.
+    assert!(m("ClientIP(`::ffff:10.0.0.1`)", &Req::new("h", "/").ip("10.0.0.1")));
+    assert!(m("ClientIP(`::ffff:10.0.0.0/104`)", &Req::new("h", "/").ip("10.1.2.3")));
+    assert!(compile("ClientIP(` 10.0.0.1`)").is_err());
+}
+
+/// Rows of Traefik's `pkg/rules/parser_test.go` and Go's string syntax.
+#[test]
+fn traefiks_parser_accepts_what_go_accepts() {
+    assert!(m("Host(`a.test`,)", &Req::new("a.test", "/")), "a trailing comma");
+    assert!(m("Host(\"\\x61.test\")", &Req::new("a.test", "/")), "\\x escapes");
+    assert!(m("Host(\"\\u0061.test\")", &Req::new("a.test", "/")), "\\u escapes");
+    assert!(m("Host(\"\\141.test\")", &Req::new("a.test", "/")), "octal escapes");
+    assert!(m(
+        "Header(`X`, \"\\U0001F600\")",
+        &Req::new("h", "/").header("x", "\u{1f600}")
+    ));
+    assert!(
+        parse::parse("Host(\"\\'\")").is_err(),
+        "\\' is no Go escape in a double-quoted string"
+    );
+    assert!(
+        parse::parse("Host(\"a\nb\")").is_err(),
+        "no raw newline in a double-quoted string"
+    );
+    assert!(
+        m("Path(`/a\r`)", &Req::new("h", "/a")),
+        "raw strings drop carriage returns"
     );
 }

@@ -234,6 +234,7 @@ impl Proxy {
                 record: Box::new(move |code| metrics.grpc(&service, code)),
             }
         });
+        berth_common::http::use_own_version(&mut resp, version);
         resp = self.observe.finish(resp, span, entry, start, grpc);
         // While shutting down, ask HTTP/1 clients to reconnect (elsewhere).
         if close && version <= Version::HTTP_11 && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -298,13 +299,30 @@ impl Proxy {
                 http::Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
         }
 
+        // RFC 9112 3.2: an HTTP/1.1 request has exactly one Host.
+        let hosts = req.headers().get_all(header::HOST).iter().count();
+        if req.version() <= Version::HTTP_11 && hosts > 1 {
+            return Err(ProxyError::BadRequest("more than one Host header"));
+        }
+        if req.version() == Version::HTTP_11 && hosts == 0 && req.uri().authority().is_none() {
+            return Err(ProxyError::BadRequest("no Host header"));
+        }
         let routes = self.routes.load();
+        // The request target's authority wins over Host (RFC 9112 3.2.2 for the absolute
+        // form, RFC 9113 8.3.1 for HTTP/2's :authority), as in Traefik.
         let raw_host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()));
+            .uri()
+            .authority()
+            .map(|a| match a.port() {
+                Some(p) => format!("{}:{p}", a.host()),
+                None => a.host().to_string(),
+            })
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            });
         let host = canonical_host(raw_host.as_deref().unwrap_or_default());
         let path = berth_common::path::routing_path(req.uri().path());
         let view = RequestView {
