@@ -59,6 +59,19 @@ fn the_task_definition_examples_are_valid_and_match_the_code_and_modules() {
         );
         assert!(gateway_module.contains(&n), "the gateway module does not set {n}");
     }
+    // The gateway runs as 65532 and binds :80: the task lowers the unprivileged port start.
+    let gw = container(&gateway, "berth-gateway");
+    assert_eq!(gw["user"], "65532:65532");
+    let web_port = gw["portMappings"][0]["containerPort"].as_u64().unwrap();
+    if web_port < 1024 {
+        let ctl = &gw["systemControls"][0];
+        assert_eq!(ctl["namespace"], "net.ipv4.ip_unprivileged_port_start");
+        assert!(ctl["value"].as_str().unwrap().parse::<u64>().unwrap() <= web_port);
+        assert!(
+            gateway_module.contains("net.ipv4.ip_unprivileged_port_start"),
+            "the module lowers it too"
+        );
+    }
     let sidecar_code = std::fs::read_to_string(root().join("sidecar/src/config.rs")).unwrap();
     let sidecar_module = std::fs::read_to_string(root().join("terraform/modules/sidecar/main.tf")).unwrap();
     for n in names(sidecar) {

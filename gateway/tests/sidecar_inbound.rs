@@ -18,7 +18,7 @@ use berth_gateway::mesh::ca::{MeshCa, new_root};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use serde_json::json;
-use support::{GatewayProcess, free_port, temp_dir};
+use support::{GatewayProcess, free_port, runnable_copy, temp_dir};
 
 const TOKEN: &str = "sidecar-test-bootstrap-token";
 
@@ -79,11 +79,18 @@ struct Fixture {
 /// A gateway (ECS discovery + mesh), one `orders` task with a running sidecar, and the
 /// app behind it.
 async fn fixture(first: Ipv4Addr, labels: serde_json::Value) -> Fixture {
-    fixture_with(first, labels, &[]).await
+    fixture_with(first, labels, &[], None).await
 }
 
 /// [`fixture`], with more flags for the gateway.
-async fn fixture_with(first: Ipv4Addr, labels: serde_json::Value, gateway_extra: &[&str]) -> Fixture {
+/// [`fixture`], with more flags for the gateway, and the sidecar run as `sidecar_user`
+/// (`uid:gid`, with `setpriv`) as the image and the module run it.
+async fn fixture_with(
+    first: Ipv4Addr,
+    labels: serde_json::Value,
+    gateway_extra: &[&str],
+    sidecar_user: Option<&str>,
+) -> Fixture {
     berth_common::tls::install_crypto_provider();
     let sidecar_bin = std::path::Path::new(env!("CARGO_BIN_EXE_berth-gateway")).with_file_name("berth-sidecar");
     assert!(
@@ -144,8 +151,20 @@ async fn fixture_with(first: Ipv4Addr, labels: serde_json::Value, gateway_extra:
     let inbound = SocketAddr::from((task_ip, 15443));
     let admin = SocketAddr::from((task_ip, free_port()));
     let log = dir.join("sidecar.log");
+    let mut sidecar_cmd = match sidecar_user {
+        None => std::process::Command::new(&sidecar_bin),
+        Some(user) => {
+            let (uid, gid) = user.split_once(':').unwrap();
+            let bin = dir.join("bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            let copy = runnable_copy(&sidecar_bin, &bin);
+            let mut c = std::process::Command::new("setpriv");
+            c.args(["--reuid", uid, "--regid", gid, "--clear-groups"]).arg(copy);
+            c
+        }
+    };
     let _sidecar = Child(
-        std::process::Command::new(&sidecar_bin)
+        sidecar_cmd
             .env_clear()
             .env(
                 "ECS_CONTAINER_METADATA_URI_V4",
@@ -378,6 +397,7 @@ async fn an_expired_certificate_is_replaced_by_asking_again_with_the_token() {
         Ipv4Addr::new(127, 0, 182, 1),
         json!({}),
         &["--mesh-cert-lifetime", "4s"],
+        None,
     )
     .await;
     let first_issues = |log: &str| log.matches("certificate issued").count();
@@ -536,4 +556,38 @@ print(data.decode().splitlines()[0])
     .unwrap();
     assert!(ok && out.starts_with("HTTP/1.1 200"), "{out}");
     assert_eq!(calls(&f.app), 3, "all three reached the app");
+}
+
+#[tokio::test]
+async fn the_sidecar_runs_as_65532_as_it_ships() {
+    // The module's user; its ports (15443, 15001, 15000) need no privilege.
+    let module = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../terraform/modules/sidecar/main.tf"
+    ))
+    .unwrap();
+    assert!(module.contains("user                   = \"65532:65532\""));
+    let f = fixture_with(
+        Ipv4Addr::new(127, 0, 186, 1),
+        json!({"berth.mesh.allow": "billing"}),
+        &[],
+        Some("65532:65532"),
+    )
+    .await;
+    let ca = MeshCa::dev(&f.dir.join("ca"), "berth.local").unwrap();
+    let anchors = TrustAnchors::from_certs(std::slice::from_ref(ca.anchor())).unwrap();
+    let orders = SpiffeId::for_service("berth.local", "prod", "orders").unwrap();
+    let billing = SpiffeId::for_service("berth.local", "prod", "billing").unwrap();
+    let r = call(f.inbound, &anchors, Some(slot(&ca, &billing)), &orders)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let ps = std::process::Command::new("ps")
+        .args(["-o", "uid=", "-C", "berth-sidecar"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&ps.stdout).contains("65532"),
+        "the sidecar runs as 65532"
+    );
 }

@@ -163,3 +163,20 @@ pub fn web_container(port: u16, labels: &[(&str, &str)]) -> aws_sdk_ecs::types::
     }
     c.build()
 }
+
+/// A copy of a binary that any user may run (the target directory may be private).
+pub fn runnable_copy(bin: &std::path::Path, dir: &std::path::Path) -> PathBuf {
+    std::fs::set_permissions(
+        dir,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )
+    .unwrap();
+    let copy = dir.join(bin.file_name().unwrap());
+    std::fs::copy(bin, &copy).unwrap();
+    std::fs::set_permissions(
+        &copy,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )
+    .unwrap();
+    copy
+}

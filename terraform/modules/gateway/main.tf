@@ -37,6 +37,11 @@ resource "aws_ecs_task_definition" "gateway" {
     essential              = true
     readonlyRootFilesystem = true
     user                   = "65532:65532"
+    # A non-root process may not bind a port below 1024 (the web entrypoint's :80) unless
+    # the task lowers this: ECS supports it for awsvpc tasks, Fargate included.
+    systemControls = var.web_port < 1024 ? [
+      { namespace = "net.ipv4.ip_unprivileged_port_start", value = tostring(var.web_port) },
+    ] : []
     command = [
       "--entrypoint", "web=0.0.0.0:${var.web_port}",
       "--ping", "web",
