@@ -383,3 +383,109 @@ async fn the_same_scenario_against_moto() {
     let moto = Moto::start().await;
     common_scenario(&client(&moto.endpoint), "parity").await;
 }
+
+/// boto3 (someone else's client, with botocore's machine-readable ECS model) against
+/// berth-local: every answer's raw JSON is checked against the operation's output shape,
+/// member by member (names, types, enum values), which catches the shape mistakes that
+/// lenient clients, the AWS SDK for Rust included, would let through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_sees_answers_shaped_as_the_ecs_model_says() {
+    let server = EcsServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Ecs::new("us-east-1", Ipv4Addr::new(127, 0, 134, 1)),
+    )
+    .await
+    .unwrap();
+    let script = r#"
+import json, sys, boto3, botocore
+raw = {}
+def keep(http_response, operation_model, **_):
+    raw[operation_model.name] = json.loads(http_response.content or b"{}")
+ecs = boto3.client("ecs", endpoint_url=sys.argv[1])
+ecs.meta.events.register("after-call.ecs.*", lambda http_response, model, **k: keep(http_response, model))
+problems = []
+def check(value, shape, path):
+    t = shape.type_name
+    if t == "structure":
+        if not isinstance(value, dict):
+            return problems.append(f"{path}: not an object")
+        for k, v in value.items():
+            if k not in shape.members:
+                problems.append(f"{path}.{k}: not a member of {shape.name}")
+            else:
+                check(v, shape.members[k], f"{path}.{k}")
+    elif t == "list":
+        if not isinstance(value, list):
+            return problems.append(f"{path}: not a list")
+        for i, v in enumerate(value):
+            check(v, shape.member, f"{path}[{i}]")
+    elif t == "map":
+        if not isinstance(value, dict):
+            return problems.append(f"{path}: not a map")
+        for k, v in value.items():
+            check(v, shape.value, f"{path}.{k}")
+    elif t == "string":
+        if not isinstance(value, str):
+            problems.append(f"{path}: not a string: {value!r}")
+        elif shape.enum and value not in shape.enum:
+            problems.append(f"{path}: {value!r} is not one of {shape.enum}")
+    elif t in ("integer", "long"):
+        if not isinstance(value, int) or isinstance(value, bool):
+            problems.append(f"{path}: not an integer: {value!r}")
+    elif t == "boolean":
+        if not isinstance(value, bool):
+            problems.append(f"{path}: not a boolean: {value!r}")
+    elif t == "timestamp":
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            problems.append(f"{path}: not epoch seconds: {value!r}")
+ecs.create_cluster(clusterName="b3")
+ecs.register_task_definition(family="b3-app", containerDefinitions=[{
+    "name": "app", "image": "berth-whoami", "memory": 128,
+    "portMappings": [{"containerPort": 8080}], "dockerLabels": {"berth.enable": "true"}}])
+ecs.run_task(cluster="b3", taskDefinition="b3-app", count=3)
+pages = list(ecs.get_paginator("list_tasks").paginate(cluster="b3", PaginationConfig={"PageSize": 2}))
+arns = [a for p in pages for a in p["taskArns"]]
+assert len(pages) == 2 and len(arns) == 3, pages
+d = ecs.describe_tasks(cluster="b3", tasks=arns + [arns[0].rsplit("/", 1)[0] + "/missing"])
+assert len(d["tasks"]) == 3 and d["failures"][0]["reason"] == "MISSING", d["failures"]
+ecs.create_service(cluster="b3", serviceName="web", taskDefinition="b3-app", desiredCount=2)
+s = ecs.describe_services(cluster="b3", services=["web"])["services"][0]
+assert s["deployments"][0]["rolloutState"] in ("IN_PROGRESS", "COMPLETED"), s["deployments"]
+ecs.update_service(cluster="b3", service="web", desiredCount=1)
+ecs.describe_task_definition(taskDefinition="b3-app:1")
+ecs.list_services(cluster="b3")
+ecs.describe_clusters(clusters=["b3"])
+ecs.list_clusters()
+ecs.stop_task(cluster="b3", task=arns[0], reason="test")
+try:
+    ecs.describe_tasks(cluster="nowhere", tasks=arns)
+    problems.append("a missing cluster must be ClusterNotFoundException")
+except ecs.exceptions.ClusterNotFoundException:
+    pass
+model = ecs.meta.service_model
+for op, body in raw.items():
+    shape = model.operation_model(op).output_shape
+    if shape is not None and "__type" not in body:
+        check(body, shape, op)
+print(json.dumps({"operations": sorted(raw), "problems": problems}))
+"#;
+    let url = server.endpoint_url();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(["-c", script, &url])
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert!(report["operations"].as_array().unwrap().len() >= 12, "{report}");
+    assert_eq!(report["problems"], serde_json::json!([]), "{report:#}");
+}
