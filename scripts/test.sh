@@ -9,16 +9,30 @@ export AWS_REGION=${AWS_REGION:-us-east-1} AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID
 export AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-test} AWS_EC2_METADATA_DISABLED=true
 
 if ! python3 -c 'import moto.server, flask' 2>/dev/null; then
-  echo "test: installing moto[server] (the ECS API peer for the discovery tests)..." >&2
+  echo "test: installing moto[server] (the ECS API peer for the discovery tests; boto3 comes with it)..." >&2
   python3 -m pip install --quiet --disable-pip-version-check 'moto[server]'
 fi
-if ! command -v chromium >/dev/null; then
-  # The dashboard test drives real headless Chromium.
+if ! python3 -c 'import grpc' 2>/dev/null; then
+  echo "test: installing grpcio (a gRPC client that is not tonic, for the conformance tests)..." >&2
+  python3 -m pip install --quiet --disable-pip-version-check grpcio
+fi
+# Outside tools the tests drive (docs/conformance.md): chromium for the dashboard,
+# nghttp/h2load for HTTP/2, curl and openssl, iproute2 and util-linux for running the
+# binaries as they ship (a network namespace, setpriv, prlimit).
+need=()
+command -v chromium >/dev/null || need+=(chromium)
+command -v nghttp >/dev/null || need+=(nghttp2-client)
+command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)
+command -v ip >/dev/null || need+=(iproute2)
+command -v setpriv >/dev/null || need+=(util-linux)
+command -v ps >/dev/null || need+=(procps)
+if (( ${#need[@]} )); then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-    echo "test: installing chromium (the dashboard test runs it headless)..." >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    echo "test: installing ${need[*]}..." >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   else
-    echo "test: chromium is missing; install it (apt-get install chromium) for the dashboard test" >&2
+    echo "test: missing ${need[*]}; install them (apt-get install ${need[*]})" >&2
   fi
 fi
 if [[ ! -x ../shared/tools/moto-loopback && -z "${MOTO_ENDPOINT:-}" ]]; then
