@@ -33,6 +33,7 @@ async fn the_dashboard_shows_services_endpoints_and_sidecars_in_chromium() {
         .name("app")
         .image("idle")
         .command("berth-local:idle")
+        .port_mappings(aws_sdk_ecs::types::PortMapping::builder().container_port(8080).build())
         .docker_labels("traefik.enable", "true")
         .docker_labels("traefik.http.routers.broken.rule", "Host(`broken.localhost`")
         .build();

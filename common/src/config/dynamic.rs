@@ -299,14 +299,11 @@ impl Decoder<'_> {
 
     fn bool(&mut self, node: &Node, path: &str) -> Option<bool> {
         let s = self.string(node, path)?;
-        match s.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" => Some(true),
-            "false" | "0" => Some(false),
-            _ => {
-                self.bad(path, format!("`{s}` is not true or false"));
-                None
-            }
+        let b = super::parse_bool(&s);
+        if b.is_none() {
+            self.bad(path, format!("`{s}` is not true or false"));
         }
+        b
     }
 
     fn duration(&mut self, node: &Node, path: &str) -> Option<Duration> {
@@ -835,7 +832,8 @@ pub struct Merger {
     pub config: DynamicConfig,
     /// `router NAME`, `service NAME`, ...: names defined differently by several fragments.
     pub conflicts: std::collections::BTreeSet<String>,
-    http_servers: std::collections::HashMap<String, std::collections::HashSet<(String, Option<u32>)>>,
+    /// Server URLs per service, once each (Traefik keeps the first of two same URLs).
+    http_servers: std::collections::HashMap<String, std::collections::HashSet<String>>,
     tcp_servers: std::collections::HashMap<String, std::collections::HashSet<String>>,
 }
 
@@ -859,11 +857,27 @@ impl Merger {
         let (cfg, conflicts) = (&mut self.config, &mut self.conflicts);
         merge_identical(&mut cfg.tcp.routers, other.tcp.routers, "tcp router", conflicts);
         for (name, s) in other.tcp.services {
+            if conflicts.contains(&format!("tcp service {name}")) {
+                continue;
+            }
             let seen = self.tcp_servers.entry(name.clone()).or_default();
-            let existing = cfg.tcp.services.entry(name).or_default();
-            for server in s.servers {
-                if seen.insert(server.clone()) {
-                    existing.servers.push(server);
+            match cfg.tcp.services.get_mut(&name) {
+                // Settings other than the servers must agree, as in Traefik.
+                Some(existing) if existing.server_port != s.server_port => {
+                    cfg.tcp.services.remove(&name);
+                    conflicts.insert(format!("tcp service {name}"));
+                }
+                Some(existing) => {
+                    for server in s.servers {
+                        if seen.insert(server.clone()) {
+                            existing.servers.push(server);
+                        }
+                    }
+                }
+                None => {
+                    let mut s = s;
+                    s.servers.retain(|server| seen.insert(server.clone()));
+                    cfg.tcp.services.insert(name, s);
                 }
             }
         }
@@ -880,15 +894,13 @@ impl Merger {
                 }
                 Some(existing) => {
                     for server in s.load_balancer.servers {
-                        if seen.insert((server.url.clone(), server.weight)) {
+                        if seen.insert(server.url.clone()) {
                             existing.load_balancer.servers.push(server);
                         }
                     }
                 }
                 None => {
-                    s.load_balancer
-                        .servers
-                        .retain(|server| seen.insert((server.url.clone(), server.weight)));
+                    s.load_balancer.servers.retain(|server| seen.insert(server.url.clone()));
                     cfg.http.services.insert(name, s);
                 }
             }

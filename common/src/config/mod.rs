@@ -11,6 +11,16 @@ pub mod dynamic;
 pub mod tree;
 
 pub use duration::parse_duration;
+
+/// A boolean as Go's `strconv.ParseBool` reads it (Traefik's configuration does):
+/// `1 t T TRUE true True` and `0 f F FALSE false False`.
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim() {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
 pub use dynamic::*;
 pub use tree::Node;
 

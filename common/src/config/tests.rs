@@ -145,3 +145,36 @@ fn merging_task_fragments_like_traefik() {
     m.add(frag("http://10.0.0.4:80", "Host(`a`)"));
     assert!(!m.config.http.routers.contains_key("r"), "a conflicted name stays out");
 }
+
+#[test]
+fn merging_keeps_one_server_per_url_and_compares_tcp_settings() {
+    let http = |url: &str, weight: u32| {
+        let text = format!(
+            "http:\n  services:\n    s: {{ loadBalancer: {{ servers: [ {{ url: \"{url}\", weight: {weight} }} ] }} }}\n"
+        );
+        parse_file(&text, false, &mut Vec::new()).unwrap()
+    };
+    let mut m = Merger::default();
+    m.add(http("http://10.0.0.1:80", 1));
+    m.add(http("http://10.0.0.1:80", 5));
+    let servers = &m.config.http.services["s"].load_balancer.servers;
+    assert_eq!(servers.len(), 1, "Traefik keeps the first of two same URLs");
+    assert_eq!(servers[0].weight, Some(1));
+    let tcp = |port: u16, address: &str| {
+        let mut c = DynamicConfig::default();
+        c.tcp.services.insert(
+            "t".into(),
+            TcpServiceConfig {
+                servers: vec![address.into()],
+                server_port: Some(port),
+            },
+        );
+        c
+    };
+    m.add(tcp(5432, "10.0.0.1:5432"));
+    m.add(tcp(5432, "10.0.0.2:5432"));
+    assert_eq!(m.config.tcp.services["t"].servers.len(), 2);
+    m.add(tcp(5433, "10.0.0.3:5433"));
+    assert!(!m.config.tcp.services.contains_key("t"));
+    assert!(m.conflicts.contains("tcp service t"));
+}

@@ -95,12 +95,11 @@ pub fn parse(labels: &BTreeMap<String, String>) -> (ContainerLabels, Vec<Diagnos
         let lower = rest.to_ascii_lowercase();
         let top = lower.split('.').next().unwrap_or_default();
         match top {
-            "enable" if lower == "enable" => match value.trim().to_ascii_lowercase().as_str() {
-                "true" => out.enable = Some(true),
-                "false" => out.enable = Some(false),
-                other => diags.push(Diagnostic::error(
+            "enable" if lower == "enable" => match config::parse_bool(value) {
+                Some(b) => out.enable = Some(b),
+                None => diags.push(Diagnostic::error(
                     key.clone(),
-                    format!("`{other}` is not true or false"),
+                    format!("`{}` is not true or false", value.trim()),
                 )),
             },
             "mesh" => match lower.as_str() {
@@ -290,9 +289,27 @@ pub fn container_config(labels: &ContainerLabels, target: &ContainerTarget) -> (
     let mut cfg = labels.config.clone();
     let default_name = normalize_name(&target.name);
     tcp_defaults(&mut cfg, target, &default_name, &mut diags);
-    // A container that only declares TCP routing gets no default HTTP router (Traefik).
-    let tcp_only = cfg.http.routers.is_empty() && cfg.http.services.is_empty() && !cfg.tcp.routers.is_empty();
+    // A container that declares only TCP routing (a router or a service) gets no default
+    // HTTP router or service (Traefik's `tcpOrUDP`).
+    let tcp_only = cfg.http.routers.is_empty()
+        && cfg.http.services.is_empty()
+        && cfg.http.middlewares.is_empty()
+        && !(cfg.tcp.routers.is_empty() && cfg.tcp.services.is_empty());
     if tcp_only {
+        return (cfg, diags);
+    }
+    // Without any port to send to, Traefik drops the container ("port is missing"): no
+    // router then answers for it with an empty service.
+    let portless = target.ports.is_empty()
+        && cfg.http.services.values().all(|s| {
+            s.load_balancer.servers.is_empty() && s.load_balancer.server.as_ref().is_none_or(|t| t.port.is_none())
+        });
+    if portless {
+        diags.push(Diagnostic::error(
+            "http.services",
+            "the container exposes no port and no label names one: its HTTP routers and services are not created",
+        ));
+        cfg.http = Default::default();
         return (cfg, diags);
     }
     if cfg.http.services.is_empty() {
@@ -323,13 +340,8 @@ pub fn container_config(labels: &ContainerLabels, target: &ContainerTarget) -> (
                 ));
                 None
             }
-            (None, _) => {
-                diags.push(Diagnostic::error(
-                    format!("http.services.{name}.loadbalancer.server.port"),
-                    "the container exposes several ports; set loadbalancer.server.port to choose one",
-                ));
-                None
-            }
+            // Several ports and no label: the lowest port dialled, as Traefik chooses.
+            (None, ports) => ports.iter().map(|(_, host)| *host).min(),
         };
         if let Some(port) = port {
             let scheme = tmpl.scheme.as_deref().unwrap_or("http");
@@ -398,17 +410,19 @@ fn safe_in_rule(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-/// Traefik's `normalize`: every character that is not alphanumeric becomes `-`.
+/// Traefik's `normalize` (`provider.Normalize`): the runs of letters and digits (any
+/// script), joined by one `-`.
 pub fn normalize_name(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    s.trim_matches('-').to_string()
+    name.split(|c: char| !c.is_alphanumeric())
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
-/// Substitute `{{ normalize .Name }}` and `{{ .Name }}` in a default-rule template.
+/// Substitute `{{ normalize .Name }}` and `{{ .Name }}` in a default-rule template. As in
+/// Traefik's ECS provider, `.Name` is the instance name already normalized.
 pub fn render_default_rule(tpl: &str, name: &str) -> String {
+    let name = &normalize_name(name);
     let mut out = String::with_capacity(tpl.len());
     let mut rest = tpl;
     while let Some(start) = rest.find("{{") {

@@ -132,15 +132,63 @@ fn several_services_need_an_explicit_router_service() {
 }
 
 #[test]
-fn several_ports_without_label_is_a_diagnostic() {
+fn several_ports_without_label_take_the_lowest_as_traefik_does() {
     let (c, _) = parse(&labels(&[("berth.enable", "true")]));
     let t = ContainerTarget {
-        ports: vec![(80, 80), (81, 81)],
+        ports: vec![(4445, 32124), (4444, 32123)],
         ..target()
     };
     let (cfg, d) = container_config(&c, &t);
-    assert!(cfg.http.services["whoami"].load_balancer.servers.is_empty());
-    assert!(d[0].message.contains("several ports"));
+    assert_eq!(
+        cfg.http.services["whoami"].load_balancer.servers[0].url,
+        "http://127.0.100.1:32123"
+    );
+    assert!(d.is_empty(), "{d:?}");
+}
+
+/// Rows of Traefik's `pkg/provider/ecs/config_test.go` where Berth once answered otherwise.
+#[test]
+fn traefiks_ecs_provider_tables() {
+    // No port at all: the container gets no router and no service ("port is missing").
+    let (c, _) = parse(&labels(&[
+        ("traefik.enable", "true"),
+        ("traefik.http.middlewares.m.inflightreq.amount", "42"),
+    ]));
+    let t = ContainerTarget {
+        ports: vec![],
+        ..target()
+    };
+    let (cfg, d) = container_config(&c, &t);
+    assert!(cfg.http.routers.is_empty() && cfg.http.services.is_empty() && cfg.http.middlewares.is_empty());
+    assert!(d.iter().any(|d| d.message.contains("no port")), "{d:?}");
+    // Only a TCP service: no HTTP defaults.
+    let (c, _) = parse(&labels(&[("traefik.tcp.services.foo.loadbalancer.server.port", "80")]));
+    let (cfg, _) = container_config(&c, &target());
+    assert!(cfg.http.routers.is_empty() && cfg.http.services.is_empty(), "{cfg:?}");
+    assert_eq!(cfg.tcp.services["foo"].servers, vec!["127.0.100.1:80".to_string()]);
+    // normalize: runs of non-alphanumerics become one `-`; letters of any script stay.
+    assert_eq!(normalize_name("service-my__app-web"), "service-my-app-web");
+    assert_eq!(normalize_name("a.-b"), "a-b");
+    assert_eq!(normalize_name("café_1"), "café-1");
+    // `.Name` in a default rule is the normalized name.
+    assert_eq!(
+        render_default_rule("Host(`{{ .Name }}.foo.bar`)", "Test__x"),
+        "Host(`Test-x.foo.bar`)"
+    );
+    // traefik.enable takes Go's boolean spellings.
+    for (v, want) in [
+        ("1", true),
+        ("t", true),
+        ("TRUE", true),
+        ("True", true),
+        ("0", false),
+        ("F", false),
+    ] {
+        let (c, d) = parse(&labels(&[("traefik.enable", v)]));
+        assert_eq!(c.enable, Some(want), "{v}: {d:?}");
+    }
+    let (c, d) = parse(&labels(&[("traefik.enable", "yes")]));
+    assert!(c.enable.is_none() && !d.is_empty());
 }
 
 #[test]

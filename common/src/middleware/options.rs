@@ -54,10 +54,11 @@ impl<'a> Options<'a> {
     }
 
     pub fn bool(&self, key: &str) -> Result<bool, String> {
-        match self.string(key)?.as_deref().map(str::to_ascii_lowercase).as_deref() {
-            None | Some("") | Some("false") => Ok(false),
-            Some("true") => Ok(true),
-            Some(other) => Err(format!("{}.{key}: `{other}` is not true or false", self.kind)),
+        match self.string(key)?.as_deref() {
+            None | Some("") => Ok(false),
+            Some(v) => {
+                crate::config::parse_bool(v).ok_or_else(|| format!("{}.{key}: `{v}` is not true or false", self.kind))
+            }
         }
     }
 
