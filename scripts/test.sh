@@ -17,13 +17,15 @@ if ! python3 -c 'import grpc' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check grpcio
 fi
 # Outside tools the tests drive (docs/conformance.md): chromium for the dashboard,
-# nghttp/h2load for HTTP/2, curl and openssl, iproute2 and util-linux for running the
+# nghttp/h2load for HTTP/2, curl and openssl, Go (its crypto/tls and net/http as a
+# client: gateway/tests/tools/tlsprobe.go), iproute2 and util-linux for running the
 # binaries as they ship (a network namespace, setpriv, prlimit).
 need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v nghttp >/dev/null || need+=(nghttp2-client)
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
+command -v go >/dev/null || need+=(golang-go)
 command -v ip >/dev/null || need+=(iproute2)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v ps >/dev/null || need+=(procps)

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use berth_common::test_util::{Backend, Proto, raw_exchange, self_signed};
-use support::{service, start, temp_dir};
+use support::{go_tlsprobe, service, start, temp_dir};
 
 /// Run a tool; its stdout and stderr together, and whether it succeeded.
 async fn tool(program: &str, args: Vec<String>, input: Vec<u8>) -> (bool, String) {
@@ -307,6 +307,50 @@ async fn tls_and_http2_as_openssl_curl_nghttp_and_h2load_see_them() {
     .await;
     assert!(ok && out.contains("200 succeeded"), "{out}");
     assert!(out.contains("Application protocol: h2"), "{out}");
+
+    // Go's crypto/tls (stricter than OpenSSL in other places): both versions, ALPN, the
+    // name verified; then Go's net/http over HTTP/2 and HTTP/1.1 (its HTTP/2 client
+    // refuses connection-specific headers and bad framing, RFC 9113 8.2.2).
+    let go = go_tlsprobe().display().to_string();
+    for (version, want) in [("1.3", "TLSv1.3"), ("1.2", "TLSv1.2")] {
+        let (ok, out) = tool(
+            &go,
+            args(&[
+                "-connect",
+                &connect,
+                "-servername",
+                "secure.test",
+                "-ca",
+                &ca,
+                "-alpn",
+                "h2,http/1.1",
+                "-tls",
+                version,
+            ]),
+            vec![],
+        )
+        .await;
+        assert!(ok, "go {version}: {out}");
+        assert!(out.contains(&format!("version={want} alpn=h2 verified=ok")), "{out}");
+    }
+    for (h2, proto) in [(true, "HTTP/2.0 200"), (false, "HTTP/1.1 200")] {
+        let mut a = args(&[
+            "-url",
+            &url,
+            "-connect",
+            &connect,
+            "-servername",
+            "secure.test",
+            "-ca",
+            &ca,
+        ]);
+        if h2 {
+            a.push("-h2".into());
+        }
+        let (ok, out) = tool(&go, a, vec![]).await;
+        assert!(ok && out.contains(proto), "go net/http h2={h2}: {out}");
+        assert!(out.contains("backend=app"), "{out}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,5 +445,42 @@ async fn the_control_api_handshakes_with_openssl_with_and_without_a_client_certi
     .await;
     assert!(out.contains("Acceptable client certificate CA names"), "{out}");
     assert!(!out.contains("HTTP/1.1 401"), "{out}");
+    // Go's crypto/tls, without and with the certificate (the control API speaks h2 and
+    // HTTP/1.1; the raw probe sends HTTP/1.1).
+    let go = go_tlsprobe().display().to_string();
+    let send = r"GET /v1/mesh HTTP/1.1\r\nHost: gateway.berth\r\nConnection: close\r\n\r\n";
+    let (ok, out) = tool(
+        &go,
+        args(&["-connect", &target, "-ca", &ca_file, "-noname", "-send", send]),
+        vec![],
+    )
+    .await;
+    assert!(
+        ok && out.contains("verified=ok") && out.contains("HTTP/1.1 401"),
+        "{out}"
+    );
+    let (ok, out) = tool(
+        &go,
+        args(&[
+            "-connect",
+            &target,
+            "-ca",
+            &ca_file,
+            "-noname",
+            "-cert",
+            dir.join("c.crt").to_str().unwrap(),
+            "-key",
+            dir.join("c.key").to_str().unwrap(),
+            "-send",
+            send,
+        ]),
+        vec![],
+    )
+    .await;
+    assert!(
+        ok && out.contains("version=TLSv1.3") && out.contains("HTTP/1.1 "),
+        "{out}"
+    );
+    assert!(!out.contains("HTTP/1.1 401"), "the certificate authenticates: {out}");
     drop(gw);
 }

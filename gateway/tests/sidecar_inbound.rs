@@ -18,7 +18,7 @@ use berth_gateway::mesh::ca::{MeshCa, new_root};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use serde_json::json;
-use support::{GatewayProcess, free_port, runnable_copy, temp_dir};
+use support::{GatewayProcess, free_port, go_tlsprobe, runnable_copy, temp_dir};
 
 const TOKEN: &str = "sidecar-test-bootstrap-token";
 
@@ -474,28 +474,24 @@ async fn openssl_curl_and_python_complete_mtls_handshakes_with_the_inbound() {
 
     // OpenSSL 3: the CertificateRequest's CA names must be DER Names (RFC 8446 4.2.4),
     // else `parse_ca_names: ASN1 lib` and no handshake at all.
-    let (_, out) = tokio::task::spawn_blocking({
-        let (crt, key_file, ca_file, inbound) = (crt.clone(), key_file.clone(), ca_file.clone(), inbound.clone());
-        move || {
-            run_with_input(
-                std::process::Command::new("openssl").args([
-                    "s_client",
-                    "-connect",
-                    &inbound,
-                    "-cert",
-                    crt.to_str().unwrap(),
-                    "-key",
-                    key_file.to_str().unwrap(),
-                    "-CAfile",
-                    ca_file.to_str().unwrap(),
-                    "-ign_eof",
-                ]),
-                request,
-            )
-        }
-    })
-    .await
-    .unwrap();
+    let s_client = |extra: &[&str]| {
+        let mut c = std::process::Command::new("openssl");
+        c.args([
+            "s_client",
+            "-connect",
+            &inbound,
+            "-ign_eof",
+            "-CAfile",
+            ca_file.to_str().unwrap(),
+        ]);
+        c.args(["-cert", crt.to_str().unwrap(), "-key", key_file.to_str().unwrap()]);
+        c.args(extra);
+        c
+    };
+    let mut plain = s_client(&[]);
+    let (_, out) = tokio::task::spawn_blocking(move || run_with_input(&mut plain, request))
+        .await
+        .unwrap();
     assert!(!out.contains("parse_ca_names"), "{out}");
     assert!(out.contains("Acceptable client certificate CA names"), "{out}");
     assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
@@ -555,7 +551,49 @@ print(data.decode().splitlines()[0])
     .await
     .unwrap();
     assert!(ok && out.starts_with("HTTP/1.1 200"), "{out}");
-    assert_eq!(calls(&f.app), 3, "all three reached the app");
+
+    // Go's crypto/tls: the chain checked to the mesh CA (a SPIFFE certificate has no host
+    // name to check), a client certificate sent on request, HTTP/1.1 over it.
+    let go = go_tlsprobe();
+    let probe = |extra: &[&str]| {
+        let mut c = std::process::Command::new(&go);
+        c.args(["-connect", &inbound, "-noname", "-ca", ca_file.to_str().unwrap()]);
+        c.args(["-cert", crt.to_str().unwrap(), "-key", key_file.to_str().unwrap()]);
+        c.args(extra);
+        c
+    };
+    let send = r"GET /hello HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n";
+    let mut go_http = probe(&["-send", send]);
+    let (ok, out) = tokio::task::spawn_blocking(move || run_with_input(&mut go_http, b""))
+        .await
+        .unwrap();
+    assert!(
+        ok && out.contains("version=TLSv1.3") && out.contains("HTTP/1.1 200"),
+        "{out}"
+    );
+    assert_eq!(calls(&f.app), 4, "all four reached the app");
+
+    // The TCP-over-mesh path (the gateway's TCP routers): ALPN `berth-tcp/<port>` asks
+    // the inbound for a raw stream to that app port; the app's own HTTP answer comes back.
+    let alpn = format!("berth-tcp/{}", f.app.addr.port());
+    let mut go_tcp = probe(&["-alpn", &alpn, "-send", send]);
+    let (ok, out) = tokio::task::spawn_blocking(move || run_with_input(&mut go_tcp, b""))
+        .await
+        .unwrap();
+    assert!(
+        ok && out.contains(&format!("alpn={alpn}")) && out.contains("HTTP/1.1 200"),
+        "{out}"
+    );
+    let mut tcp = s_client(&["-alpn", &alpn]);
+    let (_, out) = tokio::task::spawn_blocking(move || run_with_input(&mut tcp, request))
+        .await
+        .unwrap();
+    assert!(out.contains(&format!("ALPN protocol: {alpn}")), "{out}");
+    assert!(
+        out.contains("Verify return code: 0 (ok)") && out.contains("HTTP/1.1 200"),
+        "{out}"
+    );
+    assert_eq!(calls(&f.app), 6, "both raw streams reached the app");
 }
 
 #[tokio::test]

@@ -180,3 +180,32 @@ pub fn runnable_copy(bin: &std::path::Path, dir: &std::path::Path) -> PathBuf {
     .unwrap();
     copy
 }
+
+/// Go's `crypto/tls` and `net/http` as a client: `tests/tools/tlsprobe.go`, built once
+/// per test binary with the machine's Go (golang-go; scripts/test.sh installs it).
+pub fn go_tlsprobe() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/tlsprobe.go");
+        let out = temp_dir("go").join("tlsprobe");
+        let cache = std::env::temp_dir().join("berth-test-go-cache");
+        let built = std::process::Command::new("go")
+            .arg("build")
+            .arg("-o")
+            .arg(&out)
+            .arg(&src)
+            .env("GO111MODULE", "off")
+            .env("GOFLAGS", "")
+            .env("GOCACHE", &cache)
+            .env("GOPATH", cache.join("path"))
+            .output()
+            .unwrap_or_else(|e| panic!("go: {e} (install golang-go: scripts/test.sh does)"));
+        assert!(
+            built.status.success(),
+            "go build tlsprobe: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        out
+    })
+    .clone()
+}
