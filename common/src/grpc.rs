@@ -13,10 +13,14 @@ pub const HEALTH_CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
 pub mod code {
     pub const OK: u32 = 0;
     pub const CANCELLED: u32 = 1;
+    pub const UNKNOWN: u32 = 2;
     pub const DEADLINE_EXCEEDED: u32 = 4;
+    pub const PERMISSION_DENIED: u32 = 7;
     pub const RESOURCE_EXHAUSTED: u32 = 8;
+    pub const UNIMPLEMENTED: u32 = 12;
     pub const INTERNAL: u32 = 13;
     pub const UNAVAILABLE: u32 = 14;
+    pub const UNAUTHENTICATED: u32 = 16;
 }
 
 /// Names of the codes, as `retryOn` lists them (`unavailable`, `deadline-exceeded`, ...).

@@ -13,14 +13,17 @@ pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 /// The identity header the inbound sidecar sets; nobody else may.
 pub const CLIENT_ID_HEADER: &str = "x-berth-client-id";
 
-/// Set by an inbound sidecar on the 503 it answers when its app refused the connection:
-/// the request never reached the app, so the caller may send it elsewhere.
+/// Set by an inbound sidecar on the 503 it answers when its app refused the connection
+/// (to a gRPC call: the trailers-only `UNAVAILABLE`): the request never reached the app,
+/// so the caller may send it elsewhere.
 pub const UNREACHABLE_HEADER: &str = "x-berth-unreachable";
 
 /// Whether a response is an inbound sidecar saying its app is not listening (a
 /// stopping or crashed app): as safe to retry as a refused connection.
 pub fn is_app_unreachable(status: http::StatusCode, headers: &HeaderMap) -> bool {
-    status == http::StatusCode::SERVICE_UNAVAILABLE && headers.contains_key(UNREACHABLE_HEADER)
+    headers.contains_key(UNREACHABLE_HEADER)
+        && (status == http::StatusCode::SERVICE_UNAVAILABLE
+            || (status == http::StatusCode::OK && headers.get("grpc-status").is_some_and(|c| c == "14")))
 }
 
 /// The methods of RFC 9110 and RFC 5789 (PATCH): the only ones a metric label or a span

@@ -2,16 +2,22 @@
 //!
 //! Each concept lives in exactly one module here: the rule language in [`rules`], docker
 //! labels in [`labels`], the dynamic configuration model in [`config`], the routing
-//! snapshot in [`routing`], TLS loading in [`tls`] and HTTP plumbing in [`http`].
+//! snapshot in [`routing`], TLS loading in [`tls`] and HTTP plumbing in [`http`]; the trip
+//! to an upstream (attempts, retries, ejection) in `forward`, the answers a proxy makes
+//! itself in `synthetic`.
 
 pub mod accesslog;
 pub mod authz;
 pub mod balance;
 pub mod blocking;
+#[cfg(feature = "net")]
+pub mod body;
 pub mod config;
 pub mod control;
 pub mod diag;
 pub mod error;
+#[cfg(feature = "net")]
+pub mod forward;
 pub mod grpc;
 pub mod http;
 pub mod identity;
@@ -26,6 +32,8 @@ pub mod routing;
 pub mod rules;
 #[cfg(feature = "net")]
 pub mod serve;
+#[cfg(feature = "net")]
+pub mod synthetic;
 #[cfg(feature = "net")]
 pub mod telemetry;
 pub mod tls;

@@ -120,6 +120,12 @@ async fn grpc_through_the_gateway_and_two_sidecars() {
     let mut nowhere = Client::connect(web, "nosuch.localhost").await.unwrap();
     let err = nowhere.say_hello(Request::new(hello("x"))).await.unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    // So do a sidecar's: a mesh name nobody serves is UNAVAILABLE with the reason, not
+    // an HTTP 503 the client can only map to a code.
+    let mut unknown = Client::connect(outbound, "nosuch").await.unwrap();
+    let err = unknown.say_hello(Request::new(hello("x"))).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("no mesh service nosuch"), "{err:?}");
 
     // Calls are counted by their final grpc-status, read from trailers or a trailers-only
     // head: at the gateway, and at the caller's sidecar.

@@ -37,11 +37,28 @@ fn slot(ca: &MeshCa, id: &SpiffeId) -> Arc<CertSlot> {
     s
 }
 
+/// `GET /hello` to the inbound over mTLS as `me`, with a forged `x-berth-client-id`.
 async fn call(
     inbound: SocketAddr,
     anchors: &TrustAnchors,
     me: Option<Arc<CertSlot>>,
     expect: &SpiffeId,
+) -> Result<berth_common::test_util::Reply, String> {
+    let mut req = get("orders", "/hello");
+    req.headers_mut().insert(
+        "x-berth-client-id",
+        "spiffe://berth.local/ecs/prod/forged".parse().unwrap(),
+    );
+    call_with(inbound, anchors, me, expect, req).await
+}
+
+/// `req` to the inbound over mTLS (HTTP/1.1) as `me`, expecting the task to be `expect`.
+async fn call_with(
+    inbound: SocketAddr,
+    anchors: &TrustAnchors,
+    me: Option<Arc<CertSlot>>,
+    expect: &SpiffeId,
+    req: http::Request<http_body_util::Full<bytes::Bytes>>,
 ) -> Result<berth_common::test_util::Reply, String> {
     let cfg = client_config(me, anchors.clone(), PeerPolicy::Exact(expect.clone())).unwrap();
     let tcp = tokio::net::TcpStream::connect(inbound)
@@ -55,11 +72,6 @@ async fn call(
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let mut req = get("orders", "/hello");
-    req.headers_mut().insert(
-        "x-berth-client-id",
-        "spiffe://berth.local/ecs/prod/forged".parse().unwrap(),
-    );
     let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
     Ok(read_reply(resp).await)
 }
@@ -79,17 +91,18 @@ struct Fixture {
 /// A gateway (ECS discovery + mesh), one `orders` task with a running sidecar, and the
 /// app behind it.
 async fn fixture(first: Ipv4Addr, labels: serde_json::Value) -> Fixture {
-    fixture_with(first, labels, &[], None).await
+    fixture_with(first, labels, &[], None, &[]).await
 }
 
-/// [`fixture`], with more flags for the gateway.
-/// [`fixture`], with more flags for the gateway, and the sidecar run as `sidecar_user`
-/// (`uid:gid`, with `setpriv`) as the image and the module run it.
+/// [`fixture`], with more flags for the gateway, the sidecar run as `sidecar_user`
+/// (`uid:gid`, with `setpriv`) as the image and the module run it, and more environment
+/// for the sidecar.
 async fn fixture_with(
     first: Ipv4Addr,
     labels: serde_json::Value,
     gateway_extra: &[&str],
     sidecar_user: Option<&str>,
+    sidecar_env: &[(&str, &str)],
 ) -> Fixture {
     berth_common::tls::install_crypto_provider();
     let sidecar_bin = std::path::Path::new(env!("CARGO_BIN_EXE_berth-gateway")).with_file_name("berth-sidecar");
@@ -178,6 +191,7 @@ async fn fixture_with(
             .env("BERTH_ADMIN", admin.to_string())
             .env("BERTH_HEALTH_PATH", "/health")
             .env("BERTH_ACCESS_LOG", "json")
+            .envs(sidecar_env.iter().copied())
             .stdout(std::fs::File::create(dir.join("access.log")).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -398,6 +412,7 @@ async fn an_expired_certificate_is_replaced_by_asking_again_with_the_token() {
         json!({}),
         &["--mesh-cert-lifetime", "4s"],
         None,
+        &[],
     )
     .await;
     let first_issues = |log: &str| log.matches("certificate issued").count();
@@ -435,6 +450,52 @@ async fn an_expired_certificate_is_replaced_by_asking_again_with_the_token() {
         std::fs::read_to_string(f.dir.join("sidecar.log")).unwrap_or_default(),
         f.gw.log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_app_gets_a_504_and_a_grpc_caller_a_grpc_status() {
+    let f = fixture_with(
+        Ipv4Addr::new(127, 0, 187, 1),
+        json!({"berth.mesh.allow": "billing"}),
+        &[],
+        None,
+        &[("BERTH_APP_RESPONSE_TIMEOUT", "1s")],
+    )
+    .await;
+    let ca = MeshCa::dev(&f.dir.join("ca"), "berth.local").unwrap();
+    let anchors = TrustAnchors::from_certs(std::slice::from_ref(ca.anchor())).unwrap();
+    let orders = SpiffeId::for_service("berth.local", "prod", "orders").unwrap();
+    let billing = SpiffeId::for_service("berth.local", "prod", "billing").unwrap();
+    let web = SpiffeId::for_service("berth.local", "prod", "web").unwrap();
+
+    // BERTH_APP_RESPONSE_TIMEOUT: an app that takes 5 s is answered for at 1 s.
+    let t0 = std::time::Instant::now();
+    let r = call_with(
+        f.inbound,
+        &anchors,
+        Some(slot(&ca, &billing)),
+        &orders,
+        get("orders", "/slow?ms=5000"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert!(r.body.contains("did not answer within 1s"), "{}", r.body);
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+
+    // A gRPC caller that is refused gets a gRPC status (trailers-only), not an HTTP 403
+    // its client reads as a protocol error.
+    let mut req = get("orders", "/helloworld.Greeter/SayHello");
+    req.headers_mut()
+        .insert(http::header::CONTENT_TYPE, "application/grpc".parse().unwrap());
+    let r = call_with(f.inbound, &anchors, Some(slot(&ca, &web)), &orders, req)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.headers);
+    assert_eq!(r.headers["grpc-status"], "7", "PERMISSION_DENIED: {:?}", r.headers);
+    assert_eq!(r.headers["content-type"], "application/grpc");
+    let message = r.headers["grpc-message"].to_str().unwrap();
+    assert!(message.contains("berth.mesh.allow"), "{message}");
 }
 
 /// Run a command with `input` on its stdin; its stdout and stderr together.
@@ -610,6 +671,7 @@ async fn the_sidecar_runs_as_65532_as_it_ships() {
         json!({"berth.mesh.allow": "billing"}),
         &[],
         Some("65532:65532"),
+        &[],
     )
     .await;
     let ca = MeshCa::dev(&f.dir.join("ca"), "berth.local").unwrap();

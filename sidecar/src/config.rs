@@ -34,6 +34,21 @@ pub struct Settings {
     /// peer's response headers (default 60s). An idempotent request without a body that
     /// times out goes to another endpoint.
     pub outbound_response_timeout: std::time::Duration,
+    /// `BERTH_APP_RESPONSE_TIMEOUT`: how long the inbound listener waits for the app's
+    /// response headers (default 60s); then 504 (a gRPC caller: `UNAVAILABLE`, or
+    /// `DEADLINE_EXCEEDED` when its own deadline came first).
+    pub app_response_timeout: std::time::Duration,
+}
+
+/// A positive duration from `name`, or `default` when it is unset.
+fn duration(name: &str, default: std::time::Duration) -> Result<std::time::Duration, ConfigError> {
+    match var(name) {
+        None => Ok(default),
+        Some(t) => berth_common::config::parse_duration(&t)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| ConfigError(format!("{name}={t}: not a positive duration (500ms, 2s, 1m)"))),
+    }
 }
 
 fn var(name: &str) -> Option<String> {
@@ -128,17 +143,8 @@ impl Settings {
                 }
             },
             tracing: berth_common::telemetry::TraceSettings::from_env().map_err(|e| ConfigError(e.to_string()))?,
-            outbound_response_timeout: match var("BERTH_OUTBOUND_RESPONSE_TIMEOUT") {
-                None => std::time::Duration::from_secs(60),
-                Some(t) => berth_common::config::parse_duration(&t)
-                    .ok()
-                    .filter(|d| !d.is_zero())
-                    .ok_or_else(|| {
-                        ConfigError(format!(
-                            "BERTH_OUTBOUND_RESPONSE_TIMEOUT={t}: not a positive duration (500ms, 2s, 1m)"
-                        ))
-                    })?,
-            },
+            outbound_response_timeout: duration("BERTH_OUTBOUND_RESPONSE_TIMEOUT", std::time::Duration::from_secs(60))?,
+            app_response_timeout: duration("BERTH_APP_RESPONSE_TIMEOUT", std::time::Duration::from_secs(60))?,
         })
     }
 }

@@ -9,23 +9,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_common::authz::{Decision, authorize};
+use berth_common::body::{Body, boxed, from_client};
+use berth_common::forward::{self, Attempt, Failed, Failure, One, RequestBody, RetryOn, Trip};
 use berth_common::http::{CLIENT_ID_HEADER, UNREACHABLE_HEADER, is_idempotent, remove_hop_by_hop};
 use berth_common::identity::{SpiffeId, spiffe_id_of};
 use berth_common::mtls::{CertSlot, PeerPolicy, TrustAnchors, server_config};
 use berth_common::serve::{Listener, ServeLimits, serve_http, within};
+use berth_common::synthetic::Synthetic;
 use berth_common::telemetry::body::{Finish, GrpcTap, Observed};
 use berth_common::telemetry::{self, Observe, Span, SpanKind, attr};
-use bytes::Bytes;
+use http::header::HeaderName;
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Body = BoxBody<Bytes, BoxError>;
 
 /// Who the task is and whom it accepts.
 #[derive(Debug, Clone)]
@@ -48,6 +48,8 @@ pub struct Inbound {
     /// The app's container ports reachable as raw TCP over the mesh: a caller asks for
     /// one by ALPN `berth-tcp/<port>`.
     tcp_ports: Vec<u16>,
+    /// `BERTH_APP_RESPONSE_TIMEOUT`: how long the app may take to send its response head.
+    response_timeout: Duration,
 }
 
 /// Connections to the app, Nagle off (an h2c stream of small frames would otherwise stall
@@ -63,16 +65,6 @@ pub fn tcp_alpn(port: u16) -> Vec<u8> {
     format!("{}{port}", berth_common::upstream::TCP_ALPN_PREFIX).into_bytes()
 }
 
-fn text(status: StatusCode, msg: String) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(msg)).map_err(|never| match never {}).boxed());
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
 impl Inbound {
     pub fn new(app: SocketAddr, policy: Policy, metrics: Arc<crate::metrics::Metrics>, observe: Observe) -> Inbound {
         Inbound {
@@ -86,12 +78,19 @@ impl Inbound {
                 .build(app_connector()),
             app_h2c: false,
             tcp_ports: Vec::new(),
+            response_timeout: Duration::from_secs(60),
         }
     }
 
     /// Accept raw TCP to these app ports over the mesh (the gateway's TCP routers).
     pub fn tcp_ports(mut self, ports: Vec<u16>) -> Inbound {
         self.tcp_ports = ports;
+        self
+    }
+
+    /// Wait at most this long for the app's response head (then 504).
+    pub fn response_timeout(mut self, t: Duration) -> Inbound {
+        self.response_timeout = t;
         self
     }
 
@@ -229,6 +228,21 @@ impl Inbound {
     }
 
     async fn handle(&self, req: Request<Incoming>, caller: &SpiffeId, span: &Span) -> Response<Body> {
+        let grpc = berth_common::grpc::is_grpc(req.headers());
+        match self.to_app(req, caller, span).await {
+            Ok(resp) => resp,
+            Err(e) => e.synthetic(self.app).into_response(grpc),
+        }
+    }
+
+    /// Authorize the caller and send the request to the app (once more on a fresh
+    /// connection when a kept-alive one broke and the request may go again).
+    async fn to_app(
+        &self,
+        req: Request<Incoming>,
+        caller: &SpiffeId,
+        span: &Span,
+    ) -> Result<Response<Body>, InboundError> {
         if let Decision::Deny(why) = authorize(
             caller,
             &self.policy.me,
@@ -237,7 +251,7 @@ impl Inbound {
         ) {
             tracing::warn!(caller = %caller, target = %self.policy.me, reason = %why, "call denied");
             self.metrics.denied();
-            return text(StatusCode::FORBIDDEN, format!("forbidden: {why}\n"));
+            return Err(InboundError::Forbidden(why.to_string()));
         }
         let (mut parts, body) = req.into_parts();
         remove_hop_by_hop(&mut parts.headers);
@@ -246,73 +260,55 @@ impl Inbound {
             parts.headers.insert(CLIENT_ID_HEADER, v);
         }
         let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let Ok(uri) = format!("http://{}{pq}", self.app).parse::<http::Uri>() else {
-            return text(StatusCode::BAD_REQUEST, "bad request target\n".into());
-        };
-        parts.uri = uri;
-        let h2 = self.app_h2c || berth_common::grpc::is_grpc(&parts.headers);
+        parts.uri = format!("http://{}{pq}", self.app)
+            .parse::<http::Uri>()
+            .map_err(|_| InboundError::BadTarget)?;
+        let grpc = berth_common::grpc::is_grpc(&parts.headers);
+        let h2 = self.app_h2c || grpc;
         parts.version = if h2 {
             http::Version::HTTP_2
         } else {
             http::Version::HTTP_11
         };
-        let client = if h2 { &self.h2c } else { &self.client };
         // An idempotent request without a body may go again once on a fresh connection
         // when a kept-alive one to the app broke (an app closing its connections while it
         // stops); if the app then refuses, the caller is told to go elsewhere.
-        let again = body.is_end_stream() && is_idempotent(&parts.method);
-        let mut cspan = self.app_span(span, &mut parts, 0);
-        let spare = again.then(|| parts.clone());
-        let up = Request::from_parts(parts, body.map_err(|e| -> BoxError { Box::new(e) }).boxed());
-        let mut result = client.request(up).await;
-        if let (Some(mut parts), Err(e)) = (spare, &result)
-            && !e.is_connect()
-        {
-            tracing::info!(app = %self.app, error = %e, "the app's connection broke; trying once more");
-            cspan.set(attr::ERROR_TYPE, "connection_broken");
-            cspan.error(|| e.to_string());
-            cspan = self.app_span(span, &mut parts, 1);
-            let retry = Request::from_parts(parts, Empty::new().map_err(|never| match never {}).boxed());
-            result = client.request(retry).await;
-        }
-        match &result {
-            Ok(resp) => telemetry::response_status(&mut cspan, resp.status().as_u16()),
-            Err(e) => {
-                cspan.set(attr::ERROR_TYPE, if e.is_connect() { "connect" } else { "upstream" });
-                cspan.error(|| e.to_string());
-            }
-        }
-        match result {
-            Ok(resp) => {
-                let (mut parts, body) = resp.into_parts();
-                remove_hop_by_hop(&mut parts.headers);
-                let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed();
-                let body = if cspan.is_recording() {
-                    let finish = Finish::span(cspan, std::time::Instant::now());
-                    Observed::new(body, finish).boxed()
-                } else {
-                    body
-                };
-                Response::from_parts(parts, body)
-            }
-            Err(e) if e.is_connect() => {
-                tracing::warn!(app = %self.app, error = %e, "the app is not listening");
-                let mut r = text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("the app at {} is not listening\n", self.app),
-                );
-                r.headers_mut()
-                    .insert(UNREACHABLE_HEADER, HeaderValue::from_static("app"));
-                r
-            }
-            Err(e) => {
-                tracing::warn!(app = %self.app, error = %e, "the app did not answer");
-                text(
-                    StatusCode::BAD_GATEWAY,
-                    format!("the app at {} did not answer\n", self.app),
-                )
-            }
-        }
+        let policy = forward::Policy {
+            max_attempts: 2,
+            resendable: body.is_end_stream() && is_idempotent(&parts.method),
+            retry: RetryOn {
+                broken: true,
+                ..RetryOn::default()
+            },
+            response_timeout: Some(self.response_timeout),
+            grpc_deadline: grpc
+                .then(|| berth_common::grpc::timeout(&parts.headers))
+                .flatten()
+                .map(|t| tokio::time::Instant::now() + t),
+            ..forward::Policy::default()
+        };
+        let mut trip = AppTrip {
+            inbound: self,
+            client: if h2 { &self.h2c } else { &self.client },
+            parts: Some(parts),
+            span,
+        };
+        let body = RequestBody::Once(from_client(body));
+        let answer = forward::forward(&mut trip, &One, &policy, body)
+            .await
+            .map_err(InboundError::App)?;
+        let (mut parts, body) = answer.response.into_parts();
+        remove_hop_by_hop(&mut parts.headers);
+        // Only this sidecar says its app is gone; an app cannot say it for itself.
+        parts.headers.remove(UNREACHABLE_HEADER);
+        let body = boxed(body);
+        let cspan = answer.attempt;
+        let body = if cspan.is_recording() {
+            Observed::new(body, Finish::span(cspan, answer.sent)).boxed()
+        } else {
+            body
+        };
+        Ok(Response::from_parts(parts, body))
     }
 
     /// A client span for one attempt to the app, its context written into `parts`.
@@ -325,5 +321,91 @@ impl Inbound {
         telemetry::client_request_attrs(&mut cspan, &parts.method, &parts.uri, resend);
         self.observe.tracer.inject(&cspan, &mut parts.headers);
         cspan
+    }
+}
+
+/// Why the inbound answered instead of the app.
+#[derive(Debug)]
+enum InboundError {
+    Forbidden(String),
+    BadTarget,
+    App(Failure),
+}
+
+impl InboundError {
+    /// The answer, in HTTP or gRPC: one place for every inbound error.
+    fn synthetic(&self, app: SocketAddr) -> Synthetic {
+        match self {
+            InboundError::Forbidden(why) => Synthetic::new(StatusCode::FORBIDDEN, format!("forbidden: {why}\n")),
+            InboundError::BadTarget => Synthetic::new(StatusCode::BAD_REQUEST, "bad request target\n"),
+            InboundError::App(f) => match f {
+                Failure::Connect { .. } => Synthetic::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the app at {app} is not listening\n"),
+                )
+                .header(
+                    HeaderName::from_static(UNREACHABLE_HEADER),
+                    HeaderValue::from_static("app"),
+                ),
+                Failure::Timeout { after, .. } => Synthetic::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("the app at {app} did not answer within {after:?}\n"),
+                ),
+                Failure::Deadline => Synthetic::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "deadline exceeded (grpc-timeout) waiting for the app\n",
+                )
+                .grpc_code(berth_common::grpc::code::DEADLINE_EXCEEDED),
+                Failure::Client(fault) => Synthetic::new(fault.status(), format!("{fault}\n")),
+                _ => Synthetic::new(StatusCode::BAD_GATEWAY, format!("the app at {app} did not answer\n")),
+            },
+        }
+    }
+}
+
+/// The inbound's attempts to its app.
+struct AppTrip<'a> {
+    inbound: &'a Inbound,
+    client: &'a Client<HttpConnector, Body>,
+    parts: Option<http::request::Parts>,
+    span: &'a Span,
+}
+
+impl Trip for AppTrip<'_> {
+    type Body = Incoming;
+    type Error = hyper_util::client::legacy::Error;
+    type Attempt = Span;
+    type Future = hyper_util::client::legacy::ResponseFuture;
+
+    fn send(&mut self, a: Attempt) -> Result<(Span, Self::Future), Failure> {
+        let parts = if a.again { self.parts.clone() } else { self.parts.take() };
+        let Some(mut parts) = parts else {
+            return Err(Failure::NoEndpoint);
+        };
+        let cspan = self.inbound.app_span(self.span, &mut parts, a.number);
+        Ok((cspan, self.client.request(Request::from_parts(parts, a.body))))
+    }
+
+    fn answered(&mut self, cspan: &mut Span, _: usize, status: StatusCode, _: Duration) {
+        telemetry::response_status(cspan, status.as_u16());
+    }
+
+    fn failed(&mut self, cspan: &mut Span, f: &Failed<'_>) {
+        let app = self.inbound.app;
+        match f.failure {
+            Failure::Broken { reason, .. } if f.again => {
+                tracing::info!(%app, error = %reason, "the app's connection broke; trying once more");
+            }
+            Failure::Connect { reason, .. } => tracing::warn!(%app, error = %reason, "the app is not listening"),
+            Failure::Broken { reason, .. } => tracing::warn!(%app, error = %reason, "the app did not answer"),
+            Failure::Timeout { after, .. } => tracing::warn!(%app, ?after, "the app did not answer in time"),
+            _ => {}
+        }
+        let kind = match f.failure {
+            Failure::Broken { .. } if f.again => "connection_broken",
+            other => other.kind(),
+        };
+        cspan.set(attr::ERROR_TYPE, kind);
+        cspan.error(|| f.failure.to_string());
     }
 }

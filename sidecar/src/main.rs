@@ -284,7 +284,8 @@ async fn run() -> i32 {
     let inbound = Arc::new(
         Inbound::new(app, policy, metrics.clone(), observe.clone())
             .app_h2c(app_h2c)
-            .tcp_ports(tcp_ports),
+            .tcp_ports(tcp_ports)
+            .response_timeout(settings.app_response_timeout),
     );
     let listener = match tokio::net::TcpListener::bind(settings.inbound).await {
         Ok(l) => l,

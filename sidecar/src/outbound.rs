@@ -14,19 +14,21 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use berth_common::balance::{Balancer, EndpointState, InFlight, Registry};
+use berth_common::balance::{Balancer, EndpointState, Registry};
+use berth_common::body::{Body, boxed, from_client};
 use berth_common::config::Strategy;
 use berth_common::control::{MESH_PATH, MeshView};
-use berth_common::http::{CLIENT_ID_HEADER, is_app_unreachable, is_idempotent, remove_hop_by_hop};
+use berth_common::forward::{self, Attempt, Balanced, ClientFault, Failed, Failure, RequestBody, RetryOn, Trip};
+use berth_common::http::{CLIENT_ID_HEADER, is_idempotent, remove_hop_by_hop};
 use berth_common::identity::SpiffeId;
 use berth_common::mtls::{CertSlot, PeerPolicy, TrustAnchors, client_config};
 use berth_common::serve::{Listener, ServeLimits, serve_http};
+use berth_common::synthetic::Synthetic;
 use berth_common::telemetry::body::{Finish, GrpcTap, Observed};
 use berth_common::telemetry::{self, Observe, Span, SpanKind, attr};
 use berth_common::upstream::{MeshConnector, MeshPeers};
-use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -35,9 +37,6 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::control::ControlPool;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Body = BoxBody<Bytes, BoxError>;
 
 /// At most this many services per sidecar (the gateway's limit per request).
 const MAX_SERVICES: usize = 256;
@@ -80,6 +79,8 @@ pub enum OutboundError {
         endpoint: String,
         after: Duration,
     },
+    #[error("{0}")]
+    ClientBody(ClientFault),
 }
 
 impl OutboundError {
@@ -95,6 +96,7 @@ impl OutboundError {
             OutboundError::TooMany { .. } => "too_many_services",
             OutboundError::Upstream { .. } => "upstream",
             OutboundError::Timeout { .. } => "timeout",
+            OutboundError::ClientBody(f) => Failure::Client(*f).kind(),
         }
     }
 
@@ -108,21 +110,38 @@ impl OutboundError {
             OutboundError::Connect => StatusCode::METHOD_NOT_ALLOWED,
             OutboundError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             OutboundError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            OutboundError::ClientBody(f) => f.status(),
         }
     }
 
-    fn response(&self) -> Response<Body> {
-        let mut r = Response::new(
-            Full::new(Bytes::from(format!("{self}\n")))
-                .map_err(|never| match never {})
-                .boxed(),
-        );
-        *r.status_mut() = self.status();
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        r
+    /// The trip's last failure, as the app is told of it.
+    fn from_failure(f: Failure, name: &str, target: &Target) -> OutboundError {
+        let endpoint = |i: usize| target.endpoints.get(i).cloned().unwrap_or_default();
+        match f {
+            Failure::Connect { endpoint: i, reason } | Failure::Broken { endpoint: i, reason } => {
+                OutboundError::Upstream {
+                    name: name.into(),
+                    endpoint: endpoint(i),
+                    reason,
+                }
+            }
+            Failure::Timeout { endpoint: i, after } => OutboundError::Timeout {
+                name: name.into(),
+                endpoint: endpoint(i),
+                after,
+            },
+            Failure::Client(fault) => OutboundError::ClientBody(fault),
+            Failure::Unsendable { .. } => OutboundError::BadName(name.into()),
+            Failure::NoEndpoint | Failure::AppUnreachable { .. } | Failure::GrpcStatus { .. } | Failure::Deadline => {
+                OutboundError::NoEndpoint(name.into())
+            }
+        }
+    }
+
+    /// The answer to the app, in HTTP or (to a gRPC call) gRPC: one place for every
+    /// outbound error.
+    fn response(&self, grpc: bool) -> Response<Body> {
+        Synthetic::new(self.status(), format!("{self}\n")).into_response(grpc)
     }
 }
 
@@ -441,7 +460,7 @@ impl Outbound {
             .await
             .unwrap_or_else(|e| {
                 span.set(attr::ERROR_TYPE, e.kind());
-                e.response()
+                e.response(grpc)
             });
         berth_common::http::use_own_version(&mut resp, version);
         telemetry::response_status(&mut span, resp.status().as_u16());
@@ -498,181 +517,172 @@ impl Outbound {
         if let Some(e) = entry.as_deref_mut() {
             e.service = Some(name.to_string());
         }
-        let name = name.to_string();
-        let target = self.mesh.resolve(&name).await?;
+        let target = self.mesh.resolve(name).await?;
         let (parts, body) = req.into_parts();
-        let retryable = body.is_end_stream() && is_idempotent(&parts.method);
-        let grpc_deadline = berth_common::grpc::is_grpc(&parts.headers)
-            .then(|| berth_common::grpc::timeout(&parts.headers))
-            .flatten();
+        let grpc = berth_common::grpc::is_grpc(&parts.headers);
+        // An idempotent request without a body may go to another endpoint when this one
+        // fails before answering (as nginx's `proxy_next_upstream error timeout`).
+        let policy = forward::Policy {
+            max_attempts: MAX_ATTEMPTS.min(target.endpoints.len()),
+            resendable: body.is_end_stream() && is_idempotent(&parts.method),
+            retry: RetryOn {
+                connect: true,
+                broken: true,
+                timeout: true,
+                app_unreachable: true,
+                grpc_codes: Vec::new(),
+            },
+            response_timeout: Some(self.response_timeout),
+            // The call's own deadline, for all attempts together: the peer is not to blame.
+            grpc_deadline: grpc
+                .then(|| berth_common::grpc::timeout(&parts.headers))
+                .flatten()
+                .map(|t| tokio::time::Instant::now() + t),
+            ..forward::Policy::default()
+        };
         let mut headers = parts.headers;
         remove_hop_by_hop(&mut headers);
         // Only the peer's inbound sidecar says who the caller is.
         headers.remove(CLIENT_ID_HEADER);
         if !headers.contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::from_str(&name)
+            && let Ok(v) = HeaderValue::from_str(name)
         {
             headers.insert(header::HOST, v);
         }
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
-        let mut body: Option<Body> = Some(body.map_err(|e| -> BoxError { Box::new(e) }).boxed());
-        let mut tried = Vec::new();
-        let mut last: Option<OutboundError> = None;
-        loop {
-            let Some(i) = target.balancer.pick(&target.states, &tried) else {
-                return Err(last.unwrap_or_else(|| OutboundError::NoEndpoint(name.clone())));
-            };
-            if !tried.is_empty() {
-                self.metrics.retry(&name);
-                if let Some(e) = entry.as_deref_mut() {
-                    e.retries += 1;
-                }
+        let mut trip = PeerTrip {
+            outbound: self,
+            name,
+            target: &target,
+            method: parts.method,
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into()),
+            headers,
+            span,
+            entry,
+        };
+        let endpoints = Balanced {
+            balancer: &target.balancer,
+            states: &target.states,
+        };
+        let body = RequestBody::Once(from_client(body));
+        let answer = match forward::forward(&mut trip, &endpoints, &policy, body).await {
+            Ok(a) => a,
+            Err(Failure::Deadline) => {
+                return Ok(Synthetic::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "deadline exceeded (grpc-timeout) waiting for the peer",
+                )
+                .grpc_code(berth_common::grpc::code::DEADLINE_EXCEEDED)
+                .into_grpc());
             }
-            tried.push(i);
-            let endpoint = &target.endpoints[i];
-            let state = &target.states[i];
-            let uri: http::Uri = format!("https://{endpoint}{pq}")
-                .parse()
-                .map_err(|_| OutboundError::BadName(name.clone()))?;
-            let mut up = Request::new(
-                body.take()
-                    .unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed()),
-            );
-            *up.method_mut() = parts.method.clone();
-            *up.uri_mut() = uri;
-            *up.headers_mut() = if retryable {
-                headers.clone()
-            } else {
-                std::mem::take(&mut headers)
-            };
-            let mut cspan = self.observe.tracer.child(
-                span,
-                || telemetry::method_name(&parts.method).to_string(),
-                SpanKind::Client,
-            );
-            telemetry::client_request_attrs(&mut cspan, &parts.method, up.uri(), tried.len() - 1);
-            if cspan.is_recording() {
-                cspan.set_str(attr::PEER_SERVICE, &name);
-                cspan.set(attr::BERTH_PEER_IDENTITY, target.identity.to_string());
+            Err(f) => return Err(OutboundError::from_failure(f, name, &target)),
+        };
+        let (mut rparts, rbody) = answer.response.into_parts();
+        remove_hop_by_hop(&mut rparts.headers);
+        let rbody = boxed(rbody);
+        let cspan = answer.attempt;
+        let rbody = if answer.failure.is_none() && cspan.is_recording() {
+            Observed::new(rbody, Finish::span(cspan, answer.sent)).boxed()
+        } else {
+            rbody
+        };
+        Ok(Response::from_parts(rparts, rbody))
+    }
+}
+
+/// The outbound's attempts to a mesh service's endpoints (the peers' inbound sidecars).
+struct PeerTrip<'a> {
+    outbound: &'a Outbound,
+    name: &'a str,
+    target: &'a Target,
+    method: Method,
+    path_and_query: String,
+    headers: http::HeaderMap,
+    span: &'a Span,
+    entry: Option<&'a mut berth_common::accesslog::Entry>,
+}
+
+impl Trip for PeerTrip<'_> {
+    type Body = Incoming;
+    type Error = hyper_util::client::legacy::Error;
+    type Attempt = Span;
+    type Future = hyper_util::client::legacy::ResponseFuture;
+
+    fn send(&mut self, a: Attempt) -> Result<(Span, Self::Future), Failure> {
+        let endpoint = &self.target.endpoints[a.endpoint];
+        let uri: http::Uri = format!("https://{endpoint}{}", self.path_and_query)
+            .parse()
+            .map_err(|_| Failure::Unsendable {
+                endpoint: a.endpoint,
+                reason: format!("`{}` is not a mesh service name", self.name),
+            })?;
+        let mut up = Request::new(a.body);
+        *up.method_mut() = self.method.clone();
+        *up.uri_mut() = uri;
+        // Only a request that may go again needs its headers kept.
+        *up.headers_mut() = if a.again {
+            self.headers.clone()
+        } else {
+            std::mem::take(&mut self.headers)
+        };
+        let mut cspan = self.outbound.observe.tracer.child(
+            self.span,
+            || telemetry::method_name(&self.method).to_string(),
+            SpanKind::Client,
+        );
+        telemetry::client_request_attrs(&mut cspan, &self.method, up.uri(), a.number);
+        if cspan.is_recording() {
+            cspan.set_str(attr::PEER_SERVICE, self.name);
+            cspan.set(attr::BERTH_PEER_IDENTITY, self.target.identity.to_string());
+        }
+        self.outbound.observe.tracer.inject(&cspan, up.headers_mut());
+        if let Some(e) = self.entry.as_deref_mut() {
+            e.service_url = Some(format!("https://{endpoint}"));
+        }
+        Ok((cspan, self.outbound.client.request(up)))
+    }
+
+    fn answered(&mut self, cspan: &mut Span, _: usize, status: StatusCode, elapsed: Duration) {
+        telemetry::response_status(cspan, status.as_u16());
+        if let Some(e) = self.entry.as_deref_mut() {
+            e.origin_status = Some(status.as_u16());
+            e.origin_duration = Some(elapsed);
+        }
+    }
+
+    fn failed(&mut self, cspan: &mut Span, f: &Failed<'_>) {
+        let (service, ejected_for) = (self.name, f.ejected_for);
+        let endpoint = f
+            .failure
+            .endpoint()
+            .and_then(|i| self.target.endpoints.get(i))
+            .map_or("", String::as_str);
+        cspan.set(attr::ERROR_TYPE, f.failure.kind());
+        match f.failure {
+            Failure::Timeout { after, .. } => {
+                cspan.error(|| "the peer did not answer in time".into());
+                tracing::warn!(service, %endpoint, ?after, ?ejected_for, "peer did not answer in time")
             }
-            self.observe.tracer.inject(&cspan, up.headers_mut());
-            if let Some(e) = entry.as_deref_mut() {
-                e.service_url = Some(format!("https://{endpoint}"));
+            Failure::AppUnreachable { .. } => tracing::info!(service, %endpoint, "the peer's app is not listening"),
+            Failure::Connect { reason, .. } => {
+                cspan.error(|| reason.clone());
+                tracing::warn!(service, %endpoint, error = %reason, ?ejected_for, "peer connect failed")
             }
-            let _inflight = InFlight::new(state.clone());
-            let t0 = Instant::now();
-            // A gRPC deadline (`grpc-timeout`) shorter than ours ends the call with
-            // DEADLINE_EXCEEDED; the peer is not to blame.
-            let limit = self.response_timeout;
-            let wait = grpc_deadline.map_or(limit, |d| d.min(limit));
-            // An idempotent request without a body may go to another endpoint when this one
-            // fails before answering (as nginx's `proxy_next_upstream error timeout`).
-            let more = retryable && tried.len() < MAX_ATTEMPTS.min(target.endpoints.len());
-            let res = match tokio::time::timeout(wait, self.client.request(up)).await {
-                Ok(r) => r,
-                Err(_) if wait < limit => {
-                    cspan.set(attr::ERROR_TYPE, "deadline_exceeded");
-                    cspan.error(|| "the gRPC deadline passed".into());
-                    let mut r = Response::new(Empty::new().map_err(|never| match never {}).boxed());
-                    *r.headers_mut() = berth_common::grpc::status_headers(
-                        berth_common::grpc::code::DEADLINE_EXCEEDED,
-                        "deadline exceeded (grpc-timeout) waiting for the peer",
-                    );
-                    return Ok(r);
-                }
-                Err(_) => {
-                    cspan.set(attr::ERROR_TYPE, "timeout");
-                    cspan.error(|| "the peer did not answer in time".into());
-                    let backoff = state.record_failure();
-                    tracing::warn!(service = %name, %endpoint, after = ?limit, ejected_for = ?backoff,
-                        "peer did not answer in time");
-                    last = Some(OutboundError::Timeout {
-                        name: name.clone(),
-                        endpoint: endpoint.clone(),
-                        after: limit,
-                    });
-                    if more {
-                        continue;
-                    }
-                    return Err(last.unwrap_or_else(|| OutboundError::NoEndpoint(name.clone())));
-                }
-            };
-            match &res {
-                Ok(resp) => {
-                    telemetry::response_status(&mut cspan, resp.status().as_u16());
-                    if let Some(e) = entry.as_deref_mut() {
-                        e.origin_status = Some(resp.status().as_u16());
-                        e.origin_duration = Some(t0.elapsed());
-                    }
-                }
-                Err(e) => {
-                    cspan.set(attr::ERROR_TYPE, if e.is_connect() { "connect" } else { "upstream" });
-                    cspan.error(|| berth_common::error::chain_text(e));
-                }
+            Failure::Broken { reason, .. } => {
+                cspan.error(|| reason.clone());
+                tracing::warn!(service, %endpoint, error = %reason, ?ejected_for, "peer failed before answering")
             }
-            match res {
-                Ok(resp) if is_app_unreachable(resp.status(), resp.headers()) => {
-                    cspan.set(attr::ERROR_TYPE, "app_unreachable");
-                    state.record_failure();
-                    tracing::info!(service = %name, %endpoint, "the peer's app is not listening");
-                    if more {
-                        last = Some(OutboundError::NoEndpoint(name.clone()));
-                        continue;
-                    }
-                    return Ok(resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()));
-                }
-                Ok(resp) => {
-                    state.record_success(t0.elapsed());
-                    let (mut rparts, rbody) = resp.into_parts();
-                    remove_hop_by_hop(&mut rparts.headers);
-                    let rbody = rbody.map_err(|e| -> BoxError { Box::new(e) }).boxed();
-                    let rbody = if cspan.is_recording() {
-                        let finish = Finish::span(cspan, t0);
-                        Observed::new(rbody, finish).boxed()
-                    } else {
-                        rbody
-                    };
-                    return Ok(Response::from_parts(rparts, rbody));
-                }
-                Err(e) => {
-                    let reason = berth_common::error::chain_text(&e);
-                    if e.is_connect() {
-                        let backoff = state.record_failure();
-                        tracing::warn!(service = %name, %endpoint, error = %reason, ejected_for = ?backoff,
-                            "peer connect failed");
-                        last = Some(OutboundError::Upstream {
-                            name: name.clone(),
-                            endpoint: endpoint.clone(),
-                            reason,
-                        });
-                        if more {
-                            continue;
-                        }
-                        return Err(last.unwrap_or_else(|| OutboundError::NoEndpoint(name.clone())));
-                    }
-                    // The connection broke before a response (the peer died mid-request).
-                    let backoff = state.record_failure();
-                    tracing::warn!(service = %name, %endpoint, error = %reason, ejected_for = ?backoff,
-                        "peer failed before answering");
-                    if more {
-                        last = Some(OutboundError::Upstream {
-                            name: name.clone(),
-                            endpoint: endpoint.clone(),
-                            reason,
-                        });
-                        continue;
-                    }
-                    return Err(OutboundError::Upstream {
-                        name,
-                        endpoint: endpoint.clone(),
-                        reason,
-                    });
-                }
-            }
+            _ => cspan.error(|| f.failure.to_string()),
+        }
+    }
+
+    fn retrying(&mut self, _: usize) {
+        self.outbound.metrics.retry(self.name);
+        if let Some(e) = self.entry.as_deref_mut() {
+            e.retries += 1;
         }
     }
 }

@@ -4,7 +4,10 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 
-use super::Body;
+use berth_common::body::Body;
+use berth_common::forward::{ClientFault, Failure};
+
+use super::router::ServiceRuntime;
 
 /// Why the proxy answered instead of an upstream.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +34,33 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// The forward loop's last failure for `svc`, as the gateway answers it.
+    pub fn from_failure(f: Failure, svc: &ServiceRuntime, limit: Option<u64>) -> ProxyError {
+        let url = |i: usize| svc.endpoints.get(i).map(|e| e.url.clone()).unwrap_or_default();
+        match f {
+            // (An answer that was a failure is passed on, not returned as one.)
+            Failure::NoEndpoint | Failure::Deadline | Failure::AppUnreachable { .. } | Failure::GrpcStatus { .. } => {
+                ProxyError::NoEndpoint(svc.name.clone())
+            }
+            Failure::Connect { endpoint, reason } | Failure::Unsendable { endpoint, reason } => ProxyError::Connect {
+                endpoint: url(endpoint),
+                reason,
+            },
+            Failure::Broken { endpoint, reason } => ProxyError::Upstream {
+                endpoint: url(endpoint),
+                reason,
+            },
+            Failure::Timeout { endpoint, .. } => ProxyError::Timeout {
+                endpoint: url(endpoint),
+            },
+            Failure::Client(ClientFault::TooLarge) => ProxyError::BodyTooLarge {
+                limit: limit.unwrap_or_default(),
+            },
+            Failure::Client(ClientFault::ReadTimeout) => ProxyError::RequestTimeout,
+            Failure::Client(ClientFault::Invalid) => ProxyError::BadRequest("invalid request body"),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRouter => StatusCode::NOT_FOUND,

@@ -6,8 +6,8 @@
 
 pub mod compress;
 pub mod errors;
+mod forward;
 pub mod health;
-pub mod replay;
 pub mod router;
 pub mod upstream;
 
@@ -16,11 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use berth_common::error::chain_text;
-use berth_common::http::{
-    CLIENT_ID_HEADER, ForwardInfo, is_app_unreachable, is_idempotent, remove_hop_by_hop, set_forwarded,
-    strip_untrusted_forwarding, upgrade_protocol,
-};
+use berth_common::http::{CLIENT_ID_HEADER, strip_untrusted_forwarding, upgrade_protocol};
 use berth_common::routing::Snapshot;
 use berth_common::rules::RequestView;
 use berth_common::rules::matcher::canonical_host;
@@ -28,7 +24,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Empty, Full, Limited, combinators::BoxBody};
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 
@@ -36,27 +32,16 @@ use crate::admin::metrics::{EntrypointMetrics, Metrics};
 use crate::config::Limits;
 use crate::lifecycle::Lifecycle;
 use berth_common::accesslog::Entry;
-use berth_common::balance::{InFlight, Registry};
+use berth_common::balance::Registry;
 use berth_common::middleware;
-use berth_common::telemetry::body::{Finish, GrpcTap, Observed};
-use berth_common::telemetry::{self, Observe, Span, SpanKind, attr};
+use berth_common::telemetry::body::GrpcTap;
+use berth_common::telemetry::{self, Observe, Span, attr};
 use errors::{ProxyError, text_response};
-use router::{Routes, ServiceRuntime};
+use router::Routes;
 use upstream::Clients;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type Body = BoxBody<Bytes, BoxError>;
-
-/// The client's request body failed (bad chunk, reset): not the upstream's fault.
-#[derive(Debug, thiserror::Error)]
-#[error("client body: {0}")]
-pub struct ClientBodyError(#[source] pub BoxError);
-
-/// Without a retry middleware, an idempotent bodyless request that never reached an app
-/// (the connection was refused, or the task's sidecar says its app is gone) goes to at
-/// most this many endpoints, each once. In a rolling deploy several stopping tasks can be
-/// picked in a row before their sidecars deregister; three was seen to fall short.
-const MAX_ATTEMPTS: usize = 5;
+pub use berth_common::body::{Body, BoxError, ClientBodyError};
+pub use forward::Pending;
 
 /// What the proxy knows about the client connection a request came on.
 #[derive(Debug)]
@@ -68,28 +53,6 @@ pub struct ConnInfo {
     pub metrics: Arc<EntrypointMetrics>,
     /// The entrypoint's path settings (`sanitizePath`, `encodedCharacters`).
     pub path: berth_common::path::PathPolicy,
-}
-
-/// The largest gRPC request kept to be sent again (unary calls are small).
-const REPLAY_LIMIT: usize = 64 * 1024;
-
-/// A trailers-only gRPC answer (HTTP 200) with `code`.
-fn grpc_status_response(code: u32, message: &str) -> Response<Body> {
-    let mut r = Response::new(Empty::new().map_err(|never| match never {}).boxed());
-    *r.headers_mut() = berth_common::grpc::status_headers(code, message);
-    r
-}
-
-/// How a routed request is to be forwarded.
-struct How {
-    /// The `Host` the client sent (kept when the service passes it on).
-    raw_host: Option<String>,
-    /// A requested protocol upgrade (WebSocket) and the client side of it.
-    upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
-    /// The router's retry middleware, if any.
-    retry: Option<middleware::limit::Retry>,
-    /// When the request body must have arrived whole.
-    read_deadline: Option<tokio::time::Instant>,
 }
 
 /// Filled in as a request goes through, for its span and access-log line.
@@ -429,7 +392,7 @@ impl Proxy {
                     middleware::Spec::Retry(r) => Some(r.clone()),
                     _ => None,
                 });
-                let how = How {
+                let how = forward::How {
                     raw_host,
                     upgrade,
                     retry,
@@ -511,337 +474,6 @@ impl Proxy {
         service.metrics.record(code, &method, elapsed);
         result
     }
-
-    async fn forward(
-        &self,
-        req: Request<Incoming>,
-        conn: &ConnInfo,
-        svc: &ServiceRuntime,
-        how: How,
-        span: &Span,
-        outcome: &mut Outcome,
-    ) -> Result<Response<Body>, ProxyError> {
-        let How {
-            raw_host,
-            upgrade,
-            retry,
-            read_deadline,
-        } = how;
-        let (parts, body) = req.into_parts();
-        let bodyless = body.is_end_stream();
-        // gRPC: the call's deadline (`grpc-timeout`), and whether the retry middleware
-        // lists the method as safe to send again.
-        let grpc = berth_common::grpc::is_grpc(&parts.headers);
-        let deadline = grpc
-            .then(|| berth_common::grpc::timeout(&parts.headers))
-            .flatten()
-            .map(|t| tokio::time::Instant::now() + t);
-        let grpc_retry = grpc && retry.as_ref().is_some_and(|r| r.grpc_method_listed(parts.uri.path()));
-
-        let mut headers = parts.headers;
-        remove_hop_by_hop(&mut headers);
-        set_forwarded(
-            &mut headers,
-            &ForwardInfo {
-                client_ip: conn.peer.ip(),
-                tls: conn.tls,
-                host: raw_host.as_deref(),
-                local_port: conn.local.port(),
-            },
-        );
-        if let Some((proto, _)) = &upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, proto.clone());
-        }
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-
-        let limit = self.limits.max_body_bytes;
-        // The whole request must have arrived by its read deadline (Traefik's readTimeout).
-        let body: Body = match read_deadline {
-            Some(d) => berth_common::serve::Deadline::new(body, d).boxed(),
-            None => body.map_err(|e| -> BoxError { Box::new(e) }).boxed(),
-        };
-        let body: Body = match limit {
-            Some(l) => Limited::new(body, usize::try_from(l).unwrap_or(usize::MAX))
-                .map_err(|e| -> BoxError { Box::new(ClientBodyError(e)) })
-                .boxed(),
-            None => body.map_err(|e| -> BoxError { Box::new(ClientBodyError(e)) }).boxed(),
-        };
-        // A gRPC call that may go again is kept (up to REPLAY_LIMIT) to be sent again.
-        let (replay, mut body) = if grpc_retry {
-            match replay::buffer(body, REPLAY_LIMIT).await {
-                replay::Buffered::Whole(bytes) => (Some(bytes), None),
-                replay::Buffered::Partial(rest) => (None, Some(rest)),
-                replay::Buffered::Failed(e) => {
-                    if error_chain_has::<berth_common::serve::BodyTimeout>(&*e) {
-                        return Err(ProxyError::RequestTimeout);
-                    }
-                    if let Some(limit) = limit
-                        && error_chain_has::<http_body_util::LengthLimitError>(&*e)
-                    {
-                        return Err(ProxyError::BodyTooLarge { limit });
-                    }
-                    return Err(ProxyError::BadRequest("invalid request body"));
-                }
-            }
-        } else {
-            (None, Some(body))
-        };
-        let retryable = (bodyless && upgrade.is_none() && is_idempotent(&parts.method)) || replay.is_some();
-
-        let mut tried: Vec<usize> = Vec::new();
-        let mut last_err: Option<ProxyError> = None;
-        // Without a retry middleware: each endpoint at most once, MAX_ATTEMPTS at most.
-        // With one: its attempts, waiting its interval (doubling) before each new attempt.
-        let max_attempts = retry
-            .as_ref()
-            .map(|r| r.attempts as usize)
-            .unwrap_or(MAX_ATTEMPTS.min(svc.endpoints.len()));
-        let mut attempts = 0usize;
-        loop {
-            if let (Some(r), true) = (&retry, attempts > 0) {
-                let factor = 1u32 << (attempts - 1).min(10);
-                tokio::time::sleep(r.initial_interval.saturating_mul(factor)).await;
-            }
-            let mut pick = svc.balancer.pick(&svc.states, &tried);
-            if pick.is_none() && retry.is_some() && !tried.is_empty() {
-                // Every endpoint tried: a retry middleware may go round again.
-                tried.clear();
-                pick = svc.balancer.pick(&svc.states, &tried);
-            }
-            let Some(i) = pick else {
-                if retry.is_some() && retryable && attempts < max_attempts {
-                    // Every endpoint is ejected for now: wait and look again.
-                    attempts += 1;
-                    continue;
-                }
-                return Err(last_err.unwrap_or_else(|| ProxyError::NoEndpoint(svc.name.clone())));
-            };
-            if attempts > 0 {
-                self.metrics.retry(&svc.name);
-                outcome.retries += 1;
-            }
-            attempts += 1;
-            tried.push(i);
-            let ep = &svc.endpoints[i];
-            let state = &svc.states[i];
-            let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(if ep.https {
-                http::uri::Scheme::HTTPS
-            } else {
-                http::uri::Scheme::HTTP
-            });
-            uri.authority = Some(ep.authority.clone());
-            uri.path_and_query = Some(path_and_query.clone());
-            let mut up = Request::new(match &replay {
-                Some(bytes) => Full::new(bytes.clone()).map_err(|never| match never {}).boxed(),
-                None => body
-                    .take()
-                    .unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed()),
-            });
-            *up.method_mut() = parts.method.clone();
-            *up.uri_mut() = http::Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
-            *up.version_mut() = if ep.h2c { Version::HTTP_2 } else { Version::HTTP_11 };
-            // Only a request that may be retried needs its headers kept for another attempt.
-            *up.headers_mut() = if retryable {
-                headers.clone()
-            } else {
-                std::mem::take(&mut headers)
-            };
-            let host_value = if svc.pass_host_header {
-                raw_host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
-            } else {
-                HeaderValue::from_str(ep.authority.as_str()).ok()
-            };
-            match host_value {
-                Some(v) => {
-                    up.headers_mut().insert(header::HOST, v);
-                }
-                None => {
-                    up.headers_mut().remove(header::HOST);
-                }
-            }
-
-            // A client span per attempt; its context replaces the caller's downstream.
-            let mut cspan = self.observe.tracer.child(
-                span,
-                || telemetry::method_name(&parts.method).to_string(),
-                SpanKind::Client,
-            );
-            telemetry::client_request_attrs(&mut cspan, &parts.method, up.uri(), outcome.retries as usize);
-            if cspan.is_recording()
-                && let Some(id) = &ep.mesh
-            {
-                cspan.set(attr::BERTH_PEER_IDENTITY, id);
-            }
-            self.observe.tracer.inject(&cspan, up.headers_mut());
-            if self.observe.access_log.is_some() {
-                outcome.service_url = Some(ep.url.to_string());
-            }
-            let _inflight = InFlight::new(state.clone());
-            let t0 = Instant::now();
-            let fut = self.dispatch(ep, up)?;
-            // A gRPC deadline that comes first ends the call with DEADLINE_EXCEEDED (the
-            // client's budget ran out: the endpoint is not to blame).
-            let response_deadline = self.limits.response_timeout.map(|t| tokio::time::Instant::now() + t);
-            let grpc_first = match (deadline, response_deadline) {
-                (Some(d), Some(r)) => d <= r,
-                (Some(_), None) => true,
-                _ => false,
-            };
-            let res = match deadline.filter(|_| grpc_first).or(response_deadline) {
-                Some(when) => match tokio::time::timeout_at(when, fut).await {
-                    Ok(r) => r,
-                    Err(_) if grpc_first => {
-                        cspan.set(attr::ERROR_TYPE, "deadline_exceeded");
-                        cspan.error(|| "the gRPC deadline passed".into());
-                        outcome.origin_status = None;
-                        return Ok(grpc_status_response(
-                            berth_common::grpc::code::DEADLINE_EXCEEDED,
-                            "deadline exceeded (grpc-timeout) waiting for the upstream",
-                        ));
-                    }
-                    Err(_) => {
-                        state.record_failure();
-                        self.metrics.upstream_error(&svc.name, "timeout");
-                        cspan.set(attr::ERROR_TYPE, "timeout");
-                        if let Some(m) = svc.endpoint_metrics.get(i) {
-                            m.record(StatusCode::GATEWAY_TIMEOUT.as_u16(), &parts.method, t0.elapsed());
-                        }
-                        cspan.error(|| "upstream timed out".into());
-                        tracing::warn!(service = %svc.name, endpoint = %ep.url, "upstream timed out; endpoint ejected");
-                        // The request may have reached the app: only a retry middleware
-                        // (the operator's word that it may go twice) sends it elsewhere.
-                        if retry.is_some() && retryable && attempts < max_attempts {
-                            last_err = Some(ProxyError::Timeout {
-                                endpoint: ep.url.clone(),
-                            });
-                            continue;
-                        }
-                        return Err(ProxyError::Timeout {
-                            endpoint: ep.url.clone(),
-                        });
-                    }
-                },
-                None => fut.await,
-            };
-            match res {
-                Ok(mut resp) => {
-                    telemetry::response_status(&mut cspan, resp.status().as_u16());
-                    if let Some(m) = svc.endpoint_metrics.get(i) {
-                        m.record(resp.status().as_u16(), &parts.method, t0.elapsed());
-                    }
-                    outcome.origin_status = Some(resp.status().as_u16());
-                    outcome.origin_duration = Some(t0.elapsed());
-                    if ep.mesh.is_some() && is_app_unreachable(resp.status(), resp.headers()) {
-                        // The sidecar answered but its app is gone (a stopping task):
-                        // the request never reached an app, so it may go elsewhere.
-                        let backoff = state.record_failure();
-                        self.metrics.upstream_error(&svc.name, "app_unreachable");
-                        cspan.set(attr::ERROR_TYPE, "app_unreachable");
-                        tracing::info!(service = %svc.name, endpoint = %ep.url, ejected_for = ?backoff,
-                            "the sidecar's app is not listening");
-                        if retryable && attempts < max_attempts {
-                            continue;
-                        }
-                        remove_hop_by_hop(resp.headers_mut());
-                        return Ok(resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()));
-                    }
-                    // A gRPC call that may go again, answered with a retryable status before
-                    // any message (trailers-only), goes to another endpoint.
-                    if replay.is_some()
-                        && resp.status() == StatusCode::OK
-                        && let Some(code) = berth_common::grpc::status(resp.headers())
-                        && retry.as_ref().is_some_and(|r| r.grpc_codes.contains(&code))
-                    {
-                        cspan.set(attr::ERROR_TYPE, "grpc_status");
-                        cspan.set(attr::RPC_GRPC_STATUS, i64::from(code));
-                        state.record_failure();
-                        self.metrics.upstream_error(&svc.name, "grpc_status");
-                        tracing::info!(service = %svc.name, endpoint = %ep.url, code, "gRPC call to retry elsewhere");
-                        if attempts < max_attempts {
-                            continue;
-                        }
-                        remove_hop_by_hop(resp.headers_mut());
-                        return Ok(resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()));
-                    }
-                    state.record_success(t0.elapsed());
-                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        if let Some((_, client_upgrade)) = upgrade {
-                            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                            tokio::spawn(splice_upgrade(client_upgrade, upstream_upgrade));
-                        }
-                        return Ok(resp.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed()));
-                    }
-                    remove_hop_by_hop(resp.headers_mut());
-                    return Ok(resp.map(|b| {
-                        let b = b.map_err(|e| -> BoxError { Box::new(e) }).boxed();
-                        if cspan.is_recording() {
-                            // The attempt's span ends with the upstream's body.
-                            Observed::new(b, Finish::span(cspan, t0)).boxed()
-                        } else {
-                            b
-                        }
-                    }));
-                }
-                Err(e) => {
-                    cspan.error(|| chain_text(&e));
-                    if let Some(m) = svc.endpoint_metrics.get(i) {
-                        m.record(StatusCode::BAD_GATEWAY.as_u16(), &parts.method, t0.elapsed());
-                    }
-                    if let Some(limit) = limit
-                        && error_chain_has::<http_body_util::LengthLimitError>(&e)
-                    {
-                        return Err(ProxyError::BodyTooLarge { limit });
-                    }
-                    if error_chain_has::<berth_common::serve::BodyTimeout>(&e) {
-                        return Err(ProxyError::RequestTimeout);
-                    }
-                    if error_chain_has::<ClientBodyError>(&e) {
-                        return Err(ProxyError::BadRequest("invalid request body"));
-                    }
-                    if e.is_connect() {
-                        cspan.set(attr::ERROR_TYPE, "connect");
-                        let backoff = state.record_failure();
-                        self.metrics.upstream_error(&svc.name, "connect");
-                        tracing::warn!(service = %svc.name, endpoint = %ep.url, error = %chain_text(&e),
-                            ejected_for = ?backoff, "upstream connect failed");
-                        last_err = Some(ProxyError::Connect {
-                            endpoint: ep.url.clone(),
-                            reason: chain_text(&e),
-                        });
-                        if retryable && attempts < max_attempts {
-                            continue;
-                        }
-                        return Err(last_err.unwrap_or_else(|| ProxyError::NoEndpoint(svc.name.clone())));
-                    }
-                    self.metrics.upstream_error(&svc.name, "upstream");
-                    cspan.set(attr::ERROR_TYPE, "upstream");
-                    // The connection broke before a response (the server died mid-request):
-                    // an idempotent request without a body may go elsewhere (RFC 9110 9.2.2;
-                    // nginx's default `proxy_next_upstream error`).
-                    let backoff = state.record_failure();
-                    tracing::warn!(service = %svc.name, endpoint = %ep.url, error = %chain_text(&e),
-                        ejected_for = ?backoff, "upstream request failed");
-                    if retryable && attempts < max_attempts {
-                        last_err = Some(ProxyError::Upstream {
-                            endpoint: ep.url.clone(),
-                            reason: chain_text(&e),
-                        });
-                        continue;
-                    }
-                    return Err(ProxyError::Upstream {
-                        endpoint: ep.url.clone(),
-                        reason: chain_text(&e),
-                    });
-                }
-            }
-        }
-    }
 }
 
 pin_project_lite::pin_project! {
@@ -885,29 +517,6 @@ fn reply_response(reply: middleware::Reply) -> Response<Body> {
     resp
 }
 
-/// A request on its way to an upstream.
-pub type Pending = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>> + Send>,
->;
-
-impl Proxy {
-    /// Send `up` to `ep` through the right pool: mTLS to a sidecar, h2c, or HTTP/1.1
-    /// (h2 by ALPN over TLS).
-    pub fn dispatch(&self, ep: &router::Endpoint, up: Request<Body>) -> Result<Pending, ProxyError> {
-        Ok(match (&ep.mesh, &self.clients.mesh) {
-            (Some(_), Some(mesh)) => Box::pin(mesh.client.request(up)),
-            (Some(_), None) => {
-                return Err(ProxyError::Connect {
-                    endpoint: ep.url.clone(),
-                    reason: "a task behind its sidecar, but the gateway's mesh is not enabled (--mesh-*)".into(),
-                });
-            }
-            (None, _) if ep.h2c => Box::pin(self.clients.h2c.request(up)),
-            (None, _) => Box::pin(self.clients.http1.request(up)),
-        })
-    }
-}
-
 /// True when there is no Transfer-Encoding or its final coding is `chunked`.
 fn transfer_encoding_is_chunked(headers: &http::HeaderMap) -> bool {
     let mut last = None;
@@ -920,29 +529,4 @@ fn transfer_encoding_is_chunked(headers: &http::HeaderMap) -> bool {
         }
     }
     headers.get(header::TRANSFER_ENCODING).is_none() || last.as_deref() == Some("chunked")
-}
-
-fn error_chain_has<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if err.is::<E>() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
-/// Join the client's and the upstream's upgraded connections and copy both ways.
-async fn splice_upgrade(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    match tokio::try_join!(client, upstream) {
-        Ok((c, u)) => {
-            let mut c = hyper_util::rt::TokioIo::new(c);
-            let mut u = hyper_util::rt::TokioIo::new(u);
-            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                tracing::debug!(error = %e, "upgraded connection ended");
-            }
-        }
-        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-    }
 }

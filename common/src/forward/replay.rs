@@ -2,10 +2,10 @@
 //! back what was read followed by the rest, unread, so the request still goes once.
 
 use bytes::{Bytes, BytesMut};
-use http_body::{Body as _, Frame};
 use http_body_util::BodyExt;
+use hyper::body::{Body as _, Frame};
 
-use super::{Body, BoxError};
+use crate::body::{Body, BoxError};
 
 pub enum Buffered {
     /// The whole body (trailers dropped: gRPC requests carry none).
