@@ -18,7 +18,9 @@
 use std::borrow::Cow;
 
 /// Which encoded characters an entrypoint accepts in a path (Traefik's
-/// `http.encodedCharacters`, every one allowed by default since Traefik v3.6.7).
+/// `http.encodedCharacters`). None by default, as Traefik's current documentation says
+/// (Traefik v3.6 allowed every one): an escape the proxy keeps and the app decodes is a
+/// path the router never matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EncodedCharacters {
     pub allow_encoded_slash: bool,
@@ -32,19 +34,33 @@ pub struct EncodedCharacters {
 
 impl Default for EncodedCharacters {
     fn default() -> Self {
-        EncodedCharacters {
-            allow_encoded_slash: true,
-            allow_encoded_back_slash: true,
-            allow_encoded_null_character: true,
-            allow_encoded_semicolon: true,
-            allow_encoded_percent: true,
-            allow_encoded_question_mark: true,
-            allow_encoded_hash: true,
-        }
+        EncodedCharacters::REFUSE_ALL
     }
 }
 
 impl EncodedCharacters {
+    /// Every encoded character refused (the default).
+    pub const REFUSE_ALL: EncodedCharacters = EncodedCharacters {
+        allow_encoded_slash: false,
+        allow_encoded_back_slash: false,
+        allow_encoded_null_character: false,
+        allow_encoded_semicolon: false,
+        allow_encoded_percent: false,
+        allow_encoded_question_mark: false,
+        allow_encoded_hash: false,
+    };
+
+    /// Every encoded character allowed (Traefik v3.6's default).
+    pub const ALLOW_ALL: EncodedCharacters = EncodedCharacters {
+        allow_encoded_slash: true,
+        allow_encoded_back_slash: true,
+        allow_encoded_null_character: true,
+        allow_encoded_semicolon: true,
+        allow_encoded_percent: true,
+        allow_encoded_question_mark: true,
+        allow_encoded_hash: true,
+    };
+
     /// The upper-case escape of each character with whether it is allowed.
     fn table(&self) -> [(&'static str, bool); 7] {
         [
@@ -234,8 +250,13 @@ pub fn routing_path(path: &str) -> Cow<'_, str> {
 mod tests {
     use super::*;
 
+    /// Sanitizing alone, as Traefik's tables test it: every encoded character allowed.
     fn cleaned(p: &str) -> Result<String, PathError> {
-        clean(p, &PathPolicy::default()).map(Cow::into_owned)
+        let open = PathPolicy {
+            encoded: EncodedCharacters::ALLOW_ALL,
+            ..PathPolicy::default()
+        };
+        clean(p, &open).map(Cow::into_owned)
     }
 
     #[test]
@@ -287,17 +308,17 @@ mod tests {
 
     #[test]
     fn encoded_characters_are_refused_as_the_entrypoint_says() {
-        let strict = PathPolicy {
-            sanitize: true,
+        let strict = PathPolicy::default();
+        let open = PathPolicy {
+            encoded: EncodedCharacters::ALLOW_ALL,
+            ..PathPolicy::default()
+        };
+        let slash_only = PathPolicy {
             encoded: EncodedCharacters {
-                allow_encoded_slash: false,
-                allow_encoded_back_slash: false,
-                allow_encoded_null_character: false,
-                allow_encoded_semicolon: false,
-                allow_encoded_percent: false,
-                allow_encoded_question_mark: false,
-                allow_encoded_hash: false,
+                allow_encoded_slash: true,
+                ..EncodedCharacters::REFUSE_ALL
             },
+            ..PathPolicy::default()
         };
         for (p, esc) in [
             ("/a%2fb", "%2F"),
@@ -308,8 +329,9 @@ mod tests {
             ("/a%3F", "%3F"),
             ("/a%23", "%23"),
         ] {
-            assert_eq!(clean(p, &strict), Err(PathError::Denied(esc)), "{p}");
-            assert!(clean(p, &PathPolicy::default()).is_ok(), "{p} by default");
+            assert_eq!(clean(p, &strict), Err(PathError::Denied(esc)), "{p} by default");
+            assert!(clean(p, &open).is_ok(), "{p} when allowed");
+            assert_eq!(clean(p, &slash_only).is_ok(), esc == "%2F", "{p} with only the slash allowed");
         }
         assert!(clean("/a%20b", &strict).is_ok());
     }
@@ -318,7 +340,7 @@ mod tests {
     fn unsanitized_paths_go_through_normalized() {
         let off = PathPolicy {
             sanitize: false,
-            ..PathPolicy::default()
+            encoded: EncodedCharacters::ALLOW_ALL,
         };
         assert_eq!(clean("/a/../b", &off).unwrap(), "/a/../b");
         assert_eq!(clean("/a/%2e%2e/b", &off).unwrap(), "/a/../b");

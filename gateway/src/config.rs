@@ -241,7 +241,7 @@ struct FileEntrypoint {
     tls_key: Option<PathBuf>,
     /// Traefik's `http.sanitizePath` (default true).
     sanitize_path: Option<bool>,
-    /// Traefik's `http.encodedCharacters`: each `allow-encoded-*` defaults to true.
+    /// Traefik's `http.encodedCharacters`: each `allow-encoded-*` defaults to false.
     #[serde(default)]
     encoded_characters: FileEncodedCharacters,
 }
