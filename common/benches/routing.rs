@@ -58,7 +58,6 @@ fn ecs_view(n: usize) -> ProviderView {
 fn opts() -> BuildOptions {
     BuildOptions {
         entrypoints: vec!["web".into()],
-        implemented_middlewares: vec![],
         version: 1,
         previous: vec![],
     }

@@ -15,6 +15,7 @@ pub mod body;
 pub mod config;
 pub mod control;
 pub mod diag;
+pub mod duration;
 pub mod error;
 #[cfg(feature = "net")]
 pub mod forward;
@@ -37,6 +38,7 @@ pub mod synthetic;
 #[cfg(feature = "net")]
 pub mod telemetry;
 pub mod tls;
+pub mod tree;
 #[cfg(feature = "net")]
 pub mod upstream;
 

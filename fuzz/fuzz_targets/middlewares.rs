@@ -20,13 +20,8 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let mut diags = Vec::new();
     let node = Node::from_dotted(pairs, "", &mut diags);
-    let Some(canonical) = berth_common::config::MIDDLEWARE_KINDS
-        .iter()
-        .find(|k| k.eq_ignore_ascii_case(kind.trim()))
-    else {
-        return;
-    };
-    let Ok(spec) = middleware::parse(canonical, &node) else { return };
+    let Some(kind) = middleware::find_kind(kind.trim()) else { return };
+    let Ok(spec) = kind.parse(&node) else { return };
     let mut headers = http::HeaderMap::new();
     headers.insert("authorization", http::HeaderValue::from_static("Basic dTpw"));
     headers.insert("x-forwarded-for", http::HeaderValue::from_static("10.0.0.1, ::1"));

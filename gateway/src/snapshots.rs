@@ -15,9 +15,6 @@ use tokio::sync::watch;
 use crate::entrypoint::CertStore;
 use crate::proxy::Proxy;
 
-/// Middleware types the proxy implements; routers naming any other fail closed.
-pub const IMPLEMENTED_MIDDLEWARES: &[&str] = berth_common::middleware::IMPLEMENTED;
-
 pub struct SnapshotOwner {
     pub sources: Vec<watch::Receiver<ProviderView>>,
     pub entrypoints: Vec<String>,
@@ -42,7 +39,6 @@ impl SnapshotOwner {
             .collect();
         let opts = BuildOptions {
             entrypoints: self.entrypoints.clone(),
-            implemented_middlewares: IMPLEMENTED_MIDDLEWARES.iter().map(|s| s.to_string()).collect(),
             version,
             previous: self.current.load().middlewares.clone(),
         };

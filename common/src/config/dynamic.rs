@@ -163,35 +163,6 @@ pub struct CertificateConfig {
     pub key_file: String,
 }
 
-/// Traefik's middleware types, canonical spelling.
-pub const MIDDLEWARE_KINDS: &[&str] = &[
-    "addPrefix",
-    "basicAuth",
-    "buffering",
-    "chain",
-    "circuitBreaker",
-    "compress",
-    "contentType",
-    "digestAuth",
-    "errors",
-    "forwardAuth",
-    "grpcWeb",
-    "headers",
-    "ipAllowList",
-    "ipWhiteList",
-    "inFlightReq",
-    "passTLSClientCert",
-    "plugin",
-    "rateLimit",
-    "redirectRegex",
-    "redirectScheme",
-    "replacePath",
-    "replacePathRegex",
-    "retry",
-    "stripPrefix",
-    "stripPrefixRegex",
-];
-
 /// Where the tree came from: labels use `server` templates and comma-separated lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -696,11 +667,11 @@ impl Decoder<'_> {
             self.bad(path, "a middleware needs exactly one type (for example stripPrefix)");
             return None;
         };
-        let canonical = MIDDLEWARE_KINDS.iter().find(|k| k.eq_ignore_ascii_case(kind));
+        let canonical = crate::middleware::find_kind(kind).map(|k| k.name);
         if canonical.is_none() {
             self.bad(&format!("{path}.{kind}"), format!("unknown middleware type `{kind}`"));
         }
-        let kind = canonical.map(|k| (*k).to_string()).unwrap_or_else(|| kind.clone());
+        let kind = canonical.map(str::to_string).unwrap_or_else(|| kind.clone());
         // Labels are written by whoever can register a task definition: they may not make
         // the gateway read its own files (and echo what it finds into diagnostics).
         let refused = (self.mode == Mode::Labels)

@@ -6,23 +6,13 @@
 //! the tree into [`DynamicConfig`], matching keys case-insensitively as Traefik does and
 //! reporting every key it does not understand.
 
-pub mod duration;
 pub mod dynamic;
-pub mod tree;
 
-pub use duration::parse_duration;
-
-/// A boolean as Go's `strconv.ParseBool` reads it (Traefik's configuration does):
-/// `1 t T TRUE true True` and `0 f F FALSE false False`.
-pub fn parse_bool(s: &str) -> Option<bool> {
-    match s.trim() {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
-        _ => None,
-    }
-}
+// The tree and durations are below the configuration (middlewares parse their options
+// from a tree too); kept reachable here under their old paths.
+pub use crate::duration::{self, parse_duration};
+pub use crate::tree::{self, Node, parse_bool};
 pub use dynamic::*;
-pub use tree::Node;
 
 #[cfg(test)]
 mod tests;

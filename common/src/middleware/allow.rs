@@ -11,7 +11,7 @@ use ipnet::IpNet;
 
 use super::options::Options;
 use super::{Reply, Req, Step};
-use crate::config::Node;
+use crate::tree::Node;
 
 #[derive(Debug)]
 pub struct IpAllowList {

@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 
 use super::options::Options;
 use super::{Reply, Req, Step};
-use crate::config::Node;
+use crate::tree::Node;
 
 #[derive(Debug)]
 pub struct BasicAuth {

@@ -12,7 +12,7 @@ use http::StatusCode;
 
 use super::options::Options;
 use super::{Reply, Step};
-use crate::config::Node;
+use crate::tree::Node;
 
 const WINDOW_BUCKETS: usize = 10;
 const BUCKET: Duration = Duration::from_secs(1);
@@ -246,7 +246,9 @@ pub struct CircuitBreaker {
 
 fn duration(o: &Options<'_>, key: &str, default: Duration) -> Result<Duration, String> {
     match o.string(key)? {
-        Some(s) if !s.is_empty() => crate::config::parse_duration(&s).map_err(|e| format!("circuitBreaker.{key}: {e}")),
+        Some(s) if !s.is_empty() => {
+            crate::duration::parse_duration(&s).map_err(|e| format!("circuitBreaker.{key}: {e}"))
+        }
         _ => Ok(default),
     }
 }

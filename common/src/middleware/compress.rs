@@ -8,7 +8,7 @@ use http::header::{self, HeaderMap};
 use http::{Method, StatusCode};
 
 use super::options::Options;
-use crate::config::Node;
+use crate::tree::Node;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {

@@ -9,7 +9,7 @@ use http::{Method, StatusCode};
 
 use super::options::Options;
 use super::{Reply, Req, Step};
-use crate::config::Node;
+use crate::tree::Node;
 
 const KNOWN: &[&str] = &[
     "customRequestHeaders",

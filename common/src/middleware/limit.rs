@@ -17,7 +17,7 @@ use http::header::{self, HeaderValue};
 use super::allow::{IpStrategy, client_ip};
 use super::options::Options;
 use super::{Reply, Req, Step};
-use crate::config::Node;
+use crate::tree::Node;
 
 /// The most sources a `rateLimit` tracks (Traefik's `maxSources`). Past it, idle buckets
 /// go first, then the least recently used eighth, so memory stays bounded whatever keys
@@ -108,7 +108,7 @@ impl RateLimit {
         let average = o.number("average")?.unwrap_or(0);
         let period = match o.string("period")? {
             Some(p) if !p.is_empty() => {
-                crate::config::parse_duration(&p).map_err(|e| format!("rateLimit.period: {e}"))?
+                crate::duration::parse_duration(&p).map_err(|e| format!("rateLimit.period: {e}"))?
             }
             _ => Duration::from_secs(1),
         };
@@ -255,7 +255,7 @@ impl Retry {
             .ok_or("retry.attempts must be 1 to 100")?;
         let initial_interval = match o.string("initialInterval")? {
             Some(i) if !i.is_empty() => {
-                crate::config::parse_duration(&i).map_err(|e| format!("retry.initialInterval: {e}"))?
+                crate::duration::parse_duration(&i).map_err(|e| format!("retry.initialInterval: {e}"))?
             }
             _ => Duration::from_millis(100),
         };

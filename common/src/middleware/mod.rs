@@ -16,32 +16,111 @@ pub mod options;
 pub mod rewrite;
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
-use crate::config::Node;
+use crate::tree::Node;
 use options::Options;
 
-/// The middleware types Berth implements; a router naming another one is not served.
-pub const IMPLEMENTED: &[&str] = &[
-    "addPrefix",
-    "basicAuth",
-    "chain",
-    "circuitBreaker",
-    "compress",
-    "headers",
-    "inFlightReq",
-    "ipAllowList",
-    "ipWhiteList",
-    "rateLimit",
-    "redirectRegex",
-    "redirectScheme",
-    "replacePath",
-    "replacePathRegex",
-    "retry",
-    "stripPrefix",
-    "stripPrefixRegex",
+/// A parser from a middleware's options to its spec.
+type Parse = fn(&Node) -> Result<Spec, String>;
+
+/// One of Traefik's middleware types: its canonical spelling and, when Berth implements
+/// it, how its options are parsed. A router naming a type without a parser is not served.
+#[derive(Debug)]
+pub struct Kind {
+    pub name: &'static str,
+    parse: Option<Parse>,
+}
+
+impl Kind {
+    pub fn implemented(&self) -> bool {
+        self.parse.is_some()
+    }
+
+    /// Parse a middleware of this kind from its options.
+    pub fn parse(&self, node: &Node) -> Result<Spec, String> {
+        match self.parse {
+            Some(parse) => parse(node),
+            None => Err(format!(
+                "middleware type `{}` is not implemented by Berth yet",
+                self.name
+            )),
+        }
+    }
+}
+
+const fn kind(name: &'static str, parse: Parse) -> Kind {
+    Kind {
+        name,
+        parse: Some(parse),
+    }
+}
+
+const fn not_yet(name: &'static str) -> Kind {
+    Kind { name, parse: None }
+}
+
+/// Every middleware type Traefik has, in its canonical spelling; adding a middleware is a
+/// line here, its `Spec` variant and its phases.
+pub const KINDS: &[Kind] = &[
+    kind("addPrefix", |n| Ok(Spec::AddPrefix(rewrite::AddPrefix::parse(n)?))),
+    kind("basicAuth", |n| Ok(Spec::BasicAuth(auth::BasicAuth::parse(n)?))),
+    not_yet("buffering"),
+    kind("chain", |n| {
+        let o = Options::new("chain", n, &["middlewares"])?;
+        let names = o.list("middlewares")?;
+        if names.is_empty() {
+            return Err("chain.middlewares is required".into());
+        }
+        Ok(Spec::Chain(names))
+    }),
+    kind("circuitBreaker", |n| {
+        Ok(Spec::CircuitBreaker(breaker::CircuitBreaker::parse(n)?))
+    }),
+    kind("compress", |n| Ok(Spec::Compress(compress::Compress::parse(n)?))),
+    not_yet("contentType"),
+    not_yet("digestAuth"),
+    not_yet("errors"),
+    not_yet("forwardAuth"),
+    not_yet("grpcWeb"),
+    kind("headers", |n| Ok(Spec::Headers(Box::new(headers::Headers::parse(n)?)))),
+    kind("inFlightReq", |n| Ok(Spec::InFlightReq(limit::InFlightReq::parse(n)?))),
+    kind("ipAllowList", |n| {
+        Ok(Spec::IpAllowList(allow::IpAllowList::parse("ipAllowList", n)?))
+    }),
+    kind("ipWhiteList", |n| {
+        Ok(Spec::IpAllowList(allow::IpAllowList::parse("ipWhiteList", n)?))
+    }),
+    not_yet("passTLSClientCert"),
+    not_yet("plugin"),
+    kind("rateLimit", |n| Ok(Spec::RateLimit(limit::RateLimit::parse(n)?))),
+    kind("redirectRegex", |n| {
+        Ok(Spec::RedirectRegex(rewrite::RedirectRegex::parse(n)?))
+    }),
+    kind("redirectScheme", |n| {
+        Ok(Spec::RedirectScheme(rewrite::RedirectScheme::parse(n)?))
+    }),
+    kind("replacePath", |n| {
+        Ok(Spec::ReplacePath(rewrite::ReplacePath::parse(n)?))
+    }),
+    kind("replacePathRegex", |n| {
+        Ok(Spec::ReplacePathRegex(rewrite::ReplacePathRegex::parse(n)?))
+    }),
+    kind("retry", |n| Ok(Spec::Retry(limit::Retry::parse(n)?))),
+    kind("stripPrefix", |n| {
+        Ok(Spec::StripPrefix(rewrite::StripPrefix::parse(n)?))
+    }),
+    kind("stripPrefixRegex", |n| {
+        Ok(Spec::StripPrefixRegex(rewrite::StripPrefixRegex::parse(n)?))
+    }),
 ];
+
+/// The kind named `name`, in any case (Traefik matches type names case-insensitively).
+pub fn find_kind(name: &str) -> Option<&'static Kind> {
+    KINDS.iter().find(|k| k.name.eq_ignore_ascii_case(name))
+}
 
 /// A middleware, ready to run.
 #[derive(Debug)]
@@ -58,44 +137,22 @@ pub enum Spec {
     IpAllowList(allow::IpAllowList),
     RateLimit(limit::RateLimit),
     InFlightReq(limit::InFlightReq),
-    /// Read by the proxy when it forwards; nothing to do per request.
+    /// Read by the forward step ([`Spec::retry`]); nothing to do per request.
     Retry(limit::Retry),
-    /// Applied by the proxy to the response body.
+    /// Chooses the response body's coding ([`Spec::encoding`]).
     Compress(compress::Compress),
-    /// Told every outcome by the proxy.
+    /// Told every upstream outcome ([`Spec::outcome`]).
     CircuitBreaker(breaker::CircuitBreaker),
     /// Other middlewares by name, expanded when routers are built.
     Chain(Vec<String>),
 }
 
-/// Parse a middleware of type `kind` (canonical spelling) from its options.
+/// Parse a middleware of type `kind` (any spelling) from its options.
 pub fn parse(kind: &str, node: &Node) -> Result<Spec, String> {
-    Ok(match kind {
-        "redirectScheme" => Spec::RedirectScheme(rewrite::RedirectScheme::parse(node)?),
-        "redirectRegex" => Spec::RedirectRegex(rewrite::RedirectRegex::parse(node)?),
-        "stripPrefix" => Spec::StripPrefix(rewrite::StripPrefix::parse(node)?),
-        "stripPrefixRegex" => Spec::StripPrefixRegex(rewrite::StripPrefixRegex::parse(node)?),
-        "addPrefix" => Spec::AddPrefix(rewrite::AddPrefix::parse(node)?),
-        "replacePath" => Spec::ReplacePath(rewrite::ReplacePath::parse(node)?),
-        "replacePathRegex" => Spec::ReplacePathRegex(rewrite::ReplacePathRegex::parse(node)?),
-        "headers" => Spec::Headers(Box::new(headers::Headers::parse(node)?)),
-        "basicAuth" => Spec::BasicAuth(auth::BasicAuth::parse(node)?),
-        "ipAllowList" | "ipWhiteList" => Spec::IpAllowList(allow::IpAllowList::parse(kind, node)?),
-        "rateLimit" => Spec::RateLimit(limit::RateLimit::parse(node)?),
-        "inFlightReq" => Spec::InFlightReq(limit::InFlightReq::parse(node)?),
-        "retry" => Spec::Retry(limit::Retry::parse(node)?),
-        "compress" => Spec::Compress(compress::Compress::parse(node)?),
-        "circuitBreaker" => Spec::CircuitBreaker(breaker::CircuitBreaker::parse(node)?),
-        "chain" => {
-            let o = Options::new("chain", node, &["middlewares"])?;
-            let names = o.list("middlewares")?;
-            if names.is_empty() {
-                return Err("chain.middlewares is required".into());
-            }
-            Spec::Chain(names)
-        }
-        other => return Err(format!("middleware type `{other}` is not implemented by Berth yet")),
-    })
+    match find_kind(kind) {
+        Some(k) => k.parse(node),
+        None => Err(format!("unknown middleware type `{kind}`")),
+    }
 }
 
 /// The request as middlewares see and change it.
@@ -168,6 +225,46 @@ impl Spec {
             m.response(origin, tls, headers);
         }
     }
+
+    /// How the forward step may go again (`retry`); the innermost one counts.
+    pub fn retry(&self) -> Option<&limit::Retry> {
+        match self {
+            Spec::Retry(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Whether the middleware learns how the upstream answered (`circuitBreaker`).
+    pub fn learns_outcomes(&self) -> bool {
+        matches!(self, Spec::CircuitBreaker(_))
+    }
+
+    /// Told how the upstream answered: the status (the proxy's own when there was no
+    /// answer), whether the trip failed at the network, and how long the request took.
+    pub fn outcome(&self, status: u16, network_error: bool, elapsed: Duration) {
+        if let Spec::CircuitBreaker(b) = self {
+            b.observe(status, network_error, elapsed);
+        }
+    }
+
+    /// Whether the middleware reads the request's `Accept-Encoding` (`compress`).
+    pub fn reads_accept_encoding(&self) -> bool {
+        matches!(self, Spec::Compress(_))
+    }
+
+    /// The coding this middleware gives the response body, if any (`compress`).
+    pub fn encoding(
+        &self,
+        method: &Method,
+        accept: Option<&str>,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> Option<compress::Encoding> {
+        match self {
+            Spec::Compress(c) => c.choose(method, accept, status, headers),
+            _ => None,
+        }
+    }
 }
 
 /// Regex from Go syntax as Traefik users write it (RE2 and Rust's engine agree on the
@@ -182,7 +279,7 @@ pub(crate) mod testing {
     use http::{HeaderMap, Method};
 
     use super::{Req, Spec, Step};
-    use crate::config::Node;
+    use crate::tree::Node;
 
     /// Options as labels would give them (`key.sub=value`).
     pub fn node(pairs: &[(&str, &str)]) -> Node {

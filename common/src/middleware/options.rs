@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::Node;
+use crate::tree::Node;
 
 /// One middleware's options, with the keys it has read.
 pub struct Options<'a> {
@@ -57,7 +57,7 @@ impl<'a> Options<'a> {
         match self.string(key)?.as_deref() {
             None | Some("") => Ok(false),
             Some(v) => {
-                crate::config::parse_bool(v).ok_or_else(|| format!("{}.{key}: `{v}` is not true or false", self.kind))
+                crate::tree::parse_bool(v).ok_or_else(|| format!("{}.{key}: `{v}` is not true or false", self.kind))
             }
         }
     }

@@ -6,7 +6,7 @@ use http::{HeaderValue, Method, StatusCode, header};
 
 use super::options::Options;
 use super::{Reply, Req, Step, regex};
-use crate::config::Node;
+use crate::tree::Node;
 
 const FORWARDED_PREFIX: &str = "x-forwarded-prefix";
 const REPLACED_PATH: &str = "x-replaced-path";

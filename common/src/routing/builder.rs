@@ -27,8 +27,6 @@ pub struct ProviderView {
 pub struct BuildOptions {
     /// The entrypoints that exist, by name.
     pub entrypoints: Vec<String>,
-    /// Middleware types the data path implements (routers naming others fail closed).
-    pub implemented_middlewares: Vec<String>,
     pub version: u64,
     /// The middlewares of the snapshot being replaced: one whose options did not change
     /// is kept as it is, with its state (rate-limit buckets, in-flight counts).
@@ -98,23 +96,25 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
             let qname = qualify(name, &view.provider);
             let mut errors = Vec::new();
             let mut spec = None;
-            if !mw.known {
-                errors.push(format!("unknown middleware type `{}`", mw.kind));
-            } else if let Some(why) = &mw.refused {
-                errors.push(why.clone());
-            } else if !opts.implemented_middlewares.iter().any(|k| k == &mw.kind) {
-                errors.push(format!("middleware type `{}` is not implemented by Berth yet", mw.kind));
-            } else if let Some(kept) = opts
-                .previous
-                .iter()
-                .find(|p| p.name == qname && p.kind == mw.kind && p.options == mw.options)
-                .and_then(|p| p.spec.clone())
-            {
-                spec = Some(kept);
-            } else {
-                match crate::middleware::parse(&mw.kind, &mw.options) {
-                    Ok(s) => spec = Some(std::sync::Arc::new(s)),
-                    Err(e) => errors.push(e),
+            match crate::middleware::find_kind(&mw.kind).filter(|_| mw.known) {
+                None => errors.push(format!("unknown middleware type `{}`", mw.kind)),
+                Some(_) if mw.refused.is_some() => errors.extend(mw.refused.clone()),
+                Some(k) if !k.implemented() => {
+                    errors.push(format!("middleware type `{}` is not implemented by Berth yet", mw.kind))
+                }
+                Some(k) => {
+                    let kept = opts
+                        .previous
+                        .iter()
+                        .find(|p| p.name == qname && p.kind == mw.kind && p.options == mw.options)
+                        .and_then(|p| p.spec.clone());
+                    match kept
+                        .map(Ok)
+                        .unwrap_or_else(|| k.parse(&mw.options).map(std::sync::Arc::new))
+                    {
+                        Ok(s) => spec = Some(s),
+                        Err(e) => errors.push(e),
+                    }
                 }
             }
             mw_idx.insert(qname.clone(), snap.middlewares.len());

@@ -20,7 +20,6 @@ fn view(provider: &str, yaml: &str) -> ProviderView {
 fn opts() -> BuildOptions {
     BuildOptions {
         entrypoints: vec!["web".into(), "admin".into()],
-        implemented_middlewares: vec![],
         version: 1,
         previous: vec![],
     }
@@ -181,10 +180,7 @@ http:
             + "    d12: { headers: { customRequestHeaders: { X-B: \"1\" } } }"
     );
     let t = std::time::Instant::now();
-    let opts = BuildOptions {
-        implemented_middlewares: crate::middleware::IMPLEMENTED.iter().map(|s| s.to_string()).collect(),
-        ..opts()
-    };
+    let opts = opts();
     let s = build(&[view("file", &yaml)], &opts);
     assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
     let r = |n: &str| s.routers.iter().find(|r| r.name == n).unwrap();

@@ -61,6 +61,18 @@ impl ProxyError {
         }
     }
 
+    /// The trip failed at the network (no endpoint, refused, broken, too slow), as a
+    /// circuit breaker's `NetworkErrorRatio` counts it.
+    pub fn is_network(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect { .. }
+                | ProxyError::Upstream { .. }
+                | ProxyError::Timeout { .. }
+                | ProxyError::NoEndpoint(_)
+        )
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRouter => StatusCode::NOT_FOUND,

@@ -19,6 +19,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::errors::ProxyError;
+use super::front::Ctx;
 use super::router::{Endpoint, ServiceRuntime};
 use super::{ConnInfo, Outcome, Proxy};
 
@@ -33,14 +34,10 @@ const REPLAY_LIMIT: usize = 64 * 1024;
 
 /// How a routed request is to be forwarded.
 pub(super) struct How {
-    /// The `Host` the client sent (kept when the service passes it on).
-    pub raw_host: Option<String>,
     /// A requested protocol upgrade (WebSocket) and the client side of it.
     pub upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
     /// The router's retry middleware, if any.
     pub retry: Option<middleware::limit::Retry>,
-    /// When the request body must have arrived whole.
-    pub read_deadline: Option<tokio::time::Instant>,
 }
 
 /// A request on its way to an upstream.
@@ -55,22 +52,24 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
         conn: &ConnInfo,
+        ctx: &mut Ctx,
         svc: &ServiceRuntime,
         how: How,
         span: &Span,
-        outcome: &mut Outcome,
     ) -> Result<Response<Body>, ProxyError> {
-        let How {
-            raw_host,
-            upgrade,
-            retry,
-            read_deadline,
-        } = how;
+        let How { upgrade, retry } = how;
+        let raw_host = ctx.raw_host.as_deref();
+        let outcome = &mut ctx.outcome;
+        // When the request body must have arrived whole (Traefik's readTimeout).
+        let read_deadline = self
+            .limits
+            .request_read_timeout
+            .map(|t| tokio::time::Instant::from_std(ctx.start) + t);
         let (parts, body) = req.into_parts();
         let bodyless = body.is_end_stream();
         // gRPC: the call's deadline (`grpc-timeout`), and whether the retry middleware
         // lists the method as safe to send again.
-        let grpc = berth_common::grpc::is_grpc(&parts.headers);
+        let grpc = ctx.grpc;
         let grpc_deadline = grpc
             .then(|| berth_common::grpc::timeout(&parts.headers))
             .flatten()
@@ -84,7 +83,7 @@ impl Proxy {
             &ForwardInfo {
                 client_ip: conn.peer.ip(),
                 tls: conn.tls,
-                host: raw_host.as_deref(),
+                host: raw_host,
                 local_port: conn.local.port(),
             },
         );
@@ -148,7 +147,7 @@ impl Proxy {
                 .cloned()
                 .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
             headers,
-            raw_host: raw_host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()),
+            raw_host: raw_host.and_then(|h| HeaderValue::from_str(h).ok()),
             span,
             outcome,
             current: 0,

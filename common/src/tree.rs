@@ -180,3 +180,13 @@ fn insert(node: &mut Node, parts: &[&str], value: &str) -> Result<(), String> {
     }
     insert(&mut entries[idx].1, rest, value)
 }
+
+/// A boolean as Go's `strconv.ParseBool` reads it (Traefik's configuration does):
+/// `1 t T TRUE true True` and `0 f F FALSE false False`.
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim() {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}

@@ -1,0 +1,190 @@
+//! Step 3 of a request's path: the router's middlewares, around the forward step.
+//!
+//! The request phase runs them in router order; one may rewrite the request or answer it
+//! (a redirect, 401, 403, a CORS preflight). The response phase runs the ones that ran,
+//! innermost first, on whatever answer there is. The middlewares that act on the outcome
+//! or the body say so through `Spec`'s hooks (`retry`, `outcome`, `encoding`), so nothing
+//! here names a middleware.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_common::middleware::{self, Spec, Step, limit::Hold};
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+
+use super::errors::{ProxyError, text_response};
+use super::front::{Ctx, set_target};
+use super::{Body, BoxError, ConnInfo, compress};
+
+/// A router's middlewares for one request, and what their phases carry between them.
+pub(super) struct Pipeline {
+    specs: Vec<Arc<Spec>>,
+    /// How many ran in the request phase (all, unless one answered).
+    ran: usize,
+    /// Requests counted by `inFlightReq`, released when the response body is done.
+    holds: Vec<Hold>,
+    /// The request's `Origin` (CORS answers), read only when there are middlewares.
+    origin: Option<HeaderValue>,
+    /// The request's `Accept-Encoding`, read only for a middleware that encodes.
+    accept_encoding: Option<String>,
+}
+
+impl Pipeline {
+    pub fn new(specs: Vec<Arc<Spec>>) -> Pipeline {
+        Pipeline {
+            ran: specs.len(),
+            specs,
+            holds: Vec::new(),
+            origin: None,
+            accept_encoding: None,
+        }
+    }
+
+    /// The request phase: the request to forward, or the answer a middleware made.
+    pub async fn request(
+        &mut self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+        ctx: &Ctx,
+    ) -> Result<Result<Request<Incoming>, Response<Body>>, ProxyError> {
+        // A router without middlewares pays nothing.
+        if self.specs.is_empty() {
+            return Ok(Ok(req));
+        }
+        self.origin = req.headers().get(header::ORIGIN).cloned();
+        if self.specs.iter().any(|s| s.reads_accept_encoding()) {
+            self.accept_encoding = req
+                .headers()
+                .get(header::ACCEPT_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+        }
+        let (mut parts, body) = req.into_parts();
+        let host = ctx.raw_host.clone().unwrap_or_default();
+        let mut mreq = middleware::Req {
+            method: &parts.method,
+            tls: conn.tls,
+            host: &host,
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().map(str::to_string),
+            headers: &mut parts.headers,
+            peer: conn.peer.ip(),
+            holds: Vec::new(),
+        };
+        let mut answer = None;
+        for (i, spec) in self.specs.iter().enumerate() {
+            if let Step::Reply(reply) = spec.request(&mut mreq).await {
+                self.ran = i;
+                answer = Some(reply);
+                break;
+            }
+        }
+        self.holds = std::mem::take(&mut mreq.holds);
+        if let Some(reply) = answer {
+            return Ok(Err(reply_response(reply)));
+        }
+        // Rebuild the target only when a middleware rewrote it.
+        if mreq.path != parts.uri.path() || mreq.query.as_deref() != parts.uri.query() {
+            let (path, query) = (mreq.path, mreq.query);
+            set_target(&mut parts.uri, &path, query.as_deref())
+                .map_err(|()| ProxyError::BadRequest("a middleware made an invalid path"))?;
+        }
+        Ok(Ok(Request::from_parts(parts, body)))
+    }
+
+    /// The retry middleware the forward step follows: the innermost one.
+    pub fn retry(&self) -> Option<middleware::limit::Retry> {
+        self.specs.iter().rev().find_map(|s| s.retry().cloned())
+    }
+
+    /// Tell the middlewares that learn from outcomes how the upstream answered.
+    pub fn outcome(&self, result: &Result<Response<Body>, ProxyError>, elapsed: Duration) {
+        if !self.specs.iter().any(|s| s.learns_outcomes()) {
+            return;
+        }
+        let (status, network_error) = match result {
+            Ok(r) => (r.status().as_u16(), false),
+            Err(e) => (e.status().as_u16(), e.is_network()),
+        };
+        for spec in &self.specs {
+            spec.outcome(status, network_error, elapsed);
+        }
+    }
+
+    /// The response phase, innermost first, for the middlewares that ran; then the body's
+    /// coding, and the counted requests held until the body is done.
+    pub fn response(self, ctx: &Ctx, conn: &ConnInfo, result: &mut Result<Response<Body>, ProxyError>) {
+        let Ok(resp) = result else { return };
+        let ran = &self.specs[..self.ran];
+        for spec in ran.iter().rev() {
+            spec.response(self.origin.as_ref(), conn.tls, resp.headers_mut());
+        }
+        // The innermost middleware that encodes, encodes.
+        let accept = self.accept_encoding.as_deref();
+        if let Some(encoding) = ran
+            .iter()
+            .rev()
+            .find_map(|s| s.encoding(&ctx.method, accept, resp.status(), resp.headers()))
+        {
+            let taken = std::mem::replace(
+                resp,
+                Response::new(Empty::new().map_err(|never| match never {}).boxed()),
+            );
+            *resp = compress::apply(encoding, taken);
+        }
+        if !self.holds.is_empty() {
+            let holds = self.holds;
+            let taken = std::mem::replace(
+                resp,
+                Response::new(Empty::new().map_err(|never| match never {}).boxed()),
+            );
+            *resp = taken.map(|inner| Held { inner, _holds: holds }.boxed());
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps requests counted (`inFlightReq`) until it is done.
+    struct Held {
+        #[pin]
+        inner: Body,
+        _holds: Vec<Hold>,
+    }
+}
+
+impl hyper::body::Body for Held {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A middleware's own answer (a redirect, 401, 403, a CORS preflight).
+fn reply_response(reply: middleware::Reply) -> Response<Body> {
+    let mut resp = text_response(reply.status, reply.body, None);
+    if resp.body().size_hint().exact() == Some(0) {
+        resp.headers_mut().remove(header::CONTENT_TYPE);
+    }
+    for (name, value) in reply.headers {
+        resp.headers_mut().append(name, value);
+    }
+    resp
+}
