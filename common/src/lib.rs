@@ -28,6 +28,7 @@ pub mod logging;
 pub mod middleware;
 pub mod mtls;
 pub mod path;
+pub mod percent;
 pub mod prom;
 pub mod routing;
 pub mod rules;

@@ -176,7 +176,7 @@ fn sanitize(path: &str) -> Option<String> {
 
 /// Percent-decode every escape (invalid ones were refused by [`normalize`] already).
 fn decode_all(path: &str) -> Cow<'_, str> {
-    crate::rules::matcher::percent_decode(path)
+    crate::percent::decode(path)
 }
 
 /// Whether a decoded path, split at `/` and `\` (which some servers take for `/`), has a
@@ -331,7 +331,11 @@ mod tests {
         ] {
             assert_eq!(clean(p, &strict), Err(PathError::Denied(esc)), "{p} by default");
             assert!(clean(p, &open).is_ok(), "{p} when allowed");
-            assert_eq!(clean(p, &slash_only).is_ok(), esc == "%2F", "{p} with only the slash allowed");
+            assert_eq!(
+                clean(p, &slash_only).is_ok(),
+                esc == "%2F",
+                "{p} with only the slash allowed"
+            );
         }
         assert!(clean("/a%20b", &strict).is_ok());
     }

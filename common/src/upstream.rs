@@ -1,5 +1,6 @@
 //! Dialling upstreams, shared by the gateway and the sidecar: TCP with a connect timeout
-//! and Nagle off, TLS with a timeout, one stream type for both, and the mesh connector
+//! and Nagle off, TLS with a timeout, one stream type for both, the connector for
+//! `http://`, `h2c://` and `https://` URLs (services, the EC2 API), and the mesh connector
 //! that dials a sidecar with mTLS and checks the identity it presents against the one
 //! the routing snapshot expects at that address.
 
@@ -103,6 +104,86 @@ pub async fn connect_tls(
     Ok(tokio::time::timeout(limit, tls.connect(name, tcp))
         .await
         .map_err(|_| ConnectError::Timeout(limit))??)
+}
+
+/// Dials `http://`/`h2c://` over TCP and `https://` over TLS (ALPN `h2`, then
+/// `http/1.1`), each within the connect timeout.
+#[derive(Clone)]
+pub struct Connector {
+    connect_timeout: Duration,
+    tls: TlsConnector,
+}
+
+impl Connector {
+    /// `roots`: whom `https://` upstreams may present certificates from
+    /// ([`trust_roots`]).
+    pub fn new(connect_timeout: Duration, roots: rustls::RootCertStore) -> Connector {
+        let mut tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+            .unwrap_or_else(|_| {
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth()
+            });
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Connector {
+            connect_timeout,
+            tls: TlsConnector::from(Arc::new(tls)),
+        }
+    }
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<UpstreamStream>;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .ok_or_else(|| ConnectError::Address(uri.to_string()))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let tls = uri.scheme_str() == Some("https");
+            let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+            let tcp = connect_tcp((host.as_str(), port), this.connect_timeout).await?;
+            if !tls {
+                return Ok(TokioIo::new(UpstreamStream::Plain(tcp)));
+            }
+            let name = ServerName::try_from(host.clone()).map_err(|_| ConnectError::Address(host.clone()))?;
+            let stream = connect_tls(&this.tls, name, tcp, this.connect_timeout).await?;
+            Ok(TokioIo::new(UpstreamStream::Tls(Box::new(stream))))
+        })
+    }
+}
+
+/// Trust anchors for `https://` upstreams: the system bundle if present, plus `extra`.
+pub fn trust_roots(extra: Option<&std::path::Path>) -> Result<rustls::RootCertStore, crate::tls::TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for path in ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"] {
+        if let Ok(pem) = std::fs::read(path)
+            && let Ok(certs) = crate::tls::certs_from_pem(&pem, path)
+        {
+            roots.add_parsable_certificates(certs);
+            break;
+        }
+    }
+    if let Some(path) = extra {
+        let pem = std::fs::read(path).map_err(|source| crate::tls::TlsError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        roots.add_parsable_certificates(crate::tls::certs_from_pem(&pem, &path.display().to_string())?);
+    }
+    Ok(roots)
 }
 
 /// The identity each sidecar must present, by `host:port`, refreshed at every

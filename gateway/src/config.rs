@@ -14,6 +14,9 @@ use clap::Parser;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::mesh::peers::Peers;
+use crate::proxy::Limits;
+
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(pub String);
@@ -294,19 +297,6 @@ pub struct EntrypointConfig {
     pub path: PathPolicy,
 }
 
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub max_header_bytes: usize,
-    pub max_body_bytes: Option<u64>,
-    pub header_read_timeout: Duration,
-    /// The whole request must have arrived within this; `None`: no limit.
-    pub request_read_timeout: Option<Duration>,
-    pub idle_timeout: Duration,
-    pub connect_timeout: Duration,
-    pub response_timeout: Option<Duration>,
-    pub upstream_idle_timeout: Duration,
-}
-
 pub use berth_common::logging::LogFormat;
 
 /// Everything the gateway needs, validated.
@@ -353,18 +343,6 @@ pub struct MeshSettings {
     pub cert_lifetime: Duration,
     /// How replicas find each other (the list goes to every sidecar).
     pub peers: Peers,
-}
-
-/// Where the other gateway replicas are.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Peers {
-    /// `--mesh-peers-service NAME`: the tasks of this ECS service (default: the service
-    /// the gateway runs in, from its own task metadata).
-    Service(String),
-    /// `--mesh-peers-dns NAME`: every address the name resolves to.
-    Dns(String),
-    /// Neither given, and not running in an ECS service: this replica alone.
-    Alone,
 }
 
 impl Config {

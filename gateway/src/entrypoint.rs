@@ -19,9 +19,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
-use crate::admin::metrics::EntrypointMetrics;
-use crate::config::Limits;
-use crate::proxy::{ConnInfo, Proxy};
+use crate::metrics::EntrypointMetrics;
+use crate::proxy::{ConnInfo, Limits, Proxy};
 
 /// Certificates for TLS connections: the file provider's, chosen by SNI, then the
 /// entrypoint's default, then the global default. Swapped when configuration changes.

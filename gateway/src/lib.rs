@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod entrypoint;
 pub mod lifecycle;
 pub mod mesh;
+pub mod metrics;
 pub mod proxy;
 pub mod snapshots;
 pub mod tcp;
@@ -26,14 +27,15 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use admin::metrics::Metrics;
+use berth_common::upstream::trust_roots;
 use config::Config;
 use discovery::StatusCell;
 use discovery::file::FileProvider;
 use entrypoint::{CertStore, ConnTracker, Entrypoint, Phase};
 use lifecycle::Lifecycle;
+use metrics::Metrics;
 use proxy::Proxy;
-use proxy::upstream::{Clients, upstream_roots};
+use proxy::upstream::Clients;
 use snapshots::SnapshotOwner;
 
 /// Why the gateway could not start.
@@ -74,7 +76,7 @@ impl Gateway {
     pub async fn start(cfg: Config) -> Result<Gateway, StartError> {
         let metrics = Arc::new(Metrics::default());
         let lifecycle = Arc::new(Lifecycle::new(cfg.ready_timeout));
-        let roots = upstream_roots(cfg.upstream_ca.as_deref())?;
+        let roots = trust_roots(cfg.upstream_ca.as_deref())?;
         // The mesh CA and the gateway's own identity come first: the proxy dials
         // sidecars with it.
         let mesh_ca = match &cfg.mesh {
@@ -223,9 +225,9 @@ impl Gateway {
             mesh_addr = Some(listener.local_addr().unwrap_or(m.listen));
             tokio::spawn(mesh::control_api::rotate_own(ca.clone(), slot.clone(), m.cert_lifetime));
             let peer_source = match &m.peers {
-                config::Peers::Alone => match mesh::peers::own_service().await {
-                    Some(service) => config::Peers::Service(service),
-                    None => config::Peers::Alone,
+                mesh::peers::Peers::Alone => match mesh::peers::own_service().await {
+                    Some(service) => mesh::peers::Peers::Service(service),
+                    None => mesh::peers::Peers::Alone,
                 },
                 other => other.clone(),
             };

@@ -164,7 +164,7 @@ pub fn view<'a>(hello: Option<&'a Hello>, peer: SocketAddr) -> ConnView<'a> {
 pub struct Ctx<'a> {
     pub connect_timeout: Duration,
     pub idle: Duration,
-    pub metrics: &'a crate::admin::metrics::Metrics,
+    pub metrics: &'a crate::metrics::Metrics,
     pub mesh: Option<&'a MeshClient>,
 }
 

@@ -307,7 +307,10 @@ async fn encoded_characters_are_refused_where_the_entrypoint_says() {
     assert!(ask(strict, "/a%20b").await.starts_with("HTTP/1.1 200"));
     // An entrypoint allows what it lists, and only that.
     assert!(ask(open, "/a%2Fb").await.starts_with("HTTP/1.1 200"));
-    assert!(ask(open, "/a%3Bb").await.starts_with("HTTP/1.1 400"), "only the slash allowed");
+    assert!(
+        ask(open, "/a%3Bb").await.starts_with("HTTP/1.1 400"),
+        "only the slash allowed"
+    );
     // Without sanitizing, the path goes as it came (Traefik's "not safe" setting).
     assert!(ask(open, "/x/../y").await.starts_with("HTTP/1.1 200"));
     assert_eq!(b.requests().last().unwrap().uri, "/x/../y");

@@ -366,28 +366,5 @@ fn form_decode(s: &str) -> Option<String> {
     }) {
         return None;
     }
-    Some(percent_decode(&s.replace('+', " ")).into_owned())
-}
-
-/// Percent-decode; invalid escapes stay as written (as Go's lenient path handling does).
-pub fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.contains('%') {
-        return std::borrow::Cow::Borrowed(s);
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = |b: u8| (b as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+    Some(crate::percent::decode(&s.replace('+', " ")).into_owned())
 }

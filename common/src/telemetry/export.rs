@@ -211,7 +211,7 @@ fn grpc_status(h: &http::HeaderMap) -> Option<(String, String)> {
     let message = h
         .get("grpc-message")
         .and_then(|v| v.to_str().ok())
-        .map(|m| crate::rules::matcher::percent_decode(m).into_owned())
+        .map(|m| crate::percent::decode(m).into_owned())
         .unwrap_or_default();
     Some((code, message))
 }

@@ -268,12 +268,7 @@ pub fn key_values(s: &str) -> Vec<(String, String)> {
         .filter_map(|kv| {
             let (k, v) = kv.split_once('=')?;
             let k = k.trim();
-            (!k.is_empty()).then(|| {
-                (
-                    k.to_string(),
-                    crate::rules::matcher::percent_decode(v.trim()).into_owned(),
-                )
-            })
+            (!k.is_empty()).then(|| (k.to_string(), crate::percent::decode(v.trim()).into_owned()))
         })
         .collect()
 }

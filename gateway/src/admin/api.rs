@@ -12,9 +12,9 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use super::metrics::Metrics;
 use crate::discovery::StatusCell;
 use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
 use crate::proxy::{Body, Proxy};
 
 pub struct AdminState {
@@ -158,7 +158,7 @@ pub fn handle<B>(state: &AdminState, req: Request<B>) -> Response<Body> {
 }
 
 fn named(items: Vec<Value>, name: &str) -> Response<Body> {
-    let name = berth_common::rules::matcher::percent_decode(name);
+    let name = berth_common::percent::decode(name);
     match items.into_iter().find(|v| v["name"] == *name) {
         Some(v) => json_response(StatusCode::OK, &v),
         None => json_response(StatusCode::NOT_FOUND, &json!({"message": format!("{name} not found")})),

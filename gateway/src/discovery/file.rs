@@ -14,7 +14,7 @@ use berth_common::routing::ProviderView;
 use tokio::sync::watch;
 
 use super::StatusCell;
-use crate::admin::metrics::Metrics;
+use crate::metrics::Metrics;
 
 pub const PROVIDER: &str = "file";
 

@@ -11,8 +11,19 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::config::Peers;
 use crate::discovery::ecs::TaskLookup;
+
+/// Where the other gateway replicas are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peers {
+    /// `--mesh-peers-service NAME`: the tasks of this ECS service (default: the service
+    /// the gateway runs in, from its own task metadata).
+    Service(String),
+    /// `--mesh-peers-dns NAME`: every address the name resolves to.
+    Dns(String),
+    /// Neither given, and not running in an ECS service: this replica alone.
+    Alone,
+}
 
 /// Each replica's control API, sorted.
 pub type PeerList = Arc<Vec<String>>;

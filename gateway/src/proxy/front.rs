@@ -18,8 +18,7 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 
 use super::errors::ProxyError;
-use super::{ConnInfo, Outcome};
-use crate::config::Limits;
+use super::{ConnInfo, Limits, Outcome};
 
 /// What the steps after the front know about a request.
 pub(super) struct Ctx {

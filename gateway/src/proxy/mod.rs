@@ -17,7 +17,7 @@ pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use berth_common::http::upgrade_protocol;
@@ -28,9 +28,8 @@ use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 
-use crate::admin::metrics::{EntrypointMetrics, Metrics};
-use crate::config::Limits;
 use crate::lifecycle::Lifecycle;
+use crate::metrics::{EntrypointMetrics, Metrics};
 use berth_common::accesslog::Entry;
 use berth_common::balance::Registry;
 use berth_common::telemetry::body::GrpcTap;
@@ -43,6 +42,22 @@ use upstream::Clients;
 
 pub use berth_common::body::{Body, BoxError, ClientBodyError};
 pub use forward::Pending;
+
+/// What a client may send and how long each side may take: the entrypoint serves its
+/// connections with these, the front checks requests against them, the upstream pools
+/// dial and wait with them.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: Option<u64>,
+    pub header_read_timeout: Duration,
+    /// The whole request must have arrived within this; `None`: no limit.
+    pub request_read_timeout: Option<Duration>,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub response_timeout: Option<Duration>,
+    pub upstream_idle_timeout: Duration,
+}
 
 /// What the proxy knows about the client connection a request came on.
 #[derive(Debug)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use berth_common::routing::Snapshot;
 use http::Uri;
 
-use crate::admin::metrics::{Metrics, RequestMetrics};
+use crate::metrics::{Metrics, RequestMetrics};
 use berth_common::balance::{Balancer, EndpointState, Registry};
 
 /// One upstream endpoint as the proxy dials it.

@@ -1,61 +1,16 @@
-//! Connections to upstreams: a connector (TCP with a connect timeout, TLS with ALPN for
-//! `https://`) and keep-alive pools for HTTP/1.1, HTTP/2 (h2c) and mTLS to sidecars
-//! (the dialling itself is `berth_common::upstream`, shared with the sidecar).
+//! The gateway's keep-alive pools to upstreams: HTTP/1.1 (or h2 by ALPN), HTTP/2 only
+//! (h2c), and mTLS to sidecars. The dialling itself (`Connector`, `MeshConnector`) is
+//! `berth_common::upstream`, shared with the sidecar and the EC2 client.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-pub use berth_common::upstream::{ConnectError, MeshConnector, MeshPeers, UpstreamStream};
-use berth_common::upstream::{connect_tcp, connect_tls};
-use hyper::Uri;
+pub use berth_common::upstream::{ConnectError, Connector, MeshConnector, MeshPeers, UpstreamStream};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
-use rustls_pki_types::ServerName;
-use tokio_rustls::TlsConnector;
 
 use super::Body;
-
-/// Dials `http://`/`h2c://` over TCP and `https://` over TLS.
-#[derive(Clone)]
-pub struct Connector {
-    connect_timeout: Duration,
-    tls: TlsConnector,
-}
-
-impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<UpstreamStream>;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let host = uri
-                .host()
-                .ok_or_else(|| ConnectError::Address(uri.to_string()))?
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string();
-            let tls = uri.scheme_str() == Some("https");
-            let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-            let tcp = connect_tcp((host.as_str(), port), this.connect_timeout).await?;
-            if !tls {
-                return Ok(TokioIo::new(UpstreamStream::Plain(tcp)));
-            }
-            let name = ServerName::try_from(host.clone()).map_err(|_| ConnectError::Address(host.clone()))?;
-            let stream = connect_tls(&this.tls, name, tcp, this.connect_timeout).await?;
-            Ok(TokioIo::new(UpstreamStream::Tls(Box::new(stream))))
-        })
-    }
-}
 
 /// The upstream pools: one negotiating HTTP/1.1 (or h2 by ALPN), one HTTP/2 only (h2c).
 #[derive(Clone)]
@@ -68,19 +23,7 @@ pub struct Clients {
 
 impl Clients {
     pub fn new(connect_timeout: Duration, idle_timeout: Duration, roots: RootCertStore) -> Clients {
-        let mut tls = rustls::ClientConfig::builder_with_provider(berth_common::tls::provider())
-            .with_safe_default_protocol_versions()
-            .map(|b| b.with_root_certificates(roots).with_no_client_auth())
-            .unwrap_or_else(|_| {
-                rustls::ClientConfig::builder()
-                    .with_root_certificates(RootCertStore::empty())
-                    .with_no_client_auth()
-            });
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let connector = Connector {
-            connect_timeout,
-            tls: TlsConnector::from(Arc::new(tls)),
-        };
+        let connector = Connector::new(connect_timeout, roots);
         let mut b = Client::builder(TokioExecutor::new());
         b.pool_idle_timeout(idle_timeout)
             .pool_timer(TokioTimer::new())
@@ -97,27 +40,6 @@ impl Clients {
         let h2c = b2.build(connector);
         Clients { http1, h2c, mesh: None }
     }
-}
-
-/// Trust anchors for `https://` upstreams: the system bundle if present, plus `extra`.
-pub fn upstream_roots(extra: Option<&std::path::Path>) -> Result<RootCertStore, berth_common::tls::TlsError> {
-    let mut roots = RootCertStore::empty();
-    for path in ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"] {
-        if let Ok(pem) = std::fs::read(path)
-            && let Ok(certs) = berth_common::tls::certs_from_pem(&pem, path)
-        {
-            roots.add_parsable_certificates(certs);
-            break;
-        }
-    }
-    if let Some(path) = extra {
-        let pem = std::fs::read(path).map_err(|source| berth_common::tls::TlsError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        roots.add_parsable_certificates(berth_common::tls::certs_from_pem(&pem, &path.display().to_string())?);
-    }
-    Ok(roots)
 }
 
 /// The pool to sidecars, when the gateway runs the mesh.

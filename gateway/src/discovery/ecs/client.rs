@@ -12,7 +12,7 @@ use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ecs::types::{ContainerInstance, DesiredStatus, Failure, Task, TaskDefinition};
 use tokio::time::Instant;
 
-use crate::admin::metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// Why an API call failed, in words an operator can act on.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -18,8 +18,11 @@ use http_body_util::{BodyExt, Full};
 
 use super::client::{ApiError, RateLimiter};
 use super::reconcile::{AddressesFuture, InstanceAddresses};
-use crate::admin::metrics::Metrics;
-use crate::proxy::{Body, BoxError};
+use crate::metrics::Metrics;
+use berth_common::body::{Body, BoxError};
+use berth_common::upstream::Connector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 const OP: &str = "DescribeInstances";
 
@@ -27,7 +30,7 @@ pub struct Ec2Lookup {
     pub endpoint: String,
     pub region: String,
     pub credentials: SharedCredentialsProvider,
-    pub client: hyper_util::client::legacy::Client<crate::proxy::upstream::Connector, Body>,
+    pub client: Client<Connector, Body>,
     pub limiter: Arc<RateLimiter>,
     pub metrics: Arc<Metrics>,
 }
@@ -155,6 +158,17 @@ pub fn parse_instances(xml: &str) -> HashMap<String, String> {
         }
     }
     out
+}
+
+/// The pool the EC2 calls go through: `https://` with the system's trust roots, 5 s to
+/// connect, idle connections kept 90 s.
+pub fn client(roots: rustls::RootCertStore) -> Client<Connector, Body> {
+    let mut b = Client::builder(TokioExecutor::new());
+    b.pool_idle_timeout(std::time::Duration::from_secs(90))
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .set_host(false);
+    b.build(Connector::new(std::time::Duration::from_secs(5), roots))
 }
 
 #[cfg(test)]

@@ -30,8 +30,8 @@ use berth_common::routing::ProviderView;
 use serde::Serialize;
 use tokio::sync::{Notify, Semaphore, watch};
 
-use crate::admin::metrics::Metrics;
 use crate::discovery::registry::{HealthView, SidecarHealth};
+use crate::metrics::Metrics;
 use berth_common::control::MeshService;
 use client::{EcsApi, RateLimiter};
 use reconcile::{ClusterReconciler, ClusterView, InstanceAddresses, TaskDefCache};
@@ -355,13 +355,12 @@ pub async fn start(
                 .ok()
                 .or_else(|| sdk.endpoint_url().map(str::to_string))
                 .unwrap_or_else(|| format!("https://ec2.{region}.amazonaws.com"));
-            let roots = crate::proxy::upstream::upstream_roots(None).map_err(|e| EcsStartError(e.to_string()))?;
-            let clients = crate::proxy::upstream::Clients::new(Duration::from_secs(5), Duration::from_secs(90), roots);
+            let roots = berth_common::upstream::trust_roots(None).map_err(|e| EcsStartError(e.to_string()))?;
             Some(Arc::new(ec2::Ec2Lookup {
                 endpoint,
                 region: region.to_string(),
                 credentials,
-                client: clients.http1,
+                client: ec2::client(roots),
                 limiter,
                 metrics,
             }))

@@ -1,4 +1,5 @@
-//! Prometheus metrics, rendered as text at `GET /metrics`.
+//! The gateway's metrics registry, which discovery, the listeners and the proxy write to
+//! and the admin API renders as Prometheus text at `GET /metrics`.
 //!
 //! Per-router and per-service handles are resolved once per snapshot swap (like
 //! endpoint health), so the request path touches only atomics and one short lock.
