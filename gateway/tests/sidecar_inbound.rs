@@ -76,10 +76,25 @@ async fn call_with(
     Ok(read_reply(resp).await)
 }
 
+/// How the fixture runs the sidecar.
+enum Run<'a> {
+    /// The `berth-sidecar` binary, as `uid:gid` (with `setpriv`) when given, as the image
+    /// and the module run it.
+    Process(Option<&'a str>),
+    /// `berth_sidecar::Sidecar::start` in this test's runtime.
+    InProcess,
+}
+
+/// The sidecar the fixture started.
+enum Running {
+    Process(#[allow(dead_code)] Child),
+    InProcess(berth_sidecar::Sidecar),
+}
+
 struct Fixture {
-    _server: EcsServer,
+    server: EcsServer,
     gw: GatewayProcess,
-    _sidecar: Child,
+    sidecar: Running,
     app: Backend,
     inbound: SocketAddr,
     /// The sidecar's BERTH_ADMIN.
@@ -91,17 +106,16 @@ struct Fixture {
 /// A gateway (ECS discovery + mesh), one `orders` task with a running sidecar, and the
 /// app behind it.
 async fn fixture(first: Ipv4Addr, labels: serde_json::Value) -> Fixture {
-    fixture_with(first, labels, &[], None, &[]).await
+    fixture_with(first, labels, &[], Run::Process(None), &[]).await
 }
 
-/// [`fixture`], with more flags for the gateway, the sidecar run as `sidecar_user`
-/// (`uid:gid`, with `setpriv`) as the image and the module run it, and more environment
-/// for the sidecar.
+/// [`fixture`], with more flags for the gateway, the sidecar run as `run` says, and more
+/// environment for the sidecar (a process only).
 async fn fixture_with(
     first: Ipv4Addr,
     labels: serde_json::Value,
     gateway_extra: &[&str],
-    sidecar_user: Option<&str>,
+    run: Run<'_>,
     sidecar_env: &[(&str, &str)],
 ) -> Fixture {
     berth_common::tls::install_crypto_provider();
@@ -164,39 +178,48 @@ async fn fixture_with(
     let inbound = SocketAddr::from((task_ip, 15443));
     let admin = SocketAddr::from((task_ip, free_port()));
     let log = dir.join("sidecar.log");
-    let mut sidecar_cmd = match sidecar_user {
-        None => std::process::Command::new(&sidecar_bin),
-        Some(user) => {
-            let (uid, gid) = user.split_once(':').unwrap();
-            let bin = dir.join("bin");
-            std::fs::create_dir_all(&bin).unwrap();
-            let copy = runnable_copy(&sidecar_bin, &bin);
-            let mut c = std::process::Command::new("setpriv");
-            c.args(["--reuid", uid, "--regid", gid, "--clear-groups"]).arg(copy);
-            c
+    let outbound = SocketAddr::from((task_ip, free_port()));
+    let metadata_uri = format!("http://{tmds_addr}/v4/{docker}");
+    let sidecar = match run {
+        Run::InProcess => {
+            let settings = berth_sidecar::config::Settings {
+                metadata_uri,
+                gateways: vec![control.to_string()],
+                ca_pem: std::fs::read_to_string(dir.join("ca/ca.crt")).unwrap(),
+                token: Some(TOKEN.into()),
+                inbound,
+                outbound,
+                admin,
+                app_port: None,
+                health_path: Some("/health".into()),
+                app_protocol: None,
+                log_format: berth_common::logging::LogFormat::Text,
+                access_log: None,
+                tracing: None,
+                outbound_response_timeout: Duration::from_secs(60),
+                app_response_timeout: Duration::from_secs(60),
+            };
+            let started = tokio::time::timeout(Duration::from_secs(20), berth_sidecar::Sidecar::start(settings)).await;
+            Running::InProcess(started.expect("the sidecar starts within 20 s").unwrap())
         }
+        Run::Process(user) => Running::Process(sidecar_process(
+            &sidecar_bin,
+            user,
+            &dir,
+            &[
+                ("ECS_CONTAINER_METADATA_URI_V4", metadata_uri),
+                ("BERTH_GATEWAY", format!("https://{control}")),
+                ("BERTH_CA_CERT", dir.join("ca/ca.crt").display().to_string()),
+                ("BERTH_TOKEN", TOKEN.into()),
+                ("BERTH_INBOUND", inbound.to_string()),
+                ("BERTH_OUTBOUND", outbound.to_string()),
+                ("BERTH_ADMIN", admin.to_string()),
+                ("BERTH_HEALTH_PATH", "/health".into()),
+                ("BERTH_ACCESS_LOG", "json".into()),
+            ],
+            sidecar_env,
+        )),
     };
-    let _sidecar = Child(
-        sidecar_cmd
-            .env_clear()
-            .env(
-                "ECS_CONTAINER_METADATA_URI_V4",
-                format!("http://{tmds_addr}/v4/{docker}"),
-            )
-            .env("BERTH_GATEWAY", format!("https://{control}"))
-            .env("BERTH_CA_CERT", dir.join("ca/ca.crt"))
-            .env("BERTH_TOKEN", TOKEN)
-            .env("BERTH_INBOUND", inbound.to_string())
-            .env("BERTH_OUTBOUND", SocketAddr::from((task_ip, free_port())).to_string())
-            .env("BERTH_ADMIN", admin.to_string())
-            .env("BERTH_HEALTH_PATH", "/health")
-            .env("BERTH_ACCESS_LOG", "json")
-            .envs(sidecar_env.iter().copied())
-            .stdout(std::fs::File::create(dir.join("access.log")).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
     let ready = eventually(Duration::from_secs(20), || async {
         tokio::net::TcpStream::connect(admin).await.is_ok()
     })
@@ -209,15 +232,47 @@ async fn fixture_with(
     );
 
     Fixture {
-        _server: server,
+        server,
         gw,
-        _sidecar,
+        sidecar,
         app,
         inbound,
         admin,
         dir,
         arn,
     }
+}
+
+/// The `berth-sidecar` binary with only `env` and `extra` in its environment, its
+/// stdout in `dir/access.log` and its stderr in `dir/sidecar.log`.
+fn sidecar_process(
+    bin: &std::path::Path,
+    user: Option<&str>,
+    dir: &std::path::Path,
+    env: &[(&str, String)],
+    extra: &[(&str, &str)],
+) -> Child {
+    let mut cmd = match user {
+        None => std::process::Command::new(bin),
+        Some(user) => {
+            let (uid, gid) = user.split_once(':').unwrap();
+            let bin_dir = dir.join("bin");
+            std::fs::create_dir_all(&bin_dir).unwrap();
+            let copy = runnable_copy(bin, &bin_dir);
+            let mut c = std::process::Command::new("setpriv");
+            c.args(["--reuid", uid, "--regid", gid, "--clear-groups"]).arg(copy);
+            c
+        }
+    };
+    Child(
+        cmd.env_clear()
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .envs(extra.iter().copied())
+            .stdout(std::fs::File::create(dir.join("access.log")).unwrap())
+            .stderr(std::fs::File::create(dir.join("sidecar.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// Requests the app got, besides the sidecar's health probes.
@@ -411,7 +466,7 @@ async fn an_expired_certificate_is_replaced_by_asking_again_with_the_token() {
         Ipv4Addr::new(127, 0, 182, 1),
         json!({}),
         &["--mesh-cert-lifetime", "4s"],
-        None,
+        Run::Process(None),
         &[],
     )
     .await;
@@ -458,7 +513,7 @@ async fn a_slow_app_gets_a_504_and_a_grpc_caller_a_grpc_status() {
         Ipv4Addr::new(127, 0, 187, 1),
         json!({"berth.mesh.allow": "billing"}),
         &[],
-        None,
+        Run::Process(None),
         &[("BERTH_APP_RESPONSE_TIMEOUT", "1s")],
     )
     .await;
@@ -670,7 +725,7 @@ async fn the_sidecar_runs_as_65532_as_it_ships() {
         Ipv4Addr::new(127, 0, 186, 1),
         json!({"berth.mesh.allow": "billing"}),
         &[],
-        Some("65532:65532"),
+        Run::Process(Some("65532:65532")),
         &[],
     )
     .await;
@@ -689,5 +744,66 @@ async fn the_sidecar_runs_as_65532_as_it_ships() {
     assert!(
         String::from_utf8_lossy(&ps.stdout).contains("65532"),
         "the sidecar runs as 65532"
+    );
+}
+
+/// The sidecar as a library: `Sidecar::start` in this process gets its certificate from
+/// the gateway process, registers and serves the inbound, and `run` ends once TMDS shows
+/// the task stopped and its app gone, after deregistering (the gateway drains it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_started_in_process_serves_and_stops_with_its_task() {
+    let f = fixture_with(
+        Ipv4Addr::new(127, 0, 188, 1),
+        json!({"berth.mesh.allow": "billing"}),
+        &[],
+        Run::InProcess,
+        &[],
+    )
+    .await;
+    let Running::InProcess(sidecar) = f.sidecar else {
+        unreachable!("started in process")
+    };
+    assert_eq!(sidecar.inbound_addr(), f.inbound);
+    assert_eq!(sidecar.admin_addr(), f.admin);
+    let ca = MeshCa::dev(&f.dir.join("ca"), "berth.local").unwrap();
+    let anchors = TrustAnchors::from_certs(std::slice::from_ref(ca.anchor())).unwrap();
+    let orders = SpiffeId::for_service("berth.local", "prod", "orders").unwrap();
+    let billing = SpiffeId::for_service("berth.local", "prod", "billing").unwrap();
+    let r = call(f.inbound, &anchors, Some(slot(&ca, &billing)), &orders)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        app_requests(&f.app).last().unwrap().headers["x-berth-client-id"],
+        billing.to_string()
+    );
+    // Registered: the gateway lists the task's sidecar.
+    let listed = eventually(Duration::from_secs(10), || async {
+        f.gw.admin_json("/api/sidecars").await.to_string().contains(&f.arn)
+    })
+    .await;
+    assert!(listed, "{}", f.gw.admin_json("/api/sidecars").await);
+
+    // ECS stops the task: TMDS says STOPPED, then the app container exits.
+    {
+        let mut ecs = f.server.ecs.lock().unwrap();
+        ecs.stop_task(Some("prod"), &f.arn, None).unwrap();
+        let task = ecs.find_task_mut("prod", &f.arn).unwrap();
+        let app = task.containers.iter_mut().find(|c| c.name == "app").unwrap();
+        app.last_status = "STOPPED".into();
+        app.exit_code = Some(0);
+    }
+    let ran = tokio::time::timeout(Duration::from_secs(15), sidecar.run()).await;
+    assert!(ran.is_ok(), "run() did not end after the task stopped");
+    // It deregistered: the gateway drains it (no new traffic) until its lease runs out.
+    let sidecars = f.gw.admin_json("/api/sidecars").await;
+    let ours = sidecars
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["taskArn"] == f.arn.as_str());
+    assert!(
+        ours.is_none_or(|s| s["state"] == "draining"),
+        "the sidecar deregistered: {sidecars}"
     );
 }

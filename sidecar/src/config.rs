@@ -9,9 +9,9 @@ pub struct ConfigError(pub String);
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub metadata_uri: String,
-    /// The control API of one or more gateway replicas (`BERTH_GATEWAY`, comma-separated
-    /// `https://HOST:PORT`, HOST an IP or a name such as a load balancer's); the mesh
-    /// view then says where every replica is.
+    /// The control API of one or more gateway replicas, `HOST:PORT` each, HOST an IP or a
+    /// name such as a load balancer's (`BERTH_GATEWAY`: comma-separated
+    /// `https://HOST:PORT`); the mesh view then says where every replica is.
     pub gateways: Vec<String>,
     /// The mesh trust anchor, PEM.
     pub ca_pem: String,
