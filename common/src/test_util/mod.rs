@@ -217,8 +217,36 @@ fn record<T>(seen: &Mutex<Vec<Seen>>, req: &Request<T>, body: Bytes) {
     });
 }
 
-/// A free TCP port on loopback (bound, then released).
+/// A free TCP port on loopback (bound, then released), outside the ephemeral range.
 pub fn free_port() -> u16 {
+    // A port from bind(0) is an ephemeral one, and any outgoing connection may take it
+    // before the caller binds it (seen: berth-local's TMDS port taken during the dashboard
+    // test). Ports below the ephemeral range are never taken that way: hand those out,
+    // each once per process, from a start that differs between processes, checked free.
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| {
+            let mut it = r.split_whitespace().map(|p| p.parse::<usize>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    // Below the range when there is room there (above the sidecar's fixed 15xxx ports),
+    // else above it.
+    let (first, span) = if low >= 20_000 {
+        (16_000, low - 16_000)
+    } else {
+        (high + 1, 65_535 - high)
+    };
+    let start = std::process::id() as usize * 7_919;
+    for _ in 0..span {
+        let port = first + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if let Ok(port) = u16::try_from(port)
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
