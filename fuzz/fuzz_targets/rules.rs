@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(rule) = TcpRule::compile(text) {
         let alpn = [b"h2".to_vec()];
         let view = ConnView {
+            tls: true,
             sni: Some("db.test"),
             alpn: &alpn,
             client_ip: std::net::IpAddr::from([10, 0, 0, 1]),
