@@ -25,20 +25,85 @@ fn bad(msg: impl Into<String>) -> ConfigError {
     ConfigError(msg.into())
 }
 
-/// Command-line flags. Every flag also reads `BERTH_<NAME>`.
-#[derive(Debug, Parser, Default)]
+/// One layer of settings (the command line with the environment, or the file) over a
+/// lower one: a value given wins, else the lower layer's.
+trait Layer {
+    fn over(self, lower: Self) -> Self;
+}
+
+impl<T> Layer for Option<T> {
+    fn over(self, lower: Self) -> Self {
+        self.or(lower)
+    }
+}
+
+impl<T> Layer for Vec<T> {
+    fn over(self, lower: Self) -> Self {
+        if self.is_empty() { lower } else { self }
+    }
+}
+
+impl<K, V> Layer for std::collections::BTreeMap<K, V> {
+    fn over(self, lower: Self) -> Self {
+        if self.is_empty() { lower } else { self }
+    }
+}
+
+/// A switch is on when either layer turns it on.
+impl Layer for bool {
+    fn over(self, lower: Self) -> Self {
+        self || lower
+    }
+}
+
+/// Declares every setting once: the struct is the command line (clap; each flag also
+/// reads `BERTH_<NAME>`) and the `--config` file (serde; kebab-case keys, as the flags),
+/// and `over` layers the first on the second, field by field.
+macro_rules! settings {
+    (
+        $(#[$outer:meta])*
+        pub struct $name:ident {
+            $( $(#[$m:meta])* pub $field:ident : $ty:ty, )*
+        }
+    ) => {
+        $(#[$outer])*
+        pub struct $name {
+            $( $(#[$m])* pub $field: $ty, )*
+        }
+
+        impl $name {
+            /// These settings where they say something, else `lower`'s.
+            fn over(self, lower: $name) -> $name {
+                $name { $( $field: Layer::over(self.$field, lower.$field), )* }
+            }
+        }
+    };
+}
+
+settings! {
+/// The gateway's settings as given: flags (each also `BERTH_<NAME>`) and, with
+/// `--config`, the same settings in a TOML file. [`Config::from_args`] resolves them.
+#[derive(Debug, Parser, Default, Deserialize)]
 #[command(
     name = "berth-gateway",
     version,
     about = "Berth: the ECS-native ingress gateway and mesh control plane"
 )]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct Args {
     /// TOML file with any of these settings (flags and env vars win).
     #[arg(long, env = "BERTH_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Entrypoint `NAME=ADDR` (repeatable), e.g. `web=0.0.0.0:80`.
     #[arg(long = "entrypoint", env = "BERTH_ENTRYPOINT", value_delimiter = ',')]
+    #[serde(rename = "entrypoint")]
     pub entrypoints: Vec<String>,
+    /// The file's `[entrypoints.NAME]` tables (address, certificate, path settings); used
+    /// only when no `--entrypoint` is given.
+    #[arg(skip)]
+    #[serde(rename = "entrypoints")]
+    pub entrypoint_tables: std::collections::BTreeMap<String, FileEntrypoint>,
     /// Default TLS certificate (PEM) for TLS connections on every entrypoint.
     #[arg(long, env = "BERTH_TLS_CERT", hide_env_values = true)]
     pub tls_cert: Option<PathBuf>,
@@ -98,6 +163,7 @@ pub struct Args {
         env = "BERTH_FORWARDED_TRUSTED_IP",
         value_delimiter = ','
     )]
+    #[serde(rename = "forwarded-trusted-ip")]
     pub forwarded_trusted_ips: Vec<String>,
     /// Log format: `json`, `text`, or `auto` (text on a terminal) [default: auto].
     #[arg(long, env = "BERTH_LOG_FORMAT")]
@@ -115,6 +181,7 @@ pub struct Args {
     // --- ECS discovery (issue: ECS discovery) ---
     /// ECS cluster to discover (repeatable). Discovery runs only when given.
     #[arg(long = "ecs-cluster", env = "BERTH_ECS_CLUSTER", value_delimiter = ',')]
+    #[serde(rename = "ecs-cluster")]
     pub ecs_clusters: Vec<String>,
     /// Discover every cluster (ListClusters).
     #[arg(long, env = "BERTH_ECS_ALL_CLUSTERS")]
@@ -150,6 +217,7 @@ pub struct Args {
     pub mesh_ca_key: Option<PathBuf>,
     /// The bootstrap token itself (an ECS secret), instead of --mesh-token-file.
     #[arg(long, env = "BERTH_MESH_TOKEN", hide_env_values = true)]
+    #[serde(skip)]
     pub mesh_token: Option<String>,
     #[arg(long, env = "BERTH_MESH_DEV_CA")]
     pub mesh_dev_ca: Option<PathBuf>,
@@ -174,71 +242,12 @@ pub struct Args {
     #[arg(long, env = "BERTH_MESH_CERT_LIFETIME")]
     pub mesh_cert_lifetime: Option<String>,
 }
-
-/// The same settings in a TOML file (kebab-case keys, as the flags).
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct FileConfig {
-    #[serde(default)]
-    entrypoint: Vec<String>,
-    #[serde(default)]
-    entrypoints: std::collections::BTreeMap<String, FileEntrypoint>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    ping: Option<String>,
-    file_provider: Option<PathBuf>,
-    admin: Option<SocketAddr>,
-    shutdown_delay: Option<String>,
-    drain_timeout: Option<String>,
-    max_header_bytes: Option<usize>,
-    max_body_bytes: Option<u64>,
-    header_read_timeout: Option<String>,
-    request_read_timeout: Option<String>,
-    ready_timeout: Option<String>,
-    idle_timeout: Option<String>,
-    upstream_connect_timeout: Option<String>,
-    upstream_response_timeout: Option<String>,
-    upstream_idle_timeout: Option<String>,
-    upstream_ca: Option<PathBuf>,
-    #[serde(default)]
-    forwarded_trusted_ip: Vec<String>,
-    log_format: Option<String>,
-    #[serde(default)]
-    access_log: bool,
-    access_log_format: Option<String>,
-    access_log_file: Option<PathBuf>,
-    #[serde(default)]
-    ecs_cluster: Vec<String>,
-    #[serde(default)]
-    ecs_all_clusters: bool,
-    ecs_region: Option<String>,
-    ecs_refresh: Option<String>,
-    #[serde(default)]
-    ecs_healthy_only: bool,
-    ecs_default_rule: Option<String>,
-    #[serde(default)]
-    exposed_by_default: bool,
-    ecs_api_rate: Option<f64>,
-    ecs_api_burst: Option<f64>,
-    ecs_concurrency: Option<usize>,
-    mesh_ca_cert: Option<PathBuf>,
-    mesh_ca_key: Option<PathBuf>,
-    mesh_dev_ca: Option<PathBuf>,
-    mesh_listen: Option<SocketAddr>,
-    mesh_trust_domain: Option<String>,
-    mesh_token_file: Option<PathBuf>,
-    #[serde(default)]
-    mesh_insecure_no_token: bool,
-    #[serde(default)]
-    mesh_default_deny: bool,
-    mesh_cert_lifetime: Option<String>,
-    mesh_peers_service: Option<String>,
-    mesh_peers_dns: Option<String>,
 }
 
+/// An `[entrypoints.NAME]` table of the `--config` file.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct FileEntrypoint {
+pub struct FileEntrypoint {
     address: SocketAddr,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -352,15 +361,15 @@ impl Config {
             Some(path) => {
                 let text =
                     std::fs::read_to_string(path).map_err(|e| bad(format!("--config {}: {e}", path.display())))?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| bad(format!("--config {}: {e}", path.display())))?
+                toml::from_str::<Args>(&text).map_err(|e| bad(format!("--config {}: {e}", path.display())))?
             }
-            None => FileConfig::default(),
+            None => Args::default(),
         };
-        let duration = |flag: &str, cli: &Option<String>, file: &Option<String>, default: Duration| match cli
-            .as_ref()
-            .or(file.as_ref())
-        {
-            Some(s) => parse_duration(s).map_err(|e| bad(format!("--{flag}: {e}"))),
+        // `--entrypoint` replaces the file's entrypoints, its tables included.
+        let entrypoints_given = !args.entrypoints.is_empty();
+        let s = args.over(file);
+        let duration = |flag: &str, given: &Option<String>, default: Duration| match given {
+            Some(v) => parse_duration(v).map_err(|e| bad(format!("--{flag}: {e}"))),
             None => Ok(default),
         };
         let pair = |flag: &str, cert: Option<PathBuf>, key: Option<PathBuf>| match (cert, key) {
@@ -368,19 +377,10 @@ impl Config {
             (None, None) => Ok(None),
             _ => Err(bad(format!("--{flag}-cert and --{flag}-key go together"))),
         };
-        let tls_default = pair(
-            "tls",
-            args.tls_cert.clone().or(file.tls_cert.clone()),
-            args.tls_key.clone().or(file.tls_key.clone()),
-        )?;
+        let tls_default = pair("tls", s.tls_cert.clone(), s.tls_key.clone())?;
 
         let mut entrypoints: Vec<EntrypointConfig> = Vec::new();
-        let specs = if args.entrypoints.is_empty() {
-            file.entrypoint.clone()
-        } else {
-            args.entrypoints.clone()
-        };
-        for spec in specs {
+        for spec in &s.entrypoints {
             let (name, addr) = spec.split_once('=').ok_or_else(|| {
                 bad(format!(
                     "--entrypoint `{spec}`: expected NAME=ADDR, e.g. web=0.0.0.0:80"
@@ -392,40 +392,30 @@ impl Config {
                 .map_err(|e| bad(format!("--entrypoint `{spec}`: bad address: {e}")))?;
             push_entrypoint(&mut entrypoints, name.trim(), addr, None, PathPolicy::default())?;
         }
-        if args.entrypoints.is_empty() {
-            for (name, ep) in file.entrypoints {
+        if !entrypoints_given {
+            for (name, ep) in &s.entrypoint_tables {
                 let path = ep.path_policy();
-                let tls = pair("entrypoints.tls", ep.tls_cert, ep.tls_key)?;
-                push_entrypoint(&mut entrypoints, &name, ep.address, tls, path)?;
+                let tls = pair("entrypoints.tls", ep.tls_cert.clone(), ep.tls_key.clone())?;
+                push_entrypoint(&mut entrypoints, name, ep.address, tls, path)?;
             }
         }
         if entrypoints.is_empty() {
             return Err(bad("at least one --entrypoint NAME=ADDR is required"));
         }
-        let ping = args.ping.clone().or(file.ping.clone());
+        let ping = s.ping.clone();
         if let Some(p) = &ping
             && !entrypoints.iter().any(|e| &e.name == p)
         {
             return Err(bad(format!("--ping {p}: no such entrypoint")));
         }
         let mut forwarded_trusted = Vec::new();
-        let trusted = if args.forwarded_trusted_ips.is_empty() {
-            &file.forwarded_trusted_ip
-        } else {
-            &args.forwarded_trusted_ips
-        };
-        for s in trusted {
+        for ip in &s.forwarded_trusted_ips {
             forwarded_trusted.push(
-                parse_ip_range(s.trim())
-                    .ok_or_else(|| bad(format!("--forwarded-trusted-ip `{s}`: not an IP or CIDR")))?,
+                parse_ip_range(ip.trim())
+                    .ok_or_else(|| bad(format!("--forwarded-trusted-ip `{ip}`: not an IP or CIDR")))?,
             );
         }
-        let log_format = match args
-            .log_format
-            .as_ref()
-            .or(file.log_format.as_ref())
-            .map(String::as_str)
-        {
+        let log_format = match s.log_format.as_deref() {
             None | Some("auto") => LogFormat::Auto,
             Some("json") => LogFormat::Json,
             Some("text") => LogFormat::Text,
@@ -433,74 +423,59 @@ impl Config {
                 return Err(bad(format!("--log-format `{other}`: use auto, json or text")));
             }
         };
-        let access_log = if args.access_log || file.access_log {
-            let format = match args.access_log_format.as_ref().or(file.access_log_format.as_ref()) {
+        let access_log = if s.access_log {
+            let format = match s.access_log_format.as_ref() {
                 None => berth_common::accesslog::Format::Json,
                 Some(f) => f.parse().map_err(|e| bad(format!("--access-log-format {e}")))?,
             };
-            Some((args.access_log_file.clone().or(file.access_log_file.clone()), format))
+            Some((s.access_log_file.clone(), format))
         } else {
             None
         };
         let tracing = berth_common::telemetry::TraceSettings::from_env().map_err(|e| bad(e.to_string()))?;
         let response_timeout = duration(
             "upstream-response-timeout",
-            &args.upstream_response_timeout,
-            &file.upstream_response_timeout,
+            &s.upstream_response_timeout,
             Duration::ZERO,
         )?;
-        let max_header_bytes = args.max_header_bytes.or(file.max_header_bytes).unwrap_or(32 * 1024);
+        let max_header_bytes = s.max_header_bytes.unwrap_or(32 * 1024);
         if max_header_bytes < 8192 {
             return Err(bad("--max-header-bytes must be at least 8192"));
         }
-        let ecs_clusters = if args.ecs_clusters.is_empty() {
-            file.ecs_cluster.clone()
-        } else {
-            args.ecs_clusters.clone()
-        };
-        let all_clusters = args.ecs_all_clusters || file.ecs_all_clusters;
+        let ecs_clusters = s.ecs_clusters.clone();
+        let all_clusters = s.ecs_all_clusters;
         let ecs = if ecs_clusters.is_empty() && !all_clusters {
             None
         } else {
             if all_clusters && !ecs_clusters.is_empty() {
                 return Err(bad("--ecs-cluster and --ecs-all-clusters exclude each other"));
             }
-            let default_rule = args
+            let default_rule = s
                 .ecs_default_rule
                 .clone()
-                .or(file.ecs_default_rule.clone())
                 .unwrap_or_else(|| crate::discovery::ecs::DEFAULT_RULE.to_string());
             if let Err(e) = berth_common::rules::compile(&berth_common::labels::render_default_rule(&default_rule, "x"))
             {
                 return Err(bad(format!("--ecs-default-rule: {e}")));
             }
-            let rate = args.ecs_api_rate.or(file.ecs_api_rate).unwrap_or(20.0);
+            let rate = s.ecs_api_rate.unwrap_or(20.0);
             if !(rate.is_finite() && rate > 0.0) {
                 return Err(bad("--ecs-api-rate must be a positive number"));
             }
             Some(crate::discovery::ecs::EcsSettings {
                 clusters: ecs_clusters,
                 all_clusters,
-                region: args.ecs_region.clone().or(file.ecs_region.clone()),
-                refresh: duration(
-                    "ecs-refresh",
-                    &args.ecs_refresh,
-                    &file.ecs_refresh,
-                    Duration::from_secs(30),
-                )?,
-                healthy_only: args.ecs_healthy_only || file.ecs_healthy_only,
+                region: s.ecs_region.clone(),
+                refresh: duration("ecs-refresh", &s.ecs_refresh, Duration::from_secs(30))?,
+                healthy_only: s.ecs_healthy_only,
                 default_rule,
-                exposed_by_default: args.exposed_by_default || file.exposed_by_default,
+                exposed_by_default: s.exposed_by_default,
                 api_rate: rate,
-                api_burst: args.ecs_api_burst.or(file.ecs_api_burst).unwrap_or(40.0).max(1.0),
-                concurrency: args.ecs_concurrency.or(file.ecs_concurrency).unwrap_or(4).max(1),
+                api_burst: s.ecs_api_burst.unwrap_or(40.0).max(1.0),
+                concurrency: s.ecs_concurrency.unwrap_or(4).max(1),
             })
         };
-        let ca = match (
-            args.mesh_ca_cert.clone().or(file.mesh_ca_cert.clone()),
-            args.mesh_ca_key.clone().or(file.mesh_ca_key.clone()),
-            args.mesh_dev_ca.clone().or(file.mesh_dev_ca.clone()),
-        ) {
+        let ca = match (s.mesh_ca_cert.clone(), s.mesh_ca_key.clone(), s.mesh_dev_ca.clone()) {
             (Some(cert), Some(key), None) => Some(CaSource::Files { cert, key }),
             (None, None, Some(dir)) => Some(CaSource::Dev(dir)),
             (None, None, None) => None,
@@ -510,17 +485,10 @@ impl Config {
         let mesh = match ca {
             None => None,
             Some(ca) => {
-                let trust_domain = args
-                    .mesh_trust_domain
-                    .clone()
-                    .or(file.mesh_trust_domain.clone())
-                    .unwrap_or_else(|| "berth.local".into());
+                let trust_domain = s.mesh_trust_domain.clone().unwrap_or_else(|| "berth.local".into());
                 berth_common::identity::SpiffeId::gateway(&trust_domain)
                     .map_err(|e| bad(format!("--mesh-trust-domain: {e}")))?;
-                let token = match (
-                    &args.mesh_token,
-                    args.mesh_token_file.clone().or(file.mesh_token_file.clone()),
-                ) {
+                let token = match (&s.mesh_token, s.mesh_token_file.clone()) {
                     (Some(_), Some(_)) => return Err(bad("--mesh-token and --mesh-token-file: give one, not both")),
                     (Some(t), None) => Some(("--mesh-token", t.trim().to_string())),
                     (None, Some(p)) => {
@@ -537,7 +505,7 @@ impl Config {
                     Some((_, t)) => Some(t),
                     None => None,
                 };
-                let insecure = args.mesh_insecure_no_token || file.mesh_insecure_no_token;
+                let insecure = s.mesh_insecure_no_token;
                 if token.is_none() && !insecure && matches!(ca, CaSource::Files { .. }) {
                     return Err(bad(
                         "the mesh CA needs a bootstrap token (--mesh-token-file or --mesh-token); \
@@ -546,27 +514,20 @@ impl Config {
                 }
                 Some(MeshSettings {
                     ca,
-                    listen: args
-                        .mesh_listen
-                        .or(file.mesh_listen)
-                        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9443))),
+                    listen: s.mesh_listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9443))),
                     trust_domain,
                     token,
-                    default_deny: args.mesh_default_deny || file.mesh_default_deny,
+                    default_deny: s.mesh_default_deny,
                     cert_lifetime: duration(
                         "mesh-cert-lifetime",
-                        &args.mesh_cert_lifetime,
-                        &file.mesh_cert_lifetime,
+                        &s.mesh_cert_lifetime,
                         crate::mesh::ca::DEFAULT_LIFETIME,
                     )?,
-                    peers: match (
-                        args.mesh_peers_service.clone().or(file.mesh_peers_service.clone()),
-                        args.mesh_peers_dns.clone().or(file.mesh_peers_dns.clone()),
-                    ) {
+                    peers: match (s.mesh_peers_service.clone(), s.mesh_peers_dns.clone()) {
                         (Some(_), Some(_)) => {
                             return Err(bad("--mesh-peers-service and --mesh-peers-dns: give one, not both"));
                         }
-                        (Some(s), None) if !s.trim().is_empty() => Peers::Service(s.trim().to_string()),
+                        (Some(name), None) if !name.trim().is_empty() => Peers::Service(name.trim().to_string()),
                         (None, Some(d)) if !d.trim().is_empty() => Peers::Dns(d.trim().to_string()),
                         _ => Peers::Alone,
                     },
@@ -579,67 +540,36 @@ impl Config {
             entrypoints,
             tls_default,
             ping,
-            file_provider: args.file_provider.clone().or(file.file_provider),
-            admin: args
-                .admin
-                .or(file.admin)
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9900))),
-            shutdown_delay: duration(
-                "shutdown-delay",
-                &args.shutdown_delay,
-                &file.shutdown_delay,
-                Duration::from_secs(10),
-            )?,
-            drain_timeout: duration(
-                "drain-timeout",
-                &args.drain_timeout,
-                &file.drain_timeout,
-                Duration::from_secs(30),
-            )?,
-            ready_timeout: Some(duration(
-                "ready-timeout",
-                &args.ready_timeout,
-                &file.ready_timeout,
-                Duration::from_secs(60),
-            )?)
-            .filter(|d| !d.is_zero()),
+            file_provider: s.file_provider.clone(),
+            admin: s.admin.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9900))),
+            shutdown_delay: duration("shutdown-delay", &s.shutdown_delay, Duration::from_secs(10))?,
+            drain_timeout: duration("drain-timeout", &s.drain_timeout, Duration::from_secs(30))?,
+            ready_timeout: Some(duration("ready-timeout", &s.ready_timeout, Duration::from_secs(60))?)
+                .filter(|d| !d.is_zero()),
             limits: Limits {
                 max_header_bytes,
-                max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).filter(|b| *b > 0),
-                header_read_timeout: duration(
-                    "header-read-timeout",
-                    &args.header_read_timeout,
-                    &file.header_read_timeout,
-                    Duration::from_secs(10),
-                )?,
+                max_body_bytes: s.max_body_bytes.filter(|b| *b > 0),
+                header_read_timeout: duration("header-read-timeout", &s.header_read_timeout, Duration::from_secs(10))?,
                 request_read_timeout: Some(duration(
                     "request-read-timeout",
-                    &args.request_read_timeout,
-                    &file.request_read_timeout,
+                    &s.request_read_timeout,
                     Duration::from_secs(60),
                 )?)
                 .filter(|d| !d.is_zero()),
-                idle_timeout: duration(
-                    "idle-timeout",
-                    &args.idle_timeout,
-                    &file.idle_timeout,
-                    Duration::from_secs(180),
-                )?,
+                idle_timeout: duration("idle-timeout", &s.idle_timeout, Duration::from_secs(180))?,
                 connect_timeout: duration(
                     "upstream-connect-timeout",
-                    &args.upstream_connect_timeout,
-                    &file.upstream_connect_timeout,
+                    &s.upstream_connect_timeout,
                     Duration::from_secs(5),
                 )?,
                 response_timeout: (!response_timeout.is_zero()).then_some(response_timeout),
                 upstream_idle_timeout: duration(
                     "upstream-idle-timeout",
-                    &args.upstream_idle_timeout,
-                    &file.upstream_idle_timeout,
+                    &s.upstream_idle_timeout,
                     Duration::from_secs(90),
                 )?,
             },
-            upstream_ca: args.upstream_ca.clone().or(file.upstream_ca),
+            upstream_ca: s.upstream_ca.clone(),
             forwarded_trusted,
             log_format,
             access_log,
@@ -752,6 +682,64 @@ mod tests {
         assert!(parse(&insecure).is_ok());
         // The dev CA (local use) may go without.
         assert!(parse(&["--entrypoint", "a=127.0.0.1:1", "--mesh-dev-ca", "/tmp/dev-ca"]).is_ok());
+    }
+
+    #[test]
+    fn every_setting_layers_the_same_way() {
+        let dir = std::env::temp_dir().join(format!("berth-cfg-layers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gw.toml");
+        let file = path.to_str().unwrap();
+        std::fs::write(
+            &path,
+            r#"entrypoint = ["web=127.0.0.1:8081"]
+forwarded-trusted-ip = ["10.0.0.0/8"]
+ecs-cluster = ["prod"]
+ecs-healthy-only = true
+exposed-by-default = true
+ecs-api-rate = 5.0
+max-header-bytes = 16384
+access-log = true
+[entrypoints.admin2]
+address = "127.0.0.1:8082"
+"#,
+        )
+        .unwrap();
+        // The file alone: its list and its tables, its switches, its numbers.
+        let c = parse(&["--config", file]).unwrap();
+        let names: Vec<_> = c.entrypoints.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["web", "admin2"]);
+        assert_eq!(c.forwarded_trusted, vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]);
+        let ecs = c.ecs.as_ref().unwrap();
+        assert_eq!(ecs.clusters, ["prod"]);
+        assert!(ecs.healthy_only && ecs.exposed_by_default);
+        assert_eq!(ecs.api_rate, 5.0);
+        assert_eq!(c.limits.max_header_bytes, 16384);
+        assert!(c.access_log.is_some());
+        // Flags win: a list replaces the file's (and --entrypoint its tables too), a value
+        // replaces the file's; a switch the file turns on stays on.
+        let c = parse(&[
+            "--config",
+            file,
+            "--entrypoint",
+            "edge=127.0.0.1:9000",
+            "--ecs-cluster",
+            "staging",
+            "--ecs-api-rate",
+            "7",
+        ])
+        .unwrap();
+        let names: Vec<_> = c.entrypoints.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["edge"]);
+        let ecs = c.ecs.as_ref().unwrap();
+        assert_eq!(ecs.clusters, ["staging"]);
+        assert_eq!(ecs.api_rate, 7.0);
+        assert!(ecs.healthy_only);
+        // A secret given on the command line or in the environment only: not a file key.
+        std::fs::write(&path, "mesh-token = \"0123456789abcdef\"\n").unwrap();
+        assert!(parse(&["--config", file]).unwrap_err().0.contains("mesh-token"));
+        std::fs::write(&path, "config = \"other.toml\"\n").unwrap();
+        assert!(parse(&["--config", file]).unwrap_err().0.contains("config"));
     }
 
     #[test]
