@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::net::IpAddr;
 
-use berth_common::config::{Merger, Strategy};
+use berth_common::config::Strategy;
+use berth_common::labels::Merger;
 use berth_common::labels::{self, ContainerTarget};
 use berth_common::routing::{BuildOptions, ProviderView, Snapshot, build};
 use berth_common::rules::RequestView;
@@ -42,6 +43,7 @@ fn ecs_view(n: usize) -> ProviderView {
                 ports: vec![(8080, 8080)],
                 default_rule: None,
                 default_strategy: Strategy::P2c,
+                via: None,
             };
             let (cfg, _) = labels::container_config(&parsed, &target);
             merger.add(cfg);

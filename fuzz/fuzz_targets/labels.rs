@@ -15,12 +15,19 @@ fuzz_target!(|data: &[u8]| {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let (parsed, _) = labels::parse(&map);
-    let target = ContainerTarget {
+    let mut target = ContainerTarget {
         name: "fuzz".into(),
         address: "127.0.0.1".into(),
         ports: vec![(80, 32768)],
         default_rule: Some("Host(`{{ normalize .Name }}`)".into()),
         default_strategy: Strategy::P2c,
+        via: None,
     };
+    let _ = labels::container_config(&parsed, &target);
+    // The same task behind its sidecar.
+    target.via = Some(labels::Via {
+        port: 15443,
+        identity: "ecs/prod/fuzz".into(),
+    });
     let _ = labels::container_config(&parsed, &target);
 });

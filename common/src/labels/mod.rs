@@ -2,12 +2,17 @@
 //!
 //! Labels become a [`Node`] tree and go through the same decoder as the file provider.
 //! `berth.` keys win over the same `traefik.` keys. Every key that is not understood is
-//! a diagnostic; one bad key never stops the rest of the container from loading.
+//! a diagnostic; one bad key never stops the rest of the container from loading. The
+//! fragments of several containers merge with [`Merger`], as Traefik merges them.
 
 use std::collections::BTreeMap;
 
 use crate::config::{self, DynamicConfig, Mode, Node, ServerConfig, Strategy};
 use crate::diag::Diagnostic;
+
+mod merge;
+
+pub use merge::Merger;
 
 pub const PREFIXES: [&str; 2] = ["berth.", "traefik."];
 
@@ -207,6 +212,47 @@ pub struct ContainerTarget {
     /// Default rule template: `{{ normalize .Name }}` and `{{ .Name }}` are substituted.
     pub default_rule: Option<String>,
     pub default_strategy: Strategy,
+    /// The task is reached through its sidecar: every server is the sidecar's inbound
+    /// over mTLS instead of the container's own port.
+    pub via: Option<Via>,
+}
+
+/// A task's sidecar, as servers name it: `mesh://HOST:PORT/IDENTITY` for HTTP, and
+/// `...#APP_PORT` for TCP (the sidecar opens the app's container port by ALPN).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Via {
+    /// The sidecar's inbound port (the host port in bridge mode).
+    pub port: u16,
+    /// The task's identity path, `ecs/CLUSTER/SERVICE`.
+    pub identity: String,
+}
+
+impl ContainerTarget {
+    /// The address as it goes into a URL (IPv6 in brackets).
+    fn host(&self) -> String {
+        if self.address.contains(':') {
+            format!("[{}]", self.address)
+        } else {
+            self.address.clone()
+        }
+    }
+
+    /// The one server URL of an HTTP service dialling `port` (its mapped port).
+    fn http_server(&self, scheme: &str, port: u16) -> String {
+        match &self.via {
+            Some(via) => format!("mesh://{}:{}/{}", self.host(), via.port, via.identity),
+            None => format!("{scheme}://{}:{port}", self.host()),
+        }
+    }
+
+    /// The one server of a TCP service for container port `container` dialled on
+    /// `port` (its mapped port).
+    fn tcp_server(&self, container: u16, port: u16) -> String {
+        match &self.via {
+            Some(via) => format!("mesh://{}:{}/{}#{container}", self.host(), via.port, via.identity),
+            None => format!("{}:{port}", self.host()),
+        }
+    }
 }
 
 /// The port to dial for container port `p`: its mapping (the host port in bridge mode).
@@ -241,14 +287,16 @@ fn tcp_defaults(cfg: &mut DynamicConfig, target: &ContainerTarget, default_name:
         if !svc.servers.is_empty() {
             continue;
         }
+        // (container port, port dialled)
         let port = match (svc.server_port, target.ports.as_slice()) {
             (Some(p), ports) => mapped_port(
                 p,
                 ports,
                 &format!("tcp.services.{name}.loadbalancer.server.port"),
                 diags,
-            ),
-            (None, [(_, host)]) => Some(*host),
+            )
+            .map(|dial| (p, dial)),
+            (None, [(container, host)]) => Some((*container, *host)),
             (None, _) => {
                 diags.push(Diagnostic::error(
                     format!("tcp.services.{name}.loadbalancer.server.port"),
@@ -257,13 +305,8 @@ fn tcp_defaults(cfg: &mut DynamicConfig, target: &ContainerTarget, default_name:
                 None
             }
         };
-        if let Some(port) = port {
-            let host = if target.address.contains(':') {
-                format!("[{}]", target.address)
-            } else {
-                target.address.clone()
-            };
-            svc.servers.push(format!("{host}:{port}"));
+        if let Some((container, dial)) = port {
+            svc.servers.push(target.tcp_server(container, dial));
         }
     }
     let names: Vec<String> = cfg.tcp.services.keys().cloned().collect();
@@ -344,14 +387,8 @@ pub fn container_config(labels: &ContainerLabels, target: &ContainerTarget) -> (
             (None, ports) => ports.iter().map(|(_, host)| *host).min(),
         };
         if let Some(port) = port {
-            let scheme = tmpl.scheme.as_deref().unwrap_or("http");
-            let host = if target.address.contains(':') {
-                format!("[{}]", target.address)
-            } else {
-                target.address.clone()
-            };
             lb.servers.push(ServerConfig {
-                url: format!("{scheme}://{host}:{port}"),
+                url: target.http_server(tmpl.scheme.as_deref().unwrap_or("http"), port),
                 weight: tmpl.weight,
             });
         }

@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::config::Strategy;
+use crate::config::{Strategy, TcpServiceConfig};
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -14,6 +14,7 @@ fn target() -> ContainerTarget {
         ports: vec![(80, 80)],
         default_rule: Some("Host(`{{ normalize .Name }}.localhost`)".into()),
         default_strategy: Strategy::P2c,
+        via: None,
     }
 }
 
@@ -398,4 +399,104 @@ fn a_task_name_cannot_inject_into_the_default_rule() {
             .all(|r| !r.rule.as_deref().unwrap_or_default().contains("victim"))
     );
     assert!(diags.iter().any(|d| d.message.contains("cannot hold")), "{diags:?}");
+}
+
+#[test]
+fn merging_task_fragments_like_traefik() {
+    let frag = |url: &str, rule: &str| {
+        let text = format!(
+            "http:\n  routers:\n    r: {{ rule: \"{rule}\", service: s }}\n  services:\n    s: {{ loadBalancer: {{ servers: [ {{ url: \"{url}\" }} ] }} }}\n"
+        );
+        crate::config::parse_file(&text, false, &mut Vec::new()).unwrap()
+    };
+    let mut m = Merger::default();
+    m.add(frag("http://10.0.0.1:80", "Host(`a`)"));
+    m.add(frag("http://10.0.0.2:80", "Host(`a`)"));
+    m.add(frag("http://10.0.0.2:80", "Host(`a`)"));
+    assert!(m.conflicts.is_empty());
+    assert_eq!(m.config.http.routers.len(), 1);
+    let servers: Vec<&str> = m.config.http.services["s"]
+        .load_balancer
+        .servers
+        .iter()
+        .map(|s| s.url.as_str())
+        .collect();
+    assert_eq!(servers, vec!["http://10.0.0.1:80", "http://10.0.0.2:80"]);
+    // A router defined differently by another task is a conflict: dropped and reported.
+    m.add(frag("http://10.0.0.3:80", "Host(`b`)"));
+    assert!(!m.config.http.routers.contains_key("r"));
+    assert!(m.conflicts.contains("router r"));
+    m.add(frag("http://10.0.0.4:80", "Host(`a`)"));
+    assert!(!m.config.http.routers.contains_key("r"), "a conflicted name stays out");
+}
+
+#[test]
+fn merging_keeps_one_server_per_url_and_compares_tcp_settings() {
+    let http = |url: &str, weight: u32| {
+        let text = format!(
+            "http:\n  services:\n    s: {{ loadBalancer: {{ servers: [ {{ url: \"{url}\", weight: {weight} }} ] }} }}\n"
+        );
+        crate::config::parse_file(&text, false, &mut Vec::new()).unwrap()
+    };
+    let mut m = Merger::default();
+    m.add(http("http://10.0.0.1:80", 1));
+    m.add(http("http://10.0.0.1:80", 5));
+    let servers = &m.config.http.services["s"].load_balancer.servers;
+    assert_eq!(servers.len(), 1, "Traefik keeps the first of two same URLs");
+    assert_eq!(servers[0].weight, Some(1));
+    let tcp = |port: u16, address: &str| {
+        let mut c = DynamicConfig::default();
+        c.tcp.services.insert(
+            "t".into(),
+            TcpServiceConfig {
+                servers: vec![address.into()],
+                server_port: Some(port),
+            },
+        );
+        c
+    };
+    m.add(tcp(5432, "10.0.0.1:5432"));
+    m.add(tcp(5432, "10.0.0.2:5432"));
+    assert_eq!(m.config.tcp.services["t"].servers.len(), 2);
+    m.add(tcp(5433, "10.0.0.3:5433"));
+    assert!(!m.config.tcp.services.contains_key("t"));
+    assert!(m.conflicts.contains("tcp service t"));
+}
+
+#[test]
+fn a_task_behind_its_sidecar_gets_one_mesh_server_per_service() {
+    let (c, _) = parse(&labels(&[
+        ("traefik.http.routers.web.rule", "Host(`a.test`)"),
+        ("traefik.http.services.web.loadbalancer.server.port", "8080"),
+        ("traefik.tcp.routers.pg.rule", "HostSNI(`*`)"),
+        ("traefik.tcp.services.pg.loadbalancer.server.port", "5432"),
+    ]));
+    let t = ContainerTarget {
+        address: "10.0.0.9".into(),
+        ports: vec![(8080, 32768), (5432, 32769)],
+        via: Some(Via {
+            port: 15443,
+            identity: "ecs/prod/payments".into(),
+        }),
+        ..target()
+    };
+    let (cfg, d) = container_config(&c, &t);
+    assert!(d.is_empty(), "{d:?}");
+    let urls: Vec<_> = cfg.http.services["web"]
+        .load_balancer
+        .servers
+        .iter()
+        .map(|s| s.url.as_str())
+        .collect();
+    assert_eq!(urls, ["mesh://10.0.0.9:15443/ecs/prod/payments"]);
+    // TCP asks the sidecar for the app's container port, not the host port it maps to.
+    assert_eq!(
+        cfg.tcp.services["pg"].servers,
+        ["mesh://10.0.0.9:15443/ecs/prod/payments#5432"]
+    );
+    // A port the container does not map is refused, through the sidecar too.
+    let (c, _) = parse(&labels(&[("traefik.tcp.services.pg.loadbalancer.server.port", "22")]));
+    let (cfg, d) = container_config(&c, &t);
+    assert!(cfg.tcp.services["pg"].servers.is_empty());
+    assert!(d.iter().any(|d| d.message.contains("maps no port 22")), "{d:?}");
 }

@@ -23,8 +23,9 @@ use aws_config::environment::region::EnvironmentVariableRegionProvider;
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::profile::ProfileFileRegionProvider;
 use aws_config::retry::RetryConfig;
-use berth_common::config::{DynamicConfig, Merger, Strategy};
+use berth_common::config::{DynamicConfig, Strategy};
 use berth_common::diag::Diagnostic;
+use berth_common::labels::Merger;
 use berth_common::labels::{self, ContainerTarget};
 use berth_common::routing::ProviderView;
 use serde::Serialize;
@@ -771,50 +772,20 @@ pub fn build_config(
     let mut mesh_tasks: HashSet<(&str, &str)> = HashSet::new();
     for (cluster, view) in views {
         for (task_id, ep) in &view.endpoints {
-            let mut ep = std::borrow::Cow::Borrowed(ep);
-            if ep.sidecar_port.is_some()
-                && ep.container != endpoints::SIDECAR
-                && let Some(h) = sidecars.get(&(cluster.clone(), task_id.clone()))
-            {
-                match h.excluded() {
-                    Some(why) if ep.excluded.is_none() || ep.state_excluded => {
-                        ep.to_mut().excluded = Some(why.into());
-                    }
-                    None if ep.state_excluded => ep.to_mut().excluded = None,
-                    _ => {}
-                }
-            }
+            let ep = with_sidecar_health(ep, sidecars.get(&(cluster.clone(), task_id.clone())));
             let (parsed, label_diags) = labels::parse(&ep.labels);
-            if let (Some(port), Some(address), true, None) = (
-                ep.sidecar_port,
-                &ep.address,
-                ep.container != endpoints::SIDECAR,
-                &ep.identity_refused,
-            ) && mesh_tasks.insert((cluster.as_str(), task_id.as_str()))
+            // The task's mesh name, once per task (every container of it says the same).
+            if let Some((claim, refused)) = mesh_claim(cluster, &ep, &parsed)
+                && mesh_tasks.insert((cluster.as_str(), task_id.as_str()))
             {
-                if let Some(why) = &ep.alias_refused {
-                    let d = Diagnostic::error("berth.mesh.name", why.clone()).with_source(PROVIDER);
-                    if !diags.contains(&d) {
-                        diags.push(d);
-                    }
+                if let Some(d) = refused
+                    && !diags.contains(&d)
+                {
+                    diags.push(d);
                 }
-                let name = match &ep.alias_refused {
-                    Some(_) => ep.service.clone(),
-                    None => parsed.mesh.name.clone().unwrap_or_else(|| ep.service.clone()),
-                };
-                let host = if address.contains(':') {
-                    format!("[{address}]")
-                } else {
-                    address.clone()
-                };
-                claims.push(MeshClaim {
-                    owner: name == ep.service,
-                    name,
-                    identity: format!("ecs/{cluster}/{}", ep.service),
-                    endpoint: ep.excluded.is_none().then(|| format!("{host}:{port}")),
-                });
+                claims.push(claim);
             }
-            let ep = ep.as_ref();
+            // Its routers and services, when exposed and eligible.
             let source = format!("ecs:{cluster}/{task_id}/{}", ep.container);
             let mut report = |d: Diagnostic| {
                 // One report per container definition and problem, not per task.
@@ -828,46 +799,12 @@ pub fn build_config(
             for d in label_diags {
                 report(d);
             }
-            if ep.excluded.is_some() {
-                continue;
-            }
-            let Some(address) = ep.address.clone() else {
+            let Some(target) = container_target(cluster, &ep, settings) else {
                 continue;
             };
-            let target = ContainerTarget {
-                name: ep.instance_name.clone(),
-                address,
-                ports: ep.ports.clone(),
-                default_rule: Some(settings.default_rule.clone()),
-                default_strategy: Strategy::P2c,
-            };
-            let (mut frag, frag_diags) = labels::container_config(&parsed, &target);
+            let (frag, frag_diags) = labels::container_config(&parsed, &target);
             for d in frag_diags {
                 report(d);
-            }
-            // A task with a sidecar is reached through it, over mTLS, with its identity.
-            if let Some(port) = ep.sidecar_port {
-                let host = if target.address.contains(':') {
-                    format!("[{}]", target.address)
-                } else {
-                    target.address.clone()
-                };
-                for svc in frag.http.services.values_mut() {
-                    for server in &mut svc.load_balancer.servers {
-                        server.url = format!("mesh://{host}:{port}/ecs/{cluster}/{}", ep.service);
-                    }
-                }
-                // TCP rides the same mTLS: the sidecar opens the app's container port
-                // named after `#` (by ALPN `berth-tcp/<port>`).
-                let single = match ep.ports.as_slice() {
-                    [(container, _)] => Some(*container),
-                    _ => None,
-                };
-                for svc in frag.tcp.services.values_mut() {
-                    if let Some(app_port) = svc.server_port.or(single) {
-                        svc.servers = vec![format!("mesh://{host}:{port}/ecs/{cluster}/{}#{app_port}", ep.service)];
-                    }
-                }
             }
             merger.add(frag);
         }
@@ -886,6 +823,91 @@ pub fn build_config(
         diagnostics: diags,
         mesh,
     }
+}
+
+/// Job 1: what the task's sidecar reports (unhealthy, draining, lost) decides whether a
+/// container behind it gets traffic; a sidecar that reports well lifts an exclusion the
+/// task's state alone made.
+fn with_sidecar_health<'a>(
+    ep: &'a endpoints::ContainerEndpoint,
+    health: Option<&SidecarHealth>,
+) -> std::borrow::Cow<'a, endpoints::ContainerEndpoint> {
+    let mut ep = std::borrow::Cow::Borrowed(ep);
+    if ep.sidecar_port.is_some()
+        && ep.container != endpoints::SIDECAR
+        && let Some(h) = health
+    {
+        match h.excluded() {
+            Some(why) if ep.excluded.is_none() || ep.state_excluded => {
+                ep.to_mut().excluded = Some(why.into());
+            }
+            None if ep.state_excluded => ep.to_mut().excluded = None,
+            _ => {}
+        }
+    }
+    ep
+}
+
+/// Job 2: the mesh name a task with a sidecar claims (its `berth.mesh.name`, else its
+/// service), with its identity and, while eligible, its inbound; and the reason when its
+/// own name was refused.
+fn mesh_claim(
+    cluster: &str,
+    ep: &endpoints::ContainerEndpoint,
+    parsed: &labels::ContainerLabels,
+) -> Option<(MeshClaim, Option<Diagnostic>)> {
+    let (Some(port), Some(address), true, None) = (
+        ep.sidecar_port,
+        &ep.address,
+        ep.container != endpoints::SIDECAR,
+        &ep.identity_refused,
+    ) else {
+        return None;
+    };
+    let refused = ep
+        .alias_refused
+        .as_ref()
+        .map(|why| Diagnostic::error("berth.mesh.name", why.clone()).with_source(PROVIDER));
+    let name = match &ep.alias_refused {
+        Some(_) => ep.service.clone(),
+        None => parsed.mesh.name.clone().unwrap_or_else(|| ep.service.clone()),
+    };
+    let host = if address.contains(':') {
+        format!("[{address}]")
+    } else {
+        address.clone()
+    };
+    let claim = MeshClaim {
+        owner: name == ep.service,
+        name,
+        identity: format!("ecs/{cluster}/{}", ep.service),
+        endpoint: ep.excluded.is_none().then(|| format!("{host}:{port}")),
+    };
+    Some((claim, refused))
+}
+
+/// Job 3: where an eligible container's servers point: its own address and ports, or,
+/// for a task with a sidecar, the sidecar's inbound over mTLS with the task's identity
+/// (the labels code writes each server once, from this).
+fn container_target(
+    cluster: &str,
+    ep: &endpoints::ContainerEndpoint,
+    settings: &EcsSettings,
+) -> Option<ContainerTarget> {
+    if ep.excluded.is_some() {
+        return None;
+    }
+    Some(ContainerTarget {
+        name: ep.instance_name.clone(),
+        address: ep.address.clone()?,
+        ports: ep.ports.clone(),
+        default_rule: Some(settings.default_rule.clone()),
+        default_strategy: Strategy::P2c,
+        via: ep.sidecar_port.map(|port| labels::Via {
+            port,
+            identity: format!("ecs/{cluster}/{}", ep.service),
+        }),
+    })
 }
 
 #[cfg(test)]

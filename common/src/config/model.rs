@@ -1,0 +1,163 @@
+//! The typed dynamic configuration: what every provider contributes (routers, services,
+//! middlewares, TLS, TCP), as plain data the snapshot builder reads.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::tree::Node;
+
+/// Everything one provider contributes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DynamicConfig {
+    pub http: HttpConfig,
+    pub tcp: TcpConfig,
+    pub tls: TlsConfig,
+}
+
+/// `tcp`: routers matching connections (by TLS server name or client address) and
+/// services of `address` servers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TcpConfig {
+    pub routers: BTreeMap<String, TcpRouterConfig>,
+    pub services: BTreeMap<String, TcpServiceConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpRouterConfig {
+    pub rule: Option<String>,
+    pub entry_points: Vec<String>,
+    pub service: Option<String>,
+    pub priority: Option<i64>,
+    /// `tls`: the gateway terminates TLS (or, with `passthrough`, forwards it untouched).
+    pub tls: Option<TcpTls>,
+    /// The middlewares the router names: none is implemented for TCP yet, so a router
+    /// naming any is not served (an `ipAllowList` in front of a database must never be
+    /// skipped).
+    pub middlewares: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TcpTls {
+    pub passthrough: bool,
+    /// `tls.options`: a router naming options is not served until TCP routers apply them.
+    pub options: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TcpServiceConfig {
+    /// `loadBalancer.servers[].address` (`host:port`).
+    pub servers: Vec<String>,
+    /// Labels only: `loadBalancer.server.port`, applied to the container's own address.
+    pub server_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct HttpConfig {
+    pub routers: BTreeMap<String, RouterConfig>,
+    pub services: BTreeMap<String, ServiceConfig>,
+    pub middlewares: BTreeMap<String, MiddlewareConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouterConfig {
+    pub rule: Option<String>,
+    pub entry_points: Vec<String>,
+    pub priority: Option<i64>,
+    pub service: Option<String>,
+    pub middlewares: Vec<String>,
+    /// `Some` when the router serves TLS connections only.
+    pub tls: Option<RouterTls>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouterTls {
+    pub options: Option<String>,
+    pub cert_resolver: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceConfig {
+    pub load_balancer: LoadBalancerConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Power of two choices over peak-EWMA latency (Berth's default).
+    #[default]
+    P2c,
+    /// Smooth weighted round robin (Traefik's default).
+    Wrr,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerConfig {
+    pub servers: Vec<ServerConfig>,
+    /// Labels only: the port/scheme/weight applied to the container's own address.
+    pub server: Option<ServerTemplate>,
+    pub strategy: Option<Strategy>,
+    pub pass_host_header: Option<bool>,
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ServerConfig {
+    pub url: String,
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ServerTemplate {
+    pub port: Option<u16>,
+    pub scheme: Option<String>,
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheckConfig {
+    pub path: Option<String>,
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub port: Option<u16>,
+    pub scheme: Option<String>,
+    pub hostname: Option<String>,
+    pub mode: Option<String>,
+    pub status: Option<u16>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A named middleware: its Traefik type and its options, decoded by the middleware layer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MiddlewareConfig {
+    /// Canonical Traefik type name (`stripPrefix`, `basicAuth`, ...), or as written when unknown.
+    pub kind: String,
+    pub known: bool,
+    /// Why this provider may not configure the middleware as written (a label naming a
+    /// file on the gateway): the middleware is broken, and its routers are not served.
+    #[serde(skip)]
+    pub refused: Option<String>,
+    #[serde(skip)]
+    pub options: Node,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsConfig {
+    pub certificates: Vec<CertificateConfig>,
+    pub default_certificate: Option<CertificateConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateConfig {
+    pub cert_file: String,
+    pub key_file: String,
+}
