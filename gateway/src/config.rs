@@ -14,7 +14,9 @@ use clap::Parser;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::entrypoint::{CertPair, EntrypointConfig};
 use crate::mesh::peers::Peers;
+use crate::mesh::{CaSource, MeshSettings};
 use crate::proxy::Limits;
 
 #[derive(Debug, thiserror::Error)]
@@ -289,23 +291,6 @@ impl FileEntrypoint {
     }
 }
 
-/// A certificate and key on disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertPair {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-#[derive(Debug, Clone)]
-pub struct EntrypointConfig {
-    pub name: String,
-    pub addr: SocketAddr,
-    /// The entrypoint's default certificate (else the global one).
-    pub tls: Option<CertPair>,
-    /// How request paths are cleaned and which encoded characters are refused.
-    pub path: PathPolicy,
-}
-
 pub use berth_common::logging::LogFormat;
 
 /// Everything the gateway needs, validated.
@@ -332,26 +317,6 @@ pub struct Config {
     pub ecs: Option<crate::discovery::ecs::EcsSettings>,
     /// The mesh control plane, only when a CA is configured.
     pub mesh: Option<MeshSettings>,
-}
-
-/// Where the mesh CA comes from.
-#[derive(Debug, Clone)]
-pub enum CaSource {
-    Files { cert: PathBuf, key: PathBuf },
-    Dev(PathBuf),
-}
-
-#[derive(Debug, Clone)]
-pub struct MeshSettings {
-    pub ca: CaSource,
-    pub listen: SocketAddr,
-    pub trust_domain: String,
-    /// The bootstrap token, read from `--mesh-token-file` (trimmed).
-    pub token: Option<String>,
-    pub default_deny: bool,
-    pub cert_lifetime: Duration,
-    /// How replicas find each other (the list goes to every sidecar).
-    pub peers: Peers,
 }
 
 impl Config {

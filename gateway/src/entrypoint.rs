@@ -22,6 +22,24 @@ use tokio::sync::{Notify, watch};
 use crate::metrics::EntrypointMetrics;
 use crate::proxy::{ConnInfo, Limits, Proxy};
 
+/// A certificate and key on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPair {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+/// One entrypoint's settings (`--entrypoint`, `[entrypoints.NAME]`), built by `config.rs`.
+#[derive(Debug, Clone)]
+pub struct EntrypointConfig {
+    pub name: String,
+    pub addr: std::net::SocketAddr,
+    /// The entrypoint's default certificate (else the global one).
+    pub tls: Option<CertPair>,
+    /// How request paths are cleaned and which encoded characters are refused.
+    pub path: berth_common::path::PathPolicy,
+}
+
 /// Certificates for TLS connections: the file provider's, chosen by SNI, then the
 /// entrypoint's default, then the global default. Swapped when configuration changes.
 #[derive(Debug, Default)]

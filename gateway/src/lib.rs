@@ -82,8 +82,8 @@ impl Gateway {
         let mesh_ca = match &cfg.mesh {
             Some(m) => {
                 let ca = Arc::new(match &m.ca {
-                    config::CaSource::Files { cert, key } => mesh::ca::MeshCa::load(cert, key, &m.trust_domain)?,
-                    config::CaSource::Dev(dir) => mesh::ca::MeshCa::dev(dir, &m.trust_domain)?,
+                    mesh::CaSource::Files { cert, key } => mesh::ca::MeshCa::load(cert, key, &m.trust_domain)?,
+                    mesh::CaSource::Dev(dir) => mesh::ca::MeshCa::dev(dir, &m.trust_domain)?,
                 });
                 let me = berth_common::identity::SpiffeId::gateway(&m.trust_domain)
                     .map_err(|e| mesh::ca::CaError::Sign(e.to_string()))?;
