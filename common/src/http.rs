@@ -10,6 +10,15 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 /// memory without end.
 pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 
+/// `host:port` as a URI authority (RFC 3986 3.2.2): an IPv6 literal goes in brackets.
+pub fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// The identity header the inbound sidecar sets; nobody else may.
 pub const CLIENT_ID_HEADER: &str = "x-berth-client-id";
 

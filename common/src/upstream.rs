@@ -165,6 +165,17 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
+/// A keep-alive pool's builder as every pool here sets it: Tokio's executor and timers,
+/// idle connections closed after `idle`, and the caller's own `Host` header kept.
+pub fn pool(idle: Duration) -> hyper_util::client::legacy::Builder {
+    let mut b = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
+    b.pool_idle_timeout(idle)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .set_host(false);
+    b
+}
+
 /// Trust anchors for `https://` upstreams: the system bundle if present, plus `extra`.
 pub fn trust_roots(extra: Option<&std::path::Path>) -> Result<rustls::RootCertStore, crate::tls::TlsError> {
     let mut roots = rustls::RootCertStore::empty();

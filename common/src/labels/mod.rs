@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::config::{self, DynamicConfig, Mode, Node, ServerConfig, Strategy};
 use crate::diag::Diagnostic;
+use crate::http::authority;
 
 mod merge;
 
@@ -228,20 +229,11 @@ pub struct Via {
 }
 
 impl ContainerTarget {
-    /// The address as it goes into a URL (IPv6 in brackets).
-    fn host(&self) -> String {
-        if self.address.contains(':') {
-            format!("[{}]", self.address)
-        } else {
-            self.address.clone()
-        }
-    }
-
     /// The one server URL of an HTTP service dialling `port` (its mapped port).
     fn http_server(&self, scheme: &str, port: u16) -> String {
         match &self.via {
-            Some(via) => format!("mesh://{}:{}/{}", self.host(), via.port, via.identity),
-            None => format!("{scheme}://{}:{port}", self.host()),
+            Some(via) => format!("mesh://{}/{}", authority(&self.address, via.port), via.identity),
+            None => format!("{scheme}://{}", authority(&self.address, port)),
         }
     }
 
@@ -249,8 +241,12 @@ impl ContainerTarget {
     /// `port` (its mapped port).
     fn tcp_server(&self, container: u16, port: u16) -> String {
         match &self.via {
-            Some(via) => format!("mesh://{}:{}/{}#{container}", self.host(), via.port, via.identity),
-            None => format!("{}:{port}", self.host()),
+            Some(via) => format!(
+                "mesh://{}/{}#{container}",
+                authority(&self.address, via.port),
+                via.identity
+            ),
+            None => authority(&self.address, port),
         }
     }
 }

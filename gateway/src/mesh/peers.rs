@@ -31,14 +31,6 @@ pub type PeerList = Arc<Vec<String>>;
 const SERVICE_EVERY: Duration = Duration::from_secs(1);
 const DNS_EVERY: Duration = Duration::from_secs(5);
 
-fn host_port(ip: &str, port: u16) -> String {
-    if ip.contains(':') {
-        format!("[{ip}]:{port}")
-    } else {
-        format!("{ip}:{port}")
-    }
-}
-
 /// Follow the replicas; `listen` is this replica's control API address.
 pub fn spawn(peers: Peers, listen: SocketAddr, lookup: Option<TaskLookup>) -> watch::Receiver<PeerList> {
     let me: Vec<String> = if listen.ip().is_unspecified() {
@@ -73,7 +65,7 @@ pub fn spawn(peers: Peers, listen: SocketAddr, lookup: Option<TaskLookup>) -> wa
                     let found: Vec<String> = lookup
                         .running_tasks_of(&name)
                         .iter()
-                        .filter_map(|t| t.address.as_deref().map(|a| host_port(a, port)))
+                        .filter_map(|t| t.address.as_deref().map(|a| berth_common::http::authority(a, port)))
                         .collect();
                     // Before the first round nothing is known: keep what we have.
                     if !found.is_empty() {

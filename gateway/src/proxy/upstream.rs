@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_common::upstream::pool;
 pub use berth_common::upstream::{ConnectError, Connector, MeshConnector, MeshPeers, UpstreamStream};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 
 use super::Body;
@@ -24,20 +24,10 @@ pub struct Clients {
 impl Clients {
     pub fn new(connect_timeout: Duration, idle_timeout: Duration, roots: RootCertStore) -> Clients {
         let connector = Connector::new(connect_timeout, roots);
-        let mut b = Client::builder(TokioExecutor::new());
-        b.pool_idle_timeout(idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
+        let http1 = pool(idle_timeout)
             .pool_max_idle_per_host(usize::MAX)
-            .set_host(false);
-        let http1 = b.build(connector.clone());
-        let mut b2 = Client::builder(TokioExecutor::new());
-        b2.pool_idle_timeout(idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .http2_only(true)
-            .set_host(false);
-        let h2c = b2.build(connector);
+            .build(connector.clone());
+        let h2c = pool(idle_timeout).http2_only(true).build(connector);
         Clients { http1, h2c, mesh: None }
     }
 }
@@ -66,13 +56,8 @@ impl MeshClient {
         tcp_tls.alpn_protocols.clear();
         let peers = MeshPeers::default();
         let connector = MeshConnector::new(connect_timeout, cfg, peers.clone());
-        let mut b = Client::builder(TokioExecutor::new());
-        b.pool_idle_timeout(idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .set_host(false);
         Ok(MeshClient {
-            client: b.build(connector),
+            client: pool(idle_timeout).build(connector),
             peers,
             trust_domain: trust_domain.to_string(),
             tcp_tls: Arc::new(tcp_tls),

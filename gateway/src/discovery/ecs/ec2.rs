@@ -22,7 +22,6 @@ use crate::metrics::Metrics;
 use berth_common::body::{Body, BoxError};
 use berth_common::upstream::Connector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 const OP: &str = "DescribeInstances";
 
@@ -163,12 +162,8 @@ pub fn parse_instances(xml: &str) -> HashMap<String, String> {
 /// The pool the EC2 calls go through: `https://` with the system's trust roots, 5 s to
 /// connect, idle connections kept 90 s.
 pub fn client(roots: rustls::RootCertStore) -> Client<Connector, Body> {
-    let mut b = Client::builder(TokioExecutor::new());
-    b.pool_idle_timeout(std::time::Duration::from_secs(90))
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .set_host(false);
-    b.build(Connector::new(std::time::Duration::from_secs(5), roots))
+    berth_common::upstream::pool(std::time::Duration::from_secs(90))
+        .build(Connector::new(std::time::Duration::from_secs(5), roots))
 }
 
 #[cfg(test)]

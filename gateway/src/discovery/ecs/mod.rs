@@ -872,16 +872,14 @@ fn mesh_claim(
         Some(_) => ep.service.clone(),
         None => parsed.mesh.name.clone().unwrap_or_else(|| ep.service.clone()),
     };
-    let host = if address.contains(':') {
-        format!("[{address}]")
-    } else {
-        address.clone()
-    };
     let claim = MeshClaim {
         owner: name == ep.service,
         name,
         identity: format!("ecs/{cluster}/{}", ep.service),
-        endpoint: ep.excluded.is_none().then(|| format!("{host}:{port}")),
+        endpoint: ep
+            .excluded
+            .is_none()
+            .then(|| berth_common::http::authority(address, port)),
     };
     Some((claim, refused))
 }
