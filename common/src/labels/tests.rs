@@ -500,3 +500,31 @@ fn a_task_behind_its_sidecar_gets_one_mesh_server_per_service() {
     assert!(cfg.tcp.services["pg"].servers.is_empty());
     assert!(d.iter().any(|d| d.message.contains("maps no port 22")), "{d:?}");
 }
+
+#[test]
+fn an_ipv6_task_address_goes_in_brackets() {
+    let (c, _) = parse(&labels(&[("traefik.tcp.services.pg.loadbalancer.server.port", "5432")]));
+    let t = ContainerTarget {
+        address: "2600:1f18::7".into(),
+        ports: vec![(5432, 5432)],
+        ..target()
+    };
+    let (cfg, _) = container_config(&c, &t);
+    assert_eq!(cfg.tcp.services["pg"].servers, ["[2600:1f18::7]:5432"]);
+    let (c, _) = parse(&labels(&[("traefik.enable", "true")]));
+    let t = ContainerTarget {
+        via: Some(Via {
+            port: 15443,
+            identity: "ecs/prod/web".into(),
+        }),
+        ..t
+    };
+    let (cfg, _) = container_config(&c, &t);
+    let urls: Vec<_> = cfg
+        .http
+        .services
+        .values()
+        .flat_map(|s| s.load_balancer.servers.iter().map(|s| s.url.as_str()))
+        .collect();
+    assert_eq!(urls, ["mesh://[2600:1f18::7]:15443/ecs/prod/web"]);
+}
