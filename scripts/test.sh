@@ -18,7 +18,7 @@ if ! python3 -c 'import grpc' 2>/dev/null; then
 fi
 # Outside tools the tests drive (docs/conformance.md): chromium for the dashboard,
 # nghttp/h2load for HTTP/2, curl and openssl, Go (its crypto/tls and net/http as a
-# client: gateway/tests/tools/tlsprobe.go), iproute2 and util-linux for running the
+# client: e2e/tools/tlsprobe.go), iproute2 and util-linux for running the
 # binaries as they ship (a network namespace, setpriv, prlimit).
 need=()
 command -v chromium >/dev/null || need+=(chromium)
@@ -37,9 +37,16 @@ if (( ${#need[@]} )); then
     echo "test: missing ${need[*]}; install them (apt-get install ${need[*]})" >&2
   fi
 fi
-if [[ ! -x ../shared/tools/moto-loopback && -z "${MOTO_ENDPOINT:-}" ]]; then
-  echo "test: ../shared/tools/moto-loopback is missing; set MOTO_ENDPOINT to a running moto server" >&2
+# moto-loopback (a moto server that hands out loopback task addresses): BERTH_MOTO_TOOL,
+# by default in the folder beside the checkout; or MOTO_ENDPOINT, a moto already running.
+export BERTH_MOTO_TOOL=${BERTH_MOTO_TOOL:-$(pwd)/../shared/tools/moto-loopback}
+if [[ ! -f $BERTH_MOTO_TOOL && -z "${MOTO_ENDPOINT:-}" ]]; then
+  echo "test: $BERTH_MOTO_TOOL is missing; set BERTH_MOTO_TOOL to moto-loopback, or MOTO_ENDPOINT to a running moto server" >&2
   exit 2
 fi
 
+# The end-to-end tests (e2e/) run the workspace's binaries, which `cargo test` does not
+# build for another package: build them first, in the same (test) profile.
+echo "test: building the binaries (cargo build --workspace --bins)..." >&2
+cargo build --workspace --bins -j2
 exec cargo test --workspace -j2 "$@"

@@ -1,6 +1,8 @@
 //! The module layout holds: no module of a crate reaches back into one that reaches it
 //! (docs/architecture.md, "Layout"). A cycle between top-level modules means ownership
-//! no longer points down; this test names it.
+//! no longer points down; this test names it. And the crates say what they are: no
+//! production crate depends on `local`, `examples` or `e2e`, and every test that starts a
+//! process is in `e2e/tests`.
 //!
 //! It reads each crate's sources and takes every `crate::<module>` path outside comments
 //! and test modules as an edge from the file's top-level module to that module.
@@ -121,7 +123,7 @@ fn find_cycle(graph: &Graph) -> Option<Vec<String>> {
 fn no_module_reaches_back_into_one_that_reaches_it() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut found = Vec::new();
-    for krate in ["common", "gateway", "sidecar", "examples"] {
+    for krate in ["common", "gateway", "sidecar", "local", "examples", "e2e"] {
         let graph = graph(&root.join(krate).join("src"));
         // The gateway's modules use each other: no edges means the reader is broken.
         assert!(krate != "gateway" || graph.len() > 4, "gateway: no module edges read");
@@ -143,4 +145,62 @@ fn the_checker_sees_a_cycle() {
         find_cycle(&graph),
         Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
     );
+}
+
+/// `[dependencies]` names of a crate's manifest (not dev- or build-dependencies).
+fn dependencies(manifest: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            inside = line == "[dependencies]";
+        } else if inside && let Some((name, _)) = line.split_once('=') {
+            out.push(name.trim().trim_end_matches(".workspace").to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn no_production_crate_depends_on_the_local_ecs_the_demos_or_the_tests() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for krate in ["common", "gateway", "sidecar"] {
+        let manifest = std::fs::read_to_string(root.join(krate).join("Cargo.toml")).expect("manifest");
+        let deps = dependencies(&manifest);
+        assert!(deps.iter().any(|d| d == "tokio"), "{krate}: no dependencies read");
+        for other in ["berth-local", "berth-examples", "berth-e2e"] {
+            assert!(!deps.iter().any(|d| d == other), "{krate} depends on {other}");
+        }
+    }
+}
+
+#[test]
+fn every_test_that_starts_a_process_is_in_e2e() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut found = Vec::new();
+    for krate in ["common", "gateway", "sidecar", "local", "examples"] {
+        let dir = root.join(krate).join("tests");
+        let mut files = Vec::new();
+        if dir.is_dir() {
+            rust_files(&dir, &mut files);
+        }
+        for file in files {
+            let text = std::fs::read_to_string(&file).expect("test source");
+            // Split so that this file does not match itself.
+            let starts = [
+                concat!("Command", "::new"),
+                concat!("CARGO_BIN", "_EXE_"),
+                concat!(".spawn", "()"),
+            ];
+            if starts.iter().any(|p| text.contains(p)) {
+                found.push(file.display().to_string());
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "tests that start processes outside e2e/tests: {found:?}"
+    );
+    let e2e = std::fs::read_dir(root.join("e2e/tests")).expect("e2e/tests").count();
+    assert!(e2e > 10, "e2e/tests holds {e2e} files");
 }

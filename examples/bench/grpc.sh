@@ -36,7 +36,7 @@ fi
 envoy_bin=$(command -v envoy)
 
 echo "bench: building berth-local, berth-gateway, berth-greeter (release) and berth-sidecar (release-small)..." >&2
-(cd "$root" && cargo build --release -j2 -q --bins -p berth-examples -p berth-gateway \
+(cd "$root" && cargo build --release -j2 -q --bins -p berth-examples -p berth-local -p berth-gateway \
    && cargo build --profile release-small -j2 -q -p berth-sidecar)
 gateway="$target_dir/release/berth-gateway"
 greeter="$target_dir/release/berth-greeter"
@@ -155,7 +155,7 @@ if (( grpc_bad > 0 )); then echo "bench: $grpc_bad gRPC calls through berth did 
 bin="$work/bin"; mkdir -p "$bin"
 cp "$target_dir/release/"{berth-local,berth-gateway,berth-whoami,berth-greeter} "$target_dir/release-small/berth-sidecar" "$bin/"
 defs="$work/defs"; mkdir -p "$defs/taskdefs" "$defs/services"
-python3 - "$root/examples/local" "$defs" <<'PY'
+python3 - "$root/local/demo" "$defs" <<'PY'
 import json, sys
 src, dst = sys.argv[1], sys.argv[2]
 for name in ("greeter", "caller"):

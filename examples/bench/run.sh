@@ -49,7 +49,7 @@ for s in "${scenarios[@]}"; do
     2|4) step "scenarios 2 and 4: the mesh path and sidecar memory"; "$here/sidecar-memory.sh" ;;
     5)
       step "scenario 5: discovery in berth-local"
-      (cd "$root" && cargo build --release -j2 -q --bins -p berth-examples -p berth-gateway -p berth-sidecar)
+      (cd "$root" && cargo build --release -j2 -q --bins -p berth-examples -p berth-local -p berth-gateway -p berth-sidecar)
       if [[ $smoke == 1 ]]; then
         "$target_dir/release/berth-discovery-bench" --smoke
       else

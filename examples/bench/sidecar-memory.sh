@@ -60,7 +60,7 @@ if [[ -n "${BERTH_BIN_DIR:-}" ]]; then
   bin=$BERTH_BIN_DIR   # prebuilt binaries (e.g. another profile)
 else
   echo "bench: building berth-local, berth-gateway, berth-whoami, berth-greeter (release) and berth-sidecar (release-small)..." >&2
-  (cd "$root" && cargo build --release -j2 -q --bins -p berth-examples -p berth-gateway \
+  (cd "$root" && cargo build --release -j2 -q --bins -p berth-examples -p berth-local -p berth-gateway \
      && cargo build --profile release-small -j2 -q -p berth-sidecar)
   bin="$work/bin"; mkdir -p "$bin"
   # berth-local runs the binaries next to its own: gather them in one place.
@@ -77,7 +77,7 @@ wait_port() { # host port
 
 # --- Berth: berth-local with one caller and one whoami task ---------------------------
 defs="$work/defs"; mkdir -p "$defs/taskdefs" "$defs/services"
-python3 - "$root/examples/local" "$defs" <<'PY'
+python3 - "$root/local/demo" "$defs" <<'PY'
 import json, sys
 src, dst = sys.argv[1], sys.argv[2]
 for name in ("whoami", "caller"):

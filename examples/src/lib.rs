@@ -1,12 +1,9 @@
-//! berth-local (a local ECS), the demo apps and the benchmarks. The binaries live in
-//! `src/bin/`; [`local`] is the local ECS they share with the tests, [`greeter`] the gRPC
-//! demo service.
+//! The demo apps and the discovery benchmark. The binaries live in `src/bin/`
+//! (`berth-whoami`, `berth-greeter`, `berth-discovery-bench`); [`greeter`] is the gRPC demo
+//! service, which the end-to-end tests call with its client. The local ECS they run in is
+//! the `berth-local` crate.
 
 pub mod greeter;
-pub mod local;
-
-#[cfg(feature = "test-util")]
-pub mod testing;
 
 /// The demo apps' command line: `--listen ADDR` (default `<PREFIX>_LISTEN`, else
 /// `$BERTH_LOCAL_ADDRESS:$<PREFIX>_PORT`, else `0.0.0.0:<port>`; in berth-local every task

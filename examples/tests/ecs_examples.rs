@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use berth_examples::local::Ecs;
+use berth_local::Ecs;
 use serde_json::Value;
 
 fn root() -> &'static Path {

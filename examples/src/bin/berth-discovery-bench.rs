@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const API: &str = "127.0.0.1:28855";
 const WEB: &str = "127.0.0.1:28080";
 const ADMIN: &str = "127.0.0.1:28900";
-const WHOAMI_TASKDEF: &str = include_str!("../../local/taskdefs/whoami.json");
+const WHOAMI_TASKDEF: &str = include_str!("../../../local/demo/taskdefs/whoami.json");
 
 struct Opts {
     tasks: u64,

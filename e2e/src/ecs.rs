@@ -1,0 +1,114 @@
+//! ECS API peers for the discovery tests: an SDK client with test credentials, moto (another
+//! implementation of the ECS wire format) and berth-local's ECS API in-process.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// An ECS client for a test peer: explicit region, dummy credentials, the endpoint.
+pub fn ecs_client(endpoint: &str) -> aws_sdk_ecs::Client {
+    let conf = aws_sdk_ecs::Config::builder()
+        .behavior_version(aws_sdk_ecs::config::BehaviorVersion::latest())
+        .region(aws_sdk_ecs::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_ecs::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .endpoint_url(endpoint)
+        .build();
+    aws_sdk_ecs::Client::from_conf(conf)
+}
+
+/// A moto server: the one at `MOTO_ENDPOINT`, or one started with the moto-loopback tool
+/// ([`moto_tool`]), stopped on drop.
+pub struct Moto {
+    pub endpoint: String,
+    child: Option<Child>,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Moto {
+    pub async fn start() -> Moto {
+        if let Ok(endpoint) = std::env::var("MOTO_ENDPOINT") {
+            return Moto { endpoint, child: None };
+        }
+        let tool = moto_tool();
+        assert!(
+            tool.exists(),
+            "moto-loopback not found at {} (set BERTH_MOTO_TOOL to it, or MOTO_ENDPOINT to a running moto)",
+            tool.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("python3")
+            .arg(&tool)
+            .args(["--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 with moto[server] (pip install 'moto[server]'; scripts/test.sh does it)");
+        let moto = Moto {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            child: Some(child),
+        };
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "moto did not start (pip install 'moto[server]')"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // moto-loopback freezes the task state machine right after start.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        moto
+    }
+}
+
+/// The moto-loopback tool (a moto server whose tasks get loopback addresses): the path in
+/// `BERTH_MOTO_TOOL`, else `tools/moto-loopback` in the folder beside the checkout
+/// (`../shared/tools/moto-loopback` from the workspace root).
+pub fn moto_tool() -> PathBuf {
+    match std::env::var_os("BERTH_MOTO_TOOL") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/moto-loopback"),
+    }
+}
+
+/// berth-local's ECS API on a free port, with cluster `prod`; tasks get addresses from `first`.
+pub async fn local_ecs(first: std::net::Ipv4Addr) -> berth_local::EcsServer {
+    use berth_local::{Ecs, EcsServer};
+    let server = EcsServer::start("127.0.0.1:0".parse().unwrap(), Ecs::new("us-east-1", first))
+        .await
+        .unwrap();
+    server.ecs.lock().unwrap().create_cluster("prod");
+    server
+}
+
+/// A container `app` listening on `port`, with these docker labels.
+pub fn web_container(port: u16, labels: &[(&str, &str)]) -> aws_sdk_ecs::types::ContainerDefinition {
+    let mut c = aws_sdk_ecs::types::ContainerDefinition::builder()
+        .name("app")
+        .image("berth-whoami")
+        .port_mappings(
+            aws_sdk_ecs::types::PortMapping::builder()
+                .container_port(port as i32)
+                .build(),
+        );
+    for (k, v) in labels {
+        c = c.docker_labels(*k, *v);
+    }
+    c.build()
+}

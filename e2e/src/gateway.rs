@@ -1,0 +1,126 @@
+//! The gateway under test: in-process ([`start`], a [`Gateway`] on loopback with a
+//! file-provider configuration) or as its binary ([`GatewayProcess`]).
+
+use std::path::PathBuf;
+
+use berth_common::test_util::free_port;
+use berth_gateway::Gateway;
+use berth_gateway::config::{Args, Config};
+use clap::Parser;
+
+use crate::{bin, temp_dir};
+
+/// A gateway started in-process by [`start`], with its folder and dynamic file.
+pub struct TestGateway {
+    pub gw: Gateway,
+    pub dir: PathBuf,
+    pub dynamic: PathBuf,
+}
+
+impl TestGateway {
+    pub fn web(&self) -> std::net::SocketAddr {
+        self.gw.entrypoint_addr("web").unwrap()
+    }
+    pub fn admin(&self) -> std::net::SocketAddr {
+        self.gw.admin_addr()
+    }
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        let r = berth_common::test_util::http1(self.admin(), berth_common::test_util::get("admin", path)).await;
+        serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{path}: {e}: {}", r.body))
+    }
+}
+
+/// Start a gateway with entrypoint `web` (and any `extra` flags) and `yaml` as its
+/// dynamic configuration.
+pub async fn start(yaml: &str, extra: &[&str]) -> TestGateway {
+    berth_common::tls::install_crypto_provider();
+    let dir = temp_dir("gw");
+    let dynamic = dir.join("dynamic.yml");
+    std::fs::write(&dynamic, yaml).unwrap();
+    let mut argv = vec![
+        "berth-gateway".to_string(),
+        "--entrypoint".into(),
+        "web=127.0.0.1:0".into(),
+        "--admin".into(),
+        "127.0.0.1:0".into(),
+        "--file-provider".into(),
+        dynamic.display().to_string(),
+    ];
+    if !extra.contains(&"--shutdown-delay") {
+        argv.extend(["--shutdown-delay".to_string(), "0s".to_string()]);
+    }
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    let cfg = Config::from_args(Args::try_parse_from(argv).unwrap()).unwrap();
+    let gw = Gateway::start(cfg).await.unwrap();
+    TestGateway { gw, dir, dynamic }
+}
+
+/// A YAML service block with these server URLs.
+pub fn service(name: &str, urls: &[String], extra: &str) -> String {
+    let mut s = format!("    {name}:\n      loadBalancer:\n{extra}        servers:\n");
+    for u in urls {
+        s.push_str(&format!("          - url: \"{u}\"\n"));
+    }
+    s
+}
+
+/// The `berth-gateway` binary running as a child process, killed on drop.
+pub struct GatewayProcess {
+    pub child: std::process::Child,
+    pub web: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+    pub log: PathBuf,
+}
+
+impl GatewayProcess {
+    /// Start with entrypoint `web` and the admin API on free ports, dummy AWS
+    /// credentials, a region, and instance metadata disabled.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> GatewayProcess {
+        let web: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = temp_dir("gwlog").join("gateway.log");
+        let mut cmd = std::process::Command::new(bin("berth-gateway"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("RUST_LOG", "info,berth_gateway=debug")
+            .args(["--entrypoint", &format!("web={web}"), "--admin", &admin.to_string()])
+            .args(["--shutdown-delay", "0s", "--log-format", "json"])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        GatewayProcess { child, web, admin, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        let r = berth_common::test_util::http1(self.admin, berth_common::test_util::get("admin", path)).await;
+        serde_json::from_str(&r.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Wait until the admin API answers.
+    pub async fn wait_admin(&self) {
+        let up = berth_common::test_util::eventually(std::time::Duration::from_secs(20), || async {
+            tokio::net::TcpStream::connect(self.admin).await.is_ok()
+        })
+        .await;
+        assert!(up, "gateway did not start; log:\n{}", self.log());
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

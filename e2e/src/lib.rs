@@ -1,0 +1,20 @@
+//! The helper library of Berth's end-to-end tests (`e2e/tests/`): the one place the tests
+//! get a gateway (in-process or its binary), `berth-local up`, an ECS API peer (berth-local
+//! in-process, moto), headless Chromium, and the processes they start. HTTP clients,
+//! certificates, free ports and the OTLP receiver are `berth_common::test_util`, which the
+//! crates' own unit tests use too. Never in a production build.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod browser;
+mod ecs;
+mod gateway;
+mod local_up;
+mod process;
+
+pub use ecs::{Moto, ecs_client, local_ecs, moto_tool, web_container};
+pub use gateway::{GatewayProcess, TestGateway, service, start};
+pub use local_up::LocalUp;
+pub use process::{ProcessInfo, bin, find_process, go_tlsprobe, runnable_copy, sidecar_process, signal, temp_dir};
+
+/// Re-exported so a test names its helpers in one list.
+pub use berth_common::test_util::free_port;

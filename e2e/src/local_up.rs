@@ -1,0 +1,111 @@
+//! `berth-local up` (the README's main job) as a child process, on its own ports and
+//! task addresses, for the tests that run the whole demo mesh.
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::bin;
+
+/// `berth-local up` with the demo, on its own ports and task addresses (killed on drop).
+pub struct LocalUp {
+    pub child: Child,
+    pub lines: Arc<Mutex<Vec<String>>>,
+    pub api: SocketAddr,
+    pub web: SocketAddr,
+    /// The gateway's TCP entrypoint.
+    pub tcp: SocketAddr,
+    pub admin: SocketAddr,
+    pub mesh: SocketAddr,
+}
+
+impl Drop for LocalUp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl LocalUp {
+    /// Start it with task addresses from `first_address`.
+    pub fn start(first_address: &str) -> LocalUp {
+        Self::start_with(first_address, &[])
+    }
+
+    /// Like [`LocalUp::start`], with more flags (`--gateways 3`, ...).
+    pub fn start_with(first_address: &str, extra: &[&str]) -> LocalUp {
+        Self::start_env(first_address, extra, &[])
+    }
+
+    /// Like [`LocalUp::start_with`], with environment variables for berth-local (which
+    /// passes `OTEL_*` and `RUST_LOG` on to what it starts).
+    pub fn start_env(first_address: &str, extra: &[&str], env: &[(&str, &str)]) -> LocalUp {
+        let port = || berth_common::test_util::free_port();
+        let (api, tmds, web, admin, mesh, tcp) = (port(), port(), port(), port(), port(), port());
+        let mut child = Command::new(bin("berth-local"))
+            .args([
+                "up",
+                "--no-build",
+                "--ecs-refresh",
+                "300ms",
+                "--first-address",
+                first_address,
+            ])
+            .args([
+                "--api",
+                &format!("127.0.0.1:{api}"),
+                "--tmds",
+                &format!("127.0.0.1:{tmds}"),
+            ])
+            .args([
+                "--web",
+                &format!("127.0.0.1:{web}"),
+                "--admin",
+                &format!("127.0.0.1:{admin}"),
+            ])
+            .args(["--mesh-listen", &format!("127.0.0.1:{mesh}")])
+            .args(["--tcp", &format!("127.0.0.1:{tcp}")])
+            .args(extra)
+            .envs(env.iter().copied())
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let out = child.stdout.take().unwrap();
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        let addr = |p: u16| format!("127.0.0.1:{p}").parse().unwrap();
+        LocalUp {
+            child,
+            lines,
+            api: addr(api),
+            web: addr(web),
+            tcp: addr(tcp),
+            admin: addr(admin),
+            mesh: addr(mesh),
+        }
+    }
+
+    /// Wait for `ready` (at most 90 s); panics with the output otherwise.
+    pub async fn wait_ready(&self) {
+        let lines = self.lines.clone();
+        let ready = berth_common::test_util::eventually(Duration::from_secs(90), || {
+            let lines = lines.clone();
+            async move { lines.lock().unwrap().iter().any(|l| l == "ready") }
+        })
+        .await;
+        assert!(
+            ready,
+            "berth-local did not print ready: {:?}",
+            self.lines.lock().unwrap()
+        );
+    }
+}

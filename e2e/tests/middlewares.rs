@@ -1,0 +1,480 @@
+//! Middlewares through the gateway over real sockets, configured in Traefik's file format
+//! (labels decode to the same configuration): rewrites reach the backend, redirects and
+//! refusals never do, chains run in order, and a broken or unimplemented middleware keeps
+//! its routers from being served.
+#![allow(clippy::unwrap_used)]
+
+use base64::Engine;
+use berth_common::test_util::{Backend, Proto, get, http1};
+use berth_e2e::{service, start};
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+
+fn config(backend: &str) -> String {
+    format!(
+        r#"http:
+  routers:
+    api:
+      rule: "Host(`a.test`) && PathPrefix(`/api`)"
+      service: app
+      middlewares: [strip, secure]
+    secure-only:
+      rule: "Host(`r.test`)"
+      service: app
+      middlewares: [to-https]
+    private:
+      rule: "Host(`p.test`)"
+      service: app
+      middlewares: [guard]
+    locked:
+      rule: "Host(`l.test`)"
+      service: app
+      middlewares: [office-only]
+    cors:
+      rule: "Host(`c.test`)"
+      service: app
+      middlewares: [cors]
+    broken:
+      rule: "Host(`b.test`)"
+      service: app
+      middlewares: [bad-regex]
+    unimplemented:
+      rule: "Host(`u.test`)"
+      service: app
+      middlewares: [limit]
+    looped:
+      rule: "Host(`loop.test`)"
+      service: app
+      middlewares: [loop-a]
+  middlewares:
+    strip: {{ stripPrefix: {{ prefixes: ["/api"] }} }}
+    secure:
+      headers:
+        frameDeny: true
+        customRequestHeaders: {{ X-Team: "blue" }}
+        customResponseHeaders: {{ X-Served-By: "berth" }}
+    to-https: {{ redirectScheme: {{ scheme: https, permanent: true }} }}
+    guard:
+      chain:
+        middlewares: [auth, secure]
+    auth:
+      basicAuth:
+        users: ["test:$apr1$H6uskkkW$IgXLP6ewTrSuBkTrqE8wj/"]
+        headerField: X-User
+        removeHeader: true
+    office-only: {{ ipAllowList: {{ sourceRange: ["10.0.0.0/8"] }} }}
+    cors:
+      headers:
+        accessControlAllowOriginList: ["https://app.example"]
+        accessControlAllowMethods: [GET, PUT]
+    bad-regex: {{ replacePathRegex: {{ regex: "(", replacement: "/x" }} }}
+    limit: {{ forwardAuth: {{ address: "http://127.0.0.1:1/auth" }} }}
+    loop-a: {{ chain: {{ middlewares: [loop-b] }} }}
+    loop-b: {{ chain: {{ middlewares: [loop-a] }} }}
+  services:
+{}"#,
+        service("app", &[backend.to_string()], "")
+    )
+}
+
+fn with_header(host: &str, path: &str, name: &str, value: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .uri(path)
+        .header("host", host)
+        .header(name, value)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn middlewares_rewrite_redirect_refuse_and_fail_closed() {
+    let b = Backend::start("app", Proto::Http1).await;
+    let gw = start(&config(&b.url()), &[]).await;
+
+    // stripPrefix then headers: the backend sees the stripped path and the added header;
+    // the client sees the response headers.
+    let r = http1(gw.web(), get("a.test", "/api/users?x=1")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("GET /users?x=1"), "{}", r.body);
+    assert_eq!(r.headers["x-served-by"], "berth");
+    assert_eq!(r.headers["x-frame-options"], "DENY");
+    let seen = b.requests().pop().unwrap();
+    assert_eq!(seen.headers["x-forwarded-prefix"], "/api");
+    assert_eq!(seen.headers["x-team"], "blue");
+
+    // A redirect is answered by the gateway.
+    let before = b.request_count();
+    let r = http1(gw.web(), get("r.test:8000", "/x?y=1")).await;
+    assert_eq!(r.status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(r.headers["location"], "https://r.test/x?y=1");
+
+    // basicAuth in a chain: refused without credentials, passed with them (the header is
+    // removed and the user named), and the chain's headers middleware ran too.
+    let r = http1(gw.web(), get("p.test", "/")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers["www-authenticate"], "Basic realm=\"traefik\"");
+    let wrong = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("test:nope")
+    );
+    assert_eq!(
+        http1(gw.web(), with_header("p.test", "/", "authorization", &wrong))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(b.request_count(), before, "refused requests never reach the backend");
+    let good = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("test:test")
+    );
+    let r = http1(gw.web(), with_header("p.test", "/", "authorization", &good)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.headers["x-served-by"], "berth");
+    let seen = b.requests().pop().unwrap();
+    assert_eq!(seen.headers["x-user"], "test");
+    assert!(!seen.headers.contains_key("authorization"));
+
+    // ipAllowList: the TCP peer (127.0.0.1) is not in 10.0.0.0/8, whatever X-Forwarded-For says.
+    let r = http1(gw.web(), with_header("l.test", "/", "x-forwarded-for", "10.1.1.1")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+
+    // CORS: the preflight is answered by the gateway.
+    let before = b.request_count();
+    let preflight = Request::builder()
+        .method("OPTIONS")
+        .uri("/")
+        .header("host", "c.test")
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "PUT")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = http1(gw.web(), preflight).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["access-control-allow-origin"], "https://app.example");
+    assert_eq!(r.headers["access-control-allow-methods"], "GET, PUT");
+    assert_eq!(b.request_count(), before);
+
+    // Broken, unimplemented and circular middlewares: their routers are not served, and
+    // the admin API says why.
+    for host in ["b.test", "u.test", "loop.test"] {
+        assert_eq!(
+            http1(gw.web(), get(host, "/")).await.status,
+            StatusCode::NOT_FOUND,
+            "{host}"
+        );
+    }
+    let routers = gw.admin_json("/api/http/routers").await;
+    let error_of = |name: &str| {
+        routers.as_array().unwrap().iter().find(|r| r["name"] == name).unwrap()["error"][0]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        error_of("broken@file").contains("bad regex"),
+        "{}",
+        error_of("broken@file")
+    );
+    assert!(error_of("unimplemented@file").contains("not implemented"));
+    assert!(
+        error_of("looped@file").contains("includes itself"),
+        "{}",
+        error_of("looped@file")
+    );
+    let mws = gw.admin_json("/api/http/middlewares").await;
+    let auth = mws
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "auth@file")
+        .unwrap();
+    assert_eq!(auth["status"], "enabled");
+    assert_eq!(auth["usedBy"][0], "private@file", "used through the chain");
+}
+
+#[tokio::test]
+async fn rate_limit_in_flight_and_retry() {
+    let b = Backend::start("app", Proto::Http1).await;
+    let late = berth_common::test_util::closed_port().await;
+    let yaml = |extra_router: &str| {
+        format!(
+            r#"http:
+  routers:
+    limited: {{ rule: "Host(`rl.test`)", service: app, middlewares: [per-client] }}
+    single: {{ rule: "Host(`if.test`)", service: app, middlewares: [one-at-a-time] }}
+    patient: {{ rule: "Host(`rt.test`)", service: late, middlewares: [again] }}
+    impatient: {{ rule: "Host(`nr.test`)", service: late }}
+{extra_router}  middlewares:
+    per-client: {{ rateLimit: {{ average: 2, period: 1m, burst: 2 }} }}
+    one-at-a-time: {{ inFlightReq: {{ amount: 1 }} }}
+    again: {{ retry: {{ attempts: 6, initialInterval: 100ms }} }}
+  services:
+{}{}"#,
+            service("app", &[b.url()], ""),
+            service("late", &[format!("http://{late}")], "")
+        )
+    };
+    let gw = start(&yaml(""), &[]).await;
+
+    // rateLimit: the burst passes, then 429 with Retry-After; the buckets survive a
+    // configuration reload that leaves this middleware unchanged.
+    for _ in 0..2 {
+        assert_eq!(http1(gw.web(), get("rl.test", "/")).await.status, StatusCode::OK);
+    }
+    std::fs::write(
+        &gw.dynamic,
+        yaml("    extra: { rule: \"Host(`x.test`)\", service: app }\n"),
+    )
+    .unwrap();
+    let reloaded = berth_common::test_util::eventually(std::time::Duration::from_secs(5), || async {
+        http1(gw.web(), get("x.test", "/")).await.status == StatusCode::OK
+    })
+    .await;
+    assert!(reloaded);
+    let r = http1(gw.web(), get("rl.test", "/")).await;
+    assert_eq!(
+        r.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the bucket was kept across the reload"
+    );
+    assert!(r.headers.contains_key("retry-after"));
+
+    // inFlightReq: one slow request in flight, a second one is refused; once the first
+    // has been answered, another may start.
+    let web = gw.web();
+    let slow = tokio::spawn(async move { http1(web, get("if.test", "/slow?ms=600")).await.status });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        http1(gw.web(), get("if.test", "/")).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+    assert_eq!(http1(gw.web(), get("if.test", "/")).await.status, StatusCode::OK);
+
+    // retry: the only server comes up after 400 ms. Without the middleware the request
+    // fails at once; with it (6 attempts, 100 ms doubling) it succeeds.
+    assert_eq!(
+        http1(gw.web(), get("nr.test", "/")).await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    let started = std::time::Instant::now();
+    let up = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        Backend::start_at("late", Proto::Http1, late).await
+    });
+    let r = http1(gw.web(), get("rt.test", "/")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(400));
+    drop(up);
+}
+
+#[tokio::test]
+async fn compress_circuit_breaker_trusted_hops_hashes_and_retry() {
+    use tokio::io::AsyncReadExt;
+
+    let b = Backend::start("app", Proto::Http1).await;
+    let dead = berth_common::test_util::closed_port().await;
+    let bcrypt_hash = bcrypt::hash("hunter2", 4).unwrap();
+    let yaml = format!(
+        r#"http:
+  routers:
+    zipped: {{ rule: "Host(`z.test`)", service: app, middlewares: [zip] }}
+    fragile: {{ rule: "Host(`cb.test`)", service: app, middlewares: [breaker] }}
+    behind-lb: {{ rule: "Host(`lb.test`)", service: app, middlewares: [via-lb] }}
+    hashes: {{ rule: "Host(`h.test`)", service: app, middlewares: [users] }}
+    port: {{ rule: "Host(`port.test`)", service: app, middlewares: [https-8443] }}
+    healing: {{ rule: "Host(`heal.test`)", service: mixed, middlewares: [again] }}
+  middlewares:
+    zip: {{ compress: {{ minResponseBodyBytes: 1024 }} }}
+    breaker:
+      circuitBreaker:
+        expression: "ResponseCodeRatio(500, 600, 0, 600) > 0.5"
+        checkPeriod: 10ms
+        fallbackDuration: 400ms
+        recoveryDuration: 100ms
+    via-lb: {{ ipAllowList: {{ sourceRange: ["10.0.0.0/8"], ipStrategy: {{ depth: 1 }} }} }}
+    users:
+      basicAuth:
+        users: ["sha:{{SHA}}5en6G6MezRroT3XKqkdPOmY/BfQ=", "bc:{bcrypt_hash}"]
+    https-8443: {{ redirectScheme: {{ scheme: https, port: "8443" }} }}
+    again: {{ retry: {{ attempts: 3, initialInterval: 10ms }} }}
+  services:
+{}{}"#,
+        service("app", &[b.url()], ""),
+        service("mixed", &[format!("http://{dead}"), b.url()], "")
+    );
+    // The test client stands for a load balancer the gateway trusts.
+    let gw = start(&yaml, &["--forwarded-trusted-ip", "127.0.0.1"]).await;
+
+    // compress: a 5 KB body is gzip-encoded when asked, and decodes to the original; a
+    // small one is left alone.
+    let payload = "berth ".repeat(1000);
+    let req = Request::builder()
+        .method("POST")
+        .uri("/echo")
+        .header("host", "z.test")
+        .header("accept-encoding", "gzip")
+        .body(Full::new(Bytes::from(payload.clone())))
+        .unwrap();
+    let r = http1(gw.web(), req).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["content-encoding"], "gzip");
+    assert!(r.headers.get("content-length").is_none_or(|l| l != "6000"));
+    let raw = reqwest_like_bytes(gw.web(), &payload).await;
+    let mut decoded = String::new();
+    async_compression::tokio::bufread::GzipDecoder::new(&raw[..])
+        .read_to_string(&mut decoded)
+        .await
+        .unwrap();
+    assert_eq!(decoded, payload);
+    let small = http1(gw.web(), with_header("z.test", "/", "accept-encoding", "gzip")).await;
+    assert!(
+        small.headers.get("content-encoding").is_none(),
+        "below minResponseBodyBytes"
+    );
+
+    // circuitBreaker: errors trip it (the backend is no longer called), then it recovers.
+    for _ in 0..5 {
+        assert_eq!(
+            http1(gw.web(), get("cb.test", "/status/500")).await.status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let before = b.request_count();
+    let r = http1(gw.web(), get("cb.test", "/")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "tripped: {}", r.body);
+    assert_eq!(b.request_count(), before, "the fallback answers, not the backend");
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(
+        http1(gw.web(), get("cb.test", "/")).await.status,
+        StatusCode::OK,
+        "recovered"
+    );
+
+    // ipAllowList through one trusted proxy: the last X-Forwarded-For hop decides.
+    let through = |xff: &'static str| with_header("lb.test", "/", "x-forwarded-for", xff);
+    assert_eq!(
+        http1(gw.web(), through("1.2.3.4, 10.1.1.1")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        http1(gw.web(), through("10.1.1.1, 1.2.3.4")).await.status,
+        StatusCode::FORBIDDEN
+    );
+    // From a peer that is not a trusted proxy, X-Forwarded-For is the client's own word:
+    // gone before the allow-list looks, so depth 1 finds no address and refuses.
+    let untrusted = start(&yaml, &[]).await;
+    assert_eq!(
+        http1(untrusted.web(), through("1.2.3.4, 10.1.1.1")).await.status,
+        StatusCode::FORBIDDEN
+    );
+
+    // basicAuth with the SHA1 and bcrypt hash kinds (apr1 above), and a wrong password.
+    let basic = |c: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(c));
+    for (cred, want) in [
+        ("sha:secret", StatusCode::OK),
+        ("bc:hunter2", StatusCode::OK),
+        ("bc:hunter3", StatusCode::UNAUTHORIZED),
+    ] {
+        let r = http1(gw.web(), with_header("h.test", "/", "authorization", &basic(cred))).await;
+        assert_eq!(r.status, want, "{cred}");
+    }
+
+    // redirectScheme to another port.
+    let r = http1(gw.web(), get("port.test", "/a?b")).await;
+    assert_eq!(r.status, StatusCode::FOUND);
+    assert_eq!(r.headers["location"], "https://port.test:8443/a?b");
+
+    // retry: one server refuses connections; every request lands on the healthy one.
+    for _ in 0..6 {
+        assert_eq!(http1(gw.web(), get("heal.test", "/")).await.status, StatusCode::OK);
+    }
+}
+
+/// The raw (still encoded) body of the compressed echo.
+async fn reqwest_like_bytes(web: std::net::SocketAddr, payload: &str) -> Vec<u8> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(web).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method("POST")
+        .uri("/echo")
+        .header("host", "z.test")
+        .header("accept-encoding", "gzip")
+        .body(Full::new(Bytes::from(payload.to_string())))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    resp.into_body().collect().await.unwrap().to_bytes().to_vec()
+}
+
+#[tokio::test]
+async fn a_router_naming_a_missing_middleware_is_not_served_and_reported() {
+    let b = Backend::start("app", Proto::Http1).await;
+    let yaml = format!(
+        "http:\n  routers:\n    r: {{ rule: \"Host(`m.test`)\", service: app, middlewares: [nowhere] }}\n  services:\n{}",
+        service("app", &[b.url()], "")
+    );
+    let gw = start(&yaml, &[]).await;
+    assert_eq!(http1(gw.web(), get("m.test", "/")).await.status, StatusCode::NOT_FOUND);
+    let diags = gw.admin_json("/api/diagnostics").await;
+    assert!(
+        diags.to_string().contains("middleware `nowhere@file` does not exist"),
+        "{diags}"
+    );
+    assert_eq!(b.request_count(), 0);
+}
+
+#[tokio::test]
+async fn a_hung_server_times_out_and_a_retry_middleware_sends_the_request_elsewhere() {
+    let good = Backend::start("good", Proto::Http1).await;
+    let (hung, _task) = berth_common::test_util::black_hole().await;
+    // Another one: an endpoint's ejection is shared by every service that lists it.
+    let (hung2, _task2) = berth_common::test_util::black_hole().await;
+    // Round robin puts the first request of each router on the hung server.
+    let yaml = format!(
+        r#"http:
+  routers:
+    patient: {{ rule: "Host(`retry.test`)", service: both, middlewares: [again] }}
+    plain: {{ rule: "Host(`plain.test`)", service: hungonly }}
+  middlewares:
+    again: {{ retry: {{ attempts: 3, initialInterval: 10ms }} }}
+  services:
+{}{}"#,
+        service(
+            "both",
+            &[format!("http://{hung}"), good.url()],
+            "        strategy: wrr\n"
+        ),
+        service("hungonly", &[format!("http://{hung2}")], "")
+    );
+    let gw = start(&yaml, &["--upstream-response-timeout", "300ms"]).await;
+    for i in 0..4 {
+        let t = std::time::Instant::now();
+        let r = http1(gw.web(), get("retry.test", &format!("/{i}"))).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.body);
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(2),
+            "request {i} took {:?}",
+            t.elapsed()
+        );
+    }
+    assert_eq!(good.request_count(), 4, "every request was answered by the good server");
+    let m = berth_common::test_util::http1(gw.admin(), get("admin", "/metrics"))
+        .await
+        .body;
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("berth_upstream_errors_total{") && l.contains("kind=\"timeout\"")),
+        "{m}"
+    );
+    // Without a retry middleware the timeout is the answer: the request may have reached
+    // the app, so it is not sent twice.
+    let r = http1(gw.web(), get("plain.test", "/")).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.body);
+}

@@ -1,0 +1,14 @@
+//! berth-local: a faithful local ECS, the embedded default of the README's main job
+//! (`berth-local up`, `src/main.rs`, with the demo in `demo/`) and the harness of the
+//! end-to-end tests. [`state`] is the in-memory model of clusters, task definitions, tasks
+//! and container instances; [`ecs_api`] serves it over the real ECS wire protocol
+//! (awsJson1.1), with fault injection; [`runner`] drives the task lifecycle and runs
+//! containers as processes; [`tmds`] is the task metadata endpoint.
+
+pub mod ecs_api;
+pub mod runner;
+pub mod state;
+pub mod tmds;
+
+pub use ecs_api::{EcsServer, Faults};
+pub use state::{Ecs, TaskState};
