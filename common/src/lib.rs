@@ -15,7 +15,7 @@ pub mod body;
 pub mod config;
 pub mod control;
 pub mod diag;
-pub mod duration;
+mod duration;
 pub mod error;
 #[cfg(feature = "net")]
 pub mod forward;
@@ -39,7 +39,7 @@ pub mod synthetic;
 #[cfg(feature = "net")]
 pub mod telemetry;
 pub mod tls;
-pub mod tree;
+mod tree;
 #[cfg(feature = "net")]
 pub mod upstream;
 

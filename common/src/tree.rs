@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use crate::diag::Diagnostic;
 
 /// The longest dotted key accepted (Traefik's longest keys are under 100 bytes).
-pub const MAX_KEY_BYTES: usize = 512;
+pub(crate) const MAX_KEY_BYTES: usize = 512;
 /// The most dot-separated segments a key may have.
-pub const MAX_KEY_SEGMENTS: usize = 16;
+pub(crate) const MAX_KEY_SEGMENTS: usize = 16;
 
 /// Scalars are kept as text; maps keep the keys as written (lookups ignore case).
 #[derive(Debug, Clone, PartialEq)]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use berth_common::test_util::free_port;
 use berth_gateway::Gateway;
-use berth_gateway::config::{Args, Config};
+use berth_gateway::{Args, Config};
 use clap::Parser;
 
 use crate::{bin, temp_dir};

@@ -404,7 +404,7 @@ async fn the_control_api_handshakes_with_openssl_with_and_without_a_client_certi
         ],
     )
     .await;
-    let ca = berth_gateway::mesh::ca::MeshCa::dev(&dir.join("ca"), "berth.local").unwrap();
+    let ca = berth_gateway::MeshCa::dev(&dir.join("ca"), "berth.local").unwrap();
     let id = berth_common::identity::SpiffeId::for_service("berth.local", "prod", "orders").unwrap();
     let (issued, key) = ca.issue_local(&id, Duration::from_secs(600)).unwrap();
     std::fs::write(dir.join("c.crt"), issued.chain_pem).unwrap();

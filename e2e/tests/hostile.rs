@@ -287,9 +287,8 @@ async fn encoded_characters_are_refused_where_the_entrypoint_says() {
     )
     .unwrap();
     use clap::Parser;
-    let args =
-        berth_gateway::config::Args::try_parse_from(["berth-gateway", "--config", toml.to_str().unwrap()]).unwrap();
-    let gw = berth_gateway::Gateway::start(berth_gateway::config::Config::from_args(args).unwrap())
+    let args = berth_gateway::Args::try_parse_from(["berth-gateway", "--config", toml.to_str().unwrap()]).unwrap();
+    let gw = berth_gateway::Gateway::start(berth_gateway::Config::from_args(args).unwrap())
         .await
         .unwrap();
     let strict = gw.entrypoint_addr("strict").unwrap();

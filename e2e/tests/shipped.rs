@@ -98,7 +98,7 @@ fn the_gateway_runs_as_65532_on_its_shipped_ports() {
         })
         .filter(|(k, _)| !k.starts_with("BERTH_ECS_") && k != "BERTH_MESH_PEERS_SERVICE")
         .collect();
-    let (ca_cert, ca_key) = berth_gateway::mesh::ca::new_root("Berth shipped-test CA").unwrap();
+    let (ca_cert, ca_key) = berth_gateway::new_root("Berth shipped-test CA").unwrap();
     env.push(("BERTH_MESH_CA_CERT".into(), ca_cert));
     env.push(("BERTH_MESH_CA_KEY".into(), ca_key));
     env.push((

@@ -12,7 +12,7 @@ use berth_common::identity::SpiffeId;
 use berth_common::mtls::{CertSlot, PeerPolicy, TrustAnchors, client_config};
 use berth_common::test_util::{Backend, Proto, eventually, get, read_reply};
 use berth_e2e::{GatewayProcess, free_port, go_tlsprobe, runnable_copy, temp_dir};
-use berth_gateway::mesh::ca::{MeshCa, new_root};
+use berth_gateway::{MeshCa, new_root};
 use berth_local::{Ecs, EcsServer, tmds};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
@@ -180,7 +180,7 @@ async fn fixture_with(
     let metadata_uri = format!("http://{tmds_addr}/v4/{docker}");
     let sidecar = match run {
         Run::InProcess => {
-            let settings = berth_sidecar::config::Settings {
+            let settings = berth_sidecar::Settings {
                 metadata_uri,
                 gateways: vec![control.to_string()],
                 ca_pem: std::fs::read_to_string(dir.join("ca/ca.crt")).unwrap(),

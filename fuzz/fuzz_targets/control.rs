@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use berth_common::control::{CertificateRequest, Deregistration, MeshView, Registration};
 use berth_common::identity::SpiffeId;
-use berth_gateway::mesh::ca::MeshCa;
+use berth_gateway::MeshCa;
 use libfuzzer_sys::fuzz_target;
 
 fn ca() -> &'static MeshCa {

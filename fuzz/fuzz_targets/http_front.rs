@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use berth_gateway::Gateway;
-use berth_gateway::config::{Args, Config};
+use berth_gateway::{Args, Config};
 use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};

@@ -291,7 +291,7 @@ impl FileEntrypoint {
     }
 }
 
-pub use berth_common::logging::LogFormat;
+pub(crate) use berth_common::logging::LogFormat;
 
 /// Everything the gateway needs, validated.
 #[derive(Debug, Clone)]

@@ -43,7 +43,7 @@ pub struct EntrypointConfig {
 /// Certificates for TLS connections: the file provider's, chosen by SNI, then the
 /// entrypoint's default, then the global default. Swapped when configuration changes.
 #[derive(Debug, Default)]
-pub struct CertStore {
+pub(crate) struct CertStore {
     pub sni: ArcSwap<Vec<Arc<CertifiedKey>>>,
     pub default: ArcSwap<Option<Arc<CertifiedKey>>>,
 }
@@ -69,7 +69,7 @@ impl ResolvesServerCert for Resolver {
 }
 
 /// The TLS server configuration of one entrypoint.
-pub fn server_config(
+pub(crate) fn server_config(
     store: Arc<CertStore>,
     entrypoint_default: Option<Arc<CertifiedKey>>,
 ) -> Arc<rustls::ServerConfig> {
@@ -86,7 +86,7 @@ pub fn server_config(
 
 /// [`server_config`] without ALPN: a TCP router terminating TLS carries whatever
 /// protocol the client speaks, so it must not promise HTTP/2.
-pub fn tcp_server_config(
+pub(crate) fn tcp_server_config(
     store: Arc<CertStore>,
     entrypoint_default: Option<Arc<CertifiedKey>>,
 ) -> Arc<rustls::ServerConfig> {
@@ -97,7 +97,7 @@ pub fn tcp_server_config(
 
 /// Counts open connections so shutdown can wait for them.
 #[derive(Debug, Default)]
-pub struct ConnTracker {
+pub(crate) struct ConnTracker {
     open: AtomicUsize,
     idle: Notify,
 }
@@ -121,12 +121,12 @@ impl ConnTracker {
         ConnGuard(self.clone(), m.clone())
     }
 
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
 
     /// Wait until no connection is open.
-    pub async fn wait_idle(&self) {
+    pub(crate) async fn wait_idle(&self) {
         loop {
             let notified = self.idle.notified();
             if self.open() == 0 {
@@ -139,14 +139,14 @@ impl ConnTracker {
 
 /// Lifecycle phases the accept loops and connections follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     Serving,
     /// Stop accepting; finish in-flight requests and close.
     Draining,
 }
 
 /// Everything an entrypoint's accept loop needs.
-pub struct Entrypoint {
+pub(crate) struct Entrypoint {
     pub name: Arc<str>,
     pub listener: TcpListener,
     pub tls: Arc<rustls::ServerConfig>,
@@ -162,7 +162,7 @@ pub struct Entrypoint {
 
 impl Entrypoint {
     /// Accept until the phase turns to draining.
-    pub async fn run(self, mut phase: watch::Receiver<Phase>) {
+    pub(crate) async fn run(self, mut phase: watch::Receiver<Phase>) {
         let this = Arc::new(self);
         loop {
             tokio::select! {

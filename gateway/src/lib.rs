@@ -5,16 +5,22 @@
 //! listener reports. The binary in `main.rs` only parses configuration and waits for
 //! signals.
 
-pub mod admin;
-pub mod config;
-pub mod discovery;
-pub mod entrypoint;
-pub mod lifecycle;
-pub mod mesh;
-pub mod metrics;
-pub mod proxy;
-pub mod snapshots;
-pub mod tcp;
+mod admin;
+mod config;
+mod discovery;
+mod entrypoint;
+mod lifecycle;
+mod mesh;
+mod metrics;
+mod proxy;
+mod snapshots;
+mod tcp;
+
+// What the binary, the end-to-end tests and the fuzz targets use; everything else is
+// private to the crate (`unreachable_pub` holds it so).
+pub use config::{Args, Config, ConfigError};
+pub use discovery::ecs::EcsStartError;
+pub use mesh::ca::{CaError, MeshCa, new_intermediate, new_root};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,7 +34,6 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use berth_common::upstream::trust_roots;
-use config::Config;
 use discovery::StatusCell;
 use discovery::file::FileProvider;
 use entrypoint::{CertStore, ConnTracker, Entrypoint, Phase};

@@ -2,7 +2,7 @@
 //! SIGTERM or Ctrl-C, drain, exit 0. Bad configuration exits 64 (EX_USAGE).
 
 use berth_gateway::Gateway;
-use berth_gateway::config::{Args, Config};
+use berth_gateway::{Args, Config};
 use clap::Parser;
 
 /// glibc's malloc showed up as ~15% of the proxy's CPU time under load; mimalloc's

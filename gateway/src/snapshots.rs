@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::entrypoint::CertStore;
 use crate::proxy::Proxy;
 
-pub struct SnapshotOwner {
+pub(crate) struct SnapshotOwner {
     pub sources: Vec<watch::Receiver<ProviderView>>,
     pub entrypoints: Vec<String>,
     pub proxy: Arc<Proxy>,
@@ -27,11 +27,11 @@ pub struct SnapshotOwner {
 }
 
 /// The readiness gate the sources' first complete views hold.
-pub const SOURCES_GATE: &str = "sources";
+pub(crate) const SOURCES_GATE: &str = "sources";
 
 impl SnapshotOwner {
     /// Build and publish once from the current views.
-    pub fn publish(&mut self, version: u64) {
+    pub(crate) fn publish(&mut self, version: u64) {
         let views: Vec<ProviderView> = self
             .sources
             .iter_mut()
@@ -87,7 +87,7 @@ impl SnapshotOwner {
     }
 
     /// Rebuild whenever any source changes; ends when every source is gone.
-    pub async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         let mut version = 1;
         loop {
             if self.sources.is_empty() {

@@ -23,14 +23,14 @@ use crate::proxy::upstream::MeshClient;
 
 /// What a ClientHello said, read without consuming it.
 #[derive(Debug, Default)]
-pub struct Hello {
+pub(crate) struct Hello {
     pub sni: Option<String>,
     pub alpn: Vec<Vec<u8>>,
 }
 
 /// Peek at the stream until a whole ClientHello can be read (or `limit` passes, or it
 /// is not one).
-pub async fn peek_hello(stream: &TcpStream, limit: Duration) -> Option<Hello> {
+pub(crate) async fn peek_hello(stream: &TcpStream, limit: Duration) -> Option<Hello> {
     let deadline = Instant::now() + limit;
     let mut buf = vec![0u8; 16 * 1024 + 512];
     let mut seen = 0;
@@ -73,7 +73,12 @@ pub async fn peek_hello(stream: &TcpStream, limit: Duration) -> Option<Hello> {
 
 /// The first enabled TCP router on `entrypoint` that matches. `tls`: whether the
 /// connection opened with a ClientHello (then only `tls` routers apply; else only plain).
-pub fn find<'a>(snap: &'a Snapshot, entrypoint: &str, tls: bool, view: &ConnView<'_>) -> Option<&'a TcpRouterEntry> {
+pub(crate) fn find<'a>(
+    snap: &'a Snapshot,
+    entrypoint: &str,
+    tls: bool,
+    view: &ConnView<'_>,
+) -> Option<&'a TcpRouterEntry> {
     snap.tcp_routers
         .iter()
         .filter(|r| r.status == Status::Enabled && r.entry_points.iter().any(|e| e == entrypoint))
@@ -129,7 +134,7 @@ async fn dial(server: &str, mesh: Option<&MeshClient>, timeout: Duration) -> Res
 }
 
 /// Open a connection to one of the router's servers: a random start, then each in turn.
-pub async fn connect(
+pub(crate) async fn connect(
     snap: &Snapshot,
     router: &TcpRouterEntry,
     mesh: Option<&MeshClient>,
@@ -151,7 +156,7 @@ pub async fn connect(
 }
 
 /// The view of a connection for TCP rules.
-pub fn view<'a>(hello: Option<&'a Hello>, peer: SocketAddr) -> ConnView<'a> {
+pub(crate) fn view<'a>(hello: Option<&'a Hello>, peer: SocketAddr) -> ConnView<'a> {
     ConnView {
         tls: hello.is_some(),
         sni: hello.and_then(|h| h.sni.as_deref()),
@@ -161,7 +166,7 @@ pub fn view<'a>(hello: Option<&'a Hello>, peer: SocketAddr) -> ConnView<'a> {
 }
 
 /// What serving a TCP connection needs from its entrypoint.
-pub struct Ctx<'a> {
+pub(crate) struct Ctx<'a> {
     pub connect_timeout: Duration,
     pub idle: Duration,
     pub metrics: &'a crate::metrics::Metrics,
@@ -170,7 +175,7 @@ pub struct Ctx<'a> {
 
 /// Serve a connection a TCP router took (TLS already terminated when asked): splice it
 /// to a server.
-pub async fn serve<S>(client: S, snap: &Snapshot, router: &TcpRouterEntry, peer: SocketAddr, ctx: &Ctx<'_>)
+pub(crate) async fn serve<S>(client: S, snap: &Snapshot, router: &TcpRouterEntry, peer: SocketAddr, ctx: &Ctx<'_>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

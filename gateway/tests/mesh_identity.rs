@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use berth_common::identity::{SpiffeId, spiffe_id_of};
 use berth_common::mtls::{CertSlot, PeerPolicy, TrustAnchors, client_config, server_config};
-use berth_gateway::mesh::ca::{MeshCa, new_intermediate, new_root};
+use berth_gateway::{MeshCa, new_intermediate, new_root};
 use rcgen::{CertificateParams, KeyPair, SanType};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -5,10 +5,11 @@
 //! (awsJson1.1), with fault injection; [`runner`] drives the task lifecycle and runs
 //! containers as processes; [`tmds`] is the task metadata endpoint.
 
-pub mod ecs_api;
-pub mod runner;
-pub mod state;
+mod ecs_api;
+mod runner;
+mod state;
 pub mod tmds;
 
 pub use ecs_api::{EcsServer, Faults};
-pub use state::{Ecs, TaskState};
+pub use runner::{Programs, Runner, RunnerConfig, signal};
+pub use state::{ApiError, Ecs, TaskState};

@@ -16,8 +16,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_local::runner::{Programs, Runner, RunnerConfig, signal};
 use berth_local::{Ecs, EcsServer, Faults, tmds};
+use berth_local::{Programs, Runner, RunnerConfig, signal};
 use serde_json::Value;
 
 const DEMO_TASKDEFS: &[(&str, &str)] = &[

@@ -21,7 +21,7 @@ use serde_json::Value;
 use super::state::{Ecs, TaskState};
 
 /// The command that runs no process: the container just "runs" (scale tests).
-pub const IDLE: &str = "berth-local:idle";
+pub(crate) const IDLE: &str = "berth-local:idle";
 
 fn now() -> f64 {
     SystemTime::now()

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-pub const ACCOUNT: &str = "000000000000";
+pub(crate) const ACCOUNT: &str = "000000000000";
 
 /// An API error in the AWS shape (`__type`, message, HTTP status).
 #[derive(Debug, Clone, PartialEq, Eq)]

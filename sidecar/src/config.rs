@@ -151,7 +151,7 @@ impl Settings {
 
 /// The gateway addresses: IPs as given, names resolved (all their addresses). Names that
 /// do not resolve are left out, with a warning.
-pub async fn resolve_gateways(gateways: &[String]) -> Vec<SocketAddr> {
+pub(crate) async fn resolve_gateways(gateways: &[String]) -> Vec<SocketAddr> {
     let mut out = Vec::new();
     for g in gateways {
         if let Ok(a) = g.parse::<SocketAddr>() {

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ControlError {
+pub(crate) enum ControlError {
     #[error("cannot reach the gateway's control API at {0}: {1}")]
     Connect(SocketAddr, String),
     #[error("the gateway refused ({code}): {error}")]
@@ -34,7 +34,7 @@ pub enum ControlError {
 }
 
 /// TCP (from `bind` when given) then TLS to the gateway's control API.
-pub async fn dial(
+pub(crate) async fn dial(
     gateway: SocketAddr,
     bind: Option<IpAddr>,
     cfg: Arc<rustls::ClientConfig>,
@@ -66,7 +66,7 @@ pub async fn dial(
 }
 
 /// Turn a non-2xx answer into the gateway's stated reason.
-pub fn refusal(status: StatusCode, body: &[u8]) -> ControlError {
+pub(crate) fn refusal(status: StatusCode, body: &[u8]) -> ControlError {
     let e: ErrorResponse = serde_json::from_slice(body).unwrap_or(ErrorResponse {
         code: status.as_u16().to_string(),
         error: String::from_utf8_lossy(body).into_owned(),
@@ -79,7 +79,7 @@ pub fn refusal(status: StatusCode, body: &[u8]) -> ControlError {
 }
 
 /// The multiplexed control connection, with the task's certificate.
-pub struct ControlClient {
+pub(crate) struct ControlClient {
     gateway: SocketAddr,
     bind: Option<IpAddr>,
     cfg: Arc<rustls::ClientConfig>,
@@ -87,7 +87,7 @@ pub struct ControlClient {
 }
 
 impl ControlClient {
-    pub fn new(
+    pub(crate) fn new(
         gateway: SocketAddr,
         bind: Option<IpAddr>,
         slot: Arc<CertSlot>,
@@ -128,7 +128,7 @@ impl ControlClient {
     }
 
     /// One request; a broken connection is re-dialled on the next call.
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         path_and_query: &str,
@@ -167,7 +167,7 @@ impl ControlClient {
     }
 
     /// POST a JSON message and decode the JSON answer; a refusal carries its reason.
-    pub async fn post<T: serde::Serialize, R: serde::de::DeserializeOwned>(
+    pub(crate) async fn post<T: serde::Serialize, R: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         msg: &T,
@@ -184,7 +184,7 @@ impl ControlClient {
 }
 
 /// The gateway replicas and a control connection to each.
-pub struct ControlPool {
+pub(crate) struct ControlPool {
     bind: Option<IpAddr>,
     slot: Arc<CertSlot>,
     anchors: TrustAnchors,
@@ -195,7 +195,12 @@ pub struct ControlPool {
 }
 
 impl ControlPool {
-    pub fn new(bootstrap: Vec<SocketAddr>, bind: Option<IpAddr>, slot: Arc<CertSlot>, anchors: TrustAnchors) -> Self {
+    pub(crate) fn new(
+        bootstrap: Vec<SocketAddr>,
+        bind: Option<IpAddr>,
+        slot: Arc<CertSlot>,
+        anchors: TrustAnchors,
+    ) -> Self {
         ControlPool {
             bind,
             slot,
@@ -208,17 +213,17 @@ impl ControlPool {
     }
 
     /// The replicas as last known.
-    pub fn replicas(&self) -> Vec<SocketAddr> {
+    pub(crate) fn replicas(&self) -> Vec<SocketAddr> {
         self.replicas.borrow().clone()
     }
 
-    pub fn watch(&self) -> tokio::sync::watch::Receiver<Vec<SocketAddr>> {
+    pub(crate) fn watch(&self) -> tokio::sync::watch::Receiver<Vec<SocketAddr>> {
         self.replicas.subscribe()
     }
 
     /// The replicas a mesh view lists (`IP:PORT`); an empty or unreadable list keeps the
     /// bootstrap ones.
-    pub fn set_replicas(&self, listed: &[String]) {
+    pub(crate) fn set_replicas(&self, listed: &[String]) {
         let mut parsed: Vec<SocketAddr> = listed.iter().filter_map(|g| g.parse().ok()).collect();
         if parsed.is_empty() {
             parsed = self.bootstrap.clone();
@@ -236,7 +241,7 @@ impl ControlPool {
     }
 
     /// The connection to one replica (made on first use).
-    pub fn client(&self, addr: SocketAddr) -> Result<Arc<ControlClient>, ControlError> {
+    pub(crate) fn client(&self, addr: SocketAddr) -> Result<Arc<ControlClient>, ControlError> {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = clients.get(&addr) {
             return Ok(c.clone());
@@ -250,7 +255,7 @@ impl ControlPool {
     }
 
     /// The replicas, starting with the one that answered last.
-    pub fn in_order(&self) -> Vec<SocketAddr> {
+    pub(crate) fn in_order(&self) -> Vec<SocketAddr> {
         let mut list = self.replicas();
         if !list.is_empty() {
             let start = self.preferred.load(std::sync::atomic::Ordering::Relaxed) % list.len();
@@ -267,7 +272,7 @@ impl ControlPool {
 
     /// One request to whichever replica answers, trying the others when one cannot be
     /// reached. A refusal is an answer: it is returned, not retried elsewhere.
-    pub async fn call_any(
+    pub(crate) async fn call_any(
         &self,
         method: Method,
         path_and_query: &str,

@@ -19,7 +19,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
 #[derive(Debug, thiserror::Error)]
-pub enum IdentityError {
+pub(crate) enum IdentityError {
     #[error("cannot reach the gateway's control API at {0}: {1}")]
     Connect(SocketAddr, String),
     #[error("the gateway refused the certificate request ({code}): {error}")]
@@ -32,13 +32,13 @@ pub enum IdentityError {
 
 /// What the gateway granted.
 #[derive(Debug, Clone)]
-pub struct Granted {
+pub(crate) struct Granted {
     pub identity: SpiffeId,
     pub not_after: SystemTime,
     pub default_deny: bool,
 }
 
-pub struct Certifier {
+pub(crate) struct Certifier {
     /// The gateway replicas: any of them issues and renews (they share the CA).
     pub replicas: Arc<crate::control::ControlPool>,
     pub anchors: TrustAnchors,
@@ -63,7 +63,7 @@ const MAX_ANSWER: usize = 256 * 1024;
 impl Certifier {
     /// Request (or renew) a certificate from the first replica that can be reached, and
     /// install it in the slot.
-    pub async fn certify(&self) -> Result<Granted, IdentityError> {
+    pub(crate) async fn certify(&self) -> Result<Granted, IdentityError> {
         let mut last = IdentityError::Protocol("no gateway replica is known".into());
         for gateway in self.replicas.in_order() {
             match self.certify_at(gateway).await {
@@ -166,7 +166,7 @@ impl Certifier {
     }
 
     /// Keep the certificate fresh: renew at ~70 % of its remaining life, retry with back-off.
-    pub async fn keep_renewed(self: Arc<Self>, mut granted: Granted) {
+    pub(crate) async fn keep_renewed(self: Arc<Self>, mut granted: Granted) {
         loop {
             let left = granted.not_after.duration_since(SystemTime::now()).unwrap_or_default();
             tokio::time::sleep(

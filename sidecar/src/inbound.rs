@@ -29,13 +29,13 @@ use tokio::net::TcpListener;
 
 /// Who the task is and whom it accepts.
 #[derive(Debug, Clone)]
-pub struct Policy {
+pub(crate) struct Policy {
     pub me: SpiffeId,
     pub allow: Option<Vec<String>>,
     pub default_deny: bool,
 }
 
-pub struct Inbound {
+pub(crate) struct Inbound {
     pub app: SocketAddr,
     pub policy: Policy,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -61,12 +61,17 @@ fn app_connector() -> HttpConnector {
 }
 
 /// The ALPN protocol that asks the inbound for a raw TCP stream to the app's `port`.
-pub fn tcp_alpn(port: u16) -> Vec<u8> {
+pub(crate) fn tcp_alpn(port: u16) -> Vec<u8> {
     format!("{}{port}", berth_common::upstream::TCP_ALPN_PREFIX).into_bytes()
 }
 
 impl Inbound {
-    pub fn new(app: SocketAddr, policy: Policy, metrics: Arc<crate::metrics::Metrics>, observe: Observe) -> Inbound {
+    pub(crate) fn new(
+        app: SocketAddr,
+        policy: Policy,
+        metrics: Arc<crate::metrics::Metrics>,
+        observe: Observe,
+    ) -> Inbound {
         Inbound {
             app,
             policy,
@@ -83,25 +88,25 @@ impl Inbound {
     }
 
     /// Accept raw TCP to these app ports over the mesh (the gateway's TCP routers).
-    pub fn tcp_ports(mut self, ports: Vec<u16>) -> Inbound {
+    pub(crate) fn tcp_ports(mut self, ports: Vec<u16>) -> Inbound {
         self.tcp_ports = ports;
         self
     }
 
     /// Wait at most this long for the app's response head (then 504).
-    pub fn response_timeout(mut self, t: Duration) -> Inbound {
+    pub(crate) fn response_timeout(mut self, t: Duration) -> Inbound {
         self.response_timeout = t;
         self
     }
 
     /// Speak HTTP/2 without TLS (h2c) to the app for every request, not only gRPC.
-    pub fn app_h2c(mut self, yes: bool) -> Inbound {
+    pub(crate) fn app_h2c(mut self, yes: bool) -> Inbound {
         self.app_h2c = yes;
         self
     }
 
     /// Accept mTLS connections until the task is dropped.
-    pub async fn serve(
+    pub(crate) async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         slot: Arc<CertSlot>,

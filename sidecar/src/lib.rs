@@ -5,14 +5,18 @@
 //! calls to peer sidecars ([`outbound`]). [`Sidecar::start`] wires them in named phases
 //! (`start.rs`); the binary only reads the environment and forwards signals.
 
-pub mod config;
-pub mod control;
-pub mod identity;
-pub mod inbound;
+mod config;
+mod control;
+mod identity;
+mod inbound;
 pub mod metadata;
-pub mod metrics;
-pub mod outbound;
-pub mod register;
+mod metrics;
+mod outbound;
+mod register;
 mod start;
 
+// What the binary, the end-to-end tests and the fuzz targets use; everything else is
+// private to the crate (`unreachable_pub` holds it so). `metadata` (the TMDS v4 model and
+// reader) is public whole: `berth-sidecar inspect` prints it and a fuzz target parses it.
+pub use config::Settings;
 pub use start::{Sidecar, StartError, StopHandle};

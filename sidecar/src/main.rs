@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
+use berth_sidecar::Settings;
 use berth_sidecar::Sidecar;
-use berth_sidecar::config::Settings;
 use berth_sidecar::metadata;
 
 fn main() {

@@ -52,7 +52,7 @@ const UNKNOWN_SERVICE: &str = "_unknown";
 
 /// Every way an outbound request fails, and the response it becomes (one place).
 #[derive(Debug, thiserror::Error)]
-pub enum OutboundError {
+pub(crate) enum OutboundError {
     #[error("no mesh service {0}")]
     NoService(String),
     #[error("no mesh service {name}: the control plane is unreachable ({reason})")]
@@ -85,7 +85,7 @@ pub enum OutboundError {
 
 impl OutboundError {
     /// A short, stable name for the failure (`error.type` on spans).
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             OutboundError::NoService(_) => "no_service",
             OutboundError::Unresolved { .. } => "unresolved",
@@ -100,7 +100,7 @@ impl OutboundError {
         }
     }
 
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             OutboundError::NoService(_)
             | OutboundError::Unresolved { .. }
@@ -159,7 +159,7 @@ enum Entry {
 }
 
 /// The services this sidecar has subscribed to, as the gateway last described them.
-pub struct MeshCache {
+pub(crate) struct MeshCache {
     control: Arc<ControlPool>,
     entries: RwLock<HashMap<String, Entry>>,
     subscribed: Mutex<BTreeSet<String>>,
@@ -170,7 +170,7 @@ pub struct MeshCache {
 }
 
 impl MeshCache {
-    pub fn new(control: Arc<ControlPool>) -> Arc<MeshCache> {
+    pub(crate) fn new(control: Arc<ControlPool>) -> Arc<MeshCache> {
         Arc::new(MeshCache {
             control,
             entries: RwLock::default(),
@@ -303,7 +303,7 @@ impl MeshCache {
 
     /// Follow the subscribed services and the gateway replicas for ever: long poll, keep
     /// the last view on errors.
-    pub async fn follow(self: Arc<Self>) {
+    pub(crate) async fn follow(self: Arc<Self>) {
         let mut version: Option<u64> = None;
         let mut backoff = Duration::from_millis(200);
         loop {
@@ -359,7 +359,7 @@ impl MeshCache {
 }
 
 /// The outbound proxy.
-pub struct Outbound {
+pub(crate) struct Outbound {
     observe: Observe,
     mesh: Arc<MeshCache>,
     client: Client<MeshConnector, Body>,
@@ -370,7 +370,7 @@ pub struct Outbound {
 
 /// The mesh name a request is for: the absolute-form authority, else `Host`; without
 /// the port and a trailing `.berth`.
-pub fn target_name(uri: &http::Uri, headers: &http::HeaderMap) -> Result<String, OutboundError> {
+pub(crate) fn target_name(uri: &http::Uri, headers: &http::HeaderMap) -> Result<String, OutboundError> {
     let raw = uri
         .host()
         .map(str::to_string)
@@ -395,7 +395,7 @@ pub fn target_name(uri: &http::Uri, headers: &http::HeaderMap) -> Result<String,
 impl Outbound {
     /// Peers are verified against the mesh's trust anchor, then (by the connector)
     /// against the identity the mesh view gives for their address.
-    pub fn new(
+    pub(crate) fn new(
         mesh: Arc<MeshCache>,
         slot: Arc<CertSlot>,
         anchors: TrustAnchors,
@@ -421,7 +421,7 @@ impl Outbound {
     }
 
     /// Accept the app's plain-HTTP connections until the task is dropped.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener) {
         let limits = ServeLimits::LOCAL;
         let listener = Listener::new(listener, "outbound", &limits);
         loop {

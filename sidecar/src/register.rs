@@ -25,15 +25,15 @@ use crate::metadata;
 use crate::metrics::Metrics;
 
 /// How often TMDS is read (it allows about 40 requests a second per task).
-pub const POLL: Duration = Duration::from_secs(1);
+pub(crate) const POLL: Duration = Duration::from_secs(1);
 /// While the app is not healthy yet (starting), read faster, so that the task joins the
 /// rotation as soon as the app is up: in a rolling deploy the old tasks start draining
 /// as soon as ECS sees the new ones running.
-pub const POLL_STARTING: Duration = Duration::from_millis(100);
+pub(crate) const POLL_STARTING: Duration = Duration::from_millis(100);
 
 /// What the poller learns each round.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskState {
+pub(crate) struct TaskState {
     pub registration: Registration,
     /// TMDS says the task is stopping.
     pub stopping: bool,
@@ -42,14 +42,14 @@ pub struct TaskState {
 }
 
 /// Probes the app itself: `GET http://app{path}` answering 2xx or 3xx within a second.
-pub struct Probe {
+pub(crate) struct Probe {
     pub app: SocketAddr,
     pub path: String,
     client: Client<HttpConnector, Empty<Bytes>>,
 }
 
 impl Probe {
-    pub fn new(app: SocketAddr, path: String) -> Probe {
+    pub(crate) fn new(app: SocketAddr, path: String) -> Probe {
         Probe {
             app,
             path,
@@ -57,7 +57,7 @@ impl Probe {
         }
     }
 
-    pub async fn check(&self) -> bool {
+    pub(crate) async fn check(&self) -> bool {
         let Ok(uri) = format!("http://{}{}", self.app, self.path).parse::<http::Uri>() else {
             return false;
         };
@@ -70,7 +70,7 @@ impl Probe {
 
 /// Poll TMDS (and the probe) for ever, publishing each change; a failed read keeps the
 /// last state.
-pub async fn poll(
+pub(crate) async fn poll(
     uri: String,
     app_port: Option<u16>,
     inbound_port: u16,
@@ -118,7 +118,7 @@ pub async fn poll(
 /// Keep one registrar per gateway replica (the list follows the mesh view), so every
 /// replica learns a health change at once and losing one changes nothing for the others.
 /// When `stop` turns true every registrar deregisters; this returns once they have.
-pub async fn run(
+pub(crate) async fn run(
     pool: Arc<ControlPool>,
     state: watch::Receiver<TaskState>,
     mut stop: watch::Receiver<bool>,
@@ -221,7 +221,7 @@ async fn register_with(
 }
 
 /// Tell the gateway the task is stopping (a few quick attempts).
-pub async fn deregister(control: &ControlClient, task_arn: &str) {
+pub(crate) async fn deregister(control: &ControlClient, task_arn: &str) {
     let msg = Deregistration {
         task_arn: task_arn.to_string(),
     };

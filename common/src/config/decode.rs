@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use super::duration::parse_duration;
 use super::model::*;
-use super::tree::Node;
 use crate::diag::Diagnostic;
+use crate::duration::parse_duration;
+use crate::tree::Node;
 
 /// Where the tree came from: labels use `server` templates and comma-separated lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

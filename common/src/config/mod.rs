@@ -11,9 +11,9 @@ mod decode;
 mod model;
 
 // The tree and durations are below the configuration (middlewares parse their options
-// from a tree too); kept reachable here under their old paths.
-pub use crate::duration::{self, parse_duration};
-pub use crate::tree::{self, Node, parse_bool};
+// from a tree too); what other crates need of them is offered here.
+pub use crate::duration::parse_duration;
+pub use crate::tree::{Node, parse_bool};
 pub use decode::{Mode, decode, parse_file};
 pub use model::*;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::tree::Node;
+use crate::tree::Node;
 
 /// Everything one provider contributes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

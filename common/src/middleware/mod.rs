@@ -282,13 +282,13 @@ pub(crate) mod testing {
     use crate::tree::Node;
 
     /// Options as labels would give them (`key.sub=value`).
-    pub fn node(pairs: &[(&str, &str)]) -> Node {
+    pub(crate) fn node(pairs: &[(&str, &str)]) -> Node {
         let mut diags = Vec::new();
         Node::from_dotted(pairs.iter().copied(), "", &mut diags)
     }
 
     /// Run the request phase on `path` (with its query); gives the step and the new path.
-    pub fn run(
+    pub(crate) fn run(
         spec: &Spec,
         method: &Method,
         tls: bool,

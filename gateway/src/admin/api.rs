@@ -17,7 +17,7 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::proxy::{Body, Proxy};
 
-pub struct AdminState {
+pub(crate) struct AdminState {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub proxy: Arc<Proxy>,
     pub metrics: Arc<Metrics>,
@@ -36,7 +36,7 @@ pub struct AdminState {
 }
 
 /// Serve the admin API until the task is dropped.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     let limits = berth_common::serve::ServeLimits::LOCAL;
     let listener = berth_common::serve::Listener::new(listener, "admin API", &limits);
     loop {
@@ -69,7 +69,7 @@ fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
     )
 }
 
-pub fn handle<B>(state: &AdminState, req: Request<B>) -> Response<Body> {
+pub(crate) fn handle<B>(state: &AdminState, req: Request<B>) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"message": "only GET"}));
     }

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 /// Everything the page shows, gathered by the admin API.
-pub struct View<'a> {
+pub(crate) struct View<'a> {
     pub version: &'a str,
     pub ready: bool,
     pub snapshot_version: u64,
@@ -25,7 +25,7 @@ pub struct View<'a> {
     pub router_requests: &'a dyn Fn(&str) -> u64,
 }
 
-pub fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -111,7 +111,7 @@ q.addEventListener('input',apply);setInterval(function(){if(document.hidden)retu
 var m=d.querySelector('main'),s=d.getElementById('asof');if(m){document.querySelector('main').replaceWith(m);apply()}\
 if(s)document.getElementById('asof').textContent=s.textContent}).catch(function(){})},5000)})();";
 
-pub fn render(v: &View<'_>) -> String {
+pub(crate) fn render(v: &View<'_>) -> String {
     let mut h = String::with_capacity(32 * 1024);
     let _ = write!(
         h,
@@ -140,7 +140,7 @@ pub fn render(v: &View<'_>) -> String {
 }
 
 /// `HH:MM:SS UTC` of a unix time.
-pub fn clock(unix: f64) -> String {
+pub(crate) fn clock(unix: f64) -> String {
     let secs = unix as u64 % 86_400;
     format!("{:02}:{:02}:{:02} UTC", secs / 3600, secs / 60 % 60, secs % 60)
 }

@@ -1,5 +1,5 @@
 //! The admin listener: the API in Traefik's shapes, health and readiness probes,
 //! the Prometheus text of [`crate::metrics`] and the dashboard.
 
-pub mod api;
-pub mod dashboard;
+pub(crate) mod api;
+pub(crate) mod dashboard;

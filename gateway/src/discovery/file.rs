@@ -16,10 +16,10 @@ use tokio::sync::watch;
 use super::StatusCell;
 use crate::metrics::Metrics;
 
-pub const PROVIDER: &str = "file";
+pub(crate) const PROVIDER: &str = "file";
 
 /// Read and decode the file into a provider view.
-pub fn load(path: &Path) -> Result<ProviderView, String> {
+pub(crate) fn load(path: &Path) -> Result<ProviderView, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let is_toml = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml"));
     let mut diagnostics = Vec::new();
@@ -34,7 +34,7 @@ pub fn load(path: &Path) -> Result<ProviderView, String> {
 }
 
 /// Watches one file and publishes its view whenever its content changes.
-pub struct FileProvider {
+pub(crate) struct FileProvider {
     path: PathBuf,
     interval: Duration,
     status: Arc<StatusCell>,
@@ -42,7 +42,7 @@ pub struct FileProvider {
 }
 
 impl FileProvider {
-    pub fn new(path: PathBuf, status: Arc<StatusCell>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(path: PathBuf, status: Arc<StatusCell>, metrics: Arc<Metrics>) -> Self {
         FileProvider {
             path,
             interval: Duration::from_millis(500),
@@ -53,7 +53,7 @@ impl FileProvider {
 
     /// The first load: a broken file at start still starts the gateway (with nothing
     /// from this provider) and reports why.
-    pub fn initial(&self) -> ProviderView {
+    pub(crate) fn initial(&self) -> ProviderView {
         let (view, _) = self.reload(None);
         view.unwrap_or_else(|| ProviderView {
             provider: PROVIDER.into(),
@@ -93,7 +93,7 @@ impl FileProvider {
     }
 
     /// Poll for changes until the sender's receivers are gone.
-    pub async fn run(self, tx: watch::Sender<ProviderView>) {
+    pub(crate) async fn run(self, tx: watch::Sender<ProviderView>) {
         let mut last_content = std::fs::read(&self.path).ok();
         let mut last_good = tx.borrow().clone();
         let mut tick = tokio::time::interval(self.interval);

@@ -1,9 +1,9 @@
 //! Configuration sources. Each owns its state and publishes its complete current
 //! view on a `watch` channel; none edits another's.
 
-pub mod ecs;
-pub mod file;
-pub mod registry;
+pub(crate) mod ecs;
+pub(crate) mod file;
+pub(crate) mod registry;
 
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -13,7 +13,7 @@ use serde::Serialize;
 /// How a provider is doing, for the admin API.
 #[derive(Debug, Default, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ProviderStatus {
+pub(crate) struct ProviderStatus {
     pub name: String,
     #[serde(with = "unix_secs")]
     pub last_success: Option<SystemTime>,
@@ -24,24 +24,24 @@ pub struct ProviderStatus {
 
 /// Shared, updated by the provider, read by the admin API.
 #[derive(Debug, Default)]
-pub struct StatusCell(pub Mutex<ProviderStatus>);
+pub(crate) struct StatusCell(pub Mutex<ProviderStatus>);
 
 impl StatusCell {
-    pub fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         StatusCell(Mutex::new(ProviderStatus {
             name: name.into(),
             ..Default::default()
         }))
     }
-    pub fn get(&self) -> ProviderStatus {
+    pub(crate) fn get(&self) -> ProviderStatus {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
-    pub fn ok(&self) {
+    pub(crate) fn ok(&self) {
         let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
         s.last_success = Some(SystemTime::now());
         s.last_error = None;
     }
-    pub fn err(&self, e: String) {
+    pub(crate) fn err(&self, e: String) {
         let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
         s.last_error_at = Some(SystemTime::now());
         s.last_error = Some(e);
@@ -51,7 +51,7 @@ impl StatusCell {
 mod unix_secs {
     use std::time::{SystemTime, UNIX_EPOCH};
 
-    pub fn serialize<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
         match t.and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
             Some(d) => s.serialize_some(&d.as_secs_f64()),
             None => s.serialize_none(),

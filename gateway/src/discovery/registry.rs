@@ -20,14 +20,14 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// How often sidecars heartbeat, and how long a lease lasts without one.
-pub const HEARTBEAT: Duration = Duration::from_secs(1);
-pub const LEASE: Duration = Duration::from_secs(3);
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
+pub(crate) const LEASE: Duration = Duration::from_secs(3);
 /// Draining and lost registrations are kept this long (ECS drops the task long before).
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum State {
+pub(crate) enum State {
     /// Heartbeating; traffic follows `healthy`.
     Live,
     /// Deregistered: the task is stopping.
@@ -38,14 +38,14 @@ pub enum State {
 
 /// What ECS discovery needs to know about one task's sidecar.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SidecarHealth {
+pub(crate) struct SidecarHealth {
     pub state: State,
     pub healthy: bool,
 }
 
 impl SidecarHealth {
     /// `None` when the task may get traffic, else why not.
-    pub fn excluded(&self) -> Option<&'static str> {
+    pub(crate) fn excluded(&self) -> Option<&'static str> {
         match (self.state, self.healthy) {
             (State::Live, true) => None,
             (State::Live, false) => Some("its sidecar reports the app unhealthy"),
@@ -56,12 +56,12 @@ impl SidecarHealth {
 }
 
 /// Every registered task's sidecar health, by (cluster name, task id).
-pub type HealthView = Arc<BTreeMap<(String, String), SidecarHealth>>;
+pub(crate) type HealthView = Arc<BTreeMap<(String, String), SidecarHealth>>;
 
 /// One sidecar as the admin API shows it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct SidecarInfo {
+pub(crate) struct SidecarInfo {
     pub identity: String,
     pub task_arn: String,
     pub cluster: String,
@@ -97,7 +97,7 @@ struct Record {
     remote: SocketAddr,
 }
 
-pub struct Registry {
+pub(crate) struct Registry {
     records: Mutex<HashMap<String, Record>>,
     tx: watch::Sender<HealthView>,
 }
@@ -123,12 +123,12 @@ impl Default for Registry {
 }
 
 impl Registry {
-    pub fn subscribe(&self) -> watch::Receiver<HealthView> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<HealthView> {
         self.tx.subscribe()
     }
 
     /// Register or heartbeat (the same message); the caller has checked the identity.
-    pub fn upsert(
+    pub(crate) fn upsert(
         &self,
         reg: Registration,
         identity: SpiffeId,
@@ -182,7 +182,7 @@ impl Registry {
 
     /// The task is stopping: take it out of the rotation now. Returns false when the
     /// task never registered.
-    pub fn deregister(&self, task_arn: &str) -> bool {
+    pub(crate) fn deregister(&self, task_arn: &str) -> bool {
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let Some(r) = records.get_mut(task_arn) else {
             return false;
@@ -197,7 +197,7 @@ impl Registry {
     }
 
     /// Mark expired leases lost and forget old records; run every few hundred ms.
-    pub fn sweep(&self) {
+    pub(crate) fn sweep(&self) {
         let now = Instant::now();
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let mut changed = false;
@@ -216,7 +216,7 @@ impl Registry {
         }
     }
 
-    pub async fn run_sweeper(self: Arc<Self>) {
+    pub(crate) async fn run_sweeper(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tick.tick().await;
@@ -247,7 +247,7 @@ impl Registry {
     }
 
     /// Every registration, for `GET /api/sidecars`, by task ARN.
-    pub fn list(&self) -> Vec<SidecarInfo> {
+    pub(crate) fn list(&self) -> Vec<SidecarInfo> {
         let now = Instant::now();
         let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<SidecarInfo> = records
@@ -279,7 +279,7 @@ impl Registry {
     }
 
     /// Live registrations.
-    pub fn connected(&self) -> usize {
+    pub(crate) fn connected(&self) -> usize {
         self.records
             .lock()
             .unwrap_or_else(|e| e.into_inner())

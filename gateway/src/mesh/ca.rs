@@ -17,7 +17,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 /// Default leaf lifetime.
-pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const DEFAULT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {

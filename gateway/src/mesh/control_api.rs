@@ -36,7 +36,7 @@ use crate::discovery::ecs::client::RateLimiter;
 use crate::discovery::ecs::{MeshTable, TaskFacts, TaskLookup};
 use crate::discovery::registry::{HEARTBEAT, LEASE, Registry};
 
-pub struct ControlApi {
+pub(crate) struct ControlApi {
     pub ca: Arc<MeshCa>,
     pub token: Option<String>,
     pub lookup: Option<TaskLookup>,
@@ -55,7 +55,7 @@ pub struct ControlApi {
 
 /// Per-source token buckets for the control API's costly work.
 #[derive(Debug)]
-pub struct SourceBudgets {
+pub(crate) struct SourceBudgets {
     issue: SourceBudget,
     lookup: SourceBudget,
 }
@@ -125,7 +125,7 @@ fn too_busy(what: &str) -> Reply {
 
 /// The peer's verified certificate, when it presented one.
 #[derive(Clone)]
-pub struct Caller {
+pub(crate) struct Caller {
     pub id: SpiffeId,
     pub not_after: Option<std::time::SystemTime>,
 }
@@ -165,7 +165,11 @@ fn refuse(status: StatusCode, code: &str, error: String) -> Response<Full<Bytes>
 
 impl ControlApi {
     /// Accept TLS connections until the task is dropped.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, slot: Arc<CertSlot>) -> Result<(), rustls::Error> {
+    pub(crate) async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        slot: Arc<CertSlot>,
+    ) -> Result<(), rustls::Error> {
         let anchors = TrustAnchors::from_certs(std::slice::from_ref(self.ca.anchor()))?;
         let cfg = server_config_optional_client(slot, anchors, PeerPolicy::TrustDomain(self.ca.trust_domain().into()))?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
@@ -200,7 +204,12 @@ impl ControlApi {
         }
     }
 
-    pub async fn handle(&self, req: Request<hyper::body::Incoming>, peer: SocketAddr, caller: Option<Caller>) -> Reply {
+    pub(crate) async fn handle(
+        &self,
+        req: Request<hyper::body::Incoming>,
+        peer: SocketAddr,
+        caller: Option<Caller>,
+    ) -> Reply {
         let path = req.uri().path().to_string();
         match (req.method().clone(), path.as_str()) {
             (Method::POST, CERTIFICATES_PATH) => match read_json(req).await {
@@ -551,7 +560,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(req: Request<hyper::body::Inc
 }
 
 /// Keep the gateway's own certificate fresh: reissue at 70 % of its lifetime, with jitter.
-pub async fn rotate_own(ca: Arc<MeshCa>, slot: Arc<CertSlot>, lifetime: Duration) {
+pub(crate) async fn rotate_own(ca: Arc<MeshCa>, slot: Arc<CertSlot>, lifetime: Duration) {
     let Ok(me) = SpiffeId::gateway(ca.trust_domain()) else {
         return;
     };

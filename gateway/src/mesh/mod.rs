@@ -2,9 +2,9 @@
 //! sidecars talk to ([`control_api`]), and how gateway replicas find each other
 //! ([`peers`]).
 
-pub mod ca;
-pub mod control_api;
-pub mod peers;
+pub(crate) mod ca;
+pub(crate) mod control_api;
+pub(crate) mod peers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -26,13 +26,13 @@ pub enum Peers {
 }
 
 /// Each replica's control API, sorted.
-pub type PeerList = Arc<Vec<String>>;
+pub(crate) type PeerList = Arc<Vec<String>>;
 
 const SERVICE_EVERY: Duration = Duration::from_secs(1);
 const DNS_EVERY: Duration = Duration::from_secs(5);
 
 /// Follow the replicas; `listen` is this replica's control API address.
-pub fn spawn(peers: Peers, listen: SocketAddr, lookup: Option<TaskLookup>) -> watch::Receiver<PeerList> {
+pub(crate) fn spawn(peers: Peers, listen: SocketAddr, lookup: Option<TaskLookup>) -> watch::Receiver<PeerList> {
     let me: Vec<String> = if listen.ip().is_unspecified() {
         Vec::new()
     } else {
@@ -94,7 +94,7 @@ pub fn spawn(peers: Peers, listen: SocketAddr, lookup: Option<TaskLookup>) -> wa
 
 /// The ECS service this gateway runs in, from its task metadata (`ServiceName`), when it
 /// runs in ECS (`ECS_CONTAINER_METADATA_URI_V4` set); one bounded attempt.
-pub async fn own_service() -> Option<String> {
+pub(crate) async fn own_service() -> Option<String> {
     let uri = std::env::var("ECS_CONTAINER_METADATA_URI_V4")
         .ok()
         .filter(|u| !u.is_empty())?;

@@ -18,7 +18,7 @@ use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::{Body, BoxError};
 
-pub fn apply(encoding: Encoding, resp: Response<Body>) -> Response<Body> {
+pub(crate) fn apply(encoding: Encoding, resp: Response<Body>) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
     parts

@@ -11,7 +11,7 @@ use super::router::ServiceRuntime;
 
 /// Why the proxy answered instead of an upstream.
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     #[error("no router matches the request")]
     NoRouter,
     #[error("service {0} has no healthy endpoint")]
@@ -35,7 +35,7 @@ pub enum ProxyError {
 
 impl ProxyError {
     /// The forward loop's last failure for `svc`, as the gateway answers it.
-    pub fn from_failure(f: Failure, svc: &ServiceRuntime, limit: Option<u64>) -> ProxyError {
+    pub(crate) fn from_failure(f: Failure, svc: &ServiceRuntime, limit: Option<u64>) -> ProxyError {
         let url = |i: usize| svc.endpoints.get(i).map(|e| e.url.clone()).unwrap_or_default();
         match f {
             // (An answer that was a failure is passed on, not returned as one.)
@@ -63,7 +63,7 @@ impl ProxyError {
 
     /// The trip failed at the network (no endpoint, refused, broken, too slow), as a
     /// circuit breaker's `NetworkErrorRatio` counts it.
-    pub fn is_network(&self) -> bool {
+    pub(crate) fn is_network(&self) -> bool {
         matches!(
             self,
             ProxyError::Connect { .. }
@@ -73,7 +73,7 @@ impl ProxyError {
         )
     }
 
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRouter => StatusCode::NOT_FOUND,
             ProxyError::NoEndpoint(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -86,7 +86,7 @@ impl ProxyError {
     }
 
     /// A short machine-readable kind, for metrics labels and the `x-berth-error` header.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             ProxyError::NoRouter => "no_router",
             ProxyError::NoEndpoint(_) => "no_endpoint",
@@ -103,7 +103,7 @@ impl ProxyError {
     /// For a gRPC request: a trailers-only answer whose `grpc-status` is what gRPC's HTTP
     /// mapping gives for our HTTP status (404 UNIMPLEMENTED, 502/503/504 UNAVAILABLE, 400
     /// INTERNAL, ...), so gRPC clients see a status, not a protocol error.
-    pub fn into_grpc_response(self) -> Response<Body> {
+    pub(crate) fn into_grpc_response(self) -> Response<Body> {
         let code = match self.status().as_u16() {
             400 => 13,
             404 => 12,
@@ -118,7 +118,7 @@ impl ProxyError {
         r
     }
 
-    pub fn into_response(self) -> Response<Body> {
+    pub(crate) fn into_response(self) -> Response<Body> {
         let status = self.status();
         let text = match &self {
             // Traefik's exact body, which some clients and tests look for.
@@ -140,7 +140,7 @@ impl ProxyError {
 }
 
 /// A plain-text response, optionally tagged with `x-berth-error`.
-pub fn text_response(status: StatusCode, text: impl Into<Bytes>, kind: Option<&'static str>) -> Response<Body> {
+pub(crate) fn text_response(status: StatusCode, text: impl Into<Bytes>, kind: Option<&'static str>) -> Response<Body> {
     let mut resp = Response::new(Full::new(text.into()).map_err(|never| match never {}).boxed());
     *resp.status_mut() = status;
     let h = resp.headers_mut();

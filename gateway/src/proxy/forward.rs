@@ -41,7 +41,7 @@ pub(super) struct How {
 }
 
 /// A request on its way to an upstream.
-pub type Pending = std::pin::Pin<
+pub(crate) type Pending = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>> + Send>,
 >;
 
@@ -201,7 +201,7 @@ impl Proxy {
 
     /// Send `up` to `ep` through the right pool: mTLS to a sidecar, h2c, or HTTP/1.1
     /// (h2 by ALPN over TLS).
-    pub fn dispatch(&self, ep: &Endpoint, up: Request<Body>) -> Result<Pending, ProxyError> {
+    pub(crate) fn dispatch(&self, ep: &Endpoint, up: Request<Body>) -> Result<Pending, ProxyError> {
         Ok(match (&ep.mesh, &self.clients.mesh) {
             (Some(_), Some(mesh)) => Box::pin(mesh.client.request(up)),
             (Some(_), None) => {

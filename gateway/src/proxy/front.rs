@@ -39,7 +39,7 @@ pub(super) struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(req: &Request<Incoming>, start: Instant) -> Ctx {
+    pub(super) fn new(req: &Request<Incoming>, start: Instant) -> Ctx {
         Ctx {
             start,
             method: req.method().clone(),

@@ -36,7 +36,7 @@ fn schedule(hc: &HealthCheckConfig) -> (Duration, Duration) {
 }
 
 /// Run the checks for as long as the gateway runs.
-pub async fn run(proxy: Arc<Proxy>) {
+pub(crate) async fn run(proxy: Arc<Proxy>) {
     let mut next: HashMap<String, Instant> = HashMap::new();
     let mut live = std::collections::HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));

@@ -6,14 +6,14 @@
 //! [`forward`] (the trip to one of the service's endpoints, through [`upstream`] pools) ->
 //! back through [`pipeline`]. Failures become responses in [`errors`] only.
 
-pub mod compress;
-pub mod errors;
+pub(crate) mod compress;
+pub(crate) mod errors;
 mod forward;
 mod front;
-pub mod health;
+pub(crate) mod health;
 mod pipeline;
-pub mod router;
-pub mod upstream;
+pub(crate) mod router;
+pub(crate) mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,8 +40,7 @@ use pipeline::Pipeline;
 use router::Routes;
 use upstream::Clients;
 
-pub use berth_common::body::{Body, BoxError, ClientBodyError};
-pub use forward::Pending;
+pub(crate) use berth_common::body::{Body, BoxError};
 
 /// What a client may send and how long each side may take: the entrypoint serves its
 /// connections with these, the front checks requests against them, the upstream pools
@@ -61,7 +60,7 @@ pub struct Limits {
 
 /// What the proxy knows about the client connection a request came on.
 #[derive(Debug)]
-pub struct ConnInfo {
+pub(crate) struct ConnInfo {
     pub entrypoint: Arc<str>,
     pub local: SocketAddr,
     pub peer: SocketAddr,
@@ -82,7 +81,7 @@ struct Outcome {
     retries: u32,
 }
 
-pub struct Proxy {
+pub(crate) struct Proxy {
     routes: ArcSwap<Routes>,
     observe: Observe,
     registry: Registry,
@@ -95,7 +94,7 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(
+    pub(crate) fn new(
         clients: Clients,
         metrics: Arc<Metrics>,
         limits: Limits,
@@ -120,20 +119,20 @@ impl Proxy {
     }
 
     /// The mesh client (dialling sidecars), when the gateway runs the mesh.
-    pub fn mesh_client(&self) -> Option<&upstream::MeshClient> {
+    pub(crate) fn mesh_client(&self) -> Option<&upstream::MeshClient> {
         self.clients.mesh.as_ref()
     }
 
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
-    pub fn observe(&self) -> &Observe {
+    pub(crate) fn observe(&self) -> &Observe {
         &self.observe
     }
 
     /// Swap in a new snapshot; requests in flight keep the one they started with.
-    pub fn swap(&self, snapshot: Arc<Snapshot>) {
+    pub(crate) fn swap(&self, snapshot: Arc<Snapshot>) {
         let routes = Routes::build(snapshot, &self.registry, &self.metrics);
         if let Some(mesh) = &self.clients.mesh {
             let peers = routes
@@ -152,12 +151,12 @@ impl Proxy {
         self.routes.store(Arc::new(routes));
     }
 
-    pub fn routes(&self) -> Arc<Routes> {
+    pub(crate) fn routes(&self) -> Arc<Routes> {
         self.routes.load_full()
     }
 
     /// Handle one request; never fails (errors become responses).
-    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+    pub(crate) async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
         let mut ctx = Ctx::new(&req, Instant::now());
         let mut close = self.lifecycle.is_shutting_down();
         let mut span = self

@@ -35,7 +35,7 @@ pub(super) struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(specs: Vec<Arc<Spec>>) -> Pipeline {
+    pub(super) fn new(specs: Vec<Arc<Spec>>) -> Pipeline {
         Pipeline {
             ran: specs.len(),
             specs,
@@ -46,7 +46,7 @@ impl Pipeline {
     }
 
     /// The request phase: the request to forward, or the answer a middleware made.
-    pub async fn request(
+    pub(super) async fn request(
         &mut self,
         req: Request<Incoming>,
         conn: &ConnInfo,
@@ -98,12 +98,12 @@ impl Pipeline {
     }
 
     /// The retry middleware the forward step follows: the innermost one.
-    pub fn retry(&self) -> Option<middleware::limit::Retry> {
+    pub(super) fn retry(&self) -> Option<middleware::limit::Retry> {
         self.specs.iter().rev().find_map(|s| s.retry().cloned())
     }
 
     /// Tell the middlewares that learn from outcomes how the upstream answered.
-    pub fn outcome(&self, result: &Result<Response<Body>, ProxyError>, elapsed: Duration) {
+    pub(super) fn outcome(&self, result: &Result<Response<Body>, ProxyError>, elapsed: Duration) {
         if !self.specs.iter().any(|s| s.learns_outcomes()) {
             return;
         }
@@ -118,7 +118,7 @@ impl Pipeline {
 
     /// The response phase, innermost first, for the middlewares that ran; then the body's
     /// coding, and the counted requests held until the body is done.
-    pub fn response(self, ctx: &Ctx, conn: &ConnInfo, result: &mut Result<Response<Body>, ProxyError>) {
+    pub(super) fn response(self, ctx: &Ctx, conn: &ConnInfo, result: &mut Result<Response<Body>, ProxyError>) {
         let Ok(resp) = result else { return };
         let ran = &self.specs[..self.ran];
         for spec in ran.iter().rev() {

@@ -4,17 +4,14 @@
 use std::sync::Arc;
 
 use berth_common::routing::Snapshot;
-use http::Uri;
 
 use crate::metrics::{Metrics, RequestMetrics};
 use berth_common::balance::{Balancer, EndpointState, Registry};
 
 /// One upstream endpoint as the proxy dials it.
 #[derive(Debug, Clone)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     pub url: String,
-    /// `http://host:port` or `https://host:port` (h2c is dialled as `http`).
-    pub base: Uri,
     pub authority: http::uri::Authority,
     pub h2c: bool,
     pub https: bool,
@@ -23,7 +20,7 @@ pub struct Endpoint {
 }
 
 #[derive(Debug)]
-pub struct ServiceRuntime {
+pub(crate) struct ServiceRuntime {
     pub name: String,
     pub endpoints: Vec<Endpoint>,
     pub states: Vec<Arc<EndpointState>>,
@@ -36,7 +33,7 @@ pub struct ServiceRuntime {
 
 /// A snapshot plus its runtime state, swapped as one.
 #[derive(Debug)]
-pub struct Routes {
+pub(crate) struct Routes {
     pub snapshot: Arc<Snapshot>,
     /// Parallel to `snapshot.services`.
     pub services: Vec<Arc<ServiceRuntime>>,
@@ -45,7 +42,7 @@ pub struct Routes {
 }
 
 impl Routes {
-    pub fn build(snapshot: Arc<Snapshot>, registry: &Registry, metrics: &Metrics) -> Routes {
+    pub(crate) fn build(snapshot: Arc<Snapshot>, registry: &Registry, metrics: &Metrics) -> Routes {
         let mut endpoints_by_service = Vec::with_capacity(snapshot.services.len());
         for svc in &snapshot.services {
             let eps: Vec<Endpoint> = svc.servers.iter().filter_map(endpoint).collect();
@@ -99,15 +96,8 @@ fn endpoint(s: &berth_common::routing::Server) -> Option<Endpoint> {
     let scheme = s.uri.scheme_str()?;
     let mesh = (scheme == "mesh").then(|| s.uri.path().to_string());
     let (h2c, https) = (scheme == "h2c", scheme == "https" || mesh.is_some());
-    let base = Uri::builder()
-        .scheme(if https { "https" } else { "http" })
-        .authority(authority.clone())
-        .path_and_query("/")
-        .build()
-        .ok()?;
     Some(Endpoint {
         url: s.url.clone(),
-        base,
         authority,
         h2c,
         https,

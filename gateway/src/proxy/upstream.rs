@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_common::upstream::pool;
-pub use berth_common::upstream::{ConnectError, Connector, MeshConnector, MeshPeers, UpstreamStream};
+pub(crate) use berth_common::upstream::{Connector, MeshConnector, MeshPeers};
 use hyper_util::client::legacy::Client;
 use rustls::RootCertStore;
 
@@ -14,7 +14,7 @@ use super::Body;
 
 /// The upstream pools: one negotiating HTTP/1.1 (or h2 by ALPN), one HTTP/2 only (h2c).
 #[derive(Clone)]
-pub struct Clients {
+pub(crate) struct Clients {
     pub http1: Client<Connector, Body>,
     pub h2c: Client<Connector, Body>,
     /// mTLS to sidecars, only when the mesh is enabled.
@@ -22,7 +22,7 @@ pub struct Clients {
 }
 
 impl Clients {
-    pub fn new(connect_timeout: Duration, idle_timeout: Duration, roots: RootCertStore) -> Clients {
+    pub(crate) fn new(connect_timeout: Duration, idle_timeout: Duration, roots: RootCertStore) -> Clients {
         let connector = Connector::new(connect_timeout, roots);
         let http1 = pool(idle_timeout)
             .pool_max_idle_per_host(usize::MAX)
@@ -34,7 +34,7 @@ impl Clients {
 
 /// The pool to sidecars, when the gateway runs the mesh.
 #[derive(Clone)]
-pub struct MeshClient {
+pub(crate) struct MeshClient {
     pub client: Client<MeshConnector, Body>,
     pub peers: MeshPeers,
     pub trust_domain: String,
@@ -43,7 +43,7 @@ pub struct MeshClient {
 }
 
 impl MeshClient {
-    pub fn new(
+    pub(crate) fn new(
         connect_timeout: Duration,
         idle_timeout: Duration,
         slot: Arc<berth_common::mtls::CertSlot>,

@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 
 /// Why an API call failed, in words an operator can act on.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error("cluster {cluster} not found")]
     ClusterNotFound { cluster: String },
     #[error("access denied to ecs:{operation} (grant it in the gateway's task role): {message}")]
@@ -29,14 +29,14 @@ pub enum ApiError {
 
 /// A token bucket shared by every cluster's reconciler.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     state: tokio::sync::Mutex<(f64, Instant)>,
     rate: f64,
     burst: f64,
 }
 
 impl RateLimiter {
-    pub fn new(rate: f64, burst: f64) -> Self {
+    pub(crate) fn new(rate: f64, burst: f64) -> Self {
         RateLimiter {
             state: tokio::sync::Mutex::new((burst, Instant::now())),
             rate: rate.max(0.1),
@@ -45,7 +45,7 @@ impl RateLimiter {
     }
 
     /// Wait for one token.
-    pub async fn acquire(&self) {
+    pub(crate) async fn acquire(&self) {
         let mut st = self.state.lock().await;
         let now = Instant::now();
         let (tokens, last) = *st;
@@ -60,7 +60,7 @@ impl RateLimiter {
 }
 
 #[derive(Clone)]
-pub struct EcsApi {
+pub(crate) struct EcsApi {
     client: aws_sdk_ecs::Client,
     limiter: Arc<RateLimiter>,
     metrics: Arc<Metrics>,
@@ -94,7 +94,7 @@ fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(op: &'static str, cluster
 }
 
 impl EcsApi {
-    pub fn new(client: aws_sdk_ecs::Client, limiter: Arc<RateLimiter>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(client: aws_sdk_ecs::Client, limiter: Arc<RateLimiter>, metrics: Arc<Metrics>) -> Self {
         EcsApi {
             client,
             limiter,
@@ -152,7 +152,7 @@ impl EcsApi {
     }
 
     /// All cluster ARNs (ListClusters, every page).
-    pub async fn list_clusters(&self) -> Result<Vec<String>, ApiError> {
+    pub(crate) async fn list_clusters(&self) -> Result<Vec<String>, ApiError> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -171,7 +171,7 @@ impl EcsApi {
     }
 
     /// Task ARNs whose desired status is RUNNING (ListTasks, every page of 100).
-    pub async fn list_running_tasks(&self, cluster: &str) -> Result<Vec<String>, ApiError> {
+    pub(crate) async fn list_running_tasks(&self, cluster: &str) -> Result<Vec<String>, ApiError> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -196,7 +196,7 @@ impl EcsApi {
 
     /// The tasks ECS counts in `service` (ListTasks with `serviceName`, every page): the
     /// authority on membership, unlike a task's `group`, which whoever runs it sets.
-    pub async fn list_service_tasks(&self, cluster: &str, service: &str) -> Result<Vec<String>, ApiError> {
+    pub(crate) async fn list_service_tasks(&self, cluster: &str, service: &str) -> Result<Vec<String>, ApiError> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -221,7 +221,7 @@ impl EcsApi {
     }
 
     /// Whether the cluster has a service of this name that is not gone (DescribeServices).
-    pub async fn service_exists(&self, cluster: &str, service: &str) -> Result<bool, ApiError> {
+    pub(crate) async fn service_exists(&self, cluster: &str, service: &str) -> Result<bool, ApiError> {
         let out = self
             .call("DescribeServices", cluster, |c| {
                 c.describe_services().cluster(cluster).services(service).send()
@@ -234,7 +234,11 @@ impl EcsApi {
     }
 
     /// DescribeTasks for at most 100 ARNs.
-    pub async fn describe_tasks(&self, cluster: &str, arns: &[String]) -> Result<(Vec<Task>, Vec<Failure>), ApiError> {
+    pub(crate) async fn describe_tasks(
+        &self,
+        cluster: &str,
+        arns: &[String],
+    ) -> Result<(Vec<Task>, Vec<Failure>), ApiError> {
         let out = self
             .call("DescribeTasks", cluster, |c| {
                 c.describe_tasks()
@@ -246,7 +250,7 @@ impl EcsApi {
         Ok((out.tasks().to_vec(), out.failures().to_vec()))
     }
 
-    pub async fn describe_task_definition(&self, arn: &str) -> Result<Option<TaskDefinition>, ApiError> {
+    pub(crate) async fn describe_task_definition(&self, arn: &str) -> Result<Option<TaskDefinition>, ApiError> {
         let out = self
             .call("DescribeTaskDefinition", "", |c| {
                 c.describe_task_definition().task_definition(arn).send()
@@ -256,7 +260,7 @@ impl EcsApi {
     }
 
     /// DescribeContainerInstances for at most 100 ARNs.
-    pub async fn describe_container_instances(
+    pub(crate) async fn describe_container_instances(
         &self,
         cluster: &str,
         arns: &[String],

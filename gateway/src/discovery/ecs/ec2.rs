@@ -25,7 +25,7 @@ use hyper_util::client::legacy::Client;
 
 const OP: &str = "DescribeInstances";
 
-pub struct Ec2Lookup {
+pub(crate) struct Ec2Lookup {
     pub endpoint: String,
     pub region: String,
     pub credentials: SharedCredentialsProvider,
@@ -145,7 +145,7 @@ fn tag(xml: &str, name: &str) -> Option<String> {
 /// Instance id -> private IP from a DescribeInstances response. Each instance's own
 /// `privateIpAddress` is the first one after its `instanceId` (network interfaces,
 /// which repeat the tag, come later in the item).
-pub fn parse_instances(xml: &str) -> HashMap<String, String> {
+pub(crate) fn parse_instances(xml: &str) -> HashMap<String, String> {
     let mut out = HashMap::new();
     for chunk in xml.split("<instanceId>").skip(1) {
         let Some(id_end) = chunk.find("</instanceId>") else {
@@ -161,7 +161,7 @@ pub fn parse_instances(xml: &str) -> HashMap<String, String> {
 
 /// The pool the EC2 calls go through: `https://` with the system's trust roots, 5 s to
 /// connect, idle connections kept 90 s.
-pub fn client(roots: rustls::RootCertStore) -> Client<Connector, Body> {
+pub(crate) fn client(roots: rustls::RootCertStore) -> Client<Connector, Body> {
     berth_common::upstream::pool(std::time::Duration::from_secs(90))
         .build(Connector::new(std::time::Duration::from_secs(5), roots))
 }

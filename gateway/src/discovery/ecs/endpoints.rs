@@ -16,7 +16,7 @@ use super::membership::Membership;
 
 /// A routable container (or one excluded, with the reason).
 #[derive(Debug, Clone, PartialEq)]
-pub struct ContainerEndpoint {
+pub(crate) struct ContainerEndpoint {
     /// Traefik's ECS instance name: `<group with ':' as '-'>-<container>`, e.g.
     /// `service-whoami-whoami`.
     pub instance_name: String,
@@ -45,15 +45,15 @@ pub struct ContainerEndpoint {
 }
 
 /// The container that marks a task as part of the mesh.
-pub const SIDECAR: &str = "berth-sidecar";
+pub(crate) const SIDECAR: &str = "berth-sidecar";
 /// The sidecar's inbound port (container port).
-pub const SIDECAR_PORT: u16 = 15443;
+pub(crate) const SIDECAR_PORT: u16 = 15443;
 
 /// Whether a task is in the mesh (reached through its sidecar, over mTLS): its task
 /// definition has a container named `berth-sidecar`, or a container carrying a
 /// `berth.mesh.*` label (a sidecar under another name). Decided by the definition alone, so
 /// every gateway replica decides the same, connected to the sidecar or not.
-pub fn has_sidecar(def: &TaskDefinition) -> bool {
+pub(crate) fn has_sidecar(def: &TaskDefinition) -> bool {
     def.container_definitions().iter().any(|c| {
         c.name() == Some(SIDECAR)
             || c.docker_labels()
@@ -62,12 +62,12 @@ pub fn has_sidecar(def: &TaskDefinition) -> bool {
 }
 
 /// Whether a task as a whole may receive traffic: ECS says RUNNING and wants it RUNNING.
-pub fn task_is_running(task: &Task) -> bool {
+pub(crate) fn task_is_running(task: &Task) -> bool {
     task.last_status() == Some("RUNNING") && task.desired_status() == Some("RUNNING")
 }
 
 /// The task's network mode, with ECS's defaults (Fargate: awsvpc; EC2: bridge).
-pub fn network_mode(task: &Task, def: &TaskDefinition) -> NetworkMode {
+pub(crate) fn network_mode(task: &Task, def: &TaskDefinition) -> NetworkMode {
     match def.network_mode() {
         Some(m) => m.clone(),
         None if task.launch_type().map(|l| l.as_str()) == Some("FARGATE") => NetworkMode::Awsvpc,
@@ -77,7 +77,7 @@ pub fn network_mode(task: &Task, def: &TaskDefinition) -> NetworkMode {
 }
 
 /// The ENI address of an awsvpc task.
-pub fn awsvpc_address(task: &Task) -> Option<String> {
+pub(crate) fn awsvpc_address(task: &Task) -> Option<String> {
     let from_attachment = |key: &str| {
         task.attachments()
             .iter()
@@ -111,7 +111,7 @@ fn port(p: Option<i32>) -> Option<u16> {
 /// Every container of the task with its address, ports and eligibility.
 /// `host_ip` is the container instance's private IP (bridge and host modes);
 /// `membership` what ECS says of a task with a sidecar (none yet: it is not routed).
-pub fn containers(
+pub(crate) fn containers(
     task: &Task,
     def: &TaskDefinition,
     host_ip: Option<&str>,

@@ -23,7 +23,7 @@ use super::client::{ApiError, EcsApi};
 
 /// What a task's identity is made of, or why it has none.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Membership {
+pub(crate) enum Membership {
     /// ECS lists the task in this service.
     Service(String),
     /// Not in a service: known by its task-definition family.
@@ -34,7 +34,7 @@ pub enum Membership {
 
 impl Membership {
     /// The service segment of the task's identity, when it may have one.
-    pub fn name(&self) -> Option<&str> {
+    pub(crate) fn name(&self) -> Option<&str> {
         match self {
             Membership::Service(s) | Membership::Standalone(s) => Some(s),
             Membership::Refused(_) => None,
@@ -61,7 +61,7 @@ struct Caches {
 
 /// The shared cache of memberships, for the reconcilers and the control plane's lookups.
 #[derive(Debug, Default)]
-pub struct Memberships {
+pub(crate) struct Memberships {
     caches: Mutex<Caches>,
 }
 
@@ -72,7 +72,7 @@ fn family(task: &Task) -> Option<String> {
 
 impl Memberships {
     /// Decide the membership of each task (by ARN), asking ECS where the cache cannot say.
-    pub async fn resolve<'a>(
+    pub(crate) async fn resolve<'a>(
         &self,
         api: &EcsApi,
         cluster: &str,
@@ -148,7 +148,7 @@ impl Memberships {
     }
 
     /// Whether the cluster has an ECS service called `name` (cached for a minute).
-    pub async fn service_named(&self, api: &EcsApi, cluster: &str, name: &str) -> Result<bool, ApiError> {
+    pub(crate) async fn service_named(&self, api: &EcsApi, cluster: &str, name: &str) -> Result<bool, ApiError> {
         let key = (cluster.to_string(), name.to_string());
         {
             let c = self.caches.lock().unwrap_or_else(|e| e.into_inner());

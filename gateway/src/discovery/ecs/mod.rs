@@ -8,11 +8,11 @@
 //! container labels ([`endpoints`], `berth_common::labels`) and published as the
 //! `ecs` provider.
 
-pub mod client;
-pub mod ec2;
-pub mod endpoints;
-pub mod membership;
-pub mod reconcile;
+pub(crate) mod client;
+pub(crate) mod ec2;
+pub(crate) mod endpoints;
+pub(crate) mod membership;
+pub(crate) mod reconcile;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
@@ -37,9 +37,9 @@ use berth_common::control::MeshService;
 use client::{EcsApi, RateLimiter};
 use reconcile::{ClusterReconciler, ClusterView, InstanceAddresses, TaskDefCache};
 
-pub const PROVIDER: &str = "ecs";
+pub(crate) const PROVIDER: &str = "ecs";
 /// Traefik's default rule for the ECS provider.
-pub const DEFAULT_RULE: &str = "Host(`{{ normalize .Name }}`)";
+pub(crate) const DEFAULT_RULE: &str = "Host(`{{ normalize .Name }}`)";
 
 /// Settings from `--ecs-*`.
 #[derive(Debug, Clone)]
@@ -59,7 +59,7 @@ pub struct EcsSettings {
 /// One cluster's discovery state, for the admin API.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ClusterStatus {
+pub(crate) struct ClusterStatus {
     pub name: String,
     #[serde(skip)]
     pub last_success: Option<SystemTime>,
@@ -79,12 +79,12 @@ fn unix(t: SystemTime) -> Option<f64> {
 
 /// Shared between the provider and the admin API.
 #[derive(Debug, Default)]
-pub struct EcsStatus {
+pub(crate) struct EcsStatus {
     clusters: Mutex<BTreeMap<String, ClusterStatus>>,
 }
 
 impl EcsStatus {
-    pub fn clusters(&self) -> Vec<ClusterStatus> {
+    pub(crate) fn clusters(&self) -> Vec<ClusterStatus> {
         let now = SystemTime::now();
         self.clusters
             .lock()
@@ -117,7 +117,7 @@ impl EcsStatus {
 pub struct EcsStartError(String);
 
 /// The running provider's handles.
-pub struct EcsProvider {
+pub(crate) struct EcsProvider {
     pub view: watch::Receiver<ProviderView>,
     /// The east-west services (identities as SPIFFE paths, `ecs/<cluster>/<service>`).
     pub mesh: watch::Receiver<MeshTable>,
@@ -127,7 +127,7 @@ pub struct EcsProvider {
 
 /// What the identity checks need to know about a task.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskFacts {
+pub(crate) struct TaskFacts {
     pub task_arn: String,
     pub cluster: String,
     pub last_status: String,
@@ -149,7 +149,7 @@ pub struct TaskFacts {
 /// DescribeTasks (coalesced into batches of up to 100 over a few milliseconds, through
 /// the rate limiter), so a new task never waits for the next round.
 #[derive(Clone)]
-pub struct TaskLookup {
+pub(crate) struct TaskLookup {
     shared: Arc<Shared>,
 }
 
@@ -166,7 +166,7 @@ const MAX_UNKNOWN: usize = 4096;
 
 impl TaskLookup {
     /// Whether the last views already hold this task (no ECS call needed).
-    pub fn is_known(&self, task_arn: &str) -> bool {
+    pub(crate) fn is_known(&self, task_arn: &str) -> bool {
         let Some(cluster) = task_arn.split('/').rev().nth(1) else {
             return false;
         };
@@ -178,7 +178,7 @@ impl TaskLookup {
             .is_some_and(|k| k.contains_key(task_arn))
     }
 
-    pub async fn find(&self, task_arn: &str) -> Result<Option<TaskFacts>, client::ApiError> {
+    pub(crate) async fn find(&self, task_arn: &str) -> Result<Option<TaskFacts>, client::ApiError> {
         let found = self.find_uncached(task_arn).await;
         if let Ok(None) = found {
             let mut unknown = self.shared.unknown.lock().unwrap_or_else(|e| e.into_inner());
@@ -235,7 +235,7 @@ impl TaskLookup {
 
 impl TaskLookup {
     /// The running tasks of an ECS service in the discovered clusters, from the last views.
-    pub fn running_tasks_of(&self, service: &str) -> Vec<TaskFacts> {
+    pub(crate) fn running_tasks_of(&self, service: &str) -> Vec<TaskFacts> {
         let known = self.shared.known.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut out: Vec<TaskFacts> = known
             .values()
@@ -329,7 +329,7 @@ async fn lookup_loop(shared: Arc<Shared>) {
 }
 
 /// Build the AWS clients from the standard chain and start reconciling.
-pub async fn start(
+pub(crate) async fn start(
     settings: EcsSettings,
     metrics: Arc<Metrics>,
     sidecars: watch::Receiver<HealthView>,
@@ -372,7 +372,7 @@ pub async fn start(
 }
 
 /// Start reconciling with an already-built API client.
-pub fn spawn(
+pub(crate) fn spawn(
     settings: EcsSettings,
     api: EcsApi,
     ec2: Option<Arc<dyn InstanceAddresses>>,
@@ -745,10 +745,10 @@ fn resolve_mesh_names(claims: Vec<MeshClaim>, diags: &mut Vec<Diagnostic>) -> BT
 }
 
 /// The east-west services: every task with a sidecar, by mesh name.
-pub type MeshTable = Arc<BTreeMap<String, MeshService>>;
+pub(crate) type MeshTable = Arc<BTreeMap<String, MeshService>>;
 
 /// What one build produces: the north-south configuration, its problems, and the mesh.
-pub struct Built {
+pub(crate) struct Built {
     pub config: DynamicConfig,
     pub diagnostics: Vec<Diagnostic>,
     pub mesh: BTreeMap<String, MeshService>,
@@ -760,7 +760,7 @@ pub struct Built {
 /// health is fresher than ECS's), and a draining or lost one excludes it; tasks whose
 /// sidecar never registered with this gateway follow ECS's state. Every task with a
 /// sidecar also joins the mesh under its mesh name, routable or not.
-pub fn build_config(
+pub(crate) fn build_config(
     views: &BTreeMap<String, ClusterView>,
     settings: &EcsSettings,
     sidecars: &BTreeMap<(String, String), SidecarHealth>,

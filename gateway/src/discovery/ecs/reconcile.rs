@@ -19,23 +19,23 @@ use super::endpoints::{ContainerEndpoint, containers, has_sidecar, network_mode,
 use super::membership::{Membership, Memberships};
 
 /// ECS takes at most 100 ARNs per Describe* call.
-pub const BATCH: usize = 100;
+pub(crate) const BATCH: usize = 100;
 
 /// Task definitions by ARN, shared across clusters.
-pub type TaskDefCache = Arc<Mutex<HashMap<String, Arc<TaskDefinition>>>>;
+pub(crate) type TaskDefCache = Arc<Mutex<HashMap<String, Arc<TaskDefinition>>>>;
 
 /// EC2 instance id -> private IP, as a boxed future.
-pub type AddressesFuture<'a> =
+pub(crate) type AddressesFuture<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<HashMap<String, String>, ApiError>> + Send + 'a>>;
 
 /// Resolves an EC2 instance id to its private IP (bridge and host modes).
-pub trait InstanceAddresses: Send + Sync {
+pub(crate) trait InstanceAddresses: Send + Sync {
     fn lookup<'a>(&'a self, ids: &'a [String]) -> AddressesFuture<'a>;
 }
 
 /// A task as last described, with what it needs to be routed.
 #[derive(Debug, Clone)]
-pub struct TaskRecord {
+pub(crate) struct TaskRecord {
     pub task: Arc<Task>,
     pub def: Option<Arc<TaskDefinition>>,
     /// For a task with a sidecar: the service its identity names, as ECS says.
@@ -46,13 +46,12 @@ pub struct TaskRecord {
 
 /// The result of a successful round.
 #[derive(Debug, Clone, Default)]
-pub struct ClusterView {
-    pub cluster: String,
+pub(crate) struct ClusterView {
     pub endpoints: Vec<(String, ContainerEndpoint)>,
     pub tasks: usize,
 }
 
-pub struct ClusterReconciler {
+pub(crate) struct ClusterReconciler {
     pub cluster: String,
     api: EcsApi,
     taskdefs: TaskDefCache,
@@ -78,7 +77,7 @@ fn short_name(arn: &str) -> &str {
 }
 
 impl ClusterReconciler {
-    pub fn new(
+    pub(crate) fn new(
         cluster: String,
         api: EcsApi,
         taskdefs: TaskDefCache,
@@ -110,7 +109,7 @@ impl ClusterReconciler {
 
     /// One round: list, describe what is new or changing, resolve definitions and
     /// instances, and return the cluster's complete view.
-    pub async fn round(&mut self) -> Result<ClusterView, ApiError> {
+    pub(crate) async fn round(&mut self) -> Result<ClusterView, ApiError> {
         let listed = self.api.list_running_tasks(&self.cluster).await?;
         let listed_set: HashSet<&String> = listed.iter().collect();
         self.tasks.retain(|arn, _| listed_set.contains(arn));
@@ -128,7 +127,7 @@ impl ClusterReconciler {
 
     /// Take in tasks described outside a round (on demand, for the control plane) and
     /// return the view with them; a later round keeps or drops them like any other.
-    pub async fn adopt(&mut self, tasks: Vec<Task>) -> Result<ClusterView, ApiError> {
+    pub(crate) async fn adopt(&mut self, tasks: Vec<Task>) -> Result<ClusterView, ApiError> {
         self.record(tasks);
         self.resolve_definitions().await?;
         self.resolve_memberships().await?;
@@ -173,7 +172,7 @@ impl ClusterReconciler {
     }
 
     /// A known task's membership, when it has a sidecar and it was decided.
-    pub fn membership(&self, arn: &str) -> Option<&Membership> {
+    pub(crate) fn membership(&self, arn: &str) -> Option<&Membership> {
         self.tasks.get(arn)?.membership.as_ref()
     }
 
@@ -201,7 +200,7 @@ impl ClusterReconciler {
     }
 
     /// Describe these tasks now (batched by 100); tasks ECS reports MISSING are forgotten.
-    pub async fn describe(&mut self, arns: &[String]) -> Result<(), ApiError> {
+    pub(crate) async fn describe(&mut self, arns: &[String]) -> Result<(), ApiError> {
         for chunk in arns.chunks(BATCH) {
             let (tasks, failures) = self.api.describe_tasks(&self.cluster, chunk).await?;
             for f in failures {
@@ -297,7 +296,7 @@ impl ClusterReconciler {
     }
 
     /// Every task known now, by ARN, for the identity checks.
-    pub fn known_tasks(&self) -> HashMap<String, Arc<Task>> {
+    pub(crate) fn known_tasks(&self) -> HashMap<String, Arc<Task>> {
         self.tasks
             .iter()
             .map(|(arn, r)| (arn.clone(), r.task.clone()))
@@ -305,7 +304,7 @@ impl ClusterReconciler {
     }
 
     /// The address a task's sidecar connects from: the ENI (awsvpc) or the instance (bridge, host).
-    pub fn task_address(&self, task: &Task) -> Option<String> {
+    pub(crate) fn task_address(&self, task: &Task) -> Option<String> {
         let def = task
             .task_definition_arn()
             .and_then(|d| self.taskdefs.lock().unwrap_or_else(|e| e.into_inner()).get(d).cloned());
@@ -338,7 +337,6 @@ impl ClusterReconciler {
             }
         }
         ClusterView {
-            cluster: self.cluster.clone(),
             endpoints,
             tasks: self.tasks.len(),
         }
