@@ -2,6 +2,7 @@
 //! the typed model, matching keys case-insensitively as Traefik does and reporting every
 //! key it does not understand, with what it disables.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::model::*;
@@ -128,31 +129,84 @@ impl Decoder<'_> {
         parse_duration(&s).map_err(|e| self.bad(path, e)).ok()
     }
 
+    /// A section of named entries (`routers`, `services`, ...), each decoded by `one`;
+    /// an entry it refuses (`None`) is left out.
+    fn named<T>(
+        &mut self,
+        node: &Node,
+        path: &str,
+        mut one: impl FnMut(&mut Self, &Node, &str) -> Option<T>,
+    ) -> BTreeMap<String, T> {
+        let mut out = BTreeMap::new();
+        for (name, n) in self.map(node, path) {
+            if let Some(v) = one(self, n, &format!("{path}.{name}")) {
+                out.insert(name.clone(), v);
+            }
+        }
+        out
+    }
+
+    /// A list's items with their paths. Labels and TOML tables may spell a list as a map
+    /// keyed by index.
+    fn items<'n>(&mut self, node: &'n Node, path: &str, what: &str) -> Vec<(String, &'n Node)> {
+        match node {
+            Node::List(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (format!("{path}[{i}]"), n))
+                .collect(),
+            Node::Map(m) => m.iter().map(|(k, n)| (format!("{path}.{k}"), n)).collect(),
+            Node::Leaf(_) => {
+                self.bad(path, format!("expected a list of {what}"));
+                Vec::new()
+            }
+        }
+    }
+
+    /// A router's `tls`: `true` (or empty) turns it on with no options, `false` off, a map
+    /// turns it on with those options. `None` when off or not understood.
+    fn tls_switch<'n>(&mut self, node: &'n Node, path: &str) -> Option<&'n [(String, Node)]> {
+        match node {
+            Node::Leaf(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "true" | "" => Some(&[]),
+                "false" => None,
+                other => {
+                    self.bad(path, format!("`{other}` is not true or false"));
+                    None
+                }
+            },
+            Node::Map(m) => Some(m),
+            Node::List(_) => {
+                self.bad(path, "expected true, false or a map of TLS options");
+                None
+            }
+        }
+    }
+
+    /// The keys every router has, HTTP or TCP (`key` in lower case): true when `key` was
+    /// one of them.
+    fn router_key(&mut self, r: RouterKeys<'_>, key: &str, child: &Node, p: &str) -> bool {
+        match key {
+            "rule" => *r.rule = self.string(child, p),
+            "entrypoints" => *r.entry_points = self.list(child, p),
+            "priority" => *r.priority = self.parsed(child, p, "an integer priority"),
+            "service" => *r.service = self.string(child, p),
+            "middlewares" => *r.middlewares = self.list(child, p),
+            _ => return false,
+        }
+        true
+    }
+
     fn http(&mut self, node: &Node, path: &str) -> HttpConfig {
         let mut http = HttpConfig::default();
         for (key, child) in self.map(node, path) {
             let p = format!("{path}.{key}");
             match key.to_ascii_lowercase().as_str() {
-                "routers" => {
-                    for (name, r) in self.map(child, &p) {
-                        let router = self.router(r, &format!("{p}.{name}"));
-                        http.routers.insert(name.clone(), router);
-                    }
-                }
-                "services" => {
-                    for (name, s) in self.map(child, &p) {
-                        if let Some(svc) = self.service(s, &format!("{p}.{name}")) {
-                            http.services.insert(name.clone(), svc);
-                        }
-                    }
-                }
-                "middlewares" => {
-                    for (name, m) in self.map(child, &p) {
-                        if let Some(mw) = self.middleware(m, &format!("{p}.{name}")) {
-                            http.middlewares.insert(name.clone(), mw);
-                        }
-                    }
-                }
+                "routers" => http
+                    .routers
+                    .extend(self.named(child, &p, |d, n, p| Some(d.router(n, p)))),
+                "services" => http.services.extend(self.named(child, &p, Self::service)),
+                "middlewares" => http.middlewares.extend(self.named(child, &p, Self::middleware)),
                 "serverstransports" => self.diags.push(Diagnostic::warning(
                     p,
                     "serversTransports are not supported yet; defaults apply",
@@ -168,18 +222,12 @@ impl Decoder<'_> {
         for (key, child) in self.map(node, path) {
             let p = format!("{path}.{key}");
             match key.to_ascii_lowercase().as_str() {
-                "routers" => {
-                    for (name, r) in self.map(child, &p) {
-                        let router = self.tcp_router(r, &format!("{p}.{name}"));
-                        tcp.routers.insert(name.clone(), router);
-                    }
-                }
-                "services" => {
-                    for (name, s) in self.map(child, &p) {
-                        let svc = self.tcp_service(s, &format!("{p}.{name}"));
-                        tcp.services.insert(name.clone(), svc);
-                    }
-                }
+                "routers" => tcp
+                    .routers
+                    .extend(self.named(child, &p, |d, n, p| Some(d.tcp_router(n, p)))),
+                "services" => tcp
+                    .services
+                    .extend(self.named(child, &p, |d, n, p| Some(d.tcp_service(n, p)))),
                 "middlewares" | "serverstransports" => self.diags.push(Diagnostic::warning(
                     p,
                     format!("tcp {key} are not supported yet; ignored"),
@@ -194,40 +242,33 @@ impl Decoder<'_> {
         let mut r = TcpRouterConfig::default();
         for (key, child) in self.map(node, path) {
             let p = format!("{path}.{key}");
-            match key.to_ascii_lowercase().as_str() {
-                "rule" => r.rule = self.string(child, &p),
-                "entrypoints" => r.entry_points = self.list(child, &p),
-                "priority" => r.priority = self.parsed(child, &p, "an integer priority"),
-                "service" => r.service = self.string(child, &p),
+            let key = key.to_ascii_lowercase();
+            if self.router_key(r.keys(), &key, child, &p) {
+                continue;
+            }
+            match key.as_str() {
                 "rulesyntax" => {}
-                "middlewares" => r.middlewares = self.list(child, &p),
-                "tls" => match child {
-                    Node::Leaf(v) => match v.trim().to_ascii_lowercase().as_str() {
-                        "true" | "" => r.tls = Some(TcpTls::default()),
-                        "false" => r.tls = None,
-                        other => self.bad(&p, format!("`{other}` is not true or false")),
-                    },
-                    Node::Map(m) => {
-                        let mut tls = TcpTls::default();
-                        for (k, c) in m {
-                            let pp = format!("{p}.{k}");
-                            match k.to_ascii_lowercase().as_str() {
-                                "passthrough" => tls.passthrough = self.bool(c, &pp).unwrap_or(false),
-                                "options" => tls.options = self.string(c, &pp),
-                                "certresolver" | "domains" => self
-                                    .diags
-                                    .push(Diagnostic::warning(pp, "ignored: the configured certificates are used")),
-                                _ => self.unknown(&pp),
-                            }
-                        }
-                        r.tls = Some(tls);
-                    }
-                    Node::List(_) => self.bad(&p, "expected true, false or a map of TLS options"),
-                },
+                "tls" => r.tls = self.tls_switch(child, &p).map(|options| self.tcp_tls(options, &p)),
                 _ => self.unknown(&p),
             }
         }
         r
+    }
+
+    fn tcp_tls(&mut self, options: &[(String, Node)], path: &str) -> TcpTls {
+        let mut tls = TcpTls::default();
+        for (k, c) in options {
+            let p = format!("{path}.{k}");
+            match k.to_ascii_lowercase().as_str() {
+                "passthrough" => tls.passthrough = self.bool(c, &p).unwrap_or(false),
+                "options" => tls.options = self.string(c, &p),
+                "certresolver" | "domains" => self
+                    .diags
+                    .push(Diagnostic::warning(p, "ignored: the configured certificates are used")),
+                _ => self.unknown(&p),
+            }
+        }
+        tls
     }
 
     fn tcp_service(&mut self, node: &Node, path: &str) -> TcpServiceConfig {
@@ -243,15 +284,7 @@ impl Decoder<'_> {
                 match k.to_ascii_lowercase().as_str() {
                     "servers" if self.mode == Mode::Labels => self.bad(&pp, LABEL_SERVERS),
                     "servers" => {
-                        let items: &[Node] = match c {
-                            Node::List(items) => items,
-                            _ => {
-                                self.bad(&pp, "expected a list of servers");
-                                &[]
-                            }
-                        };
-                        for (i, item) in items.iter().enumerate() {
-                            let ip = format!("{pp}[{i}]");
+                        for (ip, item) in self.items(c, &pp, "servers") {
                             for (sk, sc) in self.map(item, &ip) {
                                 let sp = format!("{ip}.{sk}");
                                 match sk.to_ascii_lowercase().as_str() {
@@ -298,12 +331,11 @@ impl Decoder<'_> {
         let mut r = RouterConfig::default();
         for (key, child) in self.map(node, path) {
             let p = format!("{path}.{key}");
-            match key.to_ascii_lowercase().as_str() {
-                "rule" => r.rule = self.string(child, &p),
-                "entrypoints" => r.entry_points = self.list(child, &p),
-                "priority" => r.priority = self.parsed(child, &p, "an integer priority"),
-                "service" => r.service = self.string(child, &p),
-                "middlewares" => r.middlewares = self.list(child, &p),
+            let key = key.to_ascii_lowercase();
+            if self.router_key(r.keys(), &key, child, &p) {
+                continue;
+            }
+            match key.as_str() {
                 "tls" => r.tls = self.router_tls(child, &p),
                 "rulesyntax" => self.diags.push(Diagnostic::warning(
                     p,
@@ -320,42 +352,27 @@ impl Decoder<'_> {
     }
 
     fn router_tls(&mut self, node: &Node, path: &str) -> Option<RouterTls> {
-        match node {
-            Node::Leaf(s) => match s.trim().to_ascii_lowercase().as_str() {
-                "true" | "" => Some(RouterTls::default()),
-                "false" => None,
-                other => {
-                    self.bad(path, format!("`{other}` is not true or false"));
-                    None
+        let options = self.tls_switch(node, path)?;
+        let mut tls = RouterTls::default();
+        for (key, child) in options {
+            let p = format!("{path}.{key}");
+            match key.to_ascii_lowercase().as_str() {
+                "options" => tls.options = self.string(child, &p),
+                "certresolver" => {
+                    tls.cert_resolver = self.string(child, &p);
+                    self.diags.push(Diagnostic::warning(
+                        p,
+                        "certificate resolvers (ACME) are not supported; the configured certificates are used",
+                    ));
                 }
-            },
-            Node::Map(m) => {
-                let mut tls = RouterTls::default();
-                for (key, child) in m {
-                    let p = format!("{path}.{key}");
-                    match key.to_ascii_lowercase().as_str() {
-                        "options" => tls.options = self.string(child, &p),
-                        "certresolver" => {
-                            tls.cert_resolver = self.string(child, &p);
-                            self.diags.push(Diagnostic::warning(
-                                p,
-                                "certificate resolvers (ACME) are not supported; the configured certificates are used",
-                            ));
-                        }
-                        "domains" => self.diags.push(Diagnostic::warning(
-                            p,
-                            "tls.domains is only used by certificate resolvers; ignored",
-                        )),
-                        _ => self.unknown(&p),
-                    }
-                }
-                Some(tls)
-            }
-            Node::List(_) => {
-                self.bad(path, "expected true, false or a map of TLS options");
-                None
+                "domains" => self.diags.push(Diagnostic::warning(
+                    p,
+                    "tls.domains is only used by certificate resolvers; ignored",
+                )),
+                _ => self.unknown(&p),
             }
         }
+        Some(tls)
     }
 
     fn service(&mut self, node: &Node, path: &str) -> Option<ServiceConfig> {
@@ -387,21 +404,8 @@ impl Decoder<'_> {
             match key.to_ascii_lowercase().as_str() {
                 "servers" if self.mode == Mode::Labels => self.bad(&p, LABEL_SERVERS),
                 "servers" => {
-                    let items: Vec<(String, Node)> = match child {
-                        Node::List(items) => items
-                            .iter()
-                            .enumerate()
-                            .map(|(i, n)| (format!("{p}[{i}]"), n.clone()))
-                            .collect(),
-                        // Labels and TOML tables can spell lists as maps keyed by index.
-                        Node::Map(m) => m.iter().map(|(k, n)| (format!("{p}.{k}"), n.clone())).collect(),
-                        Node::Leaf(_) => {
-                            self.bad(&p, "expected a list of servers");
-                            Vec::new()
-                        }
-                    };
-                    for (sp, n) in items {
-                        if let Some(s) = self.server(&n, &sp) {
+                    for (sp, n) in self.items(child, &p, "servers") {
+                        if let Some(s) = self.server(n, &sp) {
                             lb.servers.push(s);
                         }
                     }
@@ -612,4 +616,37 @@ pub fn parse_file(text: &str, toml: bool, diags: &mut Vec<Diagnostic>) -> Result
         return Err("the configuration must be a map at the top level".into());
     }
     Ok(decode(&root, Mode::File, "", diags))
+}
+
+/// The keys HTTP and TCP routers share, borrowed from either for [`Decoder::router_key`].
+struct RouterKeys<'r> {
+    rule: &'r mut Option<String>,
+    entry_points: &'r mut Vec<String>,
+    priority: &'r mut Option<i64>,
+    service: &'r mut Option<String>,
+    middlewares: &'r mut Vec<String>,
+}
+
+impl RouterConfig {
+    fn keys(&mut self) -> RouterKeys<'_> {
+        RouterKeys {
+            rule: &mut self.rule,
+            entry_points: &mut self.entry_points,
+            priority: &mut self.priority,
+            service: &mut self.service,
+            middlewares: &mut self.middlewares,
+        }
+    }
+}
+
+impl TcpRouterConfig {
+    fn keys(&mut self) -> RouterKeys<'_> {
+        RouterKeys {
+            rule: &mut self.rule,
+            entry_points: &mut self.entry_points,
+            priority: &mut self.priority,
+            service: &mut self.service,
+            middlewares: &mut self.middlewares,
+        }
+    }
 }

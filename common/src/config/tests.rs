@@ -116,3 +116,62 @@ http:
     assert_eq!(cfg.http.routers["r"].rule.as_deref(), Some("Path(`/`)"));
     assert!(!cfg.http.middlewares["m"].known);
 }
+
+#[test]
+fn http_and_tcp_routers_read_their_shared_keys_alike() {
+    let yaml = r#"
+http:
+  routers:
+    a:
+      RULE: "Host(`a.test`)"
+      entryPoints: "web, websecure"
+      Priority: 7
+      service: s
+      middlewares: [m]
+      tls: "true"
+    off:
+      rule: "Host(`b.test`)"
+      tls: "maybe"
+tcp:
+  routers:
+    a:
+      RULE: "HostSNI(`a.test`)"
+      entryPoints: "web, websecure"
+      Priority: 7
+      service: s
+      middlewares: [m]
+      tls: "true"
+    off:
+      rule: "HostSNI(`b.test`)"
+      tls: "maybe"
+  services:
+    s:
+      loadBalancer:
+        servers:
+          "0": {address: "127.0.0.1:5432"}
+          "1": {address: "127.0.0.1:5433"}
+"#;
+    let mut diags = Vec::new();
+    let cfg = parse_file(yaml, false, &mut diags).unwrap();
+    let (h, t) = (&cfg.http.routers["a"], &cfg.tcp.routers["a"]);
+    assert_eq!(t.rule.as_deref(), Some("HostSNI(`a.test`)"));
+    assert_eq!(
+        (&h.entry_points, h.priority, &h.service, &h.middlewares),
+        (&t.entry_points, t.priority, &t.service, &t.middlewares)
+    );
+    assert_eq!(h.entry_points, ["web", "websecure"]);
+    assert_eq!(h.priority, Some(7));
+    assert!(h.tls.is_some() && t.tls.is_some());
+    // A `tls` that is neither true, false nor a map is refused the same way for both.
+    assert!(cfg.http.routers["off"].tls.is_none() && cfg.tcp.routers["off"].tls.is_none());
+    for p in ["http.routers.off.tls", "tcp.routers.off.tls"] {
+        assert!(
+            diags
+                .iter()
+                .any(|d| d.key == p && d.message.contains("`maybe` is not true or false")),
+            "{p}: {diags:?}"
+        );
+    }
+    // TCP servers may be spelled as a map keyed by index, as HTTP servers may.
+    assert_eq!(cfg.tcp.services["s"].servers, ["127.0.0.1:5432", "127.0.0.1:5433"]);
+}
