@@ -62,6 +62,7 @@ fn opts() -> BuildOptions {
         entrypoints: vec!["web".into()],
         version: 1,
         previous: vec![],
+        ..BuildOptions::default()
     }
 }
 

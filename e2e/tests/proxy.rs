@@ -639,3 +639,64 @@ async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
     let r = http1(gw.web(), get("x", "/after")).await;
     assert_eq!(r.status, StatusCode::OK);
 }
+
+/// Traefik v2 rules beside v3 ones on the same requests: `ruleSyntax: v2` per router, and
+/// the gateway's default syntax given with Traefik's own flag.
+#[tokio::test]
+async fn rule_syntax_v2_beside_v3_on_the_same_requests() {
+    let v2 = Backend::start("v2", Proto::Http1).await;
+    let v3 = Backend::start("v3", Proto::Http1).await;
+    // The same routes, once in each syntax, on two pairs of hosts.
+    let yaml = format!(
+        "http:\n  routers:\n    old:\n      rule: \"Host(`a.test`, `b.test`) && Path(`/u/{{id:[0-9]+}}`)\"\n      ruleSyntax: v2\n      service: v2\n    new:\n      rule: \"(Host(`x.test`) || Host(`y.test`)) && PathRegexp(`^/u/[0-9]+$`)\"\n      service: v3\n    unmarked:\n      rule: \"Host(`c.test`, `d.test`)\"\n      service: v2\n  services:\n{}{}",
+        service("v2", &[v2.url()], ""),
+        service("v3", &[v3.url()], "")
+    );
+    let gw = start(&yaml, &[]).await;
+    let ask = |host: &'static str, path: &'static str| {
+        let addr = gw.web();
+        async move {
+            let r = http1(addr, get(host, path)).await;
+            (r.status, r.body.lines().next().unwrap_or_default().to_string())
+        }
+    };
+    for (path, served) in [
+        ("/u/42", true),
+        ("/u/0", true),
+        ("/u/4x", false),
+        ("/u/42/", false),
+        ("/u", false),
+    ] {
+        for (hosts, backend) in [
+            (["a.test", "B.TEST:80"], "backend=v2"),
+            (["x.test", "Y.test:80"], "backend=v3"),
+        ] {
+            for host in hosts {
+                let (status, first) = ask(host, path).await;
+                if served {
+                    assert_eq!((status, first.as_str()), (StatusCode::OK, backend), "{host}{path}");
+                } else {
+                    assert_eq!(status, StatusCode::NOT_FOUND, "{host}{path}");
+                }
+            }
+        }
+    }
+    // A v2 rule not marked v2 is not served, and the API says how to opt in.
+    assert_eq!(ask("c.test", "/").await.0, StatusCode::NOT_FOUND);
+    let routers = gw.admin_json("/api/http/routers").await;
+    let unmarked = routers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "unmarked@file")
+        .unwrap()
+        .clone();
+    assert_eq!(unmarked["status"], "disabled", "{unmarked}");
+    assert!(unmarked.to_string().contains("ruleSyntax: v2"), "{unmarked}");
+
+    // With Traefik's `--core.defaultRuleSyntax=v2`, the unmarked router is served too.
+    let gw2 = start(&yaml, &["--core.defaultRuleSyntax=v2"]).await;
+    let r = http1(gw2.web(), get("d.test", "/")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.starts_with("backend=v2"), "{}", r.body);
+}

@@ -31,7 +31,9 @@ fn issue(csr_pem: &str) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&kind, body)) = data.split_first() else { return };
+    let Some((&kind, body)) = data.split_first() else {
+        return;
+    };
     match kind % 5 {
         0 => {
             if let Ok(r) = serde_json::from_slice::<CertificateRequest>(body) {
@@ -41,7 +43,8 @@ fuzz_target!(|data: &[u8]| {
         1 => issue(&String::from_utf8_lossy(body)),
         2 => {
             if let Ok(r) = serde_json::from_slice::<Registration>(body) {
-                let again: Registration = serde_json::from_slice(&serde_json::to_vec(&r).expect("encode")).expect("decode");
+                let again: Registration =
+                    serde_json::from_slice(&serde_json::to_vec(&r).expect("encode")).expect("decode");
                 assert_eq!(again, r, "registration does not round-trip");
             }
         }

@@ -24,9 +24,15 @@ async fn backend(req: hyper::Request<hyper::body::Incoming>) -> Result<hyper::Re
     let h = req.headers();
     let te = h.contains_key(http::header::TRANSFER_ENCODING);
     let cls = h.get_all(http::header::CONTENT_LENGTH).iter().count();
-    assert!(!(te && cls > 0), "backend got Content-Length and Transfer-Encoding: {h:?}");
+    assert!(
+        !(te && cls > 0),
+        "backend got Content-Length and Transfer-Encoding: {h:?}"
+    );
     assert!(cls <= 1, "backend got {cls} Content-Lengths: {h:?}");
-    assert!(!h.contains_key("x-berth-client-id"), "a client-supplied identity reached the backend");
+    assert!(
+        !h.contains_key("x-berth-client-id"),
+        "a client-supplied identity reached the backend"
+    );
     let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
     Ok(hyper::Response::new(Full::new(Bytes::from(format!("ok {body}")))))
 }
@@ -93,7 +99,9 @@ fn gateway() -> SocketAddr {
 }
 
 fn exchange(web: SocketAddr, data: &[u8]) -> Vec<u8> {
-    let Ok(mut s) = TcpStream::connect(web) else { return Vec::new() };
+    let Ok(mut s) = TcpStream::connect(web) else {
+        return Vec::new();
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = s.write_all(data);
     let _ = s.shutdown(std::net::Shutdown::Write);

@@ -20,7 +20,9 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let mut diags = Vec::new();
     let node = Node::from_dotted(pairs, "", &mut diags);
-    let Some(kind) = middleware::find_kind(kind.trim()) else { return };
+    let Some(kind) = middleware::find_kind(kind.trim()) else {
+        return;
+    };
     let Ok(spec) = kind.parse(&node) else { return };
     let mut headers = http::HeaderMap::new();
     headers.insert("authorization", http::HeaderValue::from_static("Basic dTpw"));

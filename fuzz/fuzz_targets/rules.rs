@@ -1,7 +1,7 @@
 #![no_main]
 //! The HTTP and TCP rule parsers and compilers never panic or overflow the stack on any
-//! text (deep nesting, long chains, non-ASCII), and a compiled rule evaluates without
-//! panicking.
+//! text (deep nesting, long chains, non-ASCII), in either rule syntax (v3, and Traefik v2's
+//! templates), and a compiled rule evaluates without panicking.
 
 use berth_common::rules::tcp::{ConnView, TcpRule};
 use berth_common::rules::{self, RequestView};
@@ -9,7 +9,10 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    if let Ok(rule) = rules::compile(text) {
+    for syntax in [rules::Syntax::V3, rules::Syntax::V2] {
+        let Ok(rule) = rules::compile_with(text, syntax) else {
+            continue;
+        };
         let headers = http::HeaderMap::new();
         let view = RequestView {
             host: "a.test",

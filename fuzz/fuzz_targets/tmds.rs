@@ -7,7 +7,10 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(md) = berth_sidecar::metadata::parse("http://tmds.fuzz/v4/x/task", data) {
-        assert!(!md.task_arn.is_empty() && !md.cluster.is_empty(), "accepted a task without ARN or cluster");
+        assert!(
+            !md.task_arn.is_empty() && !md.cluster.is_empty(),
+            "accepted a task without ARN or cluster"
+        );
         let _ = md.app();
         let reg = md.registration(Some(8080));
         assert_eq!(reg.task_arn, md.task_arn);

@@ -197,6 +197,10 @@ pub struct Args {
     pub ecs_healthy_only: bool,
     #[arg(long, env = "BERTH_ECS_DEFAULT_RULE")]
     pub ecs_default_rule: Option<String>,
+    /// The rule syntax of routers without `ruleSyntax`: `v3` (the default) or `v2`
+    /// (Traefik v2's matchers; Traefik v3's `--core.defaultRuleSyntax`, accepted as an alias).
+    #[arg(long, env = "BERTH_DEFAULT_RULE_SYNTAX", aliases = ["core.defaultRuleSyntax", "core.defaultrulesyntax"])]
+    pub default_rule_syntax: Option<String>,
     /// `--exposed-by-default`: route containers without `berth.enable=true` too.
     #[arg(long = "exposed-by-default", env = "BERTH_EXPOSED_BY_DEFAULT")]
     pub exposed_by_default: bool,
@@ -313,6 +317,8 @@ pub struct Config {
     pub access_log: Option<(Option<PathBuf>, berth_common::accesslog::Format)>,
     /// Tracing, from the `OTEL_*` environment; `None` when off.
     pub tracing: Option<berth_common::telemetry::TraceSettings>,
+    /// The rule syntax of routers that do not choose one.
+    pub default_rule_syntax: berth_common::rules::Syntax,
     /// ECS discovery, only when a cluster (or all clusters) is named.
     pub ecs: Option<crate::discovery::ecs::EcsSettings>,
     /// The mesh control plane, only when a CA is configured.
@@ -407,6 +413,10 @@ impl Config {
         if max_header_bytes < 8192 {
             return Err(bad("--max-header-bytes must be at least 8192"));
         }
+        let default_rule_syntax: berth_common::rules::Syntax = match s.default_rule_syntax.as_deref() {
+            Some(v) => v.parse().map_err(|e| bad(format!("--default-rule-syntax: {e}")))?,
+            None => berth_common::rules::Syntax::V3,
+        };
         let ecs_clusters = s.ecs_clusters.clone();
         let all_clusters = s.ecs_all_clusters;
         let ecs = if ecs_clusters.is_empty() && !all_clusters {
@@ -502,6 +512,7 @@ impl Config {
         Ok(Config {
             mesh,
             ecs,
+            default_rule_syntax,
             entrypoints,
             tls_default,
             ping,

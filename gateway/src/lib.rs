@@ -176,6 +176,7 @@ impl Gateway {
         let mut owner = SnapshotOwner {
             sources,
             entrypoints: cfg.entrypoints.iter().map(|e| e.name.clone()).collect(),
+            default_rule_syntax: cfg.default_rule_syntax,
             proxy: proxy.clone(),
             certs: certs.clone(),
             current: current.clone(),

@@ -18,6 +18,7 @@ use crate::proxy::Proxy;
 pub(crate) struct SnapshotOwner {
     pub sources: Vec<watch::Receiver<ProviderView>>,
     pub entrypoints: Vec<String>,
+    pub default_rule_syntax: berth_common::rules::Syntax,
     pub proxy: Arc<Proxy>,
     pub certs: Arc<CertStore>,
     /// The latest snapshot, for the admin API.
@@ -41,6 +42,7 @@ impl SnapshotOwner {
             entrypoints: self.entrypoints.clone(),
             version,
             previous: self.current.load().middlewares.clone(),
+            default_rule_syntax: self.default_rule_syntax,
         };
         let mut snap = build(&views, &opts);
         let mut sni = Vec::new();

@@ -337,10 +337,18 @@ impl Decoder<'_> {
             }
             match key.as_str() {
                 "tls" => r.tls = self.router_tls(child, &p),
-                "rulesyntax" => self.diags.push(Diagnostic::warning(
-                    p,
-                    "ruleSyntax is ignored: rules always use the v3 syntax",
-                )),
+                "rulesyntax" => {
+                    r.rule_syntax = self.string(child, &p);
+                    let v = r.rule_syntax.as_deref().unwrap_or_default();
+                    if crate::rules::Syntax::of_router(v, crate::rules::Syntax::V3).is_none() {
+                        self.diags.push(Diagnostic::warning(
+                            p,
+                            format!(
+                                "ruleSyntax `{v}` is neither v2 nor v3: the rule is read as v3, as Traefik reads it"
+                            ),
+                        ));
+                    }
+                }
                 "observability" => self.diags.push(Diagnostic::warning(
                     p,
                     "router observability options are not supported yet",

@@ -65,6 +65,10 @@ pub struct HttpConfig {
 #[serde(rename_all = "camelCase")]
 pub struct RouterConfig {
     pub rule: Option<String>,
+    /// `ruleSyntax`: `v2` for Traefik v2's matchers, `v3`; unset, empty or `default` for
+    /// the gateway's default ([`crate::rules::Syntax`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_syntax: Option<String>,
     pub entry_points: Vec<String>,
     pub priority: Option<i64>,
     pub service: Option<String>,

@@ -163,6 +163,7 @@ fn merge_labels(into: &mut DynamicConfig, from: DynamicConfig) {
     for (name, r) in from.http.routers {
         let e = into.http.routers.entry(name).or_default();
         e.rule = e.rule.take().or(r.rule);
+        e.rule_syntax = e.rule_syntax.take().or(r.rule_syntax);
         if e.entry_points.is_empty() {
             e.entry_points = r.entry_points;
         }
@@ -406,7 +407,12 @@ pub fn container_config(labels: &ContainerLabels, target: &ContainerTarget) -> (
                     drop.push(name.clone());
                     continue;
                 }
-                Some(tpl) => r.rule = Some(render_default_rule(tpl, &target.name)),
+                // The default rule is v3 whatever the gateway's default syntax, as in
+                // Traefik (its default-rule routers keep the v3 parser).
+                Some(tpl) => {
+                    r.rule = Some(render_default_rule(tpl, &target.name));
+                    r.rule_syntax.get_or_insert_with(|| "v3".into());
+                }
                 None => {
                     diags.push(Diagnostic::error(
                         format!("http.routers.{name}.rule"),

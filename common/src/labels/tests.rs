@@ -528,3 +528,24 @@ fn an_ipv6_task_address_goes_in_brackets() {
         .collect();
     assert_eq!(urls, ["mesh://[2600:1f18::7]:15443/ecs/prod/web"]);
 }
+
+#[test]
+fn rule_syntax_labels_are_kept_and_the_default_rule_is_v3() {
+    let l = labels(&[
+        ("traefik.http.routers.web.rule", "Host(`a.test`, `b.test`)"),
+        ("traefik.http.routers.web.ruleSyntax", "v2"),
+        ("berth.http.routers.web.priority", "3"),
+        ("traefik.http.routers.other.entrypoints", "web"),
+    ]);
+    let (c, diags) = parse(&l);
+    assert!(diags.is_empty(), "{diags:?}");
+    // Merged across the two prefixes without losing the syntax.
+    assert_eq!(c.config.http.routers["web"].rule_syntax.as_deref(), Some("v2"));
+    assert_eq!(c.config.http.routers["web"].priority, Some(3));
+    let (cfg, _) = container_config(&c, &target());
+    assert_eq!(cfg.http.routers["web"].rule_syntax.as_deref(), Some("v2"));
+    // A router given the default rule reads it as v3, as Traefik does.
+    let other = &cfg.http.routers["other"];
+    assert_eq!(other.rule.as_deref(), Some("Host(`whoami.localhost`)"));
+    assert_eq!(other.rule_syntax.as_deref(), Some("v3"));
+}

@@ -31,6 +31,9 @@ pub struct BuildOptions {
     /// The middlewares of the snapshot being replaced: one whose options did not change
     /// is kept as it is, with its state (rate-limit buckets, in-flight counts).
     pub previous: Vec<MiddlewareEntry>,
+    /// The rule syntax of routers that do not choose one (`ruleSyntax`): v3 unless the
+    /// gateway says v2 (`--default-rule-syntax`, Traefik's `core.defaultRuleSyntax`).
+    pub default_rule_syntax: rules::Syntax,
 }
 
 fn qualify(name: &str, provider: &str) -> String {
@@ -38,6 +41,18 @@ fn qualify(name: &str, provider: &str) -> String {
         name.to_string()
     } else {
         format!("{name}@{provider}")
+    }
+}
+
+/// Never guessed: a rule that is not valid v3 but is valid v2 stays disabled, and the
+/// error says how to opt in to v2.
+fn v2_hint(rule: &str, syntax: rules::Syntax, router: &str) -> String {
+    if syntax == rules::Syntax::V3 && rules::compile_with(rule, rules::Syntax::V2).is_ok() {
+        format!(
+            "; the rule is valid in Traefik's v2 syntax: set `ruleSyntax: v2` on the router (label `traefik.http.routers.{router}.ruleSyntax=v2`), or make v2 the default (`--default-rule-syntax v2`, Traefik's `--core.defaultRuleSyntax=v2`)"
+        )
+    } else {
+        String::new()
     }
 }
 
@@ -145,10 +160,13 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                 errors.push("the router has no rule".to_string());
                 None
             } else {
-                match rules::compile(&rule_text) {
+                let syntax =
+                    rules::Syntax::of_router(r.rule_syntax.as_deref().unwrap_or_default(), opts.default_rule_syntax)
+                        .unwrap_or(rules::Syntax::V3);
+                match rules::compile_with(&rule_text, syntax) {
                     Ok(rule) => Some(rule),
                     Err(e) => {
-                        errors.push(format!("invalid rule: {e}"));
+                        errors.push(format!("invalid rule: {e}{}", v2_hint(&rule_text, syntax, name)));
                         None
                     }
                 }

@@ -22,6 +22,7 @@ fn opts() -> BuildOptions {
         entrypoints: vec!["web".into(), "admin".into()],
         version: 1,
         previous: vec![],
+        ..BuildOptions::default()
     }
 }
 
@@ -221,4 +222,51 @@ tcp:
     );
     assert_eq!(tcp("db2@file").status, Status::Disabled);
     assert_eq!(tcp("db3@file").status, Status::Enabled);
+}
+
+#[test]
+fn rule_syntax_v2_per_router_or_by_default_and_never_guessed() {
+    let yaml = r#"
+http:
+  routers:
+    v2: { rule: "Host(`a.test`, `b.test`) && PathPrefix(`/u/{id:[0-9]+}`)", ruleSyntax: v2, service: s }
+    guessed: { rule: "Host(`c.test`, `d.test`)", service: s }
+    v3: { rule: "Host(`e.test`)", ruleSyntax: v3, service: s }
+    odd: { rule: "Host(`f.test`)", ruleSyntax: V2, service: s }
+  services:
+    s: { loadBalancer: { servers: [ { url: "http://127.0.0.1:1" } ] } }
+"#;
+    let s = build(&[view("file", yaml)], &opts());
+    let r = |s: &Snapshot, n: &str| s.routers.iter().find(|r| r.name == n).unwrap().clone();
+    assert_eq!(
+        r(&s, "v2@file").status,
+        Status::Enabled,
+        "{:?}",
+        r(&s, "v2@file").errors
+    );
+    assert_eq!(route(&s, "web", "b.test", "/u/12/x"), Some("v2@file"));
+    assert_eq!(route(&s, "web", "b.test", "/u/ab"), None);
+    // Valid only as v2 and not marked: disabled, with the two ways to opt in.
+    let g = r(&s, "guessed@file");
+    assert_eq!(g.status, Status::Disabled);
+    assert!(
+        g.errors[0].contains("ruleSyntax: v2") && g.errors[0].contains("--default-rule-syntax v2"),
+        "{:?}",
+        g.errors
+    );
+    assert_eq!(route(&s, "web", "c.test", "/"), None);
+    assert_eq!(r(&s, "v3@file").status, Status::Enabled);
+    // Not exactly `v2`: read as v3, as Traefik reads it (the decoder warns).
+    assert_eq!(r(&s, "odd@file").status, Status::Enabled);
+    assert!(s.diagnostics.iter().any(|d| d.message.contains("neither v2 nor v3")));
+
+    // With v2 the default, the unmarked router is served, and `ruleSyntax: v3` still wins.
+    let o = BuildOptions {
+        default_rule_syntax: crate::rules::Syntax::V2,
+        ..opts()
+    };
+    let s = build(&[view("file", yaml)], &o);
+    assert_eq!(route(&s, "web", "d.test", "/"), Some("guessed@file"));
+    assert_eq!(r(&s, "v3@file").status, Status::Enabled);
+    assert_eq!(r(&s, "v2@file").status, Status::Enabled);
 }

@@ -1,4 +1,5 @@
-//! The Traefik v3 rule language: `Host(`a`) && (PathPrefix(`/api`) || !Method(`GET`))`.
+//! The Traefik v3 rule language: `Host(`a`) && (PathPrefix(`/api`) || !Method(`GET`))`,
+//! and Traefik's v2 syntax for the routers that ask for it ([`Syntax`]).
 //!
 //! One module owns rules for the whole project: [`parse`] turns text into an AST with
 //! column-precise errors, [`matcher`] compiles the AST into something cheap to evaluate
@@ -8,13 +9,22 @@ pub mod matcher;
 pub mod parse;
 pub mod regex;
 pub mod tcp;
+mod v2;
 
 pub use matcher::{CompileError, RequestView, Rule};
 pub use parse::{Expr, MatcherCall, MatcherKind, ParseError};
+pub use v2::{NAMES as V2_MATCHERS, Syntax};
 
-/// Parse and compile a rule in one step; the error names the column and the reason.
+/// Parse and compile a rule (Traefik v3 syntax) in one step; the error names the column
+/// and the reason.
 pub fn compile(rule: &str) -> Result<Rule, RuleError> {
-    let expr = parse::parse(rule)?;
+    compile_with(rule, Syntax::V3)
+}
+
+/// Parse and compile a rule written in `syntax` ([`Syntax::V2`]: Traefik v2's matchers,
+/// translated to the same compiled rule).
+pub fn compile_with(rule: &str, syntax: Syntax) -> Result<Rule, RuleError> {
+    let expr = parse::parse_with(rule, syntax)?;
     Ok(Rule::compile(rule, &expr)?)
 }
 

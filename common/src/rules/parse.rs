@@ -12,6 +12,8 @@
 
 use std::fmt;
 
+use super::v2::{self, Syntax};
+
 /// The matchers Traefik v3 knows: HTTP routers', and TCP routers' (`HostSNI`,
 /// `HostSNIRegexp`, `ALPN`; `ClientIP` serves both).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,15 +83,17 @@ impl MatcherKind {
     /// Traefik registers each matcher under four spellings (`PathPrefix`, `pathprefix`,
     /// `PATHPREFIX`, `Pathprefix`: pkg/rules/parser.go); other mixes are unknown there too.
     fn from_name(name: &str) -> Option<Self> {
-        MatcherKind::ALL.into_iter().find(|k| {
-            let canonical = k.name();
-            let lower = canonical.to_ascii_lowercase();
-            let title = format!("{}{}", lower[..1].to_ascii_uppercase(), &lower[1..]);
-            [canonical.to_string(), canonical.to_ascii_uppercase(), lower, title]
-                .iter()
-                .any(|spelling| spelling == name)
-        })
+        MatcherKind::ALL.into_iter().find(|k| spelled(k.name(), name))
     }
+}
+
+/// Whether `name` is one of the four spellings Traefik registers for `canonical`.
+pub(super) fn spelled(canonical: &str, name: &str) -> bool {
+    let lower = canonical.to_ascii_lowercase();
+    let title = format!("{}{}", lower[..1].to_ascii_uppercase(), &lower[1..]);
+    [canonical.to_string(), canonical.to_ascii_uppercase(), lower, title]
+        .iter()
+        .any(|spelling| spelling == name)
 }
 
 /// One matcher call as written, with the column of its name.
@@ -319,6 +323,7 @@ fn lex_quoted(chars: &[char], open: usize) -> Result<(String, usize), ParseError
 }
 
 struct Parser {
+    syntax: Syntax,
     toks: Vec<(Tok, usize)>,
     pos: usize,
     /// Open `(` and `!` around the current position.
@@ -366,6 +371,15 @@ impl Parser {
         Ok(Expr::And(terms))
     }
 
+    /// Count `n` more matchers, refusing more than [`MAX_MATCHERS`] in all.
+    fn count(&mut self, col: usize, n: usize) -> Result<(), ParseError> {
+        self.matchers += n;
+        if self.matchers > MAX_MATCHERS {
+            return Err(err(col, format!("at most {MAX_MATCHERS} matchers"), "more"));
+        }
+        Ok(())
+    }
+
     /// Enter one level of `(` or `!`, refusing to go deeper than [`MAX_DEPTH`].
     fn descend(&mut self, col: usize) -> Result<(), ParseError> {
         if self.depth >= MAX_DEPTH {
@@ -405,10 +419,26 @@ impl Parser {
                 Ok(inner)
             }
             Tok::Ident(name) => {
-                let kind = MatcherKind::from_name(&name).ok_or_else(|| {
-                    let known: Vec<_> = MatcherKind::ALL.iter().map(|k| k.name()).collect();
-                    err(col, format!("a matcher ({})", known.join(", ")), format!("`{name}`"))
-                })?;
+                // v3 matchers by kind; v2 ones by name, translated once their values are read.
+                let (kind, v2_name) = match self.syntax {
+                    Syntax::V3 => {
+                        let kind = MatcherKind::from_name(&name).ok_or_else(|| {
+                            let known: Vec<_> = MatcherKind::ALL.iter().map(|k| k.name()).collect();
+                            err(col, format!("a matcher ({})", known.join(", ")), format!("`{name}`"))
+                        })?;
+                        (kind, None)
+                    }
+                    Syntax::V2 => {
+                        let canonical = v2::canonical(&name).ok_or_else(|| {
+                            err(
+                                col,
+                                format!("a v2 matcher ({})", v2::NAMES.join(", ")),
+                                format!("`{name}`"),
+                            )
+                        })?;
+                        (MatcherKind::Host, Some(canonical))
+                    }
+                };
                 let (open, ocol) = self.bump();
                 if open != Tok::LParen {
                     return Err(err(ocol, format!("`(` after {name}"), open.to_string()));
@@ -434,10 +464,12 @@ impl Parser {
                         other => return Err(err(scol, "`,` or `)`", other.to_string())),
                     }
                 }
-                self.matchers += 1;
-                if self.matchers > MAX_MATCHERS {
-                    return Err(err(col, format!("at most {MAX_MATCHERS} matchers"), "more"));
+                if let Some(name) = v2_name {
+                    let expr = v2::call(name, args, col)?;
+                    self.count(col, leaves(&expr))?;
+                    return Ok(expr);
                 }
+                self.count(col, 1)?;
                 let (min, max) = kind.arity();
                 if args.len() < min || args.len() > max {
                     let want = if min == max {
@@ -458,10 +490,25 @@ impl Parser {
     }
 }
 
-/// Parse a rule into its syntax tree.
+/// The matcher calls in `expr`.
+fn leaves(expr: &Expr) -> usize {
+    match expr {
+        Expr::Matcher(_) => 1,
+        Expr::Not(e) => leaves(e),
+        Expr::And(terms) | Expr::Or(terms) => terms.iter().map(leaves).sum(),
+    }
+}
+
+/// Parse a rule (Traefik v3 syntax) into its syntax tree.
 pub fn parse(input: &str) -> Result<Expr, ParseError> {
+    parse_with(input, Syntax::V3)
+}
+
+/// Parse a rule written in `syntax`; a v2 rule comes out as the v3 matchers it means.
+pub fn parse_with(input: &str, syntax: Syntax) -> Result<Expr, ParseError> {
     let toks = lex(input)?;
     let mut p = Parser {
+        syntax,
         toks,
         pos: 0,
         depth: 0,

@@ -379,3 +379,119 @@ fn traefiks_parser_accepts_what_go_accepts() {
         "raw strings drop carriage returns"
     );
 }
+
+fn m2(rule: &str, req: &Req) -> bool {
+    compile_with(rule, Syntax::V2)
+        .unwrap_or_else(|e| panic!("{rule}: {e}"))
+        .matches(&req.view())
+}
+
+/// Traefik v2's matchers (its `pkg/muxer/http/matcher_v2_test.go` cases), side by side
+/// with what the same text means, or fails to mean, in v3.
+#[test]
+fn v2_syntax_means_what_traefik_v2_means() {
+    // Several values: any of them.
+    let r = "Host(`a.test`, `b.test`)";
+    assert!(m2(r, &Req::new("a.test", "/")) && m2(r, &Req::new("B.TEST:8080", "/")));
+    assert!(!m2(r, &Req::new("c.test", "/")));
+    assert!(compile(r).is_err(), "v3 takes one host");
+    assert!(m2("HostHeader(`a.test`)", &Req::new("a.test.", "/")));
+    assert!(
+        compile_with("Host(`*.a.test`)", Syntax::V2).is_err(),
+        "no wildcards in v2"
+    );
+    // The hosts are still indexed for the router table.
+    let rule = compile_with(r, Syntax::V2).unwrap();
+    assert_eq!(rule.required_hosts().unwrap().len(), 2);
+
+    // Host templates: case-insensitive, anchored, `[^.]+` by default.
+    let r = "HostRegexp(`{sub:[a-z]+}.example.com`)";
+    assert!(m2(r, &Req::new("Foo.example.com", "/")));
+    assert!(!m2(r, &Req::new("foo.bar.example.com", "/")));
+    assert!(!m2(r, &Req::new("foo.example.com.evil", "/")));
+    assert!(m2("HostRegexp(`{any}.example.com`)", &Req::new("x-1.example.com", "/")));
+    assert!(!m2(
+        "HostRegexp(`{any}.example.com`)",
+        &Req::new("a.b.example.com", "/")
+    ));
+    // In v3 the same text is a raw regexp that only matches itself.
+    assert!(!m(r, &Req::new("foo.example.com", "/")));
+    // Literal text is literal: `.` is a dot, not any character.
+    assert!(!m2("HostRegexp(`a.example.com`)", &Req::new("axexample.com", "/")));
+
+    // Path templates: `[^/]+` by default; Path anchored at both ends, PathPrefix at the start.
+    let r = "Path(`/users/{id:[0-9]+}`)";
+    assert!(m2(r, &Req::new("h", "/users/42")));
+    assert!(!m2(r, &Req::new("h", "/users/42/x")) && !m2(r, &Req::new("h", "/users/ab")));
+    assert!(!m(r, &Req::new("h", "/users/42")), "v3 Path is the literal text");
+    let r = "PathPrefix(`/api/{v}/`)";
+    assert!(m2(r, &Req::new("h", "/api/v1/users")) && !m2(r, &Req::new("h", "/api/v1")));
+    assert!(
+        m2("PathPrefix(`/foo`)", &Req::new("h", "/foobar")),
+        "a raw prefix, as in Traefik"
+    );
+    assert!(m2("Path(`/a`, `/b`)", &Req::new("h", "/b")) && !m2("Path(`/a`, `/b`)", &Req::new("h", "/a/")));
+
+    // Method and ClientIP: several values, any of them; methods upper-cased.
+    let r = "Method(`get`, `POST`)";
+    assert!(m2(r, &Req::new("h", "/")) && m2(r, &Req::new("h", "/").method(Method::POST)));
+    assert!(!m2(r, &Req::new("h", "/").method(Method::PUT)));
+    let r = "ClientIP(`10.0.0.0/8`, `192.0.2.10`)";
+    assert!(m2(r, &Req::new("h", "/")) && m2(r, &Req::new("h", "/").ip("10.1.2.3")));
+    assert!(!m2(r, &Req::new("h", "/").ip("11.0.0.1")));
+
+    // Headers and Query: pairs, all of them.
+    let r = "Headers(`X-A`, `1`, `x-b`, `2`)";
+    assert!(m2(r, &Req::new("h", "/").header("x-a", "1").header("x-b", "2")));
+    assert!(!m2(r, &Req::new("h", "/").header("x-a", "1")));
+    assert!(compile_with("Headers(`X-A`)", Syntax::V2).is_err(), "pairs");
+    assert!(compile(r).is_err(), "v3 has Header, not Headers");
+    assert!(m2(
+        "HeadersRegexp(`X-A`, `^v[0-9]`)",
+        &Req::new("h", "/").header("x-a", "v2")
+    ));
+    let r = "Query(`a=1`, `b=`)";
+    assert!(m2(r, &Req::new("h", "/?a=1&b=zz")) && !m2(r, &Req::new("h", "/?a=1")));
+    assert!(!m2(r, &Req::new("h", "/?a=2&b=")));
+    assert!(m2("Query(`id={n:[0-9]+}`)", &Req::new("h", "/?id=12")));
+    assert!(!m2("Query(`id={n:[0-9]+}`)", &Req::new("h", "/?id=1x")));
+    assert!(
+        m2("Query(`a`, `b`)", &Req::new("h", "/?a=b")),
+        "Traefik flattens the pieces"
+    );
+    assert!(compile_with("Query(`a`)", Syntax::V2).is_err());
+    // v3 reads `a=1` as a key: it parses, and never matches this request.
+    assert!(!m("Query(`a=1`)", &Req::new("h", "/?a=1")));
+
+    // Operators, precedence and the v3-only matchers.
+    let r = "Host(`a.test`) && (PathPrefix(`/x`, `/y`) || !Method(`GET`))";
+    assert!(m2(r, &Req::new("a.test", "/y/1")) && !m2(r, &Req::new("a.test", "/z")));
+    assert!(
+        compile_with("PathRegexp(`^/x`)", Syntax::V2).is_err(),
+        "not a v2 matcher"
+    );
+    assert!(
+        compile_with("pathprefix(`/x`)", Syntax::V2).is_ok() && compile_with("pathPrefix(`/x`)", Syntax::V2).is_err()
+    );
+}
+
+#[test]
+fn v2_templates_are_checked_as_traefik_checks_them() {
+    for bad in [
+        "Path(`/a/{id`)",
+        "Path(`/a/id}`)",
+        "Path(`/a/{:[0-9]+}`)",
+        "Path(`/a/{id:}`)",
+        "Path(`a/{id}`)",
+        "HostRegexp(`{sub:(}.a.test`)",
+        "Host(``)",
+    ] {
+        assert!(compile_with(bad, Syntax::V2).is_err(), "{bad}");
+    }
+    // Nested braces in a variable's regexp.
+    assert!(m2("Path(`/{id:[0-9]{3}}`)", &Req::new("h", "/123")));
+    assert!(!m2("Path(`/{id:[0-9]{3}}`)", &Req::new("h", "/1234")));
+    // Expansion counts toward the matcher bound.
+    let many = format!("Host({})", vec!["`a.test`"; 1100].join(", "));
+    assert!(compile_with(&many, Syntax::V2).is_err());
+}
