@@ -549,6 +549,46 @@ async fn a_slow_app_gets_a_504_and_a_grpc_caller_a_grpc_status() {
     assert_eq!(r.headers["content-type"], "application/grpc");
     let message = r.headers["grpc-message"].to_str().unwrap();
     assert!(message.contains("berth.mesh.allow"), "{message}");
+
+    // An app that closes every connection without answering (one that is stopping): an
+    // idempotent request is tried once more, then the caller is told to go elsewhere
+    // (503 with x-berth-unreachable, which a gateway or a peer sidecar retries on another
+    // task); a request with a body, which may have reached the app, gets a 502.
+    f.app.stop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let hangup = tokio::net::TcpListener::bind(f.app.addr).await.unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let closer = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = hangup.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut conn, &mut buf).await;
+        }
+    });
+    let r = call_with(
+        f.inbound,
+        &anchors,
+        Some(slot(&ca, &billing)),
+        &orders,
+        get("orders", "/x"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.headers["x-berth-unreachable"], "app");
+    assert!(r.body.contains("closed the connection without answering"), "{}", r.body);
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2, "tried once more");
+    let post = http::Request::post("/orders")
+        .header("host", "orders")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+        .unwrap();
+    let r = call_with(f.inbound, &anchors, Some(slot(&ca, &billing)), &orders, post)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert!(r.headers.get("x-berth-unreachable").is_none());
+    closer.abort();
 }
 
 /// Run a command with `input` on its stdin; its stdout and stderr together.

@@ -277,10 +277,12 @@ impl Inbound {
         };
         // An idempotent request without a body may go again once on a fresh connection
         // when a kept-alive one to the app broke (an app closing its connections while it
-        // stops); if the app then refuses, the caller is told to go elsewhere.
+        // stops); if the app then refuses, or closes that one too, the caller is told to
+        // go elsewhere.
+        let resendable = body.is_end_stream() && is_idempotent(&parts.method);
         let policy = forward::Policy {
             max_attempts: 2,
-            resendable: body.is_end_stream() && is_idempotent(&parts.method),
+            resendable,
             retry: RetryOn {
                 broken: true,
                 ..RetryOn::default()
@@ -301,7 +303,10 @@ impl Inbound {
         let body = RequestBody::Once(from_client(body));
         let answer = forward::forward(&mut trip, &One, &policy, body)
             .await
-            .map_err(InboundError::App)?;
+            .map_err(|f| match f {
+                Failure::Broken { .. } if resendable => InboundError::AppClosed,
+                f => InboundError::App(f),
+            })?;
         let (mut parts, body) = answer.response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
         // Only this sidecar says its app is gone; an app cannot say it for itself.
@@ -335,6 +340,9 @@ enum InboundError {
     Forbidden(String),
     BadTarget,
     App(Failure),
+    /// The app closed the connection without answering, twice, a request that may be sent
+    /// again (idempotent, no body): a stopping app; the caller may send it elsewhere.
+    AppClosed,
 }
 
 impl InboundError {
@@ -343,6 +351,14 @@ impl InboundError {
         match self {
             InboundError::Forbidden(why) => Synthetic::new(StatusCode::FORBIDDEN, format!("forbidden: {why}\n")),
             InboundError::BadTarget => Synthetic::new(StatusCode::BAD_REQUEST, "bad request target\n"),
+            InboundError::AppClosed => Synthetic::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the app at {app} closed the connection without answering\n"),
+            )
+            .header(
+                HeaderName::from_static(UNREACHABLE_HEADER),
+                HeaderValue::from_static("app"),
+            ),
             InboundError::App(f) => match f {
                 Failure::Connect { .. } => Synthetic::new(
                     StatusCode::SERVICE_UNAVAILABLE,
