@@ -351,23 +351,11 @@ impl InboundError {
         match self {
             InboundError::Forbidden(why) => Synthetic::new(StatusCode::FORBIDDEN, format!("forbidden: {why}\n")),
             InboundError::BadTarget => Synthetic::new(StatusCode::BAD_REQUEST, "bad request target\n"),
-            InboundError::AppClosed => Synthetic::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the app at {app} closed the connection without answering\n"),
-            )
-            .header(
-                HeaderName::from_static(UNREACHABLE_HEADER),
-                HeaderValue::from_static("app"),
-            ),
+            InboundError::AppClosed => {
+                unreachable_app(format!("the app at {app} closed the connection without answering\n"))
+            }
             InboundError::App(f) => match f {
-                Failure::Connect { .. } => Synthetic::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("the app at {app} is not listening\n"),
-                )
-                .header(
-                    HeaderName::from_static(UNREACHABLE_HEADER),
-                    HeaderValue::from_static("app"),
-                ),
+                Failure::Connect { .. } => unreachable_app(format!("the app at {app} is not listening\n")),
                 Failure::Timeout { after, .. } => Synthetic::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!("the app at {app} did not answer within {after:?}\n"),
@@ -382,6 +370,15 @@ impl InboundError {
             },
         }
     }
+}
+
+/// 503 with `x-berth-unreachable: app`: the app cannot take the request, so the caller
+/// (the gateway or a peer sidecar) may send it to another task.
+fn unreachable_app(body: String) -> Synthetic {
+    Synthetic::new(StatusCode::SERVICE_UNAVAILABLE, body).header(
+        HeaderName::from_static(UNREACHABLE_HEADER),
+        HeaderValue::from_static("app"),
+    )
 }
 
 /// The inbound's attempts to its app.

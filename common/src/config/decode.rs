@@ -635,26 +635,21 @@ struct RouterKeys<'r> {
     middlewares: &'r mut Vec<String>,
 }
 
-impl RouterConfig {
-    fn keys(&mut self) -> RouterKeys<'_> {
-        RouterKeys {
-            rule: &mut self.rule,
-            entry_points: &mut self.entry_points,
-            priority: &mut self.priority,
-            service: &mut self.service,
-            middlewares: &mut self.middlewares,
+/// The router keys HTTP and TCP routers share, borrowed for the decoder.
+macro_rules! router_keys {
+    ($($router:ty),*) => {$(
+        impl $router {
+            fn keys(&mut self) -> RouterKeys<'_> {
+                RouterKeys {
+                    rule: &mut self.rule,
+                    entry_points: &mut self.entry_points,
+                    priority: &mut self.priority,
+                    service: &mut self.service,
+                    middlewares: &mut self.middlewares,
+                }
+            }
         }
-    }
+    )*};
 }
 
-impl TcpRouterConfig {
-    fn keys(&mut self) -> RouterKeys<'_> {
-        RouterKeys {
-            rule: &mut self.rule,
-            entry_points: &mut self.entry_points,
-            priority: &mut self.priority,
-            service: &mut self.service,
-            middlewares: &mut self.middlewares,
-        }
-    }
-}
+router_keys!(RouterConfig, TcpRouterConfig);

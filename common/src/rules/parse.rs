@@ -420,13 +420,13 @@ impl Parser {
             }
             Tok::Ident(name) => {
                 // v3 matchers by kind; v2 ones by name, translated once their values are read.
-                let (kind, v2_name) = match self.syntax {
+                let callee = match self.syntax {
                     Syntax::V3 => {
                         let kind = MatcherKind::from_name(&name).ok_or_else(|| {
                             let known: Vec<_> = MatcherKind::ALL.iter().map(|k| k.name()).collect();
                             err(col, format!("a matcher ({})", known.join(", ")), format!("`{name}`"))
                         })?;
-                        (kind, None)
+                        Callee::V3(kind)
                     }
                     Syntax::V2 => {
                         let canonical = v2::canonical(&name).ok_or_else(|| {
@@ -436,7 +436,7 @@ impl Parser {
                                 format!("`{name}`"),
                             )
                         })?;
-                        (MatcherKind::Host, Some(canonical))
+                        Callee::V2(canonical)
                     }
                 };
                 let (open, ocol) = self.bump();
@@ -464,11 +464,14 @@ impl Parser {
                         other => return Err(err(scol, "`,` or `)`", other.to_string())),
                     }
                 }
-                if let Some(name) = v2_name {
-                    let expr = v2::call(name, args, col)?;
-                    self.count(col, leaves(&expr))?;
-                    return Ok(expr);
-                }
+                let kind = match callee {
+                    Callee::V3(kind) => kind,
+                    Callee::V2(name) => {
+                        let expr = v2::call(name, args, col)?;
+                        self.count(col, leaves(&expr))?;
+                        return Ok(expr);
+                    }
+                };
                 self.count(col, 1)?;
                 let (min, max) = kind.arity();
                 if args.len() < min || args.len() > max {
@@ -488,6 +491,13 @@ impl Parser {
             other => Err(err(col, "a matcher, `(` or `!`", other.to_string())),
         }
     }
+}
+
+/// What a matcher name stands for in the rule's syntax.
+enum Callee {
+    V3(MatcherKind),
+    /// A v2 matcher's canonical name, translated by `v2::call` once its values are read.
+    V2(&'static str),
 }
 
 /// The matcher calls in `expr`.

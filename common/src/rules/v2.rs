@@ -36,10 +36,8 @@ impl Syntax {
     /// for it; the decoder says so).
     pub fn of_router(value: &str, default: Syntax) -> Option<Syntax> {
         match value {
-            "v2" => Some(Syntax::V2),
-            "v3" => Some(Syntax::V3),
             "" | "default" => Some(default),
-            _ => None,
+            other => other.parse().ok(),
         }
     }
 
