@@ -25,7 +25,13 @@ impl std::str::FromStr for LogFormat {
 }
 
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_with(format, "info");
+}
+
+/// As [`init`], with `default` as the filter when `RUST_LOG` is not set (the gateway's
+/// Traefik `log.level`).
+pub fn init_with(format: LogFormat, default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,

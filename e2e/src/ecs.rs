@@ -112,3 +112,42 @@ pub fn web_container(port: u16, labels: &[(&str, &str)]) -> aws_sdk_ecs::types::
     }
     c.build()
 }
+
+/// A running task of a service, as DescribeTasks reports it.
+#[derive(Debug, Clone)]
+pub struct RunningTask {
+    pub id: String,
+    /// Its first container's address (awsvpc).
+    pub address: Option<String>,
+    /// Its first container's health status.
+    pub health: Option<String>,
+}
+
+/// The RUNNING tasks of `service`.
+pub async fn running_tasks(ecs: &aws_sdk_ecs::Client, service: &str) -> Vec<RunningTask> {
+    let arns = ecs.list_tasks().service_name(service).send().await.unwrap();
+    if arns.task_arns().is_empty() {
+        return Vec::new();
+    }
+    let d = ecs
+        .describe_tasks()
+        .set_tasks(Some(arns.task_arns().to_vec()))
+        .send()
+        .await
+        .unwrap();
+    d.tasks()
+        .iter()
+        .filter(|t| t.last_status() == Some("RUNNING"))
+        .filter_map(|t| {
+            let c = t.containers().first();
+            Some(RunningTask {
+                id: t.task_arn()?.rsplit('/').next()?.to_string(),
+                address: c
+                    .and_then(|c| c.network_interfaces().first())
+                    .and_then(|n| n.private_ipv4_address())
+                    .map(String::from),
+                health: c.and_then(|c| c.health_status()).map(|h| h.as_str().to_string()),
+            })
+        })
+        .collect()
+}

@@ -11,7 +11,7 @@ mod gateway;
 mod local_up;
 mod process;
 
-pub use ecs::{Moto, ecs_client, local_ecs, moto_tool, web_container};
+pub use ecs::{Moto, RunningTask, ecs_client, local_ecs, moto_tool, running_tasks, web_container};
 pub use gateway::{GatewayProcess, TestGateway, service, start};
 pub use local_up::LocalUp;
 pub use process::{ProcessInfo, bin, find_process, go_tlsprobe, runnable_copy, sidecar_process, signal, temp_dir};

@@ -42,9 +42,23 @@ impl LocalUp {
     /// Like [`LocalUp::start_with`], with environment variables for berth-local (which
     /// passes `OTEL_*` and `RUST_LOG` on to what it starts).
     pub fn start_env(first_address: &str, extra: &[&str], env: &[(&str, &str)]) -> LocalUp {
+        Self::start_in(first_address, extra, env, None)
+    }
+
+    /// Like [`LocalUp::start_env`], started in the directory `cwd`.
+    pub fn start_in(
+        first_address: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        cwd: Option<&std::path::Path>,
+    ) -> LocalUp {
         let port = || berth_common::test_util::free_port();
         let (api, tmds, web, admin, mesh, tcp) = (port(), port(), port(), port(), port(), port());
-        let mut child = Command::new(bin("berth-local"))
+        let mut cmd = Command::new(bin("berth-local"));
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd
             .args([
                 "up",
                 "--no-build",

@@ -16,7 +16,7 @@ fn start(first_address: &str) -> LocalUp {
     LocalUp::start(first_address)
 }
 
-use berth_e2e::{LocalUp, ecs_client as client};
+use berth_e2e::{LocalUp, ecs_client as client, running_tasks};
 
 async fn hostnames(web: SocketAddr, n: usize) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
@@ -30,18 +30,7 @@ async fn hostnames(web: SocketAddr, n: usize) -> BTreeSet<String> {
 }
 
 async fn running_ids(ecs: &aws_sdk_ecs::Client) -> BTreeSet<String> {
-    let arns = ecs.list_tasks().service_name("whoami").send().await.unwrap();
-    let d = ecs
-        .describe_tasks()
-        .set_tasks(Some(arns.task_arns().to_vec()))
-        .send()
-        .await
-        .unwrap();
-    d.tasks()
-        .iter()
-        .filter(|t| t.last_status() == Some("RUNNING"))
-        .map(|t| t.task_arn().unwrap().rsplit('/').next().unwrap().to_string())
-        .collect()
+    running_tasks(ecs, "whoami").await.into_iter().map(|t| t.id).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,10 +1,13 @@
 //! The gateway's static configuration: flags, `BERTH_*` environment variables and an
-//! optional TOML file (`--config`), merged once into typed structs.
+//! optional TOML file (`--config`), and Traefik's static configuration beside them
+//! (`crate::traefik`), merged once into typed structs.
 //!
-//! Precedence: flag or environment variable, then the file, then the default.
+//! Precedence: flag or environment variable, then the file, then Traefik's options,
+//! then the default (Berth's, or Traefik's in Traefik mode).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_common::config::parse_duration;
@@ -112,6 +115,10 @@ pub struct Args {
     /// Key (PEM) of `--tls-cert`.
     #[arg(long, env = "BERTH_TLS_KEY", hide_env_values = true)]
     pub tls_key: Option<PathBuf>,
+    /// The address entrypoints given without a host (Traefik's `:80`) listen on
+    /// [default: every address].
+    #[arg(long, env = "BERTH_LISTEN_HOST")]
+    pub listen_host: Option<IpAddr>,
     /// Serve `GET /ping` on this entrypoint (503 while shutting down).
     #[arg(long, env = "BERTH_PING")]
     pub ping: Option<String>,
@@ -323,11 +330,37 @@ pub struct Config {
     pub ecs: Option<crate::discovery::ecs::EcsSettings>,
     /// The mesh control plane, only when a CA is configured.
     pub mesh: Option<MeshSettings>,
+    /// Listeners for the API, dashboard, ping and metrics only (Traefik's `traefik`
+    /// entrypoint), each with what it serves.
+    pub(crate) internal: Vec<(String, SocketAddr, crate::traefik::Exposure)>,
+    /// Dynamic configuration the gateway makes itself (Traefik's entrypoint
+    /// redirections), as dotted keys for the `internal` provider.
+    pub internal_routes: Vec<(String, String)>,
+    /// Where routers without `entryPoints` go: every entrypoint, or those marked
+    /// `asDefault`.
+    pub default_entrypoints: Vec<String>,
+    /// The log filter when `RUST_LOG` is not set.
+    pub log_filter: String,
+    /// What Traefik mode read and what it ignored, logged once logging is up.
+    pub notes: Vec<String>,
+    /// Which of Traefik's forms configured the gateway, in Traefik mode.
+    pub traefik_form: Option<String>,
 }
 
 impl Config {
-    /// Parse flags/env (already in `args`), read `--config`, merge and validate.
+    /// Berth's settings alone: flags/env (already in `args`), then `--config`.
     pub fn from_args(args: Args) -> Result<Config, ConfigError> {
+        Config::from_sources(args, &crate::traefik::Sources::default())
+    }
+
+    /// Berth's settings with Traefik's static configuration from `traefik` (Traefik
+    /// mode when any of its forms is present): merge and validate.
+    pub fn from_sources(args: Args, traefik: &crate::traefik::Sources) -> Result<Config, ConfigError> {
+        let traefik = traefik.load()?;
+        Config::build(args, traefik)
+    }
+
+    fn build(args: Args, traefik: Option<crate::traefik::Traefik>) -> Result<Config, ConfigError> {
         let file = match &args.config {
             Some(path) => {
                 let text =
@@ -338,7 +371,11 @@ impl Config {
         };
         // `--entrypoint` replaces the file's entrypoints, its tables included.
         let entrypoints_given = !args.entrypoints.is_empty();
-        let s = args.over(file);
+        let mut traefik = traefik;
+        let s = match traefik.as_mut() {
+            Some(t) => args.over(file).over(std::mem::take(&mut t.args)),
+            None => args.over(file),
+        };
         let duration = |flag: &str, given: &Option<String>, default: Duration| match given {
             Some(v) => parse_duration(v).map_err(|e| bad(format!("--{flag}: {e}"))),
             None => Ok(default),
@@ -351,6 +388,14 @@ impl Config {
         let tls_default = pair("tls", s.tls_cert.clone(), s.tls_key.clone())?;
 
         let mut entrypoints: Vec<EntrypointConfig> = Vec::new();
+        let plain = |name: &str, addr: SocketAddr, tls: Option<CertPair>, path: PathPolicy| EntrypointConfig {
+            name: name.to_string(),
+            addr,
+            tls,
+            path,
+            tls_routers: false,
+            trusted: None,
+        };
         for spec in &s.entrypoints {
             let (name, addr) = spec.split_once('=').ok_or_else(|| {
                 bad(format!(
@@ -361,13 +406,56 @@ impl Config {
                 .trim()
                 .parse()
                 .map_err(|e| bad(format!("--entrypoint `{spec}`: bad address: {e}")))?;
-            push_entrypoint(&mut entrypoints, name.trim(), addr, None, PathPolicy::default())?;
+            push_entrypoint(&mut entrypoints, plain(name.trim(), addr, None, PathPolicy::default()))?;
         }
         if !entrypoints_given {
             for (name, ep) in &s.entrypoint_tables {
                 let path = ep.path_policy();
                 let tls = pair("entrypoints.tls", ep.tls_cert.clone(), ep.tls_key.clone())?;
-                push_entrypoint(&mut entrypoints, name, ep.address, tls, path)?;
+                push_entrypoint(&mut entrypoints, plain(name, ep.address, tls, path))?;
+            }
+        }
+        let mut internal = Vec::new();
+        let mut internal_routes = Vec::new();
+        let mut default_entrypoints = Vec::new();
+        if let Some(t) = &mut traefik {
+            // Traefik's default entrypoint, when neither Berth nor Traefik names one.
+            if t.entrypoints.is_empty() && entrypoints.is_empty() {
+                let (name, port) = crate::traefik::DEFAULT_ENTRYPOINT;
+                t.entrypoints.push(crate::traefik::TraefikEntrypoint {
+                    name: name.into(),
+                    addr: crate::traefik::ListenAddr { host: None, port },
+                    path: PathPolicy::default(),
+                    tls_routers: false,
+                    redirect: None,
+                    trusted: None,
+                    read_timeout: None,
+                    idle_timeout: None,
+                    as_default: false,
+                });
+            }
+            for ep in &t.entrypoints {
+                push_entrypoint(
+                    &mut entrypoints,
+                    EntrypointConfig {
+                        name: ep.name.clone(),
+                        addr: ep.addr.resolve(s.listen_host),
+                        tls: None,
+                        path: ep.path,
+                        tls_routers: ep.tls_routers,
+                        trusted: ep.trusted.clone().map(Arc::from),
+                    },
+                )?;
+                if ep.as_default {
+                    default_entrypoints.push(ep.name.clone());
+                }
+            }
+            internal_routes = crate::traefik::redirect_routes(&t.entrypoints);
+            for i in &t.internal {
+                if entrypoints.iter().any(|e| e.name == i.name) {
+                    return Err(bad(format!("entrypoint `{}` is defined twice", i.name)));
+                }
+                internal.push((i.name.clone(), i.addr.resolve(s.listen_host), i.serves.clone()));
             }
         }
         if entrypoints.is_empty() {
@@ -403,7 +491,15 @@ impl Config {
         } else {
             None
         };
-        let tracing = berth_common::telemetry::TraceSettings::from_env().map_err(|e| bad(e.to_string()))?;
+        // The `OTEL_*` variables win over Traefik's `tracing` options.
+        let trace_env = traefik.as_ref().map(|t| t.trace_env.clone()).unwrap_or_default();
+        let tracing = berth_common::telemetry::TraceSettings::from_lookup(|k| {
+            std::env::var(k)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .or_else(|| trace_env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+        })
+        .map_err(|e| bad(e.to_string()))?;
         let response_timeout = duration(
             "upstream-response-timeout",
             &s.upstream_response_timeout,
@@ -429,10 +525,24 @@ impl Config {
                 .ecs_default_rule
                 .clone()
                 .unwrap_or_else(|| crate::discovery::ecs::DEFAULT_RULE.to_string());
-            if let Err(e) = berth_common::rules::compile(&berth_common::labels::render_default_rule(&default_rule, "x"))
-            {
+            let rendered = berth_common::labels::render_default_rule(&default_rule, "x");
+            if rendered.contains("{{") {
+                return Err(bad(format!(
+                    "--ecs-default-rule (providers.ecs.defaultRule) `{default_rule}`: only {{{{ .Name }}}} and \
+                     {{{{ normalize .Name }}}} can be evaluated"
+                )));
+            }
+            if let Err(e) = berth_common::rules::compile(&rendered) {
                 return Err(bad(format!("--ecs-default-rule: {e}")));
             }
+            let extras = traefik.as_ref().and_then(|t| t.ecs.clone()).unwrap_or_default();
+            let constraints = match &extras.constraints {
+                Some(text) => Some(
+                    berth_common::labels::Constraint::parse(text)
+                        .map_err(|e| bad(format!("providers.ecs.constraints: {e}")))?,
+                ),
+                None => None,
+            };
             let rate = s.ecs_api_rate.unwrap_or(20.0);
             if !(rate.is_finite() && rate > 0.0) {
                 return Err(bad("--ecs-api-rate must be a positive number"));
@@ -448,6 +558,14 @@ impl Config {
                 api_rate: rate,
                 api_burst: s.ecs_api_burst.unwrap_or(40.0).max(1.0),
                 concurrency: s.ecs_concurrency.unwrap_or(4).max(1),
+                constraints,
+                credentials: extras.credentials,
+                // Traefik balances by weighted round robin; Berth by power of two choices.
+                default_strategy: if traefik.is_some() {
+                    berth_common::config::Strategy::Wrr
+                } else {
+                    berth_common::config::Strategy::P2c
+                },
             })
         };
         let ca = match (s.mesh_ca_cert.clone(), s.mesh_ca_key.clone(), s.mesh_dev_ca.clone()) {
@@ -509,7 +627,21 @@ impl Config {
                 })
             }
         };
+        let (log_filter, notes, traefik_form) = match traefik {
+            Some(t) => (
+                t.log_filter.unwrap_or_else(|| "info".into()),
+                t.notes,
+                t.form.map(|f| f.to_string()),
+            ),
+            None => ("info".into(), Vec::new(), None),
+        };
         Ok(Config {
+            internal,
+            internal_routes,
+            default_entrypoints,
+            log_filter,
+            notes,
+            traefik_form,
             mesh,
             ecs,
             default_rule_syntax,
@@ -554,13 +686,8 @@ impl Config {
     }
 }
 
-fn push_entrypoint(
-    eps: &mut Vec<EntrypointConfig>,
-    name: &str,
-    addr: SocketAddr,
-    tls: Option<CertPair>,
-    path: PathPolicy,
-) -> Result<(), ConfigError> {
+fn push_entrypoint(eps: &mut Vec<EntrypointConfig>, ep: EntrypointConfig) -> Result<(), ConfigError> {
+    let name = ep.name.as_str();
     if name.is_empty()
         || !name
             .bytes()
@@ -573,12 +700,7 @@ fn push_entrypoint(
     if eps.iter().any(|e| e.name == name) {
         return Err(bad(format!("entrypoint `{name}` is defined twice")));
     }
-    eps.push(EntrypointConfig {
-        name: name.to_string(),
-        addr,
-        tls,
-        path,
-    });
+    eps.push(ep);
     Ok(())
 }
 
@@ -741,5 +863,215 @@ address = "127.0.0.1:8082"
                 .0
                 .contains("bogus")
         );
+    }
+
+    fn traefik(berth: &[&str], flags: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut v = vec!["berth-gateway"];
+        v.extend_from_slice(berth);
+        let args = Args::try_parse_from(v).map_err(|e| bad(e.to_string()))?;
+        let sources = crate::traefik::Sources {
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            search: Vec::new(),
+            always: false,
+        };
+        Config::from_sources(args, &sources)
+    }
+
+    #[test]
+    fn a_traefik_2_5_command_line_gets_traefiks_defaults() {
+        let c = traefik(
+            &[],
+            &[
+                "--providers.ecs.clusters=prod",
+                "--providers.ecs.region=us-east-1",
+                "--api.insecure=true",
+                "--ping",
+                "--log.level=DEBUG",
+                "--global.sendAnonymousUsage=false",
+            ],
+            &[],
+        )
+        .unwrap();
+        // No entrypoint given: Traefik's `http` on :80, and `traefik` on :8080 for the API.
+        let eps: Vec<_> = c.entrypoints.iter().map(|e| (e.name.as_str(), e.addr)).collect();
+        assert_eq!(eps, [("http", "0.0.0.0:80".parse().unwrap())]);
+        let (name, addr, serves) = &c.internal[0];
+        assert_eq!((name.as_str(), *addr), ("traefik", "0.0.0.0:8080".parse().unwrap()));
+        assert!(serves.api && serves.dashboard && serves.ping && !serves.metrics);
+        let ecs = c.ecs.as_ref().unwrap();
+        assert_eq!(ecs.clusters, ["prod"]);
+        assert_eq!(ecs.region.as_deref(), Some("us-east-1"));
+        assert!(ecs.exposed_by_default, "Traefik exposes by default");
+        assert_eq!(ecs.refresh, Duration::from_secs(15));
+        assert_eq!(ecs.default_strategy, berth_common::config::Strategy::Wrr);
+        assert_eq!(ecs.default_rule, "Host(`{{ normalize .Name }}`)");
+        assert_eq!(c.log_filter, "debug");
+        assert!(
+            c.notes.iter().any(|n| n.contains("sendAnonymousUsage")),
+            "{:?}",
+            c.notes
+        );
+        assert_eq!(c.traefik_form.as_deref(), Some("flags"));
+        // Berth mode keeps its own defaults.
+        let b = parse(&["--entrypoint", "web=127.0.0.1:1", "--ecs-cluster", "prod"]).unwrap();
+        let ecs = b.ecs.unwrap();
+        assert!(!ecs.exposed_by_default);
+        assert_eq!(ecs.refresh, Duration::from_secs(30));
+        assert_eq!(ecs.default_strategy, berth_common::config::Strategy::P2c);
+        assert!(b.internal.is_empty() && b.traefik_form.is_none());
+    }
+
+    #[test]
+    fn traefik_provider_options_map_and_default() {
+        let c = traefik(
+            &[],
+            &[
+                "--providers.ecs",
+                "--providers.ecs.autoDiscoverClusters=true",
+                "--providers.ecs.exposedByDefault=false",
+                "--providers.ecs.healthyTasksOnly=true",
+                "--providers.ecs.refreshSeconds=5",
+                "--providers.ecs.constraints=Label(`team`, `edge`)",
+                "--providers.ecs.accessKeyID=AKIDEXAMPLE",
+                "--providers.ecs.secretAccessKey=very-secret-value",
+            ],
+            &[],
+        )
+        .unwrap();
+        let ecs = c.ecs.as_ref().unwrap();
+        assert!(ecs.all_clusters && ecs.clusters.is_empty());
+        assert!(!ecs.exposed_by_default && ecs.healthy_only);
+        assert_eq!(ecs.refresh, Duration::from_secs(5));
+        assert!(ecs.constraints.is_some());
+        assert!(ecs.credentials.is_some());
+        assert!(
+            !format!("{c:?}").contains("very-secret-value"),
+            "the secret is never printed"
+        );
+        // Only `providers.ecs`: the cluster named `default`, as Traefik.
+        let c = traefik(&[], &["--providers.ecs=true"], &[]).unwrap();
+        assert_eq!(c.ecs.unwrap().clusters, ["default"]);
+        // No provider: no discovery.
+        assert!(traefik(&[], &["--api.insecure"], &[]).unwrap().ecs.is_none());
+        let e = traefik(&[], &["--providers.ecs.constraints=Label(`a`)"], &[])
+            .unwrap_err()
+            .0;
+        assert!(e.contains("providers.ecs.constraints"), "{e}");
+    }
+
+    #[test]
+    fn traefik_entrypoints_redirections_tls_and_forwarding() {
+        let c = traefik(
+            &["--listen-host", "127.0.0.5"],
+            &[
+                "--entrypoints.web.address=:8000",
+                "--entrypoints.web.http.redirections.entryPoint.to=websecure",
+                "--entrypoints.websecure.address=:8443",
+                "--entrypoints.websecure.http.tls=true",
+                "--entryPoints.websecure.forwardedHeaders.trustedIPs=10.0.0.0/8,192.168.1.1",
+                "--entrypoints.websecure.transport.respondingTimeouts.readTimeout=42s",
+                "--entrypoints.metrics.address=127.0.0.1:8082",
+                "--metrics.prometheus.entryPoint=metrics",
+            ],
+            &[],
+        )
+        .unwrap();
+        let web = &c.entrypoints[0];
+        assert_eq!(
+            (web.name.as_str(), web.addr),
+            ("web", "127.0.0.5:8000".parse().unwrap())
+        );
+        let secure = &c.entrypoints[1];
+        assert!(secure.tls_routers && !web.tls_routers);
+        assert_eq!(secure.trusted.as_ref().unwrap().len(), 2);
+        assert!(web.trusted.is_none());
+        assert_eq!(c.limits.request_read_timeout, Some(Duration::from_secs(42)));
+        let routes: std::collections::BTreeMap<_, _> = c.internal_routes.iter().cloned().collect();
+        assert_eq!(routes["http.routers.web-to-websecure.entryPoints"], "web");
+        assert_eq!(
+            routes["http.middlewares.redirect-web-to-websecure.redirectScheme.port"],
+            "8443"
+        );
+        assert_eq!(
+            routes["http.middlewares.redirect-web-to-websecure.redirectScheme.scheme"],
+            "https"
+        );
+        let (name, addr, serves) = &c.internal[0];
+        assert_eq!((name.as_str(), *addr), ("metrics", "127.0.0.1:8082".parse().unwrap()));
+        assert!(serves.metrics && !serves.api && !serves.ping);
+        assert_eq!(c.entrypoints.len(), 2, "the metrics entrypoint routes nothing");
+        let e = traefik(
+            &[],
+            &[
+                "--entrypoints.web.http.redirections.entryPoint.to=nowhere",
+                "--entrypoints.web.address=:80",
+            ],
+            &[],
+        )
+        .unwrap_err()
+        .0;
+        assert!(e.contains("neither an entrypoint nor a port"), "{e}");
+    }
+
+    #[test]
+    fn traefik_environment_variables_and_berth_flags_beside_them() {
+        let c = traefik(
+            &["--ecs-cluster", "from-berth"],
+            &[],
+            &[
+                ("TRAEFIK_PROVIDERS_ECS_CLUSTERS", "a,b"),
+                ("TRAEFIK_ENTRYPOINTS_WEB_ADDRESS", ":8000"),
+                ("TRAEFIK_PING", "true"),
+                ("TRAEFIK_PING_ENTRYPOINT", "web"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.traefik_form.as_deref(), Some("TRAEFIK_* environment variables"));
+        assert_eq!(c.entrypoints[0].addr.port(), 8000);
+        // Berth's flag wins over Traefik's option for the same setting.
+        assert_eq!(c.ecs.as_ref().unwrap().clusters, ["from-berth"]);
+        // Ping on a routing entrypoint is answered by the proxy there.
+        assert_eq!(c.ping.as_deref(), Some("web"));
+        assert!(c.internal.is_empty());
+        let c = traefik(&[], &[], &[("TRAEFIK_PROVIDERS_ECS_CLUSTERS", "a,b")]).unwrap();
+        assert_eq!(c.ecs.unwrap().clusters, ["a", "b"]);
+    }
+
+    #[test]
+    fn traefik_options_berth_lacks_are_refused_by_name() {
+        for (flag, says) in [
+            ("--certificatesResolvers.le.acme.email=a@b.c", "ACME"),
+            ("--serversTransport.insecureSkipVerify=true", "insecureSkipVerify"),
+            ("--providers.ecs.ecsAnywhere=true", "ecsAnywhere"),
+            ("--providers.docker=true", "ecs and file providers"),
+            ("--entrypoints.web.address=:80/udp", "UDP"),
+            ("--experimental.plugins.x.moduleName=y", "plugins"),
+            ("--providers.ecs.defaultRule=Host(`{{ .Labels.x }}`)", "defaultRule"),
+            ("--log.level=LOUD", "log.level"),
+            ("--tracing.sampleRate=2", "sampleRate"),
+            ("--bogus.option=1", "unknown Traefik option `--bogus.option`"),
+        ] {
+            let e = traefik(&[], &[flag], &[]).unwrap_err().0;
+            assert!(e.contains(says), "{flag}: {e}");
+        }
+    }
+
+    #[test]
+    fn traefik_tracing_options_become_otlp_settings() {
+        let c = traefik(
+            &[],
+            &[
+                "--tracing.otlp.http.endpoint=http://127.0.0.1:4318/v1/traces",
+                "--tracing.serviceName=edge",
+                "--tracing.sampleRate=0.25",
+            ],
+            &[],
+        )
+        .unwrap();
+        let t = c.tracing.expect("tracing on");
+        assert_eq!(t.service_name.as_deref(), Some("edge"));
+        assert_eq!(t.endpoint.to_string(), "http://127.0.0.1:4318/v1/traces");
+        assert!(format!("{:?}", t.sampler).contains("0.25"), "{:?}", t.sampler);
     }
 }

@@ -38,6 +38,10 @@ pub struct EntrypointConfig {
     pub tls: Option<CertPair>,
     /// How request paths are cleaned and which encoded characters are refused.
     pub path: berth_common::path::PathPolicy,
+    /// Routers on this entrypoint serve TLS connections (Traefik's `http.tls`).
+    pub tls_routers: bool,
+    /// Whose `X-Forwarded-*` this entrypoint keeps, when not the gateway's list.
+    pub trusted: Option<Arc<[ipnet::IpNet]>>,
 }
 
 /// Certificates for TLS connections: the file provider's, chosen by SNI, then the
@@ -158,6 +162,7 @@ pub(crate) struct Entrypoint {
     pub metrics: Arc<EntrypointMetrics>,
     pub tracker: Arc<ConnTracker>,
     pub path: berth_common::path::PathPolicy,
+    pub trusted: Option<Arc<[ipnet::IpNet]>>,
 }
 
 impl Entrypoint {
@@ -252,6 +257,7 @@ impl Entrypoint {
             tls: is_tls,
             metrics: self.metrics.clone(),
             path: self.path,
+            trusted: self.trusted.clone(),
         });
         if is_tls {
             if !(self.has_certs)() {

@@ -15,12 +15,14 @@ mod metrics;
 mod proxy;
 mod snapshots;
 mod tcp;
+mod traefik;
 
 // What the binary, the end-to-end tests and the fuzz targets use; everything else is
 // private to the crate (`unreachable_pub` holds it so).
 pub use config::{Args, Config, ConfigError};
 pub use discovery::ecs::EcsStartError;
 pub use mesh::ca::{CaError, MeshCa, new_intermediate, new_root};
+pub use traefik::{Sources, run_command, split_args};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -157,6 +159,28 @@ impl Gateway {
             statuses.push(status);
             tokio::spawn(fp.run(tx));
         }
+        // What the gateway configures itself (Traefik's entrypoint redirections).
+        if !cfg.internal_routes.is_empty() {
+            let mut diagnostics = Vec::new();
+            let tree = berth_common::config::Node::from_dotted(
+                cfg.internal_routes.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                "",
+                &mut diagnostics,
+            );
+            let config = berth_common::config::decode(&tree, berth_common::config::Mode::File, "", &mut diagnostics);
+            let (tx, rx) = watch::channel(berth_common::routing::ProviderView {
+                provider: "internal".into(),
+                config,
+                diagnostics,
+                ..Default::default()
+            });
+            sources.push(rx);
+            // The view never changes; its sender lives as long as the gateway.
+            tokio::spawn(async move {
+                let _tx = tx;
+                std::future::pending::<()>().await
+            });
+        }
         let mut ecs_status = None;
         let mut ecs_lookup = None;
         let mut ecs_mesh = None;
@@ -176,6 +200,13 @@ impl Gateway {
         let mut owner = SnapshotOwner {
             sources,
             entrypoints: cfg.entrypoints.iter().map(|e| e.name.clone()).collect(),
+            default_entrypoints: cfg.default_entrypoints.clone(),
+            tls_entrypoints: cfg
+                .entrypoints
+                .iter()
+                .filter(|e| e.tls_routers)
+                .map(|e| e.name.clone())
+                .collect(),
             default_rule_syntax: cfg.default_rule_syntax,
             proxy: proxy.clone(),
             certs: certs.clone(),
@@ -215,6 +246,7 @@ impl Gateway {
                 metrics: metrics.entrypoint(&ep.name),
                 tracker: tracker.clone(),
                 path: ep.path,
+                trusted: ep.trusted.clone(),
             });
         }
         let mut mesh_addr = None;
@@ -282,28 +314,53 @@ impl Gateway {
             source,
         })?;
         let admin_addr = admin_listener.local_addr().unwrap_or(cfg.admin);
+        let mut internal_listeners = Vec::new();
+        for (name, addr, serves) in &cfg.internal {
+            let l = TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
+                what: format!("entrypoint {name}"),
+                addr: *addr,
+                source,
+            })?;
+            let local = l.local_addr().unwrap_or(*addr);
+            tracing::info!(entrypoint = %name, addr = %local, ?serves, "internal entrypoint listening");
+            addrs.insert(name.clone(), local);
+            internal_listeners.push((l, serves.clone()));
+        }
         for (name, addr) in &addrs {
             tracing::info!(entrypoint = %name, %addr, "listening");
         }
         tracing::info!(%admin_addr, "admin API listening");
+        let mut routing_eps: Vec<(String, SocketAddr)> = cfg
+            .entrypoints
+            .iter()
+            .filter_map(|e| addrs.get(&e.name).map(|a| (e.name.clone(), *a)))
+            .collect();
+        routing_eps.sort();
         let mut accept_tasks = Vec::new();
         for ep in eps {
             accept_tasks.push(tokio::spawn(ep.run(phase_rx.clone())));
         }
-        let admin_task = tokio::spawn(admin::api::serve(
+        let admin_state = Arc::new(admin::api::AdminState {
+            snapshot: current,
+            proxy: proxy.clone(),
+            metrics: metrics.clone(),
+            lifecycle: lifecycle.clone(),
+            providers: statuses,
+            ecs: ecs_status,
+            sidecars,
+            certs: certs.clone(),
+            entrypoints: routing_eps,
+            started: berth_common::accesslog::rfc3339(std::time::SystemTime::now()),
+            mesh_certs,
+        });
+        let mut admin_tasks = vec![tokio::spawn(admin::api::serve(
             admin_listener,
-            Arc::new(admin::api::AdminState {
-                snapshot: current,
-                proxy: proxy.clone(),
-                metrics: metrics.clone(),
-                lifecycle: lifecycle.clone(),
-                providers: statuses,
-                ecs: ecs_status,
-                sidecars,
-                certs: certs.clone(),
-                mesh_certs,
-            }),
-        ));
+            admin_state.clone(),
+            None,
+        ))];
+        for (l, serves) in internal_listeners {
+            admin_tasks.push(tokio::spawn(admin::api::serve(l, admin_state.clone(), Some(serves))));
+        }
 
         // Shutdown: not ready at once, keep accepting for the delay, then drain.
         let shutdown = Arc::new(Notify::new());
@@ -322,7 +379,9 @@ impl Gateway {
             if tokio::time::timeout(drain, tracker.wait_idle()).await.is_err() {
                 tracing::warn!(open = tracker.open(), "drain timeout: closing remaining connections");
             }
-            admin_task.abort();
+            for t in admin_tasks {
+                t.abort();
+            }
         });
         Ok(Gateway {
             tracer: proxy.observe().tracer.clone(),

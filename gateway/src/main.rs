@@ -2,7 +2,7 @@
 //! SIGTERM or Ctrl-C, drain, exit 0. Bad configuration exits 64 (EX_USAGE).
 
 use berth_gateway::Gateway;
-use berth_gateway::{Args, Config};
+use berth_gateway::{Args, Config, Sources};
 use clap::Parser;
 
 /// glibc's malloc showed up as ~15% of the proxy's CPU time under load; mimalloc's
@@ -12,15 +12,34 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     berth_common::tls::install_crypto_provider();
-    let args = Args::parse();
-    let cfg = match Config::from_args(args) {
+    let argv: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+    // `traefik version`, `traefik healthcheck --ping`: Traefik's commands, then exit.
+    if let Some(code) = berth_gateway::run_command(&argv) {
+        std::process::exit(code);
+    }
+    // Installed as `traefik`, it is Traefik mode even with no option at all.
+    let as_traefik = argv
+        .first()
+        .and_then(|p| std::path::Path::new(p).file_name())
+        .is_some_and(|n| n == "traefik");
+    let (berth, traefik) = berth_gateway::split_args(argv);
+    let args = Args::parse_from(berth);
+    let mut sources = Sources::from_process(traefik);
+    sources.always = as_traefik;
+    let cfg = match Config::from_sources(args, &sources) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("berth-gateway: {e}");
             std::process::exit(64);
         }
     };
-    berth_common::logging::init(cfg.log_format);
+    berth_common::logging::init_with(cfg.log_format, &cfg.log_filter);
+    if let Some(form) = &cfg.traefik_form {
+        tracing::info!(from = %form, "Traefik mode: reading Traefik's static configuration");
+    }
+    for note in &cfg.notes {
+        tracing::warn!("{note}");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -18,6 +18,8 @@ use crate::proxy::Proxy;
 pub(crate) struct SnapshotOwner {
     pub sources: Vec<watch::Receiver<ProviderView>>,
     pub entrypoints: Vec<String>,
+    pub default_entrypoints: Vec<String>,
+    pub tls_entrypoints: Vec<String>,
     pub default_rule_syntax: berth_common::rules::Syntax,
     pub proxy: Arc<Proxy>,
     pub certs: Arc<CertStore>,
@@ -40,6 +42,8 @@ impl SnapshotOwner {
             .collect();
         let opts = BuildOptions {
             entrypoints: self.entrypoints.clone(),
+            default_entrypoints: self.default_entrypoints.clone(),
+            tls_entrypoints: self.tls_entrypoints.clone(),
             version,
             previous: self.current.load().middlewares.clone(),
             default_rule_syntax: self.default_rule_syntax,

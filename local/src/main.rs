@@ -511,6 +511,7 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
         default_stop_timeout: Duration::from_secs(30),
         sidecar_env,
         gateway_service: replicated.then(|| (GATEWAY_SERVICE.to_string(), opts.mesh.port())),
+        aws_endpoint: Some(format!("http://{}", server.addr)),
     };
     let runner = Arc::new(tokio::sync::Mutex::new(Runner::new(server.ecs.clone(), runner_cfg)));
     let r = runner.clone();

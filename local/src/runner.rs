@@ -50,6 +50,16 @@ impl Programs {
             .map(|d| d.join(program))
             .find(|p| p.is_file())
     }
+
+    /// The program a container or health check names, with the name to run it under:
+    /// Berth's gateway image also has the gateway as `traefik` (Traefik's name).
+    fn find(&self, program: &str) -> Option<(PathBuf, Option<String>)> {
+        match self.resolve(program) {
+            Some(p) => Some((p, None)),
+            None if program == "traefik" => self.resolve("berth-gateway").map(|p| (p, Some(program.to_string()))),
+            None => None,
+        }
+    }
 }
 
 struct HealthState {
@@ -62,6 +72,8 @@ struct Proc {
     child: Option<tokio::process::Child>,
     /// The container's environment (health checks run with it too).
     env: Vec<(String, String)>,
+    /// Its working directory (health checks run there too).
+    cwd: Option<PathBuf>,
     term_sent: Option<Instant>,
     stop_timeout: Duration,
     health: Option<HealthState>,
@@ -89,6 +101,9 @@ pub struct RunnerConfig {
     /// control-API port. Each sidecar then gets `BERTH_GATEWAY` listing the replicas
     /// running when it starts.
     pub gateway_service: Option<(String, u16)>,
+    /// The local ECS API (`http://ADDR`): every container's AWS SDK is pointed at it
+    /// (`AWS_ENDPOINT_URL`, dummy credentials), as the task role would let it call ECS.
+    pub aws_endpoint: Option<String>,
 }
 
 /// `${NAME}` in a container's command, from its environment (as a shell would); unknown
@@ -314,19 +329,27 @@ impl Runner {
             running: None,
         });
         let env = self.container_env(task, cdef, name, docker_id);
+        // A container starts in its image's working directory, never in berth-local's:
+        // an empty directory of its own, so nothing there is picked up by accident.
+        let cwd = self.cfg.logs.join("cwd").join(format!("{}-{name}", task.id));
         let child = if argv.first().map(String::as_str) == Some(IDLE) || argv.is_empty() && cdef["image"] == IDLE {
             None
         } else {
             let program = argv.first().ok_or("the container has no command or entryPoint")?;
-            let path = self
+            let (path, arg0) = self
                 .cfg
                 .programs
-                .resolve(program)
+                .find(program)
                 .ok_or_else(|| format!("program `{program}` not found next to berth-local or on PATH"))?;
+            std::fs::create_dir_all(&cwd).map_err(|e| format!("{}: {e}", cwd.display()))?;
             let mut cmd = tokio::process::Command::new(path);
             cmd.args(argv[1..].iter().map(|a| expand(a, &env)))
                 .env_clear()
-                .envs(env.iter().map(|(k, v)| (k, v)));
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .current_dir(&cwd);
+            if let Some(alias) = arg0 {
+                cmd.arg0(alias);
+            }
             let log_path = self.cfg.logs.join(format!("{}-{name}.log", task.id));
             let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
             let log2 = log.try_clone().map_err(|e| e.to_string())?;
@@ -342,6 +365,7 @@ impl Runner {
             Proc {
                 child,
                 env,
+                cwd: Some(cwd),
                 term_sent: None,
                 stop_timeout,
                 health,
@@ -375,8 +399,19 @@ impl Runner {
             ("AWS_EXECUTION_ENV".into(), "AWS_ECS_FARGATE".into()),
             ("HOSTNAME".into(), task.id.clone()),
         ]);
+        if let Some(endpoint) = &self.cfg.aws_endpoint {
+            env.extend([
+                ("AWS_ENDPOINT_URL".into(), endpoint.clone()),
+                ("AWS_ACCESS_KEY_ID".into(), "berth-local".into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), "berth-local".into()),
+                ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+            ]);
+        }
         if let Some(a) = task.address {
             env.push(("BERTH_LOCAL_ADDRESS".into(), a.to_string()));
+            // A gateway's `:80` (Traefik's host-less address) means the task's own address,
+            // as in awsvpc, not every loopback address of the host.
+            env.push(("BERTH_LISTEN_HOST".into(), a.to_string()));
             if name == "berth-sidecar" {
                 env.extend([
                     ("BERTH_INBOUND".into(), format!("{a}:15443")),
@@ -587,15 +622,21 @@ impl Runner {
                 c.arg("-c").arg(argv.join(" "));
                 c
             } else {
-                let Some(prog) = argv.first().and_then(|p| self.cfg.programs.resolve(p)) else {
+                let Some((prog, arg0)) = argv.first().and_then(|p| self.cfg.programs.find(p)) else {
                     h.running = Some(tokio::spawn(async { false }));
                     continue;
                 };
                 let mut c = tokio::process::Command::new(prog);
                 c.args(&argv[1..]);
+                if let Some(name) = arg0 {
+                    c.arg0(name);
+                }
                 c
             };
             cmd.env_clear().envs(p.env.iter().map(|(k, v)| (k, v)));
+            if let Some(cwd) = &p.cwd {
+                cmd.current_dir(cwd);
+            }
             cmd.stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

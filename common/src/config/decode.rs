@@ -611,6 +611,12 @@ impl Decoder<'_> {
 
 /// Parse a file provider's text (YAML, or TOML when `toml` is set) into a config.
 pub fn parse_file(text: &str, toml: bool, diags: &mut Vec<Diagnostic>) -> Result<DynamicConfig, String> {
+    Ok(decode(&parse_tree(text, toml)?, Mode::File, "", diags))
+}
+
+/// A YAML or TOML document as a tree, which must be a map at the top level (an empty
+/// YAML document is an empty map).
+pub fn parse_tree(text: &str, toml: bool) -> Result<Node, String> {
     let root = if toml {
         let v: toml::Value = toml::from_str(text).map_err(|e| format!("invalid TOML: {e}"))?;
         Node::from_toml(&v)
@@ -623,7 +629,7 @@ pub fn parse_file(text: &str, toml: bool, diags: &mut Vec<Diagnostic>) -> Result
     if !matches!(root, Node::Map(_)) {
         return Err("the configuration must be a map at the top level".into());
     }
-    Ok(decode(&root, Mode::File, "", diags))
+    Ok(root)
 }
 
 /// The keys HTTP and TCP routers share, borrowed from either for [`Decoder::router_key`].

@@ -14,7 +14,7 @@ mod model;
 // from a tree too); what other crates need of them is offered here.
 pub use crate::duration::parse_duration;
 pub use crate::tree::{Node, parse_bool};
-pub use decode::{Mode, decode, parse_file};
+pub use decode::{Mode, decode, parse_file, parse_tree};
 pub use model::*;
 
 #[cfg(test)]

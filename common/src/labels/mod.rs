@@ -11,8 +11,10 @@ use crate::config::{self, DynamicConfig, Mode, Node, ServerConfig, Strategy};
 use crate::diag::Diagnostic;
 use crate::http::authority;
 
+mod constraints;
 mod merge;
 
+pub use constraints::Constraint;
 pub use merge::Merger;
 
 pub const PREFIXES: [&str; 2] = ["berth.", "traefik."];

@@ -27,6 +27,12 @@ pub struct ProviderView {
 pub struct BuildOptions {
     /// The entrypoints that exist, by name.
     pub entrypoints: Vec<String>,
+    /// Where routers without `entryPoints` go; empty: every entrypoint (Traefik's
+    /// `asDefault` entrypoints otherwise).
+    pub default_entrypoints: Vec<String>,
+    /// Entrypoints whose HTTP routers serve TLS connections without saying `tls`
+    /// (Traefik's `entryPoints.<name>.http.tls`).
+    pub tls_entrypoints: Vec<String>,
     pub version: u64,
     /// The middlewares of the snapshot being replaced: one whose options did not change
     /// is kept as it is, with its state (rate-limit buckets, in-flight counts).
@@ -34,6 +40,16 @@ pub struct BuildOptions {
     /// The rule syntax of routers that do not choose one (`ruleSyntax`): v3 unless the
     /// gateway says v2 (`--default-rule-syntax`, Traefik's `core.defaultRuleSyntax`).
     pub default_rule_syntax: rules::Syntax,
+}
+
+impl BuildOptions {
+    fn default_routers_entrypoints(&self) -> Vec<String> {
+        if self.default_entrypoints.is_empty() {
+            self.entrypoints.clone()
+        } else {
+            self.default_entrypoints.clone()
+        }
+    }
 }
 
 fn qualify(name: &str, provider: &str) -> String {
@@ -214,7 +230,7 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                 }
             }
             let entry_points = if r.entry_points.is_empty() {
-                opts.entrypoints.clone()
+                opts.default_routers_entrypoints()
             } else {
                 r.entry_points
                     .iter()
@@ -275,7 +291,8 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
             let mut table = RouteTable::default();
             for &i in &order {
                 let r = &snap.routers[i as usize];
-                if r.status != Status::Enabled || r.tls != tls || !r.entry_points.contains(ep) {
+                let tls_here = r.tls || opts.tls_entrypoints.contains(ep);
+                if r.status != Status::Enabled || tls_here != tls || !r.entry_points.contains(ep) {
                     continue;
                 }
                 match r.rule.as_ref().and_then(|rule| rule.required_hosts()) {
@@ -499,7 +516,7 @@ fn build_tcp(views: &[ProviderView], opts: &BuildOptions, snap: &mut Snapshot) {
                 }
             }
             let entry_points: Vec<String> = if r.entry_points.is_empty() {
-                opts.entrypoints.clone()
+                opts.default_routers_entrypoints()
             } else {
                 r.entry_points
                     .iter()

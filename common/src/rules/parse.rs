@@ -129,8 +129,9 @@ pub struct ParseError {
     pub found: String,
 }
 
+/// A rule's tokens (also Traefik's provider constraints', which share the syntax).
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Tok {
+pub(crate) enum Tok {
     Ident(String),
     Str(String),
     LParen,
@@ -166,7 +167,8 @@ fn err(column: usize, expected: impl Into<String>, found: impl Into<String>) -> 
     }
 }
 
-fn lex(input: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
+/// The tokens of `input` with their columns, ending with [`Tok::End`].
+pub(crate) fn lex(input: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
     if input.len() > MAX_RULE_BYTES {
         return Err(err(
             MAX_RULE_BYTES,

@@ -1,4 +1,6 @@
-//! `GET /api/...`, `/metrics`, `/healthz`, `/readyz` and `/` on `--admin`.
+//! `GET /api/...`, `/metrics`, `/healthz`, `/readyz` and `/` (also `/dashboard/`) on
+//! `--admin`; and on Traefik's internal entrypoints (`traefik`, `:8080`) only what each
+//! serves: the API and dashboard (`api.insecure`), `/ping`, `/metrics`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use crate::discovery::StatusCell;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::proxy::{Body, Proxy};
+use crate::traefik::Exposure;
 
 pub(crate) struct AdminState {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
@@ -28,6 +31,10 @@ pub(crate) struct AdminState {
     pub sidecars: Option<Arc<crate::discovery::registry::Registry>>,
     /// Entrypoint TLS certificates (default and SNI).
     pub certs: Arc<crate::entrypoint::CertStore>,
+    /// The routing entrypoints and their addresses, for `/api/entrypoints`.
+    pub entrypoints: Vec<(String, std::net::SocketAddr)>,
+    /// When the gateway started (RFC 3339), for `/api/version`.
+    pub started: String,
     /// The mesh CA's anchor and the gateway's own mesh certificate.
     pub mesh_certs: Option<(
         rustls_pki_types::CertificateDer<'static>,
@@ -35,18 +42,27 @@ pub(crate) struct AdminState {
     )>,
 }
 
-/// Serve the admin API until the task is dropped.
-pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+/// Serve the admin API until the task is dropped: everything (`None`, Berth's
+/// `--admin`), or what a Traefik internal entrypoint exposes.
+pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, exposure: Option<Exposure>) {
     let limits = berth_common::serve::ServeLimits::LOCAL;
     let listener = berth_common::serve::Listener::new(listener, "admin API", &limits);
+    let exposure = Arc::new(exposure);
     loop {
         let (stream, _, admission) = listener.accept().await;
         let state = state.clone();
+        let exposure = exposure.clone();
         tokio::spawn(async move {
             let _admission = admission;
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req)) }
+                let exposure = exposure.clone();
+                async move {
+                    Ok::<_, Infallible>(match exposure.as_ref() {
+                        None => handle(&state, req),
+                        Some(e) => handle_exposed(&state, e, req),
+                    })
+                }
             });
             berth_common::serve::serve_http(stream, svc, &limits).await;
         });
@@ -67,6 +83,44 @@ fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
         "application/json",
         serde_json::to_vec_pretty(v).unwrap_or_default(),
     )
+}
+
+/// A Traefik internal entrypoint: `/ping`, `/metrics`, the API and the dashboard (at
+/// Traefik's `/dashboard/`, `/` redirecting there), each only when configured.
+fn handle_exposed<B>(state: &AdminState, e: &Exposure, req: Request<B>) -> Response<Body> {
+    let path = req.uri().path();
+    let not_found = || respond(StatusCode::NOT_FOUND, "text/plain", "404 page not found\n");
+    if path == "/ping" {
+        if !e.ping {
+            return not_found();
+        }
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "");
+        }
+        return if state.lifecycle.is_shutting_down() {
+            let code = StatusCode::from_u16(e.terminating_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            respond(code, "text/plain", code.canonical_reason().unwrap_or("").to_string())
+        } else {
+            respond(StatusCode::OK, "text/plain", "OK")
+        };
+    }
+    let allowed = match path {
+        "/metrics" => e.metrics,
+        "/" | "/dashboard" => e.dashboard,
+        p if p.starts_with("/dashboard/") => e.dashboard,
+        p if p.starts_with("/api/") => e.api,
+        _ => false,
+    };
+    if !allowed {
+        return not_found();
+    }
+    if path == "/" || path == "/dashboard" {
+        let mut r = respond(StatusCode::FOUND, "text/plain", "");
+        r.headers_mut()
+            .insert(header::LOCATION, http::HeaderValue::from_static("/dashboard/"));
+        return r;
+    }
+    handle(state, req)
 }
 
 pub(crate) fn handle<B>(state: &AdminState, req: Request<B>) -> Response<Body> {
@@ -150,11 +204,45 @@ pub(crate) fn handle<B>(state: &AdminState, req: Request<B>) -> Response<Body> {
                 &json!({"message": "the mesh control plane is not enabled (no --mesh-ca-cert or --mesh-dev-ca)"}),
             ),
         },
-        "/" => respond(StatusCode::OK, "text/html; charset=utf-8", dashboard(state, &snap)),
+        "/" | "/dashboard/" => respond(StatusCode::OK, "text/html; charset=utf-8", dashboard(state, &snap)),
+        "/api/version" => json_response(
+            StatusCode::OK,
+            &json!({"Version": env!("CARGO_PKG_VERSION"), "Codename": "berth", "startDate": state.started}),
+        ),
+        "/api/entrypoints" => json_response(
+            StatusCode::OK,
+            &Value::Array(
+                state
+                    .entrypoints
+                    .iter()
+                    .map(|(name, addr)| json!({"name": name, "address": addr.to_string()}))
+                    .collect(),
+            ),
+        ),
+        "/api/rawdata" => json_response(StatusCode::OK, &rawdata(state, &snap)),
         p if p.starts_with("/api/http/routers/") => named(routers(&snap), &p["/api/http/routers/".len()..]),
         p if p.starts_with("/api/http/services/") => named(services(state, &snap), &p["/api/http/services/".len()..]),
         _ => json_response(StatusCode::NOT_FOUND, &json!({"message": "not found"})),
     }
+}
+
+/// Traefik's `/api/rawdata`: routers, services and middlewares as maps by name.
+fn rawdata(state: &AdminState, snap: &Snapshot) -> Value {
+    let by_name = |items: Vec<Value>| {
+        Value::Object(
+            items
+                .into_iter()
+                .map(|v| (v["name"].as_str().unwrap_or_default().to_string(), v))
+                .collect(),
+        )
+    };
+    json!({
+        "routers": by_name(routers(snap)),
+        "services": by_name(services(state, snap)),
+        "middlewares": by_name(middlewares(snap)),
+        "tcpRouters": by_name(tcp_routers(snap)),
+        "tcpServices": by_name(tcp_services(snap)),
+    })
 }
 
 fn named(items: Vec<Value>, name: &str) -> Response<Body> {

@@ -68,6 +68,9 @@ pub(crate) struct ConnInfo {
     pub metrics: Arc<EntrypointMetrics>,
     /// The entrypoint's path settings (`sanitizePath`, `encodedCharacters`).
     pub path: berth_common::path::PathPolicy,
+    /// The entrypoint's own trusted forwarders (Traefik's `forwardedHeaders`), else the
+    /// gateway's.
+    pub trusted: Option<Arc<[IpNet]>>,
 }
 
 /// Filled in as a request goes through, for its span and access-log line.
@@ -235,7 +238,13 @@ impl Proxy {
                 text_response(StatusCode::OK, "OK", None)
             });
         }
-        front::check(&mut req, conn, &self.limits, &self.trusted, ctx)?;
+        front::check(
+            &mut req,
+            conn,
+            &self.limits,
+            conn.trusted.as_deref().unwrap_or(&self.trusted),
+            ctx,
+        )?;
 
         let routes = self.routes.load();
         let path = berth_common::path::routing_path(req.uri().path());

@@ -54,6 +54,14 @@ pub struct EcsSettings {
     pub api_rate: f64,
     pub api_burst: f64,
     pub concurrency: usize,
+    /// Traefik's `providers.ecs.constraints`: containers whose labels fail it are not
+    /// looked at.
+    pub constraints: Option<labels::Constraint>,
+    /// Traefik's `accessKeyID`/`secretAccessKey`, instead of the standard chain.
+    /// (Its `Debug` hides the secret.)
+    pub credentials: Option<aws_credential_types::Credentials>,
+    /// The load-balancing strategy of services without one (Traefik mode: wrr).
+    pub default_strategy: Strategy,
 }
 
 /// One cluster's discovery state, for the admin API.
@@ -339,11 +347,13 @@ pub(crate) async fn start(
     let region = RegionProviderChain::first_try(settings.region.clone().map(aws_config::Region::new))
         .or_else(EnvironmentVariableRegionProvider::new())
         .or_else(ProfileFileRegionProvider::new());
-    let sdk = aws_config::defaults(BehaviorVersion::latest())
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::disabled())
-        .region(region)
-        .load()
-        .await;
+        .region(region);
+    if let Some(credentials) = &settings.credentials {
+        loader = loader.credentials_provider(credentials.clone());
+    }
+    let sdk = loader.load().await;
     if sdk.region().is_none() {
         return Err(EcsStartError("no AWS region: set --ecs-region or AWS_REGION".into()));
     }
@@ -793,7 +803,9 @@ pub(crate) fn build_config(
                     diags.push(d.with_source(source.clone()));
                 }
             };
-            if !parsed.enable.unwrap_or(settings.exposed_by_default) {
+            if !parsed.enable.unwrap_or(settings.exposed_by_default)
+                || settings.constraints.as_ref().is_some_and(|c| !c.matches(&ep.labels))
+            {
                 continue;
             }
             for d in label_diags {
@@ -900,7 +912,7 @@ fn container_target(
         address: ep.address.clone()?,
         ports: ep.ports.clone(),
         default_rule: Some(settings.default_rule.clone()),
-        default_strategy: Strategy::P2c,
+        default_strategy: settings.default_strategy,
         via: ep.sidecar_port.map(|port| labels::Via {
             port,
             identity: format!("ecs/{cluster}/{}", ep.service),
