@@ -76,6 +76,21 @@ impl GatewayProcess {
     /// Start with entrypoint `web` and the admin API on free ports, dummy AWS
     /// credentials, a region, and instance metadata disabled.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> GatewayProcess {
+        Self::launch(args, env, true, None)
+    }
+
+    /// Like [`GatewayProcess::spawn`] without Berth's `web` entrypoint (Traefik mode
+    /// names its own), started in `cwd`, where Traefik looks for `traefik.yml`.
+    pub fn spawn_in(cwd: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> GatewayProcess {
+        Self::launch(args, env, false, Some(cwd))
+    }
+
+    fn launch(
+        args: &[&str],
+        env: &[(&str, &str)],
+        web_entrypoint: bool,
+        cwd: Option<&std::path::Path>,
+    ) -> GatewayProcess {
         let web: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = temp_dir("gwlog").join("gateway.log");
@@ -86,8 +101,14 @@ impl GatewayProcess {
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("RUST_LOG", "info,berth_gateway=debug")
-            .args(["--entrypoint", &format!("web={web}"), "--admin", &admin.to_string()])
+            .env("RUST_LOG", "info,berth_gateway=debug");
+        if web_entrypoint {
+            cmd.args(["--entrypoint", &format!("web={web}")]);
+        }
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        cmd.args(["--admin", &admin.to_string()])
             .args(["--shutdown-delay", "0s", "--log-format", "json"])
             .args(args)
             .stdout(std::process::Stdio::null())

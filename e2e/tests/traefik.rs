@@ -138,3 +138,169 @@ async fn a_traefik_2_5_task_definition_runs_with_only_the_image_swapped() {
     .await;
     assert!(healthy, "the traefik container's health check did not pass");
 }
+
+/// The same static configuration in each of Traefik's three forms: a `traefik.yml` in
+/// the working directory (a default location), flags, `TRAEFIK_*` variables. Each
+/// gateway redirects `web` to `websecure` (301 for GET, 308 for POST), serves the
+/// file provider's router over TLS only on `websecure` (`http.tls`), and `/ping` and
+/// `/metrics` on the `traefik` entrypoint, with no API there (no `api.insecure`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_static_form_configures_the_same_gateway() {
+    use berth_common::test_util::{Backend, Proto, free_port, self_signed};
+    use berth_e2e::GatewayProcess;
+
+    let backend = Backend::start("app", Proto::Http1).await;
+    let dir = temp_dir("traefik-forms");
+    let (cert, key) = self_signed(&["app.test"]);
+    std::fs::write(dir.join("app.crt"), cert).unwrap();
+    std::fs::write(dir.join("app.key"), key).unwrap();
+    let dynamic = dir.join("dynamic.yml");
+    std::fs::write(
+        &dynamic,
+        format!(
+            "http:\n  routers:\n    app:\n      rule: Host(`app.test`)\n      service: app\n  services:\n    app:\n      \
+             loadBalancer:\n        servers:\n          - url: \"{}\"\ntls:\n  certificates:\n    - certFile: {}\n      keyFile: {}\n",
+            backend.url(),
+            dir.join("app.crt").display(),
+            dir.join("app.key").display()
+        ),
+    )
+    .unwrap();
+    let dynamic = dynamic.display().to_string();
+
+    for form in ["file", "flags", "env"] {
+        let (web, secure, internal) = (free_port(), free_port(), free_port());
+        let cwd = temp_dir(&format!("traefik-{form}"));
+        let flags: Vec<String> = vec![
+            format!("--entryPoints.web.address=127.0.0.1:{web}"),
+            "--entryPoints.web.http.redirections.entryPoint.to=websecure".into(),
+            format!("--entryPoints.websecure.address=127.0.0.1:{secure}"),
+            "--entryPoints.websecure.http.tls=true".into(),
+            format!("--entryPoints.traefik.address=127.0.0.1:{internal}"),
+            format!("--providers.file.filename={dynamic}"),
+            "--ping".into(),
+            "--metrics.prometheus".into(),
+        ];
+        let env: Vec<(String, String)> = vec![
+            ("TRAEFIK_ENTRYPOINTS_WEB_ADDRESS".into(), format!("127.0.0.1:{web}")),
+            (
+                "TRAEFIK_ENTRYPOINTS_WEB_HTTP_REDIRECTIONS_ENTRYPOINT_TO".into(),
+                "websecure".into(),
+            ),
+            (
+                "TRAEFIK_ENTRYPOINTS_WEBSECURE_ADDRESS".into(),
+                format!("127.0.0.1:{secure}"),
+            ),
+            ("TRAEFIK_ENTRYPOINTS_WEBSECURE_HTTP_TLS".into(), "true".into()),
+            (
+                "TRAEFIK_ENTRYPOINTS_TRAEFIK_ADDRESS".into(),
+                format!("127.0.0.1:{internal}"),
+            ),
+            ("TRAEFIK_PROVIDERS_FILE_FILENAME".into(), dynamic.clone()),
+            ("TRAEFIK_PING".into(), "true".into()),
+            ("TRAEFIK_METRICS_PROMETHEUS".into(), "true".into()),
+        ];
+        let gw = match form {
+            "file" => {
+                std::fs::write(
+                    cwd.join("traefik.yml"),
+                    format!(
+                        "entryPoints:\n  web:\n    address: \"127.0.0.1:{web}\"\n    http:\n      redirections:\n        \
+                         entryPoint:\n          to: websecure\n  websecure:\n    address: \"127.0.0.1:{secure}\"\n    \
+                         http:\n      tls: {{}}\n  traefik:\n    address: \"127.0.0.1:{internal}\"\nproviders:\n  file:\n    \
+                         filename: \"{dynamic}\"\nping: {{}}\nmetrics:\n  prometheus: {{}}\n"
+                    ),
+                )
+                .unwrap();
+                GatewayProcess::spawn_in(&cwd, &[], &[])
+            }
+            "flags" => GatewayProcess::spawn_in(&cwd, &flags.iter().map(String::as_str).collect::<Vec<_>>(), &[]),
+            _ => GatewayProcess::spawn_in(
+                &cwd,
+                &[],
+                &env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>(),
+            ),
+        };
+        let ping: SocketAddr = format!("127.0.0.1:{internal}").parse().unwrap();
+        let up = eventually(Duration::from_secs(20), || async move {
+            try_http1(ping, get("localhost", "/ping"))
+                .await
+                .is_some_and(|r| r.status == 200 && r.body == "OK")
+        })
+        .await;
+        assert!(up, "{form}: /ping did not answer; log:\n{}", gw.log());
+        let web_addr: SocketAddr = format!("127.0.0.1:{web}").parse().unwrap();
+        let served = eventually(Duration::from_secs(10), || async move {
+            try_http1(web_addr, get("app.test", "/x?y=1"))
+                .await
+                .is_some_and(|r| r.status == 301)
+        })
+        .await;
+        assert!(served, "{form}: no redirect on web; log:\n{}", gw.log());
+        let r = http1(web_addr, get("app.test", "/x?y=1")).await;
+        assert_eq!(
+            r.headers["location"],
+            format!("https://app.test:{secure}/x?y=1"),
+            "{form}"
+        );
+        let post = http::Request::post("/form")
+            .header("host", "app.test")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"a=1")))
+            .unwrap();
+        assert_eq!(http1(web_addr, post).await.status, 308, "{form}: POST keeps its method");
+        // websecure: the router serves TLS connections only, as `http.tls` makes it.
+        let out = std::process::Command::new("curl")
+            .args(["-sk", "-o", "-", "-w", "\n%{http_code}", "--max-time", "5"])
+            .args(["--resolve", &format!("app.test:{secure}:127.0.0.1")])
+            .arg(format!("https://app.test:{secure}/over-tls"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(text.ends_with("\n200"), "{form}: curl over TLS: {text}");
+        let plain: SocketAddr = format!("127.0.0.1:{secure}").parse().unwrap();
+        assert_eq!(
+            http1(plain, get("app.test", "/")).await.status,
+            404,
+            "{form}: plain HTTP on websecure"
+        );
+        // The traefik entrypoint: ping and metrics asked for; no API without api.insecure.
+        let m = http1(ping, get("localhost", "/metrics")).await;
+        assert!(m.status == 200 && m.body.contains("berth_"), "{form}: /metrics");
+        assert_eq!(
+            http1(ping, get("localhost", "/api/rawdata")).await.status,
+            404,
+            "{form}"
+        );
+        // The redirect router is the gateway's own, shown as Traefik shows it.
+        let routers = gw.admin_json("/api/http/routers").await;
+        assert!(
+            routers
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["name"] == "web-to-websecure@internal"),
+            "{form}: {routers}"
+        );
+    }
+}
+
+/// An option Berth does not implement stops the start, by name, with exit 64.
+#[test]
+fn an_unimplemented_traefik_option_exits_64_naming_it() {
+    let out = std::process::Command::new(berth_e2e::bin("berth-gateway"))
+        .args([
+            "--providers.ecs.clusters=default",
+            "--certificatesResolvers.le.acme.email=ops@example.com",
+        ])
+        .env_clear()
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .current_dir(temp_dir("traefik-refused"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`--certificatesResolvers.le.acme.email` is not supported: ACME"),
+        "{err}"
+    );
+}
