@@ -525,15 +525,20 @@ impl Config {
                 .ecs_default_rule
                 .clone()
                 .unwrap_or_else(|| crate::discovery::ecs::DEFAULT_RULE.to_string());
-            let rendered = berth_common::labels::render_default_rule(&default_rule, "x");
-            if rendered.contains("{{") {
-                return Err(bad(format!(
-                    "--ecs-default-rule (providers.ecs.defaultRule) `{default_rule}`: only {{{{ .Name }}}} and \
-                     {{{{ normalize .Name }}}} can be evaluated"
-                )));
-            }
-            if let Err(e) = berth_common::rules::compile(&rendered) {
-                return Err(bad(format!("--ecs-default-rule: {e}")));
+            // The template must be one Berth can evaluate; rendered for a name alone, it
+            // must be a rule (unless it reads labels, which only containers have).
+            let template = berth_common::labels::Template::parse(&default_rule).map_err(|e| {
+                bad(format!(
+                    "--ecs-default-rule (providers.ecs.defaultRule) `{default_rule}`: {e}"
+                ))
+            })?;
+            if !default_rule.contains("Labels") {
+                let rendered = template
+                    .render("x", &Default::default())
+                    .map_err(|e| bad(format!("--ecs-default-rule (providers.ecs.defaultRule): {e}")))?;
+                if let Err(e) = berth_common::rules::compile(&rendered) {
+                    return Err(bad(format!("--ecs-default-rule (providers.ecs.defaultRule): {e}")));
+                }
             }
             let extras = traefik.as_ref().and_then(|t| t.ecs.clone()).unwrap_or_default();
             let constraints = match &extras.constraints {
@@ -1047,7 +1052,11 @@ address = "127.0.0.1:8082"
             ("--providers.docker=true", "ecs and file providers"),
             ("--entrypoints.web.address=:80/udp", "UDP"),
             ("--experimental.plugins.x.moduleName=y", "plugins"),
-            ("--providers.ecs.defaultRule=Host(`{{ .Labels.x }}`)", "defaultRule"),
+            (
+                "--providers.ecs.defaultRule=Host(`{{ printf \"%s\" .Name }}`)",
+                "defaultRule",
+            ),
+            ("--providers.ecs.defaultRule=Hots(`{{ .Name }}`)", "defaultRule"),
             ("--log.level=LOUD", "log.level"),
             ("--tracing.sampleRate=2", "sampleRate"),
             ("--bogus.option=1", "unknown Traefik option `--bogus.option`"),

@@ -13,9 +13,11 @@ use crate::http::authority;
 
 mod constraints;
 mod merge;
+mod template;
 
 pub use constraints::Constraint;
 pub use merge::Merger;
+pub use template::Template;
 
 pub const PREFIXES: [&str; 2] = ["berth.", "traefik."];
 
@@ -35,6 +37,8 @@ pub struct ContainerLabels {
     pub enable: Option<bool>,
     pub config: DynamicConfig,
     pub mesh: MeshLabels,
+    /// Every label of the container, as a default rule's `.Labels` sees them.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// The east-west labels.
@@ -83,7 +87,10 @@ pub fn parse(labels: &BTreeMap<String, String>) -> (ContainerLabels, Vec<Diagnos
         }
     }
     // Rebuild with original spelling of the key (router names keep their case).
-    let mut out = ContainerLabels::default();
+    let mut out = ContainerLabels {
+        labels: labels.clone(),
+        ..Default::default()
+    };
     let mut dynamic_pairs: Vec<(String, String, &str)> = Vec::new();
     for (key, value) in labels {
         let Some((prefix, rest)) = PREFIXES.iter().find_map(|p| strip_prefix_ci(key, p).map(|r| (*p, r))) else {
@@ -410,10 +417,23 @@ pub fn container_config(labels: &ContainerLabels, target: &ContainerTarget) -> (
                     continue;
                 }
                 // The default rule is v3 whatever the gateway's default syntax, as in
-                // Traefik (its default-rule routers keep the v3 parser).
+                // Traefik (its default-rule routers keep the v3 parser). `.Name` is the
+                // instance name, normalized, as in Traefik's ECS provider.
                 Some(tpl) => {
-                    r.rule = Some(render_default_rule(tpl, &target.name));
-                    r.rule_syntax.get_or_insert_with(|| "v3".into());
+                    match Template::parse(tpl).and_then(|t| t.render(&normalize_name(&target.name), &labels.labels)) {
+                        Ok(rule) => {
+                            r.rule = Some(rule);
+                            r.rule_syntax.get_or_insert_with(|| "v3".into());
+                        }
+                        Err(e) => {
+                            diags.push(Diagnostic::error(
+                                format!("http.routers.{name}.rule"),
+                                format!("the default rule cannot be rendered for this container: {e}"),
+                            ));
+                            drop.push(name.clone());
+                            continue;
+                        }
+                    }
                 }
                 None => {
                     diags.push(Diagnostic::error(
@@ -458,30 +478,6 @@ pub fn normalize_name(name: &str) -> String {
         .filter(|part| !part.is_empty())
         .collect::<Vec<_>>()
         .join("-")
-}
-
-/// Substitute `{{ normalize .Name }}` and `{{ .Name }}` in a default-rule template. As in
-/// Traefik's ECS provider, `.Name` is the instance name already normalized.
-pub fn render_default_rule(tpl: &str, name: &str) -> String {
-    let name = &normalize_name(name);
-    let mut out = String::with_capacity(tpl.len());
-    let mut rest = tpl;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let Some(end) = rest[start..].find("}}") else {
-            out.push_str(&rest[start..]);
-            return out;
-        };
-        let inner: Vec<&str> = rest[start + 2..start + end].split_whitespace().collect();
-        match inner.as_slice() {
-            ["normalize", ".Name"] => out.push_str(&normalize_name(name)),
-            [".Name"] => out.push_str(name),
-            _ => out.push_str(&rest[start..start + end + 2]),
-        }
-        rest = &rest[start + end + 2..];
-    }
-    out.push_str(rest);
-    out
 }
 
 #[cfg(test)]

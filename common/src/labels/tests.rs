@@ -172,9 +172,16 @@ fn traefiks_ecs_provider_tables() {
     assert_eq!(normalize_name("a.-b"), "a-b");
     assert_eq!(normalize_name("café_1"), "café-1");
     // `.Name` in a default rule is the normalized name.
+    let t = ContainerTarget {
+        name: "Test__x".into(),
+        default_rule: Some("Host(`{{ .Name }}.foo.bar`)".into()),
+        ..target()
+    };
+    let (c, _) = parse(&labels(&[("traefik.http.services.s.loadbalancer.server.port", "80")]));
+    let (cfg, _) = container_config(&c, &t);
     assert_eq!(
-        render_default_rule("Host(`{{ .Name }}.foo.bar`)", "Test__x"),
-        "Host(`Test-x.foo.bar`)"
+        cfg.http.routers.values().next().unwrap().rule.as_deref(),
+        Some("Host(`Test-x.foo.bar`)")
     );
     // traefik.enable takes Go's boolean spellings.
     for (v, want) in [
@@ -218,12 +225,45 @@ fn conflicting_key_shapes_are_reported() {
 }
 
 #[test]
-fn default_rule_templates() {
+fn default_rule_templates_see_the_name_and_the_labels() {
+    let rule = |tpl: &str, name: &str, l: &[(&str, &str)]| {
+        let t = ContainerTarget {
+            name: name.into(),
+            default_rule: Some(tpl.into()),
+            ..target()
+        };
+        let (c, _) = parse(&labels(l));
+        let (cfg, diags) = container_config(&c, &t);
+        (cfg.http.routers.values().next().and_then(|r| r.rule.clone()), diags)
+    };
+    let port = ("traefik.http.services.s.loadbalancer.server.port", "80");
     assert_eq!(
-        render_default_rule("Host(`{{ normalize .Name }}`)", "my_app.v2"),
+        rule("Host(`{{ normalize .Name }}`)", "my_app.v2", &[port]).0.unwrap(),
         "Host(`my-app-v2`)"
     );
-    assert_eq!(render_default_rule("Host(`{{.Name}}.x`)", "a"), "Host(`a.x`)");
+    assert_eq!(rule("Host(`{{.Name}}.x`)", "a", &[port]).0.unwrap(), "Host(`a.x`)");
+    let domain = ("domain", "example.com");
+    assert_eq!(
+        rule(
+            "Host(`{{ .Name }}.{{ index .Labels \"domain\" }}`)",
+            "api",
+            &[port, domain]
+        )
+        .0
+        .unwrap(),
+        "Host(`api.example.com`)"
+    );
+    // A label that would change the rule's syntax: the router is not served.
+    let (r, diags) = rule(
+        "Host(`{{ .Labels.domain }}`)",
+        "api",
+        &[port, ("domain", "a`) || Host(`b")],
+    );
+    assert!(r.is_none(), "{r:?}");
+    assert!(
+        diags.iter().any(|d| d.message.contains("cannot be rendered")),
+        "{diags:?}"
+    );
 }
 
 #[test]
