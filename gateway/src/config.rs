@@ -557,7 +557,14 @@ impl Config {
                 all_clusters,
                 region: s.ecs_region.clone(),
                 refresh: duration("ecs-refresh", &s.ecs_refresh, Duration::from_secs(30))?,
-                healthy_only: s.ecs_healthy_only,
+                healthy_only: match (
+                    s.ecs_healthy_only,
+                    traefik.as_ref().is_some_and(|t| t.healthy_tasks_only),
+                ) {
+                    (_, true) => crate::discovery::ecs::HealthyOnly::Tasks,
+                    (true, false) => crate::discovery::ecs::HealthyOnly::Containers,
+                    (false, false) => crate::discovery::ecs::HealthyOnly::Off,
+                },
                 default_rule,
                 exposed_by_default: s.exposed_by_default,
                 api_rate: rate,
@@ -815,7 +822,7 @@ address = "127.0.0.1:8082"
         assert_eq!(c.forwarded_trusted, vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]);
         let ecs = c.ecs.as_ref().unwrap();
         assert_eq!(ecs.clusters, ["prod"]);
-        assert!(ecs.healthy_only && ecs.exposed_by_default);
+        assert!(ecs.healthy_only == crate::discovery::ecs::HealthyOnly::Containers && ecs.exposed_by_default);
         assert_eq!(ecs.api_rate, 5.0);
         assert_eq!(c.limits.max_header_bytes, 16384);
         assert!(c.access_log.is_some());
@@ -837,7 +844,7 @@ address = "127.0.0.1:8082"
         let ecs = c.ecs.as_ref().unwrap();
         assert_eq!(ecs.clusters, ["staging"]);
         assert_eq!(ecs.api_rate, 7.0);
-        assert!(ecs.healthy_only);
+        assert_eq!(ecs.healthy_only, crate::discovery::ecs::HealthyOnly::Containers);
         // A secret given on the command line or in the environment only: not a file key.
         std::fs::write(&path, "mesh-token = \"0123456789abcdef\"\n").unwrap();
         assert!(parse(&["--config", file]).unwrap_err().0.contains("mesh-token"));
@@ -946,7 +953,8 @@ address = "127.0.0.1:8082"
         .unwrap();
         let ecs = c.ecs.as_ref().unwrap();
         assert!(ecs.all_clusters && ecs.clusters.is_empty());
-        assert!(!ecs.exposed_by_default && ecs.healthy_only);
+        assert!(!ecs.exposed_by_default);
+        assert_eq!(ecs.healthy_only, crate::discovery::ecs::HealthyOnly::Tasks);
         assert_eq!(ecs.refresh, Duration::from_secs(5));
         assert!(ecs.constraints.is_some());
         assert!(ecs.credentials.is_some());

@@ -105,6 +105,8 @@ pub(crate) struct Traefik {
     pub log_filter: Option<String>,
     /// `tracing.*` as the `OTEL_*` variables Berth reads (the real ones win).
     pub trace_env: Vec<(String, String)>,
+    /// `providers.ecs.healthyTasksOnly`: the task's health, not each container's.
+    pub healthy_tasks_only: bool,
 }
 
 /// Reads the entries by path, case-insensitively, and remembers which were read.
@@ -475,7 +477,7 @@ impl Traefik {
                 };
             }
             a.exposed_by_default = r.bool("providers.ecs.exposedByDefault").unwrap_or(true);
-            a.ecs_healthy_only = r.bool("providers.ecs.healthyTasksOnly").unwrap_or(false);
+            self.healthy_tasks_only = r.bool("providers.ecs.healthyTasksOnly").unwrap_or(false);
             let refresh = r
                 .number("providers.ecs.refreshSeconds")
                 .unwrap_or(DEFAULT_REFRESH_SECONDS as f64);

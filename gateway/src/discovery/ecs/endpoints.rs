@@ -108,6 +108,19 @@ fn port(p: Option<i32>) -> Option<u16> {
     p.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0)
 }
 
+/// Which tasks and containers health keeps out, beyond those reporting UNHEALTHY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HealthyOnly {
+    /// Only UNHEALTHY is kept out.
+    #[default]
+    Off,
+    /// Berth's `--ecs-healthy-only`: a container with a health check until it is HEALTHY.
+    Containers,
+    /// Traefik's `healthyTasksOnly`: a task whose health status is not HEALTHY (a task
+    /// without health checks is UNKNOWN, so it is kept out too, as in Traefik).
+    Tasks,
+}
+
 /// Every container of the task with its address, ports and eligibility.
 /// `host_ip` is the container instance's private IP (bridge and host modes);
 /// `membership` what ECS says of a task with a sidecar (none yet: it is not routed).
@@ -115,7 +128,7 @@ pub(crate) fn containers(
     task: &Task,
     def: &TaskDefinition,
     host_ip: Option<&str>,
-    healthy_only: bool,
+    healthy_only: HealthyOnly,
     membership: Option<&Membership>,
 ) -> Vec<ContainerEndpoint> {
     let mode = network_mode(task, def);
@@ -208,9 +221,18 @@ pub(crate) fn containers(
         } else if c.health_status() == Some(&HealthStatus::Unhealthy) {
             state_excluded = address.is_some();
             excluded = Some("container health check reports UNHEALTHY".into());
-        } else if healthy_only && cdef.health_check().is_some() && c.health_status() != Some(&HealthStatus::Healthy) {
+        } else if healthy_only == HealthyOnly::Containers
+            && cdef.health_check().is_some()
+            && c.health_status() != Some(&HealthStatus::Healthy)
+        {
             state_excluded = address.is_some();
             excluded = Some("container is not HEALTHY yet (--ecs-healthy-only)".into());
+        } else if healthy_only == HealthyOnly::Tasks && task.health_status() != Some(&HealthStatus::Healthy) {
+            state_excluded = address.is_some();
+            excluded = Some(format!(
+                "task health is {} (providers.ecs.healthyTasksOnly needs HEALTHY)",
+                task.health_status().map_or("UNKNOWN", |h| h.as_str())
+            ));
         } else if address.is_none() {
             excluded = Some(match mode {
                 NetworkMode::Bridge | NetworkMode::Host => "the container instance's address is not known".into(),
@@ -284,7 +306,7 @@ mod tests {
                     .build(),
             )
             .build();
-        let eps = containers(&t, &def(Some(NetworkMode::Awsvpc), false), None, false, None);
+        let eps = containers(&t, &def(Some(NetworkMode::Awsvpc), false), None, HealthyOnly::Off, None);
         assert_eq!(eps[0].address.as_deref(), Some("10.1.2.3"));
         assert_eq!(eps[0].ports, vec![(8080, 8080)]);
         assert_eq!(eps[0].instance_name, "service-web-app");
@@ -298,7 +320,7 @@ mod tests {
         )
         .launch_type(aws_sdk_ecs::types::LaunchType::Fargate)
         .build();
-        let eps = containers(&t, &def(None, false), None, false, None);
+        let eps = containers(&t, &def(None, false), None, HealthyOnly::Off, None);
         assert_eq!(eps[0].address.as_deref(), Some("10.9.9.9"));
     }
 
@@ -315,12 +337,12 @@ mod tests {
             &t,
             &def(Some(NetworkMode::Bridge), false),
             Some("10.0.0.5"),
-            false,
+            HealthyOnly::Off,
             None,
         );
         assert_eq!(eps[0].address.as_deref(), Some("10.0.0.5"));
         assert_eq!(eps[0].ports, vec![(8080, 32768)]);
-        let eps = containers(&t, &def(Some(NetworkMode::Bridge), false), None, false, None);
+        let eps = containers(&t, &def(Some(NetworkMode::Bridge), false), None, HealthyOnly::Off, None);
         assert!(eps[0].excluded.as_deref().unwrap().contains("instance"));
     }
 
@@ -352,7 +374,11 @@ mod tests {
                 .build(),
         )
         .build();
-        assert!(containers(&t, &d, Some("10.0.0.5"), false, None)[0].excluded.is_some());
+        assert!(
+            containers(&t, &d, Some("10.0.0.5"), HealthyOnly::Off, None)[0]
+                .excluded
+                .is_some()
+        );
         let t = task(
             Container::builder()
                 .name("app")
@@ -360,11 +386,42 @@ mod tests {
                 .build(),
         )
         .build();
-        assert!(containers(&t, &d, Some("10.0.0.5"), false, None)[0].excluded.is_none());
-        assert!(containers(&t, &d, Some("10.0.0.5"), true, None)[0].excluded.is_some());
+        assert!(
+            containers(&t, &d, Some("10.0.0.5"), HealthyOnly::Off, None)[0]
+                .excluded
+                .is_none()
+        );
+        assert!(
+            containers(&t, &d, Some("10.0.0.5"), HealthyOnly::Containers, None)[0]
+                .excluded
+                .is_some()
+        );
+        // Traefik's healthyTasksOnly looks at the task: HEALTHY only, UNKNOWN kept out.
+        let healthy_task = task(Container::builder().name("app").build())
+            .health_status(HealthStatus::Healthy)
+            .build();
+        assert!(
+            containers(&healthy_task, &d, Some("10.0.0.5"), HealthyOnly::Tasks, None)[0]
+                .excluded
+                .is_none()
+        );
+        let unknown_task = task(Container::builder().name("app").build()).build();
+        let why = containers(&unknown_task, &d, Some("10.0.0.5"), HealthyOnly::Tasks, None)[0]
+            .excluded
+            .clone();
+        assert!(why.unwrap().contains("UNKNOWN"));
+        assert!(
+            containers(&unknown_task, &d, Some("10.0.0.5"), HealthyOnly::Off, None)[0]
+                .excluded
+                .is_none()
+        );
         let t = task(Container::builder().name("app").build())
             .desired_status("STOPPED")
             .build();
-        assert!(containers(&t, &d, Some("10.0.0.5"), false, None)[0].excluded.is_some());
+        assert!(
+            containers(&t, &d, Some("10.0.0.5"), HealthyOnly::Off, None)[0]
+                .excluded
+                .is_some()
+        );
     }
 }

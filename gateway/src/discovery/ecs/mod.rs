@@ -11,6 +11,7 @@
 pub(crate) mod client;
 pub(crate) mod ec2;
 pub(crate) mod endpoints;
+pub(crate) use endpoints::HealthyOnly;
 pub(crate) mod membership;
 pub(crate) mod reconcile;
 
@@ -48,7 +49,7 @@ pub struct EcsSettings {
     pub all_clusters: bool,
     pub region: Option<String>,
     pub refresh: Duration,
-    pub healthy_only: bool,
+    pub healthy_only: endpoints::HealthyOnly,
     pub default_rule: String,
     pub exposed_by_default: bool,
     pub api_rate: f64,

@@ -59,7 +59,7 @@ pub(crate) struct ClusterReconciler {
     /// Container instance ARN -> EC2 instance id and its address once known.
     instances: HashMap<String, (Option<String>, Option<String>)>,
     ec2: Option<Arc<dyn InstanceAddresses>>,
-    healthy_only: bool,
+    healthy_only: super::endpoints::HealthyOnly,
     memberships: Arc<Memberships>,
 }
 
@@ -82,7 +82,7 @@ impl ClusterReconciler {
         api: EcsApi,
         taskdefs: TaskDefCache,
         ec2: Option<Arc<dyn InstanceAddresses>>,
-        healthy_only: bool,
+        healthy_only: super::endpoints::HealthyOnly,
         memberships: Arc<Memberships>,
     ) -> Self {
         ClusterReconciler {
