@@ -229,6 +229,23 @@ async fn each_static_form_configures_the_same_gateway() {
         })
         .await;
         assert!(up, "{form}: /ping did not answer; log:\n{}", gw.log());
+        // `traefik healthcheck` reads the same form (the file in its working directory,
+        // the flags given to it, or the variables) and finds the ping entrypoint.
+        let mut check = std::process::Command::new(berth_e2e::bin("berth-gateway"));
+        check.arg("healthcheck").env_clear().current_dir(&cwd);
+        match form {
+            "flags" => {
+                check.args(&flags);
+            }
+            "env" => {
+                check.envs(env.iter().cloned());
+            }
+            _ => {}
+        }
+        let out = check.output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(out.status.code(), Some(0), "{form}: {said}");
+        assert_eq!(said.trim(), format!("OK: http://127.0.0.1:{internal}/ping"), "{form}");
         let web_addr: SocketAddr = format!("127.0.0.1:{web}").parse().unwrap();
         let served = eventually(Duration::from_secs(10), || async move {
             try_http1(web_addr, get("app.test", "/x?y=1"))
@@ -303,4 +320,32 @@ fn an_unimplemented_traefik_option_exits_64_naming_it() {
         err.contains("`--certificatesResolvers.le.acme.email` is not supported: ACME"),
         "{err}"
     );
+}
+
+/// `traefik healthcheck --ping` with nothing listening fails as Traefik's does.
+#[test]
+fn the_healthcheck_fails_when_ping_does_not_answer() {
+    let port = berth_common::test_util::free_port();
+    let out = std::process::Command::new(berth_e2e::bin("berth-gateway"))
+        .args([
+            "healthcheck",
+            "--ping",
+            &format!("--entryPoints.traefik.address=127.0.0.1:{port}"),
+        ])
+        .env_clear()
+        .current_dir(temp_dir("traefik-healthcheck"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.starts_with("Error calling healthcheck: "), "{said}");
+    // And without ping configured at all.
+    let out = std::process::Command::new(berth_e2e::bin("berth-gateway"))
+        .args(["healthcheck", "--api.insecure"])
+        .env_clear()
+        .current_dir(temp_dir("traefik-healthcheck"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("please enable `ping`"));
 }

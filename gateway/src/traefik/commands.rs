@@ -41,17 +41,18 @@ fn print_version() {
 }
 
 /// As Traefik's: read the static configuration (its file, flags or variables), find the
-/// ping entrypoint's address, `GET /ping` with a 5 s timeout; 0 on 200, else 1.
+/// ping entrypoint's address, `HEAD /ping` with a 5 s timeout; 0 on 200, else 1, with
+/// Traefik's messages on stdout.
 fn healthcheck(flags: Vec<String>) -> i32 {
     let (_, flags) = super::split_args(std::iter::once("traefik".to_string()).chain(flags).collect());
     let traefik = match Sources::from_process(flags).load() {
         Ok(Some(t)) => t,
         Ok(None) => {
-            eprintln!("Please enable `ping` to use health check");
+            println!("Error calling healthcheck: please enable `ping` to use health check");
             return 1;
         }
         Err(e) => {
-            eprintln!("Error while reading the configuration: {e}");
+            println!("Error calling healthcheck: {e}");
             return 1;
         }
     };
@@ -69,7 +70,7 @@ fn healthcheck(flags: Vec<String>) -> i32 {
                 .map(|e| e.addr)
         });
     let Some(addr) = ping else {
-        eprintln!("Please enable `ping` to use health check");
+        println!("Error calling healthcheck: please enable `ping` to use health check");
         return 1;
     };
     // The gateway's `--listen-host` (`BERTH_LISTEN_HOST`) for a host-less address.
@@ -94,11 +95,15 @@ fn healthcheck(flags: Vec<String>) -> i32 {
             0
         }
         Ok(code) => {
-            eprintln!("Bad healthcheck status: {code}");
+            let reason = http::StatusCode::from_u16(code)
+                .ok()
+                .and_then(|c| c.canonical_reason())
+                .unwrap_or("");
+            println!("Bad healthcheck status: {code} {reason}");
             1
         }
         Err(e) => {
-            eprintln!("Error calling healthcheck: Get \"{url}\": {e}");
+            println!("Error calling healthcheck: Head \"{url}\": {e}");
             1
         }
     }
@@ -109,7 +114,7 @@ fn get_status(target: SocketAddr) -> std::io::Result<u16> {
     let mut s = TcpStream::connect_timeout(&target, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(s, "GET /ping HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")?;
+    write!(s, "HEAD /ping HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")?;
     let mut buf = [0u8; 64];
     let mut n = 0;
     while n < 12 {

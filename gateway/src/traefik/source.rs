@@ -114,7 +114,7 @@ impl Sources {
         dirs.push(PathBuf::from("."));
         let search = dirs
             .iter()
-            .flat_map(|d| ["traefik.toml", "traefik.yml", "traefik.yaml"].map(|f| d.join(f)))
+            .flat_map(|d| ["traefik.toml", "traefik.yaml", "traefik.yml"].map(|f| d.join(f)))
             .collect();
         Sources {
             flags,
