@@ -636,13 +636,20 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
     } else {
         println!("[4/4] ready");
         println!("ready");
-        // With replicas, any one of them (a load balancer would spread clients over all).
-        let web = SocketAddr::new(check_admin.ip(), opts.web.port());
-        println!("  curl -H 'Host: whoami.localhost' http://{web}/     # repeat: answers come from different tasks");
-        println!(
-            "  curl -H 'Host: caller.localhost' 'http://{web}/call?url=http://whoami/'   # east-west: caller -> sidecars (mTLS) -> whoami"
-        );
-        println!("  open http://{check_admin}/                                 # the gateway's dashboard");
+        if opts.gateway && opts.dir.is_none() {
+            // With replicas, any one of them (a load balancer would spread clients over all).
+            let web = SocketAddr::new(check_admin.ip(), opts.web.port());
+            println!("  curl -H 'Host: whoami.localhost' http://{web}/     # repeat: answers come from different tasks");
+            println!(
+                "  curl -H 'Host: caller.localhost' 'http://{web}/call?url=http://whoami/'   # east-west: caller -> sidecars (mTLS) -> whoami"
+            );
+            println!("  open http://{check_admin}/                                 # the gateway's dashboard");
+        } else {
+            // Your own task definitions: where each service's tasks listen.
+            for (service, addr, ports) in task_listing(&server) {
+                println!("  service {service}: task {addr}, ports {ports}");
+            }
+        }
         println!(
             "  AWS_ENDPOINT_URL=http://{} aws ecs list-tasks   # the local ECS API (any region, dummy credentials)",
             server.addr
@@ -750,6 +757,37 @@ fn gateway_addresses(server: &EcsServer) -> Vec<std::net::Ipv4Addr> {
 }
 
 /// (running tasks, desired tasks, addresses of running tasks with routed containers).
+/// Each running service task: its service, address and container ports, for the lines
+/// printed once ready.
+fn task_listing(server: &EcsServer) -> Vec<(String, String, String)> {
+    let ecs = server.ecs.lock().unwrap_or_else(|e| e.into_inner());
+    let mut out = Vec::new();
+    for c in ecs.clusters.values() {
+        for t in c.tasks.values().filter(|t| t.last_status == "RUNNING") {
+            let (Some(service), Some(addr)) = (t.group.strip_prefix("service:"), t.address) else {
+                continue;
+            };
+            let ports: Vec<String> = ecs
+                .task_definition(&t.taskdef_arn)
+                .ok()
+                .into_iter()
+                .flat_map(|d| {
+                    d["containerDefinitions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|c| c["portMappings"].as_array().into_iter().flatten())
+                        .filter_map(|m| m["containerPort"].as_u64().map(|p| p.to_string()))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            out.push((service.to_string(), addr.to_string(), ports.join(", ")));
+        }
+    }
+    out.sort();
+    out
+}
+
 fn progress(server: &EcsServer) -> (usize, usize, BTreeSet<String>) {
     let ecs = server.ecs.lock().unwrap_or_else(|e| e.into_inner());
     let mut desired = 0;
