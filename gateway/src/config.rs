@@ -122,7 +122,8 @@ pub struct Args {
     /// Serve `GET /ping` on this entrypoint (503 while shutting down).
     #[arg(long, env = "BERTH_PING")]
     pub ping: Option<String>,
-    /// Traefik dynamic configuration file (YAML or TOML), watched for changes.
+    /// Traefik dynamic configuration: a YAML or TOML file, or a directory of them (merged),
+    /// watched for changes.
     #[arg(long, env = "BERTH_FILE_PROVIDER")]
     pub file_provider: Option<PathBuf>,
     /// Admin API, metrics and dashboard address [default: 127.0.0.1:9900].

@@ -639,7 +639,9 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
         if opts.gateway && opts.dir.is_none() {
             // With replicas, any one of them (a load balancer would spread clients over all).
             let web = SocketAddr::new(check_admin.ip(), opts.web.port());
-            println!("  curl -H 'Host: whoami.localhost' http://{web}/     # repeat: answers come from different tasks");
+            println!(
+                "  curl -H 'Host: whoami.localhost' http://{web}/     # repeat: answers come from different tasks"
+            );
             println!(
                 "  curl -H 'Host: caller.localhost' 'http://{web}/call?url=http://whoami/'   # east-west: caller -> sidecars (mTLS) -> whoami"
             );
