@@ -15,14 +15,13 @@ mod metrics;
 mod proxy;
 mod snapshots;
 mod tcp;
-mod traefik;
 
 // What the binary, the end-to-end tests and the fuzz targets use; everything else is
 // private to the crate (`unreachable_pub` holds it so).
+pub use config::traefik::{Sources, run_command, split_args};
 pub use config::{Args, Config, ConfigError};
 pub use discovery::ecs::EcsStartError;
 pub use mesh::ca::{CaError, MeshCa, new_intermediate, new_root};
-pub use traefik::{Sources, run_command, split_args};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

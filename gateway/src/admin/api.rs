@@ -14,11 +14,11 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+use crate::config::traefik::Exposure;
 use crate::discovery::StatusCell;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::proxy::{Body, Proxy};
-use crate::traefik::Exposure;
 
 pub(crate) struct AdminState {
     pub snapshot: Arc<ArcSwap<Snapshot>>,

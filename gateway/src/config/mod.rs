@@ -1,9 +1,11 @@
 //! The gateway's static configuration: flags, `BERTH_*` environment variables and an
 //! optional TOML file (`--config`), and Traefik's static configuration beside them
-//! (`crate::traefik`), merged once into typed structs.
+//! (`traefik`, a submodule), merged once into typed structs.
 //!
 //! Precedence: flag or environment variable, then the file, then Traefik's options,
 //! then the default (Berth's, or Traefik's in Traefik mode).
+
+pub(crate) mod traefik;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -333,7 +335,7 @@ pub struct Config {
     pub mesh: Option<MeshSettings>,
     /// Listeners for the API, dashboard, ping and metrics only (Traefik's `traefik`
     /// entrypoint), each with what it serves.
-    pub(crate) internal: Vec<(String, SocketAddr, crate::traefik::Exposure)>,
+    pub(crate) internal: Vec<(String, SocketAddr, traefik::Exposure)>,
     /// Dynamic configuration the gateway makes itself (Traefik's entrypoint
     /// redirections), as dotted keys for the `internal` provider.
     pub internal_routes: Vec<(String, String)>,
@@ -351,17 +353,17 @@ pub struct Config {
 impl Config {
     /// Berth's settings alone: flags/env (already in `args`), then `--config`.
     pub fn from_args(args: Args) -> Result<Config, ConfigError> {
-        Config::from_sources(args, &crate::traefik::Sources::default())
+        Config::from_sources(args, &traefik::Sources::default())
     }
 
     /// Berth's settings with Traefik's static configuration from `traefik` (Traefik
     /// mode when any of its forms is present): merge and validate.
-    pub fn from_sources(args: Args, traefik: &crate::traefik::Sources) -> Result<Config, ConfigError> {
+    pub fn from_sources(args: Args, traefik: &traefik::Sources) -> Result<Config, ConfigError> {
         let traefik = traefik.load()?;
         Config::build(args, traefik)
     }
 
-    fn build(args: Args, traefik: Option<crate::traefik::Traefik>) -> Result<Config, ConfigError> {
+    fn build(args: Args, traefik: Option<traefik::Traefik>) -> Result<Config, ConfigError> {
         let file = match &args.config {
             Some(path) => {
                 let text =
@@ -422,10 +424,10 @@ impl Config {
         if let Some(t) = &mut traefik {
             // Traefik's default entrypoint, when neither Berth nor Traefik names one.
             if t.entrypoints.is_empty() && entrypoints.is_empty() {
-                let (name, port) = crate::traefik::DEFAULT_ENTRYPOINT;
-                t.entrypoints.push(crate::traefik::TraefikEntrypoint {
+                let (name, port) = traefik::DEFAULT_ENTRYPOINT;
+                t.entrypoints.push(traefik::TraefikEntrypoint {
                     name: name.into(),
-                    addr: crate::traefik::ListenAddr { host: None, port },
+                    addr: traefik::ListenAddr { host: None, port },
                     path: PathPolicy::default(),
                     tls_routers: false,
                     redirect: None,
@@ -451,7 +453,7 @@ impl Config {
                     default_entrypoints.push(ep.name.clone());
                 }
             }
-            internal_routes = crate::traefik::redirect_routes(&t.entrypoints);
+            internal_routes = traefik::redirect_routes(&t.entrypoints);
             for i in &t.internal {
                 if entrypoints.iter().any(|e| e.name == i.name) {
                     return Err(bad(format!("entrypoint `{}` is defined twice", i.name)));
@@ -882,7 +884,7 @@ address = "127.0.0.1:8082"
         let mut v = vec!["berth-gateway"];
         v.extend_from_slice(berth);
         let args = Args::try_parse_from(v).map_err(|e| bad(e.to_string()))?;
-        let sources = crate::traefik::Sources {
+        let sources = traefik::Sources {
             flags: flags.iter().map(|f| f.to_string()).collect(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             search: Vec::new(),
