@@ -50,7 +50,7 @@ fn the_task_definition_examples_are_valid_and_match_the_code_and_modules() {
     assert_eq!(whoami["dependsOn"][0]["condition"], "HEALTHY");
 
     // Every variable is read by the binary, and set by the matching module.
-    let gateway_code = std::fs::read_to_string(root().join("gateway/src/config.rs")).unwrap();
+    let gateway_code = std::fs::read_to_string(root().join("gateway/src/config/mod.rs")).unwrap();
     let gateway_module = std::fs::read_to_string(root().join("terraform/modules/gateway/main.tf")).unwrap();
     for n in names(container(&gateway, "berth-gateway")) {
         assert!(
