@@ -151,14 +151,18 @@ async fn each_static_form_configures_the_same_gateway() {
 
     let backend = Backend::start("app", Proto::Http1).await;
     let dir = temp_dir("traefik-forms");
-    let (cert, key) = self_signed(&["app.test"]);
+    let (cert, key) = self_signed(&["app.test", "metrics.test", "open-metrics.test", "noop.test"]);
     std::fs::write(dir.join("app.crt"), cert).unwrap();
     std::fs::write(dir.join("app.key"), key).unwrap();
     let dynamic = dir.join("dynamic.yml");
     std::fs::write(
         &dynamic,
         format!(
-            "http:\n  routers:\n    app:\n      rule: Host(`app.test`)\n      service: app\n  services:\n    app:\n      \
+            "http:\n  routers:\n    app:\n      rule: Host(`app.test`)\n      service: app\n    \
+             guarded:\n      rule: Host(`metrics.test`)\n      service: prometheus@internal\n      middlewares: [lan]\n    \
+             open:\n      rule: Host(`open-metrics.test`)\n      service: prometheus@internal\n    \
+             nothing:\n      rule: Host(`noop.test`)\n      service: noop@internal\n  \
+             middlewares:\n    lan:\n      ipAllowList:\n        sourceRange: [10.0.0.0/8]\n  services:\n    app:\n      \
              loadBalancer:\n        servers:\n          - url: \"{}\"\ntls:\n  certificates:\n    - certFile: {}\n      keyFile: {}\n",
             backend.url(),
             dir.join("app.crt").display(),
@@ -265,15 +269,30 @@ async fn each_static_form_configures_the_same_gateway() {
             .body(http_body_util::Full::new(bytes::Bytes::from_static(b"a=1")))
             .unwrap();
         assert_eq!(http1(web_addr, post).await.status, 308, "{form}: POST keeps its method");
+        // curl over TLS to websecure: the body, then the status on the last line.
+        let curl = |host: &str| {
+            let out = std::process::Command::new("curl")
+                .args(["-sk", "-o", "-", "-w", "\n%{http_code}", "--max-time", "5"])
+                .args(["--resolve", &format!("{host}:{secure}:127.0.0.1")])
+                .arg(format!("https://{host}:{secure}/any/path"))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
         // websecure: the router serves TLS connections only, as `http.tls` makes it.
-        let out = std::process::Command::new("curl")
-            .args(["-sk", "-o", "-", "-w", "\n%{http_code}", "--max-time", "5"])
-            .args(["--resolve", &format!("app.test:{secure}:127.0.0.1")])
-            .arg(format!("https://app.test:{secure}/over-tls"))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let text = curl("app.test");
         assert!(text.ends_with("\n200"), "{form}: curl over TLS: {text}");
+        // Routers to the gateway's own services, behind the router's middlewares.
+        let open = curl("open-metrics.test");
+        assert!(
+            open.ends_with("\n200") && open.contains("berth_"),
+            "{form}: prometheus@internal: {open}"
+        );
+        assert!(
+            curl("metrics.test").ends_with("\n403"),
+            "{form}: prometheus@internal behind ipAllowList"
+        );
+        assert!(curl("noop.test").ends_with("\n418"), "{form}: noop@internal");
         let plain: SocketAddr = format!("127.0.0.1:{secure}").parse().unwrap();
         assert_eq!(
             http1(plain, get("app.test", "/")).await.status,

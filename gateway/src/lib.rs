@@ -200,6 +200,7 @@ impl Gateway {
             sources,
             entrypoints: cfg.entrypoints.iter().map(|e| e.name.clone()).collect(),
             default_entrypoints: cfg.default_entrypoints.clone(),
+            internal_services: cfg.internal_services.clone(),
             tls_entrypoints: cfg
                 .entrypoints
                 .iter()
@@ -352,6 +353,11 @@ impl Gateway {
             started: berth_common::accesslog::rfc3339(std::time::SystemTime::now()),
             mesh_certs,
         });
+        let state = admin_state.clone();
+        let dashboard = cfg.internal_services.iter().any(|s| s == "dashboard@internal");
+        proxy.set_internal(Arc::new(move |name, req| {
+            admin::api::internal_service(&state, name, dashboard, req)
+        }));
         let mut admin_tasks = vec![tokio::spawn(admin::api::serve(
             admin_listener,
             admin_state.clone(),

@@ -33,6 +33,9 @@ pub struct BuildOptions {
     /// Entrypoints whose HTTP routers serve TLS connections without saying `tls`
     /// (Traefik's `entryPoints.<name>.http.tls`).
     pub tls_entrypoints: Vec<String>,
+    /// The gateway's own services a router may name (Traefik's `api@internal`,
+    /// `ping@internal`, `noop@internal`, ...): answered by the gateway, not dialled.
+    pub internal_services: Vec<String>,
     pub version: u64,
     /// The middlewares of the snapshot being replaced: one whose options did not change
     /// is kept as it is, with its state (rate-limit buckets, in-flight counts).
@@ -202,6 +205,7 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                         errors.push(format!("service `{service}` is disabled"));
                     }
                 }
+                None if opts.internal_services.contains(&service) => {}
                 None if !service.is_empty() => errors.push(format!("service `{service}` does not exist")),
                 None => {}
             }

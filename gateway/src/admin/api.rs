@@ -123,6 +123,41 @@ fn handle_exposed<B>(state: &AdminState, e: &Exposure, req: Request<B>) -> Respo
     handle(state, req)
 }
 
+/// A router's request to one of the gateway's own services, after the router's
+/// middlewares (Traefik's secure mode: `api@internal` behind basicAuth, ...):
+/// `api@internal` answers `/api/...` (and the dashboard when it is on),
+/// `dashboard@internal` the dashboard, `ping@internal` `/ping`, `prometheus@internal`
+/// the metrics whatever the path, `noop@internal` 418 as Traefik's.
+pub(crate) fn internal_service<B>(state: &AdminState, name: &str, dashboard: bool, req: Request<B>) -> Response<Body> {
+    let exposure = |f: &dyn Fn(&mut Exposure)| {
+        let mut e = Exposure {
+            terminating_status: 503,
+            ..Default::default()
+        };
+        f(&mut e);
+        e
+    };
+    match name {
+        "api@internal" => handle_exposed(
+            state,
+            &exposure(&|e| {
+                e.api = true;
+                e.dashboard = dashboard;
+            }),
+            req,
+        ),
+        "dashboard@internal" => handle_exposed(state, &exposure(&|e| e.dashboard = true), req),
+        "ping@internal" => handle_exposed(state, &exposure(&|e| e.ping = true), req),
+        "prometheus@internal" => {
+            let (mut parts, body) = req.into_parts();
+            parts.uri = http::Uri::from_static("/metrics");
+            handle(state, Request::from_parts(parts, body))
+        }
+        "noop@internal" => respond(StatusCode::IM_A_TEAPOT, "text/plain", ""),
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "404 page not found\n"),
+    }
+}
+
 pub(crate) fn handle<B>(state: &AdminState, req: Request<B>) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"message": "only GET"}));

@@ -339,6 +339,9 @@ pub struct Config {
     /// Dynamic configuration the gateway makes itself (Traefik's entrypoint
     /// redirections), as dotted keys for the `internal` provider.
     pub internal_routes: Vec<(String, String)>,
+    /// The gateway's own services routers may name (Traefik's `api@internal`,
+    /// `dashboard@internal`, `ping@internal`, `prometheus@internal`, `noop@internal`).
+    pub internal_services: Vec<String>,
     /// Where routers without `entryPoints` go: every entrypoint, or those marked
     /// `asDefault`.
     pub default_entrypoints: Vec<String>,
@@ -642,6 +645,10 @@ impl Config {
                 })
             }
         };
+        let internal_services = traefik
+            .as_ref()
+            .map(|t| t.internal_services.clone())
+            .unwrap_or_default();
         let (log_filter, notes, traefik_form) = match traefik {
             Some(t) => (
                 t.log_filter.unwrap_or_else(|| "info".into()),
@@ -651,6 +658,7 @@ impl Config {
             None => ("info".into(), Vec::new(), None),
         };
         Ok(Config {
+            internal_services,
             internal,
             internal_routes,
             default_entrypoints,

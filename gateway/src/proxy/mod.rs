@@ -84,8 +84,13 @@ struct Outcome {
     retries: u32,
 }
 
+/// Answers a request to one of the gateway's own services (`api@internal`, ...): set
+/// once the admin state exists, which holds the proxy.
+pub(crate) type InternalAnswer = Arc<dyn Fn(&str, Request<Incoming>) -> Response<Body> + Send + Sync>;
+
 pub(crate) struct Proxy {
     routes: ArcSwap<Routes>,
+    internal: std::sync::OnceLock<InternalAnswer>,
     observe: Observe,
     registry: Registry,
     clients: Clients,
@@ -110,6 +115,7 @@ impl Proxy {
         let routes = Routes::build(Arc::new(Snapshot::default()), &registry, &metrics);
         Proxy {
             routes: ArcSwap::from_pointee(routes),
+            internal: std::sync::OnceLock::new(),
             registry,
             clients,
             metrics,
@@ -128,6 +134,11 @@ impl Proxy {
 
     pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Who answers requests to the gateway's own services (once, at start).
+    pub(crate) fn set_internal(&self, answer: InternalAnswer) {
+        let _ = self.internal.set(answer);
     }
 
     pub(crate) fn observe(&self) -> &Observe {
@@ -261,29 +272,52 @@ impl Proxy {
             .route_index(&conn.entrypoint, conn.tls, &view)
             .ok_or(ProxyError::NoRouter)?;
         let router = &routes.snapshot.routers[router_idx];
-        let service = router
-            .service_index
-            .and_then(|i| routes.services.get(i))
-            .cloned()
-            .ok_or_else(|| ProxyError::NoEndpoint(router.service.clone()))?;
+        // A router to one of the gateway's own services (the builder let only those
+        // through without a service of their own).
+        let internal = router.service_index.is_none().then(|| router.service.clone());
+        let service = match &internal {
+            Some(_) => None,
+            None => Some(
+                router
+                    .service_index
+                    .and_then(|i| routes.services.get(i))
+                    .cloned()
+                    .ok_or_else(|| ProxyError::NoEndpoint(router.service.clone()))?,
+            ),
+        };
+        let service_name: &str = match (&service, &internal) {
+            (Some(s), _) => &s.name,
+            (None, Some(n)) => n,
+            (None, None) => "",
+        };
         let router_metrics = routes.router_metrics.get(router_idx).cloned();
         if span.is_recording() {
             span.set_name(|| format!("{} {}", telemetry::method_name(req.method()), router.name));
             span.set(attr::BERTH_ROUTER, &router.name);
-            span.set(attr::BERTH_SERVICE, &service.name);
+            span.set(attr::BERTH_SERVICE, service_name.to_string());
         }
         if self.observe.access_log.is_some() {
             ctx.outcome.router = Some(router.name.clone());
         }
         if self.observe.access_log.is_some() || ctx.grpc {
-            ctx.outcome.service = Some(service.name.clone());
+            ctx.outcome.service = Some(service_name.to_string());
         }
         let mut pipeline = Pipeline::new(router.middleware_specs.clone());
         drop(routes);
 
         let mut result = match pipeline.request(req, conn, ctx).await? {
             Err(answer) => Ok(answer),
+            Ok(req) if internal.is_some() => {
+                let name = internal.as_deref().unwrap_or_default();
+                Ok(match self.internal.get() {
+                    Some(answer) => answer(name, req),
+                    None => text_response(StatusCode::SERVICE_UNAVAILABLE, "starting\n", None),
+                })
+            }
             Ok(mut req) => {
+                let Some(service) = &service else {
+                    return Err(ProxyError::NoEndpoint(String::new()));
+                };
                 let upgrade = if req.version() == Version::HTTP_11 {
                     upgrade_protocol(req.headers()).map(|p| (p, hyper::upgrade::on(&mut req)))
                 } else {
@@ -293,7 +327,7 @@ impl Proxy {
                     upgrade,
                     retry: pipeline.retry(),
                 };
-                let result = self.forward(req, conn, ctx, &service, how, span).await;
+                let result = self.forward(req, conn, ctx, service, how, span).await;
                 pipeline.outcome(&result, ctx.start.elapsed());
                 result
             }
@@ -307,7 +341,9 @@ impl Proxy {
         if let Some(m) = router_metrics {
             m.record(code, &ctx.method, elapsed);
         }
-        service.metrics.record(code, &ctx.method, elapsed);
+        if let Some(service) = &service {
+            service.metrics.record(code, &ctx.method, elapsed);
+        }
         result
     }
 }

@@ -29,8 +29,8 @@ impl Sources {
 
 /// The dynamic configuration Traefik creates for entrypoint redirections: per
 /// redirecting entrypoint, a router `<from>-to-<to>` on every host with the
-/// configured priority, a `redirectScheme` middleware, and a service that is never
-/// reached. Dotted keys, as labels are, for the `internal` provider.
+/// configured priority, a `redirectScheme` middleware, and `noop@internal` as the
+/// service (never reached). Dotted keys, as labels are, for the `internal` provider.
 pub(crate) fn redirect_routes(eps: &[TraefikEntrypoint]) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for ep in eps {
@@ -43,17 +43,11 @@ pub(crate) fn redirect_routes(eps: &[TraefikEntrypoint]) -> Vec<(String, String)
         out.push((r("priority"), rd.priority.to_string()));
         out.push((r("entryPoints"), ep.name.clone()));
         out.push((r("middlewares"), mw.clone()));
-        out.push((r("service"), "noop".to_string()));
+        out.push((r("service"), "noop@internal".to_string()));
         let m = |k: &str| format!("http.middlewares.{mw}.redirectScheme.{k}");
         out.push((m("scheme"), rd.scheme.clone()));
         out.push((m("port"), rd.port.to_string()));
         out.push((m("permanent"), rd.permanent.to_string()));
-    }
-    if !out.is_empty() {
-        out.push((
-            "http.services.noop.loadBalancer.servers.0.url".into(),
-            "http://127.0.0.1:1".into(),
-        ));
     }
     out
 }

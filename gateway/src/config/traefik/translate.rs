@@ -107,6 +107,10 @@ pub(crate) struct Traefik {
     pub trace_env: Vec<(String, String)>,
     /// `providers.ecs.healthyTasksOnly`: the task's health, not each container's.
     pub healthy_tasks_only: bool,
+    /// The `@internal` services routers may name: `noop@internal` always, `api@internal`
+    /// and `dashboard@internal` with `api`, `ping@internal` with `ping`,
+    /// `prometheus@internal` with `metrics.prometheus`.
+    pub internal_services: Vec<String>,
 }
 
 /// Reads the entries by path, case-insensitively, and remembers which were read.
@@ -396,12 +400,23 @@ impl Traefik {
         let dashboard = insecure && r.bool("api.dashboard").unwrap_or(true);
         let ping = r.section("ping");
         let metrics = r.section("metrics.prometheus");
-        if r.bool("ping.manualRouting").unwrap_or(false) || r.bool("metrics.prometheus.manualRouting").unwrap_or(false)
-        {
-            r.fail(
-                "manualRouting (ping@internal or prometheus@internal behind your own router) is not implemented".into(),
-            );
+        self.internal_services.push("noop@internal".into());
+        if api {
+            self.internal_services.push("api@internal".into());
+            if r.bool("api.dashboard").unwrap_or(true) {
+                self.internal_services.push("dashboard@internal".into());
+            }
         }
+        if ping {
+            self.internal_services.push("ping@internal".into());
+        }
+        if metrics {
+            self.internal_services.push("prometheus@internal".into());
+        }
+        // manualRouting: no route of the gateway's own; the user routes to ping@internal
+        // or prometheus@internal.
+        let ping_manual = r.bool("ping.manualRouting").unwrap_or(false);
+        let metrics_manual = r.bool("metrics.prometheus.manualRouting").unwrap_or(false);
         let ping_ep = r.text("ping.entryPoint").unwrap_or_else(|| TRAEFIK_ENTRYPOINT.0.into());
         let metrics_ep = r
             .text("metrics.prometheus.entryPoint")
@@ -426,17 +441,11 @@ impl Traefik {
             let e = want(&mut wants, TRAEFIK_ENTRYPOINT.0, &blank);
             e.api = true;
             e.dashboard = dashboard;
-        } else if api {
-            self.notes.push(
-                "api is on without api.insecure: as in Traefik, it is served only through a router to \
-                 api@internal, which Berth does not implement; use api.insecure (or Berth's --admin)"
-                    .into(),
-            );
         }
-        if metrics {
+        if metrics && !metrics_manual {
             want(&mut wants, &metrics_ep, &blank).metrics = true;
         }
-        if ping {
+        if ping && !ping_manual {
             // Ping on a routing entrypoint is answered there by the proxy (Berth's `--ping`).
             let internal = ping_ep.eq_ignore_ascii_case(TRAEFIK_ENTRYPOINT.0)
                 || wants.iter().any(|(n, _)| n.eq_ignore_ascii_case(&ping_ep));
