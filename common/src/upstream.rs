@@ -106,12 +106,21 @@ pub async fn connect_tls(
         .map_err(|_| ConnectError::Timeout(limit))??)
 }
 
+/// How many connections a connector has opened: with keep-alive, far fewer than the
+/// requests sent over them (the reuse `/metrics` shows).
+pub type Dials = Arc<std::sync::atomic::AtomicU64>;
+
+fn dialled(dials: &Dials) {
+    dials.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Dials `http://`/`h2c://` over TCP and `https://` over TLS (ALPN `h2`, then
 /// `http/1.1`), each within the connect timeout.
 #[derive(Clone)]
 pub struct Connector {
     connect_timeout: Duration,
     tls: TlsConnector,
+    dials: Dials,
 }
 
 impl Connector {
@@ -130,7 +139,14 @@ impl Connector {
         Connector {
             connect_timeout,
             tls: TlsConnector::from(Arc::new(tls)),
+            dials: Dials::default(),
         }
+    }
+
+    /// Count every connection opened in `dials`.
+    pub fn counting(mut self, dials: Dials) -> Connector {
+        self.dials = dials;
+        self
     }
 }
 
@@ -155,6 +171,7 @@ impl tower_service::Service<Uri> for Connector {
             let tls = uri.scheme_str() == Some("https");
             let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
             let tcp = connect_tcp((host.as_str(), port), this.connect_timeout).await?;
+            dialled(&this.dials);
             if !tls {
                 return Ok(TokioIo::new(UpstreamStream::Plain(tcp)));
             }
@@ -208,6 +225,7 @@ pub struct MeshConnector {
     connect_timeout: Duration,
     tls: TlsConnector,
     peers: MeshPeers,
+    dials: Dials,
 }
 
 impl MeshConnector {
@@ -218,7 +236,14 @@ impl MeshConnector {
             connect_timeout,
             tls: TlsConnector::from(Arc::new(cfg)),
             peers,
+            dials: Dials::default(),
         }
+    }
+
+    /// Count every connection opened in `dials`.
+    pub fn counting(mut self, dials: Dials) -> MeshConnector {
+        self.dials = dials;
+        self
     }
 }
 
@@ -246,6 +271,7 @@ impl tower_service::Service<Uri> for MeshConnector {
                 .cloned()
                 .ok_or_else(|| ConnectError::Address(format!("{authority}: no expected mesh identity")))?;
             let tcp = connect_tcp(authority.as_str(), this.connect_timeout).await?;
+            dialled(&this.dials);
             // Sidecars are dialled by IP and chosen by nothing but their address: the
             // name only satisfies the API; the identity is checked below.
             let name = ServerName::try_from("sidecar.berth").map_err(|_| ConnectError::Address(authority.clone()))?;

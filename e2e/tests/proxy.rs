@@ -700,3 +700,29 @@ async fn rule_syntax_v2_beside_v3_on_the_same_requests() {
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.body.starts_with("backend=v2"), "{}", r.body);
 }
+
+/// Keep-alive to upstreams: 200 requests one after another, each on its own client
+/// connection, open one upstream connection, and `/metrics` says so.
+#[tokio::test]
+async fn upstream_connections_are_reused_and_counted() {
+    let b = Backend::start("b1", Proto::Http1).await;
+    let gw = start(&one_route("PathPrefix(`/`)", &[b.url()]), &[]).await;
+    let opened = |metrics: &str| -> u64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("berth_upstream_connections_opened_total{pool=\"http\"}"))
+            .unwrap_or_else(|| panic!("no upstream connections metric in\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(opened(&http1(gw.admin(), get("admin", "/metrics")).await.body), 0);
+    for i in 0..200 {
+        let r = http1(gw.web(), get("app.test", &format!("/{i}"))).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    assert_eq!(b.requests().len(), 200);
+    let n = opened(&http1(gw.admin(), get("admin", "/metrics")).await.body);
+    assert!(
+        (1..=2).contains(&n),
+        "200 sequential requests opened {n} upstream connections"
+    );
+}

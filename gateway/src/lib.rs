@@ -102,7 +102,12 @@ impl Gateway {
             }
             None => None,
         };
-        let mut clients = Clients::new(cfg.limits.connect_timeout, cfg.limits.upstream_idle_timeout, roots);
+        let mut clients = Clients::new(
+            cfg.limits.connect_timeout,
+            cfg.limits.upstream_idle_timeout,
+            roots,
+            metrics.upstream_dials.plain.clone(),
+        );
         if let Some((m, _, slot, anchors)) = &mesh_ca {
             clients.mesh = Some(proxy::upstream::MeshClient::new(
                 cfg.limits.connect_timeout,
@@ -110,6 +115,7 @@ impl Gateway {
                 slot.clone(),
                 anchors.clone(),
                 &m.trust_domain,
+                metrics.upstream_dials.mesh.clone(),
             )?);
         }
         let tracer = match &cfg.tracing {

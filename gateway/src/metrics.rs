@@ -53,6 +53,17 @@ pub struct Metrics {
     pub config_reloads_failed: AtomicU64,
     /// ECS API calls by operation and outcome (`ok`, `throttled`, `error`); each attempt counts.
     pub ecs_api_calls: ApiCalls,
+    /// Connections opened to upstreams: beside the requests, how well keep-alive reuses them.
+    pub upstream_dials: UpstreamDials,
+}
+
+/// Connections opened by the upstream pools.
+#[derive(Debug, Default)]
+pub struct UpstreamDials {
+    /// To services over plain HTTP, h2c or TLS.
+    pub plain: berth_common::upstream::Dials,
+    /// To sidecars over the mesh's mTLS.
+    pub mesh: berth_common::upstream::Dials,
 }
 
 /// Calls to an external API by operation and outcome.
@@ -313,6 +324,22 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "berth_ecs_api_calls_total{{operation=\"{op}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP berth_upstream_connections_opened_total Connections opened to upstreams, by pool: \
+             with keep-alive, far fewer than the requests sent."
+        );
+        let _ = writeln!(out, "# TYPE berth_upstream_connections_opened_total counter");
+        for (pool, n) in [
+            ("http", &self.upstream_dials.plain),
+            ("mesh", &self.upstream_dials.mesh),
+        ] {
+            let _ = writeln!(
+                out,
+                "berth_upstream_connections_opened_total{{pool=\"{pool}\"}} {}",
+                n.load(Ordering::Relaxed)
             );
         }
         let _ = writeln!(

@@ -299,13 +299,14 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                 if r.status != Status::Enabled || tls_here != tls || !r.entry_points.contains(ep) {
                     continue;
                 }
+                let prefix = r.rule.as_ref().and_then(|rule| rule.required_path_prefix());
                 match r.rule.as_ref().and_then(|rule| rule.required_hosts()) {
                     Some(hosts) => {
                         for h in hosts {
-                            table.by_host.entry(h.clone()).or_default().push(i);
+                            table.by_host.entry(h.clone()).or_default().push(i, prefix);
                         }
                     }
-                    None => table.any_host.push(i),
+                    None => table.any_host.push(i, prefix),
                 }
             }
             snap.tables.insert((ep.clone(), tls), table);

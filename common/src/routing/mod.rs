@@ -2,6 +2,7 @@
 //! provider's view, swapped atomically by its owner, read once per request.
 
 pub mod builder;
+mod prefix;
 pub mod snapshot;
 
 pub use builder::{BuildOptions, ProviderView, build};

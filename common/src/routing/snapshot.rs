@@ -8,6 +8,8 @@ use crate::config::{CertificateConfig, HealthCheckConfig, Strategy};
 use crate::diag::Diagnostic;
 use crate::rules::{RequestView, Rule};
 
+pub use super::prefix::{Candidates, RouteList};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
@@ -74,9 +76,9 @@ pub struct MiddlewareEntry {
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     /// Routers whose rule pins the host, by canonical host; each list in priority order.
-    pub by_host: HashMap<String, Vec<u32>>,
+    pub by_host: HashMap<String, RouteList>,
     /// Routers that may match any host, in priority order.
-    pub any_host: Vec<u32>,
+    pub any_host: RouteList,
 }
 
 /// Everything the data path and the admin API need, immutable once built.
@@ -141,33 +143,28 @@ impl Snapshot {
     /// Like [`Snapshot::route`], giving the router's index.
     pub fn route_index(&self, entrypoint: &str, tls: bool, req: &RequestView<'_>) -> Option<usize> {
         let table = self.table(entrypoint, tls)?;
-        let pinned = table
+        let empty = RouteList::default();
+        let mut pinned = table
             .by_host
             .get(crate::rules::matcher::index_host(req.host))
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
-        let any = table.any_host.as_slice();
+            .unwrap_or(&empty)
+            .candidates(req.path)
+            .peekable();
+        let mut any = table.any_host.candidates(req.path).peekable();
         // Merge the two priority-ordered lists lazily; first match wins.
-        let (mut i, mut j) = (0, 0);
-        while i < pinned.len() || j < any.len() {
-            let take_pinned = match (pinned.get(i), any.get(j)) {
+        loop {
+            let take_pinned = match (pinned.peek(), any.peek()) {
                 (Some(&a), Some(&b)) => self.before(a, b),
                 (Some(_), None) => true,
-                _ => false,
+                (None, Some(_)) => false,
+                (None, None) => return None,
             };
-            let idx = if take_pinned {
-                i += 1;
-                pinned[i - 1]
-            } else {
-                j += 1;
-                any[j - 1]
-            };
+            let idx = if take_pinned { pinned.next() } else { any.next() }?;
             let router = &self.routers[idx as usize];
             if router.rule.as_ref().is_some_and(|r| r.matches(req)) {
                 return Some(idx as usize);
             }
         }
-        None
     }
 
     fn table(&self, entrypoint: &str, tls: bool) -> Option<&RouteTable> {

@@ -153,6 +153,65 @@ fn ten_thousand_routers_index_by_host() {
     assert_eq!(route(&s, "web", "h10000.test", "/"), None);
 }
 
+/// The prefix index must not change which router wins: every router below is tested in
+/// priority order against paths that do and do not carry its prefix, beside routers that
+/// require none (a method, an `||`, a negation) and host-less ones.
+#[test]
+fn the_path_prefix_index_keeps_priority_order() {
+    const YAML: &str = r#"
+http:
+  routers:
+    deep: { rule: "Host(`a.test`) && PathPrefix(`/api/v2`)", service: s, priority: 50 }
+    either: { rule: "Host(`a.test`) && (PathPrefix(`/api`) || PathPrefix(`/web`))", service: s, priority: 40 }
+    notadmin: { rule: "Host(`a.test`) && !PathPrefix(`/admin`) && Method(`POST`)", service: s, priority: 35 }
+    api: { rule: "Host(`a.test`) && PathPrefix(`/api`)", service: s, priority: 30 }
+    exact: { rule: "Path(`/web/index`)", service: s, priority: 45 }
+    anyweb: { rule: "PathPrefix(`/web`)", service: s, priority: 20 }
+    root: { rule: "Host(`a.test`) && PathPrefix(`/`)", service: s, priority: 10 }
+    last: { rule: "PathPrefix(`/`)", service: s, priority: 1 }
+  services:
+    s: { loadBalancer: { servers: [ { url: "http://127.0.0.1:1" } ] } }
+"#;
+    let s = build(&[view("file", YAML)], &opts());
+    for (host, path, want) in [
+        ("a.test", "/api/v2/x", "deep@file"),
+        ("a.test", "/api/v1", "either@file"),
+        ("a.test", "/web/index", "exact@file"),
+        ("a.test", "/web/other", "either@file"),
+        ("a.test", "/admin", "root@file"),
+        ("b.test", "/web/index", "exact@file"),
+        ("b.test", "/web/x", "anyweb@file"),
+        ("b.test", "/api/v2", "last@file"),
+        ("a.test.", "/api/v2", "deep@file"),
+    ] {
+        assert_eq!(route(&s, "web", host, path), Some(want), "{host}{path}");
+    }
+}
+
+/// 1,000 `PathPrefix` routers on one host: each is found, and a path none of them
+/// starts with falls through to the host-less catch-all.
+#[test]
+fn a_thousand_prefixes_on_one_host() {
+    let mut yaml = String::from("http:\n  routers:\n");
+    for i in 0..1_000 {
+        yaml.push_str(&format!(
+            "    p{i:04}: {{ rule: \"Host(`one.test`) && PathPrefix(`/p{i:04}`)\", service: s }}\n"
+        ));
+    }
+    yaml.push_str("    any: { rule: \"PathPrefix(`/`)\", service: s, priority: 1 }\n");
+    yaml.push_str("  services:\n    s: { loadBalancer: { servers: [ { url: \"http://127.0.0.1:1\" } ] } }\n");
+    let s = build(&[view("file", &yaml)], &opts());
+    for i in [0, 1, 500, 999] {
+        let want = format!("p{i:04}@file");
+        assert_eq!(
+            route(&s, "web", "one.test", &format!("/p{i:04}/x")),
+            Some(want.as_str())
+        );
+    }
+    assert_eq!(route(&s, "web", "one.test", "/p1000"), Some("any@file"));
+    assert_eq!(route(&s, "web", "one.test", "/p09"), Some("any@file"));
+}
+
 #[test]
 fn chains_that_fan_out_or_nest_deep_are_refused_quickly() {
     // a -> 200 x b, b -> 200 x c, c -> 200 x headers: 8 million middlewares if expanded.

@@ -83,6 +83,7 @@ pub struct Rule {
     text: String,
     root: Node,
     hosts: Option<BTreeSet<String>>,
+    path_prefix: Option<String>,
 }
 
 /// The most regexps one rule may compile (each is bounded by [`REGEX_SIZE_LIMIT`]).
@@ -113,10 +114,13 @@ impl Rule {
                 reason: format!("more than {MAX_REGEXPS} regexps"),
             });
         }
+        let root = compile_node(expr)?;
+        let path_prefix = required_path_prefix(&root).map(str::to_string);
         Ok(Rule {
             text: text.to_string(),
-            root: compile_node(expr)?,
+            root,
             hosts: required_hosts(expr),
+            path_prefix,
         })
     }
 
@@ -131,8 +135,25 @@ impl Rule {
         self.hosts.as_ref()
     }
 
+    /// A prefix of the routing path that every matching request has (`PathPrefix(p) && ...`,
+    /// or `Path(p)`), when the rule requires one; `None` otherwise. The route tables index
+    /// routers by it, so a request is tested only against rules it can match.
+    pub fn required_path_prefix(&self) -> Option<&str> {
+        self.path_prefix.as_deref()
+    }
+
     pub fn matches(&self, req: &RequestView<'_>) -> bool {
         eval(&self.root, req)
+    }
+}
+
+/// The longest path prefix a matching request must have: a conjunction needs every term,
+/// so any term's prefix is required; alternatives and negations require none.
+fn required_path_prefix(node: &Node) -> Option<&str> {
+    match node {
+        Node::Path(p) | Node::PathPrefix(p) => Some(p),
+        Node::And(terms) => terms.iter().filter_map(required_path_prefix).max_by_key(|p| p.len()),
+        _ => None,
     }
 }
 

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_common::upstream::pool;
 pub(crate) use berth_common::upstream::{Connector, MeshConnector, MeshPeers};
+use berth_common::upstream::{Dials, pool};
 use hyper_util::client::legacy::Client;
 use rustls::RootCertStore;
 
@@ -22,8 +22,14 @@ pub(crate) struct Clients {
 }
 
 impl Clients {
-    pub(crate) fn new(connect_timeout: Duration, idle_timeout: Duration, roots: RootCertStore) -> Clients {
-        let connector = Connector::new(connect_timeout, roots);
+    /// `dials` counts the connections both pools open.
+    pub(crate) fn new(
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        roots: RootCertStore,
+        dials: Dials,
+    ) -> Clients {
+        let connector = Connector::new(connect_timeout, roots).counting(dials);
         let http1 = pool(idle_timeout)
             .pool_max_idle_per_host(usize::MAX)
             .build(connector.clone());
@@ -49,13 +55,14 @@ impl MeshClient {
         slot: Arc<berth_common::mtls::CertSlot>,
         anchors: berth_common::mtls::TrustAnchors,
         trust_domain: &str,
+        dials: Dials,
     ) -> Result<MeshClient, rustls::Error> {
         use berth_common::mtls::{PeerPolicy, client_config};
         let cfg = client_config(Some(slot), anchors, PeerPolicy::TrustDomain(trust_domain.into()))?;
         let mut tcp_tls = cfg.clone();
         tcp_tls.alpn_protocols.clear();
         let peers = MeshPeers::default();
-        let connector = MeshConnector::new(connect_timeout, cfg, peers.clone());
+        let connector = MeshConnector::new(connect_timeout, cfg, peers.clone()).counting(dials);
         Ok(MeshClient {
             client: pool(idle_timeout).build(connector),
             peers,
