@@ -4,6 +4,11 @@
 //! priority order. With 1,000 `PathPrefix` routers on one host, finding the last one is a
 //! walk down the request's path, not 1,000 rule evaluations (issue 27).
 
+/// At most this many bytes of a required prefix are indexed: a path that starts with the
+/// prefix starts with these too, and the rule itself checks the rest. A trie node per byte
+/// of a 64 KiB hostile prefix would cost some 80 times its text.
+const MAX_INDEXED_BYTES: usize = 64;
+
 /// Routers in priority order, indexed by required path prefix.
 #[derive(Debug, Clone, Default)]
 pub struct RouteList {
@@ -37,7 +42,7 @@ impl RouteList {
             self.nodes.push(TrieNode::default());
         }
         let mut at = 0usize;
-        for &b in prefix.as_bytes() {
+        for &b in prefix.as_bytes().iter().take(MAX_INDEXED_BYTES) {
             at = match self.nodes[at].children.binary_search_by_key(&b, |c| c.0) {
                 Ok(i) => self.nodes[at].children[i].1 as usize,
                 Err(i) => {
@@ -139,6 +144,18 @@ mod tests {
         assert_eq!(l.candidates("/web").collect::<Vec<_>>(), [11, 13, 14, 15]);
         assert_eq!(l.candidates("").collect::<Vec<_>>(), [11, 15]);
         assert_eq!(l.all(), [10, 11, 12, 13, 14, 15]);
+    }
+
+    #[test]
+    fn long_prefixes_index_their_start_only() {
+        let long = format!("/{}", "a".repeat(64 * 1024));
+        let mut l = RouteList::default();
+        l.push(1, Some(&long));
+        l.push(2, Some("/b"));
+        assert!(l.nodes.len() <= super::MAX_INDEXED_BYTES + 3, "{} nodes", l.nodes.len());
+        // A candidate, not a match: the rule decides on the whole prefix.
+        assert_eq!(l.candidates(&format!("/{}", "a".repeat(100))).collect::<Vec<_>>(), [1]);
+        assert_eq!(l.candidates("/b").collect::<Vec<_>>(), [2]);
     }
 
     #[test]
