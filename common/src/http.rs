@@ -183,7 +183,7 @@ const FORWARDING: [&str; 18] = [
 /// same header) a client sent: the request did not come through a trusted proxy.
 pub fn strip_untrusted_forwarding(headers: &mut HeaderMap) {
     // One pass over the names the request carries (usually none of these), instead of
-    // 33 parsed and hashed removals per request.
+    // 35 parsed and hashed removals per request.
     let found: Vec<HeaderName> = headers.keys().filter(|n| is_forwarding(n.as_str())).cloned().collect();
     for name in &found {
         headers.remove(name);

@@ -61,10 +61,6 @@ impl RouteList {
         &self.order
     }
 
-    pub fn len(&self) -> usize {
-        self.order.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()
     }

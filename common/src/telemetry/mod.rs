@@ -280,11 +280,11 @@ impl Drop for Span {
             } = *rec;
             let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
             data.end_unix_nanos = data.start_unix_nanos.saturating_add(elapsed);
-            if inner.queue.try_send(data).is_err() {
-                inner.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
             // The exporter may take this span out of the queue, and subtract it from
             // `queued`, before the add below: the count dips under zero for a moment, so
             // it wraps instead of overflowing.
+            if inner.queue.try_send(data).is_err() {
+                inner.stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
             } else if inner.signal.queued.fetch_add(1, Ordering::Relaxed).wrapping_add(1) == inner.signal.batch {
                 inner.signal.ready.notify_one();
             }
