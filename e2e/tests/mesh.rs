@@ -138,6 +138,37 @@ async fn east_west_sidecar_kill_and_gateway_restart() {
     assert!(m.contains("berth_sidecar_registered{replica="), "{m}");
     assert!(m.contains("berth_sidecar_app_healthy 1"), "{m}");
 
+    // Keep-alive: sequential east-west calls reuse the caller's mTLS connections to the
+    // three whoami sidecars, and each whoami sidecar its connection to its app.
+    let opened = |metrics: &str, pool: &str| -> u64 {
+        let key = format!("berth_sidecar_upstream_connections_opened_total{{pool=\"{pool}\"}} ");
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&key))
+            .unwrap_or_else(|| panic!("no {key} in\n{metrics}"));
+        line[key.len()..].parse().unwrap()
+    };
+    for _ in 0..60 {
+        let r = http1(caller_app, get("caller", "/call?url=http://whoami/")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let m = http1(sidecar_admin, get("sidecar", "/metrics")).await.body;
+    let mesh_dials = opened(&m, "mesh");
+    println!("60 east-west calls: the caller's sidecar opened {mesh_dials} mTLS connections");
+    assert!(
+        (1..=6).contains(&mesh_dials),
+        "60 sequential east-west calls to 3 tasks opened {mesh_dials} mTLS connections"
+    );
+    for w in &whoami {
+        let admin = SocketAddr::new(w["address"].as_str().unwrap().parse().unwrap(), 15000);
+        let m = http1(admin, get("sidecar", "/metrics")).await.body;
+        let app_dials = opened(&m, "app");
+        assert!(
+            (1..=4).contains(&app_dials),
+            "a whoami sidecar opened {app_dials} connections to its app for ~20 sequential calls"
+        );
+    }
+
     // kill -9 of a whoami sidecar under load, north-south and east-west: its endpoint
     // leaves the rotation and GETs succeed elsewhere.
     let ns = Load::start(web, "whoami.localhost", "/");

@@ -18,12 +18,12 @@ use berth_common::serve::{Listener, ServeLimits, serve_http, within};
 use berth_common::synthetic::Synthetic;
 use berth_common::telemetry::body::{Finish, GrpcTap, Observed};
 use berth_common::telemetry::{self, Observe, Span, SpanKind, attr};
+use berth_common::upstream::{Connector, Dials};
 use http::header::HeaderName;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 
@@ -40,10 +40,10 @@ pub(crate) struct Inbound {
     pub policy: Policy,
     pub metrics: Arc<crate::metrics::Metrics>,
     observe: Observe,
-    client: Client<HttpConnector, Body>,
+    client: Client<Connector, Body>,
     /// HTTP/2 without TLS to the app: for gRPC requests, and for every request when the
     /// app speaks only h2c (`BERTH_APP_PROTOCOL=h2c`, or `scheme=h2c` in its labels).
-    h2c: Client<HttpConnector, Body>,
+    h2c: Client<Connector, Body>,
     app_h2c: bool,
     /// The app's container ports reachable as raw TCP over the mesh: a caller asks for
     /// one by ALPN `berth-tcp/<port>`.
@@ -52,12 +52,14 @@ pub(crate) struct Inbound {
     response_timeout: Duration,
 }
 
+/// How long a connection to the app may take (on loopback a refusal is immediate; this
+/// bounds an app whose accept backlog is full).
+const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Connections to the app, Nagle off (an h2c stream of small frames would otherwise stall
-/// on delayed ACKs).
-fn app_connector() -> HttpConnector {
-    let mut c = HttpConnector::new();
-    c.set_nodelay(true);
-    c
+/// on delayed ACKs), counted in `dials`.
+fn app_connector(dials: &Dials) -> Connector {
+    Connector::new(APP_CONNECT_TIMEOUT, rustls::RootCertStore::empty()).counting(dials.clone())
 }
 
 /// The ALPN protocol that asks the inbound for a raw TCP stream to the app's `port`.
@@ -72,15 +74,17 @@ impl Inbound {
         metrics: Arc<crate::metrics::Metrics>,
         observe: Observe,
     ) -> Inbound {
+        let client = Client::builder(TokioExecutor::new()).build(app_connector(&metrics.dials_app));
+        let h2c = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(app_connector(&metrics.dials_app));
         Inbound {
             app,
             policy,
             metrics,
             observe,
-            client: Client::builder(TokioExecutor::new()).build(app_connector()),
-            h2c: Client::builder(TokioExecutor::new())
-                .http2_only(true)
-                .build(app_connector()),
+            client,
+            h2c,
             app_h2c: false,
             tcp_ports: Vec::new(),
             response_timeout: Duration::from_secs(60),
@@ -384,7 +388,7 @@ fn unreachable_app(body: String) -> Synthetic {
 /// The inbound's attempts to its app.
 struct AppTrip<'a> {
     inbound: &'a Inbound,
-    client: &'a Client<HttpConnector, Body>,
+    client: &'a Client<Connector, Body>,
     parts: Option<http::request::Parts>,
     span: &'a Span,
 }

@@ -1,7 +1,8 @@
 //! The sidecar's Prometheus metrics on `BERTH_ADMIN` (`GET /metrics`): inbound requests
 //! by status and refusals, outbound requests by mesh service and status, retries, whether
 //! each gateway replica has the registration, the app's health, the certificate's expiry,
-//! request durations, and what became of trace spans and access-log lines.
+//! request durations, the connections opened (keep-alive reuse), and what became of trace
+//! spans and access-log lines.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use berth_common::prom::{Counters, Histogram, family, sample};
+use berth_common::upstream::Dials;
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -24,6 +26,9 @@ pub struct Metrics {
     inbound_tcp: Counters<&'static str>,
     outbound_duration: Mutex<BTreeMap<String, Arc<Histogram>>>,
     observe: std::sync::OnceLock<berth_common::telemetry::Observe>,
+    /// Connections opened: to other sidecars over mTLS (outbound), to the app (inbound).
+    pub dials_mesh: Dials,
+    pub dials_app: Dials,
 }
 
 impl Metrics {
@@ -156,6 +161,16 @@ impl Metrics {
         );
         for ((direction, code), n) in self.grpc.snapshot() {
             sample(&mut out, name, &[("direction", direction), ("grpc_status", code)], n);
+        }
+        let name = "berth_sidecar_upstream_connections_opened_total";
+        family(
+            &mut out,
+            name,
+            "counter",
+            "Connections opened, by pool (mesh: to other sidecars; app: to the app): with keep-alive, far fewer than the requests.",
+        );
+        for (pool, n) in [("mesh", &self.dials_mesh), ("app", &self.dials_app)] {
+            sample(&mut out, name, &[("pool", pool)], n.load(Ordering::Relaxed));
         }
         let name = "berth_sidecar_inbound_request_duration_seconds";
         family(
