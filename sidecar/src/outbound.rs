@@ -405,7 +405,8 @@ impl Outbound {
         response_timeout: Duration,
     ) -> Result<Outbound, rustls::Error> {
         let cfg = client_config(Some(slot), anchors, PeerPolicy::TrustDomain(trust_domain.into()))?;
-        let connector = MeshConnector::new(CONNECT_TIMEOUT, cfg, mesh.peers.clone()).counting(metrics.dials_mesh.clone());
+        let connector =
+            MeshConnector::new(CONNECT_TIMEOUT, cfg, mesh.peers.clone()).counting(metrics.dials_mesh.clone());
         let mut b = Client::builder(TokioExecutor::new());
         b.pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new())
