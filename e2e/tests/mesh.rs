@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use berth_common::test_util::{eventually, get, http1, try_http1};
+use berth_common::test_util::{eventually, get, http1, metric, try_http1};
 use berth_e2e::{LocalUp, find_process, sidecar_process, signal};
 use serde_json::Value;
 
@@ -140,13 +140,11 @@ async fn east_west_sidecar_kill_and_gateway_restart() {
 
     // Keep-alive: sequential east-west calls reuse the caller's mTLS connections to the
     // three whoami sidecars, and each whoami sidecar its connection to its app.
-    let opened = |metrics: &str, pool: &str| -> u64 {
-        let key = format!("berth_sidecar_upstream_connections_opened_total{{pool=\"{pool}\"}} ");
-        let line = metrics
-            .lines()
-            .find(|l| l.starts_with(&key))
-            .unwrap_or_else(|| panic!("no {key} in\n{metrics}"));
-        line[key.len()..].parse().unwrap()
+    let opened = |metrics: &str, pool: &str| {
+        metric(
+            metrics,
+            &format!("berth_sidecar_upstream_connections_opened_total{{pool=\"{pool}\"}}"),
+        )
     };
     for _ in 0..60 {
         let r = http1(caller_app, get("caller", "/call?url=http://whoami/")).await;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use berth_common::test_util::{Backend, Proto, closed_port, eventually, get, h2c, http1, raw_exchange};
+use berth_common::test_util::{Backend, Proto, closed_port, eventually, get, h2c, http1, metric, raw_exchange};
 use berth_e2e::{service, start};
 use bytes::Bytes;
 use http::{Request, StatusCode, Version};
@@ -707,13 +707,7 @@ async fn rule_syntax_v2_beside_v3_on_the_same_requests() {
 async fn upstream_connections_are_reused_and_counted() {
     let b = Backend::start("b1", Proto::Http1).await;
     let gw = start(&one_route("PathPrefix(`/`)", &[b.url()]), &[]).await;
-    let opened = |metrics: &str| -> u64 {
-        let line = metrics
-            .lines()
-            .find(|l| l.starts_with("berth_upstream_connections_opened_total{pool=\"http\"}"))
-            .unwrap_or_else(|| panic!("no upstream connections metric in\n{metrics}"));
-        line.rsplit(' ').next().unwrap().parse().unwrap()
-    };
+    let opened = |metrics: &str| metric(metrics, "berth_upstream_connections_opened_total{pool=\"http\"}");
     assert_eq!(opened(&http1(gw.admin(), get("admin", "/metrics")).await.body), 0);
     for i in 0..200 {
         let r = http1(gw.web(), get("app.test", &format!("/{i}"))).await;

@@ -74,10 +74,9 @@ impl Inbound {
         metrics: Arc<crate::metrics::Metrics>,
         observe: Observe,
     ) -> Inbound {
-        let client = Client::builder(TokioExecutor::new()).build(app_connector(&metrics.dials_app));
-        let h2c = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build(app_connector(&metrics.dials_app));
+        let connector = app_connector(&metrics.dials_app);
+        let client = Client::builder(TokioExecutor::new()).build(connector.clone());
+        let h2c = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
         Inbound {
             app,
             policy,

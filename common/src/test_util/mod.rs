@@ -347,6 +347,16 @@ pub fn get(host: &str, path: &str) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// The value of one sample in Prometheus text: `series` is its name with its labels
+/// exactly as rendered (`berth_x_total{pool="http"}`). Panics, showing the text, when the
+/// sample is missing or not a whole number.
+pub fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in\n{text}"))
+}
+
 /// Poll `f` until it returns true or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
 where
