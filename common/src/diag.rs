@@ -40,6 +40,10 @@ impl Diagnostic {
         }
     }
 
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+
     pub fn with_source(mut self, source: impl Into<String>) -> Self {
         self.source = source.into();
         self

@@ -14,6 +14,7 @@ pub mod blocking;
 pub mod body;
 pub mod config;
 pub mod control;
+pub mod cookie;
 pub mod diag;
 mod duration;
 pub mod error;
@@ -32,6 +33,7 @@ pub mod percent;
 pub mod prom;
 pub mod routing;
 pub mod rules;
+pub mod sticky;
 #[cfg(feature = "net")]
 pub mod serve;
 #[cfg(feature = "net")]

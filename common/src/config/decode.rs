@@ -63,6 +63,11 @@ impl Decoder<'_> {
         self.diags.push(Diagnostic::error(path, msg));
     }
 
+    /// How many errors have been reported so far.
+    fn errors(&self) -> usize {
+        self.diags.iter().filter(|d| d.is_error()).count()
+    }
+
     fn map<'n>(&mut self, node: &'n Node, path: &str) -> &'n [(String, Node)] {
         match node {
             Node::Map(m) => m,
@@ -389,9 +394,10 @@ impl Decoder<'_> {
             let p = format!("{path}.{key}");
             match key.to_ascii_lowercase().as_str() {
                 "loadbalancer" => {
-                    svc = Some(ServiceConfig {
-                        load_balancer: self.load_balancer(child, &p),
-                    })
+                    match self.load_balancer(child, &p) {
+                        Some(load_balancer) => svc = Some(ServiceConfig { load_balancer }),
+                        None => return None,
+                    }
                 }
                 "weighted" | "mirroring" | "failover" => {
                     self.bad(&p, format!("`{key}` services are not supported yet"))
@@ -405,8 +411,11 @@ impl Decoder<'_> {
         svc
     }
 
-    fn load_balancer(&mut self, node: &Node, path: &str) -> LoadBalancerConfig {
+    /// The load balancer, or `None` when a setting it cannot do without is wrong (a
+    /// sticky cookie that cannot be set as written): the service is not served.
+    fn load_balancer(&mut self, node: &Node, path: &str) -> Option<LoadBalancerConfig> {
         let mut lb = LoadBalancerConfig::default();
+        let mut refused = false;
         for (key, child) in self.map(node, path) {
             let p = format!("{path}.{key}");
             match key.to_ascii_lowercase().as_str() {
@@ -432,14 +441,108 @@ impl Decoder<'_> {
                 }
                 "passhostheader" => lb.pass_host_header = self.bool(child, &p),
                 "healthcheck" => lb.health_check = Some(self.health_check(child, &p)),
-                "sticky" | "responseforwarding" | "serverstransport" => self.diags.push(Diagnostic::warning(
+                "sticky" => match self.sticky(child, &p) {
+                    Ok(sticky) => lb.sticky = sticky,
+                    Err(()) => refused = true,
+                },
+                "responseforwarding" | "serverstransport" => self.diags.push(Diagnostic::warning(
                     p,
                     format!("`{key}` is not supported yet; it is ignored"),
                 )),
                 _ => self.unknown(&p),
             }
         }
-        lb
+        if refused {
+            self.bad(path, "the service is not served until its sticky cookie is fixed");
+            return None;
+        }
+        Some(lb)
+    }
+
+    /// `sticky`: `cookie` as `true` (or empty) for the defaults, or a map of its options.
+    /// `Err` when an option is wrong; `Ok(None)` when stickiness is off.
+    fn sticky(&mut self, node: &Node, path: &str) -> Result<Option<StickyCookie>, ()> {
+        let before = self.errors();
+        let mut cookie = None;
+        match node {
+            // Traefik v1/v2's `sticky=true` label: a cookie with the defaults.
+            Node::Leaf(v) => match super::parse_bool(v) {
+                Some(true) => cookie = Some(StickyCookie::default()),
+                Some(false) => {}
+                None => self.bad(path, format!("`{v}` is not true or false")),
+            },
+            _ => {
+                for (key, child) in self.map(node, path) {
+                    let p = format!("{path}.{key}");
+                    match key.to_ascii_lowercase().as_str() {
+                        "cookie" => {
+                            cookie = self.tls_switch(child, &p).map(|o| self.sticky_cookie(o, &p));
+                        }
+                        _ => self.unknown(&p),
+                    }
+                }
+            }
+        }
+        if self.errors() > before {
+            return Err(());
+        }
+        Ok(cookie)
+    }
+
+    fn sticky_cookie(&mut self, options: &[(String, Node)], path: &str) -> StickyCookie {
+        let mut c = StickyCookie::default();
+        for (key, child) in options {
+            let p = format!("{path}.{key}");
+            match key.to_ascii_lowercase().as_str() {
+                "name" => {
+                    c.name = self.string(child, &p).filter(|n| !n.trim().is_empty());
+                    if let Some(n) = &mut c.name
+                        && !crate::cookie::is_name(n)
+                    {
+                        // As Traefik does: characters a cookie name may not hold become `_`.
+                        let fixed = crate::cookie::sanitize_name(n);
+                        self.diags.push(Diagnostic::warning(
+                            p,
+                            format!("`{n}` is not a valid cookie name (an RFC 6265 token); `{fixed}` is used"),
+                        ));
+                        *n = fixed;
+                    }
+                }
+                "secure" => c.secure = self.bool(child, &p).unwrap_or(false),
+                "httponly" => c.http_only = self.bool(child, &p).unwrap_or(false),
+                "samesite" => {
+                    c.same_site = match self.string(child, &p).map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+                        None | Some("") => None,
+                        Some("none") => Some(SameSite::None),
+                        Some("lax") => Some(SameSite::Lax),
+                        Some("strict") => Some(SameSite::Strict),
+                        Some(other) => {
+                            self.bad(&p, format!("sameSite `{other}` is not none, lax or strict"));
+                            None
+                        }
+                    }
+                }
+                "maxage" => c.max_age = self.parsed(child, &p, "a whole number of seconds").unwrap_or(0),
+                "path" => {
+                    c.path = self.string(child, &p).filter(|v| !v.is_empty());
+                    if let Some(v) = &c.path
+                        && !crate::cookie::is_attribute_value(v)
+                    {
+                        self.bad(&p, format!("`{v}` cannot be a cookie path"));
+                    }
+                }
+                "domain" => {
+                    c.domain = self.string(child, &p).filter(|v| !v.is_empty());
+                    if let Some(v) = &c.domain
+                        && !crate::cookie::is_attribute_value(v)
+                    {
+                        self.bad(&p, format!("`{v}` cannot be a cookie domain"));
+                    }
+                }
+                _ => self.unknown(&p),
+            }
+        }
+        c
     }
 
     fn server(&mut self, node: &Node, path: &str) -> Option<ServerConfig> {

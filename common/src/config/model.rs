@@ -109,6 +109,33 @@ pub struct LoadBalancerConfig {
     pub strategy: Option<Strategy>,
     pub pass_host_header: Option<bool>,
     pub health_check: Option<HealthCheckConfig>,
+    /// `sticky.cookie`: a client that has the cookie goes back to the server it names.
+    pub sticky: Option<StickyCookie>,
+}
+
+/// `loadBalancer.sticky.cookie`, as Traefik spells it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StickyCookie {
+    /// Unset: a name derived from the service's (Traefik's `_` and 6 hex digits).
+    pub name: Option<String>,
+    pub secure: bool,
+    pub http_only: bool,
+    pub same_site: Option<SameSite>,
+    /// Seconds; 0: a session cookie (no `Max-Age`); negative: `Max-Age=0`.
+    pub max_age: i64,
+    /// Unset: `/`.
+    pub path: Option<String>,
+    pub domain: Option<String>,
+}
+
+/// A cookie's `SameSite` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SameSite {
+    None,
+    Lax,
+    Strict,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

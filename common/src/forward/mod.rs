@@ -91,6 +91,30 @@ impl Endpoints for Balanced<'_> {
     }
 }
 
+/// Endpoints with one to try first while it is healthy (the server a sticky session
+/// names); the others as `inner` picks them.
+pub struct Preferring<'a, E: ?Sized> {
+    pub inner: &'a E,
+    pub first: Option<usize>,
+}
+
+impl<E: Endpoints + ?Sized> Endpoints for Preferring<'_, E> {
+    fn pick(&self, tried: &[usize]) -> Option<usize> {
+        match self.first {
+            Some(i)
+                if !tried.contains(&i)
+                    && self.inner.state(i).is_some_and(|s| s.is_healthy(Instant::now())) =>
+            {
+                Some(i)
+            }
+            _ => self.inner.pick(tried),
+        }
+    }
+    fn state(&self, endpoint: usize) -> Option<&Arc<EndpointState>> {
+        self.inner.state(endpoint)
+    }
+}
+
 /// One endpoint, asked again on a fresh connection when the policy allows (a sidecar's
 /// own app: there is nowhere else to go).
 pub struct One;

@@ -53,11 +53,13 @@ fn same_settings(a: &LoadBalancerConfig, b: &LoadBalancerConfig) -> bool {
         strategy,
         pass_host_header,
         health_check,
+        sticky,
     } = a;
     *server == b.server
         && *strategy == b.strategy
         && *pass_host_header == b.pass_host_header
         && *health_check == b.health_check
+        && *sticky == b.sticky
 }
 
 impl Merger {

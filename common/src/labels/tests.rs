@@ -589,3 +589,52 @@ fn rule_syntax_labels_are_kept_and_the_default_rule_is_v3() {
     assert_eq!(other.rule.as_deref(), Some("Host(`whoami.localhost`)"));
     assert_eq!(other.rule_syntax.as_deref(), Some("v3"));
 }
+
+#[test]
+fn sticky_cookie_labels_in_each_traefik_form() {
+    use crate::config::{SameSite, StickyCookie};
+    // `sticky.cookie=true`: the defaults; v1/v2's `sticky=true` the same.
+    for key in [
+        "traefik.http.services.app.loadbalancer.sticky.cookie",
+        "traefik.http.services.app.loadbalancer.sticky",
+    ] {
+        let (c, diags) = parse(&labels(&[(key, "true")]));
+        assert!(diags.is_empty(), "{key}: {diags:?}");
+        assert_eq!(
+            c.config.http.services["app"].load_balancer.sticky,
+            Some(StickyCookie::default()),
+            "{key}"
+        );
+    }
+    let (c, diags) = parse(&labels(&[
+        ("traefik.http.services.app.loadbalancer.sticky.cookie.name", "my session"),
+        ("traefik.http.services.app.loadbalancer.sticky.cookie.httponly", "true"),
+        ("traefik.http.services.app.loadbalancer.sticky.cookie.samesite", "Strict"),
+        ("traefik.http.services.app.loadbalancer.sticky.cookie.maxage", "-1"),
+    ]));
+    let sticky = c.config.http.services["app"].load_balancer.sticky.clone().unwrap();
+    // A name a cookie cannot have is mended as Traefik mends it, with a warning.
+    assert_eq!(sticky.name.as_deref(), Some("my_session"));
+    assert_eq!(diags.len(), 1, "{diags:?}");
+    assert!(!diags[0].is_error());
+    assert!(sticky.http_only && !sticky.secure);
+    assert_eq!(sticky.same_site, Some(SameSite::Strict));
+    assert_eq!(sticky.max_age, -1);
+    // Off, and wrong: a wrong value refuses the whole service, never half a session.
+    let (c, _) = parse(&labels(&[(
+        "traefik.http.services.app.loadbalancer.sticky.cookie",
+        "false",
+    )]));
+    assert_eq!(c.config.http.services["app"].load_balancer.sticky, None);
+    for (k, v) in [
+        ("traefik.http.services.app.loadbalancer.sticky.cookie.samesite", "sideways"),
+        ("traefik.http.services.app.loadbalancer.sticky.cookie.maxage", "soon"),
+        ("traefik.http.services.app.loadbalancer.sticky.cookie.path", "/;Domain=evil"),
+        ("traefik.http.services.app.loadbalancer.sticky.cookie.colour", "blue"),
+        ("traefik.http.services.app.loadbalancer.sticky", "maybe"),
+    ] {
+        let (c, diags) = parse(&labels(&[(k, v)]));
+        assert!(!c.config.http.services.contains_key("app"), "{k}={v}");
+        assert!(diags.iter().any(|d| d.is_error()), "{k}={v}: {diags:?}");
+    }
+}

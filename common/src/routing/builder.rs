@@ -110,6 +110,7 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                 strategy: lb.strategy.unwrap_or(Strategy::P2c),
                 pass_host_header: lb.pass_host_header.unwrap_or(true),
                 health_check: lb.health_check.clone(),
+                sticky: lb.sticky.clone(),
                 used_by: Vec::new(),
                 status: if errors.is_empty() {
                     Status::Enabled

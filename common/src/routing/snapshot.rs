@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::config::{CertificateConfig, HealthCheckConfig, Strategy};
+use crate::config::{CertificateConfig, HealthCheckConfig, StickyCookie, Strategy};
 use crate::diag::Diagnostic;
 use crate::rules::{RequestView, Rule};
 
@@ -54,6 +54,8 @@ pub struct ServiceEntry {
     pub strategy: Strategy,
     pub pass_host_header: bool,
     pub health_check: Option<HealthCheckConfig>,
+    /// `sticky.cookie`, when clients go back to the server that answered them.
+    pub sticky: Option<StickyCookie>,
     pub used_by: Vec<String>,
     pub status: Status,
     pub errors: Vec<String>,

@@ -364,6 +364,11 @@ fn services(state: &AdminState, snap: &Snapshot) -> Vec<Value> {
                 "serverStatus": server_status,
                 "usedBy": s.used_by,
             });
+            if let Some(cookie) = &s.sticky {
+                let mut cookie = cookie.clone();
+                cookie.name = Some(cookie.name.unwrap_or_else(|| berth_common::sticky::default_name(&s.name)));
+                v["loadBalancer"]["sticky"] = json!({ "cookie": cookie });
+            }
             if !s.errors.is_empty() {
                 v["error"] = json!(s.errors);
             }

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use berth_common::body::{Body, boxed, from_client};
-use berth_common::forward::{self, Answer, Attempt, Balanced, Buffered, Failed, Failure, RequestBody, RetryOn, Trip};
+use berth_common::forward::{self, Answer, Attempt, Balanced, Buffered, Failed, Failure, Preferring, RequestBody, RetryOn, Trip};
 use berth_common::http::{ForwardInfo, is_idempotent, remove_hop_by_hop, set_forwarded};
 use berth_common::middleware;
 use berth_common::telemetry::body::{Finish, Observed};
@@ -77,6 +77,11 @@ impl Proxy {
         let grpc_retry = grpc && retry.as_ref().is_some_and(|r| r.grpc_method_listed(parts.uri.path()));
 
         let mut headers = parts.headers;
+        // A sticky session's server, tried first while it is healthy.
+        let sticky_to = svc.sticky.as_ref().and_then(|s| {
+            let urls: Vec<&str> = svc.endpoints.iter().map(|e| e.url.as_str()).collect();
+            s.preferred(&headers, &urls)
+        });
         remove_hop_by_hop(&mut headers);
         set_forwarded(
             &mut headers,
@@ -152,16 +157,20 @@ impl Proxy {
             outcome,
             current: 0,
         };
-        let endpoints = Balanced {
+        let balanced = Balanced {
             balancer: &svc.balancer,
             states: &svc.states,
         };
+        let endpoints = Preferring {
+            inner: &balanced,
+            first: sticky_to,
+        };
         let Answer {
             mut response,
+            endpoint,
             attempt: cspan,
             sent,
             failure,
-            ..
         } = match forward::forward(&mut trip, &endpoints, &policy, body).await {
             Ok(answer) => answer,
             Err(Failure::Deadline) => {
@@ -188,6 +197,13 @@ impl Proxy {
             return Ok(response.map(boxed));
         }
         remove_hop_by_hop(response.headers_mut());
+        // A client new to the service, or whose server is gone, sticks to this one now.
+        if let Some(sticky) = &svc.sticky
+            && sticky_to != Some(endpoint)
+            && let Some(cookie) = sticky.set_cookie(endpoint)
+        {
+            response.headers_mut().append(header::SET_COOKIE, cookie);
+        }
         Ok(response.map(|b| {
             let b = boxed(b);
             if cspan.is_recording() {

@@ -7,6 +7,7 @@ use berth_common::routing::Snapshot;
 
 use crate::metrics::{Metrics, RequestMetrics};
 use berth_common::balance::{Balancer, EndpointState, Registry};
+use berth_common::sticky::Sticky;
 
 /// One upstream endpoint as the proxy dials it.
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub(crate) struct ServiceRuntime {
     pub states: Vec<Arc<EndpointState>>,
     pub balancer: Balancer,
     pub pass_host_header: bool,
+    /// `sticky.cookie`: the cookie naming each endpoint.
+    pub sticky: Option<Sticky>,
     pub metrics: Arc<RequestMetrics>,
     /// Parallel to `endpoints`.
     pub endpoint_metrics: Vec<Arc<RequestMetrics>>,
@@ -62,6 +65,10 @@ impl Routes {
                     .collect();
                 Arc::new(ServiceRuntime {
                     endpoint_metrics: endpoints.iter().map(|e| metrics.endpoint(&svc.name, &e.url)).collect(),
+                    sticky: svc
+                        .sticky
+                        .as_ref()
+                        .map(|c| Sticky::new(c, &svc.name, endpoints.iter().map(|e| e.url.as_str()))),
                     name: svc.name.clone(),
                     states: endpoints.iter().map(|e| states[&e.url].clone()).collect(),
                     endpoints,

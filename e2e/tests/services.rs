@@ -1,0 +1,136 @@
+//! Traefik's service options over real sockets, in its file syntax (labels decode to the
+//! same configuration): sticky sessions keep a client on its server and balance the
+//! others, and a service whose options cannot be applied is not served.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use berth_common::test_util::{Backend, Proto, eventually, get, http1};
+use berth_e2e::start;
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+
+fn with_cookie(host: &str, cookie: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .uri("/")
+        .header("host", host)
+        .header("cookie", cookie)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sticky_cookie_keeps_a_client_on_its_server_and_balances_the_rest() {
+    let backends = [
+        Backend::start("a", Proto::Http1).await,
+        Backend::start("b", Proto::Http1).await,
+        Backend::start("c", Proto::Http1).await,
+    ];
+    let servers: String = backends
+        .iter()
+        .map(|b| format!("          - url: \"{}\"\n", b.url()))
+        .collect();
+    let yaml = format!(
+        r#"http:
+  routers:
+    sticky: {{ rule: "Host(`s.test`)", service: sticky }}
+    defaults: {{ rule: "Host(`d.test`)", service: defaults }}
+    broken: {{ rule: "Host(`x.test`)", service: broken }}
+  services:
+    sticky:
+      loadBalancer:
+        strategy: wrr
+        healthCheck: {{ path: /health, interval: 100ms, timeout: 1s }}
+        sticky:
+          cookie: {{ name: lb, secure: true, httpOnly: true, sameSite: lax, maxAge: 3600 }}
+        servers:
+{servers}    defaults:
+      loadBalancer:
+        sticky: {{ cookie: {{}} }}
+        servers:
+{servers}    broken:
+      loadBalancer:
+        sticky: {{ cookie: {{ sameSite: sideways }} }}
+        servers:
+{servers}"#
+    );
+    let gw = start(&yaml, &[]).await;
+
+    // Clients without the cookie are balanced over every server, and each is given the
+    // cookie of the server that answered: its attributes as configured, its value not
+    // the server's address.
+    let mut seen = HashSet::new();
+    let mut cookie_of = std::collections::HashMap::new();
+    for _ in 0..6 {
+        let r = http1(gw.web(), get("s.test", "/")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let backend = r.headers["x-backend"].to_str().unwrap().to_string();
+        let set = r.headers["set-cookie"].to_str().unwrap().to_string();
+        let (pair, attrs) = set.split_once("; ").unwrap();
+        assert_eq!(attrs, "Path=/; Max-Age=3600; HttpOnly; Secure; SameSite=Lax");
+        let value = pair.strip_prefix("lb=").unwrap().to_string();
+        for b in &backends {
+            assert!(!value.contains(&b.addr.port().to_string()), "{value} reveals {}", b.addr);
+        }
+        assert!(!value.contains("127.0.0.1"), "{value}");
+        cookie_of.insert(backend.clone(), value);
+        seen.insert(backend);
+    }
+    assert_eq!(seen.len(), 3, "without the cookie every server gets clients: {seen:?}");
+
+    // With the cookie, every request goes to the same server, and no new cookie is set.
+    let value = cookie_of["b"].clone();
+    for _ in 0..20 {
+        let r = http1(gw.web(), with_cookie("s.test", &format!("other=1; lb={value}"))).await;
+        assert_eq!(r.headers["x-backend"], "b");
+        assert!(!r.headers.contains_key("set-cookie"), "{:?}", r.headers);
+    }
+
+    // A cookie naming no server (forged, or a server that is gone) is balanced as usual
+    // and replaced.
+    let r = http1(gw.web(), with_cookie("s.test", "lb=0123456789abcdef")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.headers["set-cookie"].to_str().unwrap().starts_with("lb="));
+
+    // The sticky server fails its health check: its clients go elsewhere and are given
+    // the new server's cookie; they stay there.
+    backends[1].healthy.store(false, Ordering::SeqCst);
+    let moved = eventually(Duration::from_secs(5), || async {
+        let r = http1(gw.web(), with_cookie("s.test", &format!("lb={value}"))).await;
+        r.headers["x-backend"] != "b"
+    })
+    .await;
+    assert!(moved, "the unhealthy sticky server kept its clients");
+    let r = http1(gw.web(), with_cookie("s.test", &format!("lb={value}"))).await;
+    let now = r.headers["x-backend"].to_str().unwrap().to_string();
+    assert_ne!(now, "b");
+    let set = r.headers["set-cookie"].to_str().unwrap();
+    assert_eq!(set.split(';').next().unwrap(), format!("lb={}", cookie_of[&now]));
+
+    // Defaults: Traefik's generated name (`_` and six hex digits), `Path=/`, nothing else.
+    let r = http1(gw.web(), get("d.test", "/")).await;
+    let set = r.headers["set-cookie"].to_str().unwrap();
+    let (pair, attrs) = set.split_once("; ").unwrap();
+    let name = pair.split('=').next().unwrap();
+    assert!(
+        name.len() == 7 && name.starts_with('_') && name[1..].bytes().all(|b| b.is_ascii_hexdigit()),
+        "{set}"
+    );
+    assert_eq!(attrs, "Path=/");
+
+    // A sticky cookie that cannot be set as written: the service is not served (its
+    // router with it), and the admin API says why.
+    assert_eq!(http1(gw.web(), get("x.test", "/")).await.status, StatusCode::NOT_FOUND);
+    let routers = gw.admin_json("/api/http/routers").await;
+    let broken = routers.as_array().unwrap().iter().find(|r| r["name"] == "broken@file").unwrap();
+    assert_eq!(broken["status"], "disabled");
+    let services = gw.admin_json("/api/http/services").await;
+    let sticky = services.as_array().unwrap().iter().find(|s| s["name"] == "sticky@file").unwrap();
+    assert_eq!(sticky["loadBalancer"]["sticky"]["cookie"]["name"], "lb");
+    assert_eq!(sticky["loadBalancer"]["sticky"]["cookie"]["sameSite"], "lax");
+    let diags = gw.admin_json("/api/diagnostics").await.to_string();
+    assert!(diags.contains("sideways"), "{diags}");
+}
