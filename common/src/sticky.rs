@@ -75,7 +75,7 @@ impl Sticky {
     }
 }
 
-/// Traefik's cookie name for a service that does not choose one: `_` and the first six hex
+/// Traefik's cookie name for a service that does not choose one: `_` and the first five hex
 /// digits of the SHA-1 of `_TRAEFIK_BACKEND_` and the service's name.
 pub fn default_name(service: &str) -> String {
     use sha1::Digest;
@@ -84,6 +84,8 @@ pub fn default_name(service: &str) -> String {
     for b in &digest[..3] {
         name.push_str(&format!("{b:02x}"));
     }
+    // Go's `fmt.Sprintf("_%x", sum)[:6]`: the underscore and five hex digits.
+    name.truncate(6);
     name
 }
 
@@ -123,7 +125,9 @@ mod tests {
     #[test]
     fn the_default_name_is_an_underscore_and_six_hex_digits() {
         let n = default_name("whoami@ecs");
-        assert_eq!(n.len(), 7);
+        assert_eq!(n.len(), 6);
+        // Traefik's own test: `GenerateName("backend") == "_76eb3"`.
+        assert_eq!(default_name("backend"), "_76eb3");
         assert!(n.starts_with('_') && n[1..].bytes().all(|b| b.is_ascii_hexdigit()));
         assert_ne!(n, default_name("other@ecs"));
         assert!(crate::cookie::is_name(&n));

@@ -110,13 +110,13 @@ async fn sticky_cookie_keeps_a_client_on_its_server_and_balances_the_rest() {
     let set = r.headers["set-cookie"].to_str().unwrap();
     assert_eq!(set.split(';').next().unwrap(), format!("lb={}", cookie_of[&now]));
 
-    // Defaults: Traefik's generated name (`_` and six hex digits), `Path=/`, nothing else.
+    // Defaults: Traefik's generated name (`_` and five hex digits), `Path=/`, nothing else.
     let r = http1(gw.web(), get("d.test", "/")).await;
     let set = r.headers["set-cookie"].to_str().unwrap();
     let (pair, attrs) = set.split_once("; ").unwrap();
     let name = pair.split('=').next().unwrap();
     assert!(
-        name.len() == 7 && name.starts_with('_') && name[1..].bytes().all(|b| b.is_ascii_hexdigit()),
+        name.len() == 6 && name.starts_with('_') && name[1..].bytes().all(|b| b.is_ascii_hexdigit()),
         "{set}"
     );
     assert_eq!(attrs, "Path=/");
