@@ -33,9 +33,9 @@ pub mod percent;
 pub mod prom;
 pub mod routing;
 pub mod rules;
-pub mod sticky;
 #[cfg(feature = "net")]
 pub mod serve;
+pub mod sticky;
 #[cfg(feature = "net")]
 pub mod synthetic;
 #[cfg(feature = "net")]

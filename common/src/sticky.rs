@@ -161,7 +161,13 @@ mod tests {
             "svc@file",
             ["http://a:1"],
         );
-        assert!(neg.set_cookie(0).expect("a header").to_str().unwrap_or_default().ends_with("; Path=/; Max-Age=0"));
+        assert!(
+            neg.set_cookie(0)
+                .expect("a header")
+                .to_str()
+                .unwrap_or_default()
+                .ends_with("; Path=/; Max-Age=0")
+        );
     }
 
     #[test]
@@ -169,9 +175,15 @@ mod tests {
         let urls = ["http://a:1", "http://b:2"];
         let s = Sticky::new(&StickyCookie::default(), "svc@file", urls);
         let mut h = HeaderMap::new();
-        h.insert(COOKIE, HeaderValue::from_str(&format!("x=1; {}={}", s.name(), value("http://b:2"))).unwrap());
+        h.insert(
+            COOKIE,
+            HeaderValue::from_str(&format!("x=1; {}={}", s.name(), value("http://b:2"))).unwrap(),
+        );
         assert_eq!(s.preferred(&h, &urls), Some(1));
-        h.insert(COOKIE, HeaderValue::from_str(&format!("{}=http://a:1", s.name())).unwrap());
+        h.insert(
+            COOKIE,
+            HeaderValue::from_str(&format!("{}=http://a:1", s.name())).unwrap(),
+        );
         assert_eq!(s.preferred(&h, &urls), Some(0));
         h.insert(COOKIE, HeaderValue::from_str(&format!("{}=ffff", s.name())).unwrap());
         assert_eq!(s.preferred(&h, &urls), None);

@@ -73,7 +73,11 @@ async fn sticky_cookie_keeps_a_client_on_its_server_and_balances_the_rest() {
         assert_eq!(attrs, "Path=/; Max-Age=3600; HttpOnly; Secure; SameSite=Lax");
         let value = pair.strip_prefix("lb=").unwrap().to_string();
         for b in &backends {
-            assert!(!value.contains(&b.addr.port().to_string()), "{value} reveals {}", b.addr);
+            assert!(
+                !value.contains(&b.addr.port().to_string()),
+                "{value} reveals {}",
+                b.addr
+            );
         }
         assert!(!value.contains("127.0.0.1"), "{value}");
         cookie_of.insert(backend.clone(), value);
@@ -125,10 +129,20 @@ async fn sticky_cookie_keeps_a_client_on_its_server_and_balances_the_rest() {
     // router with it), and the admin API says why.
     assert_eq!(http1(gw.web(), get("x.test", "/")).await.status, StatusCode::NOT_FOUND);
     let routers = gw.admin_json("/api/http/routers").await;
-    let broken = routers.as_array().unwrap().iter().find(|r| r["name"] == "broken@file").unwrap();
+    let broken = routers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "broken@file")
+        .unwrap();
     assert_eq!(broken["status"], "disabled");
     let services = gw.admin_json("/api/http/services").await;
-    let sticky = services.as_array().unwrap().iter().find(|s| s["name"] == "sticky@file").unwrap();
+    let sticky = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "sticky@file")
+        .unwrap();
     assert_eq!(sticky["loadBalancer"]["sticky"]["cookie"]["name"], "lb");
     assert_eq!(sticky["loadBalancer"]["sticky"]["cookie"]["sameSite"], "lax");
     let diags = gw.admin_json("/api/diagnostics").await.to_string();

@@ -393,12 +393,10 @@ impl Decoder<'_> {
         for (key, child) in self.map(node, path) {
             let p = format!("{path}.{key}");
             match key.to_ascii_lowercase().as_str() {
-                "loadbalancer" => {
-                    match self.load_balancer(child, &p) {
-                        Some(load_balancer) => svc = Some(ServiceConfig { load_balancer }),
-                        None => return None,
-                    }
-                }
+                "loadbalancer" => match self.load_balancer(child, &p) {
+                    Some(load_balancer) => svc = Some(ServiceConfig { load_balancer }),
+                    None => return None,
+                },
                 "weighted" | "mirroring" | "failover" => {
                     self.bad(&p, format!("`{key}` services are not supported yet"))
                 }

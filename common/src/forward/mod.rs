@@ -101,10 +101,7 @@ pub struct Preferring<'a, E: ?Sized> {
 impl<E: Endpoints + ?Sized> Endpoints for Preferring<'_, E> {
     fn pick(&self, tried: &[usize]) -> Option<usize> {
         match self.first {
-            Some(i)
-                if !tried.contains(&i)
-                    && self.inner.state(i).is_some_and(|s| s.is_healthy(Instant::now())) =>
-            {
+            Some(i) if !tried.contains(&i) && self.inner.state(i).is_some_and(|s| s.is_healthy(Instant::now())) => {
                 Some(i)
             }
             _ => self.inner.pick(tried),

@@ -607,9 +607,15 @@ fn sticky_cookie_labels_in_each_traefik_form() {
         );
     }
     let (c, diags) = parse(&labels(&[
-        ("traefik.http.services.app.loadbalancer.sticky.cookie.name", "my session"),
+        (
+            "traefik.http.services.app.loadbalancer.sticky.cookie.name",
+            "my session",
+        ),
         ("traefik.http.services.app.loadbalancer.sticky.cookie.httponly", "true"),
-        ("traefik.http.services.app.loadbalancer.sticky.cookie.samesite", "Strict"),
+        (
+            "traefik.http.services.app.loadbalancer.sticky.cookie.samesite",
+            "Strict",
+        ),
         ("traefik.http.services.app.loadbalancer.sticky.cookie.maxage", "-1"),
     ]));
     let sticky = c.config.http.services["app"].load_balancer.sticky.clone().unwrap();
@@ -627,9 +633,15 @@ fn sticky_cookie_labels_in_each_traefik_form() {
     )]));
     assert_eq!(c.config.http.services["app"].load_balancer.sticky, None);
     for (k, v) in [
-        ("traefik.http.services.app.loadbalancer.sticky.cookie.samesite", "sideways"),
+        (
+            "traefik.http.services.app.loadbalancer.sticky.cookie.samesite",
+            "sideways",
+        ),
         ("traefik.http.services.app.loadbalancer.sticky.cookie.maxage", "soon"),
-        ("traefik.http.services.app.loadbalancer.sticky.cookie.path", "/;Domain=evil"),
+        (
+            "traefik.http.services.app.loadbalancer.sticky.cookie.path",
+            "/;Domain=evil",
+        ),
         ("traefik.http.services.app.loadbalancer.sticky.cookie.colour", "blue"),
         ("traefik.http.services.app.loadbalancer.sticky", "maybe"),
     ] {

@@ -366,7 +366,11 @@ fn services(state: &AdminState, snap: &Snapshot) -> Vec<Value> {
             });
             if let Some(cookie) = &s.sticky {
                 let mut cookie = cookie.clone();
-                cookie.name = Some(cookie.name.unwrap_or_else(|| berth_common::sticky::default_name(&s.name)));
+                cookie.name = Some(
+                    cookie
+                        .name
+                        .unwrap_or_else(|| berth_common::sticky::default_name(&s.name)),
+                );
                 v["loadBalancer"]["sticky"] = json!({ "cookie": cookie });
             }
             if !s.errors.is_empty() {

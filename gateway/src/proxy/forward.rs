@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use berth_common::body::{Body, boxed, from_client};
-use berth_common::forward::{self, Answer, Attempt, Balanced, Buffered, Failed, Failure, Preferring, RequestBody, RetryOn, Trip};
+use berth_common::forward::{
+    self, Answer, Attempt, Balanced, Buffered, Failed, Failure, Preferring, RequestBody, RetryOn, Trip,
+};
 use berth_common::http::{ForwardInfo, is_idempotent, remove_hop_by_hop, set_forwarded};
 use berth_common::middleware;
 use berth_common::telemetry::body::{Finish, Observed};
