@@ -19,6 +19,8 @@ pub struct Sticky {
     attributes: String,
     /// The cookie value per endpoint, parallel to the service's endpoints.
     values: Vec<String>,
+    /// The endpoints' URLs, for Traefik v2's cookies, which hold the URL itself.
+    urls: Vec<String>,
 }
 
 impl Sticky {
@@ -47,10 +49,12 @@ impl Sticky {
             Some(SameSite::Strict) => attributes.push_str("; SameSite=Strict"),
             None => {}
         }
+        let urls: Vec<String> = urls.into_iter().map(str::to_string).collect();
         Sticky {
             name,
             attributes,
-            values: urls.into_iter().map(value).collect(),
+            values: urls.iter().map(|u| value(u)).collect(),
+            urls,
         }
     }
 
@@ -60,12 +64,12 @@ impl Sticky {
 
     /// The endpoint the request's cookie names, if it still exists. Traefik v2 wrote the
     /// server URL itself as the value; such a cookie is still understood.
-    pub fn preferred(&self, headers: &HeaderMap, urls: &[&str]) -> Option<usize> {
+    pub fn preferred(&self, headers: &HeaderMap) -> Option<usize> {
         let v = crate::cookie::find(headers, &self.name)?;
         self.values
             .iter()
             .position(|x| x == v)
-            .or_else(|| urls.iter().position(|u| *u == v))
+            .or_else(|| self.urls.iter().position(|u| u == v))
     }
 
     /// The `Set-Cookie` that sends the client back to `endpoint`.
@@ -179,13 +183,13 @@ mod tests {
             COOKIE,
             HeaderValue::from_str(&format!("x=1; {}={}", s.name(), value("http://b:2"))).unwrap(),
         );
-        assert_eq!(s.preferred(&h, &urls), Some(1));
+        assert_eq!(s.preferred(&h), Some(1));
         h.insert(
             COOKIE,
             HeaderValue::from_str(&format!("{}=http://a:1", s.name())).unwrap(),
         );
-        assert_eq!(s.preferred(&h, &urls), Some(0));
+        assert_eq!(s.preferred(&h), Some(0));
         h.insert(COOKIE, HeaderValue::from_str(&format!("{}=ffff", s.name())).unwrap());
-        assert_eq!(s.preferred(&h, &urls), None);
+        assert_eq!(s.preferred(&h), None);
     }
 }

@@ -487,6 +487,16 @@ impl Decoder<'_> {
         Ok(cookie)
     }
 
+    /// A cookie attribute's value (`path`, `domain`): unset when empty, an error when it
+    /// could split the `Set-Cookie` header.
+    fn cookie_attribute(&mut self, node: &Node, path: &str, what: &str) -> Option<String> {
+        let v = self.string(node, path).filter(|v| !v.is_empty())?;
+        if !crate::cookie::is_attribute_value(&v) {
+            self.bad(path, format!("`{v}` cannot be a cookie {what}"));
+        }
+        Some(v)
+    }
+
     fn sticky_cookie(&mut self, options: &[(String, Node)], path: &str) -> StickyCookie {
         let mut c = StickyCookie::default();
         for (key, child) in options {
@@ -521,22 +531,8 @@ impl Decoder<'_> {
                     }
                 }
                 "maxage" => c.max_age = self.parsed(child, &p, "a whole number of seconds").unwrap_or(0),
-                "path" => {
-                    c.path = self.string(child, &p).filter(|v| !v.is_empty());
-                    if let Some(v) = &c.path
-                        && !crate::cookie::is_attribute_value(v)
-                    {
-                        self.bad(&p, format!("`{v}` cannot be a cookie path"));
-                    }
-                }
-                "domain" => {
-                    c.domain = self.string(child, &p).filter(|v| !v.is_empty());
-                    if let Some(v) = &c.domain
-                        && !crate::cookie::is_attribute_value(v)
-                    {
-                        self.bad(&p, format!("`{v}` cannot be a cookie domain"));
-                    }
-                }
+                "path" => c.path = self.cookie_attribute(child, &p, "path"),
+                "domain" => c.domain = self.cookie_attribute(child, &p, "domain"),
                 _ => self.unknown(&p),
             }
         }

@@ -110,7 +110,11 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                 strategy: lb.strategy.unwrap_or(Strategy::P2c),
                 pass_host_header: lb.pass_host_header.unwrap_or(true),
                 health_check: lb.health_check.clone(),
-                sticky: lb.sticky.clone(),
+                // The cookie's name resolved once: the data path and the admin API agree.
+                sticky: lb.sticky.clone().map(|mut c| {
+                    c.name.get_or_insert_with(|| crate::sticky::default_name(&qname));
+                    c
+                }),
                 used_by: Vec::new(),
                 status: if errors.is_empty() {
                     Status::Enabled

@@ -365,12 +365,6 @@ fn services(state: &AdminState, snap: &Snapshot) -> Vec<Value> {
                 "usedBy": s.used_by,
             });
             if let Some(cookie) = &s.sticky {
-                let mut cookie = cookie.clone();
-                cookie.name = Some(
-                    cookie
-                        .name
-                        .unwrap_or_else(|| berth_common::sticky::default_name(&s.name)),
-                );
                 v["loadBalancer"]["sticky"] = json!({ "cookie": cookie });
             }
             if !s.errors.is_empty() {

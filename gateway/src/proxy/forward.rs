@@ -80,10 +80,7 @@ impl Proxy {
 
         let mut headers = parts.headers;
         // A sticky session's server, tried first while it is healthy.
-        let sticky_to = svc.sticky.as_ref().and_then(|s| {
-            let urls: Vec<&str> = svc.endpoints.iter().map(|e| e.url.as_str()).collect();
-            s.preferred(&headers, &urls)
-        });
+        let sticky_to = svc.sticky.as_ref().and_then(|s| s.preferred(&headers));
         remove_hop_by_hop(&mut headers);
         set_forwarded(
             &mut headers,
