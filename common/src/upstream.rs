@@ -127,7 +127,7 @@ impl Connector {
     /// `roots`: whom `https://` upstreams may present certificates from
     /// ([`trust_roots`]).
     pub fn new(connect_timeout: Duration, roots: rustls::RootCertStore) -> Connector {
-        let mut tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()
             .map(|b| b.with_root_certificates(roots).with_no_client_auth())
             .unwrap_or_else(|_| {
@@ -135,6 +135,12 @@ impl Connector {
                     .with_root_certificates(rustls::RootCertStore::empty())
                     .with_no_client_auth()
             });
+        Connector::with_tls(connect_timeout, tls)
+    }
+
+    /// With a TLS client configuration of the caller's (its own roots, a client
+    /// certificate); ALPN is set here, h2 or HTTP/1.1.
+    pub fn with_tls(connect_timeout: Duration, mut tls: rustls::ClientConfig) -> Connector {
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Connector {
             connect_timeout,

@@ -69,7 +69,7 @@ fn config(backend: &str) -> String {
         accessControlAllowOriginList: ["https://app.example"]
         accessControlAllowMethods: [GET, PUT]
     bad-regex: {{ replacePathRegex: {{ regex: "(", replacement: "/x" }} }}
-    limit: {{ forwardAuth: {{ address: "http://127.0.0.1:1/auth" }} }}
+    limit: {{ plugin: {{ demo: {{ header: X-Demo }} }} }}
     loop-a: {{ chain: {{ middlewares: [loop-b] }} }}
     loop-b: {{ chain: {{ middlewares: [loop-a] }} }}
   services:

@@ -450,7 +450,7 @@ async fn wrr_spreads_by_weight() {
 async fn admin_api_shapes_and_fail_closed_middleware() {
     let b = Backend::start("b", Proto::Http1).await;
     let yaml = format!(
-        "http:\n  routers:\n    app: {{ rule: \"Host(`a.test`)\", service: app, entryPoints: [web] }}\n    guarded: {{ rule: \"Host(`g.test`)\", service: app, middlewares: [auth] }}\n  middlewares:\n    auth: {{ forwardAuth: {{ address: \"http://127.0.0.1:1/auth\" }} }}\n  services:\n{}",
+        "http:\n  routers:\n    app: {{ rule: \"Host(`a.test`)\", service: app, entryPoints: [web] }}\n    guarded: {{ rule: \"Host(`g.test`)\", service: app, middlewares: [auth] }}\n  middlewares:\n    auth: {{ plugin: {{ demo: {{ header: X-Demo }} }} }}\n  services:\n{}",
         service("app", &[b.url()], "")
     );
     let gw = start(&yaml, &[]).await;

@@ -628,19 +628,18 @@ impl Decoder<'_> {
         }
         let kind = canonical.map(str::to_string).unwrap_or_else(|| kind.clone());
         // Labels are written by whoever can register a task definition: they may not make
-        // the gateway read its own files (and echo what it finds into diagnostics).
+        // the gateway read its own files (and echo what it finds into diagnostics), nor
+        // call its own or the host's link-local services.
         let refused = (self.mode == Mode::Labels)
-            .then(|| {
-                options
-                    .entries()
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case("usersFile"))
-                    .map(|_| format!("{kind}.usersFile names a file on the gateway; labels may not (use users)"))
-            })
+            .then(|| label_refusal(&kind, options))
             .flatten();
-        if let Some(why) = &refused {
-            self.bad(&format!("{path}.{kind}.usersFile"), why.clone());
-        }
+        let refused = match refused {
+            Some((key, why)) => {
+                self.bad(&format!("{path}.{kind}.{key}"), why.clone());
+                Some(why)
+            }
+            None => None,
+        };
         Some(MiddlewareConfig {
             kind,
             known: canonical.is_some(),
@@ -756,3 +755,64 @@ macro_rules! router_keys {
 }
 
 router_keys!(RouterConfig, TcpRouterConfig);
+
+/// Why a middleware from labels may not be applied, and the option at fault: a file on
+/// the gateway (`usersFile`, `forwardAuth`'s `tls.ca`/`cert`/`key` unless given as PEM
+/// text), or a `forwardAuth` address on the gateway itself or a link-local network (the
+/// instance metadata service is one).
+fn label_refusal(kind: &str, options: &Node) -> Option<(String, String)> {
+    let find = |node: &Node, key: &str| {
+        node.entries()
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.clone())
+    };
+    if find(options, "usersFile").is_some() {
+        return Some((
+            "usersFile".into(),
+            format!("{kind}.usersFile names a file on the gateway; labels may not (use users)"),
+        ));
+    }
+    if kind != "forwardAuth" {
+        return None;
+    }
+    if let Some(tls) = find(options, "tls") {
+        for key in ["ca", "cert", "key"] {
+            if let Some(Node::Leaf(v)) = find(&tls, key)
+                && !v.is_empty()
+                && !v.contains("-----BEGIN")
+            {
+                return Some((
+                    format!("tls.{key}"),
+                    format!("forwardAuth.tls.{key} names a file on the gateway; labels may not (give the PEM text)"),
+                ));
+            }
+        }
+    }
+    if let Some(Node::Leaf(address)) = find(options, "address")
+        && let Ok(uri) = address.parse::<http::Uri>()
+        && let Some(host) = uri.host()
+    {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let local = host.eq_ignore_ascii_case("localhost")
+            || host.to_ascii_lowercase().ends_with(".localhost")
+            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| {
+                let ip = ip.to_canonical();
+                ip.is_loopback()
+                    || ip.is_unspecified()
+                    || match ip {
+                        std::net::IpAddr::V4(v4) => v4.is_link_local(),
+                        std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+                    }
+            });
+        if local {
+            return Some((
+                "address".into(),
+                format!(
+                    "forwardAuth.address `{address}` is the gateway itself or a link-local network; labels may not point there"
+                ),
+            ));
+        }
+    }
+    None
+}

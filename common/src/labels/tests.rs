@@ -382,6 +382,52 @@ fn a_label_may_not_make_the_gateway_read_a_file() {
 }
 
 #[test]
+fn forward_auth_from_labels_reaches_neither_gateway_files_nor_local_services() {
+    let refused = |options: &[(&str, &str)]| {
+        let mut pairs: Vec<(String, String)> = options
+            .iter()
+            .map(|(k, v)| (format!("traefik.http.middlewares.fa.forwardauth.{k}"), v.to_string()))
+            .collect();
+        pairs.push(("traefik.http.routers.r.rule".into(), "Host(`a`)".into()));
+        pairs.push(("traefik.http.routers.r.middlewares".into(), "fa".into()));
+        let l: BTreeMap<String, String> = pairs.into_iter().collect();
+        let (c, _) = parse(&l);
+        c.config.http.middlewares["fa"].refused.clone()
+    };
+    for address in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://127.0.0.1:8080/api/rawdata",
+        "http://[::1]:8080/",
+        "http://[fe80::1]/",
+        "http://localhost:9000/",
+        "http://0.0.0.0/",
+    ] {
+        let why = refused(&[("address", address)]);
+        assert!(
+            why.as_deref().is_some_and(|w| w.contains("labels may not")),
+            "{address}: {why:?}"
+        );
+    }
+    let why = refused(&[
+        ("address", "http://auth.internal:9091/"),
+        ("tls.key", "/etc/berth/ca.key"),
+    ]);
+    assert!(why.as_deref().is_some_and(|w| w.contains("tls.key")), "{why:?}");
+    // Another service's address, and PEM text in a label, are fine.
+    assert_eq!(
+        refused(&[("address", "http://authelia.apps.local:9091/api/verify")]),
+        None
+    );
+    assert_eq!(
+        refused(&[
+            ("address", "https://10.0.3.7/verify"),
+            ("tls.ca", "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"),
+        ]),
+        None
+    );
+}
+
+#[test]
 fn labels_point_only_at_the_tasks_own_ports() {
     let l = labels(&[
         (

@@ -162,26 +162,6 @@ pub fn apr1(password: &[u8], salt: &[u8]) -> String {
 /// The largest `usersFile` read (an htpasswd file of thousands of users is far smaller).
 const MAX_USERS_FILE: u64 = 1024 * 1024;
 
-/// Read a `usersFile`: a regular file (not a FIFO or a device that never ends), at most
-/// [`MAX_USERS_FILE`] bytes.
-fn read_users_file(path: &str) -> Result<String, String> {
-    use std::io::Read;
-    let fail = |why: &str| format!("basicAuth.usersFile {path}: {why}");
-    let file = std::fs::File::open(path).map_err(|e| fail(&e.kind().to_string()))?;
-    let meta = file.metadata().map_err(|e| fail(&e.kind().to_string()))?;
-    if !meta.is_file() {
-        return Err(fail("not a regular file"));
-    }
-    if meta.len() > MAX_USERS_FILE {
-        return Err(fail(&format!("larger than {MAX_USERS_FILE} bytes")));
-    }
-    let mut text = String::new();
-    file.take(MAX_USERS_FILE)
-        .read_to_string(&mut text)
-        .map_err(|e| fail(&e.kind().to_string()))?;
-    Ok(text)
-}
-
 impl BasicAuth {
     pub fn parse(node: &Node) -> Result<Self, String> {
         let o = Options::new(
@@ -197,7 +177,7 @@ impl BasicAuth {
             .map(|(i, l)| (format!("users[{i}]"), l))
             .collect();
         if let Some(path) = o.string("usersFile")?.filter(|p| !p.is_empty()) {
-            let text = read_users_file(&path)?;
+            let text = super::options::read_small_file("basicAuth.usersFile", &path, MAX_USERS_FILE)?;
             lines.extend(
                 text.lines()
                     .enumerate()

@@ -317,6 +317,7 @@ mod tests {
             headers: &mut h,
             peer: peer.parse().unwrap(),
             holds: Vec::new(),
+            auth_cookies: Vec::new(),
         };
         let step = crate::blocking::block_on(spec.request(&mut req));
         holds.append(&mut req.holds);
@@ -385,6 +386,7 @@ mod tests {
                 headers: &mut h,
                 peer: "10.0.0.1".parse().unwrap(),
                 holds: Vec::new(),
+                auth_cookies: Vec::new(),
             };
             let _ = s.request(&mut req);
         }

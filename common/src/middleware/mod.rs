@@ -10,6 +10,7 @@ pub mod allow;
 pub mod auth;
 pub mod breaker;
 pub mod compress;
+pub mod forward_auth;
 pub mod headers;
 pub mod limit;
 pub mod options;
@@ -83,7 +84,9 @@ pub const KINDS: &[Kind] = &[
     not_yet("contentType"),
     not_yet("digestAuth"),
     not_yet("errors"),
-    not_yet("forwardAuth"),
+    kind("forwardAuth", |n| {
+        Ok(Spec::ForwardAuth(Box::new(forward_auth::ForwardAuth::parse(n)?)))
+    }),
     not_yet("grpcWeb"),
     kind("headers", |n| Ok(Spec::Headers(Box::new(headers::Headers::parse(n)?)))),
     kind("inFlightReq", |n| Ok(Spec::InFlightReq(limit::InFlightReq::parse(n)?))),
@@ -143,6 +146,8 @@ pub enum Spec {
     Compress(compress::Compress),
     /// Told every upstream outcome ([`Spec::outcome`]).
     CircuitBreaker(breaker::CircuitBreaker),
+    /// Asks an auth server first; the gateway makes the call ([`Spec::forward_auth`]).
+    ForwardAuth(Box<forward_auth::ForwardAuth>),
     /// Other middlewares by name, expanded when routers are built.
     Chain(Vec<String>),
 }
@@ -171,6 +176,8 @@ pub struct Req<'a> {
     pub peer: IpAddr,
     /// Counted requests (`inFlightReq`), to release once the response is sent.
     pub holds: Vec<limit::Hold>,
+    /// Cookies an auth server set that go on the response (`forwardAuth`).
+    pub auth_cookies: Vec<forward_auth::AuthCookies>,
 }
 
 /// An answer made by a middleware instead of the upstream's.
@@ -215,7 +222,7 @@ impl Spec {
             Spec::RateLimit(m) => m.request(req),
             Spec::InFlightReq(m) => m.request(req),
             Spec::CircuitBreaker(m) => m.request(),
-            Spec::Retry(_) | Spec::Compress(_) | Spec::Chain(_) => Step::Next,
+            Spec::Retry(_) | Spec::Compress(_) | Spec::ForwardAuth(_) | Spec::Chain(_) => Step::Next,
         }
     }
 
@@ -230,6 +237,15 @@ impl Spec {
     pub fn retry(&self) -> Option<&limit::Retry> {
         match self {
             Spec::Retry(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The auth server to ask before going on (`forwardAuth`): the caller makes the call
+    /// and applies [`forward_auth::ForwardAuth::verdict`].
+    pub fn forward_auth(&self) -> Option<&forward_auth::ForwardAuth> {
+        match self {
+            Spec::ForwardAuth(f) => Some(f),
             _ => None,
         }
     }
@@ -310,6 +326,7 @@ pub(crate) mod testing {
             headers,
             peer: peer.parse().expect("an IP"),
             holds: Vec::new(),
+            auth_cookies: Vec::new(),
         };
         let step = crate::blocking::block_on(spec.request(&mut req));
         (step, req.path)

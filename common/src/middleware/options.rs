@@ -136,3 +136,23 @@ impl<'a> Options<'a> {
         }
     }
 }
+
+/// Read a file an option names (`usersFile`, a PEM file): a regular file (not a FIFO or
+/// a device that never ends), at most `max` bytes. `what` names the option in errors.
+pub(crate) fn read_small_file(what: &str, path: &str, max: u64) -> Result<String, String> {
+    use std::io::Read;
+    let fail = |why: &str| format!("{what} {path}: {why}");
+    let file = std::fs::File::open(path).map_err(|e| fail(&e.kind().to_string()))?;
+    let meta = file.metadata().map_err(|e| fail(&e.kind().to_string()))?;
+    if !meta.is_file() {
+        return Err(fail("not a regular file"));
+    }
+    if meta.len() > max {
+        return Err(fail(&format!("larger than {max} bytes")));
+    }
+    let mut text = String::new();
+    file.take(max)
+        .read_to_string(&mut text)
+        .map_err(|e| fail(&e.kind().to_string()))?;
+    Ok(text)
+}

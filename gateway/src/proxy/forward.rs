@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use super::errors::ProxyError;
 use super::front::Ctx;
 use super::router::{Endpoint, ServiceRuntime};
-use super::{ConnInfo, Outcome, Proxy};
+use super::{ClientBody, ConnInfo, Outcome, Proxy};
 
 /// Without a retry middleware, an idempotent bodyless request that never reached an app
 /// (the connection was refused, or the task's sidecar says its app is gone) goes to at
@@ -52,7 +52,7 @@ impl Proxy {
     /// allows; the upstream's answer or the reason there is none.
     pub(super) async fn forward(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         conn: &ConnInfo,
         ctx: &mut Ctx,
         svc: &ServiceRuntime,

@@ -6,6 +6,7 @@
 //! [`forward`] (the trip to one of the service's endpoints, through [`upstream`] pools) ->
 //! back through [`pipeline`]. Failures become responses in [`errors`] only.
 
+mod auth;
 pub(crate) mod compress;
 pub(crate) mod errors;
 mod forward;
@@ -41,6 +42,10 @@ use router::Routes;
 use upstream::Clients;
 
 pub(crate) use berth_common::body::{Body, BoxError};
+
+/// A request's body past the middlewares: the client's, or the bytes `forwardAuth`
+/// read whole to show its auth server (`forwardBody`).
+pub(crate) type ClientBody = http_body_util::Either<Incoming, http_body_util::Full<bytes::Bytes>>;
 
 /// What a client may send and how long each side may take: the entrypoint serves its
 /// connections with these, the front checks requests against them, the upstream pools
@@ -86,7 +91,7 @@ struct Outcome {
 
 /// Answers a request to one of the gateway's own services (`api@internal`, ...): set
 /// once the admin state exists, which holds the proxy.
-pub(crate) type InternalAnswer = Arc<dyn Fn(&str, Request<Incoming>) -> Response<Body> + Send + Sync>;
+pub(crate) type InternalAnswer = Arc<dyn Fn(&str, Request<ClientBody>) -> Response<Body> + Send + Sync>;
 
 pub(crate) struct Proxy {
     routes: ArcSwap<Routes>,
@@ -305,7 +310,12 @@ impl Proxy {
         let mut pipeline = Pipeline::new(router.middleware_specs.clone());
         drop(routes);
 
-        let mut result = match pipeline.request(req, conn, ctx).await? {
+        let call = auth::AuthCall {
+            clients: &self.clients.auth,
+            tracer: &self.observe.tracer,
+            span,
+        };
+        let mut result = match pipeline.request(req, conn, ctx, &call).await? {
             Err(answer) => Ok(answer),
             Ok(req) if internal.is_some() => {
                 let name = internal.as_deref().unwrap_or_default();

@@ -3,23 +3,25 @@
 //! The request phase runs them in router order; one may rewrite the request or answer it
 //! (a redirect, 401, 403, a CORS preflight). The response phase runs the ones that ran,
 //! innermost first, on whatever answer there is. The middlewares that act on the outcome
-//! or the body say so through `Spec`'s hooks (`retry`, `outcome`, `encoding`), so nothing
-//! here names a middleware.
+//! or the body say so through `Spec`'s hooks (`retry`, `outcome`, `encoding`,
+//! `forward_auth`), so nothing here names a middleware.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_common::middleware::forward_auth::{AuthCookies, ForwardAuth};
 use berth_common::middleware::{self, Spec, Step, limit::Hold};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Either, Empty, Full, Limited};
 use hyper::body::Incoming;
 
+use super::auth::{self, AuthCall};
 use super::errors::{ProxyError, text_response};
 use super::front::{Ctx, set_target};
-use super::{Body, BoxError, ConnInfo, compress};
+use super::{Body, BoxError, ClientBody, ConnInfo, compress};
 
 /// A router's middlewares for one request, and what their phases carry between them.
 pub(super) struct Pipeline {
@@ -32,6 +34,8 @@ pub(super) struct Pipeline {
     origin: Option<HeaderValue>,
     /// The request's `Accept-Encoding`, read only for a middleware that encodes.
     accept_encoding: Option<String>,
+    /// Cookies auth servers set, for the response (`forwardAuth`).
+    auth_cookies: Vec<AuthCookies>,
 }
 
 impl Pipeline {
@@ -42,6 +46,7 @@ impl Pipeline {
             holds: Vec::new(),
             origin: None,
             accept_encoding: None,
+            auth_cookies: Vec::new(),
         }
     }
 
@@ -51,10 +56,11 @@ impl Pipeline {
         req: Request<Incoming>,
         conn: &ConnInfo,
         ctx: &Ctx,
-    ) -> Result<Result<Request<Incoming>, Response<Body>>, ProxyError> {
+        call: &AuthCall<'_>,
+    ) -> Result<Result<Request<ClientBody>, Response<Body>>, ProxyError> {
         // A router without middlewares pays nothing.
         if self.specs.is_empty() {
-            return Ok(Ok(req));
+            return Ok(Ok(req.map(Either::Left)));
         }
         self.origin = req.headers().get(header::ORIGIN).cloned();
         if self.specs.iter().any(|s| s.reads_accept_encoding()) {
@@ -65,6 +71,7 @@ impl Pipeline {
                 .map(str::to_string);
         }
         let (mut parts, body) = req.into_parts();
+        let mut body = Either::Left(body);
         let host = ctx.raw_host.clone().unwrap_or_default();
         let mut mreq = middleware::Req {
             method: &parts.method,
@@ -75,18 +82,27 @@ impl Pipeline {
             headers: &mut parts.headers,
             peer: conn.peer.ip(),
             holds: Vec::new(),
+            auth_cookies: Vec::new(),
         };
         let mut answer = None;
         for (i, spec) in self.specs.iter().enumerate() {
-            if let Step::Reply(reply) = spec.request(&mut mreq).await {
+            let step = match spec.request(&mut mreq).await {
+                Step::Reply(reply) => Err(reply_response(reply)),
+                Step::Next => match spec.forward_auth() {
+                    Some(fa) => authorize(call, fa, &mut mreq, &mut body).await,
+                    None => Ok(()),
+                },
+            };
+            if let Err(resp) = step {
                 self.ran = i;
-                answer = Some(reply);
+                answer = Some(resp);
                 break;
             }
         }
         self.holds = std::mem::take(&mut mreq.holds);
-        if let Some(reply) = answer {
-            return Ok(Err(reply_response(reply)));
+        self.auth_cookies = std::mem::take(&mut mreq.auth_cookies);
+        if let Some(resp) = answer {
+            return Ok(Err(resp));
         }
         // Rebuild the target only when a middleware rewrote it.
         if mreq.path != parts.uri.path() || mreq.query.as_deref() != parts.uri.query() {
@@ -123,6 +139,9 @@ impl Pipeline {
         let ran = &self.specs[..self.ran];
         for spec in ran.iter().rev() {
             spec.response(self.origin.as_ref(), conn.tls, resp.headers_mut());
+        }
+        for cookies in &self.auth_cookies {
+            cookies.apply(resp.headers_mut());
         }
         // The innermost middleware that encodes, encodes.
         let accept = self.accept_encoding.as_deref();
@@ -175,6 +194,35 @@ impl hyper::body::Body for Held {
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// `forwardAuth` at its place in the chain: with `forwardBody`, the client's body is
+/// read whole first (within the middleware's bound: a larger one is refused with 401, as
+/// Traefik does) and goes on to the upstream as those bytes.
+async fn authorize(
+    call: &AuthCall<'_>,
+    fa: &ForwardAuth,
+    mreq: &mut middleware::Req<'_>,
+    body: &mut ClientBody,
+) -> Result<(), Response<Body>> {
+    let mut forwarded = None;
+    if let Some(limit) = fa.forwarded_body_limit(mreq.method) {
+        let taken = std::mem::replace(body, Either::Right(Full::new(Bytes::new())));
+        let bytes = match Limited::new(taken, limit).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                tracing::debug!(limit, "forwardAuth: the request body is larger than maxBodySize");
+                return Err(auth::status_only(StatusCode::UNAUTHORIZED));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "forwardAuth: reading the request body failed");
+                return Err(auth::status_only(StatusCode::BAD_REQUEST));
+            }
+        };
+        *body = Either::Right(Full::new(bytes.clone()));
+        forwarded = Some(bytes);
+    }
+    auth::ask(call, fa, mreq, forwarded).await
 }
 
 /// A middleware's own answer (a redirect, 401, 403, a CORS preflight).

@@ -19,6 +19,8 @@ pub(crate) struct Clients {
     pub h2c: Client<Connector, Body>,
     /// mTLS to sidecars, only when the mesh is enabled.
     pub mesh: Option<MeshClient>,
+    /// To `forwardAuth` servers.
+    pub auth: Arc<super::auth::AuthClients>,
 }
 
 impl Clients {
@@ -29,12 +31,22 @@ impl Clients {
         roots: RootCertStore,
         dials: Dials,
     ) -> Clients {
+        let auth = Arc::new(super::auth::AuthClients::new(
+            connect_timeout,
+            idle_timeout,
+            roots.clone(),
+        ));
         let connector = Connector::new(connect_timeout, roots).counting(dials);
         let http1 = pool(idle_timeout)
             .pool_max_idle_per_host(usize::MAX)
             .build(connector.clone());
         let h2c = pool(idle_timeout).http2_only(true).build(connector);
-        Clients { http1, h2c, mesh: None }
+        Clients {
+            http1,
+            h2c,
+            mesh: None,
+            auth,
+        }
     }
 }
 
