@@ -17,25 +17,39 @@ use http_body_util::Full;
 struct AuthServer {
     child: Child,
     port: u16,
+    /// Its stdout after the port: over TLS, a JSON line per request asked.
+    out: std::io::BufReader<std::process::ChildStdout>,
 }
 
 impl AuthServer {
     fn start() -> AuthServer {
+        AuthServer::start_with(&[])
+    }
+
+    fn start_with(args: &[&str]) -> AuthServer {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/auth_server.py");
         let mut child = Command::new("python3")
             .args(["-u", script])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3");
         let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
         AuthServer {
             port: line.trim().parse().expect("the auth server's port"),
             child,
+            out,
         }
+    }
+
+    /// The next request the TLS auth server reports having been asked.
+    fn next_asked(&mut self) -> serde_json::Value {
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
     }
 
     fn url(&self, path: &str) -> String {
@@ -243,4 +257,88 @@ async fn forward_auth_asks_the_auth_server_and_follows_its_answer() {
         .unwrap();
     assert_eq!(broken["status"], "disabled");
     assert!(broken["error"].to_string().contains("insecureSkipVerify"), "{broken}");
+}
+
+/// A CA, a certificate it signs for 127.0.0.1, and one it signs for a client named `cn`:
+/// written as PEM files into `dir`, named ca.pem, server.pem, server.key, client.pem,
+/// client.key.
+fn pki(dir: &std::path::Path, cn: &str) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name.push(DnType::CommonName, "auth test CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = |name: &str, san: Vec<SanType>| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.subject_alt_names = san;
+        (p.signed_by(&key, &issuer).unwrap().pem(), key.serialize_pem())
+    };
+    let (server, server_key) = leaf("auth server", vec![SanType::IpAddress([127, 0, 0, 1].into())]);
+    let (client, client_key) = leaf(cn, vec![]);
+    for (name, pem) in [
+        ("ca.pem", ca_cert.pem()),
+        ("server.pem", server),
+        ("server.key", server_key),
+        ("client.pem", client),
+        ("client.key", client_key),
+    ] {
+        std::fs::write(dir.join(name), pem).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_over_tls_with_its_own_ca_and_a_client_certificate() {
+    let dir = berth_e2e::temp_dir("forward-auth-tls");
+    pki(&dir, "berth-gateway");
+    let file = |n: &str| dir.join(n).display().to_string();
+    let mut auth = AuthServer::start_with(&["--tls", &file("server.pem"), &file("server.key"), &file("ca.pem")]);
+    let backend = Backend::start("app", Proto::Http1).await;
+    let address = format!("https://127.0.0.1:{}/verify", auth.port);
+    let yaml = format!(
+        r#"http:
+  routers:
+    mtls: {{ rule: "Host(`mtls.test`)", service: app, middlewares: [mtls] }}
+    no-cert: {{ rule: "Host(`nocert.test`)", service: app, middlewares: [no-cert] }}
+    roots: {{ rule: "Host(`roots.test`)", service: app, middlewares: [roots] }}
+  middlewares:
+    mtls:
+      forwardAuth:
+        address: "{address}"
+        tls: {{ ca: "{ca}", cert: "{cert}", key: "{key}" }}
+    no-cert: {{ forwardAuth: {{ address: "{address}", tls: {{ ca: "{ca}" }} }} }}
+    roots: {{ forwardAuth: {{ address: "{address}" }} }}
+  services:
+{service}"#,
+        ca = file("ca.pem"),
+        cert = file("client.pem"),
+        key = file("client.key"),
+        service = berth_e2e::service("app", &[backend.url()], ""),
+    );
+    let gw = start(&yaml, &[]).await;
+
+    let good = |host: &'static str| request("GET", host, "/", &[("authorization", "Bearer good")], "");
+    // The auth server's certificate checked against tls.ca, the gateway's certificate
+    // presented: allowed, and the auth server saw who called.
+    let r = http1(gw.web(), good("mtls.test")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        backend.requests().pop().unwrap().headers.get("authorization").unwrap(),
+        "Bearer good"
+    );
+    let asked = tokio::task::block_in_place(|| auth.next_asked());
+    assert_eq!(asked["peer_cn"], "berth-gateway");
+    assert_eq!(asked["path"], "/verify");
+
+    // Without a client certificate the auth server refuses the handshake; with the
+    // gateway's own roots its certificate is unknown: 500 both, the backend not asked.
+    for host in ["nocert.test", "roots.test"] {
+        let r = http1(gw.web(), good(host)).await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{host}: {}", r.body);
+    }
+    assert_eq!(backend.request_count(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
 }
