@@ -478,3 +478,86 @@ async fn a_hung_server_times_out_and_a_retry_middleware_sends_the_request_elsewh
     let r = http1(gw.web(), get("plain.test", "/")).await;
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.body);
 }
+
+#[tokio::test]
+async fn errors_replace_caught_answers_with_the_page_service() {
+    let app = Backend::start("app", Proto::Http1).await;
+    let pages = Backend::start("pages", Proto::Http1).await;
+    let down = berth_common::test_util::closed_port().await;
+    let yaml = format!(
+        r#"http:
+  routers:
+    site: {{ rule: "Host(`e.test`)", service: app, middlewares: [pages] }}
+    locked: {{ rule: "Host(`l.test`)", service: app, middlewares: [pages-401, auth] }}
+    gone: {{ rule: "Host(`d.test`)", service: down, middlewares: [pages] }}
+    missing: {{ rule: "Host(`m.test`)", service: app, middlewares: [nowhere] }}
+  middlewares:
+    pages:
+      errors:
+        status: ["418", "500-599"]
+        statusRewrites: {{ "418": 404 }}
+        service: pages
+        query: "/{{status}}.html?from={{originalStatus}}&url={{url}}"
+        errorRequestHeaders: [Accept]
+    pages-401: {{ errors: {{ status: ["401"], service: pages, query: /login.html }} }}
+    auth: {{ basicAuth: {{ users: ["test:$apr1$H6uskkkW$IgXLP6ewTrSuBkTrqE8wj/"] }} }}
+    nowhere: {{ errors: {{ status: ["500"], service: no-such-service }} }}
+  services:
+{}{}{}"#,
+        service("app", &[app.url()], ""),
+        service("pages", &[pages.url()], ""),
+        service("down", &[format!("http://{down}")], ""),
+    );
+    let gw = start(&yaml, &[]).await;
+
+    // A 500 from the app: the client gets 500 with the page, asked by GET with the
+    // filled-in query and only the listed request headers.
+    let mut req = get("e.test", "/status/500?x=1");
+    req.headers_mut().insert("accept", "text/html".parse().unwrap());
+    req.headers_mut().insert("cookie", "secret=1".parse().unwrap());
+    let r = http1(gw.web(), req).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(r.headers["x-backend"], "pages", "{}", r.body);
+    let asked = pages.requests().pop().unwrap();
+    assert_eq!(asked.method, "GET");
+    assert_eq!(
+        asked.uri,
+        "/500.html?from=500&url=http%3A%2F%2Fe.test%2Fstatus%2F500%3Fx%3D1"
+    );
+    assert_eq!(asked.headers["accept"], "text/html");
+    assert!(!asked.headers.contains_key("cookie"));
+
+    // statusRewrites: a 418 is answered 404, the page asked for the rewritten status.
+    let r = http1(gw.web(), get("e.test", "/status/418")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(pages.requests().pop().unwrap().uri.starts_with("/404.html?from=418&"));
+
+    // Not listed: the app's own answer.
+    let r = http1(gw.web(), get("e.test", "/status/403")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.body, "status 403");
+
+    // The gateway's own failure (the service's server is down) is caught too.
+    let before = pages.request_count();
+    let r = http1(gw.web(), get("d.test", "/")).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.headers["x-backend"], "pages");
+    assert_eq!(pages.request_count(), before + 1);
+
+    // A middleware further in answers (basicAuth's 401): caught by the errors outside it.
+    let r = http1(gw.web(), get("l.test", "/")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers["x-backend"], "pages");
+    assert_eq!(pages.requests().pop().unwrap().uri, "/login.html");
+
+    // A page service that does not exist: the router is not served.
+    assert_eq!(http1(gw.web(), get("m.test", "/")).await.status, StatusCode::NOT_FOUND);
+    let mws = gw.admin_json("/api/http/middlewares").await;
+    let nowhere = mws
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "nowhere@file")
+        .unwrap();
+    assert!(nowhere["error"].to_string().contains("does not exist"), "{nowhere}");
+}

@@ -10,6 +10,7 @@ pub mod allow;
 pub mod auth;
 pub mod breaker;
 pub mod compress;
+pub mod errors;
 pub mod forward_auth;
 pub mod headers;
 pub mod limit;
@@ -83,7 +84,7 @@ pub const KINDS: &[Kind] = &[
     kind("compress", |n| Ok(Spec::Compress(compress::Compress::parse(n)?))),
     not_yet("contentType"),
     not_yet("digestAuth"),
-    not_yet("errors"),
+    kind("errors", |n| Ok(Spec::Errors(Box::new(errors::ErrorPage::parse(n)?)))),
     kind("forwardAuth", |n| {
         Ok(Spec::ForwardAuth(Box::new(forward_auth::ForwardAuth::parse(n)?)))
     }),
@@ -146,6 +147,9 @@ pub enum Spec {
     Compress(compress::Compress),
     /// Told every upstream outcome ([`Spec::outcome`]).
     CircuitBreaker(breaker::CircuitBreaker),
+    /// Replaces caught answers with a page from another service
+    /// ([`Spec::error_page`]).
+    Errors(Box<errors::ErrorPage>),
     /// Asks an auth server first; the gateway makes the call ([`Spec::forward_auth`]).
     ForwardAuth(Box<forward_auth::ForwardAuth>),
     /// Other middlewares by name, expanded when routers are built.
@@ -222,7 +226,7 @@ impl Spec {
             Spec::RateLimit(m) => m.request(req),
             Spec::InFlightReq(m) => m.request(req),
             Spec::CircuitBreaker(m) => m.request(),
-            Spec::Retry(_) | Spec::Compress(_) | Spec::ForwardAuth(_) | Spec::Chain(_) => Step::Next,
+            Spec::Retry(_) | Spec::Compress(_) | Spec::ForwardAuth(_) | Spec::Errors(_) | Spec::Chain(_) => Step::Next,
         }
     }
 
@@ -247,6 +251,23 @@ impl Spec {
         match self {
             Spec::ForwardAuth(f) => Some(f),
             _ => None,
+        }
+    }
+
+    /// The error pages this middleware serves (`errors`): the caller fetches the page
+    /// from [`errors::ErrorPage::service`] in the response phase.
+    pub fn error_page(&self) -> Option<&errors::ErrorPage> {
+        match self {
+            Spec::Errors(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Qualify the service names the middleware refers to with its provider (`errors`'
+    /// `service`), as the configuration builder does for routers.
+    pub fn qualify(&mut self, provider: &str) {
+        if let Spec::Errors(e) = self {
+            e.qualify(provider);
         }
     }
 

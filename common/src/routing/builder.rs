@@ -147,11 +147,25 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                         .iter()
                         .find(|p| p.name == qname && p.kind == mw.kind && p.options == mw.options)
                         .and_then(|p| p.spec.clone());
-                    match kept
-                        .map(Ok)
-                        .unwrap_or_else(|| k.parse(&mw.options).map(std::sync::Arc::new))
-                    {
-                        Ok(s) => spec = Some(s),
+                    match kept.map(Ok).unwrap_or_else(|| {
+                        k.parse(&mw.options).map(|mut s| {
+                            s.qualify(&view.provider);
+                            std::sync::Arc::new(s)
+                        })
+                    }) {
+                        Ok(s) => {
+                            // An error page's service must exist, as a router's must.
+                            if let Some(page) = s.error_page() {
+                                match service_idx.get(page.service()) {
+                                    None => errors.push(format!("errors.service `{}` does not exist", page.service())),
+                                    Some(&i) if snap.services[i].status == Status::Disabled => {
+                                        errors.push(format!("errors.service `{}` is disabled", page.service()))
+                                    }
+                                    Some(_) => {}
+                                }
+                            }
+                            spec = Some(s)
+                        }
                         Err(e) => errors.push(e),
                     }
                 }

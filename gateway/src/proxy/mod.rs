@@ -4,7 +4,9 @@
 //! access-log line and counts) -> [`front`] (framing, sizes, forwarding headers, the path,
 //! the host) -> the snapshot's router -> [`pipeline`] (the router's middlewares) ->
 //! [`forward`] (the trip to one of the service's endpoints, through [`upstream`] pools) ->
-//! back through [`pipeline`]. Failures become responses in [`errors`] only.
+//! back through [`pipeline`]. Two middlewares make trips of their own: `forwardAuth` to
+//! its auth server ([`auth`]) and `errors` to its page's service ([`pages`], through
+//! [`forward`]). Failures become responses in [`errors`] only.
 
 mod auth;
 pub(crate) mod compress;
@@ -12,6 +14,7 @@ pub(crate) mod errors;
 mod forward;
 mod front;
 pub(crate) mod health;
+mod pages;
 mod pipeline;
 pub(crate) mod router;
 pub(crate) mod upstream;
@@ -342,7 +345,12 @@ impl Proxy {
                 result
             }
         };
-        pipeline.response(ctx, conn, &mut result);
+        let pages = pages::Pages {
+            proxy: self,
+            conn,
+            span,
+        };
+        pipeline.response(ctx, &pages, &mut result).await;
         let code = match &result {
             Ok(r) => r.status().as_u16(),
             Err(e) => e.status().as_u16(),

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_common::middleware::errors::Seen;
 use berth_common::middleware::forward_auth::{AuthCookies, ForwardAuth};
 use berth_common::middleware::{self, Spec, Step, limit::Hold};
 use bytes::Bytes;
@@ -21,6 +22,7 @@ use hyper::body::Incoming;
 use super::auth::{self, AuthCall};
 use super::errors::{ProxyError, text_response};
 use super::front::{Ctx, set_target};
+use super::pages::Pages;
 use super::{Body, BoxError, ClientBody, ConnInfo, compress};
 
 /// A router's middlewares for one request, and what their phases carry between them.
@@ -36,6 +38,8 @@ pub(super) struct Pipeline {
     accept_encoding: Option<String>,
     /// Cookies auth servers set, for the response (`forwardAuth`).
     auth_cookies: Vec<AuthCookies>,
+    /// The request as each `errors` middleware saw it, by its place in the chain.
+    seen: Vec<(usize, Seen)>,
 }
 
 impl Pipeline {
@@ -47,6 +51,7 @@ impl Pipeline {
             origin: None,
             accept_encoding: None,
             auth_cookies: Vec::new(),
+            seen: Vec::new(),
         }
     }
 
@@ -86,6 +91,18 @@ impl Pipeline {
         };
         let mut answer = None;
         for (i, spec) in self.specs.iter().enumerate() {
+            if spec.error_page().is_some() {
+                self.seen.push((
+                    i,
+                    Seen {
+                        tls: mreq.tls,
+                        host: mreq.host.to_string(),
+                        path: mreq.path.clone(),
+                        query: mreq.query.clone(),
+                        headers: mreq.headers.clone(),
+                    },
+                ));
+            }
             let step = match spec.request(&mut mreq).await {
                 Step::Reply(reply) => Err(reply_response(reply)),
                 Step::Next => match spec.forward_auth() {
@@ -132,14 +149,35 @@ impl Pipeline {
         }
     }
 
-    /// The response phase, innermost first, for the middlewares that ran; then the body's
-    /// coding, and the counted requests held until the body is done.
-    pub(super) fn response(self, ctx: &Ctx, conn: &ConnInfo, result: &mut Result<Response<Body>, ProxyError>) {
-        let Ok(resp) = result else { return };
+    /// The response phase, innermost first, for the middlewares that ran (an `errors`
+    /// middleware may replace the answer, a failure included, with its page); then the
+    /// auth servers' cookies, the body's coding, and the counted requests held until the
+    /// body is done.
+    pub(super) async fn response(
+        self,
+        ctx: &mut Ctx,
+        pages: &Pages<'_>,
+        result: &mut Result<Response<Body>, ProxyError>,
+    ) {
         let ran = &self.specs[..self.ran];
-        for spec in ran.iter().rev() {
-            spec.response(self.origin.as_ref(), conn.tls, resp.headers_mut());
+        for (i, spec) in ran.iter().enumerate().rev() {
+            if let Some(page) = spec.error_page() {
+                let status = match &*result {
+                    Ok(r) => r.status().as_u16(),
+                    Err(e) => e.status().as_u16(),
+                };
+                if let (Some((code, original)), Some((_, seen))) =
+                    (page.catches(status), self.seen.iter().find(|(j, _)| *j == i))
+                {
+                    *result = Ok(pages.fetch(page, seen, code, original, ctx).await);
+                }
+                continue;
+            }
+            if let Ok(resp) = result {
+                spec.response(self.origin.as_ref(), pages.conn.tls, resp.headers_mut());
+            }
         }
+        let Ok(resp) = result else { return };
         for cookies in &self.auth_cookies {
             cookies.apply(resp.headers_mut());
         }
