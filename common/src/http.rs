@@ -232,6 +232,23 @@ pub fn set_forwarded(headers: &mut HeaderMap, info: &ForwardInfo<'_>) {
     }
 }
 
+/// Whether `ip` is the machine itself, unspecified, link-local, or AWS's instance
+/// metadata address over IPv6 (`fd00:ec2::254`): where a label may not make the gateway
+/// call.
+pub fn is_local_address(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    let ip = ip.to_canonical();
+    ip.is_loopback()
+        || ip.is_unspecified()
+        || match ip {
+            IpAddr::V4(v4) => v4.is_link_local() || v4.is_broadcast(),
+            IpAddr::V6(v6) => {
+                (v6.segments()[0] & 0xffc0) == 0xfe80
+                    || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+            }
+        }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -121,6 +121,8 @@ pub struct Connector {
     connect_timeout: Duration,
     tls: TlsConnector,
     dials: Dials,
+    /// Refuse names that resolve to the machine itself or a link-local address.
+    public_only: bool,
 }
 
 impl Connector {
@@ -146,12 +148,21 @@ impl Connector {
             connect_timeout,
             tls: TlsConnector::from(Arc::new(tls)),
             dials: Dials::default(),
+            public_only: false,
         }
     }
 
     /// Count every connection opened in `dials`.
     pub fn counting(mut self, dials: Dials) -> Connector {
         self.dials = dials;
+        self
+    }
+
+    /// Refuse to connect where a name resolves to the machine itself, an unspecified or
+    /// a link-local address ([`crate::http::is_local_address`]): for calls a label asked
+    /// for. Every address the name has is checked, not only the one dialled.
+    pub fn public_only(mut self) -> Connector {
+        self.public_only = true;
         self
     }
 }
@@ -176,7 +187,17 @@ impl tower_service::Service<Uri> for Connector {
                 .to_string();
             let tls = uri.scheme_str() == Some("https");
             let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-            let tcp = connect_tcp((host.as_str(), port), this.connect_timeout).await?;
+            let tcp = if this.public_only {
+                let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), port)).await?.collect();
+                if addrs.is_empty() || addrs.iter().any(|a| crate::http::is_local_address(a.ip())) {
+                    return Err(ConnectError::Address(format!(
+                        "{host} is the gateway itself or a link-local address; a label may not call it"
+                    )));
+                }
+                connect_tcp(&addrs[..], this.connect_timeout).await?
+            } else {
+                connect_tcp((host.as_str(), port), this.connect_timeout).await?
+            };
             dialled(&this.dials);
             if !tls {
                 return Ok(TokioIo::new(UpstreamStream::Plain(tcp)));
@@ -296,5 +317,39 @@ impl tower_service::Service<Uri> for MeshConnector {
             }
             Ok(TokioIo::new(UpstreamStream::Tls(Box::new(stream))))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use tower_service::Service;
+
+    use super::Connector;
+
+    /// A connector for what a label asked refuses the machine's own addresses, by name
+    /// or literal, before dialling; the ordinary one dials them.
+    #[tokio::test]
+    async fn a_public_only_connector_refuses_local_addresses() {
+        crate::tls::install_crypto_provider();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let roots = rustls::RootCertStore::empty();
+        let mut public = Connector::new(Duration::from_secs(1), roots.clone()).public_only();
+        for host in ["127.0.0.1", "localhost", "[::1]"] {
+            let uri = format!("http://{host}:{port}/").parse().unwrap();
+            let err = public.call(uri).await.err().expect("refused");
+            assert!(err.to_string().contains("a label may not call it"), "{host}: {err}");
+        }
+        let mut plain = Connector::new(Duration::from_secs(1), roots);
+        assert!(
+            plain
+                .call(format!("http://127.0.0.1:{port}/").parse().unwrap())
+                .await
+                .is_ok()
+        );
     }
 }

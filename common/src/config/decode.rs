@@ -644,6 +644,7 @@ impl Decoder<'_> {
             kind,
             known: canonical.is_some(),
             refused,
+            from_labels: self.mode == Mode::Labels,
             options: options.clone(),
         })
     }
@@ -793,23 +794,24 @@ fn label_refusal(kind: &str, options: &Node) -> Option<(String, String)> {
         && let Ok(uri) = address.parse::<http::Uri>()
         && let Some(host) = uri.host()
     {
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let local = host.eq_ignore_ascii_case("localhost")
-            || host.to_ascii_lowercase().ends_with(".localhost")
-            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| {
-                let ip = ip.to_canonical();
-                ip.is_loopback()
-                    || ip.is_unspecified()
-                    || match ip {
-                        std::net::IpAddr::V4(v4) => v4.is_link_local(),
-                        std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
-                    }
-            });
+        let host = host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.');
+        let lower = host.to_ascii_lowercase();
+        // A last label of digits or hex is an address in one of inet_aton's old forms
+        // (`2130706433`, `0x7f.1`, `127.1`), which the resolver would turn into one.
+        let last = lower.rsplit('.').next().unwrap_or_default();
+        let numeric = host.parse::<std::net::IpAddr>().is_err()
+            && (last.bytes().all(|b| b.is_ascii_digit()) || last.starts_with("0x"));
+        let local = lower == "localhost"
+            || lower.ends_with(".localhost")
+            || numeric
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(crate::http::is_local_address);
         if local {
             return Some((
                 "address".into(),
                 format!(
-                    "forwardAuth.address `{address}` is the gateway itself or a link-local network; labels may not point there"
+                    "forwardAuth.address `{address}` is the gateway itself, a link-local network or not a plain name or address; labels may not point there"
                 ),
             ));
         }

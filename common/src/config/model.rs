@@ -175,6 +175,10 @@ pub struct MiddlewareConfig {
     /// file on the gateway): the middleware is broken, and its routers are not served.
     #[serde(skip)]
     pub refused: Option<String>,
+    /// From labels (whoever can register a task definition wrote it): what it calls out
+    /// to may not be the gateway's own or a link-local address, checked when it connects.
+    #[serde(skip)]
+    pub from_labels: bool,
     #[serde(skip)]
     pub options: Node,
 }

@@ -401,6 +401,13 @@ fn forward_auth_from_labels_reaches_neither_gateway_files_nor_local_services() {
         "http://[fe80::1]/",
         "http://localhost:9000/",
         "http://0.0.0.0/",
+        "http://2130706433/",
+        "http://2852039166/latest/meta-data/",
+        "http://0x7f.1/",
+        "http://127.1/",
+        "http://LOCALHOST./",
+        "http://[fd00:ec2::254]/",
+        "http://[::ffff:169.254.169.254]/",
     ] {
         let why = refused(&[("address", address)]);
         assert!(

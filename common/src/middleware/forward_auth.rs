@@ -63,6 +63,10 @@ const HOP: [HeaderName; 6] = [
 #[derive(Debug)]
 pub struct ForwardAuth {
     address: Uri,
+    /// `address` without credentials: what is dialled, logged and traced.
+    target: Uri,
+    /// Credentials in `address` (`http://user:pass@auth/`), as Basic auth.
+    credentials: Option<HeaderValue>,
     tls: Option<Arc<AuthTls>>,
     /// `trustForwardHeader`: unset keeps Traefik's legacy behaviour (the X-Forwarded
     /// headers it sets are overwritten, the others pass untouched).
@@ -77,6 +81,9 @@ pub struct ForwardAuth {
     preserve_location: bool,
     preserve_method: bool,
     signin_url: Option<HeaderValue>,
+    /// From labels: the auth server may not resolve to the gateway's own or a
+    /// link-local address (checked when connecting).
+    public_only: bool,
 }
 
 /// `tls`: whom the auth server's certificate must chain to (none: the gateway's upstream
@@ -219,9 +226,12 @@ impl ForwardAuth {
                     .ok_or_else(|| format!("forwardAuth.authSigninURL: `{u}` is not a URL"))?,
             ),
         };
+        let (target, credentials) = split_credentials(&address);
         Ok(ForwardAuth {
             tls: parse_tls(&o)?.map(Arc::new),
             address,
+            target,
+            credentials,
             trust,
             response_headers,
             response_regex,
@@ -233,11 +243,39 @@ impl ForwardAuth {
             preserve_location: o.bool("preserveLocationHeader")?,
             preserve_method: o.bool("preserveRequestMethod")?,
             signin_url,
+            public_only: false,
         })
     }
 
+    /// Connect only to addresses that are not the gateway's own or link-local (a
+    /// middleware from labels).
+    pub fn refuse_local_addresses(&mut self) {
+        self.public_only = true;
+    }
+
+    /// Whether the auth server may only be at a public or private-network address.
+    pub fn public_only(&self) -> bool {
+        self.public_only
+    }
+
+    /// The address as written (Location headers are resolved against it).
     pub fn address(&self) -> &Uri {
         &self.address
+    }
+
+    /// The address without credentials: what is dialled.
+    pub fn target(&self) -> &Uri {
+        &self.target
+    }
+
+    /// The address for logs: without credentials.
+    pub fn shown_address(&self) -> &Uri {
+        &self.target
+    }
+
+    /// `Authorization: Basic` for credentials written in the address.
+    pub fn address_credentials(&self) -> Option<&HeaderValue> {
+        self.credentials.as_ref()
     }
 
     /// The `tls` options, when the auth server needs its own trust or a client
@@ -329,6 +367,10 @@ impl ForwardAuth {
                 set(&mut h, "x-forwarded-method", value(req.method.as_str()), true);
                 set(&mut h, "x-forwarded-host", value(req.host), true);
                 set(&mut h, "x-forwarded-uri", value(&uri), true);
+                // Set by Traefik's entrypoint before the middleware runs, so present too.
+                let port = forwarded_port(req.host, &h, req.tls);
+                set(&mut h, "x-forwarded-port", value(&port), false);
+                set(&mut h, "x-real-ip", value(&req.peer.to_canonical().to_string()), false);
             }
             Some(_) => {
                 let prior: Vec<&str> = h.get_all(&xff).iter().filter_map(|v| v.to_str().ok()).collect();
@@ -346,6 +388,9 @@ impl ForwardAuth {
                 set(&mut h, "x-forwarded-port", value(&port), false);
                 set(&mut h, "x-forwarded-host", value(req.host), false);
                 set(&mut h, "x-forwarded-uri", value(&uri), false);
+                if self.trust == Some(true) {
+                    set(&mut h, "x-real-ip", value(&req.peer.to_canonical().to_string()), false);
+                }
             }
         }
         (method, h)
@@ -374,12 +419,20 @@ impl ForwardAuth {
             if !self.preserve_location
                 && let Some(loc) = answer.get(header::LOCATION).and_then(|v| v.to_str().ok())
             {
-                match HeaderValue::from_str(&resolve(&self.address, loc)) {
-                    Ok(v) => {
+                // A Location that is not a URL is the auth server's fault: 500, as Traefik.
+                match HeaderValue::from_str(&resolve(&self.address, loc))
+                    .ok()
+                    .filter(|v| v.to_str().is_ok_and(|t| t.parse::<Uri>().is_ok()))
+                {
+                    Some(v) => {
                         headers.insert(header::LOCATION, v);
                     }
-                    Err(_) => {
-                        headers.remove(header::LOCATION);
+                    None => {
+                        return Verdict::Deny {
+                            status: StatusCode::INTERNAL_SERVER_ERROR,
+                            headers: HeaderMap::new(),
+                            body: Bytes::new(),
+                        };
                     }
                 }
             }
@@ -409,6 +462,22 @@ impl ForwardAuth {
         }
         Verdict::Allow
     }
+}
+
+/// The address without its `user:pass@`, and those credentials as Basic auth.
+fn split_credentials(address: &Uri) -> (Uri, Option<HeaderValue>) {
+    let Some(authority) = address.authority() else {
+        return (address.clone(), None);
+    };
+    let Some((userinfo, hostport)) = authority.as_str().rsplit_once('@') else {
+        return (address.clone(), None);
+    };
+    let mut parts = address.clone().into_parts();
+    parts.authority = hostport.parse().ok();
+    let target = Uri::from_parts(parts).unwrap_or_else(|_| address.clone());
+    let decoded = crate::percent::decode(userinfo);
+    let basic = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, decoded.as_bytes());
+    (target, HeaderValue::from_str(&format!("Basic {basic}")).ok())
 }
 
 fn parse_tls(o: &Options<'_>) -> Result<Option<AuthTls>, String> {

@@ -263,11 +263,15 @@ impl Spec {
         }
     }
 
-    /// Qualify the service names the middleware refers to with its provider (`errors`'
-    /// `service`), as the configuration builder does for routers.
-    pub fn qualify(&mut self, provider: &str) {
-        if let Spec::Errors(e) = self {
-            e.qualify(provider);
+    /// Where the middleware comes from, told by the configuration builder: service names
+    /// it refers to are qualified with its provider (`errors`' `service`), as routers'
+    /// are; one from labels may call out only to addresses that are not the gateway's own
+    /// or link-local (`forwardAuth`).
+    pub fn settle(&mut self, provider: &str, from_labels: bool) {
+        match self {
+            Spec::Errors(e) => e.qualify(provider),
+            Spec::ForwardAuth(f) if from_labels => f.refuse_local_addresses(),
+            _ => {}
         }
     }
 

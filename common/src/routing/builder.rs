@@ -149,7 +149,7 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                         .and_then(|p| p.spec.clone());
                     match kept.map(Ok).unwrap_or_else(|| {
                         k.parse(&mw.options).map(|mut s| {
-                            s.qualify(&view.provider);
+                            s.settle(&view.provider, mw.from_labels);
                             std::sync::Arc::new(s)
                         })
                     }) {

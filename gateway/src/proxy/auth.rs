@@ -28,6 +28,8 @@ const MAX_TLS_POOLS: usize = 32;
 pub(crate) struct AuthClients {
     /// For auth servers without `tls` options: the gateway's upstream trust.
     plain: Pool,
+    /// The same, for middlewares from labels: no local or link-local addresses.
+    public: Pool,
     roots: RootCertStore,
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -42,12 +44,16 @@ pub(super) struct AuthCall<'a> {
     pub clients: &'a AuthClients,
     pub tracer: &'a Tracer,
     pub span: &'a Span,
+    /// The gateway's own bounds on a request body read whole (`forwardBody`).
+    pub max_body: Option<u64>,
+    pub read_deadline: Option<tokio::time::Instant>,
 }
 
 impl AuthClients {
     pub(crate) fn new(connect_timeout: Duration, idle_timeout: Duration, roots: RootCertStore) -> AuthClients {
         AuthClients {
             plain: pool(idle_timeout).build(Connector::new(connect_timeout, roots.clone())),
+            public: pool(idle_timeout).build(Connector::new(connect_timeout, roots.clone()).public_only()),
             roots,
             connect_timeout,
             idle_timeout,
@@ -55,10 +61,14 @@ impl AuthClients {
         }
     }
 
-    /// The pool for `tls` (none: the plain one).
-    fn client(&self, tls: Option<&Arc<AuthTls>>) -> Result<Pool, String> {
-        let Some(tls) = tls else {
-            return Ok(self.plain.clone());
+    /// The pool for the middleware's `tls` settings and origin.
+    fn client(&self, fa: &ForwardAuth) -> Result<Pool, String> {
+        let Some(tls) = fa.tls() else {
+            return Ok(if fa.public_only() {
+                self.public.clone()
+            } else {
+                self.plain.clone()
+            });
         };
         let mut pools = self.tls.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, c)) = pools.iter().find(|(t, _)| Arc::ptr_eq(t, tls)) {
@@ -84,7 +94,11 @@ impl AuthClients {
                 .map_err(|e| format!("tls.cert/tls.key: {e}"))?,
             None => builder.with_no_client_auth(),
         };
-        let client = pool(self.idle_timeout).build(Connector::with_tls(self.connect_timeout, cfg));
+        let mut connector = Connector::with_tls(self.connect_timeout, cfg);
+        if fa.public_only() {
+            connector = connector.public_only();
+        }
+        let client = pool(self.idle_timeout).build(connector);
         if pools.len() >= MAX_TLS_POOLS {
             pools.remove(0);
         }
@@ -103,21 +117,34 @@ pub(super) async fn ask(
 ) -> Result<(), http::Response<Body>> {
     let (method, mut headers) = fa.request_head(req, body.as_ref().map(Bytes::len));
     let address = fa.address();
-    if let Some(a) = address.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
-        headers.insert(header::HOST, a);
+    // `Host` is the address's host and port; credentials in it become Basic auth, as Go
+    // sends them, when the request carries none.
+    let host = match (address.host(), address.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => String::new(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&host) {
+        headers.insert(header::HOST, v);
+    }
+    if let Some(basic) = fa.address_credentials()
+        && !headers.contains_key(header::AUTHORIZATION)
+    {
+        headers.insert(header::AUTHORIZATION, basic.clone());
     }
     let mut cspan = call
         .tracer
         .child(call.span, || "AuthRequest".to_string(), SpanKind::Client);
-    telemetry::client_request_attrs(&mut cspan, &method, address, 0);
+    telemetry::client_request_attrs(&mut cspan, &method, fa.target(), 0);
     call.tracer.inject(&cspan, &mut headers);
-    let client = call.clients.client(fa.tls()).map_err(|e| {
-        tracing::warn!(address = %address, error = %e, "forwardAuth: the auth server's TLS settings cannot be used");
+    let shown = fa.shown_address();
+    let client = call.clients.client(fa).map_err(|e| {
+        tracing::warn!(address = %shown, error = %e, "forwardAuth: the auth server's TLS settings cannot be used");
         status_only(StatusCode::INTERNAL_SERVER_ERROR)
     })?;
     let mut out = Request::new(body.map_or_else(empty, full));
     *out.method_mut() = method;
-    *out.uri_mut() = address.clone();
+    *out.uri_mut() = fa.target().clone();
     *out.headers_mut() = headers;
     let limit = fa.max_response_body();
     let answer = tokio::time::timeout(TIMEOUT, async {
@@ -137,12 +164,12 @@ pub(super) async fn ask(
     let (status, answer_headers, bytes) = match answer {
         Ok(a) => a,
         Err(Failure::TooLarge) => {
-            tracing::debug!(address = %address, limit, "forwardAuth: the auth server's answer is too large");
+            tracing::debug!(address = %shown, limit, "forwardAuth: the auth server's answer is too large");
             telemetry::response_status(&mut cspan, 401);
             return Err(status_only(StatusCode::UNAUTHORIZED));
         }
         Err(Failure::Call(e)) => {
-            tracing::warn!(address = %address, error = %e, "forwardAuth: calling the auth server failed");
+            tracing::warn!(address = %shown, error = %e, "forwardAuth: calling the auth server failed");
             telemetry::response_status(&mut cspan, 500);
             return Err(status_only(StatusCode::INTERNAL_SERVER_ERROR));
         }

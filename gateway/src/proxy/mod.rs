@@ -317,6 +317,11 @@ impl Proxy {
             clients: &self.clients.auth,
             tracer: &self.observe.tracer,
             span,
+            max_body: self.limits.max_body_bytes,
+            read_deadline: self
+                .limits
+                .request_read_timeout
+                .map(|t| tokio::time::Instant::from_std(ctx.start) + t),
         };
         let mut result = match pipeline.request(req, conn, ctx, &call).await? {
             Err(answer) => Ok(answer),

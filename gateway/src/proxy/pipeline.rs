@@ -36,8 +36,9 @@ pub(super) struct Pipeline {
     origin: Option<HeaderValue>,
     /// The request's `Accept-Encoding`, read only for a middleware that encodes.
     accept_encoding: Option<String>,
-    /// Cookies auth servers set, for the response (`forwardAuth`).
-    auth_cookies: Vec<AuthCookies>,
+    /// Cookies auth servers set, for the response (`forwardAuth`), by the place in the
+    /// chain of the middleware that asked.
+    auth_cookies: Vec<(usize, AuthCookies)>,
     /// The request as each `errors` middleware saw it, by its place in the chain.
     seen: Vec<(usize, Seen)>,
 }
@@ -106,7 +107,11 @@ impl Pipeline {
             let step = match spec.request(&mut mreq).await {
                 Step::Reply(reply) => Err(reply_response(reply)),
                 Step::Next => match spec.forward_auth() {
-                    Some(fa) => authorize(call, fa, &mut mreq, &mut body).await,
+                    Some(fa) => {
+                        let step = authorize(call, fa, &mut mreq, &mut body).await;
+                        self.auth_cookies.extend(mreq.auth_cookies.drain(..).map(|c| (i, c)));
+                        step
+                    }
                     None => Ok(()),
                 },
             };
@@ -117,7 +122,6 @@ impl Pipeline {
             }
         }
         self.holds = std::mem::take(&mut mreq.holds);
-        self.auth_cookies = std::mem::take(&mut mreq.auth_cookies);
         if let Some(resp) = answer {
             return Ok(Err(resp));
         }
@@ -175,12 +179,12 @@ impl Pipeline {
             }
             if let Ok(resp) = result {
                 spec.response(self.origin.as_ref(), pages.conn.tls, resp.headers_mut());
+                for (_, cookies) in self.auth_cookies.iter().filter(|(j, _)| *j == i) {
+                    cookies.apply(resp.headers_mut());
+                }
             }
         }
         let Ok(resp) = result else { return };
-        for cookies in &self.auth_cookies {
-            cookies.apply(resp.headers_mut());
-        }
         // The innermost middleware that encodes, encodes.
         let accept = self.accept_encoding.as_deref();
         if let Some(encoding) = ran
@@ -235,8 +239,9 @@ impl hyper::body::Body for Held {
 }
 
 /// `forwardAuth` at its place in the chain: with `forwardBody`, the client's body is
-/// read whole first (within the middleware's bound: a larger one is refused with 401, as
-/// Traefik does) and goes on to the upstream as those bytes.
+/// read whole first and goes on to the upstream as those bytes. The read keeps the
+/// gateway's own bounds (its body limit: 413; its read deadline: 408) beside the
+/// middleware's (`maxBodySize`: 401, as Traefik).
 async fn authorize(
     call: &AuthCall<'_>,
     fa: &ForwardAuth,
@@ -245,22 +250,65 @@ async fn authorize(
 ) -> Result<(), Response<Body>> {
     let mut forwarded = None;
     if let Some(limit) = fa.forwarded_body_limit(mreq.method) {
+        let gateway = call
+            .max_body
+            .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
         let taken = std::mem::replace(body, Either::Right(Full::new(Bytes::new())));
-        let bytes = match Limited::new(taken, limit).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-                tracing::debug!(limit, "forwardAuth: the request body is larger than maxBodySize");
-                return Err(auth::status_only(StatusCode::UNAUTHORIZED));
+        let read = match call.read_deadline {
+            Some(d) => read_whole(berth_common::serve::Deadline::new(taken, d), limit.min(gateway)).await,
+            None => read_whole(taken, limit.min(gateway)).await,
+        };
+        let bytes = match read {
+            Ok(bytes) => bytes,
+            Err(Unread::TooLarge) => {
+                tracing::debug!(limit, gateway, "forwardAuth: the request body is larger than allowed");
+                let status = if gateway < limit {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else {
+                    StatusCode::UNAUTHORIZED
+                };
+                return Err(auth::status_only(status));
             }
-            Err(e) => {
+            Err(Unread::Timeout) => return Err(auth::status_only(StatusCode::REQUEST_TIMEOUT)),
+            Err(Unread::Failed(e)) => {
                 tracing::debug!(error = %e, "forwardAuth: reading the request body failed");
-                return Err(auth::status_only(StatusCode::BAD_REQUEST));
+                return Err(auth::status_only(StatusCode::INTERNAL_SERVER_ERROR));
             }
         };
         *body = Either::Right(Full::new(bytes.clone()));
         forwarded = Some(bytes);
     }
     auth::ask(call, fa, mreq, forwarded).await
+}
+
+/// Why a body could not be read whole.
+enum Unread {
+    TooLarge,
+    Timeout,
+    Failed(String),
+}
+
+/// A body read whole, at most `limit` bytes.
+async fn read_whole<B>(body: B, limit: usize) -> Result<Bytes, Unread>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => {
+            let e: &(dyn std::error::Error + 'static) = &*e;
+            Err(
+                if berth_common::forward::chain_has::<http_body_util::LengthLimitError>(e) {
+                    Unread::TooLarge
+                } else if berth_common::forward::chain_has::<berth_common::serve::BodyTimeout>(e) {
+                    Unread::Timeout
+                } else {
+                    Unread::Failed(e.to_string())
+                },
+            )
+        }
+    }
 }
 
 /// A middleware's own answer (a redirect, 401, 403, a CORS preflight).

@@ -64,7 +64,9 @@ fn legacy_head_overwrites_what_traefik_sets_and_keeps_the_rest() {
     assert_eq!(out["x-forwarded-method"], "POST");
     assert_eq!(out["x-forwarded-host"], "app.test:8443");
     assert_eq!(out["x-forwarded-uri"], "/a/b?x=1");
-    assert!(!out.contains_key("x-forwarded-port"));
+    // Set by Traefik's entrypoint, so present unless the client's came from a trusted hop.
+    assert_eq!(out["x-forwarded-port"], "8443");
+    assert_eq!(out["x-real-ip"], "10.1.2.3");
     // Not managed by the legacy form: passed untouched.
     assert_eq!(out["x-forwarded-prefix"], "/p");
 }
@@ -81,6 +83,7 @@ fn untrusted_head_removes_every_managed_header_first() {
     assert_eq!(out["x-forwarded-port"], "8443");
     assert!(!out.contains_key("x-forwarded-prefix"));
     assert!(!out.contains_key("x_forwarded_host"));
+    assert!(!out.contains_key("x-real-ip"));
 }
 
 #[test]
@@ -247,6 +250,37 @@ fn options_are_checked() {
     assert_eq!(ok.forwarded_body_limit(&Method::POST), Some(super::MAX_BODY));
     assert_eq!(ok.forwarded_body_limit(&Method::CONNECT), None);
     assert_eq!(auth(&[]).forwarded_body_limit(&Method::POST), None);
+}
+
+#[test]
+fn credentials_in_the_address_become_basic_auth_and_are_never_shown() {
+    let a = ForwardAuth::parse(&node(&[("address", "http://u%40x:p@auth.internal:9091/verify")])).unwrap();
+    assert_eq!(a.target().to_string(), "http://auth.internal:9091/verify");
+    assert_eq!(a.shown_address().to_string(), "http://auth.internal:9091/verify");
+    // base64("u@x:p")
+    assert_eq!(a.address_credentials().unwrap(), "Basic dUB4OnA=");
+    assert!(auth(&[]).address_credentials().is_none());
+}
+
+#[test]
+fn a_location_that_is_not_a_url_is_a_500() {
+    let a = auth(&[]);
+    let mut h = HeaderMap::new();
+    let m = Method::GET;
+    let mut r = req(&mut h, &m);
+    let mut answer = HeaderMap::new();
+    answer.insert("location", hv("http://[::1"));
+    let v = a.verdict(StatusCode::FOUND, &answer, Bytes::new(), &mut r);
+    assert!(
+        matches!(
+            v,
+            Verdict::Deny {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                ..
+            }
+        ),
+        "{v:?}"
+    );
 }
 
 #[test]
