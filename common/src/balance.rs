@@ -219,29 +219,32 @@ impl Balancer {
                     }
                 }
             }
-            Strategy::Wrr => {
-                // Smooth weighted round robin (nginx): add weights, take the largest,
-                // subtract the total from it.
-                let mut current = self.wrr.lock().unwrap_or_else(|e| e.into_inner());
-                let mut total = 0i64;
-                let mut best: Option<usize> = None;
-                for i in 0..states.len() {
-                    if !eligible(i) {
-                        continue;
-                    }
-                    let w = i64::from(self.weights[i]);
-                    current[i] += w;
-                    total += w;
-                    if best.is_none_or(|b| current[i] > current[b]) {
-                        best = Some(i);
-                    }
-                }
-                if let Some(b) = best {
-                    current[b] -= total;
-                }
-                best
+            Strategy::Wrr => self.pick_wrr(eligible),
+        }
+    }
+
+    /// Smooth weighted round robin (nginx's) over the indexes `eligible` allows: add
+    /// weights, take the largest, subtract the total from it. Weighted services pick
+    /// their children with it.
+    pub fn pick_wrr(&self, eligible: impl Fn(usize) -> bool) -> Option<usize> {
+        let mut current = self.wrr.lock().unwrap_or_else(|e| e.into_inner());
+        let mut total = 0i64;
+        let mut best: Option<usize> = None;
+        for i in 0..self.weights.len() {
+            if self.weights[i] == 0 || !eligible(i) {
+                continue;
+            }
+            let w = i64::from(self.weights[i]);
+            current[i] += w;
+            total += w;
+            if best.is_none_or(|b| current[i] > current[b]) {
+                best = Some(i);
             }
         }
+        if let Some(b) = best {
+            current[b] -= total;
+        }
+        best
     }
 }
 

@@ -148,3 +148,117 @@ async fn sticky_cookie_keeps_a_client_on_its_server_and_balances_the_rest() {
     let diags = gw.admin_json("/api/diagnostics").await.to_string();
     assert!(diags.contains("sideways"), "{diags}");
 }
+
+#[tokio::test]
+async fn weighted_services_share_by_weight_nest_stick_and_skip_what_is_down() {
+    let stable = Backend::start("stable", Proto::Http1).await;
+    let canary = Backend::start("canary", Proto::Http1).await;
+    let other = Backend::start("other", Proto::Http1).await;
+    let health = "healthCheck: { path: /health, interval: 100ms, timeout: 1s }";
+    let lb = |b: &Backend| {
+        format!(
+            "      loadBalancer:\n        {health}\n        servers:\n          - url: \"{}\"\n",
+            b.url()
+        )
+    };
+    let yaml = format!(
+        r#"http:
+  routers:
+    split: {{ rule: "Host(`w.test`)", service: split }}
+    nested: {{ rule: "Host(`n.test`)", service: outer }}
+    sticky: {{ rule: "Host(`s.test`)", service: pinned }}
+    cycle: {{ rule: "Host(`c.test`)", service: loop-a }}
+    missing: {{ rule: "Host(`m.test`)", service: gap }}
+  services:
+    stable:
+{stable}    canary:
+{canary}    other:
+{other}    split:
+      weighted:
+        healthCheck: {{}}
+        services: [{{ name: stable, weight: 3 }}, {{ name: canary, weight: 1 }}]
+    outer:
+      weighted:
+        services: [{{ name: split, weight: 1 }}, {{ name: other, weight: 1 }}]
+    pinned:
+      weighted:
+        sticky: {{ cookie: {{ name: lane }} }}
+        services: [{{ name: stable, weight: 1 }}, {{ name: canary, weight: 1 }}]
+    loop-a: {{ weighted: {{ services: [{{ name: loop-b }}] }} }}
+    loop-b: {{ weighted: {{ services: [{{ name: loop-a }}] }} }}
+    gap: {{ weighted: {{ services: [{{ name: stable }}, {{ name: nowhere }}] }} }}
+"#,
+        stable = lb(&stable),
+        canary = lb(&canary),
+        other = lb(&other),
+    );
+    let gw = start(&yaml, &[]).await;
+
+    // 3:1, smoothly: every window of four requests has three for stable.
+    let mut seen = Vec::new();
+    for _ in 0..8 {
+        let r = http1(gw.web(), get("w.test", "/")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        seen.push(r.headers["x-backend"].to_str().unwrap().to_string());
+    }
+    assert_eq!(seen.iter().filter(|b| *b == "canary").count(), 2, "{seen:?}");
+    assert_eq!(seen.iter().filter(|b| *b == "stable").count(), 6, "{seen:?}");
+
+    // Nested: half to `other`, half through `split`.
+    let mut other_count = 0;
+    for _ in 0..8 {
+        let r = http1(gw.web(), get("n.test", "/")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        other_count += usize::from(r.headers["x-backend"] == "other");
+    }
+    assert_eq!(other_count, 4);
+
+    // Sticky: the cookie names the child service, and keeps the client there.
+    let r = http1(gw.web(), get("s.test", "/")).await;
+    let first = r.headers["x-backend"].to_str().unwrap().to_string();
+    let set = r.headers["set-cookie"].to_str().unwrap().to_string();
+    let pair = set.split(';').next().unwrap().to_string();
+    assert!(pair.starts_with("lane="), "{set}");
+    for _ in 0..4 {
+        let r = http1(gw.web(), with_cookie("s.test", &pair)).await;
+        assert_eq!(r.headers["x-backend"].to_str().unwrap(), first);
+        assert!(!r.headers.contains_key("set-cookie"));
+    }
+
+    // With healthCheck, a child with no healthy server gets nothing.
+    canary.healthy.store(false, Ordering::SeqCst);
+    let only_stable = eventually(Duration::from_secs(5), || async {
+        let mut all = true;
+        for _ in 0..4 {
+            all &= http1(gw.web(), get("w.test", "/")).await.headers["x-backend"] == "stable";
+        }
+        all
+    })
+    .await;
+    assert!(only_stable, "the canary kept getting requests while down");
+
+    // A cycle or a missing child: the service is disabled and its router not served.
+    for host in ["c.test", "m.test"] {
+        assert_eq!(
+            http1(gw.web(), get(host, "/")).await.status,
+            StatusCode::NOT_FOUND,
+            "{host}"
+        );
+    }
+    let services = gw.admin_json("/api/http/services").await;
+    let find = |name: &str| {
+        services
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert!(find("loop-a@file")["error"].to_string().contains("cycle"));
+    assert!(find("gap@file")["error"].to_string().contains("nowhere@file"));
+    let split = find("split@file");
+    assert_eq!(split["type"], "weighted");
+    assert_eq!(split["weighted"]["services"][0]["name"], "stable@file");
+    assert_eq!(split["weighted"]["services"][0]["weight"], 3);
+}

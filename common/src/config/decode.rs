@@ -20,6 +20,9 @@ pub enum Mode {
 /// Why labels may not list servers: a label is written by whoever registers a task
 /// definition, and a server URL could send the gateway anywhere it can reach (its own
 /// admin port, the instance's credentials, another team's tasks over the mesh).
+/// The most services one `weighted` service may name.
+const MAX_WEIGHTED: usize = 256;
+
 const LABEL_SERVERS: &str = "labels choose only the port and scheme of the task's own address (loadbalancer.server.port, .scheme); server lists and URLs are refused";
 
 /// Decode a whole dynamic configuration (`http`, `tls`, ...). `prefix` is prepended to
@@ -389,17 +392,38 @@ impl Decoder<'_> {
     }
 
     fn service(&mut self, node: &Node, path: &str) -> Option<ServiceConfig> {
-        let mut svc = None;
+        let mut svc: Option<ServiceConfig> = None;
         for (key, child) in self.map(node, path) {
             let p = format!("{path}.{key}");
-            match key.to_ascii_lowercase().as_str() {
+            let kind = key.to_ascii_lowercase();
+            if svc.is_some() && matches!(kind.as_str(), "loadbalancer" | "weighted" | "mirroring" | "failover") {
+                self.bad(&p, "a service has exactly one type (loadBalancer, weighted, ...)");
+                return None;
+            }
+            match kind.as_str() {
                 "loadbalancer" => match self.load_balancer(child, &p) {
-                    Some(load_balancer) => svc = Some(ServiceConfig { load_balancer }),
+                    Some(load_balancer) => {
+                        svc = Some(ServiceConfig {
+                            load_balancer,
+                            weighted: None,
+                        })
+                    }
                     None => return None,
                 },
-                "weighted" | "mirroring" | "failover" => {
-                    self.bad(&p, format!("`{key}` services are not supported yet"))
+                // Labels are written per task: one team's labels may not send traffic to
+                // another team's services (Berth's consent labels for canaries come later).
+                "weighted" if self.mode == Mode::Labels => {
+                    self.bad(&p, "`weighted` services come from the file provider only");
+                    return None;
                 }
+                "weighted" => {
+                    let weighted = self.weighted(child, &p)?;
+                    svc = Some(ServiceConfig {
+                        load_balancer: LoadBalancerConfig::default(),
+                        weighted: Some(weighted),
+                    });
+                }
+                "mirroring" | "failover" => self.bad(&p, format!("`{key}` services are not supported yet")),
                 _ => self.unknown(&p),
             }
         }
@@ -407,6 +431,51 @@ impl Decoder<'_> {
             self.bad(path, "the service has no loadBalancer");
         }
         svc
+    }
+
+    /// A `weighted` service, or `None` when it cannot be applied as written.
+    fn weighted(&mut self, node: &Node, path: &str) -> Option<WeightedConfig> {
+        let before = self.errors();
+        let mut w = WeightedConfig::default();
+        for (key, child) in self.map(node, path) {
+            let p = format!("{path}.{key}");
+            match key.to_ascii_lowercase().as_str() {
+                "services" => {
+                    for (ip, item) in self.items(child, &p, "services") {
+                        let mut name = None;
+                        let mut weight = 1u32;
+                        for (k, v) in self.map(item, &ip) {
+                            let kp = format!("{ip}.{k}");
+                            match k.to_ascii_lowercase().as_str() {
+                                "name" => name = self.string(v, &kp).filter(|n| !n.is_empty()),
+                                "weight" => weight = self.parsed(v, &kp, "a weight (0 or more)").unwrap_or(1),
+                                _ => self.unknown(&kp),
+                            }
+                        }
+                        match name {
+                            Some(name) => w.services.push(WeightedService { name, weight }),
+                            None => self.bad(&ip, "a weighted service needs a name"),
+                        }
+                    }
+                }
+                "sticky" => match self.sticky(child, &p) {
+                    Ok(sticky) => w.sticky = sticky,
+                    Err(()) => return None,
+                },
+                "healthcheck" => {
+                    self.map(child, &p);
+                    w.health_check = true;
+                }
+                _ => self.unknown(&p),
+            }
+        }
+        if w.services.is_empty() {
+            self.bad(path, "a weighted service needs services");
+        }
+        if w.services.len() > MAX_WEIGHTED {
+            self.bad(path, format!("more than {MAX_WEIGHTED} weighted services"));
+        }
+        (self.errors() == before).then_some(w)
     }
 
     /// The load balancer, or `None` when a setting it cannot do without is wrong (a

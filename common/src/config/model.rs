@@ -88,6 +88,30 @@ pub struct RouterTls {
 #[serde(rename_all = "camelCase")]
 pub struct ServiceConfig {
     pub load_balancer: LoadBalancerConfig,
+    /// A `weighted` service instead of a load balancer (the file provider only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weighted: Option<WeightedConfig>,
+}
+
+/// Traefik's `weighted` service: other services, each given a share of the requests by
+/// its weight; nesting allowed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WeightedConfig {
+    pub services: Vec<WeightedService>,
+    /// `sticky.cookie`: a client keeps going to the child service that answered it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<StickyCookie>,
+    /// `healthCheck: {}`: a child with no healthy server is skipped.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub health_check: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WeightedService {
+    pub name: String,
+    pub weight: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

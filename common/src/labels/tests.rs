@@ -435,6 +435,21 @@ fn forward_auth_from_labels_reaches_neither_gateway_files_nor_local_services() {
 }
 
 #[test]
+fn a_label_may_not_make_a_weighted_service() {
+    let l = labels(&[
+        ("traefik.http.services.split.weighted.services[0].name", "payments@ecs"),
+        ("traefik.http.routers.r.rule", "Host(`a`)"),
+        ("traefik.http.routers.r.service", "split"),
+    ]);
+    let (c, diags) = parse(&l);
+    assert!(!c.config.http.services.contains_key("split"));
+    assert!(
+        diags.iter().any(|d| d.message.contains("file provider only")),
+        "{diags:?}"
+    );
+}
+
+#[test]
 fn labels_point_only_at_the_tasks_own_ports() {
     let l = labels(&[
         (

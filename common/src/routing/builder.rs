@@ -111,9 +111,20 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                 pass_host_header: lb.pass_host_header.unwrap_or(true),
                 health_check: lb.health_check.clone(),
                 // The cookie's name resolved once: the data path and the admin API agree.
-                sticky: lb.sticky.clone().map(|mut c| {
-                    c.name.get_or_insert_with(|| crate::sticky::default_name(&qname));
-                    c
+                sticky: svc
+                    .weighted
+                    .as_ref()
+                    .map_or(&lb.sticky, |w| &w.sticky)
+                    .clone()
+                    .map(|mut c| {
+                        c.name.get_or_insert_with(|| crate::sticky::default_name(&qname));
+                        c
+                    }),
+                weighted: svc.weighted.as_ref().map(|w| Weighted {
+                    names: w.services.iter().map(|c| qualify(&c.name, &view.provider)).collect(),
+                    weights: w.services.iter().map(|c| c.weight).collect(),
+                    children: Vec::new(),
+                    health_check: w.health_check,
                 }),
                 used_by: Vec::new(),
                 status: if errors.is_empty() {
@@ -127,6 +138,8 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
             snap.services.push(entry);
         }
     }
+
+    resolve_weighted(&mut snap.services, &service_idx);
 
     // Middlewares.
     let mut mw_idx: HashMap<String, usize> = HashMap::new();
@@ -389,6 +402,69 @@ struct Expansion {
     stack: Vec<String>,
     out: Vec<std::sync::Arc<crate::middleware::Spec>>,
     visits: usize,
+}
+
+/// The most weighted services one request may pass through before a load balancer.
+pub const MAX_WEIGHTED_DEPTH: usize = 8;
+
+/// Weighted services' children resolved to indexes; a missing or disabled child, a cycle,
+/// or nesting deeper than [`MAX_WEIGHTED_DEPTH`] disables the weighted service (and the
+/// ones above it).
+fn resolve_weighted(services: &mut [ServiceEntry], index: &HashMap<String, usize>) {
+    for svc in services.iter_mut() {
+        let Some(w) = &mut svc.weighted else { continue };
+        let mut children = Vec::new();
+        for name in &w.names {
+            match index.get(name) {
+                Some(&c) => children.push(c),
+                None => svc.errors.push(format!("weighted service `{name}` does not exist")),
+            }
+        }
+        w.children = children;
+    }
+    // Depth-first from each weighted service: cycles and depth, then status bottom-up.
+    fn check(services: &[ServiceEntry], i: usize, path: &mut Vec<usize>) -> Result<(), String> {
+        if path.contains(&i) {
+            return Err(format!("weighted services form a cycle through `{}`", services[i].name));
+        }
+        if path.len() >= MAX_WEIGHTED_DEPTH {
+            return Err(format!("weighted services nested more than {MAX_WEIGHTED_DEPTH} deep"));
+        }
+        let Some(w) = &services[i].weighted else {
+            return match services[i].status {
+                Status::Disabled => Err(format!("service `{}` is disabled", services[i].name)),
+                Status::Enabled => Ok(()),
+            };
+        };
+        if !services[i].errors.is_empty() {
+            return Err(format!("service `{}` is disabled", services[i].name));
+        }
+        path.push(i);
+        for &c in &w.children {
+            check(services, c, path)?;
+        }
+        path.pop();
+        Ok(())
+    }
+    let verdicts: Vec<Option<String>> = (0..services.len())
+        .map(|i| {
+            services[i].weighted.as_ref()?;
+            if !services[i].errors.is_empty() {
+                return None;
+            }
+            check(services, i, &mut Vec::new()).err()
+        })
+        .collect();
+    for (i, v) in verdicts.into_iter().enumerate() {
+        if let Some(e) = v {
+            if !services[i].errors.contains(&e) {
+                services[i].errors.push(e);
+            }
+            services[i].status = Status::Disabled;
+        } else if !services[i].errors.is_empty() {
+            services[i].status = Status::Disabled;
+        }
+    }
 }
 
 /// A router's middleware `name`, in order, with chains expanded (their members qualified by

@@ -5,7 +5,7 @@ pub mod builder;
 mod prefix;
 pub mod snapshot;
 
-pub use builder::{BuildOptions, ProviderView, build};
+pub use builder::{BuildOptions, MAX_WEIGHTED_DEPTH, ProviderView, build};
 pub use snapshot::*;
 
 #[cfg(test)]

@@ -54,11 +54,26 @@ pub struct ServiceEntry {
     pub strategy: Strategy,
     pub pass_host_header: bool,
     pub health_check: Option<HealthCheckConfig>,
-    /// `sticky.cookie`, when clients go back to the server that answered them.
+    /// `sticky.cookie`, when clients go back to the server that answered them (for a
+    /// weighted service: to the child service).
     pub sticky: Option<StickyCookie>,
+    /// A `weighted` service: no servers of its own, its children instead.
+    pub weighted: Option<Weighted>,
     pub used_by: Vec<String>,
     pub status: Status,
     pub errors: Vec<String>,
+}
+
+/// A weighted service's children, resolved.
+#[derive(Debug, Clone)]
+pub struct Weighted {
+    /// Qualified child names, their weights, and their indexes in `Snapshot::services`
+    /// (parallel; a child that does not exist disables the service).
+    pub names: Vec<String>,
+    pub weights: Vec<u32>,
+    pub children: Vec<usize>,
+    /// `healthCheck: {}`: a child with no healthy server is skipped.
+    pub health_check: bool,
 }
 
 #[derive(Debug, Clone)]

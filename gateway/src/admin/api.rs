@@ -364,7 +364,27 @@ fn services(state: &AdminState, snap: &Snapshot) -> Vec<Value> {
                 "serverStatus": server_status,
                 "usedBy": s.used_by,
             });
-            if let Some(cookie) = &s.sticky {
+            if let Some(w) = &s.weighted {
+                // As Traefik shows one: its children by name, no servers of its own.
+                let children: Vec<Value> = w
+                    .names
+                    .iter()
+                    .zip(&w.weights)
+                    .map(|(n, weight)| json!({ "name": n, "weight": weight }))
+                    .collect();
+                v["type"] = json!("weighted");
+                v["weighted"] = json!({ "services": children });
+                if w.health_check {
+                    v["weighted"]["healthCheck"] = json!({});
+                }
+                if let Some(cookie) = &s.sticky {
+                    v["weighted"]["sticky"] = json!({ "cookie": cookie });
+                }
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("loadBalancer");
+                    o.remove("serverStatus");
+                }
+            } else if let Some(cookie) = &s.sticky {
                 v["loadBalancer"]["sticky"] = json!({ "cookie": cookie });
             }
             if !s.errors.is_empty() {

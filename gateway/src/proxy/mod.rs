@@ -81,6 +81,39 @@ pub(crate) struct ConnInfo {
     pub trusted: Option<Arc<[IpNet]>>,
 }
 
+/// The load-balancer service a request to weighted `svc` goes to: at each level the
+/// child its sticky cookie names (while it is up, when the service checks health), else
+/// the next by weight; with the `Set-Cookie`s naming the children chosen anew.
+fn weighted_leaf(
+    routes: &Routes,
+    mut svc: Arc<router::ServiceRuntime>,
+    headers: &http::HeaderMap,
+) -> Result<(Arc<router::ServiceRuntime>, Vec<HeaderValue>), ProxyError> {
+    use berth_common::routing::MAX_WEIGHTED_DEPTH;
+    let mut cookies = Vec::new();
+    for _ in 0..=MAX_WEIGHTED_DEPTH {
+        let Some(w) = &svc.weighted else {
+            return Ok((svc, cookies));
+        };
+        let eligible = |i: usize| !w.health_check || routes.is_up(w.children[i], MAX_WEIGHTED_DEPTH);
+        let sticky = svc.sticky.as_ref();
+        let preferred = sticky.and_then(|s| s.preferred(headers)).filter(|&i| eligible(i));
+        let Some(pick) = preferred.or_else(|| w.balancer.pick_wrr(eligible)) else {
+            return Err(ProxyError::NoEndpoint(svc.name.clone()));
+        };
+        if preferred != Some(pick)
+            && let Some(c) = sticky.and_then(|s| s.set_cookie(pick))
+        {
+            cookies.push(c);
+        }
+        let Some(child) = w.children.get(pick).and_then(|&c| routes.services.get(c)).cloned() else {
+            return Err(ProxyError::NoEndpoint(svc.name.clone()));
+        };
+        svc = child;
+    }
+    Err(ProxyError::NoEndpoint(svc.name.clone()))
+}
+
 /// Filled in as a request goes through, for its span and access-log line.
 #[derive(Default)]
 struct Outcome {
@@ -310,6 +343,12 @@ impl Proxy {
         if self.observe.access_log.is_some() || ctx.grpc {
             ctx.outcome.service = Some(service_name.to_string());
         }
+        // A weighted service: the child (down to a load balancer) this request goes to,
+        // and the sticky cookies that name the choices made.
+        let leaf = match &service {
+            Some(s) if s.weighted.is_some() => Some(weighted_leaf(&routes, s.clone(), req.headers())?),
+            _ => None,
+        };
         let mut pipeline = Pipeline::new(router.middleware_specs.clone());
         drop(routes);
 
@@ -345,7 +384,16 @@ impl Proxy {
                     upgrade,
                     retry: pipeline.retry(),
                 };
-                let result = self.forward(req, conn, ctx, service, how, span).await;
+                let (target, cookies) = match &leaf {
+                    Some((svc, cookies)) => (svc, cookies.as_slice()),
+                    None => (service, &[][..]),
+                };
+                let mut result = self.forward(req, conn, ctx, target, how, span).await;
+                if let Ok(resp) = &mut result {
+                    for c in cookies {
+                        resp.headers_mut().append(header::SET_COOKIE, c.clone());
+                    }
+                }
                 pipeline.outcome(&result, ctx.start.elapsed());
                 result
             }

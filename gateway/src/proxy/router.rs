@@ -27,11 +27,23 @@ pub(crate) struct ServiceRuntime {
     pub states: Vec<Arc<EndpointState>>,
     pub balancer: Balancer,
     pub pass_host_header: bool,
-    /// `sticky.cookie`: the cookie naming each endpoint.
+    /// `sticky.cookie`: the cookie naming each endpoint (for a weighted service, each
+    /// child).
     pub sticky: Option<Sticky>,
+    /// A `weighted` service: the children requests are shared among.
+    pub weighted: Option<WeightedRuntime>,
     pub metrics: Arc<RequestMetrics>,
     /// Parallel to `endpoints`.
     pub endpoint_metrics: Vec<Arc<RequestMetrics>>,
+}
+
+/// A weighted service's children (indexes into [`Routes::services`]) and their shares.
+#[derive(Debug)]
+pub(crate) struct WeightedRuntime {
+    pub children: Vec<usize>,
+    pub balancer: Balancer,
+    /// Skip a child with no healthy server (`healthCheck: {}`).
+    pub health_check: bool,
 }
 
 /// A snapshot plus its runtime state, swapped as one.
@@ -45,6 +57,21 @@ pub(crate) struct Routes {
 }
 
 impl Routes {
+    /// Whether `service` has a healthy server now: one of its own, or through a child
+    /// (weighted services, at most `depth` deep).
+    pub(crate) fn is_up(&self, service: usize, depth: usize) -> bool {
+        let Some(svc) = self.services.get(service) else {
+            return false;
+        };
+        match &svc.weighted {
+            Some(w) => depth > 0 && w.children.iter().any(|&c| self.is_up(c, depth - 1)),
+            None => {
+                let now = std::time::Instant::now();
+                svc.states.iter().any(|s| s.is_healthy(now))
+            }
+        }
+    }
+
     pub(crate) fn build(snapshot: Arc<Snapshot>, registry: &Registry, metrics: &Metrics) -> Routes {
         let mut endpoints_by_service = Vec::with_capacity(snapshot.services.len());
         for svc in &snapshot.services {
@@ -65,10 +92,15 @@ impl Routes {
                     .collect();
                 Arc::new(ServiceRuntime {
                     endpoint_metrics: endpoints.iter().map(|e| metrics.endpoint(&svc.name, &e.url)).collect(),
-                    sticky: svc
-                        .sticky
-                        .as_ref()
-                        .map(|c| Sticky::new(c, &svc.name, endpoints.iter().map(|e| e.url.as_str()))),
+                    sticky: svc.sticky.as_ref().map(|c| match &svc.weighted {
+                        Some(w) => Sticky::new(c, &svc.name, w.names.iter().map(String::as_str)),
+                        None => Sticky::new(c, &svc.name, endpoints.iter().map(|e| e.url.as_str())),
+                    }),
+                    weighted: svc.weighted.as_ref().map(|w| WeightedRuntime {
+                        children: w.children.clone(),
+                        balancer: Balancer::new(berth_common::config::Strategy::Wrr, w.weights.clone()),
+                        health_check: w.health_check,
+                    }),
                     name: svc.name.clone(),
                     states: endpoints.iter().map(|e| states[&e.url].clone()).collect(),
                     endpoints,
