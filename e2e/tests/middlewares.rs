@@ -561,3 +561,89 @@ async fn errors_replace_caught_answers_with_the_page_service() {
         .unwrap();
     assert!(nowhere["error"].to_string().contains("does not exist"), "{nowhere}");
 }
+
+/// curl with `args` (a digest exchange, for one), its stdout and exit status.
+async fn curl(args: Vec<String>) -> (bool, String) {
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-s", "--max-time", "10"])
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+#[tokio::test]
+async fn digest_auth_with_curl() {
+    let app = Backend::start("app", Proto::Http1).await;
+    let yaml = format!(
+        r#"http:
+  routers:
+    d: {{ rule: "Host(`d.test`)", service: app, middlewares: [digest] }}
+  middlewares:
+    digest:
+      digestAuth:
+        users: ["test:traefik:a2688e031edb4be6a3797f3882655c05"]
+        headerField: X-WebAuth-User
+        removeHeader: true
+  services:
+{}"#,
+        service("app", &[app.url()], "")
+    );
+    let gw = start(&yaml, &[]).await;
+    let url = format!("http://{}/private?x=1", gw.web());
+    let host = "Host: d.test".to_string();
+
+    // curl answers the challenge itself (MD5, qop=auth): the backend sees the user and
+    // not the credentials.
+    let (ok, out) = curl(vec![
+        "--digest".into(),
+        "-u".into(),
+        "test:test".into(),
+        "-H".into(),
+        host.clone(),
+        "-w".into(),
+        "\n%{http_code}".into(),
+        url.clone(),
+    ])
+    .await;
+    assert!(ok, "{out}");
+    assert!(out.ends_with("\n200"), "{out}");
+    let seen = app.requests().pop().unwrap();
+    assert_eq!(seen.headers["x-webauth-user"], "test");
+    assert!(!seen.headers.contains_key("authorization"));
+
+    // A wrong password: 401 with a fresh challenge, the backend not asked.
+    let before = app.request_count();
+    let (_, out) = curl(vec![
+        "--digest".into(),
+        "-u".into(),
+        "test:wrong".into(),
+        "-H".into(),
+        host.clone(),
+        "-o".into(),
+        "/dev/null".into(),
+        "-w".into(),
+        "%{http_code}".into(),
+        url.clone(),
+    ])
+    .await;
+    assert_eq!(out, "401");
+    assert_eq!(app.request_count(), before);
+
+    // The challenge itself, as RFC 7616 clients expect it.
+    let r = http1(gw.web(), get("d.test", "/private")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let challenge = r.headers["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.starts_with("Digest realm=\"traefik\", nonce=\""),
+        "{challenge}"
+    );
+    assert!(
+        challenge.contains("qop=\"auth\"") && challenge.contains("algorithm=\"MD5\""),
+        "{challenge}"
+    );
+}

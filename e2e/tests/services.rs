@@ -262,3 +262,66 @@ async fn weighted_services_share_by_weight_nest_stick_and_skip_what_is_down() {
     assert_eq!(split["weighted"]["services"][0]["name"], "stable@file");
     assert_eq!(split["weighted"]["services"][0]["weight"], 3);
 }
+
+#[tokio::test]
+async fn failover_uses_the_fallback_while_the_main_service_is_down() {
+    let main = Backend::start("main", Proto::Http1).await;
+    let spare = Backend::start("spare", Proto::Http1).await;
+    let health = "healthCheck: { path: /health, interval: 100ms, timeout: 1s }";
+    let yaml = format!(
+        r#"http:
+  routers:
+    app: {{ rule: "Host(`f.test`)", service: app }}
+    bad: {{ rule: "Host(`b.test`)", service: bad }}
+  services:
+    main:
+      loadBalancer:
+        {health}
+        servers: [{{ url: "{main}" }}]
+    spare:
+      loadBalancer:
+        {health}
+        servers: [{{ url: "{spare}" }}]
+    app:
+      failover: {{ service: main, fallback: spare, healthCheck: {{}} }}
+    bad:
+      failover: {{ service: main, fallback: spare, errors: {{ status: ["500"] }} }}
+"#,
+        main = main.url(),
+        spare = spare.url(),
+    );
+    let gw = start(&yaml, &[]).await;
+    let backend = |gw: &berth_e2e::TestGateway| {
+        let web = gw.web();
+        async move {
+            http1(web, get("f.test", "/")).await.headers["x-backend"]
+                .to_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(backend(&gw).await, "main");
+    }
+    main.healthy.store(false, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(5), || async { backend(&gw).await == "spare" }).await,
+        "no failover while the main service was down"
+    );
+    main.healthy.store(true, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(5), || async { backend(&gw).await == "main" }).await,
+        "traffic did not come back to the main service"
+    );
+    // Status-triggered failover (Traefik 3.6's `errors`) is not applied, so not served.
+    assert_eq!(http1(gw.web(), get("b.test", "/")).await.status, StatusCode::NOT_FOUND);
+    let services = gw.admin_json("/api/http/services").await;
+    let app = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "app@file")
+        .unwrap();
+    assert_eq!(app["type"], "failover");
+    assert_eq!(app["failover"]["fallback"], "spare@file");
+}

@@ -222,3 +222,98 @@ tls:
         "{metrics}"
     );
 }
+
+/// Whether the gateway closes a connection before a byte comes back.
+async fn closed_at_once(addr: SocketAddr) -> bool {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(b"hello").await;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+#[tokio::test]
+async fn tcp_middlewares_allow_by_address_and_bound_connections_per_client() {
+    let plain = echo("a", None).await;
+    let (open, limited, closed, broken) = (free_port(), free_port(), free_port(), free_port());
+    let yaml = format!(
+        r#"http:
+  routers: {{}}
+tcp:
+  routers:
+    open: {{ rule: "HostSNI(`*`)", service: echo, entryPoints: [open], middlewares: [loopback] }}
+    limited: {{ rule: "HostSNI(`*`)", service: echo, entryPoints: [limited], middlewares: [loopback, two] }}
+    closed: {{ rule: "HostSNI(`*`)", service: echo, entryPoints: [closed], middlewares: [elsewhere] }}
+    broken: {{ rule: "HostSNI(`*`)", service: echo, entryPoints: [broken], middlewares: [zero, missing] }}
+  middlewares:
+    loopback: {{ ipAllowList: {{ sourceRange: ["127.0.0.0/8"] }} }}
+    elsewhere: {{ ipWhiteList: {{ sourceRange: ["10.0.0.0/8"] }} }}
+    two: {{ inFlightConn: {{ amount: 2 }} }}
+    zero: {{ inFlightConn: {{ amount: 0 }} }}
+  services:
+    echo: {{ loadBalancer: {{ servers: [{{ address: "{plain}" }}] }} }}
+"#
+    );
+    let ep = |name: &str, port: u16| ["--entrypoint".to_string(), format!("{name}=127.0.0.1:{port}")];
+    let args: Vec<String> = [
+        ep("open", open),
+        ep("limited", limited),
+        ep("closed", closed),
+        ep("broken", broken),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let gw = start(&yaml, &args).await;
+    let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+
+    // In the allowed range: spliced.
+    let mut s = tokio::net::TcpStream::connect(at(open)).await.unwrap();
+    assert_eq!(say(&mut s, "hi").await, "a:hi");
+    // Outside it: closed before any server is dialled.
+    assert!(closed_at_once(at(closed)).await);
+
+    // Two at once from one client; the third is closed; when one ends, one more may come.
+    let mut first = tokio::net::TcpStream::connect(at(limited)).await.unwrap();
+    assert_eq!(say(&mut first, "1").await, "a:1");
+    let mut second = tokio::net::TcpStream::connect(at(limited)).await.unwrap();
+    assert_eq!(say(&mut second, "2").await, "a:2");
+    assert!(closed_at_once(at(limited)).await);
+    drop(first);
+    let again = berth_common::test_util::eventually(Duration::from_secs(5), || async {
+        let Ok(mut s) = tokio::net::TcpStream::connect(at(limited)).await else {
+            return false;
+        };
+        let _ = s.write_all(b"3").await;
+        let mut buf = [0u8; 16];
+        matches!(tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await, Ok(Ok(n)) if n > 0)
+    })
+    .await;
+    assert!(again, "a closed connection was not released");
+    drop(second);
+
+    // A broken or missing middleware: the router is not served, and says why.
+    let _ = broken;
+    let routers = gw.admin_json("/api/tcp/routers").await;
+    let broken = routers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "broken@file")
+        .unwrap();
+    assert_eq!(broken["status"], "disabled");
+    let error = broken["error"].to_string();
+    assert!(error.contains("amount") && error.contains("missing@file"), "{error}");
+    let mws = gw.admin_json("/api/tcp/middlewares").await;
+    let two = mws
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "two@file")
+        .unwrap();
+    assert_eq!(two["type"], "inflightconn");
+    assert_eq!(two["usedBy"][0], "limited@file");
+}

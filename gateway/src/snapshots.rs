@@ -48,6 +48,7 @@ impl SnapshotOwner {
             internal_services: self.internal_services.clone(),
             version,
             previous: self.current.load().middlewares.clone(),
+            previous_tcp: self.current.load().tcp_middlewares.clone(),
             default_rule_syntax: self.default_rule_syntax,
         };
         let mut snap = build(&views, &opts);

@@ -4,7 +4,8 @@
 //! `peek`, and the peer address), then spliced to a server of the router's service:
 //! untouched (`tls.passthrough`: the backend's certificate reaches the client), after
 //! terminating TLS here (`tls`), or as plain TCP (`HostSNI(`*`)`). No match leaves the
-//! connection to the HTTP routers.
+//! connection to the HTTP routers. The router's middlewares (`ipAllowList`,
+//! `inFlightConn`) decide before a server is dialled.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -179,6 +180,19 @@ pub(crate) async fn serve<S>(client: S, snap: &Snapshot, router: &TcpRouterEntry
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // The router's middlewares, in order: a refusal closes the connection; counted
+    // connections stay counted until it is done.
+    let mut holds = Vec::new();
+    for spec in &router.middleware_specs {
+        match spec.admit(peer.ip()) {
+            Ok(hold) => holds.extend(hold),
+            Err(why) => {
+                ctx.metrics.tcp(&router.name, "refused");
+                tracing::debug!(router = %router.name, %peer, why, "tcp connection refused");
+                return;
+            }
+        }
+    }
     let Some((server, addr)) = connect(snap, router, ctx.mesh, ctx.connect_timeout).await else {
         ctx.metrics.tcp(&router.name, "no_server");
         tracing::warn!(router = %router.name, %peer, "no tcp server reachable; connection closed");
@@ -187,4 +201,5 @@ where
     ctx.metrics.tcp(&router.name, "forwarded");
     let (up, down) = berth_common::serve::splice(client, server, ctx.idle).await;
     tracing::debug!(router = %router.name, %peer, server = %addr, up, down, "tcp connection done");
+    drop(holds);
 }

@@ -236,7 +236,8 @@ impl Decoder<'_> {
                 "services" => tcp
                     .services
                     .extend(self.named(child, &p, |d, n, p| Some(d.tcp_service(n, p)))),
-                "middlewares" | "serverstransports" => self.diags.push(Diagnostic::warning(
+                "middlewares" => tcp.middlewares.extend(self.named(child, &p, Self::tcp_middleware)),
+                "serverstransports" => self.diags.push(Diagnostic::warning(
                     p,
                     format!("tcp {key} are not supported yet; ignored"),
                 )),
@@ -244,6 +245,33 @@ impl Decoder<'_> {
             }
         }
         tcp
+    }
+
+    /// A TCP middleware: one of Traefik's TCP types, its options parsed when the
+    /// snapshot is built.
+    fn tcp_middleware(&mut self, node: &Node, path: &str) -> Option<MiddlewareConfig> {
+        let entries = self.map(node, path);
+        let [(kind, options)] = entries else {
+            self.bad(
+                path,
+                "a tcp middleware needs exactly one type (inFlightConn or ipAllowList)",
+            );
+            return None;
+        };
+        let canonical = crate::middleware::tcp::find_tcp_kind(kind);
+        if canonical.is_none() {
+            self.bad(
+                &format!("{path}.{kind}"),
+                format!("unknown tcp middleware type `{kind}`"),
+            );
+        }
+        Some(MiddlewareConfig {
+            kind: canonical.map(str::to_string).unwrap_or_else(|| kind.clone()),
+            known: canonical.is_some(),
+            refused: None,
+            from_labels: self.mode == Mode::Labels,
+            options: options.clone(),
+        })
     }
 
     fn tcp_router(&mut self, node: &Node, path: &str) -> TcpRouterConfig {
@@ -406,14 +434,15 @@ impl Decoder<'_> {
                         svc = Some(ServiceConfig {
                             load_balancer,
                             weighted: None,
+                            failover: None,
                         })
                     }
                     None => return None,
                 },
                 // Labels are written per task: one team's labels may not send traffic to
                 // another team's services (Berth's consent labels for canaries come later).
-                "weighted" if self.mode == Mode::Labels => {
-                    self.bad(&p, "`weighted` services come from the file provider only");
+                "weighted" | "failover" if self.mode == Mode::Labels => {
+                    self.bad(&p, format!("`{key}` services come from the file provider only"));
                     return None;
                 }
                 "weighted" => {
@@ -421,9 +450,18 @@ impl Decoder<'_> {
                     svc = Some(ServiceConfig {
                         load_balancer: LoadBalancerConfig::default(),
                         weighted: Some(weighted),
+                        failover: None,
                     });
                 }
-                "mirroring" | "failover" => self.bad(&p, format!("`{key}` services are not supported yet")),
+                "failover" => {
+                    let failover = self.failover(child, &p)?;
+                    svc = Some(ServiceConfig {
+                        load_balancer: LoadBalancerConfig::default(),
+                        weighted: None,
+                        failover: Some(failover),
+                    });
+                }
+                "mirroring" => self.bad(&p, format!("`{key}` services are not supported yet")),
                 _ => self.unknown(&p),
             }
         }
@@ -431,6 +469,30 @@ impl Decoder<'_> {
             self.bad(path, "the service has no loadBalancer");
         }
         svc
+    }
+
+    /// A `failover` service, or `None` when it cannot be applied as written.
+    fn failover(&mut self, node: &Node, path: &str) -> Option<FailoverConfig> {
+        let before = self.errors();
+        let mut f = FailoverConfig::default();
+        for (key, child) in self.map(node, path) {
+            let p = format!("{path}.{key}");
+            match key.to_ascii_lowercase().as_str() {
+                "service" => f.service = self.string(child, &p).unwrap_or_default(),
+                "fallback" => f.fallback = self.string(child, &p).unwrap_or_default(),
+                "healthcheck" => {
+                    self.map(child, &p);
+                    f.health_check = true;
+                }
+                // Traefik 3.6's status-triggered fallback re-sends the request: not yet.
+                "errors" => self.bad(&p, "failover on response statuses (`errors`) is not supported yet"),
+                _ => self.unknown(&p),
+            }
+        }
+        if f.service.is_empty() || f.fallback.is_empty() {
+            self.bad(path, "a failover service needs `service` and `fallback`");
+        }
+        (self.errors() == before).then_some(f)
     }
 
     /// A `weighted` service, or `None` when it cannot be applied as written.

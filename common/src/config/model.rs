@@ -22,6 +22,8 @@ pub struct DynamicConfig {
 pub struct TcpConfig {
     pub routers: BTreeMap<String, TcpRouterConfig>,
     pub services: BTreeMap<String, TcpServiceConfig>,
+    /// `inFlightConn`, `ipAllowList` (`ipWhiteList`).
+    pub middlewares: BTreeMap<String, MiddlewareConfig>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -91,6 +93,21 @@ pub struct ServiceConfig {
     /// A `weighted` service instead of a load balancer (the file provider only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weighted: Option<WeightedConfig>,
+    /// A `failover` service instead (the file provider only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverConfig>,
+}
+
+/// Traefik's `failover` service: `service` while it has a healthy server, else
+/// `fallback`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverConfig {
+    pub service: String,
+    pub fallback: String,
+    /// `healthCheck: {}`: its status is told to the services above it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub health_check: bool,
 }
 
 /// Traefik's `weighted` service: other services, each given a share of the requests by

@@ -121,5 +121,11 @@ impl Merger {
             "middleware",
             conflicts,
         );
+        merge_identical(
+            &mut cfg.tcp.middlewares,
+            other.tcp.middlewares,
+            "tcp middleware",
+            conflicts,
+        );
     }
 }

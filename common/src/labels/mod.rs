@@ -195,6 +195,9 @@ fn merge_labels(into: &mut DynamicConfig, from: DynamicConfig) {
     for (name, m) in from.http.middlewares {
         into.http.middlewares.entry(name).or_insert(m);
     }
+    for (name, m) in from.tcp.middlewares {
+        into.tcp.middlewares.entry(name).or_insert(m);
+    }
 }
 
 fn strip_prefix_ci<'a>(key: &'a str, prefix: &str) -> Option<&'a str> {

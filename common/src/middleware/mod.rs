@@ -10,12 +10,14 @@ pub mod allow;
 pub mod auth;
 pub mod breaker;
 pub mod compress;
+pub mod digest;
 pub mod errors;
 pub mod forward_auth;
 pub mod headers;
 pub mod limit;
 pub mod options;
 pub mod rewrite;
+pub mod tcp;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -83,7 +85,9 @@ pub const KINDS: &[Kind] = &[
     }),
     kind("compress", |n| Ok(Spec::Compress(compress::Compress::parse(n)?))),
     not_yet("contentType"),
-    not_yet("digestAuth"),
+    kind("digestAuth", |n| {
+        Ok(Spec::DigestAuth(Box::new(digest::DigestAuth::parse(n)?)))
+    }),
     kind("errors", |n| Ok(Spec::Errors(Box::new(errors::ErrorPage::parse(n)?)))),
     kind("forwardAuth", |n| {
         Ok(Spec::ForwardAuth(Box::new(forward_auth::ForwardAuth::parse(n)?)))
@@ -138,6 +142,7 @@ pub enum Spec {
     ReplacePathRegex(rewrite::ReplacePathRegex),
     Headers(Box<headers::Headers>),
     BasicAuth(auth::BasicAuth),
+    DigestAuth(Box<digest::DigestAuth>),
     IpAllowList(allow::IpAllowList),
     RateLimit(limit::RateLimit),
     InFlightReq(limit::InFlightReq),
@@ -222,6 +227,7 @@ impl Spec {
             Spec::ReplacePathRegex(m) => m.request(req),
             Spec::Headers(m) => m.request(req),
             Spec::BasicAuth(m) => m.request(req).await,
+            Spec::DigestAuth(m) => m.request(req),
             Spec::IpAllowList(m) => m.request(req),
             Spec::RateLimit(m) => m.request(req),
             Spec::InFlightReq(m) => m.request(req),

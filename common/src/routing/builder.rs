@@ -40,6 +40,8 @@ pub struct BuildOptions {
     /// The middlewares of the snapshot being replaced: one whose options did not change
     /// is kept as it is, with its state (rate-limit buckets, in-flight counts).
     pub previous: Vec<MiddlewareEntry>,
+    /// The same for TCP middlewares (`inFlightConn` keeps its open connections).
+    pub previous_tcp: Vec<TcpMiddlewareEntry>,
     /// The rule syntax of routers that do not choose one (`ruleSyntax`): v3 unless the
     /// gateway says v2 (`--default-rule-syntax`, Traefik's `core.defaultRuleSyntax`).
     pub default_rule_syntax: rules::Syntax,
@@ -120,12 +122,26 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                         c.name.get_or_insert_with(|| crate::sticky::default_name(&qname));
                         c
                     }),
-                weighted: svc.weighted.as_ref().map(|w| Weighted {
-                    names: w.services.iter().map(|c| qualify(&c.name, &view.provider)).collect(),
-                    weights: w.services.iter().map(|c| c.weight).collect(),
-                    children: Vec::new(),
-                    health_check: w.health_check,
-                }),
+                weighted: match (&svc.weighted, &svc.failover) {
+                    (Some(w), _) => Some(Weighted {
+                        names: w.services.iter().map(|c| qualify(&c.name, &view.provider)).collect(),
+                        weights: w.services.iter().map(|c| c.weight).collect(),
+                        children: Vec::new(),
+                        health_check: w.health_check,
+                        failover: false,
+                    }),
+                    (None, Some(f)) => Some(Weighted {
+                        names: vec![
+                            qualify(&f.service, &view.provider),
+                            qualify(&f.fallback, &view.provider),
+                        ],
+                        weights: vec![1, 1],
+                        children: Vec::new(),
+                        health_check: true,
+                        failover: true,
+                    }),
+                    (None, None) => None,
+                },
                 used_by: Vec::new(),
                 status: if errors.is_empty() {
                     Status::Enabled
@@ -552,6 +568,51 @@ fn build_tcp(views: &[ProviderView], opts: &BuildOptions, snap: &mut Snapshot) {
             });
         }
     }
+    let mut mw_idx: HashMap<String, usize> = HashMap::new();
+    for view in views {
+        for (name, mw) in &view.config.tcp.middlewares {
+            let qname = qualify(name, &view.provider);
+            let mut errors = Vec::new();
+            let mut spec = None;
+            if !mw.known {
+                errors.push(format!("unknown tcp middleware type `{}`", mw.kind));
+            } else {
+                let kept = opts
+                    .previous_tcp
+                    .iter()
+                    .find(|p| p.name == qname && p.kind == mw.kind && p.options == mw.options)
+                    .and_then(|p| p.spec.clone());
+                match kept.map(Ok).unwrap_or_else(|| {
+                    crate::middleware::tcp::parse_tcp(&mw.kind, &mw.options).map(std::sync::Arc::new)
+                }) {
+                    Ok(s) => spec = Some(s),
+                    Err(e) => errors.push(e),
+                }
+            }
+            mw_idx.insert(qname.clone(), snap.tcp_middlewares.len());
+            snap.tcp_middlewares.push(TcpMiddlewareEntry {
+                name: qname,
+                provider: view.provider.clone(),
+                kind: mw.kind.clone(),
+                options: mw.options.clone(),
+                spec,
+                used_by: Vec::new(),
+                status: if errors.is_empty() {
+                    Status::Enabled
+                } else {
+                    Status::Disabled
+                },
+                errors,
+            });
+        }
+    }
+    for m in &snap.tcp_middlewares {
+        for e in &m.errors {
+            snap.diagnostics.push(
+                Diagnostic::error(format!("tcp middleware {}", m.name), e.clone()).with_source(m.provider.clone()),
+            );
+        }
+    }
     for view in views {
         for (name, r) in &view.config.tcp.routers {
             let qname = qualify(name, &view.provider);
@@ -575,12 +636,25 @@ fn build_tcp(views: &[ProviderView], opts: &BuildOptions, snap: &mut Snapshot) {
             {
                 errors.push("a rule on the TLS server name needs `tls` (or `tls.passthrough`)".to_string());
             }
-            // Fail closed: what a TCP router asks for and Berth cannot apply keeps it unserved.
-            if !r.middlewares.is_empty() {
-                errors.push(format!(
-                    "tcp middlewares ({}) are not implemented by Berth yet; the router is not served (fail closed)",
-                    r.middlewares.join(", ")
-                ));
+            // Fail closed: a middleware that is missing or broken keeps the router unserved.
+            let middlewares: Vec<String> = r.middlewares.iter().map(|m| qualify(m, &view.provider)).collect();
+            let mut middleware_specs = Vec::new();
+            for m in &middlewares {
+                let Some(&i) = mw_idx.get(m) else {
+                    errors.push(format!(
+                        "tcp middleware `{m}` does not exist; the router is not served (fail closed)"
+                    ));
+                    continue;
+                };
+                let entry = &mut snap.tcp_middlewares[i];
+                entry.used_by.push(qname.clone());
+                match (&entry.spec, entry.errors.first()) {
+                    (Some(s), None) => middleware_specs.push(s.clone()),
+                    (_, e) => errors.push(format!(
+                        "tcp middleware `{m}`: {}; the router is not served (fail closed)",
+                        e.map_or("not usable", String::as_str)
+                    )),
+                }
             }
             if let Some(o) = r
                 .tls
@@ -647,6 +721,8 @@ fn build_tcp(views: &[ProviderView], opts: &BuildOptions, snap: &mut Snapshot) {
                 service,
                 service_index,
                 tls_passthrough: r.tls.as_ref().map(|t| t.passthrough),
+                middlewares,
+                middleware_specs,
                 status: if fatal || entry_points.is_empty() {
                     Status::Disabled
                 } else {

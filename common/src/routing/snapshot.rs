@@ -64,7 +64,7 @@ pub struct ServiceEntry {
     pub errors: Vec<String>,
 }
 
-/// A weighted service's children, resolved.
+/// A weighted (or failover) service's children, resolved.
 #[derive(Debug, Clone)]
 pub struct Weighted {
     /// Qualified child names, their weights, and their indexes in `Snapshot::services`
@@ -74,6 +74,8 @@ pub struct Weighted {
     pub children: Vec<usize>,
     /// `healthCheck: {}`: a child with no healthy server is skipped.
     pub health_check: bool,
+    /// A `failover` service: the first child while it is up, else the second.
+    pub failover: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +108,7 @@ pub struct Snapshot {
     /// TCP routers, highest priority first.
     pub tcp_routers: Vec<TcpRouterEntry>,
     pub tcp_services: Vec<TcpServiceEntry>,
+    pub tcp_middlewares: Vec<TcpMiddlewareEntry>,
     pub services: Vec<ServiceEntry>,
     pub middlewares: Vec<MiddlewareEntry>,
     /// Key: (entrypoint, tls).
@@ -128,6 +131,21 @@ pub struct TcpRouterEntry {
     pub service_index: Option<usize>,
     /// `None`: plain TCP; `Some(false)`: the gateway terminates TLS; `Some(true)`: passthrough.
     pub tls_passthrough: Option<bool>,
+    /// As written (qualified), and ready to run, in order.
+    pub middlewares: Vec<String>,
+    pub middleware_specs: Vec<std::sync::Arc<crate::middleware::tcp::TcpSpec>>,
+    pub status: Status,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TcpMiddlewareEntry {
+    pub name: String,
+    pub provider: String,
+    pub kind: String,
+    pub options: crate::config::Node,
+    pub spec: Option<std::sync::Arc<crate::middleware::tcp::TcpSpec>>,
+    pub used_by: Vec<String>,
     pub status: Status,
     pub errors: Vec<String>,
 }

@@ -261,7 +261,8 @@ http:
     s: { loadBalancer: { servers: [ { url: "http://127.0.0.1:1" } ] } }
 tcp:
   routers:
-    db: { rule: "HostSNI(`*`)", service: t, middlewares: [allow] }
+    db: { rule: "HostSNI(`*`)", service: t, middlewares: [allow, gone] }
+    guarded: { rule: "HostSNI(`*`)", service: t, middlewares: [allow] }
     db2: { rule: "HostSNI(`db`)", service: t, tls: { options: mtls } }
     db3: { rule: "HostSNI(`*`)", service: t }
   services:
@@ -277,8 +278,10 @@ tcp:
     assert_eq!(
         tcp("db@file").status,
         Status::Disabled,
-        "an ipAllowList must never be skipped"
+        "a missing tcp middleware must never be skipped"
     );
+    assert_eq!(tcp("guarded@file").status, Status::Enabled);
+    assert_eq!(tcp("guarded@file").middleware_specs.len(), 1);
     assert_eq!(tcp("db2@file").status, Status::Disabled);
     assert_eq!(tcp("db3@file").status, Status::Enabled);
 }

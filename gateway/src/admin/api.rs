@@ -222,6 +222,7 @@ pub(crate) fn handle<B>(state: &AdminState, req: Request<B>) -> Response<Body> {
         "/api/http/middlewares" => json_response(StatusCode::OK, &Value::Array(middlewares(&snap))),
         "/api/tcp/routers" => json_response(StatusCode::OK, &Value::Array(tcp_routers(&snap))),
         "/api/tcp/services" => json_response(StatusCode::OK, &Value::Array(tcp_services(&snap))),
+        "/api/tcp/middlewares" => json_response(StatusCode::OK, &Value::Array(tcp_middlewares(&snap))),
         "/api/overview" => json_response(StatusCode::OK, &overview(state, &snap)),
         "/api/diagnostics" => json_response(StatusCode::OK, &json!(snap.diagnostics)),
         "/api/certificates" => json_response(StatusCode::OK, &Value::Array(certificates(state))),
@@ -372,13 +373,18 @@ fn services(state: &AdminState, snap: &Snapshot) -> Vec<Value> {
                     .zip(&w.weights)
                     .map(|(n, weight)| json!({ "name": n, "weight": weight }))
                     .collect();
-                v["type"] = json!("weighted");
-                v["weighted"] = json!({ "services": children });
-                if w.health_check {
-                    v["weighted"]["healthCheck"] = json!({});
-                }
-                if let Some(cookie) = &s.sticky {
-                    v["weighted"]["sticky"] = json!({ "cookie": cookie });
+                if w.failover {
+                    v["type"] = json!("failover");
+                    v["failover"] = json!({ "service": w.names.first(), "fallback": w.names.get(1) });
+                } else {
+                    v["type"] = json!("weighted");
+                    v["weighted"] = json!({ "services": children });
+                    if w.health_check {
+                        v["weighted"]["healthCheck"] = json!({});
+                    }
+                    if let Some(cookie) = &s.sticky {
+                        v["weighted"]["sticky"] = json!({ "cookie": cookie });
+                    }
                 }
                 if let Some(o) = v.as_object_mut() {
                     o.remove("loadBalancer");
@@ -411,6 +417,14 @@ fn tcp_routers(snap: &Snapshot) -> Vec<Value> {
                 "service": short_ref(&r.service, &r.provider),
                 "entryPoints": r.entry_points,
             });
+            if !r.middlewares.is_empty() {
+                v["middlewares"] = json!(
+                    r.middlewares
+                        .iter()
+                        .map(|m| short_ref(m, &r.provider))
+                        .collect::<Vec<_>>()
+                );
+            }
             if let Some(passthrough) = r.tls_passthrough {
                 v["tls"] = json!({ "passthrough": passthrough });
             }
@@ -445,6 +459,25 @@ fn tcp_services(snap: &Snapshot) -> Vec<Value> {
 
 fn middlewares(snap: &Snapshot) -> Vec<Value> {
     snap.middlewares
+        .iter()
+        .map(|m| {
+            let mut v = json!({
+                "name": m.name,
+                "provider": m.provider,
+                "type": m.kind.to_ascii_lowercase(),
+                "status": status_str(m.status),
+                "usedBy": m.used_by,
+            });
+            if !m.errors.is_empty() {
+                v["error"] = json!(m.errors);
+            }
+            v
+        })
+        .collect()
+}
+
+fn tcp_middlewares(snap: &Snapshot) -> Vec<Value> {
+    snap.tcp_middlewares
         .iter()
         .map(|m| {
             let mut v = json!({

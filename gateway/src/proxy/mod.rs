@@ -81,9 +81,10 @@ pub(crate) struct ConnInfo {
     pub trusted: Option<Arc<[IpNet]>>,
 }
 
-/// The load-balancer service a request to weighted `svc` goes to: at each level the
-/// child its sticky cookie names (while it is up, when the service checks health), else
-/// the next by weight; with the `Set-Cookie`s naming the children chosen anew.
+/// The load-balancer service a request to weighted (or failover) `svc` goes to: at each
+/// level the child its sticky cookie names (while it is up, when the service checks
+/// health), else the next by weight (a failover: its main service while up, else its
+/// fallback); with the `Set-Cookie`s naming the children chosen anew.
 fn weighted_leaf(
     routes: &Routes,
     mut svc: Arc<router::ServiceRuntime>,
@@ -98,7 +99,12 @@ fn weighted_leaf(
         let eligible = |i: usize| !w.health_check || routes.is_up(w.children[i], MAX_WEIGHTED_DEPTH);
         let sticky = svc.sticky.as_ref();
         let preferred = sticky.and_then(|s| s.preferred(headers)).filter(|&i| eligible(i));
-        let Some(pick) = preferred.or_else(|| w.balancer.pick_wrr(eligible)) else {
+        // A failover: the main service while it is up, else the fallback while it is.
+        let next = || match w.failover {
+            true => (0..w.children.len()).find(|&i| eligible(i)),
+            false => w.balancer.pick_wrr(eligible),
+        };
+        let Some(pick) = preferred.or_else(next) else {
             return Err(ProxyError::NoEndpoint(svc.name.clone()));
         };
         if preferred != Some(pick)

@@ -44,6 +44,8 @@ pub(crate) struct WeightedRuntime {
     pub balancer: Balancer,
     /// Skip a child with no healthy server (`healthCheck: {}`).
     pub health_check: bool,
+    /// `failover`: the first child while it is up, else the second.
+    pub failover: bool,
 }
 
 /// A snapshot plus its runtime state, swapped as one.
@@ -100,6 +102,7 @@ impl Routes {
                         children: w.children.clone(),
                         balancer: Balancer::new(berth_common::config::Strategy::Wrr, w.weights.clone()),
                         health_check: w.health_check,
+                        failover: w.failover,
                     }),
                     name: svc.name.clone(),
                     states: endpoints.iter().map(|e| states[&e.url].clone()).collect(),
