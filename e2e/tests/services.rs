@@ -325,3 +325,81 @@ async fn failover_uses_the_fallback_while_the_main_service_is_down() {
     assert_eq!(app["type"], "failover");
     assert_eq!(app["failover"]["fallback"], "spare@file");
 }
+
+#[tokio::test]
+async fn mirroring_copies_a_share_of_requests_and_never_waits_for_the_mirror() {
+    let main = Backend::start("main", Proto::Http1).await;
+    let half = Backend::start("half", Proto::Http1).await;
+    let all = Backend::start("all", Proto::Http1).await;
+    let (hole, _keep) = berth_common::test_util::black_hole().await;
+    let yaml = format!(
+        r#"http:
+  routers:
+    app: {{ rule: "Host(`m.test`)", service: shadowed }}
+    slow: {{ rule: "Host(`slow.test`)", service: to-hole }}
+  services:
+    main: {{ loadBalancer: {{ servers: [{{ url: "{main}" }}] }} }}
+    half: {{ loadBalancer: {{ servers: [{{ url: "{half}" }}] }} }}
+    all: {{ loadBalancer: {{ servers: [{{ url: "{all}" }}] }} }}
+    hole: {{ loadBalancer: {{ servers: [{{ url: "http://{hole}" }}] }} }}
+    shadowed:
+      mirroring:
+        service: main
+        maxBodySize: 1024
+        mirrors: [{{ name: half, percent: 50 }}, {{ name: all, percent: 100 }}]
+    to-hole:
+      mirroring: {{ service: main, mirrors: [{{ name: hole, percent: 100 }}] }}
+"#,
+        main = main.url(),
+        half = half.url(),
+        all = all.url(),
+    );
+    let gw = start(&yaml, &[]).await;
+    for i in 0..10 {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/echo")
+            .header("host", "m.test")
+            .body(Full::new(Bytes::from(format!("order {i}"))))
+            .unwrap();
+        let r = http1(gw.web(), req).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(
+            r.body,
+            format!("order {i}"),
+            "the main service answers, with the whole body"
+        );
+    }
+    // Copies arrive on their own time: all of them to `all`, half to `half`, bodies whole.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            all.request_count() == 10 && half.request_count() == 5
+        })
+        .await,
+        "all got {}, half got {}",
+        all.request_count(),
+        half.request_count()
+    );
+    assert_eq!(main.request_count(), 10);
+    let bodies: Vec<String> = all
+        .requests()
+        .iter()
+        .map(|s| String::from_utf8_lossy(&s.body).to_string())
+        .collect();
+    assert!(bodies.contains(&"order 7".to_string()), "{bodies:?}");
+
+    // A mirror that never answers does not hold up the main request.
+    let t = std::time::Instant::now();
+    let r = http1(gw.web(), get("slow.test", "/")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let services = gw.admin_json("/api/http/services").await;
+    let s = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "shadowed@file")
+        .unwrap();
+    assert_eq!(s["type"], "mirroring");
+    assert_eq!(s["mirroring"]["mirrors"][0]["percent"], 50);
+}

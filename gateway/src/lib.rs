@@ -143,6 +143,7 @@ impl Gateway {
             berth_common::telemetry::Observe { tracer, access_log },
         ));
 
+        proxy.set_self();
         tokio::spawn(proxy::health::run(proxy.clone()));
 
         // TLS material named on the command line must load, or we refuse to start.

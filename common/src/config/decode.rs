@@ -435,13 +435,14 @@ impl Decoder<'_> {
                             load_balancer,
                             weighted: None,
                             failover: None,
+                            mirroring: None,
                         })
                     }
                     None => return None,
                 },
                 // Labels are written per task: one team's labels may not send traffic to
                 // another team's services (Berth's consent labels for canaries come later).
-                "weighted" | "failover" if self.mode == Mode::Labels => {
+                "weighted" | "failover" | "mirroring" if self.mode == Mode::Labels => {
                     self.bad(&p, format!("`{key}` services come from the file provider only"));
                     return None;
                 }
@@ -451,6 +452,7 @@ impl Decoder<'_> {
                         load_balancer: LoadBalancerConfig::default(),
                         weighted: Some(weighted),
                         failover: None,
+                        mirroring: None,
                     });
                 }
                 "failover" => {
@@ -459,9 +461,18 @@ impl Decoder<'_> {
                         load_balancer: LoadBalancerConfig::default(),
                         weighted: None,
                         failover: Some(failover),
+                        mirroring: None,
                     });
                 }
-                "mirroring" => self.bad(&p, format!("`{key}` services are not supported yet")),
+                "mirroring" => {
+                    let mirroring = self.mirroring(child, &p)?;
+                    svc = Some(ServiceConfig {
+                        load_balancer: LoadBalancerConfig::default(),
+                        weighted: None,
+                        failover: None,
+                        mirroring: Some(mirroring),
+                    });
+                }
                 _ => self.unknown(&p),
             }
         }
@@ -469,6 +480,60 @@ impl Decoder<'_> {
             self.bad(path, "the service has no loadBalancer");
         }
         svc
+    }
+
+    /// A `mirroring` service, or `None` when it cannot be applied as written.
+    fn mirroring(&mut self, node: &Node, path: &str) -> Option<MirroringConfig> {
+        let before = self.errors();
+        let mut m = MirroringConfig {
+            mirror_body: true,
+            ..MirroringConfig::default()
+        };
+        for (key, child) in self.map(node, path) {
+            let p = format!("{path}.{key}");
+            match key.to_ascii_lowercase().as_str() {
+                "service" => m.service = self.string(child, &p).unwrap_or_default(),
+                "mirrorbody" => m.mirror_body = self.bool(child, &p).unwrap_or(true),
+                "maxbodysize" => {
+                    let v: Option<i64> = self.parsed(child, &p, "a size in bytes or -1");
+                    m.max_body_size = v.and_then(|v| u64::try_from(v).ok());
+                }
+                "healthcheck" => {
+                    self.map(child, &p);
+                    m.health_check = true;
+                }
+                "mirrors" => {
+                    for (ip, item) in self.items(child, &p, "mirrors") {
+                        let mut name = None;
+                        let mut percent = 0u32;
+                        for (k, v) in self.map(item, &ip) {
+                            let kp = format!("{ip}.{k}");
+                            match k.to_ascii_lowercase().as_str() {
+                                "name" => name = self.string(v, &kp).filter(|n| !n.is_empty()),
+                                "percent" => match self.parsed::<u32>(v, &kp, "a percentage (0 to 100)") {
+                                    Some(p) if p <= 100 => percent = p,
+                                    Some(p) => self.bad(&kp, format!("`{p}` is above 100")),
+                                    None => {}
+                                },
+                                _ => self.unknown(&kp),
+                            }
+                        }
+                        match name {
+                            Some(name) => m.mirrors.push(MirrorConfig { name, percent }),
+                            None => self.bad(&ip, "a mirror needs a name"),
+                        }
+                    }
+                }
+                _ => self.unknown(&p),
+            }
+        }
+        if m.service.is_empty() {
+            self.bad(path, "a mirroring service needs `service`");
+        }
+        if m.mirrors.len() > MAX_WEIGHTED {
+            self.bad(path, format!("more than {MAX_WEIGHTED} mirrors"));
+        }
+        (self.errors() == before).then_some(m)
     }
 
     /// A `failover` service, or `None` when it cannot be applied as written.

@@ -96,6 +96,31 @@ pub struct ServiceConfig {
     /// A `failover` service instead (the file provider only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failover: Option<FailoverConfig>,
+    /// A `mirroring` service instead (the file provider only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirroring: Option<MirroringConfig>,
+}
+
+/// Traefik's `mirroring` service: requests go to `service`, and copies to each mirror
+/// for its `percent` of them; the mirrors' answers are dropped.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MirroringConfig {
+    pub service: String,
+    pub mirrors: Vec<MirrorConfig>,
+    /// Copy the request body to the mirrors (default true).
+    pub mirror_body: bool,
+    /// The largest body copied; a larger one is not mirrored (`None`: Berth's bound).
+    pub max_body_size: Option<u64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub health_check: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorConfig {
+    pub name: String,
+    pub percent: u32,
 }
 
 /// Traefik's `failover` service: `service` while it has a healthy server, else

@@ -129,6 +129,7 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                         children: Vec::new(),
                         health_check: w.health_check,
                         failover: false,
+                        mirroring: None,
                     }),
                     (None, Some(f)) => Some(Weighted {
                         names: vec![
@@ -139,8 +140,23 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                         children: Vec::new(),
                         health_check: true,
                         failover: true,
+                        mirroring: None,
                     }),
-                    (None, None) => None,
+                    (None, None) => svc.mirroring.as_ref().map(|m| Weighted {
+                        names: std::iter::once(&m.service)
+                            .chain(m.mirrors.iter().map(|x| &x.name))
+                            .map(|n| qualify(n, &view.provider))
+                            .collect(),
+                        weights: std::iter::once(1).chain(m.mirrors.iter().map(|_| 0)).collect(),
+                        children: Vec::new(),
+                        health_check: m.health_check,
+                        failover: false,
+                        mirroring: Some(Mirroring {
+                            percents: m.mirrors.iter().map(|x| x.percent).collect(),
+                            mirror_body: m.mirror_body,
+                            max_body: m.max_body_size.unwrap_or(MAX_MIRRORED_BODY).min(MAX_MIRRORED_BODY),
+                        }),
+                    }),
                 },
                 used_by: Vec::new(),
                 status: if errors.is_empty() {
@@ -419,6 +435,10 @@ struct Expansion {
     out: Vec<std::sync::Arc<crate::middleware::Spec>>,
     visits: usize,
 }
+
+/// The largest request body copied to mirrors, whatever `maxBodySize` says (it is held in
+/// memory while the mirrors are sent).
+pub const MAX_MIRRORED_BODY: u64 = 4 * 1024 * 1024;
 
 /// The most weighted services one request may pass through before a load balancer.
 pub const MAX_WEIGHTED_DEPTH: usize = 8;

@@ -76,6 +76,18 @@ pub struct Weighted {
     pub health_check: bool,
     /// A `failover` service: the first child while it is up, else the second.
     pub failover: bool,
+    /// A `mirroring` service: the first child serves, the others get copies.
+    pub mirroring: Option<Mirroring>,
+}
+
+/// A mirroring service's settings; its mirrors are `Weighted::children[1..]`.
+#[derive(Debug, Clone)]
+pub struct Mirroring {
+    /// Parallel to the mirrors: the share of requests each is sent, 0 to 100.
+    pub percents: Vec<u32>,
+    pub mirror_body: bool,
+    /// The largest body copied to the mirrors.
+    pub max_body: u64,
 }
 
 #[derive(Debug, Clone)]

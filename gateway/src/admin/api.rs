@@ -373,7 +373,22 @@ fn services(state: &AdminState, snap: &Snapshot) -> Vec<Value> {
                     .zip(&w.weights)
                     .map(|(n, weight)| json!({ "name": n, "weight": weight }))
                     .collect();
-                if w.failover {
+                if let Some(m) = &w.mirroring {
+                    v["type"] = json!("mirroring");
+                    let mirrors: Vec<Value> = w
+                        .names
+                        .iter()
+                        .skip(1)
+                        .zip(&m.percents)
+                        .map(|(n, p)| json!({ "name": n, "percent": p }))
+                        .collect();
+                    v["mirroring"] = json!({
+                        "service": w.names.first(),
+                        "mirrors": mirrors,
+                        "mirrorBody": m.mirror_body,
+                        "maxBodySize": m.max_body,
+                    });
+                } else if w.failover {
                     v["type"] = json!("failover");
                     v["failover"] = json!({ "service": w.names.first(), "fallback": w.names.get(1) });
                 } else {

@@ -14,6 +14,7 @@ pub(crate) mod errors;
 mod forward;
 mod front;
 pub(crate) mod health;
+mod mirror;
 mod pages;
 mod pipeline;
 pub(crate) mod router;
@@ -67,7 +68,7 @@ pub struct Limits {
 }
 
 /// What the proxy knows about the client connection a request came on.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct ConnInfo {
     pub entrypoint: Arc<str>,
     pub local: SocketAddr,
@@ -81,22 +82,45 @@ pub(crate) struct ConnInfo {
     pub trusted: Option<Arc<[IpNet]>>,
 }
 
-/// The load-balancer service a request to weighted (or failover) `svc` goes to: at each
-/// level the child its sticky cookie names (while it is up, when the service checks
-/// health), else the next by weight (a failover: its main service while up, else its
-/// fallback); with the `Set-Cookie`s naming the children chosen anew.
+/// Where a request to a weighted, failover or mirroring service goes.
+struct Leaf {
+    /// The load-balancer service that answers.
+    svc: Arc<router::ServiceRuntime>,
+    /// `Set-Cookie`s naming the children chosen anew (sticky weighted services).
+    cookies: Vec<HeaderValue>,
+    /// Load-balancer services that get a copy, with whether the body goes too and how
+    /// large it may be.
+    mirrors: Vec<(Arc<router::ServiceRuntime>, bool, u64)>,
+}
+
+/// The load-balancer service a request to weighted (or failover, or mirroring) `svc` goes
+/// to: at each level the child its sticky cookie names (while it is up, when the service
+/// checks health), else the next by weight (a failover: its main service while up, else
+/// its fallback; a mirroring: its main service, its mirrors chosen by their shares).
 fn weighted_leaf(
     routes: &Routes,
     mut svc: Arc<router::ServiceRuntime>,
     headers: &http::HeaderMap,
-) -> Result<(Arc<router::ServiceRuntime>, Vec<HeaderValue>), ProxyError> {
-    use berth_common::routing::MAX_WEIGHTED_DEPTH;
+    depth: usize,
+) -> Result<Leaf, ProxyError> {
     let mut cookies = Vec::new();
-    for _ in 0..=MAX_WEIGHTED_DEPTH {
+    let mut mirrors = Vec::new();
+    for _ in 0..=depth {
         let Some(w) = &svc.weighted else {
-            return Ok((svc, cookies));
+            return Ok(Leaf { svc, cookies, mirrors });
         };
-        let eligible = |i: usize| !w.health_check || routes.is_up(w.children[i], MAX_WEIGHTED_DEPTH);
+        let eligible = |i: usize| !w.health_check || w.children.get(i).is_some_and(|&c| routes.is_up(c, depth));
+        if let Some(m) = &w.mirroring {
+            for i in m.chosen() {
+                let target = w.children.get(i + 1).and_then(|&c| routes.services.get(c)).cloned();
+                // A mirror's own weighted levels, each once; its failures are its own.
+                if let Some(Ok(leaf)) =
+                    target.map(|t| weighted_leaf(routes, t, &http::HeaderMap::new(), depth.saturating_sub(1)))
+                {
+                    mirrors.push((leaf.svc, m.mirror_body, m.max_body));
+                }
+            }
+        }
         let sticky = svc.sticky.as_ref();
         let preferred = sticky.and_then(|s| s.preferred(headers)).filter(|&i| eligible(i));
         // A failover: the main service while it is up, else the fallback while it is.
@@ -146,7 +170,14 @@ pub(crate) struct Proxy {
     trusted: Vec<IpNet>,
     lifecycle: Arc<Lifecycle>,
     ping: Option<String>,
+    /// The proxy itself, for the copies a mirroring service sends on their own tasks.
+    me: std::sync::OnceLock<std::sync::Weak<Proxy>>,
+    /// Mirror copies in flight; when all are taken, a copy is not sent.
+    mirror_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// The most mirror copies in flight at once, over all mirroring services.
+const MAX_MIRRORS_IN_FLIGHT: usize = 1024;
 
 impl Proxy {
     pub(crate) fn new(
@@ -171,7 +202,14 @@ impl Proxy {
             lifecycle,
             ping,
             observe,
+            me: std::sync::OnceLock::new(),
+            mirror_slots: Arc::new(tokio::sync::Semaphore::new(MAX_MIRRORS_IN_FLIGHT)),
         }
+    }
+
+    /// Tell the proxy where it lives (once, after it is put in its `Arc`).
+    pub(crate) fn set_self(self: &Arc<Proxy>) {
+        let _ = self.me.set(Arc::downgrade(self));
     }
 
     /// The mesh client (dialling sidecars), when the gateway runs the mesh.
@@ -352,7 +390,12 @@ impl Proxy {
         // A weighted service: the child (down to a load balancer) this request goes to,
         // and the sticky cookies that name the choices made.
         let leaf = match &service {
-            Some(s) if s.weighted.is_some() => Some(weighted_leaf(&routes, s.clone(), req.headers())?),
+            Some(s) if s.weighted.is_some() => Some(weighted_leaf(
+                &routes,
+                s.clone(),
+                req.headers(),
+                berth_common::routing::MAX_WEIGHTED_DEPTH,
+            )?),
             _ => None,
         };
         let mut pipeline = Pipeline::new(router.middleware_specs.clone());
@@ -391,8 +434,14 @@ impl Proxy {
                     retry: pipeline.retry(),
                 };
                 let (target, cookies) = match &leaf {
-                    Some((svc, cookies)) => (svc, cookies.as_slice()),
+                    Some(l) => (&l.svc, l.cookies.as_slice()),
                     None => (service, &[][..]),
+                };
+                let req = match &leaf {
+                    Some(l) if !l.mirrors.is_empty() && how.upgrade.is_none() => {
+                        self.mirror(req, conn, ctx, &l.mirrors).await?
+                    }
+                    _ => req,
                 };
                 let mut result = self.forward(req, conn, ctx, target, how, span).await;
                 if let Ok(resp) = &mut result {

@@ -282,14 +282,14 @@ async fn authorize(
 }
 
 /// Why a body could not be read whole.
-enum Unread {
+pub(super) enum Unread {
     TooLarge,
     Timeout,
     Failed(String),
 }
 
 /// A body read whole, at most `limit` bytes.
-async fn read_whole<B>(body: B, limit: usize) -> Result<Bytes, Unread>
+pub(super) async fn read_whole<B>(body: B, limit: usize) -> Result<Bytes, Unread>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,

@@ -46,6 +46,41 @@ pub(crate) struct WeightedRuntime {
     pub health_check: bool,
     /// `failover`: the first child while it is up, else the second.
     pub failover: bool,
+    /// `mirroring`: the first child serves, the others get copies.
+    pub mirroring: Option<MirrorRuntime>,
+}
+
+/// A mirroring service's shares, counted as Traefik counts them: mirror `i` gets a copy
+/// while it has had fewer than `percent` of the requests so far.
+#[derive(Debug)]
+pub(crate) struct MirrorRuntime {
+    pub percents: Vec<u32>,
+    pub mirror_body: bool,
+    pub max_body: u64,
+    total: std::sync::atomic::AtomicU64,
+    counts: Vec<std::sync::atomic::AtomicU64>,
+}
+
+impl MirrorRuntime {
+    /// The mirrors (indexes into the children after the first) this request is copied to.
+    pub(crate) fn chosen(&self) -> Vec<usize> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let total = self.total.fetch_add(1, Relaxed) + 1;
+        self.percents
+            .iter()
+            .zip(&self.counts)
+            .enumerate()
+            .filter(|(_, (p, count))| {
+                let c = count.load(Relaxed);
+                let send = c.saturating_mul(100) < total.saturating_mul(u64::from(**p));
+                if send {
+                    count.fetch_add(1, Relaxed);
+                }
+                send
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
 }
 
 /// A snapshot plus its runtime state, swapped as one.
@@ -66,6 +101,10 @@ impl Routes {
             return false;
         };
         match &svc.weighted {
+            // A mirroring service is as up as its main service.
+            Some(w) if w.mirroring.is_some() => {
+                depth > 0 && w.children.first().is_some_and(|&c| self.is_up(c, depth - 1))
+            }
             Some(w) => depth > 0 && w.children.iter().any(|&c| self.is_up(c, depth - 1)),
             None => {
                 let now = std::time::Instant::now();
@@ -103,6 +142,13 @@ impl Routes {
                         balancer: Balancer::new(berth_common::config::Strategy::Wrr, w.weights.clone()),
                         health_check: w.health_check,
                         failover: w.failover,
+                        mirroring: w.mirroring.as_ref().map(|m| MirrorRuntime {
+                            percents: m.percents.clone(),
+                            mirror_body: m.mirror_body,
+                            max_body: m.max_body,
+                            total: Default::default(),
+                            counts: m.percents.iter().map(|_| Default::default()).collect(),
+                        }),
                     }),
                     name: svc.name.clone(),
                     states: endpoints.iter().map(|e| states[&e.url].clone()).collect(),
