@@ -647,3 +647,43 @@ async fn digest_auth_with_curl() {
         "{challenge}"
     );
 }
+
+#[tokio::test]
+async fn content_type_is_detected_only_where_asked() {
+    let app = Backend::start("app", Proto::Http1).await;
+    let yaml = format!(
+        r#"http:
+  routers:
+    sniffed: {{ rule: "Host(`ct.test`)", service: app, middlewares: [ct] }}
+    off: {{ rule: "Host(`off.test`)", service: app, middlewares: [ct-off] }}
+    plain: {{ rule: "Host(`plain.test`)", service: app }}
+  middlewares:
+    ct: {{ contentType: {{}} }}
+    ct-off: {{ contentType: {{ autoDetect: false }} }}
+  services:
+{}"#,
+        service("app", &[app.url()], "")
+    );
+    let gw = start(&yaml, &[]).await;
+    let post = |host: &str, body: &'static [u8]| {
+        Request::builder()
+            .method("POST")
+            .uri("/echo")
+            .header("host", host)
+            .body(Full::new(Bytes::from_static(body)))
+            .unwrap()
+    };
+    // The backend sends no Content-Type: with the middleware the gateway names it, from
+    // the body, and the body arrives whole with its length.
+    let r = http1(gw.web(), post("ct.test", b"<html><body>hi</body></html>")).await;
+    assert_eq!(r.headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(r.headers["content-length"], "28");
+    assert_eq!(r.body, "<html><body>hi</body></html>");
+    let r = http1(gw.web(), post("ct.test", b"\x89PNG\x0D\x0A\x1A\x0A....")).await;
+    assert_eq!(r.headers["content-type"], "image/png");
+    // Without it, or with autoDetect false, nothing is guessed (Traefik's default).
+    for host in ["plain.test", "off.test"] {
+        let r = http1(gw.web(), post(host, b"<html></html>")).await;
+        assert!(!r.headers.contains_key("content-type"), "{host}: {:?}", r.headers);
+    }
+}

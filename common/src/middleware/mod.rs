@@ -10,6 +10,7 @@ pub mod allow;
 pub mod auth;
 pub mod breaker;
 pub mod compress;
+pub mod content_type;
 pub mod digest;
 pub mod errors;
 pub mod forward_auth;
@@ -84,7 +85,9 @@ pub const KINDS: &[Kind] = &[
         Ok(Spec::CircuitBreaker(breaker::CircuitBreaker::parse(n)?))
     }),
     kind("compress", |n| Ok(Spec::Compress(compress::Compress::parse(n)?))),
-    not_yet("contentType"),
+    kind("contentType", |n| {
+        Ok(Spec::ContentType(content_type::ContentType::parse(n)?))
+    }),
     kind("digestAuth", |n| {
         Ok(Spec::DigestAuth(Box::new(digest::DigestAuth::parse(n)?)))
     }),
@@ -155,6 +158,8 @@ pub enum Spec {
     /// Replaces caught answers with a page from another service
     /// ([`Spec::error_page`]).
     Errors(Box<errors::ErrorPage>),
+    /// Names the type of a response sent without one ([`Spec::sniffs_content_type`]).
+    ContentType(content_type::ContentType),
     /// Asks an auth server first; the gateway makes the call ([`Spec::forward_auth`]).
     ForwardAuth(Box<forward_auth::ForwardAuth>),
     /// Other middlewares by name, expanded when routers are built.
@@ -232,7 +237,12 @@ impl Spec {
             Spec::RateLimit(m) => m.request(req),
             Spec::InFlightReq(m) => m.request(req),
             Spec::CircuitBreaker(m) => m.request(),
-            Spec::Retry(_) | Spec::Compress(_) | Spec::ForwardAuth(_) | Spec::Errors(_) | Spec::Chain(_) => Step::Next,
+            Spec::Retry(_)
+            | Spec::Compress(_)
+            | Spec::ForwardAuth(_)
+            | Spec::Errors(_)
+            | Spec::ContentType(_)
+            | Spec::Chain(_) => Step::Next,
         }
     }
 
@@ -292,6 +302,12 @@ impl Spec {
         if let Spec::CircuitBreaker(b) = self {
             b.observe(status, network_error, elapsed);
         }
+    }
+
+    /// Whether a response without `Content-Type` gets one detected from its first bytes
+    /// (`contentType`).
+    pub fn sniffs_content_type(&self) -> bool {
+        matches!(self, Spec::ContentType(c) if c.enabled)
     }
 
     /// Whether the middleware reads the request's `Accept-Encoding` (`compress`).

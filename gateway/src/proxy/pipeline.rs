@@ -185,6 +185,9 @@ impl Pipeline {
             }
         }
         let Ok(resp) = result else { return };
+        if ran.iter().any(|s| s.sniffs_content_type()) {
+            sniff(&ctx.method, resp).await;
+        }
         // The innermost middleware that encodes, encodes.
         let accept = self.accept_encoding.as_deref();
         if let Some(encoding) = ran
@@ -307,6 +310,83 @@ where
                     Unread::Failed(e.to_string())
                 },
             )
+        }
+    }
+}
+
+/// `contentType`: a response without `Content-Type` (and not encoded, with a body its
+/// status allows) gets the type its first body chunk shows, as Go's server detects it.
+async fn sniff(method: &http::Method, resp: &mut Response<Body>) {
+    let status = resp.status();
+    if resp.headers().contains_key(header::CONTENT_TYPE)
+        || resp.headers().contains_key(header::CONTENT_ENCODING)
+        || *method == http::Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || resp.body().is_end_stream()
+    {
+        return;
+    }
+    let taken = std::mem::replace(
+        resp,
+        Response::new(Empty::new().map_err(|never| match never {}).boxed()),
+    );
+    let (mut parts, mut body) = taken.into_parts();
+    let first = body.frame().await;
+    if let Some(Ok(frame)) = &first
+        && let Some(data) = frame.data_ref()
+        && !data.is_empty()
+    {
+        let mime = middleware::content_type::detect(data);
+        parts
+            .headers
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
+    }
+    *resp = Response::from_parts(parts, Prepend { first, rest: body }.boxed());
+}
+
+pin_project_lite::pin_project! {
+    /// A body whose first frame was already read (to look at it), then the rest.
+    struct Prepend {
+        first: Option<Result<hyper::body::Frame<Bytes>, BoxError>>,
+        #[pin]
+        rest: Body,
+    }
+}
+
+impl hyper::body::Body for Prepend {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if let Some(first) = this.first.take() {
+            return std::task::Poll::Ready(Some(first));
+        }
+        this.rest.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        let rest = self.rest.size_hint();
+        let n = match &self.first {
+            Some(Ok(f)) => f.data_ref().map_or(0, |d| d.len() as u64),
+            _ => 0,
+        };
+        match rest.exact() {
+            Some(m) => hyper::body::SizeHint::with_exact(m + n),
+            None => {
+                let mut h = hyper::body::SizeHint::new();
+                h.set_lower(rest.lower() + n);
+                h
+            }
         }
     }
 }
