@@ -687,3 +687,55 @@ async fn content_type_is_detected_only_where_asked() {
         assert!(!r.headers.contains_key("content-type"), "{host}: {:?}", r.headers);
     }
 }
+
+#[tokio::test]
+async fn buffering_reads_whole_bodies_within_its_bounds() {
+    let app = Backend::start("app", Proto::Http1).await;
+    let yaml = format!(
+        r#"http:
+  routers:
+    req: {{ rule: "Host(`req.test`)", service: app, middlewares: [small-requests] }}
+    resp: {{ rule: "Host(`resp.test`)", service: app, middlewares: [small-responses] }}
+    retry: {{ rule: "Host(`retry.test`)", service: app, middlewares: [with-expression] }}
+  middlewares:
+    small-requests: {{ buffering: {{ maxRequestBodyBytes: 10, memRequestBodyBytes: 5 }} }}
+    small-responses: {{ buffering: {{ maxResponseBodyBytes: 10 }} }}
+    with-expression: {{ buffering: {{ retryExpression: "IsNetworkError() && Attempts() < 2" }} }}
+  services:
+{}"#,
+        service("app", &[app.url()], "")
+    );
+    let gw = start(&yaml, &[]).await;
+    let post = |host: &str, body: &'static str| {
+        Request::builder()
+            .method("POST")
+            .uri("/echo")
+            .header("host", host)
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    };
+    let r = http1(gw.web(), post("req.test", "short")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, "short");
+    let before = app.request_count();
+    let r = http1(gw.web(), post("req.test", "far more than ten bytes")).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        app.request_count(),
+        before,
+        "an oversized body never reaches the backend"
+    );
+
+    // The response is read whole: sent with its length, or 500 when over the bound.
+    let r = http1(gw.web(), post("resp.test", "tiny")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["content-length"], "4");
+    let r = http1(gw.web(), get("resp.test", "/")).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+
+    // retryExpression is not applied, so the router is not served.
+    assert_eq!(
+        http1(gw.web(), get("retry.test", "/")).await.status,
+        StatusCode::NOT_FOUND
+    );
+}

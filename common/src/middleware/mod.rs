@@ -9,6 +9,7 @@
 pub mod allow;
 pub mod auth;
 pub mod breaker;
+pub mod buffering;
 pub mod compress;
 pub mod content_type;
 pub mod digest;
@@ -72,7 +73,7 @@ const fn not_yet(name: &'static str) -> Kind {
 pub const KINDS: &[Kind] = &[
     kind("addPrefix", |n| Ok(Spec::AddPrefix(rewrite::AddPrefix::parse(n)?))),
     kind("basicAuth", |n| Ok(Spec::BasicAuth(auth::BasicAuth::parse(n)?))),
-    not_yet("buffering"),
+    kind("buffering", |n| Ok(Spec::Buffering(buffering::Buffering::parse(n)?))),
     kind("chain", |n| {
         let o = Options::new("chain", n, &["middlewares"])?;
         let names = o.list("middlewares")?;
@@ -158,6 +159,8 @@ pub enum Spec {
     /// Replaces caught answers with a page from another service
     /// ([`Spec::error_page`]).
     Errors(Box<errors::ErrorPage>),
+    /// Reads the request and the response whole ([`Spec::buffering`]).
+    Buffering(buffering::Buffering),
     /// Names the type of a response sent without one ([`Spec::sniffs_content_type`]).
     ContentType(content_type::ContentType),
     /// Asks an auth server first; the gateway makes the call ([`Spec::forward_auth`]).
@@ -242,6 +245,7 @@ impl Spec {
             | Spec::ForwardAuth(_)
             | Spec::Errors(_)
             | Spec::ContentType(_)
+            | Spec::Buffering(_)
             | Spec::Chain(_) => Step::Next,
         }
     }
@@ -301,6 +305,15 @@ impl Spec {
     pub fn outcome(&self, status: u16, network_error: bool, elapsed: Duration) {
         if let Spec::CircuitBreaker(b) = self {
             b.observe(status, network_error, elapsed);
+        }
+    }
+
+    /// The bounds a body read whole must keep (`buffering`): the gateway reads the
+    /// request at the middleware's place, and the response on the way back.
+    pub fn buffering(&self) -> Option<buffering::Buffering> {
+        match self {
+            Spec::Buffering(b) => Some(*b),
+            _ => None,
         }
     }
 

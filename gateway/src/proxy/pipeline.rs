@@ -106,6 +106,13 @@ impl Pipeline {
             }
             let step = match spec.request(&mut mreq).await {
                 Step::Reply(reply) => Err(reply_response(reply)),
+                Step::Next if spec.buffering().is_some() => {
+                    let limit = spec.buffering().map_or(0, |b| b.max_request);
+                    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+                    buffer_request(call, &mut body, limit, StatusCode::PAYLOAD_TOO_LARGE)
+                        .await
+                        .map(drop)
+                }
                 Step::Next => match spec.forward_auth() {
                     Some(fa) => {
                         let step = authorize(call, fa, &mut mreq, &mut body).await;
@@ -176,6 +183,11 @@ impl Pipeline {
                     *result = Ok(pages.fetch(page, seen, code, original, ctx).await);
                 }
                 continue;
+            }
+            if let Some(b) = spec.buffering()
+                && let Ok(resp) = result
+            {
+                buffer_response(resp, b.max_response).await;
             }
             if let Ok(resp) = result {
                 spec.response(self.origin.as_ref(), pages.conn.tls, resp.headers_mut());
@@ -253,35 +265,86 @@ async fn authorize(
 ) -> Result<(), Response<Body>> {
     let mut forwarded = None;
     if let Some(limit) = fa.forwarded_body_limit(mreq.method) {
-        let gateway = call
-            .max_body
-            .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
-        let taken = std::mem::replace(body, Either::Right(Full::new(Bytes::new())));
-        let read = match call.read_deadline {
-            Some(d) => read_whole(berth_common::serve::Deadline::new(taken, d), limit.min(gateway)).await,
-            None => read_whole(taken, limit.min(gateway)).await,
-        };
-        let bytes = match read {
-            Ok(bytes) => bytes,
-            Err(Unread::TooLarge) => {
-                tracing::debug!(limit, gateway, "forwardAuth: the request body is larger than allowed");
-                let status = if gateway < limit {
-                    StatusCode::PAYLOAD_TOO_LARGE
-                } else {
-                    StatusCode::UNAUTHORIZED
-                };
-                return Err(auth::status_only(status));
-            }
-            Err(Unread::Timeout) => return Err(auth::status_only(StatusCode::REQUEST_TIMEOUT)),
-            Err(Unread::Failed(e)) => {
-                tracing::debug!(error = %e, "forwardAuth: reading the request body failed");
-                return Err(auth::status_only(StatusCode::INTERNAL_SERVER_ERROR));
-            }
-        };
-        *body = Either::Right(Full::new(bytes.clone()));
-        forwarded = Some(bytes);
+        forwarded = Some(buffer_request(call, body, limit, StatusCode::UNAUTHORIZED).await?);
     }
     auth::ask(call, fa, mreq, forwarded).await
+}
+
+/// Read the request body whole (it goes on as those bytes), keeping the gateway's own
+/// bounds (its body limit: 413; its read deadline: 408) beside the middleware's `limit`
+/// (`over` when passed).
+async fn buffer_request(
+    call: &AuthCall<'_>,
+    body: &mut ClientBody,
+    limit: usize,
+    over: StatusCode,
+) -> Result<Bytes, Response<Body>> {
+    let gateway = call
+        .max_body
+        .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
+    let taken = std::mem::replace(body, Either::Right(Full::new(Bytes::new())));
+    let read = match call.read_deadline {
+        Some(d) => read_whole(berth_common::serve::Deadline::new(taken, d), limit.min(gateway)).await,
+        None => read_whole(taken, limit.min(gateway)).await,
+    };
+    let bytes = match read {
+        Ok(bytes) => bytes,
+        Err(Unread::TooLarge) => {
+            tracing::debug!(limit, gateway, "the request body is larger than allowed");
+            let status = if gateway < limit {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                over
+            };
+            return Err(auth::status_only(status));
+        }
+        Err(Unread::Timeout) => return Err(auth::status_only(StatusCode::REQUEST_TIMEOUT)),
+        Err(Unread::Failed(e)) => {
+            tracing::debug!(error = %e, "reading the request body failed");
+            return Err(auth::status_only(StatusCode::INTERNAL_SERVER_ERROR));
+        }
+    };
+    *body = Either::Right(Full::new(bytes.clone()));
+    Ok(bytes)
+}
+
+/// `buffering` on the way back: the response read whole (its length then known), or 500
+/// when it is larger than the middleware allows or cannot be read. (Boxed: it keeps the
+/// request's future `Send` for the compiler.)
+fn buffer_response(
+    resp: &mut Response<Body>,
+    limit: u64,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+    Box::pin(async move {
+        let taken = std::mem::replace(
+            resp,
+            Response::new(Empty::new().map_err(|never| match never {}).boxed()),
+        );
+        let (parts, mut body) = taken.into_parts();
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut whole = bytes::BytesMut::new();
+        let mut ok = true;
+        while let Some(frame) = body.frame().await {
+            match frame.map(|f| f.into_data()) {
+                Ok(Ok(data)) if whole.len() + data.len() <= limit => whole.extend_from_slice(&data),
+                // Trailers are dropped: the body is sent whole, with its length.
+                Ok(Err(_)) => {}
+                _ => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if ok {
+            *resp = Response::from_parts(parts, berth_common::body::full(whole.freeze()));
+        } else {
+            tracing::debug!(
+                limit,
+                "buffering: the response is larger than maxResponseBodyBytes or broke off"
+            );
+            *resp = auth::status_only(StatusCode::INTERNAL_SERVER_ERROR);
+        }
+    })
 }
 
 /// Why a body could not be read whole.
