@@ -639,7 +639,22 @@ impl Decoder<'_> {
                     Ok(sticky) => lb.sticky = sticky,
                     Err(()) => refused = true,
                 },
-                "responseforwarding" | "serverstransport" => self.diags.push(Diagnostic::warning(
+                // Berth sends each chunk of a response on as it arrives, so any
+                // flushInterval is met; only its form is checked.
+                "responseforwarding" => {
+                    for (k, v) in self.map(child, &p) {
+                        let kp = format!("{p}.{k}");
+                        if k.eq_ignore_ascii_case("flushInterval") {
+                            let text = self.string(v, &kp).unwrap_or_default();
+                            if text.trim() != "-1" {
+                                self.duration(v, &kp);
+                            }
+                        } else {
+                            self.unknown(&kp);
+                        }
+                    }
+                }
+                "serverstransport" => self.diags.push(Diagnostic::warning(
                     p,
                     format!("`{key}` is not supported yet; it is ignored"),
                 )),

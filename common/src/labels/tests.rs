@@ -450,6 +450,31 @@ fn a_label_may_not_make_a_weighted_service() {
 }
 
 #[test]
+fn flush_interval_is_met_without_a_warning() {
+    let l = labels(&[
+        ("traefik.http.services.app.loadbalancer.server.port", "80"),
+        (
+            "traefik.http.services.app.loadbalancer.responseforwarding.flushinterval",
+            "100ms",
+        ),
+    ]);
+    let (_, diags) = parse(&l);
+    assert!(!diags.iter().any(|d| d.key.contains("responseforwarding")), "{diags:?}");
+    let l = labels(&[
+        ("traefik.http.services.app.loadbalancer.server.port", "80"),
+        (
+            "traefik.http.services.app.loadbalancer.responseforwarding.flushinterval",
+            "soon",
+        ),
+    ]);
+    let (_, diags) = parse(&l);
+    assert!(
+        diags.iter().any(|d| d.key.contains("flushinterval") && d.is_error()),
+        "{diags:?}"
+    );
+}
+
+#[test]
 fn labels_point_only_at_the_tasks_own_ports() {
     let l = labels(&[
         (
