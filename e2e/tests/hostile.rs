@@ -329,6 +329,7 @@ async fn routers_that_ask_for_what_cannot_be_applied_are_not_served() {
 tcp:
   routers:
     db: {{ rule: "HostSNI(`*`)", service: db, entryPoints: [db], middlewares: [only-vpc] }}
+    db2: {{ rule: "HostSNI(`*`)", service: db, entryPoints: [db], middlewares: [no-such-guard] }}
   services:
     db: {{ loadBalancer: {{ servers: [ {{ address: "{db_addr}" }} ] }} }}
   middlewares:
@@ -350,8 +351,16 @@ tcp:
         .await
         .is_ok();
     assert!(!reached, "the TCP router ran without its ipAllowList");
+    // A guard that does not exist keeps its router from being served at all.
     let tcp = gw.admin_json("/api/tcp/routers").await;
-    assert!(tcp.to_string().contains("fail closed"), "{tcp}");
+    let db2 = tcp
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "db2@file")
+        .unwrap();
+    assert_eq!(db2["status"], "disabled");
+    assert!(db2.to_string().contains("fail closed"), "{tcp}");
 }
 
 #[tokio::test]

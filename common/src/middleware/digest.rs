@@ -109,7 +109,7 @@ impl DigestAuth {
 
     pub(super) fn request(&self, req: &mut Req<'_>) -> Step {
         match self.check(req) {
-            Some(user) => {
+            Answer::Good(user) => {
                 if self.remove_header {
                     req.headers.remove(header::AUTHORIZATION);
                 }
@@ -118,12 +118,19 @@ impl DigestAuth {
                 }
                 Step::Next
             }
-            None => self.challenge(),
+            // A right answer to a nonce forgotten or already used: the client only needs
+            // a new nonce, not the user's password again (RFC 7616 `stale`).
+            Answer::Stale => self.challenge(true),
+            Answer::Bad => self.challenge(false),
         }
     }
 
-    /// The user, when the request's `Authorization` answers one of our challenges.
-    fn check(&self, req: &Req<'_>) -> Option<String> {
+    /// Whether the request's `Authorization` answers one of our challenges.
+    fn check(&self, req: &Req<'_>) -> Answer {
+        self.check_inner(req).unwrap_or(Answer::Bad)
+    }
+
+    fn check_inner(&self, req: &Req<'_>) -> Option<Answer> {
         let value = req.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
         let (scheme, rest) = value.trim().split_once(' ')?;
         if !scheme.eq_ignore_ascii_case("digest") {
@@ -142,7 +149,9 @@ impl DigestAuth {
             get("uri")?,
             get("response")?,
         );
-        if get("opaque") != Some(self.opaque.as_str()) || get("qop") != Some("auth") {
+        // Users are looked up in this middleware's realm only, whatever a shared
+        // usersFile holds for other realms.
+        if realm != self.realm || get("opaque") != Some(self.opaque.as_str()) || get("qop") != Some("auth") {
             return None;
         }
         if get("algorithm").is_some_and(|a| !a.eq_ignore_ascii_case("MD5")) {
@@ -156,17 +165,18 @@ impl DigestAuth {
         if uri != target {
             return None;
         }
-        let nc = u64::from_str_radix(get("nc")?, 16).ok()?;
+        let nc_text = get("nc")?;
+        let nc = u64::from_str_radix(nc_text, 16).ok()?;
         let cnonce = get("cnonce")?;
         let ha1 = self
             .users
             .iter()
-            .find(|(u, r, _)| u == user && r == realm)
+            .find(|(u, r, _)| u == user && *r == self.realm)
             .map(|(_, _, h)| h.as_str());
         // The same work for an unknown user.
         let ha1_or_decoy = ha1.unwrap_or("00000000000000000000000000000000");
         let ha2 = md5_hex(&format!("{}:{uri}", req.method.as_str()));
-        let expected = md5_hex(&format!("{ha1_or_decoy}:{nonce}:{}:{cnonce}:auth:{ha2}", get("nc")?));
+        let expected = md5_hex(&format!("{ha1_or_decoy}:{nonce}:{nc_text}:{cnonce}:auth:{ha2}"));
         let matches: bool = expected
             .as_bytes()
             .ct_eq(response.to_ascii_lowercase().as_bytes())
@@ -174,18 +184,21 @@ impl DigestAuth {
         if !matches || ha1.is_none() {
             return None;
         }
-        // Known nonce, and a count above the last one used with it.
+        // A nonce we gave, with a count above the last one used with it; a use keeps it
+        // among the most recent (the least recently used go first).
         let mut nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = nonces.get_mut(nonce)?;
+        let Some(entry) = nonces.get_mut(nonce) else {
+            return Some(Answer::Stale);
+        };
         if nc <= entry.0 {
-            return None;
+            return Some(Answer::Stale);
         }
-        entry.0 = nc;
-        Some(user.to_string())
+        *entry = (nc, Instant::now());
+        Some(Answer::Good(user.to_string()))
     }
 
-    /// 401 with a fresh nonce.
-    fn challenge(&self) -> Step {
+    /// 401 with a fresh nonce (`stale`: the answer was right but its nonce spent).
+    fn challenge(&self, stale: bool) -> Step {
         let mut r = Reply::new(StatusCode::UNAUTHORIZED, "401 Unauthorized\n");
         let Ok(nonce) = random_hex() else {
             return Step::Reply(r);
@@ -193,7 +206,7 @@ impl DigestAuth {
         {
             let mut nonces = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
             if nonces.len() >= MAX_NONCES {
-                // The oldest eighth goes.
+                // The least recently used eighth goes.
                 let mut by_age: Vec<(String, Instant)> = nonces.iter().map(|(k, v)| (k.clone(), v.1)).collect();
                 by_age.sort_by_key(|(_, t)| *t);
                 for (k, _) in by_age.into_iter().take(MAX_NONCES / 8) {
@@ -203,14 +216,24 @@ impl DigestAuth {
             nonces.insert(nonce.clone(), (0, Instant::now()));
         }
         let challenge = format!(
-            "Digest realm=\"{}\", nonce=\"{nonce}\", opaque=\"{}\", algorithm=\"MD5\", qop=\"auth\"",
-            self.realm, self.opaque
+            "Digest realm=\"{}\", nonce=\"{nonce}\", opaque=\"{}\", algorithm=\"MD5\", qop=\"auth\"{}",
+            self.realm,
+            self.opaque,
+            if stale { ", stale=true" } else { "" }
         );
         if let Ok(v) = HeaderValue::from_str(&challenge) {
             r.headers.push((header::WWW_AUTHENTICATE, v));
         }
         Step::Reply(r)
     }
+}
+
+/// What an `Authorization` header is worth.
+enum Answer {
+    Good(String),
+    /// Right, but for a nonce forgotten or already used at that count.
+    Stale,
+    Bad,
 }
 
 /// `name=value` pairs of an `Authorization: Digest` header, values quoted or not; `None`
@@ -348,10 +371,33 @@ mod tests {
     }
 
     #[test]
+    fn users_of_other_realms_are_not_accepted() {
+        // test:admin:test, in a file shared with another middleware.
+        let other = format!("test:admin:{}", md5_hex("test:admin:test"));
+        let spec = Spec::DigestAuth(Box::new(DigestAuth::parse(&node(&[("users", &other)])).unwrap()));
+        let mut h = HeaderMap::new();
+        let (step, _) = run(&spec, &Method::GET, false, "a", "/", &mut h, "127.0.0.1");
+        let (nonce, opaque) = nonce_and_opaque(&step);
+        let ha1 = md5_hex("test:admin:test");
+        let ha2 = md5_hex("GET:/");
+        let response = md5_hex(&format!("{ha1}:{nonce}:00000001:abc:auth:{ha2}"));
+        let mut h = HeaderMap::new();
+        let value = format!(
+            r#"Digest username="test", realm="admin", nonce="{nonce}", uri="/", response="{response}", opaque="{opaque}", qop=auth, nc=00000001, cnonce="abc""#
+        );
+        h.insert("authorization", value.parse().unwrap());
+        let (step, _) = run(&spec, &Method::GET, false, "a", "/", &mut h, "127.0.0.1");
+        assert!(
+            matches!(step, Step::Reply(_)),
+            "a user of realm admin passed realm traefik"
+        );
+    }
+
+    #[test]
     fn nonces_are_bounded() {
         let d = DigestAuth::parse(&node(&[("users", USER)])).unwrap();
         for _ in 0..(MAX_NONCES * 2) {
-            let _ = d.challenge();
+            let _ = d.challenge(false);
         }
         assert!(d.nonces.lock().unwrap().len() <= MAX_NONCES);
     }

@@ -156,6 +156,15 @@ impl ErrorPage {
                 h
             }
         };
+        let mut headers = headers;
+        // The page request is a GET without a body: the original's framing is not its.
+        for name in [
+            http::header::CONTENT_LENGTH,
+            http::header::TRANSFER_ENCODING,
+            http::header::EXPECT,
+        ] {
+            headers.remove(name);
+        }
         PageRequest {
             path_and_query,
             headers,
@@ -214,6 +223,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("accept", HeaderValue::from_static("text/html"));
         headers.insert("cookie", HeaderValue::from_static("a=b"));
+        headers.insert("content-length", HeaderValue::from_static("12"));
         Seen {
             tls: true,
             host: "app.test".into(),
@@ -257,6 +267,10 @@ mod tests {
             "/503.html?from=502&url=https%3A%2F%2Fapp.test%2Fa+b%2Fc%3Fx%3D1%26y%3D2"
         );
         assert_eq!(r.headers["cookie"], "a=b");
+        assert!(
+            !r.headers.contains_key("content-length"),
+            "the page request has no body"
+        );
         // No query: the root; errorRequestHeaders: only those, an empty list none.
         let only = page(&[
             ("service", "pages"),

@@ -458,37 +458,59 @@ fn resolve_weighted(services: &mut [ServiceEntry], index: &HashMap<String, usize
         }
         w.children = children;
     }
-    // Depth-first from each weighted service: cycles and depth, then status bottom-up.
-    fn check(services: &[ServiceEntry], i: usize, path: &mut Vec<usize>) -> Result<(), String> {
+    // Depth-first from each weighted service: cycles and depth, each service judged once
+    // (a child named many times, at many levels, costs once).
+    fn check(
+        services: &[ServiceEntry],
+        i: usize,
+        path: &mut Vec<usize>,
+        memo: &mut HashMap<usize, Result<(), String>>,
+    ) -> Result<(), String> {
         if path.contains(&i) {
             return Err(format!("weighted services form a cycle through `{}`", services[i].name));
         }
         if path.len() >= MAX_WEIGHTED_DEPTH {
             return Err(format!("weighted services nested more than {MAX_WEIGHTED_DEPTH} deep"));
         }
-        let Some(w) = &services[i].weighted else {
-            return match services[i].status {
+        if let Some(done) = memo.get(&i) {
+            return done.clone();
+        }
+        let verdict = match &services[i].weighted {
+            None => match services[i].status {
                 Status::Disabled => Err(format!("service `{}` is disabled", services[i].name)),
                 Status::Enabled => Ok(()),
-            };
+            },
+            Some(_) if !services[i].errors.is_empty() => Err(format!("service `{}` is disabled", services[i].name)),
+            Some(w) => {
+                path.push(i);
+                let mut verdict = Ok(());
+                let mut unique = w.children.clone();
+                unique.sort_unstable();
+                unique.dedup();
+                for c in unique {
+                    verdict = check(services, c, path, memo);
+                    if verdict.is_err() {
+                        break;
+                    }
+                }
+                path.pop();
+                verdict
+            }
         };
-        if !services[i].errors.is_empty() {
-            return Err(format!("service `{}` is disabled", services[i].name));
+        // A depth error depends on where the service was reached from: not remembered.
+        if !matches!(&verdict, Err(e) if e.contains("nested")) {
+            memo.insert(i, verdict.clone());
         }
-        path.push(i);
-        for &c in &w.children {
-            check(services, c, path)?;
-        }
-        path.pop();
-        Ok(())
+        verdict
     }
+    let mut memo = HashMap::new();
     let verdicts: Vec<Option<String>> = (0..services.len())
         .map(|i| {
             services[i].weighted.as_ref()?;
             if !services[i].errors.is_empty() {
                 return None;
             }
-            check(services, i, &mut Vec::new()).err()
+            check(services, i, &mut Vec::new(), &mut memo).err()
         })
         .collect();
     for (i, v) in verdicts.into_iter().enumerate() {

@@ -109,7 +109,12 @@ fn weighted_leaf(
         let Some(w) = &svc.weighted else {
             return Ok(Leaf { svc, cookies, mirrors });
         };
-        let eligible = |i: usize| !w.health_check || w.children.get(i).is_some_and(|&c| routes.is_up(c, depth));
+        // A child of weight 0 gets nothing, not even its sticky clients (draining a
+        // canary); with health checks, a child with no healthy server neither.
+        let eligible = |i: usize| {
+            w.weights.get(i).is_some_and(|&wt| wt > 0 || w.failover)
+                && (!w.health_check || w.children.get(i).is_some_and(|&c| routes.is_up(c, depth)))
+        };
         if let Some(m) = &w.mirroring {
             for i in m.chosen() {
                 let target = w.children.get(i + 1).and_then(|&c| routes.services.get(c)).cloned();
@@ -390,12 +395,14 @@ impl Proxy {
         // A weighted service: the child (down to a load balancer) this request goes to,
         // and the sticky cookies that name the choices made.
         let leaf = match &service {
+            // Kept as a result: a service with nothing to pick fails where a load
+            // balancer without servers does, after the middlewares.
             Some(s) if s.weighted.is_some() => Some(weighted_leaf(
                 &routes,
                 s.clone(),
                 req.headers(),
                 berth_common::routing::MAX_WEIGHTED_DEPTH,
-            )?),
+            )),
             _ => None,
         };
         let mut pipeline = Pipeline::new(router.middleware_specs.clone());
@@ -432,6 +439,11 @@ impl Proxy {
                 let how = forward::How {
                     upgrade,
                     retry: pipeline.retry(),
+                };
+                let leaf = match leaf {
+                    Some(Ok(l)) => Some(l),
+                    Some(Err(e)) => return Err(e),
+                    None => None,
                 };
                 let (target, cookies) = match &leaf {
                     Some(l) => (&l.svc, l.cookies.as_slice()),

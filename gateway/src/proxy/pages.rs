@@ -38,9 +38,22 @@ impl Pages<'_> {
             text_response(status, format!("{reason}\n"), None)
         };
         let routes = self.proxy.routes();
-        let Some(svc) = routes.services.iter().find(|s| s.name == page.service()) else {
+        let Some(svc) = routes.services.iter().find(|s| s.name == page.service()).cloned() else {
             tracing::debug!(service = page.service(), "errors: the page's service is gone");
             return plain();
+        };
+        // A weighted (or failover) page service: the load balancer it leads to.
+        let svc = match &svc.weighted {
+            Some(_) => match super::weighted_leaf(
+                &routes,
+                svc,
+                &http::HeaderMap::new(),
+                berth_common::routing::MAX_WEIGHTED_DEPTH,
+            ) {
+                Ok(leaf) => leaf.svc,
+                Err(_) => return plain(),
+            },
+            None => svc,
         };
         let asked = page.page_request(seen, code, original);
         let mut req = Request::new(Either::Right(Full::new(Bytes::new())));
@@ -58,7 +71,7 @@ impl Pages<'_> {
             upgrade: None,
             retry: None,
         };
-        let result = self.proxy.forward(req, self.conn, ctx, svc, how, self.span).await;
+        let result = self.proxy.forward(req, self.conn, ctx, &svc, how, self.span).await;
         ctx.outcome = outcome;
         let mut resp = match result {
             Ok(r) => r,

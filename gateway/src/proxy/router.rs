@@ -41,6 +41,8 @@ pub(crate) struct ServiceRuntime {
 #[derive(Debug)]
 pub(crate) struct WeightedRuntime {
     pub children: Vec<usize>,
+    /// Parallel to `children`.
+    pub weights: Vec<u32>,
     pub balancer: Balancer,
     /// Skip a child with no healthy server (`healthCheck: {}`).
     pub health_check: bool,
@@ -95,22 +97,35 @@ pub(crate) struct Routes {
 
 impl Routes {
     /// Whether `service` has a healthy server now: one of its own, or through a child
-    /// (weighted services, at most `depth` deep).
+    /// (weighted services, at most `depth` deep). Each service is looked at once per
+    /// call, however often it is named.
     pub(crate) fn is_up(&self, service: usize, depth: usize) -> bool {
+        let mut seen = std::collections::HashMap::new();
+        self.is_up_once(service, depth, &mut seen)
+    }
+
+    fn is_up_once(&self, service: usize, depth: usize, seen: &mut std::collections::HashMap<usize, bool>) -> bool {
+        if let Some(&up) = seen.get(&service) {
+            return up;
+        }
+        // Until it is known (a cycle the builder would have refused): down.
+        seen.insert(service, false);
         let Some(svc) = self.services.get(service) else {
             return false;
         };
-        match &svc.weighted {
+        let up = match &svc.weighted {
             // A mirroring service is as up as its main service.
             Some(w) if w.mirroring.is_some() => {
-                depth > 0 && w.children.first().is_some_and(|&c| self.is_up(c, depth - 1))
+                depth > 0 && w.children.first().is_some_and(|&c| self.is_up_once(c, depth - 1, seen))
             }
-            Some(w) => depth > 0 && w.children.iter().any(|&c| self.is_up(c, depth - 1)),
+            Some(w) => depth > 0 && w.children.iter().any(|&c| self.is_up_once(c, depth - 1, seen)),
             None => {
                 let now = std::time::Instant::now();
                 svc.states.iter().any(|s| s.is_healthy(now))
             }
-        }
+        };
+        seen.insert(service, up);
+        up
     }
 
     pub(crate) fn build(snapshot: Arc<Snapshot>, registry: &Registry, metrics: &Metrics) -> Routes {
@@ -139,6 +154,7 @@ impl Routes {
                     }),
                     weighted: svc.weighted.as_ref().map(|w| WeightedRuntime {
                         children: w.children.clone(),
+                        weights: w.weights.clone(),
                         balancer: Balancer::new(berth_common::config::Strategy::Wrr, w.weights.clone()),
                         health_check: w.health_check,
                         failover: w.failover,
