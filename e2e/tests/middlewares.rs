@@ -527,6 +527,23 @@ async fn errors_replace_caught_answers_with_the_page_service() {
     assert_eq!(asked.headers["accept"], "text/html");
     assert!(!asked.headers.contains_key("cookie"));
 
+    // A caught POST: the page is still a bodyless GET (the original's Content-Length
+    // would leave the page server waiting for a body that never comes).
+    let post = Request::builder()
+        .method("POST")
+        .uri("/status/500")
+        .header("host", "e.test")
+        .body(Full::new(Bytes::from_static(b"a body of 17 bytes")))
+        .unwrap();
+    let r = tokio::time::timeout(std::time::Duration::from_secs(5), http1(gw.web(), post))
+        .await
+        .expect("the error page hung");
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(r.headers["x-backend"], "pages");
+    let asked = pages.requests().pop().unwrap();
+    assert_eq!(asked.method, "GET");
+    assert!(asked.body.is_empty() && !asked.headers.contains_key("content-length"));
+
     // statusRewrites: a 418 is answered 404, the page asked for the rewritten status.
     let r = http1(gw.web(), get("e.test", "/status/418")).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);

@@ -167,6 +167,7 @@ async fn weighted_services_share_by_weight_nest_stick_and_skip_what_is_down() {
     split: {{ rule: "Host(`w.test`)", service: split }}
     nested: {{ rule: "Host(`n.test`)", service: outer }}
     sticky: {{ rule: "Host(`s.test`)", service: pinned }}
+    drained: {{ rule: "Host(`dr.test`)", service: drained }}
     cycle: {{ rule: "Host(`c.test`)", service: loop-a }}
     missing: {{ rule: "Host(`m.test`)", service: gap }}
   services:
@@ -184,6 +185,10 @@ async fn weighted_services_share_by_weight_nest_stick_and_skip_what_is_down() {
       weighted:
         sticky: {{ cookie: {{ name: lane }} }}
         services: [{{ name: stable, weight: 1 }}, {{ name: canary, weight: 1 }}]
+    drained:
+      weighted:
+        sticky: {{ cookie: {{ name: lane }} }}
+        services: [{{ name: stable, weight: 1 }}, {{ name: canary, weight: 0 }}]
     loop-a: {{ weighted: {{ services: [{{ name: loop-b }}] }} }}
     loop-b: {{ weighted: {{ services: [{{ name: loop-a }}] }} }}
     gap: {{ weighted: {{ services: [{{ name: stable }}, {{ name: nowhere }}] }} }}
@@ -223,6 +228,19 @@ async fn weighted_services_share_by_weight_nest_stick_and_skip_what_is_down() {
         let r = http1(gw.web(), with_cookie("s.test", &pair)).await;
         assert_eq!(r.headers["x-backend"].to_str().unwrap(), first);
         assert!(!r.headers.contains_key("set-cookie"));
+    }
+
+    // A child drained to weight 0 gets nothing, not even the clients its cookie names.
+    let cfg = berth_common::config::StickyCookie {
+        name: Some("lane".into()),
+        ..Default::default()
+    };
+    let drained = berth_common::sticky::Sticky::new(&cfg, "drained@file", ["stable@file", "canary@file"]);
+    let to_canary = drained.set_cookie(1).unwrap();
+    let pair = to_canary.to_str().unwrap().split(';').next().unwrap().to_string();
+    for _ in 0..3 {
+        let r = http1(gw.web(), with_cookie("dr.test", &pair)).await;
+        assert_eq!(r.headers["x-backend"], "stable");
     }
 
     // With healthCheck, a child with no healthy server gets nothing.
