@@ -159,9 +159,6 @@ pub fn apr1(password: &[u8], salt: &[u8]) -> String {
     out
 }
 
-/// The largest `usersFile` read (an htpasswd file of thousands of users is far smaller).
-const MAX_USERS_FILE: u64 = 1024 * 1024;
-
 impl BasicAuth {
     pub fn parse(node: &Node) -> Result<Self, String> {
         let o = Options::new(
@@ -169,26 +166,7 @@ impl BasicAuth {
             node,
             &["users", "usersFile", "realm", "removeHeader", "headerField"],
         )?;
-        // (where it came from, the line), so that a message can say where without quoting.
-        let mut lines: Vec<(String, String)> = o
-            .list("users")?
-            .into_iter()
-            .enumerate()
-            .map(|(i, l)| (format!("users[{i}]"), l))
-            .collect();
-        if let Some(path) = o.string("usersFile")?.filter(|p| !p.is_empty()) {
-            let text = super::options::read_small_file("basicAuth.usersFile", &path, MAX_USERS_FILE)?;
-            lines.extend(
-                text.lines()
-                    .enumerate()
-                    .map(|(i, l)| (i, l.trim()))
-                    .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
-                    .map(|(i, l)| (format!("usersFile {path} line {}", i + 1), l.to_string())),
-            );
-        }
-        if lines.is_empty() {
-            return Err("basicAuth: no users (users or usersFile)".into());
-        }
+        let lines = super::options::user_lines("basicAuth", &o)?;
         let users = lines
             .iter()
             .map(|(at, l)| {

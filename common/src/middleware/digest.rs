@@ -25,9 +25,6 @@ use crate::tree::Node;
 /// The most nonces remembered at once (go-http-auth keeps 1,000 and a tolerance).
 pub const MAX_NONCES: usize = 1024;
 
-/// The largest `usersFile` read.
-const MAX_USERS_FILE: u64 = 1024 * 1024;
-
 #[derive(Debug)]
 pub struct DigestAuth {
     /// `(user, realm, HA1 in lowercase hex)`.
@@ -47,25 +44,7 @@ impl DigestAuth {
             node,
             &["users", "usersFile", "realm", "removeHeader", "headerField"],
         )?;
-        let mut lines: Vec<(String, String)> = o
-            .list("users")?
-            .into_iter()
-            .enumerate()
-            .map(|(i, l)| (format!("users[{i}]"), l))
-            .collect();
-        if let Some(path) = o.string("usersFile")?.filter(|p| !p.is_empty()) {
-            let text = super::options::read_small_file("digestAuth.usersFile", &path, MAX_USERS_FILE)?;
-            lines.extend(
-                text.lines()
-                    .map(str::trim)
-                    .enumerate()
-                    .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
-                    .map(|(i, l)| (format!("usersFile {path} line {}", i + 1), l.to_string())),
-            );
-        }
-        if lines.is_empty() {
-            return Err("digestAuth: no users (users or usersFile)".into());
-        }
+        let lines = super::options::user_lines("digestAuth", &o)?;
         let users = lines
             .iter()
             .map(|(at, l)| {

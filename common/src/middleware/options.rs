@@ -156,3 +156,32 @@ pub(crate) fn read_small_file(what: &str, path: &str, max: u64) -> Result<String
         .map_err(|e| fail(&e.kind().to_string()))?;
     Ok(text)
 }
+
+/// The largest `usersFile` read (an htpasswd file of thousands of users is far smaller).
+const MAX_USERS_FILE: u64 = 1024 * 1024;
+
+/// The user lines of `basicAuth` and `digestAuth`: `users`, then the non-empty,
+/// non-comment lines of `usersFile`, each with where it came from (`users[2]`,
+/// `usersFile <path> line 7`) so that a message can say where without quoting it.
+pub(crate) fn user_lines(kind: &str, o: &Options<'_>) -> Result<Vec<(String, String)>, String> {
+    let mut lines: Vec<(String, String)> = o
+        .list("users")?
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| (format!("users[{i}]"), l))
+        .collect();
+    if let Some(path) = o.string("usersFile")?.filter(|p| !p.is_empty()) {
+        let text = read_small_file(&format!("{kind}.usersFile"), &path, MAX_USERS_FILE)?;
+        lines.extend(
+            text.lines()
+                .enumerate()
+                .map(|(i, l)| (i, l.trim()))
+                .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+                .map(|(i, l)| (format!("usersFile {path} line {}", i + 1), l.to_string())),
+        );
+    }
+    if lines.is_empty() {
+        return Err(format!("{kind}: no users (users or usersFile)"));
+    }
+    Ok(lines)
+}

@@ -475,39 +475,37 @@ fn tcp_services(snap: &Snapshot) -> Vec<Value> {
 fn middlewares(snap: &Snapshot) -> Vec<Value> {
     snap.middlewares
         .iter()
-        .map(|m| {
-            let mut v = json!({
-                "name": m.name,
-                "provider": m.provider,
-                "type": m.kind.to_ascii_lowercase(),
-                "status": status_str(m.status),
-                "usedBy": m.used_by,
-            });
-            if !m.errors.is_empty() {
-                v["error"] = json!(m.errors);
-            }
-            v
-        })
+        .map(|m| middleware_json(&m.name, &m.provider, &m.kind, m.status, &m.used_by, &m.errors))
         .collect()
 }
 
 fn tcp_middlewares(snap: &Snapshot) -> Vec<Value> {
     snap.tcp_middlewares
         .iter()
-        .map(|m| {
-            let mut v = json!({
-                "name": m.name,
-                "provider": m.provider,
-                "type": m.kind.to_ascii_lowercase(),
-                "status": status_str(m.status),
-                "usedBy": m.used_by,
-            });
-            if !m.errors.is_empty() {
-                v["error"] = json!(m.errors);
-            }
-            v
-        })
+        .map(|m| middleware_json(&m.name, &m.provider, &m.kind, m.status, &m.used_by, &m.errors))
         .collect()
+}
+
+/// A middleware as Traefik's API shows one, HTTP or TCP.
+fn middleware_json(
+    name: &str,
+    provider: &str,
+    kind: &str,
+    status: Status,
+    used_by: &[String],
+    errors: &[String],
+) -> Value {
+    let mut v = json!({
+        "name": name,
+        "provider": provider,
+        "type": kind.to_ascii_lowercase(),
+        "status": status_str(status),
+        "usedBy": used_by,
+    });
+    if !errors.is_empty() {
+        v["error"] = json!(errors);
+    }
+    v
 }
 
 fn counts<'a>(items: impl Iterator<Item = (Status, bool)> + 'a) -> Value {
