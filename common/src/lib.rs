@@ -41,6 +41,7 @@ pub mod synthetic;
 #[cfg(feature = "net")]
 pub mod telemetry;
 pub mod tls;
+pub mod transport;
 mod tree;
 #[cfg(feature = "net")]
 pub mod upstream;

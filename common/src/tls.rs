@@ -27,6 +27,35 @@ pub enum TlsError {
     Invalid { what: String, reason: String },
 }
 
+/// The handshake-signature half of a rustls certificate verifier, the same for every
+/// verifier here: checked by the crypto provider in `self.<field>`.
+macro_rules! provider_signatures {
+    ($field:tt) => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls_pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.$field.signature_verification_algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls_pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.$field.signature_verification_algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.$field.signature_verification_algorithms.supported_schemes()
+        }
+    };
+}
+pub(crate) use provider_signatures;
+
 /// Install aws-lc-rs as the process-wide rustls provider (idempotent).
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

@@ -123,6 +123,8 @@ pub struct Connector {
     dials: Dials,
     /// Refuse names that resolve to the machine itself or a link-local address.
     public_only: bool,
+    /// Sent in SNI and verified instead of the URL's host (a transport's `serverName`).
+    server_name: Option<ServerName<'static>>,
 }
 
 impl Connector {
@@ -149,7 +151,27 @@ impl Connector {
             tls: TlsConnector::from(Arc::new(tls)),
             dials: Dials::default(),
             public_only: false,
+            server_name: None,
         }
+    }
+
+    /// A `serversTransport`'s: its trust and client certificates, its server name and
+    /// dial timeout, and ALPN without h2 when it says `disableHTTP2`. `roots`: the
+    /// gateway's upstream trust, for a transport that names no `rootCAs`.
+    pub fn for_transport(t: &crate::transport::Transport, roots: &rustls::RootCertStore) -> Result<Connector, String> {
+        let mut tls = t.client_config(roots)?;
+        tls.alpn_protocols = if t.disable_http2 {
+            vec![b"http/1.1".to_vec()]
+        } else {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        };
+        Ok(Connector {
+            connect_timeout: t.dial_timeout,
+            tls: TlsConnector::from(Arc::new(tls)),
+            dials: Dials::default(),
+            public_only: false,
+            server_name: t.server_name.clone(),
+        })
     }
 
     /// Count every connection opened in `dials`.
@@ -202,7 +224,10 @@ impl tower_service::Service<Uri> for Connector {
             if !tls {
                 return Ok(TokioIo::new(UpstreamStream::Plain(tcp)));
             }
-            let name = ServerName::try_from(host.clone()).map_err(|_| ConnectError::Address(host.clone()))?;
+            let name = match &this.server_name {
+                Some(n) => n.clone(),
+                None => ServerName::try_from(host.clone()).map_err(|_| ConnectError::Address(host.clone()))?,
+            };
             let stream = connect_tls(&this.tls, name, tcp, this.connect_timeout).await?;
             Ok(TokioIo::new(UpstreamStream::Tls(Box::new(stream))))
         })

@@ -14,7 +14,9 @@ mod process;
 pub use ecs::{Moto, RunningTask, ecs_client, local_ecs, moto_tool, running_tasks, web_container};
 pub use gateway::{GatewayProcess, TestGateway, service, start};
 pub use local_up::LocalUp;
-pub use process::{ProcessInfo, bin, find_process, go_tlsprobe, runnable_copy, sidecar_process, signal, temp_dir};
+pub use process::{
+    ProcessInfo, PythonServer, bin, find_process, go_tlsprobe, runnable_copy, sidecar_process, signal, temp_dir,
+};
 
 /// Re-exported so a test names its helpers in one list.
 pub use berth_common::test_util::free_port;

@@ -146,3 +146,47 @@ pub fn go_tlsprobe() -> PathBuf {
     })
     .clone()
 }
+
+/// A Python fixture server from `tests/fixtures` (servers nobody here wrote: Python's
+/// `http.server` and `ssl`), which prints its port first. Stopped when dropped: its
+/// stdin closed, then killed by its PID.
+pub struct PythonServer {
+    child: std::process::Child,
+    pub port: u16,
+    /// Its stdout after the port.
+    pub out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl PythonServer {
+    /// Run `tests/fixtures/<script>` with `args`, once it has said its port.
+    pub fn start(script: &str, args: &[&str]) -> PythonServer {
+        use std::io::BufRead;
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(script);
+        let mut child = std::process::Command::new("python3")
+            .arg("-u")
+            .arg(&path)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("the fixture's first line");
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{script} said `{line}`, not its port"));
+        PythonServer { child, port, out }
+    }
+}
+
+impl Drop for PythonServer {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

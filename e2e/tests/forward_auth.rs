@@ -5,20 +5,21 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
 
 use berth_common::test_util::{Backend, Proto, closed_port, get, http1};
-use berth_e2e::start;
+use berth_e2e::{PythonServer, start};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 
-/// The Python auth server; stopped (by closing its stdin, then by its PID) when dropped.
-struct AuthServer {
-    child: Child,
-    port: u16,
-    /// Its stdout after the port: over TLS, a JSON line per request asked.
-    out: std::io::BufReader<std::process::ChildStdout>,
+/// The Python auth server.
+struct AuthServer(PythonServer);
+
+impl std::ops::Deref for AuthServer {
+    type Target = PythonServer;
+    fn deref(&self) -> &PythonServer {
+        &self.0
+    }
 }
 
 impl AuthServer {
@@ -27,28 +28,13 @@ impl AuthServer {
     }
 
     fn start_with(args: &[&str]) -> AuthServer {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/auth_server.py");
-        let mut child = Command::new("python3")
-            .args(["-u", script])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut line = String::new();
-        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-        out.read_line(&mut line).unwrap();
-        AuthServer {
-            port: line.trim().parse().expect("the auth server's port"),
-            child,
-            out,
-        }
+        AuthServer(PythonServer::start("auth_server.py", args))
     }
 
     /// The next request the TLS auth server reports having been asked.
     fn next_asked(&mut self) -> serde_json::Value {
         let mut line = String::new();
-        self.out.read_line(&mut line).unwrap();
+        self.0.out.read_line(&mut line).unwrap();
         serde_json::from_str(&line).unwrap()
     }
 
@@ -61,14 +47,6 @@ impl AuthServer {
         let addr = format!("127.0.0.1:{}", self.port).parse().unwrap();
         let r = http1(addr, get(&format!("127.0.0.1:{}", self.port), "/seen")).await;
         serde_json::from_str::<Vec<serde_json::Value>>(&r.body).unwrap()
-    }
-}
-
-impl Drop for AuthServer {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -259,41 +237,14 @@ async fn forward_auth_asks_the_auth_server_and_follows_its_answer() {
     assert!(broken["error"].to_string().contains("insecureSkipVerify"), "{broken}");
 }
 
-/// A CA, a certificate it signs for 127.0.0.1, and one it signs for a client named `cn`:
-/// written as PEM files into `dir`, named ca.pem, server.pem, server.key, client.pem,
-/// client.key.
-fn pki(dir: &std::path::Path, cn: &str) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::default();
-    ca.distinguished_name.push(DnType::CommonName, "auth test CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf = |name: &str, san: Vec<SanType>| {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::default();
-        p.distinguished_name.push(DnType::CommonName, name);
-        p.subject_alt_names = san;
-        (p.signed_by(&key, &issuer).unwrap().pem(), key.serialize_pem())
-    };
-    let (server, server_key) = leaf("auth server", vec![SanType::IpAddress([127, 0, 0, 1].into())]);
-    let (client, client_key) = leaf(cn, vec![]);
-    for (name, pem) in [
-        ("ca.pem", ca_cert.pem()),
-        ("server.pem", server),
-        ("server.key", server_key),
-        ("client.pem", client),
-        ("client.key", client_key),
-    ] {
-        std::fs::write(dir.join(name), pem).unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forward_auth_over_tls_with_its_own_ca_and_a_client_certificate() {
     let dir = berth_e2e::temp_dir("forward-auth-tls");
-    pki(&dir, "berth-gateway");
+    berth_common::test_util::write_pki(
+        &dir,
+        vec![rcgen::SanType::IpAddress([127, 0, 0, 1].into())],
+        "berth-gateway",
+    );
     let file = |n: &str| dir.join(n).display().to_string();
     let mut auth = AuthServer::start_with(&["--tls", &file("server.pem"), &file("server.key"), &file("ca.pem")]);
     let backend = Backend::start("app", Proto::Http1).await;

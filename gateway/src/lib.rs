@@ -106,6 +106,7 @@ impl Gateway {
             cfg.limits.connect_timeout,
             cfg.limits.upstream_idle_timeout,
             roots,
+            cfg.upstream_insecure_skip_verify,
             metrics.upstream_dials.plain.clone(),
         );
         if let Some((m, _, slot, anchors)) = &mesh_ca {

@@ -49,6 +49,7 @@ impl SnapshotOwner {
             version,
             previous: self.current.load().middlewares.clone(),
             previous_tcp: self.current.load().tcp_middlewares.clone(),
+            previous_transports: self.current.load().transports.clone(),
             default_rule_syntax: self.default_rule_syntax,
         };
         let mut snap = build(&views, &opts);

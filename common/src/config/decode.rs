@@ -215,14 +215,78 @@ impl Decoder<'_> {
                     .extend(self.named(child, &p, |d, n, p| Some(d.router(n, p)))),
                 "services" => http.services.extend(self.named(child, &p, Self::service)),
                 "middlewares" => http.middlewares.extend(self.named(child, &p, Self::middleware)),
-                "serverstransports" => self.diags.push(Diagnostic::warning(
-                    p,
-                    "serversTransports are not supported yet; defaults apply",
-                )),
+                // As in Traefik, transports (certificates, trust) come from files only.
+                "serverstransports" if self.mode == Mode::Labels => self.bad(
+                    &p,
+                    "serversTransports are read from the file provider only; a label may name one (loadbalancer.serverstransport=<name>@file); ignored",
+                ),
+                "serverstransports" => http
+                    .servers_transports
+                    .extend(self.named(child, &p, |d, n, p| Some(d.servers_transport(n, p)))),
                 _ => self.unknown(&p),
             }
         }
         http
+    }
+
+    /// One `serversTransports` entry. What Berth cannot do as written is recorded in
+    /// `refused`: the transport is then broken, and so is every service naming it.
+    fn servers_transport(&mut self, node: &Node, path: &str) -> ServersTransportConfig {
+        let mut t = ServersTransportConfig::default();
+        for (key, child) in self.map(node, path) {
+            let p = format!("{path}.{key}");
+            match key.to_ascii_lowercase().as_str() {
+                "servername" => t.server_name = self.string(child, &p).filter(|s| !s.is_empty()),
+                "insecureskipverify" => t.insecure_skip_verify = self.bool(child, &p).unwrap_or(false),
+                "rootcas" => t.root_cas = self.list(child, &p),
+                "certificates" => {
+                    for (cp, n) in self.items(child, &p, "certificates") {
+                        match self.certificate(n, &cp) {
+                            Some(c) => t.certificates.push(c),
+                            None => t
+                                .refused
+                                .push(format!("{cp}: a certificate needs certFile and keyFile")),
+                        }
+                    }
+                }
+                "maxidleconnsperhost" => t.max_idle_conns_per_host = self.parsed(child, &p, "an integer"),
+                "forwardingtimeouts" => {
+                    for (k, v) in self.map(child, &p) {
+                        let kp = format!("{p}.{k}");
+                        let slot = match k.to_ascii_lowercase().as_str() {
+                            "dialtimeout" => &mut t.forwarding_timeouts.dial_timeout,
+                            "responseheadertimeout" => &mut t.forwarding_timeouts.response_header_timeout,
+                            "idleconntimeout" => &mut t.forwarding_timeouts.idle_conn_timeout,
+                            "readidletimeout" => &mut t.forwarding_timeouts.read_idle_timeout,
+                            "pingtimeout" => &mut t.forwarding_timeouts.ping_timeout,
+                            _ => {
+                                self.unknown(&kp);
+                                continue;
+                            }
+                        };
+                        match self.duration(v, &kp) {
+                            Some(d) => *slot = d,
+                            None => t.refused.push(format!("{kp}: not a duration")),
+                        }
+                    }
+                }
+                "disablehttp2" => t.disable_http2 = self.bool(child, &p).unwrap_or(false),
+                "peercerturi" => t.peer_cert_uri = self.string(child, &p).filter(|s| !s.is_empty()),
+                "minversion" => t.min_version = self.string(child, &p).filter(|s| !s.is_empty()),
+                "maxversion" => t.max_version = self.string(child, &p).filter(|s| !s.is_empty()),
+                "ciphersuites" | "peercertsans" | "spiffe" => {
+                    let why =
+                        format!("{p}: not implemented by Berth; the services naming this transport are not served");
+                    self.bad(&p, why.clone());
+                    t.refused.push(why);
+                }
+                _ => {
+                    self.unknown(&p);
+                    t.refused.push(format!("{p}: unknown option"));
+                }
+            }
+        }
+        t
     }
 
     fn tcp(&mut self, node: &Node, path: &str) -> TcpConfig {
@@ -654,10 +718,7 @@ impl Decoder<'_> {
                         }
                     }
                 }
-                "serverstransport" => self.diags.push(Diagnostic::warning(
-                    p,
-                    format!("`{key}` is not supported yet; it is ignored"),
-                )),
+                "serverstransport" => lb.servers_transport = self.string(child, &p).filter(|s| !s.is_empty()),
                 _ => self.unknown(&p),
             }
         }

@@ -61,6 +61,69 @@ pub struct HttpConfig {
     pub routers: BTreeMap<String, RouterConfig>,
     pub services: BTreeMap<String, ServiceConfig>,
     pub middlewares: BTreeMap<String, MiddlewareConfig>,
+    /// `serversTransports` (the file provider only, as in Traefik).
+    pub servers_transports: BTreeMap<String, ServersTransportConfig>,
+}
+
+/// `http.serversTransports.<name>`: how the gateway talks to the servers of the services
+/// that name it (`loadBalancer.serversTransport`), as Traefik spells it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServersTransportConfig {
+    /// The name sent in SNI and checked against the server's certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    pub insecure_skip_verify: bool,
+    /// Each a file or PEM text; none: the system's roots and `--upstream-ca`.
+    #[serde(rename = "rootCAs", skip_serializing_if = "Vec::is_empty")]
+    pub root_cas: Vec<String>,
+    /// Client certificates presented to the servers (each a file or PEM text).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateConfig>,
+    /// Unset or 0: 2 (Go's default, as Traefik); negative: no connection is reused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_idle_conns_per_host: Option<i64>,
+    pub forwarding_timeouts: ForwardingTimeouts,
+    pub disable_http2: bool,
+    /// The URI SAN the server's certificate must carry (then its name is not checked).
+    #[serde(rename = "peerCertURI", skip_serializing_if = "Option::is_none")]
+    pub peer_cert_uri: Option<String>,
+    /// `VersionTLS12` or `VersionTLS13` (rustls speaks nothing older).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_version: Option<String>,
+    /// Options Berth does not implement (`cipherSuites`, `spiffe`, ...): the transport is
+    /// broken and the services naming it are not served.
+    #[serde(skip)]
+    pub refused: Vec<String>,
+}
+
+/// A transport's `forwardingTimeouts`, with Traefik's defaults for a named transport.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForwardingTimeouts {
+    /// Zero: no bound of Berth's own.
+    pub dial_timeout: Duration,
+    /// Zero: none.
+    pub response_header_timeout: Duration,
+    pub idle_conn_timeout: Duration,
+    /// HTTP/2: a ping after this long without a frame (zero: none).
+    pub read_idle_timeout: Duration,
+    /// HTTP/2: the connection is closed when the ping is not answered in this long.
+    pub ping_timeout: Duration,
+}
+
+impl Default for ForwardingTimeouts {
+    fn default() -> ForwardingTimeouts {
+        ForwardingTimeouts {
+            dial_timeout: Duration::from_secs(30),
+            response_header_timeout: Duration::ZERO,
+            idle_conn_timeout: Duration::from_secs(90),
+            read_idle_timeout: Duration::ZERO,
+            ping_timeout: Duration::from_secs(15),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -177,6 +240,8 @@ pub struct LoadBalancerConfig {
     pub health_check: Option<HealthCheckConfig>,
     /// `sticky.cookie`: a client that has the cookie goes back to the server it names.
     pub sticky: Option<StickyCookie>,
+    /// `serversTransport`: the name of the transport to the servers.
+    pub servers_transport: Option<String>,
 }
 
 /// `loadBalancer.sticky.cookie`, as Traefik spells it.

@@ -54,12 +54,14 @@ fn same_settings(a: &LoadBalancerConfig, b: &LoadBalancerConfig) -> bool {
         pass_host_header,
         health_check,
         sticky,
+        servers_transport,
     } = a;
     *server == b.server
         && *strategy == b.strategy
         && *pass_host_header == b.pass_host_header
         && *health_check == b.health_check
         && *sticky == b.sticky
+        && *servers_transport == b.servers_transport
 }
 
 impl Merger {

@@ -743,3 +743,31 @@ fn sticky_cookie_labels_in_each_traefik_form() {
         assert!(diags.iter().any(|d| d.is_error()), "{k}={v}: {diags:?}");
     }
 }
+
+/// Labels may name a transport the file provider defines, never define one: a transport
+/// carries trust and client keys, which whoever registers a task definition must not set.
+#[test]
+fn labels_name_servers_transports_but_do_not_define_them() {
+    let l = labels(&[
+        ("traefik.http.services.app.loadbalancer.server.port", "80"),
+        (
+            "traefik.http.services.app.loadbalancer.serverstransport",
+            "internal-ca@file",
+        ),
+        ("traefik.http.serverstransports.evil.insecureskipverify", "true"),
+    ]);
+    let (c, diags) = parse(&l);
+    assert_eq!(
+        c.config.http.services["app"].load_balancer.servers_transport.as_deref(),
+        Some("internal-ca@file")
+    );
+    assert!(c.config.http.servers_transports.is_empty());
+    let refused = diags
+        .iter()
+        .find(|d| d.key.contains("serverstransports"))
+        .expect("{diags:?}");
+    assert!(
+        refused.is_error() && refused.message.contains("file provider only"),
+        "{refused:?}"
+    );
+}

@@ -42,6 +42,9 @@ pub struct BuildOptions {
     pub previous: Vec<MiddlewareEntry>,
     /// The same for TCP middlewares (`inFlightConn` keeps its open connections).
     pub previous_tcp: Vec<TcpMiddlewareEntry>,
+    /// The same for servers transports: one whose configuration did not change is not
+    /// read again, and keeps its pool of connections.
+    pub previous_transports: Vec<TransportEntry>,
     /// The rule syntax of routers that do not choose one (`ruleSyntax`): v3 unless the
     /// gateway says v2 (`--default-rule-syntax`, Traefik's `core.defaultRuleSyntax`).
     pub default_rule_syntax: rules::Syntax,
@@ -63,6 +66,59 @@ fn qualify(name: &str, provider: &str) -> String {
     } else {
         format!("{name}@{provider}")
     }
+}
+
+/// `http.serversTransports`: each read once (kept from the previous snapshot while its
+/// configuration is the same), by qualified name.
+fn build_transports(views: &[ProviderView], opts: &BuildOptions, snap: &mut Snapshot) -> HashMap<String, usize> {
+    let mut idx = HashMap::new();
+    for view in views {
+        for (name, cfg) in &view.config.http.servers_transports {
+            let qname = qualify(name, &view.provider);
+            let kept = opts
+                .previous_transports
+                .iter()
+                .find(|p| p.name == qname && p.config == *cfg)
+                .and_then(|p| p.spec.clone());
+            let resolved = match kept {
+                Some(t) => Ok(t),
+                None => crate::transport::Transport::resolve(&qname, cfg).map(std::sync::Arc::new),
+            };
+            let (spec, errors) = match resolved {
+                Ok(t) => (Some(t), Vec::new()),
+                Err(e) => {
+                    for why in &e {
+                        snap.diagnostics.push(Diagnostic::error(
+                            format!("http.serversTransports.{name}"),
+                            format!("{why}; the services naming it are not served"),
+                        ));
+                    }
+                    (None, e)
+                }
+            };
+            if cfg.insecure_skip_verify && cfg.peer_cert_uri.is_none() {
+                snap.diagnostics.push(Diagnostic::warning(
+                    format!("http.serversTransports.{name}.insecureSkipVerify"),
+                    "the servers' certificates are not verified: anyone on the path can pose as them",
+                ));
+            }
+            idx.insert(qname.clone(), snap.transports.len());
+            snap.transports.push(TransportEntry {
+                name: qname,
+                provider: view.provider.clone(),
+                config: cfg.clone(),
+                status: if spec.is_some() {
+                    Status::Enabled
+                } else {
+                    Status::Disabled
+                },
+                spec,
+                used_by: Vec::new(),
+                errors,
+            });
+        }
+    }
+    idx
 }
 
 /// Never guessed: a rule that is not valid v3 but is valid v2 stays disabled, and the
@@ -87,6 +143,8 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
         snap.diagnostics.extend(view.diagnostics.iter().cloned());
     }
 
+    let transport_idx = build_transports(views, opts, &mut snap);
+
     // Services.
     let mut service_idx: HashMap<String, usize> = HashMap::new();
     for view in views {
@@ -94,6 +152,24 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
             let qname = qualify(name, &view.provider);
             let lb = &svc.load_balancer;
             let mut errors = Vec::new();
+            let servers_transport = lb.servers_transport.as_ref().map(|t| qualify(t, &view.provider));
+            let transport = servers_transport.as_ref().and_then(|t| match transport_idx.get(t) {
+                None => {
+                    errors.push(format!("servers transport `{t}` does not exist"));
+                    None
+                }
+                Some(&i) => {
+                    let entry = &mut snap.transports[i];
+                    entry.used_by.push(qname.clone());
+                    if entry.spec.is_none() {
+                        errors.push(format!(
+                            "servers transport `{t}` is broken: {}",
+                            entry.errors.join("; ")
+                        ));
+                    }
+                    entry.spec.clone()
+                }
+            });
             let mut servers = Vec::new();
             for s in &lb.servers {
                 match parse_server_url(&s.url) {
@@ -158,6 +234,8 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                         }),
                     }),
                 },
+                servers_transport,
+                transport,
                 used_by: Vec::new(),
                 status: if errors.is_empty() {
                     Status::Enabled

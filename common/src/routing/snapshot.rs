@@ -59,6 +59,21 @@ pub struct ServiceEntry {
     pub sticky: Option<StickyCookie>,
     /// A `weighted` service: no servers of its own, its children instead.
     pub weighted: Option<Weighted>,
+    /// `serversTransport`, qualified, and the transport it names (resolved).
+    pub servers_transport: Option<String>,
+    pub transport: Option<std::sync::Arc<crate::transport::Transport>>,
+    pub used_by: Vec<String>,
+    pub status: Status,
+    pub errors: Vec<String>,
+}
+
+/// A `serversTransports` entry: as configured, and resolved when usable.
+#[derive(Debug, Clone)]
+pub struct TransportEntry {
+    pub name: String,
+    pub provider: String,
+    pub config: crate::config::ServersTransportConfig,
+    pub spec: Option<std::sync::Arc<crate::transport::Transport>>,
     pub used_by: Vec<String>,
     pub status: Status,
     pub errors: Vec<String>,
@@ -123,6 +138,8 @@ pub struct Snapshot {
     pub tcp_middlewares: Vec<TcpMiddlewareEntry>,
     pub services: Vec<ServiceEntry>,
     pub middlewares: Vec<MiddlewareEntry>,
+    /// `http.serversTransports`.
+    pub transports: Vec<TransportEntry>,
     /// Key: (entrypoint, tls).
     pub tables: HashMap<(String, bool), RouteTable>,
     pub certificates: Vec<CertificateConfig>,

@@ -332,3 +332,65 @@ http:
     assert_eq!(r(&s, "v3@file").status, Status::Enabled);
     assert_eq!(r(&s, "v2@file").status, Status::Enabled);
 }
+
+/// A service names a transport by name (its provider's unless qualified); one that does
+/// not exist or cannot be read keeps the service, and its routers, unserved; a transport
+/// whose configuration is unchanged is kept from the previous snapshot as it is.
+#[test]
+fn services_resolve_their_servers_transports() {
+    let yaml = r#"
+http:
+  routers:
+    good: { rule: "Host(`good.test`)", service: good }
+    missing: { rule: "Host(`missing.test`)", service: missing }
+    broken: { rule: "Host(`broken.test`)", service: broken }
+    unknown: { rule: "Host(`unknown.test`)", service: unknown }
+  services:
+    good: { loadBalancer: { serversTransport: t, servers: [ { url: "https://127.0.0.1:1" } ] } }
+    missing: { loadBalancer: { serversTransport: nope, servers: [ { url: "https://127.0.0.1:1" } ] } }
+    broken: { loadBalancer: { serversTransport: unreadable, servers: [ { url: "https://127.0.0.1:1" } ] } }
+    unknown: { loadBalancer: { serversTransport: ciphers, servers: [ { url: "https://127.0.0.1:1" } ] } }
+  serversTransports:
+    t:
+      serverName: backend.internal
+      maxIdleConnsPerHost: 7
+      forwardingTimeouts: { dialTimeout: 2s, responseHeaderTimeout: 0s, readIdleTimeout: 10s }
+    unreadable: { rootCAs: [/nonexistent/ca.pem] }
+    ciphers: { cipherSuites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256] }
+"#;
+    let s = build(&[view("file", yaml)], &opts());
+    let svc = |n: &str| s.services.iter().find(|x| x.name == n).unwrap();
+    let t = svc("good@file").transport.clone().expect("resolved");
+    assert_eq!(
+        t.server_name.as_ref().map(|n| n.to_str().into_owned()).as_deref(),
+        Some("backend.internal")
+    );
+    assert_eq!(t.max_idle_per_host, 7);
+    assert_eq!(t.dial_timeout, std::time::Duration::from_secs(2));
+    assert_eq!(t.response_header_timeout, None);
+    // Traefik's default pingTimeout with the readIdleTimeout given.
+    assert_eq!(
+        t.h2_keep_alive,
+        Some((std::time::Duration::from_secs(10), std::time::Duration::from_secs(15)))
+    );
+    assert_eq!(route(&s, "web", "good.test", "/"), Some("good@file"));
+    for (name, says) in [
+        ("missing", "`nope@file` does not exist"),
+        ("broken", "/nonexistent/ca.pem"),
+        ("unknown", "not implemented"),
+    ] {
+        let e = svc(&format!("{name}@file"));
+        assert_eq!(e.status, Status::Disabled, "{name}");
+        assert!(e.errors.join(";").contains(says), "{name}: {:?}", e.errors);
+        assert_eq!(route(&s, "web", &format!("{name}.test"), "/"), None, "{name}");
+    }
+    let again = build(
+        &[view("file", yaml)],
+        &BuildOptions {
+            previous_transports: s.transports.clone(),
+            ..opts()
+        },
+    );
+    let kept = again.services.iter().find(|x| x.name == "good@file").unwrap();
+    assert!(std::sync::Arc::ptr_eq(&t, kept.transport.as_ref().unwrap()));
+}

@@ -26,6 +26,37 @@ pub fn self_signed(names: &[&str]) -> (String, String) {
     (ck.cert.pem(), ck.signing_key.serialize_pem())
 }
 
+/// A CA, a server certificate it signs with `server_sans`, and one it signs for a client
+/// named `cn`, written as PEM files into `dir`: ca.pem, server.pem, server.key,
+/// client.pem, client.key.
+pub fn write_pki(dir: &std::path::Path, server_sans: Vec<rcgen::SanType>, cn: &str) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name.push(DnType::CommonName, "berth test CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = |name: &str, san: Vec<rcgen::SanType>| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.subject_alt_names = san;
+        (p.signed_by(&key, &issuer).unwrap().pem(), key.serialize_pem())
+    };
+    let (server, server_key) = leaf("test server", server_sans);
+    let (client, client_key) = leaf(cn, vec![]);
+    for (name, pem) in [
+        ("ca.pem", ca_cert.pem()),
+        ("server.pem", server),
+        ("server.key", server_key),
+        ("client.pem", client),
+        ("client.key", client_key),
+    ] {
+        std::fs::write(dir.join(name), pem).unwrap();
+    }
+}
+
 /// A request as a backend saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {

@@ -278,7 +278,42 @@ fn rawdata(state: &AdminState, snap: &Snapshot) -> Value {
         "middlewares": by_name(middlewares(snap)),
         "tcpRouters": by_name(tcp_routers(snap)),
         "tcpServices": by_name(tcp_services(snap)),
+        "serversTransports": by_name(servers_transports(snap)),
     })
+}
+
+/// `http.serversTransports` as configured (never the certificates' contents), with
+/// whether each is usable and who names it.
+fn servers_transports(snap: &Snapshot) -> Vec<Value> {
+    snap.transports
+        .iter()
+        .map(|t| {
+            let mut v = json!({
+                "name": t.name,
+                "provider": t.provider,
+                "status": status_str(t.status),
+                "insecureSkipVerify": t.config.insecure_skip_verify,
+                "serverName": t.config.server_name,
+                "rootCAs": t.config.root_cas.len(),
+                "certificates": t.config.certificates.len(),
+                "maxIdleConnsPerHost": t.spec.as_ref().map(|s| s.max_idle_per_host),
+                "disableHTTP2": t.config.disable_http2,
+                "peerCertURI": t.config.peer_cert_uri,
+                "forwardingTimeouts": {
+                    "dialTimeout": format!("{:?}", t.config.forwarding_timeouts.dial_timeout),
+                    "responseHeaderTimeout": format!("{:?}", t.config.forwarding_timeouts.response_header_timeout),
+                    "idleConnTimeout": format!("{:?}", t.config.forwarding_timeouts.idle_conn_timeout),
+                    "readIdleTimeout": format!("{:?}", t.config.forwarding_timeouts.read_idle_timeout),
+                    "pingTimeout": format!("{:?}", t.config.forwarding_timeouts.ping_timeout),
+                },
+                "usedBy": t.used_by,
+            });
+            if !t.errors.is_empty() {
+                v["error"] = json!(t.errors);
+            }
+            v
+        })
+        .collect()
 }
 
 fn named(items: Vec<Value>, name: &str) -> Response<Body> {
@@ -365,6 +400,9 @@ fn services(state: &AdminState, snap: &Snapshot) -> Vec<Value> {
                 "serverStatus": server_status,
                 "usedBy": s.used_by,
             });
+            if let Some(t) = &s.servers_transport {
+                v["loadBalancer"]["serversTransport"] = json!(short_ref(t, &s.provider));
+            }
             if let Some(w) = &s.weighted {
                 // As Traefik shows one: its children by name, no servers of its own.
                 let children: Vec<Value> = w

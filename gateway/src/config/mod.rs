@@ -169,6 +169,11 @@ pub struct Args {
     /// Extra trust anchors (PEM) for `https://` upstreams.
     #[arg(long, env = "BERTH_UPSTREAM_CA")]
     pub upstream_ca: Option<PathBuf>,
+    /// Take any certificate from `https://` upstreams (Traefik's
+    /// `serversTransport.insecureSkipVerify`); a service's own `serversTransport` decides
+    /// for itself.
+    #[arg(long, env = "BERTH_UPSTREAM_INSECURE_SKIP_VERIFY")]
+    pub upstream_insecure_skip_verify: bool,
     /// Clients whose `X-Forwarded-*` headers are kept (IPs or CIDRs, repeatable).
     #[arg(
         long = "forwarded-trusted-ip",
@@ -321,6 +326,7 @@ pub struct Config {
     pub ready_timeout: Option<Duration>,
     pub limits: Limits,
     pub upstream_ca: Option<PathBuf>,
+    pub upstream_insecure_skip_verify: bool,
     pub forwarded_trusted: Vec<IpNet>,
     pub log_format: LogFormat,
     /// The access log, when on: where and how.
@@ -701,6 +707,7 @@ impl Config {
                 )?,
             },
             upstream_ca: s.upstream_ca.clone(),
+            upstream_insecure_skip_verify: s.upstream_insecure_skip_verify,
             forwarded_trusted,
             log_format,
             access_log,
@@ -1038,6 +1045,19 @@ address = "127.0.0.1:8082"
         assert!(e.contains("neither an entrypoint nor a port"), "{e}");
     }
 
+    /// Traefik's static `serversTransport.insecureSkipVerify` is the gateway's own
+    /// pools' (Traefik's `default@internal` transport); off unless asked.
+    #[test]
+    fn traefik_static_insecure_skip_verify_is_the_default_transports() {
+        let flags = [
+            "--entrypoints.web.address=:80",
+            "--serversTransport.insecureSkipVerify=true",
+        ];
+        assert!(traefik(&[], &flags, &[]).unwrap().upstream_insecure_skip_verify);
+        let c = traefik(&[], &flags[..1], &[]).unwrap();
+        assert!(!c.upstream_insecure_skip_verify);
+    }
+
     #[test]
     fn traefik_environment_variables_and_berth_flags_beside_them() {
         let c = traefik(
@@ -1066,7 +1086,7 @@ address = "127.0.0.1:8082"
     fn traefik_options_berth_lacks_are_refused_by_name() {
         for (flag, says) in [
             ("--certificatesResolvers.le.acme.email=a@b.c", "ACME"),
-            ("--serversTransport.insecureSkipVerify=true", "insecureSkipVerify"),
+            ("--serversTransport.spiffe.trustDomain=x", "serversTransport option"),
             ("--providers.ecs.ecsAnywhere=true", "ecsAnywhere"),
             ("--providers.docker=true", "ecs and file providers"),
             ("--entrypoints.web.address=:80/udp", "UDP"),

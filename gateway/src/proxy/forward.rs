@@ -138,7 +138,11 @@ impl Proxy {
             },
             backoff: retry.as_ref().map(|r| r.initial_interval),
             revisit: retry.is_some(),
-            response_timeout: self.limits.response_timeout,
+            // A transport's responseHeaderTimeout replaces the gateway's (unset: none).
+            response_timeout: match &svc.transport {
+                Some(t) => t.response_header_timeout,
+                None => self.limits.response_timeout,
+            },
             grpc_deadline,
         };
         let mut trip = GatewayTrip {
@@ -214,8 +218,8 @@ impl Proxy {
         }))
     }
 
-    /// Send `up` to `ep` through the right pool: mTLS to a sidecar, h2c, or HTTP/1.1
-    /// (h2 by ALPN over TLS).
+    /// Send `up` to `ep` through the right pool: mTLS to a sidecar, or the service's
+    /// transport's (the gateway's own without one), h2c or HTTP/1.1 (h2 by ALPN over TLS).
     pub(crate) fn dispatch(&self, ep: &Endpoint, up: Request<Body>) -> Result<Pending, ProxyError> {
         Ok(match (&ep.mesh, &self.clients.mesh) {
             (Some(_), Some(mesh)) => Box::pin(mesh.client.request(up)),
@@ -225,8 +229,18 @@ impl Proxy {
                     reason: "a task behind its sidecar, but the gateway's mesh is not enabled (--mesh-*)".into(),
                 });
             }
-            (None, _) if ep.h2c => Box::pin(self.clients.h2c.request(up)),
-            (None, _) => Box::pin(self.clients.http1.request(up)),
+            (None, _) => match &ep.pool {
+                None if ep.h2c => Box::pin(self.clients.h2c.request(up)),
+                None => Box::pin(self.clients.http1.request(up)),
+                Some(Ok(p)) if ep.h2c => Box::pin(p.h2c.request(up)),
+                Some(Ok(p)) => Box::pin(p.http1.request(up)),
+                Some(Err(reason)) => {
+                    return Err(ProxyError::Connect {
+                        endpoint: ep.url.clone(),
+                        reason: reason.to_string(),
+                    });
+                }
+            },
         })
     }
 }

@@ -195,7 +195,7 @@ impl Proxy {
         observe: Observe,
     ) -> Proxy {
         let registry = Registry::default();
-        let routes = Routes::build(Arc::new(Snapshot::default()), &registry, &metrics);
+        let routes = Routes::build(Arc::new(Snapshot::default()), &registry, &metrics, &clients.transports);
         Proxy {
             routes: ArcSwap::from_pointee(routes),
             internal: std::sync::OnceLock::new(),
@@ -237,7 +237,14 @@ impl Proxy {
 
     /// Swap in a new snapshot; requests in flight keep the one they started with.
     pub(crate) fn swap(&self, snapshot: Arc<Snapshot>) {
-        let routes = Routes::build(snapshot, &self.registry, &self.metrics);
+        let routes = Routes::build(snapshot, &self.registry, &self.metrics, &self.clients.transports);
+        let live: Vec<_> = routes
+            .snapshot
+            .transports
+            .iter()
+            .filter_map(|t| t.spec.as_ref())
+            .collect();
+        self.clients.transports.retain(&live);
         if let Some(mesh) = &self.clients.mesh {
             let peers = routes
                 .services

@@ -8,6 +8,9 @@ use berth_common::routing::Snapshot;
 use crate::metrics::{Metrics, RequestMetrics};
 use berth_common::balance::{Balancer, EndpointState, Registry};
 use berth_common::sticky::Sticky;
+use berth_common::transport::Transport;
+
+use super::upstream::{TransportClients, TransportPools};
 
 /// One upstream endpoint as the proxy dials it.
 #[derive(Debug, Clone)]
@@ -18,6 +21,12 @@ pub(crate) struct Endpoint {
     pub https: bool,
     /// For a task behind its sidecar: the SPIFFE path the sidecar must present.
     pub mesh: Option<String>,
+    /// The service's `serversTransport` pools, or why they could not be made (then the
+    /// endpoint is not dialled).
+    pub pool: Option<Result<Arc<TransportClients>, Arc<str>>>,
+    /// Whose health this endpoint shares: every service dialling the URL the same way
+    /// (a server reached through another transport may be up when this one fails).
+    pub state_key: String,
 }
 
 #[derive(Debug)]
@@ -27,6 +36,8 @@ pub(crate) struct ServiceRuntime {
     pub states: Vec<Arc<EndpointState>>,
     pub balancer: Balancer,
     pub pass_host_header: bool,
+    /// The service's `serversTransport`, when it names one.
+    pub transport: Option<Arc<Transport>>,
     /// `sticky.cookie`: the cookie naming each endpoint (for a weighted service, each
     /// child).
     pub sticky: Option<Sticky>,
@@ -128,13 +139,35 @@ impl Routes {
         up
     }
 
-    pub(crate) fn build(snapshot: Arc<Snapshot>, registry: &Registry, metrics: &Metrics) -> Routes {
+    pub(crate) fn build(
+        snapshot: Arc<Snapshot>,
+        registry: &Registry,
+        metrics: &Metrics,
+        transports: &TransportPools,
+    ) -> Routes {
         let mut endpoints_by_service = Vec::with_capacity(snapshot.services.len());
         for svc in &snapshot.services {
-            let eps: Vec<Endpoint> = svc.servers.iter().filter_map(endpoint).collect();
+            let pool = svc.transport.as_ref().map(|t| {
+                transports.get(t).map_err(|e| {
+                    tracing::warn!(service = %svc.name, transport = %t.name, error = %e, "servers transport unusable");
+                    Arc::from(format!("servers transport {}: {e}", t.name))
+                })
+            });
+            let eps: Vec<Endpoint> = svc
+                .servers
+                .iter()
+                .filter_map(endpoint)
+                .map(|mut e| {
+                    if let Some(t) = &svc.transport {
+                        e.state_key = format!("{}\0{}", e.url, t.name);
+                    }
+                    e.pool = pool.clone();
+                    e
+                })
+                .collect();
             endpoints_by_service.push(eps);
         }
-        let states = registry.resolve(endpoints_by_service.iter().flatten().map(|e| e.url.as_str()));
+        let states = registry.resolve(endpoints_by_service.iter().flatten().map(|e| e.state_key.as_str()));
         let services = snapshot
             .services
             .iter()
@@ -167,10 +200,11 @@ impl Routes {
                         }),
                     }),
                     name: svc.name.clone(),
-                    states: endpoints.iter().map(|e| states[&e.url].clone()).collect(),
+                    states: endpoints.iter().map(|e| states[&e.state_key].clone()).collect(),
                     endpoints,
                     balancer: Balancer::new(svc.strategy, weights),
                     pass_host_header: svc.pass_host_header,
+                    transport: svc.transport.clone(),
                     metrics: metrics.service(&svc.name),
                 })
             })
@@ -206,5 +240,7 @@ fn endpoint(s: &berth_common::routing::Server) -> Option<Endpoint> {
         h2c,
         https,
         mesh,
+        pool: None,
+        state_key: s.url.clone(),
     })
 }

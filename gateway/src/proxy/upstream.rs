@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_common::transport::Transport;
 pub(crate) use berth_common::upstream::{Connector, MeshConnector, MeshPeers};
 use berth_common::upstream::{Dials, pool};
 use hyper_util::client::legacy::Client;
@@ -21,14 +22,18 @@ pub(crate) struct Clients {
     pub mesh: Option<MeshClient>,
     /// To `forwardAuth` servers.
     pub auth: Arc<super::auth::AuthClients>,
+    /// The pools of `serversTransports`.
+    pub transports: Arc<TransportPools>,
 }
 
 impl Clients {
-    /// `dials` counts the connections both pools open.
+    /// `dials` counts the connections both pools open; `insecure`: the gateway's own
+    /// pools take any certificate (`--upstream-insecure-skip-verify`).
     pub(crate) fn new(
         connect_timeout: Duration,
         idle_timeout: Duration,
         roots: RootCertStore,
+        insecure: bool,
         dials: Dials,
     ) -> Clients {
         let auth = Arc::new(super::auth::AuthClients::new(
@@ -36,7 +41,24 @@ impl Clients {
             idle_timeout,
             roots.clone(),
         ));
-        let connector = Connector::new(connect_timeout, roots).counting(dials);
+        let transports = Arc::new(TransportPools {
+            roots: roots.clone(),
+            dials: dials.clone(),
+            pools: Default::default(),
+        });
+        let connector = match insecure {
+            true => {
+                let tls = berth_common::transport::insecure_client_config().unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "no TLS client configuration that skips verification; verifying");
+                    rustls::ClientConfig::builder()
+                        .with_root_certificates(roots.clone())
+                        .with_no_client_auth()
+                });
+                Connector::with_tls(connect_timeout, tls)
+            }
+            false => Connector::new(connect_timeout, roots),
+        }
+        .counting(dials);
         let http1 = pool(idle_timeout)
             .pool_max_idle_per_host(usize::MAX)
             .build(connector.clone());
@@ -46,7 +68,63 @@ impl Clients {
             h2c,
             mesh: None,
             auth,
+            transports,
         }
+    }
+}
+
+/// The pools of one `serversTransport`: HTTP/1.1 (or h2 by ALPN), and h2c.
+pub(crate) struct TransportClients {
+    pub transport: Arc<Transport>,
+    pub http1: Client<Connector, Body>,
+    pub h2c: Client<Connector, Body>,
+}
+
+impl std::fmt::Debug for TransportClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportClients")
+            .field("transport", &self.transport.name)
+            .finish()
+    }
+}
+
+/// One pool per transport in use: kept across snapshots while the builder keeps the
+/// transport (its configuration did not change), dropped with the last snapshot using it.
+pub(crate) struct TransportPools {
+    roots: RootCertStore,
+    dials: Dials,
+    pools: std::sync::Mutex<Vec<Arc<TransportClients>>>,
+}
+
+impl TransportPools {
+    /// The pools for `t`, made the first time it is seen.
+    pub(crate) fn get(&self, t: &Arc<Transport>) -> Result<Arc<TransportClients>, String> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = pools.iter().find(|p| Arc::ptr_eq(&p.transport, t)) {
+            return Ok(p.clone());
+        }
+        let connector = Connector::for_transport(t, &self.roots)?.counting(self.dials.clone());
+        let build = |h2c: bool| {
+            let mut b = pool(t.idle_timeout);
+            b.pool_max_idle_per_host(t.max_idle_per_host).http2_only(h2c);
+            if let Some((interval, timeout)) = t.h2_keep_alive {
+                b.http2_keep_alive_interval(interval).http2_keep_alive_timeout(timeout);
+            }
+            b.build(connector.clone())
+        };
+        let clients = Arc::new(TransportClients {
+            transport: t.clone(),
+            http1: build(false),
+            h2c: build(true),
+        });
+        pools.push(clients.clone());
+        Ok(clients)
+    }
+
+    /// Forget the pools of transports no longer in the snapshot.
+    pub(crate) fn retain(&self, live: &[&Arc<Transport>]) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.retain(|p| live.iter().any(|t| Arc::ptr_eq(t, &p.transport)));
     }
 }
 

@@ -649,11 +649,10 @@ impl Traefik {
             a.upstream_idle_timeout = Some(ms(d));
         }
         if r.bool("serversTransport.insecureSkipVerify").unwrap_or(false) {
-            r.fail(
-                "Traefik option `serversTransport.insecureSkipVerify` is not supported: Berth verifies \
-                 upstream certificates always (give the CA with serversTransport.rootCAs)"
-                    .into(),
+            tracing::warn!(
+                "serversTransport.insecureSkipVerify: the certificates of https:// upstreams are not verified"
             );
+            a.upstream_insecure_skip_verify = true;
         }
     }
 }
