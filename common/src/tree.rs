@@ -49,7 +49,8 @@ impl Node {
                 ));
                 continue;
             }
-            let parts: Vec<&str> = key.split('.').collect();
+            // Traefik's list index `domains[0].main` is the segment `domains`, then `0`.
+            let parts: Vec<&str> = key.split('.').flat_map(indexed).collect();
             if parts.iter().any(|p| p.is_empty()) {
                 diags.push(Diagnostic::error(
                     format!("{key_prefix}{key}"),
@@ -188,5 +189,19 @@ pub fn parse_bool(s: &str) -> Option<bool> {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
         _ => None,
+    }
+}
+
+/// A key segment, split into its name and its list index when it is written `name[N]`
+/// (N at most four digits); as it is otherwise.
+fn indexed(segment: &str) -> Vec<&str> {
+    if let Some(open) = segment.find('[')
+        && let Some(index) = segment[open + 1..].strip_suffix(']')
+        && (1..=4).contains(&index.len())
+        && index.bytes().all(|b| b.is_ascii_digit())
+    {
+        vec![&segment[..open], index]
+    } else {
+        vec![segment]
     }
 }

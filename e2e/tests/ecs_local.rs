@@ -733,3 +733,105 @@ fn task_addresses_in(server: &EcsServer, cluster: &str, family: &str) -> Vec<(St
         .map(|t| (t.id.clone(), t.address.unwrap()))
         .collect()
 }
+
+/// A canary between two ECS services from labels alone: the stable service's labels
+/// split its traffic with a service whose tasks consent (`berth.weighted.allow`); a
+/// weighted service naming another team's service without its consent is not created,
+/// and its router is not served.
+#[tokio::test]
+async fn labels_split_traffic_only_with_services_that_consent() {
+    let server = local_ecs(Ipv4Addr::new(127, 0, 117, 1)).await;
+    let ecs = ecs_client(&server.endpoint_url());
+    let (p_orders, p_canary, p_payments) = (free_port(), free_port(), free_port());
+    let (orders, canary, payments) = (p_orders.to_string(), p_canary.to_string(), p_payments.to_string());
+    let families: [(&str, Vec<(&str, &str)>); 3] = [
+        (
+            "orders",
+            vec![
+                ("traefik.enable", "true"),
+                ("traefik.http.routers.orders.rule", "Host(`orders.test`)"),
+                ("traefik.http.routers.orders.service", "split"),
+                ("traefik.http.services.orders.loadbalancer.server.port", &orders),
+                ("traefik.http.services.split.weighted.services[0].name", "orders"),
+                ("traefik.http.services.split.weighted.services[0].weight", "3"),
+                ("traefik.http.services.split.weighted.services[1].name", "canary"),
+                ("traefik.http.services.split.weighted.services[1].weight", "1"),
+                ("traefik.http.routers.grab.rule", "Host(`grab.test`)"),
+                ("traefik.http.routers.grab.service", "grab"),
+                ("traefik.http.services.grab.weighted.services[0].name", "payments"),
+            ],
+        ),
+        (
+            "canary",
+            vec![
+                ("traefik.enable", "true"),
+                ("traefik.http.routers.canary.rule", "Host(`canary.test`)"),
+                ("traefik.http.services.canary.loadbalancer.server.port", &canary),
+                ("berth.weighted.allow", "orders"),
+            ],
+        ),
+        (
+            "payments",
+            vec![
+                ("traefik.enable", "true"),
+                ("traefik.http.routers.payments.rule", "Host(`payments.test`)"),
+                ("traefik.http.services.payments.loadbalancer.server.port", &payments),
+            ],
+        ),
+    ];
+    let mut backends = Vec::new();
+    for ((family, labels), port) in families.iter().zip([p_orders, p_canary, p_payments]) {
+        ecs.register_task_definition()
+            .family(*family)
+            .container_definitions(web_container(port, labels))
+            .send()
+            .await
+            .unwrap();
+        ecs.run_task()
+            .cluster("prod")
+            .task_definition(*family)
+            .group(format!("service:{family}"))
+            .send()
+            .await
+            .unwrap();
+        let ip = task_addresses(&server, family)[0].1;
+        backends.push(Backend::start_at(family, Proto::Http1, SocketAddr::from((ip, port))).await);
+    }
+    let gw = GatewayProcess::spawn(
+        &["--ecs-cluster", "prod", "--ecs-refresh", "300ms"],
+        &[("AWS_ENDPOINT_URL", &server.endpoint_url())],
+    );
+    gw.wait_admin().await;
+    let routed = eventually(Duration::from_secs(15), || async {
+        http1(gw.web, get("orders.test", "/")).await.status == StatusCode::OK
+            && http1(gw.web, get("payments.test", "/")).await.status == StatusCode::OK
+    })
+    .await;
+    assert!(routed, "{}", gw.admin_json("/api/diagnostics").await);
+    let before: Vec<usize> = backends.iter().map(Backend::request_count).collect();
+    for _ in 0..8 {
+        assert_eq!(http1(gw.web, get("orders.test", "/")).await.status, StatusCode::OK);
+    }
+    let got: Vec<usize> = backends
+        .iter()
+        .zip(&before)
+        .map(|(b, n)| b.request_count() - n)
+        .collect();
+    // Smooth weighted round robin at 3:1: exactly 6 and 2 of 8, none to payments.
+    assert_eq!(got, vec![6, 2, 0], "orders, canary, payments");
+
+    // payments never said orders may send it traffic: no weighted service, no route.
+    assert_eq!(http1(gw.web, get("grab.test", "/")).await.status, StatusCode::NOT_FOUND);
+    let diags = gw.admin_json("/api/diagnostics").await.to_string();
+    assert!(diags.contains("berth.weighted.allow=orders"), "{diags}");
+    let services = gw.admin_json("/api/http/services").await.to_string();
+    assert!(
+        services.contains("split@ecs") && !services.contains("grab@ecs"),
+        "{services}"
+    );
+    assert_eq!(
+        backends[2].request_count(),
+        before[2],
+        "payments got nothing from orders' labels"
+    );
+}

@@ -163,7 +163,20 @@ impl Decoder<'_> {
                 .enumerate()
                 .map(|(i, n)| (format!("{path}[{i}]"), n))
                 .collect(),
-            Node::Map(m) => m.iter().map(|(k, n)| (format!("{path}.{k}"), n)).collect(),
+            Node::Map(m) => {
+                let mut items: Vec<(String, &Node)> = m.iter().map(|(k, n)| (format!("{path}.{k}"), n)).collect();
+                // Indexes in labels sort as text (`10` before `2`): put them in number order.
+                if m.iter().all(|(k, _)| k.parse::<usize>().is_ok()) {
+                    let mut keyed: Vec<(usize, (String, &Node))> = m
+                        .iter()
+                        .map(|(k, _)| k.parse::<usize>().unwrap_or(usize::MAX))
+                        .zip(items)
+                        .collect();
+                    keyed.sort_by_key(|(i, _)| *i);
+                    items = keyed.into_iter().map(|(_, item)| item).collect();
+                }
+                items
+            }
             Node::Leaf(_) => {
                 self.bad(path, format!("expected a list of {what}"));
                 Vec::new()
@@ -504,9 +517,11 @@ impl Decoder<'_> {
                     }
                     None => return None,
                 },
-                // Labels are written per task: one team's labels may not send traffic to
-                // another team's services (Berth's consent labels for canaries come later).
-                "weighted" | "failover" | "mirroring" if self.mode == Mode::Labels => {
+                // Labels are written per task: a label's weighted service names only
+                // services of its own provider, each of which must consent
+                // (`berth.weighted.allow`, checked by the ECS provider); failover and
+                // mirroring come from files only.
+                "failover" | "mirroring" if self.mode == Mode::Labels => {
                     self.bad(&p, format!("`{key}` services come from the file provider only"));
                     return None;
                 }
@@ -644,6 +659,12 @@ impl Decoder<'_> {
                             }
                         }
                         match name {
+                            Some(name) if self.mode == Mode::Labels && name.contains('@') => self.bad(
+                                &ip,
+                                format!(
+                                    "`{name}`: a weighted service from labels names ECS services only, without `@`"
+                                ),
+                            ),
                             Some(name) => w.services.push(WeightedService { name, weight }),
                             None => self.bad(&ip, "a weighted service needs a name"),
                         }

@@ -100,7 +100,9 @@ impl Merger {
             }
             let seen = self.http_servers.entry(name.clone()).or_default();
             match cfg.http.services.get_mut(&name) {
-                Some(existing) if !same_settings(&existing.load_balancer, &s.load_balancer) => {
+                Some(existing)
+                    if !same_settings(&existing.load_balancer, &s.load_balancer) || existing.weighted != s.weighted =>
+                {
                     cfg.http.services.remove(&name);
                     conflicts.insert(format!("service {name}"));
                 }

@@ -37,6 +37,9 @@ pub struct ContainerLabels {
     pub enable: Option<bool>,
     pub config: DynamicConfig,
     pub mesh: MeshLabels,
+    /// `berth.weighted.allow`: the ECS services (of the same cluster) whose labels may
+    /// name this task's services in a `weighted` service.
+    pub weighted_allow: Vec<String>,
     /// Every label of the container, as a default rule's `.Labels` sees them.
     pub labels: BTreeMap<String, String>,
 }
@@ -141,6 +144,15 @@ pub fn parse(labels: &BTreeMap<String, String>) -> (ContainerLabels, Vec<Diagnos
                 }
                 _ => diags.push(Diagnostic::error(key.clone(), "unknown mesh option (name, allow)")),
             },
+            "weighted" if lower == "weighted.allow" => {
+                out.weighted_allow = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            }
+            "weighted" => diags.push(Diagnostic::error(key.clone(), "unknown weighted option (allow)")),
             "http" | "tcp" | "udp" | "tls" => dynamic_pairs.push((prefix.to_string(), rest.to_string(), value)),
             "docker" | "ecs" | "swarm" => diags.push(Diagnostic::warning(
                 key.clone(),
@@ -373,7 +385,8 @@ pub fn container_config(labels: &ContainerLabels, target: &ContainerTarget) -> (
         if lb.strategy.is_none() {
             lb.strategy = Some(target.default_strategy);
         }
-        if !lb.servers.is_empty() {
+        // A weighted service has children, not servers.
+        if !lb.servers.is_empty() || svc.weighted.is_some() {
             continue;
         }
         let tmpl = lb.server.clone().unwrap_or_default();

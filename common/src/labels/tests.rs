@@ -434,19 +434,42 @@ fn forward_auth_from_labels_reaches_neither_gateway_files_nor_local_services() {
     );
 }
 
+/// A weighted service from labels names ECS services of its own provider only (the ECS
+/// provider then requires each one's consent); its `[N]` indexes are read in number
+/// order, as Traefik's label lists are.
 #[test]
-fn a_label_may_not_make_a_weighted_service() {
-    let l = labels(&[
-        ("traefik.http.services.split.weighted.services[0].name", "payments@ecs"),
-        ("traefik.http.routers.r.rule", "Host(`a`)"),
-        ("traefik.http.routers.r.service", "split"),
-    ]);
+fn a_label_weighted_service_names_ecs_services_in_index_order() {
+    let mut pairs = vec![
+        (
+            "traefik.http.services.file.weighted.services[0].name",
+            "payments@file".to_string(),
+        ),
+        ("traefik.http.routers.r.rule", "Host(`a`)".to_string()),
+        ("traefik.http.routers.r.service", "split".to_string()),
+    ];
+    let keys: Vec<(String, String)> = (0..12)
+        .map(|i| {
+            (
+                format!("traefik.http.services.split.weighted.services[{i}].name"),
+                format!("s{i}"),
+            )
+        })
+        .collect();
+    pairs.extend(keys.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    let l: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     let (c, diags) = parse(&l);
-    assert!(!c.config.http.services.contains_key("split"));
-    assert!(
-        diags.iter().any(|d| d.message.contains("file provider only")),
-        "{diags:?}"
-    );
+    assert!(!c.config.http.services.contains_key("file"));
+    assert!(diags.iter().any(|d| d.message.contains("without `@`")), "{diags:?}");
+    let names: Vec<&str> = c.config.http.services["split"]
+        .weighted
+        .as_ref()
+        .unwrap()
+        .services
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    let expected: Vec<String> = (0..12).map(|i| format!("s{i}")).collect();
+    assert_eq!(names, expected);
 }
 
 #[test]

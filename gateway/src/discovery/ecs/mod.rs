@@ -15,7 +15,7 @@ pub(crate) use endpoints::HealthyOnly;
 pub(crate) mod membership;
 pub(crate) mod reconcile;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -781,6 +781,7 @@ pub(crate) fn build_config(
     let mut reported: HashSet<(String, String, String)> = HashSet::new();
     let mut claims: Vec<MeshClaim> = Vec::new();
     let mut mesh_tasks: HashSet<(&str, &str)> = HashSet::new();
+    let mut consent = WeightedConsent::default();
     for (cluster, view) in views {
         for (task_id, ep) in &view.endpoints {
             let ep = with_sidecar_health(ep, sidecars.get(&(cluster.clone(), task_id.clone())));
@@ -819,12 +820,16 @@ pub(crate) fn build_config(
             for d in frag_diags {
                 report(d);
             }
+            consent.note(cluster, &ep.service, &parsed, &frag);
             merger.add(frag);
         }
     }
     let Merger {
-        config: cfg, conflicts, ..
+        config: mut cfg,
+        conflicts,
+        ..
     } = merger;
+    consent.enforce(&mut cfg, &mut diags);
     for c in conflicts {
         diags.push(
             Diagnostic::error(c.clone(), "defined differently by several containers; not served").with_source(PROVIDER),
@@ -835,6 +840,78 @@ pub(crate) fn build_config(
         config: cfg,
         diagnostics: diags,
         mesh,
+    }
+}
+
+/// Who may send weighted traffic where. A `weighted` service from labels may name a
+/// service only when every ECS service defining that service is the caller itself, or is
+/// in the caller's cluster and lists the caller in `berth.weighted.allow`: one team's
+/// labels never capture another team's traffic.
+#[derive(Default)]
+struct WeightedConsent {
+    /// Label service name -> the (cluster, ECS service) pairs whose tasks define it.
+    owners: HashMap<String, BTreeSet<(String, String)>>,
+    /// Weighted service name -> the (cluster, ECS service) pairs whose tasks define it.
+    callers: BTreeMap<String, BTreeSet<(String, String)>>,
+    /// (cluster, ECS service) -> the callers its tasks allow.
+    allowed: HashMap<(String, String), BTreeSet<String>>,
+}
+
+impl WeightedConsent {
+    fn note(&mut self, cluster: &str, service: &str, parsed: &labels::ContainerLabels, frag: &DynamicConfig) {
+        let who = (cluster.to_string(), service.to_string());
+        for (name, s) in &frag.http.services {
+            self.owners.entry(name.clone()).or_default().insert(who.clone());
+            if s.weighted.is_some() {
+                self.callers.entry(name.clone()).or_default().insert(who.clone());
+            }
+        }
+        self.allowed
+            .entry(who)
+            .or_default()
+            .extend(parsed.weighted_allow.iter().cloned());
+    }
+
+    /// Drop every weighted service that names a service without its owners' consent, with
+    /// a diagnostic saying which label would allow it.
+    fn enforce(&self, cfg: &mut DynamicConfig, diags: &mut Vec<Diagnostic>) {
+        for (name, callers) in &self.callers {
+            let Some(w) = cfg.http.services.get(name).and_then(|s| s.weighted.as_ref()) else {
+                continue;
+            };
+            let refusal = w.services.iter().find_map(|child| {
+                let owners = self.owners.get(&child.name)?;
+                callers.iter().find_map(|(cc, cs)| {
+                    owners.iter().find_map(|(oc, os)| {
+                        let consents = (oc, os) == (cc, cs)
+                            || (oc == cc && self.allowed.get(&(oc.clone(), os.clone())).is_some_and(|a| a.contains(cs)));
+                        (!consents).then(|| {
+                            if oc == cc {
+                                format!(
+                                    "names `{}`, which ECS service {os} defines without allowing {cs}: put the label `berth.weighted.allow={cs}` on {os}'s containers",
+                                    child.name
+                                )
+                            } else {
+                                format!(
+                                    "names `{}`, which ECS service {os} of cluster {oc} defines: a weighted service from labels may name services of its own cluster ({cc}) only",
+                                    child.name
+                                )
+                            }
+                        })
+                    })
+                })
+            });
+            if let Some(why) = refusal {
+                cfg.http.services.remove(name);
+                diags.push(
+                    Diagnostic::error(
+                        format!("http.services.{name}.weighted"),
+                        format!("{why}; the weighted service is not created"),
+                    )
+                    .with_source(PROVIDER),
+                );
+            }
+        }
     }
 }
 
