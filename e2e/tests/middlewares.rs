@@ -756,3 +756,147 @@ async fn buffering_reads_whole_bodies_within_its_bounds() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// A gRPC-Web call in one frame: flag 0, length, the message.
+fn grpc_web_frame(message: &[u8]) -> Vec<u8> {
+    let mut f = vec![0];
+    f.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    f.extend_from_slice(message);
+    f
+}
+
+/// `grpcWeb` in front of a real gRPC server (tonic, h2c): a browser's gRPC-Web call, in
+/// binary (sent by curl) and in text (base64), becomes a gRPC call and its answer comes
+/// back as gRPC-Web, trailers as the last frame; a CORS preflight naming `x-grpc-web` is
+/// answered for an allowed origin only; a plain request passes untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_web_calls_reach_a_grpc_server() {
+    let (addr, _g) = berth_examples::greeter::start("127.0.0.1:0".parse().unwrap(), "g1")
+        .await
+        .unwrap();
+    let backend = Backend::start("plain", Proto::Http1).await;
+    let yaml = format!(
+        r#"http:
+  routers:
+    web: {{ rule: "Host(`grpc.test`)", service: greeter, middlewares: [gw] }}
+    plain: {{ rule: "Host(`plain.test`)", service: plain, middlewares: [gw] }}
+  middlewares:
+    gw: {{ grpcWeb: {{ allowOrigins: ["https://app.example"] }} }}
+  services:
+    greeter: {{ loadBalancer: {{ servers: [ {{ url: "h2c://{addr}" }} ] }} }}
+{plain}"#,
+        plain = service("plain", &[backend.url()], ""),
+    );
+    let gw = start(&yaml, &[]).await;
+    // HelloRequest { name: "Ada" } in protobuf: field 1, length 3.
+    let call = grpc_web_frame(b"\x0a\x03Ada");
+    let path = berth_examples::greeter::SAY_HELLO;
+
+    // Binary, from curl over HTTP/1.1: the reply frame, then the trailer frame.
+    let dir = berth_e2e::temp_dir("grpc-web");
+    let (req_file, out_file, head_file) = (dir.join("req"), dir.join("out"), dir.join("head"));
+    std::fs::write(&req_file, &call).unwrap();
+    let url = format!("http://{}{path}", gw.web());
+    let (ok, _) = curl(vec![
+        "--http1.1".into(),
+        "-H".into(),
+        "Host: grpc.test".into(),
+        "-H".into(),
+        "Content-Type: application/grpc-web+proto".into(),
+        "-H".into(),
+        "X-Grpc-Web: 1".into(),
+        "-H".into(),
+        "Origin: https://app.example".into(),
+        "--data-binary".into(),
+        format!("@{}", req_file.display()),
+        "-D".into(),
+        head_file.display().to_string(),
+        "-o".into(),
+        out_file.display().to_string(),
+        url,
+    ])
+    .await;
+    assert!(ok);
+    let head = std::fs::read_to_string(&head_file).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    // tonic answers `application/grpc`, which becomes `application/grpc-web`.
+    assert!(head.contains("content-type: application/grpc-web\r\n"), "{head}");
+    assert!(
+        head.contains("access-control-allow-origin: https://app.example"),
+        "{head}"
+    );
+    assert!(
+        head.contains("access-control-expose-headers:") && head.contains("grpc-status"),
+        "{head}"
+    );
+    let out = std::fs::read(&out_file).unwrap();
+    assert_eq!(out[0], 0, "a data frame first: {out:?}");
+    let len = u32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
+    let reply = String::from_utf8_lossy(&out[5..5 + len]).to_string();
+    assert!(reply.contains("Hello Ada"), "{reply:?}");
+    let trailer = &out[5 + len..];
+    assert_eq!(trailer[0], 0x80, "then the trailers: {trailer:?}");
+    let block = String::from_utf8_lossy(&trailer[5..]).to_string();
+    assert!(block.contains("grpc-status: 0\r\n"), "{block:?}");
+
+    // Text: base64 both ways; a failing call's status in the trailer frame.
+    let text = |message: &[u8]| {
+        let body = base64::engine::general_purpose::STANDARD.encode(grpc_web_frame(message));
+        Request::post(path)
+            .header("host", "grpc.test")
+            .header("content-type", "application/grpc-web-text")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    };
+    let r = http1(gw.web(), text(b"\x0a\x03Bob")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["content-type"], "application/grpc-web-text");
+    assert!(
+        !r.headers.contains_key("access-control-allow-origin"),
+        "no Origin, no CORS"
+    );
+    let raw = base64::engine::general_purpose::STANDARD.decode(r.body.trim()).unwrap();
+    assert!(String::from_utf8_lossy(&raw).contains("Hello Bob"));
+    assert!(String::from_utf8_lossy(&raw).contains("grpc-status: 0"));
+    // fail_code (field 4) = 5, NOT_FOUND.
+    let r = http1(gw.web(), text(b"\x0a\x01x\x20\x05")).await;
+    let raw = base64::engine::general_purpose::STANDARD.decode(r.body.trim()).unwrap();
+    let shown = String::from_utf8_lossy(&raw).to_string();
+    assert!(
+        shown.contains("grpc-status: 5") || r.headers.get("grpc-status").is_some_and(|s| s == "5"),
+        "{:?} {shown:?}",
+        r.headers
+    );
+    let bad = Request::post(path)
+        .header("host", "grpc.test")
+        .header("content-type", "application/grpc-web-text")
+        .body(Full::new(Bytes::from_static(b"not base64 !!")))
+        .unwrap();
+    assert_eq!(http1(gw.web(), bad).await.status, StatusCode::BAD_REQUEST);
+
+    // Preflight: answered here, with CORS only for the allowed origin.
+    let preflight = |origin: &str| {
+        Request::options(path)
+            .header("host", "grpc.test")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type,x-grpc-web,x-user-agent")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let r = http1(gw.web(), preflight("https://app.example")).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(r.headers["access-control-allow-origin"], "https://app.example");
+    assert_eq!(
+        r.headers["access-control-allow-headers"],
+        "content-type,x-grpc-web,x-user-agent"
+    );
+    let r = http1(gw.web(), preflight("https://evil.example")).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert!(!r.headers.contains_key("access-control-allow-origin"));
+
+    // Not gRPC-Web: untouched.
+    let r = http1(gw.web(), get("plain.test", "/x")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(backend.request_count(), 1);
+}

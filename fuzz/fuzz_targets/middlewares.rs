@@ -40,6 +40,7 @@ fuzz_target!(|data: &[u8]| {
         peer: std::net::IpAddr::from([127, 0, 0, 1]),
         holds: Vec::new(),
         auth_cookies: Vec::new(),
+        grpc_web: None,
     };
     let _ = berth_common::blocking::block_on(spec.request(&mut req));
     // forwardAuth: the auth request's head, and an answer made of the same text.

@@ -318,6 +318,7 @@ mod tests {
             peer: peer.parse().unwrap(),
             holds: Vec::new(),
             auth_cookies: Vec::new(),
+            grpc_web: None,
         };
         let step = crate::blocking::block_on(spec.request(&mut req));
         holds.append(&mut req.holds);
@@ -387,6 +388,7 @@ mod tests {
                 peer: "10.0.0.1".parse().unwrap(),
                 holds: Vec::new(),
                 auth_cookies: Vec::new(),
+                grpc_web: None,
             };
             let _ = s.request(&mut req);
         }

@@ -15,6 +15,7 @@ pub mod content_type;
 pub mod digest;
 pub mod errors;
 pub mod forward_auth;
+pub mod grpc_web;
 pub mod headers;
 pub mod limit;
 pub mod options;
@@ -96,7 +97,7 @@ pub const KINDS: &[Kind] = &[
     kind("forwardAuth", |n| {
         Ok(Spec::ForwardAuth(Box::new(forward_auth::ForwardAuth::parse(n)?)))
     }),
-    not_yet("grpcWeb"),
+    kind("grpcWeb", |n| Ok(Spec::GrpcWeb(grpc_web::GrpcWeb::parse(n)?))),
     kind("headers", |n| Ok(Spec::Headers(Box::new(headers::Headers::parse(n)?)))),
     kind("inFlightReq", |n| Ok(Spec::InFlightReq(limit::InFlightReq::parse(n)?))),
     kind("ipAllowList", |n| {
@@ -165,6 +166,9 @@ pub enum Spec {
     ContentType(content_type::ContentType),
     /// Asks an auth server first; the gateway makes the call ([`Spec::forward_auth`]).
     ForwardAuth(Box<forward_auth::ForwardAuth>),
+    /// Turns gRPC-Web calls into gRPC; the gateway converts the bodies
+    /// ([`Spec::grpc_web`]).
+    GrpcWeb(grpc_web::GrpcWeb),
     /// Other middlewares by name, expanded when routers are built.
     Chain(Vec<String>),
 }
@@ -195,6 +199,8 @@ pub struct Req<'a> {
     pub holds: Vec<limit::Hold>,
     /// Cookies an auth server set that go on the response (`forwardAuth`).
     pub auth_cookies: Vec<forward_auth::AuthCookies>,
+    /// A gRPC-Web call made gRPC (`grpcWeb`): its bodies to convert.
+    pub grpc_web: Option<grpc_web::Call>,
 }
 
 /// An answer made by a middleware instead of the upstream's.
@@ -240,6 +246,7 @@ impl Spec {
             Spec::RateLimit(m) => m.request(req),
             Spec::InFlightReq(m) => m.request(req),
             Spec::CircuitBreaker(m) => m.request(),
+            Spec::GrpcWeb(m) => m.request(req),
             Spec::Retry(_)
             | Spec::Compress(_)
             | Spec::ForwardAuth(_)
@@ -270,6 +277,15 @@ impl Spec {
     pub fn forward_auth(&self) -> Option<&forward_auth::ForwardAuth> {
         match self {
             Spec::ForwardAuth(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// `grpcWeb`: the gateway decodes a `grpc-web-text` body after the request phase
+    /// and converts the gRPC answer in the response phase ([`grpc_web::Call`]).
+    pub fn grpc_web(&self) -> Option<&grpc_web::GrpcWeb> {
+        match self {
+            Spec::GrpcWeb(g) => Some(g),
             _ => None,
         }
     }
@@ -387,6 +403,7 @@ pub(crate) mod testing {
             peer: peer.parse().expect("an IP"),
             holds: Vec::new(),
             auth_cookies: Vec::new(),
+            grpc_web: None,
         };
         let step = crate::blocking::block_on(spec.request(&mut req));
         (step, req.path)

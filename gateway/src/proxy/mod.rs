@@ -13,6 +13,7 @@ pub(crate) mod compress;
 pub(crate) mod errors;
 mod forward;
 mod front;
+mod grpc_web;
 pub(crate) mod health;
 mod mirror;
 mod pages;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use berth_common::middleware::errors::Seen;
 use berth_common::middleware::forward_auth::{AuthCookies, ForwardAuth};
+use berth_common::middleware::grpc_web;
 use berth_common::middleware::{self, Spec, Step, limit::Hold};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -41,6 +42,8 @@ pub(super) struct Pipeline {
     auth_cookies: Vec<(usize, AuthCookies)>,
     /// The request as each `errors` middleware saw it, by its place in the chain.
     seen: Vec<(usize, Seen)>,
+    /// A gRPC-Web call made gRPC, by the place in the chain of the `grpcWeb` that did.
+    grpc_web: Option<(usize, grpc_web::Call)>,
 }
 
 impl Pipeline {
@@ -53,6 +56,7 @@ impl Pipeline {
             accept_encoding: None,
             auth_cookies: Vec::new(),
             seen: Vec::new(),
+            grpc_web: None,
         }
     }
 
@@ -89,6 +93,7 @@ impl Pipeline {
             peer: conn.peer.ip(),
             holds: Vec::new(),
             auth_cookies: Vec::new(),
+            grpc_web: None,
         };
         let mut answer = None;
         for (i, spec) in self.specs.iter().enumerate() {
@@ -113,6 +118,17 @@ impl Pipeline {
                         .await
                         .map(drop)
                 }
+                Step::Next if spec.grpc_web().is_some() => match mreq.grpc_web.take() {
+                    Some(web) => {
+                        let decoded = match web.mode {
+                            grpc_web::Mode::Binary => Ok(()),
+                            grpc_web::Mode::Text => decode_text_body(call, &mut body).await,
+                        };
+                        self.grpc_web = Some((i, web));
+                        decoded
+                    }
+                    None => Ok(()),
+                },
                 Step::Next => match spec.forward_auth() {
                     Some(fa) => {
                         let step = authorize(call, fa, &mut mreq, &mut body).await;
@@ -188,6 +204,18 @@ impl Pipeline {
                 && let Ok(resp) = result
             {
                 buffer_response(resp, b.max_response).await;
+            }
+            if let Some((j, web)) = &self.grpc_web
+                && *j == i
+                && let Ok(resp) = result
+                && web.converts(resp.headers())
+            {
+                web.response_head(resp.headers_mut());
+                let taken = std::mem::replace(
+                    resp,
+                    Response::new(Empty::new().map_err(|never| match never {}).boxed()),
+                );
+                *resp = taken.map(|inner| super::grpc_web::WebBody::new(inner, web.mode).boxed());
             }
             if let Ok(resp) = result {
                 spec.response(self.origin.as_ref(), pages.conn.tls, resp.headers_mut());
@@ -269,6 +297,26 @@ async fn authorize(
     }
     auth::ask(call, fa, mreq, forwarded).await
 }
+
+/// A `grpc-web-text` request body, read whole (gRPC-Web has no client streaming) within
+/// the gateway's bounds, and decoded from base64; not base64: 400.
+async fn decode_text_body(call: &AuthCall<'_>, body: &mut ClientBody) -> Result<(), Response<Body>> {
+    let text = buffer_request(call, body, GRPC_WEB_TEXT_LIMIT, StatusCode::PAYLOAD_TOO_LARGE).await?;
+    match grpc_web::decode_text(&text) {
+        Ok(bytes) => {
+            *body = Either::Right(Full::new(Bytes::from(bytes)));
+            Ok(())
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "grpc-web-text body refused");
+            Err(auth::status_only(StatusCode::BAD_REQUEST))
+        }
+    }
+}
+
+/// The largest `grpc-web-text` request read (gRPC's default message limit is 4 MiB; base64
+/// is a third larger).
+const GRPC_WEB_TEXT_LIMIT: usize = 6 * 1024 * 1024;
 
 /// Read the request body whole (it goes on as those bytes), keeping the gateway's own
 /// bounds (its body limit: 413; its read deadline: 408) beside the middleware's `limit`

@@ -25,6 +25,7 @@ fn req<'a>(headers: &'a mut HeaderMap, method: &'a Method) -> Req<'a> {
         peer: "10.1.2.3".parse().unwrap(),
         holds: Vec::new(),
         auth_cookies: Vec::new(),
+        grpc_web: None,
     }
 }
 
