@@ -39,7 +39,8 @@ pub struct Transport {
     pub insecure_skip_verify: bool,
     /// `certificates`, in order: the first the server can accept is presented.
     pub identities: Vec<Arc<CertifiedKey>>,
-    /// `peerCertURI`: the URI SAN required (the chain is still verified; the name is not).
+    /// `peerCertURI`: the URI SAN required besides the usual checks (the name goes
+    /// unchecked only with `insecureSkipVerify`; the chain always is checked).
     pub peer_cert_uri: Option<String>,
     pub tls13_only: bool,
     pub tls12_only: bool,
@@ -48,6 +49,7 @@ pub struct Transport {
     pub dial_timeout: Duration,
     /// `None`: no bound on waiting for the response head.
     pub response_header_timeout: Option<Duration>,
+    /// Zero: idle connections are kept without a time limit (as Go's 0).
     pub idle_timeout: Duration,
     /// HTTP/2: a ping after this long without a frame, and how long its answer may take.
     pub h2_keep_alive: Option<(Duration, Duration)>,
@@ -131,7 +133,9 @@ impl Transport {
             dial_timeout: nonzero(t.dial_timeout).unwrap_or(NO_DIAL_LIMIT),
             response_header_timeout: nonzero(t.response_header_timeout),
             idle_timeout: t.idle_conn_timeout,
-            h2_keep_alive: nonzero(t.read_idle_timeout).map(|i| (i, t.ping_timeout)),
+            // Go falls back to 15 s for a zero pingTimeout.
+            h2_keep_alive: nonzero(t.read_idle_timeout)
+                .map(|i| (i, nonzero(t.ping_timeout).unwrap_or(Duration::from_secs(15)))),
             disable_http2: cfg.disable_http2,
         })
     }
@@ -161,9 +165,10 @@ impl Transport {
             .map_err(|e| e.to_string())?;
         let verifier: Arc<dyn ServerCertVerifier> = match (&self.peer_cert_uri, self.insecure_skip_verify) {
             // As Traefik: a required URI SAN verifies the chain even when skipping is on.
-            (Some(uri), _) => Arc::new(UriVerifier {
+            (Some(uri), skip) => Arc::new(UriVerifier {
                 chain: webpki_verifier(roots, &provider)?,
                 uri: uri.clone(),
+                skip_name: skip,
             }),
             (None, true) => Arc::new(NoVerifier(provider.clone())),
             (None, false) => webpki_verifier(roots, &provider)?,
@@ -212,12 +217,15 @@ fn webpki_verifier(roots: RootCertStore, provider: &Arc<CryptoProvider>) -> Resu
 #[derive(Debug)]
 struct NoVerifier(Arc<CryptoProvider>);
 
-/// `peerCertURI`: the chain must verify and the certificate carry the URI in its SANs;
-/// the server's name is not checked.
+/// `peerCertURI`: the chain must verify and the certificate carry the URI in its SANs
+/// (compared without case, as Traefik does); the server's name is checked too unless
+/// `insecureSkipVerify` is on (Go still verifies the chain then, through Traefik's
+/// `VerifyPeerCertificate`, but not the name).
 #[derive(Debug)]
 struct UriVerifier {
     chain: Arc<WebPkiServerVerifier>,
     uri: String,
+    skip_name: bool,
 }
 
 impl ServerCertVerifier for NoVerifier {
@@ -244,19 +252,19 @@ impl ServerCertVerifier for UriVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        // rustls checks the name only after the chain: a name mismatch means the chain
-        // is good.
+        // rustls checks the name only after the chain (0.23's WebPkiServerVerifier): a
+        // name mismatch means the chain is good.
         match self
             .chain
             .verify_server_cert(end_entity, intermediates, name, ocsp, now)
         {
-            Ok(_)
-            | Err(Error::InvalidCertificate(
+            Ok(_) => {}
+            Err(Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => {}
+            )) if self.skip_name => {}
             Err(e) => return Err(e),
         }
-        if uri_sans(end_entity).contains(&self.uri) {
+        if uri_sans(end_entity).iter().any(|u| u.eq_ignore_ascii_case(&self.uri)) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(

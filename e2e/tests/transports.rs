@@ -42,13 +42,15 @@ async fn servers_transports_decide_trust_names_client_certificates_and_timeouts(
     let h2 = PythonServer::start("tls_backend.py", &[&cert, &key, "--alpn", "h2,http/1.1"]);
 
     // (router, backend port, transport or none)
-    let cases: [(&str, u16, Option<&str>); 14] = [
+    let cases: [(&str, u16, Option<&str>); 16] = [
         ("default", plain.port, None),
         ("roots", plain.port, Some("private")),
         ("noname", plain.port, Some("roots-only")),
         ("insecure", plain.port, Some("insecure")),
         ("uri", plain.port, Some("uri")),
         ("wronguri", plain.port, Some("wrong-uri")),
+        ("urinoname", plain.port, Some("uri-no-name")),
+        ("uriskip", plain.port, Some("uri-skip")),
         ("mtls", mtls.port, Some("client-cert")),
         ("nocert", mtls.port, Some("private")),
         ("h2", h2.port, Some("insecure")),
@@ -73,8 +75,10 @@ async fn servers_transports_decide_trust_names_client_certificates_and_timeouts(
     private: {{ rootCAs: ["{ca}"], serverName: backend.internal }}
     roots-only: {{ rootCAs: ["{ca}"] }}
     insecure: {{ insecureSkipVerify: true }}
-    uri: {{ rootCAs: ["{ca}"], peerCertURI: "spiffe://example.org/backend" }}
-    wrong-uri: {{ rootCAs: ["{ca}"], peerCertURI: "spiffe://example.org/other" }}
+    uri: {{ rootCAs: ["{ca}"], serverName: backend.internal, peerCertURI: "SPIFFE://example.org/backend" }}
+    wrong-uri: {{ rootCAs: ["{ca}"], serverName: backend.internal, peerCertURI: "spiffe://example.org/other" }}
+    uri-no-name: {{ rootCAs: ["{ca}"], peerCertURI: "spiffe://example.org/backend" }}
+    uri-skip: {{ rootCAs: ["{ca}"], insecureSkipVerify: true, peerCertURI: "spiffe://example.org/backend" }}
     http1: {{ insecureSkipVerify: true, disableHTTP2: true }}
     impatient:
       insecureSkipVerify: true
@@ -108,9 +112,12 @@ async fn servers_transports_decide_trust_names_client_certificates_and_timeouts(
     let r = ask("insecure", "/").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(seen(&r.body)["sni"], serde_json::Value::Null);
-    // peerCertURI: the chain is verified and the URI SAN required; the name is not.
+    // peerCertURI: the URI SAN is required (without case) beside the usual checks; the
+    // name goes unchecked only with insecureSkipVerify.
     assert_eq!(ask("uri", "/").await.status, StatusCode::OK);
     assert_eq!(ask("wronguri", "/").await.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(ask("urinoname", "/").await.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(ask("uriskip", "/").await.status, StatusCode::OK);
     // A client certificate (its certFile given as PEM text) for a backend that wants
     // one; without it the backend refuses the handshake.
     let r = ask("mtls", "/").await;
@@ -162,7 +169,11 @@ async fn servers_transports_decide_trust_names_client_certificates_and_timeouts(
     assert_eq!(t["usedBy"], serde_json::json!(["nocert@file", "roots@file"]));
     assert_eq!(raw["serversTransports"]["unreadable@file"]["status"], "disabled");
     let diags = gw.admin_json("/api/diagnostics").await.to_string();
-    assert!(diags.contains("insecureSkipVerify"), "{diags}");
+    assert!(
+        diags.contains("serversTransports.insecure.insecureSkipVerify"),
+        "{diags}"
+    );
+    assert!(!diags.contains("uri-skip.insecureSkipVerify"), "{diags}");
 
     // The gateway's own pools skip the check only when told to (Traefik's static
     // `serversTransport.insecureSkipVerify`); a service's transport still decides for it.

@@ -107,8 +107,13 @@ impl TransportPools {
         let build = |h2c: bool| {
             let mut b = pool(t.idle_timeout);
             b.pool_max_idle_per_host(t.max_idle_per_host).http2_only(h2c);
+            if t.idle_timeout.is_zero() {
+                b.pool_idle_timeout(None);
+            }
             if let Some((interval, timeout)) = t.h2_keep_alive {
-                b.http2_keep_alive_interval(interval).http2_keep_alive_timeout(timeout);
+                b.http2_keep_alive_interval(interval)
+                    .http2_keep_alive_timeout(timeout)
+                    .http2_keep_alive_while_idle(true);
             }
             b.build(connector.clone())
         };
