@@ -52,6 +52,9 @@ fn main() {
 }
 
 async fn run(cfg: Config) -> i32 {
+    // Listened for before the listeners open: a SIGTERM while starting (ECS stopping a
+    // task that has just started) drains and exits 0 instead of killing the process.
+    let mut signals = Signals::new();
     let gw = match Gateway::start(cfg).await {
         Ok(g) => g,
         Err(e) => {
@@ -60,27 +63,40 @@ async fn run(cfg: Config) -> i32 {
             return 1;
         }
     };
-    wait_for_signal().await;
+    signals.next().await;
     gw.shutdown();
     tokio::select! {
         _ = gw.wait() => {}
-        _ = wait_for_signal() => tracing::warn!("second signal: exiting without draining"),
+        _ = signals.next() => tracing::warn!("second signal: exiting without draining"),
     }
     tracing::info!("stopped");
     0
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGTERM (ECS's stop) and SIGINT, registered once.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        Signals {
+            term: signal(SignalKind::terminate()).ok(),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    }
+
+    async fn next(&mut self) {
+        match &mut self.term {
+            Some(term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
     }
 }
