@@ -196,11 +196,7 @@ pub fn insecure_client_config() -> Result<rustls::ClientConfig, String> {
 
 /// A file's PEM text, or the option's own text when it is PEM (Traefik's FileOrContent).
 fn pem(what: &str, value: &str) -> Result<Vec<u8>, String> {
-    if value.contains("-----BEGIN") {
-        Ok(value.as_bytes().to_vec())
-    } else {
-        crate::middleware::options::read_small_file(what, value, MAX_PEM).map(String::into_bytes)
-    }
+    crate::middleware::options::file_or_pem(what, value, MAX_PEM)
 }
 
 fn webpki_verifier(roots: RootCertStore, provider: &Arc<CryptoProvider>) -> Result<Arc<WebPkiServerVerifier>, String> {

@@ -493,9 +493,7 @@ fn parse_tls(o: &Options<'_>) -> Result<Option<AuthTls>, String> {
     let pem = |key: &str| -> Result<Option<Vec<u8>>, String> {
         match t.string(key)?.filter(|s| !s.is_empty()) {
             None => Ok(None),
-            Some(v) if v.contains("-----BEGIN") => Ok(Some(v.into_bytes())),
-            Some(path) => super::options::read_small_file(&format!("forwardAuth.tls.{key}"), &path, MAX_PEM)
-                .map(|s| Some(s.into_bytes())),
+            Some(v) => super::options::file_or_pem(&format!("forwardAuth.tls.{key}"), &v, MAX_PEM).map(Some),
         }
     };
     let what = |key: &str| format!("forwardAuth.tls.{key}");

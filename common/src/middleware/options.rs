@@ -157,6 +157,16 @@ pub(crate) fn read_small_file(what: &str, path: &str, max: u64) -> Result<String
     Ok(text)
 }
 
+/// An option that is a PEM file or the PEM text itself (Traefik's FileOrContent): the
+/// text when it holds a PEM block, else the file's contents (see [`read_small_file`]).
+pub(crate) fn file_or_pem(what: &str, value: &str, max: u64) -> Result<Vec<u8>, String> {
+    if value.contains("-----BEGIN") {
+        Ok(value.as_bytes().to_vec())
+    } else {
+        read_small_file(what, value, max).map(String::into_bytes)
+    }
+}
+
 /// The largest `usersFile` read (an htpasswd file of thousands of users is far smaller).
 const MAX_USERS_FILE: u64 = 1024 * 1024;
 
