@@ -32,6 +32,9 @@ const NO_DIAL_LIMIT: Duration = Duration::from_secs(24 * 3600);
 #[derive(Debug)]
 pub struct Transport {
     pub name: String,
+    /// Unique to this resolution: a changed configuration under the same name is a new
+    /// transport, so what its servers' health learnt through the old one is not kept.
+    pub generation: u64,
     /// Sent in SNI and checked against the certificate, instead of the server's host.
     pub server_name: Option<ServerName<'static>>,
     /// `rootCAs`; `None`: the gateway's upstream roots.
@@ -116,8 +119,10 @@ impl Transport {
         }
         let t = &cfg.forwarding_timeouts;
         let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
-        Ok(Transport {
+        static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let transport = Transport {
             name: name.to_string(),
+            generation: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             server_name,
             roots: (!cfg.root_cas.is_empty()).then_some(roots),
             insecure_skip_verify: cfg.insecure_skip_verify,
@@ -137,7 +142,14 @@ impl Transport {
             h2_keep_alive: nonzero(t.read_idle_timeout)
                 .map(|i| (i, nonzero(t.ping_timeout).unwrap_or(Duration::from_secs(15)))),
             disable_http2: cfg.disable_http2,
-        })
+        };
+        // A configuration that cannot be built (a root that is not a certificate) breaks
+        // the transport now, so its services show as disabled rather than answer 502.
+        // Without `rootCAs` it is built on the gateway's own roots, checked at start.
+        if transport.roots.is_some() {
+            transport.client_config(&RootCertStore::empty()).map_err(|e| vec![e])?;
+        }
+        Ok(transport)
     }
 
     /// The TLS client configuration for `https://` servers; `upstream_roots` is the
@@ -330,5 +342,20 @@ impl ResolvesClientCert for Identities {
 
     fn has_certs(&self) -> bool {
         !self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_root_that_is_no_certificate_breaks_the_transport_at_once() {
+        let cfg = ServersTransportConfig {
+            root_cas: vec!["-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into()],
+            ..Default::default()
+        };
+        let errors = Transport::resolve("t", &cfg).unwrap_err();
+        assert!(errors.iter().any(|e| e.contains("rootCAs")), "{errors:?}");
     }
 }

@@ -114,11 +114,17 @@ fn dialled(dials: &Dials) {
     dials.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// A serversTransport's TLS handshake bound, as Traefik's (Go's `TLSHandshakeTimeout`).
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Dials `http://`/`h2c://` over TCP and `https://` over TLS (ALPN `h2`, then
 /// `http/1.1`), each within the connect timeout.
 #[derive(Clone)]
 pub struct Connector {
     connect_timeout: Duration,
+    /// How long the TLS handshake may take once connected (a transport's: Go's 10 s,
+    /// apart from `dialTimeout`; otherwise the connect timeout).
+    handshake_timeout: Duration,
     tls: TlsConnector,
     dials: Dials,
     /// Refuse names that resolve to the machine itself or a link-local address.
@@ -148,6 +154,7 @@ impl Connector {
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Connector {
             connect_timeout,
+            handshake_timeout: connect_timeout,
             tls: TlsConnector::from(Arc::new(tls)),
             dials: Dials::default(),
             public_only: false,
@@ -167,6 +174,7 @@ impl Connector {
         };
         Ok(Connector {
             connect_timeout: t.dial_timeout,
+            handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
             tls: TlsConnector::from(Arc::new(tls)),
             dials: Dials::default(),
             public_only: false,
@@ -228,7 +236,7 @@ impl tower_service::Service<Uri> for Connector {
                 Some(n) => n.clone(),
                 None => ServerName::try_from(host.clone()).map_err(|_| ConnectError::Address(host.clone()))?,
             };
-            let stream = connect_tls(&this.tls, name, tcp, this.connect_timeout).await?;
+            let stream = connect_tls(&this.tls, name, tcp, this.handshake_timeout).await?;
             Ok(TokioIo::new(UpstreamStream::Tls(Box::new(stream))))
         })
     }

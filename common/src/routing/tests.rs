@@ -393,4 +393,21 @@ http:
     );
     let kept = again.services.iter().find(|x| x.name == "good@file").unwrap();
     assert!(std::sync::Arc::ptr_eq(&t, kept.transport.as_ref().unwrap()));
+    // A changed configuration under the same name is a new transport, of a new
+    // generation (its servers' health starts afresh).
+    let changed = build(
+        &[view(
+            "file",
+            &yaml.replace("maxIdleConnsPerHost: 7", "maxIdleConnsPerHost: 8"),
+        )],
+        &BuildOptions {
+            previous_transports: s.transports.clone(),
+            ..opts()
+        },
+    );
+    let fresh = changed.services.iter().find(|x| x.name == "good@file").unwrap();
+    let fresh = fresh.transport.as_ref().unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&t, fresh));
+    assert_eq!(fresh.max_idle_per_host, 8);
+    assert_ne!(fresh.generation, t.generation);
 }

@@ -159,7 +159,7 @@ impl Routes {
                 .filter_map(endpoint)
                 .map(|mut e| {
                     if let Some(t) = &svc.transport {
-                        e.state_key = format!("{}\0{}", e.url, t.name);
+                        e.state_key = format!("{}\0{}\0{}", e.url, t.name, t.generation);
                     }
                     e.pool = pool.clone();
                     e
