@@ -127,6 +127,76 @@ pub struct MeshService {
     pub identity: String,
     /// `IP:PORT` of each routable endpoint's inbound listener.
     pub endpoints: Vec<String>,
+    /// How callers route to it, from its own `berth.mesh.*` labels (absent: the
+    /// defaults; a sidecar that predates a field ignores it).
+    #[serde(default, skip_serializing_if = "MeshPolicy::is_default")]
+    pub policy: MeshPolicy,
+}
+
+/// A mesh service's routing policy, set by the service's owners on their own tasks
+/// (`berth.mesh.weighted.*`, `berth.mesh.retry.*`, `berth.mesh.timeout`) and applied in
+/// every caller's sidecar.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MeshPolicy {
+    /// Calls are shared by weight between these mesh services (the service itself among
+    /// them by its own name); empty: its own endpoints take every call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub split: Vec<MeshSplit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<MeshRetry>,
+    /// How long each attempt may wait for the response head (replaces the caller's
+    /// `BERTH_OUTBOUND_RESPONSE_TIMEOUT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+impl MeshPolicy {
+    pub fn is_default(&self) -> bool {
+        *self == MeshPolicy::default()
+    }
+
+    /// The other mesh services the split names (not the service itself).
+    pub fn split_targets<'a>(&'a self, own: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.split.iter().map(|s| s.name.as_str()).filter(move |n| *n != own)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MeshSplit {
+    pub name: String,
+    pub weight: u32,
+}
+
+/// The retry middleware's options ([`crate::middleware::limit::Retry`]), as the control
+/// API carries them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MeshRetry {
+    pub attempts: u32,
+    pub initial_interval_ms: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grpc_codes: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grpc_methods: Vec<String>,
+}
+
+impl MeshRetry {
+    pub fn from_retry(r: &crate::middleware::limit::Retry) -> MeshRetry {
+        MeshRetry {
+            attempts: r.attempts,
+            initial_interval_ms: u64::try_from(r.initial_interval.as_millis()).unwrap_or(u64::MAX),
+            grpc_codes: r.grpc_codes.clone(),
+            grpc_methods: r.grpc_methods.clone(),
+        }
+    }
+
+    pub fn to_retry(&self) -> crate::middleware::limit::Retry {
+        crate::middleware::limit::Retry {
+            attempts: self.attempts.clamp(1, 100),
+            initial_interval: std::time::Duration::from_millis(self.initial_interval_ms),
+            grpc_codes: self.grpc_codes.clone(),
+            grpc_methods: self.grpc_methods.clone(),
+        }
+    }
 }
 
 impl MeshView {
@@ -146,6 +216,10 @@ impl MeshView {
             feed(&s.identity);
             for e in &s.endpoints {
                 feed(e);
+            }
+            if !s.policy.is_default() {
+                feed("%");
+                feed(&serde_json::to_string(&s.policy).unwrap_or_default());
             }
         }
         for u in unknown {

@@ -30,6 +30,15 @@ impl TestGateway {
     }
 }
 
+/// `GET path` on an admin API as JSON; `Null` when it does not answer or is not JSON (for
+/// tests that poll while things start or stop).
+pub async fn admin_json(admin: std::net::SocketAddr, path: &str) -> serde_json::Value {
+    match berth_common::test_util::try_http1(admin, berth_common::test_util::get("admin", path)).await {
+        Some(r) => serde_json::from_str(&r.body).unwrap_or(serde_json::Value::Null),
+        None => serde_json::Value::Null,
+    }
+}
+
 /// Start a gateway with entrypoint `web` (and any `extra` flags) and `yaml` as its
 /// dynamic configuration.
 pub async fn start(yaml: &str, extra: &[&str]) -> TestGateway {
@@ -125,8 +134,7 @@ impl GatewayProcess {
     }
 
     pub async fn admin_json(&self, path: &str) -> serde_json::Value {
-        let r = berth_common::test_util::http1(self.admin, berth_common::test_util::get("admin", path)).await;
-        serde_json::from_str(&r.body).unwrap_or(serde_json::Value::Null)
+        admin_json(self.admin, path).await
     }
 
     /// Wait until the admin API answers.

@@ -12,7 +12,7 @@ mod local_up;
 mod process;
 
 pub use ecs::{Moto, RunningTask, ecs_client, local_ecs, moto_tool, running_tasks, web_container};
-pub use gateway::{GatewayProcess, TestGateway, service, start};
+pub use gateway::{GatewayProcess, TestGateway, admin_json, service, start};
 pub use local_up::LocalUp;
 pub use process::{
     ProcessInfo, PythonServer, bin, find_process, go_tlsprobe, runnable_copy, sidecar_process, signal, temp_dir,

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use berth_common::test_util::{eventually, get, http1};
-use berth_e2e::LocalUp;
+use berth_e2e::{LocalUp, admin_json};
 use berth_examples::greeter::{Client, HelloRequest};
 use tonic::{Code, Request};
 
@@ -19,10 +19,6 @@ fn hello(name: &str) -> HelloRequest {
         name: name.into(),
         ..Default::default()
     }
-}
-
-async fn admin_json(admin: SocketAddr, path: &str) -> serde_json::Value {
-    serde_json::from_str(&http1(admin, get("admin", path)).await.body).unwrap_or_default()
 }
 
 /// The greeter tasks' addresses, from the sidecar registry.

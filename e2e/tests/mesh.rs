@@ -11,15 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use berth_common::test_util::{eventually, get, http1, metric, try_http1};
-use berth_e2e::{LocalUp, find_process, sidecar_process, signal};
+use berth_e2e::{LocalUp, admin_json, find_process, sidecar_process, signal};
 use serde_json::Value;
-
-async fn admin_json(admin: SocketAddr, path: &str) -> Value {
-    match try_http1(admin, get("admin", path)).await {
-        Some(r) => serde_json::from_str(&r.body).unwrap_or(Value::Null),
-        None => Value::Null,
-    }
-}
 
 fn sidecars_of(v: &Value, service: &str) -> Vec<Value> {
     v.as_array()

@@ -6,7 +6,9 @@
 #  3. HTTP/2 over TLS from the client (h2load; ALPN h2), HTTP/1.1 to the backend.
 # Also the cost of a chain of five middlewares (Berth's same route behind headers x2,
 # ipAllowList, rateLimit, stripPrefix) and of tracing every request (a second
-# berth-gateway with OTLP/HTTP export on, to an nginx that accepts and discards them).
+# berth-gateway with OTLP/HTTP export on, to an nginx that accepts and discards them), and
+# of a forwardAuth + sticky-cookie route (an nginx auth server that allows everything),
+# beside nginx's auth_request to the same auth server.
 #
 #   examples/bench/north-south.sh            # full run: 3 rounds x 10 s per target
 #   SMOKE=1 examples/bench/north-south.sh    # CI smoke: 1 round x 2 s, fails only on errors
@@ -71,6 +73,7 @@ ENVOY=127.0.0.1:18198
 NGINX_TLS=127.0.0.1:18199
 HAPROXY_TLS=127.0.0.1:18200
 ENVOY_TLS=127.0.0.1:18201
+AUTH=127.0.0.1:18203
 
 # One self-signed certificate for every TLS front (the load generator does not verify).
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench.test \
@@ -96,11 +99,18 @@ http {
 CONF
 }
 
-nginx_conf backend "server { listen $BACKEND; location / { default_type text/plain; return 200 'hello from the backend\n'; } }"
+nginx_conf backend "server { listen $BACKEND; location / { default_type text/plain; return 200 'hello from the backend\n'; } }
+  server { listen $AUTH; location / { return 200; } }"
 nginx_conf sink "server { listen $SINK; client_max_body_size 64m; location / { return 200; } }"
 nginx_conf proxy "upstream be { server $BACKEND; keepalive 64; }
   server { listen $NGINX; location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\";
     proxy_set_header Host \$host; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } }
+  server { listen $NGINX; server_name auth.test;
+    location / { auth_request /_auth; proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\";
+      proxy_set_header Host \$host; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; }
+    location = /_auth { internal; proxy_pass http://auth; proxy_http_version 1.1; proxy_set_header Connection \"\";
+      proxy_pass_request_body off; proxy_set_header Content-Length \"\"; proxy_set_header X-Original-URI \$request_uri; } }
+  upstream auth { server $AUTH; keepalive 64; }
   server { listen $NGINX_TLS ssl http2; ssl_certificate $work/tls.crt; ssl_certificate_key $work/tls.key;
     location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\";
     proxy_set_header Host \$host; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } }"
@@ -157,15 +167,22 @@ http:
     bench-tls: { rule: "PathPrefix(\`/\`)", service: backend, tls: {} }
     # The same route behind a chain of five middlewares: their cost on throughput.
     chain: { rule: "Host(\`chain.test\`)", service: backend, middlewares: [tag, secure, local, limit, strip] }
+    # forwardAuth in front of a sticky service: the commonest Traefik chain.
+    auth: { rule: "Host(\`auth.test\`)", service: sticky, middlewares: [authorize] }
   middlewares:
     tag: { headers: { customRequestHeaders: { X-Bench: "1" } } }
     secure: { headers: { frameDeny: true, contentTypeNosniff: true } }
     local: { ipAllowList: { sourceRange: ["127.0.0.0/8"] } }
     limit: { rateLimit: { average: 100000000, burst: 100000000 } }
     strip: { stripPrefix: { prefixes: ["/unused"] } }
+    authorize: { forwardAuth: { address: "http://$AUTH/" } }
   services:
     backend:
       loadBalancer:
+        servers: [ { url: "http://$BACKEND" } ]
+    sticky:
+      loadBalancer:
+        sticky: { cookie: { name: bench_sticky } }
         servers: [ { url: "http://$BACKEND" } ]
 YML
 
@@ -183,7 +200,7 @@ start sink "${pin_load[@]}" nginx -c "$work/sink/nginx.conf"
 start traced env RUST_LOG=warn OTEL_EXPORTER_OTLP_ENDPOINT="http://$SINK" OTEL_TRACES_SAMPLER=always_on \
   OTEL_BSP_SCHEDULE_DELAY=1000 "${pin_proxy[@]}" "$gateway" --entrypoint "web=$TRACED" --admin "$TRACED_ADMIN" \
   --file-provider "$work/dynamic.yml" --log-format json --shutdown-delay 0s
-wait_port $BACKEND backend; wait_port $NGINX nginx; wait_port $BERTH berth
+wait_port $BACKEND backend; wait_port $AUTH auth; wait_port $NGINX nginx; wait_port $BERTH berth
 wait_port $SINK sink; wait_port $TRACED traced; wait_port $HAPROXY haproxy; wait_port $ENVOY envoy
 wait_port $NGINX_TLS nginx; wait_port $HAPROXY_TLS haproxy; wait_port $ENVOY_TLS envoy
 
@@ -231,6 +248,8 @@ for round in $(seq 1 "$ROUNDS"); do
   order=(0 1 2 3); (( round % 2 )) || order=(3 2 1 0)
   for i in "${order[@]}"; do run "${h1[$i]%%:*}" "${h1[$i]#*:}" "$round"; done
   run berth5mw $BERTH "$round" chain.test
+  run berthauth $BERTH "$round" auth.test
+  run nginxauth $NGINX "$round" auth.test
   run traced $TRACED "$round"
   for i in "${order[@]}"; do run_h2 "${h2[$i]%%:*}" "${h2[$i]#*:}" "$round"; done
 done
@@ -263,6 +282,10 @@ table "scenario 3: north-south, HTTP/2 over TLS from the client, $H2CONNS connec
 echo
 echo "berth with 5 middlewares / berth: throughput $(ratio "$(median "${rps[berth5mw]:-0}")" "$(median "${rps[berth]:-0}")")x," \
   "p99 $(ratio "$(median "${p99[berth5mw]:-0}")" "$(median "${p99[berth]:-0}")")x"
+echo "berth forwardAuth+sticky / berth: throughput $(ratio "$(median "${rps[berthauth]:-0}")" "$(median "${rps[berth]:-0}")")x," \
+  "p99 $(ratio "$(median "${p99[berthauth]:-0}")" "$(median "${p99[berth]:-0}")")x"
+echo "berth forwardAuth+sticky / nginx auth_request: throughput $(ratio "$(median "${rps[berthauth]:-0}")" "$(median "${rps[nginxauth]:-0}")")x," \
+  "p99 $(ratio "$(median "${p99[berthauth]:-0}")" "$(median "${p99[nginxauth]:-0}")")x"
 echo "berth traced (every request, OTLP/HTTP) / berth: throughput $(ratio "$(median "${rps[traced]:-0}")" "$(median "${rps[berth]:-0}")")x," \
   "p99 $(ratio "$(median "${p99[traced]:-0}")" "$(median "${p99[berth]:-0}")")x"
 spans=$(curl -s "http://$TRACED_ADMIN/metrics" | awk -F'[{}" ]+' '/^berth_trace_spans_total/ {printf "%s %s  ", $3, $NF}')

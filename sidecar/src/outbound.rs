@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 use berth_common::balance::{Balancer, EndpointState, Registry};
 use berth_common::body::{Body, boxed, from_client};
 use berth_common::config::Strategy;
-use berth_common::control::{MESH_PATH, MeshView};
-use berth_common::forward::{self, Attempt, Balanced, ClientFault, Failed, Failure, RequestBody, RetryOn, Trip};
+use berth_common::control::{MESH_PATH, MeshPolicy, MeshRetry, MeshView};
+use berth_common::forward::{
+    self, Attempt, Balanced, Buffered, ClientFault, Failed, Failure, RequestBody, RetryOn, Trip,
+};
 use berth_common::http::{CLIENT_ID_HEADER, is_idempotent, remove_hop_by_hop};
 use berth_common::identity::SpiffeId;
 use berth_common::mtls::{CertSlot, PeerPolicy, TrustAnchors, client_config};
@@ -151,6 +153,31 @@ struct Target {
     endpoints: Vec<String>,
     states: Vec<Arc<EndpointState>>,
     balancer: Balancer,
+    /// Its owners' routing policy (`berth.mesh.*` labels).
+    policy: MeshPolicy,
+    /// Smooth weighted round robin over `policy.split`, when there is one.
+    split: Option<Balancer>,
+}
+
+impl Target {
+    fn new(identity: SpiffeId, endpoints: Vec<String>, states: Vec<Arc<EndpointState>>, policy: MeshPolicy) -> Target {
+        let split = (!policy.split.is_empty())
+            .then(|| Balancer::new(Strategy::Wrr, policy.split.iter().map(|s| s.weight).collect()));
+        Target {
+            balancer: Balancer::new(Strategy::P2c, vec![1; endpoints.len()]),
+            identity,
+            endpoints,
+            states,
+            policy,
+            split,
+        }
+    }
+
+    /// Whether any endpoint may take a call now.
+    fn has_healthy(&self) -> bool {
+        let now = Instant::now();
+        self.states.iter().any(|s| s.is_healthy(now))
+    }
 }
 
 enum Entry {
@@ -258,19 +285,25 @@ impl MeshCache {
                 continue;
             };
             let unchanged = matches!(entries.get(&svc.name), Some(Entry::Known(t))
-                if t.identity == identity && t.endpoints == svc.endpoints);
+                if t.identity == identity && t.endpoints == svc.endpoints && t.policy == svc.policy);
             if unchanged {
                 continue;
             }
-            tracing::info!(service = %svc.name, endpoints = svc.endpoints.len(), "mesh service updated");
+            tracing::info!(
+                service = %svc.name,
+                endpoints = svc.endpoints.len(),
+                split = svc.policy.split.len(),
+                retry = svc.policy.retry.is_some(),
+                "mesh service updated"
+            );
             entries.insert(
                 svc.name.clone(),
-                Entry::Known(Arc::new(Target {
+                Entry::Known(Arc::new(Target::new(
                     identity,
-                    endpoints: svc.endpoints.clone(),
-                    states: Vec::new(),
-                    balancer: Balancer::new(Strategy::P2c, vec![1; svc.endpoints.len()]),
-                })),
+                    svc.endpoints.clone(),
+                    Vec::new(),
+                    svc.policy.clone(),
+                ))),
             );
         }
         // Endpoint health survives updates; whom to expect where follows them.
@@ -286,12 +319,12 @@ impl MeshCache {
         let mut peers = HashMap::new();
         for e in entries.values_mut() {
             if let Entry::Known(t) = e {
-                let fresh = Target {
-                    identity: t.identity.clone(),
-                    endpoints: t.endpoints.clone(),
-                    states: t.endpoints.iter().map(|u| states[u].clone()).collect(),
-                    balancer: Balancer::new(Strategy::P2c, vec![1; t.endpoints.len()]),
-                };
+                let fresh = Target::new(
+                    t.identity.clone(),
+                    t.endpoints.clone(),
+                    t.endpoints.iter().map(|u| states[u].clone()).collect(),
+                    t.policy.clone(),
+                );
                 for ep in &fresh.endpoints {
                     peers.insert(ep.clone(), fresh.identity.clone());
                 }
@@ -299,6 +332,33 @@ impl MeshCache {
             }
         }
         *self.peers.write().unwrap_or_else(|e| e.into_inner()) = peers;
+    }
+
+    /// Where a call to `called` goes: one of its split's targets by weight (a target with
+    /// no healthy endpoint is passed over), else the service itself.
+    fn split_target(&self, name: &str, called: &Arc<Target>) -> Result<(String, Arc<Target>), OutboundError> {
+        let Some(balancer) = &called.split else {
+            return Ok((name.to_string(), called.clone()));
+        };
+        let targets: Vec<Option<Arc<Target>>> = called
+            .policy
+            .split
+            .iter()
+            .map(|s| {
+                if s.name == name {
+                    Some(called.clone())
+                } else {
+                    self.lookup(&s.name).and_then(Result::ok)
+                }
+            })
+            .collect();
+        let i = balancer
+            .pick_wrr(|i| targets[i].as_ref().is_some_and(|t| t.has_healthy()))
+            .ok_or_else(|| OutboundError::NoEndpoint(name.to_string()))?;
+        let target = targets[i]
+            .clone()
+            .ok_or_else(|| OutboundError::NoEndpoint(name.to_string()))?;
+        Ok((called.policy.split[i].name.clone(), target))
     }
 
     /// Follow the subscribed services and the gateway replicas for ever: long poll, keep
@@ -512,34 +572,65 @@ impl Outbound {
         &self,
         name: &str,
         req: Request<Incoming>,
-        span: &Span,
+        span: &mut Span,
         mut entry: Option<&mut berth_common::accesslog::Entry>,
     ) -> Result<Response<Body>, OutboundError> {
         if let Some(e) = entry.as_deref_mut() {
             e.service = Some(name.to_string());
         }
-        let target = self.mesh.resolve(name).await?;
+        let called = self.mesh.resolve(name).await?;
+        // The callee's policy decides: its split, its retries, its timeout.
+        let (routed, target) = self.mesh.split_target(name, &called)?;
+        if routed != name {
+            span.set_with(attr::BERTH_MESH_TARGET, || routed.clone());
+        }
         let (parts, body) = req.into_parts();
         let grpc = berth_common::grpc::is_grpc(&parts.headers);
-        // An idempotent request without a body may go to another endpoint when this one
-        // fails before answering (as nginx's `proxy_next_upstream error timeout`).
+        let retry = called.policy.retry.as_ref().map(MeshRetry::to_retry);
+        let grpc_retry = grpc && retry.as_ref().is_some_and(|r| r.grpc_method_listed(parts.uri.path()));
+        let bodyless = body.is_end_stream();
+        // A gRPC call the retry lists as safe to send again is kept (as at the gateway).
+        let body = from_client(body);
+        let body = if grpc_retry {
+            match forward::buffer(body, forward::REPLAY_LIMIT).await {
+                Buffered::Whole(bytes) => RequestBody::Replay(bytes),
+                Buffered::Partial(rest) => RequestBody::Once(rest),
+                Buffered::Failed(e) => return Err(OutboundError::ClientBody(forward::client_fault(&*e))),
+            }
+        } else {
+            RequestBody::Once(body)
+        };
+        let replay = matches!(body, RequestBody::Replay(_));
+        // Without a retry policy, an idempotent request without a body may go to another
+        // endpoint when this one fails before answering (as nginx's
+        // `proxy_next_upstream error timeout`); with one, its attempts and back-off, as
+        // the gateway's retry middleware.
         let policy = forward::Policy {
-            max_attempts: MAX_ATTEMPTS.min(target.endpoints.len()),
-            resendable: body.is_end_stream() && is_idempotent(&parts.method),
+            max_attempts: retry
+                .as_ref()
+                .map(|r| r.attempts as usize)
+                .unwrap_or(MAX_ATTEMPTS.min(target.endpoints.len())),
+            resendable: (bodyless && is_idempotent(&parts.method)) || replay,
             retry: RetryOn {
                 connect: true,
                 broken: true,
                 timeout: true,
                 app_unreachable: true,
-                grpc_codes: Vec::new(),
+                grpc_codes: retry.as_ref().map(|r| r.grpc_codes.clone()).unwrap_or_default(),
             },
-            response_timeout: Some(self.response_timeout),
+            backoff: retry.as_ref().map(|r| r.initial_interval),
+            revisit: retry.is_some(),
+            response_timeout: Some(
+                called
+                    .policy
+                    .timeout_ms
+                    .map_or(self.response_timeout, Duration::from_millis),
+            ),
             // The call's own deadline, for all attempts together: the peer is not to blame.
             grpc_deadline: grpc
                 .then(|| berth_common::grpc::timeout(&parts.headers))
                 .flatten()
                 .map(|t| tokio::time::Instant::now() + t),
-            ..forward::Policy::default()
         };
         let mut headers = parts.headers;
         remove_hop_by_hop(&mut headers);
@@ -561,14 +652,13 @@ impl Outbound {
                 .map(|p| p.as_str().to_string())
                 .unwrap_or_else(|| "/".into()),
             headers,
-            span,
+            span: &*span,
             entry,
         };
         let endpoints = Balanced {
             balancer: &target.balancer,
             states: &target.states,
         };
-        let body = RequestBody::Once(from_client(body));
         let answer = match forward::forward(&mut trip, &endpoints, &policy, body).await {
             Ok(a) => a,
             Err(Failure::Deadline) => {

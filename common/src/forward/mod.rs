@@ -25,6 +25,9 @@ use crate::body::{Body, ClientBodyError, empty, full};
 pub use failure::{ClientFault, Failure};
 pub use replay::{Buffered, buffer};
 
+/// The largest gRPC request kept to be sent again (unary calls are small).
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+
 /// How a request may be attempted.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {

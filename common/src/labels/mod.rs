@@ -13,10 +13,12 @@ use crate::http::authority;
 
 mod constraints;
 mod merge;
+mod mesh;
 mod template;
 
 pub use constraints::Constraint;
 pub use merge::Merger;
+pub use mesh::MAX_SPLIT;
 pub use template::Template;
 
 pub const PREFIXES: [&str; 2] = ["berth.", "traefik."];
@@ -51,6 +53,9 @@ pub struct MeshLabels {
     pub name: Option<String>,
     /// `berth.mesh.allow`: caller identities or service names allowed to call.
     pub allow: Option<Vec<String>>,
+    /// `berth.mesh.weighted.*`, `berth.mesh.retry.*`, `berth.mesh.timeout`: how callers'
+    /// sidecars route to this service.
+    pub policy: crate::control::MeshPolicy,
 }
 
 /// Parse a container's labels. Labels outside the two prefixes are ignored.
@@ -95,6 +100,7 @@ pub fn parse(labels: &BTreeMap<String, String>) -> (ContainerLabels, Vec<Diagnos
         ..Default::default()
     };
     let mut dynamic_pairs: Vec<(String, String, &str)> = Vec::new();
+    let mut mesh_pairs: Vec<(&str, &str, &str)> = Vec::new();
     for (key, value) in labels {
         let Some((prefix, rest)) = PREFIXES.iter().find_map(|p| strip_prefix_ci(key, p).map(|r| (*p, r))) else {
             continue;
@@ -142,7 +148,8 @@ pub fn parse(labels: &BTreeMap<String, String>) -> (ContainerLabels, Vec<Diagnos
                             .collect(),
                     )
                 }
-                _ => diags.push(Diagnostic::error(key.clone(), "unknown mesh option (name, allow)")),
+                // The routing policy's keys, read together below.
+                _ => mesh_pairs.push((prefix, rest.get("mesh.".len()..).unwrap_or_default(), value)),
             },
             "weighted" if lower == "weighted.allow" => {
                 out.weighted_allow = value
@@ -160,6 +167,24 @@ pub fn parse(labels: &BTreeMap<String, String>) -> (ContainerLabels, Vec<Diagnos
             )),
             _ => diags.push(Diagnostic::error(key.clone(), "unknown label; it is ignored")),
         }
+    }
+    // berth. before traefik.: a part set under berth. wins.
+    for prefix in PREFIXES {
+        let pairs: Vec<(&str, &str)> = mesh_pairs
+            .iter()
+            .filter(|(p, _, _)| *p == prefix)
+            .map(|(_, k, v)| (*k, *v))
+            .collect();
+        if pairs.is_empty() {
+            continue;
+        }
+        let p = mesh::policy(&pairs, prefix, &mut diags);
+        let own = &mut out.mesh.policy;
+        if own.split.is_empty() {
+            own.split = p.split;
+        }
+        own.retry = own.retry.take().or(p.retry);
+        own.timeout_ms = own.timeout_ms.or(p.timeout_ms);
     }
     // Decode each prefix's keys so diagnostics name the key as the user wrote it.
     for prefix in PREFIXES {

@@ -794,3 +794,98 @@ fn labels_name_servers_transports_but_do_not_define_them() {
         "{refused:?}"
     );
 }
+
+// The east-west routing policy (`berth.mesh.*`).
+
+#[test]
+fn a_split_a_retry_and_a_timeout_are_read_in_traefik_syntax() {
+    let (c, diags) = parse(&labels(&[
+        ("berth.mesh.weighted.services[1].name", "Orders-Canary"),
+        ("berth.mesh.weighted.services[1].weight", "1"),
+        ("berth.mesh.weighted.services[0].name", "orders"),
+        ("berth.mesh.weighted.services[0].weight", "3"),
+        ("berth.mesh.retry.attempts", "4"),
+        ("berth.mesh.retry.initialInterval", "50ms"),
+        ("traefik.mesh.timeout", "2s"),
+    ]));
+    assert!(diags.is_empty(), "{diags:?}");
+    let p = &c.mesh.policy;
+    let split: Vec<(&str, u32)> = p.split.iter().map(|s| (s.name.as_str(), s.weight)).collect();
+    assert_eq!(split, vec![("orders", 3), ("orders-canary", 1)]);
+    let r = p.retry.as_ref().unwrap();
+    assert_eq!((r.attempts, r.initial_interval_ms), (4, 50));
+    assert_eq!(p.timeout_ms, Some(2000));
+    assert_eq!(p.split_targets("orders").collect::<Vec<_>>(), vec!["orders-canary"]);
+}
+
+#[test]
+fn each_bad_part_is_disabled_with_a_diagnostic_and_the_rest_kept() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("berth.mesh.retry.attempts", "0")], "berth.mesh.retry"),
+        (
+            &[("berth.mesh.retry.attempts", "2"), ("berth.mesh.retry.bogus", "1")],
+            "berth.mesh.retry",
+        ),
+        (&[("berth.mesh.timeout", "0s")], "berth.mesh.timeout"),
+        (&[("berth.mesh.timeout", "2h")], "berth.mesh.timeout"),
+        (&[("berth.mesh.timeout", "soon")], "berth.mesh.timeout"),
+        (
+            &[("berth.mesh.weighted.services[0].name", "a b")],
+            "berth.mesh.weighted",
+        ),
+        (
+            &[("berth.mesh.weighted.services[0].name", "x@file")],
+            "berth.mesh.weighted",
+        ),
+        (
+            &[("berth.mesh.weighted.services[0].weight", "1")],
+            "berth.mesh.weighted",
+        ),
+        (
+            &[
+                ("berth.mesh.weighted.services[0].name", "a"),
+                ("berth.mesh.weighted.services[0].weight", "0"),
+            ],
+            "berth.mesh.weighted",
+        ),
+        (
+            &[
+                ("berth.mesh.weighted.services[0].name", "a"),
+                ("berth.mesh.weighted.services[1].name", "A"),
+            ],
+            "berth.mesh.weighted",
+        ),
+        (
+            &[
+                ("berth.mesh.weighted.services[0].name", "a"),
+                ("berth.mesh.weighted.services[0].weight", "9999999"),
+            ],
+            "berth.mesh.weighted",
+        ),
+        (&[("berth.mesh.weighted.sticky.cookie", "true")], "berth.mesh.weighted"),
+        (&[("berth.mesh.weighted", "a")], "berth.mesh.weighted"),
+        (&[("berth.mesh.mirror.service", "a")], "berth.mesh.mirror"),
+        (&[("berth.mesh", "a")], "berth.mesh"),
+    ];
+    for (pairs, key) in cases {
+        let mut all = pairs.to_vec();
+        all.push(("berth.mesh.name", "orders"));
+        if !key.ends_with("retry") {
+            all.push(("berth.mesh.retry.attempts", "3"));
+        }
+        let (c, diags) = parse(&labels(&all));
+        assert!(diags.iter().any(|d| d.key.starts_with(key)), "{pairs:?}: {diags:?}");
+        assert!(c.mesh.policy.split.is_empty(), "{pairs:?}");
+        assert_eq!(c.mesh.name.as_deref(), Some("orders"), "{pairs:?}");
+        if !key.ends_with("retry") {
+            assert_eq!(c.mesh.policy.retry.as_ref().map(|r| r.attempts), Some(3), "{pairs:?}");
+        }
+    }
+    // Seventeen targets are more than a split takes.
+    let many: Vec<(String, String)> = (0..17)
+        .map(|i| (format!("berth.mesh.weighted.services[{i}].name"), format!("s{i}")))
+        .collect();
+    let (c, diags) = parse(&many.into_iter().collect());
+    assert!(c.mesh.policy.split.is_empty());
+    assert!(diags.iter().any(|d| d.message.contains("more than 16")), "{diags:?}");
+}

@@ -346,6 +346,8 @@ pub mod attr {
     pub const BERTH_SERVICE: &str = "berth.service";
     pub const BERTH_ENTRYPOINT: &str = "berth.entrypoint";
     pub const BERTH_PEER_IDENTITY: &str = "berth.peer.identity";
+    /// The mesh service a split sent the call to (when not the one called).
+    pub const BERTH_MESH_TARGET: &str = "berth.mesh.target";
     pub const BERTH_DIRECTION: &str = "berth.direction";
 }
 

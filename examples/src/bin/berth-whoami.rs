@@ -1,6 +1,7 @@
 //! `berth-whoami`: the demo app. Answers with `Hostname: <name>`, its addresses, the
 //! request line and the request headers, like Traefik's whoami; plus `/health` (503
-//! after `/health/set?healthy=false`), `/slow?ms=N`, `/status/N`, `/bench` (a fixed small
+//! after `/health/set?healthy=false`), `/slow?ms=N`, `/delay/set?ms=N` (every later
+//! request but `/health` waits N ms first: a hung task), `/status/N`, `/bench` (a fixed small
 //! body), `/ws` (echo after an HTTP/1.1 upgrade) and `/call?url=http://S/path`, which
 //! calls another service east-west through the task's sidecar (`HTTP_PROXY`, else
 //! `$BERTH_LOCAL_ADDRESS:15001`) and answers with what came back, and `/grpc?to=S&name=N`,
@@ -28,6 +29,8 @@ struct App {
     name: String,
     listen: SocketAddr,
     healthy: std::sync::atomic::AtomicBool,
+    /// `/delay/set?ms=N`: how long every request but the health check waits first.
+    delay_ms: std::sync::atomic::AtomicU64,
     /// The sidecar's outbound listener, `host:port`.
     proxy: Option<String>,
 }
@@ -43,6 +46,7 @@ fn main() {
         name,
         listen,
         healthy: std::sync::atomic::AtomicBool::new(true),
+        delay_ms: std::sync::atomic::AtomicU64::new(0),
         proxy,
     };
     if let Err(e) = rt.block_on(serve(Arc::new(app))) {
@@ -108,6 +112,23 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or_default().to_string();
+    let ms_of = |query: &str, default: u64| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("ms="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+            .min(600_000)
+    };
+    if path == "/delay/set" {
+        let ms = ms_of(&query, 0);
+        app.delay_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+        return Ok(text(StatusCode::OK, format!("delay={ms}ms\n")));
+    }
+    let delay = app.delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+    if delay > 0 && path != "/health" {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     match path.as_str() {
         "/health" => {
             return Ok(if app.healthy.load(std::sync::atomic::Ordering::Relaxed) {
@@ -144,14 +165,7 @@ async fn handle(
                 .insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
             return Ok(r);
         }
-        "/slow" => {
-            let ms = query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("ms="))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1000u64);
-            tokio::time::sleep(Duration::from_millis(ms.min(600_000))).await;
-        }
+        "/slow" => tokio::time::sleep(Duration::from_millis(ms_of(&query, 1000))).await,
         p if p.starts_with("/status/") => {
             let code = p["/status/".len()..]
                 .parse::<u16>()

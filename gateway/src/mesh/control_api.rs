@@ -361,14 +361,27 @@ impl ControlApi {
     fn view_of(&self, table: &MeshTable, gateways: &[String], names: &[String]) -> MeshView {
         let mut services = Vec::new();
         let mut unknown = Vec::new();
+        // A split's targets come with the service that names them: the caller's sidecar
+        // routes to them without asking (one level: their own splits are not followed).
+        let mut wanted: Vec<&str> = names.iter().map(String::as_str).collect();
         for n in names {
+            if let Some(s) = table.get(n) {
+                wanted.extend(s.policy.split_targets(n));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for n in wanted {
+            if !seen.insert(n) {
+                continue;
+            }
             match table.get(n) {
                 Some(s) => services.push(MeshService {
                     name: s.name.clone(),
                     identity: format!("spiffe://{}/{}", self.ca.trust_domain(), s.identity),
                     endpoints: s.endpoints.clone(),
+                    policy: s.policy.clone(),
                 }),
-                None => unknown.push(n.clone()),
+                None => unknown.push(n.to_string()),
             }
         }
         MeshView {

@@ -31,9 +31,6 @@ use super::{ClientBody, ConnInfo, Outcome, Proxy};
 /// picked in a row before their sidecars deregister; three was seen to fall short.
 const MAX_ATTEMPTS: usize = 5;
 
-/// The largest gRPC request kept to be sent again (unary calls are small).
-const REPLAY_LIMIT: usize = 64 * 1024;
-
 /// How a routed request is to be forwarded.
 pub(super) struct How {
     /// A requested protocol upgrade (WebSocket) and the client side of it.
@@ -106,9 +103,9 @@ impl Proxy {
             Some(l) => from_client(Limited::new(body, usize::try_from(l).unwrap_or(usize::MAX))),
             None => from_client(body),
         };
-        // A gRPC call that may go again is kept (up to REPLAY_LIMIT) to be sent again.
+        // A gRPC call that may go again is kept (up to forward::REPLAY_LIMIT) to be sent again.
         let body = if grpc_retry {
-            match forward::buffer(body, REPLAY_LIMIT).await {
+            match forward::buffer(body, forward::REPLAY_LIMIT).await {
                 Buffered::Whole(bytes) => RequestBody::Replay(bytes),
                 Buffered::Partial(rest) => RequestBody::Once(rest),
                 Buffered::Failed(e) => {

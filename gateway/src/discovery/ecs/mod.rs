@@ -34,7 +34,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::discovery::registry::{HealthView, SidecarHealth};
 use crate::metrics::Metrics;
-use berth_common::control::MeshService;
+use berth_common::control::{MeshPolicy, MeshService};
 use client::{EcsApi, RateLimiter};
 use reconcile::{ClusterReconciler, ClusterView, InstanceAddresses, TaskDefCache};
 
@@ -682,6 +682,8 @@ struct MeshClaim {
     owner: bool,
     /// Where to reach it, when it may get traffic.
     endpoint: Option<String>,
+    /// How callers route to it (`berth.mesh.weighted`, `retry`, `timeout`).
+    policy: MeshPolicy,
 }
 
 /// Who is served under each mesh name. A name belongs to the service of that name (the
@@ -743,12 +745,37 @@ fn resolve_mesh_names(claims: Vec<MeshClaim>, diags: &mut Vec<Diagnostic>) -> BT
             .filter_map(|c| c.endpoint.clone())
             .collect();
         endpoints.sort();
+        // Tasks of two revisions (a deployment under way) may say different things: the
+        // defaults until they agree, never a mix.
+        let policies: Vec<&MeshPolicy> = claims
+            .iter()
+            .filter(|c| c.identity == chosen)
+            .map(|c| &c.policy)
+            .collect();
+        let policy = match policies.split_first() {
+            Some((first, rest)) if rest.iter().all(|p| p == first) => (*first).clone(),
+            Some(_) => {
+                report(
+                    Diagnostic::warning(
+                        "berth.mesh",
+                        format!(
+                            "the tasks of {chosen} disagree on their berth.mesh.weighted/retry/timeout labels \
+                             (a deployment under way?): calls to {name} use the defaults until they agree"
+                        ),
+                    )
+                    .with_source(PROVIDER),
+                );
+                MeshPolicy::default()
+            }
+            None => MeshPolicy::default(),
+        };
         mesh.insert(
             name.clone(),
             MeshService {
                 name,
                 identity: chosen,
                 endpoints,
+                policy,
             },
         );
     }
@@ -786,6 +813,7 @@ pub(crate) fn build_config(
         for (task_id, ep) in &view.endpoints {
             let ep = with_sidecar_health(ep, sidecars.get(&(cluster.clone(), task_id.clone())));
             let (parsed, label_diags) = labels::parse(&ep.labels);
+            consent.allow(cluster, &ep.service, &parsed);
             // The task's mesh name, once per task (every container of it says the same).
             if let Some((claim, refused)) = mesh_claim(cluster, &ep, &parsed)
                 && mesh_tasks.insert((cluster.as_str(), task_id.as_str()))
@@ -820,7 +848,7 @@ pub(crate) fn build_config(
             for d in frag_diags {
                 report(d);
             }
-            consent.note(cluster, &ep.service, &parsed, &frag);
+            consent.note(cluster, &ep.service, &frag);
             merger.add(frag);
         }
     }
@@ -835,7 +863,8 @@ pub(crate) fn build_config(
             Diagnostic::error(c.clone(), "defined differently by several containers; not served").with_source(PROVIDER),
         );
     }
-    let mesh = resolve_mesh_names(claims, &mut diags);
+    let mut mesh = resolve_mesh_names(claims, &mut diags);
+    consent.enforce_mesh(&mut mesh, &mut diags);
     Built {
         config: cfg,
         diagnostics: diags,
@@ -858,7 +887,19 @@ struct WeightedConsent {
 }
 
 impl WeightedConsent {
-    fn note(&mut self, cluster: &str, service: &str, parsed: &labels::ContainerLabels, frag: &DynamicConfig) {
+    /// The callers a task's `berth.weighted.allow` names (every task, exposed or not:
+    /// mesh splits need them too).
+    fn allow(&mut self, cluster: &str, service: &str, parsed: &labels::ContainerLabels) {
+        if parsed.weighted_allow.is_empty() {
+            return;
+        }
+        self.allowed
+            .entry((cluster.to_string(), service.to_string()))
+            .or_default()
+            .extend(parsed.weighted_allow.iter().cloned());
+    }
+
+    fn note(&mut self, cluster: &str, service: &str, frag: &DynamicConfig) {
         let who = (cluster.to_string(), service.to_string());
         for (name, s) in &frag.http.services {
             self.owners.entry(name.clone()).or_default().insert(who.clone());
@@ -866,10 +907,62 @@ impl WeightedConsent {
                 self.callers.entry(name.clone()).or_default().insert(who.clone());
             }
         }
-        self.allowed
-            .entry(who)
-            .or_default()
-            .extend(parsed.weighted_allow.iter().cloned());
+    }
+
+    fn consents(&self, owner: &(String, String), caller: &(String, String)) -> bool {
+        owner == caller || (owner.0 == caller.0 && self.allowed.get(owner).is_some_and(|a| a.contains(&caller.1)))
+    }
+
+    /// The same rule for east-west splits (`berth.mesh.weighted`): a mesh service may
+    /// share its callers' calls only with mesh services of its own cluster whose tasks
+    /// allow it. A split that names an unknown or unconsenting service is dropped (the
+    /// service's own tasks take every call), with a diagnostic.
+    fn enforce_mesh(&self, mesh: &mut BTreeMap<String, MeshService>, diags: &mut Vec<Diagnostic>) {
+        let who = |identity: &str| {
+            let mut parts = identity.splitn(3, '/').skip(1);
+            (
+                parts.next().unwrap_or_default().to_string(),
+                parts.next().unwrap_or_default().to_string(),
+            )
+        };
+        let mut refusals = Vec::new();
+        for (name, svc) in mesh.iter() {
+            let caller = who(&svc.identity);
+            let refusal = svc.policy.split_targets(name).find_map(|child| match mesh.get(child) {
+                None => Some(format!("names `{child}`, which is not a mesh service")),
+                Some(c) => {
+                    let owner = who(&c.identity);
+                    if self.consents(&owner, &caller) {
+                        None
+                    } else if owner.0 == caller.0 {
+                        Some(format!(
+                            "names `{child}`, which ECS service {} serves without allowing {}: put the label `berth.weighted.allow={}` on {}'s containers",
+                            owner.1, caller.1, caller.1, owner.1
+                        ))
+                    } else {
+                        Some(format!(
+                            "names `{child}`, of cluster {}: a split may name mesh services of its own cluster ({}) only",
+                            owner.0, caller.0
+                        ))
+                    }
+                }
+            });
+            if let Some(why) = refusal {
+                refusals.push((name.clone(), why));
+            }
+        }
+        for (name, why) in refusals {
+            if let Some(svc) = mesh.get_mut(&name) {
+                svc.policy.split.clear();
+            }
+            diags.push(
+                Diagnostic::error(
+                    "berth.mesh.weighted",
+                    format!("mesh service {name}: its split {why}; its own tasks take every call"),
+                )
+                .with_source(PROVIDER),
+            );
+        }
     }
 
     /// Drop every weighted service that names a service without its owners' consent, with
@@ -883,8 +976,7 @@ impl WeightedConsent {
                 let owners = self.owners.get(&child.name)?;
                 callers.iter().find_map(|(cc, cs)| {
                     owners.iter().find_map(|(oc, os)| {
-                        let consents = (oc, os) == (cc, cs)
-                            || (oc == cc && self.allowed.get(&(oc.clone(), os.clone())).is_some_and(|a| a.contains(cs)));
+                        let consents = self.consents(&(oc.clone(), os.clone()), &(cc.clone(), cs.clone()));
                         (!consents).then(|| {
                             if oc == cc {
                                 format!(
@@ -963,6 +1055,7 @@ fn mesh_claim(
         None => parsed.mesh.name.clone().unwrap_or_else(|| ep.service.clone()),
     };
     let claim = MeshClaim {
+        policy: parsed.mesh.policy.clone(),
         owner: name == ep.service,
         name,
         identity: format!("ecs/{cluster}/{}", ep.service),
@@ -1008,7 +1101,75 @@ mod tests {
             identity: identity.into(),
             owner,
             endpoint: Some(endpoint.into()),
+            policy: MeshPolicy::default(),
         }
+    }
+
+    fn split(pairs: &[(&str, u32)]) -> MeshPolicy {
+        MeshPolicy {
+            split: pairs
+                .iter()
+                .map(|(n, w)| berth_common::control::MeshSplit {
+                    name: n.to_string(),
+                    weight: *w,
+                })
+                .collect(),
+            ..MeshPolicy::default()
+        }
+    }
+
+    #[test]
+    fn a_mesh_split_needs_its_targets_consent_and_agreeing_tasks() {
+        let with = |mut c: MeshClaim, p: MeshPolicy| {
+            c.policy = p;
+            c
+        };
+        let mut diags = Vec::new();
+        let mut mesh = resolve_mesh_names(
+            vec![
+                with(
+                    claim("orders", "ecs/prod/orders", true, "10.0.0.1:15443"),
+                    split(&[("orders", 3), ("orders-canary", 1)]),
+                ),
+                claim("orders-canary", "ecs/prod/orders-canary", true, "10.0.0.2:15443"),
+                // payments splits into a service that never allowed it, cart into an
+                // unknown name, and search into another cluster's service.
+                with(
+                    claim("payments", "ecs/prod/payments", true, "10.0.0.3:15443"),
+                    split(&[("payments", 1), ("orders-canary", 1)]),
+                ),
+                with(
+                    claim("cart", "ecs/prod/cart", true, "10.0.0.4:15443"),
+                    split(&[("cart", 1), ("nowhere", 1)]),
+                ),
+                with(
+                    claim("search", "ecs/prod/search", true, "10.0.0.5:15443"),
+                    split(&[("search", 1), ("index", 1)]),
+                ),
+                claim("index", "ecs/staging/index", true, "10.0.0.6:15443"),
+                // Two revisions of web say different things: the defaults.
+                with(
+                    claim("web", "ecs/prod/web", true, "10.0.0.7:15443"),
+                    split(&[("web", 1), ("orders-canary", 1)]),
+                ),
+                claim("web", "ecs/prod/web", true, "10.0.0.8:15443"),
+            ],
+            &mut diags,
+        );
+        let mut consent = WeightedConsent::default();
+        let allow = |v: &str| labels::parse(&[("berth.weighted.allow".to_string(), v.to_string())].into()).0;
+        consent.allow("prod", "orders-canary", &allow("orders,web,search"));
+        consent.allow("staging", "index", &allow("search"));
+        consent.enforce_mesh(&mut mesh, &mut diags);
+        assert_eq!(mesh["orders"].policy, split(&[("orders", 3), ("orders-canary", 1)]));
+        for refused in ["payments", "cart", "search", "web"] {
+            assert!(mesh[refused].policy.split.is_empty(), "{refused}");
+        }
+        let text = format!("{diags:?}");
+        assert!(text.contains("berth.weighted.allow=payments"), "{text}");
+        assert!(text.contains("`nowhere`, which is not a mesh service"), "{text}");
+        assert!(text.contains("of cluster staging"), "{text}");
+        assert!(text.contains("disagree"), "{text}");
     }
 
     #[test]
