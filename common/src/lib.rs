@@ -35,6 +35,7 @@ pub mod routing;
 pub mod rules;
 #[cfg(feature = "net")]
 pub mod serve;
+pub mod server_tls;
 pub mod sticky;
 #[cfg(feature = "net")]
 pub mod synthetic;

@@ -15,7 +15,8 @@ pub use ecs::{Moto, RunningTask, ecs_client, local_ecs, moto_tool, running_tasks
 pub use gateway::{GatewayProcess, TestGateway, admin_json, service, start};
 pub use local_up::LocalUp;
 pub use process::{
-    ProcessInfo, PythonServer, bin, find_process, go_tlsprobe, runnable_copy, sidecar_process, signal, temp_dir,
+    ProcessInfo, PythonServer, args, bin, find_process, go_tlsprobe, runnable_copy, sidecar_process, signal, temp_dir,
+    tool,
 };
 
 /// Re-exported so a test names its helpers in one list.

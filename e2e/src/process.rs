@@ -190,3 +190,47 @@ impl Drop for PythonServer {
         let _ = self.child.wait();
     }
 }
+
+/// Run a client nobody here wrote (`curl`, `openssl`, `nghttp`, `python3`, ...) with
+/// `args`, `input` on its stdin, for at most 30 s: whether it succeeded, and its stdout
+/// and stderr together. It runs off the async runtime, so an in-process gateway keeps
+/// serving while it waits.
+pub async fn tool(program: &str, args: Vec<String>, input: Vec<u8>) -> (bool, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let program = program.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new("timeout")
+            .arg("30")
+            .arg(&program)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        if let Some(mut stdin) = child.stdin.take() {
+            // A tool that exits before reading its input is not an error here.
+            let _ = stdin.write_all(&input);
+        }
+        let out = child.wait_with_output().unwrap_or_else(|e| panic!("{program}: {e}"));
+        if out.status.code() == Some(127) {
+            panic!("{program} is not installed (.ci/run installs it)");
+        }
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A tool's arguments, as [`tool`] takes them.
+pub fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}

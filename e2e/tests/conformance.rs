@@ -7,41 +7,10 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use berth_common::test_util::{Backend, Proto, raw_exchange, self_signed};
-use berth_e2e::{go_tlsprobe, service, start, temp_dir};
-
-/// Run a tool; its stdout and stderr together, and whether it succeeded.
-async fn tool(program: &str, args: Vec<String>, input: Vec<u8>) -> (bool, String) {
-    let program = program.to_string();
-    tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(&program)
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{program}: {e} (install it: .ci/run does)"));
-        child.stdin.take().unwrap().write_all(&input).unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    })
-    .await
-    .unwrap()
-}
-
-fn args(a: &[&str]) -> Vec<String> {
-    a.iter().map(|s| s.to_string()).collect()
-}
+use berth_e2e::{args, go_tlsprobe, service, start, temp_dir, tool};
 
 /// An HTTP/1.0 origin: answers every request with a close-delimited body, no length.
 fn http10_origin() -> SocketAddr {

@@ -717,7 +717,7 @@ async fn buffering_reads_whole_bodies_within_its_bounds() {
   middlewares:
     small-requests: {{ buffering: {{ maxRequestBodyBytes: 10, memRequestBodyBytes: 5 }} }}
     small-responses: {{ buffering: {{ maxResponseBodyBytes: 10 }} }}
-    with-expression: {{ buffering: {{ retryExpression: "IsNetworkError() && Attempts() < 2" }} }}
+    with-expression: {{ buffering: {{ retryExpression: "(IsNetworkError() || ResponseCode() == 503) && Attempts() < 3" }} }}
   services:
 {}"#,
         service("app", &[app.url()], "")
@@ -750,11 +750,25 @@ async fn buffering_reads_whole_bodies_within_its_bounds() {
     let r = http1(gw.web(), get("resp.test", "/")).await;
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
 
-    // retryExpression is not applied, so the router is not served.
-    assert_eq!(
-        http1(gw.web(), get("retry.test", "/")).await.status,
-        StatusCode::NOT_FOUND
-    );
+    // retryExpression: the buffered request, body and all, goes again while the answer
+    // matches, here twice more (Attempts() counts from 1).
+    let before = app.request_count();
+    let busy = Request::builder()
+        .method("POST")
+        .uri("/status/503")
+        .header("host", "retry.test")
+        .body(Full::new(Bytes::from_static(b"payload")))
+        .unwrap();
+    let r = http1(gw.web(), busy).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    let seen = app.requests();
+    assert_eq!(seen.len() - before, 3, "three attempts");
+    assert!(seen[before..].iter().all(|s| s.body == "payload" && s.method == "POST"));
+    // An answer the expression does not match is not sent again.
+    let before = app.request_count();
+    let r = http1(gw.web(), post("retry.test", "once")).await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "once"));
+    assert_eq!(app.request_count() - before, 1);
 }
 
 /// A gRPC-Web call in one frame: flag 0, length, the message.

@@ -41,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
         holds: Vec::new(),
         auth_cookies: Vec::new(),
         grpc_web: None,
+        client_certs: None,
     };
     let _ = berth_common::blocking::block_on(spec.request(&mut req));
     // forwardAuth: the auth request's head, and an answer made of the same text.

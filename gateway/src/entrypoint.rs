@@ -4,12 +4,13 @@
 //! and drain gracefully.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use berth_common::serve::IdleIo;
+use berth_common::server_tls::TlsOptions;
 use berth_common::tls::cert_matches_name;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -56,6 +57,8 @@ pub(crate) struct CertStore {
 struct Resolver {
     store: Arc<CertStore>,
     entrypoint_default: Option<Arc<CertifiedKey>>,
+    /// `sniStrict`: only a certificate for the name asked is served.
+    strict: bool,
 }
 
 impl ResolvesServerCert for Resolver {
@@ -66,36 +69,69 @@ impl ResolvesServerCert for Resolver {
                 return Some(c.clone());
             }
         }
-        self.entrypoint_default
+        let default = self
+            .entrypoint_default
             .clone()
-            .or_else(|| self.store.default.load().as_ref().clone())
+            .or_else(|| self.store.default.load().as_ref().clone());
+        if self.strict {
+            let name = hello.server_name()?;
+            return default.filter(|c| cert_matches_name(c, name));
+        }
+        default
     }
 }
 
-/// The TLS server configuration of one entrypoint.
-pub(crate) fn server_config(
+/// The TLS server configurations of one entrypoint, one per `tls.options` in use, built
+/// when a connection first needs them and kept while the options are unchanged.
+pub(crate) struct ServerConfigs {
+    store: Arc<CertStore>,
+    entrypoint_default: Option<Arc<CertifiedKey>>,
+    built: Mutex<Vec<(Arc<TlsOptions>, Arc<rustls::ServerConfig>)>>,
+}
+
+impl ServerConfigs {
+    pub(crate) fn new(store: Arc<CertStore>, entrypoint_default: Option<Arc<CertifiedKey>>) -> ServerConfigs {
+        ServerConfigs {
+            store,
+            entrypoint_default,
+            built: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The configuration for `options` (the same `Arc` as long as they do not change).
+    fn get(&self, options: &Arc<TlsOptions>) -> Result<Arc<rustls::ServerConfig>, String> {
+        let mut built = self.built.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, cfg)) = built.iter().find(|(o, _)| Arc::ptr_eq(o, options)) {
+            return Ok(cfg.clone());
+        }
+        let resolver = Arc::new(Resolver {
+            store: self.store.clone(),
+            entrypoint_default: self.entrypoint_default.clone(),
+            strict: options.sni_strict,
+        });
+        let cfg = Arc::new(options.server_config(resolver)?);
+        // Options replaced by a reload are dropped with their configurations.
+        built.retain(|(o, _)| Arc::strong_count(o) > 1);
+        built.push((options.clone(), cfg.clone()));
+        Ok(cfg)
+    }
+}
+
+/// The TLS server configuration of TCP routers that terminate TLS: the default options'
+/// certificates, without ALPN (the router carries whatever protocol the client speaks,
+/// so it must not promise HTTP/2).
+pub(crate) fn tcp_server_config(
     store: Arc<CertStore>,
     entrypoint_default: Option<Arc<CertifiedKey>>,
 ) -> Arc<rustls::ServerConfig> {
     let builder = rustls::ServerConfig::builder_with_provider(berth_common::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap_or_else(|_| rustls::ServerConfig::builder());
-    let mut cfg = builder.with_no_client_auth().with_cert_resolver(Arc::new(Resolver {
+    let cfg = builder.with_no_client_auth().with_cert_resolver(Arc::new(Resolver {
         store,
         entrypoint_default,
+        strict: false,
     }));
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Arc::new(cfg)
-}
-
-/// [`server_config`] without ALPN: a TCP router terminating TLS carries whatever
-/// protocol the client speaks, so it must not promise HTTP/2.
-pub(crate) fn tcp_server_config(
-    store: Arc<CertStore>,
-    entrypoint_default: Option<Arc<CertifiedKey>>,
-) -> Arc<rustls::ServerConfig> {
-    let mut cfg = (*server_config(store, entrypoint_default)).clone();
-    cfg.alpn_protocols.clear();
     Arc::new(cfg)
 }
 
@@ -153,7 +189,7 @@ pub(crate) enum Phase {
 pub(crate) struct Entrypoint {
     pub name: Arc<str>,
     pub listener: TcpListener,
-    pub tls: Arc<rustls::ServerConfig>,
+    pub tls: ServerConfigs,
     /// The same certificates without ALPN: for TCP routers that terminate TLS.
     pub tcp_tls: Arc<rustls::ServerConfig>,
     pub has_certs: Arc<dyn Fn() -> bool + Send + Sync>,
@@ -250,7 +286,7 @@ impl Entrypoint {
                 return;
             }
         }
-        let info = Arc::new(ConnInfo {
+        let mut info = ConnInfo {
             entrypoint: self.name.clone(),
             local,
             peer,
@@ -258,24 +294,41 @@ impl Entrypoint {
             metrics: self.metrics.clone(),
             path: self.path,
             trusted: self.trusted.clone(),
-        });
-        if is_tls {
-            if !(self.has_certs)() {
-                tracing::debug!(entrypoint = %self.name, %peer, "TLS handshake but no certificate configured");
-                return;
+            tls_options: None,
+            client_certs: None,
+        };
+        if !is_tls {
+            return self.serve_http(IdleIo::new(stream), Arc::new(info), phase).await;
+        }
+        if !(self.has_certs)() {
+            tracing::debug!(entrypoint = %self.name, %peer, "TLS handshake but no certificate configured");
+            return;
+        }
+        let handshake = async {
+            // The options come from the server name the client asks for, so the hello
+            // is read before the configuration is chosen.
+            let lazy = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+            let start = lazy.await.map_err(|e| e.to_string())?;
+            let name = start.client_hello().server_name().map(str::to_string);
+            let Some(entry) = snap.tls_options_for(&self.name, name.as_deref()) else {
+                return Err(format!(
+                    "the TLS options of the routers for `{}` are broken",
+                    name.unwrap_or_default()
+                ));
+            };
+            let options = entry.spec.clone().ok_or("no TLS options")?;
+            let cfg = self.tls.get(&options)?;
+            let tls = start.into_stream(cfg).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((tls, entry.name.clone()))
+        };
+        match tokio::time::timeout(self.limits.header_read_timeout, handshake).await {
+            Ok(Ok((tls, options))) => {
+                info.tls_options = Some(options.into());
+                info.client_certs = tls.get_ref().1.peer_certificates().map(Arc::from);
+                self.serve_http(IdleIo::new(tls), Arc::new(info), phase).await
             }
-            let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.clone());
-            match tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => self.serve_http(IdleIo::new(tls), info, phase).await,
-                Ok(Err(e)) => {
-                    tracing::debug!(entrypoint = %self.name, %peer, error = %e, "TLS handshake failed")
-                }
-                Err(_) => {
-                    tracing::debug!(entrypoint = %self.name, %peer, "TLS handshake timed out")
-                }
-            }
-        } else {
-            self.serve_http(IdleIo::new(stream), info, phase).await;
+            Ok(Err(e)) => tracing::debug!(entrypoint = %self.name, %peer, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(entrypoint = %self.name, %peer, "TLS handshake timed out"),
         }
     }
 

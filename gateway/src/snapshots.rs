@@ -50,6 +50,7 @@ impl SnapshotOwner {
             previous: self.current.load().middlewares.clone(),
             previous_tcp: self.current.load().tcp_middlewares.clone(),
             previous_transports: self.current.load().transports.clone(),
+            previous_tls_options: self.current.load().tls_options.clone(),
             default_rule_syntax: self.default_rule_syntax,
         };
         let mut snap = build(&views, &opts);

@@ -970,14 +970,55 @@ impl Decoder<'_> {
                         }
                     }
                 }
-                "options" => self.diags.push(Diagnostic::warning(
-                    p,
-                    "TLS options are not supported yet; TLS 1.2+ with rustls defaults apply",
-                )),
+                "options" => tls
+                    .options
+                    .extend(self.named(child, &p, |d, n, p| Some(d.tls_options(n, p)))),
                 _ => self.unknown(&p),
             }
         }
         tls
+    }
+
+    /// One `tls.options` entry; what Berth does not know is recorded in `refused`, and
+    /// the options are then broken.
+    fn tls_options(&mut self, node: &Node, path: &str) -> TlsOptionsConfig {
+        let mut o = TlsOptionsConfig::default();
+        for (key, child) in self.map(node, path) {
+            let p = format!("{path}.{key}");
+            match key.to_ascii_lowercase().as_str() {
+                "minversion" => o.min_version = self.string(child, &p).filter(|s| !s.is_empty()),
+                "maxversion" => o.max_version = self.string(child, &p).filter(|s| !s.is_empty()),
+                "ciphersuites" => o.cipher_suites = Some(self.list(child, &p)),
+                "curvepreferences" => o.curve_preferences = Some(self.list(child, &p)),
+                "snistrict" => o.sni_strict = self.bool(child, &p).unwrap_or(false),
+                "alpnprotocols" => o.alpn_protocols = Some(self.list(child, &p)),
+                "disablesessiontickets" => o.disable_session_tickets = self.bool(child, &p).unwrap_or(false),
+                "preferserverciphersuites" => self.diags.push(Diagnostic::warning(
+                    p,
+                    "deprecated and without effect (as in Traefik); remove it",
+                )),
+                "clientauth" => {
+                    for (k, v) in self.map(child, &p) {
+                        let kp = format!("{p}.{k}");
+                        match k.to_ascii_lowercase().as_str() {
+                            "cafiles" => o.client_auth.ca_files = self.list(v, &kp),
+                            "clientauthtype" => {
+                                o.client_auth.client_auth_type = self.string(v, &kp).filter(|s| !s.is_empty())
+                            }
+                            _ => {
+                                self.unknown(&kp);
+                                o.refused.push(format!("{kp}: unknown option"));
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    self.unknown(&p);
+                    o.refused.push(format!("{p}: unknown option"));
+                }
+            }
+        }
+        o
     }
 
     fn certificate(&mut self, node: &Node, path: &str) -> Option<CertificateConfig> {

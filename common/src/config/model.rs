@@ -319,6 +319,53 @@ pub struct MiddlewareConfig {
 pub struct TlsConfig {
     pub certificates: Vec<CertificateConfig>,
     pub default_certificate: Option<CertificateConfig>,
+    /// `tls.options.<name>` (the file provider only, as in Traefik): chosen per
+    /// connection by the server name the client asks for.
+    pub options: BTreeMap<String, TlsOptionsConfig>,
+}
+
+/// `tls.options.<name>`, as Traefik spells it: how the gateway's TLS handshake goes for
+/// the hosts of the routers that name these options.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsOptionsConfig {
+    /// `VersionTLS12` or `VersionTLS13` (older minimums are met: rustls speaks no older).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_version: Option<String>,
+    /// Go's names for the TLS 1.2 suites; as in Go, TLS 1.3's suites are not chosen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cipher_suites: Option<Vec<String>>,
+    /// Go's names (`CurveP256`, `X25519`, ...) or the IANA ones (`secp256r1`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub curve_preferences: Option<Vec<String>>,
+    pub client_auth: ClientAuthConfig,
+    /// No certificate matches the server name (or none is sent): the handshake fails
+    /// instead of getting the default certificate.
+    pub sni_strict: bool,
+    /// Unset: `h2`, `http/1.1`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alpn_protocols: Option<Vec<String>>,
+    pub disable_session_tickets: bool,
+    /// Options Berth does not know: the options are broken, and the routers naming them
+    /// are not served.
+    #[serde(skip)]
+    pub refused: Vec<String>,
+}
+
+/// `tls.options.<name>.clientAuth`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientAuthConfig {
+    /// Each a file or PEM text: the roots a client certificate must chain to.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ca_files: Vec<String>,
+    /// `NoClientCert`, `RequestClientCert`, `RequireAnyClientCert`,
+    /// `VerifyClientCertIfGiven`, `RequireAndVerifyClientCert`; unset: the last when
+    /// `caFiles` are given, else the first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_auth_type: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 
 use super::options::Options;
+use super::predicate::{self, Cmp};
 use super::{Reply, Step};
 use crate::tree::Node;
 
@@ -25,190 +26,46 @@ enum Metric {
     LatencyAtQuantileMs(f64),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Cmp {
-    Gt,
-    Ge,
-    Lt,
-    Le,
-    Eq,
-    Ne,
-}
+/// One term: a metric compared with a number.
+type Expr = predicate::Expr<(Metric, Cmp, f64)>;
 
-/// `&&` and `||` hold their operands as flat lists, so only parentheses nest.
-#[derive(Debug, Clone, PartialEq)]
-enum Expr {
-    Cmp(Metric, Cmp, f64),
-    And(Vec<Expr>),
-    Or(Vec<Expr>),
-}
-
-/// The longest expression accepted, in bytes.
-const MAX_EXPRESSION_BYTES: usize = 4096;
-/// The deepest nesting of parentheses accepted.
-const MAX_DEPTH: usize = 16;
-
-/// A small recursive-descent parser for the expression language. `pos` is a byte offset
-/// that only ever moves over whole characters.
-struct Parser<'a> {
-    s: &'a str,
-    pos: usize,
-    depth: usize,
-}
-
-impl<'a> Parser<'a> {
-    fn ws(&mut self) {
-        let rest = &self.s[self.pos..];
-        self.pos += rest.len() - rest.trim_start().len();
+fn metric(p: &mut predicate::Parser<'_>) -> Result<Metric, String> {
+    if p.eat("NetworkErrorRatio") {
+        p.args(0)?;
+        return Ok(Metric::NetworkErrorRatio);
     }
-
-    fn eat(&mut self, t: &str) -> bool {
-        self.ws();
-        if self.s[self.pos..].starts_with(t) {
-            self.pos += t.len();
-            true
-        } else {
-            false
-        }
-    }
-
-    fn err<T>(&self, what: &str) -> Result<T, String> {
-        Err(format!("circuitBreaker.expression: {what} at column {}", self.pos + 1))
-    }
-
-    fn or(&mut self) -> Result<Expr, String> {
-        let mut terms = vec![self.and()?];
-        while self.eat("||") {
-            terms.push(self.and()?);
-        }
-        Ok(if terms.len() == 1 {
-            terms.remove(0)
-        } else {
-            Expr::Or(terms)
-        })
-    }
-
-    fn and(&mut self) -> Result<Expr, String> {
-        let mut terms = vec![self.unary()?];
-        while self.eat("&&") {
-            terms.push(self.unary()?);
-        }
-        Ok(if terms.len() == 1 {
-            terms.remove(0)
-        } else {
-            Expr::And(terms)
-        })
-    }
-
-    fn unary(&mut self) -> Result<Expr, String> {
-        if self.eat("(") {
-            if self.depth >= MAX_DEPTH {
-                return self.err(&format!("more than {MAX_DEPTH} levels of parentheses"));
+    if p.eat("ResponseCodeRatio") {
+        let a = p.args(4)?;
+        let code = |x: f64| -> Result<u16, String> {
+            if (0.0..=1000.0).contains(&x) {
+                Ok(x as u16)
+            } else {
+                Err(format!("circuitBreaker.expression: bad status {x}"))
             }
-            self.depth += 1;
-            let e = self.or()?;
-            self.depth -= 1;
-            if !self.eat(")") {
-                return self.err("expected `)`");
-            }
-            return Ok(e);
-        }
-        let metric = self.metric()?;
-        let cmp = if self.eat(">=") {
-            Cmp::Ge
-        } else if self.eat("<=") {
-            Cmp::Le
-        } else if self.eat("==") {
-            Cmp::Eq
-        } else if self.eat("!=") {
-            Cmp::Ne
-        } else if self.eat(">") {
-            Cmp::Gt
-        } else if self.eat("<") {
-            Cmp::Lt
-        } else {
-            return self.err("expected a comparison (>, >=, <, <=, ==, !=)");
         };
-        Ok(Expr::Cmp(metric, cmp, self.number()?))
+        return Ok(Metric::ResponseCodeRatio(
+            code(a[0])?,
+            code(a[1])?,
+            code(a[2])?,
+            code(a[3])?,
+        ));
     }
-
-    fn number(&mut self) -> Result<f64, String> {
-        self.ws();
-        let start = self.pos;
-        while self.s[self.pos..].starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '-') {
-            self.pos += 1;
+    if p.eat("LatencyAtQuantileMS") {
+        let a = p.args(1)?;
+        if !(0.0..=100.0).contains(&a[0]) {
+            return p.err("the quantile is a percentage (0 to 100)");
         }
-        match self.s[start..self.pos].parse() {
-            Ok(n) => Ok(n),
-            Err(_) => self.err("expected a number"),
-        }
+        return Ok(Metric::LatencyAtQuantileMs(a[0]));
     }
-
-    fn args(&mut self, n: usize) -> Result<Vec<f64>, String> {
-        if !self.eat("(") {
-            return self.err("expected `(`");
-        }
-        let mut out = Vec::new();
-        if n > 0 {
-            out.push(self.number()?);
-            while out.len() < n {
-                if !self.eat(",") {
-                    return self.err("expected `,`");
-                }
-                out.push(self.number()?);
-            }
-        }
-        if !self.eat(")") {
-            return self.err("expected `)`");
-        }
-        Ok(out)
-    }
-
-    fn metric(&mut self) -> Result<Metric, String> {
-        if self.eat("NetworkErrorRatio") {
-            self.args(0)?;
-            return Ok(Metric::NetworkErrorRatio);
-        }
-        if self.eat("ResponseCodeRatio") {
-            let a = self.args(4)?;
-            let code = |x: f64| -> Result<u16, String> {
-                if (0.0..=1000.0).contains(&x) {
-                    Ok(x as u16)
-                } else {
-                    Err(format!("circuitBreaker.expression: bad status {x}"))
-                }
-            };
-            return Ok(Metric::ResponseCodeRatio(
-                code(a[0])?,
-                code(a[1])?,
-                code(a[2])?,
-                code(a[3])?,
-            ));
-        }
-        if self.eat("LatencyAtQuantileMS") {
-            let a = self.args(1)?;
-            if !(0.0..=100.0).contains(&a[0]) {
-                return self.err("the quantile is a percentage (0 to 100)");
-            }
-            return Ok(Metric::LatencyAtQuantileMs(a[0]));
-        }
-        self.err("expected NetworkErrorRatio(), ResponseCodeRatio(a,b,c,d) or LatencyAtQuantileMS(q)")
-    }
+    p.err("expected NetworkErrorRatio(), ResponseCodeRatio(a,b,c,d) or LatencyAtQuantileMS(q)")
 }
 
 fn parse_expression(s: &str) -> Result<Expr, String> {
-    if s.len() > MAX_EXPRESSION_BYTES {
-        return Err(format!(
-            "circuitBreaker.expression: longer than {MAX_EXPRESSION_BYTES} bytes"
-        ));
-    }
-    let mut p = Parser { s, pos: 0, depth: 0 };
-    let e = p.or()?;
-    p.ws();
-    if p.pos != s.len() {
-        return p.err("unexpected text");
-    }
-    Ok(e)
+    predicate::parse("circuitBreaker.expression", s, |p| {
+        let m = metric(p)?;
+        let cmp = p.expect_cmp()?;
+        Ok((m, cmp, p.number()?))
+    })
 }
 
 #[derive(Debug, Default, Clone)]
@@ -330,21 +187,7 @@ impl CircuitBreaker {
     }
 
     fn holds(expr: &Expr, buckets: &[Bucket], now: Instant) -> bool {
-        match expr {
-            Expr::And(terms) => terms.iter().all(|t| Self::holds(t, buckets, now)),
-            Expr::Or(terms) => terms.iter().any(|t| Self::holds(t, buckets, now)),
-            Expr::Cmp(m, cmp, n) => {
-                let v = Self::value(m, buckets, now);
-                match cmp {
-                    Cmp::Gt => v > *n,
-                    Cmp::Ge => v >= *n,
-                    Cmp::Lt => v < *n,
-                    Cmp::Le => v <= *n,
-                    Cmp::Eq => v == *n,
-                    Cmp::Ne => v != *n,
-                }
-            }
-        }
+        expr.holds(&|(m, cmp, n): &(Metric, Cmp, f64)| cmp.holds(Self::value(m, buckets, now), *n))
     }
 
     /// The request phase: pass, or answer with the fallback while tripped (and for the

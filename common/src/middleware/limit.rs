@@ -319,6 +319,7 @@ mod tests {
             holds: Vec::new(),
             auth_cookies: Vec::new(),
             grpc_web: None,
+            client_certs: None,
         };
         let step = crate::blocking::block_on(spec.request(&mut req));
         holds.append(&mut req.holds);
@@ -389,6 +390,7 @@ mod tests {
                 holds: Vec::new(),
                 auth_cookies: Vec::new(),
                 grpc_web: None,
+                client_certs: None,
             };
             let _ = s.request(&mut req);
         }

@@ -19,6 +19,8 @@ pub mod grpc_web;
 pub mod headers;
 pub mod limit;
 pub mod options;
+pub mod pass_tls_client_cert;
+mod predicate;
 pub mod rewrite;
 pub mod tcp;
 
@@ -106,7 +108,11 @@ pub const KINDS: &[Kind] = &[
     kind("ipWhiteList", |n| {
         Ok(Spec::IpAllowList(allow::IpAllowList::parse("ipWhiteList", n)?))
     }),
-    not_yet("passTLSClientCert"),
+    kind("passTLSClientCert", |n| {
+        Ok(Spec::PassTlsClientCert(pass_tls_client_cert::PassTlsClientCert::parse(
+            n,
+        )?))
+    }),
     not_yet("plugin"),
     kind("rateLimit", |n| Ok(Spec::RateLimit(limit::RateLimit::parse(n)?))),
     kind("redirectRegex", |n| {
@@ -169,6 +175,8 @@ pub enum Spec {
     /// Turns gRPC-Web calls into gRPC; the gateway converts the bodies
     /// ([`Spec::grpc_web`]).
     GrpcWeb(grpc_web::GrpcWeb),
+    /// Passes the client's certificates on in headers.
+    PassTlsClientCert(pass_tls_client_cert::PassTlsClientCert),
     /// Other middlewares by name, expanded when routers are built.
     Chain(Vec<String>),
 }
@@ -201,6 +209,8 @@ pub struct Req<'a> {
     pub auth_cookies: Vec<forward_auth::AuthCookies>,
     /// A gRPC-Web call made gRPC (`grpcWeb`): its bodies to convert.
     pub grpc_web: Option<grpc_web::Call>,
+    /// The certificates the client showed in the TLS handshake, its own first.
+    pub client_certs: Option<&'a [rustls_pki_types::CertificateDer<'static>]>,
 }
 
 /// An answer made by a middleware instead of the upstream's.
@@ -247,6 +257,10 @@ impl Spec {
             Spec::InFlightReq(m) => m.request(req),
             Spec::CircuitBreaker(m) => m.request(),
             Spec::GrpcWeb(m) => m.request(req),
+            Spec::PassTlsClientCert(m) => {
+                m.request(req.client_certs, req.headers);
+                Step::Next
+            }
             Spec::Retry(_)
             | Spec::Compress(_)
             | Spec::ForwardAuth(_)
@@ -326,9 +340,9 @@ impl Spec {
 
     /// The bounds a body read whole must keep (`buffering`): the gateway reads the
     /// request at the middleware's place, and the response on the way back.
-    pub fn buffering(&self) -> Option<buffering::Buffering> {
+    pub fn buffering(&self) -> Option<&buffering::Buffering> {
         match self {
-            Spec::Buffering(b) => Some(*b),
+            Spec::Buffering(b) => Some(b),
             _ => None,
         }
     }
@@ -404,6 +418,7 @@ pub(crate) mod testing {
             holds: Vec::new(),
             auth_cookies: Vec::new(),
             grpc_web: None,
+            client_certs: None,
         };
         let step = crate::blocking::block_on(spec.request(&mut req));
         (step, req.path)

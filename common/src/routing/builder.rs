@@ -45,6 +45,9 @@ pub struct BuildOptions {
     /// The same for servers transports: one whose configuration did not change is not
     /// read again, and keeps its pool of connections.
     pub previous_transports: Vec<TransportEntry>,
+    /// The same for `tls.options`: unchanged options keep their CA roots (and the
+    /// gateway its server configuration for them).
+    pub previous_tls_options: Vec<TlsOptionsEntry>,
     /// The rule syntax of routers that do not choose one (`ruleSyntax`): v3 unless the
     /// gateway says v2 (`--default-rule-syntax`, Traefik's `core.defaultRuleSyntax`).
     pub default_rule_syntax: rules::Syntax,
@@ -121,6 +124,177 @@ fn build_transports(views: &[ProviderView], opts: &BuildOptions, snap: &mut Snap
     idx
 }
 
+/// `tls.options`, by qualified name (`default` stays `default`, as in Traefik), with the
+/// built-in default options when no provider defines them.
+fn build_tls_options(views: &[ProviderView], opts: &BuildOptions, snap: &mut Snapshot) {
+    use crate::server_tls::{DEFAULT_OPTIONS, TlsOptions};
+    let builtin = ProviderView {
+        provider: "internal".into(),
+        ..ProviderView::default()
+    };
+    let mut defined: Vec<(&ProviderView, String, crate::config::TlsOptionsConfig)> = Vec::new();
+    for view in views {
+        for (name, cfg) in &view.config.tls.options {
+            let qname = if name == DEFAULT_OPTIONS {
+                DEFAULT_OPTIONS.to_string()
+            } else {
+                qualify(name, &view.provider)
+            };
+            if defined.iter().any(|(_, n, _)| *n == qname) {
+                snap.diagnostics.push(Diagnostic::error(
+                    format!("tls.options.{name}"),
+                    "defined by more than one provider; the first is used",
+                ));
+                continue;
+            }
+            defined.push((view, qname, cfg.clone()));
+        }
+    }
+    if !defined.iter().any(|(_, n, _)| n == DEFAULT_OPTIONS) {
+        defined.push((&builtin, DEFAULT_OPTIONS.to_string(), Default::default()));
+    }
+    for (view, qname, cfg) in defined {
+        let kept = opts
+            .previous_tls_options
+            .iter()
+            .find(|p| p.name == qname && p.config == cfg)
+            .and_then(|p| p.spec.clone());
+        let resolved = match kept {
+            Some(o) => Ok((o, Vec::new())),
+            None if view.provider == "internal" => Ok((std::sync::Arc::new(TlsOptions::builtin_default()), Vec::new())),
+            None => TlsOptions::resolve(&qname, &cfg).map(|(o, w)| (std::sync::Arc::new(o), w)),
+        };
+        let key = format!("tls.options.{}", qname.split('@').next().unwrap_or_default());
+        let (spec, errors) = match resolved {
+            Ok((o, warnings)) => {
+                for w in warnings {
+                    snap.diagnostics
+                        .push(Diagnostic::warning(key.clone(), w).with_source(view.provider.clone()));
+                }
+                (Some(o), Vec::new())
+            }
+            Err(e) => {
+                for why in &e {
+                    snap.diagnostics.push(
+                        Diagnostic::error(
+                            key.clone(),
+                            format!("{why}; the routers naming these options are not served"),
+                        )
+                        .with_source(view.provider.clone()),
+                    );
+                }
+                (None, e)
+            }
+        };
+        snap.tls_options.push(TlsOptionsEntry {
+            name: qname,
+            provider: view.provider.clone(),
+            config: cfg,
+            status: if spec.is_some() {
+                Status::Enabled
+            } else {
+                Status::Disabled
+            },
+            spec,
+            used_by: Vec::new(),
+            errors,
+        });
+    }
+}
+
+/// Per entrypoint, which options each server name gets. Options are chosen before the
+/// request is read, by the server name only, so a router whose options cannot be told
+/// that way is not served (fail closed; Traefik serves it with the default options):
+/// one whose rule pins no host, and one whose host has routers naming different options.
+fn resolve_sni_options(opts: &BuildOptions, snap: &mut Snapshot) {
+    use crate::server_tls::DEFAULT_OPTIONS;
+    let tls_here = |r: &RouterEntry, ep: &String| r.tls || opts.tls_entrypoints.contains(ep);
+    let mut refused: Vec<(usize, String)> = Vec::new();
+    for ep in &opts.entrypoints {
+        let mut by_host: HashMap<String, BTreeSet<&str>> = HashMap::new();
+        for (i, r) in snap.routers.iter().enumerate() {
+            if r.status != Status::Enabled || !r.entry_points.contains(ep) || !tls_here(r, ep) {
+                continue;
+            }
+            match r.rule.as_ref().and_then(|rule| rule.required_hosts()) {
+                Some(hosts) => {
+                    for h in hosts {
+                        by_host.entry(h.clone()).or_default().insert(&r.tls_options);
+                    }
+                }
+                None if r.tls_options != DEFAULT_OPTIONS => refused.push((
+                    i,
+                    format!(
+                        "tls.options `{}` cannot be applied: the rule pins no Host, and TLS options are chosen by the server name the client asks for; the router is not served (fail closed)",
+                        r.tls_options
+                    ),
+                )),
+                None => {}
+            }
+        }
+        for (i, r) in snap.routers.iter().enumerate() {
+            if r.status != Status::Enabled
+                || !r.entry_points.contains(ep)
+                || !tls_here(r, ep)
+                || r.tls_options == DEFAULT_OPTIONS
+            {
+                continue;
+            }
+            let hosts = r.rule.as_ref().and_then(|rule| rule.required_hosts());
+            if let Some(h) = hosts
+                .into_iter()
+                .flatten()
+                .find(|h| by_host.get(*h).is_some_and(|o| o.len() > 1))
+            {
+                let names: Vec<&str> = by_host[h].iter().copied().collect();
+                refused.push((
+                    i,
+                    format!(
+                        "on entrypoint `{ep}`, host `{h}` is served by routers naming different TLS options ({}); the router is not served (fail closed)",
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    for (i, why) in refused {
+        let r = &mut snap.routers[i];
+        r.status = Status::Disabled;
+        if !r.errors.contains(&why) {
+            r.errors.push(why);
+        }
+    }
+    for ep in &opts.entrypoints {
+        let mut table: HashMap<String, SniChoice> = HashMap::new();
+        for r in &snap.routers {
+            if !r.entry_points.contains(ep) || !tls_here(r, ep) || r.tls_options == DEFAULT_OPTIONS {
+                continue;
+            }
+            let broken = !snap
+                .tls_options
+                .iter()
+                .any(|o| o.name == r.tls_options && o.spec.is_some());
+            let choice = match (r.status, broken) {
+                (_, true) => SniChoice::Refuse,
+                (Status::Enabled, false) => SniChoice::Options(r.tls_options.clone()),
+                _ => continue,
+            };
+            for h in r
+                .rule
+                .as_ref()
+                .and_then(|rule| rule.required_hosts())
+                .into_iter()
+                .flatten()
+            {
+                table.entry(h.clone()).or_insert_with(|| choice.clone());
+            }
+        }
+        if !table.is_empty() {
+            snap.sni_options.insert(ep.clone(), table);
+        }
+    }
+}
+
 /// Never guessed: a rule that is not valid v3 but is valid v2 stays disabled, and the
 /// error says how to opt in to v2.
 fn v2_hint(rule: &str, syntax: rules::Syntax, router: &str) -> String {
@@ -144,6 +318,7 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
     }
 
     let transport_idx = build_transports(views, opts, &mut snap);
+    build_tls_options(views, opts, &mut snap);
 
     // Services.
     let mut service_idx: HashMap<String, usize> = HashMap::new();
@@ -351,15 +526,24 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                 None if !service.is_empty() => errors.push(format!("service `{service}` does not exist")),
                 None => {}
             }
-            if let Some(o) = r
-                .tls
-                .as_ref()
-                .and_then(|t| t.options.as_deref())
-                .filter(|o| !is_default_tls_options(o))
-            {
-                errors.push(format!(
-                    "tls.options `{o}` are not implemented by Berth yet; the router is not served (fail closed)"
-                ));
+            let tls_options = match r.tls.as_ref().and_then(|t| t.options.as_deref()) {
+                Some(o) if !is_default_tls_options(o) => qualify(o, &view.provider),
+                _ => crate::server_tls::DEFAULT_OPTIONS.to_string(),
+            };
+            match snap.tls_options.iter_mut().find(|o| o.name == tls_options) {
+                None => errors.push(format!(
+                    "tls.options `{tls_options}` do not exist; the router is not served (fail closed)"
+                )),
+                Some(o) => {
+                    if r.tls.is_some() {
+                        o.used_by.push(qname.clone());
+                    }
+                    if o.spec.is_none() {
+                        errors.push(format!(
+                            "tls.options `{tls_options}` are broken; the router is not served (fail closed)"
+                        ));
+                    }
+                }
             }
             let middlewares: Vec<String> = r.middlewares.iter().map(|m| qualify(m, &view.provider)).collect();
             let mut expansion = Expansion::default();
@@ -407,11 +591,13 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                 middlewares,
                 middleware_specs,
                 tls: r.tls.is_some(),
+                tls_options,
                 status,
                 errors,
             });
         }
     }
+    resolve_sni_options(opts, &mut snap);
     build_tcp(views, opts, &mut snap);
     for m in &snap.middlewares {
         for e in &m.errors {

@@ -34,6 +34,10 @@ pub struct RouterEntry {
     /// The middlewares to run, in order, chains expanded.
     pub middleware_specs: Vec<std::sync::Arc<crate::middleware::Spec>>,
     pub tls: bool,
+    /// The TLS options the router's connections must have been made with (qualified;
+    /// [`crate::server_tls::DEFAULT_OPTIONS`] unless it names others): a request that
+    /// matches it on a connection made with other options is answered 421.
+    pub tls_options: String,
     pub status: Status,
     pub errors: Vec<String>,
 }
@@ -77,6 +81,28 @@ pub struct TransportEntry {
     pub used_by: Vec<String>,
     pub status: Status,
     pub errors: Vec<String>,
+}
+
+/// A `tls.options` entry: as configured, and resolved when usable.
+#[derive(Debug, Clone)]
+pub struct TlsOptionsEntry {
+    pub name: String,
+    pub provider: String,
+    pub config: crate::config::TlsOptionsConfig,
+    pub spec: Option<std::sync::Arc<crate::server_tls::TlsOptions>>,
+    pub used_by: Vec<String>,
+    pub status: Status,
+    pub errors: Vec<String>,
+}
+
+/// What a TLS connection gets for the server name it asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SniChoice {
+    /// The options of this name (in `Snapshot::tls_options`).
+    Options(String),
+    /// The host's routers name options that are broken: the handshake is refused (as
+    /// Traefik's closing route for them).
+    Refuse,
 }
 
 /// A weighted (or failover) service's children, resolved.
@@ -142,6 +168,11 @@ pub struct Snapshot {
     pub transports: Vec<TransportEntry>,
     /// Key: (entrypoint, tls).
     pub tables: HashMap<(String, bool), RouteTable>,
+    /// `tls.options`, always with [`crate::server_tls::DEFAULT_OPTIONS`] among them.
+    pub tls_options: Vec<TlsOptionsEntry>,
+    /// Per entrypoint, the options chosen by a server name (lowercase) its TLS routers'
+    /// rules pin; a name not here gets the default options.
+    pub sni_options: HashMap<String, HashMap<String, SniChoice>>,
     pub certificates: Vec<CertificateConfig>,
     pub default_certificate: Option<CertificateConfig>,
     pub diagnostics: Vec<Diagnostic>,
@@ -229,6 +260,21 @@ impl Snapshot {
                 return Some(idx as usize);
             }
         }
+    }
+
+    /// The TLS options of a connection to `entrypoint` that asks for `server_name`:
+    /// `None` when the handshake must be refused.
+    pub fn tls_options_for(&self, entrypoint: &str, server_name: Option<&str>) -> Option<&TlsOptionsEntry> {
+        let choice = server_name.and_then(|n| {
+            let n = n.trim_end_matches('.').to_ascii_lowercase();
+            self.sni_options.get(entrypoint)?.get(&n)
+        });
+        let name = match choice {
+            Some(SniChoice::Refuse) => return None,
+            Some(SniChoice::Options(name)) => name.as_str(),
+            None => crate::server_tls::DEFAULT_OPTIONS,
+        };
+        self.tls_options.iter().find(|o| o.name == name && o.spec.is_some())
     }
 
     fn table(&self, entrypoint: &str, tls: bool) -> Option<&RouteTable> {

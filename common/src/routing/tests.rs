@@ -411,3 +411,80 @@ http:
     assert_eq!(fresh.max_idle_per_host, 8);
     assert_ne!(fresh.generation, t.generation);
 }
+
+#[test]
+fn tls_options_are_chosen_by_host_and_conflicts_are_not_served() {
+    let yaml = r#"
+http:
+  routers:
+    a: { rule: "Host(`a.test`)", service: s, tls: { options: mtls } }
+    a-api: { rule: "Host(`a.test`) && PathPrefix(`/api`)", service: s, tls: { options: mtls@file } }
+    b: { rule: "Host(`b.test`) || Host(`B2.test`)", service: s, tls: { options: modern } }
+    b-other: { rule: "Host(`b.test`)", service: s, tls: {} }
+    c: { rule: "Host(`c.test`)", service: s, tls: { options: broken } }
+    any: { rule: "PathPrefix(`/`)", service: s, tls: { options: modern } }
+    plain: { rule: "PathPrefix(`/`)", service: s, tls: {} }
+  services:
+    s: { loadBalancer: { servers: [ { url: "http://127.0.0.1:1" } ] } }
+tls:
+  options:
+    mtls: { clientAuth: { clientAuthType: RequireAnyClientCert } }
+    modern: { minVersion: VersionTLS13 }
+    broken: { minVersion: VersionSSL30 }
+"#;
+    let s = build(&[view("file", yaml)], &opts());
+    let r = |n: &str| s.routers.iter().find(|r| r.name == n).unwrap();
+    // The same options under two spellings agree.
+    assert_eq!(r("a@file").status, Status::Enabled, "{:?}", r("a@file").errors);
+    assert_eq!(r("a-api@file").status, Status::Enabled);
+    assert_eq!(r("a@file").tls_options, "mtls@file");
+    // b.test is wanted with two option sets: the one that is not the default is refused.
+    assert_eq!(r("b@file").status, Status::Disabled);
+    assert!(
+        r("b@file").errors[0].contains("different TLS options"),
+        "{:?}",
+        r("b@file").errors
+    );
+    assert_eq!(r("b-other@file").status, Status::Enabled);
+    assert_eq!(r("c@file").status, Status::Disabled);
+    assert!(r("c@file").errors[0].contains("broken"), "{:?}", r("c@file").errors);
+    assert_eq!(r("any@file").status, Status::Disabled);
+    assert!(r("any@file").errors[0].contains("pins no Host"));
+    assert_eq!(r("plain@file").status, Status::Enabled);
+
+    let name = |sni: Option<&str>| s.tls_options_for("web", sni).map(|o| o.name.clone());
+    assert_eq!(name(Some("a.test")).as_deref(), Some("mtls@file"));
+    assert_eq!(
+        name(Some("A.TEST.")).as_deref(),
+        Some("mtls@file"),
+        "names compare as hosts"
+    );
+    assert_eq!(name(Some("b.test")).as_deref(), Some("default"));
+    assert_eq!(
+        name(Some("b2.test")).as_deref(),
+        Some("default"),
+        "b's other host goes with it"
+    );
+    assert_eq!(name(Some("c.test")), None, "broken options refuse the handshake");
+    assert_eq!(name(None).as_deref(), Some("default"));
+    assert_eq!(name(Some("elsewhere.test")).as_deref(), Some("default"));
+    let broken = s.tls_options.iter().find(|o| o.name == "broken@file").unwrap();
+    assert_eq!(broken.status, Status::Disabled);
+    assert!(s.diagnostics.iter().any(|d| d.message.contains("VersionSSL30")));
+    // Unchanged options are kept, so the gateway keeps their server configuration.
+    let again = build(
+        &[view("file", yaml)],
+        &BuildOptions {
+            previous_tls_options: s.tls_options.clone(),
+            ..opts()
+        },
+    );
+    let spec = |s: &Snapshot| {
+        s.tls_options
+            .iter()
+            .find(|o| o.name == "mtls@file")
+            .and_then(|o| o.spec.clone())
+            .unwrap()
+    };
+    assert!(std::sync::Arc::ptr_eq(&spec(&s), &spec(&again)));
+}

@@ -279,7 +279,39 @@ fn rawdata(state: &AdminState, snap: &Snapshot) -> Value {
         "tcpRouters": by_name(tcp_routers(snap)),
         "tcpServices": by_name(tcp_services(snap)),
         "serversTransports": by_name(servers_transports(snap)),
+        "tlsOptions": by_name(tls_options(snap)),
     })
+}
+
+/// `tls.options` as configured (the CA files by count, never their contents), with
+/// whether each is usable and which routers name it.
+fn tls_options(snap: &Snapshot) -> Vec<Value> {
+    snap.tls_options
+        .iter()
+        .map(|o| {
+            let mut v = json!({
+                "name": o.name,
+                "provider": o.provider,
+                "status": status_str(o.status),
+                "minVersion": o.config.min_version,
+                "maxVersion": o.config.max_version,
+                "cipherSuites": o.config.cipher_suites,
+                "curvePreferences": o.config.curve_preferences,
+                "clientAuth": {
+                    "caFiles": o.config.client_auth.ca_files.len(),
+                    "clientAuthType": o.config.client_auth.client_auth_type,
+                },
+                "sniStrict": o.config.sni_strict,
+                "alpnProtocols": o.config.alpn_protocols,
+                "disableSessionTickets": o.config.disable_session_tickets,
+                "usedBy": o.used_by,
+            });
+            if !o.errors.is_empty() {
+                v["error"] = json!(o.errors);
+            }
+            v
+        })
+        .collect()
 }
 
 /// `http.serversTransports` as configured (never the certificates' contents), with
@@ -361,6 +393,9 @@ fn routers(snap: &Snapshot) -> Vec<Value> {
             }
             if r.tls {
                 v["tls"] = json!({});
+                if r.tls_options != berth_common::server_tls::DEFAULT_OPTIONS {
+                    v["tls"]["options"] = json!(short_ref(&r.tls_options, &r.provider));
+                }
             }
             if !r.errors.is_empty() {
                 v["error"] = json!(r.errors);

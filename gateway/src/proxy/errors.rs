@@ -14,6 +14,10 @@ use super::router::ServiceRuntime;
 pub(crate) enum ProxyError {
     #[error("no router matches the request")]
     NoRouter,
+    /// The router wants TLS options other than those the connection was made with (the
+    /// client asked for another server name in the handshake).
+    #[error("the connection's TLS options are not the router's")]
+    Misdirected,
     #[error("service {0} has no healthy endpoint")]
     NoEndpoint(String),
     #[error("upstream {endpoint} refused or could not be reached: {reason}")]
@@ -76,6 +80,7 @@ impl ProxyError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRouter => StatusCode::NOT_FOUND,
+            ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::NoEndpoint(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -89,6 +94,7 @@ impl ProxyError {
     pub(crate) fn kind(&self) -> &'static str {
         match self {
             ProxyError::NoRouter => "no_router",
+            ProxyError::Misdirected => "misdirected",
             ProxyError::NoEndpoint(_) => "no_endpoint",
             ProxyError::Connect { .. } => "connect",
             ProxyError::Timeout { .. } => "timeout",
@@ -123,6 +129,7 @@ impl ProxyError {
         let text = match &self {
             // Traefik's exact body, which some clients and tests look for.
             ProxyError::NoRouter => "404 page not found\n".to_string(),
+            ProxyError::Misdirected => "Misdirected Request\n".to_string(),
             ProxyError::NoEndpoint(s) => format!("no available server for service {s}\n"),
             other => format!("{}\n", status.canonical_reason().unwrap_or("error")).replace(
                 '\n',

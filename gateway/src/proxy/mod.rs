@@ -81,6 +81,10 @@ pub(crate) struct ConnInfo {
     /// The entrypoint's own trusted forwarders (Traefik's `forwardedHeaders`), else the
     /// gateway's.
     pub trusted: Option<Arc<[IpNet]>>,
+    /// TLS connections: the name of the `tls.options` the handshake was made with.
+    pub tls_options: Option<Arc<str>>,
+    /// TLS connections: the certificates the client showed, its own first.
+    pub client_certs: Option<Arc<[rustls_pki_types::CertificateDer<'static>]>>,
 }
 
 /// Where a request to a weighted, failover or mirroring service goes.
@@ -370,6 +374,12 @@ impl Proxy {
             .route_index(&conn.entrypoint, conn.tls, &view)
             .ok_or(ProxyError::NoRouter)?;
         let router = &routes.snapshot.routers[router_idx];
+        // TLS options are chosen by the server name in the handshake; a request for a
+        // router that wants others (its Host is not the name the client asked for) is
+        // not served on this connection, as in Traefik.
+        if conn.tls_options.as_deref().is_some_and(|o| o != router.tls_options) {
+            return Err(ProxyError::Misdirected);
+        }
         // A router to one of the gateway's own services (the builder let only those
         // through without a service of their own).
         let internal = router.service_index.is_none().then(|| router.service.clone());
@@ -463,7 +473,42 @@ impl Proxy {
                     }
                     _ => req,
                 };
+                // `buffering` with `retryExpression`: what is needed to send it again.
+                let replay = pipeline.replay().filter(|_| how.upgrade.is_none()).map(|(expr, body)| {
+                    let head = (
+                        req.method().clone(),
+                        req.uri().clone(),
+                        req.version(),
+                        req.headers().clone(),
+                    );
+                    (expr, body, head)
+                });
                 let mut result = self.forward(req, conn, ctx, target, how, span).await;
+                if let Some((expr, body, (method, uri, version, headers))) = replay {
+                    let mut attempt = 1;
+                    while attempt <= berth_common::middleware::buffering::MAX_RETRIES {
+                        let status = match &result {
+                            Ok(r) => r.status().as_u16(),
+                            Err(e) => e.status().as_u16(),
+                        };
+                        if !expr.holds(method.as_str(), attempt, status) {
+                            break;
+                        }
+                        attempt += 1;
+                        ctx.outcome.retries += 1;
+                        let mut again =
+                            Request::new(http_body_util::Either::Right(http_body_util::Full::new(body.clone())));
+                        *again.method_mut() = method.clone();
+                        *again.uri_mut() = uri.clone();
+                        *again.version_mut() = version;
+                        *again.headers_mut() = headers.clone();
+                        let how = forward::How {
+                            upgrade: None,
+                            retry: pipeline.retry(),
+                        };
+                        result = self.forward(again, conn, ctx, target, how, span).await;
+                    }
+                }
                 if let Ok(resp) = &mut result {
                     for c in cookies {
                         resp.headers_mut().append(header::SET_COOKIE, c.clone());

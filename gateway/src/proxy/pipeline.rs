@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_common::middleware::buffering::RetryExpression;
 use berth_common::middleware::errors::Seen;
 use berth_common::middleware::forward_auth::{AuthCookies, ForwardAuth};
 use berth_common::middleware::grpc_web;
@@ -44,6 +45,8 @@ pub(super) struct Pipeline {
     seen: Vec<(usize, Seen)>,
     /// A gRPC-Web call made gRPC, by the place in the chain of the `grpcWeb` that did.
     grpc_web: Option<(usize, grpc_web::Call)>,
+    /// `buffering` with `retryExpression`: when to send again, and the body read whole.
+    replay: Option<(Arc<RetryExpression>, Bytes)>,
 }
 
 impl Pipeline {
@@ -57,6 +60,7 @@ impl Pipeline {
             auth_cookies: Vec::new(),
             seen: Vec::new(),
             grpc_web: None,
+            replay: None,
         }
     }
 
@@ -94,6 +98,7 @@ impl Pipeline {
             holds: Vec::new(),
             auth_cookies: Vec::new(),
             grpc_web: None,
+            client_certs: conn.client_certs.as_deref(),
         };
         let mut answer = None;
         for (i, spec) in self.specs.iter().enumerate() {
@@ -112,17 +117,27 @@ impl Pipeline {
             let step = match spec.request(&mut mreq).await {
                 Step::Reply(reply) => Err(reply_response(reply)),
                 Step::Next if spec.buffering().is_some() => {
-                    let limit = spec.buffering().map_or(0, |b| b.max_request);
+                    let b = spec.buffering();
+                    let limit = b.map_or(0, |b| b.max_request);
                     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+                    let retry = b.and_then(|b| b.retry.clone());
                     buffer_request(call, &mut body, limit, StatusCode::PAYLOAD_TOO_LARGE)
                         .await
-                        .map(drop)
+                        .map(|bytes| {
+                            if let Some(r) = retry {
+                                self.replay = Some((r, bytes));
+                            }
+                        })
                 }
                 Step::Next if spec.grpc_web().is_some() => match mreq.grpc_web.take() {
                     Some(web) => {
                         let decoded = match web.mode {
                             grpc_web::Mode::Binary => Ok(()),
-                            grpc_web::Mode::Text => decode_text_body(call, &mut body).await,
+                            grpc_web::Mode::Text => {
+                                // The body sent is no longer the one buffered.
+                                self.replay = None;
+                                decode_text_body(call, &mut body).await
+                            }
                         };
                         self.grpc_web = Some((i, web));
                         decoded
@@ -155,6 +170,12 @@ impl Pipeline {
                 .map_err(|()| ProxyError::BadRequest("a middleware made an invalid path"))?;
         }
         Ok(Ok(Request::from_parts(parts, body)))
+    }
+
+    /// `buffering`'s `retryExpression` and the request body it read, when the request
+    /// may be sent again.
+    pub(super) fn replay(&self) -> Option<(Arc<RetryExpression>, Bytes)> {
+        self.replay.clone()
     }
 
     /// The retry middleware the forward step follows: the innermost one.

@@ -26,6 +26,7 @@ fn req<'a>(headers: &'a mut HeaderMap, method: &'a Method) -> Req<'a> {
         holds: Vec::new(),
         auth_cookies: Vec::new(),
         grpc_web: None,
+        client_certs: None,
     }
 }
 
