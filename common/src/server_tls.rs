@@ -47,6 +47,8 @@ pub struct TlsOptions {
     pub sni_strict: bool,
     alpn: Vec<Vec<u8>>,
     session_tickets: bool,
+    /// `cipherSuites` given: their order is the server's preference.
+    server_order: bool,
 }
 
 /// Go's TLS 1.2 suites that rustls implements, with their IANA numbers.
@@ -122,6 +124,7 @@ impl TlsOptions {
                 sni_strict: false,
                 alpn: default_alpn(),
                 session_tickets: true,
+                server_order: false,
             },
         }
     }
@@ -246,6 +249,7 @@ impl TlsOptions {
                 None => default_alpn(),
             },
             session_tickets: !cfg.disable_session_tickets,
+            server_order: cfg.cipher_suites.is_some(),
         };
         // What rustls would refuse (no suite for the versions left) is found now.
         let probe: Arc<dyn ResolvesServerCert> = Arc::new(rustls::server::ResolvesServerCertUsingSni::new());
@@ -274,6 +278,7 @@ impl TlsOptions {
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(certs);
         cfg.alpn_protocols = self.alpn.clone();
+        cfg.ignore_client_order = self.server_order;
         if !self.session_tickets {
             cfg.send_tls13_tickets = 0;
             cfg.session_storage = Arc::new(NoServerSessionStorage {});
@@ -281,9 +286,28 @@ impl TlsOptions {
         Ok(cfg)
     }
 
-    /// Whether a client certificate is asked for (so one may reach `passTLSClientCert`).
-    pub fn asks_client_certificate(&self) -> bool {
-        !matches!(self.client_auth, ClientAuth::None)
+    /// Whether ALPN offers HTTP/2: without it, connections speak HTTP/1.1 only (as Go's
+    /// server, which speaks HTTP/2 only after ALPN chose `h2`).
+    pub fn offers_h2(&self) -> bool {
+        self.alpn.iter().any(|p| p == b"h2")
+    }
+
+    /// The files these options read (`caFiles` that are paths), with their size and
+    /// modification time: options are read again when these change.
+    pub fn files_stamp(cfg: &TlsOptionsConfig) -> Vec<(String, u64, Option<std::time::SystemTime>)> {
+        cfg.client_auth
+            .ca_files
+            .iter()
+            .filter(|f| !f.contains("-----BEGIN"))
+            .map(|f| {
+                let meta = std::fs::metadata(f).ok();
+                (
+                    f.clone(),
+                    meta.as_ref().map_or(0, std::fs::Metadata::len),
+                    meta.and_then(|m| m.modified().ok()),
+                )
+            })
+            .collect()
     }
 }
 

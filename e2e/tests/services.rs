@@ -290,7 +290,7 @@ async fn failover_uses_the_fallback_while_the_main_service_is_down() {
         r#"http:
   routers:
     app: {{ rule: "Host(`f.test`)", service: app }}
-    bad: {{ rule: "Host(`b.test`)", service: bad }}
+    on-errors: {{ rule: "Host(`e.test`)", service: on-errors }}
   services:
     main:
       loadBalancer:
@@ -302,8 +302,8 @@ async fn failover_uses_the_fallback_while_the_main_service_is_down() {
         servers: [{{ url: "{spare}" }}]
     app:
       failover: {{ service: main, fallback: spare, healthCheck: {{}} }}
-    bad:
-      failover: {{ service: main, fallback: spare, errors: {{ status: ["500"] }} }}
+    on-errors:
+      failover: {{ service: main, fallback: spare, errors: {{ status: ["500-503"], maxRequestBodyBytes: 16 }} }}
 "#,
         main = main.url(),
         spare = spare.url(),
@@ -331,8 +331,34 @@ async fn failover_uses_the_fallback_while_the_main_service_is_down() {
         eventually(Duration::from_secs(5), || async { backend(&gw).await == "main" }).await,
         "traffic did not come back to the main service"
     );
-    // Status-triggered failover (Traefik 3.6's `errors`) is not applied, so not served.
-    assert_eq!(http1(gw.web(), get("b.test", "/")).await.status, StatusCode::NOT_FOUND);
+    // Traefik 3.6's `errors`: a listed answer from the main service is replaced by the
+    // fallback's answer to the same request, body included.
+    let post = |path: &str, body: &'static str| {
+        Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("host", "e.test")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    };
+    let (main_before, spare_before) = (main.request_count(), spare.request_count());
+    let r = http1(gw.web(), post("/status/502", "hello")).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "the spare's own answer");
+    assert_eq!(main.request_count() - main_before, 1);
+    assert_eq!(spare.request_count() - spare_before, 1);
+    let seen = spare.requests().pop().unwrap();
+    assert_eq!((seen.uri.as_str(), &seen.body[..]), ("/status/502", &b"hello"[..]));
+    // An answer not listed is the main's; a body over maxRequestBodyBytes is refused.
+    let r = http1(gw.web(), post("/status/404", "hello")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let (main_before, spare_before2) = (main.request_count(), spare.request_count());
+    assert_eq!(spare_before2, spare_before + 1);
+    let r = http1(gw.web(), post("/echo", "more than sixteen bytes")).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        (main.request_count(), spare.request_count()),
+        (main_before, spare_before2)
+    );
     let services = gw.admin_json("/api/http/services").await;
     let app = services
         .as_array()

@@ -174,6 +174,45 @@ async fn client_certificates_are_required_per_host_and_passed_to_the_backend() {
     let out = s_client(port, &["-servername", "open.test", "-CAfile", &ca]).await;
     assert!(out.contains("No client certificate CA names sent"), "{out}");
 
+    // A reload that changes the router's options: a connection made with the old ones
+    // is told 421 for it (Python's http.client, one keep-alive connection), so the
+    // client makes a new handshake under the new options.
+    let script = format!(
+        r#"
+import http.client, socket, ssl, time
+ctx = ssl.create_default_context(cafile="{ca}")
+ctx.load_cert_chain("{cert}", "{key}")
+class Conn(http.client.HTTPSConnection):
+    def connect(self):
+        raw = socket.create_connection(("127.0.0.1", {port}))
+        self.sock = ctx.wrap_socket(raw, server_hostname="mtls.test")
+c = Conn("mtls.test", {port}, context=ctx)
+def ask():
+    c.request("GET", "/")
+    r = c.getresponse(); r.read(); return r.status
+first = ask()
+time.sleep(2.5)
+print(first, ask())
+"#,
+        ca = ca,
+        cert = p("client.pem"),
+        key = p("client.key"),
+    );
+    let ask = tokio::spawn(async move { tool("python3", args(&["-c", &script]), vec![]).await });
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    std::fs::write(
+        &gw.dynamic,
+        yaml.replace(
+            "clientAuthType: RequireAndVerifyClientCert }",
+            "clientAuthType: RequireAndVerifyClientCert }\n      minVersion: VersionTLS12",
+        ),
+    )
+    .unwrap();
+    let (ok, out) = ask.await.unwrap();
+    assert!(ok && out.trim() == "200 421", "{out}");
+    let (ok, out) = curl(port, "mtls.test", &ca, &client).await;
+    assert!(ok && out.starts_with("200"), "a new connection is served: {out}");
+
     // The admin API shows the options and who uses them.
     let routers = gw.admin_json("/api/http/routers").await;
     let mtls = routers
@@ -207,6 +246,7 @@ async fn versions_suites_alpn_and_strict_sni_follow_the_options_of_the_host() {
     plain: {{ rule: "Host(`plain.test`)", service: app, tls: {{}} }}
     broken: {{ rule: "Host(`broken.test`)", service: app, tls: {{ options: broken }} }}
     missing: {{ rule: "Host(`missing.test`)", service: app, tls: {{ options: nowhere }} }}
+    shapeless: {{ rule: "Host(`shapeless.test`)", service: app, tls: {{ options: shapeless }} }}
     nohost: {{ rule: "PathPrefix(`/x`)", service: app, tls: {{ options: modern }} }}
   services:
 {svc}tls:
@@ -227,6 +267,13 @@ async fn versions_suites_alpn_and_strict_sni_follow_the_options_of_the_host() {
       cipherSuites: [TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]
     broken:
       clientAuth: {{ caFiles: ["{dir}/no-such-ca.pem"] }}
+    shapeless:
+      clientAuth: RequireAndVerifyClientCert
+tcp:
+  routers:
+    db: {{ rule: "HostSNI(`db.test`)", service: db, tls: {{}} }}
+  services:
+    db: {{ loadBalancer: {{ servers: [ {{ address: "127.0.0.1:1" }} ] }} }}
 "#,
         svc = service("app", &[app.url()], ""),
         cert = p("server.pem"),
@@ -249,6 +296,14 @@ async fn versions_suites_alpn_and_strict_sni_follow_the_options_of_the_host() {
     .await;
     assert!(out.contains("New, TLSv1.3"), "{out}");
     assert!(out.contains("ALPN protocol: http/1.1"), "alpnProtocols: {out}");
+    let (ok, out) = curl(
+        port,
+        "modern.test",
+        &ca,
+        &["--http2", "-w", "%{http_code} %{http_version}\n"],
+    )
+    .await;
+    assert!(ok && out.trim() == "200 1.1", "HTTP/1.1 only: {out}");
     let out = s_client(
         port,
         &[
@@ -295,6 +350,9 @@ async fn versions_suites_alpn_and_strict_sni_follow_the_options_of_the_host() {
     assert!(!out.contains("New, TLS"), "{out}");
     let out = s_client(port, &["-noservername", "-CAfile", &ca]).await;
     assert!(!out.contains("New, TLS"), "{out}");
+    // A TCP router terminating TLS has the default options too: strict here.
+    let out = s_client(port, &["-servername", "db.test", "-CAfile", &ca]).await;
+    assert!(!out.contains("New, TLS"), "{out}");
     let out = s_client(port, &["-servername", "lax.test", "-CAfile", &ca]).await;
     assert!(
         out.contains("New, TLSv1.3") && out.contains("CN = rcgen self signed cert"),
@@ -320,6 +378,7 @@ async fn versions_suites_alpn_and_strict_sni_follow_the_options_of_the_host() {
         ("broken@file", "are broken"),
         ("missing@file", "do not exist"),
         ("nohost@file", "pins no Host"),
+        ("shapeless@file", "are broken"),
     ] {
         let (s, e) = status(name);
         assert_eq!(s, "disabled", "{name}: {e}");

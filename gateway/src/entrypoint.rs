@@ -57,7 +57,7 @@ pub(crate) struct CertStore {
 struct Resolver {
     store: Arc<CertStore>,
     entrypoint_default: Option<Arc<CertifiedKey>>,
-    /// `sniStrict`: only a certificate for the name asked is served.
+    /// `sniStrict`: only a certificate for the name asked is served, never the default.
     strict: bool,
 }
 
@@ -69,15 +69,13 @@ impl ResolvesServerCert for Resolver {
                 return Some(c.clone());
             }
         }
-        let default = self
-            .entrypoint_default
-            .clone()
-            .or_else(|| self.store.default.load().as_ref().clone());
+        // Strict SNI: never the default certificate, as in Traefik.
         if self.strict {
-            let name = hello.server_name()?;
-            return default.filter(|c| cert_matches_name(c, name));
+            return None;
         }
-        default
+        self.entrypoint_default
+            .clone()
+            .or_else(|| self.store.default.load().as_ref().clone())
     }
 }
 
@@ -86,8 +84,12 @@ impl ResolvesServerCert for Resolver {
 pub(crate) struct ServerConfigs {
     store: Arc<CertStore>,
     entrypoint_default: Option<Arc<CertifiedKey>>,
-    built: Mutex<Vec<(Arc<TlsOptions>, Arc<rustls::ServerConfig>)>>,
+    built: Mutex<Vec<Built>>,
 }
+
+/// A configuration built for some options, with ALPN or without (a TCP router
+/// terminating TLS).
+type Built = (Arc<TlsOptions>, bool, Arc<rustls::ServerConfig>);
 
 impl ServerConfigs {
     pub(crate) fn new(store: Arc<CertStore>, entrypoint_default: Option<Arc<CertifiedKey>>) -> ServerConfigs {
@@ -98,41 +100,40 @@ impl ServerConfigs {
         }
     }
 
-    /// The configuration for `options` (the same `Arc` as long as they do not change).
-    fn get(&self, options: &Arc<TlsOptions>) -> Result<Arc<rustls::ServerConfig>, String> {
-        let mut built = self.built.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((_, cfg)) = built.iter().find(|(o, _)| Arc::ptr_eq(o, options)) {
-            return Ok(cfg.clone());
+    /// The configuration for `options` (the same `Arc` as long as they do not change);
+    /// with `tcp`, without ALPN: a TCP router terminating TLS carries whatever protocol
+    /// the client speaks, so it must not promise HTTP/2.
+    fn get(&self, options: &Arc<TlsOptions>, tcp: bool) -> Result<Arc<rustls::ServerConfig>, String> {
+        {
+            let built = self.built.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((_, _, cfg)) = built.iter().find(|(o, t, _)| Arc::ptr_eq(o, options) && *t == tcp) {
+                return Ok(cfg.clone());
+            }
         }
         let resolver = Arc::new(Resolver {
             store: self.store.clone(),
             entrypoint_default: self.entrypoint_default.clone(),
             strict: options.sni_strict,
         });
-        let cfg = Arc::new(options.server_config(resolver)?);
+        let mut cfg = options.server_config(resolver)?;
+        if tcp {
+            cfg.alpn_protocols.clear();
+        }
+        let cfg = Arc::new(cfg);
+        let mut built = self.built.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // Options replaced by a reload are dropped with their configurations.
-        built.retain(|(o, _)| Arc::strong_count(o) > 1);
-        built.push((options.clone(), cfg.clone()));
+        built.retain(|(o, _, _)| Arc::strong_count(o) > 1);
+        built.push((options.clone(), tcp, cfg.clone()));
         Ok(cfg)
     }
 }
 
-/// The TLS server configuration of TCP routers that terminate TLS: the default options'
-/// certificates, without ALPN (the router carries whatever protocol the client speaks,
-/// so it must not promise HTTP/2).
-pub(crate) fn tcp_server_config(
-    store: Arc<CertStore>,
-    entrypoint_default: Option<Arc<CertifiedKey>>,
-) -> Arc<rustls::ServerConfig> {
-    let builder = rustls::ServerConfig::builder_with_provider(berth_common::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap_or_else(|_| rustls::ServerConfig::builder());
-    let cfg = builder.with_no_client_auth().with_cert_resolver(Arc::new(Resolver {
-        store,
-        entrypoint_default,
-        strict: false,
-    }));
-    Arc::new(cfg)
+/// The default TLS options of `snap`: what TCP routers that terminate TLS use.
+fn default_options(snap: &berth_common::routing::Snapshot) -> Option<Arc<TlsOptions>> {
+    snap.tls_options
+        .iter()
+        .find(|o| o.name == berth_common::server_tls::DEFAULT_OPTIONS)
+        .and_then(|o| o.spec.clone())
 }
 
 /// Counts open connections so shutdown can wait for them.
@@ -189,9 +190,8 @@ pub(crate) enum Phase {
 pub(crate) struct Entrypoint {
     pub name: Arc<str>,
     pub listener: TcpListener,
+    /// The TLS configurations, by `tls.options`, for HTTP and for TCP routers.
     pub tls: ServerConfigs,
-    /// The same certificates without ALPN: for TCP routers that terminate TLS.
-    pub tcp_tls: Arc<rustls::ServerConfig>,
     pub has_certs: Arc<dyn Fn() -> bool + Send + Sync>,
     pub proxy: Arc<Proxy>,
     pub limits: Limits,
@@ -274,8 +274,17 @@ impl Entrypoint {
             if let Some(router) = crate::tcp::find(&snap, &self.name, is_tls, &view) {
                 let ctx = self.tcp_ctx();
                 if router.tls_passthrough == Some(false) {
-                    // Terminate TLS here, then forward the plaintext.
-                    let acceptor = tokio_rustls::TlsAcceptor::from(self.tcp_tls.clone());
+                    // Terminate TLS here with the default options, then forward the
+                    // plaintext.
+                    let cfg = default_options(&snap).ok_or_else(|| "no default TLS options".to_string());
+                    let cfg = match cfg.and_then(|o| self.tls.get(&o, true)) {
+                        Ok(cfg) => cfg,
+                        Err(e) => {
+                            tracing::warn!(entrypoint = %self.name, %peer, error = %e, "TLS for a TCP router");
+                            return ctx.metrics.tcp(&router.name, "tls_failed");
+                        }
+                    };
+                    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
                     match tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => crate::tcp::serve(tls, &snap, router, peer, &ctx).await,
                         _ => ctx.metrics.tcp(&router.name, "tls_failed"),
@@ -317,14 +326,14 @@ impl Entrypoint {
                 ));
             };
             let options = entry.spec.clone().ok_or("no TLS options")?;
-            let cfg = self.tls.get(&options)?;
+            let cfg = self.tls.get(&options, false)?;
             let tls = start.into_stream(cfg).await.map_err(|e| e.to_string())?;
-            Ok::<_, String>((tls, entry.name.clone()))
+            Ok::<_, String>((tls, options))
         };
         match tokio::time::timeout(self.limits.header_read_timeout, handshake).await {
             Ok(Ok((tls, options))) => {
-                info.tls_options = Some(options.into());
                 info.client_certs = tls.get_ref().1.peer_certificates().map(Arc::from);
+                info.tls_options = Some(options);
                 self.serve_http(IdleIo::new(tls), Arc::new(info), phase).await
             }
             Ok(Err(e)) => tracing::debug!(entrypoint = %self.name, %peer, error = %e, "TLS handshake failed"),
@@ -347,6 +356,10 @@ impl Entrypoint {
     {
         let activity = io.activity();
         let mut builder = auto::Builder::new(TokioExecutor::new());
+        // TLS options whose ALPN leaves HTTP/2 out: HTTP/1.1 only, as Go serves them.
+        if info.tls_options.as_ref().is_some_and(|o| !o.offers_h2()) {
+            builder = builder.http1_only();
+        }
         builder
             .http1()
             .timer(TokioTimer::new())

@@ -246,8 +246,7 @@ impl Gateway {
             eps.push(Entrypoint {
                 name: ep.name.as_str().into(),
                 listener,
-                tls: entrypoint::ServerConfigs::new(certs.clone(), ep_default.clone()),
-                tcp_tls: entrypoint::tcp_server_config(certs.clone(), ep_default),
+                tls: entrypoint::ServerConfigs::new(certs.clone(), ep_default),
                 has_certs: Arc::new(move || has_own || store.default.load().is_some() || !store.sni.load().is_empty()),
                 proxy: proxy.clone(),
                 limits: cfg.limits.clone(),

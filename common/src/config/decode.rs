@@ -628,8 +628,7 @@ impl Decoder<'_> {
                     self.map(child, &p);
                     f.health_check = true;
                 }
-                // Traefik 3.6's status-triggered fallback re-sends the request: not yet.
-                "errors" => self.bad(&p, "failover on response statuses (`errors`) is not supported yet"),
+                "errors" => f.errors = self.failover_errors(child, &p),
                 _ => self.unknown(&p),
             }
         }
@@ -637,6 +636,47 @@ impl Decoder<'_> {
             self.bad(path, "a failover service needs `service` and `fallback`");
         }
         (self.errors() == before).then_some(f)
+    }
+
+    /// `failover.errors`: the statuses that send the request to the fallback, and how
+    /// large a body is kept for it.
+    fn failover_errors(&mut self, node: &Node, path: &str) -> Option<FailoverErrors> {
+        let mut e = FailoverErrors {
+            status: Vec::new(),
+            max_request_body_bytes: crate::middleware::buffering::MAX_BUFFERED,
+        };
+        for (key, child) in self.map(node, path) {
+            let p = format!("{path}.{key}");
+            match key.to_ascii_lowercase().as_str() {
+                "status" => {
+                    for item in self.list(child, &p) {
+                        for part in item.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                            match crate::middleware::errors::range(part) {
+                                Ok(r) if e.status.len() < 256 => e.status.push(r),
+                                Ok(_) => self.bad(&p, "more than 256 ranges"),
+                                Err(why) => self.bad(&p, why),
+                            }
+                        }
+                    }
+                }
+                "maxrequestbodybytes" => match self.parsed::<i64>(child, &p, "an integer") {
+                    Some(-1) => {}
+                    Some(n) if n >= 0 && n.unsigned_abs() <= crate::middleware::buffering::MAX_BUFFERED => {
+                        e.max_request_body_bytes = n.unsigned_abs()
+                    }
+                    Some(n) => self.bad(
+                        &p,
+                        format!(
+                            "{n}: expected -1 (no limit of Traefik's: Berth's bound of {} bytes) or a size up to it",
+                            crate::middleware::buffering::MAX_BUFFERED
+                        ),
+                    ),
+                    None => {}
+                },
+                _ => self.unknown(&p),
+            }
+        }
+        Some(e)
     }
 
     /// A `weighted` service, or `None` when it cannot be applied as written.
@@ -982,6 +1022,9 @@ impl Decoder<'_> {
     /// One `tls.options` entry; what Berth does not know is recorded in `refused`, and
     /// the options are then broken.
     fn tls_options(&mut self, node: &Node, path: &str) -> TlsOptionsConfig {
+        // A value of the wrong shape must break the options, never loosen them
+        // (`clientAuth` as a plain value would otherwise ask for no certificate).
+        let before = self.errors();
         let mut o = TlsOptionsConfig::default();
         for (key, child) in self.map(node, path) {
             let p = format!("{path}.{key}");
@@ -1017,6 +1060,11 @@ impl Decoder<'_> {
                     o.refused.push(format!("{p}: unknown option"));
                 }
             }
+        }
+        if self.errors() > before && o.refused.is_empty() {
+            o.refused.push(format!(
+                "{path}: a value is not what the option takes (see the other diagnostics)"
+            ));
         }
         o
     }

@@ -196,6 +196,21 @@ pub struct FailoverConfig {
     /// `healthCheck: {}`: its status is told to the services above it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub health_check: bool,
+    /// `errors` (Traefik 3.6): answers from `service` with these statuses are replaced by
+    /// `fallback`'s to the same request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<FailoverErrors>,
+}
+
+/// `failover.errors`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverErrors {
+    /// Inclusive status ranges (`500-599`, `503`).
+    pub status: Vec<(u16, u16)>,
+    /// The largest request body kept to send again (Traefik's -1, no limit: Berth's
+    /// bound of 16 MiB).
+    pub max_request_body_bytes: u64,
 }
 
 /// Traefik's `weighted` service: other services, each given a share of the requests by

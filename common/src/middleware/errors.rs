@@ -173,7 +173,7 @@ impl ErrorPage {
 }
 
 /// `500` or `500-599`.
-fn range(text: &str) -> Result<(u16, u16), String> {
+pub(crate) fn range(text: &str) -> Result<(u16, u16), String> {
     let code = |s: &str| {
         s.trim()
             .parse::<u16>()
@@ -194,7 +194,7 @@ fn range(text: &str) -> Result<(u16, u16), String> {
 }
 
 /// Go's `url.QueryEscape`: all but unreserved characters percent-encoded, space as `+`.
-fn query_escape(s: &str) -> String {
+pub(crate) fn query_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3);
     for b in s.bytes() {
         match b {

@@ -17,6 +17,7 @@ use http::{HeaderMap, HeaderValue};
 use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate, X509Name};
 
+use super::errors::query_escape;
 use super::options::Options;
 use crate::tree::Node;
 
@@ -259,25 +260,6 @@ fn ip(b: &[u8]) -> Option<String> {
         Some(v4) => v4.to_string(),
         None => v6.to_string(),
     })
-}
-
-/// Go's `url.QueryEscape`: unreserved characters kept, a space as `+`, every other
-/// byte `%XX`.
-fn query_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3 / 2);
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(char::from(b)),
-            b' ' => out.push('+'),
-            _ => {
-                const HEX: &[u8; 16] = b"0123456789ABCDEF";
-                out.push('%');
-                out.push(char::from(HEX[usize::from(b >> 4)]));
-                out.push(char::from(HEX[usize::from(b & 15)]));
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -154,10 +154,11 @@ fn build_tls_options(views: &[ProviderView], opts: &BuildOptions, snap: &mut Sna
         defined.push((&builtin, DEFAULT_OPTIONS.to_string(), Default::default()));
     }
     for (view, qname, cfg) in defined {
+        let files = TlsOptions::files_stamp(&cfg);
         let kept = opts
             .previous_tls_options
             .iter()
-            .find(|p| p.name == qname && p.config == cfg)
+            .find(|p| p.name == qname && p.config == cfg && p.files == files)
             .and_then(|p| p.spec.clone());
         let resolved = match kept {
             Some(o) => Ok((o, Vec::new())),
@@ -190,6 +191,7 @@ fn build_tls_options(views: &[ProviderView], opts: &BuildOptions, snap: &mut Sna
             name: qname,
             provider: view.provider.clone(),
             config: cfg,
+            files,
             status: if spec.is_some() {
                 Status::Enabled
             } else {
@@ -380,6 +382,7 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                         children: Vec::new(),
                         health_check: w.health_check,
                         failover: false,
+                        failover_errors: None,
                         mirroring: None,
                     }),
                     (None, Some(f)) => Some(Weighted {
@@ -391,6 +394,11 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                         children: Vec::new(),
                         health_check: true,
                         failover: true,
+                        failover_errors: f
+                            .errors
+                            .clone()
+                            .filter(|e| !e.status.is_empty())
+                            .map(std::sync::Arc::new),
                         mirroring: None,
                     }),
                     (None, None) => svc.mirroring.as_ref().map(|m| Weighted {
@@ -402,6 +410,7 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                         children: Vec::new(),
                         health_check: m.health_check,
                         failover: false,
+                        failover_errors: None,
                         mirroring: Some(Mirroring {
                             percents: m.mirrors.iter().map(|x| x.percent).collect(),
                             mirror_body: m.mirror_body,
@@ -530,6 +539,11 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                 Some(o) if !is_default_tls_options(o) => qualify(o, &view.provider),
                 _ => crate::server_tls::DEFAULT_OPTIONS.to_string(),
             };
+            let tls_options_spec = snap
+                .tls_options
+                .iter()
+                .find(|o| o.name == tls_options)
+                .and_then(|o| o.spec.clone());
             match snap.tls_options.iter_mut().find(|o| o.name == tls_options) {
                 None => errors.push(format!(
                     "tls.options `{tls_options}` do not exist; the router is not served (fail closed)"
@@ -592,6 +606,7 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                 middleware_specs,
                 tls: r.tls.is_some(),
                 tls_options,
+                tls_options_spec,
                 status,
                 errors,
             });

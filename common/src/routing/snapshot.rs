@@ -35,9 +35,11 @@ pub struct RouterEntry {
     pub middleware_specs: Vec<std::sync::Arc<crate::middleware::Spec>>,
     pub tls: bool,
     /// The TLS options the router's connections must have been made with (qualified;
-    /// [`crate::server_tls::DEFAULT_OPTIONS`] unless it names others): a request that
-    /// matches it on a connection made with other options is answered 421.
+    /// [`crate::server_tls::DEFAULT_OPTIONS`] unless it names others), and those options
+    /// when usable: a request that matches it on a connection made with other options
+    /// (or with these before they changed) is answered 421.
     pub tls_options: String,
+    pub tls_options_spec: Option<std::sync::Arc<crate::server_tls::TlsOptions>>,
     pub status: Status,
     pub errors: Vec<String>,
 }
@@ -89,6 +91,8 @@ pub struct TlsOptionsEntry {
     pub name: String,
     pub provider: String,
     pub config: crate::config::TlsOptionsConfig,
+    /// The files the options read, as they were ([`crate::server_tls::TlsOptions::files_stamp`]).
+    pub files: Vec<(String, u64, Option<std::time::SystemTime>)>,
     pub spec: Option<std::sync::Arc<crate::server_tls::TlsOptions>>,
     pub used_by: Vec<String>,
     pub status: Status,
@@ -117,6 +121,8 @@ pub struct Weighted {
     pub health_check: bool,
     /// A `failover` service: the first child while it is up, else the second.
     pub failover: bool,
+    /// A failover's `errors`: these answers from the first child go to the second.
+    pub failover_errors: Option<std::sync::Arc<crate::config::FailoverErrors>>,
     /// A `mirroring` service: the first child serves, the others get copies.
     pub mirroring: Option<Mirroring>,
 }

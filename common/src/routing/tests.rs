@@ -488,3 +488,34 @@ tls:
     };
     assert!(std::sync::Arc::ptr_eq(&spec(&s), &spec(&again)));
 }
+
+#[test]
+fn failover_errors_are_read_with_their_bounds() {
+    let yaml = r#"
+http:
+  services:
+    a: { loadBalancer: { servers: [ { url: "http://127.0.0.1:1" } ] } }
+    b: { loadBalancer: { servers: [ { url: "http://127.0.0.1:2" } ] } }
+    ok: { failover: { service: a, fallback: b, errors: { status: ["500-503", "429"], maxRequestBodyBytes: 1024 } } }
+    unbounded: { failover: { service: a, fallback: b, errors: { status: ["502"] } } }
+    bad-status: { failover: { service: a, fallback: b, errors: { status: ["5xx"] } } }
+    too-big: { failover: { service: a, fallback: b, errors: { status: ["502"], maxRequestBodyBytes: 99999999999 } } }
+"#;
+    let s = build(&[view("file", yaml)], &opts());
+    let svc = |n: &str| s.services.iter().find(|x| x.name == n);
+    let errors = |n: &str| {
+        svc(n)
+            .and_then(|x| x.weighted.as_ref())
+            .and_then(|w| w.failover_errors.clone())
+    };
+    let ok = errors("ok@file").unwrap();
+    assert_eq!(ok.status, vec![(500, 503), (429, 429)]);
+    assert_eq!(ok.max_request_body_bytes, 1024);
+    assert_eq!(
+        errors("unbounded@file").unwrap().max_request_body_bytes,
+        crate::middleware::buffering::MAX_BUFFERED
+    );
+    assert!(svc("bad-status@file").is_none());
+    assert!(svc("too-big@file").is_none());
+    assert!(s.diagnostics.iter().any(|d| d.message.contains("5xx")));
+}

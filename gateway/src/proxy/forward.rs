@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use super::errors::ProxyError;
 use super::front::Ctx;
 use super::router::{Endpoint, ServiceRuntime};
-use super::{ClientBody, ConnInfo, Outcome, Proxy};
+use super::{ClientBody, ConnInfo, Outcome, Plan, Proxy};
 
 /// Without a retry middleware, an idempotent bodyless request that never reached an app
 /// (the connection was refused, or the task's sidecar says its app is gone) goes to at
@@ -45,6 +45,53 @@ pub(crate) type Pending = std::pin::Pin<
 >;
 
 impl Proxy {
+    /// One trip to the router's service: to the service the request was balanced to,
+    /// and, when that is a failover's main service whose answer is one its `errors`
+    /// list, to the fallback with the same request (the main's answer is dropped), as
+    /// Traefik 3.6 does; the fallback down: 503.
+    pub(super) async fn trip(
+        &self,
+        plan: &Plan<'_>,
+        req: Request<ClientBody>,
+        upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+        ctx: &mut Ctx,
+    ) -> Result<Response<Body>, ProxyError> {
+        let how = How {
+            upgrade,
+            retry: plan.retry.clone(),
+        };
+        let result = self.forward(req, plan.conn, ctx, plan.target, how, plan.span).await;
+        let (Some((fallback, errors)), Some(kept)) = (plan.on_status, plan.kept) else {
+            return result;
+        };
+        let status = match &result {
+            Ok(r) => r.status().as_u16(),
+            Err(e) => e.status().as_u16(),
+        };
+        if !errors.status.iter().any(|(a, b)| (*a..=*b).contains(&status)) {
+            return result;
+        }
+        drop(result);
+        let routes = self.routes();
+        let depth = berth_common::routing::MAX_WEIGHTED_DEPTH;
+        let Some(svc) = routes
+            .services
+            .get(*fallback)
+            .filter(|_| routes.is_up(*fallback, depth))
+            .cloned()
+        else {
+            return Err(ProxyError::NoEndpoint(plan.target.name.clone()));
+        };
+        let leaf = super::weighted_leaf(&routes, svc, &kept.headers, depth)?;
+        drop(routes);
+        let how = How {
+            upgrade: None,
+            retry: plan.retry.clone(),
+        };
+        self.forward(kept.request(), plan.conn, ctx, &leaf.svc, how, plan.span)
+            .await
+    }
+
     /// Forward a routed request to one of `svc`'s endpoints, going again as the policy
     /// allows; the upstream's answer or the reason there is none.
     pub(super) async fn forward(

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use berth_common::config::FailoverErrors;
 use berth_common::http::upgrade_protocol;
 use berth_common::routing::Snapshot;
 use berth_common::rules::RequestView;
@@ -81,8 +82,8 @@ pub(crate) struct ConnInfo {
     /// The entrypoint's own trusted forwarders (Traefik's `forwardedHeaders`), else the
     /// gateway's.
     pub trusted: Option<Arc<[IpNet]>>,
-    /// TLS connections: the name of the `tls.options` the handshake was made with.
-    pub tls_options: Option<Arc<str>>,
+    /// TLS connections: the `tls.options` the handshake was made with.
+    pub tls_options: Option<Arc<berth_common::server_tls::TlsOptions>>,
     /// TLS connections: the certificates the client showed, its own first.
     pub client_certs: Option<Arc<[rustls_pki_types::CertificateDer<'static>]>>,
 }
@@ -96,6 +97,53 @@ struct Leaf {
     /// Load-balancer services that get a copy, with whether the body goes too and how
     /// large it may be.
     mirrors: Vec<(Arc<router::ServiceRuntime>, bool, u64)>,
+    /// A failover with `errors` chose its main service: the fallback (its index in
+    /// `Routes::services`) that answers instead when the main's answer is listed.
+    on_status: Option<(usize, Arc<FailoverErrors>)>,
+}
+
+/// A request kept whole, so that it can be sent again (`buffering`'s `retryExpression`,
+/// a failover's `errors`).
+struct Replay {
+    method: http::Method,
+    uri: http::Uri,
+    version: Version,
+    headers: http::HeaderMap,
+    body: bytes::Bytes,
+}
+
+impl Replay {
+    fn of(req: &Request<ClientBody>, body: bytes::Bytes) -> Replay {
+        Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+            body,
+        }
+    }
+
+    fn request(&self) -> Request<ClientBody> {
+        let mut req = Request::new(http_body_util::Either::Right(http_body_util::Full::new(
+            self.body.clone(),
+        )));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// What a trip to the router's service needs besides the request ([`Proxy::trip`]).
+struct Plan<'a> {
+    conn: &'a ConnInfo,
+    target: &'a router::ServiceRuntime,
+    on_status: Option<&'a (usize, Arc<FailoverErrors>)>,
+    /// The request kept whole, for the fallback of a failover with `errors`.
+    kept: Option<&'a Replay>,
+    retry: Option<berth_common::middleware::limit::Retry>,
+    span: &'a Span,
 }
 
 /// The load-balancer service a request to weighted (or failover, or mirroring) `svc` goes
@@ -110,9 +158,15 @@ fn weighted_leaf(
 ) -> Result<Leaf, ProxyError> {
     let mut cookies = Vec::new();
     let mut mirrors = Vec::new();
+    let mut on_status = None;
     for _ in 0..=depth {
         let Some(w) = &svc.weighted else {
-            return Ok(Leaf { svc, cookies, mirrors });
+            return Ok(Leaf {
+                svc,
+                cookies,
+                mirrors,
+                on_status,
+            });
         };
         // A child of weight 0 gets nothing, not even its sticky clients (draining a
         // canary); with health checks, a child with no healthy server neither.
@@ -145,6 +199,13 @@ fn weighted_leaf(
             && let Some(c) = sticky.and_then(|s| s.set_cookie(pick))
         {
             cookies.push(c);
+        }
+        // The innermost failover with `errors` that chose its main service decides.
+        if w.failover
+            && pick == 0
+            && let (Some(errors), Some(&fallback)) = (&w.failover_errors, w.children.get(1))
+        {
+            on_status = Some((fallback, errors.clone()));
         }
         let Some(child) = w.children.get(pick).and_then(|&c| routes.services.get(c)).cloned() else {
             return Err(ProxyError::NoEndpoint(svc.name.clone()));
@@ -377,7 +438,14 @@ impl Proxy {
         // TLS options are chosen by the server name in the handshake; a request for a
         // router that wants others (its Host is not the name the client asked for) is
         // not served on this connection, as in Traefik.
-        if conn.tls_options.as_deref().is_some_and(|o| o != router.tls_options) {
+        // Options changed by a reload are other options: the client reconnects and
+        // makes its handshake with the new ones.
+        if let Some(made_with) = &conn.tls_options
+            && !router
+                .tls_options_spec
+                .as_ref()
+                .is_some_and(|o| Arc::ptr_eq(o, made_with))
+        {
             return Err(ProxyError::Misdirected);
         }
         // A router to one of the gateway's own services (the builder let only those
@@ -454,10 +522,7 @@ impl Proxy {
                 } else {
                     None
                 };
-                let how = forward::How {
-                    upgrade,
-                    retry: pipeline.retry(),
-                };
+                let how = forward::How { upgrade, retry: None };
                 let leaf = match leaf {
                     Some(Ok(l)) => Some(l),
                     Some(Err(e)) => return Err(e),
@@ -473,40 +538,54 @@ impl Proxy {
                     }
                     _ => req,
                 };
-                // `buffering` with `retryExpression`: what is needed to send it again.
-                let replay = pipeline.replay().filter(|_| how.upgrade.is_none()).map(|(expr, body)| {
-                    let head = (
-                        req.method().clone(),
-                        req.uri().clone(),
-                        req.version(),
-                        req.headers().clone(),
-                    );
-                    (expr, body, head)
-                });
-                let mut result = self.forward(req, conn, ctx, target, how, span).await;
-                if let Some((expr, body, (method, uri, version, headers))) = replay {
+                // A request that may go again (`buffering`'s `retryExpression`, a
+                // failover's `errors`) is kept whole.
+                let retry_expr = pipeline.replay().filter(|_| how.upgrade.is_none());
+                let on_status = leaf
+                    .as_ref()
+                    .and_then(|l| l.on_status.clone())
+                    .filter(|_| how.upgrade.is_none());
+                let (req, kept) = match (&retry_expr, &on_status) {
+                    (Some((_, body)), _) => {
+                        let kept = Replay::of(&req, body.clone());
+                        (req, Some(kept))
+                    }
+                    (None, Some((_, errors))) => {
+                        let (parts, mut body) = req.into_parts();
+                        let limit = usize::try_from(errors.max_request_body_bytes).unwrap_or(usize::MAX);
+                        match pipeline::buffer_request(&call, &mut body, limit, StatusCode::PAYLOAD_TOO_LARGE).await {
+                            Ok(bytes) => {
+                                let req = Request::from_parts(parts, body);
+                                let kept = Replay::of(&req, bytes);
+                                (req, Some(kept))
+                            }
+                            Err(answer) => return Ok(answer),
+                        }
+                    }
+                    (None, None) => (req, None),
+                };
+                let plan = Plan {
+                    conn,
+                    target,
+                    on_status: on_status.as_ref(),
+                    kept: kept.as_ref(),
+                    retry: pipeline.retry(),
+                    span,
+                };
+                let mut result = self.trip(&plan, req, how.upgrade, ctx).await;
+                if let (Some((expr, _)), Some(kept)) = (&retry_expr, &kept) {
                     let mut attempt = 1;
                     while attempt <= berth_common::middleware::buffering::MAX_RETRIES {
                         let status = match &result {
                             Ok(r) => r.status().as_u16(),
                             Err(e) => e.status().as_u16(),
                         };
-                        if !expr.holds(method.as_str(), attempt, status) {
+                        if !expr.holds(kept.method.as_str(), attempt, status) {
                             break;
                         }
                         attempt += 1;
                         ctx.outcome.retries += 1;
-                        let mut again =
-                            Request::new(http_body_util::Either::Right(http_body_util::Full::new(body.clone())));
-                        *again.method_mut() = method.clone();
-                        *again.uri_mut() = uri.clone();
-                        *again.version_mut() = version;
-                        *again.headers_mut() = headers.clone();
-                        let how = forward::How {
-                            upgrade: None,
-                            retry: pipeline.retry(),
-                        };
-                        result = self.forward(again, conn, ctx, target, how, span).await;
+                        result = self.trip(&plan, kept.request(), None, ctx).await;
                     }
                 }
                 if let Ok(resp) = &mut result {

@@ -342,7 +342,7 @@ const GRPC_WEB_TEXT_LIMIT: usize = 6 * 1024 * 1024;
 /// Read the request body whole (it goes on as those bytes), keeping the gateway's own
 /// bounds (its body limit: 413; its read deadline: 408) beside the middleware's `limit`
 /// (`over` when passed).
-async fn buffer_request(
+pub(super) async fn buffer_request(
     call: &AuthCall<'_>,
     body: &mut ClientBody,
     limit: usize,

@@ -59,6 +59,8 @@ pub(crate) struct WeightedRuntime {
     pub health_check: bool,
     /// `failover`: the first child while it is up, else the second.
     pub failover: bool,
+    /// A failover's `errors`: the first child's answers that go to the second.
+    pub failover_errors: Option<Arc<berth_common::config::FailoverErrors>>,
     /// `mirroring`: the first child serves, the others get copies.
     pub mirroring: Option<MirrorRuntime>,
 }
@@ -191,6 +193,7 @@ impl Routes {
                         balancer: Balancer::new(berth_common::config::Strategy::Wrr, w.weights.clone()),
                         health_check: w.health_check,
                         failover: w.failover,
+                        failover_errors: w.failover_errors.clone(),
                         mirroring: w.mirroring.as_ref().map(|m| MirrorRuntime {
                             percents: m.percents.clone(),
                             mirror_body: m.mirror_body,
