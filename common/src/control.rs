@@ -148,6 +148,10 @@ pub struct MeshPolicy {
     /// `BERTH_OUTBOUND_RESPONSE_TIMEOUT`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Where calls go while the service (and its split) has no healthy endpoint: another
+    /// mesh service of its cluster that consents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<String>,
 }
 
 impl MeshPolicy {
@@ -158,6 +162,13 @@ impl MeshPolicy {
     /// The other mesh services the split names (not the service itself).
     pub fn split_targets<'a>(&'a self, own: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.split.iter().map(|s| s.name.as_str()).filter(move |n| *n != own)
+    }
+
+    /// Every other mesh service calls may be sent to: the split's and the failover.
+    pub fn routed_targets<'a>(&'a self, own: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.split_targets(own)
+            .chain(self.failover.as_deref())
+            .filter(move |n| *n != own)
     }
 }
 

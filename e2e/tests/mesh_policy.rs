@@ -1,8 +1,9 @@
 //! East-west routing set by the callee's own labels and applied in the caller's sidecar,
 //! in `berth-local up` (real gateway, sidecars, apps and mTLS): `orders` shares its
 //! calls 3:1 with `orders-canary`, which consents with `berth.weighted.allow=orders`;
-//! `payments` names the canary without its consent and keeps every call; and `orders`'
-//! `berth.mesh.timeout` with `berth.mesh.retry` carries calls past a hung task.
+//! `payments` names the canary without its consent and keeps every call; `orders`'
+//! `berth.mesh.timeout` with `berth.mesh.retry` carries calls past a hung task; and
+//! `inventory`'s `berth.mesh.failover` sends calls to `inventory-dr` while it is down.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -46,6 +47,13 @@ fn definitions() -> PathBuf {
             1,
             json!({ "berth.weighted.allow": "orders" }),
         ),
+        (
+            "inventory",
+            "inventory",
+            1,
+            json!({ "berth.mesh.failover": "inventory-dr" }),
+        ),
+        ("inventory-dr", "dr", 1, json!({ "berth.weighted.allow": "inventory" })),
         (
             "payments",
             "payments",
@@ -109,7 +117,14 @@ async fn splits_retries_and_timeouts_follow_the_callees_labels() {
     let local = LocalUp::start_with("127.0.170.1", &["--dir", dir.to_str().unwrap()]);
     local.wait_ready().await;
     let admin = local.admin;
-    let wanted = [("caller", 1), ("orders", 2), ("orders-canary", 1), ("payments", 1)];
+    let wanted = [
+        ("caller", 1),
+        ("orders", 2),
+        ("orders-canary", 1),
+        ("payments", 1),
+        ("inventory", 1),
+        ("inventory-dr", 1),
+    ];
     let up = eventually(Duration::from_secs(30), || async {
         let l = live(admin).await;
         wanted.iter().all(|(s, n)| l.get(*s).map(Vec::len) == Some(*n))
@@ -181,4 +196,36 @@ async fn splits_retries_and_timeouts_follow_the_callees_labels() {
     assert!(retried >= 1, "the hung task was tried and given up on");
     assert!(slowest < Duration::from_millis(2500), "{slowest:?}");
     let _ = http1(hung_app, get("orders", "/delay/set?ms=0")).await;
+
+    // inventory names inventory-dr (which consents) as its failover: calls go to
+    // inventory while its task is healthy, to the DR service while it is not, and back.
+    for _ in 0..4 {
+        let (r, _) = call("http://inventory/").await;
+        assert_eq!(answered_by(&r.body), "inventory", "{}", r.body);
+    }
+    let inventory: SocketAddr = format!("{}:8080", tasks["inventory"][0]).parse().unwrap();
+    let answered = |want: &'static str| async move {
+        let (r, _) = call("http://inventory/").await;
+        r.status == 200 && answered_by(&r.body) == want
+    };
+    assert_eq!(
+        http1(inventory, get("inventory", "/health/set?healthy=false"))
+            .await
+            .status,
+        200
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || answered("dr")).await,
+        "no failover while inventory was unhealthy"
+    );
+    assert_eq!(
+        http1(inventory, get("inventory", "/health/set?healthy=true"))
+            .await
+            .status,
+        200
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || answered("inventory")).await,
+        "calls did not come back to inventory"
+    );
 }

@@ -335,8 +335,23 @@ impl MeshCache {
     }
 
     /// Where a call to `called` goes: one of its split's targets by weight (a target with
-    /// no healthy endpoint is passed over), else the service itself.
+    /// no healthy endpoint is passed over), else the service itself; while none of those
+    /// has a healthy endpoint, its failover when that has one.
     fn split_target(&self, name: &str, called: &Arc<Target>) -> Result<(String, Arc<Target>), OutboundError> {
+        let chosen = self.split_pick(name, called);
+        let Some(failover) = called.policy.failover.as_deref().filter(|f| *f != name) else {
+            return chosen;
+        };
+        if chosen.as_ref().is_ok_and(|(_, t)| t.has_healthy()) {
+            return chosen;
+        }
+        match self.lookup(failover).and_then(Result::ok) {
+            Some(t) if t.has_healthy() => Ok((failover.to_string(), t)),
+            _ => chosen,
+        }
+    }
+
+    fn split_pick(&self, name: &str, called: &Arc<Target>) -> Result<(String, Arc<Target>), OutboundError> {
         let Some(balancer) = &called.split else {
             return Ok((name.to_string(), called.clone()));
         };

@@ -1,6 +1,7 @@
 //! The east-west routing labels a service puts on its own tasks: `berth.mesh.weighted.*`
 //! (a canary split, Traefik's weighted syntax over mesh names), `berth.mesh.retry.*` (the
-//! retry middleware's options) and `berth.mesh.timeout`. They become the
+//! retry middleware's options), `berth.mesh.timeout` and `berth.mesh.failover` (another
+//! mesh service that takes the calls while this one has no healthy task). They become the
 //! [`MeshPolicy`] that every caller's sidecar applies to calls to the service, as App
 //! Mesh's virtual routers did. Each part is checked on its own: a bad value disables the
 //! part it configures, with a diagnostic, and leaves the rest.
@@ -50,9 +51,18 @@ pub(super) fn policy(pairs: &[(&str, &str)], prefix: &str, diags: &mut Vec<Diagn
                     format!("{e}; the service's own tasks take every call"),
                 )),
             },
+            "failover" => match node {
+                Node::Leaf(name) if super::valid_mesh_name(name.trim()) && !name.contains('@') => {
+                    policy.failover = Some(name.trim().to_string())
+                }
+                _ => diags.push(Diagnostic::error(
+                    label,
+                    "expected the mesh name of one service; calls have no failover",
+                )),
+            },
             _ => diags.push(Diagnostic::error(
                 label,
-                "unknown mesh option (name, allow, weighted, retry, timeout)",
+                "unknown mesh option (name, allow, weighted, retry, timeout, failover)",
             )),
         }
     }

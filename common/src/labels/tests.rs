@@ -816,6 +816,18 @@ fn a_split_a_retry_and_a_timeout_are_read_in_traefik_syntax() {
     assert_eq!((r.attempts, r.initial_interval_ms), (4, 50));
     assert_eq!(p.timeout_ms, Some(2000));
     assert_eq!(p.split_targets("orders").collect::<Vec<_>>(), vec!["orders-canary"]);
+    let (c, diags) = parse(&labels(&[("berth.mesh.failover", "orders-dr")]));
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(c.mesh.policy.failover.as_deref(), Some("orders-dr"));
+    assert_eq!(
+        c.mesh.policy.routed_targets("orders").collect::<Vec<_>>(),
+        vec!["orders-dr"]
+    );
+    for bad in ["orders-dr@file", "", "a b"] {
+        let (c, diags) = parse(&labels(&[("berth.mesh.failover", bad)]));
+        assert_eq!(c.mesh.policy.failover, None, "{bad}");
+        assert!(diags.iter().any(|d| d.key == "berth.mesh.failover"), "{bad}: {diags:?}");
+    }
 }
 
 #[test]

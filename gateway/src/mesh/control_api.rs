@@ -366,7 +366,7 @@ impl ControlApi {
         let mut wanted: Vec<&str> = names.iter().map(String::as_str).collect();
         for n in names {
             if let Some(s) = table.get(n) {
-                wanted.extend(s.policy.split_targets(n));
+                wanted.extend(s.policy.routed_targets(n));
             }
         }
         let mut seen = std::collections::HashSet::new();

@@ -925,42 +925,57 @@ impl WeightedConsent {
                 parts.next().unwrap_or_default().to_string(),
             )
         };
+        // Why `child` may not take calls `caller` routes to it, if it may not.
+        let refuse = |caller: &(String, String), child: &str| match mesh.get(child) {
+            None => Some(format!("names `{child}`, which is not a mesh service")),
+            Some(c) => {
+                let owner = who(&c.identity);
+                if self.consents(&owner, caller) {
+                    None
+                } else if owner.0 == caller.0 {
+                    Some(format!(
+                        "names `{child}`, which ECS service {} serves without allowing {}: put the label `berth.weighted.allow={}` on {}'s containers",
+                        owner.1, caller.1, caller.1, owner.1
+                    ))
+                } else {
+                    Some(format!(
+                        "names `{child}`, of cluster {}: it may name mesh services of its own cluster ({}) only",
+                        owner.0, caller.0
+                    ))
+                }
+            }
+        };
         let mut refusals = Vec::new();
         for (name, svc) in mesh.iter() {
             let caller = who(&svc.identity);
-            let refusal = svc.policy.split_targets(name).find_map(|child| match mesh.get(child) {
-                None => Some(format!("names `{child}`, which is not a mesh service")),
-                Some(c) => {
-                    let owner = who(&c.identity);
-                    if self.consents(&owner, &caller) {
-                        None
-                    } else if owner.0 == caller.0 {
-                        Some(format!(
-                            "names `{child}`, which ECS service {} serves without allowing {}: put the label `berth.weighted.allow={}` on {}'s containers",
-                            owner.1, caller.1, caller.1, owner.1
-                        ))
-                    } else {
-                        Some(format!(
-                            "names `{child}`, of cluster {}: a split may name mesh services of its own cluster ({}) only",
-                            owner.0, caller.0
-                        ))
-                    }
-                }
-            });
-            if let Some(why) = refusal {
-                refusals.push((name.clone(), why));
+            if let Some(why) = svc.policy.split_targets(name).find_map(|child| refuse(&caller, child)) {
+                refusals.push((name.clone(), false, why));
+            }
+            if let Some(why) = svc
+                .policy
+                .failover
+                .as_deref()
+                .filter(|f| *f != name)
+                .and_then(|f| refuse(&caller, f))
+            {
+                refusals.push((name.clone(), true, why));
             }
         }
-        for (name, why) in refusals {
+        for (name, failover, why) in refusals {
             if let Some(svc) = mesh.get_mut(&name) {
-                svc.policy.split.clear();
+                if failover {
+                    svc.policy.failover = None;
+                } else {
+                    svc.policy.split.clear();
+                }
             }
+            let (label, what, effect) = if failover {
+                ("berth.mesh.failover", "its failover", "calls have no failover")
+            } else {
+                ("berth.mesh.weighted", "its split", "its own tasks take every call")
+            };
             diags.push(
-                Diagnostic::error(
-                    "berth.mesh.weighted",
-                    format!("mesh service {name}: its split {why}; its own tasks take every call"),
-                )
-                .with_source(PROVIDER),
+                Diagnostic::error(label, format!("mesh service {name}: {what} {why}; {effect}")).with_source(PROVIDER),
             );
         }
     }
@@ -1153,12 +1168,27 @@ mod tests {
                     split(&[("web", 1), ("orders-canary", 1)]),
                 ),
                 claim("web", "ecs/prod/web", true, "10.0.0.8:15443"),
+                // orders-canary consents to ledger's failover, not to basket's.
+                with(
+                    claim("ledger", "ecs/prod/ledger", true, "10.0.0.9:15443"),
+                    MeshPolicy {
+                        failover: Some("orders-canary".into()),
+                        ..MeshPolicy::default()
+                    },
+                ),
+                with(
+                    claim("basket", "ecs/prod/basket", true, "10.0.0.10:15443"),
+                    MeshPolicy {
+                        failover: Some("orders-canary".into()),
+                        ..MeshPolicy::default()
+                    },
+                ),
             ],
             &mut diags,
         );
         let mut consent = WeightedConsent::default();
         let allow = |v: &str| labels::parse(&[("berth.weighted.allow".to_string(), v.to_string())].into()).0;
-        consent.allow("prod", "orders-canary", &allow("orders,web,search"));
+        consent.allow("prod", "orders-canary", &allow("orders,web,search,ledger"));
         consent.allow("staging", "index", &allow("search"));
         consent.enforce_mesh(&mut mesh, &mut diags);
         assert_eq!(mesh["orders"].policy, split(&[("orders", 3), ("orders-canary", 1)]));
@@ -1170,6 +1200,10 @@ mod tests {
         assert!(text.contains("`nowhere`, which is not a mesh service"), "{text}");
         assert!(text.contains("of cluster staging"), "{text}");
         assert!(text.contains("disagree"), "{text}");
+        // A failover needs the same consent as a split.
+        assert_eq!(mesh["ledger"].policy.failover.as_deref(), Some("orders-canary"));
+        assert_eq!(mesh["basket"].policy.failover, None);
+        assert!(text.contains("berth.weighted.allow=basket"), "{text}");
     }
 
     #[test]
