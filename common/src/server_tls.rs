@@ -170,32 +170,11 @@ impl TlsOptions {
         let base = crate::tls::provider();
         let mut provider = (*base).clone();
         if let Some(names) = &cfg.cipher_suites {
-            let mut wanted = Vec::new();
-            for n in names {
-                if let Some((_, id)) = TLS12_SUITES.iter().find(|(s, _)| s == n) {
-                    if !wanted.contains(id) {
-                        wanted.push(*id);
-                    }
-                } else if TLS13_SUITES.contains(&n.as_str()) {
-                    // As in Go: TLS 1.3's suites are always all offered.
-                } else if UNOFFERED_SUITES.contains(&n.as_str()) {
-                    warnings.push(format!(
-                        "cipherSuites: `{n}` is not offered (rustls implements no such suite)"
-                    ));
-                } else {
-                    errors.push(format!("cipherSuites: invalid CipherSuite `{n}`"));
-                }
-            }
-            let all = rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES;
-            let mut suites: Vec<_> = all
+            let suites = cipher_suites(names, &mut warnings, &mut errors);
+            let tls12 = suites
                 .iter()
-                .filter(|s| s.version().version == rustls::ProtocolVersion::TLSv1_3)
-                .copied()
-                .collect();
-            for id in &wanted {
-                suites.extend(all.iter().filter(|s| u16::from(s.suite()) == *id).copied());
-            }
-            if wanted.is_empty() && min <= 12 {
+                .any(|s| s.version().version == rustls::ProtocolVersion::TLSv1_2);
+            if !tls12 && min <= 12 {
                 if max == 12 {
                     errors.push("cipherSuites: no TLS 1.2 suite Berth offers is listed, and TLS 1.3 is off".into());
                 } else {
@@ -309,6 +288,42 @@ impl TlsOptions {
             })
             .collect()
     }
+}
+
+/// Go's `cipherSuites` as rustls suites: TLS 1.3's three (Go always offers them), then
+/// the TLS 1.2 suites named, in their order. A suite Go knows and rustls lacks is left out
+/// with a warning; a name Go does not know is an error. Shared with `serversTransports`.
+pub(crate) fn cipher_suites(
+    names: &[String],
+    warnings: &mut Vec<String>,
+    errors: &mut Vec<String>,
+) -> Vec<rustls::SupportedCipherSuite> {
+    let mut wanted = Vec::new();
+    for n in names {
+        if let Some((_, id)) = TLS12_SUITES.iter().find(|(s, _)| s == n) {
+            if !wanted.contains(id) {
+                wanted.push(*id);
+            }
+        } else if TLS13_SUITES.contains(&n.as_str()) {
+            // As in Go: TLS 1.3's suites are always all offered.
+        } else if UNOFFERED_SUITES.contains(&n.as_str()) {
+            warnings.push(format!(
+                "cipherSuites: `{n}` is not offered (rustls implements no such suite)"
+            ));
+        } else {
+            errors.push(format!("cipherSuites: invalid CipherSuite `{n}`"));
+        }
+    }
+    let all = rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES;
+    let mut suites: Vec<_> = all
+        .iter()
+        .filter(|s| s.version().version == rustls::ProtocolVersion::TLSv1_3)
+        .copied()
+        .collect();
+    for id in &wanted {
+        suites.extend(all.iter().filter(|s| u16::from(s.suite()) == *id).copied());
+    }
+    suites
 }
 
 fn default_alpn() -> Vec<Vec<u8>> {

@@ -47,6 +47,8 @@ pub struct Transport {
     pub peer_cert_uri: Option<String>,
     pub tls13_only: bool,
     pub tls12_only: bool,
+    /// `cipherSuites`: the suites offered (TLS 1.3's three and the TLS 1.2 ones named).
+    pub cipher_suites: Option<Vec<rustls::SupportedCipherSuite>>,
     /// Idle connections kept per server (0: none is reused).
     pub max_idle_per_host: usize,
     pub dial_timeout: Duration,
@@ -109,6 +111,21 @@ impl Transport {
         };
         let min = version(&cfg.min_version, "minVersion", &mut errors);
         let max = version(&cfg.max_version, "maxVersion", &mut errors);
+        let mut unoffered = Vec::new();
+        let cipher_suites = cfg
+            .cipher_suites
+            .as_ref()
+            .map(|names| crate::server_tls::cipher_suites(names, &mut unoffered, &mut errors));
+        // A suite left out is a refusal here: the server may speak nothing else.
+        errors.extend(unoffered);
+        if max == Some(12)
+            && cipher_suites.as_ref().is_some_and(|s| {
+                s.iter()
+                    .all(|s| s.version().version != rustls::ProtocolVersion::TLSv1_2)
+            })
+        {
+            errors.push("cipherSuites: no TLS 1.2 suite Berth offers is listed, and TLS 1.3 is off".into());
+        }
         if let (Some(lo), Some(hi)) = (min, max)
             && lo > hi
         {
@@ -130,6 +147,7 @@ impl Transport {
             peer_cert_uri: cfg.peer_cert_uri.clone(),
             tls13_only: min == Some(13),
             tls12_only: max == Some(12),
+            cipher_suites,
             max_idle_per_host: match cfg.max_idle_conns_per_host {
                 None | Some(0) => GO_IDLE_PER_HOST,
                 Some(n) if n < 0 => 0,
@@ -156,7 +174,13 @@ impl Transport {
     /// gateway's own trust, used when the transport names no `rootCAs`. ALPN is the
     /// caller's.
     pub fn client_config(&self, upstream_roots: &RootCertStore) -> Result<rustls::ClientConfig, String> {
-        let provider = crate::tls::provider();
+        let provider = match &self.cipher_suites {
+            Some(suites) => Arc::new(rustls::crypto::CryptoProvider {
+                cipher_suites: suites.clone(),
+                ..(*crate::tls::provider()).clone()
+            }),
+            None => crate::tls::provider(),
+        };
         let roots = match &self.roots {
             Some(certs) => {
                 let mut r = RootCertStore::empty();

@@ -40,9 +40,13 @@ async fn servers_transports_decide_trust_names_client_certificates_and_timeouts(
     let plain = PythonServer::start("tls_backend.py", &[&cert, &key]);
     let mtls = PythonServer::start("tls_backend.py", &[&cert, &key, "--client-ca", &ca]);
     let h2 = PythonServer::start("tls_backend.py", &[&cert, &key, "--alpn", "h2,http/1.1"]);
+    let aes256 = PythonServer::start(
+        "tls_backend.py",
+        &[&cert, &key, "--tls12-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384"],
+    );
 
     // (router, backend port, transport or none)
-    let cases: [(&str, u16, Option<&str>); 16] = [
+    let cases: [(&str, u16, Option<&str>); 18] = [
         ("default", plain.port, None),
         ("roots", plain.port, Some("private")),
         ("noname", plain.port, Some("roots-only")),
@@ -55,6 +59,8 @@ async fn servers_transports_decide_trust_names_client_certificates_and_timeouts(
         ("nocert", mtls.port, Some("private")),
         ("h2", h2.port, Some("insecure")),
         ("h1only", h2.port, Some("http1")),
+        ("suite", aes256.port, Some("aes256")),
+        ("othersuite", aes256.port, Some("aes128")),
         ("slow", plain.port, Some("impatient")),
         ("noreuse", plain.port, Some("no-reuse")),
         ("missing", plain.port, Some("nope")),
@@ -80,6 +86,8 @@ async fn servers_transports_decide_trust_names_client_certificates_and_timeouts(
     uri-no-name: {{ rootCAs: ["{ca}"], peerCertURI: "spiffe://example.org/backend" }}
     uri-skip: {{ rootCAs: ["{ca}"], insecureSkipVerify: true, peerCertURI: "spiffe://example.org/backend" }}
     http1: {{ insecureSkipVerify: true, disableHTTP2: true }}
+    aes256: {{ insecureSkipVerify: true, cipherSuites: [TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384] }}
+    aes128: {{ insecureSkipVerify: true, cipherSuites: [TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256] }}
     impatient:
       insecureSkipVerify: true
       forwardingTimeouts: {{ responseHeaderTimeout: 300ms }}
@@ -130,6 +138,9 @@ async fn servers_transports_decide_trust_names_client_certificates_and_timeouts(
     let r = ask("h1only", "/").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(seen(&r.body)["alpn"], "http/1.1");
+    // cipherSuites: a TLS 1.2 server with one suite is reached only with that one.
+    assert_eq!(ask("suite", "/").await.status, StatusCode::OK);
+    assert_eq!(ask("othersuite", "/").await.status, StatusCode::BAD_GATEWAY);
     // responseHeaderTimeout: a backend a second late is a 504 after 300 ms; the gateway
     // has no timeout of its own, so the same request elsewhere waits and succeeds.
     let t = std::time::Instant::now();

@@ -287,7 +287,8 @@ impl Decoder<'_> {
                 "peercerturi" => t.peer_cert_uri = self.string(child, &p).filter(|s| !s.is_empty()),
                 "minversion" => t.min_version = self.string(child, &p).filter(|s| !s.is_empty()),
                 "maxversion" => t.max_version = self.string(child, &p).filter(|s| !s.is_empty()),
-                "ciphersuites" | "peercertsans" | "spiffe" => {
+                "ciphersuites" => t.cipher_suites = Some(self.list(child, &p)),
+                "peercertsans" | "spiffe" => {
                     let why =
                         format!("{p}: not implemented by Berth; the services naming this transport are not served");
                     self.bad(&p, why.clone());

@@ -93,7 +93,10 @@ pub struct ServersTransportConfig {
     pub min_version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_version: Option<String>,
-    /// Options Berth does not implement (`cipherSuites`, `spiffe`, ...): the transport is
+    /// Go's names of the TLS 1.2 suites offered (TLS 1.3's are always offered, as in Go).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cipher_suites: Option<Vec<String>>,
+    /// Options Berth does not implement (`peerCertSANs`, `spiffe`, ...): the transport is
     /// broken and the services naming it are not served.
     #[serde(skip)]
     pub refused: Vec<String>,

@@ -356,7 +356,9 @@ http:
       maxIdleConnsPerHost: 7
       forwardingTimeouts: { dialTimeout: 2s, responseHeaderTimeout: 0s, readIdleTimeout: 10s }
     unreadable: { rootCAs: [/nonexistent/ca.pem] }
-    ciphers: { cipherSuites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256] }
+    ciphers: { spiffe: { ids: ["spiffe://x/y"] } }
+    suites: { cipherSuites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_AES_128_GCM_SHA256] }
+    cbc: { cipherSuites: [TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA] }
 "#;
     let s = build(&[view("file", yaml)], &opts());
     let svc = |n: &str| s.services.iter().find(|x| x.name == n).unwrap();
@@ -374,6 +376,20 @@ http:
         Some((std::time::Duration::from_secs(10), std::time::Duration::from_secs(15)))
     );
     assert_eq!(route(&s, "web", "good.test", "/"), Some("good@file"));
+    // cipherSuites: TLS 1.3's three and the TLS 1.2 suite named; one rustls lacks breaks
+    // the transport (the server might speak nothing else).
+    let suites = |n: &str| s.transports.iter().find(|t| t.name == n).unwrap();
+    let offered = suites("suites@file")
+        .spec
+        .as_ref()
+        .unwrap()
+        .cipher_suites
+        .clone()
+        .unwrap();
+    assert_eq!(offered.len(), 4);
+    assert!(offered.iter().any(|c| u16::from(c.suite()) == 0xc02f));
+    assert!(suites("cbc@file").spec.is_none());
+    assert!(suites("cbc@file").errors.join(";").contains("not offered"));
     for (name, says) in [
         ("missing", "`nope@file` does not exist"),
         ("broken", "/nonexistent/ca.pem"),
