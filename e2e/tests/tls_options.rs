@@ -48,7 +48,25 @@ fn pki(hosts: &[&str], cn: &str, name: &str) -> std::path::PathBuf {
 async fn client_certificates_are_required_per_host_and_passed_to_the_backend() {
     let app = Backend::start("app", Proto::Http1).await;
     // `stranger`: a client certificate no CA here signed.
-    let dir = pki(&["mtls.test", "open.test", "any.test"], "client one", "stranger");
+    let dir = pki(
+        &["mtls.test", "open.test", "any.test", "pg.test"],
+        "client one",
+        "stranger",
+    );
+    // A TCP backend behind a TCP router that terminates TLS with the same options.
+    let pg = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pg_addr = pg.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = pg.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 256];
+                if let Ok(n) = s.read(&mut buf).await {
+                    let _ = s.write_all(&[b"pg:", &buf[..n]].concat()).await;
+                }
+            });
+        }
+    });
     let p = |f: &str| dir.join(f).display().to_string();
     let yaml = format!(
         r#"http:
@@ -70,6 +88,11 @@ async fn client_certificates_are_required_per_host_and_passed_to_the_backend() {
       clientAuth: {{ caFiles: ["{ca}"], clientAuthType: RequireAndVerifyClientCert }}
     anycert:
       clientAuth: {{ clientAuthType: RequireAnyClientCert }}
+tcp:
+  routers:
+    pg: {{ rule: "HostSNI(`pg.test`)", service: pg, tls: {{ options: mtls }} }}
+  services:
+    pg: {{ loadBalancer: {{ servers: [ {{ address: "{pg_addr}" }} ] }} }}
 "#,
         svc = service("app", &[app.url()], ""),
         cert = p("server.pem"),
@@ -213,6 +236,33 @@ print(first, ask())
     let (ok, out) = curl(port, "mtls.test", &ca, &client).await;
     assert!(ok && out.starts_with("200"), "a new connection is served: {out}");
 
+    // A TCP router terminating TLS applies its own options: the client certificate is
+    // required before any byte reaches the database (Python's ssl as the client).
+    let pg_client = |with_cert: bool| {
+        let load = if with_cert {
+            format!("ctx.load_cert_chain({:?}, {:?})", p("client.pem"), p("client.key"))
+        } else {
+            String::new()
+        };
+        format!(
+            r#"
+import socket, ssl
+ctx = ssl.create_default_context(cafile={ca:?})
+{load}
+try:
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", {port})), server_hostname="pg.test")
+    s.sendall(b"hello")
+    print(s.recv(100).decode())
+except (ssl.SSLError, OSError) as e:
+    print("refused", type(e).__name__)
+"#
+        )
+    };
+    let (_, out) = tool("python3", args(&["-c", &pg_client(true)]), vec![]).await;
+    assert_eq!(out.trim(), "pg:hello", "{out}");
+    let (_, out) = tool("python3", args(&["-c", &pg_client(false)]), vec![]).await;
+    assert!(out.starts_with("refused"), "no client certificate: {out}");
+
     // The admin API shows the options and who uses them.
     let routers = gw.admin_json("/api/http/routers").await;
     let mtls = routers
@@ -227,7 +277,7 @@ print(first, ask())
     let opts = &raw["tlsOptions"]["mtls@file"];
     assert_eq!(opts["status"], "enabled", "{raw}");
     assert_eq!(opts["clientAuth"]["caFiles"], 1, "{opts}");
-    assert_eq!(opts["usedBy"], serde_json::json!(["mtls@file"]), "{opts}");
+    assert_eq!(opts["usedBy"], serde_json::json!(["mtls@file", "pg@file"]), "{opts}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

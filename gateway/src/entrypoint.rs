@@ -274,9 +274,13 @@ impl Entrypoint {
             if let Some(router) = crate::tcp::find(&snap, &self.name, is_tls, &view) {
                 let ctx = self.tcp_ctx();
                 if router.tls_passthrough == Some(false) {
-                    // Terminate TLS here with the default options, then forward the
+                    // Terminate TLS here with the router's options, then forward the
                     // plaintext.
-                    let cfg = default_options(&snap).ok_or_else(|| "no default TLS options".to_string());
+                    let cfg = router
+                        .tls_options_spec
+                        .clone()
+                        .or_else(|| default_options(&snap))
+                        .ok_or_else(|| "no TLS options".to_string());
                     let cfg = match cfg.and_then(|o| self.tls.get(&o, true)) {
                         Ok(cfg) => cfg,
                         Err(e) => {

@@ -977,15 +977,33 @@ fn build_tcp(views: &[ProviderView], opts: &BuildOptions, snap: &mut Snapshot) {
                     )),
                 }
             }
-            if let Some(o) = r
-                .tls
-                .as_ref()
-                .and_then(|t| t.options.as_deref())
-                .filter(|o| !is_default_tls_options(o))
-            {
-                errors.push(format!(
-                    "tls.options `{o}` are not applied to tcp routers yet; the router is not served (fail closed)"
-                ));
+            // A router that terminates TLS does so with its own options (the default
+            // ones unless it names others), as Traefik's TLS handler per TCP route.
+            let tls_options = match r.tls.as_ref().and_then(|t| t.options.as_deref()) {
+                Some(o) if !is_default_tls_options(o) => qualify(o, &view.provider),
+                _ => crate::server_tls::DEFAULT_OPTIONS.to_string(),
+            };
+            let mut tls_options_spec = None;
+            if let Some(t) = &r.tls {
+                match snap.tls_options.iter_mut().find(|o| o.name == tls_options) {
+                    _ if t.passthrough && tls_options != crate::server_tls::DEFAULT_OPTIONS => errors.push(format!(
+                        "tls.options `{tls_options}` cannot be applied with passthrough (the gateway does not terminate TLS); the router is not served (fail closed)"
+                    )),
+                    None => errors.push(format!(
+                        "tls.options `{tls_options}` do not exist; the router is not served (fail closed)"
+                    )),
+                    Some(o) => {
+                        if !t.passthrough {
+                            o.used_by.push(qname.clone());
+                        }
+                        match &o.spec {
+                            Some(spec) => tls_options_spec = Some(spec.clone()),
+                            None => errors.push(format!(
+                                "tls.options `{tls_options}` are broken; the router is not served (fail closed)"
+                            )),
+                        }
+                    }
+                }
             }
             let service = match &r.service {
                 Some(s) => qualify(s, &view.provider),
@@ -1042,6 +1060,7 @@ fn build_tcp(views: &[ProviderView], opts: &BuildOptions, snap: &mut Snapshot) {
                 service,
                 service_index,
                 tls_passthrough: r.tls.as_ref().map(|t| t.passthrough),
+                tls_options_spec,
                 middlewares,
                 middleware_specs,
                 status: if fatal || entry_points.is_empty() {

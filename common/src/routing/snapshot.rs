@@ -197,6 +197,8 @@ pub struct TcpRouterEntry {
     pub service_index: Option<usize>,
     /// `None`: plain TCP; `Some(false)`: the gateway terminates TLS; `Some(true)`: passthrough.
     pub tls_passthrough: Option<bool>,
+    /// The `tls.options` a terminating router's handshakes are made with.
+    pub tls_options_spec: Option<std::sync::Arc<crate::server_tls::TlsOptions>>,
     /// As written (qualified), and ready to run, in order.
     pub middlewares: Vec<String>,
     pub middleware_specs: Vec<std::sync::Arc<crate::middleware::tcp::TcpSpec>>,

@@ -535,3 +535,31 @@ http:
     assert!(svc("too-big@file").is_none());
     assert!(s.diagnostics.iter().any(|d| d.message.contains("5xx")));
 }
+
+#[test]
+fn tcp_routers_that_terminate_tls_carry_their_options() {
+    let yaml = r#"
+tcp:
+  routers:
+    pg: { rule: "HostSNI(`pg.test`)", service: t, tls: { options: mtls } }
+    plain: { rule: "HostSNI(`p.test`)", service: t, tls: {} }
+    through: { rule: "HostSNI(`x.test`)", service: t, tls: { passthrough: true, options: mtls } }
+    gone: { rule: "HostSNI(`g.test`)", service: t, tls: { options: nowhere } }
+  services:
+    t: { loadBalancer: { servers: [ { address: "127.0.0.1:5432" } ] } }
+tls:
+  options:
+    mtls: { clientAuth: { clientAuthType: RequireAnyClientCert } }
+"#;
+    let s = build(&[view("file", yaml)], &opts());
+    let r = |n: &str| s.tcp_routers.iter().find(|r| r.name == n).unwrap();
+    let mtls = s.tls_options.iter().find(|o| o.name == "mtls@file").unwrap();
+    assert!(std::sync::Arc::ptr_eq(
+        r("pg@file").tls_options_spec.as_ref().unwrap(),
+        mtls.spec.as_ref().unwrap()
+    ));
+    assert_eq!(r("plain@file").status, Status::Enabled);
+    assert_eq!(r("through@file").status, Status::Disabled);
+    assert!(r("through@file").errors[0].contains("passthrough"));
+    assert_eq!(r("gone@file").status, Status::Disabled);
+}
