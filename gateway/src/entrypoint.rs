@@ -41,6 +41,8 @@ pub struct EntrypointConfig {
     pub path: berth_common::path::PathPolicy,
     /// Routers on this entrypoint serve TLS connections (Traefik's `http.tls`).
     pub tls_routers: bool,
+    /// `http.tls.options`: the TLS options of its routers that set no `tls` of their own.
+    pub tls_options: Option<String>,
     /// Whose `X-Forwarded-*` this entrypoint keeps, when not the gateway's list.
     pub trusted: Option<Arc<[ipnet::IpNet]>>,
 }

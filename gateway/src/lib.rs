@@ -215,6 +215,12 @@ impl Gateway {
                 .filter(|e| e.tls_routers)
                 .map(|e| e.name.clone())
                 .collect(),
+            entrypoint_tls_options: cfg
+                .entrypoints
+                .iter()
+                .filter(|e| e.tls_routers)
+                .filter_map(|e| e.tls_options.clone().map(|o| (e.name.clone(), o)))
+                .collect(),
             default_rule_syntax: cfg.default_rule_syntax,
             proxy: proxy.clone(),
             certs: certs.clone(),

@@ -33,6 +33,9 @@ pub struct BuildOptions {
     /// Entrypoints whose HTTP routers serve TLS connections without saying `tls`
     /// (Traefik's `entryPoints.<name>.http.tls`).
     pub tls_entrypoints: Vec<String>,
+    /// Their `http.tls.options` (Traefik's `entryPoints.<name>.http.tls.options`): the
+    /// options of the routers on them that set no `tls` of their own.
+    pub entrypoint_tls_options: Vec<(String, String)>,
     /// The gateway's own services a router may name (Traefik's `api@internal`,
     /// `ping@internal`, `noop@internal`, ...): answered by the gateway, not dialled.
     pub internal_services: Vec<String>,
@@ -535,7 +538,31 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                 None if !service.is_empty() => errors.push(format!("service `{service}` does not exist")),
                 None => {}
             }
-            let tls_options = match r.tls.as_ref().and_then(|t| t.options.as_deref()) {
+            // A router without `tls` of its own takes its TLS entrypoints' options; they
+            // must agree, since options are chosen per host, not per entrypoint.
+            let from_entrypoints: BTreeSet<&str> = match &r.tls {
+                Some(_) => BTreeSet::new(),
+                None => opts
+                    .entrypoint_tls_options
+                    .iter()
+                    .filter(|(ep, _)| match r.entry_points.is_empty() {
+                        true => opts.default_routers_entrypoints().contains(ep),
+                        false => r.entry_points.contains(ep),
+                    })
+                    .map(|(_, o)| o.as_str())
+                    .collect(),
+            };
+            let named = match &r.tls {
+                Some(t) => t.options.as_deref(),
+                None => from_entrypoints.first().copied(),
+            };
+            if from_entrypoints.len() > 1 {
+                errors.push(format!(
+                    "its entrypoints give it different TLS options ({}); the router is not served (fail closed)",
+                    from_entrypoints.iter().copied().collect::<Vec<_>>().join(", ")
+                ));
+            }
+            let tls_options = match named {
                 Some(o) if !is_default_tls_options(o) => qualify(o, &view.provider),
                 _ => crate::server_tls::DEFAULT_OPTIONS.to_string(),
             };
@@ -549,7 +576,7 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                     "tls.options `{tls_options}` do not exist; the router is not served (fail closed)"
                 )),
                 Some(o) => {
-                    if r.tls.is_some() {
+                    if r.tls.is_some() || named.is_some() {
                         o.used_by.push(qname.clone());
                     }
                     if o.spec.is_none() {

@@ -563,3 +563,39 @@ tls:
     assert!(r("through@file").errors[0].contains("passthrough"));
     assert_eq!(r("gone@file").status, Status::Disabled);
 }
+
+#[test]
+fn routers_without_tls_take_their_entrypoints_options() {
+    let yaml = r#"
+http:
+  routers:
+    inherits: { rule: "Host(`a.test`)", service: s, entryPoints: [secure] }
+    own: { rule: "Host(`b.test`)", service: s, entryPoints: [secure], tls: {} }
+    torn: { rule: "Host(`c.test`)", service: s, entryPoints: [secure, other] }
+  services:
+    s: { loadBalancer: { servers: [ { url: "http://127.0.0.1:1" } ] } }
+tls:
+  options:
+    mtls: { clientAuth: { clientAuthType: RequireAnyClientCert } }
+    modern: { minVersion: VersionTLS13 }
+"#;
+    let o = BuildOptions {
+        entrypoints: vec!["secure".into(), "other".into()],
+        tls_entrypoints: vec!["secure".into(), "other".into()],
+        entrypoint_tls_options: vec![
+            ("secure".into(), "mtls@file".into()),
+            ("other".into(), "modern@file".into()),
+        ],
+        ..opts()
+    };
+    let s = build(&[view("file", yaml)], &o);
+    let r = |n: &str| s.routers.iter().find(|r| r.name == n).unwrap();
+    assert_eq!(r("inherits@file").tls_options, "mtls@file");
+    assert_eq!(r("own@file").tls_options, "default", "its own tls wins");
+    assert_eq!(r("torn@file").status, Status::Disabled);
+    assert!(r("torn@file").errors[0].contains("different TLS options"));
+    assert_eq!(
+        s.tls_options_for("secure", Some("a.test")).map(|o| o.name.as_str()),
+        Some("mtls@file")
+    );
+}

@@ -406,6 +406,7 @@ impl Config {
             tls,
             path,
             tls_routers: false,
+            tls_options: None,
             trusted: None,
         };
         for spec in &s.entrypoints {
@@ -439,6 +440,7 @@ impl Config {
                     addr: traefik::ListenAddr { host: None, port },
                     path: PathPolicy::default(),
                     tls_routers: false,
+                    tls_options: None,
                     redirect: None,
                     trusted: None,
                     read_timeout: None,
@@ -455,6 +457,7 @@ impl Config {
                         tls: None,
                         path: ep.path,
                         tls_routers: ep.tls_routers,
+                        tls_options: ep.tls_options.clone(),
                         trusted: ep.trusted.clone().map(Arc::from),
                     },
                 )?;
@@ -1000,6 +1003,7 @@ address = "127.0.0.1:8082"
                 "--entrypoints.web.http.redirections.entryPoint.to=websecure",
                 "--entrypoints.websecure.address=:8443",
                 "--entrypoints.websecure.http.tls=true",
+                "--entrypoints.websecure.http.tls.options=mtls@file",
                 "--entryPoints.websecure.forwardedHeaders.trustedIPs=10.0.0.0/8,192.168.1.1",
                 "--entrypoints.websecure.transport.respondingTimeouts.readTimeout=42s",
                 "--entrypoints.metrics.address=127.0.0.1:8082",
@@ -1015,6 +1019,8 @@ address = "127.0.0.1:8082"
         );
         let secure = &c.entrypoints[1];
         assert!(secure.tls_routers && !web.tls_routers);
+        assert_eq!(secure.tls_options.as_deref(), Some("mtls@file"));
+        assert_eq!(web.tls_options, None);
         assert_eq!(secure.trusted.as_ref().unwrap().len(), 2);
         assert!(web.trusted.is_none());
         assert_eq!(c.limits.request_read_timeout, Some(Duration::from_secs(42)));

@@ -56,6 +56,8 @@ pub(crate) struct TraefikEntrypoint {
     pub path: PathPolicy,
     /// `http.tls`: routers on this entrypoint serve TLS connections.
     pub tls_routers: bool,
+    /// `http.tls.options`: the TLS options of its routers that set none of their own.
+    pub tls_options: Option<String>,
     pub redirect: Option<Redirect>,
     /// `forwardedHeaders`: whose `X-Forwarded-*` to keep (`insecure`: everyone's).
     pub trusted: Option<Vec<IpNet>>,
@@ -333,18 +335,14 @@ impl Traefik {
                     .map(|n| n as i64)
                     .unwrap_or(i64::from(i32::MAX) - 1),
             });
-            if r.text(&p("http.tls.options"))
-                .is_some_and(|o| !o.is_empty() && o != "default")
-            {
-                r.fail(format!(
-                    "entryPoints.{name}.http.tls.options: only the default TLS options are implemented"
-                ));
-            }
             self.entrypoints.push(TraefikEntrypoint {
                 name: name.clone(),
                 addr,
                 path,
                 tls_routers: r.section(&p("http.tls")),
+                tls_options: r
+                    .text(&p("http.tls.options"))
+                    .filter(|o| !o.is_empty() && o != "default"),
                 redirect,
                 trusted,
                 read_timeout: r.duration(&p("transport.respondingTimeouts.readTimeout")),
