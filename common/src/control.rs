@@ -152,6 +152,10 @@ pub struct MeshPolicy {
     /// mesh service of its cluster that consents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<String>,
+    /// A sticky cookie for calls to the service's own endpoints: a caller whose HTTP
+    /// client keeps cookies goes back to the task that answered it first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<crate::config::StickyCookie>,
 }
 
 impl MeshPolicy {

@@ -2,8 +2,9 @@
 //! in `berth-local up` (real gateway, sidecars, apps and mTLS): `orders` shares its
 //! calls 3:1 with `orders-canary`, which consents with `berth.weighted.allow=orders`;
 //! `payments` names the canary without its consent and keeps every call; `orders`'
-//! `berth.mesh.timeout` with `berth.mesh.retry` carries calls past a hung task; and
-//! `inventory`'s `berth.mesh.failover` sends calls to `inventory-dr` while it is down.
+//! `berth.mesh.timeout` with `berth.mesh.retry` carries calls past a hung task;
+//! `catalog`'s sticky cookie keeps a caller on one task; and `inventory`'s
+//! `berth.mesh.failover` sends calls to `inventory-dr` while it is down.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -54,6 +55,12 @@ fn definitions() -> PathBuf {
             json!({ "berth.mesh.failover": "inventory-dr" }),
         ),
         ("inventory-dr", "dr", 1, json!({ "berth.weighted.allow": "inventory" })),
+        (
+            "catalog",
+            "catalog",
+            2,
+            json!({ "berth.mesh.sticky.cookie.name": "catalog_task", "berth.mesh.sticky.cookie.httpOnly": "true" }),
+        ),
         (
             "payments",
             "payments",
@@ -124,6 +131,7 @@ async fn splits_retries_and_timeouts_follow_the_callees_labels() {
         ("payments", 1),
         ("inventory", 1),
         ("inventory-dr", 1),
+        ("catalog", 2),
     ];
     let up = eventually(Duration::from_secs(30), || async {
         let l = live(admin).await;
@@ -196,6 +204,36 @@ async fn splits_retries_and_timeouts_follow_the_callees_labels() {
     assert!(retried >= 1, "the hung task was tried and given up on");
     assert!(slowest < Duration::from_millis(2500), "{slowest:?}");
     let _ = http1(hung_app, get("orders", "/delay/set?ms=0")).await;
+
+    // catalog's sticky cookie: a caller without it is balanced over both tasks and told
+    // which one answered (by a hash, not its address); with it, it stays on that task.
+    let ip_of = |body: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix("IP: "))
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut cookie = None;
+    for _ in 0..12 {
+        let (r, _) = call("http://catalog/").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        seen.insert(ip_of(&r.body));
+        let set = r.headers.get("set-cookie").map(|v| v.to_str().unwrap().to_string());
+        let set = set.expect("a cookie for a caller without one");
+        assert!(set.starts_with("catalog_task=") && set.contains("HttpOnly"), "{set}");
+        assert!(!tasks["catalog"].iter().any(|ip| set.contains(ip.as_str())), "{set}");
+        cookie = Some((set.split(';').next().unwrap().to_string(), ip_of(&r.body)));
+    }
+    assert_eq!(seen.len(), 2, "balanced without the cookie: {seen:?}");
+    let (cookie, task) = cookie.unwrap();
+    for _ in 0..12 {
+        let mut req = get("caller", "/call?url=http://catalog/");
+        req.headers_mut().insert("cookie", cookie.parse().unwrap());
+        let r = http1(caller, req).await;
+        assert_eq!(ip_of(&r.body), task, "sticky: {}", r.body);
+        assert!(r.headers.get("set-cookie").is_none(), "already sticky");
+    }
 
     // inventory names inventory-dr (which consents) as its failover: calls go to
     // inventory while its task is healthy, to the DR service while it is not, and back.

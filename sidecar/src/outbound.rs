@@ -157,13 +157,20 @@ struct Target {
     policy: MeshPolicy,
     /// Smooth weighted round robin over `policy.split`, when there is one.
     split: Option<Balancer>,
+    /// `policy.sticky`, over `endpoints` (its default name from the identity).
+    sticky: Option<berth_common::sticky::Sticky>,
 }
 
 impl Target {
     fn new(identity: SpiffeId, endpoints: Vec<String>, states: Vec<Arc<EndpointState>>, policy: MeshPolicy) -> Target {
         let split = (!policy.split.is_empty())
             .then(|| Balancer::new(Strategy::Wrr, policy.split.iter().map(|s| s.weight).collect()));
+        let sticky = policy
+            .sticky
+            .as_ref()
+            .map(|c| berth_common::sticky::Sticky::new(c, &identity.to_string(), endpoints.iter().map(String::as_str)));
         Target {
+            sticky,
             balancer: Balancer::new(Strategy::P2c, vec![1; endpoints.len()]),
             identity,
             endpoints,
@@ -670,9 +677,15 @@ impl Outbound {
             span: &*span,
             entry,
         };
-        let endpoints = Balanced {
+        // The callee's sticky cookie: its task, tried first while it is healthy.
+        let sticky_to = target.sticky.as_ref().and_then(|s| s.preferred(&trip.headers));
+        let balanced = Balanced {
             balancer: &target.balancer,
             states: &target.states,
+        };
+        let endpoints = forward::Preferring {
+            inner: &balanced,
+            first: sticky_to,
         };
         let answer = match forward::forward(&mut trip, &endpoints, &policy, body).await {
             Ok(a) => a,
@@ -688,6 +701,13 @@ impl Outbound {
         };
         let (mut rparts, rbody) = answer.response.into_parts();
         remove_hop_by_hop(&mut rparts.headers);
+        if let Some(sticky) = &target.sticky
+            && answer.failure.is_none()
+            && sticky_to != Some(answer.endpoint)
+            && let Some(cookie) = sticky.set_cookie(answer.endpoint)
+        {
+            rparts.headers.append(header::SET_COOKIE, cookie);
+        }
         let rbody = boxed(rbody);
         let cspan = answer.attempt;
         let rbody = if answer.failure.is_none() && cspan.is_recording() {

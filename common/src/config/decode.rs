@@ -51,6 +51,20 @@ pub fn decode(root: &Node, mode: Mode, prefix: &str, diags: &mut Vec<Diagnostic>
     cfg
 }
 
+/// `sticky` (`true`, or `cookie.*`) as a label gives it, for the mesh's own labels
+/// (`berth.mesh.sticky.cookie.*`): `Err` when a value is bad (the diagnostics say which).
+pub(crate) fn sticky_from_labels(
+    node: &Node,
+    path: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Result<Option<StickyCookie>, ()> {
+    Decoder {
+        mode: Mode::Labels,
+        diags,
+    }
+    .sticky(node, path)
+}
+
 struct Decoder<'a> {
     mode: Mode,
     diags: &'a mut Vec<Diagnostic>,

@@ -14,6 +14,7 @@ mod model;
 // from a tree too); what other crates need of them is offered here.
 pub use crate::duration::parse_duration;
 pub use crate::tree::{Node, parse_bool};
+pub(crate) use decode::sticky_from_labels;
 pub use decode::{Mode, decode, parse_file, parse_tree};
 pub use model::*;
 

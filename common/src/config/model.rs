@@ -262,9 +262,10 @@ pub struct LoadBalancerConfig {
     pub servers_transport: Option<String>,
 }
 
-/// `loadBalancer.sticky.cookie`, as Traefik spells it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+/// `loadBalancer.sticky.cookie`, as Traefik spells it (also sent to sidecars in a mesh
+/// service's policy, hence `Deserialize`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct StickyCookie {
     /// Unset: a name derived from the service's (Traefik's `_` and 6 hex digits).
     pub name: Option<String>,
@@ -279,7 +280,7 @@ pub struct StickyCookie {
 }
 
 /// A cookie's `SameSite` attribute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SameSite {
     None,

@@ -1,7 +1,8 @@
 //! The east-west routing labels a service puts on its own tasks: `berth.mesh.weighted.*`
 //! (a canary split, Traefik's weighted syntax over mesh names), `berth.mesh.retry.*` (the
-//! retry middleware's options), `berth.mesh.timeout` and `berth.mesh.failover` (another
-//! mesh service that takes the calls while this one has no healthy task). They become the
+//! retry middleware's options), `berth.mesh.timeout`, `berth.mesh.failover` (another
+//! mesh service that takes the calls while this one has no healthy task) and
+//! `berth.mesh.sticky.cookie.*` (Traefik's sticky cookie, per task). They become the
 //! [`MeshPolicy`] that every caller's sidecar applies to calls to the service, as App
 //! Mesh's virtual routers did. Each part is checked on its own: a bad value disables the
 //! part it configures, with a diagnostic, and leaves the rest.
@@ -51,6 +52,10 @@ pub(super) fn policy(pairs: &[(&str, &str)], prefix: &str, diags: &mut Vec<Diagn
                     format!("{e}; the service's own tasks take every call"),
                 )),
             },
+            "sticky" => match crate::config::sticky_from_labels(node, &label, diags) {
+                Ok(cookie) => policy.sticky = cookie,
+                Err(()) => diags.push(Diagnostic::error(label, "calls to the service are not sticky")),
+            },
             "failover" => match node {
                 Node::Leaf(name) if super::valid_mesh_name(name.trim()) && !name.contains('@') => {
                     policy.failover = Some(name.trim().to_string())
@@ -62,7 +67,7 @@ pub(super) fn policy(pairs: &[(&str, &str)], prefix: &str, diags: &mut Vec<Diagn
             },
             _ => diags.push(Diagnostic::error(
                 label,
-                "unknown mesh option (name, allow, weighted, retry, timeout, failover)",
+                "unknown mesh option (name, allow, weighted, retry, timeout, failover, sticky)",
             )),
         }
     }

@@ -186,6 +186,7 @@ pub fn parse(labels: &BTreeMap<String, String>) -> (ContainerLabels, Vec<Diagnos
         own.retry = own.retry.take().or(p.retry);
         own.timeout_ms = own.timeout_ms.or(p.timeout_ms);
         own.failover = own.failover.take().or(p.failover);
+        own.sticky = own.sticky.take().or(p.sticky);
     }
     // Decode each prefix's keys so diagnostics name the key as the user wrote it.
     for prefix in PREFIXES {

@@ -823,6 +823,16 @@ fn a_split_a_retry_and_a_timeout_are_read_in_traefik_syntax() {
         c.mesh.policy.routed_targets("orders").collect::<Vec<_>>(),
         vec!["orders-dr"]
     );
+    let (c, diags) = parse(&labels(&[
+        ("berth.mesh.sticky.cookie.name", "cart"),
+        ("berth.mesh.sticky.cookie.secure", "true"),
+    ]));
+    assert!(diags.is_empty(), "{diags:?}");
+    let sticky = c.mesh.policy.sticky.as_ref().unwrap();
+    assert_eq!((sticky.name.as_deref(), sticky.secure), (Some("cart"), true));
+    let (c, diags) = parse(&labels(&[("berth.mesh.sticky.cookie.maxAge", "soon")]));
+    assert_eq!(c.mesh.policy.sticky, None);
+    assert!(diags.iter().any(|d| d.message.contains("not sticky")), "{diags:?}");
     for bad in ["orders-dr@file", "", "a b"] {
         let (c, diags) = parse(&labels(&[("berth.mesh.failover", bad)]));
         assert_eq!(c.mesh.policy.failover, None, "{bad}");

@@ -223,24 +223,36 @@ async fn call(app: &App, query: &str, incoming: &http::HeaderMap) -> Response<Fu
             .header(http::header::HOST, host)
             .body(http_body_util::Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;
-        for name in TRACE_HEADERS {
+        // The trace context, and the caller's cookies both ways (as a web front end that
+        // keeps its users' sessions with the services it calls).
+        for name in TRACE_HEADERS.iter().copied().chain(["cookie"]) {
             if let Some(v) = incoming.get(name) {
                 req.headers_mut().insert(name, v.clone());
             }
         }
         let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
+        let cookies: Vec<http::HeaderValue> = resp
+            .headers()
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .cloned()
+            .collect();
         let body = http_body_util::BodyExt::collect(resp.into_body())
             .await
             .map_err(|e| e.to_string())?
             .to_bytes();
-        Ok::<_, String>((status, body))
+        Ok::<_, String>((status, cookies, body))
     };
     match tokio::time::timeout(Duration::from_secs(30), result).await {
-        Ok(Ok((status, body))) => {
+        Ok(Ok((status, cookies, body))) => {
             let mut out = format!("{} called {url}: {status}\n", app.name).into_bytes();
             out.extend_from_slice(&body);
-            text(status, out)
+            let mut resp = text(status, out);
+            for c in cookies {
+                resp.headers_mut().append(http::header::SET_COOKIE, c);
+            }
+            resp
         }
         Ok(Err(e)) => text(
             StatusCode::BAD_GATEWAY,
