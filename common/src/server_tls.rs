@@ -47,8 +47,6 @@ pub struct TlsOptions {
     pub sni_strict: bool,
     alpn: Vec<Vec<u8>>,
     session_tickets: bool,
-    /// `cipherSuites` given: their order is the server's preference.
-    server_order: bool,
 }
 
 /// Go's TLS 1.2 suites that rustls implements, with their IANA numbers.
@@ -124,7 +122,6 @@ impl TlsOptions {
                 sni_strict: false,
                 alpn: default_alpn(),
                 session_tickets: true,
-                server_order: false,
             },
         }
     }
@@ -228,7 +225,6 @@ impl TlsOptions {
                 None => default_alpn(),
             },
             session_tickets: !cfg.disable_session_tickets,
-            server_order: cfg.cipher_suites.is_some(),
         };
         // What rustls would refuse (no suite for the versions left) is found now.
         let probe: Arc<dyn ResolvesServerCert> = Arc::new(rustls::server::ResolvesServerCertUsingSni::new());
@@ -257,7 +253,6 @@ impl TlsOptions {
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(certs);
         cfg.alpn_protocols = self.alpn.clone();
-        cfg.ignore_client_order = self.server_order;
         if !self.session_tickets {
             cfg.send_tls13_tickets = 0;
             cfg.session_storage = Arc::new(NoServerSessionStorage {});

@@ -58,6 +58,13 @@ impl Sticky {
         }
     }
 
+    /// Without Traefik v2's cookies that hold the address itself (the mesh has no v2
+    /// cookies to honour, and a client could otherwise try addresses).
+    pub fn hashed_only(mut self) -> Sticky {
+        self.urls.clear();
+        self
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

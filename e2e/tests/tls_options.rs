@@ -285,7 +285,11 @@ async fn versions_suites_alpn_and_strict_sni_follow_the_options_of_the_host() {
     let app = Backend::start("app", Proto::Http1).await;
     // `fallback`: the default certificate, served for names no certificate matches,
     // unless strict.
-    let dir = pki(&["modern.test", "old.test", "plain.test"], "unused", "fallback");
+    let dir = pki(
+        &["modern.test", "old.test", "plain.test", "brokendb.test"],
+        "unused",
+        "fallback",
+    );
     let p = |f: &str| dir.join(f).display().to_string();
     let yaml = format!(
         r#"http:
@@ -322,6 +326,7 @@ async fn versions_suites_alpn_and_strict_sni_follow_the_options_of_the_host() {
 tcp:
   routers:
     db: {{ rule: "HostSNI(`db.test`)", service: db, tls: {{}} }}
+    brokendb: {{ rule: "HostSNI(`brokendb.test`)", service: db, tls: {{ options: broken }} }}
   services:
     db: {{ loadBalancer: {{ servers: [ {{ address: "127.0.0.1:1" }} ] }} }}
 "#,
@@ -402,6 +407,10 @@ tcp:
     assert!(!out.contains("New, TLS"), "{out}");
     // A TCP router terminating TLS has the default options too: strict here.
     let out = s_client(port, &["-servername", "db.test", "-CAfile", &ca]).await;
+    assert!(!out.contains("New, TLS"), "{out}");
+    // A TCP router whose options are broken closes its connections (a certificate for
+    // the name exists, and HTTP's default options would take them otherwise).
+    let out = s_client(port, &["-servername", "brokendb.test", "-CAfile", &ca]).await;
     assert!(!out.contains("New, TLS"), "{out}");
     let out = s_client(port, &["-servername", "lax.test", "-CAfile", &ca]).await;
     assert!(

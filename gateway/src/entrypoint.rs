@@ -275,6 +275,10 @@ impl Entrypoint {
             let view = crate::tcp::view(hello.as_ref(), peer);
             if let Some(router) = crate::tcp::find(&snap, &self.name, is_tls, &view) {
                 let ctx = self.tcp_ctx();
+                if router.refuse_tls {
+                    tracing::debug!(entrypoint = %self.name, %peer, router = %router.name, "TLS options broken: connection closed");
+                    return ctx.metrics.tcp(&router.name, "tls_failed");
+                }
                 if router.tls_passthrough == Some(false) {
                     // Terminate TLS here with the router's options, then forward the
                     // plaintext.

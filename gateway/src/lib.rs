@@ -219,7 +219,13 @@ impl Gateway {
                 .entrypoints
                 .iter()
                 .filter(|e| e.tls_routers)
-                .filter_map(|e| e.tls_options.clone().map(|o| (e.name.clone(), o)))
+                .map(|e| {
+                    let options = e.tls_options.clone();
+                    (
+                        e.name.clone(),
+                        options.unwrap_or_else(|| berth_common::server_tls::DEFAULT_OPTIONS.into()),
+                    )
+                })
                 .collect(),
             default_rule_syntax: cfg.default_rule_syntax,
             proxy: proxy.clone(),

@@ -82,7 +82,7 @@ pub(crate) fn find<'a>(
 ) -> Option<&'a TcpRouterEntry> {
     snap.tcp_routers
         .iter()
-        .filter(|r| r.status == Status::Enabled && r.entry_points.iter().any(|e| e == entrypoint))
+        .filter(|r| (r.status == Status::Enabled || r.refuse_tls) && r.entry_points.iter().any(|e| e == entrypoint))
         .filter(|r| r.tls_passthrough.is_some() == tls)
         .find(|r| r.rule.as_ref().is_some_and(|rule| rule.matches(view)))
 }

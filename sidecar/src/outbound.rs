@@ -165,10 +165,10 @@ impl Target {
     fn new(identity: SpiffeId, endpoints: Vec<String>, states: Vec<Arc<EndpointState>>, policy: MeshPolicy) -> Target {
         let split = (!policy.split.is_empty())
             .then(|| Balancer::new(Strategy::Wrr, policy.split.iter().map(|s| s.weight).collect()));
-        let sticky = policy
-            .sticky
-            .as_ref()
-            .map(|c| berth_common::sticky::Sticky::new(c, &identity.to_string(), endpoints.iter().map(String::as_str)));
+        let sticky = policy.sticky.as_ref().map(|c| {
+            berth_common::sticky::Sticky::new(c, &identity.to_string(), endpoints.iter().map(String::as_str))
+                .hashed_only()
+        });
         Target {
             sticky,
             balancer: Balancer::new(Strategy::P2c, vec![1; endpoints.len()]),

@@ -301,7 +301,7 @@ impl Decoder<'_> {
                 "peercerturi" => t.peer_cert_uri = self.string(child, &p).filter(|s| !s.is_empty()),
                 "minversion" => t.min_version = self.string(child, &p).filter(|s| !s.is_empty()),
                 "maxversion" => t.max_version = self.string(child, &p).filter(|s| !s.is_empty()),
-                "ciphersuites" => t.cipher_suites = Some(self.list(child, &p)),
+                "ciphersuites" => t.cipher_suites = Some(self.list(child, &p)).filter(|l| !l.is_empty()),
                 "peercertsans" | "spiffe" => {
                     let why =
                         format!("{p}: not implemented by Berth; the services naming this transport are not served");
@@ -1046,7 +1046,8 @@ impl Decoder<'_> {
             match key.to_ascii_lowercase().as_str() {
                 "minversion" => o.min_version = self.string(child, &p).filter(|s| !s.is_empty()),
                 "maxversion" => o.max_version = self.string(child, &p).filter(|s| !s.is_empty()),
-                "ciphersuites" => o.cipher_suites = Some(self.list(child, &p)),
+                // An empty list is Go's default, as an absent one.
+                "ciphersuites" => o.cipher_suites = Some(self.list(child, &p)).filter(|l| !l.is_empty()),
                 "curvepreferences" => o.curve_preferences = Some(self.list(child, &p)),
                 "snistrict" => o.sni_strict = self.bool(child, &p).unwrap_or(false),
                 "alpnprotocols" => o.alpn_protocols = Some(self.list(child, &p)),

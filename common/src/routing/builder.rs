@@ -1011,23 +1011,30 @@ fn build_tcp(views: &[ProviderView], opts: &BuildOptions, snap: &mut Snapshot) {
                 _ => crate::server_tls::DEFAULT_OPTIONS.to_string(),
             };
             let mut tls_options_spec = None;
+            let mut refuse_tls = false;
             if let Some(t) = &r.tls {
                 match snap.tls_options.iter_mut().find(|o| o.name == tls_options) {
                     _ if t.passthrough && tls_options != crate::server_tls::DEFAULT_OPTIONS => errors.push(format!(
                         "tls.options `{tls_options}` cannot be applied with passthrough (the gateway does not terminate TLS); the router is not served (fail closed)"
                     )),
-                    None => errors.push(format!(
-                        "tls.options `{tls_options}` do not exist; the router is not served (fail closed)"
-                    )),
+                    None => {
+                        refuse_tls = true;
+                        errors.push(format!(
+                            "tls.options `{tls_options}` do not exist; the router is not served and its connections are closed (fail closed)"
+                        ))
+                    }
                     Some(o) => {
                         if !t.passthrough {
                             o.used_by.push(qname.clone());
                         }
                         match &o.spec {
                             Some(spec) => tls_options_spec = Some(spec.clone()),
-                            None => errors.push(format!(
-                                "tls.options `{tls_options}` are broken; the router is not served (fail closed)"
-                            )),
+                            None => {
+                                refuse_tls = true;
+                                errors.push(format!(
+                                    "tls.options `{tls_options}` are broken; the router is not served and its connections are closed (fail closed)"
+                                ))
+                            }
                         }
                     }
                 }
@@ -1088,6 +1095,7 @@ fn build_tcp(views: &[ProviderView], opts: &BuildOptions, snap: &mut Snapshot) {
                 service_index,
                 tls_passthrough: r.tls.as_ref().map(|t| t.passthrough),
                 tls_options_spec,
+                refuse_tls,
                 middlewares,
                 middleware_specs,
                 status: if fatal || entry_points.is_empty() {

@@ -199,6 +199,10 @@ pub struct TcpRouterEntry {
     pub tls_passthrough: Option<bool>,
     /// The `tls.options` a terminating router's handshakes are made with.
     pub tls_options_spec: Option<std::sync::Arc<crate::server_tls::TlsOptions>>,
+    /// A terminating router whose options are missing or broken: not served, but its
+    /// connections are still matched, and closed (Traefik's closing route), so they
+    /// never reach another router without the options it asked for.
+    pub refuse_tls: bool,
     /// As written (qualified), and ready to run, in order.
     pub middlewares: Vec<String>,
     pub middleware_specs: Vec<std::sync::Arc<crate::middleware::tcp::TcpSpec>>,
@@ -232,9 +236,9 @@ pub struct TcpServiceEntry {
 impl Snapshot {
     /// The TCP routers enabled on `entrypoint`, highest priority first.
     pub fn tcp_routers_on<'a>(&'a self, entrypoint: &'a str) -> impl Iterator<Item = &'a TcpRouterEntry> + 'a {
-        self.tcp_routers
-            .iter()
-            .filter(move |r| r.status == Status::Enabled && r.entry_points.iter().any(|e| e == entrypoint))
+        self.tcp_routers.iter().filter(move |r| {
+            (r.status == Status::Enabled || r.refuse_tls) && r.entry_points.iter().any(|e| e == entrypoint)
+        })
     }
 
     /// The highest-priority enabled router matching the request, on this entrypoint

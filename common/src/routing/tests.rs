@@ -572,6 +572,7 @@ http:
     inherits: { rule: "Host(`a.test`)", service: s, entryPoints: [secure] }
     own: { rule: "Host(`b.test`)", service: s, entryPoints: [secure], tls: {} }
     torn: { rule: "Host(`c.test`)", service: s, entryPoints: [secure, other] }
+    half: { rule: "Host(`d.test`)", service: s, entryPoints: [secure, third] }
   services:
     s: { loadBalancer: { servers: [ { url: "http://127.0.0.1:1" } ] } }
 tls:
@@ -580,11 +581,12 @@ tls:
     modern: { minVersion: VersionTLS13 }
 "#;
     let o = BuildOptions {
-        entrypoints: vec!["secure".into(), "other".into()],
-        tls_entrypoints: vec!["secure".into(), "other".into()],
+        entrypoints: vec!["secure".into(), "other".into(), "third".into()],
+        tls_entrypoints: vec!["secure".into(), "other".into(), "third".into()],
         entrypoint_tls_options: vec![
             ("secure".into(), "mtls@file".into()),
             ("other".into(), "modern@file".into()),
+            ("third".into(), "default".into()),
         ],
         ..opts()
     };
@@ -594,6 +596,11 @@ tls:
     assert_eq!(r("own@file").tls_options, "default", "its own tls wins");
     assert_eq!(r("torn@file").status, Status::Disabled);
     assert!(r("torn@file").errors[0].contains("different TLS options"));
+    assert_eq!(
+        r("half@file").status,
+        Status::Disabled,
+        "mtls on one, the default on the other"
+    );
     assert_eq!(
         s.tls_options_for("secure", Some("a.test")).map(|o| o.name.as_str()),
         Some("mtls@file")

@@ -74,12 +74,12 @@ impl Proxy {
         drop(result);
         let routes = self.routes();
         let depth = berth_common::routing::MAX_WEIGHTED_DEPTH;
-        let Some(svc) = routes
+        let up = routes
             .services
-            .get(*fallback)
-            .filter(|_| routes.is_up(*fallback, depth))
-            .cloned()
-        else {
+            .iter()
+            .position(|s| s.name == *fallback)
+            .filter(|&i| routes.is_up(i, depth));
+        let Some(svc) = up.and_then(|i| routes.services.get(i)).cloned() else {
             return Err(ProxyError::NoEndpoint(plan.target.name.clone()));
         };
         let leaf = super::weighted_leaf(&routes, svc, &kept.headers, depth)?;

@@ -97,9 +97,10 @@ struct Leaf {
     /// Load-balancer services that get a copy, with whether the body goes too and how
     /// large it may be.
     mirrors: Vec<(Arc<router::ServiceRuntime>, bool, u64)>,
-    /// A failover with `errors` chose its main service: the fallback (its index in
-    /// `Routes::services`) that answers instead when the main's answer is listed.
-    on_status: Option<(usize, Arc<FailoverErrors>)>,
+    /// A failover with `errors` chose its main service: the fallback (by name: the
+    /// routes may be replaced before it is needed) that answers instead when the main's
+    /// answer is listed.
+    on_status: Option<(String, Arc<FailoverErrors>)>,
 }
 
 /// A request kept whole, so that it can be sent again (`buffering`'s `retryExpression`,
@@ -139,7 +140,7 @@ impl Replay {
 struct Plan<'a> {
     conn: &'a ConnInfo,
     target: &'a router::ServiceRuntime,
-    on_status: Option<&'a (usize, Arc<FailoverErrors>)>,
+    on_status: Option<&'a (String, Arc<FailoverErrors>)>,
     /// The request kept whole, for the fallback of a failover with `errors`.
     kept: Option<&'a Replay>,
     retry: Option<berth_common::middleware::limit::Retry>,
@@ -203,9 +204,12 @@ fn weighted_leaf(
         // The innermost failover with `errors` that chose its main service decides.
         if w.failover
             && pick == 0
-            && let (Some(errors), Some(&fallback)) = (&w.failover_errors, w.children.get(1))
+            && let (Some(errors), Some(fallback)) = (
+                &w.failover_errors,
+                w.children.get(1).and_then(|&c| routes.services.get(c)),
+            )
         {
-            on_status = Some((fallback, errors.clone()));
+            on_status = Some((fallback.name.clone(), errors.clone()));
         }
         let Some(child) = w.children.get(pick).and_then(|&c| routes.services.get(c)).cloned() else {
             return Err(ProxyError::NoEndpoint(svc.name.clone()));

@@ -759,7 +759,7 @@ fn resolve_mesh_names(claims: Vec<MeshClaim>, diags: &mut Vec<Diagnostic>) -> BT
                     Diagnostic::warning(
                         "berth.mesh",
                         format!(
-                            "the tasks of {chosen} disagree on their berth.mesh.weighted/retry/timeout labels \
+                            "the tasks of {chosen} disagree on their berth.mesh.weighted/retry/timeout/failover/sticky labels \
                              (a deployment under way?): calls to {name} use the defaults until they agree"
                         ),
                     )
