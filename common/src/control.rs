@@ -192,6 +192,9 @@ pub struct MeshRetry {
     pub grpc_codes: Vec<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grpc_methods: Vec<String>,
+    /// Answers with these statuses go again (bodyless idempotent calls).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statuses: Vec<(u16, u16)>,
 }
 
 impl MeshRetry {
@@ -201,6 +204,7 @@ impl MeshRetry {
             initial_interval_ms: u64::try_from(r.initial_interval.as_millis()).unwrap_or(u64::MAX),
             grpc_codes: r.grpc_codes.clone(),
             grpc_methods: r.grpc_methods.clone(),
+            statuses: r.statuses.clone(),
         }
     }
 
@@ -210,6 +214,8 @@ impl MeshRetry {
             initial_interval: std::time::Duration::from_millis(self.initial_interval_ms),
             grpc_codes: self.grpc_codes.clone(),
             grpc_methods: self.grpc_methods.clone(),
+            statuses: self.statuses.iter().take(256).copied().collect(),
+            ..Default::default()
         }
     }
 }

@@ -39,6 +39,7 @@ fn definitions() -> PathBuf {
                 "berth.mesh.weighted.services[1].weight": "1",
                 "berth.mesh.retry.attempts": "3",
                 "berth.mesh.retry.initialInterval": "10ms",
+                "berth.mesh.retry.status": "503",
                 "berth.mesh.timeout": "400ms",
             }),
         ),
@@ -204,6 +205,16 @@ async fn splits_retries_and_timeouts_follow_the_callees_labels() {
     assert!(retried >= 1, "the hung task was tried and given up on");
     assert!(slowest < Duration::from_millis(2500), "{slowest:?}");
     let _ = http1(hung_app, get("orders", "/delay/set?ms=0")).await;
+
+    // retry.status: an answer of 503 goes again, to the three attempts the label allows.
+    let before = retries().await;
+    let (r, _) = call("http://orders/status/503").await;
+    assert!(r.body.contains(": 503"), "{}", r.body);
+    assert_eq!(retries().await - before, 2, "three attempts in all");
+    let before = retries().await;
+    let (r, _) = call("http://orders/status/500").await;
+    assert!(r.body.contains(": 500"), "{}", r.body);
+    assert_eq!(retries().await - before, 0, "500 is not listed");
 
     // catalog's sticky cookie: a caller without it is balanced over both tasks and told
     // which one answered (by a hash, not its address); with it, it stays on that task.

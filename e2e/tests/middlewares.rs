@@ -914,3 +914,100 @@ async fn grpc_web_calls_reach_a_grpc_server() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(backend.request_count(), 1);
 }
+
+/// Traefik 3.7's retry options: `status` sends an answer with a listed status again
+/// (idempotent requests, or any with `retryNonIdempotentMethod`, the body kept up to
+/// `maxRequestBodyBytes`); `disableRetryOnNetworkError` keeps a refused connection from
+/// going again.
+#[tokio::test]
+async fn retry_on_statuses_as_traefik_3_7() {
+    let app = Backend::start("app", Proto::Http1).await;
+    // Two servers that accept and close at once (a broken connection), counting.
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut slammers = Vec::new();
+    for _ in 0..2 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        slammers.push(format!("http://{}", l.local_addr().unwrap()));
+        let n = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(s);
+            }
+        });
+    }
+    let yaml = format!(
+        r#"http:
+  routers:
+    get: {{ rule: "Host(`get.test`)", service: app, middlewares: [on-503] }}
+    any: {{ rule: "Host(`any.test`)", service: app, middlewares: [on-503-any] }}
+    net: {{ rule: "Host(`net.test`)", service: pair, middlewares: [status-only] }}
+    net2: {{ rule: "Host(`net2.test`)", service: pair2, middlewares: [on-503] }}
+  middlewares:
+    on-503: {{ retry: {{ attempts: 3, status: ["503"] }} }}
+    on-503-any: {{ retry: {{ attempts: 3, status: ["500-503"], retryNonIdempotentMethod: true, maxRequestBodyBytes: 16 }} }}
+    status-only: {{ retry: {{ attempts: 3, status: ["503"], disableRetryOnNetworkError: true }} }}
+  services:
+{app}{pair}{pair2}"#,
+        app = service("app", &[app.url()], ""),
+        pair = service("pair", &slammers, ""),
+        pair2 = service("pair2", &slammers, ""),
+    );
+    let gw = start(&yaml, &[]).await;
+    let post = |host: &str, body: &'static str| {
+        Request::builder()
+            .method("POST")
+            .uri("/status/503")
+            .header("host", host)
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    };
+    let count = |before: usize| app.request_count() - before;
+
+    // GET: three attempts; POST (not idempotent): one.
+    let before = app.request_count();
+    assert_eq!(
+        http1(gw.web(), get("get.test", "/status/503")).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(count(before), 3);
+    let before = app.request_count();
+    assert_eq!(
+        http1(gw.web(), post("get.test", "body")).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(count(before), 1, "POST is not retried on its status");
+    // An answer not listed is not retried.
+    let before = app.request_count();
+    assert_eq!(
+        http1(gw.web(), get("get.test", "/status/500")).await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(count(before), 1);
+
+    // retryNonIdempotentMethod: a POST goes three times, with its body each time; over
+    // maxRequestBodyBytes it goes once.
+    let before = app.request_count();
+    assert_eq!(
+        http1(gw.web(), post("any.test", "payload")).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let seen = app.requests();
+    assert_eq!(seen.len() - before, 3);
+    assert!(seen[before..].iter().all(|s| s.body == "payload"), "the body each time");
+    let before = app.request_count();
+    let r = http1(gw.web(), post("any.test", "more than sixteen bytes")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(count(before), 1, "a body over maxRequestBodyBytes is not retried");
+
+    // disableRetryOnNetworkError: the refused server's 502 is the answer; the other server
+    // still answers the requests the balancer gives it.
+    let mut statuses = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        statuses.insert(http1(gw.web(), get("net.test", "/")).await.status.as_u16());
+    }
+    assert!(
+        statuses.contains(&502),
+        "a refused connection is not retried: {statuses:?}"
+    );
+}

@@ -134,9 +134,11 @@ impl OutboundError {
             },
             Failure::Client(fault) => OutboundError::ClientBody(fault),
             Failure::Unsendable { .. } => OutboundError::BadName(name.into()),
-            Failure::NoEndpoint | Failure::AppUnreachable { .. } | Failure::GrpcStatus { .. } | Failure::Deadline => {
-                OutboundError::NoEndpoint(name.into())
-            }
+            Failure::NoEndpoint
+            | Failure::AppUnreachable { .. }
+            | Failure::GrpcStatus { .. }
+            | Failure::Status { .. }
+            | Failure::Deadline => OutboundError::NoEndpoint(name.into()),
         }
     }
 
@@ -639,7 +641,10 @@ impl Outbound {
                 timeout: true,
                 app_unreachable: true,
                 grpc_codes: retry.as_ref().map(|r| r.grpc_codes.clone()).unwrap_or_default(),
+                // Status retries east-west: calls sent again anyway (bodyless idempotent).
+                statuses: retry.as_ref().map(|r| r.statuses.clone()).unwrap_or_default(),
             },
+            retry_deadline: None,
             backoff: retry.as_ref().map(|r| r.initial_interval),
             revisit: retry.is_some(),
             response_timeout: Some(

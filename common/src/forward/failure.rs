@@ -29,6 +29,9 @@ pub enum Failure {
     /// A gRPC call answered trailers-only with a code the policy retries.
     #[error("gRPC status {code}")]
     GrpcStatus { endpoint: usize, code: u32 },
+    /// An answer with a status the policy retries (the retry middleware's `status`).
+    #[error("answered {status}")]
+    Status { endpoint: usize, status: u16 },
     /// The gRPC call's own deadline (`grpc-timeout`) passed: the caller's budget ran out,
     /// the endpoint is not to blame.
     #[error("the gRPC deadline passed")]
@@ -85,6 +88,7 @@ impl Failure {
             Failure::Timeout { .. } => on.timeout,
             Failure::AppUnreachable { .. } => on.app_unreachable,
             Failure::GrpcStatus { code, .. } => on.grpc_codes.contains(code),
+            Failure::Status { status, .. } => on.statuses.iter().any(|(a, b)| (*a..=*b).contains(status)),
             Failure::NoEndpoint | Failure::Deadline | Failure::Client(_) | Failure::Unsendable { .. } => false,
         }
     }
@@ -106,6 +110,7 @@ impl Failure {
             | Failure::Timeout { endpoint, .. }
             | Failure::AppUnreachable { endpoint }
             | Failure::GrpcStatus { endpoint, .. }
+            | Failure::Status { endpoint, .. }
             | Failure::Unsendable { endpoint, .. } => Some(*endpoint),
             Failure::NoEndpoint | Failure::Deadline | Failure::Client(_) => None,
         }
@@ -120,6 +125,7 @@ impl Failure {
             Failure::Timeout { .. } => "timeout",
             Failure::AppUnreachable { .. } => "app_unreachable",
             Failure::GrpcStatus { .. } => "grpc_status",
+            Failure::Status { .. } => "status",
             Failure::Deadline => "deadline_exceeded",
             Failure::Client(ClientFault::TooLarge) => "body_too_large",
             Failure::Client(ClientFault::ReadTimeout) => "request_timeout",

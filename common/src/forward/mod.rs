@@ -47,6 +47,8 @@ pub struct Policy {
     pub response_timeout: Option<Duration>,
     /// The gRPC call's deadline (`grpc-timeout`), for all attempts together.
     pub grpc_deadline: Option<tokio::time::Instant>,
+    /// No attempt after the first starts past this (the retry middleware's `timeout`).
+    pub retry_deadline: Option<Instant>,
 }
 
 /// Which failures may go to another attempt (when the request can be sent again and
@@ -61,6 +63,9 @@ pub struct RetryOn {
     /// gRPC codes that go elsewhere, when answered before any message (trailers-only) to
     /// a call whose body was kept.
     pub grpc_codes: Vec<u32>,
+    /// Answer statuses that go again (inclusive ranges), for a request that may be sent
+    /// again.
+    pub statuses: Vec<(u16, u16)>,
 }
 
 /// The request body, once or kept to be sent again.
@@ -247,7 +252,7 @@ where
         }
         attempts += 1;
         tried.push(i);
-        let again = policy.resendable && attempts < max;
+        let again = policy.resendable && attempts < max && policy.retry_deadline.is_none_or(|d| Instant::now() < d);
         let body = match &replay {
             Some(bytes) => full(bytes.clone()),
             None => once.take().unwrap_or_else(empty),
@@ -318,6 +323,18 @@ where
             && policy.retry.grpc_codes.contains(&code)
         {
             Some(Failure::GrpcStatus { endpoint: i, code })
+        } else if again
+            && policy
+                .retry
+                .statuses
+                .iter()
+                .any(|(a, b)| (*a..=*b).contains(&response.status().as_u16()))
+            && policy.retry_deadline.is_none_or(|d| Instant::now() < d)
+        {
+            Some(Failure::Status {
+                endpoint: i,
+                status: response.status().as_u16(),
+            })
         } else {
             None
         };

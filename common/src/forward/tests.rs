@@ -424,6 +424,7 @@ fn failures_say_whether_they_eject_and_may_go_again() {
         timeout: true,
         app_unreachable: true,
         grpc_codes: vec![14],
+        statuses: vec![(502, 504)],
     };
     let cases = [
         (Failure::NoEndpoint, false, false),
@@ -454,6 +455,23 @@ fn failures_say_whether_they_eject_and_may_go_again() {
         (Failure::AppUnreachable { endpoint: 0 }, true, true),
         (Failure::GrpcStatus { endpoint: 0, code: 14 }, true, true),
         (Failure::GrpcStatus { endpoint: 0, code: 13 }, true, false),
+        // An answer is the server's to give: it goes again, without ejecting the server.
+        (
+            Failure::Status {
+                endpoint: 0,
+                status: 503,
+            },
+            false,
+            true,
+        ),
+        (
+            Failure::Status {
+                endpoint: 0,
+                status: 500,
+            },
+            false,
+            false,
+        ),
         (Failure::Deadline, false, false),
         (Failure::Client(ClientFault::Invalid), false, false),
         (

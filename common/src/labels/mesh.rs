@@ -32,6 +32,17 @@ pub(super) fn policy(pairs: &[(&str, &str)], prefix: &str, diags: &mut Vec<Diagn
         let label = format!("{key_prefix}{key}");
         match key.to_ascii_lowercase().as_str() {
             "retry" => match Retry::parse(node) {
+                Ok(r)
+                    if r.timeout.is_some()
+                        || !r.network_errors
+                        || r.non_idempotent
+                        || r.max_body != crate::middleware::limit::RETRY_MAX_BODY =>
+                {
+                    diags.push(Diagnostic::error(
+                        label,
+                        "retry.timeout, disableRetryOnNetworkError, retryNonIdempotentMethod and maxRequestBodyBytes are north-south only; calls to the service are not retried",
+                    ))
+                }
                 Ok(r) => policy.retry = Some(MeshRetry::from_retry(&r)),
                 Err(e) => diags.push(Diagnostic::error(
                     label,

@@ -848,6 +848,10 @@ fn each_bad_part_is_disabled_with_a_diagnostic_and_the_rest_kept() {
             &[("berth.mesh.retry.attempts", "2"), ("berth.mesh.retry.bogus", "1")],
             "berth.mesh.retry",
         ),
+        (
+            &[("berth.mesh.retry.attempts", "2"), ("berth.mesh.retry.timeout", "1s")],
+            "berth.mesh.retry",
+        ),
         (&[("berth.mesh.timeout", "0s")], "berth.mesh.timeout"),
         (&[("berth.mesh.timeout", "2h")], "berth.mesh.timeout"),
         (&[("berth.mesh.timeout", "soon")], "berth.mesh.timeout"),

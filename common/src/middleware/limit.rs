@@ -240,6 +240,37 @@ pub struct Retry {
     pub initial_interval: Duration,
     pub grpc_codes: Vec<u32>,
     pub grpc_methods: Vec<String>,
+    /// `status` (Traefik 3.7): answers with these statuses go again, for requests that
+    /// may be sent again (idempotent, or any with `retryNonIdempotentMethod`).
+    pub statuses: Vec<(u16, u16)>,
+    /// `maxRequestBodyBytes` (2 MiB): the largest body kept for a status retry; a larger
+    /// request is not retried on its status.
+    pub max_body: usize,
+    /// `timeout`: no attempt starts after this long from the first.
+    pub timeout: Option<Duration>,
+    /// `disableRetryOnNetworkError` unset: failures before an answer go again.
+    pub network_errors: bool,
+    /// `retryNonIdempotentMethod`: POST, PATCH and LOCK are retried on their status too.
+    pub non_idempotent: bool,
+}
+
+/// Traefik's `RetryDefaultMaxRequestBodyBytes`.
+pub const RETRY_MAX_BODY: usize = 2 * 1024 * 1024;
+
+impl Default for Retry {
+    fn default() -> Retry {
+        Retry {
+            attempts: 1,
+            initial_interval: Duration::from_millis(100),
+            grpc_codes: vec![crate::grpc::code::UNAVAILABLE],
+            grpc_methods: Vec::new(),
+            statuses: Vec::new(),
+            max_body: RETRY_MAX_BODY,
+            timeout: None,
+            network_errors: true,
+            non_idempotent: false,
+        }
+    }
 }
 
 impl Retry {
@@ -247,7 +278,17 @@ impl Retry {
         let o = Options::new(
             "retry",
             node,
-            &["attempts", "initialInterval", "grpcCodes", "grpcMethods"],
+            &[
+                "attempts",
+                "initialInterval",
+                "grpcCodes",
+                "grpcMethods",
+                "status",
+                "maxRequestBodyBytes",
+                "timeout",
+                "disableRetryOnNetworkError",
+                "retryNonIdempotentMethod",
+            ],
         )?;
         let attempts = o
             .number("attempts")?
@@ -281,12 +322,58 @@ impl Retry {
                 ));
             }
         }
+        let mut statuses = Vec::new();
+        for item in o.list("status")? {
+            for part in item.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                statuses.push(super::errors::range(part).map_err(|e| format!("retry.status: {e}"))?);
+            }
+        }
+        if statuses.len() > 256 {
+            return Err("retry.status: more than 256 ranges".into());
+        }
+        let network_errors = !o.bool("disableRetryOnNetworkError")?;
+        if !network_errors && statuses.is_empty() {
+            // As Traefik: nothing would be retried.
+            return Err("retry: disableRetryOnNetworkError needs status".into());
+        }
+        let max_body = match o.string("maxRequestBodyBytes")?.as_deref().map(str::trim) {
+            None | Some("") => RETRY_MAX_BODY,
+            Some("-1") => super::buffering::MAX_BUFFERED as usize,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n as u64 <= super::buffering::MAX_BUFFERED)
+                .ok_or_else(|| format!("retry.maxRequestBodyBytes: `{v}` is not -1 or a size up to 16 MiB"))?,
+        };
+        let timeout = match o.string("timeout")? {
+            Some(t) if !t.is_empty() => {
+                let d = crate::duration::parse_duration(&t).map_err(|e| format!("retry.timeout: {e}"))?;
+                (!d.is_zero()).then_some(d)
+            }
+            _ => None,
+        };
         Ok(Retry {
             attempts: u32::try_from(attempts).unwrap_or(1),
             initial_interval,
             grpc_codes,
             grpc_methods,
+            statuses,
+            max_body,
+            timeout,
+            network_errors,
+            non_idempotent: o.bool("retryNonIdempotentMethod")?,
         })
+    }
+
+    /// Whether an answer with `status` goes again.
+    pub fn retries_status(&self, status: u16) -> bool {
+        self.statuses.iter().any(|(a, b)| (*a..=*b).contains(&status))
+    }
+
+    /// Whether a request with `method` is retried on its status (Traefik: all but POST,
+    /// PATCH and LOCK, unless `retryNonIdempotentMethod`).
+    pub fn status_retries_method(&self, method: &http::Method) -> bool {
+        !self.statuses.is_empty() && (self.non_idempotent || !matches!(method.as_str(), "POST" | "PATCH" | "LOCK"))
     }
 
     /// May a gRPC call to `path` be sent again?
@@ -421,5 +508,41 @@ mod tests {
         };
         assert_eq!((r.attempts, r.initial_interval), (4, Duration::from_millis(50)));
         assert!(parse("retry", &node(&[("attempts", "0")])).is_err());
+        assert!(r.network_errors && r.statuses.is_empty() && r.max_body == RETRY_MAX_BODY);
+        // Traefik 3.7's options.
+        let Spec::Retry(r) = parse(
+            "retry",
+            &node(&[
+                ("attempts", "3"),
+                ("status", "500-503,429"),
+                ("maxRequestBodyBytes", "1024"),
+                ("timeout", "2s"),
+                ("retryNonIdempotentMethod", "true"),
+            ]),
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.statuses, vec![(500, 503), (429, 429)]);
+        assert_eq!((r.max_body, r.timeout), (1024, Some(Duration::from_secs(2))));
+        assert!(r.retries_status(502) && !r.retries_status(504));
+        assert!(r.status_retries_method(&http::Method::POST));
+        let Spec::Retry(idem) = parse("retry", &node(&[("attempts", "3"), ("status", "503")])).unwrap() else {
+            panic!()
+        };
+        assert!(!idem.status_retries_method(&http::Method::POST));
+        assert!(idem.status_retries_method(&http::Method::PUT));
+        for bad in [
+            &[("attempts", "3"), ("disableRetryOnNetworkError", "true")][..],
+            &[("attempts", "3"), ("status", "5xx")],
+            &[
+                ("attempts", "3"),
+                ("status", "503"),
+                ("maxRequestBodyBytes", "99999999999"),
+            ],
+            &[("attempts", "3"), ("timeout", "soon")],
+        ] {
+            assert!(parse("retry", &node(bad)).is_err(), "{bad:?}");
+        }
     }
 }

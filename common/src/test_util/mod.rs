@@ -301,7 +301,9 @@ pub async fn black_hole() -> (SocketAddr, tokio::task::JoinHandle<()>) {
 
 /// A TCP port on loopback that refuses connections (bound, then closed).
 pub async fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // On a loopback address no other test binds, so that a port freed here is not handed
+    // to another test's listener (the kernel reuses freed ports for `:0`).
+    let l = TcpListener::bind("127.0.0.253:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     drop(l);
     addr

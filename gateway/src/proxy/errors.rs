@@ -43,9 +43,11 @@ impl ProxyError {
         let url = |i: usize| svc.endpoints.get(i).map(|e| e.url.clone()).unwrap_or_default();
         match f {
             // (An answer that was a failure is passed on, not returned as one.)
-            Failure::NoEndpoint | Failure::Deadline | Failure::AppUnreachable { .. } | Failure::GrpcStatus { .. } => {
-                ProxyError::NoEndpoint(svc.name.clone())
-            }
+            Failure::NoEndpoint
+            | Failure::Deadline
+            | Failure::AppUnreachable { .. }
+            | Failure::GrpcStatus { .. }
+            | Failure::Status { .. } => ProxyError::NoEndpoint(svc.name.clone()),
             Failure::Connect { endpoint, reason } | Failure::Unsendable { endpoint, reason } => ProxyError::Connect {
                 endpoint: url(endpoint),
                 reason,

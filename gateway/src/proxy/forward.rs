@@ -121,6 +121,10 @@ impl Proxy {
             .flatten()
             .map(|t| tokio::time::Instant::now() + t);
         let grpc_retry = grpc && retry.as_ref().is_some_and(|r| r.grpc_method_listed(parts.uri.path()));
+        // The retry middleware's `status`: the body is kept (up to its maxRequestBodyBytes)
+        // so that the request can go again.
+        let status_retry =
+            !grpc && upgrade.is_none() && retry.as_ref().is_some_and(|r| r.status_retries_method(&parts.method));
 
         let mut headers = parts.headers;
         // A sticky session's server, tried first while it is healthy.
@@ -150,9 +154,16 @@ impl Proxy {
             Some(l) => from_client(Limited::new(body, usize::try_from(l).unwrap_or(usize::MAX))),
             None => from_client(body),
         };
-        // A gRPC call that may go again is kept (up to forward::REPLAY_LIMIT) to be sent again.
-        let body = if grpc_retry {
-            match forward::buffer(body, forward::REPLAY_LIMIT).await {
+        // A gRPC call that may go again is kept (up to forward::REPLAY_LIMIT) to be sent
+        // again; a request the retry middleware retries on its status, up to its bound
+        // (larger: sent once, not retried on its status, as in Traefik).
+        let keep = match (grpc_retry, status_retry && !bodyless) {
+            (true, _) => Some(forward::REPLAY_LIMIT),
+            (false, true) => retry.as_ref().map(|r| r.max_body),
+            (false, false) => None,
+        };
+        let body = if let Some(keep) = keep {
+            match forward::buffer(body, keep).await {
                 Buffered::Whole(bytes) => RequestBody::Replay(bytes),
                 Buffered::Partial(rest) => RequestBody::Once(rest),
                 Buffered::Failed(e) => {
@@ -172,14 +183,24 @@ impl Proxy {
                 .as_ref()
                 .map(|r| r.attempts as usize)
                 .unwrap_or(MAX_ATTEMPTS.min(svc.endpoints.len())),
-            resendable: (bodyless && upgrade.is_none() && is_idempotent(&parts.method)) || replay,
+            resendable: (bodyless && upgrade.is_none() && is_idempotent(&parts.method))
+                || replay
+                || (bodyless && status_retry),
             retry: RetryOn {
-                connect: true,
-                broken: true,
-                timeout: retry.is_some(),
+                connect: retry.as_ref().is_none_or(|r| r.network_errors),
+                broken: retry.as_ref().is_none_or(|r| r.network_errors),
+                timeout: retry.as_ref().is_some_and(|r| r.network_errors),
                 app_unreachable: true,
                 grpc_codes: retry.as_ref().map(|r| r.grpc_codes.clone()).unwrap_or_default(),
+                statuses: match status_retry {
+                    true => retry.as_ref().map(|r| r.statuses.clone()).unwrap_or_default(),
+                    false => Vec::new(),
+                },
             },
+            retry_deadline: retry
+                .as_ref()
+                .and_then(|r| r.timeout)
+                .map(|t| std::time::Instant::now() + t),
             backoff: retry.as_ref().map(|r| r.initial_interval),
             revisit: retry.is_some(),
             // A transport's responseHeaderTimeout replaces the gateway's (unset: none).
@@ -414,6 +435,11 @@ impl Trip for GatewayTrip<'_> {
                 metrics.upstream_error(service, "app_unreachable");
                 cspan.set(attr::ERROR_TYPE, "app_unreachable");
                 tracing::info!(%service, %endpoint, ?ejected_for, "the sidecar's app is not listening");
+            }
+            Failure::Status { status, .. } => {
+                cspan.set(attr::ERROR_TYPE, "status");
+                metrics.upstream_error(service, "status");
+                tracing::debug!(%service, %endpoint, status, "an answer to retry elsewhere");
             }
             Failure::GrpcStatus { code, .. } => {
                 cspan.set(attr::ERROR_TYPE, "grpc_status");
