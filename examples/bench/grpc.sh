@@ -251,5 +251,8 @@ echo "berth/envoy over the mesh: throughput $(ratio "$(median "${rps[berth-mesh]
   "p99 $(ratio "$(median "${p99[berth-mesh]:-0}")" "$(median "${p99[envoy-mesh]:-0}")")x (lower is better)"
 mesh_bad=$(curl -s "http://$caller:15000/metrics" | awk '/^berth_sidecar_grpc_responses_total.*direction="outbound"/ && !/grpc_status="(0|unknown)"/ {s+=$NF} END {print s+0}')
 echo "caller sidecar's gRPC calls not OK: $mesh_bad"
-if (( mesh_bad > 0 )); then errors=$((errors+1)); fi
+if (( mesh_bad > 0 )); then
+  curl -s "http://$caller:15000/metrics" | grep -E '^berth_sidecar_(grpc_responses|outbound)' >&2 || true
+  errors=$((errors+1))
+fi
 if (( errors > 0 )); then echo "bench: FAILED with $errors errors" >&2; exit 1; fi
