@@ -63,6 +63,12 @@ pub fn use_own_version<B>(resp: &mut http::Response<B>, request: http::Version) 
 }
 
 /// Methods whose requests may be sent twice (RFC 9110 9.2.2).
+/// Whether `status` is in one of the inclusive `ranges` (`errors.status`, `retry.status`,
+/// a failover's `errors.status`).
+pub fn status_in(ranges: &[(u16, u16)], status: u16) -> bool {
+    ranges.iter().any(|(a, b)| (*a..=*b).contains(&status))
+}
+
 pub fn is_idempotent(m: &http::Method) -> bool {
     use http::Method;
     matches!(

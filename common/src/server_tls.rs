@@ -131,31 +131,7 @@ impl TlsOptions {
     pub fn resolve(name: &str, cfg: &TlsOptionsConfig) -> Result<(TlsOptions, Vec<String>), Vec<String>> {
         let mut errors = cfg.refused.clone();
         let mut warnings = Vec::new();
-        let min = match cfg.min_version.as_deref() {
-            None | Some("VersionTLS10" | "VersionTLS11" | "VersionTLS12") => 12,
-            Some("VersionTLS13") => 13,
-            Some(other) => {
-                errors.push(format!("minVersion `{other}`: expected VersionTLS12 or VersionTLS13"));
-                12
-            }
-        };
-        let max = match cfg.max_version.as_deref() {
-            None | Some("VersionTLS13") => 13,
-            Some("VersionTLS12") => 12,
-            Some(v @ ("VersionTLS10" | "VersionTLS11")) => {
-                errors.push(format!(
-                    "maxVersion `{v}`: Berth speaks TLS 1.2 and 1.3 only, so nothing would be left"
-                ));
-                13
-            }
-            Some(other) => {
-                errors.push(format!("maxVersion `{other}`: expected VersionTLS12 or VersionTLS13"));
-                13
-            }
-        };
-        if min > max {
-            errors.push("minVersion is above maxVersion".into());
-        }
+        let (min, max) = versions(cfg.min_version.as_deref(), cfg.max_version.as_deref(), &mut errors);
         let mut versions: Vec<&'static SupportedProtocolVersion> = Vec::new();
         if max >= 13 {
             versions.push(&rustls::version::TLS13);
@@ -319,6 +295,38 @@ pub(crate) fn cipher_suites(
         suites.extend(all.iter().filter(|s| u16::from(s.suite()) == *id).copied());
     }
     suites
+}
+
+/// Go's `minVersion` and `maxVersion` as TLS minor versions (12, 13), unset meaning
+/// 1.2 to 1.3: an older minimum is met (rustls speaks nothing older), an older maximum
+/// would leave nothing. Shared with `serversTransports`.
+pub(crate) fn versions(min: Option<&str>, max: Option<&str>, errors: &mut Vec<String>) -> (u8, u8) {
+    let min = match min {
+        None | Some("VersionTLS10" | "VersionTLS11" | "VersionTLS12") => 12,
+        Some("VersionTLS13") => 13,
+        Some(other) => {
+            errors.push(format!("minVersion `{other}`: expected VersionTLS12 or VersionTLS13"));
+            12
+        }
+    };
+    let max = match max {
+        None | Some("VersionTLS13") => 13,
+        Some("VersionTLS12") => 12,
+        Some(v @ ("VersionTLS10" | "VersionTLS11")) => {
+            errors.push(format!(
+                "maxVersion `{v}`: Berth speaks TLS 1.2 and 1.3 only, so nothing would be left"
+            ));
+            13
+        }
+        Some(other) => {
+            errors.push(format!("maxVersion `{other}`: expected VersionTLS12 or VersionTLS13"));
+            13
+        }
+    };
+    if min > max {
+        errors.push("minVersion is above maxVersion".into());
+    }
+    (min, max)
 }
 
 fn default_alpn() -> Vec<Vec<u8>> {

@@ -96,21 +96,8 @@ impl Transport {
                 Err(e) => errors.push(e),
             }
         }
-        let version = |v: &Option<String>, key: &str, errors: &mut Vec<String>| match v.as_deref() {
-            None => None,
-            Some("VersionTLS12") => Some(12),
-            Some("VersionTLS13") => Some(13),
-            // Older versions as a minimum are met: nothing older than 1.2 is spoken.
-            Some("VersionTLS10" | "VersionTLS11") if key == "minVersion" => None,
-            Some(other) => {
-                errors.push(format!(
-                    "{key} `{other}`: Berth speaks VersionTLS12 and VersionTLS13 only"
-                ));
-                None
-            }
-        };
-        let min = version(&cfg.min_version, "minVersion", &mut errors);
-        let max = version(&cfg.max_version, "maxVersion", &mut errors);
+        let (min, max) =
+            crate::server_tls::versions(cfg.min_version.as_deref(), cfg.max_version.as_deref(), &mut errors);
         let mut unoffered = Vec::new();
         let cipher_suites = cfg
             .cipher_suites
@@ -118,18 +105,13 @@ impl Transport {
             .map(|names| crate::server_tls::cipher_suites(names, &mut unoffered, &mut errors));
         // A suite left out is a refusal here: the server may speak nothing else.
         errors.extend(unoffered);
-        if max == Some(12)
+        if max == 12
             && cipher_suites.as_ref().is_some_and(|s| {
                 s.iter()
                     .all(|s| s.version().version != rustls::ProtocolVersion::TLSv1_2)
             })
         {
             errors.push("cipherSuites: no TLS 1.2 suite Berth offers is listed, and TLS 1.3 is off".into());
-        }
-        if let (Some(lo), Some(hi)) = (min, max)
-            && lo > hi
-        {
-            errors.push("minVersion is above maxVersion".into());
         }
         if !errors.is_empty() {
             return Err(errors);
@@ -145,8 +127,8 @@ impl Transport {
             insecure_skip_verify: cfg.insecure_skip_verify,
             identities,
             peer_cert_uri: cfg.peer_cert_uri.clone(),
-            tls13_only: min == Some(13),
-            tls12_only: max == Some(12),
+            tls13_only: min == 13,
+            tls12_only: max == 12,
             cipher_suites,
             max_idle_per_host: match cfg.max_idle_conns_per_host {
                 None | Some(0) => GO_IDLE_PER_HOST,

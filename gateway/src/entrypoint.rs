@@ -130,14 +130,6 @@ impl ServerConfigs {
     }
 }
 
-/// The default TLS options of `snap`: what TCP routers that terminate TLS use.
-fn default_options(snap: &berth_common::routing::Snapshot) -> Option<Arc<TlsOptions>> {
-    snap.tls_options
-        .iter()
-        .find(|o| o.name == berth_common::server_tls::DEFAULT_OPTIONS)
-        .and_then(|o| o.spec.clone())
-}
-
 /// Counts open connections so shutdown can wait for them.
 #[derive(Debug, Default)]
 pub(crate) struct ConnTracker {
@@ -280,14 +272,13 @@ impl Entrypoint {
                     return ctx.metrics.tcp(&router.name, "tls_failed");
                 }
                 if router.tls_passthrough == Some(false) {
-                    // Terminate TLS here with the router's options, then forward the
-                    // plaintext.
+                    // Terminate TLS here with the router's options (the builder resolved
+                    // them, `default` unless named), then forward the plaintext.
                     let cfg = router
                         .tls_options_spec
-                        .clone()
-                        .or_else(|| default_options(&snap))
+                        .as_ref()
                         .ok_or_else(|| "no TLS options".to_string());
-                    let cfg = match cfg.and_then(|o| self.tls.get(&o, true)) {
+                    let cfg = match cfg.and_then(|o| self.tls.get(o, true)) {
                         Ok(cfg) => cfg,
                         Err(e) => {
                             tracing::warn!(entrypoint = %self.name, %peer, error = %e, "TLS for a TCP router");

@@ -664,14 +664,10 @@ impl Decoder<'_> {
             let p = format!("{path}.{key}");
             match key.to_ascii_lowercase().as_str() {
                 "status" => {
-                    for item in self.list(child, &p) {
-                        for part in item.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                            match crate::middleware::errors::range(part) {
-                                Ok(r) if e.status.len() < 256 => e.status.push(r),
-                                Ok(_) => self.bad(&p, "more than 256 ranges"),
-                                Err(why) => self.bad(&p, why),
-                            }
-                        }
+                    let items = self.list(child, &p);
+                    match crate::middleware::errors::status_ranges(&items, &p) {
+                        Ok(ranges) => e.status = ranges,
+                        Err(why) => self.bad(&p, why),
                     }
                 }
                 "maxrequestbodybytes" => match self.parsed::<i64>(child, &p, "an integer") {

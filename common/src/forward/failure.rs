@@ -88,7 +88,7 @@ impl Failure {
             Failure::Timeout { .. } => on.timeout,
             Failure::AppUnreachable { .. } => on.app_unreachable,
             Failure::GrpcStatus { code, .. } => on.grpc_codes.contains(code),
-            Failure::Status { status, .. } => on.statuses.iter().any(|(a, b)| (*a..=*b).contains(status)),
+            Failure::Status { status, .. } => crate::http::status_in(&on.statuses, *status),
             Failure::NoEndpoint | Failure::Deadline | Failure::Client(_) | Failure::Unsendable { .. } => false,
         }
     }

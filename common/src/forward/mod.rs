@@ -324,11 +324,7 @@ where
         {
             Some(Failure::GrpcStatus { endpoint: i, code })
         } else if again
-            && policy
-                .retry
-                .statuses
-                .iter()
-                .any(|(a, b)| (*a..=*b).contains(&response.status().as_u16()))
+            && crate::http::status_in(&policy.retry.statuses, response.status().as_u16())
             && policy.retry_deadline.is_none_or(|d| Instant::now() < d)
         {
             Some(Failure::Status {

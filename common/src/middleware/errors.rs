@@ -55,17 +55,9 @@ impl ErrorPage {
             node,
             &["status", "statusRewrites", "service", "query", "errorRequestHeaders"],
         )?;
-        let mut ranges = Vec::new();
-        for item in o.list("status")? {
-            for part in item.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                ranges.push(range(part).map_err(|e| format!("errors.status: {e}"))?);
-            }
-        }
+        let ranges = status_ranges(&o.list("status")?, "errors.status")?;
         if ranges.is_empty() {
             return Err("errors.status is required (for example 500-599)".into());
-        }
-        if ranges.len() > MAX_RANGES {
-            return Err(format!("errors.status: more than {MAX_RANGES} ranges"));
         }
         let mut rewrites = Vec::new();
         for (from, to) in o.map("statusRewrites")? {
@@ -118,7 +110,7 @@ impl ErrorPage {
     /// Whether an answer with `status` is replaced: the status the client gets, and the
     /// original. Informational answers pass.
     pub fn catches(&self, status: u16) -> Option<(u16, u16)> {
-        if status < 200 || !self.ranges.iter().any(|(a, b)| (*a..=*b).contains(&status)) {
+        if status < 200 || !crate::http::status_in(&self.ranges, status) {
             return None;
         }
         let code = self
@@ -173,6 +165,21 @@ impl ErrorPage {
 }
 
 /// `500` or `500-599`.
+/// Status ranges as Traefik lists them (`["500-599", "404,418"]`), at most
+/// [`MAX_RANGES`]; `what` names the option in errors.
+pub(crate) fn status_ranges(items: &[String], what: &str) -> Result<Vec<(u16, u16)>, String> {
+    let mut ranges = Vec::new();
+    for item in items {
+        for part in item.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            ranges.push(range(part).map_err(|e| format!("{what}: {e}"))?);
+            if ranges.len() > MAX_RANGES {
+                return Err(format!("{what}: more than {MAX_RANGES} ranges"));
+            }
+        }
+    }
+    Ok(ranges)
+}
+
 pub(crate) fn range(text: &str) -> Result<(u16, u16), String> {
     let code = |s: &str| {
         s.trim()

@@ -322,15 +322,7 @@ impl Retry {
                 ));
             }
         }
-        let mut statuses = Vec::new();
-        for item in o.list("status")? {
-            for part in item.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                statuses.push(super::errors::range(part).map_err(|e| format!("retry.status: {e}"))?);
-            }
-        }
-        if statuses.len() > 256 {
-            return Err("retry.status: more than 256 ranges".into());
-        }
+        let statuses = super::errors::status_ranges(&o.list("status")?, "retry.status")?;
         let network_errors = !o.bool("disableRetryOnNetworkError")?;
         if !network_errors && statuses.is_empty() {
             // As Traefik: nothing would be retried.
@@ -367,7 +359,7 @@ impl Retry {
 
     /// Whether an answer with `status` goes again.
     pub fn retries_status(&self, status: u16) -> bool {
-        self.statuses.iter().any(|(a, b)| (*a..=*b).contains(&status))
+        crate::http::status_in(&self.statuses, status)
     }
 
     /// Whether a request with `method` is retried on its status (Traefik: all but POST,

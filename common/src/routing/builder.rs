@@ -562,30 +562,12 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
                     from_entrypoints.iter().copied().collect::<Vec<_>>().join(", ")
                 ));
             }
-            let tls_options = match named {
-                Some(o) if !is_default_tls_options(o) => qualify(o, &view.provider),
-                _ => crate::server_tls::DEFAULT_OPTIONS.to_string(),
-            };
-            let tls_options_spec = snap
-                .tls_options
-                .iter()
-                .find(|o| o.name == tls_options)
-                .and_then(|o| o.spec.clone());
-            match snap.tls_options.iter_mut().find(|o| o.name == tls_options) {
-                None => errors.push(format!(
-                    "tls.options `{tls_options}` do not exist; the router is not served (fail closed)"
-                )),
-                Some(o) => {
-                    if r.tls.is_some() || named.is_some() {
-                        o.used_by.push(qname.clone());
-                    }
-                    if o.spec.is_none() {
-                        errors.push(format!(
-                            "tls.options `{tls_options}` are broken; the router is not served (fail closed)"
-                        ));
-                    }
-                }
-            }
+            let uses = r.tls.is_some() || named.is_some();
+            let (tls_options, resolved) =
+                router_tls_options(&mut snap.tls_options, named, &view.provider, &qname, uses);
+            let tls_options_spec = resolved
+                .map_err(|why| errors.push(format!("{why}; the router is not served (fail closed)")))
+                .ok();
             let middlewares: Vec<String> = r.middlewares.iter().map(|m| qualify(m, &view.provider)).collect();
             let mut expansion = Expansion::default();
             for m in &middlewares {
@@ -718,6 +700,32 @@ pub fn parse_server_url(url: &str) -> Result<http::Uri, String> {
         return Err("missing host".into());
     }
     Ok(uri)
+}
+
+/// The `tls.options` a router names (`default` unless it names others), qualified with
+/// its provider, and those options, or why it cannot have them; `uses`: the router is
+/// recorded in their `usedBy`.
+fn router_tls_options(
+    all: &mut [TlsOptionsEntry],
+    named: Option<&str>,
+    provider: &str,
+    router: &str,
+    uses: bool,
+) -> (String, Result<std::sync::Arc<crate::server_tls::TlsOptions>, String>) {
+    let name = match named {
+        Some(o) if !is_default_tls_options(o) => qualify(o, provider),
+        _ => crate::server_tls::DEFAULT_OPTIONS.to_string(),
+    };
+    let resolved = match all.iter_mut().find(|o| o.name == name) {
+        None => Err(format!("tls.options `{name}` do not exist")),
+        Some(o) => {
+            if uses {
+                o.used_by.push(router.to_string());
+            }
+            o.spec.clone().ok_or_else(|| format!("tls.options `{name}` are broken"))
+        }
+    };
+    (name, resolved)
 }
 
 /// `default` (or `default@<provider>`) names Traefik's default TLS options.
@@ -1006,36 +1014,23 @@ fn build_tcp(views: &[ProviderView], opts: &BuildOptions, snap: &mut Snapshot) {
             }
             // A router that terminates TLS does so with its own options (the default
             // ones unless it names others), as Traefik's TLS handler per TCP route.
-            let tls_options = match r.tls.as_ref().and_then(|t| t.options.as_deref()) {
-                Some(o) if !is_default_tls_options(o) => qualify(o, &view.provider),
-                _ => crate::server_tls::DEFAULT_OPTIONS.to_string(),
-            };
             let mut tls_options_spec = None;
             let mut refuse_tls = false;
             if let Some(t) = &r.tls {
-                match snap.tls_options.iter_mut().find(|o| o.name == tls_options) {
+                let named = t.options.as_deref();
+                let (tls_options, resolved) =
+                    router_tls_options(&mut snap.tls_options, named, &view.provider, &qname, !t.passthrough);
+                match resolved {
                     _ if t.passthrough && tls_options != crate::server_tls::DEFAULT_OPTIONS => errors.push(format!(
                         "tls.options `{tls_options}` cannot be applied with passthrough (the gateway does not terminate TLS); the router is not served (fail closed)"
                     )),
-                    None => {
+                    _ if t.passthrough => {}
+                    Ok(spec) => tls_options_spec = Some(spec),
+                    Err(why) => {
                         refuse_tls = true;
                         errors.push(format!(
-                            "tls.options `{tls_options}` do not exist; the router is not served and its connections are closed (fail closed)"
-                        ))
-                    }
-                    Some(o) => {
-                        if !t.passthrough {
-                            o.used_by.push(qname.clone());
-                        }
-                        match &o.spec {
-                            Some(spec) => tls_options_spec = Some(spec.clone()),
-                            None => {
-                                refuse_tls = true;
-                                errors.push(format!(
-                                    "tls.options `{tls_options}` are broken; the router is not served and its connections are closed (fail closed)"
-                                ))
-                            }
-                        }
+                            "{why}; the router is not served and its connections are closed (fail closed)"
+                        ));
                     }
                 }
             }

@@ -148,6 +148,14 @@ impl ProxyError {
     }
 }
 
+/// The status a request's outcome is answered with: the upstream's, or the error's.
+pub(crate) fn status_of(result: &Result<Response<Body>, ProxyError>) -> u16 {
+    match result {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => e.status().as_u16(),
+    }
+}
+
 /// A plain-text response, optionally tagged with `x-berth-error`.
 pub(crate) fn text_response(status: StatusCode, text: impl Into<Bytes>, kind: Option<&'static str>) -> Response<Body> {
     let mut resp = Response::new(Full::new(text.into()).map_err(|never| match never {}).boxed());

@@ -64,11 +64,7 @@ impl Proxy {
         let (Some((fallback, errors)), Some(kept)) = (plan.on_status, plan.kept) else {
             return result;
         };
-        let status = match &result {
-            Ok(r) => r.status().as_u16(),
-            Err(e) => e.status().as_u16(),
-        };
-        if !errors.status.iter().any(|(a, b)| (*a..=*b).contains(&status)) {
+        if !berth_common::http::status_in(&errors.status, super::errors::status_of(&result)) {
             return result;
         }
         drop(result);

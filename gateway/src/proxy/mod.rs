@@ -580,11 +580,7 @@ impl Proxy {
                 if let (Some((expr, _)), Some(kept)) = (&retry_expr, &kept) {
                     let mut attempt = 1;
                     while attempt <= berth_common::middleware::buffering::MAX_RETRIES {
-                        let status = match &result {
-                            Ok(r) => r.status().as_u16(),
-                            Err(e) => e.status().as_u16(),
-                        };
-                        if !expr.holds(kept.method.as_str(), attempt, status) {
+                        if !expr.holds(kept.method.as_str(), attempt, errors::status_of(&result)) {
                             break;
                         }
                         attempt += 1;
@@ -607,10 +603,7 @@ impl Proxy {
             span,
         };
         pipeline.response(ctx, &pages, &mut result).await;
-        let code = match &result {
-            Ok(r) => r.status().as_u16(),
-            Err(e) => e.status().as_u16(),
-        };
+        let code = errors::status_of(&result);
         let elapsed = ctx.start.elapsed();
         if let Some(m) = router_metrics {
             m.record(code, &ctx.method, elapsed);

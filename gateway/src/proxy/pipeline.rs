@@ -210,10 +210,7 @@ impl Pipeline {
         let ran = &self.specs[..self.ran];
         for (i, spec) in ran.iter().enumerate().rev() {
             if let Some(page) = spec.error_page() {
-                let status = match &*result {
-                    Ok(r) => r.status().as_u16(),
-                    Err(e) => e.status().as_u16(),
-                };
+                let status = super::errors::status_of(result);
                 if let (Some((code, original)), Some((_, seen))) =
                     (page.catches(status), self.seen.iter().find(|(j, _)| *j == i))
                 {
