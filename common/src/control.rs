@@ -17,6 +17,18 @@ pub struct CertificateRequest {
     pub csr_pem: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// Instead of the token: a GetCallerIdentity request signed with the task role's
+    /// credentials ([`crate::iam`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iam: Option<IamProof>,
+}
+
+/// The headers of a signed `sts:GetCallerIdentity` request (lower-case names). The
+/// gateway sends its own request to its own STS endpoint with these headers, never the
+/// client's URL or body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IamProof {
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -22,6 +22,7 @@ pub mod error;
 pub mod forward;
 pub mod grpc;
 pub mod http;
+pub mod iam;
 pub mod identity;
 pub mod labels;
 #[cfg(feature = "net")]

@@ -151,3 +151,108 @@ pub async fn running_tasks(ecs: &aws_sdk_ecs::Client, service: &str) -> Vec<Runn
         })
         .collect()
 }
+
+/// A query-protocol call to moto for `service` (`ec2`, `iam`, `sts`) at API `version`:
+/// moto routes by the SigV4 credential scope and does not check signatures; the XML.
+pub async fn moto_query(endpoint: &str, service: &str, version: &str, params: &[(&str, &str)]) -> String {
+    let mut body = format!("Version={version}");
+    for (k, v) in params {
+        body.push_str(&format!("&{k}={}", form_encode(v)));
+    }
+    let addr: SocketAddr = endpoint.trim_start_matches("http://").parse().unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/")
+        .header("host", addr.to_string())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header(
+            "authorization",
+            format!(
+                "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0"
+            ),
+        )
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    berth_common::test_util::http1(addr, req).await.body
+}
+
+/// `application/x-www-form-urlencoded` escaping of a value.
+fn form_encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The text of the first `<tag>` in `xml`; panics when there is none.
+pub fn xml_field(xml: &str, tag: &str) -> String {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open).unwrap_or_else(|| panic!("no <{tag}> in {xml}")) + open.len();
+    let end = xml[start..].find(&format!("</{tag}>")).unwrap() + start;
+    xml[start..end].to_string()
+}
+
+/// A VPC (DNS hostnames on), a subnet and a security group in moto, as the awsvpc
+/// network configuration of a Fargate RunTask.
+pub async fn moto_awsvpc(endpoint: &str) -> aws_sdk_ecs::types::NetworkConfiguration {
+    use aws_sdk_ecs::types::{AssignPublicIp, AwsVpcConfiguration, NetworkConfiguration};
+    let ec2 = |params: Vec<(&'static str, String)>| async move {
+        let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        moto_query(endpoint, "ec2", "2016-11-15", &params).await
+    };
+    let vpc = xml_field(
+        &ec2(vec![
+            ("Action", "CreateVpc".into()),
+            ("CidrBlock", "10.0.0.0/16".into()),
+        ])
+        .await,
+        "vpcId",
+    );
+    ec2(vec![
+        ("Action", "ModifyVpcAttribute".into()),
+        ("VpcId", vpc.clone()),
+        ("EnableDnsHostnames.Value", "true".into()),
+    ])
+    .await;
+    let subnet = xml_field(
+        &ec2(vec![
+            ("Action", "CreateSubnet".into()),
+            ("VpcId", vpc.clone()),
+            ("CidrBlock", "10.0.1.0/24".into()),
+        ])
+        .await,
+        "subnetId",
+    );
+    let sg = xml_field(
+        &ec2(vec![
+            ("Action", "CreateSecurityGroup".into()),
+            ("GroupName", "berth".into()),
+            ("GroupDescription", "berth".into()),
+            ("VpcId", vpc),
+        ])
+        .await,
+        "groupId",
+    );
+    NetworkConfiguration::builder()
+        .awsvpc_configuration(
+            AwsVpcConfiguration::builder()
+                .subnets(subnet)
+                .security_groups(sg)
+                .assign_public_ip(AssignPublicIp::Disabled)
+                .build()
+                .unwrap(),
+        )
+        .build()
+}
+
+/// A Fargate task's ENI address, as DescribeTasks and RunTask report it.
+pub fn eni_address(task: &aws_sdk_ecs::types::Task) -> Option<String> {
+    task.attachments()
+        .iter()
+        .flat_map(|a| a.details())
+        .find(|d| d.name() == Some("privateIPv4Address"))
+        .and_then(|d| d.value())
+        .map(str::to_string)
+}

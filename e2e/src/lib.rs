@@ -6,12 +6,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod browser;
+mod control;
 mod ecs;
 mod gateway;
 mod local_up;
 mod process;
 
-pub use ecs::{Moto, RunningTask, ecs_client, local_ecs, moto_tool, running_tasks, web_container};
+pub use control::control_call;
+pub use ecs::{
+    Moto, RunningTask, ecs_client, eni_address, local_ecs, moto_awsvpc, moto_query, moto_tool, running_tasks,
+    web_container, xml_field,
+};
 pub use gateway::{GatewayProcess, TestGateway, admin_json, service, start};
 pub use local_up::LocalUp;
 pub use process::{

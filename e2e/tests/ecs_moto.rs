@@ -4,13 +4,9 @@
 //! hostnames); moto-loopback makes moto hand out 127.64.0.0/10 addresses.
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use aws_sdk_ecs::types::{
-    AssignPublicIp, AwsVpcConfiguration, Compatibility, ContainerDefinition, LaunchType, NetworkConfiguration,
-    NetworkMode, PortMapping,
-};
+use aws_sdk_ecs::types::{Compatibility, ContainerDefinition, LaunchType, NetworkMode, PortMapping};
 use berth_common::test_util::{Backend, Proto, eventually, get, http1};
 use berth_e2e::Moto;
 use berth_e2e::{GatewayProcess, ecs_client, free_port};
@@ -20,77 +16,11 @@ async fn moto() -> Moto {
     Moto::start().await
 }
 
-/// A minimal EC2 query-protocol call to moto (it routes by the SigV4 credential scope
-/// and does not check signatures); returns the XML.
-async fn ec2(endpoint: &str, params: &[(&str, &str)]) -> String {
-    let mut body = String::from("Version=2016-11-15");
-    for (k, v) in params {
-        body.push_str(&format!("&{k}={}", v.replace('/', "%2F")));
-    }
-    let addr: SocketAddr = endpoint.trim_start_matches("http://").parse().unwrap();
-    let req = http::Request::builder()
-        .method("POST")
-        .uri("/")
-        .header("host", addr.to_string())
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header(
-            "authorization",
-            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0",
-        )
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-        .unwrap();
-    http1(addr, req).await.body
-}
-
-fn xml_field(xml: &str, tag: &str) -> String {
-    let open = format!("<{tag}>");
-    let start = xml.find(&open).unwrap_or_else(|| panic!("no <{tag}> in {xml}")) + open.len();
-    let end = xml[start..].find(&format!("</{tag}>")).unwrap() + start;
-    xml[start..end].to_string()
-}
-
 #[tokio::test]
 async fn moto_tasks_are_discovered_with_their_eni_addresses() {
     let moto = moto().await;
     let ecs = ecs_client(&moto.endpoint);
-    let vpc = xml_field(
-        &ec2(&moto.endpoint, &[("Action", "CreateVpc"), ("CidrBlock", "10.0.0.0/16")]).await,
-        "vpcId",
-    );
-    ec2(
-        &moto.endpoint,
-        &[
-            ("Action", "ModifyVpcAttribute"),
-            ("VpcId", &vpc),
-            ("EnableDnsHostnames.Value", "true"),
-        ],
-    )
-    .await;
-    let subnet = xml_field(
-        &ec2(
-            &moto.endpoint,
-            &[
-                ("Action", "CreateSubnet"),
-                ("VpcId", &vpc),
-                ("CidrBlock", "10.0.1.0/24"),
-            ],
-        )
-        .await,
-        "subnetId",
-    );
-    let sg = xml_field(
-        &ec2(
-            &moto.endpoint,
-            &[
-                ("Action", "CreateSecurityGroup"),
-                ("GroupName", "berth"),
-                ("GroupDescription", "berth"),
-                ("VpcId", &vpc),
-            ],
-        )
-        .await,
-        "groupId",
-    );
+    let net = berth_e2e::moto_awsvpc(&moto.endpoint).await;
     let port = free_port();
     for cluster in ["moto-a", "moto-b"] {
         ecs.create_cluster().cluster_name(cluster).send().await.unwrap();
@@ -134,16 +64,6 @@ async fn moto_tasks_are_discovered_with_their_eni_addresses() {
     )
     .await
     .unwrap();
-    let net = NetworkConfiguration::builder()
-        .awsvpc_configuration(
-            AwsVpcConfiguration::builder()
-                .subnets(&subnet)
-                .security_groups(&sg)
-                .assign_public_ip(AssignPublicIp::Disabled)
-                .build()
-                .unwrap(),
-        )
-        .build();
     let run = |cluster: &str, family: &str, count: i32| {
         ecs.run_task()
             .cluster(cluster)
@@ -173,14 +93,7 @@ async fn moto_tasks_are_discovered_with_their_eni_addresses() {
         .unwrap();
     let mut addrs = Vec::new();
     for t in described.tasks() {
-        let ip = t
-            .attachments()
-            .iter()
-            .flat_map(|a| a.details())
-            .find(|d| d.name() == Some("privateIPv4Address"))
-            .and_then(|d| d.value())
-            .expect("moto reports the ENI address")
-            .to_string();
+        let ip = berth_e2e::eni_address(t).expect("moto reports the ENI address");
         assert!(
             ip.starts_with("127."),
             "moto-loopback keeps addresses on loopback: {ip}"

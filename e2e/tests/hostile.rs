@@ -648,8 +648,18 @@ fn secrets_are_never_printed() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("SECRET-KEY-MATERIAL"), "{err}");
     assert!(err.contains("bytes"), "{err}");
-    // A real CA without a bootstrap token is refused at start (exit 64), by name.
-    let out = std::process::Command::new(berth_e2e::bin("berth-gateway"))
+    // A real CA without a bootstrap token proves tasks by IAM, with STS: without a
+    // region to find STS in, refused at start (exit 64), every way out named.
+    let mut cmd = std::process::Command::new(berth_e2e::bin("berth-gateway"));
+    for var in [
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_STS",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = cmd
         .args([
             "--entrypoint",
             "web=127.0.0.1:0",
@@ -661,5 +671,23 @@ fn secrets_are_never_printed() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--mesh-insecure-no-token"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--mesh-insecure-no-token") && err.contains("AWS_REGION"),
+        "{err}"
+    );
+    // Token mode without a token: refused at start.
+    let out = std::process::Command::new(berth_e2e::bin("berth-gateway"))
+        .args([
+            "--entrypoint",
+            "web=127.0.0.1:0",
+            "--mesh-dev-ca",
+            "/tmp/berth-unused-dev-ca",
+            "--mesh-auth",
+            "token",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs the bootstrap token"));
 }

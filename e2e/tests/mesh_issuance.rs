@@ -12,17 +12,14 @@ use berth_common::control::{
     CERTIFICATES_PATH, CertificateRequest, CertificateResponse, DEREGISTER_PATH, Deregistration, ErrorResponse,
     MESH_PATH, MeshView, REGISTRATIONS_PATH, Registration, RegistrationAck,
 };
-use berth_common::identity::{SpiffeId, spiffe_id_of};
-use berth_common::mtls::{CertSlot, PeerPolicy, TrustAnchors, client_config};
+use berth_common::identity::spiffe_id_of;
+use berth_common::mtls::{CertSlot, TrustAnchors};
 use berth_common::test_util::eventually;
 use berth_e2e::{GatewayProcess, ecs_client, free_port, temp_dir};
 use berth_local::{Ecs, EcsServer};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use rcgen::{CertificateParams, KeyPair, SanType};
+use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
 
 const TOKEN: &str = "a-very-secret-bootstrap-token";
 
@@ -137,27 +134,7 @@ async fn call(
     body: Vec<u8>,
     client: Option<Arc<CertSlot>>,
 ) -> (u16, Vec<u8>) {
-    let gateway = SpiffeId::gateway("berth.local").unwrap();
-    let cfg = client_config(client, m.anchors.clone(), PeerPolicy::Exact(gateway)).unwrap();
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::from((source, 0))).unwrap();
-    let tcp = socket.connect(m.control).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from("gateway.berth").unwrap(), tcp)
-        .await
-        .unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "gateway.berth")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
-    let resp = send.send_request(req).await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.into_body().collect().await.unwrap().to_bytes().to_vec())
+    berth_e2e::control_call(m.control, &m.anchors, source, method, path, body, client).await
 }
 
 fn body(task_arn: &str, csr_pem: &str, token: Option<&str>) -> Vec<u8> {
@@ -165,6 +142,7 @@ fn body(task_arn: &str, csr_pem: &str, token: Option<&str>) -> Vec<u8> {
         task_arn: task_arn.into(),
         csr_pem: csr_pem.into(),
         token: token.map(String::from),
+        iam: None,
     })
     .unwrap()
 }

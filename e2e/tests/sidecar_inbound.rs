@@ -196,6 +196,7 @@ async fn fixture_with(
                 tracing: None,
                 outbound_response_timeout: Duration::from_secs(60),
                 app_response_timeout: Duration::from_secs(60),
+                aws_env: Default::default(),
             };
             let started = tokio::time::timeout(Duration::from_secs(20), berth_sidecar::Sidecar::start(settings)).await;
             Running::InProcess(started.expect("the sidecar starts within 20 s").unwrap())

@@ -3,7 +3,8 @@
 //! every message type, the CSR inside a certificate request (parsed and signed by a real
 //! mesh CA, which must refuse anything but a well-formed CSR and always issue for the
 //! identity it was given, never one the CSR asks for), and the mesh view's identities and
-//! endpoints. Nothing may panic.
+//! endpoints; an IAM proof's headers, the STS answer and the ARNs in it, and the CSR's key
+//! hash ([`berth_common::iam`]). Nothing may panic.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -34,11 +35,25 @@ fuzz_target!(|data: &[u8]| {
     let Some((&kind, body)) = data.split_first() else {
         return;
     };
-    match kind % 5 {
+    match kind % 6 {
         0 => {
             if let Ok(r) = serde_json::from_slice::<CertificateRequest>(body) {
+                if let Some(proof) = &r.iam {
+                    let window = Duration::from_secs(300);
+                    let _ = berth_common::iam::check_headers(&proof.headers, std::time::SystemTime::now(), window);
+                }
+                let _ = berth_common::iam::csr_key_hash(&r.csr_pem);
                 issue(&r.csr_pem);
             }
+        }
+        5 => {
+            let text = String::from_utf8_lossy(body);
+            if let Ok(id) = berth_common::iam::parse_caller_identity(&text) {
+                let _ = berth_common::iam::AssumedRole::parse(&id.arn);
+                let _ = berth_common::iam::role_of(&id.arn);
+            }
+            let _ = berth_common::iam::Authorization::parse(&text);
+            let _ = berth_common::iam::parse_amz_date(&text);
         }
         1 => issue(&String::from_utf8_lossy(body)),
         2 => {

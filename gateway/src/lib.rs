@@ -60,6 +60,8 @@ pub enum StartError {
     Ecs(#[from] discovery::ecs::EcsStartError),
     #[error("mesh CA: {0}")]
     Ca(#[from] mesh::ca::CaError),
+    #[error("--mesh-auth iam: {0}")]
+    MeshIam(String),
     #[error("mesh TLS: {0}")]
     MeshTls(#[from] rustls::Error),
     #[error("access log: {0}")]
@@ -290,9 +292,25 @@ impl Gateway {
             };
             let local_mesh = mesh_addr.unwrap_or(m.listen);
             let peers = mesh::peers::spawn(peer_source, local_mesh, ecs_lookup.clone());
+            let iam = match (&m.sts_endpoint, m.auth.iam) {
+                (Some(endpoint), true) => {
+                    let roots = berth_common::upstream::trust_roots(None).unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "no system trust store for STS");
+                        rustls::RootCertStore::empty()
+                    });
+                    let connector = berth_common::upstream::Connector::new(std::time::Duration::from_secs(5), roots);
+                    let v = mesh::iam::IamVerifier::new(endpoint, connector, metrics.clone())
+                        .map_err(StartError::MeshIam)?;
+                    tracing::info!(sts = %v.endpoint(), "first mesh certificates accept IAM proofs");
+                    Some(v)
+                }
+                _ => None,
+            };
             let api = Arc::new(mesh::control_api::ControlApi {
                 ca,
                 token: m.token.clone(),
+                auth: m.auth,
+                iam,
                 lookup: ecs_lookup.clone(),
                 lifetime: m.cert_lifetime,
                 limiter: discovery::ecs::client::RateLimiter::new(50.0, 200.0),
@@ -307,7 +325,7 @@ impl Gateway {
                     tracing::error!(error = %e, "mesh control API stopped");
                 }
             });
-            if m.token.is_none() {
+            if !m.auth.token && !m.auth.iam {
                 tracing::warn!(
                     "no bootstrap token: any task the reconciler knows, asking from its own address, gets its certificate"
                 );

@@ -55,6 +55,17 @@ pub struct Metrics {
     pub ecs_api_calls: ApiCalls,
     /// Connections opened to upstreams: beside the requests, how well keep-alive reuses them.
     pub upstream_dials: UpstreamDials,
+    /// IAM proofs for first certificates, by outcome.
+    pub mesh_iam: MeshIam,
+}
+
+/// IAM proofs checked by the control API ([`crate::mesh::iam`]).
+#[derive(Debug, Default)]
+pub struct MeshIam {
+    pub accepted: AtomicU64,
+    pub refused: AtomicU64,
+    /// STS could not be asked or failed: the proof was refused (fail closed).
+    pub sts_unavailable: AtomicU64,
 }
 
 /// Connections opened by the upstream pools.
@@ -339,6 +350,23 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "berth_upstream_connections_opened_total{{pool=\"{pool}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP berth_mesh_iam_total IAM proofs for first mesh certificates, by result \
+             (sts_unavailable: STS could not be asked, the proof was refused)."
+        );
+        let _ = writeln!(out, "# TYPE berth_mesh_iam_total counter");
+        for (result, n) in [
+            ("accepted", &self.mesh_iam.accepted),
+            ("refused", &self.mesh_iam.refused),
+            ("sts_unavailable", &self.mesh_iam.sts_unavailable),
+        ] {
+            let _ = writeln!(
+                out,
+                "berth_mesh_iam_total{{result=\"{result}\"}} {}",
                 n.load(Ordering::Relaxed)
             );
         }

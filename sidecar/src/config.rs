@@ -38,7 +38,23 @@ pub struct Settings {
     /// response headers (default 60s); then 504 (a gRPC caller: `UNAVAILABLE`, or
     /// `DEADLINE_EXCEEDED` when its own deadline came first).
     pub app_response_timeout: std::time::Duration,
+    /// The AWS variables that say where the task role's credentials are and which STS to
+    /// sign for (`AWS_CONTAINER_*`, `AWS_REGION`, `AWS_ENDPOINT_URL*`): a first
+    /// certificate is then proved by IAM ([`crate::iam`]).
+    pub aws_env: std::collections::BTreeMap<String, String>,
 }
+
+/// The variables [`Settings::aws_env`] keeps.
+const AWS_VARS: &[&str] = &[
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_STS",
+];
 
 /// A positive duration from `name`, or `default` when it is unset.
 fn duration(name: &str, default: std::time::Duration) -> Result<std::time::Duration, ConfigError> {
@@ -145,6 +161,10 @@ impl Settings {
             tracing: berth_common::telemetry::TraceSettings::from_env().map_err(|e| ConfigError(e.to_string()))?,
             outbound_response_timeout: duration("BERTH_OUTBOUND_RESPONSE_TIMEOUT", std::time::Duration::from_secs(60))?,
             app_response_timeout: duration("BERTH_APP_RESPONSE_TIMEOUT", std::time::Duration::from_secs(60))?,
+            aws_env: AWS_VARS
+                .iter()
+                .filter_map(|k| var(k).map(|v| (k.to_string(), v)))
+                .collect(),
         })
     }
 }

@@ -1,6 +1,6 @@
 //! The sidecar's identity: a key made here, a CSR sent to the gateway's control API
-//! (with the bootstrap token the first time, over mTLS with the current certificate
-//! after), renewal at 70 % of the lifetime with jitter, retries with back-off.
+//! (the first time with an IAM proof signed by the task role, [`crate::iam`], and/or the
+//! bootstrap token; over mTLS with the current certificate after), renewal at 70 % of the lifetime with jitter, retries with back-off.
 //!
 //! A certificate that has expired (or is about to: the gateway was unreachable for its
 //! whole life, the host was suspended, the clock jumped) cannot open the mTLS renewal
@@ -43,6 +43,8 @@ pub(crate) struct Certifier {
     pub replicas: Arc<crate::control::ControlPool>,
     pub anchors: TrustAnchors,
     pub token: Option<String>,
+    /// Signs IAM proofs when the task has role credentials.
+    pub iam: Option<crate::iam::IamSigner>,
     pub task_arn: String,
     pub bind: Option<std::net::IpAddr>,
     pub slot: Arc<CertSlot>,
@@ -101,12 +103,6 @@ impl Certifier {
             .and_then(|c| c.pem())
             .map_err(|e| IdentityError::Key(e.to_string()))?;
         let renewing = self.slot.get().is_some() && self.can_renew();
-        let body = serde_json::to_vec(&CertificateRequest {
-            task_arn: self.task_arn.clone(),
-            csr_pem: csr,
-            token: if renewing { None } else { self.token.clone() },
-        })
-        .map_err(|e| IdentityError::Protocol(e.to_string()))?;
         // The gateway's identity is checked, whatever the trust domain's name is.
         let policy = match &self.trust_domain_hint {
             Some(td) => PeerPolicy::Exact(SpiffeId::gateway(td).map_err(|e| IdentityError::Protocol(e.to_string()))?),
@@ -117,6 +113,35 @@ impl Certifier {
         let tls = crate::control::dial(gateway, self.bind, Arc::new(cfg))
             .await
             .map_err(|e| IdentityError::Connect(gateway, e.to_string()))?;
+        // An IAM proof is signed for the trust domain of the gateway just verified.
+        let iam = match (&self.iam, renewing) {
+            (Some(signer), false) => {
+                let trust_domain = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| berth_common::identity::spiffe_id_of(c).ok())
+                    .map(|id| id.trust_domain().to_string())
+                    .ok_or_else(|| IdentityError::Protocol("the gateway's certificate has no SPIFFE ID".into()))?;
+                match signer.proof(&csr, &trust_domain).await {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        self.metrics.iam_failed();
+                        tracing::warn!(error = %e, "cannot sign an IAM proof; asking without one");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let body = serde_json::to_vec(&CertificateRequest {
+            task_arn: self.task_arn.clone(),
+            csr_pem: csr,
+            token: if renewing { None } else { self.token.clone() },
+            iam,
+        })
+        .map_err(|e| IdentityError::Protocol(e.to_string()))?;
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| IdentityError::Protocol(e.to_string()))?;

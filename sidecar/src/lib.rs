@@ -1,5 +1,6 @@
 //! Berth's per-task sidecar: reads the task metadata endpoint ([`metadata`]), gets its
-//! identity from the gateway ([`identity`]), registers and pushes the app's health
+//! identity from the gateway ([`identity`], proved by the task role with [`iam`] or by the
+//! bootstrap token), registers and pushes the app's health
 //! ([`register`]) over the control connection ([`control`]), terminates inbound mTLS in
 //! front of the app with authorization ([`inbound`]), and carries the app's east-west
 //! calls to peer sidecars ([`outbound`]). [`Sidecar::start`] wires them in named phases
@@ -7,6 +8,7 @@
 
 mod config;
 mod control;
+mod iam;
 mod identity;
 mod inbound;
 pub mod metadata;
@@ -19,4 +21,6 @@ mod start;
 // private to the crate (`unreachable_pub` holds it so). `metadata` (the TMDS v4 model and
 // reader) is public whole: `berth-sidecar inspect` prints it and a fuzz target parses it.
 pub use config::Settings;
+/// Public for the end-to-end tests, which sign proofs as a sidecar does against moto's STS.
+pub use iam::IamSigner;
 pub use start::{Sidecar, StartError, StopHandle};

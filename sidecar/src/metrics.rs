@@ -1,6 +1,7 @@
 //! The sidecar's Prometheus metrics on `BERTH_ADMIN` (`GET /metrics`): inbound requests
 //! by status and refusals, outbound requests by mesh service and status, retries, whether
-//! each gateway replica has the registration, the app's health, the certificate's expiry,
+//! each gateway replica has the registration, the app's health, the certificate's expiry
+//! and IAM proofs that could not be signed,
 //! request durations, the connections opened (keep-alive reuse), and what became of trace
 //! spans and access-log lines.
 
@@ -21,6 +22,8 @@ pub struct Metrics {
     registered: Mutex<BTreeMap<String, bool>>,
     app_healthy: AtomicBool,
     cert_not_after: AtomicU64,
+    /// IAM proofs that could not be signed (no credentials, a bad endpoint).
+    iam_failed: AtomicU64,
     inbound_duration: Histogram,
     grpc: Counters<(&'static str, &'static str)>,
     inbound_tcp: Counters<&'static str>,
@@ -88,6 +91,11 @@ impl Metrics {
 
     pub fn app_healthy(&self, yes: bool) {
         self.app_healthy.store(yes, Ordering::Relaxed);
+    }
+
+    /// An IAM proof could not be signed.
+    pub fn iam_failed(&self) {
+        self.iam_failed.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn certificate(&self, not_after: SystemTime) {
@@ -212,6 +220,14 @@ impl Metrics {
         let name = "berth_sidecar_certificate_expiry_timestamp_seconds";
         family(&mut out, name, "gauge", "When the task's certificate expires.");
         sample(&mut out, name, &[], self.cert_not_after.load(Ordering::Relaxed));
+        let name = "berth_sidecar_iam_proof_failures_total";
+        family(
+            &mut out,
+            name,
+            "counter",
+            "IAM proofs that could not be signed with the task role's credentials.",
+        );
+        sample(&mut out, name, &[], self.iam_failed.load(Ordering::Relaxed));
         out
     }
 }

@@ -99,10 +99,19 @@ impl Sidecar {
             slot.clone(),
             anchors.clone(),
         ));
+        let aws_env = &settings.aws_env;
+        let iam = match crate::iam::IamSigner::from_env(|k| aws_env.get(k).cloned(), &reg.task_arn) {
+            Ok(signer) => signer,
+            Err(e) => {
+                tracing::warn!(error = %e, "no IAM identity: the task role's credentials cannot be used");
+                None
+            }
+        };
         let certifier = Arc::new(Certifier {
             replicas: pool.clone(),
             anchors: anchors.clone(),
             token: settings.token.clone(),
+            iam,
             task_arn: reg.task_arn.clone(),
             bind,
             slot: slot.clone(),

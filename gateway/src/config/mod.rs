@@ -253,6 +253,12 @@ pub struct Args {
     /// the CA is a real one (`--mesh-ca-cert`); `--mesh-dev-ca` allows it with a warning.
     #[arg(long, env = "BERTH_MESH_INSECURE_NO_TOKEN")]
     pub mesh_insecure_no_token: bool,
+    /// How a sidecar proves its task for a first certificate: `token` (the bootstrap
+    /// token), `iam` (a GetCallerIdentity request signed with the task role's
+    /// credentials, checked with STS), or `iam,token` (either) [default: `token` with a
+    /// token; `iam` without one when the CA is a real one].
+    #[arg(long, env = "BERTH_MESH_AUTH")]
+    pub mesh_auth: Option<String>,
     #[arg(long, env = "BERTH_MESH_DEFAULT_DENY")]
     pub mesh_default_deny: bool,
     #[arg(long, env = "BERTH_MESH_PEERS_SERVICE")]
@@ -626,10 +632,43 @@ impl Config {
                     None => None,
                 };
                 let insecure = s.mesh_insecure_no_token;
-                if token.is_none() && !insecure && matches!(ca, CaSource::Files { .. }) {
+                let auth = match s.mesh_auth.as_deref().map(str::trim) {
+                    Some(list) => {
+                        let mut auth = crate::mesh::MeshAuth {
+                            token: false,
+                            iam: false,
+                        };
+                        for mode in list.split(',').map(str::trim) {
+                            match mode {
+                                "token" => auth.token = true,
+                                "iam" => auth.iam = true,
+                                other => {
+                                    return Err(bad(format!(
+                                        "--mesh-auth: unknown mode {other:?} (token, iam, or iam,token)"
+                                    )));
+                                }
+                            }
+                        }
+                        if auth.token && token.is_none() {
+                            return Err(bad(
+                                "--mesh-auth token needs the bootstrap token (--mesh-token-file or --mesh-token)",
+                            ));
+                        }
+                        auth
+                    }
+                    None => crate::mesh::MeshAuth {
+                        token: token.is_some(),
+                        // A real CA without a token proves tasks by IAM; the dev CA and
+                        // --mesh-insecure-no-token keep the address-only check.
+                        iam: token.is_none() && !insecure && matches!(ca, CaSource::Files { .. }),
+                    },
+                };
+                let sts_endpoint = berth_common::iam::sts_endpoint(|k| std::env::var(k).ok());
+                if auth.iam && sts_endpoint.is_none() {
                     return Err(bad(
-                        "the mesh CA needs a bootstrap token (--mesh-token-file or --mesh-token); \
-                         --mesh-insecure-no-token issues without one",
+                        "--mesh-auth iam (the default with a real CA and no bootstrap token) verifies with STS: \
+                         set AWS_REGION (or AWS_ENDPOINT_URL_STS), or give a token (--mesh-token-file), or \
+                         --mesh-insecure-no-token",
                     ));
                 }
                 Some(MeshSettings {
@@ -637,6 +676,8 @@ impl Config {
                     listen: s.mesh_listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9443))),
                     trust_domain,
                     token,
+                    auth,
+                    sts_endpoint,
                     default_deny: s.mesh_default_deny,
                     cert_lifetime: duration(
                         "mesh-cert-lifetime",
@@ -794,7 +835,8 @@ mod tests {
     }
 
     #[test]
-    fn a_real_ca_without_a_token_needs_the_explicit_flag() {
+    fn a_real_ca_without_a_token_proves_tasks_by_iam_or_needs_the_explicit_flag() {
+        use crate::mesh::MeshAuth;
         let base = [
             "--entrypoint",
             "a=127.0.0.1:1",
@@ -803,14 +845,56 @@ mod tests {
             "--mesh-ca-key",
             "/ca.key",
         ];
-        let e = parse(&base).unwrap_err().0;
-        assert!(
-            e.contains("bootstrap token") && e.contains("--mesh-insecure-no-token"),
-            "{e}"
-        );
+        let auth = |args: &[&str]| parse(args).map(|c| c.mesh.map(|m| m.auth)).map_err(|e| e.0);
+        // IAM needs STS, which needs a region: with one (this environment's), IAM; without,
+        // an error that names every way out.
+        match auth(&base) {
+            Ok(a) => assert_eq!(
+                a,
+                Some(MeshAuth {
+                    token: false,
+                    iam: true
+                })
+            ),
+            Err(e) => assert!(
+                e.contains("AWS_REGION") && e.contains("--mesh-token-file") && e.contains("--mesh-insecure-no-token"),
+                "{e}"
+            ),
+        }
         let mut insecure = base.to_vec();
         insecure.push("--mesh-insecure-no-token");
-        assert!(parse(&insecure).is_ok());
+        assert_eq!(
+            auth(&insecure),
+            Ok(Some(MeshAuth {
+                token: false,
+                iam: false
+            }))
+        );
+        let mut token = base.to_vec();
+        token.extend(["--mesh-token", "0123456789abcdef"]);
+        assert_eq!(
+            auth(&token),
+            Ok(Some(MeshAuth {
+                token: true,
+                iam: false
+            }))
+        );
+        let mut both = token.clone();
+        both.extend(["--mesh-auth", "token"]);
+        assert_eq!(
+            auth(&both),
+            Ok(Some(MeshAuth {
+                token: true,
+                iam: false
+            }))
+        );
+        // Token mode without a token, or an unknown mode: refused at start.
+        let mut no_token = base.to_vec();
+        no_token.extend(["--mesh-auth", "token"]);
+        assert!(auth(&no_token).unwrap_err().contains("needs the bootstrap token"));
+        let mut bogus = token.clone();
+        bogus.extend(["--mesh-auth", "token,passwords"]);
+        assert!(auth(&bogus).unwrap_err().contains("unknown mode"));
         // The dev CA (local use) may go without.
         assert!(parse(&["--entrypoint", "a=127.0.0.1:1", "--mesh-dev-ca", "/tmp/dev-ca"]).is_ok());
     }

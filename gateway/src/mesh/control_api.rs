@@ -7,7 +7,8 @@
 //! only for a task the reconciler knows, from the task's own address, whose identity is
 //! the certificate's.
 //!
-//! A first certificate needs the bootstrap token (compared in constant time), a task the
+//! A first certificate needs the bootstrap token (compared in constant time) or an IAM
+//! proof ([`super::iam`]: the task role's signature, checked with STS), a task the
 //! ECS reconciler knows (described at once if it has not seen it yet) that is PENDING or
 //! RUNNING, and a request coming from that task's own address. Renewal comes over mTLS
 //! with the current certificate instead of the token. The identity is always derived
@@ -39,6 +40,10 @@ use crate::discovery::registry::{HEARTBEAT, LEASE, Registry};
 pub(crate) struct ControlApi {
     pub ca: Arc<MeshCa>,
     pub token: Option<String>,
+    /// How first certificates are proved.
+    pub auth: super::MeshAuth,
+    /// Checks IAM proofs with STS (with `auth.iam`).
+    pub iam: Option<super::iam::IamVerifier>,
     pub lookup: Option<TaskLookup>,
     pub lifetime: Duration,
     pub limiter: RateLimiter,
@@ -464,19 +469,35 @@ impl ControlApi {
     }
 
     async fn certificate(&self, request: CertificateRequest, peer: SocketAddr, client_id: Option<SpiffeId>) -> Reply {
-        // The first certificate needs the token; renewal needs the current certificate.
-        if client_id.is_none() {
-            let ok = match (&self.token, &request.token) {
-                (Some(want), Some(got)) => ct_eq(want.as_bytes(), got.as_bytes()),
-                (None, _) => true,
-                (Some(_), None) => false,
+        // The first certificate needs the token or an IAM proof (checked once the task is
+        // found); renewal needs the current certificate.
+        let iam = match (&self.iam, &request.iam) {
+            (Some(v), Some(proof)) if client_id.is_none() && self.auth.iam => Some((v, proof)),
+            _ => None,
+        };
+        if client_id.is_none() && iam.is_none() {
+            let ok = match (self.auth.token, &self.token, &request.token) {
+                (true, Some(want), Some(got)) => ct_eq(want.as_bytes(), got.as_bytes()),
+                (true, _, _) => false,
+                // Address only (--mesh-dev-ca or --mesh-insecure-no-token).
+                (false, _, _) => !self.auth.iam,
             };
             if !ok {
-                return refuse(
-                    StatusCode::UNAUTHORIZED,
-                    "bad_token",
-                    "the bootstrap token is missing or wrong".into(),
-                );
+                return match self.auth.token {
+                    true => refuse(
+                        StatusCode::UNAUTHORIZED,
+                        "bad_token",
+                        "the bootstrap token is missing or wrong".into(),
+                    ),
+                    false => refuse(
+                        StatusCode::UNAUTHORIZED,
+                        "no_iam_proof",
+                        "this gateway issues first certificates on IAM identity: the sidecar signs with its \
+                         task role's credentials (AWS_CONTAINER_CREDENTIALS_FULL_URI or _RELATIVE_URI), \
+                         and the task needs a task role"
+                            .into(),
+                    ),
+                };
             }
         }
         // Issuance signs and may describe tasks: bounded per source, then per second.
@@ -502,6 +523,12 @@ impl ControlApi {
                 ),
             );
         }
+        if let Some((verifier, proof)) = iam
+            && let Err(r) = self.prove_by_iam(verifier, proof, &request.csr_pem, &task).await
+        {
+            tracing::warn!(task = %task.task_arn, code = r.code, reason = %r.reason, "IAM proof refused");
+            return refuse(r.status, r.code, r.reason);
+        }
         if let Some(current) = &client_id
             && *current != identity
         {
@@ -515,9 +542,14 @@ impl ControlApi {
             Ok(i) => i,
             Err(e) => return refuse(StatusCode::BAD_REQUEST, "bad_csr", e.to_string()),
         };
+        let proof = match (client_id.is_some(), iam.is_some(), self.auth.token) {
+            (true, _, _) => "certificate",
+            (false, true, _) => "iam",
+            (false, false, true) => "token",
+            (false, false, false) => "address",
+        };
         tracing::info!(identity = %identity, task = %task.task_arn, serial = %issued.serial,
-            renewal = client_id.is_some(), token = if self.token.is_some() { "checked" } else { "absent" },
-            "certificate issued");
+            renewal = client_id.is_some(), proof, "certificate issued");
         reply(
             StatusCode::OK,
             &CertificateResponse {
@@ -533,6 +565,34 @@ impl ControlApi {
                 default_deny: self.default_deny,
             },
         )
+    }
+}
+
+impl ControlApi {
+    /// STS says who signed the proof; that must be the task's role, in the task's account,
+    /// in the session ECS made for this task.
+    async fn prove_by_iam(
+        &self,
+        verifier: &super::iam::IamVerifier,
+        proof: &berth_common::control::IamProof,
+        csr_pem: &str,
+        task: &TaskFacts,
+    ) -> Result<(), super::iam::Refusal> {
+        let result = async {
+            let caller = verifier.caller(proof, csr_pem, self.ca.trust_domain()).await?;
+            let role = match &self.lookup {
+                Some(lookup) => lookup.task_role_arn(task).await.map_err(|e| super::iam::Refusal {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: "discovery_error",
+                    reason: format!("cannot read the task's role: {e}"),
+                })?,
+                None => None,
+            };
+            super::iam::check_caller(&caller, &task.task_arn, role.as_deref())
+        }
+        .await;
+        verifier.count(&result);
+        result
     }
 }
 

@@ -1,9 +1,10 @@
 //! The mesh control plane: the CA that issues SPIFFE identities ([`ca`]), the control API
-//! sidecars talk to ([`control_api`]), and how gateway replicas find each other
-//! ([`peers`]).
+//! sidecars talk to ([`control_api`]), how a first certificate is proved with the task's
+//! IAM role ([`iam`]), and how gateway replicas find each other ([`peers`]).
 
 pub(crate) mod ca;
 pub(crate) mod control_api;
+pub(crate) mod iam;
 pub(crate) mod peers;
 
 use std::net::SocketAddr;
@@ -25,8 +26,21 @@ pub struct MeshSettings {
     pub trust_domain: String,
     /// The bootstrap token, read from `--mesh-token-file` (trimmed).
     pub token: Option<String>,
+    /// How a first certificate is proved (`--mesh-auth`).
+    pub auth: MeshAuth,
+    /// The STS endpoint IAM proofs are verified at (with `auth.iam`).
+    pub sts_endpoint: Option<String>,
     pub default_deny: bool,
     pub cert_lifetime: Duration,
     /// How replicas find each other (the list goes to every sidecar).
     pub peers: peers::Peers,
+}
+
+/// How a sidecar proves its task for a first certificate (`--mesh-auth`): the bootstrap
+/// token, the task role's IAM identity, either, or (neither, `--mesh-dev-ca` or
+/// `--mesh-insecure-no-token` only) nothing beyond the task's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeshAuth {
+    pub token: bool,
+    pub iam: bool,
 }

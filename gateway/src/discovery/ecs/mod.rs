@@ -152,6 +152,10 @@ pub(crate) struct TaskFacts {
     /// The task's `group` as whoever started it set it (`service:NAME`, `family:NAME`):
     /// good for finding the gateway's own replicas, never for an identity.
     pub group: String,
+    /// The task's definition, whose `taskRoleArn` is the task's role unless overridden.
+    pub task_definition_arn: String,
+    /// `overrides.taskRoleArn`, when whoever started the task set one.
+    pub role_override: Option<String>,
 }
 
 /// Finds a task for the control plane: from the reconciler's last view, or at once by
@@ -243,6 +247,39 @@ impl TaskLookup {
 }
 
 impl TaskLookup {
+    /// The task's IAM role: its `overrides.taskRoleArn`, else its definition's
+    /// `taskRoleArn` (definitions never change, so each is described once); `None`: the
+    /// task has no role.
+    pub(crate) async fn task_role_arn(&self, task: &TaskFacts) -> Result<Option<String>, client::ApiError> {
+        if let Some(r) = &task.role_override {
+            return Ok(Some(r.clone()));
+        }
+        let arn = &task.task_definition_arn;
+        let cached = self
+            .shared
+            .taskdefs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(arn)
+            .cloned();
+        let def = match cached {
+            Some(d) => d,
+            None => match self.shared.api.describe_task_definition(arn).await? {
+                Some(d) => {
+                    let d = Arc::new(d);
+                    self.shared
+                        .taskdefs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(arn.clone(), d.clone());
+                    d
+                }
+                None => return Ok(None),
+            },
+        };
+        Ok(def.task_role_arn().filter(|r| !r.is_empty()).map(str::to_string))
+    }
+
     /// The running tasks of an ECS service in the discovered clusters, from the last views.
     pub(crate) fn running_tasks_of(&self, service: &str) -> Vec<TaskFacts> {
         let known = self.shared.known.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -285,6 +322,12 @@ fn facts(
         refused,
         address,
         group: task.group().unwrap_or_default().to_string(),
+        task_definition_arn: task.task_definition_arn().unwrap_or_default().to_string(),
+        role_override: task
+            .overrides()
+            .and_then(|o| o.task_role_arn())
+            .filter(|r| !r.is_empty())
+            .map(str::to_string),
     })
 }
 
