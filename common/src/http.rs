@@ -1,5 +1,5 @@
 //! HTTP plumbing shared by every hop: hop-by-hop header removal and the
-//! `X-Forwarded-*` headers.
+//! `X-Forwarded-*` headers (and the one reader of AWS's XML answers, [`xml_text`]).
 
 use std::net::IpAddr;
 
@@ -253,6 +253,17 @@ pub fn is_local_address(ip: std::net::IpAddr) -> bool {
                     || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
             }
         }
+}
+
+/// The text of the first `<name>…</name>` in an AWS query-protocol (XML) answer (EC2,
+/// STS): those answers are flat enough that no XML parser is needed, and nothing here
+/// allocates more than the two tags.
+pub fn xml_text<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
+    let open = format!("<{name}>");
+    let close = format!("</{name}>");
+    let start = xml.find(&open)? + open.len();
+    let len = xml.get(start..)?.find(&close)?;
+    xml.get(start..start + len)
 }
 
 #[cfg(test)]

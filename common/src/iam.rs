@@ -212,22 +212,17 @@ pub struct CallerIdentity {
 
 /// A `GetCallerIdentityResponse` (XML, bounded by the caller), or why not.
 pub fn parse_caller_identity(xml: &str) -> Result<CallerIdentity, IamError> {
-    let result = tag(xml, "GetCallerIdentityResult").ok_or(IamError::Answer)?;
-    let field = |name| tag(result, name).map(|v| v.trim().to_string()).ok_or(IamError::Answer);
+    let result = crate::http::xml_text(xml, "GetCallerIdentityResult").ok_or(IamError::Answer)?;
+    let field = |name| {
+        crate::http::xml_text(result, name)
+            .map(|v| v.trim().to_string())
+            .ok_or(IamError::Answer)
+    };
     Ok(CallerIdentity {
         arn: field("Arn")?,
         account: field("Account")?,
         user_id: field("UserId")?,
     })
-}
-
-/// The text of the first `<name>…</name>`.
-fn tag<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
-    let open = format!("<{name}>");
-    let close = format!("</{name}>");
-    let start = xml.find(&open)? + open.len();
-    let len = xml.get(start..)?.find(&close)?;
-    xml.get(start..start + len)
 }
 
 /// An STS assumed-role ARN, `arn:PARTITION:sts::ACCOUNT:assumed-role/ROLE/SESSION`.
@@ -289,16 +284,20 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The region, as the AWS SDKs find it in the environment: `AWS_REGION`, else
+/// `AWS_DEFAULT_REGION`.
+pub fn region(var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let set = |k: &str| var(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    set("AWS_REGION").or_else(|| set("AWS_DEFAULT_REGION"))
+}
+
 /// The STS endpoint, as the AWS SDKs find it: `AWS_ENDPOINT_URL_STS`, else
-/// `AWS_ENDPOINT_URL`, else the region's (`AWS_REGION`, `AWS_DEFAULT_REGION`).
-pub fn sts_endpoint(var: impl Fn(&str) -> Option<String>) -> Option<String> {
+/// `AWS_ENDPOINT_URL`, else `region`'s (`https://sts.REGION.amazonaws.com`).
+pub fn sts_endpoint(var: impl Fn(&str) -> Option<String>, region: Option<&str>) -> Option<String> {
     let set = |k: &str| var(k).filter(|v| !v.trim().is_empty());
     set("AWS_ENDPOINT_URL_STS")
         .or_else(|| set("AWS_ENDPOINT_URL"))
-        .or_else(|| {
-            let region = set("AWS_REGION").or_else(|| set("AWS_DEFAULT_REGION"))?;
-            Some(format!("https://sts.{}.amazonaws.com", region.trim()))
-        })
+        .or_else(|| region.map(|r| format!("https://sts.{r}.amazonaws.com")))
 }
 
 #[cfg(test)]

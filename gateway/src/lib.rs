@@ -107,7 +107,7 @@ impl Gateway {
         let mut clients = Clients::new(
             cfg.limits.connect_timeout,
             cfg.limits.upstream_idle_timeout,
-            roots,
+            roots.clone(),
             cfg.upstream_insecure_skip_verify,
             metrics.upstream_dials.plain.clone(),
         );
@@ -294,11 +294,9 @@ impl Gateway {
             let peers = mesh::peers::spawn(peer_source, local_mesh, ecs_lookup.clone());
             let iam = match (&m.sts_endpoint, m.auth.iam) {
                 (Some(endpoint), true) => {
-                    let roots = berth_common::upstream::trust_roots(None).unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "no system trust store for STS");
-                        rustls::RootCertStore::empty()
-                    });
-                    let connector = berth_common::upstream::Connector::new(std::time::Duration::from_secs(5), roots);
+                    // STS is trusted as the upstreams are (the system bundle, --upstream-ca).
+                    let connector =
+                        berth_common::upstream::Connector::new(std::time::Duration::from_secs(5), roots.clone());
                     let v = mesh::iam::IamVerifier::new(endpoint, connector, metrics.clone())
                         .map_err(StartError::MeshIam)?;
                     tracing::info!(sts = %v.endpoint(), "first mesh certificates accept IAM proofs");

@@ -663,7 +663,8 @@ impl Config {
                         iam: token.is_none() && !insecure && matches!(ca, CaSource::Files { .. }),
                     },
                 };
-                let sts_endpoint = berth_common::iam::sts_endpoint(|k| std::env::var(k).ok());
+                let env = |k: &str| std::env::var(k).ok();
+                let sts_endpoint = berth_common::iam::sts_endpoint(env, berth_common::iam::region(env).as_deref());
                 if auth.iam && sts_endpoint.is_none() {
                     return Err(bad(
                         "--mesh-auth iam (the default with a real CA and no bootstrap token) verifies with STS: \

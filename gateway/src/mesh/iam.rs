@@ -196,8 +196,11 @@ impl IamVerifier {
             return Err(unavailable(format!("HTTP {status}")));
         }
         if !status.is_success() {
-            let code = between(&text, "<Code>", "</Code>").unwrap_or("unknown");
-            let message = between(&text, "<Message>", "</Message>").unwrap_or("");
+            // STS's words, at most 256 characters of each.
+            let said =
+                |name| berth_common::http::xml_text(&text, name).map(|t| t.chars().take(256).collect::<String>());
+            let code = said("Code").unwrap_or_else(|| "unknown".into());
+            let message = said("Message").unwrap_or_default();
             return Err(refused(
                 "iam_rejected",
                 format!("STS refused the signature: {code}: {message}"),
@@ -205,13 +208,6 @@ impl IamVerifier {
         }
         iam::parse_caller_identity(&text).map_err(|e| unavailable(e.to_string()))
     }
-}
-
-/// The text between the first `open` and the `close` after it, at most 256 bytes.
-fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
-    let start = text.find(open)? + open.len();
-    let len = text.get(start..)?.find(close)?;
-    text.get(start..start + len.min(256))
 }
 
 /// Check STS's answer against the task: its account, its role and its ID.

@@ -20,6 +20,7 @@ use super::client::{ApiError, RateLimiter};
 use super::reconcile::{AddressesFuture, InstanceAddresses};
 use crate::metrics::Metrics;
 use berth_common::body::{Body, BoxError};
+use berth_common::http::xml_text as tag;
 use berth_common::upstream::Connector;
 use hyper_util::client::legacy::Client;
 
@@ -104,8 +105,8 @@ impl Ec2Lookup {
             .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
             .unwrap_or_default();
         if !status.is_success() {
-            let code = tag(&text, "Code").unwrap_or_default();
-            let message = tag(&text, "Message").unwrap_or_else(|| status.to_string());
+            let code = tag(&text, "Code").unwrap_or_default().to_string();
+            let message = tag(&text, "Message").map_or_else(|| status.to_string(), str::to_string);
             return Err(match code.as_str() {
                 "UnauthorizedOperation" | "AuthFailure" => {
                     self.metrics.ecs_api_calls.add(OP, "error");
@@ -135,13 +136,6 @@ impl InstanceAddresses for Ec2Lookup {
     }
 }
 
-fn tag(xml: &str, name: &str) -> Option<String> {
-    let open = format!("<{name}>");
-    let start = xml.find(&open)? + open.len();
-    let end = xml[start..].find(&format!("</{name}>"))? + start;
-    Some(xml[start..end].to_string())
-}
-
 /// Instance id -> private IP from a DescribeInstances response. Each instance's own
 /// `privateIpAddress` is the first one after its `instanceId` (network interfaces,
 /// which repeat the tag, come later in the item).
@@ -153,7 +147,7 @@ pub(crate) fn parse_instances(xml: &str) -> HashMap<String, String> {
         };
         let id = &chunk[..id_end];
         if let Some(ip) = tag(chunk, "privateIpAddress") {
-            out.insert(id.to_string(), ip);
+            out.insert(id.to_string(), ip.to_string());
         }
     }
     out

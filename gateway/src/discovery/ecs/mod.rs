@@ -254,28 +254,10 @@ impl TaskLookup {
         if let Some(r) = &task.role_override {
             return Ok(Some(r.clone()));
         }
-        let arn = &task.task_definition_arn;
-        let cached = self
-            .shared
-            .taskdefs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(arn)
-            .cloned();
-        let def = match cached {
-            Some(d) => d,
-            None => match self.shared.api.describe_task_definition(arn).await? {
-                Some(d) => {
-                    let d = Arc::new(d);
-                    self.shared
-                        .taskdefs
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(arn.clone(), d.clone());
-                    d
-                }
-                None => return Ok(None),
-            },
+        let Some(def) =
+            reconcile::task_definition(&self.shared.taskdefs, &self.shared.api, &task.task_definition_arn).await?
+        else {
+            return Ok(None);
         };
         Ok(def.task_role_arn().filter(|r| !r.is_empty()).map(str::to_string))
     }

@@ -24,6 +24,27 @@ pub(crate) const BATCH: usize = 100;
 /// Task definitions by ARN, shared across clusters.
 pub(crate) type TaskDefCache = Arc<Mutex<HashMap<String, Arc<TaskDefinition>>>>;
 
+/// The task definition `arn`, from the cache or described once (definitions never
+/// change); `None` when ECS does not know it.
+pub(crate) async fn task_definition(
+    cache: &TaskDefCache,
+    api: &EcsApi,
+    arn: &str,
+) -> Result<Option<Arc<TaskDefinition>>, ApiError> {
+    if let Some(d) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(arn) {
+        return Ok(Some(d.clone()));
+    }
+    let Some(d) = api.describe_task_definition(arn).await? else {
+        return Ok(None);
+    };
+    let d = Arc::new(d);
+    cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(arn.to_string(), d.clone());
+    Ok(Some(d))
+}
+
 /// EC2 instance id -> private IP, as a boxed future.
 pub(crate) type AddressesFuture<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<HashMap<String, String>, ApiError>> + Send + 'a>>;
@@ -222,25 +243,8 @@ impl ClusterReconciler {
             .filter_map(|r| r.task.task_definition_arn().map(str::to_string))
             .collect();
         for arn in missing {
-            let cached = self
-                .taskdefs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&arn)
-                .cloned();
-            let def = match cached {
-                Some(d) => d,
-                None => {
-                    let Some(d) = self.api.describe_task_definition(&arn).await? else {
-                        continue;
-                    };
-                    let d = Arc::new(d);
-                    self.taskdefs
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(arn.clone(), d.clone());
-                    d
-                }
+            let Some(def) = task_definition(&self.taskdefs, &self.api, &arn).await? else {
+                continue;
             };
             for rec in self.tasks.values_mut() {
                 if rec.def.is_none() && rec.task.task_definition_arn() == Some(arn.as_str()) {
