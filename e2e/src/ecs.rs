@@ -256,3 +256,58 @@ pub fn eni_address(task: &aws_sdk_ecs::types::Task) -> Option<String> {
         .and_then(|d| d.value())
         .map(str::to_string)
 }
+
+/// The IAM-identity scenario in cluster `prod`: families `orders` (task role
+/// `orders_role`) and `norole`, each a sidecar and an app; then four tasks: two of
+/// `orders`, one of `orders` started with `override_role` (`overrides.taskRoleArn`), one of
+/// `norole`. `net`: the awsvpc configuration moto wants. The tasks as RunTask gave them.
+pub async fn iam_scenario_tasks(
+    ecs: &aws_sdk_ecs::Client,
+    orders_role: &str,
+    override_role: &str,
+    net: Option<aws_sdk_ecs::types::NetworkConfiguration>,
+) -> Vec<aws_sdk_ecs::types::Task> {
+    use aws_sdk_ecs::types::{Compatibility, ContainerDefinition, LaunchType, NetworkMode, PortMapping, TaskOverride};
+    for (family, task_role) in [("orders", Some(orders_role)), ("norole", None)] {
+        let container = |name: &str, port: i32| {
+            ContainerDefinition::builder()
+                .name(name)
+                .image(name)
+                .memory(128)
+                .port_mappings(PortMapping::builder().container_port(port).build())
+                .build()
+        };
+        ecs.register_task_definition()
+            .family(family)
+            .set_task_role_arn(task_role.map(str::to_string))
+            .network_mode(NetworkMode::Awsvpc)
+            .requires_compatibilities(Compatibility::Fargate)
+            .cpu("256")
+            .memory("512")
+            .container_definitions(container("berth-sidecar", 15443))
+            .container_definitions(container("app", 8080))
+            .send()
+            .await
+            .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for (family, role) in [
+        ("orders", None),
+        ("orders", None),
+        ("orders", Some(override_role)),
+        ("norole", None),
+    ] {
+        let out = ecs
+            .run_task()
+            .cluster("prod")
+            .task_definition(family)
+            .launch_type(LaunchType::Fargate)
+            .set_network_configuration(net.clone())
+            .set_overrides(role.map(|r| TaskOverride::builder().task_role_arn(r).build()))
+            .send()
+            .await
+            .unwrap();
+        tasks.push(out.tasks()[0].clone());
+    }
+    tasks
+}

@@ -153,3 +153,41 @@ impl Drop for GatewayProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A gateway binary discovering cluster `prod` through the AWS API at `aws_endpoint`
+/// (ECS and STS), issuing first certificates by IAM proof only, with a dev CA in `dir`:
+/// the gateway, its control API, and the mesh's trust anchors.
+pub async fn iam_gateway(
+    aws_endpoint: &str,
+    dir: &std::path::Path,
+    extra_env: &[(&str, &str)],
+) -> (GatewayProcess, std::net::SocketAddr, berth_common::mtls::TrustAnchors) {
+    use rustls_pki_types::pem::PemObject;
+    let control: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut env = vec![("AWS_ENDPOINT_URL", aws_endpoint)];
+    env.extend_from_slice(extra_env);
+    let ca = dir.join("ca");
+    let gw = GatewayProcess::spawn(
+        &[
+            "--ecs-cluster",
+            "prod",
+            "--ecs-refresh",
+            "300ms",
+            "--mesh-dev-ca",
+            ca.to_str().unwrap(),
+            "--mesh-listen",
+            &control.to_string(),
+            "--mesh-auth",
+            "iam",
+        ],
+        &env,
+    );
+    gw.wait_admin().await;
+    let ca_pem = std::fs::read(ca.join("ca.crt")).unwrap();
+    let anchors =
+        berth_common::mtls::TrustAnchors::from_certs(&[
+            rustls_pki_types::CertificateDer::from_pem_slice(&ca_pem).unwrap()
+        ])
+        .unwrap();
+    (gw, control, anchors)
+}

@@ -12,12 +12,12 @@ mod gateway;
 mod local_up;
 mod process;
 
-pub use control::control_call;
+pub use control::{Asker, control_call, new_csr, refusal_text, slot_of};
 pub use ecs::{
-    Moto, RunningTask, ecs_client, eni_address, local_ecs, moto_awsvpc, moto_query, moto_tool, running_tasks,
-    web_container, xml_field,
+    Moto, RunningTask, ecs_client, eni_address, iam_scenario_tasks, local_ecs, moto_awsvpc, moto_query, moto_tool,
+    running_tasks, web_container, xml_field,
 };
-pub use gateway::{GatewayProcess, TestGateway, admin_json, service, start};
+pub use gateway::{GatewayProcess, TestGateway, admin_json, iam_gateway, service, start};
 pub use local_up::LocalUp;
 pub use process::{
     ProcessInfo, PythonServer, args, bin, find_process, go_tlsprobe, runnable_copy, sidecar_process, signal, temp_dir,

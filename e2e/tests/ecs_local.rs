@@ -230,8 +230,16 @@ async fn api_call_budget_for_a_thousand_tasks() {
     {
         let mut e = server.ecs.lock().unwrap();
         for _ in 0..100 {
-            e.run_task(Some("prod"), "big:1", 10, Some("service:big"), None, None)
-                .unwrap();
+            e.run_task(
+                Some("prod"),
+                "big:1",
+                10,
+                Some("service:big"),
+                None,
+                None,
+                &serde_json::Value::Null,
+            )
+            .unwrap();
         }
     }
     let refresh = Duration::from_millis(1500);
@@ -292,8 +300,16 @@ async fn api_call_budget_for_a_thousand_tasks() {
             for v in &victims {
                 e.stop_task(Some("prod"), v, None).unwrap();
             }
-            e.run_task(Some("prod"), "big:2", 10, Some("service:big"), None, None)
-                .unwrap();
+            e.run_task(
+                Some("prod"),
+                "big:2",
+                10,
+                Some("service:big"),
+                None,
+                None,
+                &serde_json::Value::Null,
+            )
+            .unwrap();
             replaced += victims.len();
         }
         assert!(
@@ -343,8 +359,16 @@ async fn throttling_and_outages_keep_the_last_good_view() {
     {
         let mut e = server.ecs.lock().unwrap();
         for _ in 0..25 {
-            e.run_task(Some("prod"), "t", 10, Some("service:t"), None, None)
-                .unwrap();
+            e.run_task(
+                Some("prod"),
+                "t",
+                10,
+                Some("service:t"),
+                None,
+                None,
+                &serde_json::Value::Null,
+            )
+            .unwrap();
         }
     }
     let backend_ip = task_addresses(&server, "t")[0].1;

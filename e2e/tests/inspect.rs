@@ -35,7 +35,15 @@ async fn inspect_prints_the_registration() {
     }))
     .unwrap();
     let task = ecs
-        .run_task(Some("prod"), "orders", 1, Some("service:orders"), None, Some("FARGATE"))
+        .run_task(
+            Some("prod"),
+            "orders",
+            1,
+            Some("service:orders"),
+            None,
+            Some("FARGATE"),
+            &serde_json::Value::Null,
+        )
         .unwrap()
         .remove(0);
     let arn = task["taskArn"].as_str().unwrap().to_string();

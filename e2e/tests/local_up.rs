@@ -63,6 +63,12 @@ async fn up_scale_stop_rolling_update_and_clean_exit() {
         "{}",
         r.body
     );
+    // Every sidecar (3 whoami, 1 caller, 2 greeter) proved its task by IAM, no token.
+    let metrics = http1(local.admin, get("a", "/metrics")).await.body;
+    assert!(
+        berth_common::test_util::metric(&metrics, "berth_mesh_iam_total{result=\"accepted\"}") >= 6,
+        "{metrics}"
+    );
 
     // Scale 3 -> 5: the gateway converges.
     ecs.update_service()

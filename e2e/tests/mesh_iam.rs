@@ -8,12 +8,11 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use aws_sdk_ecs::types::{Compatibility, ContainerDefinition, LaunchType, NetworkMode, PortMapping, TaskOverride};
-use berth_common::control::{CERTIFICATES_PATH, CertificateRequest, CertificateResponse, ErrorResponse};
+use berth_common::control::CertificateResponse;
 use berth_common::mtls::TrustAnchors;
-use berth_e2e::{GatewayProcess, Moto, control_call, ecs_client, free_port, moto_query, temp_dir, xml_field};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
+use berth_e2e::{
+    Asker, GatewayProcess, Moto, ecs_client, iam_gateway, moto_query, new_csr, refusal_text, temp_dir, xml_field,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "credentials-endpoint-token";
@@ -104,15 +103,6 @@ async fn signer(credentials: String, task_arn: &str, sts_endpoint: &str) -> bert
         .unwrap()
 }
 
-fn csr() -> String {
-    let key = rcgen::KeyPair::generate().unwrap();
-    rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap()
-}
-
 struct Task {
     arn: String,
     id: String,
@@ -127,63 +117,22 @@ struct Setup {
 }
 
 impl Setup {
+    fn asker<'a>(&'a self, task: &'a Task) -> Asker<'a> {
+        Asker {
+            control: self.control,
+            anchors: &self.anchors,
+            task_arn: &task.arn,
+            source: task.ip,
+        }
+    }
+
     async fn ask(&self, task: &Task, csr_pem: &str, iam: Option<berth_common::control::IamProof>) -> (u16, Vec<u8>) {
-        let body = serde_json::to_vec(&CertificateRequest {
-            task_arn: task.arn.clone(),
-            csr_pem: csr_pem.to_string(),
-            token: None,
-            iam,
-        })
-        .unwrap();
-        control_call(
-            self.control,
-            &self.anchors,
-            task.ip,
-            "POST",
-            CERTIFICATES_PATH,
-            body,
-            None,
-        )
-        .await
+        self.asker(task).ask(csr_pem, None, iam, None).await
     }
 
-    /// A proof by `signer` for a new CSR, sent for `task`: the status and the refusal code.
     async fn prove(&self, task: &Task, signer: &berth_sidecar::IamSigner, trust_domain: &str) -> (u16, String) {
-        let csr_pem = csr();
-        let proof = signer.proof(&csr_pem, trust_domain).await.unwrap();
-        let (status, body) = self.ask(task, &csr_pem, Some(proof)).await;
-        (status, code(&body))
+        self.asker(task).prove(signer, trust_domain).await
     }
-}
-
-fn code(body: &[u8]) -> String {
-    match serde_json::from_slice::<ErrorResponse>(body) {
-        Ok(e) => format!("{}: {}", e.code, e.error),
-        Err(_) => String::from_utf8_lossy(body).into_owned(),
-    }
-}
-
-async fn gateway(moto: &Moto, dir: &std::path::Path, extra_env: &[(&str, &str)]) -> (GatewayProcess, SocketAddr) {
-    let control: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut env = vec![("AWS_ENDPOINT_URL", moto.endpoint.as_str())];
-    env.extend_from_slice(extra_env);
-    let gw = GatewayProcess::spawn(
-        &[
-            "--ecs-cluster",
-            "prod",
-            "--ecs-refresh",
-            "300ms",
-            "--mesh-dev-ca",
-            dir.join("ca").to_str().unwrap(),
-            "--mesh-listen",
-            &control.to_string(),
-            "--mesh-auth",
-            "iam",
-        ],
-        &env,
-    );
-    gw.wait_admin().await;
-    (gw, control)
 }
 
 async fn setup() -> (Moto, Setup, Vec<Task>, [String; 2]) {
@@ -195,60 +144,20 @@ async fn setup() -> (Moto, Setup, Vec<Task>, [String; 2]) {
     let billing_role = role(&moto, "billing-task").await;
     assert!(orders_role.contains(":role/tasks/orders-task"), "{orders_role}");
     ecs.create_cluster().cluster_name("prod").send().await.unwrap();
-    for (family, task_role) in [("orders", Some(&orders_role)), ("norole", None)] {
-        let container = |name: &str, port: i32| {
-            ContainerDefinition::builder()
-                .name(name)
-                .image(name)
-                .memory(128)
-                .port_mappings(PortMapping::builder().container_port(port).build())
-                .build()
-        };
-        ecs.register_task_definition()
-            .family(family)
-            .set_task_role_arn(task_role.cloned())
-            .network_mode(NetworkMode::Awsvpc)
-            .requires_compatibilities(Compatibility::Fargate)
-            .cpu("256")
-            .memory("512")
-            .container_definitions(container("berth-sidecar", 15443))
-            .container_definitions(container("app", 8080))
-            .send()
-            .await
-            .unwrap();
-    }
-    // Two orders tasks, one started with another role (overrides.taskRoleArn), one
-    // task without a role.
-    let mut tasks = Vec::new();
-    for (family, role_override) in [
-        ("orders", None),
-        ("orders", None),
-        ("orders", Some(billing_role.clone())),
-        ("norole", None),
-    ] {
-        let out = ecs
-            .run_task()
-            .cluster("prod")
-            .task_definition(family)
-            .launch_type(LaunchType::Fargate)
-            .network_configuration(net.clone())
-            .set_overrides(role_override.map(|r| TaskOverride::builder().task_role_arn(r).build()))
-            .send()
-            .await
-            .unwrap();
-        let t = &out.tasks()[0];
-        let ip = berth_e2e::eni_address(t).unwrap().parse().unwrap();
-        let arn = t.task_arn().unwrap().to_string();
-        tasks.push(Task {
-            id: arn.rsplit('/').next().unwrap().to_string(),
-            arn,
-            ip,
-        });
-    }
+    let tasks = berth_e2e::iam_scenario_tasks(&ecs, &orders_role, &billing_role, Some(net))
+        .await
+        .iter()
+        .map(|t| {
+            let arn = t.task_arn().unwrap().to_string();
+            Task {
+                id: arn.rsplit('/').next().unwrap().to_string(),
+                ip: berth_e2e::eni_address(t).unwrap().parse().unwrap(),
+                arn,
+            }
+        })
+        .collect();
     let dir = temp_dir("mesh-iam");
-    let (gw, control) = gateway(&moto, &dir, &[]).await;
-    let ca_pem = std::fs::read(dir.join("ca/ca.crt")).unwrap();
-    let anchors = TrustAnchors::from_certs(&[CertificateDer::from_pem_slice(&ca_pem).unwrap()]).unwrap();
+    let (gw, control, anchors) = iam_gateway(&moto.endpoint, &dir, &[]).await;
     (
         moto,
         Setup {
@@ -272,22 +181,32 @@ async fn a_task_proves_itself_with_its_role_and_nothing_else_passes() {
 
     // Task A, with its own role session: a certificate, no token.
     let sign_a = signer(assume(&moto, &orders_role, &a.id).await, &a.arn, &sts).await;
-    let csr_pem = csr();
+    let (csr_pem, _) = new_csr();
     let proof = sign_a.proof(&csr_pem, "berth.local").await.unwrap();
     let (status, body) = s.ask(a, &csr_pem, Some(proof.clone())).await;
-    assert_eq!(status, 200, "{}", code(&body));
+    assert_eq!(status, 200, "{}", refusal_text(&body));
     let granted: CertificateResponse = serde_json::from_slice(&body).unwrap();
     assert_eq!(granted.identity, "spiffe://berth.local/ecs/prod/orders");
 
     // The same signature again: accepted once only.
     let (status, body) = s.ask(a, &csr_pem, Some(proof.clone())).await;
-    assert_eq!((status, code(&body).split(':').next().unwrap()), (403, "replayed"));
+    assert_eq!(
+        (status, refusal_text(&body).split(':').next().unwrap()),
+        (403, "replayed")
+    );
 
     // The proof with another key than the one signed for.
     let (status, body) = s
-        .ask(a, &csr(), Some(sign_a.proof(&csr_pem, "berth.local").await.unwrap()))
+        .ask(
+            a,
+            &new_csr().0,
+            Some(sign_a.proof(&csr_pem, "berth.local").await.unwrap()),
+        )
         .await;
-    assert_eq!((status, code(&body).split(':').next().unwrap()), (403, "wrong_key"));
+    assert_eq!(
+        (status, refusal_text(&body).split(':').next().unwrap()),
+        (403, "wrong_key")
+    );
 
     // Signed for another verifier's trust domain.
     let (status, why) = s.prove(a, &sign_a, "other.domain").await;
@@ -323,8 +242,11 @@ async fn a_task_proves_itself_with_its_role_and_nothing_else_passes() {
     assert_eq!((status, why.split(':').next().unwrap()), (403, "no_task_role"), "{why}");
 
     // No proof at all: this gateway wants one.
-    let (status, body) = s.ask(b, &csr(), None).await;
-    assert_eq!((status, code(&body).split(':').next().unwrap()), (401, "no_iam_proof"));
+    let (status, body) = s.ask(b, &new_csr().0, None).await;
+    assert_eq!(
+        (status, refusal_text(&body).split(':').next().unwrap()),
+        (401, "no_iam_proof")
+    );
 
     // Every proof counted by its final outcome: three certificates, six refusals.
     let metrics = berth_common::test_util::http1(s.gw.admin, berth_common::test_util::get("a", "/metrics"))
@@ -352,9 +274,7 @@ async fn sts_down_fails_closed() {
     let closed = berth_common::test_util::closed_port().await;
     let dir = temp_dir("mesh-iam-down");
     let sts = format!("http://{closed}");
-    let (gw, control) = gateway(&moto, &dir, &[("AWS_ENDPOINT_URL_STS", &sts)]).await;
-    let ca_pem = std::fs::read(dir.join("ca/ca.crt")).unwrap();
-    let anchors = TrustAnchors::from_certs(&[CertificateDer::from_pem_slice(&ca_pem).unwrap()]).unwrap();
+    let (gw, control, anchors) = iam_gateway(&moto.endpoint, &dir, &[("AWS_ENDPOINT_URL_STS", &sts)]).await;
     let down = Setup {
         control,
         anchors,

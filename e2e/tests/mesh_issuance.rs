@@ -177,15 +177,7 @@ async fn issuance_checks_every_claim() {
     );
 
     // Renewal over mTLS with the current certificate, no token.
-    let slot = Arc::new(CertSlot::default());
-    slot.set(
-        berth_common::tls::certified_key_from_pem(
-            issued.certificate_chain_pem.as_bytes(),
-            key.serialize_pem().as_bytes(),
-            "test",
-        )
-        .unwrap(),
-    );
+    let slot = berth_e2e::slot_of(&issued, &key);
     let (csr2, _) = csr(None);
     let (status, bytes) = request(&m, ip, body(&arn, &csr2, None), Some(slot)).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
@@ -266,16 +258,7 @@ async fn certified(m: &Mesh, arn: &str, ip: Ipv4Addr) -> Arc<CertSlot> {
     let (status, bytes) = request(m, ip, body(arn, &csr_pem, Some(TOKEN)), None).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
     let issued: CertificateResponse = serde_json::from_slice(&bytes).unwrap();
-    let slot = Arc::new(CertSlot::default());
-    slot.set(
-        berth_common::tls::certified_key_from_pem(
-            issued.certificate_chain_pem.as_bytes(),
-            key.serialize_pem().as_bytes(),
-            "test",
-        )
-        .unwrap(),
-    );
-    slot
+    berth_e2e::slot_of(&issued, &key)
 }
 
 fn registration(arn: &str, ip: Ipv4Addr, healthy: bool) -> Vec<u8> {

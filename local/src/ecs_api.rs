@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+use super::iam;
 use super::state::{ApiError, Ecs};
 
 const TARGET_PREFIX: &str = "AmazonEC2ContainerServiceV20141113.";
@@ -34,6 +35,8 @@ pub struct Faults {
     pub latency: Duration,
     /// Every call fails with 503 while set.
     pub outage: bool,
+    /// STS calls fail with 503 while set (ECS keeps answering).
+    pub sts_outage: bool,
 }
 
 /// A running ECS API server.
@@ -149,13 +152,15 @@ async fn handle(
                 error_rate: rate("errorRate").unwrap_or(0.0),
                 latency: Duration::from_millis(v["latencyMs"].as_u64().unwrap_or(0)),
                 outage: v["outage"].as_bool().unwrap_or(false),
+                sts_outage: v["stsOutage"].as_bool().unwrap_or(false),
             };
         }
         let f = faults.lock().unwrap_or_else(|e| e.into_inner()).clone();
         return reply(
             200,
             &json!({"throttleRate": f.throttle_rate, "errorRate": f.error_rate,
-                    "latencyMs": f.latency.as_millis() as u64, "outage": f.outage}),
+                    "latencyMs": f.latency.as_millis() as u64, "outage": f.outage,
+                    "stsOutage": f.sts_outage}),
         );
     }
     // The SigV4 credential scope tells EC2 calls (query protocol) from ECS ones.
@@ -167,6 +172,9 @@ async fn handle(
         .and_then(|c| c.split('/').nth(3))
         .unwrap_or_default()
         .to_string();
+    if scope_service == "sts" {
+        return sts(ecs, faults, calls, req).await;
+    }
     if scope_service == "ec2" {
         *calls
             .lock()
@@ -273,6 +281,57 @@ async fn handle(
     }
 }
 
+/// STS's `GetCallerIdentity` (query protocol), for the task roles' credentials.
+async fn sts(
+    ecs: &Mutex<Ecs>,
+    faults: &Mutex<Faults>,
+    calls: &Mutex<BTreeMap<String, u64>>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    *calls
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry("sts:GetCallerIdentity".into())
+        .or_default() += 1;
+    let xml = |status: StatusCode, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut()
+            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/xml"));
+        r
+    };
+    let f = faults.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if f.sts_outage || f.outage {
+        return xml(
+            StatusCode::SERVICE_UNAVAILABLE,
+            iam::StsError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "ServiceUnavailable",
+                message: "Service unavailable (injected outage)".into(),
+            }
+            .xml(),
+        );
+    }
+    let (parts, body) = req.into_parts();
+    let body = match http_body_util::Limited::new(body, iam::MAX_STS_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return xml(StatusCode::BAD_REQUEST, String::new()),
+    };
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let ecs = ecs.lock().unwrap_or_else(|e| e.into_inner());
+    match iam::sts(
+        &ecs,
+        parts.method.as_str(),
+        path,
+        &parts.headers,
+        &body,
+        std::time::SystemTime::now(),
+    ) {
+        Ok(answer) => xml(StatusCode::OK, answer),
+        Err(e) => xml(e.status, e.xml()),
+    }
+}
+
 fn dispatch(ecs: &mut Ecs, op: &str, input: &Value) -> Result<Value, ApiError> {
     let s = |k: &str| input[k].as_str();
     match op {
@@ -308,7 +367,15 @@ fn dispatch(ecs: &mut Ecs, op: &str, input: &Value) -> Result<Value, ApiError> {
         "RunTask" => {
             let td = s("taskDefinition").ok_or_else(|| ApiError::invalid("taskDefinition is required"))?;
             let count = input["count"].as_u64().unwrap_or(1) as usize;
-            let tasks = ecs.run_task(s("cluster"), td, count, s("group"), s("startedBy"), s("launchType"))?;
+            let tasks = ecs.run_task(
+                s("cluster"),
+                td,
+                count,
+                s("group"),
+                s("startedBy"),
+                s("launchType"),
+                &input["overrides"],
+            )?;
             Ok(json!({"tasks": tasks, "failures": []}))
         }
         "StopTask" => {

@@ -3,13 +3,16 @@
 //! end-to-end tests. [`state`] is the in-memory model of clusters, task definitions, tasks
 //! and container instances; [`ecs_api`] serves it over the real ECS wire protocol
 //! (awsJson1.1), with fault injection; [`runner`] drives the task lifecycle and runs
-//! containers as processes; [`tmds`] is the task metadata endpoint.
+//! containers as processes; [`tmds`] is the task metadata endpoint, and the task roles'
+//! credentials, which `iam` also verifies as STS does.
 
 mod ecs_api;
+mod iam;
 mod runner;
 mod state;
 pub mod tmds;
 
 pub use ecs_api::{EcsServer, Faults};
+pub use iam::TaskRole;
 pub use runner::{Programs, Runner, RunnerConfig, signal};
 pub use state::{ApiError, Ecs, TaskState};

@@ -52,13 +52,17 @@ struct Opts {
     gateways: u32,
     /// More flags for every gateway (`--gateway-arg --upstream-response-timeout=2s`).
     gateway_args: Vec<String>,
+    /// How sidecars prove their task for a first certificate (the gateway's
+    /// `--mesh-auth`): `iam` (each task's role, the default), `token`, or `iam,token`.
+    mesh_auth: String,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: berth-local [up] [--api ADDR] [--tmds ADDR] [--web ADDR] [--tcp ADDR] [--admin ADDR] [--mesh-listen ADDR] [--dir DIR]\n\
          \x20                 [--no-gateway] [--no-build] [--first-address IP] [--ecs-refresh DUR]\n\
-         \x20                 [--throttle-rate F] [--error-rate F] [--latency-ms N] [--gateway-arg ARG]..."
+         \x20                 [--throttle-rate F] [--error-rate F] [--latency-ms N] [--mesh-auth iam|token|iam,token]\n\
+         \x20                 [--gateway-arg ARG]..."
     );
     std::process::exit(64);
 }
@@ -93,6 +97,12 @@ fn parse_args() -> (String, Opts) {
             "--gateways" => o.gateways = val().parse().ok().filter(|n| *n >= 1).unwrap_or_else(|| usage()),
             "--no-build" => o.build = false,
             "--gateway-arg" => o.gateway_args.push(val()),
+            "--mesh-auth" => {
+                o.mesh_auth = val();
+                if !o.mesh_auth.split(',').all(|m| matches!(m.trim(), "iam" | "token")) {
+                    usage()
+                }
+            }
             "--first-address" => o.first_address = val().parse().unwrap_or_else(|_| usage()),
             "--ecs-refresh" => o.refresh = val(),
             "--throttle-rate" => o.faults.throttle_rate = val().parse().unwrap_or_else(|_| usage()),
@@ -120,6 +130,7 @@ fn default_opts() -> Opts {
         mesh: SocketAddr::from(([127, 0, 0, 1], 9443)),
         gateways: 1,
         gateway_args: Vec::new(),
+        mesh_auth: "iam".into(),
     }
 }
 
@@ -367,15 +378,24 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
         .filter(|(k, _)| (k.starts_with("OTEL_") && k != "OTEL_SERVICE_NAME") || k == "RUST_LOG")
         .collect();
     // The gateway runs the mesh with a dev CA; sidecars get its address, the trust
-    // anchor and a bootstrap token made for this run.
+    // anchor, and prove their task by its role's credentials (IAM), or with a
+    // bootstrap token made for this run (`--mesh-auth token`).
     let ca_dir = logs.join("mesh-ca");
-    let token: String = (0..32)
-        .map(|_| char::from_digit(fastrand::u32(..16), 16).unwrap_or('0'))
-        .collect();
-    let token_file = logs.join("mesh-token");
-    if let Err(e) = std::fs::write(&token_file, &token) {
-        eprintln!("berth-local: {}: {e}", token_file.display());
-        return 1;
+    let mut token = None;
+    if opts.mesh_auth.split(',').any(|m| m.trim() == "token") {
+        let t: String = (0..32)
+            .map(|_| char::from_digit(fastrand::u32(..16), 16).unwrap_or('0'))
+            .collect();
+        let token_file = logs.join("mesh-token");
+        if let Err(e) = std::fs::write(&token_file, &t) {
+            eprintln!("berth-local: {}: {e}", token_file.display());
+            return 1;
+        }
+        token = Some((t, token_file));
+    }
+    let mut mesh_auth_args = vec!["--mesh-auth".to_string(), opts.mesh_auth.clone()];
+    if let Some((_, file)) = &token {
+        mesh_auth_args.extend(["--mesh-token-file".to_string(), file.display().to_string()]);
     }
     let mut gateway = None;
     let replicated = opts.gateway && opts.gateways > 1;
@@ -385,7 +405,7 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
             &region,
             &server.endpoint_url(),
             &ca_dir,
-            &token_file,
+            &mesh_auth_args,
             &passthrough,
         );
         let mut ecs = server.ecs.lock().unwrap_or_else(|e| e.into_inner());
@@ -443,7 +463,7 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
                 "--mesh-listen",
                 &opts.mesh.to_string(),
             ])
-            .args(["--mesh-token-file", &token_file.display().to_string()])
+            .args(&mesh_auth_args)
             .args(&opts.gateway_args)
             .stdin(Stdio::null())
             .process_group(pgid as i32);
@@ -499,8 +519,10 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
         sidecar_env = vec![
             ("BERTH_GATEWAY".to_string(), format!("https://{}", opts.mesh)),
             ("BERTH_CA_CERT".to_string(), ca_cert.display().to_string()),
-            ("BERTH_TOKEN".to_string(), token.clone()),
         ];
+        if let Some((t, _)) = &token {
+            sidecar_env.push(("BERTH_TOKEN".to_string(), t.clone()));
+        }
     }
     let runner_cfg = RunnerConfig {
         programs: programs.clone(),
@@ -542,10 +564,10 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
             return 1;
         }
         let mut sidecar_cfg = runner.lock().await;
-        sidecar_cfg.add_sidecar_env(&[
-            ("BERTH_CA_CERT".to_string(), ca_cert.display().to_string()),
-            ("BERTH_TOKEN".to_string(), token.clone()),
-        ]);
+        sidecar_cfg.add_sidecar_env(&[("BERTH_CA_CERT".to_string(), ca_cert.display().to_string())]);
+        if let Some((t, _)) = &token {
+            sidecar_cfg.add_sidecar_env(&[("BERTH_TOKEN".to_string(), t.clone())]);
+        }
         drop(sidecar_cfg);
         {
             let mut ecs = server.ecs.lock().unwrap_or_else(|e| e.into_inner());
@@ -685,7 +707,7 @@ fn gateway_task_definition(
     region: &str,
     endpoint: &str,
     ca_dir: &std::path::Path,
-    token_file: &std::path::Path,
+    mesh_auth_args: &[String],
     passthrough: &[(String, String)],
 ) -> serde_json::Value {
     let at = |port: u16| format!("${{BERTH_LOCAL_ADDRESS}}:{port}");
@@ -718,12 +740,11 @@ fn gateway_task_definition(
         ca_dir.display().to_string(),
         "--mesh-listen".to_string(),
         at(opts.mesh.port()),
-        "--mesh-token-file".to_string(),
-        token_file.display().to_string(),
         "--mesh-peers-service".to_string(),
         GATEWAY_SERVICE.to_string(),
     ]
     .into();
+    command.extend(mesh_auth_args.iter().cloned());
     command.extend(opts.gateway_args.iter().cloned());
     serde_json::json!({
         "family": GATEWAY_SERVICE,

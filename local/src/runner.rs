@@ -407,6 +407,16 @@ impl Runner {
                 ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
             ]);
         }
+        if let Some(role) = &task.role {
+            // The documented loopback form of the container credentials endpoint.
+            env.extend([
+                (
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI".into(),
+                    format!("{}{}", self.cfg.tmds_base, role.credentials_path),
+                ),
+                ("AWS_CONTAINER_AUTHORIZATION_TOKEN".into(), role.endpoint_token.clone()),
+            ]);
+        }
         if let Some(a) = task.address {
             env.push(("BERTH_LOCAL_ADDRESS".into(), a.to_string()));
             // A gateway's `:80` (Traefik's host-less address) means the task's own address,

@@ -6,6 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+use super::iam::{self, TaskRole};
+
 pub(crate) const ACCOUNT: &str = "000000000000";
 
 /// An API error in the AWS shape (`__type`, message, HTTP status).
@@ -71,6 +73,10 @@ pub struct TaskState {
     pub stopped_at: Option<f64>,
     pub stopped_reason: Option<String>,
     pub stop_code: Option<String>,
+    /// RunTask's `overrides.taskRoleArn`, when the caller set one.
+    pub role_override: Option<String>,
+    /// The task role's session (its credentials), when the task has a role.
+    pub role: Option<TaskRole>,
 }
 
 /// One deployment of a service (ECS's `deployments[]`).
@@ -257,8 +263,10 @@ impl Ecs {
         Ok(&revisions[idx])
     }
 
-    /// RunTask: `count` tasks of a task definition, RUNNING at once (the process runner
-    /// and the full lifecycle come with berth-local's runner).
+    /// RunTask: `count` tasks of a task definition, with RunTask's `overrides` (of which
+    /// berth-local honours `taskRoleArn`; `Value::Null` for none), RUNNING at once (the
+    /// process runner and the full lifecycle come with berth-local's runner).
+    #[allow(clippy::too_many_arguments)]
     pub fn run_task(
         &mut self,
         cluster: Option<&str>,
@@ -267,15 +275,25 @@ impl Ecs {
         group: Option<&str>,
         started_by: Option<&str>,
         launch_type: Option<&str>,
+        overrides: &Value,
     ) -> Result<Vec<Value>, ApiError> {
-        self.launch(cluster, taskdef, count, group, started_by, launch_type, None)
+        self.launch(cluster, taskdef, count, group, started_by, launch_type, None, overrides)
     }
 
     /// Tasks as the scheduler of `service` starts them (group `service:NAME`, and in the
     /// service as ECS counts it), without a service to schedule them: for tests.
     pub fn run_service_task(&mut self, cluster: &str, taskdef: &str, service: &str) -> Result<Value, ApiError> {
         let group = format!("service:{service}");
-        let mut out = self.launch(Some(cluster), taskdef, 1, Some(&group), None, None, Some(service))?;
+        let mut out = self.launch(
+            Some(cluster),
+            taskdef,
+            1,
+            Some(&group),
+            None,
+            None,
+            Some(service),
+            &Value::Null,
+        )?;
         Ok(out.remove(0))
     }
 
@@ -290,6 +308,7 @@ impl Ecs {
         started_by: Option<&str>,
         launch_type: Option<&str>,
         service: Option<&str>,
+        overrides: &Value,
     ) -> Result<Vec<Value>, ApiError> {
         let cluster = self.cluster_name(cluster)?;
         if count == 0 || count > 10 {
@@ -298,6 +317,11 @@ impl Ecs {
         let def = self.task_definition(taskdef)?.clone();
         let family = def["family"].as_str().unwrap_or_default().to_string();
         let bridge = def["networkMode"] == "bridge";
+        let role_override = overrides["taskRoleArn"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+            .map(str::to_string);
+        let role_arn = iam::role_of(&def, overrides);
         let mut out = Vec::new();
         for _ in 0..count {
             let id = self.new_id();
@@ -358,6 +382,9 @@ impl Ecs {
                 stopped_at: None,
                 stopped_reason: None,
                 stop_code: None,
+                role_override: role_override.clone(),
+                // Every task its own session of the role, as ECS gives it.
+                role: role_arn.as_deref().map(TaskRole::issue),
             };
             out.push(self.task_json(&task));
             if let Some(c) = self.clusters.get_mut(&cluster) {
@@ -585,7 +612,11 @@ impl Ecs {
             "containers": containers,
             "createdAt": t.created_at,
             "version": 1,
+            "overrides": {"containerOverrides": [], "inferenceAcceleratorOverrides": []},
         });
+        if let Some(r) = &t.role_override {
+            v["overrides"]["taskRoleArn"] = json!(r);
+        }
         if let Some(s) = &t.started_by {
             v["startedBy"] = json!(s);
         }
@@ -924,6 +955,7 @@ impl Ecs {
                     Some(&primary.id),
                     Some(&svc.launch_type),
                     Some(&svc.name),
+                    &Value::Null,
                 );
                 start -= n;
             }

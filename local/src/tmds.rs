@@ -1,6 +1,8 @@
 //! The task metadata endpoint v4, one per container at its own
 //! `ECS_CONTAINER_METADATA_URI_V4` (`<base>/v4/<docker id>`), with the documented
 //! paths `/`, `/task`, `/taskWithTags`, `/stats` and `/task/stats` and field names.
+//! The same server hands each task with a role its credentials (`/v2/credentials/ID`,
+//! the container credentials endpoint: [`crate::iam`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,14 +23,26 @@ pub async fn serve(addr: SocketAddr, ecs: Arc<Mutex<Ecs>>) -> std::io::Result<So
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok((stream, peer)) = listener.accept().await else {
                 continue;
             };
             let ecs = ecs.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     let ecs = ecs.clone();
-                    async move { Ok::<_, Infallible>(handle(&ecs, req.uri().path())) }
+                    async move {
+                        let path = req.uri().path();
+                        if path.starts_with("/v2/credentials/") {
+                            let ecs = ecs.lock().unwrap_or_else(|e| e.into_inner());
+                            let authorization = req
+                                .headers()
+                                .get(http::header::AUTHORIZATION)
+                                .and_then(|v| v.to_str().ok());
+                            let (status, body) = crate::iam::credentials(&ecs, path, authorization, peer.ip());
+                            return Ok::<_, Infallible>(reply(status, &body));
+                        }
+                        Ok::<_, Infallible>(handle(&ecs, path))
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)

@@ -21,9 +21,8 @@ use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use berth_common::control::IamProof;
 use berth_common::iam::{CONTENT_TYPE, GET_CALLER_IDENTITY_BODY, KEY_HASH_HEADER, TRUST_DOMAIN_HEADER, csr_key_hash};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+
+use crate::metadata::{DocumentError, get_document};
 
 /// Where ECS serves task role credentials for `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`.
 const ECS_CREDENTIALS_HOST: &str = "169.254.170.2";
@@ -40,6 +39,8 @@ pub struct IamSigner {
     authorization: Option<Authorization>,
     region: String,
     sts_endpoint: String,
+    /// The source address of credentials fetches ([`IamSigner::from_address`]).
+    bind: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -88,28 +89,42 @@ impl IamSigner {
             ));
         }
         let task_region = task_arn.split(':').nth(3).filter(|r| !r.is_empty()).map(str::to_string);
-        let region = set("AWS_REGION")
-            .or_else(|| set("AWS_DEFAULT_REGION"))
+        let region = berth_common::iam::region(&var)
             .or(task_region)
             .ok_or("no region: set AWS_REGION")?;
-        let region = region.trim().to_string();
-        let sts_endpoint =
-            berth_common::iam::sts_endpoint(&var).unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
+        let sts_endpoint = berth_common::iam::sts_endpoint(&var, Some(&region)).ok_or("no STS endpoint")?;
         Ok(Some(IamSigner {
             credentials_uri,
             authorization,
             region,
             sts_endpoint,
+            bind: None,
         }))
+    }
+
+    /// Fetch credentials from the task's own address `ip` when the endpoint is on
+    /// loopback and so is `ip` (tasks sharing the host's loopback, as in berth-local, are
+    /// told apart by it); elsewhere the kernel's choice stands.
+    pub fn from_address(mut self, ip: Option<IpAddr>) -> IamSigner {
+        let endpoint_on_loopback = self
+            .credentials_uri
+            .host()
+            .map(|h| h.trim_matches(['[', ']']))
+            .is_some_and(|h| h == "localhost" || h.parse::<IpAddr>().is_ok_and(|a| a.is_loopback()));
+        self.bind = ip.filter(|ip| ip.is_loopback() && endpoint_on_loopback);
+        self
     }
 
     /// A proof for `csr_pem`, for the gateway of `trust_domain`.
     pub async fn proof(&self, csr_pem: &str, trust_domain: &str) -> Result<IamProof, String> {
-        let creds = tokio::time::timeout(FETCH_TIMEOUT, self.credentials())
-            .await
-            .map_err(|_| format!("no credentials from {} within {FETCH_TIMEOUT:?}", self.credentials_uri))??;
+        self.proof_at(csr_pem, trust_domain, SystemTime::now()).await
+    }
+
+    /// A proof signed as at `at` (a clock that is off, or a signature kept for later).
+    pub async fn proof_at(&self, csr_pem: &str, trust_domain: &str, at: SystemTime) -> Result<IamProof, String> {
+        let creds = self.credentials().await?;
         let key_hash = csr_key_hash(csr_pem).map_err(|e| e.to_string())?;
-        self.sign(&creds, trust_domain, &key_hash, SystemTime::now())
+        self.sign(&creds, trust_domain, &key_hash, at)
     }
 
     fn sign(
@@ -160,42 +175,23 @@ impl IamSigner {
     /// The task role's credentials, from the container credentials endpoint.
     async fn credentials(&self) -> Result<Credentials, String> {
         let uri = &self.credentials_uri;
-        let host = uri.host().unwrap_or_default().trim_matches(['[', ']']).to_string();
-        let port = uri.port_u16().unwrap_or(80);
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        let token = match &self.authorization {
+            Some(Authorization::Token(t)) => Some(t.clone()),
+            Some(Authorization::File(f)) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| format!("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE {f}: {e}"))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let body = get_document(uri, token.as_deref(), self.bind, MAX_DOCUMENT, FETCH_TIMEOUT)
             .await
-            .map_err(|e| format!("task credentials at {uri}: {e}"))?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| format!("task credentials at {uri}: {e}"))?;
-        tokio::spawn(conn);
-        let mut req = http::Request::builder()
-            .method("GET")
-            .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
-            .header("host", uri.authority().map(|a| a.as_str()).unwrap_or_default());
-        match &self.authorization {
-            Some(Authorization::Token(t)) => req = req.header("authorization", t.as_str()),
-            Some(Authorization::File(f)) => {
-                let t = std::fs::read_to_string(f)
-                    .map_err(|e| format!("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE {f}: {e}"))?;
-                req = req.header("authorization", t.trim());
-            }
-            None => {}
-        }
-        let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
-        let resp = send
-            .send_request(req)
-            .await
-            .map_err(|e| format!("task credentials at {uri}: {e}"))?;
-        let status = resp.status();
-        let body = http_body_util::Limited::new(resp.into_body(), MAX_DOCUMENT)
-            .collect()
-            .await
-            .map_err(|e| format!("task credentials at {uri}: {e}"))?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(format!("task credentials at {uri}: HTTP {status}"));
-        }
+            .map_err(|e| match e {
+                DocumentError::Unreachable(why) => format!("task credentials at {uri}: {why}"),
+                DocumentError::Status(status) => format!("task credentials at {uri}: HTTP {status}"),
+                DocumentError::Timeout => format!("no credentials from {uri} within {FETCH_TIMEOUT:?}"),
+            })?;
         parse_credentials(&body)
     }
 }

@@ -103,27 +103,60 @@ pub async fn fetch(uri: &str, timeout: Duration) -> Result<TaskMetadata, Metadat
     if url.scheme_str() != Some("http") || url.host().is_none() {
         return Err(MetadataError::BadUri(uri.to_string()));
     }
-    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let body = tokio::time::timeout(timeout, async {
+    let body = get_document(&url, None, None, berth_common::http::MAX_DOCUMENT_BYTES, timeout)
+        .await
+        .map_err(|e| match e {
+            DocumentError::Unreachable(why) => MetadataError::Unreachable(uri.to_string(), why),
+            DocumentError::Status(status) => MetadataError::Invalid(uri.to_string(), format!("HTTP {status}")),
+            DocumentError::Timeout => MetadataError::Timeout(uri.to_string(), timeout),
+        })?;
+    parse(uri, &body)
+}
+
+/// Why a local agent's document (TMDS, the task credentials endpoint) was not read.
+#[derive(Debug)]
+pub(crate) enum DocumentError {
+    Unreachable(String),
+    Status(http::StatusCode),
+    Timeout,
+}
+
+/// One GET of a document from a local agent over plain HTTP, with an `Authorization`
+/// header when it wants one, from `bind` when given: at most `limit` bytes, the whole
+/// within `timeout`.
+pub(crate) async fn get_document(
+    url: &http::Uri,
+    authorization: Option<&str>,
+    bind: Option<std::net::IpAddr>,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, DocumentError> {
+    let mut connector = HttpConnector::new();
+    connector.set_local_address(bind);
+    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let mut req = http::Request::get(url.clone());
+    if let Some(a) = authorization {
+        req = req.header(http::header::AUTHORIZATION, a);
+    }
+    let req = req
+        .body(Empty::new())
+        .map_err(|e| DocumentError::Unreachable(e.to_string()))?;
+    tokio::time::timeout(timeout, async {
         let resp = client
-            .get(url.clone())
+            .request(req)
             .await
-            .map_err(|e| MetadataError::Unreachable(uri.to_string(), berth_common::error::chain_text(&e)))?;
+            .map_err(|e| DocumentError::Unreachable(berth_common::error::chain_text(&e)))?;
         if !resp.status().is_success() {
-            return Err(MetadataError::Invalid(
-                uri.to_string(),
-                format!("HTTP {}", resp.status()),
-            ));
+            return Err(DocumentError::Status(resp.status()));
         }
-        http_body_util::Limited::new(resp.into_body(), berth_common::http::MAX_DOCUMENT_BYTES)
+        http_body_util::Limited::new(resp.into_body(), limit)
             .collect()
             .await
             .map(|b| b.to_bytes())
-            .map_err(|e| MetadataError::Unreachable(uri.to_string(), e.to_string()))
+            .map_err(|e| DocumentError::Unreachable(e.to_string()))
     })
     .await
-    .map_err(|_| MetadataError::Timeout(uri.to_string(), timeout))??;
-    parse(uri, &body)
+    .map_err(|_| DocumentError::Timeout)?
 }
 
 /// Parse a `/task` document.

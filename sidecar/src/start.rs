@@ -101,7 +101,7 @@ impl Sidecar {
         ));
         let aws_env = &settings.aws_env;
         let iam = match crate::iam::IamSigner::from_env(|k| aws_env.get(k).cloned(), &reg.task_arn) {
-            Ok(signer) => signer,
+            Ok(signer) => signer.map(|s| s.from_address(bind)),
             Err(e) => {
                 tracing::warn!(error = %e, "no IAM identity: the task role's credentials cannot be used");
                 None
