@@ -173,6 +173,14 @@ pub struct CertSummary {
     pub is_ca: bool,
 }
 
+/// The certificate's public key: the bits of its SubjectPublicKeyInfo (to check that a
+/// key file belongs to a certificate).
+pub fn public_key_bits(cert: &CertificateDer<'_>) -> Result<Vec<u8>, IdentityError> {
+    use x509_parser::prelude::*;
+    let (_, parsed) = X509Certificate::from_der(cert).map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+    Ok(parsed.public_key().subject_public_key.data.to_vec())
+}
+
 /// Subject, names and validity of a certificate.
 pub fn summarize(cert: &CertificateDer<'_>) -> Result<CertSummary, IdentityError> {
     use x509_parser::prelude::*;

@@ -10,6 +10,7 @@ mod control;
 mod ecs;
 mod gateway;
 mod local_up;
+mod mesh;
 mod process;
 
 pub use control::{Asker, control_call, new_csr, refusal_text, slot_of};
@@ -19,6 +20,7 @@ pub use ecs::{
 };
 pub use gateway::{GatewayProcess, TestGateway, admin_json, iam_gateway, service, start};
 pub use local_up::LocalUp;
+pub use mesh::{inbound_call, mesh_slot};
 pub use process::{
     ProcessInfo, PythonServer, args, bin, find_process, go_tlsprobe, runnable_copy, sidecar_process, signal, temp_dir,
     tool,

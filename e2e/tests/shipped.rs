@@ -1,6 +1,6 @@
 //! Run what ships the way it ships: `berth-gateway` as the image and the Terraform module
 //! run it (user 65532, the web entrypoint on :80, the control API on :9443, the admin API
-//! on 127.0.0.1:9900, the CA and token in the environment as ECS secrets put them, a
+//! on 127.0.0.1:9900, the CA in the environment as ECS secrets put it (IAM identity, no token), a
 //! root filesystem it cannot write), in a network namespace of the test's own whose
 //! `net.ipv4.ip_unprivileged_port_start` is what the task definition sets. Without that
 //! setting, a non-root process cannot bind :80 (the defect this test was written for).
@@ -101,10 +101,8 @@ fn the_gateway_runs_as_65532_on_its_shipped_ports() {
     let (ca_cert, ca_key) = berth_gateway::new_root("Berth shipped-test CA").unwrap();
     env.push(("BERTH_MESH_CA_CERT".into(), ca_cert));
     env.push(("BERTH_MESH_CA_KEY".into(), ca_key));
-    env.push((
-        "BERTH_MESH_TOKEN".into(),
-        "a-bootstrap-token-for-the-shipped-test".into(),
-    ));
+    // No token: IAM identity, with the region Fargate puts in every container.
+    env.push(("AWS_REGION".into(), "us-east-1".into()));
     env.push(("AWS_EC2_METADATA_DISABLED".into(), "true".into()));
 
     let dir = temp_dir("shipped");

@@ -9,13 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_common::identity::SpiffeId;
-use berth_common::mtls::{CertSlot, PeerPolicy, TrustAnchors, client_config};
-use berth_common::test_util::{Backend, Proto, eventually, get, read_reply};
-use berth_e2e::{GatewayProcess, free_port, go_tlsprobe, runnable_copy, temp_dir};
+use berth_common::mtls::{CertSlot, TrustAnchors};
+use berth_common::test_util::{Backend, Proto, eventually, get};
+use berth_e2e::{GatewayProcess, free_port, go_tlsprobe, inbound_call, mesh_slot, runnable_copy, temp_dir};
 use berth_gateway::{MeshCa, new_root};
 use berth_local::{Ecs, EcsServer, tmds};
-use hyper_util::rt::TokioIo;
-use rustls_pki_types::ServerName;
 use serde_json::json;
 
 const TOKEN: &str = "sidecar-test-bootstrap-token";
@@ -26,13 +24,6 @@ impl Drop for Child {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn slot(ca: &MeshCa, id: &SpiffeId) -> Arc<CertSlot> {
-    let (issued, key) = ca.issue_local(id, Duration::from_secs(600)).unwrap();
-    let s = Arc::new(CertSlot::default());
-    s.set(MeshCa::certified_key(&issued, &key).unwrap());
-    s
 }
 
 /// `GET /hello` to the inbound over mTLS as `me`, with a forged `x-berth-client-id`.
@@ -47,31 +38,7 @@ async fn call(
         "x-berth-client-id",
         "spiffe://berth.local/ecs/prod/forged".parse().unwrap(),
     );
-    call_with(inbound, anchors, me, expect, req).await
-}
-
-/// `req` to the inbound over mTLS (HTTP/1.1) as `me`, expecting the task to be `expect`.
-async fn call_with(
-    inbound: SocketAddr,
-    anchors: &TrustAnchors,
-    me: Option<Arc<CertSlot>>,
-    expect: &SpiffeId,
-    req: http::Request<http_body_util::Full<bytes::Bytes>>,
-) -> Result<berth_common::test_util::Reply, String> {
-    let cfg = client_config(me, anchors.clone(), PeerPolicy::Exact(expect.clone())).unwrap();
-    let tcp = tokio::net::TcpStream::connect(inbound)
-        .await
-        .map_err(|e| e.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from("orders.berth").unwrap(), tcp)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-    Ok(read_reply(resp).await)
+    inbound_call(inbound, anchors, me, expect, req).await
 }
 
 /// How the fixture runs the sidecar.
@@ -301,7 +268,7 @@ async fn inbound_mtls_authorization_and_identity_header() {
     let billing = SpiffeId::for_service("berth.local", "prod", "billing").unwrap();
 
     // An allowed caller reaches the app, which sees the verified identity, not the forged one.
-    let r = call(inbound, &anchors, Some(slot(&ca, &billing)), &orders)
+    let r = call(inbound, &anchors, Some(mesh_slot(&ca, &billing)), &orders)
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
@@ -315,7 +282,9 @@ async fn inbound_mtls_authorization_and_identity_header() {
     // Another service of the mesh is denied with the reason.
     let web = SpiffeId::for_service("berth.local", "prod", "web").unwrap();
     let before = calls(app);
-    let r = call(inbound, &anchors, Some(slot(&ca, &web)), &orders).await.unwrap();
+    let r = call(inbound, &anchors, Some(mesh_slot(&ca, &web)), &orders)
+        .await
+        .unwrap();
     assert_eq!(r.status, 403);
     assert!(
         r.body.contains("spiffe://berth.local/ecs/prod/web") && r.body.contains("berth.mesh.allow"),
@@ -331,7 +300,7 @@ async fn inbound_mtls_authorization_and_identity_header() {
         MeshCa::from_pem(&c, &k, "berth.local").unwrap()
     };
     assert!(
-        call(inbound, &anchors, Some(slot(&other, &billing)), &orders)
+        call(inbound, &anchors, Some(mesh_slot(&other, &billing)), &orders)
             .await
             .is_err()
     );
@@ -524,10 +493,10 @@ async fn a_slow_app_gets_a_504_and_a_grpc_caller_a_grpc_status() {
 
     // BERTH_APP_RESPONSE_TIMEOUT: an app that takes 5 s is answered for at 1 s.
     let t0 = std::time::Instant::now();
-    let r = call_with(
+    let r = inbound_call(
         f.inbound,
         &anchors,
-        Some(slot(&ca, &billing)),
+        Some(mesh_slot(&ca, &billing)),
         &orders,
         get("orders", "/slow?ms=5000"),
     )
@@ -542,7 +511,7 @@ async fn a_slow_app_gets_a_504_and_a_grpc_caller_a_grpc_status() {
     let mut req = get("orders", "/helloworld.Greeter/SayHello");
     req.headers_mut()
         .insert(http::header::CONTENT_TYPE, "application/grpc".parse().unwrap());
-    let r = call_with(f.inbound, &anchors, Some(slot(&ca, &web)), &orders, req)
+    let r = inbound_call(f.inbound, &anchors, Some(mesh_slot(&ca, &web)), &orders, req)
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{:?}", r.headers);
@@ -567,10 +536,10 @@ async fn a_slow_app_gets_a_504_and_a_grpc_caller_a_grpc_status() {
             let _ = tokio::io::AsyncReadExt::read(&mut conn, &mut buf).await;
         }
     });
-    let r = call_with(
+    let r = inbound_call(
         f.inbound,
         &anchors,
-        Some(slot(&ca, &billing)),
+        Some(mesh_slot(&ca, &billing)),
         &orders,
         get("orders", "/x"),
     )
@@ -584,7 +553,7 @@ async fn a_slow_app_gets_a_504_and_a_grpc_caller_a_grpc_status() {
         .header("host", "orders")
         .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
         .unwrap();
-    let r = call_with(f.inbound, &anchors, Some(slot(&ca, &billing)), &orders, post)
+    let r = inbound_call(f.inbound, &anchors, Some(mesh_slot(&ca, &billing)), &orders, post)
         .await
         .unwrap();
     assert_eq!(r.status, 502, "{}", r.body);
@@ -772,7 +741,7 @@ async fn the_sidecar_runs_as_65532_as_it_ships() {
     let anchors = TrustAnchors::from_certs(std::slice::from_ref(ca.anchor())).unwrap();
     let orders = SpiffeId::for_service("berth.local", "prod", "orders").unwrap();
     let billing = SpiffeId::for_service("berth.local", "prod", "billing").unwrap();
-    let r = call(f.inbound, &anchors, Some(slot(&ca, &billing)), &orders)
+    let r = call(f.inbound, &anchors, Some(mesh_slot(&ca, &billing)), &orders)
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
@@ -808,7 +777,7 @@ async fn a_sidecar_started_in_process_serves_and_stops_with_its_task() {
     let anchors = TrustAnchors::from_certs(std::slice::from_ref(ca.anchor())).unwrap();
     let orders = SpiffeId::for_service("berth.local", "prod", "orders").unwrap();
     let billing = SpiffeId::for_service("berth.local", "prod", "billing").unwrap();
-    let r = call(f.inbound, &anchors, Some(slot(&ca, &billing)), &orders)
+    let r = call(f.inbound, &anchors, Some(mesh_slot(&ca, &billing)), &orders)
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);

@@ -89,18 +89,19 @@ impl Gateway {
         // sidecars with it.
         let mesh_ca = match &cfg.mesh {
             Some(m) => {
-                let ca = Arc::new(match &m.ca {
-                    mesh::CaSource::Files { cert, key } => mesh::ca::MeshCa::load(cert, key, &m.trust_domain)?,
-                    mesh::CaSource::Dev(dir) => mesh::ca::MeshCa::dev(dir, &m.trust_domain)?,
-                });
+                // Fail at start, not at the first handshake, if the CA or a root is unusable.
+                let trust = Arc::new(mesh::trust::MeshTrust::load(
+                    &m.ca,
+                    m.trust_bundle.as_deref(),
+                    &m.trust_domain,
+                )?);
                 let me = berth_common::identity::SpiffeId::gateway(&m.trust_domain)
                     .map_err(|e| mesh::ca::CaError::Sign(e.to_string()))?;
                 let slot = Arc::new(berth_common::mtls::CertSlot::default());
-                let (issued, key) = ca.issue_local(&me, m.cert_lifetime)?;
+                let (issued, key) = trust.ca().issue_local(&me, m.cert_lifetime)?;
                 slot.set(mesh::ca::MeshCa::certified_key(&issued, &key)?);
-                // Fail at start, not at the first handshake, if the anchor is unusable.
-                let anchors = berth_common::mtls::TrustAnchors::from_certs(std::slice::from_ref(ca.anchor()))?;
-                Some((m.clone(), ca, slot, anchors))
+                let anchors = trust.anchors.clone();
+                Some((m.clone(), trust, slot, anchors))
             }
             None => None,
         };
@@ -274,15 +275,15 @@ impl Gateway {
         let sidecars = mesh_ca.is_some().then(|| registry.clone());
         let mesh_certs = mesh_ca
             .as_ref()
-            .map(|(_, ca, slot, _)| (ca.anchor().clone().into_owned(), slot.clone()));
-        if let Some((m, ca, slot, _)) = mesh_ca {
+            .map(|(_, _, slot, anchors)| (anchors.clone(), slot.clone()));
+        if let Some((m, trust, slot, _)) = mesh_ca {
             let listener = TcpListener::bind(m.listen).await.map_err(|source| StartError::Bind {
                 what: "mesh control API".into(),
                 addr: m.listen,
                 source,
             })?;
             mesh_addr = Some(listener.local_addr().unwrap_or(m.listen));
-            tokio::spawn(mesh::control_api::rotate_own(ca.clone(), slot.clone(), m.cert_lifetime));
+            tokio::spawn(trust.clone().run(slot.clone(), m.cert_lifetime));
             let peer_source = match &m.peers {
                 mesh::peers::Peers::Alone => match mesh::peers::own_service().await {
                     Some(service) => mesh::peers::Peers::Service(service),
@@ -305,7 +306,7 @@ impl Gateway {
                 _ => None,
             };
             let api = Arc::new(mesh::control_api::ControlApi {
-                ca,
+                trust,
                 token: m.token.clone(),
                 auth: m.auth,
                 iam,

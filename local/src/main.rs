@@ -55,6 +55,11 @@ struct Opts {
     /// How sidecars prove their task for a first certificate (the gateway's
     /// `--mesh-auth`): `iam` (each task's role, the default), `token`, or `iam,token`.
     mesh_auth: String,
+    /// The mesh CA (`--mesh-ca-cert`, `--mesh-ca-key`) instead of a dev CA made for the
+    /// run, and more roots (`--mesh-trust-bundle`); the gateway reads them again when
+    /// they change (CA rotation), and sidecars start trusting the bundle (else the CA).
+    mesh_ca: Option<(PathBuf, PathBuf)>,
+    mesh_trust_bundle: Option<PathBuf>,
 }
 
 fn usage() -> ! {
@@ -62,7 +67,7 @@ fn usage() -> ! {
         "usage: berth-local [up] [--api ADDR] [--tmds ADDR] [--web ADDR] [--tcp ADDR] [--admin ADDR] [--mesh-listen ADDR] [--dir DIR]\n\
          \x20                 [--no-gateway] [--no-build] [--first-address IP] [--ecs-refresh DUR]\n\
          \x20                 [--throttle-rate F] [--error-rate F] [--latency-ms N] [--mesh-auth iam|token|iam,token]\n\
-         \x20                 [--gateway-arg ARG]..."
+         \x20                 [--mesh-ca-cert F --mesh-ca-key F] [--mesh-trust-bundle F] [--gateway-arg ARG]..."
     );
     std::process::exit(64);
 }
@@ -97,6 +102,9 @@ fn parse_args() -> (String, Opts) {
             "--gateways" => o.gateways = val().parse().ok().filter(|n| *n >= 1).unwrap_or_else(|| usage()),
             "--no-build" => o.build = false,
             "--gateway-arg" => o.gateway_args.push(val()),
+            "--mesh-ca-cert" => o.mesh_ca.get_or_insert_with(Default::default).0 = PathBuf::from(val()),
+            "--mesh-ca-key" => o.mesh_ca.get_or_insert_with(Default::default).1 = PathBuf::from(val()),
+            "--mesh-trust-bundle" => o.mesh_trust_bundle = Some(PathBuf::from(val())),
             "--mesh-auth" => {
                 o.mesh_auth = val();
                 if !o.mesh_auth.split(',').all(|m| matches!(m.trim(), "iam" | "token")) {
@@ -131,6 +139,8 @@ fn default_opts() -> Opts {
         gateways: 1,
         gateway_args: Vec::new(),
         mesh_auth: "iam".into(),
+        mesh_ca: None,
+        mesh_trust_bundle: None,
     }
 }
 
@@ -393,21 +403,41 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
         }
         token = Some((t, token_file));
     }
-    let mut mesh_auth_args = vec!["--mesh-auth".to_string(), opts.mesh_auth.clone()];
+    let mut mesh_args = vec!["--mesh-auth".to_string(), opts.mesh_auth.clone()];
     if let Some((_, file)) = &token {
-        mesh_auth_args.extend(["--mesh-token-file".to_string(), file.display().to_string()]);
+        mesh_args.extend(["--mesh-token-file".to_string(), file.display().to_string()]);
     }
+    // What sidecars start trusting: the bundle, else the CA's certificate.
+    let trust_file = match &opts.mesh_ca {
+        Some((cert, key)) => {
+            if cert.as_os_str().is_empty() || key.as_os_str().is_empty() {
+                eprintln!("berth-local: --mesh-ca-cert and --mesh-ca-key go together");
+                return 64;
+            }
+            mesh_args.extend([
+                "--mesh-ca-cert".to_string(),
+                cert.display().to_string(),
+                "--mesh-ca-key".to_string(),
+                key.display().to_string(),
+            ]);
+            cert.clone()
+        }
+        None => {
+            mesh_args.extend(["--mesh-dev-ca".to_string(), ca_dir.display().to_string()]);
+            ca_dir.join("ca.crt")
+        }
+    };
+    let trust_file = match &opts.mesh_trust_bundle {
+        Some(bundle) => {
+            mesh_args.extend(["--mesh-trust-bundle".to_string(), bundle.display().to_string()]);
+            bundle.clone()
+        }
+        None => trust_file,
+    };
     let mut gateway = None;
     let replicated = opts.gateway && opts.gateways > 1;
     if replicated {
-        let td = gateway_task_definition(
-            &opts,
-            &region,
-            &server.endpoint_url(),
-            &ca_dir,
-            &mesh_auth_args,
-            &passthrough,
-        );
+        let td = gateway_task_definition(&opts, &region, &server.endpoint_url(), &mesh_args, &passthrough);
         let mut ecs = server.ecs.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = ecs.register_task_definition(&td) {
             eprintln!("berth-local: the gateway's task definition: {}", e.message);
@@ -457,13 +487,8 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
                 "--shutdown-delay",
                 "0s",
             ])
-            .args([
-                "--mesh-dev-ca",
-                &ca_dir.display().to_string(),
-                "--mesh-listen",
-                &opts.mesh.to_string(),
-            ])
-            .args(&mesh_auth_args)
+            .args(["--mesh-listen", &opts.mesh.to_string()])
+            .args(&mesh_args)
             .args(&opts.gateway_args)
             .stdin(Stdio::null())
             .process_group(pgid as i32);
@@ -503,7 +528,7 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
     let mut sidecar_env = Vec::new();
     if opts.gateway && !replicated {
         // The gateway creates the dev CA at start; sidecars need its certificate.
-        let ca_cert = ca_dir.join("ca.crt");
+        let ca_cert = trust_file.clone();
         let mut waited = 0;
         while !ca_cert.exists() && waited < 200 {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -549,7 +574,7 @@ async fn run(opts: Opts, programs: Programs, pgid: u32) -> i32 {
     let mut replica_admins = vec![opts.admin];
     if replicated {
         // The first replica makes the dev CA; the others (and the sidecars) share it.
-        let ca_cert = ca_dir.join("ca.crt");
+        let ca_cert = trust_file.clone();
         let ready = tokio::time::timeout(Duration::from_secs(60), async {
             while !ca_cert.exists() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -706,8 +731,7 @@ fn gateway_task_definition(
     opts: &Opts,
     region: &str,
     endpoint: &str,
-    ca_dir: &std::path::Path,
-    mesh_auth_args: &[String],
+    mesh_args: &[String],
     passthrough: &[(String, String)],
 ) -> serde_json::Value {
     let at = |port: u16| format!("${{BERTH_LOCAL_ADDRESS}}:{port}");
@@ -736,15 +760,13 @@ fn gateway_task_definition(
         // Long enough for a load balancer to stop sending before the listener closes.
         "--shutdown-delay".to_string(),
         "2s".to_string(),
-        "--mesh-dev-ca".to_string(),
-        ca_dir.display().to_string(),
         "--mesh-listen".to_string(),
         at(opts.mesh.port()),
         "--mesh-peers-service".to_string(),
         GATEWAY_SERVICE.to_string(),
     ]
     .into();
-    command.extend(mesh_auth_args.iter().cloned());
+    command.extend(mesh_args.iter().cloned());
     command.extend(opts.gateway_args.iter().cloned());
     serde_json::json!({
         "family": GATEWAY_SERVICE,

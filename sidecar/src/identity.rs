@@ -17,6 +17,8 @@ use berth_common::mtls::{CertSlot, PeerPolicy, TrustAnchors, client_config};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum IdentityError {
@@ -181,6 +183,7 @@ impl Certifier {
             .checked_add(Duration::from_secs(granted.not_after))
             .ok_or_else(|| IdentityError::Protocol(format!("not_after {} is out of range", granted.not_after)))?;
         let identity = SpiffeId::parse(&granted.identity).map_err(|e| IdentityError::Protocol(e.to_string()))?;
+        self.adopt_trust_bundle(&granted);
         self.slot.set(ck);
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(not_after);
         Ok(Granted {
@@ -188,6 +191,37 @@ impl Certifier {
             not_after,
             default_deny: granted.default_deny,
         })
+    }
+
+    /// Trust the roots the gateway sent with a certificate (one, or two during a CA
+    /// rotation) from now on, when they verify that certificate; otherwise keep the
+    /// current roots. The gateway is the one this sidecar just verified with them.
+    fn adopt_trust_bundle(&self, granted: &CertificateResponse) {
+        let parse = |pem: &str| {
+            CertificateDer::pem_slice_iter(pem.as_bytes())
+                .take(berth_common::mtls::MAX_ROOTS + 1)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())
+        };
+        let checked = parse(&granted.trust_anchor_pem).and_then(|roots| {
+            let chain = parse(&granted.certificate_chain_pem)?;
+            let proposed = TrustAnchors::from_certs(&roots).map_err(|e| e.to_string())?;
+            proposed
+                .verify_chain(&chain)
+                .map_err(|e| format!("the new certificate does not chain to them: {e}"))?;
+            Ok(roots)
+        });
+        match checked.and_then(|roots| self.anchors.replace(&roots).map_err(|e| e.to_string())) {
+            Ok(true) => {
+                self.metrics.trust_roots(&self.anchors);
+                tracing::info!(
+                    roots = self.anchors.certs().len(),
+                    "trust bundle updated from the gateway (CA rotation)"
+                );
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "the gateway's trust bundle is not usable; keeping the current roots"),
+        }
     }
 
     /// Keep the certificate fresh: renew at ~70 % of its remaining life, retry with back-off.

@@ -13,7 +13,7 @@ use berth_common::body::{Body, boxed, from_client};
 use berth_common::forward::{self, Attempt, Failed, Failure, One, RequestBody, RetryOn, Trip};
 use berth_common::http::{CLIENT_ID_HEADER, UNREACHABLE_HEADER, is_idempotent, remove_hop_by_hop};
 use berth_common::identity::{SpiffeId, spiffe_id_of};
-use berth_common::mtls::{CertSlot, PeerPolicy, TrustAnchors, server_config};
+use berth_common::mtls::{CertSlot, FollowingServerConfig, PeerPolicy, TrustAnchors, server_config};
 use berth_common::serve::{Listener, ServeLimits, serve_http, within};
 use berth_common::synthetic::Synthetic;
 use berth_common::telemetry::body::{Finish, GrpcTap, Observed};
@@ -115,20 +115,20 @@ impl Inbound {
         slot: Arc<CertSlot>,
         anchors: TrustAnchors,
     ) -> Result<(), rustls::Error> {
-        let mut cfg = server_config(
-            slot,
-            anchors,
-            PeerPolicy::TrustDomain(self.policy.me.trust_domain().into()),
-        )?;
-        cfg.alpn_protocols.extend(self.tcp_ports.iter().map(|p| tcp_alpn(*p)));
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let policy = PeerPolicy::TrustDomain(self.policy.me.trust_domain().into());
+        let tcp_alpns: Vec<Vec<u8>> = self.tcp_ports.iter().map(|p| tcp_alpn(*p)).collect();
+        let configs = FollowingServerConfig::new(anchors, move |anchors| {
+            let mut cfg = server_config(slot.clone(), anchors, policy.clone())?;
+            cfg.alpn_protocols.extend(tcp_alpns.iter().cloned());
+            Ok(cfg)
+        })?;
         let limits = ServeLimits::MESH;
         let listener = Listener::new(listener, "inbound", &limits);
         loop {
             let (tcp, peer, admission) = listener.accept().await;
             // Small HTTP/2 frames (gRPC) must not wait for Nagle's delayed ACK.
             let _ = tcp.set_nodelay(true);
-            let (me, acceptor) = (self.clone(), acceptor.clone());
+            let (me, acceptor) = (self.clone(), tokio_rustls::TlsAcceptor::from(configs.get()));
             tokio::spawn(async move {
                 let _admission = admission;
                 let tls = match within(limits.handshake_timeout, acceptor.accept(tcp)).await {

@@ -1,7 +1,7 @@
 //! The sidecar's Prometheus metrics on `BERTH_ADMIN` (`GET /metrics`): inbound requests
 //! by status and refusals, outbound requests by mesh service and status, retries, whether
 //! each gateway replica has the registration, the app's health, the certificate's expiry
-//! and IAM proofs that could not be signed,
+//! and IAM proofs that could not be signed, the roots it trusts (a CA rotation's progress),
 //! request durations, the connections opened (keep-alive reuse), and what became of trace
 //! spans and access-log lines.
 
@@ -24,6 +24,8 @@ pub struct Metrics {
     cert_not_after: AtomicU64,
     /// IAM proofs that could not be signed (no credentials, a bad endpoint).
     iam_failed: AtomicU64,
+    /// The subjects of the roots trusted now.
+    trust_roots: Mutex<Vec<String>>,
     inbound_duration: Histogram,
     grpc: Counters<(&'static str, &'static str)>,
     inbound_tcp: Counters<&'static str>,
@@ -96,6 +98,20 @@ impl Metrics {
     /// An IAM proof could not be signed.
     pub fn iam_failed(&self) {
         self.iam_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The roots trusted from now on.
+    pub fn trust_roots(&self, anchors: &berth_common::mtls::TrustAnchors) {
+        let subjects = anchors
+            .certs()
+            .iter()
+            .map(|c| {
+                berth_common::identity::summarize(c)
+                    .map(|s| s.subject)
+                    .unwrap_or_default()
+            })
+            .collect();
+        *self.trust_roots.lock().unwrap_or_else(|e| e.into_inner()) = subjects;
     }
 
     pub fn certificate(&self, not_after: SystemTime) {
@@ -228,6 +244,16 @@ impl Metrics {
             "IAM proofs that could not be signed with the task role's credentials.",
         );
         sample(&mut out, name, &[], self.iam_failed.load(Ordering::Relaxed));
+        let name = "berth_sidecar_trust_anchor";
+        family(
+            &mut out,
+            name,
+            "gauge",
+            "The mesh roots this sidecar trusts now, by subject (two during a CA rotation).",
+        );
+        for subject in self.trust_roots.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            sample(&mut out, name, &[("subject", subject)], 1);
+        }
         out
     }
 }

@@ -93,6 +93,7 @@ impl Sidecar {
         let bind = Some(settings.inbound.ip()).filter(|ip| !ip.is_unspecified());
         let slot = Arc::new(CertSlot::default());
         let metrics = Arc::new(Metrics::default());
+        metrics.trust_roots(&anchors);
         let pool = Arc::new(ControlPool::new(
             gateways(&settings.gateways).await,
             bind,

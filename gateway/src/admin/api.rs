@@ -35,11 +35,9 @@ pub(crate) struct AdminState {
     pub entrypoints: Vec<(String, std::net::SocketAddr)>,
     /// When the gateway started (RFC 3339), for `/api/version`.
     pub started: String,
-    /// The mesh CA's anchor and the gateway's own mesh certificate.
-    pub mesh_certs: Option<(
-        rustls_pki_types::CertificateDer<'static>,
-        Arc<berth_common::mtls::CertSlot>,
-    )>,
+    /// The mesh's roots (the CA's, and the trust bundle's) and the gateway's own mesh
+    /// certificate.
+    pub mesh_certs: Option<(berth_common::mtls::TrustAnchors, Arc<berth_common::mtls::CertSlot>)>,
 }
 
 /// Serve the admin API until the task is dropped: everything (`None`, Berth's
@@ -620,8 +618,10 @@ fn certificates(state: &AdminState) -> Vec<Value> {
             out.push(v);
         }
     };
-    if let Some((anchor, slot)) = &state.mesh_certs {
-        add("mesh CA", anchor);
+    if let Some((anchors, slot)) = &state.mesh_certs {
+        for root in anchors.certs() {
+            add("mesh CA", &root);
+        }
         if let Some(ck) = slot.get()
             && let Some(c) = ck.cert.first()
         {

@@ -236,6 +236,12 @@ pub struct Args {
     /// The mesh CA key: a PEM file, or the PEM itself (an ECS secret).
     #[arg(long, env = "BERTH_MESH_CA_KEY", hide_env_values = true)]
     pub mesh_ca_key: Option<PathBuf>,
+    /// More roots peers are trusted by, beside the CA's own (PEM, a file or the PEM
+    /// itself): the next CA's root before it signs, the last one's until its
+    /// certificates expire. Sent to every sidecar with its certificate; the files are
+    /// read again when they change.
+    #[arg(long, env = "BERTH_MESH_TRUST_BUNDLE", hide_env_values = true)]
+    pub mesh_trust_bundle: Option<PathBuf>,
     /// The bootstrap token itself (an ECS secret), instead of --mesh-token-file.
     #[arg(long, env = "BERTH_MESH_TOKEN", hide_env_values = true)]
     #[serde(skip)]
@@ -674,6 +680,7 @@ impl Config {
                 }
                 Some(MeshSettings {
                     ca,
+                    trust_bundle: s.mesh_trust_bundle.clone(),
                     listen: s.mesh_listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9443))),
                     trust_domain,
                     token,

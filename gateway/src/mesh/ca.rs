@@ -69,7 +69,7 @@ impl std::fmt::Debug for MeshCa {
 
 /// A PEM file, or the PEM itself (as ECS injects a Secrets Manager secret into an
 /// environment variable such as `BERTH_MESH_CA_CERT`).
-fn read(path: &Path) -> Result<String, CaError> {
+pub(crate) fn read(path: &Path) -> Result<String, CaError> {
     if let Some(inline) = path.to_str().filter(|p| p.trim_start().starts_with("-----BEGIN")) {
         return Ok(inline.to_string());
     }
@@ -93,6 +93,12 @@ impl MeshCa {
             .first()
             .ok_or_else(|| CaError::BadCa("no certificate in the CA file".into()))?;
         let key = KeyPair::from_pem(key_pem).map_err(|e| CaError::BadCa(format!("bad CA key: {e}")))?;
+        let cert_key = berth_common::identity::public_key_bits(first).map_err(|e| CaError::BadCa(e.to_string()))?;
+        if cert_key != rcgen::PublicKeyData::der_bytes(&key) {
+            return Err(CaError::BadCa(
+                "the CA key does not belong to the CA certificate".into(),
+            ));
+        }
         let issuer = Issuer::from_ca_cert_der(first, key).map_err(|e| CaError::BadCa(e.to_string()))?;
         let anchor = certs
             .last()

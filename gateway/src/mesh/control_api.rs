@@ -25,20 +25,20 @@ use berth_common::control::{
     MESH_PATH, MeshService, MeshView, REGISTRATIONS_PATH, Registration, RegistrationAck,
 };
 use berth_common::identity::{SpiffeId, spiffe_id_of};
-use berth_common::mtls::{CertSlot, PeerPolicy, TrustAnchors, server_config_optional_client};
+use berth_common::mtls::{CertSlot, FollowingServerConfig, PeerPolicy, server_config_optional_client};
 use berth_common::serve::{Listener, ServeLimits, serve_http, within};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use tokio::net::TcpListener;
 
-use super::ca::MeshCa;
 use crate::discovery::ecs::client::RateLimiter;
 use crate::discovery::ecs::{MeshTable, TaskFacts, TaskLookup};
 use crate::discovery::registry::{HEARTBEAT, LEASE, Registry};
 
 pub(crate) struct ControlApi {
-    pub ca: Arc<MeshCa>,
+    /// The CA that signs and the roots peers are verified against.
+    pub trust: Arc<super::trust::MeshTrust>,
     pub token: Option<String>,
     /// How first certificates are proved.
     pub auth: super::MeshAuth,
@@ -175,14 +175,15 @@ impl ControlApi {
         listener: TcpListener,
         slot: Arc<CertSlot>,
     ) -> Result<(), rustls::Error> {
-        let anchors = TrustAnchors::from_certs(std::slice::from_ref(self.ca.anchor()))?;
-        let cfg = server_config_optional_client(slot, anchors, PeerPolicy::TrustDomain(self.ca.trust_domain().into()))?;
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let policy = PeerPolicy::TrustDomain(self.trust.trust_domain().into());
+        let configs = FollowingServerConfig::new(self.trust.anchors.clone(), move |anchors| {
+            server_config_optional_client(slot.clone(), anchors, policy.clone())
+        })?;
         let limits = ServeLimits::INTERNAL;
         let listener = Listener::new(listener, "control API", &limits);
         loop {
             let (tcp, peer, admission) = listener.accept().await;
-            let (api, acceptor) = (self.clone(), acceptor.clone());
+            let (api, acceptor) = (self.clone(), tokio_rustls::TlsAcceptor::from(configs.get()));
             tokio::spawn(async move {
                 let _admission = admission;
                 let tls = match within(limits.handshake_timeout, acceptor.accept(tcp)).await {
@@ -287,7 +288,7 @@ impl ControlApi {
                 ),
             ));
         }
-        match SpiffeId::for_service(self.ca.trust_domain(), &task.cluster, &task.service) {
+        match SpiffeId::for_service(self.trust.trust_domain(), &task.cluster, &task.service) {
             Ok(id) => Ok((task, id)),
             Err(e) => Err(refuse(StatusCode::FORBIDDEN, "bad_identity", e.to_string())),
         }
@@ -382,7 +383,7 @@ impl ControlApi {
             match table.get(n) {
                 Some(s) => services.push(MeshService {
                     name: s.name.clone(),
-                    identity: format!("spiffe://{}/{}", self.ca.trust_domain(), s.identity),
+                    identity: format!("spiffe://{}/{}", self.trust.trust_domain(), s.identity),
                     endpoints: s.endpoints.clone(),
                     policy: s.policy.clone(),
                 }),
@@ -538,7 +539,7 @@ impl ControlApi {
                 format!("renewal by {current} for a task of {identity}"),
             );
         }
-        let issued = match self.ca.issue(&request.csr_pem, &identity, self.lifetime) {
+        let issued = match self.trust.ca().issue(&request.csr_pem, &identity, self.lifetime) {
             Ok(i) => i,
             Err(e) => return refuse(StatusCode::BAD_REQUEST, "bad_csr", e.to_string()),
         };
@@ -555,7 +556,7 @@ impl ControlApi {
             &CertificateResponse {
                 identity: identity.to_string(),
                 certificate_chain_pem: issued.chain_pem,
-                trust_anchor_pem: self.ca.anchor_pem(),
+                trust_anchor_pem: self.trust.bundle_pem(),
                 serial: issued.serial,
                 not_after: issued
                     .not_after
@@ -579,7 +580,7 @@ impl ControlApi {
         task: &TaskFacts,
     ) -> Result<(), super::iam::Refusal> {
         let result = async {
-            let caller = verifier.caller(proof, csr_pem, self.ca.trust_domain()).await?;
+            let caller = verifier.caller(proof, csr_pem, self.trust.trust_domain()).await?;
             let role = match &self.lookup {
                 Some(lookup) => lookup.task_role_arn(task).await.map_err(|e| super::iam::Refusal {
                     status: StatusCode::SERVICE_UNAVAILABLE,
@@ -630,22 +631,4 @@ async fn read_json<T: serde::de::DeserializeOwned>(req: Request<hyper::body::Inc
             ),
         )
     })
-}
-
-/// Keep the gateway's own certificate fresh: reissue at 70 % of its lifetime, with jitter.
-pub(crate) async fn rotate_own(ca: Arc<MeshCa>, slot: Arc<CertSlot>, lifetime: Duration) {
-    let Ok(me) = SpiffeId::gateway(ca.trust_domain()) else {
-        return;
-    };
-    loop {
-        match ca
-            .issue_local(&me, lifetime)
-            .and_then(|(issued, key)| MeshCa::certified_key(&issued, &key))
-        {
-            Ok(k) => slot.set(k),
-            Err(e) => tracing::error!(error = %e, "cannot issue the gateway's own certificate"),
-        }
-        let wait = lifetime.mul_f64(0.7 - 0.05 * fastrand::f64());
-        tokio::time::sleep(wait.max(Duration::from_secs(1))).await;
-    }
 }

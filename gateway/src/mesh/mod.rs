@@ -1,11 +1,13 @@
 //! The mesh control plane: the CA that issues SPIFFE identities ([`ca`]), the control API
 //! sidecars talk to ([`control_api`]), how a first certificate is proved with the task's
-//! IAM role ([`iam`]), and how gateway replicas find each other ([`peers`]).
+//! IAM role ([`iam`]), how gateway replicas find each other ([`peers`]), and the roots
+//! everyone is verified against, reloaded for CA rotation ([`trust`]).
 
 pub(crate) mod ca;
 pub(crate) mod control_api;
 pub(crate) mod iam;
 pub(crate) mod peers;
+pub(crate) mod trust;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +24,8 @@ pub enum CaSource {
 #[derive(Debug, Clone)]
 pub struct MeshSettings {
     pub ca: CaSource,
+    /// More roots to trust (`--mesh-trust-bundle`), beside the CA's.
+    pub trust_bundle: Option<PathBuf>,
     pub listen: SocketAddr,
     pub trust_domain: String,
     /// The bootstrap token, read from `--mesh-token-file` (trimmed).

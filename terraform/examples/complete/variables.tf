@@ -51,8 +51,9 @@ variable "ca_key_secret_arn" {
 }
 
 variable "token_secret_arn" {
-  description = "Secret holding the bootstrap token (16+ random characters)."
+  description = "Secret holding a bootstrap token (16+ random characters); null: IAM identity (the tasks' roles), no token."
   type        = string
+  default     = null
 }
 
 variable "kms_key_arn" {

@@ -29,8 +29,9 @@ variable "ca_cert_secret_arn" {
 }
 
 variable "token_secret_arn" {
-  description = "Secret holding the bootstrap token."
+  description = "Secret holding a bootstrap token; null: IAM identity (the task role), no token."
   type        = string
+  default     = null
 }
 
 variable "kms_key_arn" {

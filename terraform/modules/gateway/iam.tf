@@ -71,12 +71,13 @@ resource "aws_iam_role_policy" "discovery" {
   policy = data.aws_iam_policy_document.discovery.json
 }
 
-# The execution role: pull the image, write logs, read the three secrets.
+# The execution role: pull the image, write logs, read the secrets (CA certificate and
+# key; the token and the trust bundle when given).
 data "aws_iam_policy_document" "execution" {
   statement {
     sid       = "Secrets"
     actions   = ["secretsmanager:GetSecretValue"]
-    resources = [var.ca_cert_secret_arn, var.ca_key_secret_arn, var.token_secret_arn]
+    resources = compact([var.ca_cert_secret_arn, var.ca_key_secret_arn, var.token_secret_arn, var.trust_bundle_secret_arn])
   }
   statement {
     sid       = "DecryptSecrets"

@@ -7,7 +7,15 @@ locals {
     BERTH_MESH_LISTEN        = "0.0.0.0:${var.control_port}"
     BERTH_MESH_PEERS_SERVICE = var.name
     BERTH_LOG_FORMAT         = "json"
-  }, var.extra_environment)
+  }, var.mesh_auth == null ? {} : { BERTH_MESH_AUTH = var.mesh_auth }, var.extra_environment)
+  secrets = concat(
+    [
+      { name = "BERTH_MESH_CA_CERT", valueFrom = var.ca_cert_secret_arn },
+      { name = "BERTH_MESH_CA_KEY", valueFrom = var.ca_key_secret_arn },
+    ],
+    var.token_secret_arn == null ? [] : [{ name = "BERTH_MESH_TOKEN", valueFrom = var.token_secret_arn }],
+    var.trust_bundle_secret_arn == null ? [] : [{ name = "BERTH_MESH_TRUST_BUNDLE", valueFrom = var.trust_bundle_secret_arn }],
+  )
 }
 
 data "aws_region" "current" {}
@@ -52,11 +60,7 @@ resource "aws_ecs_task_definition" "gateway" {
       { containerPort = var.control_port, protocol = "tcp" },
     ]
     environment = [for k in sort(keys(local.environment)) : { name = k, value = local.environment[k] }]
-    secrets = [
-      { name = "BERTH_MESH_CA_CERT", valueFrom = var.ca_cert_secret_arn },
-      { name = "BERTH_MESH_CA_KEY", valueFrom = var.ca_key_secret_arn },
-      { name = "BERTH_MESH_TOKEN", valueFrom = var.token_secret_arn },
-    ]
+    secrets     = local.secrets
     # Shorter than the target groups' deregistration delay, so a stopping replica keeps
     # accepting until the load balancer has stopped sending (--shutdown-delay 10s).
     stopTimeout = 60

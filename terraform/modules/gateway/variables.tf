@@ -129,8 +129,21 @@ variable "ca_key_secret_arn" {
 }
 
 variable "token_secret_arn" {
-  description = "Secrets Manager secret holding the bootstrap token sidecars present for their first certificate (at least 16 characters)."
+  description = "Secrets Manager secret holding a bootstrap token sidecars may present for their first certificate (at least 16 characters). Null (the default): tasks prove themselves with their task role (IAM identity), no shared secret."
   type        = string
+  default     = null
+}
+
+variable "mesh_auth" {
+  description = "How a first certificate is proved (--mesh-auth): iam, token or \"iam,token\". Null: token when token_secret_arn is set, else iam."
+  type        = string
+  default     = null
+}
+
+variable "trust_bundle_secret_arn" {
+  description = "Secrets Manager secret holding more mesh roots beside the CA's (PEM): the next CA's during a rotation (docs/security.md). Null: the CA's root only."
+  type        = string
+  default     = null
 }
 
 variable "kms_key_arn" {

@@ -17,10 +17,10 @@ locals {
     memoryReservation      = var.memory
     portMappings           = [{ containerPort = 15443, protocol = "tcp" }]
     environment            = [for k in sort(keys(local.environment)) : { name = k, value = local.environment[k] }]
-    secrets = [
-      { name = "BERTH_CA_CERT", valueFrom = var.ca_cert_secret_arn },
-      { name = "BERTH_TOKEN", valueFrom = var.token_secret_arn },
-    ]
+    secrets = concat(
+      [{ name = "BERTH_CA_CERT", valueFrom = var.ca_cert_secret_arn }],
+      var.token_secret_arn == null ? [] : [{ name = "BERTH_TOKEN", valueFrom = var.token_secret_arn }],
+    )
     # `berth-sidecar health` asks the sidecar's own /readyz (no shell in the image).
     healthCheck = {
       command     = ["CMD", "/berth-sidecar", "health"]

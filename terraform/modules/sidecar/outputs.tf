@@ -14,14 +14,14 @@ output "environment" {
 }
 
 output "execution_role_policy_json" {
-  description = "A policy for the task's execution role: read the two secrets the sidecar gets."
+  description = "A policy for the task's execution role: read the secrets the sidecar gets (the CA certificate, and the token when given)."
   value = jsonencode({
     Version = "2012-10-17"
     Statement = [{
       Sid      = "BerthSidecarSecrets"
       Effect   = "Allow"
       Action   = ["secretsmanager:GetSecretValue"]
-      Resource = [var.ca_cert_secret_arn, var.token_secret_arn]
+      Resource = compact([var.ca_cert_secret_arn, var.token_secret_arn])
     }]
   })
 }

@@ -18,8 +18,9 @@ variable "ca_cert_secret_arn" {
 }
 
 variable "token_secret_arn" {
-  description = "Secrets Manager secret holding the bootstrap token."
+  description = "Secrets Manager secret holding the bootstrap token. Null (the default): the sidecar proves its task with the task role (IAM identity); the task definition needs a task role."
   type        = string
+  default     = null
 }
 
 variable "app_port" {
