@@ -19,73 +19,12 @@ use berth_common::iam::Authorization;
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::state::{ACCOUNT, Ecs, TaskState};
+use super::state::{ACCOUNT, Ecs, HEX, TaskRole, TaskState, UPPER, random};
 
-/// How long a task's credentials are good for (ECS refreshes them well before).
-const LIFETIME: Duration = Duration::from_secs(6 * 3600);
 /// How far a signature's date may be from STS's clock, as STS allows.
 const SKEW: Duration = Duration::from_secs(15 * 60);
 /// The largest `GetCallerIdentity` request read.
 pub(crate) const MAX_STS_BODY: usize = 4 * 1024;
-
-/// A task's role session: what its credentials endpoint serves.
-#[derive(Debug, Clone)]
-pub struct TaskRole {
-    pub role_arn: String,
-    pub access_key_id: String,
-    pub secret_access_key: String,
-    pub session_token: String,
-    /// The path of the task's credentials on the metadata server.
-    pub credentials_path: String,
-    /// What the credentials endpoint wants as `Authorization`.
-    pub endpoint_token: String,
-    pub expiration: SystemTime,
-}
-
-fn random(alphabet: &[u8], n: usize) -> String {
-    (0..n)
-        .map(|_| char::from(alphabet[fastrand::usize(..alphabet.len())]))
-        .collect()
-}
-
-const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-const MIXED: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-const HEX: &[u8] = b"0123456789abcdef";
-
-impl TaskRole {
-    /// New credentials for a session of `role_arn`.
-    pub(crate) fn issue(role_arn: &str) -> TaskRole {
-        TaskRole {
-            role_arn: role_arn.to_string(),
-            access_key_id: format!("ASIA{}", random(UPPER, 16)),
-            secret_access_key: random(MIXED, 40),
-            session_token: random(MIXED, 120),
-            credentials_path: format!("/v2/credentials/{}", random(HEX, 32)),
-            endpoint_token: random(HEX, 32),
-            expiration: SystemTime::now() + LIFETIME,
-        }
-    }
-
-    /// The credentials document, as the ECS agent serves it.
-    fn document(&self) -> Value {
-        json!({
-            "RoleArn": self.role_arn,
-            "AccessKeyId": self.access_key_id,
-            "SecretAccessKey": self.secret_access_key,
-            "Token": self.session_token,
-            "Expiration": berth_common::accesslog::rfc3339(self.expiration),
-        })
-    }
-}
-
-/// The task's role: RunTask's `overrides.taskRoleArn`, else its definition's.
-pub(crate) fn role_of(def: &Value, overrides: &Value) -> Option<String> {
-    [&overrides["taskRoleArn"], &def["taskRoleArn"]]
-        .into_iter()
-        .filter_map(Value::as_str)
-        .find(|r| !r.is_empty())
-        .map(str::to_string)
-}
 
 /// Serve `GET <credentials path>` from `peer` with `authorization`.
 pub(crate) fn credentials(ecs: &Ecs, path: &str, authorization: Option<&str>, peer: IpAddr) -> (StatusCode, Value) {
@@ -115,7 +54,18 @@ pub(crate) fn credentials(ecs: &Ecs, path: &str, authorization: Option<&str>, pe
     if task.last_status == "STOPPED" {
         return refuse(StatusCode::NOT_FOUND, format!("task {} has stopped", task.id));
     }
-    (StatusCode::OK, role.document())
+    (StatusCode::OK, document(role))
+}
+
+/// A task role's credentials document, as the ECS agent serves it.
+fn document(role: &TaskRole) -> Value {
+    json!({
+        "RoleArn": role.role_arn,
+        "AccessKeyId": role.access_key_id,
+        "SecretAccessKey": role.secret_access_key,
+        "Token": role.session_token,
+        "Expiration": berth_common::accesslog::rfc3339(role.expiration),
+    })
 }
 
 fn tasks(ecs: &Ecs) -> impl Iterator<Item = &TaskState> {
@@ -319,6 +269,7 @@ fn role_id(role_arn: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::state::role_of;
 
     #[test]
     fn the_override_wins_over_the_definitions_role() {

@@ -13,6 +13,6 @@ mod state;
 pub mod tmds;
 
 pub use ecs_api::{EcsServer, Faults};
-pub use iam::TaskRole;
 pub use runner::{Programs, Runner, RunnerConfig, signal};
+pub use state::TaskRole;
 pub use state::{ApiError, Ecs, TaskState};

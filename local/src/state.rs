@@ -2,11 +2,9 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-
-use super::iam::{self, TaskRole};
 
 pub(crate) const ACCOUNT: &str = "000000000000";
 
@@ -321,7 +319,7 @@ impl Ecs {
             .as_str()
             .filter(|r| !r.is_empty())
             .map(str::to_string);
-        let role_arn = iam::role_of(&def, overrides);
+        let role_arn = role_of(&def, overrides);
         let mut out = Vec::new();
         for _ in 0..count {
             let id = self.new_id();
@@ -990,4 +988,57 @@ impl Ecs {
             c.tasks.retain(|_, t| t.stopped_at.is_none_or(|s| s > cutoff));
         }
     }
+}
+
+// === task roles ===
+
+/// How long a task's credentials are good for (ECS refreshes them well before).
+const LIFETIME: Duration = Duration::from_secs(6 * 3600);
+
+/// A task's role session: what its credentials endpoint serves.
+#[derive(Debug, Clone)]
+pub struct TaskRole {
+    pub role_arn: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: String,
+    /// The path of the task's credentials on the metadata server.
+    pub credentials_path: String,
+    /// What the credentials endpoint wants as `Authorization`.
+    pub endpoint_token: String,
+    pub expiration: SystemTime,
+}
+
+pub(crate) fn random(alphabet: &[u8], n: usize) -> String {
+    (0..n)
+        .map(|_| char::from(alphabet[fastrand::usize(..alphabet.len())]))
+        .collect()
+}
+
+pub(crate) const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+const MIXED: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+pub(crate) const HEX: &[u8] = b"0123456789abcdef";
+
+impl TaskRole {
+    /// New credentials for a session of `role_arn`.
+    pub(crate) fn issue(role_arn: &str) -> TaskRole {
+        TaskRole {
+            role_arn: role_arn.to_string(),
+            access_key_id: format!("ASIA{}", random(UPPER, 16)),
+            secret_access_key: random(MIXED, 40),
+            session_token: random(MIXED, 120),
+            credentials_path: format!("/v2/credentials/{}", random(HEX, 32)),
+            endpoint_token: random(HEX, 32),
+            expiration: SystemTime::now() + LIFETIME,
+        }
+    }
+}
+
+/// The task's role: RunTask's `overrides.taskRoleArn`, else its definition's.
+pub(crate) fn role_of(def: &Value, overrides: &Value) -> Option<String> {
+    [&overrides["taskRoleArn"], &def["taskRoleArn"]]
+        .into_iter()
+        .filter_map(Value::as_str)
+        .find(|r| !r.is_empty())
+        .map(str::to_string)
 }
