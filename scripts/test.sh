@@ -19,7 +19,7 @@ fi
 # Outside tools the tests drive (docs/conformance.md): chromium for the dashboard,
 # nghttp/h2load for HTTP/2, curl and openssl, Go (its crypto/tls and net/http as a
 # client: e2e/tools/tlsprobe.go), iproute2 and util-linux for running the
-# binaries as they ship (a network namespace, setpriv, prlimit).
+# binaries as they ship (a network namespace, setpriv, prlimit), Pebble (an ACME server).
 need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v nghttp >/dev/null || need+=(nghttp2-client)
@@ -29,6 +29,7 @@ command -v go >/dev/null || need+=(golang-go)
 command -v ip >/dev/null || need+=(iproute2)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v ps >/dev/null || need+=(procps)
+command -v pebble >/dev/null || need+=(pebble)
 if (( ${#need[@]} )); then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
     echo "test: installing ${need[*]}..." >&2

@@ -143,3 +143,20 @@ pub fn cert_matches_name(key: &CertifiedKey, name: &str) -> bool {
     };
     cert.verify_is_valid_for_subject_name(&server_name).is_ok()
 }
+
+/// A host name a certificate may be issued for: ASCII letters, digits and hyphens in
+/// dot-separated labels of at most 63 characters, 253 in all, the first label `*` for a
+/// wildcard.
+pub fn valid_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let rest = name.strip_prefix("*.").unwrap_or(name);
+    !rest.is_empty()
+        && name.len() <= 253
+        && rest.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}

@@ -43,16 +43,51 @@ pub struct EntrypointConfig {
     pub tls_routers: bool,
     /// `http.tls.options`: the TLS options of its routers that set no `tls` of their own.
     pub tls_options: Option<String>,
+    /// `http.tls.certResolver`: the certificate resolver of its routers that name none.
+    pub cert_resolver: Option<String>,
     /// Whose `X-Forwarded-*` this entrypoint keeps, when not the gateway's list.
     pub trusted: Option<Arc<[ipnet::IpNet]>>,
 }
 
-/// Certificates for TLS connections: the file provider's, chosen by SNI, then the
-/// entrypoint's default, then the global default. Swapped when configuration changes.
-#[derive(Debug, Default)]
+/// Certificates for TLS connections: the file provider's, chosen by SNI, then those
+/// ACME resolvers obtained, then the entrypoint's default, then the global default.
+/// Swapped when configuration changes.
+#[derive(Default)]
 pub(crate) struct CertStore {
     pub sni: ArcSwap<Vec<Arc<CertifiedKey>>>,
     pub default: ArcSwap<Option<Arc<CertifiedKey>>>,
+    pub acme: Option<Arc<crate::acme::Acme>>,
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore")
+            .field("sni", &self.sni.load().len())
+            .finish()
+    }
+}
+
+impl CertStore {
+    /// Whether a TLS handshake can be served at all (a certificate, or a TLS-ALPN-01
+    /// challenge pending).
+    pub(crate) fn any(&self) -> bool {
+        self.default.load().is_some()
+            || !self.sni.load().is_empty()
+            || self
+                .acme
+                .as_ref()
+                .is_some_and(|a| !a.certs().is_empty() || a.challenges.any_alpn())
+    }
+}
+
+/// One certificate, whatever the hello (a TLS-ALPN-01 answer).
+#[derive(Debug)]
+struct Fixed(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Fixed {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
 }
 
 #[derive(Debug)]
@@ -70,6 +105,11 @@ impl ResolvesServerCert for Resolver {
             if let Some(c) = certs.iter().find(|c| cert_matches_name(c, name)) {
                 return Some(c.clone());
             }
+            if let Some(acme) = &self.store.acme
+                && let Some(c) = acme.certs().iter().find(|c| cert_matches_name(&c.key, name))
+            {
+                return Some(c.key.clone());
+            }
         }
         // Strict SNI: never the default certificate, as in Traefik.
         if self.strict {
@@ -84,7 +124,7 @@ impl ResolvesServerCert for Resolver {
 /// The TLS server configurations of one entrypoint, one per `tls.options` in use, built
 /// when a connection first needs them and kept while the options are unchanged.
 pub(crate) struct ServerConfigs {
-    store: Arc<CertStore>,
+    pub(crate) store: Arc<CertStore>,
     entrypoint_default: Option<Arc<CertifiedKey>>,
     built: Mutex<Vec<Built>>,
 }
@@ -193,6 +233,8 @@ pub(crate) struct Entrypoint {
     pub tracker: Arc<ConnTracker>,
     pub path: berth_common::path::PathPolicy,
     pub trusted: Option<Arc<[ipnet::IpNet]>>,
+    /// The ACME resolvers this entrypoint answers HTTP-01 for.
+    pub acme_http: Option<Arc<crate::acme::Acme>>,
 }
 
 impl Entrypoint {
@@ -320,6 +362,31 @@ impl Entrypoint {
             let lazy = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
             let start = lazy.await.map_err(|e| e.to_string())?;
             let name = start.client_hello().server_name().map(str::to_string);
+            // TLS-ALPN-01 (RFC 8737): the challenge's certificate, and nothing else.
+            let acme_alpn = start
+                .client_hello()
+                .alpn()
+                .is_some_and(|mut p| p.any(|p| p == crate::acme::ACME_TLS_ALPN));
+            if acme_alpn {
+                let cert = self
+                    .tls
+                    .store
+                    .acme
+                    .as_ref()
+                    .zip(name.as_deref())
+                    .and_then(|(a, n)| a.challenges.alpn_cert(n));
+                let Some(cert) = cert else {
+                    return Err("ALPN acme-tls/1 for a name with no pending challenge".into());
+                };
+                let mut cfg = rustls::ServerConfig::builder_with_provider(berth_common::tls::provider())
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| e.to_string())?
+                    .with_no_client_auth()
+                    .with_cert_resolver(Arc::new(Fixed(cert)));
+                cfg.alpn_protocols = vec![crate::acme::ACME_TLS_ALPN.to_vec()];
+                let _ = start.into_stream(Arc::new(cfg)).await;
+                return Err("TLS-ALPN-01 challenge answered".into());
+            }
             let Some(entry) = snap.tls_options_for(&self.name, name.as_deref()) else {
                 return Err(format!(
                     "the TLS options of the routers for `{}` are broken",
@@ -376,10 +443,24 @@ impl Entrypoint {
             .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(250);
         let proxy = self.proxy.clone();
-        let svc = hyper::service::service_fn(move |req| {
+        let acme = self.acme_http.clone();
+        let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let proxy = proxy.clone();
             let info = info.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) }
+            // HTTP-01: a pending token's answer comes before any router (and any
+            // redirection to HTTPS), as in Traefik.
+            let answer = acme.as_ref().and_then(|a| a.challenges.http_answer(req.uri().path()));
+            async move {
+                if let Some(key_authorization) = answer {
+                    let mut resp = http::Response::new(berth_common::body::boxed(http_body_util::Full::new(
+                        bytes::Bytes::from(key_authorization),
+                    )));
+                    resp.headers_mut()
+                        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+                    return Ok::<_, Infallible>(resp);
+                }
+                Ok::<_, Infallible>(proxy.handle(req, &info).await)
+            }
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
         tokio::pin!(conn);

@@ -5,6 +5,7 @@
 //! listener reports. The binary in `main.rs` only parses configuration and waits for
 //! signals.
 
+mod acme;
 mod admin;
 mod config;
 mod discovery;
@@ -151,7 +152,11 @@ impl Gateway {
         tokio::spawn(proxy::health::run(proxy.clone()));
 
         // TLS material named on the command line must load, or we refuse to start.
-        let certs = Arc::new(CertStore::default());
+        let acme = (!cfg.acme.is_empty()).then(|| acme::Acme::new(cfg.acme.clone()));
+        let certs = Arc::new(CertStore {
+            acme: acme.clone(),
+            ..Default::default()
+        });
         let global_default = match &cfg.tls_default {
             Some(p) => Some(load_certified_key(&p.cert, &p.key)?),
             None => None,
@@ -207,6 +212,9 @@ impl Gateway {
             ecs_lookup = Some(provider.lookup);
         }
         let current = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+        if let Some(a) = &acme {
+            a.spawn(current.clone());
+        }
         let mut owner = SnapshotOwner {
             sources,
             entrypoints: cfg.entrypoints.iter().map(|e| e.name.clone()).collect(),
@@ -217,6 +225,11 @@ impl Gateway {
                 .iter()
                 .filter(|e| e.tls_routers)
                 .map(|e| e.name.clone())
+                .collect(),
+            entrypoint_cert_resolvers: cfg
+                .entrypoints
+                .iter()
+                .filter_map(|e| Some((e.name.clone(), e.cert_resolver.clone()?)))
                 .collect(),
             entrypoint_tls_options: cfg
                 .entrypoints
@@ -258,11 +271,13 @@ impl Gateway {
             };
             let has_own = ep_default.is_some();
             let store = certs.clone();
+            let acme_http = acme.clone().filter(|a| a.http_challenge_on(&ep.name));
             eps.push(Entrypoint {
                 name: ep.name.as_str().into(),
                 listener,
                 tls: entrypoint::ServerConfigs::new(certs.clone(), ep_default),
-                has_certs: Arc::new(move || has_own || store.default.load().is_some() || !store.sni.load().is_empty()),
+                has_certs: Arc::new(move || has_own || store.any()),
+                acme_http,
                 proxy: proxy.clone(),
                 limits: cfg.limits.clone(),
                 metrics: metrics.entrypoint(&ep.name),

@@ -22,6 +22,8 @@ pub enum Mode {
 /// admin port, the instance's credentials, another team's tasks over the mesh).
 /// The most services one `weighted` service may name.
 const MAX_WEIGHTED: usize = 256;
+/// The most `tls.domains` of one router (each one certificate to obtain).
+const MAX_TLS_DOMAINS: usize = 16;
 
 const LABEL_SERVERS: &str = "labels choose only the port and scheme of the task's own address (loadbalancer.server.port, .scheme); server lists and URLs are refused";
 
@@ -494,17 +496,28 @@ impl Decoder<'_> {
             let p = format!("{path}.{key}");
             match key.to_ascii_lowercase().as_str() {
                 "options" => tls.options = self.string(child, &p),
-                "certresolver" => {
-                    tls.cert_resolver = self.string(child, &p);
-                    self.diags.push(Diagnostic::warning(
-                        p,
-                        "certificate resolvers (ACME) are not supported; the configured certificates are used",
-                    ));
+                "certresolver" => tls.cert_resolver = self.string(child, &p),
+                "domains" => {
+                    for (dp, item) in self.items(child, &p, "domains") {
+                        let mut d = TlsDomain::default();
+                        for (k, v) in self.map(item, &dp) {
+                            match k.to_ascii_lowercase().as_str() {
+                                "main" => d.main = self.string(v, &format!("{dp}.{k}")).unwrap_or_default(),
+                                "sans" => d.sans = self.list(v, &format!("{dp}.{k}")),
+                                _ => self.unknown(&format!("{dp}.{k}")),
+                            }
+                        }
+                        let names = std::iter::once(&d.main).chain(&d.sans);
+                        match names.clone().find(|n| !crate::tls::valid_dns_name(n)) {
+                            Some(bad) => self.bad(&dp, format!("`{bad}` is not a host name; this domain is left out")),
+                            None if tls.domains.len() >= MAX_TLS_DOMAINS => self.bad(
+                                &dp,
+                                format!("more than {MAX_TLS_DOMAINS} domains; this one is left out"),
+                            ),
+                            None => tls.domains.push(d),
+                        }
+                    }
                 }
-                "domains" => self.diags.push(Diagnostic::warning(
-                    p,
-                    "tls.domains is only used by certificate resolvers; ignored",
-                )),
                 _ => self.unknown(&p),
             }
         }

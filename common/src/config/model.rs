@@ -150,6 +150,16 @@ pub struct RouterConfig {
 pub struct RouterTls {
     pub options: Option<String>,
     pub cert_resolver: Option<String>,
+    /// `tls.domains`: the certificates the resolver obtains for the router; empty: one
+    /// for the rule's `Host` names.
+    pub domains: Vec<TlsDomain>,
+}
+
+/// One certificate a resolver obtains: `main` and the other names (`sans`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TlsDomain {
+    pub main: String,
+    pub sans: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

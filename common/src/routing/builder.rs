@@ -36,6 +36,8 @@ pub struct BuildOptions {
     /// Their `http.tls.options` (Traefik's `entryPoints.<name>.http.tls.options`): the
     /// options of the routers on them that set no `tls` of their own.
     pub entrypoint_tls_options: Vec<(String, String)>,
+    /// Their `http.tls.certResolver`: the resolver of the routers on them that name none.
+    pub entrypoint_cert_resolvers: Vec<(String, String)>,
     /// The gateway's own services a router may name (Traefik's `api@internal`,
     /// `ping@internal`, `noop@internal`, ...): answered by the gateway, not dialled.
     pub internal_services: Vec<String>,
@@ -599,9 +601,43 @@ pub fn build(views: &[ProviderView], opts: &BuildOptions) -> Snapshot {
             } else {
                 Status::Enabled
             };
+            // The certificates a resolver obtains for it: `tls.domains`, else one for the
+            // Host names its rule requires.
+            let cert_resolver = r.tls.as_ref().and_then(|t| t.cert_resolver.clone()).or_else(|| {
+                // Only where the router serves TLS (its own `tls`, or the entrypoint's).
+                opts.entrypoint_cert_resolvers
+                    .iter()
+                    .find(|(ep, _)| entry_points.contains(ep) && (r.tls.is_some() || opts.tls_entrypoints.contains(ep)))
+                    .map(|(_, name)| name.clone())
+            });
+            let mut cert_domains: Vec<Vec<String>> = r
+                .tls
+                .iter()
+                .flat_map(|t| &t.domains)
+                .map(|d| {
+                    std::iter::once(&d.main)
+                        .chain(&d.sans)
+                        .map(|n| n.to_ascii_lowercase())
+                        .collect()
+                })
+                .collect();
+            if cert_resolver.is_some() && cert_domains.is_empty() {
+                match rule.as_ref().and_then(|rule| rule.required_hosts()) {
+                    Some(hosts) if !hosts.is_empty() => cert_domains.push(hosts.iter().cloned().collect()),
+                    _ => snap.diagnostics.push(
+                        Diagnostic::warning(
+                            format!("http.routers.{name}.tls.certResolver"),
+                            "the rule requires no Host name and tls.domains is empty: no certificate to obtain",
+                        )
+                        .with_source(view.provider.clone()),
+                    ),
+                }
+            }
             snap.routers.push(RouterEntry {
                 name: qname,
                 provider: view.provider.clone(),
+                cert_resolver,
+                cert_domains,
                 priority: r
                     .priority
                     .filter(|p| *p != 0)

@@ -40,6 +40,10 @@ pub struct RouterEntry {
     /// (or with these before they changed) is answered 421.
     pub tls_options: String,
     pub tls_options_spec: Option<std::sync::Arc<crate::server_tls::TlsOptions>>,
+    /// `tls.certResolver` (or its entrypoint's): who obtains its certificates.
+    pub cert_resolver: Option<String>,
+    /// The certificates to obtain, each its names (the first the main one).
+    pub cert_domains: Vec<Vec<String>>,
     pub status: Status,
     pub errors: Vec<String>,
 }

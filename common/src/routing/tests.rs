@@ -606,3 +606,57 @@ tls:
         Some("mtls@file")
     );
 }
+
+#[test]
+fn certificate_resolvers_get_the_rule_hosts_or_the_domains_and_bad_names_are_left_out() {
+    let yaml = r#"
+http:
+  routers:
+    byrule: { rule: "Host(`a.test`) || Host(`B.test`)", service: s, tls: { certResolver: le } }
+    bydomains:
+      rule: "Host(`c.test`)"
+      service: s
+      tls:
+        certResolver: le
+        domains:
+          - { main: "c.test", sans: ["www.c.test"] }
+          - { main: "bad name!" }
+    fromentrypoint: { rule: "Host(`d.test`)", service: s, entryPoints: [admin], tls: {} }
+    nohost: { rule: "PathPrefix(`/`)", service: s, tls: { certResolver: le } }
+    plain: { rule: "Host(`e.test`)", service: s }
+  services:
+    s: { loadBalancer: { servers: [ { url: "http://127.0.0.1:1" } ] } }
+"#;
+    let v = view("file", yaml);
+    assert!(
+        v.diagnostics
+            .iter()
+            .any(|d| d.message.contains("`bad name!` is not a host name")),
+        "{:?}",
+        v.diagnostics
+    );
+    let o = BuildOptions {
+        entrypoint_cert_resolvers: vec![("admin".into(), "edge".into())],
+        ..opts()
+    };
+    let s = build(&[v], &o);
+    let r = |name: &str| s.routers.iter().find(|r| r.name == format!("{name}@file")).unwrap();
+    assert_eq!(r("byrule").cert_resolver.as_deref(), Some("le"));
+    assert_eq!(
+        r("byrule").cert_domains,
+        vec![vec!["a.test".to_string(), "b.test".to_string()]]
+    );
+    assert_eq!(
+        r("bydomains").cert_domains,
+        vec![vec!["c.test".to_string(), "www.c.test".to_string()]]
+    );
+    assert_eq!(r("fromentrypoint").cert_resolver.as_deref(), Some("edge"));
+    assert_eq!(r("fromentrypoint").cert_domains, vec![vec!["d.test".to_string()]]);
+    assert!(r("nohost").cert_domains.is_empty());
+    assert!(
+        s.diagnostics
+            .iter()
+            .any(|d| d.message.contains("no certificate to obtain"))
+    );
+    assert_eq!(r("plain").cert_resolver, None);
+}

@@ -607,8 +607,8 @@ fn overview(state: &AdminState, snap: &Snapshot) -> Value {
     })
 }
 
-/// Every certificate the gateway holds: the mesh CA, its own mesh identity, and the
-/// entrypoints' TLS certificates.
+/// Every certificate the gateway holds: the mesh CA, its own mesh identity, the
+/// entrypoints' TLS certificates, and those ACME resolvers obtained or are obtaining.
 fn certificates(state: &AdminState) -> Vec<Value> {
     let mut out = Vec::new();
     let mut add = |usage: &str, der: &rustls_pki_types::CertificateDer<'_>| {
@@ -636,6 +636,19 @@ fn certificates(state: &AdminState) -> Vec<Value> {
     for ck in state.certs.sni.load().iter() {
         if let Some(c) = ck.cert.first() {
             add("TLS", c);
+        }
+    }
+    if let Some(acme) = &state.certs.acme {
+        for c in acme.certs().iter() {
+            if let Some(leaf) = c.key.cert.first() {
+                add(&format!("ACME {}", c.resolver), leaf);
+            }
+        }
+        // Domain sets still waiting for a certificate, and why.
+        for p in acme.pending() {
+            let mut v = json!(p);
+            v["use"] = json!(format!("ACME {} (pending)", p.resolver));
+            out.push(v);
         }
     }
     out

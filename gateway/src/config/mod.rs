@@ -360,6 +360,8 @@ pub struct Config {
     /// The gateway's own services routers may name (Traefik's `api@internal`,
     /// `dashboard@internal`, `ping@internal`, `prometheus@internal`, `noop@internal`).
     pub internal_services: Vec<String>,
+    /// ACME certificate resolvers (Traefik's `certificatesResolvers`).
+    pub acme: Vec<crate::acme::ResolverSettings>,
     /// Where routers without `entryPoints` go: every entrypoint, or those marked
     /// `asDefault`.
     pub default_entrypoints: Vec<String>,
@@ -419,6 +421,7 @@ impl Config {
             path,
             tls_routers: false,
             tls_options: None,
+            cert_resolver: None,
             trusted: None,
         };
         for spec in &s.entrypoints {
@@ -453,6 +456,7 @@ impl Config {
                     path: PathPolicy::default(),
                     tls_routers: false,
                     tls_options: None,
+                    cert_resolver: None,
                     redirect: None,
                     trusted: None,
                     read_timeout: None,
@@ -470,6 +474,7 @@ impl Config {
                         path: ep.path,
                         tls_routers: ep.tls_routers,
                         tls_options: ep.tls_options.clone(),
+                        cert_resolver: ep.cert_resolver.clone(),
                         trusted: ep.trusted.clone().map(Arc::from),
                     },
                 )?;
@@ -707,6 +712,17 @@ impl Config {
             .as_ref()
             .map(|t| t.internal_services.clone())
             .unwrap_or_default();
+        let acme = traefik.as_ref().map(|t| t.acme.clone()).unwrap_or_default();
+        for resolver in &acme {
+            if let Some(ep) = &resolver.http_challenge
+                && !entrypoints.iter().any(|e| &e.name == ep)
+            {
+                return Err(bad(format!(
+                    "certificatesResolvers.{}.acme.httpChallenge.entryPoint: no entrypoint `{ep}`",
+                    resolver.name
+                )));
+            }
+        }
         let (log_filter, notes, traefik_form) = match traefik {
             Some(t) => (
                 t.log_filter.unwrap_or_else(|| "info".into()),
@@ -716,6 +732,7 @@ impl Config {
             None => ("info".into(), Vec::new(), None),
         };
         Ok(Config {
+            acme,
             internal_services,
             internal,
             internal_routes,
@@ -1183,7 +1200,14 @@ address = "127.0.0.1:8082"
     #[test]
     fn traefik_options_berth_lacks_are_refused_by_name() {
         for (flag, says) in [
-            ("--certificatesResolvers.le.acme.email=a@b.c", "ACME"),
+            (
+                "--certificatesResolvers.le.acme.email=a@b.c",
+                "give httpChallenge.entryPoint or tlsChallenge",
+            ),
+            (
+                "--certificatesResolvers.le.acme.dnsChallenge.provider=route53",
+                "not implemented yet",
+            ),
             ("--serversTransport.spiffe.trustDomain=x", "serversTransport option"),
             ("--providers.ecs.ecsAnywhere=true", "ecsAnywhere"),
             ("--providers.docker=true", "ecs and file providers"),
@@ -1201,6 +1225,25 @@ address = "127.0.0.1:8082"
             let e = traefik(&[], &[flag], &[]).unwrap_err().0;
             assert!(e.contains(says), "{flag}: {e}");
         }
+        let e = traefik(
+            &[],
+            &[
+                "--certificatesResolvers.le.acme.tlsChallenge=true",
+                "--certificatesResolvers.le.acme.keyType=RSA4096",
+            ],
+            &[],
+        )
+        .unwrap_err()
+        .0;
+        assert!(e.contains("not supported (EC256 or EC384)"), "{e}");
+        let e = traefik(
+            &[],
+            &["--certificatesResolvers.le.acme.httpChallenge.entryPoint=nowhere"],
+            &[],
+        )
+        .unwrap_err()
+        .0;
+        assert!(e.contains("no entrypoint `nowhere`"), "{e}");
     }
 
     #[test]

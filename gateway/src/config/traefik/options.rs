@@ -72,8 +72,8 @@ const fn unknown(pattern: &'static str) -> Opt {
 
 use Kind::*;
 
-const NO_ACME: &str = "ACME certificate resolvers are not implemented yet; give certificates in the file \
-                       provider's tls.certificates, or terminate TLS at an ALB with ACM";
+const NO_ACME: &str = "this ACME option is not implemented yet (Berth's resolvers take email, caServer, \
+                       caCertificates, storage, keyType, certificatesDuration, httpChallenge and tlsChallenge)";
 const NO_PROVIDER: &str = "Berth reads the ecs and file providers only";
 const NO_MIDDLEWARE_EP: &str = "entrypoint-wide middlewares are not implemented; attach them to the routers";
 
@@ -90,7 +90,7 @@ pub(crate) const OPTIONS: &[Opt] = &[
     read("entrypoints.*.http.redirections.entrypoint.priority", Number),
     read("entrypoints.*.http.tls", Section),
     read("entrypoints.*.http.tls.options", Text),
-    refused("entrypoints.*.http.tls.certresolver", NO_ACME),
+    read("entrypoints.*.http.tls.certresolver", Text),
     refused("entrypoints.*.http.tls.domains.**", NO_ACME),
     refused("entrypoints.*.http.middlewares", NO_MIDDLEWARE_EP),
     read("entrypoints.*.http.sanitizepath", Bool),
@@ -259,6 +259,17 @@ pub(crate) const OPTIONS: &[Opt] = &[
     read("serverstransport.forwardingtimeouts.idleconntimeout", Duration),
     refused("serverstransport.**", "this serversTransport option is not implemented"),
     refused("tcpserverstransport.**", "TCP servers transports are not implemented"),
+    read("certificatesresolvers.*", Section),
+    read("certificatesresolvers.*.acme", Section),
+    read("certificatesresolvers.*.acme.email", Text),
+    read("certificatesresolvers.*.acme.caserver", Text),
+    read("certificatesresolvers.*.acme.cacertificates", List),
+    read("certificatesresolvers.*.acme.storage", Text),
+    read("certificatesresolvers.*.acme.keytype", Text),
+    read("certificatesresolvers.*.acme.certificatesduration", Number),
+    read("certificatesresolvers.*.acme.httpchallenge", Section),
+    read("certificatesresolvers.*.acme.httpchallenge.entrypoint", Text),
+    read("certificatesresolvers.*.acme.tlschallenge", Section),
     refused("certificatesresolvers.**", NO_ACME),
     read("core.defaultrulesyntax", Text),
     note("global.checknewversion", Bool, "Berth never calls out for new versions"),
@@ -352,8 +363,14 @@ mod tests {
     fn rows_match_case_insensitively_with_names_and_subtrees() {
         assert_eq!(find(&path("entryPoints.Web.address")).unwrap().use_, Use::Read);
         assert_eq!(find(&path("providers.ecs.exposedByDefault")).unwrap().kind, Kind::Bool);
-        assert!(matches!(
+        assert_eq!(
             find(&path("certificatesResolvers.le.acme.email")).unwrap().use_,
+            Use::Read
+        );
+        assert!(matches!(
+            find(&path("certificatesResolvers.le.acme.dnsChallenge.provider"))
+                .unwrap()
+                .use_,
             Use::Refused(_)
         ));
         assert!(matches!(

@@ -58,6 +58,8 @@ pub(crate) struct TraefikEntrypoint {
     pub tls_routers: bool,
     /// `http.tls.options`: the TLS options of its routers that set none of their own.
     pub tls_options: Option<String>,
+    /// `http.tls.certResolver`: the certificate resolver of its routers that name none.
+    pub cert_resolver: Option<String>,
     pub redirect: Option<Redirect>,
     /// `forwardedHeaders`: whose `X-Forwarded-*` to keep (`insecure`: everyone's).
     pub trusted: Option<Vec<IpNet>>,
@@ -113,6 +115,8 @@ pub(crate) struct Traefik {
     /// and `dashboard@internal` with `api`, `ping@internal` with `ping`,
     /// `prometheus@internal` with `metrics.prometheus`.
     pub internal_services: Vec<String>,
+    /// `certificatesResolvers.<name>.acme`.
+    pub acme: Vec<crate::acme::ResolverSettings>,
 }
 
 /// Reads the entries by path, case-insensitively, and remembers which were read.
@@ -245,6 +249,7 @@ impl Traefik {
         t.providers(&mut r);
         t.observability(&mut r);
         t.transport(&mut r);
+        t.acme(&mut r);
         if let Some(v) = r.text("core.defaultRuleSyntax") {
             t.args.default_rule_syntax = Some(v);
         }
@@ -343,6 +348,7 @@ impl Traefik {
                 tls_options: r
                     .text(&p("http.tls.options"))
                     .filter(|o| !o.is_empty() && o != "default"),
+                cert_resolver: r.text(&p("http.tls.certResolver")).filter(|c| !c.is_empty()),
                 redirect,
                 trusted,
                 read_timeout: r.duration(&p("transport.respondingTimeouts.readTimeout")),
@@ -625,6 +631,56 @@ impl Traefik {
                 let a: Vec<String> = attrs.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 env.push(("OTEL_RESOURCE_ATTRIBUTES".into(), a.join(",")));
             }
+        }
+    }
+
+    fn acme(&mut self, r: &mut Reader<'_>) {
+        use crate::acme::{KeyType, ResolverSettings};
+        for name in r.names("certificatesResolvers") {
+            let p = |k: &str| format!("certificatesResolvers.{name}.acme.{k}");
+            if !r.section(&format!("certificatesResolvers.{name}.acme")) {
+                r.fail(format!("certificatesResolvers.{name}: only acme resolvers exist"));
+                continue;
+            }
+            let http_challenge = r.text(&p("httpChallenge.entryPoint")).filter(|e| !e.is_empty());
+            let tls_challenge = r.section(&p("tlsChallenge"));
+            if http_challenge.is_none() && !tls_challenge {
+                r.fail(format!(
+                    "certificatesResolvers.{name}.acme: give httpChallenge.entryPoint or tlsChallenge \
+                     (dnsChallenge is not implemented yet)"
+                ));
+                continue;
+            }
+            let key_type = match r.text(&p("keyType")).as_deref().map(str::to_ascii_uppercase).as_deref() {
+                None | Some("EC256") => KeyType::Ec256,
+                Some("EC384") => KeyType::Ec384,
+                Some(other) => {
+                    r.fail(format!(
+                        "certificatesResolvers.{name}.acme.keyType: `{other}` is not supported (EC256 or EC384)"
+                    ));
+                    continue;
+                }
+            };
+            let hours = r.number(&p("certificatesDuration")).unwrap_or(2160.0);
+            if !(1.0..=100_000.0).contains(&hours) {
+                r.fail(format!(
+                    "certificatesResolvers.{name}.acme.certificatesDuration: {hours} hours is out of range"
+                ));
+                continue;
+            }
+            self.acme.push(ResolverSettings {
+                name: name.clone(),
+                email: r.text(&p("email")).filter(|e| !e.is_empty()),
+                ca_server: r
+                    .text(&p("caServer"))
+                    .unwrap_or_else(|| crate::acme::LETS_ENCRYPT.to_string()),
+                ca_certificates: r.list(&p("caCertificates")).into_iter().map(Into::into).collect(),
+                storage: r.text(&p("storage")).unwrap_or_else(|| "acme.json".into()).into(),
+                key_type,
+                certificates_duration: Duration::from_secs_f64(hours * 3600.0),
+                http_challenge,
+                tls_challenge,
+            });
         }
     }
 

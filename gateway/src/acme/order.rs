@@ -1,0 +1,193 @@
+//! Obtaining one certificate: the account (restored from storage, or created), an order
+//! for the names, each authorization's challenge put where the entrypoints answer it
+//! and then announced, the order polled until ready, a CSR for a new key of the
+//! resolver's type, and the chain polled until issued. The challenges are withdrawn
+//! whatever the outcome.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper_util::client::legacy::Client;
+use instant_acme::{
+    Account, AuthorizationStatus, BodyWrapper, BytesResponse, ChallengeType, HttpClient, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+
+use super::challenges::{Challenges, alpn_certificate};
+use super::{KeyType, ResolverSettings};
+
+/// The largest answer read from the ACME server (a certificate chain is a few KiB).
+const MAX_ANSWER: usize = 1024 * 1024;
+/// How long an order may take to be validated, then to be issued.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The ACME client's HTTP: the gateway's rustls client, trusting the system's roots and
+/// the resolver's `caCertificates`.
+struct Http(Client<berth_common::upstream::Connector, BodyWrapper<Bytes>>);
+
+impl HttpClient for Http {
+    fn request(
+        &self,
+        req: http::Request<BodyWrapper<Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        let fut = self.0.request(req);
+        Box::pin(async move {
+            match tokio::time::timeout(Duration::from_secs(30), fut).await {
+                // Bounded: the CA server is outside input too.
+                Ok(Ok(resp)) => Ok(BytesResponse::from(
+                    resp.map(|b| http_body_util::Limited::new(b, MAX_ANSWER)),
+                )),
+                Ok(Err(e)) => Err(instant_acme::Error::Other(Box::new(e))),
+                Err(_) => Err(instant_acme::Error::Str("no answer from the ACME server within 30 s")),
+            }
+        })
+    }
+}
+
+fn http(settings: &ResolverSettings) -> Result<Box<dyn HttpClient>, String> {
+    let mut roots = berth_common::upstream::trust_roots(None).map_err(|e| e.to_string())?;
+    for path in &settings.ca_certificates {
+        let pem = std::fs::read(path).map_err(|e| format!("caCertificates {}: {e}", path.display()))?;
+        let certs = berth_common::tls::certs_from_pem(&pem, &path.display().to_string()).map_err(|e| e.to_string())?;
+        roots.add_parsable_certificates(certs);
+    }
+    let connector = berth_common::upstream::Connector::new(Duration::from_secs(10), roots);
+    let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+    Ok(Box::new(Http(client)))
+}
+
+fn acme_err(e: instant_acme::Error) -> String {
+    e.to_string()
+}
+
+/// The resolver's account: from `credentials` (stored), else a new one. The
+/// credentials to store when new.
+pub(super) async fn account(
+    settings: &ResolverSettings,
+    credentials: Option<&serde_json::Value>,
+) -> Result<(Account, Option<serde_json::Value>), String> {
+    if let Some(c) = credentials
+        && let Ok(creds) = serde_json::from_value::<instant_acme::AccountCredentials>(c.clone())
+    {
+        match Account::builder_with_http(http(settings)?)
+            .from_credentials(creds)
+            .await
+        {
+            Ok(a) => return Ok((a, None)),
+            Err(e) => {
+                tracing::warn!(resolver = %settings.name, error = %e, "the stored ACME account is not usable; creating one")
+            }
+        }
+    }
+    let contact = settings.email.as_ref().map(|e| format!("mailto:{e}"));
+    let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+    let (account, creds) = Account::builder_with_http(http(settings)?)
+        .create(
+            &NewAccount {
+                contact: &contacts,
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            settings.ca_server.clone(),
+            None,
+        )
+        .await
+        .map_err(acme_err)?;
+    let creds = serde_json::to_value(&creds).map_err(|e| e.to_string())?;
+    Ok((account, Some(creds)))
+}
+
+/// A certificate for `names`: the PEM chain and the PEM key.
+pub(super) async fn obtain(
+    account: &Account,
+    names: &[String],
+    settings: &ResolverSettings,
+    challenges: &Challenges,
+) -> Result<(String, String), String> {
+    let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
+    let mut order = account.new_order(&NewOrder::new(&ids)).await.map_err(acme_err)?;
+    let mut pending: Vec<(String, String)> = Vec::new();
+    let announced = announce(&mut order, settings, challenges, &mut pending).await;
+    let result = match announced {
+        Ok(()) => finish(&mut order, names, settings.key_type).await,
+        Err(e) => Err(e),
+    };
+    for (token, name) in &pending {
+        challenges.remove(token, name);
+    }
+    result
+}
+
+/// Answer every pending authorization's challenge and tell the server.
+async fn announce(
+    order: &mut instant_acme::Order,
+    settings: &ResolverSettings,
+    challenges: &Challenges,
+    pending: &mut Vec<(String, String)>,
+) -> Result<(), String> {
+    let mut authorizations = order.authorizations();
+    while let Some(next) = authorizations.next().await {
+        let mut authz = next.map_err(acme_err)?;
+        match authz.status {
+            AuthorizationStatus::Pending => {}
+            AuthorizationStatus::Valid => continue,
+            other => return Err(format!("an authorization is {other:?}")),
+        }
+        let offered = |t: &ChallengeType| authz.challenges.iter().any(|c| &c.r#type == t);
+        let kind = if settings.tls_challenge && offered(&ChallengeType::TlsAlpn01) {
+            ChallengeType::TlsAlpn01
+        } else if settings.http_challenge.is_some() && offered(&ChallengeType::Http01) {
+            ChallengeType::Http01
+        } else {
+            return Err("the server offers none of the resolver's challenges (http-01, tls-alpn-01)".into());
+        };
+        let Some(mut challenge) = authz.challenge(kind.clone()) else {
+            return Err("the challenge went missing".into());
+        };
+        let name = challenge.identifier().to_string();
+        let key_authorization = challenge.key_authorization();
+        match kind {
+            ChallengeType::TlsAlpn01 => {
+                challenges.put_alpn(&name, alpn_certificate(&name, key_authorization.digest().as_ref())?)
+            }
+            _ => challenges.put_http(&challenge.token, key_authorization.as_str()),
+        }
+        pending.push((challenge.token.clone(), name));
+        challenge.set_ready().await.map_err(acme_err)?;
+    }
+    Ok(())
+}
+
+/// Wait for validation, send the CSR, wait for the chain.
+async fn finish(
+    order: &mut instant_acme::Order,
+    names: &[String],
+    key_type: KeyType,
+) -> Result<(String, String), String> {
+    let retries = RetryPolicy::new()
+        .initial_delay(Duration::from_millis(250))
+        .timeout(ORDER_TIMEOUT);
+    let status = order.poll_ready(&retries).await.map_err(acme_err)?;
+    if status != OrderStatus::Ready {
+        let state = order.state();
+        let why = state
+            .error
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "no reason given".into());
+        return Err(format!("the order is {status:?}: {why}"));
+    }
+    let alg = match key_type {
+        KeyType::Ec256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        KeyType::Ec384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+    };
+    let key = rcgen::KeyPair::generate_for(alg).map_err(|e| e.to_string())?;
+    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(|e| e.to_string())?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params.serialize_request(&key).map_err(|e| e.to_string())?;
+    order.finalize_csr(csr.der()).await.map_err(acme_err)?;
+    let chain = order.poll_certificate(&retries).await.map_err(acme_err)?;
+    Ok((chain, key.serialize_pem()))
+}
