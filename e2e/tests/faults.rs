@@ -539,6 +539,8 @@ async fn faults_under_load() {
         let r = ecs
             .register_task_definition()
             .family(svc)
+            // The task role too: the demo's sidecars prove their task with it.
+            .set_task_role_arn(d.task_role_arn)
             .network_mode(aws_sdk_ecs::types::NetworkMode::Awsvpc)
             .set_requires_compatibilities(d.requires_compatibilities)
             .set_cpu(d.cpu)
