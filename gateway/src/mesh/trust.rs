@@ -162,9 +162,6 @@ impl MeshTrust {
 
     fn reload(&self) -> Result<(), CaError> {
         let (ca, roots) = load(&self.source, self.bundle.as_deref(), &self.trust_domain)?;
-        if ca.trust_domain() != self.trust_domain {
-            return Err(CaError::BadCa("the trust domain cannot change".into()));
-        }
         self.anchors
             .replace(&roots)
             .map_err(|e| CaError::BadCa(e.to_string()))?;
