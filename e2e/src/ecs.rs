@@ -176,6 +176,34 @@ pub async fn moto_query(endpoint: &str, service: &str, version: &str, params: &[
     berth_common::test_util::http1(addr, req).await.body
 }
 
+/// A JSON-protocol call to moto (DynamoDB's `DynamoDB_20120810.<Action>`, for
+/// example): the status and the answer.
+pub async fn moto_json(
+    endpoint: &str,
+    service: &str,
+    target: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let addr: SocketAddr = endpoint.trim_start_matches("http://").parse().unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/")
+        .header("host", addr.to_string())
+        .header("content-type", "application/x-amz-json-1.0")
+        .header("x-amz-target", target)
+        .header(
+            "authorization",
+            format!(
+                "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0"
+            ),
+        )
+        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = berth_common::test_util::http1(addr, req).await;
+    let value = serde_json::from_str(&resp.body).unwrap_or(serde_json::Value::Null);
+    (resp.status.as_u16(), value)
+}
+
 /// `application/x-www-form-urlencoded` escaping of a value.
 fn form_encode(v: &str) -> String {
     v.bytes()

@@ -5,6 +5,11 @@
 //! root, kept in Traefik's `acme.json` format, served again by a restarted gateway
 //! without a new order, and renewed before they expire (Pebble issues 30-second ones).
 //! Pebble resolves every name to 127.0.0.1 through `pebble-challtestsrv`.
+//!
+//! Then three replicas sharing a DynamoDB table (moto): one order per certificate, every
+//! replica serving it, the CA's validations answered by a replica that did not order
+//! (a load balancer in the test sends them there), a fourth replica serving the
+//! certificates as it starts, and the table's outage keeping them served.
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
@@ -12,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use berth_common::test_util::{Backend, Proto, eventually, free_port, write_pki};
-use berth_e2e::{GatewayProcess, args, temp_dir, tool};
+use berth_e2e::{GatewayProcess, Moto, args, moto_json, temp_dir, tool};
 
 struct Killed(Child);
 impl Drop for Killed {
@@ -24,7 +29,12 @@ impl Drop for Killed {
 
 /// Pebble and its DNS, validating on `http_port` and `tls_port`: its directory URL and
 /// the PEM of the CA that signed its own HTTPS certificate.
-fn pebble(dir: &std::path::Path, http_port: u16, tls_port: u16) -> (Vec<Killed>, String, u16, std::path::PathBuf) {
+fn pebble(
+    dir: &std::path::Path,
+    http_port: u16,
+    tls_port: u16,
+    validity_secs: u64,
+) -> (Vec<Killed>, String, u16, std::path::PathBuf) {
     write_pki(
         dir,
         vec![rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap())],
@@ -40,7 +50,7 @@ fn pebble(dir: &std::path::Path, http_port: u16, tls_port: u16) -> (Vec<Killed>,
         "tlsPort": tls_port,
         "ocspResponderURL": "",
         "externalAccountBindingRequired": false,
-        "certificateValidityPeriod": 30,
+        "certificateValidityPeriod": validity_secs,
     }});
     std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
     let log = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
@@ -69,6 +79,70 @@ fn pebble(dir: &std::path::Path, http_port: u16, tls_port: u16) -> (Vec<Killed>,
         mgmt,
         dir.join("ca.pem"),
     )
+}
+
+/// Two routers over one backend: `a.test` by the HTTP-01 resolver, `b.test` and
+/// `www.b.test` by the TLS-ALPN-01 one.
+fn dynamic_file(dir: &std::path::Path, backend: &Backend) -> std::path::PathBuf {
+    let dynamic = dir.join("dynamic.yml");
+    std::fs::write(
+        &dynamic,
+        format!(
+            "http:\n  routers:\n    a:\n      rule: Host(`a.test`)\n      entryPoints: [websecure]\n      service: app\n      \
+             tls:\n        certResolver: byhttp\n    b:\n      rule: Host(`b.test`) || Host(`www.b.test`)\n      \
+             entryPoints: [websecure]\n      service: app\n      tls:\n        certResolver: byalpn\n  \
+             services:\n    app:\n      loadBalancer:\n        servers:\n          - url: \"{}\"\n",
+            backend.url()
+        ),
+    )
+    .unwrap();
+    dynamic
+}
+
+#[derive(Clone, Copy)]
+struct Ports {
+    web: u16,
+    secure: u16,
+    internal: u16,
+}
+
+/// Traefik's static configuration: `web` redirecting to `websecure`, the file provider,
+/// resolver `byhttp` (HTTP-01 on `web`) and `byalpn` (TLS-ALPN-01, EC384), both kept in
+/// `storage`.
+fn static_config(p: Ports, dynamic: &std::path::Path, directory: &str, ca: &std::path::Path, storage: &str) -> String {
+    format!(
+        "entryPoints:\n  web:\n    address: \"127.0.0.1:{web}\"\n    http:\n      redirections:\n        entryPoint:\n          \
+         to: websecure\n  websecure:\n    address: \"127.0.0.1:{secure}\"\n    http:\n      tls: {{}}\n  traefik:\n    \
+         address: \"127.0.0.1:{internal}\"\nproviders:\n  file:\n    filename: \"{dynamic}\"\nping: {{}}\n\
+         certificatesResolvers:\n  byhttp:\n    acme:\n      email: ops@example.test\n      caServer: \"{directory}\"\n      \
+         caCertificates: [\"{ca}\"]\n      storage: \"{storage}\"\n      httpChallenge:\n        entryPoint: web\n  \
+         byalpn:\n    acme:\n      caServer: \"{directory}\"\n      caCertificates: [\"{ca}\"]\n      storage: \"{storage}\"\n      \
+         keyType: EC384\n      tlsChallenge: {{}}\n",
+        web = p.web,
+        secure = p.secure,
+        internal = p.internal,
+        dynamic = dynamic.display(),
+        ca = ca.display(),
+    )
+}
+
+/// Pebble's issuing root, from its management port (curl trusts only it).
+async fn pebble_root(dir: &std::path::Path, mgmt: u16, pebble_ca: &std::path::Path) -> std::path::PathBuf {
+    let (ok, root_pem) = tool(
+        "curl",
+        args(&[
+            "-sS",
+            "--cacert",
+            pebble_ca.to_str().unwrap(),
+            &format!("https://127.0.0.1:{mgmt}/roots/0"),
+        ]),
+        vec![],
+    )
+    .await;
+    assert!(ok && root_pem.contains("BEGIN CERTIFICATE"), "{root_pem}");
+    let root = dir.join("pebble-root.pem");
+    std::fs::write(&root, &root_pem).unwrap();
+    root
 }
 
 /// When the gateway's certificate for `name` from an ACME resolver was issued
@@ -105,36 +179,15 @@ async fn curl(name: &str, port: u16, root: &std::path::Path) -> (bool, String) {
 async fn certificates_by_http01_and_tls_alpn01_are_served_kept_and_renewed() {
     let dir = temp_dir("acme");
     let (web, secure, internal) = (free_port(), free_port(), free_port());
-    let (_pebble, directory, mgmt, pebble_ca) = pebble(&dir, web, secure);
+    let (_pebble, directory, mgmt, pebble_ca) = pebble(&dir, web, secure, 30);
     let backend = Backend::start("app", Proto::Http1).await;
-    let dynamic = dir.join("dynamic.yml");
-    std::fs::write(
-        &dynamic,
-        format!(
-            "http:\n  routers:\n    a:\n      rule: Host(`a.test`)\n      entryPoints: [websecure]\n      service: app\n      \
-             tls:\n        certResolver: byhttp\n    b:\n      rule: Host(`b.test`) || Host(`www.b.test`)\n      \
-             entryPoints: [websecure]\n      service: app\n      tls:\n        certResolver: byalpn\n  \
-             services:\n    app:\n      loadBalancer:\n        servers:\n          - url: \"{}\"\n",
-            backend.url()
-        ),
-    )
-    .unwrap();
+    let dynamic = dynamic_file(&dir, &backend);
     let storage = dir.join("acme.json");
     let cwd = temp_dir("acme-cwd");
+    let ports = Ports { web, secure, internal };
     std::fs::write(
         cwd.join("traefik.yml"),
-        format!(
-            "entryPoints:\n  web:\n    address: \"127.0.0.1:{web}\"\n    http:\n      redirections:\n        entryPoint:\n          \
-             to: websecure\n  websecure:\n    address: \"127.0.0.1:{secure}\"\n    http:\n      tls: {{}}\n  traefik:\n    \
-             address: \"127.0.0.1:{internal}\"\nproviders:\n  file:\n    filename: \"{dynamic}\"\nping: {{}}\n\
-             certificatesResolvers:\n  byhttp:\n    acme:\n      email: ops@example.test\n      caServer: \"{directory}\"\n      \
-             caCertificates: [\"{ca}\"]\n      storage: \"{storage}\"\n      httpChallenge:\n        entryPoint: web\n  \
-             byalpn:\n    acme:\n      caServer: \"{directory}\"\n      caCertificates: [\"{ca}\"]\n      storage: \"{storage}\"\n      \
-             keyType: EC384\n      tlsChallenge: {{}}\n",
-            dynamic = dynamic.display(),
-            ca = pebble_ca.display(),
-            storage = storage.display(),
-        ),
+        static_config(ports, &dynamic, &directory, &pebble_ca, &storage.display().to_string()),
     )
     .unwrap();
     let gw = GatewayProcess::spawn_in(&cwd, &[], &[]);
@@ -150,21 +203,7 @@ async fn certificates_by_http01_and_tls_alpn01_are_served_kept_and_renewed() {
         gw.log()
     );
 
-    // Pebble's issuing root, from its management port; curl trusts only it.
-    let (ok, root_pem) = tool(
-        "curl",
-        args(&[
-            "-sS",
-            "--cacert",
-            pebble_ca.to_str().unwrap(),
-            &format!("https://127.0.0.1:{mgmt}/roots/0"),
-        ]),
-        vec![],
-    )
-    .await;
-    assert!(ok && root_pem.contains("BEGIN CERTIFICATE"), "{root_pem}");
-    let root = dir.join("pebble-root.pem");
-    std::fs::write(&root, &root_pem).unwrap();
+    let root = pebble_root(&dir, mgmt, &pebble_ca).await;
     for name in ["a.test", "b.test", "www.b.test"] {
         let (ok, out) = curl(name, secure, &root).await;
         assert!(ok && out.contains("backend=app"), "{name}: {out}");
@@ -213,4 +252,253 @@ async fn certificates_by_http01_and_tls_alpn01_are_served_kept_and_renewed() {
     assert!(renewed, "renewal; log:\n{}", gw.log());
     let (ok, out) = curl("a.test", secure, &root).await;
     assert!(ok && out.contains("backend=app"), "{out}");
+}
+
+/// The owners of the order locks in the shared table now (`host/pid/random`).
+async fn lock_owners(moto: &str, table: &str) -> Vec<String> {
+    let (_, scan) = moto_json(
+        moto,
+        "dynamodb",
+        "DynamoDB_20120810.Scan",
+        &serde_json::json!({"TableName": table}),
+    )
+    .await;
+    scan["Items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter(|i| i["sk"]["S"].as_str().is_some_and(|k| k.starts_with("lock#")))
+                .filter_map(|i| i["owner"]["S"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What the test's load balancer did with one validation connection from Pebble.
+#[derive(Debug, Clone)]
+struct Routed {
+    /// The replica it went to, and the lock owners when it arrived.
+    to_pid: u32,
+    owners: Vec<String>,
+}
+
+/// A TCP load balancer in front of the replicas' ports for Pebble's validations: each
+/// connection goes to a replica that does not hold an order lock, so a challenge is
+/// answered by a replica that did not order it (the shared table's doing).
+fn balancer(
+    listen: u16,
+    backends: Vec<(u32, u16)>,
+    moto: String,
+    table: String,
+    log: std::sync::Arc<std::sync::Mutex<Vec<Routed>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", listen)).await.unwrap();
+        let mut turn = 0usize;
+        loop {
+            let Ok((mut inbound, _)) = l.accept().await else { return };
+            let owners = lock_owners(&moto, &table).await;
+            turn += 1;
+            let free: Vec<&(u32, u16)> = backends
+                .iter()
+                .filter(|(pid, _)| !owners.iter().any(|o| o.contains(&format!("/{pid}/"))))
+                .collect();
+            let &(pid, port) = free.get(turn % free.len().max(1)).copied().unwrap_or(&backends[0]);
+            log.lock().unwrap().push(Routed { to_pid: pid, owners });
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    })
+}
+
+/// The SHA-256 fingerprint of the certificate served for `name` at `port`.
+async fn fingerprint(name: &str, port: u16) -> String {
+    let (_, out) = tool(
+        "sh",
+        args(&[
+            "-c",
+            &format!(
+                "openssl s_client -connect 127.0.0.1:{port} -servername {name} </dev/null 2>/dev/null \
+                 | openssl x509 -noout -fingerprint -sha256"
+            ),
+        ]),
+        vec![],
+    )
+    .await;
+    out.trim().to_string()
+}
+
+/// A TCP forwarder to `target` on a free port, cut (listener and connections) when the
+/// sender says `true`: the replicas' way to the table, for an outage.
+async fn cuttable(target: std::net::SocketAddr) -> (u16, tokio::sync::watch::Sender<bool>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut stop = rx.clone();
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|cut| *cut) => return,
+                accepted = l.accept() => {
+                    let Ok((mut inbound, _)) = accepted else { return };
+                    let mut stop = rx.clone();
+                    tokio::spawn(async move {
+                        if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => {}
+                                _ = stop.wait_for(|cut| *cut) => {}
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    });
+    (port, tx)
+}
+
+fn obtained(gw: &GatewayProcess) -> usize {
+    gw.log().matches("ACME certificate obtained").count()
+}
+
+#[tokio::test]
+async fn replicas_share_certificates_and_challenges_through_dynamodb() {
+    let dir = temp_dir("acme-shared");
+    let moto = Moto::start().await;
+    let table = format!("berth-acme-{}", std::process::id());
+    let (status, created) = moto_json(
+        &moto.endpoint,
+        "dynamodb",
+        "DynamoDB_20120810.CreateTable",
+        &serde_json::json!({
+            "TableName": table,
+            "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"}],
+            "BillingMode": "PAY_PER_REQUEST",
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    // Pebble validates through the test's balancers; certificates last an hour.
+    let (lb_http, lb_tls) = (free_port(), free_port());
+    let (_pebble, directory, mgmt, pebble_ca) = pebble(&dir, lb_http, lb_tls, 3600);
+    let backend = Backend::start("app", Proto::Http1).await;
+    let dynamic = dynamic_file(&dir, &backend);
+    // The replicas reach moto through a forwarder the test can cut.
+    let (to_moto, cut) = cuttable(moto.endpoint.trim_start_matches("http://").parse().unwrap()).await;
+    let through = format!("http://127.0.0.1:{to_moto}");
+    let env = [("AWS_ENDPOINT_URL_DYNAMODB", through.as_str())];
+    let replica = |p: Ports| {
+        let cwd = temp_dir("acme-shared-cwd");
+        std::fs::write(
+            cwd.join("traefik.yml"),
+            static_config(p, &dynamic, &directory, &pebble_ca, &format!("dynamodb://{table}")),
+        )
+        .unwrap();
+        GatewayProcess::spawn_in(&cwd, &[], &env)
+    };
+    let ports: Vec<Ports> = (0..3)
+        .map(|_| Ports {
+            web: free_port(),
+            secure: free_port(),
+            internal: free_port(),
+        })
+        .collect();
+    let replicas: Vec<GatewayProcess> = ports.iter().map(|p| replica(*p)).collect();
+    for r in &replicas {
+        r.wait_admin().await;
+    }
+    let routed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let pids = |port: fn(&Ports) -> u16| -> Vec<(u32, u16)> {
+        replicas
+            .iter()
+            .zip(&ports)
+            .map(|(r, p)| (r.child.id(), port(p)))
+            .collect()
+    };
+    let lb = |listen, to| balancer(listen, to, moto.endpoint.clone(), table.clone(), routed.clone());
+    let _http_lb = lb(lb_http, pids(|p| p.web));
+    let _tls_lb = lb(lb_tls, pids(|p| p.secure));
+
+    // Every replica serves both certificates.
+    let all = eventually(Duration::from_secs(90), || async {
+        for r in &replicas {
+            if issued(r, "a.test").await.is_none() || issued(r, "www.b.test").await.is_none() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let logs = || replicas.iter().map(|r| r.log()).collect::<Vec<_>>().join("\n-----\n");
+    assert!(all, "every replica serves both; logs:\n{}", logs());
+    let root = pebble_root(&dir, mgmt, &pebble_ca).await;
+    let mut seen = std::collections::BTreeMap::new();
+    for p in &ports {
+        for name in ["a.test", "b.test", "www.b.test"] {
+            let (ok, out) = curl(name, p.secure, &root).await;
+            assert!(ok && out.contains("backend=app"), "{name} on {}: {out}", p.secure);
+            seen.entry(name)
+                .or_insert_with(Vec::new)
+                .push(fingerprint(name, p.secure).await);
+        }
+    }
+    for (name, prints) in &seen {
+        assert!(
+            prints[0].contains("Fingerprint") && prints.iter().all(|f| f == &prints[0]),
+            "{name}: the same certificate everywhere: {prints:?}"
+        );
+    }
+    // One order per certificate, whichever replica made it.
+    let orders: usize = replicas.iter().map(obtained).sum();
+    assert_eq!(orders, 2, "one order per domain set; logs:\n{}", logs());
+    // Each validation reached a replica that did not hold the lock.
+    let routed = routed.lock().unwrap().clone();
+    eprintln!("validations: {routed:?}");
+    assert!(routed.len() >= 2, "validations: {routed:?}");
+    for r in &routed {
+        assert!(
+            !r.owners.is_empty() && r.owners.iter().all(|o| !o.contains(&format!("/{}/", r.to_pid))),
+            "a validation went to a replica that did not order: {routed:?}"
+        );
+    }
+    assert!(lock_owners(&moto.endpoint, &table).await.is_empty(), "locks released");
+
+    // A replica that starts later serves them at once, without ordering.
+    let late = Ports {
+        web: free_port(),
+        secure: free_port(),
+        internal: free_port(),
+    };
+    let fourth = replica(late);
+    fourth.wait_admin().await;
+    let served = eventually(Duration::from_secs(8), || async {
+        issued(&fourth, "a.test").await.is_some() && issued(&fourth, "b.test").await.is_some()
+    })
+    .await;
+    assert!(served, "{}", fourth.log());
+    assert_eq!(fingerprint("a.test", late.secure).await, seen["a.test"][0]);
+    assert_eq!(obtained(&fourth), 0, "{}", fourth.log());
+
+    // The table goes away: every replica keeps serving, and says why nothing is renewed.
+    cut.send_replace(true);
+    let told = eventually(Duration::from_secs(20), || async {
+        let certs = replicas[0].admin_json("/api/certificates").await;
+        certs.as_array().is_some_and(|c| {
+            c.iter().any(|c| {
+                c["use"].as_str().is_some_and(|u| u.ends_with("(pending)"))
+                    && c["lastError"].as_str().is_some_and(|e| e.starts_with("storage: "))
+            })
+        })
+    })
+    .await;
+    assert!(told, "{}", replicas[0].admin_json("/api/certificates").await);
+    for p in ports.iter().chain([&late]) {
+        let (ok, out) = curl("a.test", p.secure, &root).await;
+        assert!(ok && out.contains("backend=app"), "still served on {}: {out}", p.secure);
+    }
 }

@@ -368,13 +368,10 @@ impl Entrypoint {
                 .alpn()
                 .is_some_and(|mut p| p.any(|p| p == crate::acme::ACME_TLS_ALPN));
             if acme_alpn {
-                let cert = self
-                    .tls
-                    .store
-                    .acme
-                    .as_ref()
-                    .zip(name.as_deref())
-                    .and_then(|(a, n)| a.challenges.alpn_cert(n));
+                let cert = match (self.tls.store.acme.as_ref(), name.as_deref()) {
+                    (Some(a), Some(n)) => a.challenges.alpn_cert(n).await,
+                    _ => None,
+                };
                 let Some(cert) = cert else {
                     return Err("ALPN acme-tls/1 for a name with no pending challenge".into());
                 };
@@ -447,10 +444,14 @@ impl Entrypoint {
         let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let proxy = proxy.clone();
             let info = info.clone();
-            // HTTP-01: a pending token's answer comes before any router (and any
-            // redirection to HTTPS), as in Traefik.
-            let answer = acme.as_ref().and_then(|a| a.challenges.http_answer(req.uri().path()));
+            let acme = acme.clone();
             async move {
+                // HTTP-01: a pending token's answer comes before any router (and any
+                // redirection to HTTPS), as in Traefik.
+                let answer = match &acme {
+                    Some(a) => a.challenges.http_answer(req.uri().path()).await,
+                    None => None,
+                };
                 if let Some(key_authorization) = answer {
                     let mut resp = http::Response::new(berth_common::body::boxed(http_body_util::Full::new(
                         bytes::Bytes::from(key_authorization),

@@ -7,6 +7,7 @@
 
 mod acme;
 mod admin;
+mod aws;
 mod config;
 mod discovery;
 mod entrypoint;
@@ -67,6 +68,8 @@ pub enum StartError {
     MeshTls(#[from] rustls::Error),
     #[error("access log: {0}")]
     AccessLog(std::io::Error),
+    #[error("ACME: {0}")]
+    Acme(String),
 }
 
 /// A running gateway.
@@ -152,7 +155,16 @@ impl Gateway {
         tokio::spawn(proxy::health::run(proxy.clone()));
 
         // TLS material named on the command line must load, or we refuse to start.
-        let acme = (!cfg.acme.is_empty()).then(|| acme::Acme::new(cfg.acme.clone()));
+        let acme = if cfg.acme.is_empty() {
+            None
+        } else {
+            let region = cfg.ecs.as_ref().and_then(|e| e.region.clone());
+            Some(
+                acme::Acme::start(cfg.acme.clone(), region)
+                    .await
+                    .map_err(StartError::Acme)?,
+            )
+        };
         let certs = Arc::new(CertStore {
             acme: acme.clone(),
             ..Default::default()

@@ -4,6 +4,11 @@
 //! (an unreachable CA, a rate limit, a failed challenge) is retried with back-off from
 //! 5 s to an hour and shown with its reason, and the last good certificate is served
 //! meanwhile. Certificates already in storage are served from the start.
+//!
+//! With a shared table the order is taken under the table's lock, so that one replica
+//! orders while the others wait for the result; each replica reads the table again
+//! every few seconds to serve what the others obtained, and an unreachable table keeps
+//! every certificate already served (its reason shown).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -14,13 +19,19 @@ use berth_common::routing::{Snapshot, Status};
 use rustls::sign::CertifiedKey;
 
 use super::challenges::Challenges;
-use super::store::{self, Stored};
-use super::{ResolverSettings, order};
+use super::file::{Account, Resolver, Stored};
+use super::storage::Storage;
+use super::table::{Lock, Table};
+use super::{ResolverSettings, StorageSettings, order};
 
 /// How often the snapshot is looked at for new domains and certificates for renewal.
 const LOOK_EVERY: Duration = Duration::from_secs(2);
 const FIRST_RETRY: Duration = Duration::from_secs(5);
 const LAST_RETRY: Duration = Duration::from_secs(3600);
+/// How often a shared table is read for the certificates other replicas obtained.
+const REFRESH: Duration = Duration::from_secs(5);
+/// The longest wait between reads of a table that does not answer.
+const LAST_REFRESH_RETRY: Duration = Duration::from_secs(60);
 
 /// A certificate a resolver obtained, as served.
 #[derive(Debug, Clone)]
@@ -30,6 +41,10 @@ pub(crate) struct AcmeCert {
     pub key: Arc<CertifiedKey>,
     not_before: SystemTime,
     not_after: SystemTime,
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl AcmeCert {
@@ -65,27 +80,61 @@ pub(crate) struct Pending {
     pub last_error: Option<String>,
 }
 
+/// Why a domain set is not ordered now, and until when.
 struct Failure {
     next: Instant,
-    backoff: Duration,
+    attempts: u32,
     why: String,
+}
+
+/// The back-off after `attempts` failed orders: 5 s, doubling, at most an hour.
+fn backoff(attempts: u32) -> Duration {
+    FIRST_RETRY
+        .saturating_mul(1u32 << attempts.saturating_sub(1).min(16))
+        .min(LAST_RETRY)
 }
 
 pub(crate) struct Acme {
     settings: Vec<ResolverSettings>,
+    storages: Vec<Storage>,
     pub challenges: Arc<Challenges>,
     certs: ArcSwap<Vec<AcmeCert>>,
     pending: Mutex<Vec<Pending>>,
 }
 
 impl Acme {
-    pub(crate) fn new(settings: Vec<ResolverSettings>) -> Arc<Acme> {
-        Arc::new(Acme {
+    /// The resolvers, with their storage; the AWS configuration is loaded when a
+    /// resolver shares a table (`region` from the gateway's `--ecs-region`, else the
+    /// standard chain).
+    pub(crate) async fn start(settings: Vec<ResolverSettings>, region: Option<String>) -> Result<Arc<Acme>, String> {
+        let mut tables: BTreeMap<String, Arc<Table>> = BTreeMap::new();
+        let mut storages = Vec::new();
+        for s in &settings {
+            storages.push(match &s.storage {
+                StorageSettings::File(p) => Storage::File(p.clone()),
+                StorageSettings::DynamoDb(name) => {
+                    if !tables.contains_key(name) {
+                        let sdk = crate::aws::sdk_config(region.clone(), None)
+                            .await
+                            .map_err(|e| format!("certificatesResolvers.{}.acme.storage: {e}", s.name))?;
+                        let table = Arc::new(Table::new(&sdk, name));
+                        tracing::info!(table = %name, owner = %table.owner(), "ACME certificates shared in a DynamoDB table");
+                        tables.insert(name.clone(), table);
+                    }
+                    match tables.get(name) {
+                        Some(t) => Storage::Shared(t.clone()),
+                        None => return Err(format!("table {name} went missing")),
+                    }
+                }
+            });
+        }
+        Ok(Arc::new(Acme {
             settings,
-            challenges: Arc::default(),
+            storages,
+            challenges: Arc::new(Challenges::new(tables.into_values().collect())),
             certs: ArcSwap::from_pointee(Vec::new()),
             pending: Mutex::new(Vec::new()),
-        })
+        }))
     }
 
     /// Whether `resolver` answers HTTP-01 on `entrypoint`.
@@ -112,120 +161,227 @@ impl Acme {
         }
     }
 
-    fn publish(&self, resolver: &Arc<str>, stored: &store::Resolver) {
-        let mine: Vec<AcmeCert> = stored
-            .certificates
-            .iter()
-            .filter_map(|s| match AcmeCert::from_stored(resolver, s) {
-                Ok(c) => Some(c),
+    /// Serve what the storage holds for `resolver`: per domain set, the certificate
+    /// that lasts longer of the stored one and the one served now; a set the storage
+    /// no longer has keeps the one served.
+    fn publish(&self, resolver: &Arc<str>, stored: &Resolver) {
+        let current = self.certs.load();
+        let mut mine: Vec<AcmeCert> = current.iter().filter(|c| c.resolver == *resolver).cloned().collect();
+        for s in &stored.certificates {
+            match AcmeCert::from_stored(resolver, s) {
+                Ok(c) => match mine.iter_mut().find(|m| m.names == c.names) {
+                    Some(m) if m.not_after >= c.not_after => {}
+                    Some(m) => *m = c,
+                    None => mine.push(c),
+                },
                 Err(e) => {
                     tracing::warn!(resolver = %resolver, names = ?s.names(), error = %e, "a stored ACME certificate is not usable");
-                    None
                 }
-            })
-            .collect();
-        let mut all: Vec<AcmeCert> = self
-            .certs
-            .load()
-            .iter()
-            .filter(|c| c.resolver != *resolver)
-            .cloned()
-            .collect();
+            }
+        }
+        let mut all: Vec<AcmeCert> = current.iter().filter(|c| c.resolver != *resolver).cloned().collect();
         all.extend(mine);
         self.certs.store(Arc::new(all));
     }
 
+    /// Whether a good certificate for `names` is served and not due for renewal.
+    fn fresh(&self, resolver: &Arc<str>, names: &[String]) -> bool {
+        let now = SystemTime::now();
+        self.certs
+            .load()
+            .iter()
+            .any(|c| c.resolver == *resolver && c.names == names && !c.due(now))
+    }
+
     async fn run(self: Arc<Self>, i: usize, snapshot: Arc<ArcSwap<Snapshot>>) {
         let s = &self.settings[i];
+        let storage = &self.storages[i];
         let name: Arc<str> = s.name.as_str().into();
-        let mut stored = store::load(&s.storage, &s.name).unwrap_or_else(|e| {
-            tracing::error!(resolver = %s.name, error = %e, "ACME storage not readable; starting empty");
-            store::Resolver::default()
-        });
-        self.publish(&name, &stored);
+        let mut stored = Resolver::default();
         let mut account = None;
         let mut failures: BTreeMap<Vec<String>, Failure> = BTreeMap::new();
+        let mut storage_error: Option<String> = None;
+        let mut next_read = Instant::now();
+        let mut read_retry = FIRST_RETRY;
+        let mut read_once = false;
         loop {
-            let wanted = wanted(&snapshot.load(), &s.name);
-            failures.retain(|names, _| wanted.contains(names));
-            let now = SystemTime::now();
-            for names in &wanted {
-                let have = self
-                    .certs
-                    .load()
-                    .iter()
-                    .find(|c| c.resolver == name && &c.names == names)
-                    .map(|c| c.due(now));
-                if have == Some(false) || failures.get(names).is_some_and(|f| Instant::now() < f.next) {
-                    continue;
-                }
-                let result = self.obtain(s, &mut account, &mut stored, names).await;
-                match result {
-                    Ok(()) => {
-                        failures.remove(names);
+            // The storage: read at start, and again and again when shared.
+            if Instant::now() >= next_read && (!read_once || storage.shared().is_some()) {
+                match storage.load(&s.name).await {
+                    Ok(r) => {
+                        stored = r;
                         self.publish(&name, &stored);
-                        tracing::info!(resolver = %s.name, ?names, "ACME certificate obtained");
+                        storage_error = None;
+                        read_retry = FIRST_RETRY;
+                        next_read = Instant::now() + REFRESH;
+                        read_once = true;
                     }
-                    Err(why) => {
-                        let backoff = failures
-                            .get(names)
-                            .map_or(FIRST_RETRY, |f| (f.backoff * 2).min(LAST_RETRY));
-                        tracing::warn!(resolver = %s.name, ?names, error = %why, retry_in = ?backoff, "ACME certificate not obtained");
-                        failures.insert(
-                            names.clone(),
-                            Failure {
-                                next: Instant::now() + backoff,
-                                backoff,
-                                why,
-                            },
-                        );
+                    Err(e) if storage.shared().is_none() => {
+                        tracing::error!(resolver = %s.name, error = %e, "ACME storage not readable; starting empty");
+                        read_once = true;
+                    }
+                    Err(e) => {
+                        tracing::warn!(resolver = %s.name, error = %e, retry_in = ?read_retry, "ACME storage not readable; serving the certificates already loaded");
+                        storage_error = Some(format!("storage: {e}"));
+                        next_read = Instant::now() + read_retry;
+                        read_retry = (read_retry * 2).min(LAST_REFRESH_RETRY);
                     }
                 }
             }
-            self.set_pending(&name, &wanted, &failures);
+            let wanted = wanted(&snapshot.load(), &s.name);
+            failures.retain(|names, _| wanted.contains(names));
+            // Without a readable shared table nothing is ordered: it holds the lock.
+            if storage_error.is_none() {
+                for names in &wanted {
+                    if self.fresh(&name, names) {
+                        failures.remove(names);
+                        continue;
+                    }
+                    if failures.get(names).is_some_and(|f| Instant::now() < f.next) {
+                        continue;
+                    }
+                    let attempts = failures.get(names).map_or(0, |f| f.attempts);
+                    if let Some(f) = self.order(s, storage, &mut account, &mut stored, names, attempts).await {
+                        failures.insert(names.clone(), f);
+                    } else {
+                        failures.remove(names);
+                    }
+                }
+            }
+            self.set_pending(&name, &wanted, &failures, storage_error.as_deref());
             tokio::time::sleep(LOOK_EVERY).await;
+        }
+    }
+
+    /// Order a certificate for `names` under the storage's lock; why not, when not.
+    async fn order(
+        &self,
+        s: &ResolverSettings,
+        storage: &Storage,
+        account: &mut Option<instant_acme::Account>,
+        stored: &mut Resolver,
+        names: &[String],
+        attempts: u32,
+    ) -> Option<Failure> {
+        let name: Arc<str> = s.name.as_str().into();
+        let attempts = match storage.lock(&s.name, names).await {
+            Ok(Lock::Taken { attempts: shared }) => attempts.max(shared),
+            Ok(Lock::Held { owner, until, error }) => {
+                // Another replica orders (or backs off): its result is read with the table.
+                let wait =
+                    Duration::from_secs(until.saturating_sub(unix(SystemTime::now()))).clamp(LOOK_EVERY, LAST_RETRY);
+                let why = match error {
+                    Some(e) => format!("{e} (ordered by {owner}; next attempt in {}s)", wait.as_secs()),
+                    None => format!("being ordered by {owner}"),
+                };
+                return Some(Failure {
+                    next: Instant::now() + wait,
+                    attempts,
+                    why,
+                });
+            }
+            Err(e) => {
+                let attempts = attempts + 1;
+                return Some(Failure {
+                    next: Instant::now() + backoff(attempts),
+                    attempts,
+                    why: format!("storage: {e}"),
+                });
+            }
+        };
+        // Another replica may have stored one just before the lock was ours.
+        if storage.shared().is_some()
+            && let Ok(r) = storage.load(&s.name).await
+        {
+            *stored = r;
+            self.publish(&name, stored);
+            if self.fresh(&name, names) {
+                self.release(s, storage, names).await;
+                return None;
+            }
+        }
+        match self.obtain(s, storage, account, stored, names).await {
+            Ok(()) => {
+                self.publish(&name, stored);
+                self.release(s, storage, names).await;
+                tracing::info!(resolver = %s.name, ?names, "ACME certificate obtained");
+                None
+            }
+            Err(why) => {
+                let attempts = attempts + 1;
+                let wait = backoff(attempts);
+                tracing::warn!(resolver = %s.name, ?names, error = %why, retry_in = ?wait, "ACME certificate not obtained");
+                if let Err(e) = storage.fail(&s.name, names, attempts, &why, wait).await {
+                    tracing::warn!(resolver = %s.name, error = %e, "the order lock keeps no back-off (its lease ends it)");
+                }
+                Some(Failure {
+                    next: Instant::now() + wait,
+                    attempts,
+                    why,
+                })
+            }
+        }
+    }
+
+    async fn release(&self, s: &ResolverSettings, storage: &Storage, names: &[String]) {
+        if let Err(e) = storage.release(&s.name, names).await {
+            tracing::warn!(resolver = %s.name, error = %e, "the order lock was not released (its lease ends it)");
         }
     }
 
     async fn obtain(
         &self,
         s: &ResolverSettings,
+        storage: &Storage,
         account: &mut Option<instant_acme::Account>,
-        stored: &mut store::Resolver,
+        stored: &mut Resolver,
         names: &[String],
     ) -> Result<(), String> {
         if account.is_none() {
             let creds = stored.account.as_ref().and_then(|a| a.credentials.as_ref());
             let (a, new) = order::account(s, creds).await?;
             if let Some(c) = new {
-                stored.account = Some(store::Account {
+                let new = Account {
                     email: s.email.clone().unwrap_or_default(),
                     registration: None,
                     credentials: Some(c),
-                });
-                save(s, stored);
+                };
+                stored.account = Some(new.clone());
+                if let Err(e) = storage.save_account(&s.name, stored, &new).await {
+                    storage_failed(s, storage, &e);
+                }
             }
             *account = Some(a);
         }
         let Some(a) = account.as_ref() else {
             return Err("no ACME account".into());
         };
-        let (chain, key) = order::obtain(a, names, s, &self.challenges).await?;
+        let (chain, key) = order::obtain(a, names, s, &self.challenges, storage.shared()).await?;
         let fresh = Stored::new(names, &chain, &key);
         // Checked before it replaces the last good one.
-        AcmeCert::from_stored(&s.name.as_str().into(), &fresh)?;
+        let cert = AcmeCert::from_stored(&s.name.as_str().into(), &fresh)?;
         stored.certificates.retain(|c| c.names() != names);
-        stored.certificates.push(fresh);
-        save(s, stored);
+        stored.certificates.push(fresh.clone());
+        if let Err(e) = storage.save_cert(&s.name, stored, &fresh, unix(cert.not_after)).await {
+            storage_failed(s, storage, &e);
+        }
         Ok(())
     }
 
-    fn set_pending(&self, name: &Arc<str>, wanted: &BTreeSet<Vec<String>>, failures: &BTreeMap<Vec<String>, Failure>) {
+    fn set_pending(
+        &self,
+        name: &Arc<str>,
+        wanted: &BTreeSet<Vec<String>>,
+        failures: &BTreeMap<Vec<String>, Failure>,
+        storage_error: Option<&str>,
+    ) {
         let certs = self.certs.load();
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.retain(|p| *p.resolver != **name);
         for names in wanted {
-            let failed = failures.get(names).map(|f| f.why.clone());
+            let failed = storage_error
+                .map(str::to_string)
+                .or_else(|| failures.get(names).map(|f| f.why.clone()));
             let served = certs.iter().any(|c| c.resolver == *name && &c.names == names);
             if !served || failed.is_some() {
                 pending.push(Pending {
@@ -238,15 +394,14 @@ impl Acme {
     }
 }
 
-fn save(s: &ResolverSettings, stored: &store::Resolver) {
-    if let Err(e) = store::save(&s.storage, &s.name, stored) {
-        tracing::error!(
-            resolver = %s.name,
-            error = %e,
-            "ACME storage not written (a read-only root filesystem needs the storage on a mounted volume); \
-             the certificate is served from memory and ordered again at the next start"
-        );
-    }
+fn storage_failed(s: &ResolverSettings, storage: &Storage, e: &str) {
+    tracing::error!(
+        resolver = %s.name,
+        storage = %storage.describe(),
+        error = %e,
+        "ACME storage not written (a read-only root filesystem needs a file storage on a mounted volume); \
+         the certificate is served from memory"
+    );
 }
 
 /// The domain sets the snapshot's routers want from `resolver` (wildcards need DNS-01,

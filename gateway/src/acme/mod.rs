@@ -8,14 +8,21 @@
 //! certificates. The ACME client is `instant-acme`; its HTTP goes through the gateway's
 //! own rustls client, trusting the system roots and `caCertificates`.
 //!
-//! [`challenges`] holds what the entrypoints answer; [`store`] reads and writes the
-//! storage file; [`order`] obtains one certificate; [`manager`] decides what to obtain
-//! and when, with back-off, never dropping the last good certificate.
+//! Several replicas share one DynamoDB table instead (`storage: dynamodb://TABLE`): one
+//! of them orders a given certificate at a time, all of them serve it, and whichever the
+//! load balancer picks answers the CA's challenge.
+//!
+//! [`challenges`] holds what the entrypoints answer; [`storage`] is where a resolver
+//! keeps its state, [`file`] (`acme.json`) or [`table`] (shared); [`order`] obtains one
+//! certificate; [`manager`] decides what to obtain and when, with back-off, never
+//! dropping the last good certificate.
 
 mod challenges;
+mod file;
 mod manager;
 mod order;
-mod store;
+mod storage;
+mod table;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +40,29 @@ pub enum KeyType {
     Ec384,
 }
 
+/// A resolver's `storage`: a file (Traefik's `acme.json`) or, written
+/// `dynamodb://TABLE`, a DynamoDB table every replica shares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageSettings {
+    File(PathBuf),
+    DynamoDb(String),
+}
+
+impl StorageSettings {
+    /// From the option's text; `dynamodb://` with a name DynamoDB would refuse is an error.
+    pub fn parse(text: &str) -> Result<StorageSettings, String> {
+        if text.starts_with("dynamodb://") {
+            return table::table_name(text)
+                .map(|t| StorageSettings::DynamoDb(t.to_string()))
+                .ok_or_else(|| format!("`{text}` is not a DynamoDB table name (3 to 255 of a-z, A-Z, 0-9, _ - .)"));
+        }
+        if text.is_empty() {
+            return Err("empty".into());
+        }
+        Ok(StorageSettings::File(text.into()))
+    }
+}
+
 /// One `certificatesResolvers.<name>.acme`.
 #[derive(Debug, Clone)]
 pub struct ResolverSettings {
@@ -41,8 +71,8 @@ pub struct ResolverSettings {
     pub ca_server: String,
     /// More roots to trust the CA server by (`caCertificates`), beside the system's.
     pub ca_certificates: Vec<PathBuf>,
-    /// The storage file (`acme.json`): account and certificates.
-    pub storage: PathBuf,
+    /// Where the account and certificates are kept (`storage`).
+    pub storage: StorageSettings,
     pub key_type: KeyType,
     /// `certificatesDuration`: how long the CA's certificates last, for the renewal
     /// schedule when a certificate cannot be read.

@@ -1,8 +1,9 @@
 //! Obtaining one certificate: the account (restored from storage, or created), an order
 //! for the names, each authorization's challenge put where the entrypoints answer it
 //! and then announced, the order polled until ready, a CSR for a new key of the
-//! resolver's type, and the chain polled until issued. The challenges are withdrawn
-//! whatever the outcome.
+//! resolver's type, and the chain polled until issued. With a shared table, each
+//! challenge is published there too, before the server is told, so that any replica
+//! answers it. The challenges are withdrawn whatever the outcome.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,7 +16,8 @@ use instant_acme::{
     NewOrder, OrderStatus, RetryPolicy,
 };
 
-use super::challenges::{Challenges, alpn_certificate};
+use super::challenges::{Challenges, alpn_certificate, to_hex};
+use super::table::Table;
 use super::{KeyType, ResolverSettings};
 
 /// The largest answer read from the ACME server (a certificate chain is a few KiB).
@@ -105,19 +107,34 @@ pub(super) async fn obtain(
     names: &[String],
     settings: &ResolverSettings,
     challenges: &Challenges,
+    shared: Option<&Table>,
 ) -> Result<(String, String), String> {
     let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
     let mut order = account.new_order(&NewOrder::new(&ids)).await.map_err(acme_err)?;
-    let mut pending: Vec<(String, String)> = Vec::new();
-    let announced = announce(&mut order, settings, challenges, &mut pending).await;
+    let mut pending: Vec<Pending> = Vec::new();
+    let announced = announce(&mut order, settings, challenges, shared, &mut pending).await;
     let result = match announced {
         Ok(()) => finish(&mut order, names, settings.key_type).await,
         Err(e) => Err(e),
     };
-    for (token, name) in &pending {
-        challenges.remove(token, name);
+    for p in &pending {
+        challenges.remove(&p.token, &p.name);
+        if let Some(t) = shared
+            && let Err(e) = t.remove_challenge(p.kind, &p.shared_key).await
+        {
+            tracing::debug!(error = %e, "a shared ACME challenge was not withdrawn (it expires)");
+        }
     }
     result
+}
+
+/// A challenge put up for the server, to withdraw afterwards.
+struct Pending {
+    token: String,
+    name: String,
+    /// `http` or `alpn`, and the key in the shared table (the token, or the name).
+    kind: &'static str,
+    shared_key: String,
 }
 
 /// Answer every pending authorization's challenge and tell the server.
@@ -125,7 +142,8 @@ async fn announce(
     order: &mut instant_acme::Order,
     settings: &ResolverSettings,
     challenges: &Challenges,
-    pending: &mut Vec<(String, String)>,
+    shared: Option<&Table>,
+    pending: &mut Vec<Pending>,
 ) -> Result<(), String> {
     let mut authorizations = order.authorizations();
     while let Some(next) = authorizations.next().await {
@@ -148,13 +166,26 @@ async fn announce(
         };
         let name = challenge.identifier().to_string();
         let key_authorization = challenge.key_authorization();
-        match kind {
+        let (kind, shared_key, shared_value) = match kind {
             ChallengeType::TlsAlpn01 => {
-                challenges.put_alpn(&name, alpn_certificate(&name, key_authorization.digest().as_ref())?)
+                let digest = key_authorization.digest();
+                challenges.put_alpn(&name, alpn_certificate(&name, digest.as_ref())?);
+                ("alpn", name.to_ascii_lowercase(), to_hex(digest.as_ref()))
             }
-            _ => challenges.put_http(&challenge.token, key_authorization.as_str()),
+            _ => {
+                challenges.put_http(&challenge.token, key_authorization.as_str());
+                ("http", challenge.token.clone(), key_authorization.as_str().to_string())
+            }
+        };
+        pending.push(Pending {
+            token: challenge.token.clone(),
+            name,
+            kind,
+            shared_key: shared_key.clone(),
+        });
+        if let Some(t) = shared {
+            t.put_challenge(kind, &shared_key, &shared_value).await?;
         }
-        pending.push((challenge.token.clone(), name));
         challenge.set_ready().await.map_err(acme_err)?;
     }
     Ok(())

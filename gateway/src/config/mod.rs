@@ -1244,6 +1244,30 @@ address = "127.0.0.1:8082"
         .unwrap_err()
         .0;
         assert!(e.contains("no entrypoint `nowhere`"), "{e}");
+        let e = traefik(
+            &[],
+            &[
+                "--certificatesResolvers.le.acme.tlsChallenge=true",
+                "--certificatesResolvers.le.acme.storage=dynamodb://a b",
+            ],
+            &[],
+        )
+        .unwrap_err()
+        .0;
+        assert!(e.contains("is not a DynamoDB table name"), "{e}");
+        let c = traefik(
+            &[],
+            &[
+                "--certificatesResolvers.le.acme.tlsChallenge=true",
+                "--certificatesResolvers.le.acme.storage=dynamodb://berth-acme",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.acme[0].storage,
+            crate::acme::StorageSettings::DynamoDb("berth-acme".into())
+        );
     }
 
     #[test]

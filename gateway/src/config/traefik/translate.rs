@@ -635,7 +635,7 @@ impl Traefik {
     }
 
     fn acme(&mut self, r: &mut Reader<'_>) {
-        use crate::acme::{KeyType, ResolverSettings};
+        use crate::acme::{KeyType, ResolverSettings, StorageSettings};
         for name in r.names("certificatesResolvers") {
             let p = |k: &str| format!("certificatesResolvers.{name}.acme.{k}");
             if !r.section(&format!("certificatesResolvers.{name}.acme")) {
@@ -668,6 +668,13 @@ impl Traefik {
                 ));
                 continue;
             }
+            let storage = match StorageSettings::parse(&r.text(&p("storage")).unwrap_or_else(|| "acme.json".into())) {
+                Ok(s) => s,
+                Err(e) => {
+                    r.fail(format!("certificatesResolvers.{name}.acme.storage: {e}"));
+                    continue;
+                }
+            };
             self.acme.push(ResolverSettings {
                 name: name.clone(),
                 email: r.text(&p("email")).filter(|e| !e.is_empty()),
@@ -675,7 +682,7 @@ impl Traefik {
                     .text(&p("caServer"))
                     .unwrap_or_else(|| crate::acme::LETS_ENCRYPT.to_string()),
                 ca_certificates: r.list(&p("caCertificates")).into_iter().map(Into::into).collect(),
-                storage: r.text(&p("storage")).unwrap_or_else(|| "acme.json".into()).into(),
+                storage,
                 key_type,
                 certificates_duration: Duration::from_secs_f64(hours * 3600.0),
                 http_challenge,

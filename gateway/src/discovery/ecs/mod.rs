@@ -19,11 +19,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use aws_config::BehaviorVersion;
-use aws_config::environment::region::EnvironmentVariableRegionProvider;
-use aws_config::meta::region::RegionProviderChain;
-use aws_config::profile::ProfileFileRegionProvider;
-use aws_config::retry::RetryConfig;
 use berth_common::config::{DynamicConfig, Strategy};
 use berth_common::diag::Diagnostic;
 use berth_common::labels::Merger;
@@ -368,21 +363,9 @@ pub(crate) async fn start(
     metrics: Arc<Metrics>,
     sidecars: watch::Receiver<HealthView>,
 ) -> Result<EcsProvider, EcsStartError> {
-    // The region comes from the flag, the environment or the profile, never from the
-    // instance metadata service (ECS sets AWS_REGION in every container).
-    let region = RegionProviderChain::first_try(settings.region.clone().map(aws_config::Region::new))
-        .or_else(EnvironmentVariableRegionProvider::new())
-        .or_else(ProfileFileRegionProvider::new());
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .retry_config(RetryConfig::disabled())
-        .region(region);
-    if let Some(credentials) = &settings.credentials {
-        loader = loader.credentials_provider(credentials.clone());
-    }
-    let sdk = loader.load().await;
-    if sdk.region().is_none() {
-        return Err(EcsStartError("no AWS region: set --ecs-region or AWS_REGION".into()));
-    }
+    let sdk = crate::aws::sdk_config(settings.region.clone(), settings.credentials.clone())
+        .await
+        .map_err(|e| EcsStartError(format!("{e}: set --ecs-region or AWS_REGION")))?;
     let client = aws_sdk_ecs::Client::new(&sdk);
     let limiter = Arc::new(RateLimiter::new(settings.api_rate, settings.api_burst));
     let api = EcsApi::new(client, limiter.clone(), metrics.clone());
