@@ -80,3 +80,39 @@ fn the_task_role_grants_exactly_what_discovery_calls() {
 fn the_operation_names_are_derived_as_aws_spells_them() {
     assert_eq!(pascal("describe_container_instances"), "DescribeContainerInstances");
 }
+
+/// The DynamoDB operations the shared ACME store calls (`self.client.<operation>()` in
+/// `table.rs`, the one place that holds the client).
+fn store_calls() -> BTreeSet<String> {
+    // Without whitespace: rustfmt breaks the chains across lines.
+    let table: String = read("src/acme/table.rs").split_whitespace().collect();
+    let mut ops = BTreeSet::new();
+    for (i, _) in table.match_indices("self.client.") {
+        let rest = &table[i + "self.client.".len()..];
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        if !name.is_empty() && rest[name.len()..].starts_with("()") {
+            ops.insert(format!("dynamodb:{}", pascal(&name)));
+        }
+    }
+    ops
+}
+
+#[test]
+fn the_acme_table_policy_grants_exactly_what_the_shared_store_calls() {
+    let calls = store_calls();
+    assert!(
+        calls.contains("dynamodb:Query") && calls.contains("dynamodb:PutItem"),
+        "{calls:?}"
+    );
+    let tf = read("../terraform/modules/gateway/acme.tf");
+    let granted: BTreeSet<String> = tf
+        .lines()
+        .filter(|l| l.trim_start().starts_with("actions"))
+        .flat_map(|l| l.split('"').skip(1).step_by(2).map(str::to_string).collect::<Vec<_>>())
+        .filter(|a| a.starts_with("dynamodb:"))
+        .collect();
+    assert_eq!(granted, calls, "terraform/modules/gateway/acme.tf vs the code");
+}

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 
 use super::file::{Account, Resolver, Stored};
@@ -86,7 +86,16 @@ fn failed<E: ProvideErrorMetadata + std::error::Error + 'static>(op: &str, e: &S
     match (e.code(), e.message()) {
         (Some(code), Some(message)) => format!("DynamoDB {op}: {code}: {message}"),
         (Some(code), None) => format!("DynamoDB {op}: {code}"),
-        _ => format!("DynamoDB {op}: {}", DisplayErrorContext(e)),
+        _ => {
+            // The error and its causes, without the debug dump DisplayErrorContext adds.
+            let mut text = format!("DynamoDB {op}: {e}");
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                text.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            text
+        }
     }
 }
 

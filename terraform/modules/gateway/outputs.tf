@@ -32,3 +32,8 @@ output "log_group_name" {
   description = "The gateway's CloudWatch log group."
   value       = aws_cloudwatch_log_group.gateway.name
 }
+
+output "acme_storage" {
+  description = "With acme_table: the value of a certificate resolver's storage (TRAEFIK_CERTIFICATESRESOLVERS_<NAME>_ACME_STORAGE in extra_environment) that shares certificates between replicas."
+  value       = var.acme_table ? "dynamodb://${aws_dynamodb_table.acme[0].name}" : null
+}

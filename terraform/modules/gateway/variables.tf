@@ -158,7 +158,7 @@ variable "certificate_arn" {
 }
 
 variable "deletion_protection" {
-  description = "Protect the load balancers from deletion."
+  description = "Protect the load balancers (and the ACME table) from deletion."
   type        = bool
   default     = true
 }
@@ -191,4 +191,10 @@ variable "tags" {
   description = "Tags for every resource."
   type        = map(string)
   default     = {}
+}
+
+variable "acme_table" {
+  description = "Create a DynamoDB table for ACME certificates shared by every replica (set the resolver's storage to the acme_storage output) and let the task role use it."
+  type        = bool
+  default     = false
 }
