@@ -159,21 +159,16 @@ pub async fn moto_query(endpoint: &str, service: &str, version: &str, params: &[
     for (k, v) in params {
         body.push_str(&format!("&{k}={}", form_encode(v)));
     }
-    let addr: SocketAddr = endpoint.trim_start_matches("http://").parse().unwrap();
-    let req = http::Request::builder()
-        .method("POST")
-        .uri("/")
-        .header("host", addr.to_string())
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header(
-            "authorization",
-            format!(
-                "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0"
-            ),
-        )
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-        .unwrap();
-    berth_common::test_util::http1(addr, req).await.body
+    moto_call(
+        endpoint,
+        service,
+        "POST",
+        "/",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        body,
+    )
+    .await
+    .1
 }
 
 /// A JSON-protocol call to moto (DynamoDB's `DynamoDB_20120810.<Action>`, for
@@ -184,24 +179,58 @@ pub async fn moto_json(
     target: &str,
     body: &serde_json::Value,
 ) -> (u16, serde_json::Value) {
+    let (status, text) = moto_call(
+        endpoint,
+        service,
+        "POST",
+        "/",
+        &[("content-type", "application/x-amz-json-1.0"), ("x-amz-target", target)],
+        body.to_string(),
+    )
+    .await;
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+/// A REST call to moto (Route 53's `/2013-04-01/...`): the status and the answer.
+pub async fn moto_rest(endpoint: &str, service: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    moto_call(
+        endpoint,
+        service,
+        method,
+        path,
+        &[("content-type", "application/xml")],
+        body.to_string(),
+    )
+    .await
+}
+
+/// One call to moto, which routes by the SigV4 credential scope and the path and does
+/// not check signatures.
+async fn moto_call(
+    endpoint: &str,
+    service: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: String,
+) -> (u16, String) {
     let addr: SocketAddr = endpoint.trim_start_matches("http://").parse().unwrap();
-    let req = http::Request::builder()
-        .method("POST")
-        .uri("/")
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
         .header("host", addr.to_string())
-        .header("content-type", "application/x-amz-json-1.0")
-        .header("x-amz-target", target)
         .header(
             "authorization",
             format!(
                 "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0"
             ),
-        )
-        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
-        .unwrap();
+        );
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
     let resp = berth_common::test_util::http1(addr, req).await;
-    let value = serde_json::from_str(&resp.body).unwrap_or(serde_json::Value::Null);
-    (resp.status.as_u16(), value)
+    (resp.status.as_u16(), resp.body)
 }
 
 /// `application/x-www-form-urlencoded` escaping of a value.

@@ -16,8 +16,8 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use berth_common::test_util::{Backend, Proto, eventually, free_port, write_pki};
-use berth_e2e::{GatewayProcess, Moto, args, moto_json, temp_dir, tool};
+use berth_common::test_util::{Backend, Proto, closed_port, eventually, free_port, write_pki};
+use berth_e2e::{GatewayProcess, Moto, args, moto_json, moto_rest, temp_dir, tool};
 
 struct Killed(Child);
 impl Drop for Killed {
@@ -27,14 +27,22 @@ impl Drop for Killed {
     }
 }
 
-/// Pebble and its DNS, validating on `http_port` and `tls_port`: its directory URL and
-/// the PEM of the CA that signed its own HTTPS certificate.
-fn pebble(
-    dir: &std::path::Path,
-    http_port: u16,
-    tls_port: u16,
-    validity_secs: u64,
-) -> (Vec<Killed>, String, u16, std::path::PathBuf) {
+/// Pebble and its DNS server, both stopped on drop.
+struct Pebble {
+    _processes: Vec<Killed>,
+    /// The directory URL.
+    directory: String,
+    /// Pebble's management port (its issuing root at `/roots/0`).
+    mgmt: u16,
+    /// pebble-challtestsrv's management port (`/set-txt`, `/clear-txt`).
+    dns_mgmt: u16,
+    /// The CA that signed Pebble's own HTTPS certificate.
+    ca: std::path::PathBuf,
+}
+
+/// Pebble validating HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port`, its DNS
+/// answering every name with 127.0.0.1 (and TXT records the test sets).
+fn pebble(dir: &std::path::Path, http_port: u16, tls_port: u16, validity_secs: u64) -> Pebble {
     write_pki(
         dir,
         vec![rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap())],
@@ -73,12 +81,13 @@ fn pebble(
         .stderr(Stdio::null())
         .spawn()
         .expect("pebble (Debian package pebble; .ci/run installs it)");
-    (
-        vec![Killed(dns_server), Killed(server)],
-        format!("https://127.0.0.1:{listen}/dir"),
+    Pebble {
+        _processes: vec![Killed(dns_server), Killed(server)],
+        directory: format!("https://127.0.0.1:{listen}/dir"),
         mgmt,
-        dir.join("ca.pem"),
-    )
+        dns_mgmt,
+        ca: dir.join("ca.pem"),
+    }
 }
 
 /// Two routers over one backend: `a.test` by the HTTP-01 resolver, `b.test` and
@@ -179,7 +188,8 @@ async fn curl(name: &str, port: u16, root: &std::path::Path) -> (bool, String) {
 async fn certificates_by_http01_and_tls_alpn01_are_served_kept_and_renewed() {
     let dir = temp_dir("acme");
     let (web, secure, internal) = (free_port(), free_port(), free_port());
-    let (_pebble, directory, mgmt, pebble_ca) = pebble(&dir, web, secure, 30);
+    let pebble = pebble(&dir, web, secure, 30);
+    let (directory, mgmt, pebble_ca) = (&pebble.directory, pebble.mgmt, &pebble.ca);
     let backend = Backend::start("app", Proto::Http1).await;
     let dynamic = dynamic_file(&dir, &backend);
     let storage = dir.join("acme.json");
@@ -187,7 +197,7 @@ async fn certificates_by_http01_and_tls_alpn01_are_served_kept_and_renewed() {
     let ports = Ports { web, secure, internal };
     std::fs::write(
         cwd.join("traefik.yml"),
-        static_config(ports, &dynamic, &directory, &pebble_ca, &storage.display().to_string()),
+        static_config(ports, &dynamic, directory, pebble_ca, &storage.display().to_string()),
     )
     .unwrap();
     let gw = GatewayProcess::spawn_in(&cwd, &[], &[]);
@@ -203,7 +213,7 @@ async fn certificates_by_http01_and_tls_alpn01_are_served_kept_and_renewed() {
         gw.log()
     );
 
-    let root = pebble_root(&dir, mgmt, &pebble_ca).await;
+    let root = pebble_root(&dir, mgmt, pebble_ca).await;
     for name in ["a.test", "b.test", "www.b.test"] {
         let (ok, out) = curl(name, secure, &root).await;
         assert!(ok && out.contains("backend=app"), "{name}: {out}");
@@ -385,7 +395,8 @@ async fn replicas_share_certificates_and_challenges_through_dynamodb() {
     assert_eq!(status, 200, "{created}");
     // Pebble validates through the test's balancers; certificates last an hour.
     let (lb_http, lb_tls) = (free_port(), free_port());
-    let (_pebble, directory, mgmt, pebble_ca) = pebble(&dir, lb_http, lb_tls, 3600);
+    let pebble = pebble(&dir, lb_http, lb_tls, 3600);
+    let (directory, mgmt, pebble_ca) = (&pebble.directory, pebble.mgmt, &pebble.ca);
     let backend = Backend::start("app", Proto::Http1).await;
     let dynamic = dynamic_file(&dir, &backend);
     // The replicas reach moto through a forwarder the test can cut.
@@ -396,7 +407,7 @@ async fn replicas_share_certificates_and_challenges_through_dynamodb() {
         let cwd = temp_dir("acme-shared-cwd");
         std::fs::write(
             cwd.join("traefik.yml"),
-            static_config(p, &dynamic, &directory, &pebble_ca, &format!("dynamodb://{table}")),
+            static_config(p, &dynamic, directory, pebble_ca, &format!("dynamodb://{table}")),
         )
         .unwrap();
         GatewayProcess::spawn_in(&cwd, &[], &env)
@@ -436,7 +447,7 @@ async fn replicas_share_certificates_and_challenges_through_dynamodb() {
     .await;
     let logs = || replicas.iter().map(|r| r.log()).collect::<Vec<_>>().join("\n-----\n");
     assert!(all, "every replica serves both; logs:\n{}", logs());
-    let root = pebble_root(&dir, mgmt, &pebble_ca).await;
+    let root = pebble_root(&dir, mgmt, pebble_ca).await;
     let mut seen = std::collections::BTreeMap::new();
     for p in &ports {
         for name in ["a.test", "b.test", "www.b.test"] {
@@ -501,4 +512,167 @@ async fn replicas_share_certificates_and_challenges_through_dynamodb() {
         let (ok, out) = curl("a.test", p.secure, &root).await;
         assert!(ok && out.contains("backend=app"), "still served on {}: {out}", p.secure);
     }
+}
+
+/// TXT record sets: name -> values (unquoted).
+type Txt = std::collections::BTreeMap<String, Vec<String>>;
+
+/// The TXT record sets of a moto hosted zone.
+async fn txt_records(moto: &str, zone: &str) -> Txt {
+    let (_, xml) = moto_rest(
+        moto,
+        "route53",
+        "GET",
+        &format!("/2013-04-01/hostedzone/{zone}/rrset"),
+        "",
+    )
+    .await;
+    let mut out = std::collections::BTreeMap::new();
+    for set in xml.split("<ResourceRecordSet>").skip(1) {
+        if !set.contains("<Type>TXT</Type>") {
+            continue;
+        }
+        let name = set
+            .split("<Name>")
+            .nth(1)
+            .and_then(|n| n.split("</Name>").next())
+            .unwrap_or_default();
+        let values: Vec<String> = set
+            .split("<Value>")
+            .skip(1)
+            .filter_map(|v| v.split("</Value>").next())
+            .map(|v| v.replace("&quot;", "\"").trim_matches('"').to_string())
+            .collect();
+        out.insert(name.to_string(), values);
+    }
+    out
+}
+
+/// Route 53 (moto) serving DNS: its TXT records copied into pebble-challtestsrv, which
+/// Pebble asks, until the task is aborted; every state seen is kept.
+fn bridge_txt(
+    moto: String,
+    zone: String,
+    dns_mgmt: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Txt>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mgmt: SocketAddr = format!("127.0.0.1:{dns_mgmt}").parse().unwrap();
+        let post = |path: &'static str, body: serde_json::Value| async move {
+            let req = http::Request::post(path)
+                .header("host", mgmt.to_string())
+                .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+                .unwrap();
+            berth_common::test_util::http1(mgmt, req).await
+        };
+        let mut last = std::collections::BTreeMap::new();
+        loop {
+            let now = txt_records(&moto, &zone).await;
+            if now != last {
+                for name in last.keys().chain(now.keys()) {
+                    if last.get(name) != now.get(name) {
+                        post("/clear-txt", serde_json::json!({"host": name})).await;
+                        for v in now.get(name).into_iter().flatten() {
+                            post("/set-txt", serde_json::json!({"host": name, "value": v})).await;
+                        }
+                    }
+                }
+                seen.lock().unwrap().push(now.clone());
+                last = now;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+#[tokio::test]
+async fn dns01_with_route53_obtains_a_wildcard_and_removes_its_records() {
+    let dir = temp_dir("acme-dns");
+    let moto = Moto::start().await;
+    let (status, created) = moto_rest(
+        &moto.endpoint,
+        "route53",
+        "POST",
+        "/2013-04-01/hostedzone",
+        &format!(
+            "<CreateHostedZoneRequest xmlns=\"https://route53.amazonaws.com/doc/2013-04-01/\"><Name>d.test.</Name>\
+             <CallerReference>berth-{}</CallerReference></CreateHostedZoneRequest>",
+            std::process::id()
+        ),
+    )
+    .await;
+    assert!(status < 300, "{created}");
+    let zone = created
+        .split("<Id>/hostedzone/")
+        .nth(1)
+        .and_then(|z| z.split("</Id>").next())
+        .unwrap()
+        .to_string();
+    // No HTTP-01 or TLS-ALPN-01 here: Pebble's ports for them lead nowhere. The bridge
+    // below plays Route 53's name servers, a little behind its API as they are: the
+    // resolver's delayBeforeCheck covers that.
+    let pebble = pebble(&dir, closed_port().await.port(), closed_port().await.port(), 3600);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let _bridge = bridge_txt(moto.endpoint.clone(), zone.clone(), pebble.dns_mgmt, seen.clone());
+    let backend = Backend::start("app", Proto::Http1).await;
+    let dynamic = dir.join("dynamic.yml");
+    std::fs::write(
+        &dynamic,
+        format!(
+            "http:\n  routers:\n    d:\n      rule: Host(`d.test`) || HostRegexp(`^.+\\.d\\.test$`)\n      \
+             entryPoints: [websecure]\n      service: app\n      tls:\n        certResolver: bydns\n        \
+             domains:\n          - main: d.test\n            sans: [\"*.d.test\"]\n  \
+             services:\n    app:\n      loadBalancer:\n        servers:\n          - url: \"{}\"\n",
+            backend.url()
+        ),
+    )
+    .unwrap();
+    let (secure, internal) = (free_port(), free_port());
+    let cwd = temp_dir("acme-dns-cwd");
+    std::fs::write(
+        cwd.join("traefik.yml"),
+        format!(
+            "entryPoints:\n  websecure:\n    address: \"127.0.0.1:{secure}\"\n    http:\n      tls: {{}}\n  traefik:\n    \
+             address: \"127.0.0.1:{internal}\"\nproviders:\n  file:\n    filename: \"{dynamic}\"\n\
+             certificatesResolvers:\n  bydns:\n    acme:\n      caServer: \"{directory}\"\n      caCertificates: [\"{ca}\"]\n      \
+             storage: \"{storage}\"\n      dnsChallenge:\n        provider: route53\n        delayBeforeCheck: 1s\n",
+            dynamic = dynamic.display(),
+            directory = pebble.directory,
+            ca = pebble.ca.display(),
+            storage = dir.join("acme.json").display(),
+        ),
+    )
+    .unwrap();
+    let gw = GatewayProcess::spawn_in(&cwd, &[], &[("AWS_ENDPOINT_URL_ROUTE_53", moto.endpoint.as_str())]);
+    gw.wait_admin().await;
+    let issued_both = eventually(Duration::from_secs(60), || async {
+        issued(&gw, "d.test").await.is_some() && issued(&gw, "*.d.test").await.is_some()
+    })
+    .await;
+    assert!(
+        issued_both,
+        "{}\nTXT records seen: {:?}\nlog:\n{}",
+        gw.admin_json("/api/certificates").await,
+        seen.lock().unwrap(),
+        gw.log()
+    );
+    let root = pebble_root(&dir, pebble.mgmt, &pebble.ca).await;
+    for name in ["d.test", "www.d.test", "api.d.test"] {
+        let (ok, out) = curl(name, secure, &root).await;
+        assert!(ok && out.contains("backend=app"), "{name}: {out}");
+    }
+    // One record set held both answers (the name's and the wildcard's) at once.
+    let states = seen.lock().unwrap().clone();
+    assert!(
+        states
+            .iter()
+            .any(|s| s.get("_acme-challenge.d.test.").is_some_and(|v| v.len() == 2)),
+        "{states:?}"
+    );
+    // And the records are gone once the order is done.
+    let cleaned = eventually(Duration::from_secs(10), || async {
+        txt_records(&moto.endpoint, &zone).await.is_empty()
+    })
+    .await;
+    assert!(cleaned, "{:?}", txt_records(&moto.endpoint, &zone).await);
 }

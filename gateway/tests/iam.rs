@@ -116,3 +116,34 @@ fn the_acme_table_policy_grants_exactly_what_the_shared_store_calls() {
         .collect();
     assert_eq!(granted, calls, "terraform/modules/gateway/acme.tf vs the code");
 }
+
+/// DNS-01's Route 53 calls (`route53.rs` makes them by path) are the ones granted.
+#[test]
+fn the_dns01_policy_grants_exactly_the_route53_calls() {
+    // Without whitespace: rustfmt breaks the calls across lines.
+    let code: String = read("src/acme/route53.rs").split_whitespace().collect();
+    let mut calls = BTreeSet::new();
+    for (fragment, action) in [
+        ("/hostedzonesbyname?", "route53:ListHostedZonesByName"),
+        ("/rrset/", "route53:ChangeResourceRecordSets"),
+        ("/change/{change}", "route53:GetChange"),
+    ] {
+        if code.contains(fragment) {
+            calls.insert(action.to_string());
+        }
+    }
+    // Nothing else: every call goes through `self.call(` with one of those paths.
+    assert_eq!(
+        code.matches(".call(\"").count(),
+        3,
+        "a new Route 53 call needs its row here"
+    );
+    let tf = read("../terraform/modules/gateway/acme.tf");
+    let granted: BTreeSet<String> = tf
+        .lines()
+        .filter(|l| l.trim_start().starts_with("actions"))
+        .flat_map(|l| l.split('"').skip(1).step_by(2).map(str::to_string).collect::<Vec<_>>())
+        .filter(|a| a.starts_with("route53:"))
+        .collect();
+    assert_eq!(granted, calls, "terraform/modules/gateway/acme.tf vs route53.rs");
+}

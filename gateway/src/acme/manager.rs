@@ -20,6 +20,8 @@ use rustls::sign::CertifiedKey;
 
 use super::challenges::Challenges;
 use super::file::{Account, Resolver, Stored};
+use super::order::Solvers;
+use super::route53::Route53;
 use super::storage::Storage;
 use super::table::{Lock, Table};
 use super::{ResolverSettings, StorageSettings, order};
@@ -97,6 +99,8 @@ fn backoff(attempts: u32) -> Duration {
 pub(crate) struct Acme {
     settings: Vec<ResolverSettings>,
     storages: Vec<Storage>,
+    /// Per resolver, Route 53 when it validates by DNS-01.
+    dns: Vec<Option<Route53>>,
     pub challenges: Arc<Challenges>,
     certs: ArcSwap<Vec<AcmeCert>>,
     pending: Mutex<Vec<Pending>>,
@@ -109,7 +113,16 @@ impl Acme {
     pub(crate) async fn start(settings: Vec<ResolverSettings>, region: Option<String>) -> Result<Arc<Acme>, String> {
         let mut tables: BTreeMap<String, Arc<Table>> = BTreeMap::new();
         let mut storages = Vec::new();
+        let mut dns = Vec::new();
         for s in &settings {
+            dns.push(match &s.dns_challenge {
+                Some(_) => Some(
+                    Route53::new()
+                        .await
+                        .map_err(|e| format!("certificatesResolvers.{}.acme.dnsChallenge: {e}", s.name))?,
+                ),
+                None => None,
+            });
             storages.push(match &s.storage {
                 StorageSettings::File(p) => Storage::File(p.clone()),
                 StorageSettings::DynamoDb(name) => {
@@ -131,6 +144,7 @@ impl Acme {
         Ok(Arc::new(Acme {
             settings,
             storages,
+            dns,
             challenges: Arc::new(Challenges::new(tables.into_values().collect())),
             certs: ArcSwap::from_pointee(Vec::new()),
             pending: Mutex::new(Vec::new()),
@@ -142,6 +156,12 @@ impl Acme {
         self.settings
             .iter()
             .any(|s| s.http_challenge.as_deref() == Some(entrypoint))
+    }
+
+    /// The resolver's Route 53, when it validates by DNS-01 (resolver names are unique).
+    fn dns_for(&self, s: &ResolverSettings) -> Option<&Route53> {
+        let i = self.settings.iter().position(|x| x.name == s.name)?;
+        self.dns.get(i)?.as_ref()
     }
 
     /// The certificates served now.
@@ -228,7 +248,7 @@ impl Acme {
                     }
                 }
             }
-            let wanted = wanted(&snapshot.load(), &s.name);
+            let wanted = wanted(&snapshot.load(), &s.name, s.dns_challenge.is_some());
             failures.retain(|names, _| wanted.contains(names));
             // Without a readable shared table nothing is ordered: it holds the lock.
             if storage_error.is_none() {
@@ -356,7 +376,12 @@ impl Acme {
         let Some(a) = account.as_ref() else {
             return Err("no ACME account".into());
         };
-        let (chain, key) = order::obtain(a, names, s, &self.challenges, storage.shared()).await?;
+        let solvers = Solvers {
+            challenges: &self.challenges,
+            shared: storage.shared(),
+            dns: self.dns_for(s),
+        };
+        let (chain, key) = order::obtain(a, names, s, solvers).await?;
         let fresh = Stored::new(names, &chain, &key);
         // Checked before it replaces the last good one.
         let cert = AcmeCert::from_stored(&s.name.as_str().into(), &fresh)?;
@@ -404,14 +429,14 @@ fn storage_failed(s: &ResolverSettings, storage: &Storage, e: &str) {
     );
 }
 
-/// The domain sets the snapshot's routers want from `resolver` (wildcards need DNS-01,
-/// which Berth does not have yet: left out).
-fn wanted(snap: &Snapshot, resolver: &str) -> BTreeSet<Vec<String>> {
+/// The domain sets the snapshot's routers want from `resolver` (wildcards only with
+/// DNS-01, the one challenge that can prove them: otherwise left out).
+fn wanted(snap: &Snapshot, resolver: &str, wildcards: bool) -> BTreeSet<Vec<String>> {
     snap.routers
         .iter()
         .filter(|r| r.status == Status::Enabled && r.cert_resolver.as_deref() == Some(resolver))
         .flat_map(|r| r.cert_domains.iter())
-        .filter(|names| !names.is_empty() && names.iter().all(|n| !n.starts_with("*.")))
+        .filter(|names| !names.is_empty() && (wildcards || names.iter().all(|n| !n.starts_with("*."))))
         .cloned()
         .collect()
 }

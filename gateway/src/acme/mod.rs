@@ -1,8 +1,9 @@
 //! Certificates by ACME (RFC 8555), as Traefik's `certificatesResolvers.<name>.acme`:
 //! for every router that names a resolver (`tls.certResolver`, or its entrypoint's), one
 //! certificate for its `tls.domains` or for the `Host` names its rule requires, obtained
-//! with HTTP-01 (answered on the resolver's `httpChallenge.entryPoint`) or TLS-ALPN-01
-//! (answered in the TLS handshake of any entrypoint), renewed at two thirds of its
+//! with HTTP-01 (answered on the resolver's `httpChallenge.entryPoint`), TLS-ALPN-01
+//! (answered in the TLS handshake of any entrypoint) or DNS-01 (TXT records in Route 53;
+//! the only way to wildcards), renewed at two thirds of its
 //! lifetime, kept in the resolver's `storage` (Traefik's `acme.json` format, so a file
 //! Traefik wrote is used as it is), and served by SNI after the file provider's
 //! certificates. The ACME client is `instant-acme`; its HTTP goes through the gateway's
@@ -12,7 +13,7 @@
 //! of them orders a given certificate at a time, all of them serve it, and whichever the
 //! load balancer picks answers the CA's challenge.
 //!
-//! [`challenges`] holds what the entrypoints answer; [`storage`] is where a resolver
+//! [`challenges`] holds what the entrypoints answer; [`route53`] the DNS-01 records; [`storage`] is where a resolver
 //! keeps its state, [`file`] (`acme.json`) or [`table`] (shared); [`order`] obtains one
 //! certificate; [`manager`] decides what to obtain and when, with back-off, never
 //! dropping the last good certificate.
@@ -21,6 +22,7 @@ mod challenges;
 mod file;
 mod manager;
 mod order;
+mod route53;
 mod storage;
 mod table;
 
@@ -81,4 +83,14 @@ pub struct ResolverSettings {
     pub http_challenge: Option<String>,
     /// `tlsChallenge`.
     pub tls_challenge: bool,
+    /// `dnsChallenge` (provider `route53`).
+    pub dns_challenge: Option<DnsChallenge>,
+}
+
+/// `dnsChallenge` with Route 53.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsChallenge {
+    /// `delayBeforeCheck` (`propagation.delayBeforeChecks`): how long to wait after
+    /// Route 53 has the record on all its servers before the CA is told to look.
+    pub delay_before_check: Duration,
 }

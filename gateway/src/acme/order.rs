@@ -3,7 +3,8 @@
 //! and then announced, the order polled until ready, a CSR for a new key of the
 //! resolver's type, and the chain polled until issued. With a shared table, each
 //! challenge is published there too, before the server is told, so that any replica
-//! answers it. The challenges are withdrawn whatever the outcome.
+//! answers it. DNS-01 puts a TXT record in Route 53 instead ([`super::route53`]). The
+//! challenges are withdrawn whatever the outcome.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,6 +18,7 @@ use instant_acme::{
 };
 
 use super::challenges::{Challenges, alpn_certificate, to_hex};
+use super::route53::{Records, Route53};
 use super::table::Table;
 use super::{KeyType, ResolverSettings};
 
@@ -101,22 +103,40 @@ pub(super) async fn account(
     Ok((account, Some(creds)))
 }
 
+/// Where challenges are answered: the entrypoints ([`Challenges`]), the shared table
+/// for the other replicas, Route 53 for DNS-01.
+#[derive(Clone, Copy)]
+pub(super) struct Solvers<'a> {
+    pub challenges: &'a Challenges,
+    pub shared: Option<&'a Table>,
+    pub dns: Option<&'a Route53>,
+}
+
 /// A certificate for `names`: the PEM chain and the PEM key.
 pub(super) async fn obtain(
     account: &Account,
     names: &[String],
     settings: &ResolverSettings,
-    challenges: &Challenges,
-    shared: Option<&Table>,
+    solvers: Solvers<'_>,
 ) -> Result<(String, String), String> {
+    let Solvers {
+        challenges,
+        shared,
+        dns,
+    } = solvers;
+    // A wildcard is the identifier `*.name` (RFC 8555 section 7.1.3).
     let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
     let mut order = account.new_order(&NewOrder::new(&ids)).await.map_err(acme_err)?;
     let mut pending: Vec<Pending> = Vec::new();
-    let announced = announce(&mut order, settings, challenges, shared, &mut pending).await;
+    let mut records = Records::default();
+    let announced = announce(&mut order, settings, solvers, &mut pending, &mut records).await;
     let result = match announced {
         Ok(()) => finish(&mut order, names, settings.key_type).await,
         Err(e) => Err(e),
     };
+    if let Some(dns) = dns {
+        dns.cleanup(records).await;
+    }
     for p in &pending {
         challenges.remove(&p.token, &p.name);
         if let Some(t) = shared
@@ -141,10 +161,15 @@ struct Pending {
 async fn announce(
     order: &mut instant_acme::Order,
     settings: &ResolverSettings,
-    challenges: &Challenges,
-    shared: Option<&Table>,
+    solvers: Solvers<'_>,
     pending: &mut Vec<Pending>,
+    records: &mut Records,
 ) -> Result<(), String> {
+    let Solvers {
+        challenges,
+        shared,
+        dns,
+    } = solvers;
     let mut authorizations = order.authorizations();
     while let Some(next) = authorizations.next().await {
         let mut authz = next.map_err(acme_err)?;
@@ -154,18 +179,31 @@ async fn announce(
             other => return Err(format!("an authorization is {other:?}")),
         }
         let offered = |t: &ChallengeType| authz.challenges.iter().any(|c| &c.r#type == t);
+        // lego's order (Traefik's): TLS-ALPN-01, then HTTP-01, then DNS-01 (the only
+        // one for a wildcard).
         let kind = if settings.tls_challenge && offered(&ChallengeType::TlsAlpn01) {
             ChallengeType::TlsAlpn01
         } else if settings.http_challenge.is_some() && offered(&ChallengeType::Http01) {
             ChallengeType::Http01
+        } else if dns.is_some() && offered(&ChallengeType::Dns01) {
+            ChallengeType::Dns01
         } else {
-            return Err("the server offers none of the resolver's challenges (http-01, tls-alpn-01)".into());
+            return Err("the server offers none of the resolver's challenges (http-01, tls-alpn-01, dns-01)".into());
         };
         let Some(mut challenge) = authz.challenge(kind.clone()) else {
             return Err("the challenge went missing".into());
         };
         let name = challenge.identifier().to_string();
         let key_authorization = challenge.key_authorization();
+        if let (ChallengeType::Dns01, Some(dns)) = (&kind, dns) {
+            dns.present(records, &name, &key_authorization.dns_value()).await?;
+            // `delayBeforeCheck`: more time for the records to reach every resolver.
+            if let Some(d) = &settings.dns_challenge {
+                tokio::time::sleep(d.delay_before_check).await;
+            }
+            challenge.set_ready().await.map_err(acme_err)?;
+            continue;
+        }
         let (kind, shared_key, shared_value) = match kind {
             ChallengeType::TlsAlpn01 => {
                 let digest = key_authorization.digest();

@@ -1202,12 +1202,13 @@ address = "127.0.0.1:8082"
         for (flag, says) in [
             (
                 "--certificatesResolvers.le.acme.email=a@b.c",
-                "give httpChallenge.entryPoint or tlsChallenge",
+                "give httpChallenge.entryPoint, tlsChallenge or dnsChallenge",
             ),
             (
-                "--certificatesResolvers.le.acme.dnsChallenge.provider=route53",
-                "not implemented yet",
+                "--certificatesResolvers.le.acme.dnsChallenge.provider=cloudflare",
+                "`cloudflare` is not supported (route53)",
             ),
+            ("--certificatesResolvers.le.acme.eab.kid=k", "not implemented yet"),
             ("--serversTransport.spiffe.trustDomain=x", "serversTransport option"),
             ("--providers.ecs.ecsAnywhere=true", "ecsAnywhere"),
             ("--providers.docker=true", "ecs and file providers"),

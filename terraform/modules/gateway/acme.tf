@@ -58,3 +58,31 @@ resource "aws_iam_role_policy" "acme" {
   role   = aws_iam_role.task.id
   policy = data.aws_iam_policy_document.acme[0].json
 }
+
+# DNS-01 with Route 53 (dnsChallenge.provider route53): the TXT records in the given
+# zones, and the two calls that find a zone and wait for a change.
+data "aws_iam_policy_document" "acme_dns" {
+  count = length(var.acme_dns_zone_ids) > 0 ? 1 : 0
+  statement {
+    sid       = "ChallengeRecordsInTheseZones"
+    actions   = ["route53:ChangeResourceRecordSets"]
+    resources = [for z in var.acme_dns_zone_ids : "arn:${data.aws_partition.current.partition}:route53:::hostedzone/${z}"]
+    condition {
+      test     = "ForAllValues:StringEquals"
+      variable = "route53:ChangeResourceRecordSetsRecordTypes"
+      values   = ["TXT"]
+    }
+  }
+  statement {
+    sid       = "FindZonesAndWaitForChanges"
+    actions   = ["route53:ListHostedZonesByName", "route53:GetChange"]
+    resources = ["*"]
+  }
+}
+
+resource "aws_iam_role_policy" "acme_dns" {
+  count  = length(var.acme_dns_zone_ids) > 0 ? 1 : 0
+  name   = "acme-dns"
+  role   = aws_iam_role.task.id
+  policy = data.aws_iam_policy_document.acme_dns[0].json
+}

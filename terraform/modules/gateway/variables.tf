@@ -198,3 +198,9 @@ variable "acme_table" {
   type        = bool
   default     = false
 }
+
+variable "acme_dns_zone_ids" {
+  description = "Route 53 hosted zones in which ACME DNS-01 (dnsChallenge.provider route53) may write its TXT records; the task role gets only that."
+  type        = list(string)
+  default     = []
+}

@@ -73,7 +73,8 @@ const fn unknown(pattern: &'static str) -> Opt {
 use Kind::*;
 
 const NO_ACME: &str = "this ACME option is not implemented yet (Berth's resolvers take email, caServer, \
-                       caCertificates, storage, keyType, certificatesDuration, httpChallenge and tlsChallenge)";
+                       caCertificates, storage, keyType, certificatesDuration, httpChallenge, tlsChallenge and \
+                       dnsChallenge with provider route53)";
 const NO_PROVIDER: &str = "Berth reads the ecs and file providers only";
 const NO_MIDDLEWARE_EP: &str = "entrypoint-wide middlewares are not implemented; attach them to the routers";
 
@@ -270,6 +271,29 @@ pub(crate) const OPTIONS: &[Opt] = &[
     read("certificatesresolvers.*.acme.httpchallenge", Section),
     read("certificatesresolvers.*.acme.httpchallenge.entrypoint", Text),
     read("certificatesresolvers.*.acme.tlschallenge", Section),
+    read("certificatesresolvers.*.acme.dnschallenge", Section),
+    read("certificatesresolvers.*.acme.dnschallenge.provider", Text),
+    read("certificatesresolvers.*.acme.dnschallenge.delaybeforecheck", Duration),
+    read("certificatesresolvers.*.acme.dnschallenge.propagation", Section),
+    read(
+        "certificatesresolvers.*.acme.dnschallenge.propagation.delaybeforechecks",
+        Duration,
+    ),
+    note(
+        "certificatesresolvers.*.acme.dnschallenge.resolvers",
+        List,
+        "Berth waits until Route 53 reports the record INSYNC on all its servers instead of asking resolvers",
+    ),
+    note(
+        "certificatesresolvers.*.acme.dnschallenge.disablepropagationcheck",
+        Bool,
+        "Berth's propagation check is Route 53's INSYNC, always made",
+    ),
+    note(
+        "certificatesresolvers.*.acme.dnschallenge.propagation.*",
+        Bool,
+        "Berth's propagation check is Route 53's INSYNC, always made",
+    ),
     refused("certificatesresolvers.**", NO_ACME),
     read("core.defaultrulesyntax", Text),
     note("global.checknewversion", Bool, "Berth never calls out for new versions"),
@@ -368,9 +392,7 @@ mod tests {
             Use::Read
         );
         assert!(matches!(
-            find(&path("certificatesResolvers.le.acme.dnsChallenge.provider"))
-                .unwrap()
-                .use_,
+            find(&path("certificatesResolvers.le.acme.eab.kid")).unwrap().use_,
             Use::Refused(_)
         ));
         assert!(matches!(

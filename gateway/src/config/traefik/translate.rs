@@ -635,7 +635,7 @@ impl Traefik {
     }
 
     fn acme(&mut self, r: &mut Reader<'_>) {
-        use crate::acme::{KeyType, ResolverSettings, StorageSettings};
+        use crate::acme::{DnsChallenge, KeyType, ResolverSettings, StorageSettings};
         for name in r.names("certificatesResolvers") {
             let p = |k: &str| format!("certificatesResolvers.{name}.acme.{k}");
             if !r.section(&format!("certificatesResolvers.{name}.acme")) {
@@ -644,10 +644,26 @@ impl Traefik {
             }
             let http_challenge = r.text(&p("httpChallenge.entryPoint")).filter(|e| !e.is_empty());
             let tls_challenge = r.section(&p("tlsChallenge"));
-            if http_challenge.is_none() && !tls_challenge {
+            let dns_challenge = match r.text(&p("dnsChallenge.provider")).as_deref() {
+                None if !r.section(&p("dnsChallenge")) => None,
+                Some("route53") => Some(DnsChallenge {
+                    delay_before_check: r
+                        .duration(&p("dnsChallenge.propagation.delayBeforeChecks"))
+                        .or_else(|| r.duration(&p("dnsChallenge.delayBeforeCheck")))
+                        .unwrap_or_default()
+                        .min(Duration::from_secs(600)),
+                }),
+                other => {
+                    r.fail(format!(
+                        "certificatesResolvers.{name}.acme.dnsChallenge.provider: `{}` is not supported (route53)",
+                        other.unwrap_or_default()
+                    ));
+                    continue;
+                }
+            };
+            if http_challenge.is_none() && !tls_challenge && dns_challenge.is_none() {
                 r.fail(format!(
-                    "certificatesResolvers.{name}.acme: give httpChallenge.entryPoint or tlsChallenge \
-                     (dnsChallenge is not implemented yet)"
+                    "certificatesResolvers.{name}.acme: give httpChallenge.entryPoint, tlsChallenge or dnsChallenge"
                 ));
                 continue;
             }
@@ -687,6 +703,7 @@ impl Traefik {
                 certificates_duration: Duration::from_secs_f64(hours * 3600.0),
                 http_challenge,
                 tls_challenge,
+                dns_challenge,
             });
         }
     }

@@ -7,30 +7,16 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
-
-use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
-use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-use aws_sigv4::sign::v4;
-use aws_smithy_runtime_api::client::identity::Identity;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 
 use super::client::{ApiError, RateLimiter};
 use super::reconcile::{AddressesFuture, InstanceAddresses};
 use crate::metrics::Metrics;
-use berth_common::body::{Body, BoxError};
 use berth_common::http::xml_text as tag;
-use berth_common::upstream::Connector;
-use hyper_util::client::legacy::Client;
 
 const OP: &str = "DescribeInstances";
 
 pub(crate) struct Ec2Lookup {
-    pub endpoint: String,
-    pub region: String,
-    pub credentials: SharedCredentialsProvider,
-    pub client: Client<Connector, Body>,
+    pub api: crate::aws::Signed,
     pub limiter: Arc<RateLimiter>,
     pub metrics: Arc<Metrics>,
 }
@@ -42,68 +28,25 @@ impl Ec2Lookup {
         for (i, id) in ids.iter().enumerate() {
             body.push_str(&format!("&InstanceId.{}={}", i + 1, id));
         }
-        let creds = self
-            .credentials
-            .provide_credentials()
-            .await
-            .map_err(|e| other(format!("no AWS credentials: {e}")))?;
-        let identity: Identity = creds.into();
-        let uri: http::Uri = self
-            .endpoint
-            .parse()
-            .map_err(|e| other(format!("bad EC2 endpoint: {e}")))?;
-        let host = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-        let content_type = "application/x-www-form-urlencoded; charset=utf-8";
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&self.region)
-            .name("ec2")
-            .time(SystemTime::now())
-            .settings(SigningSettings::default())
-            .build()
-            .map_err(|e| other(format!("signing: {e}")))?
-            .into();
-        let headers = [("host", host.as_str()), ("content-type", content_type)];
-        let signable = SignableRequest::new(
-            "POST",
-            self.endpoint.as_str(),
-            headers.iter().copied(),
-            SignableBody::Bytes(body.as_bytes()),
-        )
-        .map_err(|e| other(format!("signing: {e}")))?;
-        let (instructions, _) = sign(signable, &params)
-            .map_err(|e| other(format!("signing: {e}")))?
-            .into_parts();
-        let mut req = http::Request::builder()
-            .method("POST")
-            .uri(uri)
-            .header("host", host.as_str())
-            .header("content-type", content_type);
-        for (name, value) in instructions.headers() {
-            req = req.header(name, value);
-        }
-        let req = req
-            .body(
-                Full::new(Bytes::from(body))
-                    .map_err(|e| -> BoxError { match e {} })
-                    .boxed(),
-            )
-            .map_err(|e| other(e.to_string()))?;
         self.limiter.acquire().await;
-        let resp = match self.client.request(req).await {
+        // A page describes up to 100 instances of several kilobytes each.
+        let answer = self
+            .api
+            .call(
+                "POST",
+                "/",
+                Some("application/x-www-form-urlencoded; charset=utf-8"),
+                body.into_bytes(),
+                16 * berth_common::http::MAX_DOCUMENT_BYTES,
+            )
+            .await;
+        let (status, text) = match answer {
             Ok(r) => r,
             Err(e) => {
                 self.metrics.ecs_api_calls.add(OP, "error");
-                return Err(other(e.to_string()));
+                return Err(other(e));
             }
         };
-        let status = resp.status();
-        // A page describes up to 100 instances of several kilobytes each.
-        let text = http_body_util::Limited::new(resp.into_body(), 16 * berth_common::http::MAX_DOCUMENT_BYTES)
-            .collect()
-            .await
-            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-            .unwrap_or_default();
         if !status.is_success() {
             let code = tag(&text, "Code").unwrap_or_default().to_string();
             let message = tag(&text, "Message").map_or_else(|| status.to_string(), str::to_string);
@@ -151,13 +94,6 @@ pub(crate) fn parse_instances(xml: &str) -> HashMap<String, String> {
         }
     }
     out
-}
-
-/// The pool the EC2 calls go through: `https://` with the system's trust roots, 5 s to
-/// connect, idle connections kept 90 s.
-pub(crate) fn client(roots: rustls::RootCertStore) -> Client<Connector, Body> {
-    berth_common::upstream::pool(std::time::Duration::from_secs(90))
-        .build(Connector::new(std::time::Duration::from_secs(5), roots))
 }
 
 #[cfg(test)]

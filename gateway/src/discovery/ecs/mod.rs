@@ -377,10 +377,7 @@ pub(crate) async fn start(
                 .unwrap_or_else(|| format!("https://ec2.{region}.amazonaws.com"));
             let roots = berth_common::upstream::trust_roots(None).map_err(|e| EcsStartError(e.to_string()))?;
             Some(Arc::new(ec2::Ec2Lookup {
-                endpoint,
-                region: region.to_string(),
-                credentials,
-                client: ec2::client(roots),
+                api: crate::aws::Signed::new(endpoint, region.to_string(), "ec2", credentials, roots),
                 limiter,
                 metrics,
             }))
