@@ -3,7 +3,7 @@
 //! entrypoint (which redirects everything else to HTTPS, as Traefik setups do), one by
 //! TLS-ALPN-01 on `websecure`; the certificates served by SNI to curl trusting Pebble's
 //! root, kept in Traefik's `acme.json` format, served again by a restarted gateway
-//! without a new order, and renewed before they expire (Pebble issues 30-second ones).
+//! without a new order, and renewed before they expire (Pebble issues 60-second ones).
 //! Pebble resolves every name to 127.0.0.1 through `pebble-challtestsrv`.
 //!
 //! Then three replicas sharing a DynamoDB table (moto): one order per certificate, every
@@ -42,7 +42,13 @@ struct Pebble {
 
 /// Pebble validating HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port`, its DNS
 /// answering every name with 127.0.0.1 (and TXT records the test sets).
-fn pebble(dir: &std::path::Path, http_port: u16, tls_port: u16, validity_secs: u64) -> Pebble {
+fn pebble(
+    dir: &std::path::Path,
+    http_port: u16,
+    tls_port: u16,
+    validity_secs: u64,
+    eab: Option<(&str, &str)>,
+) -> Pebble {
     write_pki(
         dir,
         vec![rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap())],
@@ -57,7 +63,8 @@ fn pebble(dir: &std::path::Path, http_port: u16, tls_port: u16, validity_secs: u
         "httpPort": http_port,
         "tlsPort": tls_port,
         "ocspResponderURL": "",
-        "externalAccountBindingRequired": false,
+        "externalAccountBindingRequired": eab.is_some(),
+        "externalAccountMACKeys": eab.map(|(kid, key)| serde_json::json!({kid: key})).unwrap_or_default(),
         "certificateValidityPeriod": validity_secs,
     }});
     std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
@@ -165,6 +172,13 @@ async fn issued(gw: &GatewayProcess, name: &str) -> Option<i64> {
     })
 }
 
+/// The dashboard's HTML.
+async fn dashboard(gw: &GatewayProcess) -> String {
+    berth_common::test_util::http1(gw.admin, berth_common::test_util::get("admin", "/dashboard/"))
+        .await
+        .body
+}
+
 /// `GET https://NAME:PORT/` with curl, trusting only `root`.
 async fn curl(name: &str, port: u16, root: &std::path::Path) -> (bool, String) {
     tool(
@@ -188,7 +202,7 @@ async fn curl(name: &str, port: u16, root: &std::path::Path) -> (bool, String) {
 async fn certificates_by_http01_and_tls_alpn01_are_served_kept_and_renewed() {
     let dir = temp_dir("acme");
     let (web, secure, internal) = (free_port(), free_port(), free_port());
-    let pebble = pebble(&dir, web, secure, 30);
+    let pebble = pebble(&dir, web, secure, 60, None);
     let (directory, mgmt, pebble_ca) = (&pebble.directory, pebble.mgmt, &pebble.ca);
     let backend = Backend::start("app", Proto::Http1).await;
     let dynamic = dynamic_file(&dir, &backend);
@@ -218,6 +232,12 @@ async fn certificates_by_http01_and_tls_alpn01_are_served_kept_and_renewed() {
         let (ok, out) = curl(name, secure, &root).await;
         assert!(ok && out.contains("backend=app"), "{name}: {out}");
     }
+    // The dashboard lists them with their resolver.
+    let page = dashboard(&gw).await;
+    assert!(
+        page.contains("ACME byhttp") && page.contains("ACME byalpn") && page.contains("www.b.test"),
+        "{page}"
+    );
     // A name no router asked a certificate for gets none from Pebble's CA.
     let (ok, _) = curl("c.test", secure, &root).await;
     assert!(!ok, "c.test has no ACME certificate");
@@ -254,8 +274,9 @@ async fn certificates_by_http01_and_tls_alpn01_are_served_kept_and_renewed() {
     let (ok, out) = curl("a.test", secure, &root).await;
     assert!(ok, "{out}");
 
-    // Renewed at two thirds of its 30 s: a new one within 40 s, served by SNI.
-    let renewed = eventually(Duration::from_secs(40), || async {
+    // Renewed at two thirds of its 60 s (the steps above stay well inside the first 40):
+    // a new one within 60 s, served by SNI.
+    let renewed = eventually(Duration::from_secs(60), || async {
         issued(&gw, "a.test").await.is_some_and(|t| t > before)
     })
     .await;
@@ -395,7 +416,7 @@ async fn replicas_share_certificates_and_challenges_through_dynamodb() {
     assert_eq!(status, 200, "{created}");
     // Pebble validates through the test's balancers; certificates last an hour.
     let (lb_http, lb_tls) = (free_port(), free_port());
-    let pebble = pebble(&dir, lb_http, lb_tls, 3600);
+    let pebble = pebble(&dir, lb_http, lb_tls, 3600, None);
     let (directory, mgmt, pebble_ca) = (&pebble.directory, pebble.mgmt, &pebble.ca);
     let backend = Backend::start("app", Proto::Http1).await;
     let dynamic = dynamic_file(&dir, &backend);
@@ -508,6 +529,11 @@ async fn replicas_share_certificates_and_challenges_through_dynamodb() {
     })
     .await;
     assert!(told, "{}", replicas[0].admin_json("/api/certificates").await);
+    let page = dashboard(&replicas[0]).await;
+    assert!(
+        page.contains("not obtained") && page.contains("storage: DynamoDB"),
+        "{page}"
+    );
     for p in ports.iter().chain([&late]) {
         let (ok, out) = curl("a.test", p.secure, &root).await;
         assert!(ok && out.contains("backend=app"), "still served on {}: {out}", p.secure);
@@ -585,6 +611,12 @@ fn bridge_txt(
     })
 }
 
+/// The External Account Binding Pebble requires in the DNS-01 test (its key base64url).
+const EAB_KID: &str = "kid-1";
+const EAB_KEY: &str = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+
+/// DNS-01 with Route 53 against a Pebble that requires External Account Binding: resolver
+/// `bydns` binds its account (`eab`), `noeab` does not and is refused.
 #[tokio::test]
 async fn dns01_with_route53_obtains_a_wildcard_and_removes_its_records() {
     let dir = temp_dir("acme-dns");
@@ -611,7 +643,13 @@ async fn dns01_with_route53_obtains_a_wildcard_and_removes_its_records() {
     // No HTTP-01 or TLS-ALPN-01 here: Pebble's ports for them lead nowhere. The bridge
     // below plays Route 53's name servers, a little behind its API as they are: the
     // resolver's delayBeforeCheck covers that.
-    let pebble = pebble(&dir, closed_port().await.port(), closed_port().await.port(), 3600);
+    let pebble = pebble(
+        &dir,
+        closed_port().await.port(),
+        closed_port().await.port(),
+        3600,
+        Some((EAB_KID, EAB_KEY)),
+    );
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let _bridge = bridge_txt(moto.endpoint.clone(), zone.clone(), pebble.dns_mgmt, seen.clone());
     let backend = Backend::start("app", Proto::Http1).await;
@@ -621,8 +659,9 @@ async fn dns01_with_route53_obtains_a_wildcard_and_removes_its_records() {
         format!(
             "http:\n  routers:\n    d:\n      rule: Host(`d.test`) || HostRegexp(`^.+\\.d\\.test$`)\n      \
              entryPoints: [websecure]\n      service: app\n      tls:\n        certResolver: bydns\n        \
-             domains:\n          - main: d.test\n            sans: [\"*.d.test\"]\n  \
-             services:\n    app:\n      loadBalancer:\n        servers:\n          - url: \"{}\"\n",
+             domains:\n          - main: d.test\n            sans: [\"*.d.test\"]\n    \
+             e:\n      rule: Host(`e.test`)\n      entryPoints: [websecure]\n      service: app\n      tls:\n        \
+             certResolver: noeab\n  services:\n    app:\n      loadBalancer:\n        servers:\n          - url: \"{}\"\n",
             backend.url()
         ),
     )
@@ -635,7 +674,9 @@ async fn dns01_with_route53_obtains_a_wildcard_and_removes_its_records() {
             "entryPoints:\n  websecure:\n    address: \"127.0.0.1:{secure}\"\n    http:\n      tls: {{}}\n  traefik:\n    \
              address: \"127.0.0.1:{internal}\"\nproviders:\n  file:\n    filename: \"{dynamic}\"\n\
              certificatesResolvers:\n  bydns:\n    acme:\n      caServer: \"{directory}\"\n      caCertificates: [\"{ca}\"]\n      \
-             storage: \"{storage}\"\n      dnsChallenge:\n        provider: route53\n        delayBeforeCheck: 1s\n",
+             storage: \"{storage}\"\n      dnsChallenge:\n        provider: route53\n        delayBeforeCheck: 1s\n      \
+             eab:\n        kid: {EAB_KID}\n        hmacEncoded: {EAB_KEY}\n  noeab:\n    acme:\n      caServer: \"{directory}\"\n      \
+             caCertificates: [\"{ca}\"]\n      storage: \"{storage}\"\n      dnsChallenge:\n        provider: route53\n",
             dynamic = dynamic.display(),
             directory = pebble.directory,
             ca = pebble.ca.display(),
@@ -661,6 +702,19 @@ async fn dns01_with_route53_obtains_a_wildcard_and_removes_its_records() {
         let (ok, out) = curl(name, secure, &root).await;
         assert!(ok && out.contains("backend=app"), "{name}: {out}");
     }
+    // Without the binding, Pebble refuses the account, and the reason is shown.
+    let certs = gw.admin_json("/api/certificates").await;
+    let refused = certs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["use"] == "ACME noeab (pending)");
+    assert!(
+        refused
+            .and_then(|c| c["lastError"].as_str())
+            .is_some_and(|e| e.to_ascii_lowercase().contains("externalaccount")),
+        "{certs}"
+    );
     // One record set held both answers (the name's and the wildcard's) at once.
     let states = seen.lock().unwrap().clone();
     assert!(

@@ -80,6 +80,9 @@ pub(crate) struct Pending {
     pub resolver: String,
     pub names: Vec<String>,
     pub last_error: Option<String>,
+    /// The replica ordering it now (a shared table), when that is the reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ordered_by: Option<String>,
 }
 
 /// Why a domain set is not ordered now, and until when.
@@ -87,6 +90,8 @@ struct Failure {
     next: Instant,
     attempts: u32,
     why: String,
+    /// Not a failure: another replica holds the order lock (`why` names it).
+    busy: bool,
 }
 
 /// The back-off after `attempts` failed orders: 5 s, doubling, at most an hour.
@@ -290,14 +295,18 @@ impl Acme {
                 // Another replica orders (or backs off): its result is read with the table.
                 let wait =
                     Duration::from_secs(until.saturating_sub(unix(SystemTime::now()))).clamp(LOOK_EVERY, LAST_RETRY);
-                let why = match error {
-                    Some(e) => format!("{e} (ordered by {owner}; next attempt in {}s)", wait.as_secs()),
-                    None => format!("being ordered by {owner}"),
+                let (why, busy) = match error {
+                    Some(e) => (
+                        format!("{e} (ordered by {owner}; next attempt in {}s)", wait.as_secs()),
+                        false,
+                    ),
+                    None => (owner, true),
                 };
                 return Some(Failure {
                     next: Instant::now() + wait,
                     attempts,
                     why,
+                    busy,
                 });
             }
             Err(e) => {
@@ -306,6 +315,7 @@ impl Acme {
                     next: Instant::now() + backoff(attempts),
                     attempts,
                     why: format!("storage: {e}"),
+                    busy: false,
                 });
             }
         };
@@ -338,6 +348,7 @@ impl Acme {
                     next: Instant::now() + wait,
                     attempts,
                     why,
+                    busy: false,
                 })
             }
         }
@@ -404,15 +415,18 @@ impl Acme {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.retain(|p| *p.resolver != **name);
         for names in wanted {
+            let failure = failures.get(names);
+            let ordered_by = failure.filter(|f| f.busy).map(|f| f.why.clone());
             let failed = storage_error
                 .map(str::to_string)
-                .or_else(|| failures.get(names).map(|f| f.why.clone()));
+                .or_else(|| failure.filter(|f| !f.busy).map(|f| f.why.clone()));
             let served = certs.iter().any(|c| c.resolver == *name && &c.names == names);
-            if !served || failed.is_some() {
+            if !served || failed.is_some() || ordered_by.is_some() {
                 pending.push(Pending {
                     resolver: name.to_string(),
                     names: names.clone(),
                     last_error: failed,
+                    ordered_by,
                 });
             }
         }

@@ -85,6 +85,9 @@ pub struct ResolverSettings {
     pub tls_challenge: bool,
     /// `dnsChallenge` (provider `route53`).
     pub dns_challenge: Option<DnsChallenge>,
+    /// `eab`: External Account Binding (RFC 8555 section 7.3.4), the key ID and the
+    /// HMAC key (decoded from `hmacEncoded`, base64url).
+    pub eab: Option<(String, Vec<u8>)>,
 }
 
 /// `dnsChallenge` with Route 53.

@@ -87,6 +87,10 @@ pub(super) async fn account(
     }
     let contact = settings.email.as_ref().map(|e| format!("mailto:{e}"));
     let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+    let eab = settings
+        .eab
+        .as_ref()
+        .map(|(kid, key)| instant_acme::ExternalAccountKey::new(kid.clone(), key));
     let (account, creds) = Account::builder_with_http(http(settings)?)
         .create(
             &NewAccount {
@@ -95,7 +99,7 @@ pub(super) async fn account(
                 only_return_existing: false,
             },
             settings.ca_server.clone(),
-            None,
+            eab.as_ref(),
         )
         .await
         .map_err(acme_err)?;

@@ -382,13 +382,24 @@ fn certificates(h: &mut String, v: &View<'_>) {
     open_table(h, "certificates", "Certificates", None, &columns);
     for c in v.certificates {
         let names = joined(&c["names"]);
+        // An ACME domain set waiting for its certificate (or a renewal): why, instead of
+        // an expiry it does not have yet.
+        let state = match (c["notAfterUnix"].as_f64(), c["lastError"].as_str()) {
+            (_, Some(why)) => format!("{} {}", badge("error", "not obtained"), esc(why)),
+            (Some(t), None) => expiry(t),
+            (None, None) => match c["orderedBy"].as_str() {
+                Some(by) => format!("{} by {}", badge("soon", "ordering"), esc(by)),
+                None if s(c, "use").ends_with("(pending)") => badge("soon", "ordering"),
+                None => String::new(),
+            },
+        };
         let _ = write!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(s(c, "use")),
             esc(s(c, "subject")),
             names,
-            c["notAfterUnix"].as_f64().map(expiry).unwrap_or_default(),
+            state,
         );
     }
     close_table(h, v.certificates.len(), columns.len(), "No certificates configured.");

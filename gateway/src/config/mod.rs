@@ -1208,7 +1208,10 @@ address = "127.0.0.1:8082"
                 "--certificatesResolvers.le.acme.dnsChallenge.provider=cloudflare",
                 "`cloudflare` is not supported (route53)",
             ),
-            ("--certificatesResolvers.le.acme.eab.kid=k", "not implemented yet"),
+            (
+                "--certificatesResolvers.le.acme.preferredChain=X",
+                "not implemented yet",
+            ),
             ("--serversTransport.spiffe.trustDomain=x", "serversTransport option"),
             ("--providers.ecs.ecsAnywhere=true", "ecsAnywhere"),
             ("--providers.docker=true", "ecs and file providers"),
@@ -1237,6 +1240,34 @@ address = "127.0.0.1:8082"
         .unwrap_err()
         .0;
         assert!(e.contains("not supported (EC256 or EC384)"), "{e}");
+        for (eab, says) in [
+            (
+                &["--certificatesResolvers.le.acme.eab.kid=k"][..],
+                "give both kid and hmacEncoded",
+            ),
+            (
+                &[
+                    "--certificatesResolvers.le.acme.eab.kid=k",
+                    "--certificatesResolvers.le.acme.eab.hmacEncoded=not base64!",
+                ][..],
+                "not a base64url HMAC key",
+            ),
+        ] {
+            let flags = [&["--certificatesResolvers.le.acme.tlsChallenge=true"][..], eab].concat();
+            let e = traefik(&[], &flags, &[]).unwrap_err().0;
+            assert!(e.contains(says), "{e}");
+        }
+        let c = traefik(
+            &[],
+            &[
+                "--certificatesResolvers.le.acme.tlsChallenge=true",
+                "--certificatesResolvers.le.acme.eab.kid=kid-1",
+                "--certificatesResolvers.le.acme.eab.hmacEncoded=AAEC",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.acme[0].eab, Some(("kid-1".to_string(), vec![0, 1, 2])));
         let e = traefik(
             &[],
             &["--certificatesResolvers.le.acme.httpChallenge.entryPoint=nowhere"],

@@ -73,8 +73,8 @@ const fn unknown(pattern: &'static str) -> Opt {
 use Kind::*;
 
 const NO_ACME: &str = "this ACME option is not implemented yet (Berth's resolvers take email, caServer, \
-                       caCertificates, storage, keyType, certificatesDuration, httpChallenge, tlsChallenge and \
-                       dnsChallenge with provider route53)";
+                       caCertificates, storage, keyType, certificatesDuration, httpChallenge, tlsChallenge, \
+                       dnsChallenge with provider route53 and eab)";
 const NO_PROVIDER: &str = "Berth reads the ecs and file providers only";
 const NO_MIDDLEWARE_EP: &str = "entrypoint-wide middlewares are not implemented; attach them to the routers";
 
@@ -271,6 +271,9 @@ pub(crate) const OPTIONS: &[Opt] = &[
     read("certificatesresolvers.*.acme.httpchallenge", Section),
     read("certificatesresolvers.*.acme.httpchallenge.entrypoint", Text),
     read("certificatesresolvers.*.acme.tlschallenge", Section),
+    read("certificatesresolvers.*.acme.eab", Section),
+    read("certificatesresolvers.*.acme.eab.kid", Text),
+    read("certificatesresolvers.*.acme.eab.hmacencoded", Text),
     read("certificatesresolvers.*.acme.dnschallenge", Section),
     read("certificatesresolvers.*.acme.dnschallenge.provider", Text),
     read("certificatesresolvers.*.acme.dnschallenge.delaybeforecheck", Duration),
@@ -392,7 +395,9 @@ mod tests {
             Use::Read
         );
         assert!(matches!(
-            find(&path("certificatesResolvers.le.acme.eab.kid")).unwrap().use_,
+            find(&path("certificatesResolvers.le.acme.preferredChain"))
+                .unwrap()
+                .use_,
             Use::Refused(_)
         ));
         assert!(matches!(

@@ -503,7 +503,7 @@ mod tests {
         let e = Sources {
             flags: s(&[
                 "--providers.ecs.clusterz=a",
-                "--certificatesresolvers.le.acme.eab.kid=k",
+                "--certificatesresolvers.le.acme.preferredchain=X",
             ]),
             ..Default::default()
         }
@@ -512,7 +512,7 @@ mod tests {
         .0;
         assert!(e.contains("unknown Traefik option `--providers.ecs.clusterz`"), "{e}");
         assert!(
-            e.contains("`--certificatesresolvers.le.acme.eab.kid` is not supported: this ACME option"),
+            e.contains("`--certificatesresolvers.le.acme.preferredchain` is not supported: this ACME option"),
             "{e}"
         );
         let e = Sources {

@@ -684,6 +684,28 @@ impl Traefik {
                 ));
                 continue;
             }
+            let eab = match (r.text(&p("eab.kid")), r.text(&p("eab.hmacEncoded"))) {
+                (None, None) => None,
+                (Some(kid), Some(hmac)) if !kid.is_empty() && kid.len() <= 1024 => {
+                    use base64::Engine;
+                    let text = hmac.trim().trim_end_matches('=');
+                    match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text) {
+                        Ok(key) if !key.is_empty() && key.len() <= 1024 => Some((kid, key)),
+                        _ => {
+                            r.fail(format!(
+                                "certificatesResolvers.{name}.acme.eab.hmacEncoded: not a base64url HMAC key"
+                            ));
+                            continue;
+                        }
+                    }
+                }
+                _ => {
+                    r.fail(format!(
+                        "certificatesResolvers.{name}.acme.eab: give both kid and hmacEncoded"
+                    ));
+                    continue;
+                }
+            };
             let storage = match StorageSettings::parse(&r.text(&p("storage")).unwrap_or_else(|| "acme.json".into())) {
                 Ok(s) => s,
                 Err(e) => {
@@ -704,6 +726,7 @@ impl Traefik {
                 http_challenge,
                 tls_challenge,
                 dns_challenge,
+                eab,
             });
         }
     }
