@@ -182,6 +182,13 @@ impl Connector {
         })
     }
 
+    /// Send `name` in SNI and verify the server's certificate for it instead of the URL's
+    /// host (Traefik's `caServerName` for an ACME server, a transport's `serverName`).
+    pub fn with_server_name(mut self, name: ServerName<'static>) -> Connector {
+        self.server_name = Some(name);
+        self
+    }
+
     /// Count every connection opened in `dials`.
     pub fn counting(mut self, dials: Dials) -> Connector {
         self.dials = dials;

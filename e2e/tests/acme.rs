@@ -51,7 +51,10 @@ fn pebble(
 ) -> Pebble {
     write_pki(
         dir,
-        vec![rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap())],
+        vec![
+            rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()),
+            rcgen::SanType::DnsName("pebble.test".try_into().unwrap()),
+        ],
         "unused",
     );
     let (listen, mgmt, dns, dns_mgmt) = (free_port(), free_port(), free_port(), free_port());
@@ -616,7 +619,8 @@ const EAB_KID: &str = "kid-1";
 const EAB_KEY: &str = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
 
 /// DNS-01 with Route 53 against a Pebble that requires External Account Binding: resolver
-/// `bydns` binds its account (`eab`), `noeab` does not and is refused.
+/// `bydns` binds its account (`eab`), `noeab` does not and is refused; `badname` verifies
+/// Pebble for a name its certificate lacks (`caServerName`) and cannot reach it.
 #[tokio::test]
 async fn dns01_with_route53_obtains_a_wildcard_and_removes_its_records() {
     let dir = temp_dir("acme-dns");
@@ -661,7 +665,8 @@ async fn dns01_with_route53_obtains_a_wildcard_and_removes_its_records() {
              entryPoints: [websecure]\n      service: app\n      tls:\n        certResolver: bydns\n        \
              domains:\n          - main: d.test\n            sans: [\"*.d.test\"]\n    \
              e:\n      rule: Host(`e.test`)\n      entryPoints: [websecure]\n      service: app\n      tls:\n        \
-             certResolver: noeab\n  services:\n    app:\n      loadBalancer:\n        servers:\n          - url: \"{}\"\n",
+             certResolver: noeab\n    f:\n      rule: Host(`f.test`)\n      entryPoints: [websecure]\n      service: app\n      \
+             tls:\n        certResolver: badname\n  services:\n    app:\n      loadBalancer:\n        servers:\n          - url: \"{}\"\n",
             backend.url()
         ),
     )
@@ -674,9 +679,12 @@ async fn dns01_with_route53_obtains_a_wildcard_and_removes_its_records() {
             "entryPoints:\n  websecure:\n    address: \"127.0.0.1:{secure}\"\n    http:\n      tls: {{}}\n  traefik:\n    \
              address: \"127.0.0.1:{internal}\"\nproviders:\n  file:\n    filename: \"{dynamic}\"\n\
              certificatesResolvers:\n  bydns:\n    acme:\n      caServer: \"{directory}\"\n      caCertificates: [\"{ca}\"]\n      \
-             storage: \"{storage}\"\n      dnsChallenge:\n        provider: route53\n        delayBeforeCheck: 1s\n      \
+             storage: \"{storage}\"\n      caServerName: pebble.test\n      dnsChallenge:\n        provider: route53\n        \
+             delayBeforeCheck: 1s\n      \
              eab:\n        kid: {EAB_KID}\n        hmacEncoded: {EAB_KEY}\n  noeab:\n    acme:\n      caServer: \"{directory}\"\n      \
-             caCertificates: [\"{ca}\"]\n      storage: \"{storage}\"\n      dnsChallenge:\n        provider: route53\n",
+             caCertificates: [\"{ca}\"]\n      storage: \"{storage}\"\n      dnsChallenge:\n        provider: route53\n  \
+             badname:\n    acme:\n      caServer: \"{directory}\"\n      caCertificates: [\"{ca}\"]\n      \
+             caServerName: other.test\n      storage: \"{storage}\"\n      dnsChallenge:\n        provider: route53\n",
             dynamic = dynamic.display(),
             directory = pebble.directory,
             ca = pebble.ca.display(),
@@ -715,6 +723,18 @@ async fn dns01_with_route53_obtains_a_wildcard_and_removes_its_records() {
             .is_some_and(|e| e.to_ascii_lowercase().contains("externalaccount")),
         "{certs}"
     );
+    // caServerName: Pebble's certificate is verified for that name (bydns, pebble.test,
+    // which it has), not caServer's host; one it lacks fails the handshake.
+    let bad = certs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["use"] == "ACME badname (pending)");
+    assert!(
+        bad.and_then(|c| c["lastError"].as_str())
+            .is_some_and(|e| e.contains("not valid for name \"other.test\"")),
+        "{certs}"
+    );
     // One record set held both answers (the name's and the wildcard's) at once.
     let states = seen.lock().unwrap().clone();
     assert!(
@@ -729,4 +749,97 @@ async fn dns01_with_route53_obtains_a_wildcard_and_removes_its_records() {
     })
     .await;
     assert!(cleaned, "{:?}", txt_records(&moto.endpoint, &zone).await);
+}
+
+/// Renewal information (RFC 9773) moves the renewal: a directory in front of Pebble adds
+/// `renewalInfo` and says the first certificate's window is open now, the next one's in
+/// twenty minutes; the first is renewed at once (not at two thirds of its hour), the
+/// second is scheduled inside its window.
+#[tokio::test]
+async fn renewal_information_moves_the_renewal() {
+    let dir = temp_dir("acme-ari");
+    let web = free_port();
+    let pebble = pebble(&dir, web, closed_port().await.port(), 3600, None);
+    let mut ari = berth_e2e::PythonServer::start(
+        "ari_directory.py",
+        &[
+            dir.join("server.pem").to_str().unwrap(),
+            dir.join("server.key").to_str().unwrap(),
+            &pebble.directory,
+            pebble.ca.to_str().unwrap(),
+        ],
+    );
+    let backend = Backend::start("app", Proto::Http1).await;
+    let dynamic = dir.join("dynamic.yml");
+    std::fs::write(
+        &dynamic,
+        format!(
+            "http:\n  routers:\n    a:\n      rule: Host(`a.test`)\n      entryPoints: [websecure]\n      service: app\n      \
+             tls:\n        certResolver: le\n  services:\n    app:\n      loadBalancer:\n        servers:\n          - url: \"{}\"\n",
+            backend.url()
+        ),
+    )
+    .unwrap();
+    let (secure, internal) = (free_port(), free_port());
+    let cwd = temp_dir("acme-ari-cwd");
+    std::fs::write(
+        cwd.join("traefik.yml"),
+        format!(
+            "entryPoints:\n  web:\n    address: \"127.0.0.1:{web}\"\n  websecure:\n    address: \"127.0.0.1:{secure}\"\n    \
+             http:\n      tls: {{}}\n  traefik:\n    address: \"127.0.0.1:{internal}\"\n\
+             providers:\n  file:\n    filename: \"{dynamic}\"\ncertificatesResolvers:\n  le:\n    acme:\n      \
+             caServer: \"https://127.0.0.1:{port}/dir\"\n      caCertificates: [\"{ca}\"]\n      storage: \"{storage}\"\n      \
+             httpChallenge:\n        entryPoint: web\n",
+            dynamic = dynamic.display(),
+            port = ari.port,
+            ca = pebble.ca.display(),
+            storage = dir.join("acme.json").display(),
+        ),
+    )
+    .unwrap();
+    let gw = GatewayProcess::spawn_in(&cwd, &[], &[]);
+    gw.wait_admin().await;
+    let renewed = eventually(Duration::from_secs(60), || async { obtained(&gw) >= 2 }).await;
+    assert!(renewed, "renewed on the CA's word; log:\n{}", gw.log());
+    // The renewal named the certificate it replaces; Pebble does not take the field, so
+    // it was ordered again without.
+    assert!(gw.log().contains("the CA did not take `replaces`"), "{}", gw.log());
+    // The new certificate renews inside its window, 20 to 21 minutes from now, by ARI.
+    let scheduled = eventually(Duration::from_secs(10), || async {
+        let certs = gw.admin_json("/api/certificates").await;
+        certs.as_array().unwrap().iter().any(|c| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64;
+            c["renewalBy"] == "ARI"
+                && c["renewAtUnix"]
+                    .as_i64()
+                    .is_some_and(|t| (now + 19 * 60..=now + 21 * 60 + 5).contains(&t))
+        })
+    })
+    .await;
+    assert!(scheduled, "{}", gw.admin_json("/api/certificates").await);
+    // The fixture was asked about the first certificate (open window), then the second.
+    let asked: Vec<String> = {
+        use std::io::BufRead;
+        let out = &mut ari.out;
+        let mut lines = Vec::new();
+        for _ in 0..2 {
+            let mut l = String::new();
+            out.read_line(&mut l).unwrap();
+            lines.push(l.trim().to_string());
+        }
+        lines
+    };
+    assert!(
+        asked[0].ends_with(" now") && asked[1].ends_with(" later") && asked[0] != asked[1],
+        "{asked:?}"
+    );
+    // And no third order: the second certificate is not due.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(obtained(&gw), 2, "{}", gw.log());
+    let root = pebble_root(&dir, pebble.mgmt, &pebble.ca).await;
+    let (ok, out) = curl("a.test", secure, &root).await;
+    assert!(ok && out.contains("backend=app"), "{out}");
 }

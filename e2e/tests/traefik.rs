@@ -326,7 +326,7 @@ fn an_unimplemented_traefik_option_exits_64_naming_it() {
     let out = std::process::Command::new(berth_e2e::bin("berth-gateway"))
         .args([
             "--providers.ecs.clusters=default",
-            "--certificatesResolvers.le.acme.dnsChallenge.provider=route53",
+            "--certificatesResolvers.le.acme.preferredChain=ISRG Root X1",
         ])
         .env_clear()
         .env("AWS_EC2_METADATA_DISABLED", "true")
@@ -336,7 +336,7 @@ fn an_unimplemented_traefik_option_exits_64_naming_it() {
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("`--certificatesResolvers.le.acme.dnsChallenge.provider` is not supported: this ACME option"),
+        err.contains("`--certificatesResolvers.le.acme.preferredChain` is not supported: this ACME option"),
         "{err}"
     );
 }

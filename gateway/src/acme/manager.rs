@@ -43,6 +43,9 @@ pub(crate) struct AcmeCert {
     pub key: Arc<CertifiedKey>,
     not_before: SystemTime,
     not_after: SystemTime,
+    /// When the CA's renewal information (ARI, RFC 9773) says to renew: a random point
+    /// of its suggested window, once asked.
+    renew_by_ari: Option<SystemTime>,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -63,13 +66,32 @@ impl AcmeCert {
             key,
             not_before: at(sum.not_before_unix),
             not_after: at(sum.not_after_unix),
+            renew_by_ari: None,
         })
     }
 
-    /// Renewal is due at two thirds of the lifetime.
+    /// When it is renewed: when the CA's renewal information says (inside its
+    /// lifetime), else at two thirds of the lifetime. Whether ARI said.
+    pub(crate) fn renewal(&self) -> (SystemTime, bool) {
+        match self.renew_by_ari {
+            Some(t) if t < self.not_after => (t, true),
+            _ => {
+                let life = self.not_after.duration_since(self.not_before).unwrap_or_default();
+                (self.not_before + life.mul_f64(2.0 / 3.0), false)
+            }
+        }
+    }
+
     fn due(&self, now: SystemTime) -> bool {
-        let life = self.not_after.duration_since(self.not_before).unwrap_or_default();
-        now >= self.not_before + life.mul_f64(2.0 / 3.0)
+        now >= self.renewal().0
+    }
+
+    /// Which certificate this is (its leaf's hash): renewal information is per certificate.
+    fn id(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.key.cert.first().map(|c| c.as_ref()).hash(&mut h);
+        h.finish()
     }
 }
 
@@ -83,6 +105,15 @@ pub(crate) struct Pending {
     /// The replica ordering it now (a shared table), when that is the reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ordered_by: Option<String>,
+}
+
+/// What a resolver knows of the CA's renewal information.
+#[derive(Default)]
+struct Ari {
+    /// The CA has none (no `renewalInfo` in its directory).
+    unsupported: bool,
+    /// Per domain set: the certificate asked about ([`AcmeCert::id`]) and when to ask again.
+    next: BTreeMap<Vec<String>, (u64, Instant)>,
 }
 
 /// Why a domain set is not ordered now, and until when.
@@ -229,6 +260,7 @@ impl Acme {
         let mut next_read = Instant::now();
         let mut read_retry = FIRST_RETRY;
         let mut read_once = false;
+        let mut ari = Ari::default();
         loop {
             // The storage: read at start, and again and again when shared.
             if Instant::now() >= next_read && (!read_once || storage.shared().is_some()) {
@@ -255,6 +287,7 @@ impl Acme {
             }
             let wanted = wanted(&snapshot.load(), &s.name, s.dns_challenge.is_some());
             failures.retain(|names, _| wanted.contains(names));
+            self.ask_renewal_info(s, &mut ari, &mut account, &stored, &wanted).await;
             // Without a readable shared table nothing is ordered: it holds the lock.
             if storage_error.is_none() {
                 for names in &wanted {
@@ -354,6 +387,84 @@ impl Acme {
         }
     }
 
+    /// Ask the CA's renewal information (RFC 9773) for each served certificate when it
+    /// is due to be asked (a new certificate, or the answer's `Retry-After`, kept within a
+    /// minute and a day), with the account already known (never one made only for this).
+    async fn ask_renewal_info(
+        &self,
+        s: &ResolverSettings,
+        ari: &mut Ari,
+        account: &mut Option<instant_acme::Account>,
+        stored: &Resolver,
+        wanted: &BTreeSet<Vec<String>>,
+    ) {
+        if ari.unsupported {
+            return;
+        }
+        let name: Arc<str> = s.name.as_str().into();
+        let now = Instant::now();
+        let certs = self.certs.load_full();
+        let ask: Vec<&AcmeCert> = certs
+            .iter()
+            .filter(|c| c.resolver == name && wanted.contains(&c.names))
+            .filter(|c| {
+                ari.next
+                    .get(&c.names)
+                    .is_none_or(|(id, at)| *id != c.id() || now >= *at)
+            })
+            .collect();
+        if ask.is_empty() {
+            return;
+        }
+        if account.is_none() {
+            let Some(creds) = stored.account.as_ref().and_then(|a| a.credentials.as_ref()) else {
+                return;
+            };
+            match order::account(s, Some(creds)).await {
+                Ok((a, None)) => *account = Some(a),
+                // The stored account was not usable and a new one was made: not for this.
+                Ok((_, Some(_))) | Err(_) => return,
+            }
+        }
+        let Some(a) = account.as_ref() else { return };
+        for c in ask {
+            let Some(leaf) = c.key.cert.first() else { continue };
+            let (next, renew_at) = match order::renewal_window(a, leaf).await {
+                Ok(None) => {
+                    tracing::debug!(resolver = %s.name, "the CA has no renewal information (ARI)");
+                    ari.unsupported = true;
+                    return;
+                }
+                Ok(Some(w)) => {
+                    let span = w.end.duration_since(w.start).unwrap_or_default();
+                    let at = w.start + span.mul_f64(fastrand::f64());
+                    tracing::info!(resolver = %s.name, names = ?c.names, renew_at = unix(at), "renewal window from the CA (ARI)");
+                    (
+                        w.retry_after
+                            .clamp(Duration::from_secs(60), Duration::from_secs(86_400)),
+                        Some(at),
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(resolver = %s.name, names = ?c.names, error = %e, "renewal information (ARI) not read");
+                    (Duration::from_secs(600), None)
+                }
+            };
+            ari.next.insert(c.names.clone(), (c.id(), now + next));
+            if let Some(at) = renew_at {
+                self.set_renewal(c.id(), at);
+            }
+        }
+    }
+
+    fn set_renewal(&self, id: u64, at: SystemTime) {
+        let mut all = (**self.certs.load()).clone();
+        for c in all.iter_mut().filter(|c| c.id() == id) {
+            c.renew_by_ari = Some(at);
+        }
+        self.certs.store(Arc::new(all));
+    }
+
     async fn release(&self, s: &ResolverSettings, storage: &Storage, names: &[String]) {
         if let Err(e) = storage.release(&s.name, names).await {
             tracing::warn!(resolver = %s.name, error = %e, "the order lock was not released (its lease ends it)");
@@ -392,7 +503,13 @@ impl Acme {
             shared: storage.shared(),
             dns: self.dns_for(s),
         };
-        let (chain, key) = order::obtain(a, names, s, solvers).await?;
+        // A renewal the CA's renewal information asked for names the certificate it replaces.
+        let certs = self.certs.load_full();
+        let replaces = certs
+            .iter()
+            .find(|c| c.resolver.as_ref() == s.name && c.names == names && c.renewal().1)
+            .and_then(|c| c.key.cert.first());
+        let (chain, key) = order::obtain(a, names, s, solvers, replaces).await?;
         let fresh = Stored::new(names, &chain, &key);
         // Checked before it replaces the last good one.
         let cert = AcmeCert::from_stored(&s.name.as_str().into(), &fresh)?;

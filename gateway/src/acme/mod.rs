@@ -73,6 +73,9 @@ pub struct ResolverSettings {
     pub ca_server: String,
     /// More roots to trust the CA server by (`caCertificates`), beside the system's.
     pub ca_certificates: Vec<PathBuf>,
+    /// The name the CA server's certificate is verified for instead of `caServer`'s host
+    /// (`caServerName`).
+    pub ca_server_name: Option<rustls_pki_types::ServerName<'static>>,
     /// Where the account and certificates are kept (`storage`).
     pub storage: StorageSettings,
     pub key_type: KeyType,

@@ -1,7 +1,8 @@
 //! Obtaining one certificate: the account (restored from storage, or created), an order
 //! for the names, each authorization's challenge put where the entrypoints answer it
 //! and then announced, the order polled until ready, a CSR for a new key of the
-//! resolver's type, and the chain polled until issued. With a shared table, each
+//! resolver's type, and the chain polled until issued; and, for renewals, the CA's
+//! renewal window (ARI, RFC 9773). With a shared table, each
 //! challenge is published there too, before the server is told, so that any replica
 //! answers it. DNS-01 puts a TXT record in Route 53 instead ([`super::route53`]). The
 //! challenges are withdrawn whatever the outcome.
@@ -43,7 +44,8 @@ impl HttpClient for Http {
                 Ok(Ok(resp)) => Ok(BytesResponse::from(
                     resp.map(|b| http_body_util::Limited::new(b, MAX_ANSWER)),
                 )),
-                Ok(Err(e)) => Err(instant_acme::Error::Other(Box::new(e))),
+                // With its causes: "client error (Connect)" alone hides a TLS refusal.
+                Ok(Err(e)) => Err(instant_acme::Error::Other(berth_common::error::chain_text(&e).into())),
                 Err(_) => Err(instant_acme::Error::Str("no answer from the ACME server within 30 s")),
             }
         })
@@ -57,7 +59,10 @@ fn http(settings: &ResolverSettings) -> Result<Box<dyn HttpClient>, String> {
         let certs = berth_common::tls::certs_from_pem(&pem, &path.display().to_string()).map_err(|e| e.to_string())?;
         roots.add_parsable_certificates(certs);
     }
-    let connector = berth_common::upstream::Connector::new(Duration::from_secs(10), roots);
+    let mut connector = berth_common::upstream::Connector::new(Duration::from_secs(10), roots);
+    if let Some(name) = &settings.ca_server_name {
+        connector = connector.with_server_name(name.clone());
+    }
     let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
     Ok(Box::new(Http(client)))
 }
@@ -116,12 +121,15 @@ pub(super) struct Solvers<'a> {
     pub dns: Option<&'a Route53>,
 }
 
-/// A certificate for `names`: the PEM chain and the PEM key.
+/// A certificate for `names`: the PEM chain and the PEM key. `replaces` is the one it
+/// renews on the CA's renewal information (RFC 9773 section 5: the CA may exempt such
+/// orders from rate limits); a CA that does not take it gets the order without.
 pub(super) async fn obtain(
     account: &Account,
     names: &[String],
     settings: &ResolverSettings,
     solvers: Solvers<'_>,
+    replaces: Option<&rustls_pki_types::CertificateDer<'_>>,
 ) -> Result<(String, String), String> {
     let Solvers {
         challenges,
@@ -130,7 +138,17 @@ pub(super) async fn obtain(
     } = solvers;
     // A wildcard is the identifier `*.name` (RFC 8555 section 7.1.3).
     let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
-    let mut order = account.new_order(&NewOrder::new(&ids)).await.map_err(acme_err)?;
+    let replaced = replaces.and_then(|leaf| instant_acme::CertificateIdentifier::try_from(leaf).ok());
+    let mut order = match replaced {
+        Some(id) => match account.new_order(&NewOrder::new(&ids).replaces(id)).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::info!(resolver = %settings.name, error = %e, "the CA did not take `replaces`; ordering without");
+                account.new_order(&NewOrder::new(&ids)).await.map_err(acme_err)?
+            }
+        },
+        None => account.new_order(&NewOrder::new(&ids)).await.map_err(acme_err)?,
+    };
     let mut pending: Vec<Pending> = Vec::new();
     let mut records = Records::default();
     let announced = announce(&mut order, settings, solvers, &mut pending, &mut records).await;
@@ -231,6 +249,38 @@ async fn announce(
         challenge.set_ready().await.map_err(acme_err)?;
     }
     Ok(())
+}
+
+/// A suggested renewal window (RFC 9773) and when to ask again.
+pub(super) struct Window {
+    pub start: std::time::SystemTime,
+    pub end: std::time::SystemTime,
+    pub retry_after: Duration,
+}
+
+/// The CA's renewal window for the certificate `leaf`; `None` when the CA has no
+/// renewal information.
+pub(super) async fn renewal_window(
+    account: &Account,
+    leaf: &rustls_pki_types::CertificateDer<'_>,
+) -> Result<Option<Window>, String> {
+    let id = instant_acme::CertificateIdentifier::try_from(leaf)
+        .map_err(|e| format!("the certificate's identifier: {e}"))?;
+    match account.renewal_info(&id).await {
+        Ok((info, retry_after)) => {
+            let (start, end) = (info.suggested_window.start, info.suggested_window.end);
+            if end < start {
+                return Err("the renewal window ends before it starts".into());
+            }
+            Ok(Some(Window {
+                start: start.into(),
+                end: end.into(),
+                retry_after,
+            }))
+        }
+        Err(instant_acme::Error::Unsupported(_)) => Ok(None),
+        Err(e) => Err(acme_err(e)),
+    }
 }
 
 /// Wait for validation, send the CSR, wait for the chain.

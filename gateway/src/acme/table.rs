@@ -86,16 +86,8 @@ fn failed<E: ProvideErrorMetadata + std::error::Error + 'static>(op: &str, e: &S
     match (e.code(), e.message()) {
         (Some(code), Some(message)) => format!("DynamoDB {op}: {code}: {message}"),
         (Some(code), None) => format!("DynamoDB {op}: {code}"),
-        _ => {
-            // The error and its causes, without the debug dump DisplayErrorContext adds.
-            let mut text = format!("DynamoDB {op}: {e}");
-            let mut cause = std::error::Error::source(e);
-            while let Some(c) = cause {
-                text.push_str(&format!(": {c}"));
-                cause = c.source();
-            }
-            text
-        }
+        // The error and its causes, without the debug dump DisplayErrorContext adds.
+        _ => format!("DynamoDB {op}: {}", berth_common::error::chain_text(e)),
     }
 }
 

@@ -640,8 +640,17 @@ fn certificates(state: &AdminState) -> Vec<Value> {
     }
     if let Some(acme) = &state.certs.acme {
         for c in acme.certs().iter() {
-            if let Some(leaf) = c.key.cert.first() {
-                add(&format!("ACME {}", c.resolver), leaf);
+            if let Some(leaf) = c.key.cert.first()
+                && let Ok(sum) = berth_common::identity::summarize(leaf)
+            {
+                let (at, by_ari) = c.renewal();
+                let mut v = json!(sum);
+                v["use"] = json!(format!("ACME {}", c.resolver));
+                // When it is renewed, and on whose word: the CA's renewal information
+                // (RFC 9773) or two thirds of its lifetime.
+                v["renewAtUnix"] = json!(at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()));
+                v["renewalBy"] = json!(if by_ari { "ARI" } else { "two thirds" });
+                out.push(v);
             }
         }
         // Domain sets still waiting for a certificate, and why.

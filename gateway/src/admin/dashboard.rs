@@ -386,7 +386,15 @@ fn certificates(h: &mut String, v: &View<'_>) {
         // an expiry it does not have yet.
         let state = match (c["notAfterUnix"].as_f64(), c["lastError"].as_str()) {
             (_, Some(why)) => format!("{} {}", badge("error", "not obtained"), esc(why)),
-            (Some(t), None) => expiry(t),
+            (Some(t), None) => match c["renewAtUnix"].as_f64() {
+                Some(r) => format!(
+                    "{} <span class=\"mute\">renews {} ({})</span>",
+                    expiry(t),
+                    relative(r),
+                    esc(s(c, "renewalBy"))
+                ),
+                None => expiry(t),
+            },
             (None, None) => match c["orderedBy"].as_str() {
                 Some(by) => format!("{} by {}", badge("soon", "ordering"), esc(by)),
                 None if s(c, "use").ends_with("(pending)") => badge("soon", "ordering"),

@@ -73,7 +73,7 @@ const fn unknown(pattern: &'static str) -> Opt {
 use Kind::*;
 
 const NO_ACME: &str = "this ACME option is not implemented yet (Berth's resolvers take email, caServer, \
-                       caCertificates, storage, keyType, certificatesDuration, httpChallenge, tlsChallenge, \
+                       caCertificates, caServerName, storage, keyType, certificatesDuration, httpChallenge, tlsChallenge, \
                        dnsChallenge with provider route53 and eab)";
 const NO_PROVIDER: &str = "Berth reads the ecs and file providers only";
 const NO_MIDDLEWARE_EP: &str = "entrypoint-wide middlewares are not implemented; attach them to the routers";
@@ -265,6 +265,7 @@ pub(crate) const OPTIONS: &[Opt] = &[
     read("certificatesresolvers.*.acme.email", Text),
     read("certificatesresolvers.*.acme.caserver", Text),
     read("certificatesresolvers.*.acme.cacertificates", List),
+    read("certificatesresolvers.*.acme.caservername", Text),
     read("certificatesresolvers.*.acme.storage", Text),
     read("certificatesresolvers.*.acme.keytype", Text),
     read("certificatesresolvers.*.acme.certificatesduration", Number),

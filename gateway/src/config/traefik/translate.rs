@@ -706,6 +706,18 @@ impl Traefik {
                     continue;
                 }
             };
+            let ca_server_name = match r.text(&p("caServerName")).filter(|n| !n.is_empty()) {
+                None => None,
+                Some(n) => match rustls_pki_types::ServerName::try_from(n.clone()) {
+                    Ok(name) => Some(name),
+                    Err(_) => {
+                        r.fail(format!(
+                            "certificatesResolvers.{name}.acme.caServerName: `{n}` is not a server name"
+                        ));
+                        continue;
+                    }
+                },
+            };
             let storage = match StorageSettings::parse(&r.text(&p("storage")).unwrap_or_else(|| "acme.json".into())) {
                 Ok(s) => s,
                 Err(e) => {
@@ -720,6 +732,7 @@ impl Traefik {
                     .text(&p("caServer"))
                     .unwrap_or_else(|| crate::acme::LETS_ENCRYPT.to_string()),
                 ca_certificates: r.list(&p("caCertificates")).into_iter().map(Into::into).collect(),
+                ca_server_name,
                 storage,
                 key_type,
                 certificates_duration: Duration::from_secs_f64(hours * 3600.0),
