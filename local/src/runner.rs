@@ -52,14 +52,33 @@ impl Programs {
     }
 
     /// The program a container or health check names, with the name to run it under:
-    /// Berth's gateway image also has the gateway as `traefik` (Traefik's name).
+    /// Berth's gateway image also has the gateway as `traefik` (Traefik's name). A path
+    /// inside one of Berth's images (`/berth-sidecar`, as the image's own health check
+    /// says) is that program here.
     fn find(&self, program: &str) -> Option<(PathBuf, Option<String>)> {
+        let in_image = program
+            .strip_prefix('/')
+            .filter(|p| BERTH_IMAGES.contains(p) && !std::path::Path::new(program).is_file());
+        if let Some(name) = in_image {
+            return self.resolve(name).map(|p| (p, None));
+        }
         match self.resolve(program) {
             Some(p) => Some((p, None)),
             None if program == "traefik" => self.resolve("berth-gateway").map(|p| (p, Some(program.to_string()))),
             None => None,
         }
     }
+}
+
+/// Berth's images, whose entrypoint is their one program (`/berth-sidecar`, ...).
+const BERTH_IMAGES: [&str; 2] = ["berth-sidecar", "berth-gateway"];
+
+/// The entrypoint of `image` when it is one of Berth's (any registry, any tag): a
+/// container with neither `entryPoint` nor `command` runs it, as ECS runs the image's.
+fn image_entrypoint(image: &str) -> Option<&'static str> {
+    let repo = image.rsplit('/').next()?;
+    let name = repo.split([':', '@']).next()?;
+    BERTH_IMAGES.iter().copied().find(|b| *b == name)
 }
 
 struct HealthState {
@@ -319,6 +338,11 @@ impl Runner {
     fn start_container(&mut self, task: &TaskState, cdef: &Value, name: &str, docker_id: &str) -> Result<(), String> {
         let mut argv = strings(&cdef["entryPoint"]);
         argv.extend(strings(&cdef["command"]));
+        if argv.is_empty()
+            && let Some(p) = cdef["image"].as_str().and_then(image_entrypoint)
+        {
+            argv.push(p.to_string());
+        }
         let stop_timeout = cdef["stopTimeout"]
             .as_u64()
             .map(Duration::from_secs)
@@ -693,5 +717,21 @@ mod expand_tests {
         assert_eq!(expand("web=${BERTH_LOCAL_ADDRESS}:8080", &env), "web=127.0.100.7:8080");
         assert_eq!(expand("${NOPE}/x", &env), "${NOPE}/x");
         assert_eq!(expand("plain ${unterminated", &env), "plain ${unterminated");
+    }
+}
+
+#[cfg(test)]
+mod image_tests {
+    use super::image_entrypoint;
+
+    #[test]
+    fn berth_images_have_their_entrypoint() {
+        assert_eq!(
+            image_entrypoint("123456789012.dkr.ecr.us-east-1.amazonaws.com/berth-sidecar:1.2"),
+            Some("berth-sidecar")
+        );
+        assert_eq!(image_entrypoint("berth-gateway@sha256:ab"), Some("berth-gateway"));
+        assert_eq!(image_entrypoint("nginx:1.27"), None);
+        assert_eq!(image_entrypoint("example/berth-sidecar-fork"), None);
     }
 }

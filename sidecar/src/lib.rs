@@ -11,6 +11,7 @@ mod control;
 mod iam;
 mod identity;
 mod inbound;
+pub mod inject;
 pub mod metadata;
 mod metrics;
 mod outbound;

@@ -1,5 +1,7 @@
 //! `berth-sidecar`: the per-task sidecar. `berth-sidecar inspect` prints the
-//! registration it would send; `berth-sidecar health` is the container health check.
+//! registration it would send; `berth-sidecar health` is the container health check;
+//! `berth-sidecar inject [--uninject] [FILE]` adds the sidecar to a task definition
+//! (`berth_sidecar::inject`).
 //! Without arguments it reads its settings from the environment and runs
 //! [`Sidecar::start`] then [`Sidecar::run`] (the library's `start.rs` has the phases),
 //! turning SIGTERM and Ctrl-C into a stop. Bad configuration exits 64.
@@ -25,13 +27,58 @@ fn main() {
         }
     };
     match args.next().as_deref() {
+        Some("inject") => std::process::exit(inject(&args.collect::<Vec<_>>())),
         Some("inspect") => std::process::exit(rt.block_on(inspect())),
         Some("health") => std::process::exit(rt.block_on(health())),
-        Some("--help") | Some("-h") => println!("usage: berth-sidecar [inspect | health]"),
+        Some("--help") | Some("-h") => println!("usage: berth-sidecar [inspect | health | inject [--uninject] [FILE]]"),
         None => std::process::exit(rt.block_on(run())),
         Some(other) => {
             eprintln!("berth-sidecar: unknown command `{other}` (usage: berth-sidecar [inspect])");
             std::process::exit(64);
+        }
+    }
+}
+
+/// `inject`: the task definition from FILE or stdin, the result on stdout; a usage
+/// error exits 64, a task definition that cannot be meshed 1, with the reason.
+fn inject(args: &[String]) -> i32 {
+    use berth_sidecar::inject;
+    use std::io::Read;
+    let (options, file) = match inject::Options::parse(args) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!(
+                "berth-sidecar inject: {e}\nusage: berth-sidecar inject [--uninject] [--image I] [--gateway URL] \
+                 [--app-port N] [--health-path P] [--ca-cert-secret ARN] [--token-secret ARN] [--mesh-name N] \
+                 [--mesh-allow A,B] [--http-proxy CONTAINER,...] [FILE | -]"
+            );
+            return 64;
+        }
+    };
+    let mut text = String::new();
+    let read = match file.as_deref() {
+        None | Some("-") => std::io::stdin()
+            .take(inject::MAX_INPUT as u64 + 1)
+            .read_to_string(&mut text)
+            .map(|_| ()),
+        Some(path) => std::fs::File::open(path).and_then(|f| {
+            f.take(inject::MAX_INPUT as u64 + 1)
+                .read_to_string(&mut text)
+                .map(|_| ())
+        }),
+    };
+    if let Err(e) = read {
+        eprintln!("berth-sidecar inject: {}: {e}", file.as_deref().unwrap_or("stdin"));
+        return 64;
+    }
+    match inject::run(&text, &options) {
+        Ok(out) => {
+            print!("{out}");
+            0
+        }
+        Err(e) => {
+            eprintln!("berth-sidecar inject: {e}");
+            1
         }
     }
 }
