@@ -114,6 +114,8 @@ struct Ari {
     unsupported: bool,
     /// Per domain set: the certificate asked about ([`AcmeCert::id`]) and when to ask again.
     next: BTreeMap<Vec<String>, (u64, Instant)>,
+    /// When to try the stored account again after it could not be restored.
+    account_retry: Option<Instant>,
 }
 
 /// Why a domain set is not ordered now, and until when.
@@ -221,23 +223,29 @@ impl Acme {
     /// that lasts longer of the stored one and the one served now; a set the storage
     /// no longer has keeps the one served.
     fn publish(&self, resolver: &Arc<str>, stored: &Resolver) {
-        let current = self.certs.load();
-        let mut mine: Vec<AcmeCert> = current.iter().filter(|c| c.resolver == *resolver).cloned().collect();
+        let mut loaded: Vec<AcmeCert> = Vec::new();
         for s in &stored.certificates {
             match AcmeCert::from_stored(resolver, s) {
-                Ok(c) => match mine.iter_mut().find(|m| m.names == c.names) {
-                    Some(m) if m.not_after >= c.not_after => {}
-                    Some(m) => *m = c,
-                    None => mine.push(c),
-                },
+                Ok(c) => loaded.push(c),
                 Err(e) => {
                     tracing::warn!(resolver = %resolver, names = ?s.names(), error = %e, "a stored ACME certificate is not usable");
                 }
             }
         }
-        let mut all: Vec<AcmeCert> = current.iter().filter(|c| c.resolver != *resolver).cloned().collect();
-        all.extend(mine);
-        self.certs.store(Arc::new(all));
+        // rcu: resolvers publish concurrently; none loses another's certificates.
+        self.certs.rcu(|current| {
+            let mut all: Vec<AcmeCert> = current.iter().cloned().collect();
+            for c in &loaded {
+                match all.iter_mut().find(|m| m.resolver == *resolver && m.names == c.names) {
+                    // The one issued later wins (a renewal may last less than the one
+                    // it replaces: a revocation, a shorter profile).
+                    Some(m) if m.not_before >= c.not_before => {}
+                    Some(m) => *m = c.clone(),
+                    None => all.push(c.clone()),
+                }
+            }
+            all
+        });
     }
 
     /// Whether a good certificate for `names` is served and not due for renewal.
@@ -363,11 +371,43 @@ impl Acme {
                 return None;
             }
         }
-        match self.obtain(s, storage, account, stored, names).await {
-            Ok(()) => {
+        let work = self.obtain(s, storage, account, stored, names);
+        let result = match storage.shared() {
+            None => work.await,
+            // The locks' lease is extended while the order runs; an order whose locks
+            // another replica took over stops.
+            Some(table) => {
+                tokio::pin!(work);
+                let mut tick = tokio::time::interval(super::table::EXTEND_EVERY);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        r = &mut work => break r,
+                        _ = tick.tick() => match table.extend(&s.name, names).await {
+                            Ok(true) => {}
+                            Ok(false) => break Err("the order lock was lost to another replica".to_string()),
+                            Err(e) => tracing::warn!(resolver = %s.name, error = %e, "the order lock's lease not extended"),
+                        },
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(None) => {
                 self.publish(&name, stored);
                 self.release(s, storage, names).await;
                 tracing::info!(resolver = %s.name, ?names, "ACME certificate obtained");
+                None
+            }
+            Ok(Some(write_error)) => {
+                // Served from memory, but the others cannot see it: the locks stay ours
+                // for a short while so they do not order at once, then one of them does.
+                self.publish(&name, stored);
+                tracing::info!(resolver = %s.name, ?names, "ACME certificate obtained");
+                let why = format!("storage: the certificate was not written: {write_error}");
+                if let Err(e) = storage.fail(&s.name, names, attempts, &why, FIRST_RETRY * 6).await {
+                    tracing::warn!(resolver = %s.name, error = %e, "the order lock keeps no back-off (its lease ends it)");
+                }
                 None
             }
             Err(why) => {
@@ -417,13 +457,19 @@ impl Acme {
             return;
         }
         if account.is_none() {
+            if ari.account_retry.is_some_and(|t| now < t) {
+                return;
+            }
             let Some(creds) = stored.account.as_ref().and_then(|a| a.credentials.as_ref()) else {
                 return;
             };
-            match order::account(s, Some(creds)).await {
-                Ok((a, None)) => *account = Some(a),
-                // The stored account was not usable and a new one was made: not for this.
-                Ok((_, Some(_))) | Err(_) => return,
+            match order::restore(s, creds).await {
+                Ok(a) => *account = Some(a),
+                Err(e) => {
+                    tracing::debug!(resolver = %s.name, error = %e, "no account to ask renewal information with");
+                    ari.account_retry = Some(now + Duration::from_secs(600));
+                    return;
+                }
             }
         }
         let Some(a) = account.as_ref() else { return };
@@ -458,11 +504,13 @@ impl Acme {
     }
 
     fn set_renewal(&self, id: u64, at: SystemTime) {
-        let mut all = (**self.certs.load()).clone();
-        for c in all.iter_mut().filter(|c| c.id() == id) {
-            c.renew_by_ari = Some(at);
-        }
-        self.certs.store(Arc::new(all));
+        self.certs.rcu(|current| {
+            let mut all: Vec<AcmeCert> = current.iter().cloned().collect();
+            for c in all.iter_mut().filter(|c| c.id() == id) {
+                c.renew_by_ari = Some(at);
+            }
+            all
+        });
     }
 
     async fn release(&self, s: &ResolverSettings, storage: &Storage, names: &[String]) {
@@ -478,7 +526,7 @@ impl Acme {
         account: &mut Option<instant_acme::Account>,
         stored: &mut Resolver,
         names: &[String],
-    ) -> Result<(), String> {
+    ) -> Result<Option<String>, String> {
         if account.is_none() {
             let creds = stored.account.as_ref().and_then(|a| a.credentials.as_ref());
             let (a, new) = order::account(s, creds).await?;
@@ -515,10 +563,14 @@ impl Acme {
         let cert = AcmeCert::from_stored(&s.name.as_str().into(), &fresh)?;
         stored.certificates.retain(|c| c.names() != names);
         stored.certificates.push(fresh.clone());
-        if let Err(e) = storage.save_cert(&s.name, stored, &fresh, unix(cert.not_after)).await {
+        if let Err(e) = storage
+            .save_cert(&s.name, stored, &fresh, (unix(cert.not_before), unix(cert.not_after)))
+            .await
+        {
             storage_failed(s, storage, &e);
+            return Ok(Some(e));
         }
-        Ok(())
+        Ok(None)
     }
 
     fn set_pending(

@@ -71,6 +71,16 @@ fn acme_err(e: instant_acme::Error) -> String {
     e.to_string()
 }
 
+/// The stored account, without ever making one.
+pub(super) async fn restore(settings: &ResolverSettings, credentials: &serde_json::Value) -> Result<Account, String> {
+    let creds = serde_json::from_value::<instant_acme::AccountCredentials>(credentials.clone())
+        .map_err(|e| format!("the stored account: {e}"))?;
+    Account::builder_with_http(http(settings)?)
+        .from_credentials(creds)
+        .await
+        .map_err(acme_err)
+}
+
 /// The resolver's account: from `credentials` (stored), else a new one. The
 /// credentials to store when new.
 pub(super) async fn account(

@@ -148,10 +148,12 @@ impl Route53 {
     pub(super) async fn present(&self, records: &mut Records, identifier: &str, value: &str) -> Result<(), String> {
         let name = record_name(identifier);
         let zone = self.zone_for(&name).await?;
-        let values = records.sets.entry((zone.clone(), name.clone())).or_default();
+        let key = (zone.clone(), name.clone());
+        let mut values = records.sets.get(&key).cloned().unwrap_or_default();
         values.push(value.to_string());
-        let values = values.clone();
         let change = self.change(&zone, "UPSERT", &name, &values).await?;
+        // Recorded once Route 53 has it: the DELETE afterwards must match what it holds.
+        records.sets.insert(key, values);
         self.wait_insync(&change).await
     }
 

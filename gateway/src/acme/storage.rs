@@ -51,11 +51,11 @@ impl Storage {
         resolver: &str,
         whole: &Resolver,
         cert: &Stored,
-        not_after: u64,
+        (not_before, not_after): (u64, u64),
     ) -> Result<(), String> {
         match self {
             Storage::File(path) => file::save(path, resolver, whole),
-            Storage::Shared(t) => t.put_cert(resolver, cert, not_after).await,
+            Storage::Shared(t) => t.put_cert(resolver, cert, not_before, not_after).await,
         }
     }
 

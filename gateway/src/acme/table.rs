@@ -9,14 +9,16 @@
 //! | pk | sk | attributes |
 //! |---|---|---|
 //! | `resolver#<name>` | `account` | `credentials` (JSON), `email` |
-//! | `resolver#<name>` | `cert#<names>` | `certificate`, `key` (PEM, base64), `notAfter` |
-//! | `resolver#<name>` | `lock#<names>` | `owner`, `until`, `attempts`, `error` |
+//! | `resolver#<name>` | `cert#<names>` | `certificate`, `key` (PEM, base64), `notBefore`, `notAfter` |
+//! | `resolver#<name>` | `lock#<name>` | `owner`, `until`, `attempts`, `error` |
 //! | `challenge` | `http#<token>` / `alpn#<name>` | `value`, `expires` |
 //!
-//! A certificate is written only over an older one (`notAfter` smaller), the lock is
-//! taken only when absent or past its `until`, and a failed order keeps the lock until
-//! its back-off ends, so the other replicas neither order meanwhile nor multiply the
-//! CA's rate limits. Every call is bounded in time; answers are bounded in size.
+//! A certificate is written only over one issued earlier (`notBefore` smaller). An order
+//! takes the lock of every name it covers (two orders sharing a name would overwrite
+//! each other's TLS-ALPN-01 answer and DNS-01 record), each only when absent or past its
+//! `until`; the holder extends the lease while it orders, and a failed order keeps the
+//! locks until its back-off ends, so the other replicas neither order meanwhile nor
+//! multiply the CA's rate limits. Every call is bounded in time; answers are bounded.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,8 +33,11 @@ use super::file::{Account, Resolver, Stored};
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most items read for one resolver (accounts, certificates, locks).
 const MAX_ITEMS: usize = 4096;
-/// How long an order may hold its lock before another replica may take it over.
+/// How long a lock lasts unless its holder extends it (a replica that dies mid-order
+/// frees its names after this).
 const LEASE: Duration = Duration::from_secs(300);
+/// How often the holder extends its locks while it orders.
+pub(super) const EXTEND_EVERY: Duration = Duration::from_secs(60);
 /// How long a challenge stays answerable (DynamoDB's TTL on `expires` removes it later).
 const CHALLENGE_LIFE: Duration = Duration::from_secs(600);
 /// The most lookups of other replicas' challenges in flight: a stranger asking for
@@ -101,9 +106,14 @@ fn resolver_key(resolver: &str) -> AttributeValue {
     s(format!("resolver#{resolver}"))
 }
 
-/// The sort key of a domain set's certificate or lock.
+/// The sort key of a domain set's certificate.
 fn names_key(kind: &str, names: &[String]) -> AttributeValue {
     s(format!("{kind}#{}", names.join(",")))
+}
+
+/// The sort key of one name's order lock.
+fn lock_key(name: &str) -> AttributeValue {
+    s(format!("lock#{name}"))
 }
 
 /// The name in a DynamoDB table name (3 to 255 of `a-z A-Z 0-9 _ - .`), when valid.
@@ -152,6 +162,8 @@ impl Table {
                     .query()
                     .table_name(&self.table)
                     .key_condition_expression("pk = :pk")
+                    // Right after taking a lock, a certificate just written must be seen.
+                    .consistent_read(true)
                     .expression_attribute_values(":pk", resolver_key(resolver))
                     .set_exclusive_start_key(start.take())
                     .send()
@@ -207,8 +219,14 @@ impl Table {
         .await
     }
 
-    /// Store a certificate for `names` unless a newer one is there.
-    pub(super) async fn put_cert(&self, resolver: &str, cert: &Stored, not_after: u64) -> Result<(), String> {
+    /// Store a certificate for `names` unless one issued later is there.
+    pub(super) async fn put_cert(
+        &self,
+        resolver: &str,
+        cert: &Stored,
+        not_before: u64,
+        not_after: u64,
+    ) -> Result<(), String> {
         let names = cert.names();
         bounded("PutItem", async {
             let put = self
@@ -220,9 +238,12 @@ impl Table {
                 .item("names", s(names.join(",")))
                 .item("certificate", s(cert.certificate.clone()))
                 .item("key", s(cert.key.clone()))
+                .item("notBefore", n(not_before))
                 .item("notAfter", n(not_after))
-                .condition_expression("attribute_not_exists(sk) OR notAfter < :mine")
-                .expression_attribute_values(":mine", n(not_after))
+                .condition_expression(
+                    "attribute_not_exists(sk) OR attribute_not_exists(notBefore) OR notBefore < :mine",
+                )
+                .expression_attribute_values(":mine", n(not_before))
                 .send()
                 .await;
             done_or_lost("PutItem", put)
@@ -230,8 +251,35 @@ impl Table {
         .await
     }
 
-    /// Take the order lock of `names`, if no replica holds it.
+    /// Take the order locks of every name in `names`, if no replica holds one (all or
+    /// none: the ones taken are given back when another is held).
     pub(super) async fn lock(&self, resolver: &str, names: &[String]) -> Result<Lock, String> {
+        let mut sorted: Vec<&String> = names.iter().collect();
+        sorted.sort();
+        sorted.dedup();
+        let mut taken: Vec<String> = Vec::new();
+        let mut attempts = 0;
+        for name in sorted {
+            let one = self.lock_one(resolver, name).await;
+            match one {
+                Ok(Lock::Taken { attempts: a }) => {
+                    attempts = attempts.max(a);
+                    taken.push(name.clone());
+                }
+                Ok(held) => {
+                    let _ = self.release(resolver, &taken).await;
+                    return Ok(held);
+                }
+                Err(e) => {
+                    let _ = self.release(resolver, &taken).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Lock::Taken { attempts })
+    }
+
+    async fn lock_one(&self, resolver: &str, name: &str) -> Result<Lock, String> {
         let at = now();
         bounded("PutItem", async {
             let put = self
@@ -239,7 +287,7 @@ impl Table {
                 .put_item()
                 .table_name(&self.table)
                 .item("pk", resolver_key(resolver))
-                .item("sk", names_key("lock", names))
+                .item("sk", lock_key(name))
                 .item("owner", s(self.owner.clone()))
                 .item("until", n(at + LEASE.as_secs()))
                 .condition_expression("attribute_not_exists(sk) OR #until < :now")
@@ -279,27 +327,30 @@ impl Table {
         .await
     }
 
-    /// Give the lock back after a success.
+    /// Give the locks back after a success.
     pub(super) async fn release(&self, resolver: &str, names: &[String]) -> Result<(), String> {
-        bounded("DeleteItem", async {
-            let del = self
-                .client
-                .delete_item()
-                .table_name(&self.table)
-                .key("pk", resolver_key(resolver))
-                .key("sk", names_key("lock", names))
-                .condition_expression("#owner = :me")
-                .expression_attribute_names("#owner", "owner")
-                .expression_attribute_values(":me", s(self.owner.clone()))
-                .send()
-                .await;
-            // Taken over meanwhile (our lease ran out): the new holder keeps it.
-            done_or_lost("DeleteItem", del)
-        })
-        .await
+        for name in names {
+            bounded("DeleteItem", async {
+                let del = self
+                    .client
+                    .delete_item()
+                    .table_name(&self.table)
+                    .key("pk", resolver_key(resolver))
+                    .key("sk", lock_key(name))
+                    .condition_expression("#owner = :me")
+                    .expression_attribute_names("#owner", "owner")
+                    .expression_attribute_values(":me", s(self.owner.clone()))
+                    .send()
+                    .await;
+                // Taken over meanwhile (our lease ran out): the new holder keeps it.
+                done_or_lost("DeleteItem", del)
+            })
+            .await?;
+        }
+        Ok(())
     }
 
-    /// Keep the lock through the back-off after a failed order, with the reason, so that
+    /// Keep the locks through the back-off after a failed order, with the reason, so that
     /// no replica orders again before it ends.
     pub(super) async fn fail(
         &self,
@@ -310,25 +361,63 @@ impl Table {
         backoff: Duration,
     ) -> Result<(), String> {
         let why: String = why.chars().take(1024).collect();
+        for name in names {
+            // A lock no longer ours keeps its new holder's state.
+            self.update_lock(
+                resolver,
+                name,
+                Some((attempts, why.as_str())),
+                now() + backoff.as_secs(),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Extend the locks while their order runs: `Ok(false)` when one is no longer ours
+    /// (its lease ran out and another replica took it): the order should stop.
+    pub(super) async fn extend(&self, resolver: &str, names: &[String]) -> Result<bool, String> {
+        for name in names {
+            if !self.update_lock(resolver, name, None, now() + LEASE.as_secs()).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Set a lock's `until` (and its failure) if it is still ours; whether it was.
+    async fn update_lock(
+        &self,
+        resolver: &str,
+        name: &str,
+        failure: Option<(u32, &str)>,
+        until: u64,
+    ) -> Result<bool, String> {
         bounded("UpdateItem", async {
-            let update = self
+            let mut update = self
                 .client
                 .update_item()
                 .table_name(&self.table)
                 .key("pk", resolver_key(resolver))
-                .key("sk", names_key("lock", names))
-                .update_expression("SET #until = :until, attempts = :attempts, #error = :why")
+                .key("sk", lock_key(name))
                 .condition_expression("#owner = :me")
                 .expression_attribute_names("#until", "until")
-                .expression_attribute_names("#error", "error")
                 .expression_attribute_names("#owner", "owner")
-                .expression_attribute_values(":until", n(now() + backoff.as_secs()))
-                .expression_attribute_values(":attempts", n(u64::from(attempts)))
-                .expression_attribute_values(":why", s(why))
-                .expression_attribute_values(":me", s(self.owner.clone()))
-                .send()
-                .await;
-            done_or_lost("UpdateItem", update)
+                .expression_attribute_values(":until", n(until))
+                .expression_attribute_values(":me", s(self.owner.clone()));
+            update = match failure {
+                Some((attempts, why)) => update
+                    .update_expression("SET #until = :until, attempts = :attempts, #error = :why")
+                    .expression_attribute_names("#error", "error")
+                    .expression_attribute_values(":attempts", n(u64::from(attempts)))
+                    .expression_attribute_values(":why", s(why)),
+                None => update.update_expression("SET #until = :until"),
+            };
+            match update.send().await {
+                Ok(_) => Ok(true),
+                Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
+                Err(e) => Err(failed("UpdateItem", &e)),
+            }
         })
         .await
     }

@@ -72,6 +72,12 @@ data "aws_iam_policy_document" "acme_dns" {
       variable = "route53:ChangeResourceRecordSetsRecordTypes"
       values   = ["TXT"]
     }
+    # Only the challenge records, never the zone's other TXT records (SPF, DMARC).
+    condition {
+      test     = "ForAllValues:StringLike"
+      variable = "route53:ChangeResourceRecordSetsNormalizedRecordNames"
+      values   = ["_acme-challenge.*"]
+    }
   }
   statement {
     sid       = "FindZonesAndWaitForChanges"
