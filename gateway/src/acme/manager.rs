@@ -155,7 +155,7 @@ impl Acme {
         for s in &settings {
             dns.push(match &s.dns_challenge {
                 Some(_) => Some(
-                    Route53::new()
+                    Route53::new(region.clone())
                         .await
                         .map_err(|e| format!("certificatesResolvers.{}.acme.dnsChallenge: {e}", s.name))?,
                 ),

@@ -6,8 +6,8 @@
 //! (a name and its wildcard) go in one record set. Signed by hand (`crate::aws::Signed`):
 //! three REST calls do not need the Route 53 SDK crate.
 //!
-//! The endpoint is `AWS_ENDPOINT_URL_ROUTE_53`, else `AWS_ENDPOINT_URL`, else
-//! `https://route53.amazonaws.com`; credentials come from the standard chain (the task
+//! The endpoint is `AWS_ENDPOINT_URL_ROUTE_53`, else `AWS_ENDPOINT_URL`, else Route 53's
+//! in the gateway region's partition (aws, aws-cn, aws-us-gov); credentials come from the standard chain (the task
 //! role on ECS); `AWS_TTL` sets the records' TTL (default 10 s, as lego's).
 
 use std::collections::BTreeMap;
@@ -42,20 +42,34 @@ pub(super) fn record_name(identifier: &str) -> String {
     format!("_acme-challenge.{}.", base.trim_end_matches('.').to_ascii_lowercase())
 }
 
+/// Route 53's signing region and endpoint in the partition of `region`.
+fn partition(region: &str) -> (&'static str, &'static str) {
+    if region.starts_with("cn-") {
+        ("cn-northwest-1", "https://route53.amazonaws.com.cn")
+    } else if region.starts_with("us-gov-") {
+        ("us-gov-west-1", "https://route53.us-gov.amazonaws.com")
+    } else {
+        ("us-east-1", "https://route53.amazonaws.com")
+    }
+}
+
 fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 impl Route53 {
-    pub(super) async fn new() -> Result<Route53, String> {
-        let sdk = crate::aws::sdk_config(Some("us-east-1".into()), None).await?;
+    /// `region`: the gateway's, for its partition (Route 53 is global within one).
+    pub(super) async fn new(region: Option<String>) -> Result<Route53, String> {
+        let regional = crate::aws::sdk_config(region, None).await.ok();
+        let partition = partition(regional.as_ref().and_then(|c| c.region()).map_or("", |r| r.as_ref()));
+        let sdk = crate::aws::sdk_config(Some(partition.0.into()), None).await?;
         let credentials = sdk
             .credentials_provider()
             .ok_or("dnsChallenge route53: no AWS credentials provider")?;
         let endpoint = std::env::var("AWS_ENDPOINT_URL_ROUTE_53")
             .ok()
             .or_else(|| sdk.endpoint_url().map(str::to_string))
-            .unwrap_or_else(|| "https://route53.amazonaws.com".into());
+            .unwrap_or_else(|| partition.1.into());
         let roots = berth_common::upstream::trust_roots(None).map_err(|e| e.to_string())?;
         let ttl = std::env::var("AWS_TTL")
             .ok()
@@ -63,8 +77,8 @@ impl Route53 {
             .filter(|t| (1..=86_400).contains(t))
             .unwrap_or(10);
         Ok(Route53 {
-            // Route 53 is global: its signatures are scoped to us-east-1.
-            api: Signed::new(endpoint, "us-east-1".into(), "route53", credentials, roots),
+            // Route 53 is global: its signatures are scoped to its partition's first region.
+            api: Signed::new(endpoint, partition.0.into(), "route53", credentials, roots),
             zone_override: std::env::var("AWS_HOSTED_ZONE_ID").ok().filter(|z| !z.is_empty()),
             ttl,
         })
@@ -197,5 +211,8 @@ mod tests {
         assert_eq!(record_name("*.A.test"), "_acme-challenge.a.test.");
         assert_eq!(record_name("a.test."), "_acme-challenge.a.test.");
         assert_eq!(xml_escape("a<b&c"), "a&lt;b&amp;c");
+        assert_eq!(partition("eu-west-1").0, "us-east-1");
+        assert_eq!(partition("cn-north-1").1, "https://route53.amazonaws.com.cn");
+        assert_eq!(partition("us-gov-east-1").0, "us-gov-west-1");
     }
 }

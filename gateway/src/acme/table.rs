@@ -106,9 +106,17 @@ fn resolver_key(resolver: &str) -> AttributeValue {
     s(format!("resolver#{resolver}"))
 }
 
-/// The sort key of a domain set's certificate.
+/// The sort key of a domain set's certificate: its names, or, past what a DynamoDB sort
+/// key holds (1 KiB), their FNV-1a hash (the names are in the item anyway).
 fn names_key(kind: &str, names: &[String]) -> AttributeValue {
-    s(format!("{kind}#{}", names.join(",")))
+    let joined = names.join(",");
+    if joined.len() <= 512 {
+        return s(format!("{kind}#{joined}"));
+    }
+    let hash = joined.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    s(format!("{kind}#fnv:{hash:016x}"))
 }
 
 /// The sort key of one name's order lock.
@@ -502,6 +510,16 @@ fn done_or_lost<T, E: ProvideErrorMetadata + std::error::Error + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_domain_sets_get_short_keys() {
+        let few = names_key("cert", &["a.test".into(), "b.test".into()]);
+        assert_eq!(few.as_s().unwrap(), "cert#a.test,b.test");
+        let many: Vec<String> = (0..16).map(|i| format!("{}{i}.example.test", "x".repeat(60))).collect();
+        let key = names_key("cert", &many);
+        assert!(key.as_s().unwrap().starts_with("cert#fnv:") && key.as_s().unwrap().len() < 40);
+        assert_eq!(key, names_key("cert", &many));
+    }
 
     #[test]
     fn table_names_are_checked() {
