@@ -142,7 +142,7 @@ async fn spans_for_every_attempt_over_otlp_http_with_the_ecs_resource_and_an_acc
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.http_endpoint()),
             ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
-            ("OTEL_PROPAGATORS", "tracecontext,b3".into()),
+            ("OTEL_PROPAGATORS", "tracecontext,b3,xray".into()),
             ("ECS_CONTAINER_METADATA_URI_V4", format!("http://{tmds}/v4/gw1")),
         ],
     )
@@ -167,6 +167,29 @@ async fn spans_for_every_attempt_over_otlp_http_with_the_ecs_resource_and_an_acc
     );
     let client_id = &tp[36..52];
     assert_eq!(seen.headers["b3"].to_str().unwrap(), format!("{trace}-{client_id}-1"));
+    assert_eq!(
+        seen.headers["x-amzn-trace-id"].to_str().unwrap(),
+        format!("Root=1-{}-{};Parent={client_id};Sampled=1", &trace[..8], &trace[8..])
+    );
+
+    // A caller that speaks X-Ray only (an X-Ray or ADOT SDK): its trace continues, the
+    // backend gets the gateway's client span as Parent, in every format.
+    let mut req = get("a.test", "/xray");
+    req.headers_mut().insert(
+        "x-amzn-trace-id",
+        "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+            .parse()
+            .unwrap(),
+    );
+    assert_eq!(http1(gw.web, req).await.status, 200);
+    let seen = app.requests().pop().unwrap();
+    let xray = seen.headers["x-amzn-trace-id"].to_str().unwrap().to_string();
+    assert!(
+        xray.starts_with("Root=1-5759e988-bd862e3fe1be46a994272793;Parent=") && !xray.contains("53995c3f42cd8ad8"),
+        "{xray}"
+    );
+    let tp = seen.headers["traceparent"].to_str().unwrap();
+    assert!(tp.starts_with("00-5759e988bd862e3fe1be46a994272793-"), "{tp}");
 
     // A retried request: the only server comes up after 350 ms; every attempt is a
     // client span under the one server span.
@@ -187,6 +210,11 @@ async fn spans_for_every_attempt_over_otlp_http_with_the_ecs_resource_and_an_acc
     let spans = rx
         .wait_for(Duration::from_secs(10), |s| {
             s.iter().filter(|s| s.trace_id == trace).count() >= 2
+                && s.iter().any(|s| {
+                    s.trace_id == "5759e988bd862e3fe1be46a994272793"
+                        && s.kind == 2
+                        && s.parent_span_id.as_deref() == Some("53995c3f42cd8ad8")
+                })
                 && s.iter()
                     .any(|s| s.trace_id == retried && s.attr("http.response.status_code") == Some("200") && s.kind == 3)
         })

@@ -1,5 +1,6 @@
-//! Trace context on the wire: W3C `traceparent`/`tracestate`, and B3 (single `b3`
-//! header or the `X-B3-*` set) for meshes that still speak Zipkin. Parsing is strict
+//! Trace context on the wire: W3C `traceparent`/`tracestate`, B3 (single `b3` header or
+//! the `X-B3-*` set) for meshes that still speak Zipkin, and AWS X-Ray's
+//! `X-Amzn-Trace-Id` (as the X-Ray and ADOT SDKs and ALB write it). Parsing is strict
 //! (a malformed header is ignored, never half-read) and allocation-free until a context
 //! is found.
 
@@ -13,6 +14,10 @@ const B3_SPAN_ID: &str = "x-b3-spanid";
 const B3_PARENT: &str = "x-b3-parentspanid";
 const B3_SAMPLED: &str = "x-b3-sampled";
 const B3_FLAGS: &str = "x-b3-flags";
+/// AWS X-Ray's header: `Root=1-{epoch}-{random};Parent={span};Sampled={0|1}`.
+pub const XRAY: &str = "x-amzn-trace-id";
+/// The longest X-Ray header read (ALB and Lambda add `Self=` and `Lineage=` fields).
+const XRAY_MAX: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TraceId(pub [u8; 16]);
@@ -64,6 +69,7 @@ pub struct Propagators {
     pub tracecontext: bool,
     pub b3: bool,
     pub b3multi: bool,
+    pub xray: bool,
 }
 
 impl Default for Propagators {
@@ -72,28 +78,31 @@ impl Default for Propagators {
             tracecontext: true,
             b3: false,
             b3multi: false,
+            xray: false,
         }
     }
 }
 
 impl Propagators {
     /// `OTEL_PROPAGATORS`: a comma list of `tracecontext`, `baggage` (passed through
-    /// untouched anyway), `b3`, `b3multi`, `none`.
+    /// untouched anyway), `b3`, `b3multi`, `xray`, `none`.
     pub fn parse(v: &str) -> Result<Propagators, String> {
         let mut p = Propagators {
             tracecontext: false,
             b3: false,
             b3multi: false,
+            xray: false,
         };
         for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             match item {
                 "tracecontext" => p.tracecontext = true,
                 "b3" => p.b3 = true,
                 "b3multi" => p.b3multi = true,
+                "xray" => p.xray = true,
                 "baggage" | "none" => {}
                 other => {
                     return Err(format!(
-                        "OTEL_PROPAGATORS: `{other}` is not supported (tracecontext, baggage, b3, b3multi, none)"
+                        "OTEL_PROPAGATORS: `{other}` is not supported (tracecontext, baggage, b3, b3multi, xray, none)"
                     ));
                 }
             }
@@ -101,7 +110,7 @@ impl Propagators {
         Ok(p)
     }
 
-    /// The incoming context: W3C first, then B3 single, then B3 multi.
+    /// The incoming context: W3C first, then B3 single, then B3 multi, then X-Ray.
     pub fn extract(&self, headers: &HeaderMap) -> Option<SpanContext> {
         if self.tracecontext
             && let Some(ctx) = headers.get(TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes()))
@@ -114,8 +123,13 @@ impl Propagators {
         {
             return Some(ctx);
         }
-        if self.b3multi {
-            return parse_b3_multi(headers);
+        if self.b3multi
+            && let Some(ctx) = parse_b3_multi(headers)
+        {
+            return Some(ctx);
+        }
+        if self.xray {
+            return headers.get(XRAY).and_then(|v| parse_xray(v.as_bytes()));
         }
         None
     }
@@ -142,6 +156,19 @@ impl Propagators {
             );
             if let Ok(v) = HeaderValue::from_str(&v) {
                 headers.insert(B3, v);
+            }
+        }
+        if self.xray {
+            let t = ctx.trace_id.hex();
+            let v = format!(
+                "Root=1-{}-{};Parent={};Sampled={}",
+                &t[..8],
+                &t[8..],
+                ctx.span_id.hex(),
+                if ctx.sampled { "1" } else { "0" }
+            );
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                headers.insert(XRAY, v);
             }
         }
         if self.b3multi {
@@ -218,6 +245,50 @@ fn parse_b3_single(v: &[u8]) -> Option<SpanContext> {
     Some(SpanContext {
         trace_id: trace,
         span_id: span,
+        sampled,
+        trace_state: None,
+    })
+}
+
+/// `X-Amzn-Trace-Id`: `;`-separated `key=value` fields in any order; `Root=1-` then 8
+/// hex digits (the epoch) and 24 (random), which are the 128-bit trace id; `Parent=` 16
+/// hex digits; `Sampled=1` or `0` (absent or `?`: not sampled here). Other fields
+/// (`Self`, `Lineage`) are ignored; a header without `Parent` (an ALB's, `Root` alone)
+/// names no parent span and is not a context, as in OpenTelemetry's X-Ray propagator.
+fn parse_xray(v: &[u8]) -> Option<SpanContext> {
+    if v.len() > XRAY_MAX {
+        return None;
+    }
+    let s = std::str::from_utf8(v).ok()?;
+    let (mut trace, mut span, mut sampled) = (None, None, false);
+    for field in s.split(';').map(str::trim).filter(|f| !f.is_empty()) {
+        let (k, val) = field.split_once('=')?;
+        match k.trim() {
+            "Root" => {
+                let rest = val.trim().strip_prefix("1-")?;
+                let (epoch, random) = rest.split_once('-')?;
+                if epoch.len() != 8 || random.len() != 24 {
+                    return None;
+                }
+                let mut id = [0u8; 16];
+                unhex_into(epoch.as_bytes(), &mut id[..4])?;
+                unhex_into(random.as_bytes(), &mut id[4..])?;
+                trace = (id != [0; 16]).then_some(TraceId(id));
+            }
+            "Parent" => span = Some(parse_span_id(val.trim())?),
+            "Sampled" => {
+                sampled = match val.trim() {
+                    "1" => true,
+                    "0" | "?" => false,
+                    _ => return None,
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(SpanContext {
+        trace_id: trace?,
+        span_id: span?,
         sampled,
         trace_state: None,
     })
@@ -368,5 +439,63 @@ mod tests {
         assert_eq!(out[B3_TRACE_ID], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(!out.contains_key(TRACEPARENT));
         assert!(Propagators::parse("jaeger").is_err());
+    }
+
+    #[test]
+    fn xray_as_the_aws_sdks_write_it() {
+        let p = Propagators::parse("xray").expect("valid");
+        let mut h = HeaderMap::new();
+        // The example of AWS's X-Ray developer guide, fields in another order.
+        h.insert(
+            XRAY,
+            HeaderValue::from_static("Sampled=1; Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8"),
+        );
+        let ctx = p.extract(&h).expect("x-ray");
+        assert_eq!(ctx.trace_id.hex(), "5759e988bd862e3fe1be46a994272793");
+        assert_eq!(ctx.span_id.hex(), "53995c3f42cd8ad8");
+        assert!(ctx.sampled);
+        let mut out = HeaderMap::new();
+        p.inject(&ctx, &mut out);
+        assert_eq!(
+            out[XRAY],
+            "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+        );
+        assert!(!out.contains_key(TRACEPARENT));
+        // What ALB and Lambda add is ignored; Root alone names no parent.
+        for (v, ok) in [
+            (
+                "Self=1-67891234-12456789abcdef012345678;Root=1-67891233-abcdef012345678912345678;Parent=53995c3f42cd8ad8;Sampled=?",
+                true,
+            ),
+            (
+                "Root=1-67891233-abcdef012345678912345678;Parent=53995c3f42cd8ad8;",
+                true,
+            ),
+            ("Root=1-67891233-abcdef012345678912345678", false),
+            (
+                "Root=2-67891233-abcdef012345678912345678;Parent=53995c3f42cd8ad8",
+                false,
+            ),
+            ("Root=1-6789123-abcdef012345678912345678;Parent=53995c3f42cd8ad8", false),
+            (
+                "Root=1-67891233-abcdef012345678912345678;Parent=53995c3f42cd8ad8;Sampled=yes",
+                false,
+            ),
+            (
+                "Root=1-67891233-abcdef01234567891234567z;Parent=53995c3f42cd8ad8",
+                false,
+            ),
+            ("garbage", false),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(XRAY, HeaderValue::from_str(v).expect("ascii"));
+            assert_eq!(p.extract(&h).is_some(), ok, "{v}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            XRAY,
+            HeaderValue::from_str(&format!("Root=1-{}", "a".repeat(300))).expect("ascii"),
+        );
+        assert!(p.extract(&h).is_none());
     }
 }
