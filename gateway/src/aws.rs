@@ -148,7 +148,11 @@ impl Signed {
                     .boxed(),
             )
             .map_err(|e| e.to_string())?;
-        let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| berth_common::error::chain_text(&e))?;
         let status = resp.status();
         let text = http_body_util::Limited::new(resp.into_body(), max_answer)
             .collect()

@@ -8,6 +8,7 @@
 mod acme;
 mod admin;
 mod aws;
+mod check;
 mod config;
 mod discovery;
 mod entrypoint;
@@ -45,6 +46,11 @@ use metrics::Metrics;
 use proxy::Proxy;
 use proxy::upstream::Clients;
 use snapshots::SnapshotOwner;
+
+/// `berth-gateway check`: verify what the configuration needs, a line per check; the exit code.
+pub async fn check(cfg: &Config) -> i32 {
+    check::run(cfg).await
+}
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,6 @@
 //! `berth-gateway`: parse configuration, install the crypto provider, run until
 //! SIGTERM or Ctrl-C, drain, exit 0. Bad configuration exits 64 (EX_USAGE).
+//! `berth-gateway check [flags]` verifies what that configuration needs instead.
 
 use berth_gateway::Gateway;
 use berth_gateway::{Args, Config, Sources};
@@ -12,7 +13,12 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     berth_common::tls::install_crypto_provider();
-    let argv: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+    let mut argv: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+    // `berth-gateway check [flags]`: the checks, with the configuration it would run with.
+    let check = argv.get(1).is_some_and(|a| a == "check");
+    if check {
+        argv.remove(1);
+    }
     // `traefik version`, `traefik healthcheck --ping`: Traefik's commands, then exit.
     if let Some(code) = berth_gateway::run_command(&argv) {
         std::process::exit(code);
@@ -47,6 +53,9 @@ fn main() {
             std::process::exit(70);
         }
     };
+    if check {
+        std::process::exit(rt.block_on(berth_gateway::check(&cfg)));
+    }
     let code = rt.block_on(run(cfg));
     std::process::exit(code);
 }

@@ -37,6 +37,10 @@ pub struct Faults {
     pub outage: bool,
     /// STS calls fail with 503 while set (ECS keeps answering).
     pub sts_outage: bool,
+    /// Operations refused as IAM refuses an action the caller's policy lacks
+    /// (`AccessDeniedException`; EC2's `UnauthorizedOperation` for `ec2:DescribeInstances`),
+    /// by name: `DescribeServices`, `ec2:DescribeInstances`. At most 64.
+    pub deny: Vec<String>,
 }
 
 /// A running ECS API server.
@@ -126,7 +130,8 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     // Fault injection on demand: `POST /berth-local/faults` with
-    // `{"throttleRate": 0.2, "errorRate": 0.1, "latencyMs": 50, "outage": false}`;
+    // `{"throttleRate": 0.2, "errorRate": 0.1, "latencyMs": 50, "outage": false,
+    // "stsOutage": false, "deny": ["DescribeServices"]}`;
     // `GET` shows the current faults.
     if req.uri().path() == "/berth-local/faults" {
         if req.method() == http::Method::POST {
@@ -153,6 +158,15 @@ async fn handle(
                 latency: Duration::from_millis(v["latencyMs"].as_u64().unwrap_or(0)),
                 outage: v["outage"].as_bool().unwrap_or(false),
                 sts_outage: v["stsOutage"].as_bool().unwrap_or(false),
+                deny: v["deny"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|d| d.as_str())
+                    .filter(|d| d.len() <= 64)
+                    .take(64)
+                    .map(str::to_string)
+                    .collect(),
             };
         }
         let f = faults.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -160,7 +174,7 @@ async fn handle(
             200,
             &json!({"throttleRate": f.throttle_rate, "errorRate": f.error_rate,
                     "latencyMs": f.latency.as_millis() as u64, "outage": f.outage,
-                    "stsOutage": f.sts_outage}),
+                    "stsOutage": f.sts_outage, "deny": f.deny}),
         );
     }
     // The SigV4 credential scope tells EC2 calls (query protocol) from ECS ones.
@@ -201,6 +215,19 @@ async fn handle(
             } else if k.starts_with("InstanceId.") {
                 ids.push(v.to_string());
             }
+        }
+        let denied = faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .deny
+            .iter()
+            .any(|d| d == "ec2:DescribeInstances");
+        if denied {
+            let mut r = Response::new(Full::new(Bytes::from_static(
+                b"<Response><Errors><Error><Code>UnauthorizedOperation</Code><Message>You are not authorized to perform this operation. (injected)</Message></Error></Errors></Response>",
+            )));
+            *r.status_mut() = StatusCode::FORBIDDEN;
+            return r;
         }
         if action != "DescribeInstances" {
             let mut r = Response::new(Full::new(Bytes::from_static(
@@ -245,6 +272,13 @@ async fn handle(
         return reply(
             503,
             &json!({"__type": "ServiceUnavailableException", "message": "Service unavailable (injected outage)"}),
+        );
+    }
+    if f.deny.contains(&op) {
+        return reply(
+            400,
+            &json!({"__type": "AccessDeniedException",
+                    "message": format!("User is not authorized to perform: ecs:{op} (injected)")}),
         );
     }
     if f.throttle_rate > 0.0 && fastrand::f64() < f.throttle_rate {
