@@ -117,6 +117,19 @@ async fn check_passes_and_names_each_broken_setting() {
         line(&out, "ok   ecs:DescribeTasks (prod)").is_some(),
         "the others still pass:\n{out}"
     );
+    // STS down: the IAM identity line fails; throttling: inconclusive, never "allowed".
+    server.set_faults(berth_local::Faults {
+        sts_outage: true,
+        throttle_rate: 1.0,
+        ..Default::default()
+    });
+    let (code, out) = check(&endpoint, &args(&good), true);
+    assert!(code == 1 && line(&out, "FAIL STS (IAM identity)").is_some(), "{out}");
+    assert!(
+        line(&out, "FAIL ecs:DescribeServices (prod): inconclusive").is_some(),
+        "{out}"
+    );
+    assert!(!out.contains("ok   ecs:DescribeTasks"), "{out}");
     server.set_faults(berth_local::Faults::default());
 
     // A cluster that does not exist.

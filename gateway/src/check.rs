@@ -40,9 +40,36 @@ impl Report {
 fn denied(code: Option<&str>) -> bool {
     matches!(
         code,
-        Some("AccessDeniedException" | "AccessDenied" | "UnauthorizedOperation" | "UnrecognizedClientException")
+        Some("AccessDeniedException" | "AccessDenied" | "UnauthorizedOperation" | "AuthFailure")
     )
 }
+
+/// The credentials themselves refused (a wrong key, an expired session, a clock off).
+fn bad_credentials(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some(
+            "UnrecognizedClientException"
+                | "InvalidSignatureException"
+                | "SignatureDoesNotMatch"
+                | "IncompleteSignature"
+                | "InvalidClientTokenId"
+                | "ExpiredTokenException"
+                | "ExpiredToken"
+                | "MissingAuthenticationTokenException"
+        )
+    )
+}
+
+/// An answer about the name that does not exist: the call itself was allowed.
+fn about_the_name(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some("ClientException" | "InvalidParameterException" | "ClusterNotFoundException" | "ServiceNotFoundException")
+    ) || code.is_some_and(|c| c.starts_with("InvalidInstanceID"))
+}
+
+const CREDENTIALS_FIX: &str = "check the task role's credentials and the clock (SigV4 allows 5 minutes of skew)";
 
 /// Run every check; the exit code.
 pub(crate) async fn run(cfg: &Config) -> i32 {
@@ -153,9 +180,30 @@ where
             );
             None
         }
-        Ok(Err(e)) if matches!(e, SdkError::ServiceError(_)) => {
+        Ok(Err(e)) if bad_credentials(e.code()) => {
+            r.fail(
+                action,
+                format!("credentials refused: {}", e.message().unwrap_or_default()),
+                CREDENTIALS_FIX,
+            );
+            None
+        }
+        Ok(Err(e)) if about_the_name(e.code()) => {
             // Refused for the name that does not exist, not for the permission.
             r.ok(action, format!("allowed ({})", e.code().unwrap_or("answered")));
+            None
+        }
+        Ok(Err(e)) if matches!(e, SdkError::ServiceError(_)) => {
+            // Throttling, a server error: nothing learnt about the permission.
+            r.fail(
+                action,
+                format!(
+                    "inconclusive: {} {}",
+                    e.code().unwrap_or("error"),
+                    e.message().unwrap_or_default()
+                ),
+                "run the check again; a throttled or failing ECS API does not say whether the call is allowed",
+            );
             None
         }
         Ok(Err(e)) => {
@@ -264,7 +312,30 @@ async fn ec2(sdk: &aws_config::SdkConfig, r: &mut Report) {
             ),
             "allow ec2:DescribeInstances in the gateway's task role (bridge and host mode tasks need it)",
         ),
-        Ok(_) => r.ok("ec2:DescribeInstances", "allowed"),
+        Ok((status, _)) if status.is_success() => r.ok("ec2:DescribeInstances", "allowed"),
+        Ok((_, text)) if about_the_name(berth_common::http::xml_text(&text, "Code")) => r.ok(
+            "ec2:DescribeInstances",
+            format!(
+                "allowed ({})",
+                berth_common::http::xml_text(&text, "Code").unwrap_or_default()
+            ),
+        ),
+        Ok((_, text)) if bad_credentials(berth_common::http::xml_text(&text, "Code")) => r.fail(
+            "ec2:DescribeInstances",
+            format!(
+                "credentials refused: {}",
+                berth_common::http::xml_text(&text, "Message").unwrap_or_default()
+            ),
+            CREDENTIALS_FIX,
+        ),
+        Ok((status, text)) => r.fail(
+            "ec2:DescribeInstances",
+            format!(
+                "inconclusive: {status} {}",
+                berth_common::http::xml_text(&text, "Code").unwrap_or_default()
+            ),
+            "run the check again; the EC2 API did not say whether the call is allowed",
+        ),
         Err(e) => r.fail("ec2:DescribeInstances", e, "check that the EC2 API is reachable"),
     }
 }
@@ -299,6 +370,14 @@ async fn sts(sdk: &aws_config::SdkConfig, endpoint: Option<&str>, r: &mut Report
                 "{endpoint} answers; the gateway is {}",
                 berth_common::http::xml_text(&text, "Arn").unwrap_or("?")
             ),
+        ),
+        Ok((status, text)) if status.is_server_error() || !text.contains('<') => r.fail(
+            "STS (IAM identity)",
+            format!(
+                "{endpoint}: {status} {}",
+                berth_common::http::xml_text(&text, "Message").unwrap_or_default()
+            ),
+            "sidecars' IAM proofs are verified at STS: it must answer (a VPC endpoint for sts)",
         ),
         // The gateway forwards the sidecars' signed requests; its own identity there
         // does not matter, only that STS answers.

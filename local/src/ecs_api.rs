@@ -39,7 +39,8 @@ pub struct Faults {
     pub sts_outage: bool,
     /// Operations refused as IAM refuses an action the caller's policy lacks
     /// (`AccessDeniedException`; EC2's `UnauthorizedOperation` for `ec2:DescribeInstances`),
-    /// by name: `DescribeServices`, `ec2:DescribeInstances`. At most 64.
+    /// by name: `DescribeServices` (or `ecs:DescribeServices`), `ec2:DescribeInstances`.
+    /// At most 64.
     pub deny: Vec<String>,
 }
 
@@ -274,7 +275,7 @@ async fn handle(
             &json!({"__type": "ServiceUnavailableException", "message": "Service unavailable (injected outage)"}),
         );
     }
-    if f.deny.contains(&op) {
+    if f.deny.iter().any(|d| d.strip_prefix("ecs:").unwrap_or(d) == op) {
         return reply(
             400,
             &json!({"__type": "AccessDeniedException",

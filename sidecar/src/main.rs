@@ -30,10 +30,10 @@ fn main() {
         Some("inject") => std::process::exit(inject(&args.collect::<Vec<_>>())),
         Some("inspect") => std::process::exit(rt.block_on(inspect())),
         Some("health") => std::process::exit(rt.block_on(health())),
-        Some("--help") | Some("-h") => println!("usage: berth-sidecar [inspect | health | inject [--uninject] [FILE]]"),
+        Some("--help") | Some("-h") => println!("usage: berth-sidecar [inspect | health | inject [OPTIONS] [FILE]]"),
         None => std::process::exit(rt.block_on(run())),
         Some(other) => {
-            eprintln!("berth-sidecar: unknown command `{other}` (usage: berth-sidecar [inspect])");
+            eprintln!("berth-sidecar: unknown command `{other}` (usage: berth-sidecar [inspect | health | inject])");
             std::process::exit(64);
         }
     }
@@ -70,6 +70,12 @@ fn inject(args: &[String]) -> i32 {
     if let Err(e) = read {
         eprintln!("berth-sidecar inject: {}: {e}", file.as_deref().unwrap_or("stdin"));
         return 64;
+    }
+    if !inject::layout_kept(&text) {
+        eprintln!(
+            "berth-sidecar inject: note: the input's layout (line endings, number or escape forms, indentation) \
+             is not one written back exactly; the output is the same JSON re-laid out"
+        );
     }
     match inject::run(&text, &options) {
         Ok(out) => {

@@ -131,10 +131,16 @@ impl<'de> Visitor<'de> for JVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<J, A::Error> {
         let mut out: Vec<(String, J)> = Vec::new();
+        let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         while let Some((k, v)) = map.next_entry::<String, J>()? {
-            // A repeated key: the last one wins, as in every JSON reader ECS uses.
-            out.retain(|(old, _)| *old != k);
-            out.push((k, v));
+            // A repeated key: the last one wins, in the first one's place.
+            match at.get(&k) {
+                Some(&i) => out[i].1 = v,
+                None => {
+                    at.insert(k.clone(), out.len());
+                    out.push((k, v));
+                }
+            }
         }
         Ok(J::Obj(out))
     }
@@ -193,6 +199,12 @@ pub(super) fn parse(text: &str) -> Result<(J, Layout), String> {
             trailing_newline: text.ends_with('\n'),
         },
     ))
+}
+
+/// Whether `text` is written as [`print`] writes it (then uninject gives it back byte for
+/// byte; otherwise the same JSON in that layout).
+pub(super) fn faithful(text: &str) -> bool {
+    parse(text).is_ok_and(|(v, layout)| print(&v, &layout) == text)
 }
 
 /// `value` written in `layout`.
@@ -265,6 +277,16 @@ mod tests {
             let (v, layout) = parse(text).unwrap();
             assert_eq!(print(&v, &layout), text);
         }
+    }
+
+    #[test]
+    fn other_layouts_are_told() {
+        assert!(faithful("{\n    \"a\": 1\n}\n"));
+        assert!(!faithful("{\r\n    \"a\": 1\r\n}\r\n"));
+        assert!(!faithful("{\"a\": 1e3}"));
+        // A repeated key keeps its first place, the last value.
+        let (v, _) = parse("{\"a\":1,\"b\":2,\"a\":3}").unwrap();
+        assert_eq!(print(&v, &parse("{}").unwrap().1), "{\"a\":3,\"b\":2}");
     }
 
     #[test]

@@ -102,6 +102,12 @@ fn name_of(c: &J) -> &str {
     c.get("name").and_then(J::str).unwrap_or_default()
 }
 
+/// Whether the input's layout is one inject writes back exactly (the AWS CLI's, any
+/// consistent indentation, compact); otherwise the output is the same JSON re-laid out.
+pub fn layout_kept(text: &str) -> bool {
+    json::faithful(text)
+}
+
 /// Inject (or uninject) `text`: the result in the input's layout.
 pub fn run(text: &str, o: &Options) -> Result<String, String> {
     let (mut top, layout) = json::parse(text)?;
@@ -152,6 +158,25 @@ fn inject(td: &mut J, o: &Options) -> Result<(), String> {
     if containers.is_empty() {
         return Err("no containers to mesh".into());
     }
+    // ECS's rule for container names (and what keeps the record below readable).
+    for c in containers {
+        let n = name_of(c);
+        if n.is_empty() || n.len() > 255 || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(format!(
+                "container name {n:?} is not one ECS accepts (letters, digits, - and _)"
+            ));
+        }
+    }
+    if let Some(p) = o.app_port
+        && (p == 0 || SIDECAR_PORTS.contains(&u64::from(p)))
+    {
+        return Err(format!(
+            "--app-port {p}: not the app's port (0, or one the sidecar takes)"
+        ));
+    }
+    // A FireLens log router starts before everything and logs for the sidecar too: it
+    // neither waits for the sidecar nor is the app.
+    let firelens = |c: &J| c.get("firelensConfiguration").is_some();
     let mut app_ports = Vec::new();
     for c in containers {
         for m in c.get("portMappings").and_then(J::arr).into_iter().flatten() {
@@ -179,7 +204,7 @@ fn inject(td: &mut J, o: &Options) -> Result<(), String> {
                 .or_else(|| {
                     containers
                         .iter()
-                        .find(|c| name_of(c) != SIDECAR)
+                        .find(|c| !firelens(c) && c.get("essential") != Some(&J::Bool(false)))
                         .map(|c| name_of(c).to_string())
                 })
                 .unwrap_or_default(),
@@ -204,7 +229,9 @@ fn inject(td: &mut J, o: &Options) -> Result<(), String> {
     let mut edits: Vec<(String, Edit)> = Vec::new();
     for c in containers {
         let name = name_of(c).to_string();
-        edits.push((name.clone(), Edit::DependsOn));
+        if !firelens(c) {
+            edits.push((name.clone(), Edit::DependsOn));
+        }
         if name == app {
             if let Some(v) = &o.mesh_name {
                 edits.push((name.clone(), Edit::Label("berth.mesh.name", v.clone())));

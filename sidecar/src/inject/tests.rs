@@ -100,6 +100,11 @@ fn inject_adds_the_sidecar_and_uninject_gives_the_input_back_byte_for_byte() {
     let orders = list.iter().find(|c| name_of(c) == "orders").unwrap();
     let deps = orders.get("dependsOn").and_then(J::arr).unwrap();
     assert_eq!(deps.len(), 2, "the existing dependsOn is kept");
+    let router = list.iter().find(|c| name_of(c) == "log_router").unwrap();
+    assert!(
+        router.get("dependsOn").is_none(),
+        "the FireLens router does not wait for the sidecar"
+    );
     assert_eq!(
         orders
             .get("dockerLabels")
@@ -213,6 +218,17 @@ fn what_cannot_be_meshed_is_refused_with_the_reason() {
     );
     let e = run(&REAL.replace("\"family\": \"orders\"", "\"family\": \"orders\",\n    \"x\": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]"), &opts()).unwrap_err();
     assert!(e.contains("nested deeper"), "{e}");
+    let e = run(&REAL.replace("\"name\": \"worker\"", "\"name\": \"a;b\""), &opts()).unwrap_err();
+    assert!(e.contains("not one ECS accepts"), "{e}");
+    let e = run(
+        REAL,
+        &Options {
+            app_port: Some(15443),
+            ..opts()
+        },
+    )
+    .unwrap_err();
+    assert!(e.contains("--app-port 15443"), "{e}");
     let e = run("[1]", &opts()).unwrap_err();
     assert!(e.contains("not a task definition"), "{e}");
     let e = run(
