@@ -4,6 +4,65 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The control API's protocol version. Both sides send it in [`VERSION_HEADER`] on every
+/// request and answer. The rule that lets a gateway and sidecars one version apart work
+/// together (docs/mesh.md, "Upgrades"): a field is only ever added, with a default, and
+/// unknown fields are ignored; a message changes meaning only under a new path. The
+/// golden messages in `common/tests/golden/control/` are today's, replayed by the tests.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Carries [`PROTOCOL_VERSION`].
+pub const VERSION_HEADER: &str = "berth-control-version";
+
+/// Path of `berth-sidecar check`'s question (`POST` a [`CheckRequest`], no certificate
+/// needed): how the gateway sees this connection and this task.
+pub const CHECK_PATH: &str = "/v1/check";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckRequest {
+    pub task_arn: String,
+    /// The bootstrap token, to be told whether it is the gateway's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// The gateway's answer to a check. It says whether the connection comes from the task's
+/// address, never what that address is, and gives the task's identity only to a caller
+/// at that address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckReport {
+    /// The gateway's [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// The gateway's version.
+    pub gateway_version: String,
+    /// The source address the connection arrived from, as the gateway sees it.
+    pub source: String,
+    /// `found`, `unknown` (in no discovered cluster), `not_checked` (discovery is off,
+    /// cannot answer, or this source asked too often) with the reason in `detail`.
+    pub task: String,
+    /// Whether the connection comes from the task's address (when the task was found and
+    /// its address is known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_is_task: Option<bool>,
+    /// The task's desired status, when found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_status: Option<String>,
+    /// The identity the task gets, or why it gets none (only to the task's own address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// How a first certificate may be proved here: `token`, `iam`, or `address` (the
+    /// task's address alone, with a development CA).
+    pub accepts: Vec<String>,
+    /// Whether the token sent is the gateway's (when one was sent and tokens are taken).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_ok: Option<bool>,
+    /// The gateway's clock when it answered, Unix milliseconds.
+    pub time_ms: u64,
+}
+
 /// Path of certificate issuance and renewal (`POST`).
 pub const CERTIFICATES_PATH: &str = "/v1/certificates";
 

@@ -12,6 +12,7 @@ pub mod balance;
 pub mod blocking;
 #[cfg(feature = "net")]
 pub mod body;
+pub mod checklist;
 pub mod config;
 pub mod control;
 pub mod cookie;

@@ -234,3 +234,33 @@ pub async fn tool(program: &str, args: Vec<String>, input: Vec<u8>) -> (bool, St
 pub fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
 }
+
+/// A TCP forwarder to `target` on a free port, cut (listener and connections) when the
+/// sender says `true`: a way to a server that can fail on
+/// demand, or a hop that makes every connection come from 127.0.0.1.
+pub async fn forwarder(target: std::net::SocketAddr) -> (u16, tokio::sync::watch::Sender<bool>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut stop = rx.clone();
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|cut| *cut) => return,
+                accepted = l.accept() => {
+                    let Ok((mut inbound, _)) = accepted else { return };
+                    let mut stop = rx.clone();
+                    tokio::spawn(async move {
+                        if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => {}
+                                _ = stop.wait_for(|cut| *cut) => {}
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    });
+    (port, tx)
+}

@@ -372,35 +372,6 @@ async fn fingerprint(name: &str, port: u16) -> String {
     out.trim().to_string()
 }
 
-/// A TCP forwarder to `target` on a free port, cut (listener and connections) when the
-/// sender says `true`: the replicas' way to the table, for an outage.
-async fn cuttable(target: std::net::SocketAddr) -> (u16, tokio::sync::watch::Sender<bool>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        let mut stop = rx.clone();
-        loop {
-            tokio::select! {
-                _ = stop.wait_for(|cut| *cut) => return,
-                accepted = l.accept() => {
-                    let Ok((mut inbound, _)) = accepted else { return };
-                    let mut stop = rx.clone();
-                    tokio::spawn(async move {
-                        if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
-                            tokio::select! {
-                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => {}
-                                _ = stop.wait_for(|cut| *cut) => {}
-                            }
-                        }
-                    });
-                }
-            }
-        }
-    });
-    (port, tx)
-}
-
 fn obtained(gw: &GatewayProcess) -> usize {
     gw.log().matches("ACME certificate obtained").count()
 }
@@ -430,7 +401,7 @@ async fn replicas_share_certificates_and_challenges_through_dynamodb() {
     let backend = Backend::start("app", Proto::Http1).await;
     let dynamic = dynamic_file(&dir, &backend);
     // The replicas reach moto through a forwarder the test can cut.
-    let (to_moto, cut) = cuttable(moto.endpoint.trim_start_matches("http://").parse().unwrap()).await;
+    let (to_moto, cut) = berth_e2e::forwarder(moto.endpoint.trim_start_matches("http://").parse().unwrap()).await;
     let through = format!("http://127.0.0.1:{to_moto}");
     let env = [("AWS_ENDPOINT_URL_DYNAMODB", through.as_str())];
     let replica = |p: Ports| {

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_credential_types::provider::ProvideCredentials;
 use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
+use berth_common::checklist::Checklist as Report;
 use rustls_pki_types::pem::PemObject;
 
 use crate::config::Config;
@@ -19,22 +20,6 @@ use crate::mesh::CaSource;
 const CA_MARGIN: Duration = Duration::from_secs(30 * 86_400);
 /// How long each call may take.
 const CALL: Duration = Duration::from_secs(10);
-
-/// The report, a line per check, and how many failed.
-struct Report {
-    failed: usize,
-}
-
-impl Report {
-    fn ok(&mut self, what: &str, detail: impl std::fmt::Display) {
-        println!("ok   {what}: {detail}");
-    }
-
-    fn fail(&mut self, what: &str, detail: impl std::fmt::Display, fix: impl std::fmt::Display) {
-        self.failed += 1;
-        println!("FAIL {what}: {detail}\n     fix: {fix}");
-    }
-}
 
 /// A refusal by IAM (the policy lacks the action), told from every other answer.
 fn denied(code: Option<&str>) -> bool {
@@ -73,7 +58,7 @@ const CREDENTIALS_FIX: &str = "check the task role's credentials and the clock (
 
 /// Run every check; the exit code.
 pub(crate) async fn run(cfg: &Config) -> i32 {
-    let mut r = Report { failed: 0 };
+    let mut r = Report::default();
     let region = cfg.ecs.as_ref().and_then(|e| e.region.clone());
     let credentials = cfg.ecs.as_ref().and_then(|e| e.credentials.clone());
     let needs_aws = cfg.ecs.is_some() || cfg.mesh.as_ref().is_some_and(|m| m.auth.iam);
@@ -98,13 +83,7 @@ pub(crate) async fn run(cfg: &Config) -> i32 {
             }
         }
     }
-    if r.failed == 0 {
-        println!("all checks passed");
-        0
-    } else {
-        println!("{} check(s) failed", r.failed);
-        1
-    }
+    r.finish()
 }
 
 async fn aws(

@@ -78,6 +78,13 @@ fn addr(name: &str, default: &str) -> Result<SocketAddr, ConfigError> {
 }
 
 impl Settings {
+    /// The task's address when the inbound listener names one: the sidecar's own
+    /// connections (control API, task credentials) leave from it, so the gateway sees the
+    /// task as the source.
+    pub(crate) fn source_ip(&self) -> Option<std::net::IpAddr> {
+        Some(self.inbound.ip()).filter(|ip| !ip.is_unspecified())
+    }
+
     pub fn from_env() -> Result<Settings, ConfigError> {
         let metadata_uri = var(crate::metadata::ENV)
             .ok_or_else(|| ConfigError(crate::metadata::MetadataError::Missing.to_string()))?;

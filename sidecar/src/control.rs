@@ -146,6 +146,10 @@ impl ControlClient {
             if body.is_some() {
                 req = req.header(http::header::CONTENT_TYPE, "application/json");
             }
+            req = req.header(
+                berth_common::control::VERSION_HEADER,
+                berth_common::control::PROTOCOL_VERSION,
+            );
             let req = req
                 .body(Full::new(Bytes::from(body.unwrap_or_default())))
                 .map_err(|e| ControlError::Protocol(e.to_string()))?;

@@ -173,6 +173,11 @@ impl IamSigner {
     }
 
     /// The task role's credentials, from the container credentials endpoint.
+    /// Whether the task role's credentials can be fetched (`berth-sidecar check`).
+    pub(crate) async fn credentials_found(&self) -> Result<(), String> {
+        self.credentials().await.map(|_| ())
+    }
+
     async fn credentials(&self) -> Result<Credentials, String> {
         let uri = &self.credentials_uri;
         let token = match &self.authorization {

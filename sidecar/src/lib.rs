@@ -6,6 +6,7 @@
 //! calls to peer sidecars ([`outbound`]). [`Sidecar::start`] wires them in named phases
 //! (`start.rs`); the binary only reads the environment and forwards signals.
 
+pub mod check;
 mod config;
 mod control;
 mod iam;

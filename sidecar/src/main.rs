@@ -1,5 +1,6 @@
 //! `berth-sidecar`: the per-task sidecar. `berth-sidecar inspect` prints the
 //! registration it would send; `berth-sidecar health` is the container health check;
+//! `berth-sidecar check` verifies what the sidecar needs (`berth_sidecar::check`);
 //! `berth-sidecar inject [--uninject] [FILE]` adds the sidecar to a task definition
 //! (`berth_sidecar::inject`).
 //! Without arguments it reads its settings from the environment and runs
@@ -30,10 +31,15 @@ fn main() {
         Some("inject") => std::process::exit(inject(&args.collect::<Vec<_>>())),
         Some("inspect") => std::process::exit(rt.block_on(inspect())),
         Some("health") => std::process::exit(rt.block_on(health())),
-        Some("--help") | Some("-h") => println!("usage: berth-sidecar [inspect | health | inject [OPTIONS] [FILE]]"),
+        Some("check") => std::process::exit(rt.block_on(berth_sidecar::check::run())),
+        Some("--help") | Some("-h") => {
+            println!("usage: berth-sidecar [inspect | health | check | inject [OPTIONS] [FILE]]")
+        }
         None => std::process::exit(rt.block_on(run())),
         Some(other) => {
-            eprintln!("berth-sidecar: unknown command `{other}` (usage: berth-sidecar [inspect | health | inject])");
+            eprintln!(
+                "berth-sidecar: unknown command `{other}` (usage: berth-sidecar [inspect | health | check | inject])"
+            );
             std::process::exit(64);
         }
     }

@@ -90,7 +90,7 @@ impl Sidecar {
         let anchors = trust(&settings)?;
         let md = task_metadata(&settings.metadata_uri).await;
         let reg = md.registration(settings.app_port);
-        let bind = Some(settings.inbound.ip()).filter(|ip| !ip.is_unspecified());
+        let bind = settings.source_ip();
         let slot = Arc::new(CertSlot::default());
         let metrics = Arc::new(Metrics::default());
         metrics.trust_roots(&anchors);
@@ -263,7 +263,7 @@ impl Sidecar {
 }
 
 /// Phase: the mesh trust anchor from `BERTH_CA_CERT`.
-fn trust(settings: &Settings) -> Result<TrustAnchors, StartError> {
+pub(crate) fn trust(settings: &Settings) -> Result<TrustAnchors, StartError> {
     CertificateDer::pem_slice_iter(settings.ca_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())

@@ -21,8 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use berth_common::control::{
-    CERTIFICATES_PATH, CertificateRequest, CertificateResponse, DEREGISTER_PATH, Deregistration, ErrorResponse,
-    MESH_PATH, MeshService, MeshView, REGISTRATIONS_PATH, Registration, RegistrationAck,
+    CERTIFICATES_PATH, CHECK_PATH, CertificateRequest, CertificateResponse, CheckReport, CheckRequest, DEREGISTER_PATH,
+    Deregistration, ErrorResponse, MESH_PATH, MeshService, MeshView, PROTOCOL_VERSION, REGISTRATIONS_PATH,
+    Registration, RegistrationAck, VERSION_HEADER,
 };
 use berth_common::identity::{SpiffeId, spiffe_id_of};
 use berth_common::mtls::{CertSlot, FollowingServerConfig, PeerPolicy, server_config_optional_client};
@@ -217,7 +218,7 @@ impl ControlApi {
         caller: Option<Caller>,
     ) -> Reply {
         let path = req.uri().path().to_string();
-        match (req.method().clone(), path.as_str()) {
+        let mut reply = match (req.method().clone(), path.as_str()) {
             (Method::POST, CERTIFICATES_PATH) => match read_json(req).await {
                 Ok(r) => self.certificate(r, peer, caller.map(|c| c.id)).await,
                 Err(e) => e,
@@ -231,12 +232,94 @@ impl ControlApi {
                 Err(e) => e,
             },
             (Method::GET, MESH_PATH) => self.mesh_view(req.uri().query().unwrap_or_default(), caller).await,
-            (_, CERTIFICATES_PATH | REGISTRATIONS_PATH | DEREGISTER_PATH) => {
+            (Method::POST, CHECK_PATH) => match read_json(req).await {
+                Ok(r) => self.check(r, peer).await,
+                Err(e) => e,
+            },
+            (_, CERTIFICATES_PATH | REGISTRATIONS_PATH | DEREGISTER_PATH | CHECK_PATH) => {
                 refuse(StatusCode::METHOD_NOT_ALLOWED, "method", "use POST".into())
             }
             (_, MESH_PATH) => refuse(StatusCode::METHOD_NOT_ALLOWED, "method", "use GET".into()),
             _ => refuse(StatusCode::NOT_FOUND, "not_found", format!("no such path {path}")),
+        };
+        reply
+            .headers_mut()
+            .insert(VERSION_HEADER, http::HeaderValue::from(PROTOCOL_VERSION));
+        reply
+    }
+
+    /// `berth-sidecar check`: how this connection and the task look from here. Whether
+    /// the source is the task's address is told, the address itself never is; the
+    /// identity only to that address. An unknown task costs a lookup, from the same
+    /// per-source budget as certificates.
+    async fn check(&self, request: CheckRequest, peer: SocketAddr) -> Reply {
+        let source = peer.ip().to_canonical();
+        let mut report = CheckReport {
+            protocol: PROTOCOL_VERSION,
+            gateway_version: env!("CARGO_PKG_VERSION").into(),
+            source: source.to_string(),
+            task: "not_checked".into(),
+            source_is_task: None,
+            desired_status: None,
+            identity: None,
+            refused: None,
+            detail: None,
+            accepts: match (self.auth.token, self.auth.iam) {
+                (false, false) => vec!["address".into()],
+                (t, i) => [("token", t), ("iam", i)]
+                    .into_iter()
+                    .filter(|(_, on)| *on)
+                    .map(|(m, _)| m.to_string())
+                    .collect(),
+            },
+            token_ok: None,
+            time_ms: std::time::SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .unwrap_or(0),
+        };
+        // As telling as a certificate request with the token: the same budget.
+        if let Some(given) = &request.token
+            && self.auth.token
+            && self.budgets.issue.take(source)
+        {
+            report.token_ok = Some(
+                self.token
+                    .as_ref()
+                    .is_some_and(|want| ct_eq(want.as_bytes(), given.as_bytes())),
+            );
         }
+        let found = match &self.lookup {
+            None => Err("the gateway runs without ECS discovery (--ecs-cluster)".to_string()),
+            Some(l) if !l.is_known(&request.task_arn) && !self.budgets.lookup.take(source) => {
+                Err("too many lookups of unknown tasks from this address; retry shortly".to_string())
+            }
+            Some(l) => l
+                .find(&request.task_arn)
+                .await
+                .map_err(|e| format!("cannot check the task: {e}")),
+        };
+        match found {
+            Err(why) => report.detail = Some(why),
+            Ok(None) => report.task = "unknown".into(),
+            Ok(Some(task)) => {
+                report.task = "found".into();
+                report.desired_status = Some(task.desired_status.clone());
+                let at_task = task.address.as_deref().map(|a| a == source.to_string());
+                report.source_is_task = at_task;
+                if at_task == Some(true) {
+                    match (
+                        &task.refused,
+                        SpiffeId::for_service(self.trust.trust_domain(), &task.cluster, &task.service),
+                    ) {
+                        (Some(why), _) => report.refused = Some(why.clone()),
+                        (None, Ok(id)) => report.identity = Some(id.to_string()),
+                        (None, Err(e)) => report.refused = Some(e.to_string()),
+                    }
+                }
+            }
+        }
+        reply(StatusCode::OK, &report)
     }
 
     /// Find the task, and check the request comes from its address; gives its identity.
