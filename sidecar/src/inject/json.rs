@@ -85,10 +85,6 @@ impl J {
     pub(super) fn s(text: &str) -> J {
         J::Str(text.to_string())
     }
-
-    pub(super) fn n(v: u64) -> J {
-        J::Num(v.into())
-    }
 }
 
 struct JVisitor;

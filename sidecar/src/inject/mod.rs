@@ -258,7 +258,7 @@ fn inject(td: &mut J, o: &Options) -> Result<(), String> {
         };
         record.push(edit.apply(c, name)?);
     }
-    list.insert(0, sidecar(o, port, logs, &record.join(";")));
+    list.insert(0, sidecar(o, port, logs, &record.join(";"))?);
     Ok(())
 }
 
@@ -318,7 +318,12 @@ impl Edit {
     }
 }
 
-fn sidecar(o: &Options, app_port: u64, logs: Option<J>, record: &str) -> J {
+/// The sidecar's container definition as releases publish it and the Terraform module
+/// (`terraform/modules/sidecar`) reads it: what does not depend on the task. Image,
+/// environment, secrets and logs are set for each task.
+pub const CONTAINER_DEFINITION: &str = include_str!("../../../terraform/modules/sidecar/container-definition.json");
+
+fn sidecar(o: &Options, app_port: u64, logs: Option<J>, record: &str) -> Result<J, String> {
     let mut env = vec![J::obj(vec![
         ("name", J::s("BERTH_APP_PORT")),
         ("value", J::s(&app_port.to_string())),
@@ -336,40 +341,16 @@ fn sidecar(o: &Options, app_port: u64, logs: Option<J>, record: &str) -> J {
     if let Some(a) = &o.token_secret {
         secrets.push(J::obj(vec![("name", J::s("BERTH_TOKEN")), ("valueFrom", J::s(a))]));
     }
-    let mut c = J::obj(vec![
-        ("name", J::s(SIDECAR)),
-        ("image", J::s(&o.image)),
-        ("essential", J::Bool(true)),
-        ("readonlyRootFilesystem", J::Bool(true)),
-        ("user", J::s("65532:65532")),
-        ("cpu", J::n(64)),
-        ("memoryReservation", J::n(64)),
-        (
-            "portMappings",
-            J::Arr(vec![J::obj(vec![
-                ("containerPort", J::n(15443)),
-                ("protocol", J::s("tcp")),
-            ])]),
-        ),
-        ("environment", J::Arr(env)),
-    ]);
-    if !secrets.is_empty() {
+    // The published container definition, which the Terraform module uses too.
+    let (mut c, _) =
+        json::parse(CONTAINER_DEFINITION).map_err(|e| format!("the built-in container definition: {e}"))?;
+    c.set("image", J::s(&o.image));
+    c.set("environment", J::Arr(env));
+    if secrets.is_empty() {
+        c.remove("secrets");
+    } else {
         c.set("secrets", J::Arr(secrets));
     }
-    c.set(
-        "healthCheck",
-        J::obj(vec![
-            (
-                "command",
-                J::Arr(vec![J::s("CMD"), J::s("/berth-sidecar"), J::s("health")]),
-            ),
-            ("interval", J::n(5)),
-            ("timeout", J::n(2)),
-            ("retries", J::n(3)),
-            ("startPeriod", J::n(5)),
-        ]),
-    );
-    c.set("stopTimeout", J::n(30));
     if let Some(mut l) = logs {
         // The app's log configuration, under the sidecar's own stream prefix.
         if let Some(opts) = l.get_mut("options")
@@ -380,7 +361,7 @@ fn sidecar(o: &Options, app_port: u64, logs: Option<J>, record: &str) -> J {
         c.set("logConfiguration", l);
     }
     c.set("dockerLabels", J::obj(vec![(RECORD, J::s(record))]));
-    c
+    Ok(c)
 }
 
 fn uninject(td: &mut J) -> Result<(), String> {

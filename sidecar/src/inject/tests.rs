@@ -269,3 +269,35 @@ fn options_are_read_as_flags() {
     assert!(Options::parse(&["--app-port".to_string(), "x".to_string()]).is_err());
     assert!(Options::parse(&["a".to_string(), "b".to_string()]).is_err());
 }
+
+#[test]
+fn the_terraform_module_uses_the_published_container_definition() {
+    let module = include_str!("../../../terraform/modules/sidecar/main.tf");
+    assert!(
+        module.contains(r#"jsondecode(file("${path.module}/container-definition.json"))"#),
+        "the module reads the published definition"
+    );
+    for fixed in [
+        "healthCheck",
+        "readonlyRootFilesystem",
+        "portMappings",
+        "essential",
+        "65532",
+    ] {
+        assert!(
+            !module.contains(fixed),
+            "the module repeats `{fixed}`: it comes from the published file"
+        );
+    }
+    let (c, _) = super::json::parse(super::CONTAINER_DEFINITION).unwrap();
+    assert_eq!(name_of(&c), "berth-sidecar");
+    let health = c
+        .get("healthCheck")
+        .and_then(|h| h.get("command"))
+        .and_then(J::arr)
+        .unwrap();
+    assert_eq!(
+        health.iter().filter_map(J::str).collect::<Vec<_>>(),
+        ["CMD", "/berth-sidecar", "health"]
+    );
+}

@@ -7,28 +7,18 @@ locals {
     var.health_path == null ? {} : { BERTH_HEALTH_PATH = var.health_path },
     var.extra_environment,
   )
-  container = {
-    name                   = "berth-sidecar"
-    image                  = var.image
-    essential              = true
-    readonlyRootFilesystem = true
-    user                   = "65532:65532"
-    cpu                    = var.cpu
-    memoryReservation      = var.memory
-    portMappings           = [{ containerPort = 15443, protocol = "tcp" }]
-    environment            = [for k in sort(keys(local.environment)) : { name = k, value = local.environment[k] }]
+  # The fixed part (name, user, port, health check, ...) is the container definition
+  # releases publish and `berth-sidecar inject` adds, so the two never drift.
+  published = jsondecode(file("${path.module}/container-definition.json"))
+  container = merge(local.published, {
+    image             = var.image
+    cpu               = var.cpu
+    memoryReservation = var.memory
+    environment       = [for k in sort(keys(local.environment)) : { name = k, value = local.environment[k] }]
     secrets = concat(
       [{ name = "BERTH_CA_CERT", valueFrom = var.ca_cert_secret_arn }],
       var.token_secret_arn == null ? [] : [{ name = "BERTH_TOKEN", valueFrom = var.token_secret_arn }],
     )
-    # `berth-sidecar health` asks the sidecar's own /readyz (no shell in the image).
-    healthCheck = {
-      command     = ["CMD", "/berth-sidecar", "health"]
-      interval    = 5
-      timeout     = 2
-      retries     = 3
-      startPeriod = 5
-    }
     stopTimeout = var.stop_timeout
     logConfiguration = {
       logDriver = "awslogs"
@@ -38,5 +28,5 @@ locals {
         awslogs-stream-prefix = "berth-sidecar"
       }
     }
-  }
+  })
 }
