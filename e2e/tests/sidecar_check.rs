@@ -1,7 +1,7 @@
 //! `berth-sidecar check`, run as shipped with a running sidecar's own environment in
 //! `berth-local up` (as ECS Exec runs it in the task): passes, then fails with the right
 //! line for each broken setting: the task metadata endpoint unreachable, a CA that is not
-//! the mesh's, a token that is not the gateway's, and the source address rewritten on the
+//! the mesh's, a token that is not the gateway's (in a task without a role), and the source address rewritten on the
 //! way to the gateway (a hop that makes the connection come from 127.0.0.1, as a load
 //! balancer without client IP preservation does).
 #![allow(clippy::unwrap_used)]
@@ -60,7 +60,7 @@ async fn sidecar_check_passes_in_the_task_and_names_each_broken_setting() {
         "ok   mesh CA: 1 root(s)",
         "ok   task role: credentials found",
         "ok   task at the gateway: found (RUNNING), source 127.0.150.",
-        "ok   task proof: the gateway takes this token",
+        "ok   task proof: the gateway takes the task role's IAM identity",
         "ok   clock:",
         "all checks passed",
     ] {
@@ -104,8 +104,20 @@ async fn sidecar_check_passes_in_the_task_and_names_each_broken_setting() {
         "the other checks still run: {out}"
     );
 
-    // A token that is not the gateway's.
-    let (code, out) = run(with(&env, "BERTH_TOKEN", "not-the-token")).await.unwrap();
+    // Without the task role, the token proves the task: the right one is taken...
+    let no_role: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| !k.starts_with("AWS_CONTAINER_"))
+        .cloned()
+        .collect();
+    let (code, out) = run(no_role.clone()).await.unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        line(&out, "ok   task proof: the gateway takes this token").is_some(),
+        "{out}"
+    );
+    // ...and one that is not the gateway's fails.
+    let (code, out) = run(with(&no_role, "BERTH_TOKEN", "not-the-token")).await.unwrap();
     assert_eq!(code, 1, "{out}");
     assert!(
         line(

@@ -21,9 +21,9 @@ use crate::config::{self, Settings};
 use crate::control::{ControlClient, ControlError};
 use crate::metadata::{self, TaskMetadata};
 
-/// Clocks further apart than this fail: certificates are valid from the gateway's
-/// "now", and SigV4 proofs allow five minutes.
-pub const MAX_SKEW: Duration = Duration::from_secs(5);
+/// Clocks further apart than this fail: the gateway backdates certificates by a minute
+/// and STS takes SigV4 proofs within five, so half a minute still works with a margin.
+pub const MAX_SKEW: Duration = Duration::from_secs(30);
 
 /// How a first certificate can be proved from this task.
 struct Proof {
@@ -201,14 +201,23 @@ async fn gateways(
             task_arn: task.map(|t| t.task_arn.clone()).unwrap_or_default(),
             token: proof.token.clone(),
         };
-        let sent = unix_ms(SystemTime::now());
-        let report: CheckReport = match client.post(CHECK_PATH, &request).await {
+        let exchange = async {
+            client.connect().await?;
+            let sent = unix_ms(SystemTime::now());
+            let report: CheckReport = client.post(CHECK_PATH, &request).await?;
+            Ok::<_, ControlError>((sent, report))
+        };
+        let (sent, report) = match exchange.await {
             Ok(report) => report,
             Err(e) => {
                 let fix = match &e {
-                    ControlError::Connect(_, why) if why.starts_with("TLS") => {
+                    ControlError::Connect(_, why) if why.starts_with("TLS: ") => {
                         "the gateway's certificate is not signed by BERTH_CA_CERT: give the sidecar the \
                          gateway's mesh CA"
+                    }
+                    ControlError::Timeout(_) => {
+                        "the gateway took the connection but did not answer in time: it may be waiting on \
+                         the ECS API (see its log and ecs:DescribeTasks throttling); retry"
                     }
                     ControlError::Refused { status: 404, .. } => {
                         "the gateway predates `check` (upgrade it); the mesh itself still works"
@@ -304,7 +313,20 @@ fn task_seen(report: &CheckReport, task: &TaskMetadata, r: &mut Checklist) {
 /// Whether the way this task proves itself is one the gateway takes.
 fn proof_taken(report: &CheckReport, proof: &Proof, r: &mut Checklist) {
     let takes = |m: &str| report.accepts.iter().any(|a| a == m);
-    if report.token_ok == Some(false) {
+    // The sidecar proves its task with the task role when it has one and the gateway
+    // takes IAM; the token is then not used.
+    if proof.iam && takes("iam") {
+        r.ok("task proof", "the gateway takes the task role's IAM identity");
+    } else if proof.token.is_some() && takes("token") && report.token_ok.is_none() {
+        r.fail(
+            "task proof",
+            report
+                .detail
+                .as_deref()
+                .unwrap_or("the gateway did not check the token"),
+            "retry in a few seconds",
+        );
+    } else if report.token_ok == Some(false) {
         r.fail(
             "task proof",
             "BERTH_TOKEN is not the gateway's bootstrap token",
@@ -312,8 +334,6 @@ fn proof_taken(report: &CheckReport, proof: &Proof, r: &mut Checklist) {
         );
     } else if report.token_ok == Some(true) {
         r.ok("task proof", "the gateway takes this token");
-    } else if proof.iam && takes("iam") {
-        r.ok("task proof", "the gateway takes the task role's IAM identity");
     } else if takes("address") {
         r.ok("task proof", "the gateway certifies by address alone (development CA)");
     } else {
@@ -346,8 +366,8 @@ fn clock(gateway_ms: u64, sent_ms: u64, received_ms: u64, r: &mut Checklist) {
         r.fail(
             "clock",
             format_args!("{} ms off the gateway's clock (more than {MAX_SKEW:?})", skew),
-            "synchronise the clocks (the Amazon Time Sync Service, chrony): certificates start at the \
-             gateway's now",
+            "synchronise the clocks (the Amazon Time Sync Service, chrony): certificates are valid from a \
+             minute before the gateway's now, and IAM proofs within five minutes",
         );
     } else {
         r.ok("clock", format_args!("{skew} ms off the gateway's"));
@@ -377,8 +397,8 @@ mod tests {
         assert_eq!(skew_ms(10_000, 1_000, 1_200), 8_900);
         assert_eq!(skew_ms(0, 6_000, 6_000), -6_000);
         let mut r = Checklist::default();
+        clock(60_000, 1_000, 1_000, &mut r);
         clock(20_000, 1_000, 1_000, &mut r);
-        clock(1_000, 1_000, 1_000, &mut r);
-        assert_eq!(r.failed, 1, "only the clock 19 s off fails");
+        assert_eq!(r.failed, 1, "only the clock 59 s off fails");
     }
 }

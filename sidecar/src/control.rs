@@ -127,6 +127,12 @@ impl ControlClient {
         Ok(send)
     }
 
+    /// Dial now (else the first call does): `berth-sidecar check` times its exchange
+    /// without the handshake.
+    pub(crate) async fn connect(&self) -> Result<(), ControlError> {
+        self.sender().await.map(|_| ())
+    }
+
     /// One request; a broken connection is re-dialled on the next call.
     pub(crate) async fn call(
         &self,

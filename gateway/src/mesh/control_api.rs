@@ -273,31 +273,42 @@ impl ControlApi {
                     .collect(),
             },
             token_ok: None,
-            time_ms: std::time::SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-                .unwrap_or(0),
+            time_ms: 0,
         };
         // As telling as a certificate request with the token: the same budget.
         if let Some(given) = &request.token
             && self.auth.token
-            && self.budgets.issue.take(source)
         {
-            report.token_ok = Some(
-                self.token
-                    .as_ref()
-                    .is_some_and(|want| ct_eq(want.as_bytes(), given.as_bytes())),
-            );
+            if self.budgets.issue.take(source) {
+                report.token_ok = Some(
+                    self.token
+                        .as_ref()
+                        .is_some_and(|want| ct_eq(want.as_bytes(), given.as_bytes())),
+                );
+            } else {
+                report.detail = Some("the token was not checked: too many checks from this address".into());
+            }
         }
+        // A task discovery does not know costs an ECS call: only for a caller that could
+        // get a certificate (the right token, unless IAM proofs are taken too), within the
+        // per-source budget and the gateway's ECS rate.
+        let ecs_error = |e: crate::discovery::ecs::client::ApiError| {
+            tracing::info!(%source, error = %e, "control API check: cannot look up the task");
+            "the gateway cannot look the task up in ECS now (its log has the reason)".to_string()
+        };
         let found = match &self.lookup {
             None => Err("the gateway runs without ECS discovery (--ecs-cluster)".to_string()),
-            Some(l) if !l.is_known(&request.task_arn) && !self.budgets.lookup.take(source) => {
+            Some(l) if l.is_known(&request.task_arn) => l.find(&request.task_arn).await.map_err(ecs_error),
+            Some(_) if self.auth.token && !self.auth.iam && report.token_ok != Some(true) => {
+                Err("a task the gateway has not seen yet is looked up only with the right token".to_string())
+            }
+            Some(_) if !self.budgets.lookup.take(source) => {
                 Err("too many lookups of unknown tasks from this address; retry shortly".to_string())
             }
-            Some(l) => l
-                .find(&request.task_arn)
-                .await
-                .map_err(|e| format!("cannot check the task: {e}")),
+            Some(l) => {
+                self.limiter.acquire().await;
+                l.find(&request.task_arn).await.map_err(ecs_error)
+            }
         };
         match found {
             Err(why) => report.detail = Some(why),
@@ -319,6 +330,10 @@ impl ControlApi {
                 }
             }
         }
+        report.time_ms = std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
         reply(StatusCode::OK, &report)
     }
 
