@@ -722,13 +722,17 @@ print(data.decode().splitlines()[0])
 
 #[tokio::test]
 async fn the_sidecar_runs_as_65532_as_it_ships() {
-    // The module's user; its ports (15443, 15001, 15000) need no privilege.
-    let module = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../terraform/modules/sidecar/main.tf"
-    ))
+    // The published container definition's user (the Terraform module and inject use
+    // it); its ports (15443, 15001, 15000) need no privilege.
+    let published: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../terraform/modules/sidecar/container-definition.json"
+        ))
+        .unwrap(),
+    )
     .unwrap();
-    assert!(module.contains("user                   = \"65532:65532\""));
+    assert_eq!(published["user"], "65532:65532");
     let f = fixture_with(
         Ipv4Addr::new(127, 0, 186, 1),
         json!({"berth.mesh.allow": "billing"}),
