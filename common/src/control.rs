@@ -17,6 +17,13 @@ pub const VERSION_HEADER: &str = "berth-control-version";
 /// needed): how the gateway sees this connection and this task.
 pub const CHECK_PATH: &str = "/v1/check";
 
+/// A time as [`CheckReport::time_ms`] carries it: Unix milliseconds (0 before 1970).
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckRequest {
     pub task_arn: String,

@@ -273,7 +273,7 @@ async fn ec2(sdk: &aws_config::SdkConfig, r: &mut Report) {
     };
     let api = crate::aws::Signed::new(endpoint, region.to_string(), "ec2", credentials, roots);
     let body = "Action=DescribeInstances&Version=2016-11-15&InstanceId.1=i-00000000000000000";
-    match api
+    let answer = api
         .call(
             "POST",
             "/",
@@ -281,41 +281,38 @@ async fn ec2(sdk: &aws_config::SdkConfig, r: &mut Report) {
             body.as_bytes().to_vec(),
             64 * 1024,
         )
-        .await
-    {
-        Ok((_, text)) if denied(berth_common::http::xml_text(&text, "Code")) => r.fail(
+        .await;
+    let (status, text) = match answer {
+        Ok(a) => a,
+        Err(e) => return r.fail("ec2:DescribeInstances", e, "check that the EC2 API is reachable"),
+    };
+    let code = berth_common::http::xml_text(&text, "Code");
+    let message = berth_common::http::xml_text(&text, "Message").unwrap_or_default();
+    if denied(code) {
+        r.fail(
             "ec2:DescribeInstances",
-            format!(
-                "refused: {}",
-                berth_common::http::xml_text(&text, "Message").unwrap_or_default()
-            ),
+            format!("refused: {message}"),
             "allow ec2:DescribeInstances in the gateway's task role (bridge and host mode tasks need it)",
-        ),
-        Ok((status, _)) if status.is_success() => r.ok("ec2:DescribeInstances", "allowed"),
-        Ok((_, text)) if about_the_name(berth_common::http::xml_text(&text, "Code")) => r.ok(
+        );
+    } else if status.is_success() {
+        r.ok("ec2:DescribeInstances", "allowed");
+    } else if about_the_name(code) {
+        r.ok(
             "ec2:DescribeInstances",
-            format!(
-                "allowed ({})",
-                berth_common::http::xml_text(&text, "Code").unwrap_or_default()
-            ),
-        ),
-        Ok((_, text)) if bad_credentials(berth_common::http::xml_text(&text, "Code")) => r.fail(
+            format!("allowed ({})", code.unwrap_or_default()),
+        );
+    } else if bad_credentials(code) {
+        r.fail(
             "ec2:DescribeInstances",
-            format!(
-                "credentials refused: {}",
-                berth_common::http::xml_text(&text, "Message").unwrap_or_default()
-            ),
+            format!("credentials refused: {message}"),
             CREDENTIALS_FIX,
-        ),
-        Ok((status, text)) => r.fail(
+        );
+    } else {
+        r.fail(
             "ec2:DescribeInstances",
-            format!(
-                "inconclusive: {status} {}",
-                berth_common::http::xml_text(&text, "Code").unwrap_or_default()
-            ),
+            format!("inconclusive: {status} {}", code.unwrap_or_default()),
             "run the check again; the EC2 API did not say whether the call is allowed",
-        ),
-        Err(e) => r.fail("ec2:DescribeInstances", e, "check that the EC2 API is reachable"),
+        );
     }
 }
 

@@ -9,10 +9,10 @@
 //! the clock against the gateway's. Exit 1 when one fails.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use berth_common::checklist::Checklist;
-use berth_common::control::{CHECK_PATH, CheckReport, CheckRequest, PROTOCOL_VERSION};
+use berth_common::control::{CHECK_PATH, CheckReport, CheckRequest, PROTOCOL_VERSION, unix_ms};
 use berth_common::mtls::{CertSlot, TrustAnchors};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -379,12 +379,6 @@ fn skew_ms(gateway_ms: u64, sent_ms: u64, received_ms: u64) -> i64 {
     let middle = sent_ms / 2 + received_ms / 2;
     let g = i64::try_from(gateway_ms).unwrap_or(i64::MAX);
     g.saturating_sub(i64::try_from(middle).unwrap_or(i64::MAX))
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -330,10 +330,7 @@ impl ControlApi {
                 }
             }
         }
-        report.time_ms = std::time::SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
+        report.time_ms = berth_common::control::unix_ms(std::time::SystemTime::now());
         reply(StatusCode::OK, &report)
     }
 
