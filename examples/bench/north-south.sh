@@ -6,7 +6,8 @@
 #  3. HTTP/2 over TLS from the client (h2load; ALPN h2), HTTP/1.1 to the backend.
 # Also the cost of a chain of five middlewares (Berth's same route behind headers x2,
 # ipAllowList, rateLimit, stripPrefix) and of tracing every request (a second
-# berth-gateway with OTLP/HTTP export on, to an nginx that accepts and discards them), and
+# berth-gateway with OTLP/HTTP export on, to an nginx that accepts and discards them; a
+# third samples 10 % of new traces, parent-based, as production runs), and
 # of a forwardAuth + sticky-cookie route (an nginx auth server that allows everything),
 # beside nginx's auth_request to the same auth server.
 #
@@ -74,6 +75,8 @@ NGINX_TLS=127.0.0.1:18199
 HAPROXY_TLS=127.0.0.1:18200
 ENVOY_TLS=127.0.0.1:18201
 AUTH=127.0.0.1:18203
+TRACED10=127.0.0.1:18204
+TRACED10_ADMIN=127.0.0.1:18205
 
 # One self-signed certificate for every TLS front (the load generator does not verify).
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench.test \
@@ -200,8 +203,12 @@ start sink "${pin_load[@]}" nginx -c "$work/sink/nginx.conf"
 start traced env RUST_LOG=warn OTEL_EXPORTER_OTLP_ENDPOINT="http://$SINK" OTEL_TRACES_SAMPLER=always_on \
   OTEL_BSP_SCHEDULE_DELAY=1000 "${pin_proxy[@]}" "$gateway" --entrypoint "web=$TRACED" --admin "$TRACED_ADMIN" \
   --file-provider "$work/dynamic.yml" --log-format json --shutdown-delay 0s
+# The same with the sampling a production gateway runs: parent-based, 10 % of new traces.
+start traced10 env RUST_LOG=warn OTEL_EXPORTER_OTLP_ENDPOINT="http://$SINK" OTEL_TRACES_SAMPLER=parentbased_traceidratio \
+  OTEL_TRACES_SAMPLER_ARG=0.1 OTEL_BSP_SCHEDULE_DELAY=1000 "${pin_proxy[@]}" "$gateway" --entrypoint "web=$TRACED10" \
+  --admin "$TRACED10_ADMIN" --file-provider "$work/dynamic.yml" --log-format json --shutdown-delay 0s
 wait_port $BACKEND backend; wait_port $AUTH auth; wait_port $NGINX nginx; wait_port $BERTH berth
-wait_port $SINK sink; wait_port $TRACED traced; wait_port $HAPROXY haproxy; wait_port $ENVOY envoy
+wait_port $SINK sink; wait_port $TRACED traced; wait_port $TRACED10 traced10; wait_port $HAPROXY haproxy; wait_port $ENVOY envoy
 wait_port $NGINX_TLS nginx; wait_port $HAPROXY_TLS haproxy; wait_port $ENVOY_TLS envoy
 
 declare -A rps p50 p99
@@ -251,6 +258,7 @@ for round in $(seq 1 "$ROUNDS"); do
   run berthauth $BERTH "$round" auth.test
   run nginxauth $NGINX "$round" auth.test
   run traced $TRACED "$round"
+  run traced10 $TRACED10 "$round"
   for i in "${order[@]}"; do run_h2 "${h2[$i]%%:*}" "${h2[$i]#*:}" "$round"; done
 done
 
@@ -288,6 +296,8 @@ echo "berth forwardAuth+sticky / nginx auth_request: throughput $(ratio "$(media
   "p99 $(ratio "$(median "${p99[berthauth]:-0}")" "$(median "${p99[nginxauth]:-0}")")x"
 echo "berth traced (every request, OTLP/HTTP) / berth: throughput $(ratio "$(median "${rps[traced]:-0}")" "$(median "${rps[berth]:-0}")")x," \
   "p99 $(ratio "$(median "${p99[traced]:-0}")" "$(median "${p99[berth]:-0}")")x"
+echo "berth traced (parent-based 10 % sampling) / berth: throughput $(ratio "$(median "${rps[traced10]:-0}")" "$(median "${rps[berth]:-0}")")x," \
+  "p99 $(ratio "$(median "${p99[traced10]:-0}")" "$(median "${p99[berth]:-0}")")x"
 spans=$(curl -s "http://$TRACED_ADMIN/metrics" | awk -F'[{}" ]+' '/^berth_trace_spans_total/ {printf "%s %s  ", $3, $NF}')
 echo "traced gateway's spans: ${spans:-unknown}"
 echo "berth-gateway RSS after the run: ${berth_rss} kB"

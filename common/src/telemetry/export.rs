@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -16,7 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{mpsc, oneshot};
 
-use super::otlp::{SpanData, Value, encode_request};
+use super::otlp::{SpanData, Value, encode_request, encode_request_into};
 use super::settings::{Protocol, TraceSettings};
 use super::{ExportStats, QueueSignal};
 
@@ -151,16 +151,20 @@ pub(super) fn spawn(
 
 impl Exporter {
     async fn export(&self, spans: &[SpanData]) -> Result<(), ExportError> {
-        let payload = encode_request(&self.resource, ("berth", env!("CARGO_PKG_VERSION")), spans);
+        let scope = ("berth", env!("CARGO_PKG_VERSION"));
         let (content_type, body) = match self.protocol {
-            Protocol::HttpProtobuf => ("application/x-protobuf", Bytes::from(payload)),
+            Protocol::HttpProtobuf => (
+                "application/x-protobuf",
+                Bytes::from(encode_request(&self.resource, scope, spans)),
+            ),
             Protocol::Grpc => {
-                // The gRPC message frame: uncompressed flag, big-endian length, message.
-                let mut framed = BytesMut::with_capacity(payload.len() + 5);
-                framed.put_u8(0);
-                framed.put_u32(payload.len() as u32);
-                framed.put_slice(&payload);
-                ("application/grpc", framed.freeze())
+                // The gRPC message frame: uncompressed flag, big-endian length, message
+                // (encoded in place behind the frame, its length filled in after).
+                let mut framed = vec![0u8; 5];
+                encode_request_into(&mut framed, &self.resource, scope, spans);
+                let len = u32::try_from(framed.len() - 5).unwrap_or(u32::MAX);
+                framed[1..5].copy_from_slice(&len.to_be_bytes());
+                ("application/grpc", Bytes::from(framed))
             }
         };
         let mut req = Request::post(self.url.clone())

@@ -200,7 +200,8 @@ impl Span {
                     kind,
                     start_unix_nanos: unix_nanos(SystemTime::now()),
                     end_unix_nanos: 0,
-                    attributes: Vec::with_capacity(12),
+                    // A server span carries about 15 attributes, a client span about 6.
+                    attributes: Vec::with_capacity(16),
                     status: Status::Unset,
                 },
                 started: Instant::now(),
@@ -394,8 +395,9 @@ pub fn server_request_attrs<B>(span: &mut Span, req: &http::Request<B>, peer: st
     }
     span.set(attr::URL_SCHEME, if tls { "https" } else { "http" });
     span.set(attr::NETWORK_PROTOCOL_VERSION, protocol_version(req.version()));
-    span.set(attr::CLIENT_ADDRESS, peer.ip().to_string());
-    span.set(attr::NETWORK_PEER_ADDRESS, peer.ip().to_string());
+    let ip = crate::http::IpText::new(peer.ip()).as_str().to_string();
+    span.set(attr::CLIENT_ADDRESS, ip.clone());
+    span.set(attr::NETWORK_PEER_ADDRESS, ip);
     span.set(attr::NETWORK_PEER_PORT, peer.port());
     let host = req
         .headers()
@@ -424,7 +426,7 @@ pub fn client_request_attrs(span: &mut Span, method: &http::Method, uri: &http::
         return;
     }
     set_method(span, method);
-    span.set(attr::URL_FULL, uri.to_string());
+    span.set(attr::URL_FULL, full_url(uri));
     if let Some(h) = uri.host() {
         span.set_str(attr::SERVER_ADDRESS, h);
     }
@@ -438,6 +440,28 @@ pub fn client_request_attrs(span: &mut Span, method: &http::Method, uri: &http::
     if resend > 0 {
         span.set(attr::HTTP_RESEND, resend as i64);
     }
+}
+
+/// `uri` as its `Display` writes it, without the formatter (once per traced attempt).
+fn full_url(uri: &http::Uri) -> String {
+    let (scheme, authority, path, query) = (
+        uri.scheme_str().unwrap_or_default(),
+        uri.authority().map(|a| a.as_str()).unwrap_or_default(),
+        uri.path(),
+        uri.query(),
+    );
+    let mut s = String::with_capacity(scheme.len() + 3 + authority.len() + path.len() + 1 + query.map_or(0, str::len));
+    if !scheme.is_empty() {
+        s.push_str(scheme);
+        s.push_str("://");
+    }
+    s.push_str(authority);
+    s.push_str(path);
+    if let Some(q) = query {
+        s.push('?');
+        s.push_str(q);
+    }
+    s
 }
 
 /// Record a response status. Per the HTTP conventions a 5xx marks any span failed, a
@@ -568,6 +592,21 @@ mod tests {
         drop(server);
         assert!(matches!(rx.try_recv().expect("client").status, Status::Error(_)));
         assert_eq!(rx.try_recv().expect("server").status, Status::Unset);
+    }
+
+    #[test]
+    fn full_urls_are_what_display_writes() {
+        for u in [
+            "http://10.0.0.1:8080/a/b?c=d&e",
+            "https://svc.internal/",
+            "http://[::1]:9/x",
+            "/relative?q",
+            "http://h",
+            "*",
+        ] {
+            let uri: http::Uri = u.parse().expect("uri");
+            assert_eq!(full_url(&uri), uri.to_string(), "{u}");
+        }
     }
 
     #[test]

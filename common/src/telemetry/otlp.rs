@@ -102,30 +102,68 @@ pub struct SpanData {
 
 /// Encode one `ExportTraceServiceRequest` with a single resource and scope.
 pub fn encode_request(resource: &[(String, Value)], scope: (&str, &str), spans: &[SpanData]) -> Vec<u8> {
-    let mut rs = Vec::with_capacity(256 + spans.len() * 256);
-    // ResourceSpans.resource = 1
-    let mut res = Vec::with_capacity(256);
-    for (k, v) in resource {
-        key_value(&mut res, 1, k, v);
-    }
-    bytes_field(&mut rs, 1, &res);
-    // ResourceSpans.scope_spans = 2: the scope, then each span (encoded in one reused
-    // scratch buffer, then copied behind its length).
-    let mut ss = Vec::with_capacity(spans.len() * 512 + 64);
-    message(&mut ss, 1, |sc| {
-        string(sc, 1, scope.0);
-        string(sc, 2, scope.1);
-    });
-    let mut scratch = Vec::with_capacity(1024);
-    for span in spans {
-        scratch.clear();
-        encode_span(&mut scratch, span);
-        bytes_field(&mut ss, 2, &scratch);
-    }
-    bytes_field(&mut rs, 2, &ss);
-    let mut out = Vec::with_capacity(rs.len() + 8);
-    bytes_field(&mut out, 1, &rs);
+    let mut out = Vec::new();
+    encode_request_into(&mut out, resource, scope, spans);
     out
+}
+
+/// [`encode_request`], appended to `out` (behind a frame header the caller wrote).
+///
+/// One pass, no copies: every message's length is computed before it is written, so
+/// each span goes straight to its place in `out`. (Encoding each message into a scratch
+/// buffer and copying it behind its length, as before, copied every span three times and
+/// was most of the exporter's cost: callgrind, docs/benchmarks.md.)
+pub fn encode_request_into(out: &mut Vec<u8>, resource: &[(String, Value)], scope: (&str, &str), spans: &[SpanData]) {
+    // ResourceSpans { resource = 1: Resource { attributes = 1 }, scope_spans = 2 }
+    let res_len: usize = resource.iter().map(|(k, v)| field_len(key_value_len(k, v))).sum();
+    // ScopeSpans { scope = 1: InstrumentationScope { name = 1, version = 2 }, spans = 2 }
+    let scope_len = field_len(scope.0.len()) + field_len(scope.1.len());
+    let span_lens: Vec<usize> = spans.iter().map(span_len).collect();
+    let ss_len = field_len(scope_len) + span_lens.iter().map(|l| field_len(*l)).sum::<usize>();
+    let rs_len = field_len(res_len) + field_len(ss_len);
+    out.reserve(field_len(rs_len));
+
+    // ExportTraceServiceRequest.resource_spans = 1
+    length_delimited(out, 1, rs_len);
+    length_delimited(out, 1, res_len);
+    for (k, v) in resource {
+        key_value(out, 1, k, v);
+    }
+    length_delimited(out, 2, ss_len);
+    length_delimited(out, 1, scope_len);
+    string(out, 1, scope.0);
+    string(out, 2, scope.1);
+    for (span, len) in spans.iter().zip(span_lens) {
+        length_delimited(out, 2, len);
+        encode_span(out, span);
+    }
+}
+
+/// The encoded size of `Span` `s` (what [`encode_span`] writes).
+fn span_len(s: &SpanData) -> usize {
+    let mut n = field_len(16) + field_len(8); // trace_id, span_id
+    if let Some(ts) = &s.trace_state {
+        n += field_len(ts.len());
+    }
+    if s.parent.is_some() {
+        n += field_len(8);
+    }
+    n += field_len(s.name.len());
+    n += 1 + varint_len(s.kind as u64);
+    n += 2 * 9; // start and end, fixed64
+    n += s
+        .attributes
+        .iter()
+        .map(|(k, v)| field_len(key_value_len(k, v)))
+        .sum::<usize>();
+    if let Status::Error(msg) = &s.status {
+        n += field_len(status_len(msg));
+    }
+    n + 2 + 4 // flags: a two-byte tag (field 16), fixed32
+}
+
+fn status_len(msg: &str) -> usize {
+    field_len(msg.len()) + 2
 }
 
 fn encode_span(b: &mut Vec<u8>, s: &SpanData) {
@@ -146,8 +184,7 @@ fn encode_span(b: &mut Vec<u8>, s: &SpanData) {
     }
     if let Status::Error(msg) = &s.status {
         // Status { message = 2, code = 3 (ERROR) }
-        tag(b, 15, 2);
-        varint(b, (str_field_len(2, msg.len()) + 2) as u64);
+        length_delimited(b, 15, status_len(msg));
         string(b, 2, msg);
         varint_field(b, 3, 2);
     }
@@ -156,22 +193,28 @@ fn encode_span(b: &mut Vec<u8>, s: &SpanData) {
     b.extend_from_slice(&1u32.to_le_bytes());
 }
 
-/// A `KeyValue` as field `field`, its lengths computed up front (no scratch buffer: this
-/// runs once per attribute per span).
-fn key_value(b: &mut Vec<u8>, field: u32, k: &str, v: &Value) {
-    let any_len = match v {
-        Value::Str(s) => str_field_len(1, s.len()),
-        Value::Static(s) => str_field_len(1, s.len()),
+/// The encoded size of an `AnyValue` holding `v`.
+fn any_value_len(v: &Value) -> usize {
+    match v {
+        Value::Str(s) => field_len(s.len()),
+        Value::Static(s) => field_len(s.len()),
         Value::Bool(_) => 2,
         Value::Int(i) => 1 + varint_len(*i as u64),
         Value::Double(_) => 9,
-    };
-    let kv_len = str_field_len(1, k.len()) + str_field_len(2, any_len);
-    tag(b, field, 2);
-    varint(b, kv_len as u64);
+    }
+}
+
+/// The encoded size of a `KeyValue { key = 1, value = 2 }`.
+fn key_value_len(k: &str, v: &Value) -> usize {
+    field_len(k.len()) + field_len(any_value_len(v))
+}
+
+/// A `KeyValue` as field `field`, its lengths computed up front.
+fn key_value(b: &mut Vec<u8>, field: u32, k: &str, v: &Value) {
+    let any_len = any_value_len(v);
+    length_delimited(b, field, field_len(k.len()) + field_len(any_len));
     string(b, 1, k);
-    tag(b, 2, 2);
-    varint(b, any_len as u64);
+    length_delimited(b, 2, any_len);
     match v {
         Value::Str(s) => string(b, 1, s),
         Value::Static(s) => string(b, 1, s),
@@ -190,8 +233,9 @@ fn varint_len(mut v: u64) -> usize {
     n
 }
 
-/// The encoded size of a length-delimited field with a one-byte tag (fields 1-15).
-fn str_field_len(_field: u32, len: usize) -> usize {
+/// The encoded size of a length-delimited field of `len` bytes with a one-byte tag
+/// (fields 1-15, which is every length-delimited field written here).
+fn field_len(len: usize) -> usize {
     1 + varint_len(len as u64) + len
 }
 
@@ -217,21 +261,19 @@ fn fixed64(b: &mut Vec<u8>, field: u32, v: u64) {
     b.extend_from_slice(&v.to_le_bytes());
 }
 
-fn bytes_field(b: &mut Vec<u8>, field: u32, data: &[u8]) {
+/// A length-delimited field's tag and length; its `len` bytes follow.
+fn length_delimited(b: &mut Vec<u8>, field: u32, len: usize) {
     tag(b, field, 2);
-    varint(b, data.len() as u64);
+    varint(b, len as u64);
+}
+
+fn bytes_field(b: &mut Vec<u8>, field: u32, data: &[u8]) {
+    length_delimited(b, field, data.len());
     b.extend_from_slice(data);
 }
 
 fn string(b: &mut Vec<u8>, field: u32, s: &str) {
     bytes_field(b, field, s.as_bytes());
-}
-
-/// A nested message: written to a scratch buffer, then length-prefixed.
-fn message(b: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
-    let mut inner = Vec::new();
-    f(&mut inner);
-    bytes_field(b, field, &inner);
 }
 
 #[cfg(test)]
@@ -252,6 +294,63 @@ mod tests {
     }
 
     #[test]
+    fn span_lengths_match_what_is_written() {
+        let mut span = SpanData {
+            trace_id: TraceId([7; 16]),
+            span_id: SpanId([9; 8]),
+            parent: None,
+            trace_state: None,
+            name: "GET".into(),
+            kind: SpanKind::Server,
+            start_unix_nanos: 1,
+            end_unix_nanos: u64::MAX,
+            attributes: vec![],
+            status: Status::Unset,
+        };
+        let check = |s: &SpanData| {
+            let mut b = Vec::new();
+            encode_span(&mut b, s);
+            assert_eq!(b.len(), span_len(s), "{s:?}");
+        };
+        check(&span);
+        span.parent = Some(SpanId([1; 8]));
+        span.trace_state = Some("v=".repeat(100));
+        span.name = "n".repeat(300);
+        span.attributes = vec![
+            ("url.full", Value::Str("x".repeat(20_000))),
+            ("http.response.status_code", Value::Int(503)),
+            ("a", Value::Bool(false)),
+            ("b", Value::Double(0.5)),
+            ("c", Value::Static("")),
+        ];
+        span.status = Status::Error("e".repeat(130));
+        check(&span);
+        // A whole request: its outer lengths are right too (the first field's length
+        // covers the rest exactly).
+        let out = encode_request(
+            &[("service.name".into(), Value::Static("x"))],
+            ("berth", "1"),
+            &[span.clone(), span],
+        );
+        assert_eq!(after_first_length(&out), Some(0));
+    }
+
+    /// What is left after a one-byte tag, its length and that many bytes (`None` when
+    /// the length runs past the end).
+    fn after_first_length(b: &[u8]) -> Option<usize> {
+        let (mut len, mut shift, mut i) = (0usize, 0, 1);
+        loop {
+            len |= ((b[i] & 0x7f) as usize) << shift;
+            i += 1;
+            if b[i - 1] < 0x80 {
+                break;
+            }
+            shift += 7;
+        }
+        (b.len() - i).checked_sub(len)
+    }
+
+    #[test]
     fn computed_lengths_match_what_is_written() {
         for v in [
             Value::Str("x".repeat(200)),
@@ -264,18 +363,7 @@ mod tests {
             let mut b = Vec::new();
             key_value(&mut b, 9, "http.request.method", &v);
             // tag, length, then exactly that many bytes.
-            let mut len = 0usize;
-            let mut shift = 0;
-            let mut i = 1;
-            loop {
-                len |= ((b[i] & 0x7f) as usize) << shift;
-                i += 1;
-                if b[i - 1] < 0x80 {
-                    break;
-                }
-                shift += 7;
-            }
-            assert_eq!(b.len() - i, len, "{v:?}");
+            assert_eq!(after_first_length(&b), Some(0), "{v:?}");
         }
     }
 }

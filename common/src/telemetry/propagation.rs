@@ -4,18 +4,20 @@
 //! (a malformed header is ignored, never half-read) and allocation-free until a context
 //! is found.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
-pub const TRACEPARENT: &str = "traceparent";
-pub const TRACESTATE: &str = "tracestate";
-const B3: &str = "b3";
-const B3_TRACE_ID: &str = "x-b3-traceid";
-const B3_SPAN_ID: &str = "x-b3-spanid";
-const B3_PARENT: &str = "x-b3-parentspanid";
-const B3_SAMPLED: &str = "x-b3-sampled";
-const B3_FLAGS: &str = "x-b3-flags";
+// Names as constants, not strings: a `&str` name is parsed and checked on every lookup,
+// and these are looked up on every request while tracing is on.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+const B3: HeaderName = HeaderName::from_static("b3");
+const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+const B3_PARENT: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 /// AWS X-Ray's header: `Root=1-{epoch}-{random};Parent={span};Sampled={0|1}`.
-pub const XRAY: &str = "x-amzn-trace-id";
+pub const XRAY: HeaderName = HeaderName::from_static("x-amzn-trace-id");
 /// The longest X-Ray header read (ALB and Lambda add `Self=` and `Lineage=` fields).
 const XRAY_MAX: usize = 256;
 
@@ -295,7 +297,7 @@ fn parse_xray(v: &[u8]) -> Option<SpanContext> {
 }
 
 fn parse_b3_multi(headers: &HeaderMap) -> Option<SpanContext> {
-    let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let get = |n: HeaderName| headers.get(n).and_then(|v| v.to_str().ok());
     let trace = parse_b3_trace_id(get(B3_TRACE_ID)?)?;
     let span = parse_span_id(get(B3_SPAN_ID)?)?;
     let sampled = get(B3_FLAGS) == Some("1") || !matches!(get(B3_SAMPLED), Some("0") | Some("false"));
