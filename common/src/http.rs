@@ -79,7 +79,8 @@ pub fn is_idempotent(m: &http::Method) -> bool {
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 7.6.1, plus the
 /// legacy ones proxies conventionally drop).
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP_COUNT: usize = 8;
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -110,27 +111,41 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 /// kept only as `te: trailers` (gRPC needs it). Upgrade headers are restored by the
 /// caller when it forwards an upgrade.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most requests carry none of these: one pass over the names they do carry costs
-    // less than a hashed lookup per hop-by-hop name (the profile in docs/benchmarks.md).
-    if !headers.keys().any(|n| n == header::TE || HOP_BY_HOP.contains(n)) {
+    // Most messages carry none of these, and most others only `Connection: keep-alive`:
+    // one pass over the names they carry finds which are there, and only those are
+    // removed (a hashed removal per hop-by-hop name cost more than the whole pass; the
+    // profiles in docs/benchmarks.md).
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    let mut te = false;
+    for name in headers.keys() {
+        if name == header::TE {
+            te = true;
+        } else if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    if !te && !present.contains(&true) {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in &named {
+    // `present[0]` is `Connection`: remove what it names, by name as sent (a name
+    // that is not a valid header name names nothing; `&str` lookups do not allocate).
+    if present[0] {
+        let values: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().cloned().collect();
+        for v in &values {
+            for token in v.to_str().unwrap_or_default().split(',') {
+                let token = token.trim();
+                if !token.is_empty() && headers.remove(token).is_some() && token.eq_ignore_ascii_case("te") {
+                    te = false;
+                }
+            }
+        }
+    }
+    for (name, here) in HOP_BY_HOP.iter().zip(present) {
+        if here {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-    if !headers.contains_key(header::TE) {
+    if !te {
         return;
     }
     let te_trailers = headers.get_all(header::TE).iter().any(|v| {
@@ -226,22 +241,22 @@ pub fn set_forwarded(headers: &mut HeaderMap, info: &ForwardInfo<'_>) {
     if let Some(v) = xff {
         headers.insert(XFF, v);
     }
-    if !headers.contains_key(&XF_PROTO) {
-        let proto = if info.tls { "https" } else { "http" };
-        headers.insert(XF_PROTO, HeaderValue::from_static(proto));
+    // Each set only where absent: one hashed lookup each (entry), not two.
+    if let header::Entry::Vacant(e) = headers.entry(XF_PROTO) {
+        e.insert(HeaderValue::from_static(if info.tls { "https" } else { "http" }));
     }
-    if !headers.contains_key(&XF_HOST)
+    if let header::Entry::Vacant(e) = headers.entry(XF_HOST)
         && let Some(v) = info.host.and_then(|h| HeaderValue::from_str(h).ok())
     {
-        headers.insert(XF_HOST, v);
+        e.insert(v);
     }
-    if !headers.contains_key(&XF_PORT) {
-        headers.insert(XF_PORT, HeaderValue::from(info.local_port));
+    if let header::Entry::Vacant(e) = headers.entry(XF_PORT) {
+        e.insert(HeaderValue::from(info.local_port));
     }
-    if !headers.contains_key(&X_REAL_IP)
+    if let header::Entry::Vacant(e) = headers.entry(X_REAL_IP)
         && let Some(v) = ip_value
     {
-        headers.insert(X_REAL_IP, v);
+        e.insert(v);
     }
 }
 
@@ -406,6 +421,41 @@ mod tests {
         assert!(h.get("transfer-encoding").is_none());
         assert_eq!(h.get("te").unwrap(), "trailers");
         assert_eq!(h.get("x-keep").unwrap(), "yes");
+    }
+
+    #[test]
+    fn connection_tokens_are_matched_without_case_and_across_values() {
+        let mut h = HeaderMap::new();
+        h.append("connection", HeaderValue::from_static("X-One"));
+        h.append("connection", HeaderValue::from_static(" , x-two ,bad name,"));
+        h.insert("x-one", HeaderValue::from_static("1"));
+        h.insert("x-two", HeaderValue::from_static("2"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h.get("x-keep").unwrap(), "yes");
+
+        // Connection naming TE removes it, even as `te: trailers`.
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("TE"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        remove_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+
+        // TE alone: kept only as trailers.
+        let mut h = HeaderMap::new();
+        h.insert("te", HeaderValue::from_static("gzip"));
+        remove_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+
+        // The common response: only `Connection: keep-alive`.
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive"));
+        h.insert("content-length", HeaderValue::from_static("3"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("content-length"));
     }
 
     #[test]
