@@ -85,13 +85,19 @@ impl GatewayProcess {
     /// Start with entrypoint `web` and the admin API on free ports, dummy AWS
     /// credentials, a region, and instance metadata disabled.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> GatewayProcess {
-        Self::launch(args, env, true, None)
+        Self::launch(args, env, true, None, false)
+    }
+
+    /// Like [`GatewayProcess::spawn`], allowed to run on CPU 0 only (`taskset -c 0`):
+    /// what a task with one vCPU sees.
+    pub fn spawn_on_one_cpu(args: &[&str], env: &[(&str, &str)]) -> GatewayProcess {
+        Self::launch(args, env, true, None, true)
     }
 
     /// Like [`GatewayProcess::spawn`] without Berth's `web` entrypoint (Traefik mode
     /// names its own), started in `cwd`, where Traefik looks for `traefik.yml`.
     pub fn spawn_in(cwd: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> GatewayProcess {
-        Self::launch(args, env, false, Some(cwd))
+        Self::launch(args, env, false, Some(cwd), false)
     }
 
     fn launch(
@@ -99,11 +105,19 @@ impl GatewayProcess {
         env: &[(&str, &str)],
         web_entrypoint: bool,
         cwd: Option<&std::path::Path>,
+        one_cpu: bool,
     ) -> GatewayProcess {
         let web: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = temp_dir("gwlog").join("gateway.log");
-        let mut cmd = std::process::Command::new(bin("berth-gateway"));
+        // taskset execs the gateway: the child's PID is the gateway's.
+        let mut cmd = if one_cpu {
+            let mut c = std::process::Command::new("taskset");
+            c.args(["-c", "0"]).arg(bin("berth-gateway"));
+            c
+        } else {
+            std::process::Command::new(bin("berth-gateway"))
+        };
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("AWS_REGION", "us-east-1")

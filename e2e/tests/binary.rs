@@ -105,3 +105,62 @@ fn sigterm_drains_and_exits_zero() {
     assert!(log.contains("shutting down"), "{log}");
     assert!(log.lines().all(|l| l.starts_with('{')), "JSON log lines: {log}");
 }
+
+/// The names of a process's threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+/// On one CPU (what a task with one vCPU sees) the gateway runs Tokio's current-thread
+/// runtime, with no worker threads beside the main one, and serves as it does anywhere:
+/// keep-alive requests, 50 connections at once, a reload of its file provider.
+#[tokio::test]
+async fn on_one_cpu_the_gateway_runs_on_one_thread() {
+    use berth_common::test_util::{Backend, Proto, eventually, get, http1};
+    use berth_e2e::GatewayProcess;
+    let route = |host: &str, url: &str| {
+        format!(
+            "http:\n  routers:\n    r:\n      rule: \"Host(`{host}`)\"\n      service: s\n  services:\n    s:\n      loadBalancer:\n        servers:\n          - url: \"{url}\"\n"
+        )
+    };
+    let backend = Backend::start("one", Proto::Http1).await;
+    let dir = berth_e2e::temp_dir("onecpu");
+    let dynamic = dir.join("dynamic.yml");
+    std::fs::write(&dynamic, route("a.test", &backend.url())).unwrap();
+    let args = ["--file-provider", dynamic.to_str().unwrap()];
+    let serves = |gw: &GatewayProcess, host: &'static str| {
+        let web = gw.web;
+        eventually(Duration::from_secs(20), move || async move {
+            berth_common::test_util::try_http1(web, get(host, "/"))
+                .await
+                .is_some_and(|r| r.status == http::StatusCode::OK)
+        })
+    };
+
+    let gw = GatewayProcess::spawn_on_one_cpu(&args, &[]);
+    assert!(serves(&gw, "a.test").await, "{}", gw.log());
+    let names = thread_names(gw.child.id());
+    assert!(!names.iter().any(|n| n == "tokio-rt-worker"), "{names:?}");
+    let all = futures_util::future::join_all((0..50).map(|i| http1(gw.web, get("a.test", &format!("/{i}"))))).await;
+    assert!(all.iter().all(|r| r.status == http::StatusCode::OK));
+    for i in 0..100 {
+        assert_eq!(
+            http1(gw.web, get("a.test", &format!("/k{i}"))).await.status,
+            http::StatusCode::OK
+        );
+    }
+    std::fs::write(&dynamic, route("b.test", &backend.url())).unwrap();
+    assert!(serves(&gw, "b.test").await, "the reload was not applied: {}", gw.log());
+
+    // The control: with more CPUs the same binary runs worker threads.
+    if std::thread::available_parallelism().is_ok_and(|n| n.get() > 1) {
+        let gw = GatewayProcess::spawn(&args, &[]);
+        assert!(serves(&gw, "b.test").await, "{}", gw.log());
+        let names = thread_names(gw.child.id());
+        assert!(names.iter().any(|n| n == "tokio-rt-worker"), "{names:?}");
+    }
+}

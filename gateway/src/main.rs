@@ -46,7 +46,16 @@ fn main() {
     for note in &cfg.notes {
         tracing::warn!("{note}");
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // On one CPU (a task with one vCPU, or a process pinned to one), Tokio's
+    // current-thread runtime: the multi-thread scheduler's one worker would only add its
+    // cross-thread wake-ups and stealing checks (docs/benchmarks.md).
+    let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let built = if one_cpu {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    };
+    let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("berth-gateway: cannot start the runtime: {e}");
