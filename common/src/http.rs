@@ -272,8 +272,8 @@ pub struct IpText {
 }
 
 impl IpText {
-    /// The longest text form: an IPv4-mapped IPv6 address in full
-    /// (`ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255`).
+    /// Room for the longest text form any address has (45 bytes, an IPv6 address with
+    /// a dotted tail in full); `Display` writes at most 39.
     const MAX: usize = 45;
 
     pub fn new(ip: IpAddr) -> IpText {

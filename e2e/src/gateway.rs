@@ -88,8 +88,8 @@ impl GatewayProcess {
         Self::launch(args, env, true, None, false)
     }
 
-    /// Like [`GatewayProcess::spawn`], allowed to run on CPU 0 only (`taskset -c 0`):
-    /// what a task with one vCPU sees.
+    /// Like [`GatewayProcess::spawn`], allowed to run on one CPU only (`taskset`, the
+    /// first CPU this process may use): what a task with one vCPU sees.
     pub fn spawn_on_one_cpu(args: &[&str], env: &[(&str, &str)]) -> GatewayProcess {
         Self::launch(args, env, true, None, true)
     }
@@ -112,8 +112,18 @@ impl GatewayProcess {
         let log = temp_dir("gwlog").join("gateway.log");
         // taskset execs the gateway: the child's PID is the gateway's.
         let mut cmd = if one_cpu {
+            // The first CPU of this process's own set (a container may not have CPU 0).
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            let cpu: String = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap()
+                .trim()
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
             let mut c = std::process::Command::new("taskset");
-            c.args(["-c", "0"]).arg(bin("berth-gateway"));
+            c.args(["-c", &cpu]).arg(bin("berth-gateway"));
             c
         } else {
             std::process::Command::new(bin("berth-gateway"))

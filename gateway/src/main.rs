@@ -55,6 +55,10 @@ fn main() {
     } else {
         tokio::runtime::Builder::new_multi_thread().enable_all().build()
     };
+    tracing::debug!(
+        runtime = if one_cpu { "current_thread" } else { "multi_thread" },
+        "Tokio runtime"
+    );
     let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
