@@ -80,6 +80,8 @@ pub fn is_idempotent(m: &http::Method) -> bool {
 /// Headers that belong to one connection, never forwarded (RFC 9110 7.6.1, plus the
 /// legacy ones proxies conventionally drop).
 const HOP_BY_HOP_COUNT: usize = 8;
+/// Where `Connection` is in [`HOP_BY_HOP`].
+const CONNECTION_AT: usize = 0;
 const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -127,9 +129,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if !te && !present.contains(&true) {
         return;
     }
-    // `present[0]` is `Connection`: remove what it names, by name as sent (a name
-    // that is not a valid header name names nothing; `&str` lookups do not allocate).
-    if present[0] {
+    // Remove what `Connection` names, by name as sent (a name that is not a valid
+    // header name names nothing; `&str` lookups do not allocate).
+    if present[CONNECTION_AT] {
         let values: Vec<HeaderValue> = headers.get_all(header::CONNECTION).iter().cloned().collect();
         for v in &values {
             for token in v.to_str().unwrap_or_default().split(',') {
@@ -328,12 +330,6 @@ impl std::fmt::Write for IpText {
     }
 }
 
-impl std::fmt::Display for IpText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 impl std::fmt::Debug for IpText {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -407,6 +403,7 @@ mod tests {
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
+        assert_eq!(HOP_BY_HOP[CONNECTION_AT], header::CONNECTION);
         let mut h = HeaderMap::new();
         h.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));

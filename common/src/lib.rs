@@ -36,6 +36,8 @@ pub mod prom;
 pub mod routing;
 pub mod rules;
 #[cfg(feature = "net")]
+pub mod runtime;
+#[cfg(feature = "net")]
 pub mod serve;
 pub mod server_tls;
 pub mod sticky;

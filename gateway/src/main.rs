@@ -46,19 +46,12 @@ fn main() {
     for note in &cfg.notes {
         tracing::warn!("{note}");
     }
-    // On one CPU (a task with one vCPU, or a process pinned to one), Tokio's
-    // current-thread runtime: the multi-thread scheduler's one worker would only add its
-    // cross-thread wake-ups and stealing checks (docs/benchmarks.md).
-    let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
-    let built = if one_cpu {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build()
-    };
-    tracing::debug!(
-        runtime = if one_cpu { "current_thread" } else { "multi_thread" },
-        "Tokio runtime"
-    );
+    // As many threads as CPUs: on one (a task with one vCPU, or a process pinned to one)
+    // that is Tokio's current-thread runtime, which beat a multi-thread runtime's single
+    // worker by 18 % (docs/benchmarks.md).
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let built = berth_common::runtime::build(threads);
+    tracing::debug!(runtime = berth_common::runtime::flavor(threads), "Tokio runtime");
     let rt = match built {
         Ok(rt) => rt,
         Err(e) => {

@@ -24,17 +24,9 @@ fn main() {
         }
     };
     // One thread by default, as linkerd2-proxy runs: a task's traffic rarely needs more
-    // than a core, and with every connection on one thread a request crosses no thread
-    // to reach its upstream connection (at a fixed 1,000 req/s each such crossing woke a
-    // sleeping thread: docs/benchmarks.md).
-    let built = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
-    };
+    // than a core, and on one thread a request crosses no thread to reach its upstream
+    // connection (docs/benchmarks.md).
+    let built = berth_common::runtime::build(threads);
     let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
