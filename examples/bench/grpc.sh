@@ -43,13 +43,7 @@ greeter="$target_dir/release/berth-greeter"
 
 work=$(mktemp -d /tmp/berth-grpc-bench.XXXXXX)
 pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.2
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
+trap stop_all EXIT INT TERM
 
 pin_proxy=(); pin_load=()
 if command -v taskset >/dev/null && (( $(nproc) >= 2 )); then

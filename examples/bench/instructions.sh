@@ -16,6 +16,7 @@
 #   callgrind_annotate --inclusive=yes $OUT/plain.out | head -60
 # Needs: valgrind, nginx, h2load (Debian: valgrind nginx-light nghttp2-client), cargo.
 set -euo pipefail
+[[ -n "${TRACE:-}" ]] && set -x
 
 N=${N:-20000}
 OUT=${OUT:-/tmp/berth-instructions}
@@ -24,9 +25,7 @@ root=$(cd "$here/../.." && pwd)
 # shellcheck source=examples/bench/lib.sh
 source "$here/lib.sh"
 target_dir=${CARGO_TARGET_DIR:-$root/target}
-for tool in valgrind callgrind_control callgrind_annotate nginx h2load curl; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool not found (apt-get install valgrind nginx-light nghttp2-client curl)" >&2; exit 2; }
-done
+need_tools "apt-get install valgrind nginx-light nghttp2-client curl" valgrind callgrind_control callgrind_annotate nginx h2load curl
 targets=("$@")
 (( ${#targets[@]} )) || targets=(plain unsampled ratio10 always_on nginx)
 
@@ -37,13 +36,7 @@ gateway="$target_dir/release/berth-gateway"
 work=$(mktemp -d /tmp/berth-instructions.XXXXXX)
 mkdir -p "$OUT"
 pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
+trap stop_all EXIT INT TERM
 
 BACKEND=127.0.0.1:18290
 SINK=127.0.0.1:18296
@@ -85,16 +78,17 @@ otlp=(OTEL_EXPORTER_OTLP_ENDPOINT="http://$SINK" OTEL_BSP_SCHEDULE_DELAY=1000)
 count() { # name, command...
   local name=$1; shift
   rm -f "$OUT/$name".*
-  setsid valgrind --tool=callgrind --callgrind-out-file="$OUT/$name.%p" "$@" > "$work/$name.out" 2>&1 < /dev/null &
+  # --trace-children: the command may be `env ... berth-gateway`, which execs it.
+  setsid valgrind --tool=callgrind --trace-children=yes --callgrind-out-file="$OUT/$name.%p" "$@" > "$work/$name.out" 2>&1 < /dev/null &
   local pid=$!
   pids+=("$pid")
   for _ in $(seq 1 200); do curl -s -o /dev/null "http://$PROXY/" && break; sleep 0.2; done
   h2load --h1 -n 2000 -c 50 -t 1 "http://$PROXY/" > /dev/null
-  callgrind_control -z "$pid" > /dev/null
+  callgrind_control -z "$pid" > /dev/null 2>&1
   local res; res=$(h2load --h1 -n "$N" -c 50 -t 1 "http://$PROXY/")
   grep -q "status codes: $N 2xx" <<<"$res" || { echo "bench: $name did not answer $N requests with 2xx:" >&2; echo "$res" >&2; exit 1; }
   sleep 1
-  callgrind_control -d "$pid" > /dev/null
+  callgrind_control -d "$pid" > /dev/null 2>&1
   sleep 1
   kill "$pid"; wait "$pid" 2>/dev/null || true
   local dump; dump=$(ls "$OUT/$name".*.1 | tail -1)

