@@ -23,7 +23,9 @@ fi
 # Outside tools the tests drive (docs/conformance.md): chromium for the dashboard,
 # nghttp/h2load for HTTP/2, curl and openssl, Go (its crypto/tls and net/http as a
 # client: e2e/tools/tlsprobe.go), iproute2 and util-linux for running the
-# binaries as they ship (a network namespace, setpriv, prlimit, taskset), Pebble (an ACME server).
+# binaries as they ship (a network namespace, setpriv, prlimit, taskset), iptables
+# (berth-local installs ECS's redirect rules for a task's proxyConfiguration, in the
+# task's own namespace), Pebble (an ACME server).
 need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v nghttp >/dev/null || need+=(nghttp2-client)
@@ -31,6 +33,7 @@ command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
 command -v go >/dev/null || need+=(golang-go)
 command -v ip >/dev/null || need+=(iproute2)
+command -v iptables >/dev/null || need+=(iptables)
 { command -v setpriv && command -v taskset; } >/dev/null || need+=(util-linux)
 command -v ps >/dev/null || need+=(procps)
 command -v pebble >/dev/null || need+=(pebble)

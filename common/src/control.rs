@@ -111,6 +111,10 @@ pub struct CertificateResponse {
     /// The mesh denies callers of services without `berth.mesh.allow` (`--mesh-default-deny`).
     #[serde(default)]
     pub default_deny: bool,
+    /// The task definition's `proxyConfiguration` (type `APPMESH`), when it names this
+    /// sidecar's container: the sidecar then runs in transparent mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<crate::proxy_config::ProxyConfig>,
 }
 
 /// Every refusal, with a stable code and a sentence for humans.

@@ -33,6 +33,7 @@ pub mod mtls;
 pub mod path;
 pub mod percent;
 pub mod prom;
+pub mod proxy_config;
 pub mod routing;
 pub mod rules;
 #[cfg(feature = "net")]

@@ -19,7 +19,7 @@ pub use ecs::{
     moto_rest, moto_tool, running_tasks, web_container, xml_field,
 };
 pub use gateway::{GatewayProcess, TestGateway, admin_json, iam_gateway, service, start};
-pub use local_up::LocalUp;
+pub use local_up::{LocalUp, demo_taskdef, live_sidecars, write_service};
 pub use mesh::{inbound_call, mesh_slot};
 pub use process::{
     ProcessInfo, PythonServer, args, bin, find_process, forwarder, go_tlsprobe, runnable_copy, sidecar_process, signal,

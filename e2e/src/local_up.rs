@@ -25,6 +25,16 @@ impl Drop for LocalUp {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Killed, it could not remove the network namespaces of its tasks with a
+        // proxyConfiguration (`berth-<pid>-<n>`): the test does.
+        let prefix = format!("berth-{}-", self.child.id());
+        for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with(&prefix) {
+                let _ = Command::new("ip").args(["netns", "del", &name]).status();
+                let _ = std::fs::remove_dir_all(format!("/etc/netns/{name}"));
+            }
+        }
     }
 }
 
@@ -108,6 +118,20 @@ impl LocalUp {
         }
     }
 
+    /// Wait (at most 30 s) until the gateway holds exactly `wanted` live, healthy
+    /// sidecars per service; their task addresses, by service.
+    pub async fn wait_sidecars(&self, wanted: &[(&str, usize)]) -> std::collections::BTreeMap<String, Vec<String>> {
+        let admin = self.admin;
+        let up = berth_common::test_util::eventually(Duration::from_secs(30), || async {
+            let l = live_sidecars(admin).await;
+            wanted.iter().all(|(s, n)| l.get(*s).map(Vec::len) == Some(*n))
+        })
+        .await;
+        let tasks = live_sidecars(admin).await;
+        assert!(up, "wanted {wanted:?}, live {tasks:?}");
+        tasks
+    }
+
     /// Wait for `ready` (at most 90 s); panics with the output otherwise.
     pub async fn wait_ready(&self) {
         let lines = self.lines.clone();
@@ -122,4 +146,46 @@ impl LocalUp {
             self.lines.lock().unwrap()
         );
     }
+}
+
+/// A task definition of berth-local's demo (`local/demo/taskdefs/NAME.json`), to make
+/// services from.
+pub fn demo_taskdef(name: &str) -> serde_json::Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../local/demo/taskdefs/{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// Write `def` and a Fargate service of `count` tasks of it (named for its family) where
+/// `berth-local up --dir DIR` reads them.
+pub fn write_service(dir: &std::path::Path, def: &serde_json::Value, count: usize) {
+    let family = def["family"].as_str().unwrap();
+    for sub in ["taskdefs", "services"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    std::fs::write(dir.join(format!("taskdefs/{family}.json")), def.to_string()).unwrap();
+    let s = serde_json::json!({
+        "serviceName": family,
+        "taskDefinition": family,
+        "desiredCount": count,
+        "launchType": "FARGATE",
+    });
+    std::fs::write(dir.join(format!("services/{family}.json")), s.to_string()).unwrap();
+}
+
+/// The gateway's live, healthy sidecars' task addresses, by service.
+pub async fn live_sidecars(admin: SocketAddr) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for s in crate::admin_json(admin, "/api/sidecars")
+        .await
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if s["state"] == "live" && s["healthy"] == true {
+            out.entry(s["service"].as_str().unwrap_or_default().to_string())
+                .or_default()
+                .push(s["address"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    out
 }

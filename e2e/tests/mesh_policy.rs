@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use berth_common::test_util::{eventually, get, http1, metric};
-use berth_e2e::{LocalUp, admin_json};
+use berth_e2e::{LocalUp, demo_taskdef, write_service};
 use serde_json::{Value, json};
 
 /// The demo's caller, and three services made from its whoami task definition, each
@@ -25,8 +25,7 @@ fn definitions() -> PathBuf {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
         std::fs::copy(src.join(sub).join("caller.json"), dir.join(sub).join("caller.json")).unwrap();
     }
-    let whoami: Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("taskdefs/whoami.json")).unwrap()).unwrap();
+    let whoami = demo_taskdef("whoami");
     let services: &[(&str, &str, usize, Value)] = &[
         (
             "orders",
@@ -84,34 +83,9 @@ fn definitions() -> PathBuf {
                     .push(json!({"name": "WHOAMI_NAME", "value": name}));
             }
         }
-        std::fs::write(dir.join(format!("taskdefs/{family}.json")), t.to_string()).unwrap();
-        let s = json!({
-            "serviceName": family,
-            "taskDefinition": family,
-            "desiredCount": count,
-            "launchType": "FARGATE",
-        });
-        std::fs::write(dir.join(format!("services/{family}.json")), s.to_string()).unwrap();
+        write_service(&dir, &t, *count);
     }
     dir
-}
-
-/// The live sidecars' task addresses, by service.
-async fn live(admin: SocketAddr) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for s in admin_json(admin, "/api/sidecars")
-        .await
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        if s["state"] == "live" && s["healthy"] == true {
-            out.entry(s["service"].as_str().unwrap_or_default().to_string())
-                .or_default()
-                .push(s["address"].as_str().unwrap_or_default().to_string());
-        }
-    }
-    out
 }
 
 /// Who answered an east-west call the caller made (`Hostname: NAME` of the callee).
@@ -134,13 +108,7 @@ async fn splits_retries_and_timeouts_follow_the_callees_labels() {
         ("inventory-dr", 1),
         ("catalog", 2),
     ];
-    let up = eventually(Duration::from_secs(30), || async {
-        let l = live(admin).await;
-        wanted.iter().all(|(s, n)| l.get(*s).map(Vec::len) == Some(*n))
-    })
-    .await;
-    assert!(up, "{:?}", live(admin).await);
-    let tasks = live(admin).await;
+    let tasks = local.wait_sidecars(&wanted).await;
     let caller: SocketAddr = format!("{}:8080", tasks["caller"][0]).parse().unwrap();
     let call = |url: &'static str| async move {
         let started = Instant::now();

@@ -155,6 +155,8 @@ async fn fixture_with(
                 inbound,
                 outbound,
                 admin,
+                admin_set: true,
+                proxy: None,
                 app_port: None,
                 health_path: Some("/health".into()),
                 app_protocol: None,

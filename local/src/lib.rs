@@ -3,11 +3,13 @@
 //! end-to-end tests. [`state`] is the in-memory model of clusters, task definitions, tasks
 //! and container instances; [`ecs_api`] serves it over the real ECS wire protocol
 //! (awsJson1.1), with fault injection; [`runner`] drives the task lifecycle and runs
-//! containers as processes; [`tmds`] is the task metadata endpoint, and the task roles'
+//! containers as processes (a task with a `proxyConfiguration` in a network namespace of
+//! its own, `netns`); [`tmds`] is the task metadata endpoint, and the task roles'
 //! credentials, which `iam` also verifies as STS does.
 
 mod ecs_api;
 mod iam;
+mod netns;
 mod runner;
 mod state;
 pub mod tmds;

@@ -18,7 +18,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+use berth_common::proxy_config::ProxyConfig;
+
 use super::state::{Ecs, TaskState};
+use crate::netns::TaskNetwork;
 
 /// The command that runs no process: the container just "runs" (scale tests).
 pub(crate) const IDLE: &str = "berth-local:idle";
@@ -93,6 +96,8 @@ struct Proc {
     env: Vec<(String, String)>,
     /// Its working directory (health checks run there too).
     cwd: Option<PathBuf>,
+    /// What its programs run under: the task's network namespace and user, if any.
+    prefix: Vec<String>,
     term_sent: Option<Instant>,
     stop_timeout: Duration,
     health: Option<HealthState>,
@@ -156,6 +161,10 @@ pub struct Runner {
     ecs: Arc<Mutex<Ecs>>,
     cfg: RunnerConfig,
     procs: HashMap<String, Proc>,
+    /// The network namespaces of tasks with a `proxyConfiguration`, by task id.
+    networks: HashMap<String, TaskNetwork>,
+    /// Numbers the namespaces.
+    networks_made: u64,
 }
 
 fn container_def<'a>(def: &'a Value, name: &str) -> Option<&'a Value> {
@@ -171,6 +180,18 @@ fn strings(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A command for `program`, run under `prefix` (`ip netns exec NS setpriv ...`) if any.
+fn prefixed(prefix: &[String], program: &std::path::Path) -> tokio::process::Command {
+    match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = tokio::process::Command::new(first);
+            c.args(rest).arg(program);
+            c
+        }
+        None => tokio::process::Command::new(program),
+    }
+}
+
 /// Send a signal to a process by pid (through `kill(1)`: no unsafe code here).
 pub fn signal(pid: u32, sig: &str) {
     let _ = std::process::Command::new("kill")
@@ -183,10 +204,13 @@ pub fn signal(pid: u32, sig: &str) {
 impl Runner {
     pub fn new(ecs: Arc<Mutex<Ecs>>, cfg: RunnerConfig) -> Runner {
         ecs.lock().unwrap_or_else(|e| e.into_inner()).managed = true;
+        crate::netns::remove_stale();
         Runner {
             ecs,
             cfg,
             procs: HashMap::new(),
+            networks: HashMap::new(),
+            networks_made: 0,
         }
     }
 
@@ -233,6 +257,7 @@ impl Runner {
                 let _ = c.start_kill();
             }
         }
+        self.networks.clear();
     }
 
     /// One pass over every task.
@@ -253,6 +278,11 @@ impl Runner {
                 })
                 .collect()
         };
+        self.networks.retain(|id, _| {
+            tasks
+                .iter()
+                .any(|(t, _)| &t.id == id && t.last_status != "DEPROVISIONING")
+        });
         for (task, def) in tasks {
             self.reap_exits(&task, &def);
             self.check_health(&task, &def);
@@ -316,7 +346,7 @@ impl Runner {
                 all_started = false;
                 continue;
             }
-            if let Err(e) = self.start_container(task, &cdef, &c.name, &c.docker_id) {
+            if let Err(e) = self.start_container(task, def, &cdef, &c.name, &c.docker_id) {
                 eprintln!("berth-local: task {} container {}: {e}", task.id, c.name);
                 let reason = format!("CannotStartContainerError: {e}");
                 self.update(task, |t| {
@@ -335,7 +365,57 @@ impl Runner {
         }
     }
 
-    fn start_container(&mut self, task: &TaskState, cdef: &Value, name: &str, docker_id: &str) -> Result<(), String> {
+    /// The task's network namespace, made on its first container's start when its
+    /// definition has a `proxyConfiguration`; `None` for the shared loopback.
+    fn task_network(&mut self, task: &TaskState, def: &Value) -> Result<Option<&TaskNetwork>, String> {
+        if def["proxyConfiguration"].is_null() {
+            return Ok(None);
+        }
+        if !self.networks.contains_key(&task.id) {
+            let proxy = ProxyConfig::from_json(&def["proxyConfiguration"].to_string())?;
+            let address = task
+                .address
+                .ok_or("a task with a proxyConfiguration needs an address of its own (awsvpc)")?;
+            let mut named: Vec<&str> = vec![self.cfg.tmds_base.as_str()];
+            named.extend(self.cfg.aws_endpoint.as_deref());
+            named.extend(self.cfg.sidecar_env.iter().map(|(_, v)| v.as_str()));
+            named.extend(self.cfg.passthrough.iter().map(|(_, v)| v.as_str()));
+            let defined: Vec<String> = def["containerDefinitions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|c| c["environment"].as_array().into_iter().flatten())
+                .filter_map(|e| e["value"].as_str().map(str::to_string))
+                .collect();
+            named.extend(defined.iter().map(String::as_str));
+            let host_ports = crate::netns::host_ports(named);
+            let aliases = self.ecs.lock().unwrap_or_else(|e| e.into_inner()).mesh_aliases();
+            self.networks_made += 1;
+            let net = TaskNetwork::create(self.networks_made, address, &proxy, &host_ports, &aliases)?;
+            self.networks.insert(task.id.clone(), net);
+        }
+        Ok(self.networks.get(&task.id))
+    }
+
+    fn start_container(
+        &mut self,
+        task: &TaskState,
+        def: &Value,
+        cdef: &Value,
+        name: &str,
+        docker_id: &str,
+    ) -> Result<(), String> {
+        let prefix = match self.task_network(task, def)? {
+            Some(net) => {
+                let user = match cdef["user"].as_str() {
+                    Some(u) => Some(crate::netns::parse_user(u)?),
+                    None => None,
+                };
+                net.prefix(user)
+            }
+            None => Vec::new(),
+        };
+        let namespaced = !prefix.is_empty();
         let mut argv = strings(&cdef["entryPoint"]);
         argv.extend(strings(&cdef["command"]));
         if argv.is_empty()
@@ -352,7 +432,7 @@ impl Runner {
             failures: 0,
             running: None,
         });
-        let env = self.container_env(task, cdef, name, docker_id);
+        let env = self.container_env(task, cdef, name, docker_id, namespaced);
         // A container starts in its image's working directory, never in berth-local's:
         // an empty directory of its own, so nothing there is picked up by accident.
         let cwd = self.cfg.logs.join("cwd").join(format!("{}-{name}", task.id));
@@ -366,12 +446,12 @@ impl Runner {
                 .find(program)
                 .ok_or_else(|| format!("program `{program}` not found next to berth-local or on PATH"))?;
             std::fs::create_dir_all(&cwd).map_err(|e| format!("{}: {e}", cwd.display()))?;
-            let mut cmd = tokio::process::Command::new(path);
+            let mut cmd = prefixed(&prefix, &path);
             cmd.args(argv[1..].iter().map(|a| expand(a, &env)))
                 .env_clear()
                 .envs(env.iter().map(|(k, v)| (k, v)))
                 .current_dir(&cwd);
-            if let Some(alias) = arg0 {
+            if let Some(alias) = arg0.filter(|_| prefix.is_empty()) {
                 cmd.arg0(alias);
             }
             let log_path = self.cfg.logs.join(format!("{}-{name}.log", task.id));
@@ -390,6 +470,7 @@ impl Runner {
                 child,
                 env,
                 cwd: Some(cwd),
+                prefix,
                 term_sent: None,
                 stop_timeout,
                 health,
@@ -406,7 +487,14 @@ impl Runner {
     }
 
     /// The environment ECS (and berth-local) gives a container.
-    fn container_env(&self, task: &TaskState, cdef: &Value, name: &str, docker_id: &str) -> Vec<(String, String)> {
+    fn container_env(
+        &self,
+        task: &TaskState,
+        cdef: &Value,
+        name: &str,
+        docker_id: &str,
+        namespaced: bool,
+    ) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())];
         env.extend(self.cfg.passthrough.iter().cloned());
         let region = self.ecs.lock().unwrap_or_else(|e| e.into_inner()).region.clone();
@@ -447,10 +535,13 @@ impl Runner {
             // as in awsvpc, not every loopback address of the host.
             env.push(("BERTH_LISTEN_HOST".into(), a.to_string()));
             if name == "berth-sidecar" {
+                // In its own namespace the proxyConfiguration's ports are the sidecar's
+                // (App Mesh's ingress is 15000): its admin is on Envoy's 9901.
+                let admin = if namespaced { 9901 } else { 15000 };
                 env.extend([
                     ("BERTH_INBOUND".into(), format!("{a}:15443")),
                     ("BERTH_OUTBOUND".into(), format!("{a}:15001")),
-                    ("BERTH_ADMIN".into(), format!("{a}:15000")),
+                    ("BERTH_ADMIN".into(), format!("{a}:{admin}")),
                 ]);
             }
         }
@@ -652,7 +743,7 @@ impl Runner {
                 argv.remove(0);
             }
             let mut cmd = if shell {
-                let mut c = tokio::process::Command::new("sh");
+                let mut c = prefixed(&p.prefix, std::path::Path::new("sh"));
                 c.arg("-c").arg(argv.join(" "));
                 c
             } else {
@@ -660,9 +751,9 @@ impl Runner {
                     h.running = Some(tokio::spawn(async { false }));
                     continue;
                 };
-                let mut c = tokio::process::Command::new(prog);
+                let mut c = prefixed(&p.prefix, &prog);
                 c.args(&argv[1..]);
-                if let Some(name) = arg0 {
+                if let Some(name) = arg0.filter(|_| p.prefix.is_empty()) {
                     c.arg0(name);
                 }
                 c

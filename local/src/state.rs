@@ -220,6 +220,17 @@ impl Ecs {
                 return Err(ApiError::invalid("every container definition needs a name"));
             }
         }
+        // As ECS: a proxyConfiguration it cannot apply is refused, not stored.
+        if !input["proxyConfiguration"].is_null() {
+            let proxy = berth_common::proxy_config::ProxyConfig::from_json(&input["proxyConfiguration"].to_string())
+                .map_err(ApiError::invalid)?;
+            if !containers.iter().any(|c| c["name"] == proxy.container_name.as_str()) {
+                return Err(ApiError::invalid(format!(
+                    "proxyConfiguration.containerName {} names no container of the task definition",
+                    proxy.container_name
+                )));
+            }
+        }
         let revisions = self.taskdefs.entry(family.clone()).or_default();
         let revision = revisions.len() + 1;
         let mut def = input.clone();
@@ -235,6 +246,28 @@ impl Ecs {
         def["registeredAt"] = json!(now());
         revisions.push(def.clone());
         Ok(def)
+    }
+
+    /// Every `berth.mesh.aliases` name the registered task definitions give (what a
+    /// private DNS zone or Cloud Map would answer for).
+    pub fn mesh_aliases(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .taskdefs
+            .values()
+            .flatten()
+            .flat_map(|d| d["containerDefinitions"].as_array().into_iter().flatten())
+            .flat_map(|c| c["dockerLabels"].as_object().into_iter().flatten())
+            .filter(|(k, _)| {
+                k.eq_ignore_ascii_case("berth.mesh.aliases") || k.eq_ignore_ascii_case("traefik.mesh.aliases")
+            })
+            .filter_map(|(_, v)| v.as_str())
+            .flat_map(|v| v.split(','))
+            .map(|a| a.trim().split(':').next().unwrap_or_default().to_ascii_lowercase())
+            .filter(|a| berth_common::labels::valid_mesh_name(a))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Resolve `family`, `family:revision` or a full ARN (latest ACTIVE revision for a family).

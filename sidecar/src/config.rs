@@ -19,6 +19,12 @@ pub struct Settings {
     pub inbound: SocketAddr,
     pub outbound: SocketAddr,
     pub admin: SocketAddr,
+    /// Whether `BERTH_ADMIN` was given (else a transparent ingress on its port moves it).
+    pub admin_set: bool,
+    /// `BERTH_PROXY_CONFIGURATION`: the task's `proxyConfiguration` in the API's JSON
+    /// form, for when the gateway cannot read the task definition (the gateway's, when
+    /// it sends one, is what ECS applies, and wins).
+    pub proxy: Option<berth_common::proxy_config::ProxyConfig>,
     pub app_port: Option<u16>,
     pub health_path: Option<String>,
     /// `BERTH_APP_PROTOCOL`: `h2c` (HTTP/2 without TLS for every request) or `http1`;
@@ -139,6 +145,14 @@ impl Settings {
             inbound: addr("BERTH_INBOUND", "0.0.0.0:15443")?,
             outbound: addr("BERTH_OUTBOUND", "127.0.0.1:15001")?,
             admin: addr("BERTH_ADMIN", "127.0.0.1:15000")?,
+            admin_set: var("BERTH_ADMIN").is_some(),
+            proxy: match var("BERTH_PROXY_CONFIGURATION") {
+                Some(json) => Some(
+                    berth_common::proxy_config::ProxyConfig::from_json(&json)
+                        .map_err(|e| ConfigError(format!("BERTH_PROXY_CONFIGURATION: {e}")))?,
+                ),
+                None => None,
+            },
             app_port,
             health_path: var("BERTH_HEALTH_PATH"),
             app_protocol: match var("BERTH_APP_PROTOCOL").as_deref() {

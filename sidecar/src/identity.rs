@@ -38,6 +38,8 @@ pub(crate) struct Granted {
     pub identity: SpiffeId,
     pub not_after: SystemTime,
     pub default_deny: bool,
+    /// The task definition's `proxyConfiguration`, as the gateway read it.
+    pub proxy: Option<berth_common::proxy_config::ProxyConfig>,
 }
 
 pub(crate) struct Certifier {
@@ -190,6 +192,7 @@ impl Certifier {
             identity,
             not_after,
             default_deny: granted.default_deny,
+            proxy: granted.proxy,
         })
     }
 

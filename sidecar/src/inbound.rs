@@ -13,6 +13,7 @@ use berth_common::body::{Body, boxed, from_client};
 use berth_common::forward::{self, Attempt, Failed, Failure, One, RequestBody, RetryOn, Trip};
 use berth_common::http::{CLIENT_ID_HEADER, UNREACHABLE_HEADER, is_idempotent, remove_hop_by_hop};
 use berth_common::identity::{SpiffeId, spiffe_id_of};
+use berth_common::labels::Ingress;
 use berth_common::mtls::{CertSlot, FollowingServerConfig, PeerPolicy, TrustAnchors, server_config};
 use berth_common::serve::{Listener, ServeLimits, serve_http, within};
 use berth_common::synthetic::Synthetic;
@@ -26,6 +27,13 @@ use hyper::body::{Body as _, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
+
+/// The first byte of a TLS connection (a handshake record).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// The inbound listeners' TLS configuration, rebuilt when the trust anchors change.
+pub(crate) type InboundTls =
+    FollowingServerConfig<Box<dyn Fn(TrustAnchors) -> Result<rustls::ServerConfig, rustls::Error> + Send + Sync>>;
 
 /// Who the task is and whom it accepts.
 #[derive(Debug, Clone)]
@@ -108,70 +116,129 @@ impl Inbound {
         self
     }
 
-    /// Accept mTLS connections until the task is dropped.
+    /// The TLS configuration inbound connections are accepted with (the task's current
+    /// certificate, callers verified against the current trust anchors).
+    pub(crate) fn tls(&self, slot: Arc<CertSlot>, anchors: TrustAnchors) -> Result<Arc<InboundTls>, rustls::Error> {
+        let policy = PeerPolicy::TrustDomain(self.policy.me.trust_domain().into());
+        let tcp_alpns: Vec<Vec<u8>> = self.tcp_ports.iter().map(|p| tcp_alpn(*p)).collect();
+        let build: Box<dyn Fn(TrustAnchors) -> Result<rustls::ServerConfig, rustls::Error> + Send + Sync> =
+            Box::new(move |anchors| {
+                let mut cfg = server_config(slot.clone(), anchors, policy.clone())?;
+                cfg.alpn_protocols.extend(tcp_alpns.iter().cloned());
+                Ok(cfg)
+            });
+        Ok(Arc::new(FollowingServerConfig::new(anchors, build)?))
+    }
+
+    /// Accept connections until the task is dropped: mTLS only (`plaintext` `None`, the
+    /// `BERTH_INBOUND` listener), or, on the transparent ingress, TLS or plaintext told
+    /// apart by the first byte, plaintext taken as `berth.mesh.ingress` says.
     pub(crate) async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
-        slot: Arc<CertSlot>,
-        anchors: TrustAnchors,
-    ) -> Result<(), rustls::Error> {
-        let policy = PeerPolicy::TrustDomain(self.policy.me.trust_domain().into());
-        let tcp_alpns: Vec<Vec<u8>> = self.tcp_ports.iter().map(|p| tcp_alpn(*p)).collect();
-        let configs = FollowingServerConfig::new(anchors, move |anchors| {
-            let mut cfg = server_config(slot.clone(), anchors, policy.clone())?;
-            cfg.alpn_protocols.extend(tcp_alpns.iter().cloned());
-            Ok(cfg)
-        })?;
+        tls: Arc<InboundTls>,
+        plaintext: Option<Ingress>,
+    ) {
         let limits = ServeLimits::MESH;
-        let listener = Listener::new(listener, "inbound", &limits);
+        let name = if plaintext.is_some() { "ingress" } else { "inbound" };
+        let listener = Listener::new(listener, name, &limits);
         loop {
             let (tcp, peer, admission) = listener.accept().await;
             // Small HTTP/2 frames (gRPC) must not wait for Nagle's delayed ACK.
             let _ = tcp.set_nodelay(true);
-            let (me, acceptor) = (self.clone(), tokio_rustls::TlsAcceptor::from(configs.get()));
+            let (me, acceptor) = (self.clone(), tokio_rustls::TlsAcceptor::from(tls.get()));
             tokio::spawn(async move {
                 let _admission = admission;
-                let tls = match within(limits.handshake_timeout, acceptor.accept(tcp)).await {
-                    Some(Ok(t)) => t,
-                    Some(Err(e)) => {
-                        tracing::info!(%peer, error = %e, "inbound: handshake refused");
-                        return;
+                if let Some(mode) = plaintext {
+                    let mut first = [0u8; 1];
+                    match within(limits.handshake_timeout, tcp.peek(&mut first)).await {
+                        Some(Ok(1)) if first[0] == TLS_HANDSHAKE => me.metrics.transparent("ingress", "mtls"),
+                        Some(Ok(1)) => return me.plaintext(tcp, peer, mode, &limits).await,
+                        _ => return,
                     }
-                    None => {
-                        tracing::info!(%peer, "inbound: handshake timed out");
-                        return;
-                    }
-                };
-                let Some(caller) = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|c| spiffe_id_of(c).ok())
-                else {
-                    return;
-                };
-                let tcp_port = tls
-                    .get_ref()
-                    .1
-                    .alpn_protocol()
-                    .and_then(|p| p.strip_prefix(berth_common::upstream::TCP_ALPN_PREFIX.as_bytes()))
-                    .and_then(|p| std::str::from_utf8(p).ok()?.parse::<u16>().ok());
-                if let Some(port) = tcp_port {
-                    me.tcp(tls, &caller, port, limits.idle_timeout).await;
-                    return;
                 }
-                let svc = hyper::service::service_fn(move |req| {
-                    let (me, caller) = (me.clone(), caller.clone());
-                    async move {
-                        let resp = me.observed(req, &caller, peer).await;
-                        me.metrics.inbound(resp.status().as_u16());
-                        Ok::<_, Infallible>(resp)
-                    }
-                });
-                serve_http(tls, svc, &limits).await;
+                me.tls_connection(tcp, peer, acceptor, &limits).await;
             });
         }
+    }
+
+    /// One mTLS connection: the handshake, the caller's identity, then HTTP or raw TCP.
+    async fn tls_connection(
+        self: Arc<Self>,
+        tcp: tokio::net::TcpStream,
+        peer: SocketAddr,
+        acceptor: tokio_rustls::TlsAcceptor,
+        limits: &ServeLimits,
+    ) {
+        let tls = match within(limits.handshake_timeout, acceptor.accept(tcp)).await {
+            Some(Ok(t)) => t,
+            Some(Err(e)) => {
+                tracing::info!(%peer, error = %e, "inbound: handshake refused");
+                return;
+            }
+            None => {
+                tracing::info!(%peer, "inbound: handshake timed out");
+                return;
+            }
+        };
+        let Some(caller) = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| spiffe_id_of(c).ok())
+        else {
+            return;
+        };
+        let tcp_port = tls
+            .get_ref()
+            .1
+            .alpn_protocol()
+            .and_then(|p| p.strip_prefix(berth_common::upstream::TCP_ALPN_PREFIX.as_bytes()))
+            .and_then(|p| std::str::from_utf8(p).ok()?.parse::<u16>().ok());
+        if let Some(port) = tcp_port {
+            self.tcp(tls, &caller, port, limits.idle_timeout).await;
+            return;
+        }
+        let me = self.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let (me, caller) = (me.clone(), caller.clone());
+            async move {
+                let resp = me.observed(req, Some(&caller), peer).await;
+                me.metrics.inbound(resp.status().as_u16());
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        serve_http(tls, svc, limits).await;
+    }
+
+    /// A plaintext connection ECS redirected to the transparent ingress: refused in
+    /// strict mode; in permissive mode its requests go to the app without an identity,
+    /// unless the service names its callers (an allow list cannot be applied to a caller
+    /// without one, so it is not served).
+    async fn plaintext(
+        self: Arc<Self>,
+        tcp: tokio::net::TcpStream,
+        peer: SocketAddr,
+        mode: Ingress,
+        limits: &ServeLimits,
+    ) {
+        if mode == Ingress::Strict {
+            tracing::info!(%peer, "ingress: plaintext caller refused (berth.mesh.ingress=strict)");
+            self.metrics.transparent("ingress", "plaintext_refused");
+            return;
+        }
+        self.metrics.transparent("ingress", "plaintext");
+        let me = self.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let me = me.clone();
+            async move {
+                let resp = me.observed(req, None, peer).await;
+                me.metrics.inbound(resp.status().as_u16());
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        serve_http(tcp, svc, limits).await;
     }
 
     /// A raw TCP stream to the app's `port`, for an authorized caller.
@@ -204,7 +271,7 @@ impl Inbound {
     }
 
     /// [`Inbound::handle`] inside a server span, with an access-log line.
-    async fn observed(&self, req: Request<Incoming>, caller: &SpiffeId, peer: SocketAddr) -> Response<Body> {
+    async fn observed(&self, req: Request<Incoming>, caller: Option<&SpiffeId>, peer: SocketAddr) -> Response<Body> {
         let start = std::time::Instant::now();
         let mut span = self.observe.tracer.server(
             || format!("{} inbound", telemetry::method_name(req.method())),
@@ -212,10 +279,12 @@ impl Inbound {
         );
         telemetry::server_request_attrs(&mut span, &req, peer, true);
         span.set_with(attr::BERTH_DIRECTION, || "inbound");
-        span.set_with(attr::BERTH_PEER_IDENTITY, || caller.to_string());
+        if let Some(caller) = caller {
+            span.set_with(attr::BERTH_PEER_IDENTITY, || caller.to_string());
+        }
         let entry = self.observe.access_log.as_ref().map(|_| {
             let mut e = berth_common::accesslog::Entry::for_request(&req, peer, true, "inbound");
-            e.client_identity = Some(caller.to_string());
+            e.client_identity = caller.map(ToString::to_string);
             e.service_url = Some(format!("http://{}", self.app));
             e
         });
@@ -235,7 +304,7 @@ impl Inbound {
         self.observe.finish(resp, span, entry, start, grpc)
     }
 
-    async fn handle(&self, req: Request<Incoming>, caller: &SpiffeId, span: &Span) -> Response<Body> {
+    async fn handle(&self, req: Request<Incoming>, caller: Option<&SpiffeId>, span: &Span) -> Response<Body> {
         let grpc = berth_common::grpc::is_grpc(req.headers());
         match self.to_app(req, caller, span).await {
             Ok(resp) => resp,
@@ -248,23 +317,36 @@ impl Inbound {
     async fn to_app(
         &self,
         req: Request<Incoming>,
-        caller: &SpiffeId,
+        caller: Option<&SpiffeId>,
         span: &Span,
     ) -> Result<Response<Body>, InboundError> {
-        if let Decision::Deny(why) = authorize(
-            caller,
-            &self.policy.me,
-            self.policy.allow.as_deref(),
-            self.policy.default_deny,
-        ) {
-            tracing::warn!(caller = %caller, target = %self.policy.me, reason = %why, "call denied");
-            self.metrics.denied();
-            return Err(InboundError::Forbidden(why.to_string()));
+        match caller {
+            Some(caller) => {
+                if let Decision::Deny(why) = authorize(
+                    caller,
+                    &self.policy.me,
+                    self.policy.allow.as_deref(),
+                    self.policy.default_deny,
+                ) {
+                    tracing::warn!(caller = %caller, target = %self.policy.me, reason = %why, "call denied");
+                    self.metrics.denied();
+                    return Err(InboundError::Forbidden(why.to_string()));
+                }
+            }
+            // A permissive ingress's plaintext caller: only where no caller is named.
+            None if self.policy.allow.is_some() || self.policy.default_deny => {
+                tracing::warn!(target = %self.policy.me, "plaintext call denied: the service names its callers");
+                self.metrics.denied();
+                return Err(InboundError::Forbidden(
+                    "a caller without a mesh identity: this service names its callers (berth.mesh.allow)".into(),
+                ));
+            }
+            None => {}
         }
         let (mut parts, body) = req.into_parts();
         remove_hop_by_hop(&mut parts.headers);
         parts.headers.remove(CLIENT_ID_HEADER);
-        if let Ok(v) = HeaderValue::from_str(&caller.to_string()) {
+        if let Some(v) = caller.and_then(|c| HeaderValue::from_str(&c.to_string()).ok()) {
             parts.headers.insert(CLIENT_ID_HEADER, v);
         }
         let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");

@@ -3,7 +3,8 @@
 //! bootstrap token), registers and pushes the app's health
 //! ([`register`]) over the control connection ([`control`]), terminates inbound mTLS in
 //! front of the app with authorization ([`inbound`]), and carries the app's east-west
-//! calls to peer sidecars ([`outbound`]). [`Sidecar::start`] wires them in named phases
+//! calls to peer sidecars ([`outbound`]); under the task's `proxyConfiguration` it takes
+//! the connections ECS redirects to it ([`transparent`], and the inbound's ingress). [`Sidecar::start`] wires them in named phases
 //! (`start.rs`); the binary only reads the environment and forwards signals.
 
 pub mod check;
@@ -18,6 +19,7 @@ mod metrics;
 mod outbound;
 mod register;
 mod start;
+mod transparent;
 
 // What the binary, the end-to-end tests and the fuzz targets use; everything else is
 // private to the crate (`unreachable_pub` holds it so). `metadata` (the TMDS v4 model and

@@ -29,6 +29,8 @@ pub struct Metrics {
     inbound_duration: Histogram,
     grpc: Counters<(&'static str, &'static str)>,
     inbound_tcp: Counters<&'static str>,
+    /// Transparent mode's connections, by listener and what became of them.
+    transparent: Counters<(&'static str, &'static str)>,
     outbound_duration: Mutex<BTreeMap<String, Arc<Histogram>>>,
     observe: std::sync::OnceLock<berth_common::telemetry::Observe>,
     /// Connections opened: to other sidecars over mTLS (outbound), to the app (inbound).
@@ -44,6 +46,11 @@ impl Metrics {
     /// A raw TCP connection over the mesh: `forwarded` or `app_unreachable`.
     pub fn inbound_tcp(&self, outcome: &'static str) {
         self.inbound_tcp.inc(outcome);
+    }
+
+    /// A connection the transparent egress or ingress took (`listener`), and its fate.
+    pub fn transparent(&self, listener: &'static str, outcome: &'static str) {
+        self.transparent.inc((listener, outcome));
     }
 
     /// A gRPC call's final status, by direction (`inbound`, `outbound`).
@@ -175,6 +182,16 @@ impl Metrics {
         );
         for (outcome, n) in self.inbound_tcp.snapshot() {
             sample(&mut out, name, &[("outcome", outcome)], n);
+        }
+        let name = "berth_sidecar_transparent_connections_total";
+        family(
+            &mut out,
+            name,
+            "counter",
+            "Connections ECS redirected to the sidecar (proxyConfiguration), by listener (egress, ingress) and outcome.",
+        );
+        for ((listener, outcome), n) in self.transparent.snapshot() {
+            sample(&mut out, name, &[("listener", listener), ("outcome", outcome)], n);
         }
         let name = "berth_sidecar_grpc_responses_total";
         family(

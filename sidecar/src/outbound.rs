@@ -457,23 +457,21 @@ pub(crate) struct Outbound {
 pub(crate) fn target_name(uri: &http::Uri, headers: &http::HeaderMap) -> Result<String, OutboundError> {
     let raw = uri
         .host()
-        .map(str::to_string)
-        .or_else(|| {
-            headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(|h| match h.rsplit_once(':') {
-                    Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host.to_string(),
-                    _ => h.to_string(),
-                })
-        })
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
         .ok_or(OutboundError::NoName)?;
-    let lower = raw.trim_end_matches('.').to_ascii_lowercase();
-    let name = lower.strip_suffix(".berth").unwrap_or(&lower).to_string();
-    if !berth_common::labels::valid_mesh_name(&name) {
-        return Err(OutboundError::BadName(raw));
-    }
-    Ok(name)
+    mesh_name(raw).ok_or_else(|| OutboundError::BadName(raw.to_string()))
+}
+
+/// A host as an app wrote it (with or without its port), as a mesh name or alias:
+/// lower-case, without the port, a trailing dot and `.berth`; `None` when it cannot be one.
+pub(crate) fn mesh_name(host: &str) -> Option<String> {
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let lower = host.trim_end_matches('.').to_ascii_lowercase();
+    let name = lower.strip_suffix(".berth").unwrap_or(&lower);
+    berth_common::labels::valid_mesh_name(name).then(|| name.to_string())
 }
 
 impl Outbound {
@@ -515,12 +513,32 @@ impl Outbound {
             let me = self.clone();
             tokio::spawn(async move {
                 let _admission = admission;
-                let svc = hyper::service::service_fn(move |req| {
-                    let me = me.clone();
-                    async move { Ok::<_, Infallible>(me.observed(req, peer).await) }
-                });
-                serve_http(tcp, svc, &limits).await;
+                me.connection(tcp, peer).await;
             });
+        }
+    }
+
+    /// Serve one of the app's plain-HTTP connections (also the transparent egress's, for
+    /// calls to the mesh).
+    pub(crate) async fn connection<I>(self: Arc<Self>, tcp: I, peer: std::net::SocketAddr)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let svc = hyper::service::service_fn(move |req| {
+            let me = self.clone();
+            async move { Ok::<_, Infallible>(me.observed(req, peer).await) }
+        });
+        serve_http(tcp, svc, &ServeLimits::LOCAL).await;
+    }
+
+    /// Whether `name` (a host as the app wrote it, port and `.berth` already gone) is a
+    /// mesh service or alias: `Some(false)` when the mesh says it is not, `None` when
+    /// that cannot be told now (the call then gets the outbound's own answer).
+    pub(crate) async fn in_mesh(&self, name: &str) -> Option<bool> {
+        match self.mesh.resolve(name).await {
+            Ok(_) => Some(true),
+            Err(OutboundError::NoService(_) | OutboundError::BadName(_)) => Some(false),
+            Err(_) => None,
         }
     }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use berth_common::control::Registration;
 use berth_common::labels::ContainerLabels as Labels;
 use berth_common::mtls::{CertSlot, TrustAnchors};
+use berth_common::proxy_config::ProxyConfig;
 use berth_common::telemetry::{Observe, Tracer};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -27,6 +28,7 @@ use crate::metadata::{self, TaskMetadata};
 use crate::metrics::Metrics;
 use crate::outbound::{MeshCache, Outbound};
 use crate::register::{self, Probe, TaskState};
+use crate::transparent::Egress;
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,8 @@ pub enum StartError {
     AccessLog(std::io::Error),
     #[error("outbound TLS: {0}")]
     OutboundTls(rustls::Error),
+    #[error("inbound TLS: {0}")]
+    InboundTls(rustls::Error),
 }
 
 impl StartError {
@@ -121,6 +125,7 @@ impl Sidecar {
             current: Default::default(),
         });
         let granted = identity(&certifier).await;
+        let granted_proxy = granted.proxy.clone();
         tracing::info!(identity = %granted.identity, task = %reg.task_arn, "certificate obtained");
         let (labels, diags) = berth_common::labels::parse(&reg.labels);
         for d in diags {
@@ -149,14 +154,18 @@ impl Sidecar {
                 )
                 .response_timeout(settings.app_response_timeout),
         );
+        let proxy = transparent_config(&settings, granted_proxy);
+        let inbound_tls = inbound
+            .tls(slot.clone(), anchors.clone())
+            .map_err(StartError::InboundTls)?;
         let listener = bind_listener("BERTH_INBOUND", settings.inbound).await?;
         let inbound_addr = listener.local_addr().unwrap_or(settings.inbound);
-        let (inbound_slot, inbound_anchors) = (slot.clone(), anchors.clone());
-        tokio::spawn(async move {
-            if let Err(e) = inbound.serve(listener, inbound_slot, inbound_anchors).await {
-                tracing::error!(error = %e, "inbound listener stopped");
+        tokio::spawn(inbound.clone().serve(listener, inbound_tls.clone(), None));
+        if let Some(p) = &proxy {
+            for l in bind_any("ProxyIngressPort", p.ingress_port).await? {
+                tokio::spawn(inbound.clone().serve(l, inbound_tls.clone(), Some(labels.mesh.ingress)));
             }
-        });
+        }
         let mesh = MeshCache::new(pool.clone());
         tokio::spawn(mesh.clone().follow());
         let outbound = Outbound::new(
@@ -169,10 +178,29 @@ impl Sidecar {
             settings.outbound_response_timeout,
         )
         .map_err(StartError::OutboundTls)?;
-        let out_listener = bind_listener("BERTH_OUTBOUND", settings.outbound).await?;
-        let outbound_addr = out_listener.local_addr().unwrap_or(settings.outbound);
-        tokio::spawn(Arc::new(outbound).serve(out_listener));
-        let admin = serve_admin(settings.admin, metrics.clone()).await?;
+        let outbound = Arc::new(outbound);
+        let mut outbound_addr = settings.outbound;
+        if let Some(p) = &proxy {
+            let egress = Arc::new(Egress::new(outbound.clone(), labels.mesh.outbound, metrics.clone()));
+            for l in bind_any("ProxyEgressPort", p.egress_port).await? {
+                tokio::spawn(egress.clone().serve(l));
+            }
+            tracing::info!(
+                ingress = p.ingress_port,
+                egress = p.egress_port,
+                app_ports = ?p.app_ports,
+                outbound = ?labels.mesh.outbound,
+                ingress_plaintext = ?labels.mesh.ingress,
+                "transparent mode (proxyConfiguration)"
+            );
+        }
+        // The egress listener also takes direct calls: on its port it is the outbound.
+        if proxy.as_ref().is_none_or(|p| p.egress_port != settings.outbound.port()) {
+            let out_listener = bind_listener("BERTH_OUTBOUND", settings.outbound).await?;
+            outbound_addr = out_listener.local_addr().unwrap_or(settings.outbound);
+            tokio::spawn(outbound.serve(out_listener));
+        }
+        let admin = serve_admin(admin_address(&settings, proxy.as_ref())?, metrics.clone()).await?;
 
         // Registration and heartbeats, until told to stop.
         let (stop_registrar, stopping) = watch::channel(false);
@@ -412,6 +440,91 @@ fn app_h2c(settings: &Settings, labels: &Labels) -> bool {
             .values()
             .any(|s| s.load_balancer.server.as_ref().and_then(|t| t.scheme.as_deref()) == Some("h2c"))
     })
+}
+
+/// Phase: transparent mode, from the task definition's `proxyConfiguration` as the
+/// gateway read it (what ECS applies), else `BERTH_PROXY_CONFIGURATION`; only when it
+/// names this container.
+fn transparent_config(settings: &Settings, from_gateway: Option<ProxyConfig>) -> Option<ProxyConfig> {
+    if let (Some(g), Some(e)) = (&from_gateway, &settings.proxy)
+        && g != e
+    {
+        tracing::warn!(
+            "BERTH_PROXY_CONFIGURATION differs from the task definition's proxyConfiguration: the task definition's applies"
+        );
+    }
+    let proxy = from_gateway.or_else(|| settings.proxy.clone())?;
+    if proxy.container_name != metadata::SIDECAR_CONTAINER {
+        tracing::warn!(
+            container = %proxy.container_name,
+            "the proxyConfiguration names another container: no transparent mode (name the sidecar's container {})",
+            metadata::SIDECAR_CONTAINER
+        );
+        return None;
+    }
+    let uid = std::fs::metadata("/proc/self")
+        .ok()
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+    let gid = std::fs::metadata("/proc/self")
+        .ok()
+        .map(|m| std::os::unix::fs::MetadataExt::gid(&m));
+    let ignored = (proxy.ignored_uid.is_some() && proxy.ignored_uid == uid)
+        || (proxy.ignored_gid.is_some() && proxy.ignored_gid == gid);
+    if !ignored {
+        tracing::warn!(
+            ?uid,
+            ignored_uid = ?proxy.ignored_uid,
+            ignored_gid = ?proxy.ignored_gid,
+            "the sidecar does not run as the proxyConfiguration's IgnoredUID/IgnoredGID: ECS redirects its own \
+             connections back to it, and they fail; set the container's user"
+        );
+    }
+    Some(proxy)
+}
+
+/// The admin listener's address: `BERTH_ADMIN`, except that its default port gives way to
+/// a transparent listener (App Mesh's ingress is on 15000) and it moves to 9901, Envoy's
+/// admin port in App Mesh task definitions.
+fn admin_address(settings: &Settings, proxy: Option<&ProxyConfig>) -> Result<SocketAddr, StartError> {
+    let Some(p) = proxy.filter(|p| [p.ingress_port, p.egress_port].contains(&settings.admin.port())) else {
+        return Ok(settings.admin);
+    };
+    if settings.admin_set {
+        return Err(StartError::Config(format!(
+            "BERTH_ADMIN={}: its port is the proxyConfiguration's ProxyIngressPort or ProxyEgressPort ({} or {})",
+            settings.admin, p.ingress_port, p.egress_port
+        )));
+    }
+    Ok(SocketAddr::new(settings.admin.ip(), ADMIN_BESIDE_PROXY))
+}
+
+/// Envoy's admin port in App Mesh task definitions.
+const ADMIN_BESIDE_PROXY: u16 = 9901;
+
+/// A transparent listener on every address of the task, as ECS's redirect needs: IPv4,
+/// and IPv6 when the task has it.
+async fn bind_any(what: &'static str, port: u16) -> Result<Vec<TcpListener>, StartError> {
+    let v4 = bind_listener(what, SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))).await?;
+    let mut out = vec![v4];
+    match v6_only_listener(port) {
+        Ok(l) => out.push(l),
+        Err(e) => tracing::debug!(port, error = %e, "no IPv6 transparent listener"),
+    }
+    Ok(out)
+}
+
+fn v6_only_listener(port: u16) -> std::io::Result<TcpListener> {
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV6,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    s.set_only_v6(true)?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+    s.listen(1024)?;
+    TcpListener::from_std(s.into())
 }
 
 async fn bind_listener(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {

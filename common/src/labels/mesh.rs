@@ -78,7 +78,7 @@ pub(super) fn policy(pairs: &[(&str, &str)], prefix: &str, diags: &mut Vec<Diagn
             },
             _ => diags.push(Diagnostic::error(
                 label,
-                "unknown mesh option (name, allow, weighted, retry, timeout, failover, sticky)",
+                "unknown mesh option (name, aliases, allow, outbound, ingress, weighted, retry, timeout, failover, sticky)",
             )),
         }
     }

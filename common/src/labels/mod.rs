@@ -53,9 +53,65 @@ pub struct MeshLabels {
     pub name: Option<String>,
     /// `berth.mesh.allow`: caller identities or service names allowed to call.
     pub allow: Option<Vec<String>>,
+    /// `berth.mesh.aliases`: more names callers reach the service by (host names such as
+    /// App Mesh virtual-service or Cloud Map names), lower-case, without port.
+    pub aliases: Vec<String>,
+    /// `berth.mesh.outbound`: what the task's transparent egress does with a destination
+    /// that is not in the mesh.
+    pub outbound: Outbound,
+    /// `berth.mesh.ingress`: whether the transparent ingress also takes plaintext.
+    pub ingress: Ingress,
     /// `berth.mesh.weighted.*`, `berth.mesh.retry.*`, `berth.mesh.timeout`: how callers'
     /// sidecars route to this service.
     pub policy: crate::control::MeshPolicy,
+}
+
+/// `berth.mesh.outbound`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Outbound {
+    /// Passed through to its original destination unchanged (App Mesh's `ALLOW_ALL`).
+    #[default]
+    AllowAll,
+    /// Refused (App Mesh's `DROP_ALL`).
+    MeshOnly,
+}
+
+/// `berth.mesh.ingress`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Ingress {
+    /// Only callers with a mesh certificate.
+    #[default]
+    Strict,
+    /// Plaintext callers too, without an identity (the migration window).
+    Permissive,
+}
+
+/// The most aliases one service takes.
+pub const MAX_ALIASES: usize = 16;
+
+/// `berth.mesh.aliases`: comma-separated host names, each with or without `:port`.
+fn aliases(value: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for a in value.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        let host = match a.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => h,
+            _ => a,
+        };
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        if !valid_mesh_name(&host) {
+            return Err(format!(
+                "`{}` is not a host name (letters, digits, `-`, `_`, `.`)",
+                a.chars().take(64).collect::<String>()
+            ));
+        }
+        if !out.contains(&host) {
+            out.push(host);
+        }
+        if out.len() > MAX_ALIASES {
+            return Err(format!("more than {MAX_ALIASES} aliases"));
+        }
+    }
+    Ok(out)
 }
 
 /// Parse a container's labels. Labels outside the two prefixes are ignored.
@@ -138,6 +194,33 @@ pub fn parse(labels: &BTreeMap<String, String>) -> (ContainerLabels, Vec<Diagnos
                         ));
                     }
                 }
+                "mesh.aliases" => match aliases(value) {
+                    Ok(a) => out.mesh.aliases = a,
+                    Err(e) => diags.push(Diagnostic::error(key.clone(), format!("{e}; no alias is served"))),
+                },
+                "mesh.outbound" => match value.trim().to_ascii_lowercase().as_str() {
+                    "allow-all" => out.mesh.outbound = Outbound::AllowAll,
+                    "mesh-only" => out.mesh.outbound = Outbound::MeshOnly,
+                    _ => {
+                        // Fail closed: a setting that cannot be read never opens the way out.
+                        out.mesh.outbound = Outbound::MeshOnly;
+                        diags.push(Diagnostic::error(
+                            key.clone(),
+                            "expected allow-all or mesh-only; destinations outside the mesh are refused",
+                        ))
+                    }
+                },
+                "mesh.ingress" => match value.trim().to_ascii_lowercase().as_str() {
+                    "strict" => out.mesh.ingress = Ingress::Strict,
+                    "permissive" => out.mesh.ingress = Ingress::Permissive,
+                    _ => {
+                        out.mesh.ingress = Ingress::Strict;
+                        diags.push(Diagnostic::error(
+                            key.clone(),
+                            "expected strict or permissive; only mTLS callers are taken",
+                        ))
+                    }
+                },
                 "mesh.allow" => {
                     out.mesh.allow = Some(
                         value

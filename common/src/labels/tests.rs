@@ -915,3 +915,43 @@ fn each_bad_part_is_disabled_with_a_diagnostic_and_the_rest_kept() {
     assert!(c.mesh.policy.split.is_empty());
     assert!(diags.iter().any(|d| d.message.contains("more than 16")), "{diags:?}");
 }
+
+#[test]
+fn transparent_mode_labels_are_read_and_fail_closed() {
+    let (c, diags) = parse(&labels(&[
+        (
+            "berth.mesh.aliases",
+            " Orders.Apps.Local:8080, orders.apps.local., orders.internal ",
+        ),
+        ("berth.mesh.outbound", "mesh-only"),
+        ("berth.mesh.ingress", "Permissive"),
+    ]));
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(c.mesh.aliases, vec!["orders.apps.local", "orders.internal"]);
+    assert_eq!(c.mesh.outbound, crate::labels::Outbound::MeshOnly);
+    assert_eq!(c.mesh.ingress, crate::labels::Ingress::Permissive);
+    // Unset: App Mesh's defaults (pass through, mTLS only).
+    let (c, _) = parse(&labels(&[("berth.mesh.name", "orders")]));
+    assert_eq!(c.mesh.outbound, crate::labels::Outbound::AllowAll);
+    assert_eq!(c.mesh.ingress, crate::labels::Ingress::Strict);
+    // What cannot be read closes the way it configures, with a diagnostic.
+    let many = (0..20).map(|i| format!("a{i}.local")).collect::<Vec<_>>().join(",");
+    for (key, value, check) in [
+        ("berth.mesh.outbound", "sometimes", "mesh-only"),
+        ("berth.mesh.ingress", "open", "strict"),
+        ("berth.mesh.aliases", "ok.local, bad host", "no alias"),
+        ("berth.mesh.aliases", many.as_str(), "more than 16"),
+    ] {
+        let (c, diags) = parse(&labels(&[(key, value)]));
+        assert!(
+            diags.iter().any(|d| d.key == key && d.message.contains(check)),
+            "{key}={value}: {diags:?}"
+        );
+        assert_eq!(
+            c.mesh.outbound == crate::labels::Outbound::AllowAll,
+            key != "berth.mesh.outbound"
+        );
+        assert_eq!(c.mesh.ingress, crate::labels::Ingress::Strict);
+        assert!(c.mesh.aliases.is_empty());
+    }
+}

@@ -4,7 +4,8 @@
 //! request but `/health` waits N ms first: a hung task), `/status/N`, `/bench` (a fixed small
 //! body), `/ws` (echo after an HTTP/1.1 upgrade) and `/call?url=http://S/path`, which
 //! calls another service east-west through the task's sidecar (`HTTP_PROXY`, else
-//! `$BERTH_LOCAL_ADDRESS:15001`) and answers with what came back, and `/grpc?to=S&name=N`,
+//! `$BERTH_LOCAL_ADDRESS:15001`; with `WHOAMI_CALLS=direct`, straight to S, as an app of an
+//! App Mesh task does) and answers with what came back, and `/grpc?to=S&name=N`,
 //! which calls `helloworld.Greeter/SayHello` on S the same way over gRPC.
 //!
 //! With `WHOAMI_TCP_PORT`, it also echoes raw TCP on that port, each chunk prefixed by its
@@ -37,11 +38,15 @@ struct App {
 
 fn main() {
     let (listen, name, rt) = berth_examples::demo_app_setup("berth-whoami", "WHOAMI", 80);
+    // `WHOAMI_CALLS=direct`: calls go straight to the URL's host, as an app that knows
+    // nothing of a proxy (ECS's proxyConfiguration redirects them to the sidecar).
+    let direct = std::env::var("WHOAMI_CALLS").is_ok_and(|v| v == "direct");
     let proxy = std::env::var("HTTP_PROXY")
         .or_else(|_| std::env::var("http_proxy"))
         .ok()
         .map(|p| p.trim_start_matches("http://").trim_end_matches('/').to_string())
-        .or_else(|| std::env::var("BERTH_LOCAL_ADDRESS").ok().map(|a| format!("{a}:15001")));
+        .or_else(|| std::env::var("BERTH_LOCAL_ADDRESS").ok().map(|a| format!("{a}:15001")))
+        .filter(|_| !direct);
     let app = App {
         name,
         listen,
@@ -205,19 +210,26 @@ async fn call(app: &App, query: &str, incoming: &http::HeaderMap) -> Response<Fu
     let Some(url) = query.split('&').find_map(|kv| kv.strip_prefix("url=")) else {
         return text(StatusCode::BAD_REQUEST, "use /call?url=http://SERVICE/path\n");
     };
-    let Some(proxy) = &app.proxy else {
-        return text(StatusCode::BAD_GATEWAY, "no HTTP_PROXY and no BERTH_LOCAL_ADDRESS\n");
-    };
     let result = async {
-        let stream = tokio::net::TcpStream::connect(proxy.as_str())
+        let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+        let host = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+        // Through the sidecar as a proxy (absolute form), or straight to the host.
+        let (target, uri) = match &app.proxy {
+            Some(proxy) => (proxy.clone(), uri),
+            None => {
+                let port = uri.port_u16().unwrap_or(80);
+                let target = format!("{}:{port}", uri.host().unwrap_or_default());
+                let path = uri.path_and_query().map_or("/", |p| p.as_str());
+                (target, path.parse().map_err(|e| format!("{url}: {e}"))?)
+            }
+        };
+        let stream = tokio::net::TcpStream::connect(target.as_str())
             .await
-            .map_err(|e| format!("{proxy}: {e}"))?;
+            .map_err(|e| format!("{target}: {e}"))?;
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-        let host = uri.authority().map(|a| a.to_string()).unwrap_or_default();
         let mut req = Request::builder()
             .uri(uri)
             .header(http::header::HOST, host)

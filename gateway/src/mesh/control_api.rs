@@ -646,6 +646,13 @@ impl ControlApi {
         };
         tracing::info!(identity = %identity, task = %task.task_arn, serial = %issued.serial,
             renewal = client_id.is_some(), proof, "certificate issued");
+        let proxy = match &self.lookup {
+            Some(lookup) => lookup.proxy_config(&task).await.unwrap_or_else(|e| {
+                tracing::warn!(task = %task.task_arn, error = %e, "task definition unavailable: no proxyConfiguration sent");
+                None
+            }),
+            None => None,
+        };
         reply(
             StatusCode::OK,
             &CertificateResponse {
@@ -659,6 +666,7 @@ impl ControlApi {
                     .map(|d| d.as_secs())
                     .unwrap_or(0),
                 default_deny: self.default_deny,
+                proxy,
             },
         )
     }

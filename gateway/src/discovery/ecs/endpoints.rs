@@ -61,6 +61,18 @@ pub(crate) fn has_sidecar(def: &TaskDefinition) -> bool {
     })
 }
 
+/// The definition's `proxyConfiguration`, parsed: `None` without one.
+pub(crate) fn proxy_config(def: &TaskDefinition) -> Option<Result<berth_common::proxy_config::ProxyConfig, String>> {
+    let p = def.proxy_configuration()?;
+    Some(berth_common::proxy_config::ProxyConfig::from_properties(
+        p.r#type().map(|t| t.as_str()),
+        p.container_name(),
+        p.properties()
+            .iter()
+            .map(|kv| (kv.name().unwrap_or_default(), kv.value().unwrap_or_default())),
+    ))
+}
+
 /// Whether a task as a whole may receive traffic: ECS says RUNNING and wants it RUNNING.
 pub(crate) fn task_is_running(task: &Task) -> bool {
     task.last_status() == Some("RUNNING") && task.desired_status() == Some("RUNNING")

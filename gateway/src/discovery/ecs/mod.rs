@@ -257,6 +257,23 @@ impl TaskLookup {
         Ok(def.task_role_arn().filter(|r| !r.is_empty()).map(str::to_string))
     }
 
+    /// The task definition's `proxyConfiguration`, for its sidecar's transparent mode;
+    /// `None` when it has none, or one ECS would not accept (reported).
+    pub(crate) async fn proxy_config(
+        &self,
+        task: &TaskFacts,
+    ) -> Result<Option<berth_common::proxy_config::ProxyConfig>, client::ApiError> {
+        let Some(def) =
+            reconcile::task_definition(&self.shared.taskdefs, &self.shared.api, &task.task_definition_arn).await?
+        else {
+            return Ok(None);
+        };
+        Ok(endpoints::proxy_config(&def).and_then(|r| {
+            r.map_err(|e| tracing::warn!(task = %task.task_arn, error = %e, "the task's proxyConfiguration is ignored"))
+                .ok()
+        }))
+    }
+
     /// The running tasks of an ECS service in the discovered clusters, from the last views.
     pub(crate) fn running_tasks_of(&self, service: &str) -> Vec<TaskFacts> {
         let known = self.shared.known.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -723,7 +740,7 @@ fn resolve_mesh_names(claims: Vec<MeshClaim>, diags: &mut Vec<Diagnostic>) -> BT
                     Diagnostic::error(
                         "berth.mesh.name",
                         format!(
-                            "mesh name {name} is claimed by {}; it is served to none of them: give each a distinct berth.mesh.name",
+                            "mesh name {name} is claimed by {}; it is served to none of them: give each a distinct berth.mesh.name (or berth.mesh.aliases entry)",
                             list.join(" and ")
                         ),
                     )
@@ -827,6 +844,17 @@ pub(crate) fn build_config(
                     && !diags.contains(&d)
                 {
                     diags.push(d);
+                }
+                // Its aliases are names it does not own: two services claiming one alias
+                // get it neither, and a service's own name is never taken by an alias.
+                for alias in &parsed.mesh.aliases {
+                    claims.push(MeshClaim {
+                        name: alias.clone(),
+                        identity: claim.identity.clone(),
+                        owner: false,
+                        endpoint: claim.endpoint.clone(),
+                        policy: claim.policy.clone(),
+                    });
                 }
                 claims.push(claim);
             }
@@ -1238,5 +1266,32 @@ mod tests {
             "{diags:?}"
         );
         assert!(diags.iter().any(|d| d.message.contains("served to none")), "{diags:?}");
+    }
+
+    #[test]
+    fn an_alias_two_services_claim_is_served_to_neither() {
+        let mut diags = Vec::new();
+        let mesh = resolve_mesh_names(
+            vec![
+                claim("orders", "ecs/prod/orders", true, "10.0.0.1:15443"),
+                claim("orders.apps.local", "ecs/prod/orders", false, "10.0.0.1:15443"),
+                claim("shared.apps.local", "ecs/prod/orders", false, "10.0.0.1:15443"),
+                claim("shared.apps.local", "ecs/prod/billing", false, "10.0.0.2:15443"),
+                // An alias naming another service's own name never takes it.
+                claim("billing", "ecs/prod/billing", true, "10.0.0.2:15443"),
+                claim("billing", "ecs/prod/orders", false, "10.0.0.1:15443"),
+            ],
+            &mut diags,
+        );
+        assert_eq!(mesh["orders.apps.local"].identity, "ecs/prod/orders");
+        assert_eq!(mesh["orders.apps.local"].endpoints, vec!["10.0.0.1:15443"]);
+        assert!(!mesh.contains_key("shared.apps.local"));
+        assert_eq!(mesh["billing"].identity, "ecs/prod/billing");
+        let text = format!("{diags:?}");
+        assert!(
+            text.contains("shared.apps.local is claimed by ecs/prod/billing and ecs/prod/orders"),
+            "{text}"
+        );
+        assert!(text.contains("ecs/prod/orders claims mesh name billing"), "{text}");
     }
 }
