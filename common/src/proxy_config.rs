@@ -128,12 +128,15 @@ impl ProxyConfig {
                 "ProxyIngressPort" => ingress = Some(port(value).ok_or_else(|| field("a port"))?),
                 "ProxyEgressPort" => egress = Some(port(value).ok_or_else(|| field("a port"))?),
                 "AppPorts" => apps = Some(ports(value).ok_or_else(|| field("a comma-separated list of ports"))?),
+                // ECS takes these empty (as if absent).
+                "EgressIgnoredPorts" if value.is_empty() => {}
+                "EgressIgnoredIPs" if value.is_empty() => {}
                 "EgressIgnoredPorts" => {
                     cfg.egress_ignored_ports = ports(value).ok_or_else(|| field("a comma-separated list of ports"))?
                 }
                 "EgressIgnoredIPs" => {
                     cfg.egress_ignored_ips =
-                        ips(value).ok_or_else(|| field("a comma-separated list of IPv4 addresses or CIDR blocks"))?
+                        ips(value).ok_or_else(|| field("a comma-separated list of IP addresses or CIDR blocks"))?
                 }
                 other => return Err(format!("proxyConfiguration: unknown property `{}`", bounded(other))),
             }
@@ -188,21 +191,39 @@ fn ips(s: &str) -> Option<Vec<String>> {
     (!out.is_empty() && out.len() <= MAX_LIST).then_some(out)
 }
 
-/// An IPv4 address or CIDR block, as (network, prefix length).
-fn parse_block(s: &str) -> Option<(std::net::Ipv4Addr, u8)> {
+/// An IPv4 or IPv6 address or CIDR block, as (network, prefix length).
+fn parse_block(s: &str) -> Option<(std::net::IpAddr, u8)> {
     let (ip, len) = match s.split_once('/') {
-        Some((ip, len)) => (ip, len.parse::<u8>().ok().filter(|l| *l <= 32)?),
-        None => (s, 32),
+        Some((ip, len)) => (ip, Some(len.parse::<u8>().ok()?)),
+        None => (s, None),
     };
-    Some((ip.parse().ok()?, len))
+    let ip: std::net::IpAddr = ip.parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = len.unwrap_or(max);
+    (len <= max).then_some((ip, len))
 }
 
 fn in_block(ip: std::net::IpAddr, block: &str) -> bool {
-    let (std::net::IpAddr::V4(ip), Some((net, len))) = (ip, parse_block(block)) else {
+    use std::net::IpAddr::{V4, V6};
+    let Some((net, len)) = parse_block(block) else {
         return false;
     };
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
-    u32::from(ip) & mask == u32::from(net) & mask
+    let (ip, net, bits) = match (ip.to_canonical(), net) {
+        (V4(ip), V4(net)) => (u128::from(u32::from(ip)), u128::from(u32::from(net)), 32),
+        (V6(ip), V6(net)) => (u128::from(ip), u128::from(net), 128),
+        _ => return false,
+    };
+    let mask = if len == 0 {
+        0
+    } else {
+        (u128::MAX << (128 - u32::from(len))) >> (128 - bits)
+    };
+    ip & mask == net & mask
+}
+
+/// Whether `block` is an IPv4 one (berth-local's namespaces carry IPv4 only).
+pub fn is_ipv4_block(block: &str) -> bool {
+    parse_block(block).is_some_and(|(ip, _)| ip.is_ipv4())
 }
 
 #[cfg(test)]
@@ -281,7 +302,20 @@ mod tests {
         assert!(with("IgnoredUID", "").unwrap_err().contains("IgnoredUID or IgnoredGID"));
         assert!(with("IgnoredUID", "-1").unwrap_err().contains("user id"));
         assert!(with("EgressIgnoredIPs", "10.0.0.0/33").unwrap_err().contains("CIDR"));
-        assert!(with("EgressIgnoredIPs", "::1").unwrap_err().contains("IPv4"));
+        assert!(with("EgressIgnoredIPs", "fd00::/129").unwrap_err().contains("CIDR"));
+        assert!(
+            with("EgressIgnoredIPs", "10.0.0.0/8,nowhere")
+                .unwrap_err()
+                .contains("CIDR")
+        );
+        // ECS takes the ignore lists empty, and IPv6 in them.
+        assert!(with("EgressIgnoredIPs", " ").unwrap().egress_ignored_ips.is_empty());
+        assert!(with("EgressIgnoredPorts", " ").unwrap().egress_ignored_ports.is_empty());
+        let v6 = with("EgressIgnoredIPs", "fd00:ec2::254,fd00::/8").unwrap();
+        assert!(v6.egress_ignored("[fd00:ec2::254]:80".parse().unwrap()));
+        assert!(v6.egress_ignored("[fd12::1]:80".parse().unwrap()));
+        assert!(!v6.egress_ignored("[fe80::1]:80".parse().unwrap()));
+        assert!(!v6.egress_ignored("10.0.0.1:80".parse().unwrap()));
         assert!(with("Surprise", "1").unwrap_err().contains("unknown property"));
         let long = "9".repeat(10_000);
         assert!(with("AppPorts", &long).unwrap_err().contains("longer than"));

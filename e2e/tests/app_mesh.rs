@@ -19,10 +19,18 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use berth_common::test_util::{get, http1, metric, try_http1};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use berth_common::test_util::otlp::{ReceivedSpan, Receiver};
+use berth_common::test_util::{eventually, get, http1, metric, try_http1};
 use berth_e2e::{LocalUp, demo_taskdef, write_service};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TRACE: &str = "7c1a9e0d5f3b4a2c8e6d0b1f2a3c4d5e";
+const CLIENT_SPAN: &str = "1a2b3c4d5e6f7a8b";
 
 /// What App Mesh's documentation gives every task.
 fn proxy_configuration() -> Value {
@@ -78,6 +86,9 @@ fn definitions() -> PathBuf {
                 "berth.http.routers.locked.rule": "Host(`locked.localhost`)",
                 "berth.http.services.locked.loadbalancer.server.port": "8080",
                 "berth.mesh.outbound": "mesh-only",
+                // Permissive, but it names its callers: plaintext cannot be checked.
+                "berth.mesh.ingress": "permissive",
+                "berth.mesh.allow": "web,spiffe://berth.local/gateway",
             }),
         ),
     ];
@@ -130,7 +141,17 @@ async fn outside_server() -> SocketAddr {
 async fn app_mesh_task_definitions_run_with_berth_sidecar_and_unchanged_apps() {
     let outside = outside_server().await;
     let dir = definitions();
-    let local = LocalUp::start_with("127.0.171.1", &["--dir", dir.to_str().unwrap()]);
+    let rx = Receiver::start().await;
+    let endpoint = rx.grpc_endpoint();
+    let local = LocalUp::start_env(
+        "127.0.171.1",
+        &["--dir", dir.to_str().unwrap()],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ],
+    );
     local.wait_ready().await;
     let wanted = [("orders", 2), ("orders-v2", 1), ("web", 1), ("web-locked", 1)];
     let tasks = local.wait_sidecars(&wanted).await;
@@ -169,6 +190,49 @@ async fn app_mesh_task_definitions_run_with_berth_sidecar_and_unchanged_apps() {
     assert!((7..=13).contains(&v2), "1:1 split: {by:?}");
     assert_eq!(by.get("orders").copied().unwrap_or(0) + v2, 20, "{by:?}");
 
+    // One trace across both sidecars: the caller's outbound client span is the parent of
+    // the callee's inbound server span (the transparent hop carries the context).
+    let mut traced = get("web.localhost", "/call?url=http://orders.apps.local:8080/");
+    traced
+        .headers_mut()
+        .insert("traceparent", format!("00-{TRACE}-{CLIENT_SPAN}-01").parse().unwrap());
+    let r = http1(local.web, traced).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Each sidecar exports on its own: wait for both.
+    let caller_client = |s: &ReceivedSpan| s.service() == "web" && s.kind == 3 && s.attr("berth.direction").is_none();
+    let callee_server = |s: &ReceivedSpan| {
+        s.service().starts_with("orders") && s.kind == 2 && s.attr("berth.direction") == Some("inbound")
+    };
+    let spans: Vec<ReceivedSpan> = rx
+        .wait_for(Duration::from_secs(20), |s| {
+            let ours = || s.iter().filter(|s| s.trace_id == TRACE);
+            ours().any(caller_client) && ours().any(callee_server)
+        })
+        .await
+        .into_iter()
+        .filter(|s| s.trace_id == TRACE)
+        .collect();
+    let dump = format!("{spans:#?}");
+    let caller_out = spans
+        .iter()
+        .find(|s| caller_client(s))
+        .unwrap_or_else(|| panic!("no client span of web's sidecar: {dump}"));
+    let callee_in = spans
+        .iter()
+        .find(|s| callee_server(s))
+        .unwrap_or_else(|| panic!("no server span of the callee's sidecar: {dump}"));
+    assert_eq!(
+        callee_in.parent_span_id.as_deref(),
+        Some(caller_out.span_id.as_str()),
+        "{dump}"
+    );
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.service() == "web" && s.attr("berth.direction") == Some("outbound")),
+        "the transparent egress's server span: {dump}"
+    );
+
     // A plaintext caller outside the mesh: orders' ingress is permissive and takes it
     // without an identity (a forged one is removed); orders-v2's is strict and refuses.
     let orders_app: SocketAddr = format!("{}:8080", tasks["orders"][0]).parse().unwrap();
@@ -183,6 +247,17 @@ async fn app_mesh_task_definitions_run_with_berth_sidecar_and_unchanged_apps() {
     assert!(
         try_http1(v2_app, get("orders-v2", "/")).await.is_none(),
         "a strict ingress refuses plaintext"
+    );
+
+    let locked_app: SocketAddr = format!("{}:8080", tasks["web-locked"][0]).parse().unwrap();
+    let r = http1(locked_app, get("web-locked", "/")).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("berth.mesh.allow"), "{}", r.body);
+    // The egress takes only the task's own connections: from outside, nothing listens.
+    let web_egress: SocketAddr = format!("{}:15001", tasks["web"][0]).parse().unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(web_egress).await.is_err(),
+        "the egress is not open to other hosts"
     );
 
     // One orders task hangs: orders' 400 ms timeout and three attempts carry every call
@@ -236,4 +311,128 @@ async fn app_mesh_task_definitions_run_with_berth_sidecar_and_unchanged_apps() {
         ) >= 1,
         "{m}"
     );
+}
+
+/// The resident set of a process, from `/proc/PID/status`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_deploy_of_the_callee_under_transparent_load_fails_nothing() {
+    let dir = berth_e2e::temp_dir("app-mesh-deploy");
+    let whoami = demo_taskdef("whoami");
+    for (family, count, labels, proxy) in [
+        ("orders", 2, json!({ "berth.mesh.aliases": "orders.apps.local" }), true),
+        (
+            "web",
+            1,
+            json!({
+                "berth.enable": "true",
+                "berth.http.routers.web.rule": "Host(`web.localhost`)",
+                "berth.http.services.web.loadbalancer.server.port": "8080",
+            }),
+            true,
+        ),
+        // Today's shape, for the memory comparison.
+        ("plain", 1, json!({}), false),
+    ] {
+        let mut t = whoami.clone();
+        t["family"] = json!(family);
+        if proxy {
+            t["proxyConfiguration"] = proxy_configuration();
+        }
+        for c in t["containerDefinitions"].as_array_mut().unwrap() {
+            if c["name"] == "berth-sidecar" {
+                if proxy {
+                    c["user"] = json!("1337");
+                }
+            } else {
+                c["dockerLabels"] = labels.clone();
+                let env = c["environment"].as_array_mut().unwrap();
+                env.push(json!({"name": "WHOAMI_NAME", "value": family}));
+                env.push(json!({"name": "WHOAMI_CALLS", "value": "direct"}));
+            }
+        }
+        write_service(&dir, &t, count);
+    }
+    let local = LocalUp::start_with("127.0.172.1", &["--dir", dir.to_str().unwrap()]);
+    local.wait_ready().await;
+    let tasks = local.wait_sidecars(&[("orders", 2), ("web", 1), ("plain", 1)]).await;
+
+    // Idle, a transparent sidecar holds what an explicit one does.
+    let pid = |service: &str| berth_e2e::sidecar_process(&format!("{}:15443", tasks[service][0]))[0].pid;
+    let (transparent, explicit) = (rss_kib(pid("web")), rss_kib(pid("plain")));
+    println!("idle sidecar RSS: transparent {transparent} KiB, explicit {explicit} KiB");
+    assert!(transparent > 0 && explicit > 0);
+    assert!(
+        transparent <= explicit + 1024,
+        "transparent {transparent} KiB, explicit {explicit} KiB"
+    );
+
+    let ecs = berth_e2e::ecs_client(&format!("http://{}", local.api));
+    let before: Vec<String> = berth_e2e::running_tasks(&ecs, "orders")
+        .await
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let loads: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed, web) = (stop.clone(), ok.clone(), failed.clone(), local.web);
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let r = try_http1(web, get("web.localhost", "/call?url=http://orders.apps.local:8080/")).await;
+                    match r {
+                        Some(r) if r.status == 200 && r.body.contains("Hostname: orders") => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => {
+                            eprintln!("failed: {:?}", other.map(|r| (r.status, r.body)));
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    ecs.update_service()
+        .service("orders")
+        .force_new_deployment(true)
+        .send()
+        .await
+        .unwrap();
+    let rolled = eventually(Duration::from_secs(60), || async {
+        let d = ecs.describe_services().services("orders").send().await.unwrap();
+        let s = &d.services()[0];
+        let ids: Vec<String> = berth_e2e::running_tasks(&ecs, "orders")
+            .await
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        s.deployments().len() == 1
+            && s.deployments()[0].rollout_state().map(|r| r.as_str()) == Some("COMPLETED")
+            && ids.len() == 2
+            && ids.iter().all(|i| !before.contains(i))
+    })
+    .await;
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in loads {
+        l.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!("rolling deploy of orders under transparent east-west load, rollout {took:?}: {ok} ok / {failed} failed");
+    assert!(rolled, "the rolling deploy completed");
+    assert!(ok > 50, "the load ran: {ok}");
+    assert_eq!(failed, 0, "failed requests during the rolling deploy");
 }

@@ -128,11 +128,12 @@ impl TaskNetwork {
             std::fs::write(format!("/proc/sys/net/ipv4/conf/{hif}/{knob}"), value)
                 .map_err(|e| format!("{knob} on {hif}: {e}"))?;
         }
+        // `replace`: the route of a namespace just removed may outlive it for a moment.
         run(
             "ip",
             &[
                 "route",
-                "add",
+                "replace",
                 &format!("{a}/32"),
                 "dev",
                 hif,
@@ -272,8 +273,14 @@ pub(crate) fn ecs_rules(proxy: &ProxyConfig) -> Vec<Vec<String>> {
             "RETURN",
         ]));
     }
-    let list = |ports: &[u16]| ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
-    if !proxy.egress_ignored_ports.is_empty() {
+    // multiport takes at most 15 ports: longer lists are several rules.
+    let lists = |ports: &[u16]| -> Vec<String> {
+        ports
+            .chunks(15)
+            .map(|c| c.iter().map(u16::to_string).collect::<Vec<_>>().join(","))
+            .collect()
+    };
+    for list in lists(&proxy.egress_ignored_ports) {
         rules.push(s(&[
             "-A",
             "APPMESH_EGRESS",
@@ -282,12 +289,20 @@ pub(crate) fn ecs_rules(proxy: &ProxyConfig) -> Vec<Vec<String>> {
             "-m",
             "multiport",
             "--dports",
-            &list(&proxy.egress_ignored_ports),
+            &list,
             "-j",
             "RETURN",
         ]));
     }
-    for ip in &proxy.egress_ignored_ips {
+    // The agent always leaves the task metadata and instance metadata endpoints alone.
+    // IPv6 entries belong to ip6tables, and these namespaces carry IPv4 only.
+    let always = ["169.254.170.2", "169.254.169.254"].map(String::from);
+    let mut ignored: Vec<&String> = always.iter().collect();
+    ignored.extend(proxy.egress_ignored_ips.iter().filter(|b| !always.contains(b)));
+    for ip in ignored
+        .into_iter()
+        .filter(|b| berth_common::proxy_config::is_ipv4_block(b))
+    {
         rules.push(s(&["-A", "APPMESH_EGRESS", "-p", "tcp", "-d", ip, "-j", "RETURN"]));
     }
     let egress = proxy.egress_port.to_string();
@@ -315,20 +330,22 @@ pub(crate) fn ecs_rules(proxy: &ProxyConfig) -> Vec<Vec<String>> {
         "APPMESH_EGRESS",
     ]));
     let ingress = proxy.ingress_port.to_string();
-    rules.push(s(&[
-        "-A",
-        "APPMESH_INGRESS",
-        "-p",
-        "tcp",
-        "-m",
-        "multiport",
-        "--dports",
-        &list(&proxy.app_ports),
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        &ingress,
-    ]));
+    for list in lists(&proxy.app_ports) {
+        rules.push(s(&[
+            "-A",
+            "APPMESH_INGRESS",
+            "-p",
+            "tcp",
+            "-m",
+            "multiport",
+            "--dports",
+            &list,
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &ingress,
+        ]));
+    }
     rules.push(s(&[
         "-A",
         "PREROUTING",
@@ -360,6 +377,17 @@ pub(crate) fn remove_stale() {
             continue;
         };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            // What still runs inside keeps the namespace, and its link and route, alive.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", &name]).output() {
+                let pids = String::from_utf8_lossy(&out.stdout).to_string();
+                for pid in pids
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok())
+                    .filter(|p| *p > 1)
+                {
+                    crate::runner::signal(pid, "KILL");
+                }
+            }
             let _ = run("ip", &["netns", "del", &name]);
             let _ = std::fs::remove_dir_all(format!("/etc/netns/{name}"));
         }
@@ -430,6 +458,16 @@ mod tests {
             &"-A APPMESH_INGRESS -p tcp -m multiport --dports 9080,9081 -j REDIRECT --to-ports 15000".into()
         ));
         assert!(rules.contains(&"-A OUTPUT -p tcp -m addrtype ! --dst-type LOCAL -j APPMESH_EGRESS".into()));
+        // The metadata endpoints always; multiport's 15 ports at most per rule.
+        assert!(pos("-d 169.254.169.254 -j RETURN") < pos("REDIRECT --to-ports 15001"));
+        let mut many = p.clone();
+        many.app_ports = (8000..8020).collect();
+        many.egress_ignored_ips.push("fd00::/8".into());
+        let rules: Vec<String> = ecs_rules(&many).iter().map(|r| r.join(" ")).collect();
+        let redirects: Vec<&String> = rules.iter().filter(|r| r.contains("--to-ports 15000")).collect();
+        assert_eq!(redirects.len(), 2, "{redirects:?}");
+        assert!(redirects[0].contains("8000,") && redirects[0].contains(",8014 ") && redirects[1].contains("8015,"));
+        assert!(!rules.iter().any(|r| r.contains("fd00")), "IPv6 is ip6tables'");
     }
 
     #[test]

@@ -536,11 +536,17 @@ impl Runner {
             env.push(("BERTH_LISTEN_HOST".into(), a.to_string()));
             if name == "berth-sidecar" {
                 // In its own namespace the proxyConfiguration's ports are the sidecar's
-                // (App Mesh's ingress is 15000): its admin is on Envoy's 9901.
+                // (App Mesh's ingress is 15000): its admin is on Envoy's 9901, and the
+                // outbound is the task's own, on its loopback, as on ECS.
                 let admin = if namespaced { 9901 } else { 15000 };
+                let outbound = if namespaced {
+                    "127.0.0.1".to_string()
+                } else {
+                    a.to_string()
+                };
                 env.extend([
                     ("BERTH_INBOUND".into(), format!("{a}:15443")),
-                    ("BERTH_OUTBOUND".into(), format!("{a}:15001")),
+                    ("BERTH_OUTBOUND".into(), format!("{outbound}:15001")),
                     ("BERTH_ADMIN".into(), format!("{a}:{admin}")),
                 ]);
             }

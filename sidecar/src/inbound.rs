@@ -228,6 +228,26 @@ impl Inbound {
             self.metrics.transparent("ingress", "plaintext_refused");
             return;
         }
+        // Another of the AppPorts than the HTTP app's: its bytes as they are, to that port
+        // (after the same check: a service that names its callers takes no plaintext).
+        let port = crate::transparent::original_destination(&tcp).map(|o| o.port());
+        if let Some(port) = port.filter(|p| *p != self.app.port()) {
+            if self.policy.allow.is_some() || self.policy.default_deny {
+                tracing::warn!(%peer, port, "plaintext TCP denied: the service names its callers");
+                self.metrics.transparent("ingress", "plaintext_refused");
+                return;
+            }
+            self.metrics.transparent("ingress", "plaintext_tcp");
+            let target = SocketAddr::new(self.app.ip(), port);
+            match tokio::net::TcpStream::connect(target).await {
+                Ok(app) => {
+                    let _ = app.set_nodelay(true);
+                    berth_common::serve::splice(tcp, app, limits.idle_timeout).await;
+                }
+                Err(e) => tracing::info!(app = %target, error = %e, "ingress: the app port is not listening"),
+            }
+            return;
+        }
         self.metrics.transparent("ingress", "plaintext");
         let me = self.clone();
         let svc = hyper::service::service_fn(move |req| {

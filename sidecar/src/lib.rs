@@ -4,8 +4,9 @@
 //! ([`register`]) over the control connection ([`control`]), terminates inbound mTLS in
 //! front of the app with authorization ([`inbound`]), and carries the app's east-west
 //! calls to peer sidecars ([`outbound`]); under the task's `proxyConfiguration` it takes
-//! the connections ECS redirects to it ([`transparent`], and the inbound's ingress). [`Sidecar::start`] wires them in named phases
-//! (`start.rs`); the binary only reads the environment and forwards signals.
+//! the connections ECS redirects to it ([`transparent`], and the inbound's ingress).
+//! [`Sidecar::start`] wires them in named phases (`start.rs`); the binary only reads the
+//! environment and forwards signals.
 
 pub mod check;
 mod config;

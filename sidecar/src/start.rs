@@ -162,7 +162,7 @@ impl Sidecar {
         let inbound_addr = listener.local_addr().unwrap_or(settings.inbound);
         tokio::spawn(inbound.clone().serve(listener, inbound_tls.clone(), None));
         if let Some(p) = &proxy {
-            for l in bind_any("ProxyIngressPort", p.ingress_port).await? {
+            for l in bind_both("ProxyIngressPort", p.ingress_port, false).await? {
                 tokio::spawn(inbound.clone().serve(l, inbound_tls.clone(), Some(labels.mesh.ingress)));
             }
         }
@@ -182,7 +182,9 @@ impl Sidecar {
         let mut outbound_addr = settings.outbound;
         if let Some(p) = &proxy {
             let egress = Arc::new(Egress::new(outbound.clone(), labels.mesh.outbound, metrics.clone()));
-            for l in bind_any("ProxyEgressPort", p.egress_port).await? {
+            // Where ECS's REDIRECT sends the task's own connections, and only there: on
+            // the task's other addresses this would be a proxy signing with its identity.
+            for l in bind_both("ProxyEgressPort", p.egress_port, true).await? {
                 tokio::spawn(egress.clone().serve(l));
             }
             tracing::info!(
@@ -194,8 +196,11 @@ impl Sidecar {
                 "transparent mode (proxyConfiguration)"
             );
         }
-        // The egress listener also takes direct calls: on its port it is the outbound.
-        if proxy.as_ref().is_none_or(|p| p.egress_port != settings.outbound.port()) {
+        // The egress listener also takes direct calls: on its address it is the outbound.
+        let egress_v4 = proxy
+            .as_ref()
+            .map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p.egress_port)));
+        if egress_v4 != Some(settings.outbound) {
             let out_listener = bind_listener("BERTH_OUTBOUND", settings.outbound).await?;
             outbound_addr = out_listener.local_addr().unwrap_or(settings.outbound);
             tokio::spawn(outbound.serve(out_listener));
@@ -501,19 +506,29 @@ fn admin_address(settings: &Settings, proxy: Option<&ProxyConfig>) -> Result<Soc
 /// Envoy's admin port in App Mesh task definitions.
 const ADMIN_BESIDE_PROXY: u16 = 9901;
 
-/// A transparent listener on every address of the task, as ECS's redirect needs: IPv4,
-/// and IPv6 when the task has it.
-async fn bind_any(what: &'static str, port: u16) -> Result<Vec<TcpListener>, StartError> {
-    let v4 = bind_listener(what, SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))).await?;
-    let mut out = vec![v4];
-    match v6_only_listener(port) {
+/// A transparent listener on IPv4 and, when the task has it, IPv6: on loopback (`local`:
+/// where REDIRECT sends the task's own outgoing connections) or on every address (where
+/// it sends connections coming in).
+async fn bind_both(what: &'static str, port: u16, local: bool) -> Result<Vec<TcpListener>, StartError> {
+    let v4 = if local {
+        Ipv4Addr::LOCALHOST
+    } else {
+        Ipv4Addr::UNSPECIFIED
+    };
+    let v6 = if local {
+        std::net::Ipv6Addr::LOCALHOST
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED
+    };
+    let mut out = vec![bind_listener(what, SocketAddr::from((v4, port))).await?];
+    match v6_only_listener(SocketAddr::from((v6, port))) {
         Ok(l) => out.push(l),
-        Err(e) => tracing::debug!(port, error = %e, "no IPv6 transparent listener"),
+        Err(e) => tracing::info!(port, error = %e, "no IPv6 transparent listener (the task has no IPv6?)"),
     }
     Ok(out)
 }
 
-fn v6_only_listener(port: u16) -> std::io::Result<TcpListener> {
+fn v6_only_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let s = socket2::Socket::new(
         socket2::Domain::IPV6,
         socket2::Type::STREAM,
@@ -522,7 +537,7 @@ fn v6_only_listener(port: u16) -> std::io::Result<TcpListener> {
     s.set_only_v6(true)?;
     s.set_reuse_address(true)?;
     s.set_nonblocking(true)?;
-    s.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+    s.bind(&addr.into())?;
     s.listen(1024)?;
     TcpListener::from_std(s.into())
 }

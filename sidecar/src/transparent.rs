@@ -82,7 +82,8 @@ impl Egress {
 
     async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, idle: Duration) {
         let local = tcp.local_addr().ok();
-        let Some(original) = original_destination(&tcp).filter(|o| Some(*o) != local) else {
+        let same = |o: &SocketAddr| local.is_some_and(|l| l.ip() == o.ip() && l.port() == o.port());
+        let Some(original) = original_destination(&tcp).filter(|o| !same(o)) else {
             // Not redirected: the app asked for the sidecar itself.
             self.metrics.transparent("egress", "direct");
             return self.outbound.clone().connection(tcp, peer).await;
@@ -108,6 +109,8 @@ impl Egress {
                 self.metrics.transparent("egress", "mesh");
                 return self.outbound.clone().connection(tcp, peer).await;
             }
+            // An address is never a mesh name: it needs no question to the gateway.
+            Sniffed::Http1(Some(host)) if is_address(&host) => Some(false),
             Sniffed::Http1(Some(host)) => match crate::outbound::mesh_name(&host) {
                 Some(name) => self.outbound.in_mesh(&name).await,
                 None => Some(false),
@@ -189,18 +192,28 @@ impl Drop for OwnPort {
     }
 }
 
-/// Where a redirected connection was going (`SO_ORIGINAL_DST`, IPv4 or IPv6); `None` when
-/// the kernel has no record of a redirect.
-fn original_destination(tcp: &TcpStream) -> Option<SocketAddr> {
+/// Where a redirected connection was going (`SO_ORIGINAL_DST`, IPv4 or IPv6, by the
+/// listener's family: they are v6-only); `None` when the kernel has no record of a redirect.
+pub(crate) fn original_destination(tcp: &TcpStream) -> Option<SocketAddr> {
     let sock = socket2::SockRef::from(tcp);
-    let local = tcp.local_addr().ok()?;
-    let found = match local {
+    let found = match tcp.local_addr().ok()? {
         SocketAddr::V4(_) => sock.original_dst_v4(),
-        // A dual-stack listener sees IPv4 callers as mapped addresses.
-        SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some() => sock.original_dst_v4(),
         SocketAddr::V6(_) => sock.original_dst_v6(),
     };
     found.ok()?.as_socket()
+}
+
+/// Whether a `Host` (with or without a port) is an IP address.
+fn is_address(host: &str) -> bool {
+    let bare = match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
+        _ => host,
+    };
+    bare.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok()
+        || host.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// A mesh-only refusal: HTTP/1 is told why, anything else is closed.
@@ -330,6 +343,16 @@ mod tests {
         }
         many.extend_from_slice(b"\r\n");
         assert_eq!(classify(&many), Some(Sniffed::Http1(None)));
+    }
+
+    #[test]
+    fn addresses_are_told_from_names() {
+        for a in ["10.0.0.5", "10.0.0.5:8080", "[fd00::1]:80", "[fd00::1]", "fd00::1"] {
+            assert!(is_address(a), "{a}");
+        }
+        for n in ["orders", "orders.apps.local:8080", "10.0.0.5.nip.io"] {
+            assert!(!is_address(n), "{n}");
+        }
     }
 
     #[tokio::test]

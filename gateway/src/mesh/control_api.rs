@@ -634,6 +634,22 @@ impl ControlApi {
                 format!("renewal by {current} for a task of {identity}"),
             );
         }
+        // A first certificate carries the task definition's proxyConfiguration (the
+        // sidecar reads it once, at start): when the definition cannot be read now, the
+        // sidecar asks again rather than start without the mode ECS applies.
+        let proxy = match (&self.lookup, client_id.is_some()) {
+            (Some(lookup), false) => match lookup.proxy_config(&task).await {
+                Ok(p) => p,
+                Err(e) => {
+                    return refuse(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "task_definition_unavailable",
+                        format!("the task definition of {} cannot be read now: {e}", task.task_arn),
+                    );
+                }
+            },
+            _ => None,
+        };
         let issued = match self.trust.ca().issue(&request.csr_pem, &identity, self.lifetime) {
             Ok(i) => i,
             Err(e) => return refuse(StatusCode::BAD_REQUEST, "bad_csr", e.to_string()),
@@ -646,13 +662,6 @@ impl ControlApi {
         };
         tracing::info!(identity = %identity, task = %task.task_arn, serial = %issued.serial,
             renewal = client_id.is_some(), proof, "certificate issued");
-        let proxy = match &self.lookup {
-            Some(lookup) => lookup.proxy_config(&task).await.unwrap_or_else(|e| {
-                tracing::warn!(task = %task.task_arn, error = %e, "task definition unavailable: no proxyConfiguration sent");
-                None
-            }),
-            None => None,
-        };
         reply(
             StatusCode::OK,
             &CertificateResponse {
