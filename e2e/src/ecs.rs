@@ -368,3 +368,25 @@ pub async fn iam_scenario_tasks(
     }
     tasks
 }
+
+/// Force a new deployment of `service` and wait (at most `limit`) until it completed with
+/// `count` running tasks, none of those running before; whether it did.
+pub async fn roll_service(ecs: &aws_sdk_ecs::Client, service: &str, count: usize, limit: std::time::Duration) -> bool {
+    let before: Vec<String> = running_tasks(ecs, service).await.into_iter().map(|t| t.id).collect();
+    ecs.update_service()
+        .service(service)
+        .force_new_deployment(true)
+        .send()
+        .await
+        .unwrap();
+    berth_common::test_util::eventually(limit, || async {
+        let d = ecs.describe_services().services(service).send().await.unwrap();
+        let s = &d.services()[0];
+        let ids: Vec<String> = running_tasks(ecs, service).await.into_iter().map(|t| t.id).collect();
+        s.deployments().len() == 1
+            && s.deployments()[0].rollout_state().map(|r| r.as_str()) == Some("COMPLETED")
+            && ids.len() == count
+            && ids.iter().all(|i| !before.contains(i))
+    })
+    .await
+}

@@ -16,7 +16,7 @@ mod process;
 pub use control::{Asker, control_call, new_csr, refusal_text, slot_of};
 pub use ecs::{
     Moto, RunningTask, ecs_client, eni_address, iam_scenario_tasks, local_ecs, moto_awsvpc, moto_json, moto_query,
-    moto_rest, moto_tool, running_tasks, web_container, xml_field,
+    moto_rest, moto_tool, roll_service, running_tasks, web_container, xml_field,
 };
 pub use gateway::{GatewayProcess, TestGateway, admin_json, iam_gateway, service, start};
 pub use local_up::{LocalUp, demo_taskdef, live_sidecars, write_service};

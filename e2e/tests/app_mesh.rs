@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use berth_common::test_util::otlp::{ReceivedSpan, Receiver};
-use berth_common::test_util::{eventually, get, http1, metric, try_http1};
+use berth_common::test_util::{get, http1, metric, try_http1};
 use berth_e2e::{LocalUp, demo_taskdef, write_service};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,6 +45,30 @@ fn proxy_configuration() -> Value {
             {"name": "EgressIgnoredIPs", "value": "169.254.170.2,169.254.169.254"},
         ]
     })
+}
+
+/// The demo's whoami as `family` with `labels` on its app, calling other services straight;
+/// with `proxy`, in App Mesh's shape (the proxyConfiguration, the sidecar as IgnoredUID).
+fn service(whoami: &Value, family: &str, labels: &Value, proxy: bool) -> Value {
+    let mut t = whoami.clone();
+    t["family"] = json!(family);
+    if proxy {
+        t["proxyConfiguration"] = proxy_configuration();
+    }
+    for c in t["containerDefinitions"].as_array_mut().unwrap() {
+        if c["name"] == "berth-sidecar" {
+            if proxy {
+                // As App Mesh's Envoy container: the user its rules ignore.
+                c["user"] = json!("1337");
+            }
+        } else {
+            c["dockerLabels"] = labels.clone();
+            let env = c["environment"].as_array_mut().unwrap();
+            env.push(json!({"name": "WHOAMI_NAME", "value": family}));
+            env.push(json!({"name": "WHOAMI_CALLS", "value": "direct"}));
+        }
+    }
+    t
 }
 
 /// Four App Mesh-style services made from the demo's whoami task definition.
@@ -93,21 +117,7 @@ fn definitions() -> PathBuf {
         ),
     ];
     for (family, count, labels) in services {
-        let mut t = whoami.clone();
-        t["family"] = json!(family);
-        t["proxyConfiguration"] = proxy_configuration();
-        for c in t["containerDefinitions"].as_array_mut().unwrap() {
-            if c["name"] == "berth-sidecar" {
-                // As App Mesh's Envoy container: the user its rules ignore.
-                c["user"] = json!("1337");
-            } else {
-                c["dockerLabels"] = labels.clone();
-                let env = c["environment"].as_array_mut().unwrap();
-                env.push(json!({"name": "WHOAMI_NAME", "value": family}));
-                env.push(json!({"name": "WHOAMI_CALLS", "value": "direct"}));
-            }
-        }
-        write_service(&dir, &t, *count);
+        write_service(&dir, &service(&whoami, family, labels, true), *count);
     }
     dir
 }
@@ -342,24 +352,7 @@ async fn a_rolling_deploy_of_the_callee_under_transparent_load_fails_nothing() {
         // Today's shape, for the memory comparison.
         ("plain", 1, json!({}), false),
     ] {
-        let mut t = whoami.clone();
-        t["family"] = json!(family);
-        if proxy {
-            t["proxyConfiguration"] = proxy_configuration();
-        }
-        for c in t["containerDefinitions"].as_array_mut().unwrap() {
-            if c["name"] == "berth-sidecar" {
-                if proxy {
-                    c["user"] = json!("1337");
-                }
-            } else {
-                c["dockerLabels"] = labels.clone();
-                let env = c["environment"].as_array_mut().unwrap();
-                env.push(json!({"name": "WHOAMI_NAME", "value": family}));
-                env.push(json!({"name": "WHOAMI_CALLS", "value": "direct"}));
-            }
-        }
-        write_service(&dir, &t, count);
+        write_service(&dir, &service(&whoami, family, &labels, proxy), count);
     }
     let local = LocalUp::start_with("127.0.172.1", &["--dir", dir.to_str().unwrap()]);
     local.wait_ready().await;
@@ -376,11 +369,6 @@ async fn a_rolling_deploy_of_the_callee_under_transparent_load_fails_nothing() {
     );
 
     let ecs = berth_e2e::ecs_client(&format!("http://{}", local.api));
-    let before: Vec<String> = berth_e2e::running_tasks(&ecs, "orders")
-        .await
-        .into_iter()
-        .map(|t| t.id)
-        .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let loads: Vec<_> = (0..4)
@@ -404,26 +392,7 @@ async fn a_rolling_deploy_of_the_callee_under_transparent_load_fails_nothing() {
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
-    ecs.update_service()
-        .service("orders")
-        .force_new_deployment(true)
-        .send()
-        .await
-        .unwrap();
-    let rolled = eventually(Duration::from_secs(60), || async {
-        let d = ecs.describe_services().services("orders").send().await.unwrap();
-        let s = &d.services()[0];
-        let ids: Vec<String> = berth_e2e::running_tasks(&ecs, "orders")
-            .await
-            .into_iter()
-            .map(|t| t.id)
-            .collect();
-        s.deployments().len() == 1
-            && s.deployments()[0].rollout_state().map(|r| r.as_str()) == Some("COMPLETED")
-            && ids.len() == 2
-            && ids.iter().all(|i| !before.contains(i))
-    })
-    .await;
+    let rolled = berth_e2e::roll_service(&ecs, "orders", 2, Duration::from_secs(60)).await;
     let took = started.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);

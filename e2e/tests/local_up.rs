@@ -156,7 +156,6 @@ async fn up_scale_stop_rolling_update_and_clean_exit() {
         }
         (healthy_since, first_routed)
     });
-    let before = running_ids(&ecs).await;
     let before_addrs: BTreeSet<String> = {
         let v: serde_json::Value =
             serde_json::from_str(&http1(local.admin, get("admin", "/api/sidecars")).await.body).unwrap();
@@ -167,22 +166,7 @@ async fn up_scale_stop_rolling_update_and_clean_exit() {
             .collect()
     };
     let started = Instant::now();
-    ecs.update_service()
-        .service("whoami")
-        .force_new_deployment(true)
-        .send()
-        .await
-        .unwrap();
-    let rolled = eventually(Duration::from_secs(60), || async {
-        let d = ecs.describe_services().services("whoami").send().await.unwrap();
-        let s = &d.services()[0];
-        let ids = running_ids(&ecs).await;
-        s.deployments().len() == 1
-            && s.deployments()[0].rollout_state().map(|r| r.as_str()) == Some("COMPLETED")
-            && ids.len() == 5
-            && ids.is_disjoint(&before)
-    })
-    .await;
+    let rolled = berth_e2e::roll_service(&ecs, "whoami", 5, Duration::from_secs(60)).await;
     let took = started.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
