@@ -385,7 +385,7 @@ pub(crate) fn remove_stale() {
                     .filter_map(|p| p.parse::<u32>().ok())
                     .filter(|p| *p > 1)
                 {
-                    crate::runner::signal(pid, "KILL");
+                    let _ = run("kill", &["-KILL", &pid.to_string()]);
                 }
             }
             let _ = run("ip", &["netns", "del", &name]);
