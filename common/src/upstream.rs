@@ -360,6 +360,47 @@ impl tower_service::Service<Uri> for MeshConnector {
     }
 }
 
+/// A raw TCP stream to `port` of the app behind the sidecar at `authority`, over mTLS:
+/// the sidecar must present `want` and accept ALPN `berth-tcp/<port>`. `tls` is the mesh
+/// client configuration (its ALPN is replaced). The gateway's TCP routers and a sidecar's
+/// transparent egress both go this way.
+pub async fn mesh_tcp(
+    tls: &rustls::ClientConfig,
+    authority: &str,
+    want: &crate::identity::SpiffeId,
+    port: u16,
+    timeout: Duration,
+) -> Result<UpstreamStream, String> {
+    let mut cfg = tls.clone();
+    let alpn = format!("{TCP_ALPN_PREFIX}{port}").into_bytes();
+    cfg.alpn_protocols = vec![alpn.clone()];
+    let host = authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority);
+    let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string()).map_err(|e| e.to_string())?;
+    let work = async {
+        let tcp = TcpStream::connect(authority).await.map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let tls = tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| "mTLS connect timed out".to_string())??;
+    let conn = tls.get_ref().1;
+    let got = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| crate::identity::spiffe_id_of(c).ok());
+    if got.as_ref() != Some(want) {
+        return Err(format!("the sidecar is not {want}"));
+    }
+    if conn.alpn_protocol() != Some(alpn.as_slice()) {
+        return Err(format!("the sidecar does not offer TCP to port {port}"));
+    }
+    Ok(UpstreamStream::Tls(Box::new(tls)))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

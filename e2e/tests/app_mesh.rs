@@ -295,6 +295,19 @@ async fn app_mesh_task_definitions_run_with_berth_sidecar_and_unchanged_apps() {
     let r = http1(orders_app, get("orders", "/delay/set?ms=0")).await;
     assert_eq!(r.status, 200);
 
+    // By a task's address rather than a name, from inside the caller's task (as its app,
+    // not the IgnoredUID): HTTP goes as a call to that task's service, raw TCP over mTLS to
+    // that task's app port.
+    let orders_ip = &tasks["orders"][0];
+    let out = in_task(&tasks["web"][0], BY_ADDRESS, orders_ip).await;
+    let (http, tcp) = out.split_once("----").unwrap_or((&out, ""));
+    assert!(http.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        http.contains("X-Berth-Client-Id: spiffe://berth.local/ecs/default/web"),
+        "{out}"
+    );
+    assert!(tcp.contains("orders: hello-tcp"), "{out}");
+
     // Outside the mesh: passed through unchanged, or refused by mesh-only.
     let r = call("web.localhost", format!("http://{outside}/")).await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -312,6 +325,8 @@ async fn app_mesh_task_definitions_run_with_berth_sidecar_and_unchanged_apps() {
     };
     assert!(metric(&m, &series("mesh")) >= 20, "{m}");
     assert!(metric(&m, &series("passthrough")) >= 1, "{m}");
+    assert!(metric(&m, &series("mesh_by_address")) >= 1, "{m}");
+    assert!(metric(&m, &series("mesh_tcp")) >= 1, "{m}");
     let v2_admin: SocketAddr = format!("{}:9901", tasks["orders-v2"][0]).parse().unwrap();
     let m = http1(v2_admin, get("sidecar", "/metrics")).await.body;
     assert!(
@@ -321,6 +336,59 @@ async fn app_mesh_task_definitions_run_with_berth_sidecar_and_unchanged_apps() {
         ) >= 1,
         "{m}"
     );
+}
+
+/// An HTTP request and a line of raw TCP to the task at argv[1] (its app's 8080 and 9000).
+const BY_ADDRESS: &str = r#"
+import socket, sys
+ip = sys.argv[1]
+s = socket.create_connection((ip, 8080), timeout=10)
+s.sendall(b"GET / HTTP/1.1\r\nHost: " + ip.encode() + b":8080\r\nConnection: close\r\n\r\n")
+data = b""
+while True:
+    d = s.recv(65536)
+    if not d:
+        break
+    data += d
+print(data.decode(errors="replace"))
+print("----")
+t = socket.create_connection((ip, 9000), timeout=10)
+t.sendall(b"hello-tcp\n")
+print(t.recv(4096).decode(errors="replace"))
+"#;
+
+/// Run a Python script inside the network namespace of the task at `task` (found by its
+/// sidecar), as its app would: not as the IgnoredUID.
+async fn in_task(task: &str, script: &str, arg: &str) -> String {
+    let pid = berth_e2e::sidecar_process(&format!("{task}:15443"))[0].pid;
+    let ns = std::process::Command::new("ip")
+        .args(["netns", "identify", &pid.to_string()])
+        .output()
+        .unwrap();
+    let ns = String::from_utf8_lossy(&ns.stdout).trim().to_string();
+    assert!(!ns.is_empty(), "the task at {task} has a namespace");
+    let run = tokio::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "setpriv",
+            "--reuid=1400",
+            "--regid=1400",
+            "--clear-groups",
+        ])
+        .args(["/usr/bin/python3", "-c", script, arg])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .unwrap()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// The resident set of a process, from `/proc/PID/status`, in KiB.

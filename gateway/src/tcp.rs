@@ -8,15 +8,13 @@
 //! `inFlightConn`) decide before a server is dialled.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_common::identity::{SpiffeId, spiffe_id_of};
+use berth_common::identity::SpiffeId;
 use berth_common::routing::snapshot::TcpRouterEntry;
 use berth_common::routing::{Snapshot, Status};
 use berth_common::rules::tcp::ConnView;
-use berth_common::upstream::{TCP_ALPN_PREFIX, UpstreamStream};
-use rustls_pki_types::ServerName;
+use berth_common::upstream::UpstreamStream;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -104,34 +102,7 @@ async fn dial(server: &str, mesh: Option<&MeshClient>, timeout: Duration) -> Res
     let (authority, path) = target.split_once('/').ok_or("no identity path")?;
     let want = SpiffeId::parse(&format!("spiffe://{}/{path}", mesh.trust_domain)).map_err(|e| e.to_string())?;
     let port: u16 = app_port.parse().map_err(|_| "bad app port".to_string())?;
-    let mut cfg = (*mesh.tcp_tls).clone();
-    let alpn = format!("{TCP_ALPN_PREFIX}{port}").into_bytes();
-    cfg.alpn_protocols = vec![alpn.clone()];
-    let host = authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority);
-    let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string()).map_err(|e| e.to_string())?;
-    let work = async {
-        let tcp = TcpStream::connect(authority).await.map_err(|e| e.to_string())?;
-        let _ = tcp.set_nodelay(true);
-        tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| e.to_string())
-    };
-    let tls = tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| "mTLS connect timed out".to_string())??;
-    let conn = tls.get_ref().1;
-    let got = conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|c| spiffe_id_of(c).ok());
-    if got.as_ref() != Some(&want) {
-        return Err(format!("the sidecar is not {want}"));
-    }
-    if conn.alpn_protocol() != Some(alpn.as_slice()) {
-        return Err(format!("the sidecar does not offer TCP to port {port}"));
-    }
-    Ok(UpstreamStream::Tls(Box::new(tls)))
+    berth_common::upstream::mesh_tcp(&mesh.tcp_tls, authority, &want, port, timeout).await
 }
 
 /// Open a connection to one of the router's servers: a random start, then each in turn.

@@ -203,6 +203,26 @@ pub(crate) struct MeshCache {
     first_fetch: tokio::sync::Mutex<()>,
     peers: MeshPeers,
     states: Registry,
+    /// Addresses the gateway said no mesh task has, and since when (asked again later).
+    not_tasks: Mutex<HashMap<std::net::IpAddr, Instant>>,
+}
+
+/// One task of a mesh service, as the transparent egress reaches it by address.
+pub(crate) struct MeshTask {
+    pub service: String,
+    pub identity: SpiffeId,
+    /// Its sidecar's inbound, `IP:PORT`.
+    pub endpoint: String,
+}
+
+/// How long an address no mesh task has is not asked about again.
+const NOT_A_TASK_FOR: Duration = Duration::from_secs(10);
+/// At most this many such addresses are remembered.
+const MAX_NOT_TASKS: usize = 1024;
+
+fn endpoint_ip(endpoint: &str) -> Option<std::net::IpAddr> {
+    let (host, _) = endpoint.rsplit_once(':')?;
+    host.trim_matches(['[', ']']).parse().ok()
 }
 
 impl MeshCache {
@@ -215,7 +235,73 @@ impl MeshCache {
             first_fetch: tokio::sync::Mutex::new(()),
             peers: MeshPeers::default(),
             states: Registry::default(),
+            not_tasks: Mutex::default(),
         })
+    }
+
+    /// The task at `ip` among the services this sidecar knows.
+    fn task_at(&self, ip: std::net::IpAddr) -> Option<MeshTask> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        let mut found = None;
+        for (name, e) in entries.iter() {
+            let Entry::Known(t) = e else { continue };
+            let Some(ep) = t.endpoints.iter().find(|ep| endpoint_ip(ep) == Some(ip)) else {
+                continue;
+            };
+            let task = MeshTask {
+                service: name.clone(),
+                identity: t.identity.clone(),
+                endpoint: ep.clone(),
+            };
+            // The service's own name before an alias of it.
+            if t.identity.to_string().rsplit('/').next() == Some(name.as_str()) {
+                return Some(task);
+            }
+            found.get_or_insert(task);
+        }
+        found
+    }
+
+    /// The mesh task at `ip`: from what this sidecar follows, else asked of the gateway
+    /// (its service is then followed); `None` when no mesh task has it (remembered a while)
+    /// or the gateway cannot say now.
+    pub(crate) async fn resolve_address(&self, ip: std::net::IpAddr) -> Option<MeshTask> {
+        if let Some(t) = self.task_at(ip) {
+            return Some(t);
+        }
+        if self
+            .not_tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ip)
+            .is_some_and(|at| at.elapsed() < NOT_A_TASK_FOR)
+        {
+            return None;
+        }
+        let path = format!("{MESH_PATH}?addresses={ip}");
+        let view = match self.control.call_any(Method::GET, &path, Duration::from_secs(3)).await {
+            Ok((StatusCode::OK, body)) => serde_json::from_slice::<MeshView>(&body).ok()?,
+            _ => return None,
+        };
+        self.apply(&view);
+        {
+            let mut subs = self.subscribed.lock().unwrap_or_else(|e| e.into_inner());
+            for s in &view.services {
+                if subs.len() < MAX_SERVICES {
+                    subs.insert(s.name.clone());
+                }
+            }
+        }
+        self.wake.notify_one();
+        let found = self.task_at(ip);
+        if found.is_none() {
+            let mut not = self.not_tasks.lock().unwrap_or_else(|e| e.into_inner());
+            if not.len() >= MAX_NOT_TASKS {
+                not.clear();
+            }
+            not.insert(ip, Instant::now());
+        }
+        found
     }
 
     fn lookup(&self, name: &str) -> Option<Result<Arc<Target>, OutboundError>> {
@@ -447,6 +533,8 @@ pub(crate) struct Outbound {
     observe: Observe,
     mesh: Arc<MeshCache>,
     client: Client<MeshConnector, Body>,
+    /// For raw TCP to a peer's app (ALPN set per connection).
+    tcp_tls: rustls::ClientConfig,
     metrics: Arc<crate::metrics::Metrics>,
     /// `BERTH_OUTBOUND_RESPONSE_TIMEOUT`.
     response_timeout: Duration,
@@ -487,6 +575,7 @@ impl Outbound {
         response_timeout: Duration,
     ) -> Result<Outbound, rustls::Error> {
         let cfg = client_config(Some(slot), anchors, PeerPolicy::TrustDomain(trust_domain.into()))?;
+        let tcp_tls = cfg.clone();
         let connector =
             MeshConnector::new(CONNECT_TIMEOUT, cfg, mesh.peers.clone()).counting(metrics.dials_mesh.clone());
         let mut b = Client::builder(TokioExecutor::new());
@@ -495,6 +584,7 @@ impl Outbound {
             .timer(TokioTimer::new())
             .set_host(false);
         Ok(Outbound {
+            tcp_tls,
             observe,
             mesh,
             client: b.build(connector),
@@ -524,11 +614,38 @@ impl Outbound {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        self.connection_to(tcp, peer, None).await
+    }
+
+    /// [`Outbound::connection`], every request a call to mesh service `to` when given
+    /// (the transparent egress's, for a connection to one of its tasks' addresses), else
+    /// to the service its `Host` names.
+    pub(crate) async fn connection_to<I>(self: Arc<Self>, tcp: I, peer: std::net::SocketAddr, to: Option<Arc<str>>)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let svc = hyper::service::service_fn(move |req| {
-            let me = self.clone();
-            async move { Ok::<_, Infallible>(me.observed(req, peer).await) }
+            let (me, to) = (self.clone(), to.clone());
+            async move { Ok::<_, Infallible>(me.observed(req, peer, to.as_deref()).await) }
         });
         serve_http(tcp, svc, &ServeLimits::LOCAL).await;
+    }
+
+    /// The mesh task at `ip`, when there is one (asked of the gateway once, remembered).
+    pub(crate) async fn task_at(&self, ip: std::net::IpAddr) -> Option<MeshTask> {
+        self.mesh.resolve_address(ip).await
+    }
+
+    /// Raw TCP from the app to `port` of the app of `task`, over mTLS to its sidecar.
+    pub(crate) async fn tcp_to<C>(&self, client: C, task: &MeshTask, port: u16, idle: Duration) -> Result<(), String>
+    where
+        C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let server =
+            berth_common::upstream::mesh_tcp(&self.tcp_tls, &task.endpoint, &task.identity, port, CONNECT_TIMEOUT)
+                .await?;
+        berth_common::serve::splice(client, server, idle).await;
+        Ok(())
     }
 
     /// Whether `name` (a host as the app wrote it, port and `.berth` already gone) is a
@@ -543,7 +660,7 @@ impl Outbound {
     }
 
     /// [`Outbound::handle`] inside a server span, with an access-log line.
-    async fn observed(&self, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
+    async fn observed(&self, req: Request<Incoming>, peer: std::net::SocketAddr, to: Option<&str>) -> Response<Body> {
         let start = Instant::now();
         let mut span = self.observe.tracer.server(
             || format!("{} outbound", telemetry::method_name(req.method())),
@@ -559,7 +676,7 @@ impl Outbound {
             .map(|_| berth_common::accesslog::Entry::for_request(&req, peer, false, "outbound"));
         let version = req.version();
         let mut resp = self
-            .handle(req, &mut span, entry.as_deref_mut())
+            .handle(req, to, &mut span, entry.as_deref_mut())
             .await
             .unwrap_or_else(|e| {
                 span.set(attr::ERROR_TYPE, e.kind());
@@ -580,13 +697,17 @@ impl Outbound {
     async fn handle(
         &self,
         req: Request<Incoming>,
+        to: Option<&str>,
         span: &mut Span,
         entry: Option<&mut berth_common::accesslog::Entry>,
     ) -> Result<Response<Body>, OutboundError> {
         if req.method() == Method::CONNECT {
             return Err(OutboundError::Connect);
         }
-        let name = target_name(req.uri(), req.headers())?;
+        let name = match to {
+            Some(n) => n.to_string(),
+            None => target_name(req.uri(), req.headers())?,
+        };
         if span.is_recording() {
             span.set_name(|| format!("{} {name}", telemetry::method_name(req.method())));
             span.set(attr::PEER_SERVICE, &name);

@@ -102,7 +102,8 @@ impl Egress {
             self.metrics.transparent("egress", "loop_refused");
             return;
         }
-        let in_mesh = match sniff(&tcp).await {
+        let sniffed = sniff(&tcp).await;
+        let in_mesh = match &sniffed {
             Sniffed::H2c => {
                 // HPACK would have to be decoded to see the authority: h2c goes the mesh
                 // way, where a name outside it is answered as such.
@@ -110,8 +111,8 @@ impl Egress {
                 return self.outbound.clone().connection(tcp, peer).await;
             }
             // An address is never a mesh name: it needs no question to the gateway.
-            Sniffed::Http1(Some(host)) if is_address(&host) => Some(false),
-            Sniffed::Http1(Some(host)) => match crate::outbound::mesh_name(&host) {
+            Sniffed::Http1(Some(host)) if is_address(host) => Some(false),
+            Sniffed::Http1(Some(host)) => match crate::outbound::mesh_name(host) {
                 Some(name) => self.outbound.in_mesh(&name).await,
                 None => Some(false),
             },
@@ -120,6 +121,20 @@ impl Egress {
         if in_mesh != Some(false) {
             self.metrics.transparent("egress", "mesh");
             return self.outbound.clone().connection(tcp, peer).await;
+        }
+        // Not by name: by the original address, when a mesh task has it.
+        if let Some(task) = self.outbound.task_at(original.ip()).await {
+            if matches!(sniffed, Sniffed::Http1(_)) {
+                self.metrics.transparent("egress", "mesh_by_address");
+                let to: Arc<str> = task.service.as_str().into();
+                return self.outbound.clone().connection_to(tcp, peer, Some(to)).await;
+            }
+            self.metrics.transparent("egress", "mesh_tcp");
+            if let Err(e) = self.outbound.tcp_to(tcp, &task, original.port(), idle).await {
+                tracing::warn!(destination = %original, service = %task.service, error = %e, "mesh TCP failed");
+                self.metrics.transparent("egress", "mesh_tcp_failed");
+            }
+            return;
         }
         match self.mode {
             Mode::AllowAll => self.pass_through(tcp, original, idle).await,

@@ -16,7 +16,7 @@
 //! every issuance is logged with identity, task and serial.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -458,13 +458,37 @@ impl ControlApi {
         }
     }
 
-    /// The requested services as the mesh sees them now.
-    fn view_of(&self, table: &MeshTable, gateways: &[String], names: &[String]) -> MeshView {
+    /// The requested services as the mesh sees them now, with those that have a task at
+    /// one of `addresses` (a transparent sidecar's question about an original destination:
+    /// each by its service's own name, not an alias).
+    fn view_of(&self, table: &MeshTable, gateways: &[String], names: &[String], addresses: &[IpAddr]) -> MeshView {
         let mut services = Vec::new();
         let mut unknown = Vec::new();
         // A split's targets come with the service that names them: the caller's sidecar
         // routes to them without asking (one level: their own splits are not followed).
         let mut wanted: Vec<&str> = names.iter().map(String::as_str).collect();
+        for ip in addresses {
+            let mut found: Option<&str> = None;
+            for s in table.values() {
+                let here = s.endpoints.iter().any(|e| {
+                    e.rsplit_once(':')
+                        .and_then(|(h, _)| h.trim_matches(['[', ']']).parse::<IpAddr>().ok())
+                        == Some(*ip)
+                });
+                if !here {
+                    continue;
+                }
+                // The service's own name before an alias of it.
+                let own = s.identity.rsplit('/').next() == Some(s.name.as_str());
+                if own || found.is_none() {
+                    found = Some(&s.name);
+                }
+                if own {
+                    break;
+                }
+            }
+            wanted.extend(found);
+        }
         for n in names {
             if let Some(s) = table.get(n) {
                 wanted.extend(s.policy.routed_targets(n));
@@ -509,6 +533,7 @@ impl ControlApi {
             );
         };
         let mut names: Vec<String> = Vec::new();
+        let mut addresses: Vec<IpAddr> = Vec::new();
         let mut since = None;
         let mut wait = DEFAULT_WAIT;
         for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=')) {
@@ -519,6 +544,20 @@ impl ControlApi {
                             return refuse(StatusCode::BAD_REQUEST, "bad_name", format!("`{n}` is not a mesh name"));
                         }
                         names.push(n.to_string());
+                    }
+                }
+                "addresses" => {
+                    for a in v.split(',').filter(|a| !a.is_empty()) {
+                        match a.parse::<IpAddr>() {
+                            Ok(ip) => addresses.push(ip),
+                            Err(_) => {
+                                return refuse(
+                                    StatusCode::BAD_REQUEST,
+                                    "bad_address",
+                                    format!("`{a}` is not an IP address"),
+                                );
+                            }
+                        }
                     }
                 }
                 "version" => match v.parse::<u64>() {
@@ -534,7 +573,9 @@ impl ControlApi {
         }
         names.sort();
         names.dedup();
-        if names.len() > MAX_NAMES {
+        addresses.sort();
+        addresses.dedup();
+        if names.len() + addresses.len() > MAX_NAMES {
             return refuse(
                 StatusCode::BAD_REQUEST,
                 "too_many_names",
@@ -552,7 +593,7 @@ impl ControlApi {
         };
         loop {
             let gateways = peers.borrow_and_update().clone();
-            let view = self.view_of(&rx.borrow_and_update(), &gateways, &names);
+            let view = self.view_of(&rx.borrow_and_update(), &gateways, &names, &addresses);
             if since != Some(view.version) {
                 return reply(StatusCode::OK, &view);
             }
