@@ -296,8 +296,8 @@ async fn app_mesh_task_definitions_run_with_berth_sidecar_and_unchanged_apps() {
     assert_eq!(r.status, 200);
 
     // By a task's address rather than a name, from inside the caller's task (as its app,
-    // not the IgnoredUID): HTTP goes as a call to that task's service, raw TCP over mTLS to
-    // that task's app port.
+    // not the IgnoredUID): over mTLS to that task, its HTTP port served as HTTP with the
+    // caller's identity (a forged one replaced), its other port as raw TCP.
     let orders_ip = &tasks["orders"][0];
     let out = in_task(&tasks["web"][0], BY_ADDRESS, orders_ip).await;
     let (http, tcp) = out.split_once("----").unwrap_or((&out, ""));
@@ -306,7 +306,19 @@ async fn app_mesh_task_definitions_run_with_berth_sidecar_and_unchanged_apps() {
         http.contains("X-Berth-Client-Id: spiffe://berth.local/ecs/default/web"),
         "{out}"
     );
+    assert!(!http.contains("/ecs/x/admin"), "{out}");
     assert!(tcp.contains("orders: hello-tcp"), "{out}");
+    let orders_admin: SocketAddr = format!("{orders_ip}:9901").parse().unwrap();
+    let m = http1(orders_admin, get("sidecar", "/metrics")).await.body;
+    let tcp_series = |o: &str| format!("berth_sidecar_inbound_tcp_connections_total{{outcome=\"{o}\"}}");
+    assert!(metric(&m, &tcp_series("http")) >= 1, "{m}");
+    assert!(metric(&m, &tcp_series("forwarded")) >= 1, "{m}");
+    // A plaintext connection made to the ingress port itself is no redirect to follow.
+    let orders_ingress: SocketAddr = format!("{orders_ip}:15000").parse().unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), http1(orders_ingress, get("orders", "/")))
+        .await
+        .expect("answered, not looped");
+    assert_eq!(r.status, 200, "{}", r.body);
 
     // Outside the mesh: passed through unchanged, or refused by mesh-only.
     let r = call("web.localhost", format!("http://{outside}/")).await;
@@ -325,8 +337,8 @@ async fn app_mesh_task_definitions_run_with_berth_sidecar_and_unchanged_apps() {
     };
     assert!(metric(&m, &series("mesh")) >= 20, "{m}");
     assert!(metric(&m, &series("passthrough")) >= 1, "{m}");
-    assert!(metric(&m, &series("mesh_by_address")) >= 1, "{m}");
-    assert!(metric(&m, &series("mesh_tcp")) >= 1, "{m}");
+    assert!(metric(&m, &series("mesh_by_address")) >= 2, "{m}");
+    assert!(!m.contains("mesh_tcp_failed"), "{m}");
     let v2_admin: SocketAddr = format!("{}:9901", tasks["orders-v2"][0]).parse().unwrap();
     let m = http1(v2_admin, get("sidecar", "/metrics")).await.body;
     assert!(
@@ -343,7 +355,7 @@ const BY_ADDRESS: &str = r#"
 import socket, sys
 ip = sys.argv[1]
 s = socket.create_connection((ip, 8080), timeout=10)
-s.sendall(b"GET / HTTP/1.1\r\nHost: " + ip.encode() + b":8080\r\nConnection: close\r\n\r\n")
+s.sendall(b"GET / HTTP/1.1\r\nHost: " + ip.encode() + b":8080\r\nX-Berth-Client-Id: spiffe://berth.local/ecs/x/admin\r\nConnection: close\r\n\r\n")
 data = b""
 while True:
     d = s.recv(65536)

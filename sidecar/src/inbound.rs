@@ -196,9 +196,14 @@ impl Inbound {
             .alpn_protocol()
             .and_then(|p| p.strip_prefix(berth_common::upstream::TCP_ALPN_PREFIX.as_bytes()))
             .and_then(|p| std::str::from_utf8(p).ok()?.parse::<u16>().ok());
-        if let Some(port) = tcp_port {
+        // Raw TCP to any app port but the HTTP one: that one is served as HTTP whatever
+        // the ALPN (the caller's identity replaces any `x-berth-client-id` it sent).
+        if let Some(port) = tcp_port.filter(|p| *p != self.app.port()) {
             self.tcp(tls, &caller, port, limits.idle_timeout).await;
             return;
+        }
+        if tcp_port.is_some() {
+            self.metrics.inbound_tcp("http");
         }
         let me = self.clone();
         let svc = hyper::service::service_fn(move |req| {
@@ -228,10 +233,20 @@ impl Inbound {
             self.metrics.transparent("ingress", "plaintext_refused");
             return;
         }
-        // Another of the AppPorts than the HTTP app's: its bytes as they are, to that port
-        // (after the same check: a service that names its callers takes no plaintext).
-        let port = crate::transparent::original_destination(&tcp).map(|o| o.port());
-        if let Some(port) = port.filter(|p| *p != self.app.port()) {
+        // Redirected to another of the app's container ports than the HTTP one: its bytes
+        // as they are, to that port (after the same check: a service that names its callers
+        // takes no plaintext). A connection made to this listener itself is served as HTTP.
+        let local = tcp.local_addr().ok();
+        let port = crate::transparent::original_destination(&tcp)
+            .filter(|o| local.is_none_or(|l| l.ip() != o.ip() || l.port() != o.port()))
+            .map(|o| o.port());
+        let other = port.filter(|p| *p != self.app.port() && self.tcp_ports.contains(p));
+        if port.is_some() && other.is_none() && port != Some(self.app.port()) {
+            tracing::info!(%peer, ?port, "ingress: plaintext to a port that is not the app's refused");
+            self.metrics.transparent("ingress", "plaintext_refused");
+            return;
+        }
+        if let Some(port) = other {
             if self.policy.allow.is_some() || self.policy.default_deny {
                 tracing::warn!(%peer, port, "plaintext TCP denied: the service names its callers");
                 self.metrics.transparent("ingress", "plaintext_refused");

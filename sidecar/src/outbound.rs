@@ -203,8 +203,11 @@ pub(crate) struct MeshCache {
     first_fetch: tokio::sync::Mutex<()>,
     peers: MeshPeers,
     states: Registry,
-    /// Addresses the gateway said no mesh task has, and since when (asked again later).
+    /// Addresses no single mesh task could be found at (the gateway said none, or could
+    /// not say), and since when: asked again after [`NOT_A_TASK_FOR`].
     not_tasks: Mutex<HashMap<std::net::IpAddr, Instant>>,
+    /// One address question to the gateway at a time (the others wait, then look again).
+    address_fetch: tokio::sync::Mutex<()>,
 }
 
 /// One task of a mesh service, as the transparent egress reaches it by address.
@@ -236,70 +239,91 @@ impl MeshCache {
             peers: MeshPeers::default(),
             states: Registry::default(),
             not_tasks: Mutex::default(),
+            address_fetch: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// The task at `ip` among the services this sidecar knows.
+    /// The one task at `ip` among the services this sidecar knows: `None` when none is,
+    /// or several (tasks in bridge mode share their instance's address: which one an app
+    /// dialled cannot be told, so such a connection is not taken for the mesh).
     fn task_at(&self, ip: std::net::IpAddr) -> Option<MeshTask> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        let mut found = None;
+        let mut found: Option<MeshTask> = None;
         for (name, e) in entries.iter() {
             let Entry::Known(t) = e else { continue };
-            let Some(ep) = t.endpoints.iter().find(|ep| endpoint_ip(ep) == Some(ip)) else {
-                continue;
-            };
-            let task = MeshTask {
-                service: name.clone(),
-                identity: t.identity.clone(),
-                endpoint: ep.clone(),
-            };
-            // The service's own name before an alias of it.
-            if t.identity.to_string().rsplit('/').next() == Some(name.as_str()) {
-                return Some(task);
+            for ep in t.endpoints.iter().filter(|ep| endpoint_ip(ep) == Some(ip)) {
+                match &found {
+                    // The same task under an alias of its service.
+                    Some(f) if f.endpoint == *ep && f.identity == t.identity => {}
+                    Some(_) => return None,
+                    None => {
+                        found = Some(MeshTask {
+                            service: name.clone(),
+                            identity: t.identity.clone(),
+                            endpoint: ep.clone(),
+                        })
+                    }
+                }
             }
-            found.get_or_insert(task);
         }
         found
     }
 
-    /// The mesh task at `ip`: from what this sidecar follows, else asked of the gateway
-    /// (its service is then followed); `None` when no mesh task has it (remembered a while)
-    /// or the gateway cannot say now.
-    pub(crate) async fn resolve_address(&self, ip: std::net::IpAddr) -> Option<MeshTask> {
-        if let Some(t) = self.task_at(ip) {
-            return Some(t);
-        }
-        if self
-            .not_tasks
+    fn not_a_task(&self, ip: std::net::IpAddr) -> bool {
+        self.not_tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&ip)
             .is_some_and(|at| at.elapsed() < NOT_A_TASK_FOR)
-        {
+    }
+
+    /// The mesh task at `ip`: from what this sidecar follows, else asked of the gateway
+    /// (its service is then followed, room permitting); `None` when no single mesh task has
+    /// it, or the gateway cannot say now: remembered for [`NOT_A_TASK_FOR`] either way, so
+    /// connections outside the mesh wait for the gateway at most once in that time.
+    pub(crate) async fn resolve_address(&self, ip: std::net::IpAddr) -> Option<MeshTask> {
+        if let Some(t) = self.task_at(ip) {
+            return Some(t);
+        }
+        if self.not_a_task(ip) {
+            return None;
+        }
+        let _one = self.address_fetch.lock().await;
+        if let Some(t) = self.task_at(ip) {
+            return Some(t);
+        }
+        if self.not_a_task(ip) {
             return None;
         }
         let path = format!("{MESH_PATH}?addresses={ip}");
         let view = match self.control.call_any(Method::GET, &path, Duration::from_secs(3)).await {
-            Ok((StatusCode::OK, body)) => serde_json::from_slice::<MeshView>(&body).ok()?,
-            _ => return None,
+            Ok((StatusCode::OK, body)) => serde_json::from_slice::<MeshView>(&body).ok(),
+            _ => None,
         };
-        self.apply(&view);
-        {
-            let mut subs = self.subscribed.lock().unwrap_or_else(|e| e.into_inner());
-            for s in &view.services {
-                if subs.len() < MAX_SERVICES {
-                    subs.insert(s.name.clone());
-                }
+        if let Some(mut view) = view {
+            {
+                // Only what can be followed is taken: an entry nobody follows would go stale.
+                let mut subs = self.subscribed.lock().unwrap_or_else(|e| e.into_inner());
+                view.services.retain(|s| {
+                    let room = subs.contains(&s.name) || subs.len() < MAX_SERVICES;
+                    if room {
+                        subs.insert(s.name.clone());
+                    }
+                    room
+                });
             }
+            self.apply(&view);
+            self.wake.notify_one();
         }
-        self.wake.notify_one();
         let found = self.task_at(ip);
         if found.is_none() {
             let mut not = self.not_tasks.lock().unwrap_or_else(|e| e.into_inner());
             if not.len() >= MAX_NOT_TASKS {
-                not.clear();
+                not.retain(|_, at| at.elapsed() < NOT_A_TASK_FOR);
             }
-            not.insert(ip, Instant::now());
+            if not.len() < MAX_NOT_TASKS {
+                not.insert(ip, Instant::now());
+            }
         }
         found
     }
@@ -614,19 +638,9 @@ impl Outbound {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        self.connection_to(tcp, peer, None).await
-    }
-
-    /// [`Outbound::connection`], every request a call to mesh service `to` when given
-    /// (the transparent egress's, for a connection to one of its tasks' addresses), else
-    /// to the service its `Host` names.
-    pub(crate) async fn connection_to<I>(self: Arc<Self>, tcp: I, peer: std::net::SocketAddr, to: Option<Arc<str>>)
-    where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
         let svc = hyper::service::service_fn(move |req| {
-            let (me, to) = (self.clone(), to.clone());
-            async move { Ok::<_, Infallible>(me.observed(req, peer, to.as_deref()).await) }
+            let me = self.clone();
+            async move { Ok::<_, Infallible>(me.observed(req, peer).await) }
         });
         serve_http(tcp, svc, &ServeLimits::LOCAL).await;
     }
@@ -636,7 +650,8 @@ impl Outbound {
         self.mesh.resolve_address(ip).await
     }
 
-    /// Raw TCP from the app to `port` of the app of `task`, over mTLS to its sidecar.
+    /// The app's connection to `port` of `task`, byte for byte over mTLS to its sidecar
+    /// (which serves its app's HTTP port as HTTP, with the caller's identity).
     pub(crate) async fn tcp_to<C>(&self, client: C, task: &MeshTask, port: u16, idle: Duration) -> Result<(), String>
     where
         C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -660,7 +675,7 @@ impl Outbound {
     }
 
     /// [`Outbound::handle`] inside a server span, with an access-log line.
-    async fn observed(&self, req: Request<Incoming>, peer: std::net::SocketAddr, to: Option<&str>) -> Response<Body> {
+    async fn observed(&self, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
         let start = Instant::now();
         let mut span = self.observe.tracer.server(
             || format!("{} outbound", telemetry::method_name(req.method())),
@@ -676,7 +691,7 @@ impl Outbound {
             .map(|_| berth_common::accesslog::Entry::for_request(&req, peer, false, "outbound"));
         let version = req.version();
         let mut resp = self
-            .handle(req, to, &mut span, entry.as_deref_mut())
+            .handle(req, &mut span, entry.as_deref_mut())
             .await
             .unwrap_or_else(|e| {
                 span.set(attr::ERROR_TYPE, e.kind());
@@ -697,17 +712,13 @@ impl Outbound {
     async fn handle(
         &self,
         req: Request<Incoming>,
-        to: Option<&str>,
         span: &mut Span,
         entry: Option<&mut berth_common::accesslog::Entry>,
     ) -> Result<Response<Body>, OutboundError> {
         if req.method() == Method::CONNECT {
             return Err(OutboundError::Connect);
         }
-        let name = match to {
-            Some(n) => n.to_string(),
-            None => target_name(req.uri(), req.headers())?,
-        };
+        let name = target_name(req.uri(), req.headers())?;
         if span.is_recording() {
             span.set_name(|| format!("{} {name}", telemetry::method_name(req.method())));
             span.set(attr::PEER_SERVICE, &name);

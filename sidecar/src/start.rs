@@ -179,7 +179,7 @@ impl Sidecar {
         )
         .map_err(StartError::OutboundTls)?;
         let outbound = Arc::new(outbound);
-        let mut outbound_addr = settings.outbound;
+        let outbound_addr;
         if let Some(p) = &proxy {
             let egress = Arc::new(Egress::new(outbound.clone(), labels.mesh.outbound, metrics.clone()));
             // Where ECS's REDIRECT sends the task's own connections, and only there: on
@@ -196,11 +196,15 @@ impl Sidecar {
                 "transparent mode (proxyConfiguration)"
             );
         }
-        // The egress listener also takes direct calls: on its address it is the outbound.
-        let egress_v4 = proxy
-            .as_ref()
-            .map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p.egress_port)));
-        if egress_v4 != Some(settings.outbound) {
+        // The egress listener also takes direct calls: on its port and loopback (or every
+        // address, which would clash with it) it is the outbound.
+        let served_by_egress = proxy.as_ref().is_some_and(|p| {
+            p.egress_port == settings.outbound.port()
+                && (settings.outbound.ip().is_loopback() || settings.outbound.ip().is_unspecified())
+        });
+        if let Some(p) = proxy.as_ref().filter(|_| served_by_egress) {
+            outbound_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, p.egress_port));
+        } else {
             let out_listener = bind_listener("BERTH_OUTBOUND", settings.outbound).await?;
             outbound_addr = out_listener.local_addr().unwrap_or(settings.outbound);
             tokio::spawn(outbound.serve(out_listener));

@@ -122,14 +122,11 @@ impl Egress {
             self.metrics.transparent("egress", "mesh");
             return self.outbound.clone().connection(tcp, peer).await;
         }
-        // Not by name: by the original address, when a mesh task has it.
+        // Not by name: by the original address, when a mesh task has it. The connection
+        // goes to that task and that port, over mTLS; its sidecar serves its app's HTTP
+        // port as HTTP (with the caller's identity) and its other ports as TCP.
         if let Some(task) = self.outbound.task_at(original.ip()).await {
-            if matches!(sniffed, Sniffed::Http1(_)) {
-                self.metrics.transparent("egress", "mesh_by_address");
-                let to: Arc<str> = task.service.as_str().into();
-                return self.outbound.clone().connection_to(tcp, peer, Some(to)).await;
-            }
-            self.metrics.transparent("egress", "mesh_tcp");
+            self.metrics.transparent("egress", "mesh_by_address");
             if let Err(e) = self.outbound.tcp_to(tcp, &task, original.port(), idle).await {
                 tracing::warn!(destination = %original, service = %task.service, error = %e, "mesh TCP failed");
                 self.metrics.transparent("egress", "mesh_tcp_failed");

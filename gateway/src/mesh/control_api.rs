@@ -140,6 +140,9 @@ pub(crate) struct Caller {
 const MAX_WAIT: Duration = Duration::from_secs(60);
 const DEFAULT_WAIT: Duration = Duration::from_secs(25);
 const MAX_NAMES: usize = 256;
+/// At most this many addresses per mesh-view request: a sidecar asks of one original
+/// destination at a time, and the view is no directory of the VPC.
+const MAX_ADDRESSES: usize = 4;
 
 type Reply = Response<Full<Bytes>>;
 
@@ -466,30 +469,31 @@ impl ControlApi {
         let mut unknown = Vec::new();
         // A split's targets come with the service that names them: the caller's sidecar
         // routes to them without asking (one level: their own splits are not followed).
-        let mut wanted: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut asked: Vec<&str> = names.iter().map(String::as_str).collect();
         for ip in addresses {
-            let mut found: Option<&str> = None;
+            // The one service with a task there (in bridge mode, several share the
+            // instance's address: none is answered), under any of its names.
+            let mut found: Option<(&str, &str)> = None;
+            let mut several = false;
             for s in table.values() {
                 let here = s.endpoints.iter().any(|e| {
                     e.rsplit_once(':')
                         .and_then(|(h, _)| h.trim_matches(['[', ']']).parse::<IpAddr>().ok())
                         == Some(*ip)
                 });
-                if !here {
-                    continue;
-                }
-                // The service's own name before an alias of it.
-                let own = s.identity.rsplit('/').next() == Some(s.name.as_str());
-                if own || found.is_none() {
-                    found = Some(&s.name);
-                }
-                if own {
-                    break;
+                match found {
+                    _ if !here => {}
+                    Some((_, identity)) if identity == s.identity => {}
+                    Some(_) => several = true,
+                    None => found = Some((&s.name, &s.identity)),
                 }
             }
-            wanted.extend(found);
+            if !several {
+                asked.extend(found.map(|(name, _)| name));
+            }
         }
-        for n in names {
+        let mut wanted = asked.clone();
+        for n in asked {
             if let Some(s) = table.get(n) {
                 wanted.extend(s.policy.routed_targets(n));
             }
@@ -575,7 +579,14 @@ impl ControlApi {
         names.dedup();
         addresses.sort();
         addresses.dedup();
-        if names.len() + addresses.len() > MAX_NAMES {
+        if addresses.len() > MAX_ADDRESSES {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "too_many_addresses",
+                format!("{} addresses; at most {MAX_ADDRESSES} per request", addresses.len()),
+            );
+        }
+        if names.len() > MAX_NAMES {
             return refuse(
                 StatusCode::BAD_REQUEST,
                 "too_many_names",
