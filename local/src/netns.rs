@@ -274,26 +274,20 @@ pub(crate) fn ecs_rules(proxy: &ProxyConfig) -> Vec<Vec<String>> {
         ]));
     }
     // multiport takes at most 15 ports: longer lists are several rules.
-    let lists = |ports: &[u16]| -> Vec<String> {
-        ports
-            .chunks(15)
-            .map(|c| c.iter().map(u16::to_string).collect::<Vec<_>>().join(","))
-            .collect()
+    let multiport = |rules: &mut Vec<Vec<String>>, chain: &str, ports: &[u16], then: &[&str]| {
+        for chunk in ports.chunks(15) {
+            let list = chunk.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+            let mut rule = s(&["-A", chain, "-p", "tcp", "-m", "multiport", "--dports", &list]);
+            rule.extend(s(then));
+            rules.push(rule);
+        }
     };
-    for list in lists(&proxy.egress_ignored_ports) {
-        rules.push(s(&[
-            "-A",
-            "APPMESH_EGRESS",
-            "-p",
-            "tcp",
-            "-m",
-            "multiport",
-            "--dports",
-            &list,
-            "-j",
-            "RETURN",
-        ]));
-    }
+    multiport(
+        &mut rules,
+        "APPMESH_EGRESS",
+        &proxy.egress_ignored_ports,
+        &["-j", "RETURN"],
+    );
     // The agent always leaves the task metadata and instance metadata endpoints alone.
     // IPv6 entries belong to ip6tables, and these namespaces carry IPv4 only.
     let always = ["169.254.170.2", "169.254.169.254"].map(String::from);
@@ -330,22 +324,12 @@ pub(crate) fn ecs_rules(proxy: &ProxyConfig) -> Vec<Vec<String>> {
         "APPMESH_EGRESS",
     ]));
     let ingress = proxy.ingress_port.to_string();
-    for list in lists(&proxy.app_ports) {
-        rules.push(s(&[
-            "-A",
-            "APPMESH_INGRESS",
-            "-p",
-            "tcp",
-            "-m",
-            "multiport",
-            "--dports",
-            &list,
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &ingress,
-        ]));
-    }
+    multiport(
+        &mut rules,
+        "APPMESH_INGRESS",
+        &proxy.app_ports,
+        &["-j", "REDIRECT", "--to-ports", &ingress],
+    );
     rules.push(s(&[
         "-A",
         "PREROUTING",

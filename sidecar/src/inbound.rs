@@ -236,10 +236,7 @@ impl Inbound {
         // Redirected to another of the app's container ports than the HTTP one: its bytes
         // as they are, to that port (after the same check: a service that names its callers
         // takes no plaintext). A connection made to this listener itself is served as HTTP.
-        let local = tcp.local_addr().ok();
-        let port = crate::transparent::original_destination(&tcp)
-            .filter(|o| local.is_none_or(|l| l.ip() != o.ip() || l.port() != o.port()))
-            .map(|o| o.port());
+        let port = crate::transparent::original_destination(&tcp).map(|o| o.port());
         let other = port.filter(|p| *p != self.app.port() && self.tcp_ports.contains(p));
         if port.is_some() && other.is_none() && port != Some(self.app.port()) {
             tracing::info!(%peer, ?port, "ingress: plaintext to a port that is not the app's refused");

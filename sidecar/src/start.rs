@@ -471,12 +471,10 @@ fn transparent_config(settings: &Settings, from_gateway: Option<ProxyConfig>) ->
         );
         return None;
     }
-    let uid = std::fs::metadata("/proc/self")
-        .ok()
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m));
-    let gid = std::fs::metadata("/proc/self")
-        .ok()
-        .map(|m| std::os::unix::fs::MetadataExt::gid(&m));
+    // The process's own user and group, without unsafe code: those of its /proc entry.
+    use std::os::unix::fs::MetadataExt;
+    let me = std::fs::metadata("/proc/self").ok();
+    let (uid, gid) = (me.as_ref().map(MetadataExt::uid), me.as_ref().map(MetadataExt::gid));
     let ignored = (proxy.ignored_uid.is_some() && proxy.ignored_uid == uid)
         || (proxy.ignored_gid.is_some() && proxy.ignored_gid == gid);
     if !ignored {
