@@ -249,21 +249,22 @@ impl Ecs {
     }
 
     /// Every `berth.mesh.aliases` name the registered task definitions give (what a
-    /// private DNS zone or Cloud Map would answer for).
+    /// private DNS zone or Cloud Map would answer for), read as the gateway reads labels.
     pub fn mesh_aliases(&self) -> Vec<String> {
         let mut out: Vec<String> = self
             .taskdefs
             .values()
             .flatten()
             .flat_map(|d| d["containerDefinitions"].as_array().into_iter().flatten())
-            .flat_map(|c| c["dockerLabels"].as_object().into_iter().flatten())
-            .filter(|(k, _)| {
-                k.eq_ignore_ascii_case("berth.mesh.aliases") || k.eq_ignore_ascii_case("traefik.mesh.aliases")
+            .flat_map(|c| {
+                let labels: std::collections::BTreeMap<String, String> = c["dockerLabels"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect();
+                berth_common::labels::parse(&labels).0.mesh.aliases
             })
-            .filter_map(|(_, v)| v.as_str())
-            .flat_map(|v| v.split(','))
-            .map(|a| a.trim().split(':').next().unwrap_or_default().to_ascii_lowercase())
-            .filter(|a| berth_common::labels::valid_mesh_name(a))
             .collect();
         out.sort();
         out.dedup();
