@@ -9,6 +9,7 @@
 #                                                  # nothing sampled, 10 %, every request) and nginx
 #   examples/bench/instructions.sh plain nginx     # some of them
 #   N=5000 examples/bench/instructions.sh plain    # fewer requests (default 20,000)
+#   BERTH_BIN_DIR=DIR examples/bench/instructions.sh plain   # DIR's berth-gateway, not a build
 #
 # Each target: started under `valgrind --tool=callgrind`, 2,000 requests to warm up, the
 # counters zeroed, N requests (h2load --h1, 50 connections), the counters dumped. The
@@ -29,9 +30,13 @@ need_tools "apt-get install valgrind nginx-light nghttp2-client curl" valgrind c
 targets=("$@")
 (( ${#targets[@]} )) || targets=(plain unsampled ratio10 always_on nginx)
 
-echo "bench: building berth-gateway (release)..." >&2
-(cd "$root" && cargo build --release -j2 -q -p berth-gateway)
-gateway="$target_dir/release/berth-gateway"
+if [[ -n "${BERTH_BIN_DIR:-}" ]]; then
+  gateway="$BERTH_BIN_DIR/berth-gateway"   # a prebuilt gateway (another commit, to compare)
+else
+  echo "bench: building berth-gateway (release)..." >&2
+  (cd "$root" && cargo build --release -j2 -q -p berth-gateway)
+  gateway="$target_dir/release/berth-gateway"
+fi
 
 work=$(mktemp -d /tmp/berth-instructions.XXXXXX)
 mkdir -p "$OUT"

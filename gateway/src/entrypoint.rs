@@ -445,7 +445,10 @@ impl Entrypoint {
             let proxy = proxy.clone();
             let info = info.clone();
             let acme = acme.clone();
-            async move {
+            // Boxed: hyper moves a request's future into its HTTP/1 dispatcher and spawns
+            // each HTTP/2 stream's as a task, copying it whole each time; a box is moved
+            // as a pointer (the future is kilobytes: docs/benchmarks.md).
+            Box::pin(async move {
                 // HTTP-01: a pending token's answer comes before any router (and any
                 // redirection to HTTPS), as in Traefik.
                 let answer = match &acme {
@@ -461,7 +464,7 @@ impl Entrypoint {
                     return Ok::<_, Infallible>(resp);
                 }
                 Ok::<_, Infallible>(proxy.handle(req, &info).await)
-            }
+            })
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
         tokio::pin!(conn);

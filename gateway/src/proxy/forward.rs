@@ -84,8 +84,8 @@ impl Proxy {
             upgrade: None,
             retry: plan.retry.clone(),
         };
-        self.forward(kept.request(), plan.conn, ctx, &leaf.svc, how, plan.span)
-            .await
+        // Boxed: the failover is the cold path, and this future is moved on every request.
+        Box::pin(self.forward(kept.request(), plan.conn, ctx, &leaf.svc, how, plan.span)).await
     }
 
     /// Forward a routed request to one of `svc`'s endpoints, going again as the policy
@@ -159,7 +159,7 @@ impl Proxy {
             (false, false) => None,
         };
         let body = if let Some(keep) = keep {
-            match forward::buffer(body, keep).await {
+            match Box::pin(forward::buffer(body, keep)).await {
                 Buffered::Whole(bytes) => RequestBody::Replay(bytes),
                 Buffered::Partial(rest) => RequestBody::Once(rest),
                 Buffered::Failed(e) => {

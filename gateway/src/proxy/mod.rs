@@ -508,7 +508,15 @@ impl Proxy {
                 .request_read_timeout
                 .map(|t| tokio::time::Instant::from_std(ctx.start) + t),
         };
-        let mut result = match pipeline.request(req, conn, ctx, &call).await? {
+        // Cold steps are boxed (the middlewares' phases, a mirror, a body kept for a
+        // failover): a request's future is moved whole at each await and into the task an
+        // HTTP/2 stream is spawned in, so the bare path's must stay small.
+        let step = if pipeline.is_empty() {
+            Ok(req.map(http_body_util::Either::Left))
+        } else {
+            Box::pin(pipeline.request(req, conn, ctx, &call)).await?
+        };
+        let mut result = match step {
             Err(answer) => Ok(answer),
             Ok(req) if internal.is_some() => {
                 let name = internal.as_deref().unwrap_or_default();
@@ -538,7 +546,7 @@ impl Proxy {
                 };
                 let req = match &leaf {
                     Some(l) if !l.mirrors.is_empty() && how.upgrade.is_none() => {
-                        self.mirror(req, conn, ctx, &l.mirrors).await?
+                        Box::pin(self.mirror(req, conn, ctx, &l.mirrors)).await?
                     }
                     _ => req,
                 };
@@ -557,7 +565,14 @@ impl Proxy {
                     (None, Some((_, errors))) => {
                         let (parts, mut body) = req.into_parts();
                         let limit = usize::try_from(errors.max_request_body_bytes).unwrap_or(usize::MAX);
-                        match pipeline::buffer_request(&call, &mut body, limit, StatusCode::PAYLOAD_TOO_LARGE).await {
+                        match Box::pin(pipeline::buffer_request(
+                            &call,
+                            &mut body,
+                            limit,
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                        ))
+                        .await
+                        {
                             Ok(bytes) => {
                                 let req = Request::from_parts(parts, body);
                                 let kept = Replay::of(&req, bytes);
@@ -602,7 +617,9 @@ impl Proxy {
             conn,
             span,
         };
-        pipeline.response(ctx, &pages, &mut result).await;
+        if !pipeline.is_empty() {
+            Box::pin(pipeline.response(ctx, &pages, &mut result)).await;
+        }
         let code = errors::status_of(&result);
         let elapsed = ctx.start.elapsed();
         if let Some(m) = router_metrics {

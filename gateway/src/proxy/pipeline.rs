@@ -64,6 +64,11 @@ impl Pipeline {
         }
     }
 
+    /// A router without middlewares: neither phase has anything to do.
+    pub(super) fn is_empty(&self) -> bool {
+        self.specs.is_empty()
+    }
+
     /// The request phase: the request to forward, or the answer a middleware made.
     pub(super) async fn request(
         &mut self,
