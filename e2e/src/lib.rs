@@ -22,8 +22,8 @@ pub use gateway::{GatewayProcess, TestGateway, admin_json, iam_gateway, service,
 pub use local_up::{LocalUp, demo_taskdef, live_sidecars, write_service};
 pub use mesh::{inbound_call, mesh_slot};
 pub use process::{
-    ProcessInfo, PythonServer, args, bin, find_process, forwarder, go_tlsprobe, runnable_copy, sidecar_process, signal,
-    temp_dir, tool,
+    ProcessInfo, PythonServer, args, bin, find_process, forwarder, go_tlsprobe, rss_kib, runnable_copy,
+    sidecar_process, signal, temp_dir, tool,
 };
 
 /// Re-exported so a test names its helpers in one list.

@@ -46,6 +46,18 @@ pub struct ProcessInfo {
     pub env: Vec<(String, String)>,
 }
 
+/// A live process's resident set, `VmRSS` from `/proc/PID/status`, in KiB; panics when
+/// the process is gone or the line is missing, so no memory bound passes on a zero.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e} (the process is gone?)"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
 /// Processes whose executable's file name is `name` and whose environment has
 /// `key=value`, from `/proc`.
 pub fn find_process(name: &str, key: &str, value: &str) -> Vec<ProcessInfo> {

@@ -403,16 +403,6 @@ async fn in_task(task: &str, script: &str, arg: &str) -> String {
     )
 }
 
-/// The resident set of a process, from `/proc/PID/status`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_deploy_of_the_callee_under_transparent_load_fails_nothing() {
     let dir = berth_e2e::temp_dir("app-mesh-deploy");
@@ -440,7 +430,7 @@ async fn a_rolling_deploy_of_the_callee_under_transparent_load_fails_nothing() {
 
     // Idle, a transparent sidecar holds what an explicit one does.
     let pid = |service: &str| berth_e2e::sidecar_process(&format!("{}:15443", tasks[service][0]))[0].pid;
-    let (transparent, explicit) = (rss_kib(pid("web")), rss_kib(pid("plain")));
+    let (transparent, explicit) = (berth_e2e::rss_kib(pid("web")), berth_e2e::rss_kib(pid("plain")));
     println!("idle sidecar RSS: transparent {transparent} KiB, explicit {explicit} KiB");
     assert!(transparent > 0 && explicit > 0);
     assert!(

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use berth_common::test_util::{eventually, get, try_http1};
-use berth_e2e::{LocalUp, ecs_client, find_process, sidecar_process, signal};
+use berth_e2e::{LocalUp, ecs_client, find_process, rss_kib, sidecar_process, signal};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -202,17 +202,6 @@ async fn faults(local: &LocalUp, body: Value) {
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// The demo's definitions, with whoami's router behind a retry middleware (what an

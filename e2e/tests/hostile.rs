@@ -14,19 +14,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use berth_common::test_util::{Backend, Proto, eventually, get, http1, raw_exchange};
-use berth_e2e::{GatewayProcess, ecs_client, free_port, local_ecs, service, start, temp_dir, web_container};
+use berth_e2e::{GatewayProcess, ecs_client, free_port, local_ecs, rss_kib, service, start, temp_dir, web_container};
 use http::{Request, StatusCode};
 use http_body_util::Full;
-
-/// A process's resident memory in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
-}
 
 /// A process's CPU time (user + system), from /proc.
 fn cpu_time(pid: u32) -> Duration {

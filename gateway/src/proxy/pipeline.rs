@@ -64,7 +64,8 @@ impl Pipeline {
         }
     }
 
-    /// A router without middlewares: neither phase has anything to do.
+    /// A router without middlewares: neither phase has anything to do, and the caller
+    /// skips both (it pays nothing, not even a future).
     pub(super) fn is_empty(&self) -> bool {
         self.specs.is_empty()
     }
@@ -77,10 +78,6 @@ impl Pipeline {
         ctx: &Ctx,
         call: &AuthCall<'_>,
     ) -> Result<Result<Request<ClientBody>, Response<Body>>, ProxyError> {
-        // A router without middlewares pays nothing.
-        if self.specs.is_empty() {
-            return Ok(Ok(req.map(Either::Left)));
-        }
         self.origin = req.headers().get(header::ORIGIN).cloned();
         if self.specs.iter().any(|s| s.reads_accept_encoding()) {
             self.accept_encoding = req
