@@ -32,6 +32,8 @@ pub mod middleware;
 pub mod mtls;
 pub mod path;
 pub mod percent;
+#[cfg(feature = "net")]
+pub mod pool;
 pub mod prom;
 pub mod proxy_config;
 pub mod routing;

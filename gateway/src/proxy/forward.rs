@@ -12,13 +12,13 @@ use berth_common::forward::{
 };
 use berth_common::http::{ForwardInfo, is_idempotent, remove_hop_by_hop, set_forwarded};
 use berth_common::middleware;
+use berth_common::pool::Pooled;
 use berth_common::telemetry::body::{Finish, Observed};
 use berth_common::telemetry::{self, Span, SpanKind, attr};
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 
 use super::errors::ProxyError;
 use super::front::Ctx;
@@ -40,9 +40,35 @@ pub(super) struct How {
 }
 
 /// A request on its way to an upstream.
-pub(crate) type Pending = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>> + Send>,
->;
+pub(crate) type Pending =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Pooled>, SendFailed>> + Send>>;
+
+/// Why a request sent through one of the pools got no response.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendFailed {
+    #[error(transparent)]
+    Legacy(#[from] hyper_util::client::legacy::Error),
+    #[error(transparent)]
+    Pool(#[from] berth_common::pool::PoolError),
+}
+
+impl forward::SendError for SendFailed {
+    fn is_connect(&self) -> bool {
+        match self {
+            SendFailed::Legacy(e) => e.is_connect(),
+            SendFailed::Pool(e) => e.is_connect(),
+        }
+    }
+}
+
+/// A legacy pool's request, as a [`Pending`].
+fn legacy<C>(client: &hyper_util::client::legacy::Client<C, Body>, up: Request<Body>) -> Pending
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let sending = client.request(up);
+    Box::pin(async move { Ok(sending.await?.map(Pooled::unpooled)) })
+}
 
 impl Proxy {
     /// One trip to the router's service: to the service the request was balanced to,
@@ -283,7 +309,7 @@ impl Proxy {
     /// transport's (the gateway's own without one), h2c or HTTP/1.1 (h2 by ALPN over TLS).
     pub(crate) fn dispatch(&self, ep: &Endpoint, up: Request<Body>) -> Result<Pending, ProxyError> {
         Ok(match (&ep.mesh, &self.clients.mesh) {
-            (Some(_), Some(mesh)) => Box::pin(mesh.client.request(up)),
+            (Some(_), Some(mesh)) => legacy(&mesh.client, up),
             (Some(_), None) => {
                 return Err(ProxyError::Connect {
                     endpoint: ep.url.clone(),
@@ -291,10 +317,16 @@ impl Proxy {
                 });
             }
             (None, _) => match &ep.pool {
-                None if ep.h2c => Box::pin(self.clients.h2c.request(up)),
-                None => Box::pin(self.clients.http1.request(up)),
-                Some(Ok(p)) if ep.h2c => Box::pin(p.h2c.request(up)),
-                Some(Ok(p)) => Box::pin(p.http1.request(up)),
+                None if ep.h2c => legacy(&self.clients.h2c, up),
+                // Plain HTTP/1.1 (a gRPC health check asks for HTTP/2: the legacy pool
+                // refuses it, as before).
+                None if !ep.https && up.version() == Version::HTTP_11 => {
+                    let pool = self.clients.plain.clone();
+                    Box::pin(async move { Ok(pool.send(up).await?) })
+                }
+                None => legacy(&self.clients.http1, up),
+                Some(Ok(p)) if ep.h2c => legacy(&p.h2c, up),
+                Some(Ok(p)) => legacy(&p.http1, up),
                 Some(Err(reason)) => {
                     return Err(ProxyError::Connect {
                         endpoint: ep.url.clone(),
@@ -330,8 +362,8 @@ impl GatewayTrip<'_> {
 }
 
 impl Trip for GatewayTrip<'_> {
-    type Body = Incoming;
-    type Error = hyper_util::client::legacy::Error;
+    type Body = Pooled;
+    type Error = SendFailed;
     type Attempt = Span;
     type Future = Pending;
 

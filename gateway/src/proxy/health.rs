@@ -153,7 +153,7 @@ async fn probe(proxy: Arc<Proxy>, service: String, ep: Endpoint, state: Arc<Endp
 }
 
 /// A `Health/Check` answer: HTTP 200, `grpc-status` 0 and `SERVING`, or why not.
-async fn grpc_verdict(resp: http::Response<hyper::body::Incoming>) -> Result<(), String> {
+async fn grpc_verdict(resp: http::Response<berth_common::pool::Pooled>) -> Result<(), String> {
     use berth_common::grpc;
     let status = resp.status();
     if status != http::StatusCode::OK {

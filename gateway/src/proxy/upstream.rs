@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_common::pool::Http1Pool;
 use berth_common::transport::Transport;
 pub(crate) use berth_common::upstream::{Connector, MeshConnector, MeshPeers};
 use berth_common::upstream::{Dials, pool};
@@ -17,6 +18,8 @@ use super::Body;
 #[derive(Clone)]
 pub(crate) struct Clients {
     pub http1: Client<Connector, Body>,
+    /// Berth's own pool, for HTTP/1.1 to plain `http://` endpoints (the hot path).
+    pub plain: Http1Pool,
     pub h2c: Client<Connector, Body>,
     /// mTLS to sidecars, only when the mesh is enabled.
     pub mesh: Option<MeshClient>,
@@ -62,9 +65,11 @@ impl Clients {
         let http1 = pool(idle_timeout)
             .pool_max_idle_per_host(usize::MAX)
             .build(connector.clone());
+        let plain = Http1Pool::new(connector.clone(), idle_timeout, usize::MAX);
         let h2c = pool(idle_timeout).http2_only(true).build(connector);
         Clients {
             http1,
+            plain,
             h2c,
             mesh: None,
             auth,
