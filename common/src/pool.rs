@@ -257,11 +257,25 @@ impl Pooled {
         }
     }
 
+    /// The connection goes back once it can take a request: at once when it can (the
+    /// usual case), else when it becomes ready (the upstream answered before the request
+    /// body was all sent, which is still going out), so that no request waits on it.
     fn give_back(&mut self) {
-        if let Some(b) = self.back.take()
-            && let Some(pool) = b.pool.upgrade()
-        {
-            pool.put_back(b.authority, b.tx);
+        let Some(mut b) = self.back.take() else { return };
+        if b.tx.is_ready() {
+            if let Some(pool) = b.pool.upgrade() {
+                pool.put_back(b.authority, b.tx);
+            }
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if b.tx.ready().await.is_ok()
+                    && let Some(pool) = b.pool.upgrade()
+                {
+                    pool.put_back(b.authority, b.tx);
+                }
+            });
         }
     }
 }
@@ -413,6 +427,36 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(pool.idle(), 0, "the sweeper closed it");
         read(pool.send(get(addr, "/")).await.expect("answer")).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A request body that never ends (a client still uploading).
+    struct Endless;
+
+    impl hyper::body::Body for Endless {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_still_sending_its_request_body_is_not_taken() {
+        let (addr, accepted) = server(usize::MAX).await;
+        let pool = pool(Duration::from_secs(30));
+        // The upstream answers before the upload has ended.
+        let mut upload = get(addr, "/");
+        *upload.method_mut() = http::Method::POST;
+        *upload.body_mut() = crate::body::boxed(Endless);
+        let resp = pool.send(upload).await.expect("early answer");
+        assert_eq!(read(resp).await, "ok");
+        assert_eq!(pool.idle(), 0, "busy sending: not idle");
+        let next = tokio::time::timeout(Duration::from_secs(5), pool.send(get(addr, "/")))
+            .await
+            .expect("the next request does not wait on the busy connection")
+            .expect("answer");
+        assert_eq!(read(next).await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
