@@ -474,11 +474,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_connection_is_a_connect_error() {
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind")
-            .local_addr()
-            .expect("addr");
+        let addr = crate::test_util::closed_port().await;
         let err = pool(Duration::from_secs(30))
             .send(get(addr, "/"))
             .await
