@@ -58,6 +58,37 @@ impl PoolError {
     }
 }
 
+/// A request on its way to an upstream, through this pool or a legacy one: what a
+/// [`crate::forward::Trip`] of the gateway or the sidecar waits on.
+pub type Pending = Pin<Box<dyn std::future::Future<Output = Result<Response<Pooled>, SendFailed>> + Send>>;
+
+/// Why a request sent through one of the pools got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum SendFailed {
+    #[error(transparent)]
+    Legacy(#[from] hyper_util::client::legacy::Error),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+}
+
+impl crate::forward::SendError for SendFailed {
+    fn is_connect(&self) -> bool {
+        match self {
+            SendFailed::Legacy(e) => e.is_connect(),
+            SendFailed::Pool(e) => e.is_connect(),
+        }
+    }
+}
+
+/// A legacy (hyper-util) pool's request, as a [`Pending`].
+pub fn legacy<C>(client: &hyper_util::client::legacy::Client<C, Body>, up: Request<Body>) -> Pending
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let sending = client.request(up);
+    Box::pin(async move { Ok(sending.await?.map(Pooled::unpooled)) })
+}
+
 /// A keep-alive pool of HTTP/1.1 connections, per authority.
 #[derive(Clone)]
 pub struct Http1Pool {
@@ -92,6 +123,12 @@ impl Http1Pool {
                 sweeping: Default::default(),
             }),
         }
+    }
+
+    /// [`Http1Pool::send`], as a [`Pending`].
+    pub fn pending(&self, req: Request<Body>) -> Pending {
+        let pool = self.clone();
+        Box::pin(async move { Ok(pool.send(req).await?) })
     }
 
     /// How many idle connections the pool holds.

@@ -14,6 +14,7 @@ use berth_common::forward::{self, Attempt, Failed, Failure, One, RequestBody, Re
 use berth_common::http::{CLIENT_ID_HEADER, UNREACHABLE_HEADER, is_idempotent, remove_hop_by_hop};
 use berth_common::identity::{SpiffeId, spiffe_id_of};
 use berth_common::labels::Ingress;
+use berth_common::pool::{Http1Pool, Pending, Pooled, SendFailed, legacy};
 use berth_common::mtls::{CertSlot, FollowingServerConfig, PeerPolicy, TrustAnchors, server_config};
 use berth_common::serve::{Listener, ServeLimits, serve_http, within};
 use berth_common::synthetic::Synthetic;
@@ -48,7 +49,9 @@ pub(crate) struct Inbound {
     pub policy: Policy,
     pub metrics: Arc<crate::metrics::Metrics>,
     observe: Observe,
-    client: Client<Connector, Body>,
+    /// HTTP/1.1 to the app: Berth's own pool (`berth_common::pool`), as the gateway's
+    /// plain `http://` upstreams.
+    plain: Http1Pool,
     /// HTTP/2 without TLS to the app: for gRPC requests, and for every request when the
     /// app speaks only h2c (`BERTH_APP_PROTOCOL=h2c`, or `scheme=h2c` in its labels).
     h2c: Client<Connector, Body>,
@@ -63,6 +66,10 @@ pub(crate) struct Inbound {
 /// How long a connection to the app may take (on loopback a refusal is immediate; this
 /// bounds an app whose accept backlog is full).
 const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a kept-alive connection to the app may stay idle (hyper-util's default, which
+/// the sidecar's pools had before): shorter than the usual app server's keep-alive.
+const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Connections to the app, Nagle off (an h2c stream of small frames would otherwise stall
 /// on delayed ACKs), counted in `dials`.
@@ -83,14 +90,14 @@ impl Inbound {
         observe: Observe,
     ) -> Inbound {
         let connector = app_connector(&metrics.dials_app);
-        let client = Client::builder(TokioExecutor::new()).build(connector.clone());
+        let plain = Http1Pool::new(connector.clone(), APP_IDLE_TIMEOUT, usize::MAX);
         let h2c = Client::builder(TokioExecutor::new()).http2_only(true).build(connector);
         Inbound {
             app,
             policy,
             metrics,
             observe,
-            client,
+            plain,
             h2c,
             app_h2c: false,
             tcp_ports: Vec::new(),
@@ -413,7 +420,7 @@ impl Inbound {
         };
         let mut trip = AppTrip {
             inbound: self,
-            client: if h2 { &self.h2c } else { &self.client },
+            h2,
             parts: Some(parts),
             span,
         };
@@ -501,16 +508,17 @@ fn unreachable_app(body: String) -> Synthetic {
 /// The inbound's attempts to its app.
 struct AppTrip<'a> {
     inbound: &'a Inbound,
-    client: &'a Client<Connector, Body>,
+    /// To the app in h2c (else HTTP/1.1).
+    h2: bool,
     parts: Option<http::request::Parts>,
     span: &'a Span,
 }
 
 impl Trip for AppTrip<'_> {
-    type Body = Incoming;
-    type Error = hyper_util::client::legacy::Error;
+    type Body = Pooled;
+    type Error = SendFailed;
     type Attempt = Span;
-    type Future = hyper_util::client::legacy::ResponseFuture;
+    type Future = Pending;
 
     fn send(&mut self, a: Attempt) -> Result<(Span, Self::Future), Failure> {
         let parts = if a.again { self.parts.clone() } else { self.parts.take() };
@@ -518,7 +526,12 @@ impl Trip for AppTrip<'_> {
             return Err(Failure::NoEndpoint);
         };
         let cspan = self.inbound.app_span(self.span, &mut parts, a.number);
-        Ok((cspan, self.client.request(Request::from_parts(parts, a.body))))
+        let req = Request::from_parts(parts, a.body);
+        let sending = match self.h2 {
+            true => legacy(&self.inbound.h2c, req),
+            false => self.inbound.plain.pending(req),
+        };
+        Ok((cspan, sending))
     }
 
     fn answered(&mut self, cspan: &mut Span, _: usize, status: StatusCode, _: Duration) {

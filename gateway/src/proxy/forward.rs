@@ -12,7 +12,7 @@ use berth_common::forward::{
 };
 use berth_common::http::{ForwardInfo, is_idempotent, remove_hop_by_hop, set_forwarded};
 use berth_common::middleware;
-use berth_common::pool::Pooled;
+use berth_common::pool::{Pending, Pooled, SendFailed, legacy};
 use berth_common::telemetry::body::{Finish, Observed};
 use berth_common::telemetry::{self, Span, SpanKind, attr};
 use http::header::{self, HeaderValue};
@@ -37,37 +37,6 @@ pub(super) struct How {
     pub upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
     /// The router's retry middleware, if any.
     pub retry: Option<middleware::limit::Retry>,
-}
-
-/// A request on its way to an upstream.
-pub(crate) type Pending =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Pooled>, SendFailed>> + Send>>;
-
-/// Why a request sent through one of the pools got no response.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum SendFailed {
-    #[error(transparent)]
-    Legacy(#[from] hyper_util::client::legacy::Error),
-    #[error(transparent)]
-    Pool(#[from] berth_common::pool::PoolError),
-}
-
-impl forward::SendError for SendFailed {
-    fn is_connect(&self) -> bool {
-        match self {
-            SendFailed::Legacy(e) => e.is_connect(),
-            SendFailed::Pool(e) => e.is_connect(),
-        }
-    }
-}
-
-/// A legacy pool's request, as a [`Pending`].
-fn legacy<C>(client: &hyper_util::client::legacy::Client<C, Body>, up: Request<Body>) -> Pending
-where
-    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
-{
-    let sending = client.request(up);
-    Box::pin(async move { Ok(sending.await?.map(Pooled::unpooled)) })
 }
 
 impl Proxy {
@@ -320,10 +289,7 @@ impl Proxy {
                 None if ep.h2c => legacy(&self.clients.h2c, up),
                 // Plain HTTP/1.1 (a gRPC health check asks for HTTP/2: the legacy pool
                 // refuses it, as before).
-                None if !ep.https && up.version() == Version::HTTP_11 => {
-                    let pool = self.clients.plain.clone();
-                    Box::pin(async move { Ok(pool.send(up).await?) })
-                }
+                None if !ep.https && up.version() == Version::HTTP_11 => self.clients.plain.pending(up),
                 None => legacy(&self.clients.http1, up),
                 Some(Ok(p)) if ep.h2c => legacy(&p.h2c, up),
                 Some(Ok(p)) => legacy(&p.http1, up),
