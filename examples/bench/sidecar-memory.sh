@@ -109,9 +109,14 @@ pid_of_sidecar() { # task address
     fi
   done
 }
-caller=$(addr_of caller); whoami=$(addr_of whoami)
-b_out=$(pid_of_sidecar "$caller"); b_in=$(pid_of_sidecar "$whoami")
-[[ -n "$b_out" && -n "$b_in" ]] || { echo "bench: sidecar processes not found" >&2; exit 1; }
+# `ready` comes before every sidecar has registered: wait up to 10 s for both.
+for _ in $(seq 1 100); do
+  caller=$(addr_of caller); whoami=$(addr_of whoami)
+  b_out=$(pid_of_sidecar "$caller"); b_in=$(pid_of_sidecar "$whoami")
+  [[ -n "$caller" && -n "$whoami" && -n "$b_out" && -n "$b_in" ]] && break
+  sleep 0.1
+done
+[[ -n "$b_out" && -n "$b_in" ]] || { echo "bench: sidecar processes not found (caller at '$caller', whoami at '$whoami')" >&2; exit 1; }
 curl -sf -H "Host: whoami" "http://$caller:15001/bench" >/dev/null
 
 # --- Envoy: the same pair by hand --------------------------------------------------------
