@@ -26,10 +26,11 @@ use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use tower_service::Service;
 
 use crate::body::Body;
-use crate::upstream::{ConnectError, Connector};
+use crate::upstream::{ConnectError, UpstreamStream};
 
 /// Why a request got no response from the pool.
 #[derive(Debug, thiserror::Error)]
@@ -95,8 +96,13 @@ pub struct Http1Pool {
     inner: Arc<Inner>,
 }
 
+/// A connection being opened.
+type Dialling = Pin<Box<dyn std::future::Future<Output = Result<TokioIo<UpstreamStream>, ConnectError>> + Send>>;
+
 struct Inner {
-    connector: Connector,
+    /// Opens a connection to a URI's authority: a [`crate::upstream::Connector`] or a
+    /// [`crate::upstream::MeshConnector`].
+    dial: Box<dyn Fn(Uri) -> Dialling + Send + Sync>,
     idle_timeout: Duration,
     max_idle: usize,
     idle: Mutex<HashMap<Authority, Vec<Idle>>>,
@@ -110,13 +116,21 @@ struct Idle {
 }
 
 impl Http1Pool {
-    /// Dial with `connector` (plain `http://` only: a connection it returns is spoken to
-    /// in HTTP/1.1); keep at most `max_idle` idle connections per authority, each for
-    /// `idle_timeout`.
-    pub fn new(connector: Connector, idle_timeout: Duration, max_idle: usize) -> Http1Pool {
+    /// Dial with `connector` (a [`crate::upstream::Connector`] for plain `http://`, or a
+    /// [`crate::upstream::MeshConnector`] whose ALPN offers only `http/1.1`: a connection
+    /// it returns is spoken to in HTTP/1.1); keep at most `max_idle` idle connections per
+    /// authority, each for `idle_timeout`.
+    pub fn new<C>(connector: C, idle_timeout: Duration, max_idle: usize) -> Http1Pool
+    where
+        C: Service<Uri, Response = TokioIo<UpstreamStream>, Error = ConnectError, Future = Dialling>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
         Http1Pool {
             inner: Arc::new(Inner {
-                connector,
+                dial: Box::new(move |uri| connector.clone().call(uri)),
                 idle_timeout,
                 max_idle,
                 idle: Mutex::new(HashMap::new()),
@@ -183,8 +197,7 @@ impl Http1Pool {
     }
 
     async fn connect(&self, uri: Uri) -> Result<SendRequest<Body>, PoolError> {
-        let mut connector = self.inner.connector.clone();
-        let io = connector.call(uri).await.map_err(PoolError::Connect)?;
+        let io = (self.inner.dial)(uri).await.map_err(PoolError::Connect)?;
         let (tx, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(io)
             .await
@@ -363,6 +376,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+    use crate::upstream::Connector;
 
     /// An HTTP/1.1 server of its own: answers `ok` to each request; after `answers` on
     /// one connection it closes that connection without saying so (as an upstream's idle

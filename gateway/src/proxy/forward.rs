@@ -278,6 +278,10 @@ impl Proxy {
     /// transport's (the gateway's own without one), h2c or HTTP/1.1 (h2 by ALPN over TLS).
     pub(crate) fn dispatch(&self, ep: &Endpoint, up: Request<Body>) -> Result<Pending, ProxyError> {
         Ok(match (&ep.mesh, &self.clients.mesh) {
+            // HTTP/1.1 to the sidecar, except gRPC (its trailers): HTTP/2 as before.
+            (Some(_), Some(mesh)) if up.version() == Version::HTTP_11 && !berth_common::grpc::is_grpc(up.headers()) => {
+                mesh.http1.pending(up)
+            }
             (Some(_), Some(mesh)) => legacy(&mesh.client, up),
             (Some(_), None) => {
                 return Err(ProxyError::Connect {

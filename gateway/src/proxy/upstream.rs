@@ -141,6 +141,11 @@ impl TransportPools {
 /// The pool to sidecars, when the gateway runs the mesh.
 #[derive(Clone)]
 pub(crate) struct MeshClient {
+    /// HTTP/1.1 requests: Berth's own pool, over connections whose ALPN is `http/1.1`
+    /// (one request at a time per connection, as nginx and Envoy pairs do; measured
+    /// faster than one multiplexed HTTP/2 connection, docs/benchmarks.md).
+    pub http1: Http1Pool,
+    /// HTTP/2 requests (gRPC, h2c services): hyper-util's pool, ALPN `h2`.
     pub client: Client<MeshConnector, Body>,
     pub peers: MeshPeers,
     pub trust_domain: String,
@@ -162,8 +167,12 @@ impl MeshClient {
         let mut tcp_tls = cfg.clone();
         tcp_tls.alpn_protocols.clear();
         let peers = MeshPeers::default();
+        let mut h1_cfg = cfg.clone();
+        h1_cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let h1 = MeshConnector::new(connect_timeout, h1_cfg, peers.clone()).counting(dials.clone());
         let connector = MeshConnector::new(connect_timeout, cfg, peers.clone()).counting(dials);
         Ok(MeshClient {
+            http1: Http1Pool::new(h1, idle_timeout, usize::MAX),
             client: pool(idle_timeout).build(connector),
             peers,
             trust_domain: trust_domain.to_string(),
