@@ -14,8 +14,8 @@ use berth_common::forward::{self, Attempt, Failed, Failure, One, RequestBody, Re
 use berth_common::http::{CLIENT_ID_HEADER, UNREACHABLE_HEADER, is_idempotent, remove_hop_by_hop};
 use berth_common::identity::{SpiffeId, spiffe_id_of};
 use berth_common::labels::Ingress;
-use berth_common::pool::{Http1Pool, Pending, Pooled, SendFailed, legacy};
 use berth_common::mtls::{CertSlot, FollowingServerConfig, PeerPolicy, TrustAnchors, server_config};
+use berth_common::pool::{Http1Pool, Pending, Pooled, SendFailed, legacy};
 use berth_common::serve::{Listener, ServeLimits, serve_http, within};
 use berth_common::synthetic::Synthetic;
 use berth_common::telemetry::body::{Finish, GrpcTap, Observed};
