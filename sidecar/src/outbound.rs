@@ -24,6 +24,7 @@ use berth_common::forward::{
 use berth_common::http::{CLIENT_ID_HEADER, is_idempotent, remove_hop_by_hop};
 use berth_common::identity::SpiffeId;
 use berth_common::mtls::{CertSlot, PeerPolicy, TrustAnchors, client_config};
+use berth_common::pool::{Http1Pool, Pending, Pooled, SendFailed, legacy};
 use berth_common::serve::{Listener, ServeLimits, serve_http};
 use berth_common::synthetic::Synthetic;
 use berth_common::telemetry::body::{Finish, GrpcTap, Observed};
@@ -552,10 +553,18 @@ impl MeshCache {
     }
 }
 
+/// How long a kept-alive connection to a peer sidecar may stay idle.
+const MESH_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
 /// The outbound proxy.
 pub(crate) struct Outbound {
     observe: Observe,
     mesh: Arc<MeshCache>,
+    /// HTTP/1.1 calls that carry their `Host`: Berth's own pool, over mTLS connections
+    /// with ALPN `http/1.1` (as the gateway's to sidecars).
+    http1: Http1Pool,
+    /// gRPC, and calls without a `Host` (HTTP/2 from the app): one multiplexed h2
+    /// connection per peer.
     client: Client<MeshConnector, Body>,
     /// For raw TCP to a peer's app (ALPN set per connection).
     tcp_tls: rustls::ClientConfig,
@@ -600,10 +609,13 @@ impl Outbound {
     ) -> Result<Outbound, rustls::Error> {
         let cfg = client_config(Some(slot), anchors, PeerPolicy::TrustDomain(trust_domain.into()))?;
         let tcp_tls = cfg.clone();
+        let mut h1_cfg = cfg.clone();
+        h1_cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let h1 = MeshConnector::new(CONNECT_TIMEOUT, h1_cfg, mesh.peers.clone()).counting(metrics.dials_mesh.clone());
         let connector =
             MeshConnector::new(CONNECT_TIMEOUT, cfg, mesh.peers.clone()).counting(metrics.dials_mesh.clone());
         let mut b = Client::builder(TokioExecutor::new());
-        b.pool_idle_timeout(Duration::from_secs(90))
+        b.pool_idle_timeout(MESH_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .set_host(false);
@@ -611,6 +623,7 @@ impl Outbound {
             tcp_tls,
             observe,
             mesh,
+            http1: Http1Pool::new(h1, MESH_IDLE_TIMEOUT, usize::MAX),
             client: b.build(connector),
             metrics,
             response_timeout,
@@ -887,13 +900,14 @@ struct PeerTrip<'a> {
 }
 
 impl Trip for PeerTrip<'_> {
-    type Body = Incoming;
-    type Error = hyper_util::client::legacy::Error;
+    type Body = Pooled;
+    type Error = SendFailed;
     type Attempt = Span;
-    type Future = hyper_util::client::legacy::ResponseFuture;
+    type Future = Pending;
 
     fn send(&mut self, a: Attempt) -> Result<(Span, Self::Future), Failure> {
         let endpoint = &self.target.endpoints[a.endpoint];
+        let h1 = self.headers.contains_key(header::HOST) && !berth_common::grpc::is_grpc(&self.headers);
         let uri: http::Uri = format!("https://{endpoint}{}", self.path_and_query)
             .parse()
             .map_err(|_| Failure::Unsendable {
@@ -923,7 +937,11 @@ impl Trip for PeerTrip<'_> {
         if let Some(e) = self.entry.as_deref_mut() {
             e.service_url = Some(format!("https://{endpoint}"));
         }
-        Ok((cspan, self.outbound.client.request(up)))
+        let sending = match h1 {
+            true => self.outbound.http1.pending(up),
+            false => legacy(&self.outbound.client, up),
+        };
+        Ok((cspan, sending))
     }
 
     fn answered(&mut self, cspan: &mut Span, _: usize, status: StatusCode, elapsed: Duration) {
