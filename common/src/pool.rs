@@ -259,12 +259,12 @@ impl Inner {
     }
 }
 
-/// Close idle connections past the timeout, every timeout, while the pool lives and
+/// Close idle connections past the timeout, every timeout (at most every 5 s), while the pool lives and
 /// holds any.
 async fn sweep(pool: Weak<Inner>) {
     loop {
         let every = match pool.upgrade() {
-            Some(p) => p.idle_timeout.max(Duration::from_millis(100)),
+            Some(p) => p.idle_timeout.clamp(Duration::from_millis(100), Duration::from_secs(5)),
             None => return,
         };
         tokio::time::sleep(every).await;

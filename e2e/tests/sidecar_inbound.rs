@@ -281,6 +281,25 @@ async fn inbound_mtls_authorization_and_identity_header() {
         1
     );
 
+    // A caller without a `Host` (HTTP/1.0, or HTTP/2 whose authority is not a header):
+    // the app, spoken to in HTTP/1.1, still gets one, the app's address.
+    let mut req = get("orders", "/hello");
+    req.headers_mut().remove(http::header::HOST);
+    let r = inbound_call(inbound, &anchors, Some(mesh_slot(&ca, &billing)), &orders, req)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = app_requests(app);
+    assert_eq!(
+        seen.last()
+            .unwrap()
+            .headers
+            .get("host")
+            .map(|h| h.to_str().unwrap().to_string()),
+        Some(app.addr.to_string()),
+        "the app's request has a Host"
+    );
+
     // Another service of the mesh is denied with the reason.
     let web = SpiffeId::for_service("berth.local", "prod", "web").unwrap();
     let before = calls(app);

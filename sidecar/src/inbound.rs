@@ -68,7 +68,9 @@ pub(crate) struct Inbound {
 const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a kept-alive connection to the app may stay idle (hyper-util's default, which
-/// the sidecar's pools had before): shorter than the usual app server's keep-alive.
+/// the inbound had before). Many app servers close idle connections sooner (Node and
+/// uvicorn after 5 s): the pool skips a connection closed while idle, and a request one
+/// could not take goes on another.
 const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Connections to the app, Nagle off (an h2c stream of small frames would otherwise stall
@@ -389,11 +391,23 @@ impl Inbound {
             parts.headers.insert(CLIENT_ID_HEADER, v);
         }
         let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        parts.uri = format!("http://{}{pq}", self.app)
+        let target = format!("http://{}{pq}", self.app)
             .parse::<http::Uri>()
             .map_err(|_| InboundError::BadTarget)?;
+        let called = std::mem::replace(&mut parts.uri, target);
         let grpc = berth_common::grpc::is_grpc(&parts.headers);
         let h2 = self.app_h2c || grpc;
+        // HTTP/1.1 needs a `Host`: a caller without one (HTTP/2, whose `:authority` is the
+        // URI's; HTTP/1.0) gets the authority it called, else the app's address.
+        if !h2 && !parts.headers.contains_key(http::header::HOST) {
+            let host = match called.authority() {
+                Some(a) => HeaderValue::from_str(a.as_str()),
+                None => HeaderValue::from_str(&self.app.to_string()),
+            };
+            if let Ok(v) = host {
+                parts.headers.insert(http::header::HOST, v);
+            }
+        }
         parts.version = if h2 {
             http::Version::HTTP_2
         } else {

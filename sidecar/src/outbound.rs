@@ -560,11 +560,10 @@ const MESH_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub(crate) struct Outbound {
     observe: Observe,
     mesh: Arc<MeshCache>,
-    /// HTTP/1.1 calls that carry their `Host`: Berth's own pool, over mTLS connections
-    /// with ALPN `http/1.1` (as the gateway's to sidecars).
+    /// The app's HTTP/1.x calls: Berth's own pool, over mTLS connections with ALPN
+    /// `http/1.1` (as the gateway's to sidecars).
     http1: Http1Pool,
-    /// gRPC, and calls without a `Host` (HTTP/2 from the app): one multiplexed h2
-    /// connection per peer.
+    /// gRPC and the app's HTTP/2 calls (trailers): one multiplexed h2 connection per peer.
     client: Client<MeshConnector, Body>,
     /// For raw TCP to a peer's app (ALPN set per connection).
     tcp_tls: rustls::ClientConfig,
@@ -623,7 +622,7 @@ impl Outbound {
             tcp_tls,
             observe,
             mesh,
-            http1: Http1Pool::new(h1, MESH_IDLE_TIMEOUT, usize::MAX),
+            http1: Http1Pool::new(h1, MESH_IDLE_TIMEOUT, berth_common::upstream::MESH_MAX_IDLE_PER_PEER),
             client: b.build(connector),
             metrics,
             response_timeout,
@@ -773,6 +772,8 @@ impl Outbound {
         }
         let (parts, body) = req.into_parts();
         let grpc = berth_common::grpc::is_grpc(&parts.headers);
+        // HTTP/1.x calls go on HTTP/1.1 to the peer; gRPC and HTTP/2 calls (trailers) on h2.
+        let h1 = !grpc && matches!(parts.version, http::Version::HTTP_10 | http::Version::HTTP_11);
         let retry = called.policy.retry.as_ref().map(MeshRetry::to_retry);
         let grpc_retry = grpc && retry.as_ref().is_some_and(|r| r.grpc_method_listed(parts.uri.path()));
         let bodyless = body.is_end_stream();
@@ -842,6 +843,7 @@ impl Outbound {
                 .map(|p| p.as_str().to_string())
                 .unwrap_or_else(|| "/".into()),
             headers,
+            h1,
             span: &*span,
             entry,
         };
@@ -895,6 +897,8 @@ struct PeerTrip<'a> {
     method: Method,
     path_and_query: String,
     headers: http::HeaderMap,
+    /// To the peer over HTTP/1.1 (else h2).
+    h1: bool,
     span: &'a Span,
     entry: Option<&'a mut berth_common::accesslog::Entry>,
 }
@@ -907,7 +911,6 @@ impl Trip for PeerTrip<'_> {
 
     fn send(&mut self, a: Attempt) -> Result<(Span, Self::Future), Failure> {
         let endpoint = &self.target.endpoints[a.endpoint];
-        let h1 = self.headers.contains_key(header::HOST) && !berth_common::grpc::is_grpc(&self.headers);
         let uri: http::Uri = format!("https://{endpoint}{}", self.path_and_query)
             .parse()
             .map_err(|_| Failure::Unsendable {
@@ -937,7 +940,7 @@ impl Trip for PeerTrip<'_> {
         if let Some(e) = self.entry.as_deref_mut() {
             e.service_url = Some(format!("https://{endpoint}"));
         }
-        let sending = match h1 {
+        let sending = match self.h1 {
             true => self.outbound.http1.pending(up),
             false => legacy(&self.outbound.client, up),
         };

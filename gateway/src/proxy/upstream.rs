@@ -167,12 +167,16 @@ impl MeshClient {
         let mut tcp_tls = cfg.clone();
         tcp_tls.alpn_protocols.clear();
         let peers = MeshPeers::default();
+        // Below the sidecar's header timeout, which hyper also applies to an idle
+        // kept-alive connection: the gateway gives a connection up before the sidecar
+        // closes it under a request.
+        let mesh_idle = idle_timeout.min(berth_common::serve::ServeLimits::MESH.header_read_timeout / 2);
         let mut h1_cfg = cfg.clone();
         h1_cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         let h1 = MeshConnector::new(connect_timeout, h1_cfg, peers.clone()).counting(dials.clone());
         let connector = MeshConnector::new(connect_timeout, cfg, peers.clone()).counting(dials);
         Ok(MeshClient {
-            http1: Http1Pool::new(h1, idle_timeout, usize::MAX),
+            http1: Http1Pool::new(h1, mesh_idle, berth_common::upstream::MESH_MAX_IDLE_PER_PEER),
             client: pool(idle_timeout).build(connector),
             peers,
             trust_domain: trust_domain.to_string(),
