@@ -30,7 +30,7 @@ use hyper_util::rt::TokioIo;
 use tower_service::Service;
 
 use crate::body::Body;
-use crate::upstream::{ConnectError, UpstreamStream};
+use crate::upstream::{ConnectError, Dials, MeshConnector, MeshPeers, UpstreamStream};
 
 /// Why a request got no response from the pool.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +96,11 @@ pub struct Http1Pool {
     inner: Arc<Inner>,
 }
 
+/// At most this many idle connections kept to one peer sidecar: a burst's connections
+/// beyond it close when their response ends instead of holding the peer's connection
+/// permits and buffers for the idle timeout.
+const MAX_IDLE_PER_SIDECAR: usize = 256;
+
 /// A connection being opened.
 type Dialling = Pin<Box<dyn std::future::Future<Output = Result<TokioIo<UpstreamStream>, ConnectError>> + Send>>;
 
@@ -137,6 +142,22 @@ impl Http1Pool {
                 sweeping: Default::default(),
             }),
         }
+    }
+
+    /// HTTP/1.1 to sidecars over mTLS (the gateway's and a sidecar outbound's): `tls` is
+    /// the mesh client configuration, its ALPN narrowed here to `http/1.1`; `peers` says
+    /// whom to expect where; dials counted in `dials`.
+    pub fn to_sidecars(
+        connect_timeout: Duration,
+        tls: &rustls::ClientConfig,
+        peers: MeshPeers,
+        dials: Dials,
+        idle_timeout: Duration,
+    ) -> Http1Pool {
+        let mut tls = tls.clone();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = MeshConnector::new(connect_timeout, tls, peers).counting(dials);
+        Http1Pool::new(connector, idle_timeout, MAX_IDLE_PER_SIDECAR)
     }
 
     /// [`Http1Pool::send`], as a [`Pending`].
@@ -259,8 +280,8 @@ impl Inner {
     }
 }
 
-/// Close idle connections past the timeout, every timeout (at most every 5 s), while the pool lives and
-/// holds any.
+/// Close idle connections past the timeout, every timeout (at most every 5 s), while the
+/// pool lives and holds any.
 async fn sweep(pool: Weak<Inner>) {
     loop {
         let every = match pool.upgrade() {

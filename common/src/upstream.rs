@@ -285,11 +285,6 @@ pub fn trust_roots(extra: Option<&std::path::Path>) -> Result<rustls::RootCertSt
 /// snapshot swap.
 pub type MeshPeers = Arc<std::sync::RwLock<std::collections::HashMap<String, crate::identity::SpiffeId>>>;
 
-/// At most this many idle HTTP/1.1 connections kept to one peer sidecar: a burst's
-/// connections beyond it close when their response ends instead of holding the peer's
-/// connection permits and buffers for the idle timeout.
-pub const MESH_MAX_IDLE_PER_PEER: usize = 256;
-
 /// Dials a task's sidecar with mTLS: the gateway's own certificate, the mesh's trust
 /// anchor, and the task's identity checked after the handshake.
 #[derive(Clone)]

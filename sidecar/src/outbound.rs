@@ -608,9 +608,13 @@ impl Outbound {
     ) -> Result<Outbound, rustls::Error> {
         let cfg = client_config(Some(slot), anchors, PeerPolicy::TrustDomain(trust_domain.into()))?;
         let tcp_tls = cfg.clone();
-        let mut h1_cfg = cfg.clone();
-        h1_cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let h1 = MeshConnector::new(CONNECT_TIMEOUT, h1_cfg, mesh.peers.clone()).counting(metrics.dials_mesh.clone());
+        let http1 = Http1Pool::to_sidecars(
+            CONNECT_TIMEOUT,
+            &cfg,
+            mesh.peers.clone(),
+            metrics.dials_mesh.clone(),
+            MESH_IDLE_TIMEOUT,
+        );
         let connector =
             MeshConnector::new(CONNECT_TIMEOUT, cfg, mesh.peers.clone()).counting(metrics.dials_mesh.clone());
         let mut b = Client::builder(TokioExecutor::new());
@@ -622,7 +626,7 @@ impl Outbound {
             tcp_tls,
             observe,
             mesh,
-            http1: Http1Pool::new(h1, MESH_IDLE_TIMEOUT, berth_common::upstream::MESH_MAX_IDLE_PER_PEER),
+            http1,
             client: b.build(connector),
             metrics,
             response_timeout,

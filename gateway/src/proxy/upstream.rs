@@ -171,12 +171,10 @@ impl MeshClient {
         // kept-alive connection: the gateway gives a connection up before the sidecar
         // closes it under a request.
         let mesh_idle = idle_timeout.min(berth_common::serve::ServeLimits::MESH.header_read_timeout / 2);
-        let mut h1_cfg = cfg.clone();
-        h1_cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let h1 = MeshConnector::new(connect_timeout, h1_cfg, peers.clone()).counting(dials.clone());
+        let http1 = Http1Pool::to_sidecars(connect_timeout, &cfg, peers.clone(), dials.clone(), mesh_idle);
         let connector = MeshConnector::new(connect_timeout, cfg, peers.clone()).counting(dials);
         Ok(MeshClient {
-            http1: Http1Pool::new(h1, mesh_idle, berth_common::upstream::MESH_MAX_IDLE_PER_PEER),
+            http1,
             client: pool(idle_timeout).build(connector),
             peers,
             trust_domain: trust_domain.to_string(),
