@@ -381,6 +381,29 @@ impl Drop for Pooled {
     }
 }
 
+/// Read a response nobody wants (a health check's, a mirror's) to its end, keeping none
+/// of it, so that its connection goes back to the pool instead of being closed; a body
+/// longer than `max` bytes, or one that fails, is dropped where it stands (its
+/// connection closes). Whether the end was reached. The caller bounds the time.
+pub async fn drain<B: hyper::body::Body>(body: B, max: usize) -> bool {
+    use bytes::Buf as _;
+    use http_body_util::BodyExt as _;
+    let mut body = std::pin::pin!(body);
+    let mut seen = 0usize;
+    loop {
+        match body.as_mut().frame().await {
+            None => return true,
+            Some(Err(_)) => return false,
+            Some(Ok(frame)) => {
+                seen = seen.saturating_add(frame.data_ref().map_or(0, |d| d.remaining()));
+                if seen > max {
+                    return body.is_end_stream();
+                }
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for Pooled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pooled").field("pooled", &self.back.is_some()).finish()
@@ -399,7 +422,8 @@ mod tests {
     use super::*;
     use crate::upstream::Connector;
 
-    /// An HTTP/1.1 server of its own: answers `ok` to each request; after `answers` on
+    /// An HTTP/1.1 server of its own: answers `ok` to each request (`/big`: 100,000
+    /// bytes); after `answers` on
     /// one connection it closes that connection without saying so (as an upstream's idle
     /// timeout does). Counts the connections it accepted.
     async fn server(answers: usize) -> (SocketAddr, Arc<AtomicUsize>) {
@@ -420,8 +444,15 @@ mod tests {
                                 Ok(n) => seen.extend_from_slice(&buf[..n]),
                             }
                         }
+                        let big = [
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n".as_slice(),
+                            &[b'x'; 100_000],
+                        ]
+                        .concat();
                         let reply: &[u8] = if seen.starts_with(b"GET /upgrade") {
                             b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n"
+                        } else if seen.starts_with(b"GET /big") {
+                            &big
                         } else {
                             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
                         };
@@ -474,6 +505,25 @@ mod tests {
         drop(resp);
         assert_eq!(pool.idle(), 0);
         assert_eq!(read(pool.send(get(addr, "/")).await.expect("answer")).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_drained_body_gives_its_connection_back_and_one_past_the_cap_does_not() {
+        let (addr, accepted) = server(usize::MAX).await;
+        let pool = pool(Duration::from_secs(30));
+        for _ in 0..5 {
+            let resp = pool.send(get(addr, "/")).await.expect("answer");
+            assert!(drain(resp.into_body(), 2).await, "two bytes, within the cap");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        let resp = pool.send(get(addr, "/big")).await.expect("answer");
+        assert!(drain(resp.into_body(), 100_000).await, "100,000 bytes, within the cap");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        let resp = pool.send(get(addr, "/big")).await.expect("answer");
+        assert!(!drain(resp.into_body(), 1000).await, "100,000 bytes, past the cap");
+        assert_eq!(pool.idle(), 0, "the connection closed");
+        read(pool.send(get(addr, "/")).await.expect("answer")).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 

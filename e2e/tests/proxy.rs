@@ -607,6 +607,26 @@ async fn active_health_checks_take_endpoints_out_and_back() {
     );
 }
 
+/// A check's answer is read (and dropped), so its keep-alive connection serves the next
+/// check: one connection for every check, not one each.
+#[tokio::test]
+async fn health_checks_keep_their_connection_alive() {
+    let b = Backend::start("b", Proto::Http1).await;
+    let yaml = format!(
+        "http:\n  routers:\n    r: {{ rule: \"PathPrefix(`/`)\", service: s }}\n  services:\n    s:\n      loadBalancer:\n        healthCheck: {{ path: /health, interval: 1s, timeout: 1s }}\n        servers:\n          - url: \"{}\"\n",
+        b.url()
+    );
+    let _gw = start(&yaml, &[]).await;
+    let checks = || b.requests().iter().filter(|r| r.uri == "/health").count();
+    assert!(
+        eventually(Duration::from_secs(10), || async { checks() >= 4 }).await,
+        "{} checks",
+        checks()
+    );
+    let opened = b.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(opened <= 2, "{} checks opened {opened} connections", checks());
+}
+
 /// Found by the `http_front` fuzz target: a client that sends its request and shuts down
 /// its side of the connection (HTTP/1.0 tools, `nc -N`) got no answer at all.
 #[tokio::test]

@@ -431,6 +431,9 @@ async fn mirroring_copies_a_share_of_requests_and_never_waits_for_the_mirror() {
         .map(|s| String::from_utf8_lossy(&s.body).to_string())
         .collect();
     assert!(bodies.contains(&"order 7".to_string()), "{bodies:?}");
+    // The mirror's answers are read, so its connections are kept alive between copies.
+    let opened = all.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(opened <= 3, "10 copies opened {opened} connections to the mirror");
 
     // A mirror that never answers does not hold up the main request.
     let t = std::time::Instant::now();

@@ -25,7 +25,9 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Checks run at most this often per endpoint, whatever `interval` says (`0s` in a label
 /// would otherwise probe every endpoint ten times a second).
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
-/// The largest gRPC health answer read.
+/// The largest answer read: a gRPC one whole; an HTTP one's body is read and dropped up
+/// to this size, so that its keep-alive connection serves the next check (past it, or
+/// past the check's time limit, the connection closes).
 const MAX_ANSWER: usize = 64 * 1024;
 
 /// The check's period and its time limit: at least [`MIN_INTERVAL`] apart, and a probe
@@ -121,26 +123,29 @@ async fn probe(proxy: Arc<Proxy>, service: String, ep: Endpoint, state: Arc<Endp
             req.headers_mut().insert(k, v);
         }
     }
-    // The time limit covers the whole answer, a gRPC one's body and trailers included.
+    // The time limit covers the whole answer, a gRPC one's body and trailers included;
+    // an HTTP one's verdict is its status, and its body is then drained within the limit.
+    let deadline = Instant::now() + schedule(&hc).1;
     let verdict = match proxy.dispatch(&ep, req) {
-        Ok(fut) => tokio::time::timeout(schedule(&hc).1, async {
-            match fut.await {
-                Ok(resp) if grpc => grpc_verdict(resp).await,
-                Ok(resp) => {
-                    let status = resp.status();
-                    match hc.status {
-                        Some(want) => (status.as_u16() == want)
-                            .then_some(())
-                            .ok_or(format!("status {status}, want {want}")),
-                        None if status.is_success() || status.is_redirection() => Ok(()),
-                        None => Err(format!("status {status}")),
-                    }
+        Ok(fut) => {
+            let answer = tokio::time::timeout_at(deadline, async {
+                match fut.await {
+                    Ok(resp) if grpc => (grpc_verdict(resp).await, None),
+                    Ok(resp) => (status_verdict(resp.status(), hc.status), Some(resp.into_body())),
+                    Err(e) => (Err(e.to_string()), None),
                 }
-                Err(e) => Err(e.to_string()),
+            })
+            .await;
+            match answer {
+                Ok((verdict, body)) => {
+                    if let Some(body) = body {
+                        let _ = tokio::time::timeout_at(deadline, berth_common::pool::drain(body, MAX_ANSWER)).await;
+                    }
+                    verdict
+                }
+                Err(_) => Err("timed out".into()),
             }
-        })
-        .await
-        .unwrap_or_else(|_| Err("timed out".into())),
+        }
         Err(e) => Err(e.to_string()),
     };
     let healthy = verdict.is_ok();
@@ -149,6 +154,17 @@ async fn probe(proxy: Arc<Proxy>, service: String, ep: Endpoint, state: Arc<Endp
             Ok(()) => tracing::info!(service = %service, endpoint = %ep.url, "health check passes: UP"),
             Err(why) => tracing::warn!(service = %service, endpoint = %ep.url, %why, "health check fails: DOWN"),
         }
+    }
+}
+
+/// An HTTP check's status: the one configured, else any 2xx or 3xx.
+fn status_verdict(status: http::StatusCode, want: Option<u16>) -> Result<(), String> {
+    match want {
+        Some(want) => (status.as_u16() == want)
+            .then_some(())
+            .ok_or(format!("status {status}, want {want}")),
+        None if status.is_success() || status.is_redirection() => Ok(()),
+        None => Err(format!("status {status}")),
     }
 }
 

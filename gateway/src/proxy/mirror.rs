@@ -3,7 +3,10 @@
 //! slows or fails the main request. The body is copied when `mirrorBody` is on and its
 //! declared length is within `maxBodySize`: it is then read whole first (Traefik does the
 //! same); a longer body, or one of unknown length, is not mirrored. At most
-//! `MAX_MIRRORS_IN_FLIGHT` copies are in flight; past that, copies are dropped.
+//! `MAX_MIRRORS_IN_FLIGHT` copies are in flight; past that, copies are dropped. A
+//! mirror's answer is read and dropped (as Traefik's mirror reads it into a discarding
+//! writer), up to [`MAX_DRAINED`] bytes within [`DRAIN_TIME`], so that its upstream
+//! connection serves the next copy instead of closing.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,6 +23,11 @@ use super::front::Ctx;
 use super::pipeline::read_whole;
 use super::router::ServiceRuntime;
 use super::{ClientBody, ConnInfo, Outcome, Proxy, forward};
+
+/// The most of a mirror's answer read (and dropped) to keep its connection.
+const MAX_DRAINED: usize = 1024 * 1024;
+/// How long a mirror's answer may take to be read; its slot is held meanwhile.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Proxy {
     /// Send the copies of `req` to `mirrors` and give back the request for the main
@@ -81,9 +89,12 @@ impl Proxy {
                     upgrade: None,
                     retry: None,
                 };
-                let result = me.forward(copy, &conn, &mut mctx, &svc, how, &Span::inert()).await;
-                if let Err(e) = result {
-                    tracing::debug!(mirror = %svc.name, error = %e, "mirror copy failed");
+                match me.forward(copy, &conn, &mut mctx, &svc, how, &Span::inert()).await {
+                    Ok(resp) => {
+                        let drain = berth_common::pool::drain(resp.into_body(), MAX_DRAINED);
+                        let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+                    }
+                    Err(e) => tracing::debug!(mirror = %svc.name, error = %e, "mirror copy failed"),
                 }
                 drop(permit);
             });
