@@ -383,7 +383,7 @@ impl Drop for Pooled {
 
 /// Read a response nobody wants (a health check's, a mirror's) to its end, keeping none
 /// of it, so that its connection goes back to the pool instead of being closed; a body
-/// longer than `max` bytes, or one that fails, is dropped where it stands (its
+/// that fails, or that goes on past `max` bytes, is dropped where it stands (its
 /// connection closes). Whether the end was reached. The caller bounds the time.
 pub async fn drain<B: hyper::body::Body>(body: B, max: usize) -> bool {
     use bytes::Buf as _;

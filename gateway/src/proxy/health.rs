@@ -124,29 +124,27 @@ async fn probe(proxy: Arc<Proxy>, service: String, ep: Endpoint, state: Arc<Endp
         }
     }
     // The time limit covers the whole answer, a gRPC one's body and trailers included;
-    // an HTTP one's verdict is its status, and its body is then drained within the limit.
+    // an HTTP one's verdict is its status. An HTTP/1 body is drained afterwards, within
+    // the same limit, to keep its connection (an HTTP/2 stream dropped unread leaves its
+    // connection open).
     let deadline = Instant::now() + schedule(&hc).1;
-    let verdict = match proxy.dispatch(&ep, req) {
-        Ok(fut) => {
-            let answer = tokio::time::timeout_at(deadline, async {
-                match fut.await {
-                    Ok(resp) if grpc => (grpc_verdict(resp).await, None),
-                    Ok(resp) => (status_verdict(resp.status(), hc.status), Some(resp.into_body())),
-                    Err(e) => (Err(e.to_string()), None),
+    let (verdict, body) = match proxy.dispatch(&ep, req) {
+        Ok(fut) => tokio::time::timeout_at(deadline, async {
+            match fut.await {
+                Ok(resp) if grpc => (grpc_verdict(resp).await, None),
+                Ok(resp) => {
+                    let verdict = status_verdict(resp.status(), hc.status);
+                    (
+                        verdict,
+                        (resp.version() < http::Version::HTTP_2).then(|| resp.into_body()),
+                    )
                 }
-            })
-            .await;
-            match answer {
-                Ok((verdict, body)) => {
-                    if let Some(body) = body {
-                        let _ = tokio::time::timeout_at(deadline, berth_common::pool::drain(body, MAX_ANSWER)).await;
-                    }
-                    verdict
-                }
-                Err(_) => Err("timed out".into()),
+                Err(e) => (Err(e.to_string()), None),
             }
-        }
-        Err(e) => Err(e.to_string()),
+        })
+        .await
+        .unwrap_or_else(|_| (Err("timed out".into()), None)),
+        Err(e) => (Err(e.to_string()), None),
     };
     let healthy = verdict.is_ok();
     if state.set_active_healthy(healthy) {
@@ -154,6 +152,9 @@ async fn probe(proxy: Arc<Proxy>, service: String, ep: Endpoint, state: Arc<Endp
             Ok(()) => tracing::info!(service = %service, endpoint = %ep.url, "health check passes: UP"),
             Err(why) => tracing::warn!(service = %service, endpoint = %ep.url, %why, "health check fails: DOWN"),
         }
+    }
+    if let Some(body) = body {
+        let _ = tokio::time::timeout_at(deadline, berth_common::pool::drain(body, MAX_ANSWER)).await;
     }
 }
 

@@ -1,12 +1,13 @@
 //! A mirroring service's copies: the request goes on to the main service, and a copy to
-//! each mirror chosen, on a task of its own whose answer is dropped, so a mirror never
+//! each mirror chosen, on a task of its own whose answer nobody waits for, so a mirror never
 //! slows or fails the main request. The body is copied when `mirrorBody` is on and its
 //! declared length is within `maxBodySize`: it is then read whole first (Traefik does the
 //! same); a longer body, or one of unknown length, is not mirrored. At most
 //! `MAX_MIRRORS_IN_FLIGHT` copies are in flight; past that, copies are dropped. A
-//! mirror's answer is read and dropped (as Traefik's mirror reads it into a discarding
-//! writer), up to [`MAX_DRAINED`] bytes within [`DRAIN_TIME`], so that its upstream
-//! connection serves the next copy instead of closing.
+//! mirror's HTTP/1 answer is read and dropped (as Traefik's mirror reads it into a
+//! discarding writer), up to [`MAX_DRAINED`] bytes within [`DRAIN_TIME`], so that its
+//! upstream connection serves the next copy instead of closing; the copy holds its slot
+//! meanwhile.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -90,10 +91,12 @@ impl Proxy {
                     retry: None,
                 };
                 match me.forward(copy, &conn, &mut mctx, &svc, how, &Span::inert()).await {
-                    Ok(resp) => {
+                    // An HTTP/2 stream dropped unread leaves its connection open: no wait.
+                    Ok(resp) if resp.version() < http::Version::HTTP_2 => {
                         let drain = berth_common::pool::drain(resp.into_body(), MAX_DRAINED);
                         let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
                     }
+                    Ok(_) => {}
                     Err(e) => tracing::debug!(mirror = %svc.name, error = %e, "mirror copy failed"),
                 }
                 drop(permit);
