@@ -381,14 +381,19 @@ impl Drop for Pooled {
     }
 }
 
-/// Read a response nobody wants (a health check's, a mirror's) to its end, keeping none
-/// of it, so that its connection goes back to the pool instead of being closed; a body
-/// that fails, or that goes on past `max` bytes, is dropped where it stands (its
-/// connection closes). Whether the end was reached. The caller bounds the time.
-pub async fn drain<B: hyper::body::Body>(body: B, max: usize) -> bool {
+/// Read an HTTP/1 answer nobody wants (a health check's, a mirror's) to its end, keeping
+/// none of it, so that its connection goes back to the pool instead of being closed; a
+/// body that fails, or that goes on past `max` bytes, is dropped where it stands (its
+/// connection closes). An HTTP/2 answer is dropped at once: its stream is reset and its
+/// connection stays open. Whether the end was reached (or need not be). The caller
+/// bounds the time.
+pub async fn drain<B: hyper::body::Body>(answer: Response<B>, max: usize) -> bool {
     use bytes::Buf as _;
     use http_body_util::BodyExt as _;
-    let mut body = std::pin::pin!(body);
+    if answer.version() >= http::Version::HTTP_2 {
+        return true;
+    }
+    let mut body = std::pin::pin!(answer.into_body());
     let mut seen = 0usize;
     loop {
         match body.as_mut().frame().await {
@@ -444,14 +449,15 @@ mod tests {
                                 Ok(n) => seen.extend_from_slice(&buf[..n]),
                             }
                         }
-                        let big = [
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n".as_slice(),
-                            &[b'x'; 100_000],
-                        ]
-                        .concat();
+                        let big: Vec<u8>;
                         let reply: &[u8] = if seen.starts_with(b"GET /upgrade") {
                             b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n"
                         } else if seen.starts_with(b"GET /big") {
+                            big = [
+                                b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n".as_slice(),
+                                &[b'x'; 100_000],
+                            ]
+                            .concat();
                             &big
                         } else {
                             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
@@ -514,14 +520,14 @@ mod tests {
         let pool = pool(Duration::from_secs(30));
         for _ in 0..5 {
             let resp = pool.send(get(addr, "/")).await.expect("answer");
-            assert!(drain(resp.into_body(), 2).await, "two bytes, within the cap");
+            assert!(drain(resp, 2).await, "two bytes, within the cap");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         let resp = pool.send(get(addr, "/big")).await.expect("answer");
-        assert!(drain(resp.into_body(), 100_000).await, "100,000 bytes, within the cap");
+        assert!(drain(resp, 100_000).await, "100,000 bytes, within the cap");
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         let resp = pool.send(get(addr, "/big")).await.expect("answer");
-        assert!(!drain(resp.into_body(), 1000).await, "100,000 bytes, past the cap");
+        assert!(!drain(resp, 1000).await, "100,000 bytes, past the cap");
         assert_eq!(pool.idle(), 0, "the connection closed");
         read(pool.send(get(addr, "/")).await.expect("answer")).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2);

@@ -124,21 +124,14 @@ async fn probe(proxy: Arc<Proxy>, service: String, ep: Endpoint, state: Arc<Endp
         }
     }
     // The time limit covers the whole answer, a gRPC one's body and trailers included;
-    // an HTTP one's verdict is its status. An HTTP/1 body is drained afterwards, within
-    // the same limit, to keep its connection (an HTTP/2 stream dropped unread leaves its
-    // connection open).
+    // an HTTP one's verdict is its status, and its body is drained afterwards, within the
+    // same limit, to keep its connection.
     let deadline = Instant::now() + schedule(&hc).1;
-    let (verdict, body) = match proxy.dispatch(&ep, req) {
+    let (verdict, answer) = match proxy.dispatch(&ep, req) {
         Ok(fut) => tokio::time::timeout_at(deadline, async {
             match fut.await {
                 Ok(resp) if grpc => (grpc_verdict(resp).await, None),
-                Ok(resp) => {
-                    let verdict = status_verdict(resp.status(), hc.status);
-                    (
-                        verdict,
-                        (resp.version() < http::Version::HTTP_2).then(|| resp.into_body()),
-                    )
-                }
+                Ok(resp) => (status_verdict(resp.status(), hc.status), Some(resp)),
                 Err(e) => (Err(e.to_string()), None),
             }
         })
@@ -153,8 +146,8 @@ async fn probe(proxy: Arc<Proxy>, service: String, ep: Endpoint, state: Arc<Endp
             Err(why) => tracing::warn!(service = %service, endpoint = %ep.url, %why, "health check fails: DOWN"),
         }
     }
-    if let Some(body) = body {
-        let _ = tokio::time::timeout_at(deadline, berth_common::pool::drain(body, MAX_ANSWER)).await;
+    if let Some(answer) = answer {
+        let _ = tokio::time::timeout_at(deadline, berth_common::pool::drain(answer, MAX_ANSWER)).await;
     }
 }
 

@@ -91,12 +91,10 @@ impl Proxy {
                     retry: None,
                 };
                 match me.forward(copy, &conn, &mut mctx, &svc, how, &Span::inert()).await {
-                    // An HTTP/2 stream dropped unread leaves its connection open: no wait.
-                    Ok(resp) if resp.version() < http::Version::HTTP_2 => {
-                        let drain = berth_common::pool::drain(resp.into_body(), MAX_DRAINED);
+                    Ok(resp) => {
+                        let drain = berth_common::pool::drain(resp, MAX_DRAINED);
                         let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
                     }
-                    Ok(_) => {}
                     Err(e) => tracing::debug!(mirror = %svc.name, error = %e, "mirror copy failed"),
                 }
                 drop(permit);
